@@ -1,0 +1,214 @@
+//! Serialization of values that cross a process boundary.
+//!
+//! Values are encoded with serde and the compact binary codec [postcard]. Bytes that do not
+//! decode as the expected type give [`Error::Codec`](crate::Error::Codec), never a panic;
+//! trailing bytes after a value are an error too, so a torn or shifted message is noticed.
+//!
+//! Handles (connections, queues, locks, shared memory, …) travel *inside* values: while a
+//! value is encoded for a multiproc channel, each handle it contains hands its file
+//! descriptor to an out-of-band list, which is sent next to the bytes (`SCM_RIGHTS`), and
+//! the handle itself encodes as an index into that list. Encoding a handle anywhere else
+//! (say with `serde_json`) fails with a clear error.
+//!
+//! ```
+//! let bytes = multiproc::codec::encode(&(1u32, "two".to_string())).unwrap();
+//! let back: (u32, String) = multiproc::codec::decode(&bytes).unwrap();
+//! assert_eq!(back, (1, "two".to_string()));
+//! assert!(matches!(
+//!     multiproc::codec::decode::<(u32, String)>(&[0xff, 0xff, 0xff]),
+//!     Err(multiproc::Error::Codec(_))
+//! ));
+//! ```
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Error, Result};
+
+/// Encodes `value` into a new byte vector.
+///
+/// ```
+/// let b = multiproc::codec::encode(&7u8).unwrap();
+/// assert_eq!(b, vec![7]);
+/// ```
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the encoding of `value` to `out`.
+///
+/// ```
+/// let mut buf = vec![9u8];
+/// multiproc::codec::encode_into(&1u16, &mut buf).unwrap();
+/// assert_eq!(buf, vec![9, 1]);
+/// ```
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    let taken = std::mem::take(out);
+    match postcard::to_extend(value, taken) {
+        Ok(v) => {
+            *out = v;
+            Ok(())
+        }
+        Err(e) => Err(Error::Codec(format!("cannot encode value: {e}"))),
+    }
+}
+
+/// Decodes one value that must fill `bytes` exactly.
+///
+/// ```
+/// let v: Vec<u32> = multiproc::codec::decode(&multiproc::codec::encode(&vec![1u32, 2]).unwrap()).unwrap();
+/// assert_eq!(v, vec![1, 2]);
+/// // A trailing byte is an error:
+/// assert!(multiproc::codec::decode::<u8>(&[1, 2]).is_err());
+/// ```
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(Error::Codec(format!(
+            "{} unexpected trailing byte(s) after the value",
+            rest.len()
+        ))),
+        Err(e) => Err(Error::Codec(format!("cannot decode value: {e}"))),
+    }
+}
+
+thread_local! {
+    /// Descriptors collected while encoding for a channel. `None` outside such an encoding.
+    static OUT_FDS: RefCell<Option<Vec<RawFd>>> = const { RefCell::new(None) };
+    /// Descriptors received with the bytes being decoded. `None` outside such a decoding.
+    static IN_FDS: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Encodes `value` for a multiproc channel: returns the raw descriptors of the handles it
+/// contains. They are borrowed from `value`, which must stay alive until they are sent.
+pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<Vec<RawFd>> {
+    let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = encode_into(value, out);
+    let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    r.map(|()| fds.unwrap_or_default())
+}
+
+/// Decodes `bytes` received from a multiproc channel together with `fds`. Descriptors that
+/// no handle claimed are closed.
+pub(crate) fn decode_with_fds<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    if fds.is_empty() {
+        // Fast path: nothing out of band; still mark the context so handles fail clearly.
+        let prev = IN_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
+        let r = decode(bytes);
+        IN_FDS.with(|c| *c.borrow_mut() = prev);
+        return r;
+    }
+    let prev = IN_FDS.with(|c| c.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let r = decode(bytes);
+    IN_FDS.with(|c| *c.borrow_mut() = prev);
+    r
+}
+
+/// Serializes a handle's descriptor: valid only while encoding for a multiproc channel.
+///
+/// Handle types call this from their `Serialize` impl; it records `fd` to be sent out of
+/// band and writes its index.
+pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let idx = OUT_FDS.with(|c| {
+        c.borrow_mut().as_mut().map(|v| {
+            v.push(fd.as_raw_fd());
+            v.len() - 1
+        })
+    });
+    match idx {
+        Some(i) => (i as u32).serialize(s),
+        None => Err(serde::ser::Error::custom(
+            "a multiproc handle can only be encoded to be sent through a multiproc \
+             Process argument, Pipe, Queue or pool task",
+        )),
+    }
+}
+
+/// Deserializes a handle's descriptor sent by [`serialize_fd`].
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let idx = u32::deserialize(d)? as usize;
+    IN_FDS.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(list) = c.as_mut() else {
+            return Err(serde::de::Error::custom(
+                "a multiproc handle can only be decoded from a multiproc channel",
+            ));
+        };
+        match list.get_mut(idx).and_then(Option::take) {
+            Some(fd) => Ok(fd),
+            None => Err(serde::de::Error::custom(format!(
+                "handle refers to file descriptor #{idx}, which was not received"
+            ))),
+        }
+    })
+}
+
+/// A borrowed descriptor that serializes as a handle (see [`serialize_fd`]). Handle types
+/// use it as a field of their wire form.
+pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, s)
+    }
+}
+
+/// A received descriptor: the decoding side of [`FdRef`].
+pub(crate) struct FdOwned(pub(crate) OwnedFd);
+
+impl<'de> Deserialize<'de> for FdOwned {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(FdOwned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_errors() {
+        let v = (1u64, vec!["a".to_string()], Some(2.5f64));
+        let b = encode(&v).unwrap();
+        assert_eq!(decode::<(u64, Vec<String>, Option<f64>)>(&b).unwrap(), v);
+        assert!(matches!(decode::<u64>(&[]), Err(Error::Codec(_))));
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(matches!(
+            decode::<(u64, Vec<String>, Option<f64>)>(&extra),
+            Err(Error::Codec(_))
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // A Vec length of u64::MAX-ish in varint form, followed by nothing.
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert!(matches!(decode::<Vec<u64>>(&bytes), Err(Error::Codec(_))));
+        assert!(matches!(decode::<String>(&bytes), Err(Error::Codec(_))));
+    }
+
+    #[test]
+    fn handle_outside_channel_is_an_error() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        struct H<'a>(BorrowedFd<'a>);
+        impl Serialize for H<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize_fd(self.0, s)
+            }
+        }
+        use std::os::fd::AsFd;
+        assert!(matches!(encode(&H(f.as_fd())), Err(Error::Codec(_))));
+        let mut out = Vec::new();
+        let fds = encode_with_fds(&H(f.as_fd()), &mut out).unwrap();
+        assert_eq!(fds, vec![f.as_raw_fd()]);
+    }
+}

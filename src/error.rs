@@ -1,0 +1,125 @@
+//! The crate's one error type.
+//!
+//! Every fallible call in `multiproc` returns [`Result<T>`], whose error is [`Error`]. The
+//! variants are meant to be matched: a caller can tell a timeout from a dead peer from a
+//! child that panicked.
+//!
+//! ```
+//! use multiproc::Error;
+//! let e = Error::Timeout;
+//! assert!(matches!(e, Error::Timeout));
+//! assert_eq!(e.to_string(), "operation timed out");
+//! ```
+
+use std::io;
+
+/// `Result<T, multiproc::Error>`.
+///
+/// ```
+/// fn half(x: u32) -> multiproc::Result<u32> {
+///     if x % 2 == 1 { return Err(multiproc::Error::Codec("odd".into())); }
+///     Ok(x / 2)
+/// }
+/// assert_eq!(half(4).unwrap(), 2);
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `multiproc`.
+///
+/// ```
+/// use multiproc::Error;
+/// let died = Error::WorkerDied { pid: 42, exitcode: None, signal: Some(9) };
+/// assert_eq!(died.to_string(), "process 42 died (killed by signal 9)");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// A value could not be encoded, or bytes from a peer could not be decoded.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// The peer closed its end and nothing is left to read.
+    #[error("end of file: the peer closed the connection")]
+    Eof,
+    /// A blocking call ran out of time.
+    #[error("operation timed out")]
+    Timeout,
+    /// A non-blocking get found nothing.
+    #[error("empty")]
+    Empty,
+    /// A non-blocking put found no room.
+    #[error("full")]
+    Full,
+    /// The object was closed (a queue, pool or connection).
+    #[error("closed")]
+    Closed,
+    /// The function run in another process panicked.
+    #[error("task panicked at {}: {message}", location.as_deref().unwrap_or("<unknown>"))]
+    TaskPanicked {
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+        /// The backtrace, when `RUST_BACKTRACE` was set in the child.
+        backtrace: Option<String>,
+    },
+    /// A process died before it finished its work: killed by a signal, or it exited
+    /// without producing a result.
+    #[error("process {pid} died ({})", describe_death(*exitcode, *signal))]
+    WorkerDied {
+        /// Its process id.
+        pid: u32,
+        /// The code it passed to `exit`, if it exited.
+        exitcode: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// The peer did not prove it knows the authkey, or refused ours.
+    #[error("authentication failed: wrong authkey")]
+    AuthenticationFailed,
+    /// `start` was called on a process that was already started.
+    #[error("process already started")]
+    AlreadyStarted,
+    /// The process was never started.
+    #[error("process not started")]
+    NotStarted,
+    /// The lock's previous holder died while holding it. The caller now holds the lock;
+    /// the data it protects may be inconsistent.
+    #[error("the previous owner died while holding the lock")]
+    OwnerDied,
+    /// A barrier was broken: aborted, timed out, or a party died.
+    #[error("broken barrier")]
+    BrokenBarrier,
+    /// `multiproc::init()` was not called before starting a process.
+    #[error("multiproc::init() must be the first call in main (and in each #[test] that starts processes)")]
+    NotInitialized,
+    /// The child is not the same build as the parent, so a function cannot be located in it.
+    #[error("build identity mismatch between parent and child: {0}")]
+    BuildMismatch(String),
+    /// The operation is not allowed in this state (e.g. releasing an unheld lock,
+    /// sending on the read end of a one-way pipe, forking a multi-threaded process).
+    #[error("invalid operation: {0}")]
+    InvalidOperation(String),
+}
+
+fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
+    match (exitcode, signal) {
+        (_, Some(s)) => format!("killed by signal {s}"),
+        (Some(c), None) => format!("exit code {c}"),
+        (None, None) => "no status".to_string(),
+    }
+}
+
+impl Error {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+        Error::InvalidOperation(msg.into())
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(e: rustix::io::Errno) -> Self {
+        Error::Io(e.into())
+    }
+}

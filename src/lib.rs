@@ -1,0 +1,60 @@
+//! # multiproc
+//!
+//! Python's `multiprocessing` for Rust: processes, pipes, and (as they land) queues, locks,
+//! shared values, pools and managers, with the same model and names, in Rust's idioms.
+//!
+//! ```
+//! fn main() {
+//!     multiproc::init(); // first line of main: in a child, runs the child's work
+//!
+//!     fn print_square(n: i64) {
+//!         println!("Square: {}", n * n);
+//!     }
+//!     let mut p = multiproc::Process::new(print_square, 4);
+//!     p.start().unwrap();
+//!     p.join().unwrap();
+//!
+//!     let (parent, child) = multiproc::pipe::<String>().unwrap();
+//!     fn sender(conn: multiproc::Connection<String>) {
+//!         for m in ["hello", "end"] {
+//!             conn.send(&m.to_string()).unwrap();
+//!         }
+//!     }
+//!     let mut p = multiproc::Process::new(sender, child);
+//!     p.start().unwrap();
+//!     assert_eq!(parent.recv().unwrap(), "hello");
+//!     assert_eq!(parent.recv().unwrap(), "end");
+//!     p.join().unwrap();
+//! }
+//! ```
+//!
+//! ## Using it in tests
+//!
+//! A `#[test]` that starts processes calls `multiproc::init()` as its first line, like
+//! `main`. Children of a test binary re-run that one test (`<name> --exact`), whose
+//! `init()` takes over. Doctests work the same way.
+//!
+//! ## Values and functions
+//!
+//! Functions run in other processes are plain `fn` items or closures that capture nothing,
+//! taken as `fn(A) -> R`; arguments travel explicitly in `A` (a tuple for several). Values
+//! that cross a process boundary implement serde's `Serialize` and `DeserializeOwned`.
+
+#![warn(missing_docs)]
+// Examples show `fn main` on purpose: `multiproc::init()` must be its first line.
+#![allow(clippy::needless_doctest_main)]
+
+pub mod codec;
+pub mod connection;
+mod error;
+pub mod process;
+pub mod start;
+mod sys;
+
+pub use connection::{pipe, pipe_simplex, Connection};
+pub use error::{Error, Result};
+pub use process::{
+    active_children, cpu_count, current_process, parent_process, spawn, Builder, JoinHandle,
+    Process, ProcessInfo,
+};
+pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};

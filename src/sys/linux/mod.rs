@@ -1,0 +1,9 @@
+//! Linux implementation of the OS layer.
+
+pub(crate) mod code;
+pub(crate) mod process;
+pub(crate) mod socket;
+
+pub(crate) use code::*;
+pub(crate) use process::*;
+pub(crate) use socket::*;

@@ -1,0 +1,187 @@
+//! Creating, watching, signalling and reaping child processes.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::process::{
+    pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions,
+};
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Python's `exitcode`: the code, or `-signal`.
+    pub(crate) fn exitcode(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => -s,
+        }
+    }
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// The parent's process id (0 if none).
+pub(crate) fn getppid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+}
+
+/// Number of threads in this process.
+pub(crate) fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
+}
+
+/// `fork()` in the calling thread. Returns `None` in the child, the child's pid in the parent.
+///
+/// The caller must have made sure that the child can run safely with only the calling
+/// thread (no other thread holds a lock the child needs): `start::fork` refuses to get
+/// here from a multi-threaded process unless the user opted in through an `unsafe` call.
+pub(crate) fn fork_process() -> io::Result<Option<u32>> {
+    // SAFETY: fork() itself is always memory-safe to call; what the child may do afterwards
+    // is restricted by our caller (see above). glibc's fork runs its atfork handlers, which
+    // keep malloc and stdio usable in the child.
+    let r = unsafe { libc::fork() };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Forks the calling (single-threaded) fork server so that the new process becomes a child
+/// of the server's *parent* (`CLONE_PARENT`): the process that asked for it can wait for it,
+/// get its exit status and be sure its pid is not reused before it has reaped it.
+///
+/// Returns `None` in the child, the child's pid in the server.
+pub(crate) fn fork_as_sibling() -> io::Result<Option<u32>> {
+    let flags = (libc::CLONE_PARENT as libc::c_ulong) | (libc::SIGCHLD as libc::c_ulong);
+    // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like fork(): the
+    // child gets a copy-on-write copy of the address space and continues on a copy of the
+    // current stack. The fork server is single-threaded while serving (any other thread,
+    // such as a test harness's main thread, is parked in a blocking wait and holds no
+    // lock), so no lock can be left held in the child. glibc's atfork handlers do not run;
+    // its per-thread tid cache keeps the server's value, which glibc (>= 2.34) does not use
+    // for signalling oneself (raise/abort use gettid()).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Opens a pidfd for our own (unreaped) child: it cannot be a recycled pid.
+pub(crate) fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+    Ok(pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Reaps the child behind `pidfd` if it has ended; `None` while it runs.
+pub(crate) fn try_reap(pidfd: impl AsFd) -> io::Result<Option<ExitStatus>> {
+    loop {
+        match waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(st)) => {
+                if let Some(sig) = st.terminating_signal() {
+                    return Ok(Some(ExitStatus::Signal(sig)));
+                }
+                if let Some(code) = st.exit_status() {
+                    return Ok(Some(ExitStatus::Code(code)));
+                }
+                // waitid with NOHANG reports "no child ready" as a zeroed status.
+                return Ok(None);
+            }
+            Ok(None) => return Ok(None),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until the child behind `pidfd` has ended (without reaping it), up to `timeout`.
+pub(crate) fn wait_exited(pidfd: impl AsFd, timeout: Option<Duration>) -> io::Result<bool> {
+    super::socket::wait_readable(pidfd.as_fd(), timeout)
+}
+
+/// Sends `sig` (a signal number) through a pidfd. A process that already ended is not an error.
+pub(crate) fn signal_pidfd(pidfd: impl AsFd, sig: i32) -> io::Result<()> {
+    let sig = Signal::from_named_raw(sig).ok_or_else(|| io::Error::other("bad signal number"))?;
+    match pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Arranges for this process to be SIGKILLed when its parent (thread) dies, and exits at once
+/// if the parent `expected_parent` is already gone.
+pub(crate) fn die_with_parent(expected_parent: u32) {
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    if getppid() != expected_parent {
+        exit_immediately(1);
+    }
+}
+
+/// Ends the process at once: no destructors, no atexit handlers, no buffered output flushed.
+pub(crate) fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Points standard input at /dev/null (Python does this in every child).
+pub(crate) fn stdin_to_devnull() -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    Ok(())
+}
+
+/// Makes `fd` this process's standard output.
+pub(crate) fn set_stdout(fd: impl AsFd) -> io::Result<()> {
+    rustix::stdio::dup2_stdout(fd)?;
+    Ok(())
+}
+
+/// Takes standard input as an owned descriptor (a duplicate; fd 0 itself stays open).
+pub(crate) fn take_stdin_dup() -> io::Result<OwnedFd> {
+    super::socket::dup_fd(rustix::stdio::stdin())
+}
+
+/// A duplicate of this process's standard output.
+pub(crate) fn dup_stdout() -> io::Result<OwnedFd> {
+    super::socket::dup_fd(rustix::stdio::stdout())
+}
+
+/// Registers `f` to run when the process exits normally (`exit`, or return from `main`).
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: atexit only records the function pointer; `f` is a plain extern "C" fn.
+    unsafe {
+        libc::atexit(f);
+    }
+}
+
+/// Is the calling thread the process's main thread?
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}

@@ -1,0 +1,176 @@
+//! Unix stream sockets that carry bytes and file descriptors (`SCM_RIGHTS`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
+    RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// Most descriptors the kernel accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// A connected pair of Unix stream sockets, close-on-exec.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Bigger buffers let large messages stream with fewer context switches. Failure to
+    // enlarge is harmless.
+    for s in [&a, &b] {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(s, 1 << 20);
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(s, 1 << 20);
+    }
+    Ok((a, b))
+}
+
+/// Writes every byte of `parts` (in order) to the stream socket `fd`, attaching `fds` to the
+/// first byte. Never raises SIGPIPE: a closed peer gives `BrokenPipe`.
+pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a message can carry at most {MAX_FDS_PER_MESSAGE} handles, not {}",
+                fds.len()
+            ),
+        ));
+    }
+    // SAFETY: the raw descriptors come from handles borrowed by the caller for the duration
+    // of this call (see codec::encode_with_fds), so they are open while we send them.
+    let borrowed: Vec<BorrowedFd<'_>> = fds
+        .iter()
+        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
+        .collect();
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
+    let mut part = 0usize;
+    let mut off = 0usize;
+    let mut first = true;
+    while part < parts.len() {
+        if off == parts[part].len() {
+            part += 1;
+            off = 0;
+            continue;
+        }
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() - part);
+        iov.push(IoSlice::new(&parts[part][off..]));
+        for p in &parts[part + 1..] {
+            if !p.is_empty() {
+                iov.push(IoSlice::new(p));
+            }
+        }
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if first && !borrowed.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        }
+        let n = match sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        first = false;
+        // Advance over `n` bytes.
+        let mut left = n;
+        while left > 0 && part < parts.len() {
+            let avail = parts[part].len() - off;
+            if left >= avail {
+                left -= avail;
+                part += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+    }
+    if first && !borrowed.is_empty() {
+        // Nothing was written (all parts empty) but descriptors must still travel.
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        loop {
+            match sendmsg(
+                fd,
+                &[IoSlice::new(&[0u8; 0])],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(_) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is available (at least one byte, blocking) into `buf`; received descriptors
+/// are appended to `fds`. Returns 0 at end of stream.
+pub(crate) fn recv_some(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => {
+                for msg in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = msg {
+                        fds.extend(it);
+                    }
+                }
+                return Ok(r.bytes);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (data or end of stream), up to `timeout` (`None`: forever).
+/// Returns whether it is readable.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match poll(&mut pfd, ts.as_ref()) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Duplicates `fd` (close-on-exec).
+pub(crate) fn dup_fd(fd: impl AsFd) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
+}
+
+/// Duplicates a raw descriptor that the caller knows to be open (close-on-exec).
+pub(crate) fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: callers pass descriptors of handles that are alive for the duration of the
+    // call (in a forked child: inherited copies of the parent's live handles).
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    dup_fd(b)
+}

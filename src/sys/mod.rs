@@ -1,0 +1,12 @@
+//! The OS layer: every system call and every `unsafe` block of the crate lives below here.
+//!
+//! One module per operating system (ipc-channel's `platform/os` layout); the rest of the
+//! crate calls only the functions re-exported from here. Linux is the first platform.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("multiproc supports Linux only for now (see README's platform table)");
