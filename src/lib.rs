@@ -48,8 +48,12 @@ pub mod codec;
 pub mod connection;
 mod error;
 pub mod process;
+pub mod shared_memory;
+pub(crate) mod shm;
 pub mod start;
+pub mod sync;
 mod sys;
+pub mod value;
 
 pub use connection::{pipe, pipe_simplex, Connection};
 pub use error::{Error, Result};
@@ -58,3 +62,8 @@ pub use process::{
     Process, ProcessInfo,
 };
 pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};
+pub use sync::{
+    Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
+    Semaphore,
+};
+pub use value::{Array, ArrayGuard, Number, RawArray, RawValue, Value, ValueGuard};
