@@ -904,3 +904,45 @@ impl<'de, T: Number> Deserialize<'de> for RawArray<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn retype<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B> {
+        let mut buf = Vec::new();
+        let fds = codec::encode_with_fds(a, &mut buf)?;
+        let owned = fds
+            .iter()
+            .map(|&fd| crate::sys::dup_raw(fd))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        codec::decode_with_fds(&buf, owned)
+    }
+
+    #[test]
+    fn handles_roundtrip_and_check_their_type() {
+        let v = Value::new(5i32).unwrap();
+        let back: Value<i32> = retype(&v).unwrap();
+        back.set(6);
+        assert_eq!(v.get(), 6);
+        assert!(matches!(retype::<_, Value<i64>>(&v), Err(Error::Codec(_))));
+        assert!(matches!(retype::<_, Value<u32>>(&v), Err(Error::Codec(_))));
+        assert!(matches!(
+            retype::<_, RawValue<i32>>(&v),
+            Err(Error::Codec(_))
+        ));
+        let a = Array::from_slice(&[1u16, 2, 3]).unwrap();
+        let b: Array<u16> = retype(&a).unwrap();
+        assert_eq!(b.to_vec(), vec![1, 2, 3]);
+        assert!(matches!(retype::<_, Array<u32>>(&a), Err(Error::Codec(_))));
+        let r = RawArray::from_slice(&[1.5f32]).unwrap();
+        let s: RawArray<f32> = retype(&r).unwrap();
+        assert_eq!(s.get(0), 1.5);
+        // A Value's lock travels as a Lock.
+        let l: Lock = retype(v.get_lock()).unwrap();
+        l.acquire().unwrap();
+        assert!(v.get_lock().is_locked());
+        l.release().unwrap();
+    }
+}
