@@ -56,6 +56,7 @@ struct Inner {
 /// is attached there by name.
 ///
 /// ```
+/// multiproc::init();
 /// use multiproc::shared_memory::SharedMemory;
 /// let a = SharedMemory::create(None, 64).unwrap();
 /// let b = SharedMemory::attach(a.name()).unwrap();
@@ -96,6 +97,7 @@ impl SharedMemory {
     /// is tracked: if this process ends without unlinking it, it is unlinked then.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 10).unwrap();
     /// assert_eq!(shm.len(), 10);
     /// shm.unlink().unwrap();
@@ -108,6 +110,7 @@ impl SharedMemory {
     /// after this process ends, until someone unlinks it.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create_untracked(None, 10).unwrap();
     /// shm.unlink().unwrap();
     /// ```
@@ -174,6 +177,7 @@ impl SharedMemory {
     /// The block's name (without the leading `/`), to attach to it elsewhere.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(Some("mp_doc_name"), 1).unwrap();
     /// assert_eq!(shm.name(), "mp_doc_name");
     /// shm.unlink().unwrap();
@@ -185,6 +189,7 @@ impl SharedMemory {
     /// Its size in bytes.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 100).unwrap();
     /// assert_eq!(shm.len(), 100);
     /// shm.unlink().unwrap();
@@ -196,6 +201,7 @@ impl SharedMemory {
     /// Always false (a block has at least one byte).
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 1).unwrap();
     /// assert!(!shm.is_empty());
     /// shm.unlink().unwrap();
@@ -218,6 +224,7 @@ impl SharedMemory {
     /// Copies bytes `offset..offset + buf.len()` into `buf`.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 4).unwrap();
     /// let mut b = [9u8; 4];
     /// shm.read_at(0, &mut b).unwrap();
@@ -234,6 +241,7 @@ impl SharedMemory {
     /// Copies `data` to bytes `offset..offset + data.len()`.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 4).unwrap();
     /// shm.write_at(1, &[5, 6]).unwrap();
     /// assert_eq!(shm.to_vec(), vec![0, 5, 6, 0]);
@@ -248,6 +256,7 @@ impl SharedMemory {
     /// A copy of the whole block.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 3).unwrap();
     /// assert_eq!(shm.to_vec(), vec![0, 0, 0]);
     /// shm.unlink().unwrap();
@@ -263,6 +272,7 @@ impl SharedMemory {
     /// clone) lives. Other processes may write the bytes at any time.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 8).unwrap();
     /// assert!(!shm.as_ptr().is_null());
     /// shm.unlink().unwrap();
@@ -275,6 +285,7 @@ impl SharedMemory {
     /// dropped its handles. Unlinking a name that is already gone is an error.
     ///
     /// ```
+    /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 8).unwrap();
     /// shm.unlink().unwrap();
     /// assert!(multiproc::shared_memory::SharedMemory::attach(shm.name()).is_err());
