@@ -559,3 +559,48 @@ fn raw_value_with_and_without_lock() {
         }
     }
 }
+
+fn take_and_exit(lock: Lock) -> bool {
+    // Exits holding the lock: the process is then a dead holder.
+    lock.try_acquire().unwrap_or(false)
+}
+
+#[test]
+fn every_start_method_and_pipes_carry_primitives() {
+    multiproc::init();
+    // SAFETY: this test's other threads (the harness's) hold no lock the child needs.
+    unsafe { multiproc::allow_fork_with_threads(true) };
+    for m in [
+        multiproc::StartMethod::ForkServer,
+        multiproc::StartMethod::Spawn,
+        multiproc::StartMethod::Fork,
+    ] {
+        let lock = Lock::new().unwrap();
+        let h = multiproc::Builder::new()
+            .start_method(m)
+            .spawn(take_and_exit, lock.clone())
+            .unwrap();
+        assert!(h.join().unwrap(), "{m:?}");
+        // The child's identity was its own (not the parent's cached one): the parent sees
+        // a dead holder, not itself.
+        assert!(
+            matches!(
+                lock.acquire_timeout(Duration::from_secs(5)),
+                Err(Error::OwnerDied)
+            ),
+            "{m:?}"
+        );
+        lock.release().unwrap();
+    }
+
+    // Through a pipe: the received Event is the same event.
+    let (a, b) = multiproc::pipe::<(Event, Semaphore)>().unwrap();
+    let e = Event::new().unwrap();
+    let s = Semaphore::new(0).unwrap();
+    a.send(&(e.clone(), s.clone())).unwrap();
+    let (e2, s2) = b.recv().unwrap();
+    e2.set();
+    s2.release().unwrap();
+    assert!(e.is_set());
+    assert_eq!(s.get_value(), 1);
+}

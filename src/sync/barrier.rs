@@ -151,7 +151,7 @@ impl Barrier {
         }
         let idx = s.u32(COUNT).load(Ordering::Relaxed);
         let parties = s.u32(PARTIES).load(Ordering::Relaxed);
-        if idx + 1 >= parties {
+        if idx.saturating_add(1) >= parties {
             s.u32(COUNT).store(0, Ordering::Relaxed);
             s.u32(ROUND).fetch_add(1, Ordering::Relaxed);
             s.u32(SEQ).fetch_add(1, Ordering::Release);

@@ -256,7 +256,7 @@ impl<'de> Deserialize<'de> for Lock {
         }
         let len = usize::try_from(len).map_err(serde::de::Error::custom)?;
         let off = off as usize;
-        if off % 8 != 0 || off.saturating_add(MUTEX_SIZE) > len {
+        if !off.is_multiple_of(8) || off.saturating_add(MUTEX_SIZE) > len {
             return Err(serde::de::Error::custom("Lock handle out of its segment"));
         }
         let seg = Segment::from_fd(fd.0, Kind(kind), len).map_err(serde::de::Error::custom)?;

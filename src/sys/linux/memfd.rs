@@ -158,7 +158,7 @@ impl Mapping {
     pub(crate) fn atomic<A: AtomicCell>(&self, off: usize) -> &A {
         let size = std::mem::size_of::<A>();
         assert!(
-            off % size == 0 && off.checked_add(size).is_some_and(|e| e <= self.len),
+            off.is_multiple_of(size) && off.checked_add(size).is_some_and(|e| e <= self.len),
             "multiproc: shared-memory access out of layout (offset {off}, size {size}, len {})",
             self.len
         );
@@ -175,7 +175,7 @@ impl Mapping {
         let mut i = 0;
         while i < out.len() {
             let at = off + i;
-            if at % 8 == 0 && out.len() - i >= 8 {
+            if at.is_multiple_of(8) && out.len() - i >= 8 {
                 let v = self.atomic::<AtomicU64>(at).load(Ordering::Relaxed);
                 out[i..i + 8].copy_from_slice(&v.to_ne_bytes());
                 i += 8;
@@ -192,7 +192,7 @@ impl Mapping {
         let mut i = 0;
         while i < data.len() {
             let at = off + i;
-            if at % 8 == 0 && data.len() - i >= 8 {
+            if at.is_multiple_of(8) && data.len() - i >= 8 {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&data[i..i + 8]);
                 self.atomic::<AtomicU64>(at)
