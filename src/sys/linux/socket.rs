@@ -13,6 +13,9 @@ use rustix::net::{
     RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
+/// Non-blocking reads tried before a blocking one (each a few hundred nanoseconds).
+const SPIN_TRIES: u32 = 64;
+
 /// Most descriptors the kernel accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
@@ -173,4 +176,29 @@ pub(crate) fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
     // call (in a forked child: inherited copies of the parent's live handles).
     let b = unsafe { BorrowedFd::borrow_raw(fd) };
     dup_fd(b)
+}
+
+/// Reads at most `max` bytes from `fd` into the spare capacity of `v` (blocking until at
+/// least one byte or end of stream), without initialising that memory first. Returns the
+/// number of bytes appended (0 at end of stream). Ancillary data is not read: callers only
+/// stream the body of a frame whose descriptors already arrived with its first bytes.
+pub(crate) fn recv_into_spare(
+    fd: BorrowedFd<'_>,
+    v: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let want = max.min(v.capacity() - v.len());
+    loop {
+        let spare = &mut v.spare_capacity_mut()[..want];
+        match rustix::net::recv(fd, spare, rustix::net::RecvFlags::empty()) {
+            Ok(((filled, _), _)) => {
+                let n = filled.len();
+                // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+                unsafe { v.set_len(v.len() + n) };
+                return Ok(n);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
