@@ -125,10 +125,24 @@ pub(crate) fn recv_some(
 ) -> io::Result<usize> {
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    // Before sleeping in the kernel, look again for a short while: a peer streaming small
+    // messages usually has the next one ready within microseconds, and not sleeping saves
+    // it the cost of waking us for every message.
+    let mut spins = SPIN_TRIES;
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        let flags = if spins > 0 {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::CMSG_CLOEXEC
+        };
+        match recvmsg(fd, &mut iov, &mut control, flags) {
+            Err(Errno::AGAIN) if spins > 0 => {
+                spins -= 1;
+                std::hint::spin_loop();
+                continue;
+            }
             Ok(r) => {
                 for msg in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(it) = msg {
