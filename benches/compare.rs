@@ -213,6 +213,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// The 1-minute load average: other work on the machine skews the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 /// "how many times better": above 1 means multiproc wins.
 fn ratio(w: &Workload, ours: f64, theirs: f64) -> f64 {
     if w.higher_is_better {
@@ -271,7 +279,8 @@ fn main() {
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     println!("multiproc vs CPython multiprocessing — {date}");
     println!(
-        "machine: {nproc} CPUs, {cpu}; python: {}",
+        "machine: {nproc} CPUs, {cpu}; load average {}; python: {}",
+        load_average(),
         py.as_deref().unwrap_or("not run")
     );
     println!();
@@ -334,6 +343,7 @@ fn main() {
                 "cpu_model": cpu,
                 "python": py,
                 "date": date,
+                "load_average": load_average(),
             });
             let _ = writeln!(f, "{line}");
         }
