@@ -407,7 +407,8 @@ fn pipes() -> multiproc::Result<()> {
     );
     echo.terminate()?;
     echo.join()?;
-    drop(echo); // the Process held the parent's copy of `b`: now every copy is closed
+    // `b` moved into the child's arguments; the parent's copy was closed once the child
+    // started, so with the child gone no one holds the other end.
     match a.recv_bytes() {
         Err(Error::Eof) => println!("recv after the peer is gone: Error::Eof"),
         other => println!("recv after the peer is gone: unexpected {other:?}"),
