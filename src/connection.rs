@@ -27,7 +27,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -109,6 +109,11 @@ impl ReadState {
     }
 }
 
+enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
 /// An untyped framed channel over a stream socket: the machinery under [`Connection`], the
 /// fork server and the child bootstrap.
 pub(crate) struct RawConn {
@@ -170,6 +175,15 @@ impl RawConn {
         &self,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> Result<R>,
     ) -> Result<R> {
+        self.recv_frame(|p, fds| match p {
+            Payload::Borrowed(b) => f(b, fds),
+            Payload::Owned(v) => f(&v, fds),
+        })
+    }
+
+    /// Receives one frame: small payloads are lent from the read buffer, large ones handed
+    /// over in the vector they were received into.
+    fn recv_frame<R>(&self, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>) -> Result<R> {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
         if st.broken {
             return Err(Error::Codec(
@@ -222,7 +236,7 @@ impl RawConn {
                 st.start = 0;
                 st.end = 0;
             }
-            return f(&st.buf[s..s + len], fds);
+            return f(Payload::Borrowed(&st.buf[s..s + len]), fds);
         }
         // Large frame: take what is buffered, then read straight into the payload vector,
         // growing it as bytes arrive.
@@ -234,32 +248,26 @@ impl RawConn {
             st.start = 0;
             st.end = 0;
         }
-        let mut spare_fds = VecDeque::new();
         while payload.len() < len {
             if payload.len() == payload.capacity() {
                 let grow = payload.capacity().min(len - payload.len());
                 payload.reserve_exact(grow);
             }
-            let old = payload.len();
-            let room = (payload.capacity() - old).min(len - old);
-            payload.resize(old + room, 0);
-            let n = match sys::recv_some(fd, &mut payload[old..], &mut spare_fds) {
-                Ok(n) => n,
+            let want = len - payload.len();
+            match sys::recv_into_spare(fd, &mut payload, want) {
+                Ok(0) => {
+                    st.broken = true;
+                    return Err(ReadState::truncated());
+                }
+                Ok(_) => {}
                 Err(e) => {
                     st.broken = true;
                     return Err(e.into());
                 }
-            };
-            payload.truncate(old + n);
-            if n == 0 {
-                st.broken = true;
-                return Err(ReadState::truncated());
             }
         }
-        // Descriptors that arrived while streaming belong to later frames.
-        st.fds.extend(spare_fds);
         drop(st);
-        f(&payload, fds)
+        f(Payload::Owned(payload), fds)
     }
 
     /// Receives one frame and decodes it as `T` (handles inside are rebuilt).
@@ -269,7 +277,10 @@ impl RawConn {
 
     /// Receives one frame's bytes; descriptors sent with it are closed.
     pub(crate) fn recv_bytes(&self) -> Result<Vec<u8>> {
-        self.recv_with(|bytes, _fds| Ok(bytes.to_vec()))
+        self.recv_frame(|p, _fds| match p {
+            Payload::Borrowed(b) => Ok(b.to_vec()),
+            Payload::Owned(v) => Ok(v),
+        })
     }
 
     /// Whether a frame (or end of stream) can be read without blocking, waiting up to
@@ -312,7 +323,7 @@ impl AsFd for RawConn {
 /// assert_eq!(parent.recv().unwrap(), vec![1, 2, 3]);
 /// ```
 pub struct Connection<T> {
-    raw: RawConn,
+    raw: Arc<RawConn>,
     readable: bool,
     writable: bool,
     _t: PhantomData<fn(T) -> T>,
@@ -369,7 +380,7 @@ pub fn pipe_simplex<T>() -> Result<(Connection<T>, Connection<T>)> {
 impl<T> Connection<T> {
     pub(crate) fn from_raw(raw: RawConn, readable: bool, writable: bool) -> Self {
         Connection {
-            raw,
+            raw: Arc::new(raw),
             readable,
             writable,
             _t: PhantomData,
@@ -436,7 +447,7 @@ impl<T> Connection<T> {
     }
 
     /// Closes this end (the same as dropping it). The peer sees end of file once every
-    /// copy of this end, in every process, is closed.
+    /// copy of this end (its clones, and the copies sent to other processes) is closed.
     ///
     /// ```
     /// multiproc::init();
@@ -499,6 +510,29 @@ impl<T: DeserializeOwned> Connection<T> {
     pub fn recv(&self) -> Result<T> {
         self.check_readable()?;
         self.raw.recv_value()
+    }
+}
+
+/// A clone refers to the same end (like a second reference to a Python `Connection`): both
+/// share one descriptor and one receive buffer, so they can be used from several threads.
+/// Each message is sent and received whole. The end is closed when the last clone is
+/// dropped.
+///
+/// ```
+/// multiproc::init();
+/// let (a, b) = multiproc::pipe::<u8>().unwrap();
+/// let a2 = a.clone();
+/// std::thread::spawn(move || a2.send(&1).unwrap()).join().unwrap();
+/// assert_eq!(b.recv().unwrap(), 1);
+/// ```
+impl<T> Clone for Connection<T> {
+    fn clone(&self) -> Self {
+        Connection {
+            raw: self.raw.clone(),
+            readable: self.readable,
+            writable: self.writable,
+            _t: PhantomData,
+        }
     }
 }
 
