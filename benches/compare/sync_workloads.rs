@@ -1,41 +1,18 @@
-//! Benchmarks of the synchronization primitives, with the same workloads as
-//! `benches/py/sync.py` (CPython's `multiprocessing`). Run both on the same machine:
-//!
-//! ```text
-//! cargo run --release --example bench_sync
-//! python3 benches/py/sync.py
-//! ```
-//!
-//! Each workload is a function returning its figure, shaped for the side-by-side harness
-//! (`benches/compare.rs`: name, unit, lower/higher is better) so it can move there as is.
+//! Synchronization workloads of the side-by-side benchmark (issue 3): Lock, Value, Event.
+//! Their CPython counterparts are the functions of the same names in `benches/compare.py`.
 
 use std::time::{Duration, Instant};
 
 use multiproc::{Event, Lock, Process, RawValue, Value};
 
-/// (name, unit, higher_is_better, run)
-type Workload = (&'static str, &'static str, bool, fn() -> f64);
-
-const WORKLOADS: &[Workload] = &[
-    ("lock_uncontended", "ns/pair", false, lock_uncontended),
-    (
-        "lock_two_process_increment",
-        "ns/incr",
-        false,
-        lock_two_process_increment,
-    ),
-    ("value_increment", "ns/incr", false, value_increment),
-    ("event_wake_latency", "us", false, event_wake_latency),
-];
-
-// --- parameters shared with benches/py/sync.py (keep them equal) --------------------------
+// --- parameters shared with benches/compare.py (keep them equal) --------------------------
 const UNCONTENDED_ITERS: u32 = 2_000_000;
 const CONTENDED_ITERS: u32 = 200_000; // per process
 const VALUE_ITERS: u32 = 1_000_000;
 const PINGPONG_ROUNDS: u32 = 5_000;
 
 /// Uncontended `acquire(); release()` pairs in one process: ns per pair (best of 5).
-fn lock_uncontended() -> f64 {
+pub fn lock_uncontended() -> f64 {
     let lock = Lock::new().expect("lock");
     let mut best = f64::MAX;
     for _ in 0..5 {
@@ -61,7 +38,7 @@ fn locked_adder((x, lock, n): (RawValue<u64>, Lock, u32)) -> multiproc::Result<(
 /// Two processes each add 1 to a shared counter `CONTENDED_ITERS` times under one Lock:
 /// wall time per increment, start-up excluded as far as possible (children wait on an
 /// Event).
-fn lock_two_process_increment() -> f64 {
+pub fn lock_two_process_increment() -> f64 {
     let x = RawValue::new(0u64).expect("value");
     let lock = Lock::new().expect("lock");
     // Hold the lock while the children start, so both begin together.
@@ -84,7 +61,7 @@ fn lock_two_process_increment() -> f64 {
 }
 
 /// `*value.lock() += 1` in one process (Python: `with v.get_lock(): v.value += 1`).
-fn value_increment() -> f64 {
+pub fn value_increment() -> f64 {
     let v = Value::new(0i64).expect("value");
     let t = Instant::now();
     for _ in 0..VALUE_ITERS {
@@ -106,7 +83,7 @@ fn ponger((ping, pong, n): (Event, Event, u32)) -> multiproc::Result<()> {
 
 /// Ping-pong between two processes through two Events: the time to wake a process blocked
 /// on an Event (half a round trip), in µs.
-fn event_wake_latency() -> f64 {
+pub fn event_wake_latency() -> f64 {
     let ping = Event::new().expect("event");
     let pong = Event::new().expect("event");
     let mut p = Process::new(ponger, (ping.clone(), pong.clone(), PINGPONG_ROUNDS));
@@ -120,18 +97,4 @@ fn event_wake_latency() -> f64 {
     let el = t.elapsed();
     p.join().expect("join");
     el.as_secs_f64() * 1e6 / (2 * PINGPONG_ROUNDS) as f64
-}
-
-fn main() {
-    multiproc::init();
-    let filter: Vec<String> = std::env::args().skip(1).collect();
-    println!("{:<30} {:>12}  unit", "workload", "multiproc");
-    for (name, unit, higher, run) in WORKLOADS {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let v = run();
-        let better = if *higher { "higher" } else { "lower" };
-        println!("{name:<30} {v:>12.2}  {unit} ({better} is better)");
-    }
 }
