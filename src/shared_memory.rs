@@ -94,7 +94,9 @@ fn random_name() -> String {
 impl SharedMemory {
     /// Creates a new block of `size` bytes (zeroed) named `name`, or a fresh unique name if
     /// `None`. An existing name is an error ([`Error::Io`] with `AlreadyExists`). The block
-    /// is tracked: if this process ends without unlinking it, it is unlinked then.
+    /// is tracked: if this process ends without unlinking it, it is unlinked then. The
+    /// first tracked block starts the tracker process, which needs `multiproc::init()` to
+    /// have been called ([`Error::NotInitialized`] otherwise).
     ///
     /// ```
     /// multiproc::init();

@@ -300,6 +300,8 @@ impl<T: Number> Value<T> {
     ///
     /// A previous holder that died is not an error here (the number cannot be half
     /// written). Taking it while this thread holds [`get_lock`](Value::get_lock) deadlocks.
+    /// While the guard lives, [`get`](Value::get) in this process reads the stored value,
+    /// not the guard's pending one.
     ///
     /// ```
     /// let v = multiproc::Value::new(1u32).unwrap();
