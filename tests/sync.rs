@@ -604,3 +604,57 @@ fn every_start_method_and_pipes_carry_primitives() {
     assert!(e.is_set());
     assert_eq!(s.get_value(), 1);
 }
+
+fn contend_and_maybe_hang((lock, counter, hang_at): (Lock, RawValue<u64>, u32)) {
+    for i in 0..20_000u32 {
+        match lock.acquire() {
+            Ok(()) | Err(Error::OwnerDied) => {}
+            Err(e) => panic!("{e}"),
+        }
+        if i == hang_at {
+            sleep_forever(); // killed while holding the lock
+        }
+        counter.set(counter.get() + 1);
+        lock.release().unwrap();
+    }
+}
+
+/// Soak: processes contend for a lock while some of them are killed holding it; the
+/// survivors always finish. `cargo nextest run --profile soak --run-ignored only`.
+#[test]
+#[ignore]
+fn soak_contention_with_killed_holders() {
+    multiproc::init();
+    for round in 0..20u32 {
+        let lock = Lock::new().unwrap();
+        let counter = RawValue::new(0u64).unwrap();
+        let doomed = multiproc::spawn(
+            contend_and_maybe_hang,
+            (lock.clone(), counter.clone(), 500 + round),
+        )
+        .unwrap();
+        let others: Vec<_> = (0..3)
+            .map(|_| {
+                multiproc::spawn(
+                    contend_and_maybe_hang,
+                    (lock.clone(), counter.clone(), u32::MAX),
+                )
+                .unwrap()
+            })
+            .collect();
+        // Wait until the doomed one hangs holding the lock, then kill it.
+        loop {
+            let c = counter.get();
+            std::thread::sleep(Duration::from_millis(50));
+            if counter.get() == c && lock.is_locked() {
+                break;
+            }
+        }
+        doomed.kill().unwrap();
+        let _ = doomed.join();
+        for h in others {
+            h.join().unwrap();
+        }
+        assert_eq!(counter.get(), 3 * 20_000 + 500 + u64::from(round));
+    }
+}

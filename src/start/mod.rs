@@ -374,6 +374,8 @@ fn harness_args() -> Vec<OsString> {
             "--exact".into(),
             "--nocapture".into(),
             "--test-threads=1".into(),
+            // An #[ignore] (soak) test must run in the child too.
+            "--include-ignored".into(),
         ],
         None => Vec::new(),
     }
