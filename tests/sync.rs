@@ -1,5 +1,7 @@
 //! Locks, semaphores, events, conditions, barriers and shared values, across processes.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use multiproc::{
@@ -657,4 +659,51 @@ fn soak_contention_with_killed_holders() {
         }
         assert_eq!(counter.get(), 3 * 20_000 + 500 + u64::from(round));
     }
+}
+
+fn touch_all(
+    (l, r, s, e, c, b, v, a): (
+        Lock,
+        RLock,
+        Semaphore,
+        Event,
+        Condition,
+        Barrier,
+        Value<u8>,
+        Array<u8>,
+    ),
+) -> usize {
+    let _ = (
+        l.is_locked(),
+        r.try_acquire(),
+        s.get_value(),
+        e.is_set(),
+        b.parties(),
+    );
+    let _ = (c.notify(1), v.get(), a.len());
+    0
+}
+
+#[test]
+fn no_descriptor_growth() {
+    multiproc::init();
+    let mut round = || {
+        let args = (
+            Lock::new().unwrap(),
+            RLock::new().unwrap(),
+            Semaphore::new(1).unwrap(),
+            Event::new().unwrap(),
+            Condition::new().unwrap(),
+            Barrier::new(2).unwrap(),
+            Value::new(1u8).unwrap(),
+            Array::<u8>::new(3).unwrap(),
+        );
+        multiproc::spawn(touch_all, args).unwrap().join().unwrap();
+    };
+    round();
+    let before = common::fd_count();
+    for _ in 0..20 {
+        round();
+    }
+    assert_eq!(common::fd_count(), before);
 }
