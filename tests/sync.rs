@@ -687,7 +687,7 @@ fn touch_all(
 #[test]
 fn no_descriptor_growth() {
     multiproc::init();
-    let mut round = || {
+    let round = || {
         let args = (
             Lock::new().unwrap(),
             RLock::new().unwrap(),
