@@ -8,7 +8,7 @@
 //! *same* primitive in the other process. Blocking waits sleep on futexes in the segment.
 //!
 //! Beyond Python: when a process dies holding a [`Lock`] or [`RLock`], the next process to
-//! acquire it gets it, with [`Error::OwnerDied`](crate::Error::OwnerDied) to say so, within
+//! acquire it gets it, with [`Error::OwnerDied`] to say so, within
 //! about a tenth of a second, instead of deadlocking for ever; a [`Barrier`] one of whose
 //! parties died is broken rather than hung; a [`Semaphore`] waiter that is killed leaves
 //! the count intact.
