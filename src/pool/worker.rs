@@ -1,0 +1,372 @@
+//! The worker process and the wire format between a worker and its handler thread.
+//!
+//! A worker is a long-lived child running [`worker_main`]. It runs the pool's initializer
+//! once, says it is ready, then reads batches of jobs from its socket until told to stop
+//! (or until the socket closes). Each job names its function the way the start layer names
+//! a process's target: an offset in this binary, checked against the build identity and the
+//! function's type (see `sys::code`). The function is called through a generic trampoline,
+//! [`run_job`], whose own offset travels with the job.
+//!
+//! Parent → worker frames:
+//! - `BATCH`: `[1][njobs u32]` then per job
+//!   `[id u64][entry i64][entry_sig u64][target i64][target_sig u64][count u32][flags u8]
+//!   [args_len u32][ends: count × u32][fd counts: count × u32, if flag HAS_FDS][args]`;
+//!   the descriptors of all jobs travel with the frame, in order.
+//! - `STOP`: `[2]`.
+//!
+//! Worker → parent frames:
+//! - `READY`: `[0]`; `INIT_FAILED`: `[1][TaskFail]`;
+//! - `RESULTS`: `[2][id u64][first u32][count u32][count × TaskReply<R>]`, with the
+//!   descriptors of handles inside the results.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::fail::TaskFail;
+use crate::connection::RawConn;
+use crate::{codec, start, sys, Error, Result};
+
+pub(crate) const MSG_BATCH: u8 = 1;
+pub(crate) const MSG_STOP: u8 = 2;
+pub(crate) const REP_READY: u8 = 0;
+pub(crate) const REP_INIT_FAILED: u8 = 1;
+pub(crate) const REP_RESULTS: u8 = 2;
+pub(crate) const FLAG_FLUSH_EACH: u8 = 1;
+pub(crate) const FLAG_HAS_FDS: u8 = 2;
+
+/// One task's outcome as it travels back.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum TaskReply<R> {
+    Ok(R),
+    Failed(TaskFail),
+}
+
+/// Names a pool function to a worker: the trampoline [`run_job::<A, R>`] and the user's
+/// `fn(A) -> R`, both as checked offsets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TaskCode {
+    pub(crate) entry: i64,
+    pub(crate) entry_sig: u64,
+    pub(crate) target: i64,
+    pub(crate) target_sig: u64,
+}
+
+impl TaskCode {
+    pub(crate) fn of<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskCode {
+        TaskCode {
+            entry: sys::offset_of(run_job::<A, R> as JobEntry as usize),
+            entry_sig: sys::type_sig::<JobEntry>(),
+            target: sys::offset_of(f as usize),
+            target_sig: sys::type_sig::<fn(A) -> R>(),
+        }
+    }
+}
+
+/// The worker's socket, passed as a handle in the worker's arguments.
+pub(crate) struct SockHandle(pub(crate) OwnedFd);
+
+impl Serialize for SockHandle {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        codec::FdRef(self.0.as_fd()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SockHandle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(SockHandle(codec::FdOwned::deserialize(d)?.0))
+    }
+}
+
+/// The initializer and its arguments.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct InitSpec<I> {
+    pub(crate) target: i64,
+    pub(crate) sig: u64,
+    pub(crate) args: I,
+}
+
+/// What a worker process is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WorkerArgs<I> {
+    pub(crate) sock: SockHandle,
+    pub(crate) init: Option<InitSpec<I>>,
+}
+
+/// Reads the little-endian fields of a frame; running off the end is a codec error.
+pub(crate) struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(b: &'a [u8]) -> Reader<'a> {
+        Reader { b }
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(Error::Codec("truncated pool frame".into()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.bytes(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.bytes(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub(crate) fn i64(&mut self) -> Result<i64> {
+        Ok(self.u64()? as i64)
+    }
+
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.b
+    }
+}
+
+/// The `i`th little-endian u32 of `b` (callers checked the length).
+pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i * 4..i * 4 + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// One job as the worker sees it, handed to the trampoline.
+pub(crate) struct JobRun<'a> {
+    target: i64,
+    target_sig: u64,
+    id: u64,
+    count: usize,
+    flush_each: bool,
+    args: &'a [u8],
+    ends: &'a [u8],
+    fd_counts: Option<&'a [u8]>,
+    fds: VecDeque<OwnedFd>,
+    conn: &'a RawConn,
+    out: &'a mut Vec<u8>,
+    /// Index (within the job) of the first task in `out`, and how many are there.
+    pending_first: usize,
+    pending: usize,
+}
+
+impl JobRun<'_> {
+    fn begin(&mut self, first: usize) {
+        self.out.clear();
+        self.out.push(REP_RESULTS);
+        self.out.extend_from_slice(&self.id.to_le_bytes());
+        self.out.extend_from_slice(&(first as u32).to_le_bytes());
+        self.out.extend_from_slice(&0u32.to_le_bytes());
+        self.pending_first = first;
+        self.pending = 0;
+    }
+
+    fn flush(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
+        if self.pending == 0 && fds.is_empty() {
+            return Ok(());
+        }
+        let n = (self.pending as u32).to_le_bytes();
+        self.out[13..17].copy_from_slice(&n);
+        self.conn.send_bytes(self.out, fds)?;
+        let next = self.pending_first + self.pending;
+        self.begin(next);
+        Ok(())
+    }
+
+    fn push_fail(&mut self, fail: TaskFail) -> Result<()> {
+        codec::append_with_fds(&TaskReply::<()>::Failed(fail), self.out)?;
+        self.pending += 1;
+        if self.flush_each {
+            self.flush(&[])?;
+        }
+        Ok(())
+    }
+
+    /// The arguments and descriptors of task `i` (tasks are taken in order).
+    fn task(&mut self, i: usize) -> (&[u8], Vec<OwnedFd>) {
+        let start = if i == 0 {
+            0
+        } else {
+            u32_at(self.ends, i - 1) as usize
+        };
+        let end = u32_at(self.ends, i) as usize;
+        let nfds = self.fd_counts.map_or(0, |c| u32_at(c, i) as usize);
+        let fds: Vec<OwnedFd> = self.fds.drain(..nfds.min(self.fds.len())).collect();
+        (self.args.get(start..end).unwrap_or(&[]), fds)
+    }
+}
+
+/// The trampoline's type: runs every task of a job and sends the replies.
+pub(crate) type JobEntry = fn(&mut JobRun<'_>) -> Result<()>;
+
+fn panicked() -> TaskFail {
+    let (message, location, backtrace) =
+        start::take_last_panic().unwrap_or_else(|| ("<unknown panic>".into(), None, None));
+    TaskFail::Panicked {
+        message,
+        location,
+        backtrace,
+    }
+}
+
+/// Runs `f: fn(A) -> R` (named by `run.target`) on each task of the job.
+pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -> Result<()> {
+    let f = sys::fn_at::<fn(A) -> R>(run.target, sys::build_id(), run.target_sig);
+    run.begin(0);
+    for i in 0..run.count {
+        let Some(f) = f else {
+            run.push_fail(TaskFail::BuildMismatch(
+                "the pool function's type does not match in the worker".into(),
+            ))?;
+            continue;
+        };
+        let (bytes, fds) = run.task(i);
+        let a: A = match codec::decode_with_fds(bytes, fds) {
+            Ok(a) => a,
+            Err(e) => {
+                run.push_fail(TaskFail::Codec(format!(
+                    "cannot decode the task's arguments: {e}"
+                )))?;
+                continue;
+            }
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(move || f(a))) {
+            Ok(r) => match codec::append_with_fds(&TaskReply::<&R>::Ok(&r), run.out) {
+                Ok(fds) => {
+                    run.pending += 1;
+                    if !fds.is_empty() {
+                        // The handles' descriptors must travel while `r` is alive.
+                        run.flush(&fds)?;
+                    } else if run.flush_each {
+                        run.flush(&[])?;
+                    }
+                }
+                Err(e) => run.push_fail(TaskFail::Codec(format!(
+                    "cannot encode the task's result: {e}"
+                )))?,
+            },
+            Err(_) => run.push_fail(panicked())?,
+        }
+    }
+    run.flush(&[])
+}
+
+/// Parses and runs one batch. `Ok(false)`: told to stop.
+fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Result<bool> {
+    let mut rd = Reader::new(bytes);
+    match rd.u8()? {
+        MSG_STOP => return Ok(false),
+        MSG_BATCH => {}
+        other => return Err(Error::Codec(format!("unknown pool message {other}"))),
+    }
+    let njobs = rd.u32()?;
+    let mut fds: VecDeque<OwnedFd> = fds.into();
+    for _ in 0..njobs {
+        let id = rd.u64()?;
+        let entry = rd.i64()?;
+        let entry_sig = rd.u64()?;
+        let target = rd.i64()?;
+        let target_sig = rd.u64()?;
+        let count = rd.u32()? as usize;
+        let flags = rd.u8()?;
+        let args_len = rd.u32()? as usize;
+        let ends = rd.bytes(count * 4)?;
+        let fd_counts = if flags & FLAG_HAS_FDS != 0 {
+            Some(rd.bytes(count * 4)?)
+        } else {
+            None
+        };
+        let args = rd.bytes(args_len)?;
+        let nfds: usize = fd_counts.map_or(0, |c| (0..count).map(|i| u32_at(c, i) as usize).sum());
+        let job_fds: VecDeque<OwnedFd> = fds.drain(..nfds.min(fds.len())).collect();
+        let mut run = JobRun {
+            target,
+            target_sig,
+            id,
+            count,
+            flush_each: flags & FLAG_FLUSH_EACH != 0,
+            args,
+            ends,
+            fd_counts,
+            fds: job_fds,
+            conn,
+            out,
+            pending_first: 0,
+            pending: 0,
+        };
+        match sys::fn_at::<JobEntry>(entry, sys::build_id(), entry_sig) {
+            Some(e) => e(&mut run)?,
+            None => {
+                run.begin(0);
+                for _ in 0..count {
+                    run.push_fail(TaskFail::BuildMismatch(
+                        "the worker's executable is not the parent's".into(),
+                    ))?;
+                }
+                run.flush(&[])?;
+            }
+        }
+    }
+    if !rd.rest().is_empty() {
+        return Err(Error::Codec("trailing bytes in a pool batch".into()));
+    }
+    Ok(true)
+}
+
+/// The worker process's body.
+pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
+    start::set_quiet_panics(true);
+    let conn = RawConn::new(args.sock.0);
+    if let Some(init) = args.init {
+        let fail = match sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) {
+            None => Some(TaskFail::BuildMismatch(
+                "the initializer's type does not match in the worker".into(),
+            )),
+            Some(f) => {
+                let a = init.args;
+                match std::panic::catch_unwind(AssertUnwindSafe(move || drop(f(a)))) {
+                    Ok(()) => None,
+                    Err(_) => Some(panicked()),
+                }
+            }
+        };
+        if let Some(fail) = fail {
+            let mut b = vec![REP_INIT_FAILED];
+            let _ = codec::append_with_fds(&fail, &mut b);
+            let _ = conn.send_bytes(&b, &[]);
+            return;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    if conn.send_bytes(&[REP_READY], &[]).is_err() {
+        return;
+    }
+    let mut out = Vec::new();
+    loop {
+        let r = conn.recv_with(|bytes, fds| run_batch(&conn, bytes, fds, &mut out));
+        let _ = std::io::stdout().flush();
+        if out.capacity() > (4 << 20) {
+            out = Vec::new();
+        }
+        match r {
+            Ok(true) => {}
+            _ => break,
+        }
+    }
+}
