@@ -52,6 +52,8 @@ const MAX_JOB_BYTES: usize = 1 << 20;
 /// Jobs bigger than this are not sent ahead while the worker is busy (both sides'
 /// socket buffers must not fill up at once).
 const PREFETCH_BYTES: usize = 64 << 10;
+/// Tasks quicker than this count as short (see `handler`).
+const SHORT_TASK: Duration = Duration::from_millis(1);
 /// Most tasks sent to one worker in one frame when many small jobs are waiting.
 const MAX_BATCH_TASKS: usize = 256;
 
@@ -616,6 +618,9 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
     let timeout = shared.cfg.task_timeout;
     let depth = if timeout.is_some() { 1 } else { 2 };
     let mut start_failures = 0u32;
+    // Jobs are sent ahead to a busy worker only when its tasks are known to be short: for
+    // long tasks that would unbalance the load (one worker holding two, another idle).
+    let mut short_tasks = false;
     'outer: loop {
         let Some(w) = worker.as_mut() else {
             // Replace the worker, unless there is nothing left to do.
@@ -672,6 +677,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
             }
             shared.take(budget, true)
         } else if inflight.len() < depth
+            && short_tasks
             && budget > 0
             && inflight.iter().all(|f| f.job.args.len() <= PREFETCH_BYTES)
         {
@@ -704,6 +710,8 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                     Ok(()) => {
                         if was_idle {
                             task_started = Instant::now();
+                            // New work may be of another kind: learn its length again.
+                            short_tasks = false;
                         }
                         inflight.extend(sent);
                     }
@@ -738,7 +746,11 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
             Event::Readable => {
                 let r = w.conn.recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds));
                 match r {
-                    Ok(()) => task_started = Instant::now(),
+                    Ok(count) => {
+                        let per_task = task_started.elapsed() / (count.max(1) as u32);
+                        short_tasks = per_task < SHORT_TASK;
+                        task_started = Instant::now();
+                    }
                     Err(_) => {
                         if let Some(w) = worker.take() {
                             let f = shared.death(&w);
@@ -752,7 +764,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                 // Read what it sent before it died.
                 while matches!(wait_worker(w, Some(Duration::ZERO)), Event::Readable) {
                     match w.conn.recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds)) {
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(_) => break,
                     }
                 }
@@ -845,8 +857,8 @@ fn fail_running_one(shared: &Shared, inflight: &mut VecDeque<InFlight>, f: TaskF
     shared.requeue(again);
 }
 
-/// Handles one frame from a worker.
-fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
+/// Handles one frame from a worker; returns the number of tasks it answered.
+fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<usize> {
     let mut rd = Reader::new(bytes);
     if rd.u8()? != REP_RESULTS {
         return Err(Error::Codec("unexpected message from a pool worker".into()));
@@ -868,6 +880,6 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
     if front.done == front.job.len() {
         inflight.pop_front();
     }
-    Ok(())
+    Ok(count)
 }
 

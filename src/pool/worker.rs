@@ -215,6 +215,13 @@ impl JobRun<'_> {
 /// The trampoline's type: runs every task of a job and sends the replies.
 pub(crate) type JobEntry = fn(&mut JobRun<'_>) -> Result<()>;
 
+fn codec_message(e: Error) -> String {
+    match e {
+        Error::Codec(m) => m,
+        other => other.to_string(),
+    }
+}
+
 fn panicked() -> TaskFail {
     let (message, location, backtrace) =
         start::take_last_panic().unwrap_or_else(|| ("<unknown panic>".into(), None, None));
@@ -241,7 +248,8 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
             Ok(a) => a,
             Err(e) => {
                 run.push_fail(TaskFail::Codec(format!(
-                    "cannot decode the task's arguments: {e}"
+                    "cannot decode the task's arguments: {}",
+                    codec_message(e)
                 )))?;
                 continue;
             }
@@ -258,7 +266,8 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
                     }
                 }
                 Err(e) => run.push_fail(TaskFail::Codec(format!(
-                    "cannot encode the task's result: {e}"
+                    "cannot encode the task's result: {}",
+                    codec_message(e)
                 )))?,
             },
             Err(_) => run.push_fail(panicked())?,
