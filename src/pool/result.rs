@@ -378,8 +378,28 @@ impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
 }
 
 struct VecState<R> {
-    slots: Vec<Option<Outcome<R>>>,
+    values: Vec<Option<R>>,
+    errors: BTreeMap<usize, TaskFail>,
     remaining: usize,
+}
+
+impl<R> VecState<R> {
+    /// Records task `i`'s outcome; returns 1 if it was new, 0 if it was known already.
+    fn put(&mut self, i: usize, o: Outcome<R>) -> usize {
+        let Some(slot) = self.values.get_mut(i) else {
+            return 0;
+        };
+        if slot.is_some() || self.errors.contains_key(&i) {
+            return 0;
+        }
+        match o {
+            Ok(v) => *slot = Some(v),
+            Err(f) => {
+                self.errors.insert(i, f);
+            }
+        }
+        1
+    }
 }
 
 /// Progress reporting: called with the number of tasks just finished.
@@ -394,11 +414,12 @@ pub(crate) struct VecSink<R> {
 
 impl<R> VecSink<R> {
     pub(crate) fn new(n: usize, cell: Arc<Cell<Vec<R>>>, progress: Option<Progress>) -> Self {
-        let mut slots = Vec::with_capacity(n);
-        slots.resize_with(n, || None);
+        let mut values = Vec::with_capacity(n);
+        values.resize_with(n, || None);
         VecSink {
             st: Mutex::new(VecState {
-                slots,
+                values,
+                errors: BTreeMap::new(),
                 remaining: n,
             }),
             cell,
@@ -406,71 +427,49 @@ impl<R> VecSink<R> {
         }
     }
 
-    fn store(&self, mut put: impl FnMut(&mut VecState<R>) -> usize) {
+    /// Runs `put` under the lock; finishes the map when every task is in.
+    fn store(&self, put: impl FnOnce(&mut VecState<R>) -> usize) {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
         let n = put(&mut st);
         st.remaining = st.remaining.saturating_sub(n);
-        let finished = st.remaining == 0;
-        let slots = if finished {
-            std::mem::take(&mut st.slots)
-        } else {
-            Vec::new()
-        };
+        let finished = (st.remaining == 0).then(|| {
+            (
+                std::mem::take(&mut st.values),
+                std::mem::take(&mut st.errors),
+            )
+        });
         drop(st);
         if let Some(p) = &self.progress {
             p(n as u64);
         }
-        if finished {
-            let mut out = Vec::with_capacity(slots.len());
-            let mut first_err = None;
-            for s in slots {
-                match s {
-                    Some(Ok(v)) if first_err.is_none() => out.push(v),
-                    Some(Err(f)) if first_err.is_none() => first_err = Some(f),
-                    None if first_err.is_none() => {
-                        first_err = Some(TaskFail::Invalid("a task's result was lost".into()))
-                    }
-                    _ => {}
-                }
-            }
-            self.cell.set(match first_err {
-                Some(f) => Err(f),
-                None => Ok(out),
-            });
+        if let Some((values, errors)) = finished {
+            // The first error in input order wins.
+            let outcome = match errors.into_iter().next() {
+                Some((_, f)) => Err(f),
+                None => values
+                    .into_iter()
+                    .collect::<Option<Vec<R>>>()
+                    .ok_or_else(|| TaskFail::Invalid("a task's result was lost".into())),
+            };
+            self.cell.set(outcome);
         }
     }
 }
 
 impl<R: DeserializeOwned + Send> Sink for VecSink<R> {
     fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>) {
-        let mut got: Vec<(usize, Outcome<R>)> = Vec::with_capacity(count);
-        decode_replies::<R>(payload, fds, count, |i, o| got.push((first + i, o)));
         self.store(|st| {
             let mut n = 0;
-            for (i, o) in got.drain(..) {
-                if let Some(s) = st.slots.get_mut(i) {
-                    if s.is_none() {
-                        *s = Some(o);
-                        n += 1;
-                    }
-                }
-            }
+            decode_replies::<R>(payload, fds, count, |i, o| n += st.put(first + i, o));
             n
         });
     }
 
     fn fail(&self, first: usize, count: usize, why: &TaskFail) {
         self.store(|st| {
-            let mut n = 0;
-            for i in first..first + count {
-                if let Some(s) = st.slots.get_mut(i) {
-                    if s.is_none() {
-                        *s = Some(Err(why.clone()));
-                        n += 1;
-                    }
-                }
-            }
-            n
+            (first..first + count)
+                .map(|i| st.put(i, Err(why.clone())))
+                .sum()
         });
     }
 }

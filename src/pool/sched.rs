@@ -202,6 +202,8 @@ pub(crate) struct State {
     live_handlers: usize,
     active_iters: usize,
     workers: Vec<Option<Arc<ChildState>>>,
+    /// Handlers waiting on the condition variable for work (busy ones are not woken).
+    waiting: usize,
 }
 
 pub(crate) struct Shared {
@@ -250,6 +252,7 @@ impl Shared {
                 live_handlers: n,
                 active_iters: 0,
                 workers: vec![None; n],
+                waiting: 0,
             }),
             cv: Condvar::new(),
             cfg,
@@ -297,11 +300,16 @@ impl Shared {
                         st.queued_tasks += j.len();
                         st.queue.push_back(j);
                     }
+                    let waiting = st.waiting;
                     drop(st);
-                    if n == 1 {
-                        self.cv.notify_one();
-                    } else if n > 1 {
-                        self.cv.notify_all();
+                    // Busy handlers look at the queue by themselves: wake only idle ones
+                    // (no system call per task while the pool is busy).
+                    if waiting > 0 {
+                        if n == 1 {
+                            self.cv.notify_one();
+                        } else {
+                            self.cv.notify_all();
+                        }
                     }
                     None
                 }
@@ -428,7 +436,9 @@ impl Shared {
             if !blocking {
                 return Take::Nothing;
             }
+            st.waiting += 1;
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiting -= 1;
         }
     }
 

@@ -198,17 +198,24 @@ impl JobRun<'_> {
         Ok(())
     }
 
-    /// The arguments and descriptors of task `i` (tasks are taken in order).
-    fn task(&mut self, i: usize) -> (&[u8], Vec<OwnedFd>) {
+    /// The arguments of task `i`, decoded (tasks are taken in order: handles inside take
+    /// the next descriptors).
+    fn decode_task<A: DeserializeOwned>(&mut self, i: usize) -> Result<A> {
         let start = if i == 0 {
             0
         } else {
             u32_at(self.ends, i - 1) as usize
         };
         let end = u32_at(self.ends, i) as usize;
-        let nfds = self.fd_counts.map_or(0, |c| u32_at(c, i) as usize);
-        let fds: Vec<OwnedFd> = self.fds.drain(..nfds.min(self.fds.len())).collect();
-        (self.args.get(start..end).unwrap_or(&[]), fds)
+        let bytes = self.args.get(start..end).unwrap_or(&[]);
+        match self.fd_counts {
+            None => codec::decode(bytes),
+            Some(c) => {
+                let nfds = (u32_at(c, i) as usize).min(self.fds.len());
+                let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+                codec::decode_with_fds(bytes, fds)
+            }
+        }
     }
 }
 
@@ -243,8 +250,7 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
             ))?;
             continue;
         };
-        let (bytes, fds) = run.task(i);
-        let a: A = match codec::decode_with_fds(bytes, fds) {
+        let a: A = match run.decode_task(i) {
             Ok(a) => a,
             Err(e) => {
                 run.push_fail(TaskFail::Codec(format!(
