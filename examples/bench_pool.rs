@@ -104,7 +104,9 @@ fn apply_async_20k() -> f64 {
     let mut best = f64::MAX;
     for _ in 0..ASYNC_ROUNDS {
         let t = Instant::now();
-        let rs: Vec<_> = (0..ASYNC_TASKS).map(|i| pool.apply_async(square, i)).collect();
+        let rs: Vec<_> = (0..ASYNC_TASKS)
+            .map(|i| pool.apply_async(square, i))
+            .collect();
         let mut sum = 0u64;
         for r in &rs {
             sum = sum.wrapping_add(r.get().expect("get"));
@@ -155,7 +157,13 @@ fn timed_rayon(threads: usize) -> f64 {
         .expect("rayon");
     let tasks = prime_tasks();
     let t = Instant::now();
-    let total: u64 = pool.install(|| tasks.par_iter().with_max_len(1).map(|&t| count_primes(t)).sum());
+    let total: u64 = pool.install(|| {
+        tasks
+            .par_iter()
+            .with_max_len(1)
+            .map(|&t| count_primes(t))
+            .sum()
+    });
     assert!(total > 0);
     t.elapsed().as_secs_f64()
 }
@@ -184,7 +192,14 @@ fn main() {
             continue;
         }
         let v = (w.run)();
-        let better = if w.higher_is_better { "higher" } else { "lower" };
-        println!("{:<24} {:>12.4} {:<8} ({better} is better)", w.name, v, w.unit);
+        let better = if w.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        };
+        println!(
+            "{:<24} {:>12.4} {:<8} ({better} is better)",
+            w.name, v, w.unit
+        );
     }
 }

@@ -27,7 +27,10 @@ fn count_primes((start, len): (u64, u64)) -> u64 {
 fn run(processes: usize, tasks: &[(u64, u64)]) -> multiproc::Result<(Duration, u64)> {
     let t = Instant::now();
     let pool = Pool::new(processes)?;
-    let total: u64 = pool.map_chunked(count_primes, tasks.to_vec(), 1)?.iter().sum();
+    let total: u64 = pool
+        .map_chunked(count_primes, tasks.to_vec(), 1)?
+        .iter()
+        .sum();
     pool.close();
     pool.join()?;
     Ok((t.elapsed(), total))
@@ -91,10 +94,7 @@ fn draw(path: &str, points: &[(f64, f64)], cpus: usize) -> Result<(), Box<dyn st
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("Pool speed-up on {cpus} CPUs"),
-            ("sans-serif", 24),
-        )
+        .caption(format!("Pool speed-up on {cpus} CPUs"), ("sans-serif", 24))
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(50)

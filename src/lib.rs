@@ -25,6 +25,15 @@
 //!     assert_eq!(parent.recv().unwrap(), "hello");
 //!     assert_eq!(parent.recv().unwrap(), "end");
 //!     p.join().unwrap();
+//!
+//!     // A pool of worker processes (see the `pool` module).
+//!     fn square(x: u64) -> u64 {
+//!         x * x
+//!     }
+//!     let pool = multiproc::Pool::new(4).unwrap();
+//!     assert_eq!(pool.map(square, 1..=6).unwrap(), vec![1, 4, 9, 16, 25, 36]);
+//!     let cube = pool.apply_async(|x: u64| x * x * x, 3);
+//!     assert_eq!(cube.get().unwrap(), 27);
 //! }
 //! ```
 //!

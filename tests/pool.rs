@@ -86,10 +86,17 @@ fn map_keeps_order_and_chunks() {
     fn printer((s, n): (String, usize)) -> usize {
         s.len() * n
     }
-    let tuples = vec![("She loves me.".to_string(), 10), ("She loves me not.".to_string(), 10)];
+    let tuples = vec![
+        ("She loves me.".to_string(), 10),
+        ("She loves me not.".to_string(), 10),
+    ];
     assert_eq!(pool.starmap(printer, tuples).unwrap(), vec![130, 170]);
     // Work is spread over the workers.
-    let pids: HashSet<u32> = pool.map_chunked(nap_pid, vec![20; 8], 1).unwrap().into_iter().collect();
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![20; 8], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(pids.len(), 2);
 }
 
@@ -127,13 +134,13 @@ fn apply_and_async_results() {
     r.on_done(move |v| tx.send(format!("done {v}")).unwrap());
     let e = pool.apply_async(panic_on_odd, 5);
     e.on_error(move |err| tx2.send(format!("error {err}")).unwrap());
-    let mut got = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+    let mut got = [rx.recv().unwrap(), rx.recv().unwrap()];
     got.sort();
     assert_eq!(got[0], "done 25");
     assert!(got[1].starts_with("error task panicked"), "{}", got[1]);
     assert!(got[1].contains("odd input 5"), "{}", got[1]);
     let (tx, rx) = mpsc::channel();
-    r.on_complete(move |res| tx.send(res.map(|v| *v).ok()).unwrap());
+    r.on_complete(move |res| tx.send(res.copied().ok()).unwrap());
     assert_eq!(rx.recv().unwrap(), Some(25));
 }
 
@@ -161,7 +168,11 @@ fn panicking_task_fails_alone_and_worker_survives() {
     for (i, r) in res.iter().enumerate() {
         assert_eq!(r.is_ok(), i % 2 == 0, "{i}: {r:?}");
     }
-    assert_eq!(pool.apply(pid, 0).unwrap(), before, "the worker was replaced");
+    assert_eq!(
+        pool.apply(pid, 0).unwrap(),
+        before,
+        "the worker was replaced"
+    );
 }
 
 #[test]
@@ -183,7 +194,13 @@ fn killed_worker_fails_only_its_tasks() {
     for (i, r) in res.iter().enumerate() {
         if (5..10).contains(&i) {
             assert!(
-                matches!(r, Err(Error::WorkerDied { signal: Some(9), .. })),
+                matches!(
+                    r,
+                    Err(Error::WorkerDied {
+                        signal: Some(9),
+                        ..
+                    })
+                ),
                 "{i}: {r:?}"
             );
         } else {
@@ -210,7 +227,9 @@ fn abort_and_exit_are_reported() {
     multiproc::init();
     let pool = Pool::new(1).unwrap();
     match pool.apply(|_: ()| -> () { std::process::abort() }, ()) {
-        Err(Error::WorkerDied { signal: Some(6), .. }) => {}
+        Err(Error::WorkerDied {
+            signal: Some(6), ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     match pool.apply(|c: i32| -> () { std::process::exit(c) }, 3) {
@@ -226,7 +245,9 @@ fn abort_and_exit_are_reported() {
         unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
     }
     match pool.apply(segv, ()) {
-        Err(Error::WorkerDied { signal: Some(11), .. }) => {}
+        Err(Error::WorkerDied {
+            signal: Some(11), ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(pool.apply(square, 4).unwrap(), 16);
@@ -241,7 +262,9 @@ fn task_timeout_kills_and_replaces() {
         .build()
         .unwrap();
     let t = Instant::now();
-    let res: Vec<_> = pool.imap_chunked(nap, vec![1, 10_000, 2, 3, 4, 5], 3).collect();
+    let res: Vec<_> = pool
+        .imap_chunked(nap, vec![1, 10_000, 2, 3, 4, 5], 3)
+        .collect();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(matches!(res[1], Err(Error::Timeout)), "{:?}", res[1]);
     for i in [0, 2, 3, 4, 5] {
@@ -256,7 +279,9 @@ struct Unencodable;
 
 impl serde::Serialize for Unencodable {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("this value refuses to be encoded"))
+        Err(serde::ser::Error::custom(
+            "this value refuses to be encoded",
+        ))
     }
 }
 
@@ -330,7 +355,11 @@ fn initializer_runs_once_per_worker() {
     fn bad_init(_: ()) {
         panic!("cannot initialise");
     }
-    match Pool::builder().processes(2).initializer(bad_init, ()).build() {
+    match Pool::builder()
+        .processes(2)
+        .initializer(bad_init, ())
+        .build()
+    {
         Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "cannot initialise"),
         other => panic!("{other:?}"),
     }
@@ -380,7 +409,9 @@ fn many_apply_async_no_fd_or_thread_growth() {
     let fds = fd_count();
     let threads = thread_count();
     let t = Instant::now();
-    let rs: Vec<_> = (0..100_000u64).map(|i| pool.apply_async(square, i)).collect();
+    let rs: Vec<_> = (0..100_000u64)
+        .map(|i| pool.apply_async(square, i))
+        .collect();
     assert!(fd_count() <= fds + 2, "{} > {fds}", fd_count());
     assert!(thread_count() <= threads, "{} > {threads}", thread_count());
     let mut sum = 0u64;
@@ -443,8 +474,14 @@ fn close_and_join() {
     pool.close();
     assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
     assert!(matches!(pool.map(square, 0..3), Err(Error::Closed)));
-    assert!(matches!(pool.map_async(square, 0..3).get(), Err(Error::Closed)));
-    assert!(matches!(pool.imap(square, 0..3).next(), Some(Err(Error::Closed))));
+    assert!(matches!(
+        pool.map_async(square, 0..3).get(),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        pool.imap(square, 0..3).next(),
+        Some(Err(Error::Closed))
+    ));
     // Work queued (or iterators made) before close still completes.
     assert_eq!(
         it.collect::<multiproc::Result<Vec<_>>>().unwrap(),
@@ -478,4 +515,37 @@ fn spawn_start_method_pool() {
     assert_eq!(pool.map(square, 0..100).unwrap()[10], 100);
     assert_eq!(pool.processes(), 2);
     assert_eq!(Pool::new(0).unwrap().processes(), multiproc::cpu_count());
+}
+
+#[test]
+fn imap_over_endless_input_ends_when_pool_terminates() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let mut it = pool.imap(square, 0..);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    pool.terminate().unwrap();
+    // Whatever was in flight fails or was done; then the iterator ends instead of reading
+    // its endless input for ever.
+    let rest: Vec<_> = it.by_ref().take(100_000).collect();
+    assert!(rest.len() < 1000, "{}", rest.len());
+    assert!(rest.iter().any(|r| matches!(r, Err(Error::Closed))));
+    assert!(it.next().is_none());
+}
+
+#[test]
+fn fork_start_method_pool_detects_death() {
+    multiproc::init();
+    // SAFETY: the other threads of this test binary hold no lock the workers need.
+    unsafe { multiproc::allow_fork_with_threads(true) };
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    // Forked workers share descriptors with each other, so a death is seen through the
+    // worker's pidfd rather than the end of its socket.
+    let res: Vec<_> = pool.imap(die_on_seven, 0..12).collect();
+    let failed: Vec<usize> = (0..12).filter(|&i| res[i].is_err()).collect();
+    assert_eq!(failed, vec![7]);
+    assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
 }

@@ -410,21 +410,22 @@ impl Pool {
         for a in items {
             if job.len() >= chunksize || job.is_full() {
                 let next = Job::new(code, job.next_index(), sink.clone());
-                self.shared.submit(vec![std::mem::replace(&mut job, next)], false);
+                self.shared
+                    .submit(vec![std::mem::replace(&mut job, next)], false);
             }
             if let Err(e) = job.push(&a) {
                 let idx = job.next_index();
                 let next = Job::new(code, idx + 1, sink.clone());
                 let full = std::mem::replace(&mut job, next);
                 if !full.is_empty() {
-                    self.shared.submit(vec![full], false);
+                    let _ = self.shared.submit(vec![full], false);
                 }
                 sink.fail(idx, 1, &TaskFail::from_error(&e));
             }
             n += 1;
         }
         if !job.is_empty() {
-            self.shared.submit(vec![job], false);
+            let _ = self.shared.submit(vec![job], false);
         }
         n
     }
@@ -505,11 +506,7 @@ impl Pool {
     /// let pool = multiproc::Pool::new(2).unwrap();
     /// assert_eq!(pool.starmap(add, vec![(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
     /// ```
-    pub fn starmap<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-    ) -> Result<Vec<R>>
+    pub fn starmap<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -574,7 +571,9 @@ impl Pool {
         let sink: Arc<dyn Sink> = Arc::new(OneSink { cell: cell.clone() });
         let mut job = Job::new(TaskCode::of(f), 0, sink);
         match job.push(&args) {
-            Ok(()) => self.shared.submit(vec![job], false),
+            Ok(()) => {
+                let _ = self.shared.submit(vec![job], false);
+            }
             Err(e) => cell.set(Err(TaskFail::from_error(&e))),
         }
         AsyncResult::from_cell(cell)
@@ -844,7 +843,8 @@ impl<A, R, I> fmt::Debug for IMap<A, R, I> {
 
 impl<A: Serialize, R, I: Iterator<Item = A>> IMap<A, R, I> {
     fn top_up(&mut self) {
-        while !self.input_done && self.submitted - self.yielded + self.chunksize <= self.max_outstanding
+        while !self.input_done
+            && self.submitted - self.yielded + self.chunksize <= self.max_outstanding
         {
             let mut job = Job::new(self.code, self.submitted, self.dyn_sink.clone());
             let mut taken = 0;
@@ -858,14 +858,16 @@ impl<A: Serialize, R, I: Iterator<Item = A>> IMap<A, R, I> {
                 if let Err(e) = job.push(&a) {
                     let next = Job::new(self.code, idx + 1, self.dyn_sink.clone());
                     let full = std::mem::replace(&mut job, next);
-                    if !full.is_empty() {
-                        self.shared.submit(vec![full], true);
+                    if !full.is_empty() && !self.shared.submit(vec![full], true) {
+                        // The pool was terminated: read no further.
+                        self.input_done = true;
                     }
                     self.dyn_sink.fail(idx, 1, &TaskFail::from_error(&e));
                 }
             }
-            if !job.is_empty() {
-                self.shared.submit(vec![job], true);
+            if !job.is_empty() && !self.shared.submit(vec![job], true) {
+                // The pool was terminated: what was taken fails, nothing more is read.
+                self.input_done = true;
             }
             self.submitted += taken;
         }

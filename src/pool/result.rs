@@ -248,15 +248,19 @@ impl<R> AsyncResult<R> {
     /// let pool = multiproc::Pool::new(1).unwrap();
     /// let (tx, rx) = std::sync::mpsc::channel();
     /// pool.apply_async(|x: u32| x * 2, 21).on_complete(move |r| {
-    ///     tx.send(r.as_ref().ok().copied()).unwrap();
+    ///     tx.send(r.ok().copied()).unwrap();
     /// });
     /// assert_eq!(rx.recv().unwrap(), Some(42));
     /// ```
-    pub fn on_complete(&self, f: impl FnOnce(std::result::Result<&R, Error>) + Send + 'static) -> &Self {
-        self.cell.add_callback(Box::new(move |o: &Outcome<R>| match o {
-            Ok(v) => f(Ok(v)),
-            Err(e) => f(Err(e.to_error())),
-        }));
+    pub fn on_complete(
+        &self,
+        f: impl FnOnce(std::result::Result<&R, Error>) + Send + 'static,
+    ) -> &Self {
+        self.cell
+            .add_callback(Box::new(move |o: &Outcome<R>| match o {
+                Ok(v) => f(Ok(v)),
+                Err(e) => f(Err(e.to_error())),
+            }));
         self
     }
 

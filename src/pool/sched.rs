@@ -128,13 +128,14 @@ impl Job {
         if k >= self.len() {
             return None;
         }
-        let start = if k == 0 {
-            0
-        } else {
-            self.ends[k - 1] as usize
-        };
+        let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
         let args = self.args.split_off(start);
-        let ends: Vec<u32> = self.ends.split_off(k).iter().map(|e| e - start as u32).collect();
+        let ends: Vec<u32> = self
+            .ends
+            .split_off(k)
+            .iter()
+            .map(|e| e - start as u32)
+            .collect();
         let (fd_counts, fds) = match &mut self.fd_counts {
             Some(c) => {
                 let tail = c.split_off(k);
@@ -287,9 +288,10 @@ impl Shared {
         }
     }
 
-    /// Queues `jobs`; if the pool refuses work, their tasks fail instead. `allow_closed`:
-    /// jobs of an iterator created before `close` are still accepted.
-    pub(crate) fn submit(&self, jobs: Vec<Job>, allow_closed: bool) {
+    /// Queues `jobs`; if the pool refuses work, their tasks fail instead (and `false` is
+    /// returned). `allow_closed`: jobs of an iterator created before `close` are still
+    /// accepted.
+    pub(crate) fn submit(&self, jobs: Vec<Job>, allow_closed: bool) -> bool {
         let refused = {
             let mut st = self.lock();
             match Self::refusal(&st, allow_closed) {
@@ -315,10 +317,14 @@ impl Shared {
                 }
             }
         };
-        if let Some((f, jobs)) = refused {
-            for j in jobs {
-                j.fail_all(&f);
+        match refused {
+            Some((f, jobs)) => {
+                for j in jobs {
+                    j.fail_all(&f);
+                }
+                false
             }
+            None => true,
         }
     }
 
@@ -703,7 +709,11 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                 buf.push(MSG_BATCH);
                 buf.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
                 let mut fds = Vec::new();
-                let flags = if timeout.is_some() { FLAG_FLUSH_EACH } else { 0 };
+                let flags = if timeout.is_some() {
+                    FLAG_FLUSH_EACH
+                } else {
+                    0
+                };
                 let was_idle = inflight.is_empty();
                 let mut sent = Vec::with_capacity(jobs.len());
                 for job in jobs {
@@ -750,11 +760,14 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
         }
 
         // 2. Wait for a reply, the worker's death, or the running task's deadline.
-        let wait_for = timeout.map(|t| (task_started + t).saturating_duration_since(Instant::now()));
+        let wait_for =
+            timeout.map(|t| (task_started + t).saturating_duration_since(Instant::now()));
         let Some(w) = worker.as_mut() else { continue };
         match wait_worker(w, wait_for) {
             Event::Readable => {
-                let r = w.conn.recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds));
+                let r = w
+                    .conn
+                    .recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds));
                 match r {
                     Ok(count) => {
                         let per_task = task_started.elapsed() / (count.max(1) as u32);
@@ -773,7 +786,10 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
             Event::Died => {
                 // Read what it sent before it died.
                 while matches!(wait_worker(w, Some(Duration::ZERO)), Event::Readable) {
-                    match w.conn.recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds)) {
+                    match w
+                        .conn
+                        .recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds))
+                    {
                         Ok(_) => {}
                         Err(_) => break,
                     }
@@ -877,7 +893,9 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
     let first = rd.u32()? as usize;
     let count = rd.u32()? as usize;
     let Some(front) = inflight.front_mut() else {
-        return Err(Error::Codec("reply from a pool worker that was given nothing".into()));
+        return Err(Error::Codec(
+            "reply from a pool worker that was given nothing".into(),
+        ));
     };
     if front.id != id || first != front.done || first + count > front.job.len() {
         return Err(Error::Codec("out-of-order reply from a pool worker".into()));
@@ -892,4 +910,3 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
     }
     Ok(count)
 }
-
