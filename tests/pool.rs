@@ -562,3 +562,18 @@ fn fork_start_method_pool_detects_death() {
     assert_eq!(failed, vec![7]);
     assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
 }
+
+#[test]
+fn panicking_callback_does_not_break_the_pool() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(square, 3);
+    r.on_done(|_| panic!("callback bug"));
+    assert_eq!(r.get().unwrap(), 9);
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    let late = pool.apply_async(square, 5);
+    late.wait();
+    late.on_done(|_| panic!("late callback bug"));
+    assert_eq!(late.get().unwrap(), 25);
+    assert_eq!(pool.map(square, 0..100).unwrap()[10], 100);
+}

@@ -66,7 +66,7 @@ impl<T> Cell<T> {
             }
             drop(s);
             for cb in cbs {
-                cb(&outcome);
+                run_callback(cb, &outcome);
             }
             s = self.lock();
         }
@@ -85,7 +85,7 @@ impl<T> Cell<T> {
         let Some(o) = s.outcome.take() else { return };
         s.busy = true;
         drop(s);
-        cb(&o);
+        run_callback(cb, &o);
         let mut s = self.lock();
         s.outcome = Some(o);
         s.busy = false;
@@ -123,6 +123,14 @@ impl<T> Cell<T> {
             Some(Err(f)) => Err(f.to_error()),
             None => Err(Error::invalid("the result was already taken")),
         }
+    }
+}
+
+/// Runs a user's callback; a panic in it is reported and goes no further (it must not kill
+/// the pool thread that delivers results).
+fn run_callback<T>(cb: Callback<T>, outcome: &Outcome<T>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(outcome))).is_err() {
+        eprintln!("multiproc: a pool result callback panicked; the panic was ignored");
     }
 }
 

@@ -900,10 +900,18 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
     if front.id != id || first != front.done || first + count > front.job.len() {
         return Err(Error::Codec("out-of-order reply from a pool worker".into()));
     }
-    front
-        .job
-        .sink
-        .deliver(front.job.first + first, count, rd.rest(), fds);
+    let (sink, at, payload) = (&front.job.sink, front.job.first + first, rd.rest());
+    // A result type whose decoding panics must not take the pool's thread with it.
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sink.deliver(at, count, payload, fds)
+    }));
+    if ok.is_err() {
+        sink.fail(
+            at,
+            count,
+            &TaskFail::Codec("decoding the task's result panicked".into()),
+        );
+    }
     front.done += count;
     if front.done == front.job.len() {
         inflight.pop_front();
