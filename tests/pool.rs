@@ -577,3 +577,38 @@ fn panicking_callback_does_not_break_the_pool() {
     assert_eq!(late.get().unwrap(), 25);
     assert_eq!(pool.map(square, 0..100).unwrap()[10], 100);
 }
+
+#[test]
+fn pool_and_results_are_shareable_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    send_sync(&pool);
+    let r = pool.apply_async(square, 6);
+    send_sync(&r);
+    let sums: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    pool.map(square, t * 100..(t + 1) * 100)
+                        .unwrap()
+                        .iter()
+                        .sum()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let want: Vec<u64> = (0..4u64)
+        .map(|t| (t * 100..(t + 1) * 100).map(|x| x * x).sum())
+        .collect();
+    assert_eq!(sums, want);
+    let r2 = r.clone();
+    assert_eq!(
+        std::thread::spawn(move || r2.get().unwrap())
+            .join()
+            .unwrap(),
+        36
+    );
+}

@@ -751,7 +751,9 @@ impl Pool {
 
     /// Waits until the queued work is done and the workers have exited (Python's
     /// `join`). Calling it before [`close`](Pool::close) or
-    /// [`terminate`](Pool::terminate) is an [`Error::InvalidOperation`].
+    /// [`terminate`](Pool::terminate) is an [`Error::InvalidOperation`]. An [`IMap`] made
+    /// before `close` may still submit its tasks: `join` waits until it is exhausted or
+    /// dropped.
     ///
     /// ```
     /// multiproc::init();
