@@ -117,6 +117,15 @@ impl<T> Cell<T> {
 
     /// Waits for the outcome and takes it (for callers that own the only handle).
     pub(crate) fn take(&self) -> Result<T> {
+        // A blocking `apply` often gets its answer within tens of microseconds: look for it
+        // for a moment (giving the CPU away) before sleeping.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(100) {
+            if self.lock().done {
+                break;
+            }
+            std::thread::yield_now();
+        }
         let (mut s, _) = self.wait_until(None);
         match s.outcome.take() {
             Some(Ok(v)) => Ok(v),
