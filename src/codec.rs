@@ -110,7 +110,15 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
             Ok(())
         }
         fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-            self.0.extend_from_slice(data);
+            if data.len() <= 16 {
+                // Varints and small fields: byte by byte beats a call to memcpy.
+                self.0.reserve(data.len());
+                for &b in data {
+                    self.0.push(b);
+                }
+            } else {
+                self.0.extend_from_slice(data);
+            }
             Ok(())
         }
         fn finalize(self) -> postcard::Result<()> {

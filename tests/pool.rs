@@ -612,3 +612,38 @@ fn pool_and_results_are_shareable_between_threads() {
         36
     );
 }
+
+/// Dies (SIGKILL) on every multiple of 97, panics on every multiple of 89.
+fn faulty(x: u64) -> u64 {
+    if x > 0 && x.is_multiple_of(97) {
+        kill_self(rustix::process::Signal::KILL);
+    }
+    if x > 0 && x.is_multiple_of(89) {
+        panic!("unlucky {x}");
+    }
+    x * 2
+}
+
+#[test]
+#[ignore = "soak: minutes of repeated faults; run with --ignored"]
+fn soak_repeated_faults() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .processes(3)
+        .maxtasksperchild(500)
+        .build()
+        .unwrap();
+    for round in 0..200u64 {
+        let n = 1000 + round;
+        let res: Vec<_> = pool
+            .imap_unordered_chunked(faulty, 0..n, 1 + (round % 7) as usize)
+            .collect();
+        assert_eq!(res.len() as u64, n);
+        let ok = res.iter().filter(|r| r.is_ok()).count() as u64;
+        assert!(
+            ok >= n - n / 97 * (1 + round % 7) - n / 89,
+            "round {round}: {ok}/{n}"
+        );
+        assert_eq!(pool.apply(square, round).unwrap(), round * round);
+    }
+}

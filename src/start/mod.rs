@@ -373,6 +373,8 @@ fn harness_args() -> Vec<OsString> {
             "--exact".into(),
             "--nocapture".into(),
             "--test-threads=1".into(),
+            // An #[ignore]d test (a soak run) must run in its children too.
+            "--include-ignored".into(),
         ],
         None => Vec::new(),
     }
