@@ -889,32 +889,45 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
     if rd.u8()? != REP_RESULTS {
         return Err(Error::Codec("unexpected message from a pool worker".into()));
     }
-    let id = rd.u64()?;
-    let first = rd.u32()? as usize;
-    let count = rd.u32()? as usize;
-    let Some(front) = inflight.front_mut() else {
-        return Err(Error::Codec(
-            "reply from a pool worker that was given nothing".into(),
-        ));
-    };
-    if front.id != id || first != front.done || first + count > front.job.len() {
-        return Err(Error::Codec("out-of-order reply from a pool worker".into()));
+    let mut fds = Some(fds);
+    let mut total = 0;
+    while !rd.rest().is_empty() {
+        let id = rd.u64()?;
+        let first = rd.u32()? as usize;
+        let count = rd.u32()? as usize;
+        let len = rd.u32()? as usize;
+        let payload = rd.bytes(len)?;
+        // Descriptors belong to the frame's last segment.
+        let seg_fds = if rd.rest().is_empty() {
+            fds.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let Some(front) = inflight.front_mut() else {
+            return Err(Error::Codec(
+                "reply from a pool worker that was given nothing".into(),
+            ));
+        };
+        if front.id != id || first != front.done || first + count > front.job.len() {
+            return Err(Error::Codec("out-of-order reply from a pool worker".into()));
+        }
+        let (sink, at) = (&front.job.sink, front.job.first + first);
+        // A result type whose decoding panics must not take the pool's thread with it.
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sink.deliver(at, count, payload, seg_fds)
+        }));
+        if ok.is_err() {
+            sink.fail(
+                at,
+                count,
+                &TaskFail::Codec("decoding the task's result panicked".into()),
+            );
+        }
+        front.done += count;
+        total += count;
+        if front.done == front.job.len() {
+            inflight.pop_front();
+        }
     }
-    let (sink, at, payload) = (&front.job.sink, front.job.first + first, rd.rest());
-    // A result type whose decoding panics must not take the pool's thread with it.
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        sink.deliver(at, count, payload, fds)
-    }));
-    if ok.is_err() {
-        sink.fail(
-            at,
-            count,
-            &TaskFail::Codec("decoding the task's result panicked".into()),
-        );
-    }
-    front.done += count;
-    if front.done == front.job.len() {
-        inflight.pop_front();
-    }
-    Ok(count)
+    Ok(total)
 }

@@ -16,8 +16,10 @@
 //!
 //! Worker → parent frames:
 //! - `READY`: `[0]`; `INIT_FAILED`: `[1][TaskFail]`;
-//! - `RESULTS`: `[2][id u64][first u32][count u32][count × TaskReply<R>]`, with the
-//!   descriptors of handles inside the results.
+//! - `RESULTS`: `[2]` then segments `[id u64][first u32][count u32][len u32][count ×
+//!   TaskReply<R>]`, one per job (or part of a job), the replies of a whole batch together;
+//!   descriptors of handles inside the results travel with the frame and belong to its
+//!   last segment.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -160,42 +162,70 @@ pub(crate) struct JobRun<'a> {
     fd_counts: Option<&'a [u8]>,
     fds: VecDeque<OwnedFd>,
     conn: &'a RawConn,
+    /// The outgoing frame: `[RESULTS]` and segments, shared by the jobs of a batch.
     out: &'a mut Vec<u8>,
-    /// Index (within the job) of the first task in `out`, and how many are there.
+    /// Where the open segment starts in `out`.
+    seg: usize,
+    /// Index (within the job) of the open segment's first task, and how many it holds.
     pending_first: usize,
     pending: usize,
 }
 
+/// Size of a result segment's header: `[id u64][first u32][count u32][len u32]`.
+const SEG_HEADER: usize = 8 + 4 + 4 + 4;
+/// Results are sent early once this many bytes are waiting.
+const SEND_EARLY: usize = 1 << 20;
+
 impl JobRun<'_> {
+    /// Opens a segment for this job's tasks from `first` on.
     fn begin(&mut self, first: usize) {
-        self.out.clear();
-        self.out.push(REP_RESULTS);
+        if self.out.is_empty() {
+            self.out.push(REP_RESULTS);
+        }
+        self.seg = self.out.len();
         self.out.extend_from_slice(&self.id.to_le_bytes());
         self.out.extend_from_slice(&(first as u32).to_le_bytes());
-        self.out.extend_from_slice(&0u32.to_le_bytes());
+        self.out.extend_from_slice(&[0u8; 8]);
         self.pending_first = first;
         self.pending = 0;
     }
 
-    fn flush(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
-        if self.pending == 0 && fds.is_empty() {
-            return Ok(());
+    /// Completes the open segment's header (or drops it if it holds nothing).
+    fn close_segment(&mut self) {
+        if self.pending == 0 {
+            self.out.truncate(self.seg);
+            return;
         }
-        let n = (self.pending as u32).to_le_bytes();
-        self.out[13..17].copy_from_slice(&n);
-        self.conn.send_bytes(self.out, fds)?;
+        let len = (self.out.len() - self.seg - SEG_HEADER) as u32;
+        let s = self.seg;
+        self.out[s + 12..s + 16].copy_from_slice(&(self.pending as u32).to_le_bytes());
+        self.out[s + 16..s + 20].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Sends everything waiting now (with `fds`), then opens a new segment.
+    fn send_now(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
+        self.close_segment();
+        if self.out.len() > 1 {
+            self.conn.send_bytes(self.out, fds)?;
+        }
+        self.out.clear();
         let next = self.pending_first + self.pending;
         self.begin(next);
         Ok(())
     }
 
-    fn push_fail(&mut self, fail: TaskFail) -> Result<()> {
-        codec::append_with_fds(&TaskReply::<()>::Failed(fail), self.out)?;
+    /// After a task's reply was added.
+    fn added(&mut self) -> Result<()> {
         self.pending += 1;
-        if self.flush_each {
-            self.flush(&[])?;
+        if self.flush_each || self.out.len() >= SEND_EARLY {
+            self.send_now(&[])?;
         }
         Ok(())
+    }
+
+    fn push_fail(&mut self, fail: TaskFail) -> Result<()> {
+        codec::append_with_fds(&TaskReply::<()>::Failed(fail), self.out)?;
+        self.added()
     }
 
     /// The arguments of task `i`, decoded (tasks are taken in order: handles inside take
@@ -262,14 +292,11 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
         };
         match std::panic::catch_unwind(AssertUnwindSafe(move || f(a))) {
             Ok(r) => match codec::append_with_fds(&TaskReply::<&R>::Ok(&r), run.out) {
+                Ok(fds) if fds.is_empty() => run.added()?,
                 Ok(fds) => {
+                    // The handles' descriptors must travel while `r` is alive.
                     run.pending += 1;
-                    if !fds.is_empty() {
-                        // The handles' descriptors must travel while `r` is alive.
-                        run.flush(&fds)?;
-                    } else if run.flush_each {
-                        run.flush(&[])?;
-                    }
+                    run.send_now(&fds)?;
                 }
                 Err(e) => run.push_fail(TaskFail::Codec(format!(
                     "cannot encode the task's result: {}",
@@ -279,7 +306,8 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
             Err(_) => run.push_fail(panicked())?,
         }
     }
-    run.flush(&[])
+    run.close_segment();
+    Ok(())
 }
 
 /// Parses and runs one batch. `Ok(false)`: told to stop.
@@ -292,6 +320,7 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
     }
     let njobs = rd.u32()?;
     let mut fds: VecDeque<OwnedFd> = fds.into();
+    out.clear();
     for _ in 0..njobs {
         let id = rd.u64()?;
         let entry = rd.i64()?;
@@ -322,6 +351,7 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
             fds: job_fds,
             conn,
             out,
+            seg: 0,
             pending_first: 0,
             pending: 0,
         };
@@ -334,10 +364,15 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
                         "the worker's executable is not the parent's".into(),
                     ))?;
                 }
-                run.flush(&[])?;
+                run.close_segment();
             }
         }
     }
+    // The replies of the whole batch travel together.
+    if out.len() > 1 {
+        conn.send_bytes(out, &[])?;
+    }
+    out.clear();
     if !rd.rest().is_empty() {
         return Err(Error::Codec("trailing bytes in a pool batch".into()));
     }
