@@ -43,6 +43,9 @@ pub(crate) struct Job {
     fd_counts: Option<Vec<u32>>,
     fds: Vec<OwnedFd>,
     sink: Arc<dyn Sink>,
+    /// Sent alone: it was in flight with other jobs when a worker died, and which of them
+    /// killed it is not known.
+    solo: bool,
 }
 
 /// Most descriptors one job may carry (a frame carries at most 253).
@@ -67,6 +70,7 @@ impl Job {
             fd_counts: None,
             fds: Vec::new(),
             sink,
+            solo: false,
         }
     }
 
@@ -153,6 +157,7 @@ impl Job {
             fd_counts,
             fds,
             sink: self.sink.clone(),
+            solo: self.solo,
         })
     }
 
@@ -404,11 +409,23 @@ impl Shared {
         }
     }
 
-    fn take(&self, budget: usize, blocking: bool) -> Take {
+    /// Takes jobs for one worker. `busy`: the worker has work in flight already (then no
+    /// solo job is taken).
+    fn take(&self, budget: usize, blocking: bool, busy: bool) -> Take {
         let mut st = self.lock();
         loop {
             if st.terminating || st.broken.is_some() {
                 return Take::Exit;
+            }
+            if st.queue.front().is_some_and(|j| j.solo) {
+                if busy {
+                    return Take::Nothing;
+                }
+                let Some(j) = st.queue.pop_front() else {
+                    continue;
+                };
+                st.queued_tasks = st.queued_tasks.saturating_sub(j.len());
+                return Take::Jobs(vec![j]);
             }
             if !st.queue.is_empty() {
                 let limit = (st.queued_tasks / (4 * self.cfg.workers).max(1))
@@ -419,6 +436,9 @@ impl Shared {
                 let mut bytes = 0;
                 let mut fds = 0;
                 while let Some(j) = st.queue.front() {
+                    if j.solo {
+                        break;
+                    }
                     if !jobs.is_empty()
                         && (tasks + j.len() > limit
                             || bytes + j.args.len() > PREFETCH_BYTES
@@ -510,19 +530,21 @@ impl Shared {
                             return Err(if term {
                                 StartFail::Terminating
                             } else {
-                                StartFail::Init(fail)
+                                StartFail::Start(fail)
                             });
                         }
                     }
                 }
                 Event::Died => {
+                    // Died before it was ready (killed, or its initializer exited): maybe
+                    // bad luck, so the caller tries again a few times.
                     let fail = self.death(&w);
                     let term = self.lock().terminating;
                     self.discard(slot, w, true);
                     return Err(if term {
                         StartFail::Terminating
                     } else {
-                        StartFail::Init(fail)
+                        StartFail::Start(fail)
                     });
                 }
             }
@@ -691,13 +713,13 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                 }
                 continue;
             }
-            shared.take(budget, true)
+            shared.take(budget, true, false)
         } else if inflight.len() < depth
             && short_tasks
             && budget > 0
             && inflight.iter().all(|f| f.job.args.len() <= PREFETCH_BYTES)
         {
-            shared.take(budget, false)
+            shared.take(budget, false, true)
         } else {
             Take::Nothing
         };
@@ -857,14 +879,22 @@ fn split_rest(mut s: InFlight) -> Option<Job> {
 
 /// The worker died: the job it was running loses its unanswered tasks; the jobs behind it
 /// never started and go back on the queue.
+///
+/// When several jobs were in flight, the replies of finished ones may not have been sent
+/// yet, so which one was running is not known: they all go back on the queue marked solo,
+/// to be sent one at a time, so that a job that kills its worker again fails alone.
 fn fail_inflight(shared: &Shared, inflight: &mut VecDeque<InFlight>, f: TaskFail) {
-    if let Some(front) = inflight.pop_front() {
-        if let Some(rest) = split_rest(front) {
-            rest.fail_all(&f);
+    let mut rest: Vec<Job> = inflight.drain(..).filter_map(split_rest).collect();
+    if rest.len() == 1 {
+        for j in rest {
+            j.fail_all(&f);
         }
+        return;
     }
-    let later: Vec<Job> = inflight.drain(..).filter_map(split_rest).collect();
-    shared.requeue(later);
+    for j in &mut rest {
+        j.solo = true;
+    }
+    shared.requeue(rest);
 }
 
 /// The running task (the first unanswered one) fails with `f`; everything after it goes

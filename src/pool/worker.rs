@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -173,6 +174,8 @@ pub(crate) struct JobRun<'a> {
 
 /// Size of a result segment's header: `[id u64][first u32][count u32][len u32]`.
 const SEG_HEADER: usize = 8 + 4 + 4 + 4;
+/// Finished replies wait at most about this long for the rest of their batch.
+const HOLD_REPLIES: Duration = Duration::from_micros(100);
 /// Results are sent early once this many bytes are waiting.
 const SEND_EARLY: usize = 1 << 20;
 
@@ -321,7 +324,16 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
     let njobs = rd.u32()?;
     let mut fds: VecDeque<OwnedFd> = fds.into();
     out.clear();
+    let mut last_send = Instant::now();
     for _ in 0..njobs {
+        // Replies wait to travel together, but not for long: finished work is reported
+        // before the next job starts once a little time has passed (if this worker dies
+        // later, what it finished is known).
+        if out.len() > 1 && last_send.elapsed() >= HOLD_REPLIES {
+            conn.send_bytes(out, &[])?;
+            out.clear();
+            last_send = Instant::now();
+        }
         let id = rd.u64()?;
         let entry = rd.i64()?;
         let entry_sig = rd.u64()?;
