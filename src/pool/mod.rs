@@ -5,7 +5,7 @@
 //!
 //! A pool starts `n` worker processes once and hands them tasks: calls of a plain
 //! `fn(A) -> R` (or a closure that captures nothing) on arguments that travel encoded, as
-//! for [`Process`](crate::Process). Tasks go out in chunks — `map` cuts its input into
+//! for [`Process`]. Tasks go out in chunks — `map` cuts its input into
 //! `ceil(len / (4 × workers))`-sized chunks like CPython, and many small waiting tasks
 //! (thousands of `apply_async`) travel to a worker together — so the cost of a round trip
 //! is shared by many tasks.
