@@ -248,10 +248,11 @@ impl<R> AsyncResult<R> {
     /// assert!(!r.successful().unwrap());
     /// ```
     pub fn successful(&self) -> Result<bool> {
-        let s = self.cell.lock();
-        if !s.done {
+        if !self.cell.lock().done {
             return Err(Error::invalid("the result is not ready"));
         }
+        // Done: wait only while a callback borrows the outcome.
+        let (s, _) = self.cell.wait_until(None);
         match &s.outcome {
             Some(o) => Ok(o.is_ok()),
             None => Err(Error::invalid("the result is not ready")),

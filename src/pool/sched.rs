@@ -651,6 +651,34 @@ struct InFlight {
 pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
     let mut worker = Some(first);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(&shared, slot, &mut worker, &mut inflight)
+    }));
+    if r.is_err() {
+        // A bug in the pool itself: never leave a caller waiting for ever.
+        let f = TaskFail::Invalid("internal error in the pool's handler thread".into());
+        for s in inflight.drain(..) {
+            if let Some(rest) = split_rest(s) {
+                rest.fail_all(&f);
+            }
+        }
+        if let Some(w) = worker.take() {
+            shared.discard(slot, w, true);
+        }
+        shared.set_broken(f);
+        let mut st = shared.lock();
+        st.live_handlers = st.live_handlers.saturating_sub(1);
+    }
+}
+
+/// The handler's loop; returns when the handler is done (its accounting done too).
+fn serve(
+    shared: &Arc<Shared>,
+    slot: usize,
+    worker: &mut Option<Worker>,
+    inflight: &mut VecDeque<InFlight>,
+) {
+    let shared = shared.clone();
     let mut buf: Vec<u8> = Vec::new();
     let mut task_started = Instant::now();
     let timeout = shared.cfg.task_timeout;
@@ -674,7 +702,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
             match shared.start_worker(slot) {
                 Ok(w) => {
                     start_failures = 0;
-                    worker = Some(w);
+                    *worker = Some(w);
                 }
                 Err(StartFail::Terminating) => break 'outer,
                 Err(StartFail::Init(f)) => {
@@ -769,7 +797,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                         shared.requeue(sent.into_iter().map(|s| s.job).collect());
                         if let Some(w) = worker.take() {
                             let f = shared.death(&w);
-                            fail_inflight(&shared, &mut inflight, f);
+                            fail_inflight(&shared, inflight, f);
                             shared.discard(slot, w, true);
                         }
                         continue;
@@ -789,7 +817,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
             Event::Readable => {
                 let r = w
                     .conn
-                    .recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds));
+                    .recv_with(|bytes, fds| on_reply(inflight, bytes, fds));
                 match r {
                     Ok(count) => {
                         let per_task = task_started.elapsed() / (count.max(1) as u32);
@@ -799,7 +827,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                     Err(_) => {
                         if let Some(w) = worker.take() {
                             let f = shared.death(&w);
-                            fail_inflight(&shared, &mut inflight, f);
+                            fail_inflight(&shared, inflight, f);
                             shared.discard(slot, w, true);
                         }
                     }
@@ -810,7 +838,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                 while matches!(wait_worker(w, Some(Duration::ZERO)), Event::Readable) {
                     match w
                         .conn
-                        .recv_with(|bytes, fds| on_reply(&mut inflight, bytes, fds))
+                        .recv_with(|bytes, fds| on_reply(inflight, bytes, fds))
                     {
                         Ok(_) => {}
                         Err(_) => break,
@@ -818,7 +846,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                 }
                 if let Some(w) = worker.take() {
                     let f = shared.death(&w);
-                    fail_inflight(&shared, &mut inflight, f);
+                    fail_inflight(&shared, inflight, f);
                     shared.discard(slot, w, true);
                 }
             }
@@ -833,7 +861,7 @@ pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
                         } else {
                             TaskFail::Timeout
                         };
-                        fail_running_one(&shared, &mut inflight, f);
+                        fail_running_one(&shared, inflight, f);
                         shared.discard(slot, w, true);
                     }
                 }
