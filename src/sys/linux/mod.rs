@@ -1,9 +1,11 @@
 //! Linux implementation of the OS layer.
 
 pub(crate) mod code;
+pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod socket;
 
 pub(crate) use code::*;
+pub(crate) use net::*;
 pub(crate) use process::*;
 pub(crate) use socket::*;
