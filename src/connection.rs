@@ -29,8 +29,8 @@
 mod auth;
 mod net;
 
-pub use net::{Address, Client, Listener, ToAddress};
 pub(crate) use net::{accept_raw, authenticate_server, connect_raw};
+pub use net::{Address, Client, Listener, ToAddress};
 
 use std::collections::VecDeque;
 use std::fmt;

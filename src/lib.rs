@@ -47,12 +47,14 @@
 pub mod codec;
 pub mod connection;
 mod error;
+pub mod manager;
 pub mod process;
 pub mod start;
 mod sys;
 
 pub use connection::{pipe, pipe_simplex, Connection};
-pub use error::{Error, Result};
+pub use error::{Error, RemoteErrorKind, Result};
+pub use manager::Manager;
 pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, Builder, JoinHandle,
     Process, ProcessInfo,

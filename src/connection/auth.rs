@@ -128,7 +128,10 @@ mod tests {
         let t = std::thread::spawn(move || deliver_challenge(&a, b"k"));
         let _challenge = b.recv_bytes().unwrap();
         b.send_bytes(b"not an answer", &[]).unwrap();
-        assert!(matches!(t.join().unwrap(), Err(Error::AuthenticationFailed)));
+        assert!(matches!(
+            t.join().unwrap(),
+            Err(Error::AuthenticationFailed)
+        ));
         assert_eq!(b.recv_bytes().unwrap(), FAILURE);
     }
 }

@@ -58,9 +58,10 @@ impl Address {
             return Ok(Address::Tcp(sa));
         }
         match s.to_socket_addrs() {
-            Ok(mut it) => it.next().map(Address::Tcp).ok_or_else(|| {
-                Error::invalid(format!("address {s:?} resolves to nothing"))
-            }),
+            Ok(mut it) => it
+                .next()
+                .map(Address::Tcp)
+                .ok_or_else(|| Error::invalid(format!("address {s:?} resolves to nothing"))),
             Err(e) => Err(Error::invalid(format!(
                 "{s:?} is not an address (host:port, /path, or @name): {e}"
             ))),

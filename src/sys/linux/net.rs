@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::net::{
-    sockopt, AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType,
-};
+use rustix::net::{sockopt, AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 
 /// Where a socket listens or connects, in OS terms.
 #[derive(Clone, Debug)]
@@ -42,12 +40,8 @@ fn family(a: &SockAddr) -> AddressFamily {
 /// `SO_REUSEADDR`. Returns the socket and the address it is bound to (the real port when
 /// `addr` asked for port 0).
 pub(crate) fn listen_on(addr: &SockAddr, backlog: i32) -> io::Result<(OwnedFd, SockAddr)> {
-    let fd = rustix::net::socket_with(
-        family(addr),
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let fd =
+        rustix::net::socket_with(family(addr), SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
     match addr {
         SockAddr::Tcp(sa) => {
             sockopt::set_socket_reuseaddr(&fd, true)?;
@@ -88,12 +82,8 @@ pub(crate) fn accept_one(listener: impl AsFd) -> io::Result<OwnedFd> {
 /// Connects a new stream socket (close-on-exec) to `addr`. TCP sockets get `TCP_NODELAY`:
 /// requests and replies are small and latency matters.
 pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
-    let fd = rustix::net::socket_with(
-        family(addr),
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let fd =
+        rustix::net::socket_with(family(addr), SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
     let r = match addr {
         SockAddr::Tcp(sa) => rustix::net::connect(&fd, sa),
         _ => {
@@ -105,7 +95,10 @@ pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
         Ok(()) => {}
         Err(rustix::io::Errno::INTR) => {
             // The connection continues in the background; wait until it is writable.
-            let mut pfd = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::OUT)];
+            let mut pfd = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::OUT,
+            )];
             loop {
                 match rustix::event::poll(&mut pfd, None) {
                     Ok(_) => break,
@@ -152,9 +145,4 @@ pub(crate) fn peer_closed(fd: impl AsFd) -> bool {
             .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
         Err(_) => false,
     }
-}
-
-/// Shuts a socket down both ways, waking any thread blocked reading it.
-pub(crate) fn shutdown_both(fd: impl AsFd) {
-    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
 }

@@ -1,0 +1,148 @@
+//! The client side: one [`Endpoint`] per (server address, authkey) in each process, holding
+//! a small pool of authenticated connections. An operation takes a connection from the
+//! pool (connecting the first time), makes one round trip, and puts it back, so threads
+//! using proxies at the same time each get their own connection. After a fork, the child
+//! never uses the parent's connections.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_bytes::ByteBuf;
+
+use super::protocol::{Reply, Request, Response};
+use crate::connection::{connect_raw, Address, RawConn};
+use crate::{codec, Error, Result};
+
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 16;
+
+struct Pool {
+    pid: u32,
+    idle: Vec<RawConn>,
+}
+
+pub(crate) struct Endpoint {
+    pub(crate) address: Address,
+    pub(crate) authkey: Vec<u8>,
+    pool: Mutex<Pool>,
+}
+
+static ENDPOINTS: Mutex<Vec<Weak<Endpoint>>> = Mutex::new(Vec::new());
+
+impl Endpoint {
+    /// The endpoint for this server in this process (shared by every proxy of it).
+    pub(crate) fn get(address: &Address, authkey: &[u8]) -> Arc<Endpoint> {
+        let mut all = ENDPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        for w in all.iter() {
+            if let Some(e) = w.upgrade() {
+                if &e.address == address && e.authkey == authkey {
+                    return e;
+                }
+            }
+        }
+        let e = Arc::new(Endpoint {
+            address: address.clone(),
+            authkey: authkey.to_vec(),
+            pool: Mutex::new(Pool {
+                pid: std::process::id(),
+                idle: Vec::new(),
+            }),
+        });
+        all.push(Arc::downgrade(&e));
+        e
+    }
+
+    fn checkout(&self) -> Result<RawConn> {
+        {
+            let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let pid = std::process::id();
+            if p.pid != pid {
+                // Forked: these sockets are shared with the parent. Close our copies.
+                p.idle.clear();
+                p.pid = pid;
+            }
+            if let Some(c) = p.idle.pop() {
+                return Ok(c);
+            }
+        }
+        self.connect()
+    }
+
+    /// A new authenticated connection to the server.
+    pub(crate) fn connect(&self) -> Result<RawConn> {
+        connect_raw(&self.address, Some(&self.authkey))
+    }
+
+    pub(crate) fn checkin(&self, c: RawConn) {
+        let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if p.pid == std::process::id() && p.idle.len() < MAX_IDLE {
+            p.idle.push(c);
+        }
+    }
+
+    /// One round trip. A connection that failed is not reused.
+    pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
+        let conn = self.checkout()?;
+        conn.send_value(req)?;
+        let resp = conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?;
+        self.checkin(conn);
+        resp.map_err(|(kind, message)| Error::Remote { kind, message })
+    }
+
+    /// Drops the idle connections (the server side then ends their threads).
+    pub(crate) fn disconnect(&self) {
+        let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        p.idle.clear();
+    }
+}
+
+/// What every proxy holds: its server and its object's id. Serializes as (address,
+/// authkey, id) and reconnects lazily wherever it is deserialized.
+#[derive(Clone)]
+pub(crate) struct ObjRef {
+    pub(crate) ep: Arc<Endpoint>,
+    pub(crate) id: u64,
+}
+
+impl fmt::Debug for ObjRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.ep.address, self.id)
+    }
+}
+
+impl ObjRef {
+    pub(crate) fn call(&self, op: super::protocol::Op) -> Result<Reply> {
+        self.ep.call(&Request::Call(self.id, op))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "ManagerProxy")]
+struct Wire {
+    address: Address,
+    authkey: ByteBuf,
+    id: u64,
+}
+
+impl Serialize for ObjRef {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        Wire {
+            address: self.ep.address.clone(),
+            authkey: ByteBuf::from(self.ep.authkey.clone()),
+            id: self.id,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        Ok(ObjRef {
+            ep: Endpoint::get(&w.address, &w.authkey),
+            id: w.id,
+        })
+    }
+}

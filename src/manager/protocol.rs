@@ -1,0 +1,126 @@
+//! The manager's wire protocol: one request frame, one reply frame.
+//!
+//! Values are stored in the server as their encoded bytes: the server never needs to know
+//! the element types, and a client decodes what it reads with its proxy's type.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::RemoteErrorKind;
+
+/// The kinds of object a manager holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Kind {
+    List,
+    Dict,
+    Namespace,
+    Queue,
+    Value,
+    Lock,
+    Event,
+    /// A registered type, by its registered name.
+    Shared(String),
+}
+
+/// How long a blocking operation may wait.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) enum Wait {
+    /// Do not block.
+    No,
+    /// Block until it can proceed.
+    Forever,
+    /// Block at most this long.
+    For(Duration),
+}
+
+/// What to create.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Create {
+    List(Vec<ByteBuf>),
+    Dict(Vec<(ByteBuf, ByteBuf)>),
+    Namespace,
+    Queue(Option<u64>),
+    Value(ByteBuf),
+    Lock,
+    Event,
+    Shared(String, ByteBuf),
+}
+
+/// An operation on one object.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Op {
+    ListPush(ByteBuf),
+    ListGet(u64),
+    ListSet(u64, ByteBuf),
+    ListLen,
+    ListPop,
+    ListRemove(u64),
+    ListExtend(Vec<ByteBuf>),
+    ListInsert(u64, ByteBuf),
+    ListClear,
+    ListToVec,
+
+    DictInsert(ByteBuf, ByteBuf),
+    DictGet(ByteBuf),
+    DictRemove(ByteBuf),
+    DictContains(ByteBuf),
+    DictLen,
+    DictKeys,
+    DictValues,
+    DictItems,
+    DictClear,
+
+    NsSet(String, ByteBuf),
+    NsGet(String),
+    NsRemove(String),
+    NsNames,
+
+    QueuePut(ByteBuf, Wait),
+    QueueGet(Wait),
+    QueueSize,
+
+    ValueGet,
+    ValueSet(ByteBuf),
+    ValueSwap(ByteBuf),
+
+    LockAcquire(Wait),
+    LockRelease,
+    LockLocked,
+
+    EventSet,
+    EventClear,
+    EventIsSet,
+    EventWait(Wait),
+
+    SharedCall(ByteBuf),
+    SharedGet,
+}
+
+/// A request from a client.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    Create(Create),
+    Call(u64, Op),
+    /// Gives an object a name other clients can look up.
+    Publish(String, u64),
+    Lookup(String),
+}
+
+/// A successful reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Unit,
+    Object(u64, Kind),
+    Bytes(ByteBuf),
+    MaybeBytes(Option<ByteBuf>),
+    Bool(bool),
+    Len(u64),
+    List(Vec<ByteBuf>),
+    Pairs(Vec<(ByteBuf, ByteBuf)>),
+    Names(Vec<String>),
+}
+
+/// The reply frame.
+pub(crate) type Response = Result<Reply, (RemoteErrorKind, String)>;
