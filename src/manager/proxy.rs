@@ -74,6 +74,9 @@ fn wait_for(d: Duration) -> Wait {
 }
 
 macro_rules! proxy_common {
+    ($name:ident) => {
+        proxy_common!($name<>);
+    };
     ($name:ident < $($p:ident),* >) => {
         impl<$($p),*> Clone for $name<$($p),*> {
             fn clone(&self) -> Self {
