@@ -57,6 +57,7 @@ fn list_methods_across_processes() {
 
 type D = DictProxy<String, Vec<u8>>;
 
+#[allow(clippy::type_complexity)]
 fn dict_child(d: D) -> (Option<Vec<u8>>, bool, Vec<String>, Option<Vec<u8>>) {
     d.insert("b".into(), vec![2]).unwrap();
     let old = d.insert("a".into(), vec![9]).unwrap();

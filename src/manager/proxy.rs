@@ -587,8 +587,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
-    /// let q = m.queue::<&str>().unwrap();
-    /// q.put("job").unwrap();
+    /// let q = m.queue::<String>().unwrap();
+    /// q.put("job".to_string()).unwrap();
     /// assert_eq!(q.qsize().unwrap(), 1);
     /// ```
     pub fn put(&self, item: T) -> Result<()> {
