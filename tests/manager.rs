@@ -333,7 +333,8 @@ fn registered_type_across_processes() {
     assert_eq!(acc.call(AccountOp::Withdraw(60)).unwrap(), Ok(100));
     let e = acc.call(AccountOp::Explode).unwrap_err();
     assert!(is_remote(&e, RemoteErrorKind::Panicked), "{e}");
-    assert!(e.to_string().contains("boom in the server"));
+    assert!(e.to_string().contains("boom in the server"), "{e}");
+    assert!(e.to_string().contains("manager.rs"), "panic location: {e}");
     // The server and the object survive the panic.
     assert_eq!(
         acc.get().unwrap(),

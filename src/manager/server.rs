@@ -105,6 +105,42 @@ struct State {
     connections: AtomicUsize,
 }
 
+thread_local! {
+    /// Set while a registered type's code runs: its panics are reported to the client,
+    /// not printed by the server.
+    static IN_USER_CODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last caught panic happened.
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn quiet_panics_in_user_code() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_USER_CODE.with(|c| c.get()) {
+            let at = info.location().map(|l| l.to_string());
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+        } else {
+            prev(info);
+        }
+    }));
+}
+
+/// Runs a registered type's code, turning a panic into a `Panicked` error.
+fn run_user<R>(f: impl FnOnce() -> R) -> Result<R, RemoteErr> {
+    IN_USER_CODE.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+    IN_USER_CODE.with(|c| c.set(false));
+    r.map_err(|p| {
+        let at = PANIC_AT.with(|a| a.borrow_mut().take());
+        let msg = panic_message(&p);
+        let msg = match at {
+            Some(at) => format!("{msg} (at {at})"),
+            None => msg,
+        };
+        err(RemoteErrorKind::Panicked, msg)
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -118,6 +154,7 @@ pub(crate) fn server_main(args: ServerArgs) {
         registry,
         max_message,
     } = args;
+    quiet_panics_in_user_code();
     let listener = match Listener::bind(&address, None) {
         Ok(l) => l,
         Err(e) => {
@@ -341,8 +378,7 @@ fn create(state: &State, c: Create) -> Response {
                     format!("type {name} is not registered with this manager"),
                 ));
             };
-            let made = std::panic::catch_unwind(|| ctor(&init))
-                .map_err(|p| err(RemoteErrorKind::Panicked, panic_message(&p)))?;
+            let made = run_user(|| ctor(&init))?;
             Obj::Shared(name, Mutex::new(made?))
         }
     };
@@ -574,11 +610,9 @@ fn call(obj: &Obj, conn: &RawConn, op: Op) -> Response {
             let mut s = lock(s);
             match op {
                 Op::SharedCall(req) => {
-                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| s.call(&req)))
-                        .map_err(|p| err(Panicked, panic_message(&p)))?;
-                    r.map(|b| Reply::Bytes(ByteBuf::from(b)))
+                    run_user(|| s.call(&req))?.map(|b| Reply::Bytes(ByteBuf::from(b)))
                 }
-                Op::SharedGet => s.snapshot().map(|b| Reply::Bytes(ByteBuf::from(b))),
+                Op::SharedGet => run_user(|| s.snapshot())?.map(|b| Reply::Bytes(ByteBuf::from(b))),
                 op => Err(wrong_kind(obj, &op)),
             }
         }
