@@ -628,16 +628,25 @@ fn client_killed_mid_request_does_not_hurt_the_server() {
     p.join().unwrap();
     assert!(big.len().is_ok());
 
-    // A lock held by a killed client stays held (as in Python); others can time out.
+    // A lock held by a killed client is released, and the next acquirer learns that its
+    // holder died (and holds it).
     let lock = m.lock().unwrap();
     let mut p = Process::new(lock_holder, lock.clone());
     p.start().unwrap();
     while !lock.locked().unwrap() {
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(!lock.try_acquire().unwrap());
     p.kill().unwrap();
     p.join().unwrap();
-    assert!(!lock.acquire_timeout(Duration::from_millis(50)).unwrap());
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_secs(5)),
+        Err(Error::OwnerDied)
+    ));
+    assert!(lock.locked().unwrap());
+    lock.release().unwrap();
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
 
     let l = m.list(vec![1]).unwrap();
     l.push(2).unwrap();

@@ -19,7 +19,21 @@ const MAX_IDLE: usize = 16;
 
 struct Pool {
     pid: u32,
+    /// This process's session id with the server (new after a fork).
+    session: u64,
     idle: Vec<RawConn>,
+}
+
+fn new_session() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        // Unique enough without randomness: pid and time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ (u64::from(std::process::id()) << 40);
+    }
+    u64::from_le_bytes(b)
 }
 
 pub(crate) struct Endpoint {
@@ -47,6 +61,7 @@ impl Endpoint {
             authkey: authkey.to_vec(),
             pool: Mutex::new(Pool {
                 pid: std::process::id(),
+                session: new_session(),
                 idle: Vec::new(),
             }),
         });
@@ -55,24 +70,46 @@ impl Endpoint {
     }
 
     fn checkout(&self) -> Result<RawConn> {
-        {
+        let session = {
             let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let pid = std::process::id();
             if p.pid != pid {
                 // Forked: these sockets are shared with the parent. Close our copies.
                 p.idle.clear();
                 p.pid = pid;
+                p.session = new_session();
             }
             if let Some(c) = p.idle.pop() {
                 return Ok(c);
             }
-        }
-        self.connect()
+            p.session
+        };
+        self.connect_session(session)
     }
 
-    /// A new authenticated connection to the server.
+    /// A new authenticated connection to the server, introduced with this process's
+    /// session id.
     pub(crate) fn connect(&self) -> Result<RawConn> {
-        connect_raw(&self.address, Some(&self.authkey))
+        let session = {
+            let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let pid = std::process::id();
+            if p.pid != pid {
+                p.idle.clear();
+                p.pid = pid;
+                p.session = new_session();
+            }
+            p.session
+        };
+        self.connect_session(session)
+    }
+
+    fn connect_session(&self, session: u64) -> Result<RawConn> {
+        let conn = connect_raw(&self.address, Some(&self.authkey))?;
+        conn.send_value(&Request::Hello(session))?;
+        match conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))? {
+            Ok(_) => Ok(conn),
+            Err((kind, message)) => Err(Error::Remote { kind, message }),
+        }
     }
 
     pub(crate) fn checkin(&self, c: RawConn) {

@@ -101,6 +101,9 @@ pub(crate) enum Op {
 /// A request from a client.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
+    /// First request on a connection: the client process's session id, so that the
+    /// server can tell when every connection of a process is gone (it died).
+    Hello(u64),
     Create(Create),
     Call(u64, Op),
     /// Gives an object a name other clients can look up.
@@ -112,6 +115,8 @@ pub(crate) enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
     Unit,
+    /// A lock was acquired, but its previous holder's process died holding it.
+    OwnerDied,
     Object(u64, Kind),
     Bytes(ByteBuf),
     MaybeBytes(Option<ByteBuf>),

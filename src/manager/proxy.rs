@@ -51,6 +51,7 @@ fn maybe<T: DeserializeOwned>(r: Reply) -> Result<Option<T>> {
 fn boolean(r: Reply) -> Result<bool> {
     match r {
         Reply::Bool(b) => Ok(b),
+        Reply::OwnerDied => Err(Error::OwnerDied),
         r => Err(unexpected(r)),
     }
 }
@@ -754,8 +755,13 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 }
 
 /// A lock held in a manager (Python's `manager.Lock()`). Any process may release it (it
-/// has no owner, like Python's); if the process that asked for it dies before hearing
-/// that it got it, the server releases it again.
+/// has no owner, like Python's).
+///
+/// Better than Python's: if the process holding it dies (every connection of that process
+/// to the server is gone), the server releases it, and the next acquirer gets
+/// [`Error::OwnerDied`] — it then holds the lock, and the data the lock protects may be
+/// half-updated. If the process that asked for it dies before hearing that it got it, the
+/// server releases it silently.
 ///
 /// ```
 /// multiproc::init();
@@ -777,7 +783,8 @@ pub struct LockProxy {
 proxy_common!(LockProxy);
 
 impl LockProxy {
-    /// Acquires the lock, waiting as long as it takes.
+    /// Acquires the lock, waiting as long as it takes. [`Error::OwnerDied`]: acquired, but
+    /// the previous holder died holding it.
     ///
     /// ```
     /// # multiproc::init();
@@ -795,7 +802,8 @@ impl LockProxy {
         }
     }
 
-    /// Acquires the lock, waiting at most `timeout`; returns whether it got it.
+    /// Acquires the lock, waiting at most `timeout`; returns whether it got it
+    /// ([`Error::OwnerDied`] as for [`acquire`](LockProxy::acquire)).
     ///
     /// ```
     /// # multiproc::init();

@@ -64,6 +64,15 @@ fn err(kind: RemoteErrorKind, msg: impl Into<String>) -> RemoteErr {
     (kind, msg.into())
 }
 
+#[derive(Default)]
+struct LockState {
+    held: bool,
+    /// The session that acquired it, when known.
+    holder: Option<u64>,
+    /// Released because its holder's process went away: the next acquirer is told.
+    abandoned: bool,
+}
+
 struct QueueState {
     items: VecDeque<ByteBuf>,
     maxsize: Option<u64>,
@@ -75,7 +84,7 @@ enum Obj {
     Namespace(Mutex<IndexMap<String, ByteBuf>>),
     Queue(Mutex<QueueState>, Condvar),
     Value(Mutex<ByteBuf>),
-    Lock(Mutex<bool>, Condvar),
+    Lock(Mutex<LockState>, Condvar),
     Event(Mutex<bool>, Condvar),
     Shared(String, Mutex<Box<dyn ErasedShared>>),
 }
@@ -103,6 +112,10 @@ struct State {
     authkey: Vec<u8>,
     max_message: u64,
     connections: AtomicUsize,
+    /// Live connections per client session.
+    sessions: Mutex<HashMap<u64, usize>>,
+    /// Every lock object, to release those whose holder went away.
+    locks: Mutex<Vec<Arc<Obj>>>,
 }
 
 thread_local! {
@@ -185,6 +198,8 @@ pub(crate) fn server_main(args: ServerArgs) {
         authkey,
         max_message,
         connections: AtomicUsize::new(0),
+        sessions: Mutex::new(HashMap::new()),
+        locks: Mutex::new(Vec::new()),
     });
     if control
         .send(&Control::Ready(listener.address().clone()))
@@ -238,10 +253,54 @@ fn serve_connection(conn: &RawConn, state: &State) {
         return;
     }
     conn.set_max_frame(state.max_message);
+    let mut session = None;
+    serve_requests(conn, state, &mut session);
+    if let Some(s) = session {
+        end_session(state, s);
+    }
+}
+
+fn end_session(state: &State, s: u64) {
+    {
+        let mut sessions = lock(&state.sessions);
+        match sessions.get_mut(&s) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            _ => {
+                sessions.remove(&s);
+            }
+        }
+    }
+    // The client process has no connection left: it died (or dropped every proxy).
+    // Locks it holds are released, and their next acquirer learns it.
+    let locks = lock(&state.locks).clone();
+    for l in locks {
+        if let Obj::Lock(m, cv) = &*l {
+            let mut g = lock(m);
+            if g.held && g.holder == Some(s) {
+                g.held = false;
+                g.holder = None;
+                g.abandoned = true;
+                cv.notify_all();
+            }
+        }
+    }
+}
+
+fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) {
     loop {
         let req = conn.recv_with(|bytes, _fds| Ok(codec::decode::<Request>(bytes)));
         let response = match req {
-            Ok(Ok(req)) => handle(state, conn, req),
+            Ok(Ok(Request::Hello(s))) => {
+                if session.is_none() {
+                    *lock(&state.sessions).entry(s).or_insert(0) += 1;
+                    *session = Some(s);
+                }
+                Some(Ok(Reply::Unit))
+            }
+            Ok(Ok(req)) => handle(state, conn, req, *session),
             Ok(Err(e)) => Some(Err(err(
                 RemoteErrorKind::ProtocolError,
                 format!("request not understood: {e}"),
@@ -259,8 +318,9 @@ fn serve_connection(conn: &RawConn, state: &State) {
 
 /// Answers one request. `None`: the reply was already sent (blocking operations send
 /// their own, to undo their effect when the client is gone).
-fn handle(state: &State, conn: &RawConn, req: Request) -> Option<Response> {
+fn handle(state: &State, conn: &RawConn, req: Request, session: Option<u64>) -> Option<Response> {
     Some(match req {
+        Request::Hello(_) => Ok(Reply::Unit),
         Request::Create(c) => create(state, c),
         Request::Call(id, op) => {
             let obj = state
@@ -281,7 +341,7 @@ fn handle(state: &State, conn: &RawConn, req: Request) -> Option<Response> {
                     return None;
                 }
                 (Obj::Lock(m, cv), Op::LockAcquire(wait)) => {
-                    lock_acquire(m, cv, conn, wait);
+                    lock_acquire(m, cv, conn, wait, session);
                     return None;
                 }
                 (_, op) => call(&obj, conn, op),
@@ -343,15 +403,27 @@ fn queue_get(m: &Mutex<QueueState>, cv: &Condvar, conn: &RawConn, wait: Wait) {
 
 /// Acquires the lock, waiting as allowed, and says so; if the client is gone by then, the
 /// lock is released again.
-fn lock_acquire(m: &Mutex<bool>, cv: &Condvar, conn: &RawConn, wait: Wait) {
-    let (mut g, ok) = wait_on(m, cv, conn, wait, |held| !*held);
+fn lock_acquire(
+    m: &Mutex<LockState>,
+    cv: &Condvar,
+    conn: &RawConn,
+    wait: Wait,
+    session: Option<u64>,
+) {
+    let (mut g, ok) = wait_on(m, cv, conn, wait, |l| !l.held);
+    let mut reply: Response = Ok(Reply::Bool(ok));
     if ok {
-        *g = true;
+        g.held = true;
+        g.holder = session;
+        if std::mem::take(&mut g.abandoned) {
+            reply = Ok(Reply::OwnerDied);
+        }
     }
     drop(g);
-    let reply: Response = Ok(Reply::Bool(ok));
     if conn.send_value(&reply).is_err() && ok {
-        *lock(m) = false;
+        let mut g = lock(m);
+        g.held = false;
+        g.holder = None;
         cv.notify_all();
     }
 }
@@ -369,7 +441,7 @@ fn create(state: &State, c: Create) -> Response {
             Condvar::new(),
         ),
         Create::Value(v) => Obj::Value(Mutex::new(v)),
-        Create::Lock => Obj::Lock(Mutex::new(false), Condvar::new()),
+        Create::Lock => Obj::Lock(Mutex::new(LockState::default()), Condvar::new()),
         Create::Event => Obj::Event(Mutex::new(false), Condvar::new()),
         Create::Shared(name, init) => {
             let Some(ctor) = state.registry.get(&name) else {
@@ -384,11 +456,15 @@ fn create(state: &State, c: Create) -> Response {
     };
     let kind = obj.kind();
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let obj = Arc::new(obj);
+    if kind == Kind::Lock {
+        lock(&state.locks).push(obj.clone());
+    }
     state
         .objects
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(id, Arc::new(obj));
+        .insert(id, obj);
     Ok(Reply::Object(id, kind))
 }
 
@@ -579,14 +655,15 @@ fn call(obj: &Obj, conn: &RawConn, op: Op) -> Response {
         (Obj::Lock(m, cv), op) => match op {
             Op::LockRelease => {
                 let mut g = lock(m);
-                if !*g {
+                if !g.held {
                     return Err(err(ValueError, "release of an unlocked lock"));
                 }
-                *g = false;
+                g.held = false;
+                g.holder = None;
                 cv.notify_all();
                 Ok(Reply::Unit)
             }
-            Op::LockLocked => Ok(Reply::Bool(*lock(m))),
+            Op::LockLocked => Ok(Reply::Bool(lock(m).held)),
             op => Err(wrong_kind(obj, &op)),
         },
         (Obj::Event(m, cv), op) => match op {
