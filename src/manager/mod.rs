@@ -7,7 +7,7 @@
 //! request/reply round trip over a pooled, authenticated connection, applied atomically in
 //! the server; errors raised there (index out of range, missing key) come back as
 //! [`Error::Remote`] and the server keeps serving. Proxies are `Clone` and serializable:
-//! put one in a [`Process`](crate::Process)'s arguments, a pool task or a pipe message,
+//! put one in a [`Process`]'s arguments, a pool task or a pipe message,
 //! and it reconnects in the receiving process on first use.
 //!
 //! ```
