@@ -275,6 +275,24 @@ fn forked_child_does_not_share_parent_connections() {
         assert!(l.len().unwrap() >= 2); // the parent's connection still works
     }
     assert_eq!(l.len().unwrap(), 4);
+
+    // A forked child that takes a lock and exits: had it used the parent's pooled
+    // connection, the server could not tell that the holder is gone.
+    let lock = m.lock().unwrap();
+    assert!(!lock.locked().unwrap()); // the parent's connection to the server is pooled
+    let h = Builder::new()
+        .start_method(StartMethod::Fork)
+        .spawn(take_lock_and_exit, lock.clone())
+        .unwrap();
+    h.join().unwrap();
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_secs(5)),
+        Err(Error::OwnerDied)
+    ));
+}
+
+fn take_lock_and_exit(l: LockProxy) {
+    l.acquire().unwrap();
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]

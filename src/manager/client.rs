@@ -18,7 +18,8 @@ use crate::{codec, Error, Result};
 const MAX_IDLE: usize = 16;
 
 struct Pool {
-    pid: u32,
+    /// The fork generation the connections belong to (see `sys::fork_generation`).
+    generation: u64,
     /// This process's session id with the server (new after a fork).
     session: u64,
     idle: Vec<RawConn>,
@@ -60,7 +61,7 @@ impl Endpoint {
             address: address.clone(),
             authkey: authkey.to_vec(),
             pool: Mutex::new(Pool {
-                pid: std::process::id(),
+                generation: crate::sys::fork_generation(),
                 session: new_session(),
                 idle: Vec::new(),
             }),
@@ -72,11 +73,11 @@ impl Endpoint {
     fn checkout(&self) -> Result<RawConn> {
         let session = {
             let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            let pid = std::process::id();
-            if p.pid != pid {
+            let generation = crate::sys::fork_generation();
+            if p.generation != generation {
                 // Forked: these sockets are shared with the parent. Close our copies.
                 p.idle.clear();
-                p.pid = pid;
+                p.generation = generation;
                 p.session = new_session();
             }
             if let Some(c) = p.idle.pop() {
@@ -92,10 +93,10 @@ impl Endpoint {
     pub(crate) fn connect(&self) -> Result<RawConn> {
         let session = {
             let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            let pid = std::process::id();
-            if p.pid != pid {
+            let generation = crate::sys::fork_generation();
+            if p.generation != generation {
                 p.idle.clear();
-                p.pid = pid;
+                p.generation = generation;
                 p.session = new_session();
             }
             p.session
@@ -114,7 +115,7 @@ impl Endpoint {
 
     pub(crate) fn checkin(&self, c: RawConn) {
         let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if p.pid == std::process::id() && p.idle.len() < MAX_IDLE {
+        if p.generation == crate::sys::fork_generation() && p.idle.len() < MAX_IDLE {
             p.idle.push(c);
         }
     }
