@@ -10,19 +10,46 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
+use std::os::fd::AsRawFd;
+
+use super::pipe::{pipe_pairs, PipeConn};
 use super::protocol::{Reply, Request, Response};
 use crate::connection::{connect_raw, Address, RawConn};
 use crate::{codec, Error, Result};
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 16;
+/// Largest reply a client accepts (the server is trusted: it proved it knows the key).
+const REPLY_LIMIT: u64 = 1 << 36;
 
 struct Pool {
     /// The fork generation the connections belong to (see `sys::fork_generation`).
     generation: u64,
     /// This process's session id with the server (new after a fork).
     session: u64,
-    idle: Vec<RawConn>,
+    idle: Vec<Conn>,
+}
+
+/// One authenticated connection: over pipes for a local (Unix socket) server, over the
+/// socket itself for a TCP one.
+pub(crate) enum Conn {
+    Socket(RawConn),
+    Pipes(PipeConn),
+}
+
+impl Conn {
+    fn round_trip(&self, req: &Request) -> Result<Response> {
+        match self {
+            Conn::Socket(c) => {
+                c.send_value(req)?;
+                c.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))
+            }
+            Conn::Pipes(p) => {
+                p.send(req)?;
+                p.recv::<Response>()
+            }
+        }
+    }
 }
 
 fn new_session() -> u64 {
@@ -70,7 +97,7 @@ impl Endpoint {
         e
     }
 
-    fn checkout(&self) -> Result<RawConn> {
+    fn checkout(&self) -> Result<Conn> {
         let session = {
             let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let generation = crate::sys::fork_generation();
@@ -90,7 +117,7 @@ impl Endpoint {
 
     /// A new authenticated connection to the server, introduced with this process's
     /// session id.
-    pub(crate) fn connect(&self) -> Result<RawConn> {
+    pub(crate) fn connect(&self) -> Result<Conn> {
         let session = {
             let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let generation = crate::sys::fork_generation();
@@ -104,16 +131,27 @@ impl Endpoint {
         self.connect_session(session)
     }
 
-    fn connect_session(&self, session: u64) -> Result<RawConn> {
+    fn connect_session(&self, session: u64) -> Result<Conn> {
         let conn = connect_raw(&self.address, Some(&self.authkey))?;
-        conn.send_value(&Request::Hello(session))?;
-        match conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))? {
-            Ok(_) => Ok(conn),
+        let check = |r: Response| match r {
+            Ok(_) => Ok(()),
             Err((kind, message)) => Err(Error::Remote { kind, message }),
+        };
+        conn.send_value(&Request::Hello(session))?;
+        check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
+        if matches!(self.address, Address::Tcp(_)) {
+            return Ok(Conn::Socket(conn));
         }
+        // A local server: move to a pair of pipes (see `pipe.rs`).
+        let ((rep_rd, req_wr), (req_rd, rep_wr)) = pipe_pairs()?;
+        let req = codec::encode(&Request::UsePipes)?;
+        conn.send_bytes(&req, &[req_rd.as_raw_fd(), rep_wr.as_raw_fd()])?;
+        drop((req_rd, rep_wr));
+        check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
+        Ok(Conn::Pipes(PipeConn::new(rep_rd, req_wr, REPLY_LIMIT)))
     }
 
-    pub(crate) fn checkin(&self, c: RawConn) {
+    pub(crate) fn checkin(&self, c: Conn) {
         let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if p.generation == crate::sys::fork_generation() && p.idle.len() < MAX_IDLE {
             p.idle.push(c);
@@ -123,8 +161,7 @@ impl Endpoint {
     /// One round trip. A connection that failed is not reused.
     pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
         let conn = self.checkout()?;
-        conn.send_value(req)?;
-        let resp = conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?;
+        let resp = conn.round_trip(req)?;
         self.checkin(conn);
         resp.map_err(|(kind, message)| Error::Remote { kind, message })
     }

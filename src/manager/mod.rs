@@ -43,6 +43,7 @@
 //! only to processes you trust with the key.
 
 mod client;
+mod pipe;
 mod protocol;
 mod proxy;
 mod server;

@@ -14,10 +14,11 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::pipe::PipeConn;
 use super::protocol::{Create, Kind, Op, Reply, Request, Response, Wait};
 use super::ErasedShared;
 use crate::connection::{accept_raw, authenticate_server, Address, Connection, Listener, RawConn};
-use crate::{codec, sys, RemoteErrorKind};
+use crate::{codec, sys, Error, RemoteErrorKind};
 
 /// Most client connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 4096;
@@ -289,19 +290,64 @@ fn end_session(state: &State, s: u64) {
     }
 }
 
+/// The channel a connection's requests and replies travel on: the socket itself, or the
+/// pipes the client handed over.
+trait Wire {
+    fn reply(&self, r: &Response) -> crate::Result<()>;
+    fn peer_gone(&self) -> bool;
+}
+
+impl Wire for RawConn {
+    fn reply(&self, r: &Response) -> crate::Result<()> {
+        self.send_value(r)
+    }
+    fn peer_gone(&self) -> bool {
+        sys::peer_closed(self.as_fd())
+    }
+}
+
+impl Wire for PipeConn {
+    fn reply(&self, r: &Response) -> crate::Result<()> {
+        self.send(r)
+    }
+    fn peer_gone(&self) -> bool {
+        PipeConn::peer_gone(self)
+    }
+}
+
 fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) {
     loop {
-        let req = conn.recv_with(|bytes, _fds| Ok(codec::decode::<Request>(bytes)));
+        let req = conn.recv_with(|bytes, fds| Ok((codec::decode::<Request>(bytes), fds)));
         let response = match req {
-            Ok(Ok(Request::Hello(s))) => {
+            Ok((Ok(Request::Hello(s)), _)) => {
                 if session.is_none() {
                     *lock(&state.sessions).entry(s).or_insert(0) += 1;
                     *session = Some(s);
                 }
                 Some(Ok(Reply::Unit))
             }
-            Ok(Ok(req)) => handle(state, conn, req, *session),
-            Ok(Err(e)) => Some(Err(err(
+            Ok((Ok(Request::UsePipes), fds)) => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next(), fds.next()) {
+                    (Some(rd), Some(wr), None) => {
+                        if conn
+                            .send_value(&Ok::<_, (RemoteErrorKind, String)>(Reply::Unit))
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let pipes = PipeConn::new(rd, wr, state.max_message);
+                        serve_pipes(&pipes, state, *session);
+                        return;
+                    }
+                    _ => Some(Err(err(
+                        RemoteErrorKind::ProtocolError,
+                        "UsePipes needs exactly two pipe ends",
+                    ))),
+                }
+            }
+            Ok((Ok(req), _)) => handle(state, conn, req, *session),
+            Ok((Err(e), _)) => Some(Err(err(
                 RemoteErrorKind::ProtocolError,
                 format!("request not understood: {e}"),
             ))),
@@ -316,11 +362,37 @@ fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) {
     }
 }
 
+/// Serves a client over its pipes until it closes them or sends garbage.
+fn serve_pipes(pipes: &PipeConn, state: &State, session: Option<u64>) {
+    loop {
+        let response = match pipes.recv::<Request>() {
+            Ok(Request::Hello(_)) | Ok(Request::UsePipes) => Some(Err(err(
+                RemoteErrorKind::ProtocolError,
+                "already introduced",
+            ))),
+            Ok(req) => handle(state, pipes, req, session),
+            Err(Error::Codec(msg)) if !pipes.is_broken() => Some(Err(err(
+                RemoteErrorKind::ProtocolError,
+                format!("request not understood: {msg}"),
+            ))),
+            Err(_) => return,
+        };
+        if let Some(response) = response {
+            if pipes.send(&response).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Answers one request. `None`: the reply was already sent (blocking operations send
 /// their own, to undo their effect when the client is gone).
-fn handle(state: &State, conn: &RawConn, req: Request, session: Option<u64>) -> Option<Response> {
+fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) -> Option<Response> {
     Some(match req {
-        Request::Hello(_) => Ok(Reply::Unit),
+        Request::Hello(_) | Request::UsePipes => Err(err(
+            RemoteErrorKind::ProtocolError,
+            "unexpected introduction",
+        )),
         Request::Create(c) => create(state, c),
         Request::Call(id, op) => {
             let obj = state
@@ -385,7 +457,7 @@ fn handle(state: &State, conn: &RawConn, req: Request, session: Option<u64>) -> 
 
 /// Takes the first item, waiting as allowed, and sends it; if the client is gone by then,
 /// the item goes back to the front of the queue.
-fn queue_get(m: &Mutex<QueueState>, cv: &Condvar, conn: &RawConn, wait: Wait) {
+fn queue_get(m: &Mutex<QueueState>, cv: &Condvar, conn: &dyn Wire, wait: Wait) {
     let (mut g, ok) = wait_on(m, cv, conn, wait, |q| !q.items.is_empty());
     let item = if ok { g.items.pop_front() } else { None };
     if item.is_some() {
@@ -393,7 +465,7 @@ fn queue_get(m: &Mutex<QueueState>, cv: &Condvar, conn: &RawConn, wait: Wait) {
     }
     drop(g);
     let reply: Response = Ok(Reply::MaybeBytes(item));
-    if conn.send_value(&reply).is_err() {
+    if conn.reply(&reply).is_err() {
         if let Ok(Reply::MaybeBytes(Some(v))) = reply {
             lock(m).items.push_front(v);
             cv.notify_all();
@@ -406,7 +478,7 @@ fn queue_get(m: &Mutex<QueueState>, cv: &Condvar, conn: &RawConn, wait: Wait) {
 fn lock_acquire(
     m: &Mutex<LockState>,
     cv: &Condvar,
-    conn: &RawConn,
+    conn: &dyn Wire,
     wait: Wait,
     session: Option<u64>,
 ) {
@@ -420,7 +492,7 @@ fn lock_acquire(
         }
     }
     drop(g);
-    if conn.send_value(&reply).is_err() && ok {
+    if conn.reply(&reply).is_err() && ok {
         let mut g = lock(m);
         g.held = false;
         g.holder = None;
@@ -503,7 +575,7 @@ fn wrong_kind(obj: &Obj, op: &Op) -> RemoteErr {
 fn wait_on<'a, T>(
     m: &'a Mutex<T>,
     cv: &Condvar,
-    conn: &RawConn,
+    conn: &dyn Wire,
     wait: Wait,
     ready: impl Fn(&T) -> bool,
 ) -> (MutexGuard<'a, T>, bool) {
@@ -534,13 +606,13 @@ fn wait_on<'a, T>(
         if ready(&g) {
             return (g, true);
         }
-        if sys::peer_closed(conn.as_fd()) {
+        if conn.peer_gone() {
             return (g, false);
         }
     }
 }
 
-fn call(obj: &Obj, conn: &RawConn, op: Op) -> Response {
+fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
     use RemoteErrorKind::*;
     match (obj, op) {
         (Obj::List(l), op) => {

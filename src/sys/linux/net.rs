@@ -169,3 +169,50 @@ pub(crate) fn fork_generation() -> u64 {
     });
     FORK_GENERATION.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// A pipe `(read end, write end)`, close-on-exec.
+pub(crate) fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Reads what is available (at least one byte, blocking) from a pipe; 0 at end of file.
+pub(crate) fn read_some(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd.as_fd(), &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `parts` to a pipe, in order. (A closed reader gives `BrokenPipe`; Rust
+/// programs ignore `SIGPIPE`.)
+pub(crate) fn write_all_parts(fd: impl AsFd, parts: &[&[u8]]) -> io::Result<()> {
+    for p in parts {
+        let mut off = 0;
+        while off < p.len() {
+            match rustix::io::write(fd.as_fd(), &p[off..]) {
+                Ok(n) => off += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether every writer of the pipe whose read end is `fd` has closed it.
+pub(crate) fn pipe_writers_gone(fd: impl AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut pfd, Some(&zero)) {
+        Ok(0) => false,
+        Ok(_) => pfd[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
