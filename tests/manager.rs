@@ -701,3 +701,77 @@ fn address_in_use_is_an_io_error() {
     let e = Manager::serve(a.address(), b"k").unwrap_err();
     assert!(matches!(e, Error::Io(_)), "{e}");
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn fd_balance(_: ()) -> (usize, usize) {
+    let mut before = 0;
+    for round in 0..4 {
+        // The first round starts this process's fork server (kept for later processes).
+        if round == 1 {
+            before = open_fds();
+        }
+        let m = Manager::start().unwrap();
+        let l = m.list(Vec::<u32>::new()).unwrap();
+        let ts: Vec<_> = (0..4)
+            .map(|i| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for k in 0..50 {
+                        l.push(i * 100 + k).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        assert_eq!(l.len().unwrap(), 200);
+        drop(l);
+        drop(m);
+    }
+    (before, open_fds())
+}
+
+#[test]
+fn no_descriptor_left_behind() {
+    multiproc::init();
+    // In a fresh process, so other tests' descriptors do not interfere.
+    let (before, after) = multiproc::spawn(fd_balance, ()).unwrap().join().unwrap();
+    assert_eq!(
+        before, after,
+        "descriptors leaked: {before} before, {after} after"
+    );
+}
+
+fn use_list(l: ListProxy<u32>) {
+    l.push(1).unwrap();
+}
+
+#[test]
+fn server_releases_connections_of_exited_clients() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .unwrap()
+            .count()
+    };
+    let (fds, threads) = (count("fd"), count("task"));
+    for _ in 0..3 {
+        multiproc::spawn(use_list, l.clone())
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    assert_eq!(l.len().unwrap(), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (count("fd"), count("task")) != (fds, threads) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!((count("fd"), count("task")), (fds, threads));
+}

@@ -3,9 +3,11 @@
 //! through proxies — Python's `multiprocessing.Manager()` and `BaseManager`.
 //!
 //! [`Manager::start`] starts the server as a child process listening on a Unix socket
-//! (in Linux's abstract namespace: no file is left behind). Each proxy method is one
-//! request/reply round trip over a pooled, authenticated connection, applied atomically in
-//! the server; errors raised there (index out of range, missing key) come back as
+//! (in Linux's abstract namespace: no file is left behind). A client process connects,
+//! proves it knows the manager's authkey, and then hands the server a pair of pipes, over
+//! which its requests travel (a pipe round trip costs about half a socket's). Each proxy
+//! method is one request/reply round trip over a pooled connection, applied atomically in
+//! the server (one thread per client connection, one mutex per object); errors raised there (index out of range, missing key) come back as
 //! [`Error::Remote`] and the server keeps serving. Proxies are `Clone` and serializable:
 //! put one in a [`Process`]'s arguments, a pool task or a pipe message,
 //! and it reconnects in the receiving process on first use.

@@ -238,7 +238,7 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
             .name("manager-conn".into())
             .stack_size(512 * 1024)
             .spawn(move || {
-                serve_connection(&conn, &st);
+                serve_connection(conn, &st);
                 st.connections.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -249,13 +249,17 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
 
 /// Authenticates one client, then answers its requests until it hangs up or sends
 /// something that is not a frame. Only this connection is affected by what it sends.
-fn serve_connection(conn: &RawConn, state: &State) {
-    if authenticate_server(conn, &state.authkey).is_err() {
+fn serve_connection(conn: RawConn, state: &State) {
+    if authenticate_server(&conn, &state.authkey).is_err() {
         return;
     }
     conn.set_max_frame(state.max_message);
     let mut session = None;
-    serve_requests(conn, state, &mut session);
+    if let Some(pipes) = serve_requests(&conn, state, &mut session) {
+        // The socket is not needed any more: the client talks over its pipes.
+        drop(conn);
+        serve_pipes(&pipes, state, session);
+    }
     if let Some(s) = session {
         end_session(state, s);
     }
@@ -315,7 +319,8 @@ impl Wire for PipeConn {
     }
 }
 
-fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) {
+/// Serves requests on the socket. Returns the client's pipes if it moves to them.
+fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) -> Option<PipeConn> {
     loop {
         let req = conn.recv_with(|bytes, fds| Ok((codec::decode::<Request>(bytes), fds)));
         let response = match req {
@@ -330,15 +335,11 @@ fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) {
                 let mut fds = fds.into_iter();
                 match (fds.next(), fds.next(), fds.next()) {
                     (Some(rd), Some(wr), None) => {
-                        if conn
-                            .send_value(&Ok::<_, (RemoteErrorKind, String)>(Reply::Unit))
-                            .is_err()
-                        {
-                            return;
+                        let ok: Response = Ok(Reply::Unit);
+                        if conn.send_value(&ok).is_err() {
+                            return None;
                         }
-                        let pipes = PipeConn::new(rd, wr, state.max_message);
-                        serve_pipes(&pipes, state, *session);
-                        return;
+                        return Some(PipeConn::new(rd, wr, state.max_message));
                     }
                     _ => Some(Err(err(
                         RemoteErrorKind::ProtocolError,
@@ -352,11 +353,11 @@ fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) {
                 format!("request not understood: {e}"),
             ))),
             // End of stream, garbage, an oversized frame, I/O error: drop this client.
-            Err(_) => return,
+            Err(_) => return None,
         };
         if let Some(response) = response {
             if conn.send_value(&response).is_err() {
-                return;
+                return None;
             }
         }
     }
