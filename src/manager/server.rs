@@ -587,7 +587,8 @@ fn wait_on<'a, T>(
     let deadline = match wait {
         Wait::No => return (g, false),
         Wait::Forever => None,
-        Wait::For(d) => Some(Instant::now() + d),
+        // A deadline too far to represent is no deadline.
+        Wait::For(d) => Instant::now().checked_add(d),
     };
     loop {
         let slice = match deadline {
