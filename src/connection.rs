@@ -121,6 +121,11 @@ impl ReadState {
     }
 }
 
+enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
 /// An untyped framed channel over a stream socket: the machinery under [`Connection`], the
 /// fork server and the child bootstrap.
 pub(crate) struct RawConn {
@@ -191,6 +196,15 @@ impl RawConn {
         &self,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> Result<R>,
     ) -> Result<R> {
+        self.recv_frame(|p, fds| match p {
+            Payload::Borrowed(b) => f(b, fds),
+            Payload::Owned(v) => f(&v, fds),
+        })
+    }
+
+    /// Receives one frame: small payloads are lent from the read buffer, large ones handed
+    /// over in the vector they were received into.
+    fn recv_frame<R>(&self, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>) -> Result<R> {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
         if st.broken {
             return Err(Error::Codec(
@@ -244,7 +258,7 @@ impl RawConn {
                 st.start = 0;
                 st.end = 0;
             }
-            return f(&st.buf[s..s + len], fds);
+            return f(Payload::Borrowed(&st.buf[s..s + len]), fds);
         }
         // Large frame: take what is buffered, then read straight into the payload vector,
         // growing it as bytes arrive.
@@ -256,32 +270,26 @@ impl RawConn {
             st.start = 0;
             st.end = 0;
         }
-        let mut spare_fds = VecDeque::new();
         while payload.len() < len {
             if payload.len() == payload.capacity() {
                 let grow = payload.capacity().min(len - payload.len());
                 payload.reserve_exact(grow);
             }
-            let old = payload.len();
-            let room = (payload.capacity() - old).min(len - old);
-            payload.resize(old + room, 0);
-            let n = match sys::recv_some(fd, &mut payload[old..], &mut spare_fds) {
-                Ok(n) => n,
+            let want = len - payload.len();
+            match sys::recv_into_spare(fd, &mut payload, want) {
+                Ok(0) => {
+                    st.broken = true;
+                    return Err(ReadState::truncated());
+                }
+                Ok(_) => {}
                 Err(e) => {
                     st.broken = true;
                     return Err(e.into());
                 }
-            };
-            payload.truncate(old + n);
-            if n == 0 {
-                st.broken = true;
-                return Err(ReadState::truncated());
             }
         }
-        // Descriptors that arrived while streaming belong to later frames.
-        st.fds.extend(spare_fds);
         drop(st);
-        f(&payload, fds)
+        f(Payload::Owned(payload), fds)
     }
 
     /// Receives one frame and decodes it as `T` (handles inside are rebuilt).
@@ -291,7 +299,10 @@ impl RawConn {
 
     /// Receives one frame's bytes; descriptors sent with it are closed.
     pub(crate) fn recv_bytes(&self) -> Result<Vec<u8>> {
-        self.recv_with(|bytes, _fds| Ok(bytes.to_vec()))
+        self.recv_frame(|p, _fds| match p {
+            Payload::Borrowed(b) => Ok(b.to_vec()),
+            Payload::Owned(v) => Ok(v),
+        })
     }
 
     /// Whether a frame (or end of stream) can be read without blocking, waiting up to

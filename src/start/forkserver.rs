@@ -71,6 +71,8 @@ pub(super) fn launch(spec: LaunchSpec) -> Result<u32> {
 
 /// The server's loop. Never returns: exits when the parent closes its end.
 pub(super) fn serve(conn: RawConn) -> ! {
+    // Computed once here, inherited by every child.
+    let _ = sys::build_id();
     loop {
         let req = conn.recv_with(|bytes, fds| Ok((codec::decode::<Boot>(bytes)?, fds)));
         let (boot, fds) = match req {

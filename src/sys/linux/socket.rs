@@ -13,6 +13,9 @@ use rustix::net::{
     RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
+/// Non-blocking reads tried before a blocking one (each a few hundred nanoseconds).
+const SPIN_TRIES: u32 = 64;
+
 /// Most descriptors the kernel accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
@@ -122,10 +125,24 @@ pub(crate) fn recv_some(
 ) -> io::Result<usize> {
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    // Before sleeping in the kernel, look again for a short while: a peer streaming small
+    // messages usually has the next one ready within microseconds, and not sleeping saves
+    // it the cost of waking us for every message.
+    let mut spins = SPIN_TRIES;
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        let flags = if spins > 0 {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::CMSG_CLOEXEC
+        };
+        match recvmsg(fd, &mut iov, &mut control, flags) {
+            Err(Errno::AGAIN) if spins > 0 => {
+                spins -= 1;
+                std::hint::spin_loop();
+                continue;
+            }
             Ok(r) => {
                 for msg in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(it) = msg {
@@ -173,4 +190,29 @@ pub(crate) fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
     // call (in a forked child: inherited copies of the parent's live handles).
     let b = unsafe { BorrowedFd::borrow_raw(fd) };
     dup_fd(b)
+}
+
+/// Reads at most `max` bytes from `fd` into the spare capacity of `v` (blocking until at
+/// least one byte or end of stream), without initialising that memory first. Returns the
+/// number of bytes appended (0 at end of stream). Ancillary data is not read: callers only
+/// stream the body of a frame whose descriptors already arrived with its first bytes.
+pub(crate) fn recv_into_spare(
+    fd: BorrowedFd<'_>,
+    v: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let want = max.min(v.capacity() - v.len());
+    loop {
+        let spare = &mut v.spare_capacity_mut()[..want];
+        match rustix::net::recv(fd, spare, rustix::net::RecvFlags::empty()) {
+            Ok(((filled, _), _)) => {
+                let n = filled.len();
+                // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+                unsafe { v.set_len(v.len() + n) };
+                return Ok(n);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""CPython's side of the side-by-side benchmark (`cargo bench --bench compare`).
+
+Every workload here has the same name, and does the same work, as one in
+benches/compare.rs, using CPython's `multiprocessing`. The Rust harness runs
+
+    python3 benches/compare.py NAME [NAME ...]
+
+and reads one JSON line per workload from stdout: {"name": ..., "value": ..., "unit": ...}.
+`python3 benches/compare.py` alone runs every workload; `--list` prints the names.
+
+To add a workload: write a function returning the figure, and add one entry to WORKLOADS
+(same name, unit and method of measurement as the Rust entry). Works on Python 3.11+.
+"""
+
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+# --- parameters shared with benches/compare.rs (keep them equal) -------------------------
+START_BUDGET_S = 2.0  # start+join: repeat for this long (after one warm-up start) ...
+START_MIN_ITERS = 5  # ... and at least this many times
+PIPE_ROUNDS = 5  # pipe workloads: median of this many rounds, each with a fresh child
+SMALL_MSG = 8
+SMALL_COUNT = 100_000
+BIG_MSG = 1 << 20
+BIG_COUNT = 500
+
+
+# --- process start + join ---------------------------------------------------------------
+def noop():
+    pass
+
+
+def start_join(method):
+    ctx = mp.get_context(method)
+    p = ctx.Process(target=noop)  # warm-up (starts the fork server, imports, ...)
+    p.start()
+    p.join()
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        p = ctx.Process(target=noop)
+        p.start()
+        p.join()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= START_BUDGET_S and n >= START_MIN_ITERS:
+            return elapsed / n * 1e3  # ms per start+join
+
+
+# --- pipe, one way --------------------------------------------------------------------------
+def pipe_sender(conn, size, count):
+    msg = b"x" * size
+    conn.send_bytes(b"r")  # ready: the clock starts when the parent receives this
+    for _ in range(count):
+        conn.send_bytes(msg)
+    conn.close()
+
+
+def pipe_round(size, count):
+    ctx = mp.get_context("fork")
+    rx, tx = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=pipe_sender, args=(tx, size, count))
+    p.start()
+    tx.close()
+    rx.recv_bytes()
+    t0 = time.perf_counter()
+    for _ in range(count):
+        b = rx.recv_bytes()
+        if len(b) != size:
+            raise RuntimeError(f"got {len(b)} bytes, expected {size}")
+    elapsed = time.perf_counter() - t0
+    p.join()
+    rx.close()
+    return elapsed
+
+
+def pipe_small():
+    secs = statistics.median(pipe_round(SMALL_MSG, SMALL_COUNT) for _ in range(PIPE_ROUNDS))
+    return SMALL_COUNT / secs  # messages per second
+
+
+def pipe_big():
+    secs = statistics.median(pipe_round(BIG_MSG, BIG_COUNT) for _ in range(PIPE_ROUNDS))
+    return BIG_MSG * BIG_COUNT / secs / 1e9  # GB/s
+
+
+# --- the table: name -> (unit, function) ----------------------------------------------------
+WORKLOADS = {
+    "start_join_forkserver": ("ms", lambda: start_join("forkserver")),
+    "start_join_spawn": ("ms", lambda: start_join("spawn")),
+    "start_join_fork": ("ms", lambda: start_join("fork")),
+    "pipe_8b_one_way": ("msg/s", pipe_small),
+    "pipe_1mib_one_way": ("GB/s", pipe_big),
+}
+
+
+def main(argv):
+    if "--list" in argv:
+        for name in WORKLOADS:
+            print(name)
+        return 0
+    names = [a for a in argv if not a.startswith("-")] or list(WORKLOADS)
+    status = 0
+    for name in names:
+        if name not in WORKLOADS:
+            print(json.dumps({"name": name, "error": "no such workload"}), flush=True)
+            status = 1
+            continue
+        unit, run = WORKLOADS[name]
+        value = run()
+        print(json.dumps({"name": name, "value": value, "unit": unit}), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

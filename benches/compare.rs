@@ -1,0 +1,354 @@
+//! Side-by-side benchmark: multiproc against CPython's `multiprocessing`.
+//!
+//! ```text
+//! cargo bench --bench compare                 # every workload
+//! cargo bench --bench compare -- pipe         # the workloads whose name contains "pipe"
+//! cargo bench --bench compare -- --list       # the workload names
+//! cargo bench --bench compare -- --no-python  # multiproc only
+//! ```
+//!
+//! Each workload runs here, then the workload of the same name in `benches/compare.py`
+//! (same work, CPython's `multiprocessing`, `$PYTHON` or `python3`) in the same run on the
+//! same machine. The table shows both figures and the ratio — how many times better
+//! multiproc is (above 1: multiproc wins), whichever way "better" goes for that unit. Each
+//! result is also appended as a JSON line to `target/bench/results.jsonl` with the machine's
+//! description.
+//!
+//! Adding a workload: one function returning the figure, one [`Workload`] entry in
+//! [`WORKLOADS`], and the entry of the same name in `compare.py`'s `WORKLOADS`.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use multiproc::{Connection, Process, StartMethod};
+
+/// One benchmark: its figure comes from `run`, in `unit`.
+struct Workload {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    run: fn() -> f64,
+}
+
+/// The workloads, in the order they run. Other areas append theirs here.
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "start_join_forkserver",
+        unit: "ms",
+        higher_is_better: false,
+        run: || start_join(StartMethod::ForkServer),
+    },
+    Workload {
+        name: "start_join_spawn",
+        unit: "ms",
+        higher_is_better: false,
+        run: || start_join(StartMethod::Spawn),
+    },
+    Workload {
+        name: "start_join_fork",
+        unit: "ms",
+        higher_is_better: false,
+        run: || start_join(StartMethod::Fork),
+    },
+    Workload {
+        name: "pipe_8b_one_way",
+        unit: "msg/s",
+        higher_is_better: true,
+        run: pipe_small,
+    },
+    Workload {
+        name: "pipe_1mib_one_way",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: pipe_big,
+    },
+];
+
+// --- parameters shared with benches/compare.py (keep them equal) ------------------------
+const START_BUDGET: Duration = Duration::from_secs(2);
+const START_MIN_ITERS: u32 = 5;
+const PIPE_ROUNDS: usize = 5;
+const SMALL_MSG: usize = 8;
+const SMALL_COUNT: usize = 100_000;
+const BIG_MSG: usize = 1 << 20;
+const BIG_COUNT: usize = 500;
+
+// --- process start + join ---------------------------------------------------------------
+
+fn noop(_: ()) {}
+
+/// Milliseconds per `Process::new(noop).start(); join()`, after one warm-up start.
+fn start_join(method: StartMethod) -> f64 {
+    let once = || {
+        let mut p = Process::new(noop, ()).with_start_method(method);
+        p.start().expect("start");
+        p.join().expect("join");
+    };
+    once();
+    let t0 = Instant::now();
+    let mut n = 0;
+    loop {
+        once();
+        n += 1;
+        let elapsed = t0.elapsed();
+        if elapsed >= START_BUDGET && n >= START_MIN_ITERS {
+            return elapsed.as_secs_f64() / f64::from(n) * 1e3;
+        }
+    }
+}
+
+// --- pipe, one way ------------------------------------------------------------------------
+
+fn pipe_sender((conn, size, count): (Connection<Vec<u8>>, usize, usize)) {
+    let msg = vec![b'x'; size];
+    // Ready: the clock starts when the parent receives this.
+    if conn.send_bytes(b"r").is_err() {
+        return;
+    }
+    for _ in 0..count {
+        if conn.send_bytes(&msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Seconds to receive `count` messages of `size` bytes sent by a child.
+fn pipe_round(size: usize, count: usize) -> f64 {
+    let (rx, tx) = multiproc::pipe_simplex::<Vec<u8>>().expect("pipe");
+    let mut p = Process::new(pipe_sender, (tx, size, count));
+    p.start().expect("start");
+    rx.recv_bytes().expect("ready");
+    let t0 = Instant::now();
+    for _ in 0..count {
+        let b = rx.recv_bytes().expect("recv_bytes");
+        assert_eq!(b.len(), size, "a message changed size");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    p.join().expect("join");
+    secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn pipe_small() -> f64 {
+    let secs = median(
+        (0..PIPE_ROUNDS)
+            .map(|_| pipe_round(SMALL_MSG, SMALL_COUNT))
+            .collect(),
+    );
+    SMALL_COUNT as f64 / secs
+}
+
+fn pipe_big() -> f64 {
+    let secs = median(
+        (0..PIPE_ROUNDS)
+            .map(|_| pipe_round(BIG_MSG, BIG_COUNT))
+            .collect(),
+    );
+    (BIG_MSG * BIG_COUNT) as f64 / secs / 1e9
+}
+
+// --- the harness ----------------------------------------------------------------------------
+
+const PY_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare.py");
+const RESULTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/results.jsonl");
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Runs `compare.py NAME`; the figure it printed, or why there is none.
+fn run_python(name: &str) -> Result<f64, String> {
+    let out = Command::new(python())
+        .arg(PY_SCRIPT)
+        .arg(name)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["name"] != name {
+            continue;
+        }
+        if let Some(e) = v["error"].as_str() {
+            return Err(e.to_string());
+        }
+        if let Some(x) = v["value"].as_f64() {
+            return Ok(x);
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "no figure from compare.py ({}): {}",
+        out.status,
+        stderr.lines().last().unwrap_or("")
+    ))
+}
+
+fn python_version() -> Option<String> {
+    let out = Command::new(python())
+        .args(["-c", "import platform; print(platform.python_version())"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The 1-minute load average: other work on the machine skews the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// "how many times better": above 1 means multiproc wins.
+fn ratio(w: &Workload, ours: f64, theirs: f64) -> f64 {
+    if w.higher_is_better {
+        ours / theirs
+    } else {
+        theirs / ours
+    }
+}
+
+fn fmt_value(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e4 {
+        format!("{:.0} k", x / 1e3)
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn main() {
+    multiproc::init();
+    // Fork is measured too; this harness is single-threaded, but say so explicitly.
+    // SAFETY: no other thread of this program holds a lock when it forks.
+    unsafe { multiproc::allow_fork_with_threads(true) };
+
+    // `cargo bench` adds `--bench`; other dashed arguments are options, the rest filters.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for w in WORKLOADS {
+            println!("{}", w.name);
+        }
+        return;
+    }
+    let no_python = args.iter().any(|a| a == "--no-python");
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let chosen: Vec<&Workload> = WORKLOADS
+        .iter()
+        .filter(|w| filters.is_empty() || filters.iter().any(|f| w.name.contains(f)))
+        .collect();
+    if chosen.is_empty() {
+        eprintln!("no workload matches {filters:?}; try --list");
+        std::process::exit(2);
+    }
+
+    let nproc = multiproc::cpu_count();
+    let cpu = cpu_model();
+    let py = if no_python { None } else { python_version() };
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    println!("multiproc vs CPython multiprocessing — {date}");
+    println!(
+        "machine: {nproc} CPUs, {cpu}; load average {}; python: {}",
+        load_average(),
+        py.as_deref().unwrap_or("not run")
+    );
+    println!();
+    println!(
+        "{:<28} {:>7} {:>12} {:>12} {:>9}",
+        "workload", "unit", "multiproc", "CPython", "ratio"
+    );
+    println!("{}", "-".repeat(72));
+
+    let mut log = std::fs::create_dir_all(
+        std::path::Path::new(RESULTS)
+            .parent()
+            .unwrap_or(std::path::Path::new(".")),
+    )
+    .and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(RESULTS)
+    })
+    .map_err(|e| eprintln!("cannot write {RESULTS}: {e}"))
+    .ok();
+
+    for w in chosen {
+        let ours = (w.run)();
+        let theirs = if py.is_some() {
+            run_python(w.name)
+        } else {
+            Err("not run".to_string())
+        };
+        let (theirs_s, ratio_s, r) = match &theirs {
+            Ok(t) => {
+                let r = ratio(w, ours, *t);
+                (fmt_value(*t), format!("{r:.2}×"), Some(r))
+            }
+            Err(e) => {
+                if py.is_some() {
+                    eprintln!("{}: CPython side: {e}", w.name);
+                }
+                ("—".to_string(), "—".to_string(), None)
+            }
+        };
+        println!(
+            "{:<28} {:>7} {:>12} {:>12} {:>9}",
+            w.name,
+            w.unit,
+            fmt_value(ours),
+            theirs_s,
+            ratio_s
+        );
+        if let Some(f) = log.as_mut() {
+            let line = serde_json::json!({
+                "name": w.name,
+                "unit": w.unit,
+                "higher_is_better": w.higher_is_better,
+                "multiproc": ours,
+                "cpython": theirs.as_ref().ok(),
+                "ratio": r,
+                "nproc": nproc,
+                "cpu_model": cpu,
+                "python": py,
+                "date": date,
+                "load_average": load_average(),
+            });
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    println!();
+    println!("ratio = how many times better multiproc is (> 1: multiproc wins).");
+    println!("results appended to {RESULTS}");
+}

@@ -1,0 +1,320 @@
+//! Pipes and connections, within one process and across processes under every start method.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+use multiproc::{pipe, pipe_simplex, Connection, Error, Process, StartMethod};
+
+fn raw_writer(c: &Connection<impl Sized>) -> std::fs::File {
+    std::fs::File::from(c.as_fd().try_clone_to_owned().unwrap())
+}
+
+#[test]
+fn messages_never_merge_or_split() {
+    multiproc::init();
+    let (a, b) = pipe::<Vec<u8>>().unwrap();
+    let sizes = [
+        0usize,
+        1,
+        15,
+        16,
+        17,
+        4095,
+        65_535,
+        65_536,
+        65_537,
+        1 << 20,
+        3 << 20,
+    ];
+    let writer = std::thread::spawn(move || {
+        for (i, &n) in sizes.iter().enumerate() {
+            let v: Vec<u8> = (0..n).map(|j| (i + j) as u8).collect();
+            a.send_bytes(&v).unwrap();
+            a.send(&v).unwrap();
+        }
+    });
+    for (i, &n) in sizes.iter().enumerate() {
+        let v: Vec<u8> = (0..n).map(|j| (i + j) as u8).collect();
+        assert_eq!(b.recv_bytes().unwrap(), v, "raw message {i}");
+        assert_eq!(b.recv().unwrap(), v, "typed message {i}");
+    }
+    writer.join().unwrap();
+    assert!(matches!(b.recv(), Err(Error::Eof)));
+    assert!(matches!(b.recv_bytes(), Err(Error::Eof)));
+}
+
+#[test]
+fn simplex_direction_is_enforced() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<u32>().unwrap();
+    assert!(matches!(rx.send(&1), Err(Error::InvalidOperation(_))));
+    assert!(matches!(
+        rx.send_bytes(b"x"),
+        Err(Error::InvalidOperation(_))
+    ));
+    assert!(matches!(tx.recv(), Err(Error::InvalidOperation(_))));
+    assert!(matches!(tx.poll(None), Err(Error::InvalidOperation(_))));
+    tx.send(&9).unwrap();
+    assert_eq!(rx.recv().unwrap(), 9);
+    tx.close();
+    assert!(matches!(rx.recv(), Err(Error::Eof)));
+}
+
+#[test]
+fn poll_and_fileno() {
+    multiproc::init();
+    let (a, b) = pipe::<u8>().unwrap();
+    let t = Instant::now();
+    assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+    assert!(!b.poll(Some(Duration::from_millis(100))).unwrap());
+    assert!(t.elapsed() >= Duration::from_millis(90));
+    a.send(&1).unwrap();
+    assert!(b.poll(Some(Duration::ZERO)).unwrap());
+    // The raw descriptor works with poll(2), like Python's fileno().
+    let mut fds = [rustix::event::PollFd::new(&b, rustix::event::PollFlags::IN)];
+    assert_eq!(rustix::event::poll(&mut fds, None).unwrap(), 1);
+    assert_eq!(b.recv().unwrap(), 1);
+    drop(a);
+    assert!(
+        b.poll(Some(Duration::from_secs(5))).unwrap(),
+        "EOF makes it readable"
+    );
+}
+
+#[test]
+fn garbage_bytes_give_codec_errors() {
+    multiproc::init();
+    // Not a frame at all.
+    let (a, b) = pipe::<String>().unwrap();
+    raw_writer(&a)
+        .write_all(b"this is not a multiproc frame!!")
+        .unwrap();
+    assert!(matches!(b.recv(), Err(Error::Codec(_))));
+    // The stream cannot be resynchronised: later reads keep failing clearly.
+    assert!(matches!(b.recv(), Err(Error::Codec(_))));
+
+    // A frame header claiming an absurd length: refused before allocating.
+    let (a, b) = pipe::<String>().unwrap();
+    let mut h = Vec::new();
+    h.extend_from_slice(&0x3143_504du32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&u64::MAX.to_le_bytes());
+    raw_writer(&a).write_all(&h).unwrap();
+    assert!(matches!(b.recv(), Err(Error::Codec(_))));
+
+    // A well-framed payload that is not a String: an error, and the stream stays usable.
+    let (a, b) = pipe::<String>().unwrap();
+    a.send_bytes(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    a.send(&"fine".to_string()).unwrap();
+    assert!(matches!(b.recv(), Err(Error::Codec(_))));
+    assert_eq!(b.recv().unwrap(), "fine");
+
+    // A frame announcing a length that never arrives: truncated, not a hang.
+    let (a, b) = pipe::<String>().unwrap();
+    let mut h = Vec::new();
+    h.extend_from_slice(&0x3143_504du32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&1000u64.to_le_bytes());
+    h.extend_from_slice(b"short");
+    raw_writer(&a).write_all(&h).unwrap();
+    drop(a);
+    match b.recv() {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+        other => panic!("expected a truncation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn send_to_closed_peer_is_an_error_not_sigpipe() {
+    multiproc::init();
+    let (a, b) = pipe::<u64>().unwrap();
+    drop(b);
+    match a.send(&1) {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
+        other => panic!("expected BrokenPipe, got {other:?}"),
+    }
+}
+
+#[test]
+fn handles_outside_multiproc_channels_fail_clearly() {
+    multiproc::init();
+    let (a, _b) = pipe::<u8>().unwrap();
+    assert!(matches!(multiproc::codec::encode(&a), Err(Error::Codec(_))));
+}
+
+#[test]
+fn handles_in_messages_do_not_leak_descriptors() {
+    multiproc::init();
+    let (a, b) = pipe::<Connection<u8>>().unwrap();
+    let before = fd_count();
+    for _ in 0..200 {
+        let (x, y) = pipe::<u8>().unwrap();
+        a.send(&x).unwrap();
+        drop(x);
+        let x2 = b.recv().unwrap();
+        x2.send(&5).unwrap();
+        assert_eq!(y.recv().unwrap(), 5);
+    }
+    assert_eq!(fd_count(), before);
+}
+
+fn echo(conn: Connection<String>) {
+    while let Ok(m) = conn.recv() {
+        let done = m == "end";
+        conn.send(&format!("echo {m}")).unwrap();
+        if done {
+            break;
+        }
+    }
+}
+
+fn sender((conn, n): (Connection<u64>, u64)) {
+    for i in 0..n {
+        conn.send(&i).unwrap();
+    }
+}
+
+/// `n` bytes where byte `i` is `i % 251`, built at memcpy speed (debug builds too).
+fn pattern(n: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..251u32).map(|i| i as u8).collect();
+    v.reserve(n);
+    while v.len() < n {
+        let k = (n - v.len()).min(v.len() / 251 * 251);
+        v.extend_from_within(..k);
+    }
+    v.truncate(n);
+    v
+}
+
+fn big_sender((conn, mib): (Connection<()>, usize)) {
+    conn.send_bytes(&pattern(mib << 20)).unwrap();
+}
+
+/// Receives a connection through a pipe, then uses it.
+fn relay((inbox, count): (Connection<Connection<u64>>, u64)) {
+    let out = inbox.recv().unwrap();
+    for i in 0..count {
+        out.send(&(i * 10)).unwrap();
+    }
+}
+
+fn loop_forever(conn: Connection<()>) {
+    conn.send_bytes(b"ready").unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+macro_rules! method_tests {
+    ($modname:ident, $method:expr) => {
+        mod $modname {
+            use super::*;
+
+            fn start<A>(f: fn(A), args: A) -> Process
+            where
+                A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+            {
+                if $method == StartMethod::Fork {
+                    allow_fork();
+                }
+                let mut p = Process::new(f, args).with_start_method($method);
+                p.start().unwrap();
+                p
+            }
+
+            #[test]
+            fn duplex_echo_until_end() {
+                multiproc::init();
+                let (ours, theirs) = pipe::<String>().unwrap();
+                let p = start(echo, theirs);
+                for m in ["hello", "world", "end"] {
+                    ours.send(&m.to_string()).unwrap();
+                    assert_eq!(ours.recv().unwrap(), format!("echo {m}"));
+                }
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(0));
+                assert!(matches!(ours.recv(), Err(Error::Eof)));
+            }
+
+            #[test]
+            fn eof_after_child_exits_and_pipe_drained() {
+                multiproc::init();
+                let (rx, tx) = pipe_simplex::<u64>().unwrap();
+                let p = start(sender, (tx, 1000));
+                for i in 0..1000 {
+                    assert_eq!(rx.recv().unwrap(), i);
+                }
+                assert!(matches!(rx.recv(), Err(Error::Eof)));
+                p.join().unwrap();
+            }
+
+            #[test]
+            fn connection_travels_through_a_pipe() {
+                multiproc::init();
+                let (inbox_rx, inbox_tx) = pipe_simplex::<Connection<u64>>().unwrap();
+                let p = start(relay, (inbox_rx, 3));
+                let (rx, tx) = pipe_simplex::<u64>().unwrap();
+                inbox_tx.send(&tx).unwrap();
+                drop(tx);
+                assert_eq!(
+                    (0..3).map(|_| rx.recv().unwrap()).collect::<Vec<_>>(),
+                    vec![0, 10, 20]
+                );
+                assert!(matches!(rx.recv(), Err(Error::Eof)));
+                p.join().unwrap();
+            }
+
+            #[test]
+            fn peer_killed_mid_message() {
+                multiproc::init();
+                let (rx, tx) = pipe_simplex::<()>().unwrap();
+                let p = start(big_sender, (tx, 64));
+                assert!(rx.poll(Some(Duration::from_secs(20))).unwrap());
+                p.kill().unwrap();
+                p.join().unwrap();
+                match rx.recv_bytes() {
+                    Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+                    other => panic!(
+                        "expected a truncation error, got {:?}",
+                        other.map(|v| v.len())
+                    ),
+                }
+            }
+
+            #[test]
+            fn peer_killed_while_idle_gives_eof() {
+                multiproc::init();
+                let (rx, tx) = pipe_simplex::<()>().unwrap();
+                let p = start(loop_forever, tx);
+                assert_eq!(rx.recv_bytes().unwrap(), b"ready");
+                p.kill().unwrap();
+                assert!(matches!(rx.recv_bytes(), Err(Error::Eof)));
+                p.join().unwrap();
+            }
+        }
+    };
+}
+
+method_tests!(forkserver, StartMethod::ForkServer);
+method_tests!(spawn, StartMethod::Spawn);
+method_tests!(fork, StartMethod::Fork);
+
+#[test]
+fn one_gib_message_from_a_child() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<()>().unwrap();
+    let mut p = Process::new(big_sender, (tx, 1024));
+    p.start().unwrap();
+    let v = rx.recv_bytes().unwrap();
+    assert_eq!(v.len(), 1 << 30);
+    for i in (0..v.len()).step_by(4099) {
+        assert_eq!(v[i], (i % 251) as u8);
+    }
+    assert_eq!(v[v.len() - 1], ((v.len() - 1) % 251) as u8);
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}

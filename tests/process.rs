@@ -1,0 +1,386 @@
+//! Process, spawn and the process-information functions, run under all three start methods.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use multiproc::{Builder, Connection, Error, Process, StartMethod};
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn exit_with(code: i32) {
+    std::process::exit(code);
+}
+
+fn panics(msg: String) -> u32 {
+    panic!("{msg}");
+}
+
+fn add((a, b): (i64, i64)) -> i64 {
+    a + b
+}
+
+fn who(_: ()) -> (String, u32, Option<(String, u32)>) {
+    let me = multiproc::current_process();
+    let parent = multiproc::parent_process().map(|p| (p.name().to_string(), p.pid()));
+    (me.name().to_string(), me.pid(), parent)
+}
+
+/// Starts a grandchild that sleeps, reports its pid, then sleeps itself.
+fn parent_of_sleeper((conn, method, daemon): (Connection<u32>, StartMethod, bool)) {
+    if method == StartMethod::Fork {
+        allow_fork(); // a Spawn child is a fresh test-harness process with its own threads
+    }
+    let mut p = Process::new(sleep_ms, 60_000)
+        .with_start_method(method)
+        .with_daemon(daemon);
+    p.start().unwrap();
+    conn.send(&p.pid().unwrap()).unwrap();
+    sleep_ms(60_000);
+}
+
+/// Starts a grandchild (daemon or not) that sleeps `ms`, reports its pid, and returns.
+fn leaves_child((conn, method, daemon, ms): (Connection<u32>, StartMethod, bool, u64)) {
+    if method == StartMethod::Fork {
+        allow_fork();
+    }
+    let mut p = Process::new(sleep_ms, ms)
+        .with_start_method(method)
+        .with_daemon(daemon);
+    p.start().unwrap();
+    conn.send(&p.pid().unwrap()).unwrap();
+    std::mem::forget(p); // like Python: no join; the exit handler decides
+}
+
+fn nested_spawn(method: StartMethod) -> i64 {
+    Builder::new()
+        .start_method(method)
+        .spawn(add, (40, 2))
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+macro_rules! method_tests {
+    ($modname:ident, $method:expr) => {
+        mod $modname {
+            use super::*;
+
+            fn m() -> StartMethod {
+                if $method == StartMethod::Fork {
+                    allow_fork();
+                }
+                $method
+            }
+
+            fn run(p: Process) -> Process {
+                let mut p = p.with_start_method(m());
+                p.start().unwrap();
+                p.join().unwrap();
+                p
+            }
+
+            #[test]
+            fn exitcode_table() {
+                multiproc::init();
+                assert_eq!(run(Process::new(sleep_ms, 0)).exitcode(), Some(0));
+                assert_eq!(
+                    run(Process::new(panics, "boom".to_string())).exitcode(),
+                    Some(1)
+                );
+                assert_eq!(run(Process::new(exit_with, 7)).exitcode(), Some(7));
+
+                let mut p = Process::new(sleep_ms, 60_000).with_start_method(m());
+                assert_eq!(p.exitcode(), None);
+                p.start().unwrap();
+                assert_eq!(p.exitcode(), None);
+                assert!(p.is_alive());
+                p.terminate().unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(-15));
+                assert!(!p.is_alive());
+
+                let mut p = Process::new(sleep_ms, 60_000).with_start_method(m());
+                p.start().unwrap();
+                p.kill().unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(-9));
+                // Signalling an ended, reaped process is a no-op, not an error.
+                p.terminate().unwrap();
+                p.kill().unwrap();
+            }
+
+            #[test]
+            fn start_twice_and_unstarted() {
+                multiproc::init();
+                let mut p = Process::new(sleep_ms, 0).with_start_method(m());
+                assert!(matches!(p.join(), Err(Error::NotStarted)));
+                assert!(matches!(p.terminate(), Err(Error::NotStarted)));
+                assert!(!p.is_alive());
+                assert_eq!(p.pid(), None);
+                p.start().unwrap();
+                assert!(matches!(p.start(), Err(Error::AlreadyStarted)));
+                p.join().unwrap();
+                assert!(matches!(p.start(), Err(Error::AlreadyStarted)));
+            }
+
+            #[test]
+            fn join_timeout_behaviour() {
+                multiproc::init();
+                let mut p = Process::new(sleep_ms, 60_000).with_start_method(m());
+                p.start().unwrap();
+                let t = Instant::now();
+                assert!(!p.join_timeout(Duration::ZERO).unwrap());
+                assert!(t.elapsed() < Duration::from_millis(100));
+                let t = Instant::now();
+                assert!(!p.join_timeout(Duration::from_millis(150)).unwrap());
+                assert!(t.elapsed() >= Duration::from_millis(140));
+                p.kill().unwrap();
+                assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+                assert!(p.join_timeout(Duration::ZERO).unwrap());
+            }
+
+            #[test]
+            fn names_and_identity() {
+                multiproc::init();
+                let h = Builder::new()
+                    .start_method(m())
+                    .name("worker-7")
+                    .spawn(who, ())
+                    .unwrap();
+                let pid = h.pid();
+                let (name, child_pid, parent) = h.join().unwrap();
+                assert_eq!(name, "worker-7");
+                assert_eq!(child_pid, pid);
+                assert_eq!(
+                    parent,
+                    Some(("MainProcess".to_string(), std::process::id()))
+                );
+
+                let p = Process::new(sleep_ms, 0);
+                let q = Process::new(sleep_ms, 0);
+                assert!(p.name().starts_with("Process-"), "{}", p.name());
+                assert_ne!(p.name(), q.name());
+                assert_eq!(multiproc::current_process().name(), "MainProcess");
+                assert!(multiproc::parent_process().is_none());
+            }
+
+            #[test]
+            fn spawn_returns_values_and_errors() {
+                multiproc::init();
+                let b = || Builder::new().start_method(m());
+                assert_eq!(b().spawn(add, (2, 3)).unwrap().join().unwrap(), 5);
+                match b().spawn(panics, "kaput".to_string()).unwrap().join() {
+                    Err(Error::TaskPanicked {
+                        message, location, ..
+                    }) => {
+                        assert_eq!(message, "kaput");
+                        let loc = location.expect("location");
+                        assert!(loc.contains("process.rs"), "{loc}");
+                    }
+                    other => panic!("expected TaskPanicked, got {other:?}"),
+                }
+                let h = b().spawn(sleep_ms, 60_000).unwrap();
+                let pid = h.pid();
+                h.kill().unwrap();
+                match h.join() {
+                    Err(Error::WorkerDied { pid: p, signal, .. }) => {
+                        assert_eq!(p, pid);
+                        assert_eq!(signal, Some(9));
+                    }
+                    other => panic!("expected WorkerDied, got {other:?}"),
+                }
+                match b().spawn(exit_with, 3).unwrap().join() {
+                    Err(Error::WorkerDied {
+                        exitcode, signal, ..
+                    }) => {
+                        assert_eq!(exitcode, Some(3));
+                        assert_eq!(signal, None);
+                    }
+                    other => panic!("expected WorkerDied, got {other:?}"),
+                }
+                // Processes start processes.
+                assert_eq!(b().spawn(nested_spawn, m()).unwrap().join().unwrap(), 42);
+            }
+
+            #[test]
+            fn build_mismatch_is_an_error() {
+                multiproc::init();
+                let h = Builder::new()
+                    .start_method(m())
+                    .build_id_override(0xdead_beef)
+                    .spawn(add, (1, 1))
+                    .unwrap();
+                assert!(matches!(h.join(), Err(Error::BuildMismatch(_))));
+                let mut p = Process::new(sleep_ms, 0)
+                    .with_start_method(m())
+                    .with_build_id_override(1);
+                p.start().unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(255));
+            }
+
+            #[test]
+            fn hundred_processes_no_zombies() {
+                multiproc::init();
+                let mut ps: Vec<Process> = (0..100)
+                    .map(|_| Process::new(sleep_ms, 0).with_start_method(m()))
+                    .collect();
+                for p in &mut ps {
+                    p.start().unwrap();
+                }
+                for p in &ps {
+                    p.join().unwrap();
+                    assert_eq!(p.exitcode(), Some(0));
+                }
+                drop(ps);
+                assert_eq!(zombies_of_me(), Vec::<u32>::new());
+                // Dropped while still running: reaped once it ends (by active_children).
+                let mut p = Process::new(sleep_ms, 50).with_start_method(m());
+                p.start().unwrap();
+                let pid = p.pid().unwrap();
+                drop(p);
+                assert!(eventually(Duration::from_secs(5), || {
+                    multiproc::active_children();
+                    !zombies_of_me().contains(&pid) && !running(pid)
+                }));
+            }
+
+            #[test]
+            fn active_children_lists_and_reaps() {
+                multiproc::init();
+                let mut p = Process::new(sleep_ms, 60_000).with_start_method(m());
+                p.start().unwrap();
+                let pid = p.pid().unwrap();
+                let kids = multiproc::active_children();
+                assert!(kids.iter().any(|k| k.pid() == pid && k.name() == p.name()));
+                p.kill().unwrap();
+                assert!(eventually(Duration::from_secs(5), || {
+                    !multiproc::active_children().iter().any(|k| k.pid() == pid)
+                }));
+                // active_children reaped it: no zombie, and join still reports the code.
+                assert!(!zombies_of_me().contains(&pid));
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(-9));
+            }
+
+            #[test]
+            fn grandchild_dies_with_killed_parent() {
+                multiproc::init();
+                for grand in [
+                    StartMethod::ForkServer,
+                    StartMethod::Spawn,
+                    StartMethod::Fork,
+                ] {
+                    let (rx, tx) = multiproc::pipe_simplex::<u32>().unwrap();
+                    let mut p =
+                        Process::new(parent_of_sleeper, (tx, grand, false)).with_start_method(m());
+                    p.start().unwrap();
+                    let grandchild = rx.recv().unwrap();
+                    assert!(running(grandchild));
+                    p.kill().unwrap();
+                    p.join().unwrap();
+                    assert!(
+                        eventually(Duration::from_secs(5), || !running(grandchild)),
+                        "grandchild {grandchild} ({grand:?}) outlived its killed parent"
+                    );
+                }
+            }
+
+            #[test]
+            fn exit_terminates_daemons_and_waits_for_others() {
+                multiproc::init();
+                // A daemon grandchild is terminated when its parent exits.
+                let (rx, tx) = multiproc::pipe_simplex::<u32>().unwrap();
+                let mut p = Process::new(leaves_child, (tx, StartMethod::ForkServer, true, 60_000))
+                    .with_start_method(m());
+                p.start().unwrap();
+                let grandchild = rx.recv().unwrap();
+                assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+                assert_eq!(p.exitcode(), Some(0));
+                assert!(eventually(Duration::from_secs(5), || !running(grandchild)));
+
+                // A non-daemon grandchild is waited for.
+                let (rx, tx) = multiproc::pipe_simplex::<u32>().unwrap();
+                let t = Instant::now();
+                let mut p = Process::new(leaves_child, (tx, StartMethod::Spawn, false, 400))
+                    .with_start_method(m());
+                p.start().unwrap();
+                let _grandchild = rx.recv().unwrap();
+                p.join().unwrap();
+                assert!(t.elapsed() >= Duration::from_millis(400));
+                assert_eq!(p.exitcode(), Some(0));
+            }
+        }
+    };
+}
+
+method_tests!(forkserver, StartMethod::ForkServer);
+method_tests!(spawn, StartMethod::Spawn);
+method_tests!(fork, StartMethod::Fork);
+
+#[test]
+fn default_method_is_forkserver_and_settable() {
+    multiproc::init();
+    assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+    multiproc::set_start_method(StartMethod::Spawn).unwrap();
+    assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+    let h = multiproc::spawn(add, (1, 2)).unwrap();
+    assert_eq!(h.join().unwrap(), 3);
+    multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+}
+
+#[test]
+fn cpu_count_is_positive() {
+    assert!(multiproc::cpu_count() >= 1);
+}
+
+/// Pids of this process's fork servers (children whose start-up role says so).
+fn fork_servers() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if !matches!(stat(pid), Some((s, ppid)) if ppid == me && s != 'Z') {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"MULTIPROC_ROLE=forkserver"))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_fork_server_is_replaced() {
+    multiproc::init();
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (1, 1))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 2);
+    let servers = fork_servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let pid = rustix::process::Pid::from_raw(servers[0] as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    assert!(eventually(Duration::from_secs(5), || !running(servers[0])));
+    // The next start notices, reaps the dead server and starts a new one.
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (2, 2))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 4);
+    let now = fork_servers();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], servers[0]);
+    assert!(!zombies_of_me().contains(&servers[0]));
+}
