@@ -93,6 +93,8 @@ struct ReadState {
     broken: bool,
     /// Frames claiming more bytes than this are refused (and break the stream).
     limit: u64,
+    /// Whether a read looks a few times without blocking before it sleeps.
+    spin: bool,
 }
 
 impl ReadState {
@@ -108,7 +110,7 @@ impl ReadState {
             self.start = 0;
         }
         let end = self.end;
-        let n = sys::recv_some(fd, &mut self.buf[end..], &mut self.fds)?;
+        let n = sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin)?;
         self.end += n;
         Ok(n > 0)
     }
@@ -145,6 +147,7 @@ impl RawConn {
                 fds: VecDeque::new(),
                 broken: false,
                 limit: MAX_FRAME,
+                spin: true,
             }),
             wr: Mutex::new(Vec::new()),
         }
@@ -156,6 +159,14 @@ impl RawConn {
     pub(crate) fn set_max_frame(&self, limit: u64) {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
         st.limit = limit.min(MAX_FRAME);
+    }
+
+    /// Turns off the brief non-blocking look before a blocking read: for request/reply
+    /// channels (the manager's), where the answer is never already on its way, looking
+    /// only costs the peer CPU time it needs to answer.
+    pub(crate) fn set_spin(&self, spin: bool) {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        st.spin = spin;
     }
 
     pub(crate) fn pair() -> Result<(RawConn, RawConn)> {

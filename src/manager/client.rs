@@ -133,6 +133,7 @@ impl Endpoint {
 
     fn connect_session(&self, session: u64) -> Result<Conn> {
         let conn = connect_raw(&self.address, Some(&self.authkey))?;
+        conn.set_spin(false);
         let check = |r: Response| match r {
             Ok(_) => Ok(()),
             Err((kind, message)) => Err(Error::Remote { kind, message }),

@@ -250,6 +250,7 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
 /// Authenticates one client, then answers its requests until it hangs up or sends
 /// something that is not a frame. Only this connection is affected by what it sends.
 fn serve_connection(conn: RawConn, state: &State) {
+    conn.set_spin(false);
     if authenticate_server(&conn, &state.authkey).is_err() {
         return;
     }
