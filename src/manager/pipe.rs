@@ -186,3 +186,58 @@ pub(crate) fn pipe_pairs() -> Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd))> {
     let (rep_rd, rep_wr) = sys::pipe_pair()?;
     Ok(((rep_rd, req_wr), (req_rd, rep_wr)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(limit: u64) -> (PipeConn, PipeConn) {
+        let ((a_rd, a_wr), (b_rd, b_wr)) = pipe_pairs().unwrap();
+        (
+            PipeConn::new(a_rd, a_wr, limit),
+            PipeConn::new(b_rd, b_wr, limit),
+        )
+    }
+
+    #[test]
+    fn round_trip_small_and_large() {
+        let (a, b) = pair(1 << 30);
+        a.send(&"hello".to_string()).unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "hello");
+        let big = vec![7u8; 3 << 20];
+        let t = std::thread::spawn(move || {
+            b.send(&big).unwrap();
+            b
+        });
+        assert_eq!(a.recv::<Vec<u8>>().unwrap().len(), 3 << 20);
+        let b = t.join().unwrap();
+        drop(b);
+        assert!(matches!(a.recv::<u8>(), Err(Error::Eof)));
+        assert!(a.peer_gone());
+    }
+
+    #[test]
+    fn garbage_oversized_and_truncated_frames_are_errors() {
+        // Garbage.
+        let (g_rd, g_wr) = sys::pipe_pair().unwrap();
+        sys::write_all_parts(&g_wr, &[b"this is not a frame at all"]).unwrap();
+        let c = PipeConn::new(g_rd, sys::pipe_pair().unwrap().1, 1024);
+        assert!(matches!(c.recv::<u8>(), Err(Error::Codec(_))));
+        assert!(c.is_broken());
+        // Oversized.
+        let (o_rd, o_wr) = sys::pipe_pair().unwrap();
+        let mut h = MAGIC.to_le_bytes().to_vec();
+        h.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        sys::write_all_parts(&o_wr, &[&h]).unwrap();
+        let c = PipeConn::new(o_rd, sys::pipe_pair().unwrap().1, 1024);
+        assert!(matches!(c.recv::<u8>(), Err(Error::Codec(_))));
+        // Truncated: the writer goes away in the middle of a frame.
+        let (t_rd, t_wr) = sys::pipe_pair().unwrap();
+        let mut h = MAGIC.to_le_bytes().to_vec();
+        h.extend_from_slice(&100u64.to_le_bytes());
+        sys::write_all_parts(&t_wr, &[&h, b"only a part"]).unwrap();
+        drop(t_wr);
+        let c = PipeConn::new(t_rd, sys::pipe_pair().unwrap().1, 1024);
+        assert!(matches!(c.recv::<Vec<u8>>(), Err(Error::Io(_))));
+    }
+}
