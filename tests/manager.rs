@@ -775,3 +775,37 @@ fn server_releases_connections_of_exited_clients() {
     }
     assert_eq!((count("fd"), count("task")), (fds, threads));
 }
+
+fn push_method_name((l, name): (ListProxy<String>, String)) {
+    l.push(name).unwrap();
+}
+
+#[test]
+fn proxies_work_under_every_start_method() {
+    multiproc::init();
+    unsafe { multiproc::allow_fork_with_threads(true) };
+    let m = Manager::start().unwrap();
+    let l = m.list(Vec::<String>::new()).unwrap();
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let name = format!("{method:?}");
+        Builder::new()
+            .start_method(method)
+            .spawn(push_method_name, (l.clone(), name))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    assert_eq!(l.to_vec().unwrap(), vec!["ForkServer", "Spawn", "Fork"]);
+    // The server itself can be started with any method too.
+    for method in [StartMethod::Spawn, StartMethod::Fork] {
+        let other = Manager::builder().start_method(method).start().unwrap();
+        let pid = other.server_pid().unwrap();
+        assert_eq!(other.list(vec![1]).unwrap().pop().unwrap(), 1);
+        drop(other);
+        assert!(!pid_alive(pid), "{method:?} server still there");
+    }
+}
