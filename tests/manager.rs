@@ -809,3 +809,90 @@ fn proxies_work_under_every_start_method() {
         assert!(!pid_alive(pid), "{method:?} server still there");
     }
 }
+
+fn wait_for_count(m: &Manager, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = m.object_count().unwrap();
+        if c == n || std::time::Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn late_user(l: ListProxy<u32>) -> usize {
+    std::thread::sleep(Duration::from_millis(200));
+    l.push(1).unwrap();
+    l.len().unwrap()
+}
+
+fn ignores_arg(_l: ListProxy<u32>) {}
+
+#[test]
+fn objects_are_freed_when_no_process_holds_them() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    // Created and dropped in one process.
+    let l = m.list(vec![1u32]).unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    assert_eq!(m.object_count().unwrap(), 2);
+    let l2 = l.clone();
+    drop(l);
+    assert_eq!(m.object_count().unwrap(), 2);
+    drop(l2);
+    drop(d);
+    assert_eq!(m.object_count().unwrap(), 0);
+
+    // Sent to a child and dropped here at once: the child still finds it, and once the
+    // child is done with it, it is freed.
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    let h = multiproc::spawn(late_user, l.clone()).unwrap();
+    drop(l);
+    assert_eq!(h.join().unwrap(), 1);
+    assert_eq!(wait_for_count(&m, 0), 0);
+
+    // A child killed while holding a proxy: its hold dies with it.
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    let mut p = Process::new(appender_forever, l.clone());
+    p.start().unwrap();
+    while l.len().unwrap() == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(l);
+    assert_eq!(m.object_count().unwrap(), 1);
+    p.kill().unwrap();
+    p.join().unwrap();
+    assert_eq!(wait_for_count(&m, 0), 0);
+
+    // Sent but never used by the receiver: kept while the sender lives.
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    multiproc::spawn(ignores_arg, l.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    drop(l);
+    assert_eq!(m.object_count().unwrap(), 1);
+
+    // A published name keeps its object alive until it points elsewhere.
+    let e = m.event().unwrap();
+    m.publish("e", &e).unwrap();
+    drop(e);
+    let again = m.lookup::<EventProxy>("e").unwrap();
+    again.set().unwrap();
+    drop(again);
+    assert_eq!(m.object_count().unwrap(), 2);
+    let other = m.lock().unwrap();
+    m.publish("e", &other).unwrap();
+    assert_eq!(m.object_count().unwrap(), 2); // the event went, the lock came
+    assert!(m.lookup::<LockProxy>("e").is_ok());
+}
+
+fn appender_forever(l: ListProxy<u32>) {
+    loop {
+        if l.push(1).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -5,6 +5,7 @@
 //! never uses the parent's connections.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -174,23 +175,86 @@ impl Endpoint {
     }
 }
 
-/// What every proxy holds: its server and its object's id. Serializes as (address,
-/// authkey, id) and reconnects lazily wherever it is deserialized.
+/// What every proxy holds: its server and its object's id. Clones share one
+/// [`ObjInner`]; the server is told when this process holds the object and when it lets
+/// go. Serializes as (address, authkey, id) and reconnects lazily wherever it is
+/// deserialized.
 #[derive(Clone)]
 pub(crate) struct ObjRef {
-    pub(crate) ep: Arc<Endpoint>,
-    pub(crate) id: u64,
+    inner: Arc<ObjInner>,
+}
+
+/// No hold taken.
+const NOT_HELD: u64 = u64::MAX;
+
+pub(crate) struct ObjInner {
+    ep: Arc<Endpoint>,
+    id: u64,
+    /// The fork generation in which this process took its hold on the object
+    /// ([`NOT_HELD`]: none yet). A forked child must take its own.
+    held: AtomicU64,
+    /// Set for a proxy received from another process until it takes its hold: the
+    /// sender's pin is then released.
+    received: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for ObjRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.ep.address, self.id)
+        write!(f, "{}#{}", self.inner.ep.address, self.inner.id)
     }
 }
 
 impl ObjRef {
+    /// A proxy whose hold the server already took for this process (create, lookup).
+    pub(crate) fn held(ep: Arc<Endpoint>, id: u64) -> ObjRef {
+        ObjRef {
+            inner: Arc::new(ObjInner {
+                ep,
+                id,
+                held: AtomicU64::new(crate::sys::fork_generation()),
+                received: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Takes this process's hold on the object before its first use here.
+    fn ensure_held(&self) -> Result<()> {
+        let g = crate::sys::fork_generation();
+        let held = self.inner.held.load(Ordering::Acquire);
+        if held == g {
+            return Ok(());
+        }
+        let received = self.inner.received.swap(false, Ordering::AcqRel);
+        self.inner
+            .ep
+            .call(&Request::Acquire(self.inner.id, received))?;
+        if self
+            .inner
+            .held
+            .compare_exchange(held, g, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another thread took the hold at the same time: give ours back.
+            let _ = self.inner.ep.call(&Request::Release(self.inner.id));
+        }
+        Ok(())
+    }
+
     pub(crate) fn call(&self, op: super::protocol::Op) -> Result<Reply> {
-        self.ep.call(&Request::Call(self.id, op))
+        self.ensure_held()?;
+        self.inner.ep.call(&Request::Call(self.inner.id, op))
+    }
+}
+
+impl Drop for ObjInner {
+    fn drop(&mut self) {
+        if *self.held.get_mut() == crate::sys::fork_generation() {
+            let _ = self.ep.call(&Request::Release(self.id));
+        }
     }
 }
 
@@ -204,10 +268,14 @@ struct Wire {
 
 impl Serialize for ObjRef {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // The receiver takes its own hold when it first uses the proxy; until then, the
+        // server keeps the object alive for it (while this process lives). If the server
+        // cannot be reached, the proxy is useless anyway; it still encodes.
+        let _ = self.inner.ep.call(&Request::Pin(self.inner.id));
         Wire {
-            address: self.ep.address.clone(),
-            authkey: ByteBuf::from(self.ep.authkey.clone()),
-            id: self.id,
+            address: self.inner.ep.address.clone(),
+            authkey: ByteBuf::from(self.inner.ep.authkey.clone()),
+            id: self.inner.id,
         }
         .serialize(s)
     }
@@ -217,8 +285,12 @@ impl<'de> Deserialize<'de> for ObjRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = Wire::deserialize(d)?;
         Ok(ObjRef {
-            ep: Endpoint::get(&w.address, &w.authkey),
-            id: w.id,
+            inner: Arc::new(ObjInner {
+                ep: Endpoint::get(&w.address, &w.authkey),
+                id: w.id,
+                held: AtomicU64::new(NOT_HELD),
+                received: std::sync::atomic::AtomicBool::new(true),
+            }),
         })
     }
 }

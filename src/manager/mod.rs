@@ -37,8 +37,11 @@
 //! oversized frame loses only its own connection. Objects can be given names
 //! ([`Manager::publish`]) so that clients find them ([`Manager::lookup`]).
 //!
-//! Lifetime: objects live as long as the server (there is no distributed reference
-//! counting); the server stops when its [`Manager`] is dropped or shut down, or when the
+//! Lifetime: an object lives while some process holds a proxy to it, or a published name
+//! points at it (see [`Manager::object_count`]). A process that sent a proxy to another
+//! (in a process's arguments, through a pipe or a queue) keeps the object alive for as
+//! long as it lives, so the receiver always finds it. When a process dies, its holds go
+//! with it. The server stops when its [`Manager`] is dropped or shut down, or when the
 //! process that started it dies.
 //!
 //! A serialized proxy contains the server's address and authkey, as in Python: send it
@@ -420,10 +423,7 @@ impl Manager {
 
     fn make(&self, c: Create) -> Result<ObjRef> {
         match self.ep.call(&Request::Create(c))? {
-            Reply::Object(id, _) => Ok(ObjRef {
-                ep: self.ep.clone(),
-                id,
-            }),
+            Reply::Object(id, _) => Ok(ObjRef::held(self.ep.clone(), id)),
             r => Err(Error::Codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
@@ -607,7 +607,7 @@ impl Manager {
     /// assert_eq!(again.to_vec().unwrap(), vec![1]);
     /// ```
     pub fn publish<P: Proxy>(&self, name: &str, proxy: &P) -> Result<()> {
-        let id = proxy.obj_ref().id;
+        let id = proxy.obj_ref().id();
         match self.ep.call(&Request::Publish(name.to_string(), id))? {
             Reply::Unit => Ok(()),
             r => Err(Error::Codec(format!(
@@ -632,16 +632,40 @@ impl Manager {
         match self.ep.call(&Request::Lookup(name.to_string()))? {
             Reply::Object(id, kind) => {
                 if !P::accepts(&kind) {
+                    // The server took a hold for us; give it back.
+                    let _ = self.ep.call(&Request::Release(id));
                     return Err(Error::Remote {
                         kind: crate::RemoteErrorKind::TypeError,
                         message: format!("{name:?} is a {kind:?}, not the proxy's kind"),
                     });
                 }
-                Ok(P::from_obj_ref(ObjRef {
-                    ep: self.ep.clone(),
-                    id,
-                }))
+                Ok(P::from_obj_ref(ObjRef::held(self.ep.clone(), id)))
             }
+            r => Err(Error::Codec(format!(
+                "unexpected reply from the manager: {r:?}"
+            ))),
+        }
+    }
+
+    /// How many objects the server holds now (Python's `_number_of_objects()`). An object
+    /// is freed once no process holds a proxy to it (a process that sent a proxy away
+    /// keeps the object alive while it lives, so the receiver finds it) and no published
+    /// name points at it.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1]).unwrap();
+    /// let l2 = l.clone();
+    /// assert_eq!(m.object_count().unwrap(), 1);
+    /// drop(l);
+    /// assert_eq!(m.object_count().unwrap(), 1); // l2 still holds it
+    /// drop(l2);
+    /// assert_eq!(m.object_count().unwrap(), 0);
+    /// ```
+    pub fn object_count(&self) -> Result<usize> {
+        match self.ep.call(&Request::ObjectCount)? {
+            Reply::Len(n) => Ok(n as usize),
             r => Err(Error::Codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),

@@ -111,7 +111,18 @@ pub(crate) enum Request {
     Call(u64, Op),
     /// Gives an object a name other clients can look up.
     Publish(String, u64),
+    /// Looks up a published name; the caller's process then holds the object.
     Lookup(String),
+    /// This process holds one more proxy to the object. `true`: the proxy was received
+    /// from another process; the sender's pin for it is no longer needed.
+    Acquire(u64, bool),
+    /// This process dropped a proxy it held.
+    Release(u64),
+    /// A proxy to the object is being sent to another process: keep the object alive
+    /// until the receiver takes its hold (or this process ends).
+    Pin(u64),
+    /// How many objects the server holds.
+    ObjectCount,
 }
 
 /// A successful reply.

@@ -116,8 +116,31 @@ struct State {
     /// Live connections per client session.
     sessions: Mutex<HashMap<u64, usize>>,
     /// Every lock object, to release those whose holder went away.
-    locks: Mutex<Vec<Arc<Obj>>>,
+    locks: Mutex<Vec<(u64, Arc<Obj>)>>,
+    /// Who keeps each object alive.
+    refs: Mutex<HashMap<u64, Holds>>,
 }
+
+/// Who keeps an object alive. It is deleted when nothing does.
+#[derive(Default)]
+struct Holds {
+    /// Proxies held, per client session (process).
+    sessions: HashMap<u64, u32>,
+    /// Proxies sent to other processes and not yet taken up there, per sending session.
+    pinned: HashMap<u64, u32>,
+    /// Published names pointing at it.
+    names: u32,
+}
+
+impl Holds {
+    fn is_free(&self) -> bool {
+        self.sessions.is_empty() && self.pinned.is_empty() && self.names == 0
+    }
+}
+
+/// Connections that never introduced themselves hold objects under this session, which
+/// never ends.
+const NO_SESSION: u64 = 0;
 
 thread_local! {
     /// Set while a registered type's code runs: its panics are reported to the client,
@@ -201,6 +224,7 @@ pub(crate) fn server_main(args: ServerArgs) {
         connections: AtomicUsize::new(0),
         sessions: Mutex::new(HashMap::new()),
         locks: Mutex::new(Vec::new()),
+        refs: Mutex::new(HashMap::new()),
     });
     if control
         .send(&Control::Ready(listener.address().clone()))
@@ -282,7 +306,7 @@ fn end_session(state: &State, s: u64) {
     // The client process has no connection left: it died (or dropped every proxy).
     // Locks it holds are released, and their next acquirer learns it.
     let locks = lock(&state.locks).clone();
-    for l in locks {
+    for (_, l) in locks {
         if let Obj::Lock(m, cv) = &*l {
             let mut g = lock(m);
             if g.held && g.holder == Some(s) {
@@ -293,6 +317,65 @@ fn end_session(state: &State, s: u64) {
             }
         }
     }
+    // Its proxies are gone with it.
+    let freed: Vec<u64> = {
+        let mut refs = lock(&state.refs);
+        let mut freed = Vec::new();
+        for (id, h) in refs.iter_mut() {
+            h.sessions.remove(&s);
+            h.pinned.remove(&s);
+            if h.is_free() {
+                freed.push(*id);
+            }
+        }
+        for id in &freed {
+            refs.remove(id);
+        }
+        freed
+    };
+    delete(state, &freed);
+}
+
+/// Removes objects nothing holds any more.
+fn delete(state: &State, ids: &[u64]) {
+    if ids.is_empty() {
+        return;
+    }
+    {
+        let mut objects = state.objects.write().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            objects.remove(id);
+        }
+    }
+    lock(&state.locks).retain(|(id, _)| !ids.contains(id));
+    lock(&state.names).retain(|_, id| !ids.contains(id));
+}
+
+/// Changes who holds object `id`; deletes it when nothing does. False: no such object.
+fn update_holds(state: &State, id: u64, f: impl FnOnce(&mut Holds)) -> bool {
+    let free = {
+        let mut refs = lock(&state.refs);
+        let Some(h) = refs.get_mut(&id) else {
+            return false;
+        };
+        f(h);
+        let free = h.is_free();
+        if free {
+            refs.remove(&id);
+        }
+        free
+    };
+    if free {
+        delete(state, &[id]);
+    }
+    true
+}
+
+fn not_found(id: u64) -> Response {
+    Err(err(
+        RemoteErrorKind::NotFound,
+        format!("no object with id {id} (it was freed, or never existed)"),
+    ))
 }
 
 /// The channel a connection's requests and replies travel on: the socket itself, or the
@@ -390,12 +473,59 @@ fn serve_pipes(pipes: &PipeConn, state: &State, session: Option<u64>) {
 /// Answers one request. `None`: the reply was already sent (blocking operations send
 /// their own, to undo their effect when the client is gone).
 fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) -> Option<Response> {
+    let who = session.unwrap_or(NO_SESSION);
     Some(match req {
+        Request::Acquire(id, received) => {
+            if update_holds(state, id, |h| {
+                *h.sessions.entry(who).or_insert(0) += 1;
+                if received {
+                    // The receiver holds it now: one sender's pin is done.
+                    let sender = h.pinned.keys().next().copied();
+                    if let Some(s) = sender {
+                        if let Some(n) = h.pinned.get_mut(&s) {
+                            *n -= 1;
+                            if *n == 0 {
+                                h.pinned.remove(&s);
+                            }
+                        }
+                    }
+                }
+            }) {
+                Ok(Reply::Unit)
+            } else {
+                not_found(id)
+            }
+        }
+        Request::Release(id) => {
+            update_holds(state, id, |h| {
+                if let Some(n) = h.sessions.get_mut(&who) {
+                    *n -= 1;
+                    if *n == 0 {
+                        h.sessions.remove(&who);
+                    }
+                }
+            });
+            Ok(Reply::Unit)
+        }
+        Request::Pin(id) => {
+            if update_holds(state, id, |h| *h.pinned.entry(who).or_insert(0) += 1) {
+                Ok(Reply::Unit)
+            } else {
+                not_found(id)
+            }
+        }
+        Request::ObjectCount => Ok(Reply::Len(
+            state
+                .objects
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64,
+        )),
         Request::Hello(_) | Request::UsePipes => Err(err(
             RemoteErrorKind::ProtocolError,
             "unexpected introduction",
         )),
-        Request::Create(c) => create(state, c),
+        Request::Create(c) => create(state, c, who),
         Request::Call(id, op) => {
             let obj = state
                 .objects
@@ -422,18 +552,13 @@ fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) ->
             }
         }
         Request::Publish(name, id) => {
-            if !state
-                .objects
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&id)
-            {
-                return Some(Err(err(
-                    RemoteErrorKind::NotFound,
-                    format!("no object with id {id}"),
-                )));
+            if !update_holds(state, id, |h| h.names += 1) {
+                return Some(not_found(id));
             }
-            lock(&state.names).insert(name, id);
+            let previous = lock(&state.names).insert(name, id);
+            if let Some(old) = previous {
+                update_holds(state, old, |h| h.names = h.names.saturating_sub(1));
+            }
             Ok(Reply::Unit)
         }
         Request::Lookup(name) => {
@@ -447,8 +572,12 @@ fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) ->
                     .map(|o| (id, o.kind()))
             });
             match obj {
-                Some((id, kind)) => Ok(Reply::Object(id, kind)),
-                None => Err(err(
+                Some((id, kind))
+                    if update_holds(state, id, |h| *h.sessions.entry(who).or_insert(0) += 1) =>
+                {
+                    Ok(Reply::Object(id, kind))
+                }
+                _ => Err(err(
                     RemoteErrorKind::NotFound,
                     format!("no object named {name:?}"),
                 )),
@@ -502,7 +631,7 @@ fn lock_acquire(
     }
 }
 
-fn create(state: &State, c: Create) -> Response {
+fn create(state: &State, c: Create, who: u64) -> Response {
     let obj = match c {
         Create::List(items) => Obj::List(Mutex::new(items)),
         Create::Dict(pairs) => Obj::Dict(Mutex::new(pairs.into_iter().collect())),
@@ -532,8 +661,12 @@ fn create(state: &State, c: Create) -> Response {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let obj = Arc::new(obj);
     if kind == Kind::Lock {
-        lock(&state.locks).push(obj.clone());
+        lock(&state.locks).push((id, obj.clone()));
     }
+    // The creator holds it.
+    let mut holds = Holds::default();
+    holds.sessions.insert(who, 1);
+    lock(&state.refs).insert(id, holds);
     state
         .objects
         .write()
