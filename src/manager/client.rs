@@ -66,6 +66,8 @@ fn new_session() -> u64 {
 }
 
 pub(crate) struct Endpoint {
+    /// Set when the owner shut the server down: calls fail at once.
+    closed: std::sync::atomic::AtomicBool,
     pub(crate) address: Address,
     pub(crate) authkey: Vec<u8>,
     pool: Mutex<Pool>,
@@ -80,12 +82,16 @@ impl Endpoint {
         all.retain(|w| w.strong_count() > 0);
         for w in all.iter() {
             if let Some(e) = w.upgrade() {
-                if &e.address == address && e.authkey == authkey {
+                if &e.address == address
+                    && e.authkey == authkey
+                    && !e.closed.load(Ordering::Acquire)
+                {
                     return e;
                 }
             }
         }
         let e = Arc::new(Endpoint {
+            closed: std::sync::atomic::AtomicBool::new(false),
             address: address.clone(),
             authkey: authkey.to_vec(),
             pool: Mutex::new(Pool {
@@ -162,16 +168,39 @@ impl Endpoint {
 
     /// One round trip. A connection that failed is not reused.
     pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         let conn = self.checkout()?;
         let resp = conn.round_trip(req)?;
         self.checkin(conn);
         resp.map_err(|(kind, message)| Error::Remote { kind, message })
     }
 
-    /// Drops the idle connections (the server side then ends their threads).
-    pub(crate) fn disconnect(&self) {
+    /// The server was shut down: drops the idle connections, and later calls fail with
+    /// [`Error::Closed`] instead of trying to connect.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         p.idle.clear();
+    }
+
+    /// Like [`call`](Endpoint::call), but only over an idle connection: never connects.
+    /// For best-effort notices sent from `Drop`, which must not block on a server that
+    /// cannot be reached.
+    pub(crate) fn call_if_connected(&self, req: &Request) {
+        let conn = {
+            let mut p = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if p.generation != crate::sys::fork_generation() {
+                return;
+            }
+            p.idle.pop()
+        };
+        if let Some(conn) = conn {
+            if conn.round_trip(req).is_ok() {
+                self.checkin(conn);
+            }
+        }
     }
 }
 
@@ -253,7 +282,9 @@ impl ObjRef {
 impl Drop for ObjInner {
     fn drop(&mut self) {
         if *self.held.get_mut() == crate::sys::fork_generation() {
-            let _ = self.ep.call(&Request::Release(self.id));
+            // Best effort and never blocking on a connect: a release that cannot be sent
+            // now happens when this process's connections close.
+            self.ep.call_if_connected(&Request::Release(self.id));
         }
     }
 }

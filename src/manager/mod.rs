@@ -98,7 +98,7 @@ struct ServerProcess {
 /// let d = manager.dict::<String, i32>().unwrap();
 /// d.insert("x".into(), 1).unwrap();
 /// manager.shutdown().unwrap();
-/// assert!(d.len().is_err()); // the server is gone
+/// assert!(matches!(d.len(), Err(multiproc::Error::Closed))); // the server is gone
 /// ```
 pub struct Manager {
     ep: Arc<Endpoint>,
@@ -696,7 +696,7 @@ impl Manager {
         };
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.ep.disconnect();
+        self.ep.close();
         let _ = srv.control.send(&Control::Shutdown);
         drop(srv.control);
         if !srv.process.join_timeout(STOP_TIMEOUT)? {
