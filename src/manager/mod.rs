@@ -686,7 +686,9 @@ impl Manager {
     pub fn shutdown(&self) -> Result<()> {
         let mut guard = self.server.lock().unwrap_or_else(|p| p.into_inner());
         let Some(srv) = guard.take() else {
-            return if self.is_owner_handle_dropped() {
+            // An owner whose server already stopped has nothing to do; a connected handle
+            // never had a server to stop.
+            return if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
                 Ok(())
             } else {
                 Err(Error::invalid(
@@ -704,11 +706,6 @@ impl Manager {
             srv.process.join()?;
         }
         Ok(())
-    }
-
-    fn is_owner_handle_dropped(&self) -> bool {
-        // A connected handle never had a server; an owner whose server was stopped did.
-        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
