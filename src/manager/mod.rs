@@ -227,7 +227,7 @@ impl ManagerBuilder {
     pub fn register<S: Shared>(mut self) -> Self {
         let ctor: Constructor = proxy::construct::<S>;
         self.registry.push(Registration {
-            name: S::type_id(),
+            name: S::registered_name(),
             offset: sys::offset_of(ctor as usize),
             build: sys::build_id(),
             sig: sys::type_sig::<Constructor>(),
@@ -590,9 +590,10 @@ impl Manager {
     /// assert!(multiproc::Manager::start().unwrap().create(Stack(vec![])).is_err());
     /// ```
     pub fn create<S: Shared>(&self, init: S) -> Result<SharedProxy<S>> {
-        Ok(SharedProxy::from_obj(
-            self.make(Create::Shared(S::type_id(), proxy::enc(&init)?))?,
-        ))
+        Ok(SharedProxy::from_obj(self.make(Create::Shared(
+            S::registered_name(),
+            proxy::enc(&init)?,
+        ))?))
     }
 
     /// Gives `proxy`'s object a name that any client of this server can
@@ -781,6 +782,6 @@ impl<S: Shared> Proxy for SharedProxy<S> {
         SharedProxy::from_obj(obj)
     }
     fn accepts(kind: &Kind) -> bool {
-        matches!(kind, Kind::Shared(n) if *n == S::type_id())
+        matches!(kind, Kind::Shared(n) if *n == S::registered_name())
     }
 }

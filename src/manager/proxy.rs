@@ -1019,7 +1019,7 @@ pub trait Shared: Serialize + DeserializeOwned + Send + 'static {
     fn handle(&mut self, request: Self::Request) -> Self::Reply;
     /// The name the type is registered under (the same in every binary that talks to the
     /// server). Defaults to the type's Rust path.
-    fn type_id() -> String {
+    fn registered_name() -> String {
         std::any::type_name::<Self>().to_string()
     }
 }
