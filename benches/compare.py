@@ -83,6 +83,36 @@ def pipe_small():
     return SMALL_COUNT / secs  # messages per second
 
 
+def object_sender(conn, count):
+    conn.send(2**64 - 1)  # ready
+    for i in range(count):
+        conn.send(i)
+    conn.close()
+
+
+def pipe_objects_round():
+    ctx = mp.get_context("fork")
+    rx, tx = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=object_sender, args=(tx, SMALL_COUNT))
+    p.start()
+    tx.close()
+    rx.recv()
+    t0 = time.perf_counter()
+    for i in range(SMALL_COUNT):
+        if rx.recv() != i:
+            raise RuntimeError("a message was lost")
+    elapsed = time.perf_counter() - t0
+    p.join()
+    rx.close()
+    return elapsed
+
+
+def pipe_objects():
+    """Like pipe_small, with objects (send/recv: pickled) instead of bytes."""
+    secs = statistics.median(pipe_objects_round() for _ in range(PIPE_ROUNDS))
+    return SMALL_COUNT / secs
+
+
 def pipe_big():
     secs = statistics.median(pipe_round(BIG_MSG, BIG_COUNT) for _ in range(PIPE_ROUNDS))
     return BIG_MSG * BIG_COUNT / secs / 1e9  # GB/s
@@ -151,6 +181,7 @@ WORKLOADS = {
     "start_join_spawn": ("ms", lambda: start_join("spawn")),
     "start_join_fork": ("ms", lambda: start_join("fork")),
     "pipe_8b_one_way": ("msg/s", pipe_small),
+    "pipe_u64_send_recv": ("msg/s", pipe_objects),
     "pipe_1mib_one_way": ("GB/s", pipe_big),
     "manager_list_append_child": ("us/op", lambda: manager_workload(lambda m: m.list(), mgr_list_child)),
     "manager_dict_set_get_child": ("us/op", lambda: manager_workload(lambda m: m.dict(), mgr_dict_child)),

@@ -58,6 +58,12 @@ const WORKLOADS: &[Workload] = &[
         run: pipe_small,
     },
     Workload {
+        name: "pipe_u64_send_recv",
+        unit: "msg/s",
+        higher_is_better: true,
+        run: pipe_objects,
+    },
+    Workload {
         name: "pipe_1mib_one_way",
         unit: "GB/s",
         higher_is_better: true,
@@ -151,6 +157,35 @@ fn pipe_round(size: usize, count: usize) -> f64 {
     let secs = t0.elapsed().as_secs_f64();
     p.join().expect("join");
     secs
+}
+
+fn object_sender((conn, count): (Connection<u64>, u64)) {
+    if conn.send(&u64::MAX).is_err() {
+        return;
+    }
+    for i in 0..count {
+        if conn.send(&i).is_err() {
+            return;
+        }
+    }
+}
+
+/// Like [`pipe_small`], with values (`send`/`recv`: encoded and decoded) instead of bytes.
+fn pipe_objects() -> f64 {
+    let round = || {
+        let (rx, tx) = multiproc::pipe_simplex::<u64>().expect("pipe");
+        let mut p = Process::new(object_sender, (tx, SMALL_COUNT as u64));
+        p.start().expect("start");
+        rx.recv().expect("ready");
+        let t0 = Instant::now();
+        for i in 0..SMALL_COUNT as u64 {
+            assert_eq!(rx.recv().expect("recv"), i, "a message was lost");
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        p.join().expect("join");
+        secs
+    };
+    SMALL_COUNT as f64 / median((0..PIPE_ROUNDS).map(|_| round()).collect())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -37,7 +37,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -356,7 +356,7 @@ impl AsFd for RawConn {
 /// assert_eq!(parent.recv().unwrap(), vec![1, 2, 3]);
 /// ```
 pub struct Connection<T> {
-    raw: RawConn,
+    raw: Arc<RawConn>,
     readable: bool,
     writable: bool,
     _t: PhantomData<fn(T) -> T>,
@@ -413,7 +413,7 @@ pub fn pipe_simplex<T>() -> Result<(Connection<T>, Connection<T>)> {
 impl<T> Connection<T> {
     pub(crate) fn from_raw(raw: RawConn, readable: bool, writable: bool) -> Self {
         Connection {
-            raw,
+            raw: Arc::new(raw),
             readable,
             writable,
             _t: PhantomData,
@@ -480,7 +480,7 @@ impl<T> Connection<T> {
     }
 
     /// Closes this end (the same as dropping it). The peer sees end of file once every
-    /// copy of this end, in every process, is closed.
+    /// copy of this end (its clones, and the copies sent to other processes) is closed.
     ///
     /// ```
     /// multiproc::init();
@@ -543,6 +543,29 @@ impl<T: DeserializeOwned> Connection<T> {
     pub fn recv(&self) -> Result<T> {
         self.check_readable()?;
         self.raw.recv_value()
+    }
+}
+
+/// A clone refers to the same end (like a second reference to a Python `Connection`): both
+/// share one descriptor and one receive buffer, so they can be used from several threads.
+/// Each message is sent and received whole. The end is closed when the last clone is
+/// dropped.
+///
+/// ```
+/// multiproc::init();
+/// let (a, b) = multiproc::pipe::<u8>().unwrap();
+/// let a2 = a.clone();
+/// std::thread::spawn(move || a2.send(&1).unwrap()).join().unwrap();
+/// assert_eq!(b.recv().unwrap(), 1);
+/// ```
+impl<T> Clone for Connection<T> {
+    fn clone(&self) -> Self {
+        Connection {
+            raw: self.raw.clone(),
+            readable: self.readable,
+            writable: self.writable,
+            _t: PhantomData,
+        }
     }
 }
 

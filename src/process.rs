@@ -291,6 +291,7 @@ pub(crate) fn exit_handler_body() {
     for c in &children {
         let _ = c.wait(None);
     }
+    start::shutdown_fork_server();
 }
 
 /// In a forked child: the parent's children are not ours.

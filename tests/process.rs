@@ -384,3 +384,31 @@ fn a_killed_fork_server_is_replaced() {
     assert_ne!(now[0], servers[0]);
     assert!(!zombies_of_me().contains(&servers[0]));
 }
+
+/// Starts a process through its own fork server and returns the server's pid.
+fn uses_a_fork_server(_: ()) -> u32 {
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (1, 2))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 3);
+    let s = fork_servers();
+    assert_eq!(s.len(), 1);
+    s[0]
+}
+
+#[test]
+fn fork_server_is_reaped_when_its_owner_exits() {
+    multiproc::init();
+    let h = Builder::new()
+        .start_method(StartMethod::Spawn)
+        .spawn(uses_a_fork_server, ())
+        .unwrap();
+    let server = h.join().unwrap();
+    // The child stopped and reaped its server before exiting: nothing left for init.
+    assert!(
+        stat(server).is_none(),
+        "fork server {server} left behind: {:?}",
+        stat(server)
+    );
+}

@@ -444,6 +444,11 @@ pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send 
         .expect("multiproc's spawner thread dropped a job")
 }
 
+/// Stops and reaps this process's fork server (at exit).
+pub(crate) fn shutdown_fork_server() {
+    forkserver::shutdown();
+}
+
 /// Resets what a forked child must not share with its parent.
 pub(crate) fn after_fork_in_child() {
     forkserver::forget_after_fork();
