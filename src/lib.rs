@@ -56,6 +56,7 @@
 pub mod codec;
 pub mod connection;
 mod error;
+pub mod manager;
 pub mod pool;
 pub mod process;
 pub mod shared_memory;
@@ -66,7 +67,8 @@ mod sys;
 pub mod value;
 
 pub use connection::{pipe, pipe_simplex, Connection};
-pub use error::{Error, Result};
+pub use error::{Error, RemoteErrorKind, Result};
+pub use manager::Manager;
 pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, Builder, JoinHandle,

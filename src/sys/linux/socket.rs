@@ -117,18 +117,20 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
 }
 
 /// Reads what is available (at least one byte, blocking) into `buf`; received descriptors
-/// are appended to `fds`. Returns 0 at end of stream.
+/// are appended to `fds`. Returns 0 at end of stream. `spin`: look a few times without
+/// blocking first (good for streams; request/reply channels pass false).
 pub(crate) fn recv_some(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
+    spin: bool,
 ) -> io::Result<usize> {
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     // Before sleeping in the kernel, look again for a short while: a peer streaming small
     // messages usually has the next one ready within microseconds, and not sleeping saves
     // it the cost of waking us for every message.
-    let mut spins = SPIN_TRIES;
+    let mut spins = if spin { SPIN_TRIES } else { 0 };
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(buf)];
