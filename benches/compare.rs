@@ -95,6 +95,8 @@ const WORKLOADS: &[Workload] = &[
         unit: "us",
         higher_is_better: false,
         run: sync_workloads::event_wake_latency,
+    },
+    Workload {
         name: "manager_list_append_child",
         unit: "us/op",
         higher_is_better: false,
