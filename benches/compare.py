@@ -118,6 +118,63 @@ def pipe_big():
     return BIG_MSG * BIG_COUNT / secs / 1e9  # GB/s
 
 
+# --- manager proxies, used from a child process ----------------------------------------------
+# One op: a list append; a dict set plus a get of the same key; a lock acquire plus release.
+# The child times its own loop; the figure is the median over MANAGER_ROUNDS children.
+MANAGER_OPS = 20_000
+MANAGER_ROUNDS = 3
+
+
+def mgr_list_child(l, n, out):
+    t0 = time.perf_counter()
+    for i in range(n):
+        l.append(("Jeff", i))
+    out.put((time.perf_counter() - t0) * 1e6 / n)
+
+
+def mgr_dict_child(d, n, out):
+    t0 = time.perf_counter()
+    for i in range(n):
+        d[i % 1024] = i
+        d.get(i % 1024)
+    out.put((time.perf_counter() - t0) * 1e6 / n)
+
+
+def mgr_lock_child(lock, n, out):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        lock.acquire()
+        lock.release()
+    out.put((time.perf_counter() - t0) * 1e6 / n)
+
+
+def median_of_children(target, obj):
+    figures = []
+    for _ in range(MANAGER_ROUNDS):
+        out = mp.SimpleQueue()
+        p = mp.Process(target=target, args=(obj, MANAGER_OPS, out))
+        p.start()
+        figures.append(out.get())
+        p.join()
+    return statistics.median(figures)
+
+
+def manager_workload(make, target):
+    with mp.Manager() as m:
+        return median_of_children(target, make(m))
+
+
+def manager_list_append_tcp():
+    from multiprocessing.managers import SyncManager
+
+    m = SyncManager(address=("127.0.0.1", 0), authkey=b"bench")
+    m.start()
+    try:
+        return median_of_children(mgr_list_child, m.list())
+    finally:
+        m.shutdown()
+
+
 # --- the table: name -> (unit, function) ----------------------------------------------------
 # --- synchronization (issue 3): Lock, Value, Event -------------------------------------
 # Parameters shared with benches/compare/sync_workloads.rs (keep them equal).
@@ -206,6 +263,10 @@ WORKLOADS = {
     "lock_two_process_increment": ("ns/incr", lock_two_process_increment),
     "value_increment": ("ns/incr", value_increment),
     "event_wake_latency": ("us", event_wake_latency),
+    "manager_list_append_child": ("us/op", lambda: manager_workload(lambda m: m.list(), mgr_list_child)),
+    "manager_dict_set_get_child": ("us/op", lambda: manager_workload(lambda m: m.dict(), mgr_dict_child)),
+    "manager_lock_cycle_child": ("us/op", lambda: manager_workload(lambda m: m.Lock(), mgr_lock_child)),
+    "manager_list_append_tcp": ("us/op", manager_list_append_tcp),
 }
 
 

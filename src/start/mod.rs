@@ -461,8 +461,21 @@ pub(crate) fn after_fork_in_child() {
 }
 
 /// The panic of the target, recorded by the child's panic hook.
-type PanicRecord = (String, Option<String>, Option<String>);
+pub(crate) type PanicRecord = (String, Option<String>, Option<String>);
 static LAST_PANIC: Mutex<Option<PanicRecord>> = Mutex::new(None);
+/// When set, the child's panic hook records panics without printing them (pool workers:
+/// the panic travels to the parent as the task's error instead).
+static QUIET_PANICS: AtomicBool = AtomicBool::new(false);
+
+/// Makes this child's panic hook silent (it still records the panic).
+pub(crate) fn set_quiet_panics(quiet: bool) {
+    QUIET_PANICS.store(quiet, Ordering::SeqCst);
+}
+
+/// The last panic recorded by the child's panic hook: (message, location, backtrace).
+pub(crate) fn take_last_panic() -> Option<PanicRecord> {
+    LAST_PANIC.lock().ok().and_then(|mut g| g.take())
+}
 
 fn install_child_panic_hook(name: String) {
     let prev = std::panic::take_hook();
@@ -482,6 +495,9 @@ fn install_child_panic_hook(name: String) {
         };
         if let Ok(mut g) = LAST_PANIC.try_lock() {
             *g = Some((message, location, backtrace));
+        }
+        if QUIET_PANICS.load(Ordering::SeqCst) {
+            return;
         }
         eprintln!("Process {name}:");
         prev(info);

@@ -3,9 +3,11 @@
 pub(crate) mod code;
 pub(crate) mod futex;
 pub(crate) mod memfd;
+pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod socket;
 
 pub(crate) use code::*;
+pub(crate) use net::*;
 pub(crate) use process::*;
 pub(crate) use socket::*;
