@@ -668,3 +668,39 @@ fn initializer_that_exits_breaks_the_pool_cleanly() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Refuses to be encoded when its number is a multiple of 3.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Picky(u32);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_multiple_of(3) {
+            return Err(serde::ser::Error::custom("multiple of three"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+fn unpick(p: Picky) -> u32 {
+    p.0
+}
+
+#[test]
+fn map_argument_encode_failure_fails_that_task() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let ok: Vec<Picky> = [1, 2, 4, 5, 7, 8].into_iter().map(Picky).collect();
+    assert_eq!(pool.map(unpick, ok).unwrap(), vec![1, 2, 4, 5, 7, 8]);
+    let bad: Vec<Picky> = (1..1000).map(Picky).collect();
+    match pool.map_chunked(unpick, bad, 50) {
+        Err(Error::Codec(m)) => assert!(m.contains("encode"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Per task, through imap: only the multiples of three fail.
+    let res: Vec<_> = pool.imap_chunked(unpick, (1..100).map(Picky), 7).collect();
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r.is_err(), (i + 1) % 3 == 0, "{i}: {r:?}");
+    }
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}

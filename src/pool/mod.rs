@@ -391,43 +391,39 @@ impl Pool {
         self.processes
     }
 
-    /// Cuts `items` into jobs of `chunksize` tasks, submitting each as it fills.
+    /// Cuts `items` into jobs of `chunksize` tasks, submitting each as it is cut. The
+    /// arguments are encoded by the pool's handler threads, in parallel.
     fn submit_items<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: Vec<A>,
         chunksize: usize,
         sink: Arc<dyn Sink>,
-    ) -> usize
-    where
-        A: Serialize + DeserializeOwned,
+    ) where
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize,
     {
         let code = TaskCode::of(f);
         let chunksize = chunksize.max(1);
-        let mut job = Job::new(code, 0, sink.clone());
-        let mut n = 0;
-        for a in items {
-            if job.len() >= chunksize || job.is_full() {
-                let next = Job::new(code, job.next_index(), sink.clone());
-                self.shared
-                    .submit(vec![std::mem::replace(&mut job, next)], false);
+        let mut first = 0;
+        let mut items = items.into_iter();
+        let mut jobs = Vec::new();
+        loop {
+            let chunk: Vec<A> = items.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                break;
             }
-            if let Err(e) = job.push(&a) {
-                let idx = job.next_index();
-                let next = Job::new(code, idx + 1, sink.clone());
-                let full = std::mem::replace(&mut job, next);
-                if !full.is_empty() {
-                    let _ = self.shared.submit(vec![full], false);
-                }
-                sink.fail(idx, 1, &TaskFail::from_error(&e));
+            let n = chunk.len();
+            jobs.push(Job::lazy(code, first, chunk, sink.clone()));
+            first += n;
+            // Submit in groups so that workers start while the rest is cut.
+            if jobs.len() >= 4 {
+                let _ = self.shared.submit(std::mem::take(&mut jobs), false);
             }
-            n += 1;
         }
-        if !job.is_empty() {
-            let _ = self.shared.submit(vec![job], false);
+        if !jobs.is_empty() {
+            let _ = self.shared.submit(jobs, false);
         }
-        n
     }
 
     fn map_inner<A, R>(
@@ -438,7 +434,7 @@ impl Pool {
         progress: Option<Progress>,
     ) -> AsyncResult<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         if let Err(e) = self.shared.check_open() {
@@ -467,7 +463,7 @@ impl Pool {
     /// ```
     pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let items: Vec<A> = items.into_iter().collect();
@@ -490,7 +486,7 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map_inner(f, items.into_iter().collect(), chunksize, None)
@@ -508,7 +504,7 @@ impl Pool {
     /// ```
     pub fn starmap<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map(f, items)
@@ -528,7 +524,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
     ) -> AsyncResult<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let items: Vec<A> = items.into_iter().collect();
@@ -545,7 +541,7 @@ impl Pool {
     /// ```
     pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.apply_async(f, args).take()
@@ -564,7 +560,7 @@ impl Pool {
     /// ```
     pub fn apply_async<A, R>(&self, f: fn(A) -> R, args: A) -> AsyncResult<R>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let cell = Cell::new();
@@ -588,7 +584,7 @@ impl Pool {
     ) -> IMap<A, R, I::IntoIter>
     where
         I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let chunksize = chunksize.max(1);
@@ -630,7 +626,7 @@ impl Pool {
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> IMap<A, R, I::IntoIter>
     where
         I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_inner(f, items, 1, true)
@@ -652,7 +648,7 @@ impl Pool {
     ) -> IMap<A, R, I::IntoIter>
     where
         I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_inner(f, items, chunksize, true)
@@ -671,7 +667,7 @@ impl Pool {
     pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> IMap<A, R, I::IntoIter>
     where
         I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_inner(f, items, 1, false)
@@ -692,7 +688,7 @@ impl Pool {
     ) -> IMap<A, R, I::IntoIter>
     where
         I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_inner(f, items, chunksize, false)
@@ -714,7 +710,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let items: Vec<A> = items.into_iter().collect();

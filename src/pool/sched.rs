@@ -46,6 +46,28 @@ pub(crate) struct Job {
     /// Sent alone: it was in flight with other jobs when a worker died, and which of them
     /// killed it is not known.
     solo: bool,
+    /// Arguments not encoded yet (a map's chunk): the handler thread that takes the job
+    /// encodes them, so that encoding runs in parallel, off the caller's thread.
+    raw: Option<Box<dyn RawArgs>>,
+    raw_count: usize,
+}
+
+/// A chunk of arguments waiting to be encoded.
+pub(crate) trait RawArgs: Send {
+    /// Encodes every argument into `job`; returns those that failed, by position.
+    fn encode(self: Box<Self>, job: &mut Job) -> Vec<(usize, Error)>;
+}
+
+impl<A: Serialize + Send> RawArgs for Vec<A> {
+    fn encode(self: Box<Self>, job: &mut Job) -> Vec<(usize, Error)> {
+        let mut failed = Vec::new();
+        for (i, a) in self.into_iter().enumerate() {
+            if let Err(e) = job.push(&a) {
+                failed.push((i, e));
+            }
+        }
+        failed
+    }
 }
 
 /// Most descriptors one job may carry (a frame carries at most 253).
@@ -71,20 +93,98 @@ impl Job {
             fds: Vec::new(),
             sink,
             solo: false,
+            raw: None,
+            raw_count: 0,
         }
     }
 
+    /// A job of `items`, to be encoded by the handler thread that takes it.
+    pub(crate) fn lazy<A: Serialize + Send + 'static>(
+        code: TaskCode,
+        first: usize,
+        items: Vec<A>,
+        sink: Arc<dyn Sink>,
+    ) -> Job {
+        let mut j = Job::new(code, first, sink);
+        j.raw_count = items.len();
+        j.raw = Some(Box::new(items));
+        j
+    }
+
     pub(crate) fn len(&self) -> usize {
-        self.ends.len()
+        if self.raw.is_some() {
+            self.raw_count
+        } else {
+            self.ends.len()
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 
-    /// The index the next pushed task will have.
-    pub(crate) fn next_index(&self) -> usize {
-        self.first + self.ends.len()
+    /// Encodes a lazy job's arguments: the pieces to send (contiguous runs of tasks, each
+    /// within the size and handle limits); tasks whose argument cannot be encoded fail.
+    fn materialize(mut self) -> Vec<Job> {
+        let Some(raw) = self.raw.take() else {
+            return vec![self];
+        };
+        let total = std::mem::take(&mut self.raw_count);
+        let failed = raw.encode(&mut self);
+        if failed.is_empty() && !self.is_full() {
+            return vec![self];
+        }
+        // Cut into pieces at the failed tasks and at the limits.
+        let (code, first, solo, sink) = (self.code, self.first, self.solo, self.sink.clone());
+        let fresh = |at: usize| {
+            let mut j = Job::new(code, at, sink.clone());
+            j.solo = solo;
+            j
+        };
+        let mut pieces = Vec::new();
+        let mut cur = fresh(first);
+        let mut failed = failed.into_iter().peekable();
+        let mut task = 0;
+        for pos in 0..total {
+            if failed.peek().is_some_and(|(i, _)| *i == pos) {
+                if let Some((_, e)) = failed.next() {
+                    sink.fail(first + pos, 1, &TaskFail::from_error(&e));
+                }
+                let next = fresh(first + pos + 1);
+                let done = std::mem::replace(&mut cur, next);
+                if !done.is_empty() {
+                    pieces.push(done);
+                }
+                continue;
+            }
+            if cur.is_full() {
+                let next = fresh(first + pos);
+                pieces.push(std::mem::replace(&mut cur, next));
+            }
+            self.move_task(task, &mut cur);
+            task += 1;
+        }
+        if !cur.is_empty() {
+            pieces.push(cur);
+        }
+        pieces
+    }
+
+    /// Appends encoded task `i` of `self` to `to` (tasks are moved in order).
+    fn move_task(&mut self, i: usize, to: &mut Job) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let end = self.ends[i] as usize;
+        to.args.extend_from_slice(&self.args[start..end]);
+        to.ends.push(to.args.len() as u32);
+        let nfds = self.fd_counts.as_ref().map_or(0, |c| c[i] as usize);
+        if nfds > 0 && to.fd_counts.is_none() {
+            to.fd_counts = Some(vec![0; to.ends.len() - 1]);
+        }
+        if let Some(c) = &mut to.fd_counts {
+            c.push(nfds as u32);
+        }
+        // Descriptors are taken from the front, in task order.
+        to.fds.extend(self.fds.drain(..nfds.min(self.fds.len())));
     }
 
     /// Whether the job should be sent before more tasks are added.
@@ -158,6 +258,8 @@ impl Job {
             fds,
             sink: self.sink.clone(),
             solo: self.solo,
+            raw: None,
+            raw_count: 0,
         })
     }
 
@@ -755,6 +857,24 @@ fn serve(
             Take::Exit if inflight.is_empty() => break 'outer,
             Take::Exit | Take::Nothing => {}
             Take::Jobs(jobs) => {
+                // Encode lazy jobs here, in parallel with the other handlers; a frame
+                // carries at most MAX_JOB_FDS descriptors, the rest waits its turn.
+                let mut pieces: Vec<Job> = jobs.into_iter().flat_map(Job::materialize).collect();
+                let mut nfds = 0;
+                let keep = pieces
+                    .iter()
+                    .position(|j| {
+                        nfds += j.fds.len();
+                        nfds > MAX_JOB_FDS
+                    })
+                    .unwrap_or(pieces.len())
+                    .max(1);
+                let later = pieces.split_off(keep);
+                shared.requeue(later);
+                let jobs = pieces;
+                if jobs.is_empty() {
+                    continue;
+                }
                 buf.clear();
                 buf.push(MSG_BATCH);
                 buf.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
