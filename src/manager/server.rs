@@ -260,7 +260,6 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
         let st = state.clone();
         let spawned = std::thread::Builder::new()
             .name("manager-conn".into())
-            .stack_size(512 * 1024)
             .spawn(move || {
                 serve_connection(conn, &st);
                 st.connections.fetch_sub(1, Ordering::SeqCst);
