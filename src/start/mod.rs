@@ -371,6 +371,8 @@ fn harness_args() -> Vec<OsString> {
         Some(test) => vec![
             test.into(),
             "--exact".into(),
+            // So that children of an #[ignore] (soak) test run it too.
+            "--include-ignored".into(),
             "--nocapture".into(),
             "--test-threads=1".into(),
         ],
