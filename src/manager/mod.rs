@@ -650,9 +650,9 @@ impl Manager {
     }
 
     /// How many objects the server holds now (Python's `_number_of_objects()`). An object
-    /// is freed once no process holds a proxy to it (a process that sent a proxy away
-    /// keeps the object alive while it lives, so the receiver finds it) and no published
-    /// name points at it.
+    /// is freed once no process holds a proxy to it (a proxy on its way to another process
+    /// counts until the receiver uses it, or its sender dies) and no published name points
+    /// at it.
     ///
     /// ```
     /// multiproc::init();
