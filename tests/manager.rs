@@ -970,3 +970,32 @@ fn soak_workers_killed_while_draining_a_queue() {
     );
     assert!(!lock.locked().unwrap());
 }
+
+fn unix_client(path: String) -> u32 {
+    let c = Manager::connect(path.as_str(), b"unix-key").unwrap();
+    let v = c.lookup::<ValueProxy<u32>>("v").unwrap();
+    v.swap(2).unwrap()
+}
+
+#[test]
+fn manager_on_a_unix_socket_file() {
+    multiproc::init();
+    let path = std::env::temp_dir().join(format!("mp-manager-{}.sock", std::process::id()));
+    let path_s = path.to_str().unwrap().to_string();
+    let m = Manager::builder()
+        .address(path_s.as_str())
+        .authkey(b"unix-key")
+        .start()
+        .unwrap();
+    assert!(path.exists());
+    let v = m.value(1u32).unwrap();
+    m.publish("v", &v).unwrap();
+    let old = multiproc::spawn(unix_client, path_s)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!((old, v.get().unwrap()), (1, 2));
+    drop(v);
+    drop(m);
+    assert!(!path.exists(), "the socket file is removed at shutdown");
+}

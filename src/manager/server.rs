@@ -241,6 +241,10 @@ pub(crate) fn server_main(args: ServerArgs) {
     }
     // Serve until the owner says stop or goes away (its end of the pipe closes).
     let _ = control.recv();
+    // The process ends without running destructors: remove a socket file by hand.
+    if let Address::Unix(path) = &address {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn accept_loop(listener: Listener, state: Arc<State>) {
