@@ -999,3 +999,18 @@ fn manager_on_a_unix_socket_file() {
     drop(m);
     assert!(!path.exists(), "the socket file is removed at shutdown");
 }
+
+#[test]
+fn server_ignores_sigint() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let l = m.list(vec![1u8]).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(l.len().unwrap(), 1);
+}

@@ -192,6 +192,7 @@ pub(crate) fn server_main(args: ServerArgs) {
         max_message,
     } = args;
     quiet_panics_in_user_code();
+    sys::ignore_sigint();
     let listener = match Listener::bind(&address, None) {
         Ok(l) => l,
         Err(e) => {
