@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Connection, Process, StartMethod};
 
+#[path = "compare/sync_workloads.rs"]
+mod sync_workloads;
+
 /// One benchmark: its figure comes from `run`, in `unit`.
 struct Workload {
     name: &'static str,
@@ -68,6 +71,30 @@ const WORKLOADS: &[Workload] = &[
         unit: "GB/s",
         higher_is_better: true,
         run: pipe_big,
+    },
+    Workload {
+        name: "lock_uncontended",
+        unit: "ns/pair",
+        higher_is_better: false,
+        run: sync_workloads::lock_uncontended,
+    },
+    Workload {
+        name: "lock_two_process_increment",
+        unit: "ns/incr",
+        higher_is_better: false,
+        run: sync_workloads::lock_two_process_increment,
+    },
+    Workload {
+        name: "value_increment",
+        unit: "ns/incr",
+        higher_is_better: false,
+        run: sync_workloads::value_increment,
+    },
+    Workload {
+        name: "event_wake_latency",
+        unit: "us",
+        higher_is_better: false,
+        run: sync_workloads::event_wake_latency,
     },
     Workload {
         name: "manager_list_append_child",

@@ -328,7 +328,7 @@ impl RawConn {
         Ok(sys::wait_readable(self.fd.as_fd(), timeout)?)
     }
 
-    fn has_buffered_input(&self) -> bool {
+    pub(crate) fn has_buffered_input(&self) -> bool {
         match self.rd.try_lock() {
             Ok(st) => st.buffered() > 0 || !st.fds.is_empty(),
             Err(_) => true,

@@ -174,6 +174,7 @@ pub fn init() {
             }
         },
         "forkserver" => forkserver::serve(sock),
+        "shm-tracker" => crate::shared_memory::tracker_main(sock),
         other => {
             eprintln!("multiproc: unknown child role {other:?}");
             sys::exit_immediately(255);
@@ -375,6 +376,8 @@ fn harness_args() -> Vec<OsString> {
             "--include-ignored".into(),
             "--nocapture".into(),
             "--test-threads=1".into(),
+            // An #[ignore] (soak) test must run in the child too.
+            "--include-ignored".into(),
         ],
         None => Vec::new(),
     }
@@ -453,13 +456,28 @@ pub(crate) fn shutdown_fork_server() {
 
 /// Resets what a forked child must not share with its parent.
 pub(crate) fn after_fork_in_child() {
+    sys::futex::forget_identity();
+    crate::shared_memory::forget_after_fork();
     forkserver::forget_after_fork();
     process::forget_after_fork();
 }
 
 /// The panic of the target, recorded by the child's panic hook.
-type PanicRecord = (String, Option<String>, Option<String>);
+pub(crate) type PanicRecord = (String, Option<String>, Option<String>);
 static LAST_PANIC: Mutex<Option<PanicRecord>> = Mutex::new(None);
+/// When set, the child's panic hook records panics without printing them (pool workers:
+/// the panic travels to the parent as the task's error instead).
+static QUIET_PANICS: AtomicBool = AtomicBool::new(false);
+
+/// Makes this child's panic hook silent (it still records the panic).
+pub(crate) fn set_quiet_panics(quiet: bool) {
+    QUIET_PANICS.store(quiet, Ordering::SeqCst);
+}
+
+/// The last panic recorded by the child's panic hook: (message, location, backtrace).
+pub(crate) fn take_last_panic() -> Option<PanicRecord> {
+    LAST_PANIC.lock().ok().and_then(|mut g| g.take())
+}
 
 fn install_child_panic_hook(name: String) {
     let prev = std::panic::take_hook();
@@ -480,6 +498,9 @@ fn install_child_panic_hook(name: String) {
         if let Ok(mut g) = LAST_PANIC.try_lock() {
             *g = Some((message, location, backtrace));
         }
+        if QUIET_PANICS.load(Ordering::SeqCst) {
+            return;
+        }
         eprintln!("Process {name}:");
         prev(info);
     }));
@@ -487,6 +508,8 @@ fn install_child_panic_hook(name: String) {
 
 /// The child's side: set up, check the build, call the trampoline, exit.
 pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
+    // A fork server's child inherits the server's caches.
+    sys::futex::forget_identity();
     let result = if boot.has_result && !fds.is_empty() {
         Some(RawConn::new(fds.remove(0)))
     } else {

@@ -1,6 +1,8 @@
 //! Linux implementation of the OS layer.
 
 pub(crate) mod code;
+pub(crate) mod futex;
+pub(crate) mod memfd;
 pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod socket;

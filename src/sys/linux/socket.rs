@@ -218,3 +218,41 @@ pub(crate) fn recv_into_spare(
         }
     }
 }
+
+/// Waits until at least one of `fds` is readable (data, end of stream, or for a pidfd: the
+/// process ended), up to `timeout` (`None`: forever). Returns a bit mask of the readable
+/// ones (bit i for `fds[i]`; at most 32 descriptors); 0 means the timeout passed.
+pub(crate) fn wait_any_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<u32> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let n = fds.len().min(32);
+    loop {
+        let mut pfds: Vec<PollFd<'_>> = fds[..n]
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match poll(&mut pfds, ts.as_ref()) {
+            Ok(0) => return Ok(0),
+            Ok(_) => {
+                let mut mask = 0u32;
+                for (i, p) in pfds.iter().enumerate() {
+                    if !p.revents().is_empty() {
+                        mask |= 1 << i;
+                    }
+                }
+                return Ok(mask);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
