@@ -372,8 +372,6 @@ fn harness_args() -> Vec<OsString> {
         Some(test) => vec![
             test.into(),
             "--exact".into(),
-            // So that children of an #[ignore] (soak) test run it too.
-            "--include-ignored".into(),
             "--nocapture".into(),
             "--test-threads=1".into(),
             // An #[ignore] (soak) test must run in the child too.
