@@ -896,3 +896,121 @@ fn appender_forever(l: ListProxy<u32>) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+fn soak_worker(
+    (q, d, lock, total, who): (
+        QueueProxy<u64>,
+        DictProxy<u64, u64>,
+        LockProxy,
+        ValueProxy<u64>,
+        u64,
+    ),
+) {
+    loop {
+        let Ok(item) = q.get_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        d.insert(item, who).unwrap();
+        match lock.acquire() {
+            Ok(()) | Err(Error::OwnerDied) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let t = total.get().unwrap();
+        total.set(t + 1).unwrap();
+        lock.release().unwrap();
+    }
+}
+
+/// Long run: 6 workers drain 30,000 jobs while some are killed and replaced; every job that
+/// was taken is counted exactly once unless its worker died between taking and counting.
+/// `cargo test --test manager -- --ignored soak`
+#[test]
+#[ignore]
+fn soak_workers_killed_while_draining_a_queue() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let q = m.queue::<u64>().unwrap();
+    let d = m.dict::<u64, u64>().unwrap();
+    let lock = m.lock().unwrap();
+    let total = m.value(0u64).unwrap();
+    const JOBS: u64 = 30_000;
+    for i in 0..JOBS {
+        q.put(i).unwrap();
+    }
+    let start = |who: u64| {
+        let mut p = Process::new(
+            soak_worker,
+            (q.clone(), d.clone(), lock.clone(), total.clone(), who),
+        );
+        p.start().unwrap();
+        p
+    };
+    let mut ps: Vec<Process> = (0..6).map(start).collect();
+    for next in 6..16 {
+        std::thread::sleep(Duration::from_millis(150));
+        let victim = ps.remove(0);
+        victim.kill().unwrap();
+        victim.join().unwrap();
+        ps.push(start(next));
+    }
+    for p in &ps {
+        p.join().unwrap();
+    }
+    assert!(q.empty().unwrap());
+    let counted = total.get().unwrap();
+    let recorded = d.len().unwrap() as u64;
+    // A killed worker may have taken a job and died before recording or counting it.
+    assert!(
+        recorded <= JOBS && recorded + 10 >= JOBS,
+        "recorded {recorded}"
+    );
+    assert!(
+        counted <= recorded && counted + 10 >= recorded,
+        "counted {counted}"
+    );
+    assert!(!lock.locked().unwrap());
+}
+
+fn unix_client(path: String) -> u32 {
+    let c = Manager::connect(path.as_str(), b"unix-key").unwrap();
+    let v = c.lookup::<ValueProxy<u32>>("v").unwrap();
+    v.swap(2).unwrap()
+}
+
+#[test]
+fn manager_on_a_unix_socket_file() {
+    multiproc::init();
+    let path = std::env::temp_dir().join(format!("mp-manager-{}.sock", std::process::id()));
+    let path_s = path.to_str().unwrap().to_string();
+    let m = Manager::builder()
+        .address(path_s.as_str())
+        .authkey(b"unix-key")
+        .start()
+        .unwrap();
+    assert!(path.exists());
+    let v = m.value(1u32).unwrap();
+    m.publish("v", &v).unwrap();
+    let old = multiproc::spawn(unix_client, path_s)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!((old, v.get().unwrap()), (1, 2));
+    drop(v);
+    drop(m);
+    assert!(!path.exists(), "the socket file is removed at shutdown");
+}
+
+#[test]
+fn server_ignores_sigint() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let l = m.list(vec![1u8]).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(l.len().unwrap(), 1);
+}

@@ -7,10 +7,11 @@
 //! proves it knows the manager's authkey, and then hands the server a pair of pipes, over
 //! which its requests travel (a pipe round trip costs about half a socket's). Each proxy
 //! method is one request/reply round trip over a pooled connection, applied atomically in
-//! the server (one thread per client connection, one mutex per object); errors raised there (index out of range, missing key) come back as
-//! [`Error::Remote`] and the server keeps serving. Proxies are `Clone` and serializable:
-//! put one in a [`Process`]'s arguments, a pool task or a pipe message,
-//! and it reconnects in the receiving process on first use.
+//! the server (one thread per client connection, one mutex per object); errors raised
+//! there (index out of range, missing key) come back as [`Error::Remote`] and the server
+//! keeps serving. Proxies are `Clone` and serializable: put one in a [`Process`]'s
+//! arguments, a pool task or a pipe message, and it reconnects in the receiving process
+//! on first use.
 //!
 //! ```
 //! multiproc::init();
@@ -38,10 +39,10 @@
 //! ([`Manager::publish`]) so that clients find them ([`Manager::lookup`]).
 //!
 //! Lifetime: an object lives while some process holds a proxy to it, or a published name
-//! points at it (see [`Manager::object_count`]). A process that sent a proxy to another
-//! (in a process's arguments, through a pipe or a queue) keeps the object alive for as
-//! long as it lives, so the receiver always finds it. When a process dies, its holds go
-//! with it. The server stops when its [`Manager`] is dropped or shut down, or when the
+//! points at it (see [`Manager::object_count`]). A proxy sent to another process (in a
+//! process's arguments, through a pipe or a queue) keeps the object alive until the
+//! receiver first uses it — or until the sender dies — so the receiver finds it even if
+//! the sender dropped its own proxy at once. When a process dies, its holds go with it. The server stops when its [`Manager`] is dropped or shut down, or when the
 //! process that started it dies.
 //!
 //! A serialized proxy contains the server's address and authkey, as in Python: send it
@@ -649,9 +650,9 @@ impl Manager {
     }
 
     /// How many objects the server holds now (Python's `_number_of_objects()`). An object
-    /// is freed once no process holds a proxy to it (a process that sent a proxy away
-    /// keeps the object alive while it lives, so the receiver finds it) and no published
-    /// name points at it.
+    /// is freed once no process holds a proxy to it (a proxy on its way to another process
+    /// counts until the receiver uses it, or its sender dies) and no published name points
+    /// at it.
     ///
     /// ```
     /// multiproc::init();

@@ -861,6 +861,9 @@ impl LockProxy {
     }
 
     /// Acquires the lock and returns a guard that releases it when dropped.
+    /// [`Error::OwnerDied`]: the lock was acquired (its previous holder died holding it)
+    /// but no guard is returned: release it with [`release`](LockProxy::release) once the
+    /// protected data is checked.
     ///
     /// ```
     /// # multiproc::init();

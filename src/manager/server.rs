@@ -192,6 +192,7 @@ pub(crate) fn server_main(args: ServerArgs) {
         max_message,
     } = args;
     quiet_panics_in_user_code();
+    sys::ignore_sigint();
     let listener = match Listener::bind(&address, None) {
         Ok(l) => l,
         Err(e) => {
@@ -241,6 +242,10 @@ pub(crate) fn server_main(args: ServerArgs) {
     }
     // Serve until the owner says stop or goes away (its end of the pipe closes).
     let _ = control.recv();
+    // The process ends without running destructors: remove a socket file by hand.
+    if let Address::Unix(path) = &address {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn accept_loop(listener: Listener, state: Arc<State>) {
@@ -260,7 +265,6 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
         let st = state.clone();
         let spawned = std::thread::Builder::new()
             .name("manager-conn".into())
-            .stack_size(512 * 1024)
             .spawn(move || {
                 serve_connection(conn, &st);
                 st.connections.fetch_sub(1, Ordering::SeqCst);
