@@ -46,7 +46,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{codec, sys, Error, Result};
 
 const MAGIC: u32 = 0x3143_504d; // "MPC1" little-endian
-const HEADER: usize = 16;
+pub(crate) const HEADER: usize = 16;
 /// Frames claiming more than this are refused as corrupt before anything is allocated.
 pub(crate) const MAX_FRAME: u64 = 1 << 36; // 64 GiB
 const READ_BUF: usize = 64 * 1024;
@@ -54,7 +54,7 @@ const READ_BUF: usize = 64 * 1024;
 /// cannot make us allocate), starting at this size.
 const FIRST_CHUNK: usize = 64 << 20;
 
-fn header(len: usize, nfds: usize) -> [u8; HEADER] {
+pub(crate) fn header(len: usize, nfds: usize) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     h[4..8].copy_from_slice(&(nfds as u32).to_le_bytes());
@@ -84,7 +84,19 @@ fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
     Ok((len as usize, nfds))
 }
 
-struct ReadState {
+/// What a [`ReadState`] reads from.
+#[derive(Clone, Copy)]
+pub(crate) enum Source {
+    /// A Unix stream socket: descriptors may arrive with the bytes.
+    Socket,
+    /// A pipe: bytes only.
+    Pipe,
+}
+
+/// The receiving half of a framed channel: a read buffer and the frame decoder. Shared by
+/// [`RawConn`] (sockets) and the manager's pipe channel.
+pub(crate) struct ReadState {
+    source: Source,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -98,6 +110,24 @@ struct ReadState {
 }
 
 impl ReadState {
+    pub(crate) fn new(source: Source, limit: u64) -> ReadState {
+        ReadState {
+            source,
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            broken: false,
+            limit: limit.min(MAX_FRAME),
+            spin: matches!(source, Source::Socket),
+        }
+    }
+
+    /// Whether a framing error or a truncated frame made the stream unusable.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -110,9 +140,112 @@ impl ReadState {
             self.start = 0;
         }
         let end = self.end;
-        let n = sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin)?;
+        let n = match self.source {
+            Source::Socket => sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin)?,
+            Source::Pipe => sys::read_some(fd, &mut self.buf[end..])?,
+        };
         self.end += n;
         Ok(n > 0)
+    }
+
+    /// Appends up to `max` bytes to `v` straight from `fd`.
+    fn read_spare(&self, fd: BorrowedFd<'_>, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        match self.source {
+            Source::Socket => sys::recv_into_spare(fd, v, max),
+            Source::Pipe => sys::read_into_spare(fd, v, max),
+        }
+    }
+
+    /// Reads one frame from `fd` and hands its payload and descriptors to `f`: small
+    /// payloads are lent from the read buffer, large ones handed over in the vector they
+    /// were received into.
+    pub(crate) fn read_frame<R>(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        if self.broken {
+            return Err(Error::Codec(
+                "the connection received garbage earlier and cannot be read further".into(),
+            ));
+        }
+        while self.buffered() < HEADER {
+            if !self.fill(fd)? {
+                return if self.buffered() == 0 {
+                    Err(Error::Eof)
+                } else {
+                    Err(Self::truncated())
+                };
+            }
+        }
+        let limit = self.limit;
+        let (len, nfds) = match parse_header(&self.buf[self.start..self.start + HEADER], limit) {
+            Ok(x) => x,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
+        if self.fds.len() < nfds {
+            self.broken = true;
+            return Err(Error::Codec(format!(
+                "frame announces {nfds} handles but {} arrived",
+                self.fds.len()
+            )));
+        }
+        let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+        self.start += HEADER;
+        if len <= self.buf.len() {
+            // Small frame: assemble it in the read buffer and decode in place.
+            if self.start + len > self.buf.len() {
+                let (s, e) = (self.start, self.end);
+                self.buf.copy_within(s..e, 0);
+                self.end -= s;
+                self.start = 0;
+            }
+            while self.buffered() < len {
+                if !self.fill(fd)? {
+                    self.broken = true;
+                    return Err(Self::truncated());
+                }
+            }
+            let s = self.start;
+            self.start += len;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            return f(Payload::Borrowed(&self.buf[s..s + len]), fds);
+        }
+        // Large frame: take what is buffered, then read straight into the payload vector,
+        // growing it as bytes arrive.
+        let mut payload: Vec<u8> = Vec::with_capacity(len.min(FIRST_CHUNK));
+        let take = self.buffered().min(len);
+        payload.extend_from_slice(&self.buf[self.start..self.start + take]);
+        self.start += take;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        while payload.len() < len {
+            if payload.len() == payload.capacity() {
+                let grow = payload.capacity().min(len - payload.len());
+                payload.reserve_exact(grow);
+            }
+            let want = len - payload.len();
+            match self.read_spare(fd, &mut payload, want) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(Self::truncated());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        f(Payload::Owned(payload), fds)
     }
 
     fn truncated() -> Error {
@@ -123,8 +256,11 @@ impl ReadState {
     }
 }
 
-enum Payload<'a> {
+/// A received frame's bytes.
+pub(crate) enum Payload<'a> {
+    /// Lent from the read buffer.
     Borrowed(&'a [u8]),
+    /// Received into its own vector (large frames).
     Owned(Vec<u8>),
 }
 
@@ -140,15 +276,7 @@ impl RawConn {
     pub(crate) fn new(fd: OwnedFd) -> RawConn {
         RawConn {
             fd,
-            rd: Mutex::new(ReadState {
-                buf: vec![0u8; READ_BUF].into_boxed_slice(),
-                start: 0,
-                end: 0,
-                fds: VecDeque::new(),
-                broken: false,
-                limit: MAX_FRAME,
-                spin: true,
-            }),
+            rd: Mutex::new(ReadState::new(Source::Socket, MAX_FRAME)),
             wr: Mutex::new(Vec::new()),
         }
     }
@@ -217,90 +345,7 @@ impl RawConn {
     /// over in the vector they were received into.
     fn recv_frame<R>(&self, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>) -> Result<R> {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
-        if st.broken {
-            return Err(Error::Codec(
-                "the connection received garbage earlier and cannot be read further".into(),
-            ));
-        }
-        let fd = self.fd.as_fd();
-        while st.buffered() < HEADER {
-            if !st.fill(fd)? {
-                return if st.buffered() == 0 {
-                    Err(Error::Eof)
-                } else {
-                    Err(ReadState::truncated())
-                };
-            }
-        }
-        let limit = st.limit;
-        let (len, nfds) = match parse_header(&st.buf[st.start..st.start + HEADER], limit) {
-            Ok(x) => x,
-            Err(e) => {
-                st.broken = true;
-                return Err(e);
-            }
-        };
-        if st.fds.len() < nfds {
-            st.broken = true;
-            return Err(Error::Codec(format!(
-                "frame announces {nfds} handles but {} arrived",
-                st.fds.len()
-            )));
-        }
-        let fds: Vec<OwnedFd> = st.fds.drain(..nfds).collect();
-        st.start += HEADER;
-        if len <= st.buf.len() {
-            // Small frame: assemble it in the read buffer and decode in place.
-            if st.start + len > st.buf.len() {
-                let (s, e) = (st.start, st.end);
-                st.buf.copy_within(s..e, 0);
-                st.end -= s;
-                st.start = 0;
-            }
-            while st.buffered() < len {
-                if !st.fill(fd)? {
-                    st.broken = true;
-                    return Err(ReadState::truncated());
-                }
-            }
-            let s = st.start;
-            st.start += len;
-            if st.start == st.end {
-                st.start = 0;
-                st.end = 0;
-            }
-            return f(Payload::Borrowed(&st.buf[s..s + len]), fds);
-        }
-        // Large frame: take what is buffered, then read straight into the payload vector,
-        // growing it as bytes arrive.
-        let mut payload: Vec<u8> = Vec::with_capacity(len.min(FIRST_CHUNK));
-        let take = st.buffered().min(len);
-        payload.extend_from_slice(&st.buf[st.start..st.start + take]);
-        st.start += take;
-        if st.start == st.end {
-            st.start = 0;
-            st.end = 0;
-        }
-        while payload.len() < len {
-            if payload.len() == payload.capacity() {
-                let grow = payload.capacity().min(len - payload.len());
-                payload.reserve_exact(grow);
-            }
-            let want = len - payload.len();
-            match sys::recv_into_spare(fd, &mut payload, want) {
-                Ok(0) => {
-                    st.broken = true;
-                    return Err(ReadState::truncated());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    st.broken = true;
-                    return Err(e.into());
-                }
-            }
-        }
-        drop(st);
-        f(Payload::Owned(payload), fds)
+        st.read_frame(self.fd.as_fd(), f)
     }
 
     /// Receives one frame and decodes it as `T` (handles inside are rebuilt).

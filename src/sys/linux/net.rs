@@ -227,3 +227,22 @@ pub(crate) fn ignore_sigint() {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
 }
+
+/// Reads at most `max` bytes from a pipe into the spare capacity of `v` without
+/// initialising it first. Returns the number appended (0 at end of stream).
+pub(crate) fn read_into_spare(fd: impl AsFd, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let want = max.min(v.capacity() - v.len());
+    loop {
+        let spare = &mut v.spare_capacity_mut()[..want];
+        match rustix::io::read(fd.as_fd(), spare) {
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
+                unsafe { v.set_len(v.len() + n) };
+                return Ok(n);
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
