@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Each section is one function `fn() -> multiproc::Result<()>` listed in [`SECTIONS`];
-//! a new part of the crate (locks and shared values, queues, pools, managers) adds its
-//! section by appending one function and one line to that table.
+//! a new part of the crate adds its section with one function and one line in that table,
+//! at its place in the course's order (queues: the marked spot after "Other primitives").
 //!
 //! Lines printed by child processes are marked with `  [child]` or show the child's pid, so
 //! the parent's and the children's output can be told apart. The order of the children's
@@ -24,7 +24,7 @@ use multiproc::{
 
 type Section = (&'static str, fn() -> multiproc::Result<()>);
 
-/// The tour, in order. Append new sections here.
+/// The tour, in order. New sections go in at their place in the course's order.
 const SECTIONS: &[Section] = &[
     ("Processes and pids", processes_and_pids),
     ("Names and execution order", names_and_order),
