@@ -252,6 +252,97 @@ def event_wake_latency():
     return el * 1e6 / (2 * PINGPONG_ROUNDS)
 
 
+# --- pools (issue 5): map of tiny tasks, apply, apply_async, CPU-bound speed-up ------------
+# Parameters shared with benches/compare/pool_workloads.rs (keep them equal).
+MAP_TASKS = 200_000
+MAP_ROUNDS = 5
+APPLY_BUDGET_S = 1.0
+ASYNC_TASKS = 20_000
+ASYNC_ROUNDS = 5
+PRIME_TASKS = 48
+PRIME_SPAN = 40_000
+
+
+def square(x):
+    return x * x
+
+
+def pool_map_tiny():
+    with mp.Pool(mp.cpu_count()) as pool:
+        pool.map(square, range(1000))
+        best = float("inf")
+        for _ in range(MAP_ROUNDS):
+            t = time.perf_counter()
+            v = pool.map(square, range(MAP_TASKS))
+            best = min(best, time.perf_counter() - t)
+            assert len(v) == MAP_TASKS
+    return best / MAP_TASKS * 1e6
+
+
+def pool_apply_roundtrip():
+    with mp.Pool(1) as pool:
+        pool.apply(square, (1,))
+        t = time.perf_counter()
+        n = 0
+        while time.perf_counter() - t < APPLY_BUDGET_S:
+            assert pool.apply(square, (n,)) == n * n
+            n += 1
+        return (time.perf_counter() - t) / n * 1e6
+
+
+def pool_apply_async_20k():
+    with mp.Pool(mp.cpu_count()) as pool:
+        pool.apply(square, (1,))
+        best = float("inf")
+        for _ in range(ASYNC_ROUNDS):
+            t = time.perf_counter()
+            rs = [pool.apply_async(square, (i,)) for i in range(ASYNC_TASKS)]
+            s = sum(r.get() for r in rs)
+            best = min(best, time.perf_counter() - t)
+            assert s > 0
+    return best / ASYNC_TASKS * 1e6
+
+
+def count_primes(args):
+    start, length = args
+    count = 0
+    for n in range(start, start + length):
+        if n < 2:
+            continue
+        d = 2
+        prime = True
+        while d * d <= n:
+            if n % d == 0:
+                prime = False
+                break
+            d += 1
+        if prime:
+            count += 1
+    return count
+
+
+def prime_tasks():
+    return [(1_000_000 + i * PRIME_SPAN, PRIME_SPAN) for i in range(PRIME_TASKS)]
+
+
+def timed_pool(workers):
+    with mp.Pool(workers) as pool:
+        pool.map(square, range(10))
+        t = time.perf_counter()
+        total = sum(pool.map(count_primes, prime_tasks(), chunksize=1))
+        assert total > 0
+        return time.perf_counter() - t
+
+
+def pool_speedup():
+    return timed_pool(1) / timed_pool(mp.cpu_count())
+
+
+# Workloads of compare.rs with no CPython counterpart, and why.
+RUST_ONLY = {
+    "pool_speedup_rayon": "rayon is a Rust library: no CPython counterpart",
+}
+
 WORKLOADS = {
     "start_join_forkserver": ("ms", lambda: start_join("forkserver")),
     "start_join_spawn": ("ms", lambda: start_join("spawn")),
@@ -267,6 +358,10 @@ WORKLOADS = {
     "manager_dict_set_get_child": ("us/op", lambda: manager_workload(lambda m: m.dict(), mgr_dict_child)),
     "manager_lock_cycle_child": ("us/op", lambda: manager_workload(lambda m: m.Lock(), mgr_lock_child)),
     "manager_list_append_tcp": ("us/op", manager_list_append_tcp),
+    "pool_map_tiny": ("us/task", pool_map_tiny),
+    "pool_apply_roundtrip": ("us", pool_apply_roundtrip),
+    "pool_apply_async_20k": ("us/task", pool_apply_async_20k),
+    "pool_speedup": ("x", pool_speedup),
 }
 
 
@@ -278,6 +373,9 @@ def main(argv):
     names = [a for a in argv if not a.startswith("-")] or list(WORKLOADS)
     status = 0
     for name in names:
+        if name in RUST_ONLY:
+            print(json.dumps({"name": name, "error": RUST_ONLY[name]}), flush=True)
+            continue
         if name not in WORKLOADS:
             print(json.dumps({"name": name, "error": "no such workload"}), flush=True)
             status = 1

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Connection, Process, StartMethod};
 
+#[path = "compare/pool_workloads.rs"]
+mod pool_workloads;
 #[path = "compare/sync_workloads.rs"]
 mod sync_workloads;
 
@@ -119,6 +121,37 @@ const WORKLOADS: &[Workload] = &[
         unit: "us/op",
         higher_is_better: false,
         run: manager_list_append_tcp,
+    },
+    Workload {
+        name: "pool_map_tiny",
+        unit: "us/task",
+        higher_is_better: false,
+        run: pool_workloads::map_tiny,
+    },
+    Workload {
+        name: "pool_apply_roundtrip",
+        unit: "us",
+        higher_is_better: false,
+        run: pool_workloads::apply_roundtrip,
+    },
+    Workload {
+        name: "pool_apply_async_20k",
+        unit: "us/task",
+        higher_is_better: false,
+        run: pool_workloads::apply_async_20k,
+    },
+    Workload {
+        name: "pool_speedup",
+        unit: "x",
+        higher_is_better: true,
+        run: pool_workloads::speedup,
+    },
+    // Rust only (compare.py says so): the bar for pool_speedup.
+    Workload {
+        name: "pool_speedup_rayon",
+        unit: "x",
+        higher_is_better: true,
+        run: pool_workloads::speedup_rayon,
     },
 ];
 

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Each section is one function `fn() -> multiproc::Result<()>` listed in [`SECTIONS`];
-//! a new part of the crate (locks and shared values, queues, pools, managers) adds its
-//! section by appending one function and one line to that table.
+//! a new part of the crate adds its section with one function and one line in that table,
+//! at its place in the course's order (queues: the marked spot after "Other primitives").
 //!
 //! Lines printed by child processes are marked with `  [child]` or show the child's pid, so
 //! the parent's and the children's output can be told apart. The order of the children's
@@ -17,11 +17,14 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{current_process, parent_process, Connection, Error, Process, StartMethod};
+use multiproc::{
+    current_process, parent_process, Array, Barrier, Condition, Connection, Error, Event, Lock,
+    Pool, Process, RawValue, Semaphore, StartMethod, Value,
+};
 
 type Section = (&'static str, fn() -> multiproc::Result<()>);
 
-/// The tour, in order. Append new sections here.
+/// The tour, in order. New sections go in at their place in the course's order.
 const SECTIONS: &[Section] = &[
     ("Processes and pids", processes_and_pids),
     ("Names and execution order", names_and_order),
@@ -32,6 +35,13 @@ const SECTIONS: &[Section] = &[
     ("Start methods", start_methods),
     ("Pipes", pipes),
     ("spawn: return values and panics", spawn_values_and_panics),
+    ("Locks", locks),
+    ("Shared values", shared_values),
+    ("Other primitives", other_primitives),
+    // QUEUES GO HERE: the "Queues" section (Queue, SimpleQueue, JoinableQueue) is added
+    // at this spot, after "Other primitives" and before "Pools".
+    ("Pools", pools),
+    ("Why more processes stop helping", pool_speedup),
     (
         "Managers: a server process holding shared objects",
         managers,
@@ -474,6 +484,428 @@ fn spawn_values_and_panics() -> multiproc::Result<()> {
         Err(e @ Error::WorkerDied { .. }) => println!("a killed child: {e}"),
         other => println!("a killed child: unexpected {other:?}"),
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Locks (course: hole diggers, bank balance)
+
+fn dig((worker_name, hole_id, lock): (String, usize, Lock)) -> multiproc::Result<()> {
+    let _held = lock.lock()?; // released when `_held` drops
+    println!("  [child] Hiddy-ho! I'm worker {worker_name} and today I have to dig hole {hole_id}");
+    Ok(())
+}
+
+fn withdraw((balance, lock): (Value<i32>, Lock)) -> multiproc::Result<()> {
+    for _ in 0..1000 {
+        lock.acquire()?;
+        balance.set(balance.get() - 1);
+        lock.release()?;
+    }
+    Ok(())
+}
+
+fn deposit((balance, lock): (Value<i32>, Lock)) -> multiproc::Result<()> {
+    for _ in 0..1000 {
+        lock.acquire()?;
+        balance.set(balance.get() + 1);
+        lock.release()?;
+    }
+    Ok(())
+}
+
+fn hold_and_hang((lock, held): (Lock, Event)) {
+    if lock.acquire().is_err() {
+        return;
+    }
+    held.set();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn locks() -> multiproc::Result<()> {
+    println!("A Lock around printing: one digger prints at a time, in any order.");
+    let lock = Lock::new()?;
+    let mut diggers = Vec::new();
+    for (hole_id, name) in ["A", "B", "C", "D", "E"].iter().enumerate() {
+        let mut p = Process::new(dig, (name.to_string(), hole_id, lock.clone()));
+        p.start()?;
+        diggers.push(p);
+    }
+    for p in &diggers {
+        p.join()?;
+    }
+
+    println!("1000 withdrawals and 1000 deposits of 1, in two processes, under one Lock:");
+    for _ in 0..3 {
+        let balance = Value::new(100i32)?;
+        let lock = Lock::new()?;
+        let mut p1 = Process::new(withdraw, (balance.clone(), lock.clone()));
+        let mut p2 = Process::new(deposit, (balance.clone(), lock.clone()));
+        p1.start()?;
+        p2.start()?;
+        p1.join()?;
+        p2.join()?;
+        println!("  Balance: {}", balance.get());
+    }
+
+    println!("A process killed while holding the Lock does not deadlock the others:");
+    let lock = Lock::new()?;
+    let held = Event::new()?;
+    let h = multiproc::spawn(hold_and_hang, (lock.clone(), held.clone()))?;
+    if !held.wait_timeout(Duration::from_secs(10))? {
+        return Err(Error::Timeout);
+    }
+    h.kill()?;
+    let t = Instant::now();
+    match lock.acquire() {
+        Err(Error::OwnerDied) => {
+            println!(
+                "  acquire() -> Error::OwnerDied after {:.0} ms, with the lock now held by us",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            lock.release()?;
+        }
+        Ok(()) => {
+            println!("  acquire() -> Ok (no owner death reported?!)");
+            lock.release()?;
+        }
+        Err(e) => println!("  acquire() -> unexpected {e}"),
+    }
+    match h.join() {
+        Err(e @ Error::WorkerDied { .. }) => println!("  the holder: {e}"),
+        other => println!("  the holder: unexpected {other:?}"),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Shared values (notebook: squareList with Value and Array; RawValue without a lock)
+
+fn square_list_shared((mylist, result, square_sum): (Vec<i32>, Array<i32>, Value<i32>)) {
+    for (idx, num) in mylist.iter().enumerate() {
+        result.set(idx, num * num);
+    }
+    square_sum.set(result.to_vec().iter().sum());
+}
+
+const RACE_N: u32 = 100_000;
+
+fn add_unlocked((r, start): (RawValue<i64>, Barrier)) {
+    // Both adders start together, so that their loops overlap.
+    if start.wait_timeout(Duration::from_secs(10)).is_err() {
+        return;
+    }
+    for _ in 0..RACE_N {
+        r.set(r.get() + 1);
+    }
+}
+
+fn add_locked((r, lock): (RawValue<i64>, Lock)) -> multiproc::Result<()> {
+    for _ in 0..RACE_N {
+        let _held = lock.lock()?;
+        r.set(r.get() + 1);
+    }
+    Ok(())
+}
+
+fn shared_values() -> multiproc::Result<()> {
+    println!("squareList again, now with a shared Array and Value: the parent sees the result.");
+    let result = Array::<i32>::new(4)?;
+    let square_sum = Value::new(0i32)?;
+    let mut p = Process::new(
+        square_list_shared,
+        (vec![1, 2, 3, 4], result.clone(), square_sum.clone()),
+    );
+    p.start()?;
+    p.join()?;
+    println!("{}", square_sum.get());
+    for i in result.to_vec() {
+        println!("{i}");
+    }
+
+    let expected = 2 * i64::from(RACE_N);
+    println!("Two processes add 1 to a RawValue {RACE_N} times each (get, then set):");
+    let r = RawValue::new(0i64)?;
+    let start = Barrier::new(2)?;
+    let mut p1 = Process::new(add_unlocked, (r.clone(), start.clone()));
+    let mut p2 = Process::new(add_unlocked, (r.clone(), start));
+    p1.start()?;
+    p2.start()?;
+    p1.join()?;
+    p2.join()?;
+    let total = r.get();
+    println!(
+        "  without a lock: {total} (expected {expected}, {} updates lost this run)",
+        expected - total
+    );
+    let r = RawValue::new(0i64)?;
+    let lock = Lock::new()?;
+    let mut p1 = Process::new(add_locked, (r.clone(), lock.clone()));
+    let mut p2 = Process::new(add_locked, (r.clone(), lock.clone()));
+    p1.start()?;
+    p2.start()?;
+    p1.join()?;
+    p2.join()?;
+    println!("  with a Lock:    {} (expected {expected})", r.get());
+    println!("(A Value has its own lock: value.lock() gives a guard for read-modify-write.)");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. Other primitives: Semaphore, Event, Condition, Barrier
+
+fn limited(
+    (id, sem, inside, peak): (u32, Semaphore, Value<u32>, Value<u32>),
+) -> multiproc::Result<()> {
+    sem.acquire()?;
+    {
+        let mut n = inside.lock()?;
+        *n += 1;
+        let mut p = peak.lock()?;
+        *p = (*p).max(*n);
+    }
+    println!("  [child] worker {id} is in");
+    std::thread::sleep(Duration::from_millis(30));
+    *inside.lock()? -= 1;
+    sem.release()
+}
+
+// A value returned by `spawn` travels back encoded; a child reports its errors as text.
+type ChildResult<T> = Result<T, String>;
+
+fn from_child<T>(r: ChildResult<T>) -> multiproc::Result<T> {
+    r.map_err(|e| Error::Io(std::io::Error::other(format!("in the child: {e}"))))
+}
+
+fn wait_for_event(ev: Event) -> ChildResult<f64> {
+    let t = Instant::now();
+    ev.wait().map_err(|e| e.to_string())?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn consumer((cond, ready): (Condition, Value<u32>)) -> ChildResult<u32> {
+    cond.acquire().map_err(|e| e.to_string())?;
+    let got = cond.wait_for(|| ready.get() > 0, Some(Duration::from_secs(10)));
+    let value = ready.get();
+    cond.release().map_err(|e| e.to_string())?;
+    match got {
+        Ok(true) => Ok(value),
+        Ok(false) => Err("timed out".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn at_barrier((barrier, ms): (Barrier, u64)) -> ChildResult<(u64, usize)> {
+    std::thread::sleep(Duration::from_millis(ms));
+    let index = barrier
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok((ms, index))
+}
+
+fn other_primitives() -> multiproc::Result<()> {
+    println!("Semaphore(2): 5 workers, at most 2 inside at once.");
+    let sem = Semaphore::new(2)?;
+    let inside = Value::new(0u32)?;
+    let peak = Value::new(0u32)?;
+    let mut workers = Vec::new();
+    for i in 0..5 {
+        let mut p = Process::new(limited, (i, sem.clone(), inside.clone(), peak.clone()));
+        p.start()?;
+        workers.push(p);
+    }
+    for p in &workers {
+        p.join()?;
+    }
+    println!("  most workers inside at the same time: {}", peak.get());
+
+    println!("Event: a child waits until the parent sets it.");
+    let ev = Event::new()?;
+    let h = multiproc::spawn(wait_for_event, ev.clone())?;
+    std::thread::sleep(Duration::from_millis(50));
+    ev.set();
+    println!(
+        "  the child waited {:.0} ms (the parent set it after 50 ms)",
+        from_child(h.join()?)?
+    );
+
+    println!("Condition: a child waits for a condition on shared data; the parent notifies.");
+    let cond = Condition::new()?;
+    let ready = Value::new(0u32)?;
+    let h = multiproc::spawn(consumer, (cond.clone(), ready.clone()))?;
+    std::thread::sleep(Duration::from_millis(20));
+    cond.acquire()?;
+    ready.set(42);
+    cond.notify_all()?;
+    cond.release()?;
+    println!("  the child saw the value {}", from_child(h.join()?)?);
+
+    println!("Barrier(3): three processes arrive at different times and leave together.");
+    let barrier = Barrier::new(3)?;
+    let t = Instant::now();
+    let hs = [10u64, 60, 120]
+        .into_iter()
+        .map(|ms| multiproc::spawn(at_barrier, (barrier.clone(), ms)))
+        .collect::<multiproc::Result<Vec<_>>>()?;
+    for h in hs {
+        let (ms, index) = from_child(h.join()?)?;
+        println!("  arrived after {ms:>3} ms; wait() returned {index}");
+    }
+    println!(
+        "  all three were through after {:.0} ms (the last arrival's time)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. Pools (course: Pool.apply/map/apply_async/map_async, starmap printer)
+
+fn square(x: i64) -> i64 {
+    x * x
+}
+
+fn cube(x: i64) -> i64 {
+    x * x * x
+}
+
+fn pool_printer((string_to_print, num_times): (String, usize)) {
+    for _ in 0..num_times {
+        println!("  [child] {string_to_print}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn panic_on_three(x: i64) -> i64 {
+    if x == 3 {
+        panic!("three is not allowed");
+    }
+    x
+}
+
+fn die_on_seven(x: i64) -> i64 {
+    if x == 7 {
+        // SIGKILL to the worker itself: as if the OOM killer had struck.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    x
+}
+
+fn pools() -> multiproc::Result<()> {
+    let pool = Pool::new(4)?;
+    let applied: Vec<i64> = (1..7)
+        .map(|x| pool.apply(square, x))
+        .collect::<multiproc::Result<_>>()?;
+    println!("apply(square, x) for 1..7:      {applied:?}");
+    println!(
+        "map(square, 1..7):              {:?}",
+        pool.map(square, 1..7)?
+    );
+    let pending: Vec<_> = (1..7).map(|x| pool.apply_async(cube, x)).collect();
+    let cubes: Vec<i64> = pending
+        .iter()
+        .map(|r| r.get())
+        .collect::<multiproc::Result<_>>()?;
+    println!("apply_async(cube, x), then get: {cubes:?}");
+    println!(
+        "map_async(cube, 1..7).get():    {:?}",
+        pool.map_async(cube, 1..7).get()?
+    );
+
+    println!("starmap with (text, times) tuples: the two workers' lines interleave.");
+    pool.starmap(
+        pool_printer,
+        vec![
+            ("She loves me.".to_string(), 3),
+            ("She loves me not.".to_string(), 3),
+        ],
+    )?;
+
+    let first: Vec<i64> = pool
+        .imap(square, 1i64..) // an endless input: read only as results are taken
+        .take(5)
+        .collect::<multiproc::Result<_>>()?;
+    println!("imap(square, 1..).take(5):      {first:?}");
+
+    println!("A task that panics (its message follows on stderr):");
+    match pool.apply(panic_on_three, 3) {
+        Err(Error::TaskPanicked { message, .. }) => {
+            println!("  -> Error::TaskPanicked {{ message: {message:?} }}")
+        }
+        other => println!("  -> unexpected {other:?}"),
+    }
+    println!("A worker killed in the middle of imap(die_on_seven, 0..10):");
+    let results: Vec<multiproc::Result<i64>> = pool.imap(die_on_seven, 0..10).collect();
+    for (i, r) in results.iter().enumerate() {
+        if let Err(e) = r {
+            println!("  task {i}: {e}");
+        }
+    }
+    let done = results.iter().filter(|r| r.is_ok()).count();
+    println!("  the other {done} tasks completed; the pool replaced the worker:");
+    println!(
+        "  map(square, 1..4) afterwards:  {:?}",
+        pool.map(square, 1..4)?
+    );
+    pool.close();
+    pool.join()
+}
+
+// ---------------------------------------------------------------------------------------
+// 14. Why more processes stop helping (a CPU-bound job on pools of 1, 2, ... workers)
+
+fn count_primes((start, len): (u64, u64)) -> u64 {
+    (start..start + len)
+        .filter(|&n| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0))
+        .count() as u64
+}
+
+fn pool_speedup() -> multiproc::Result<()> {
+    let cpus = multiproc::cpu_count();
+    // Size the job from this build's speed (debug or release): about 0.6 s on one worker.
+    let probe = 2_000;
+    let t = Instant::now();
+    std::hint::black_box(count_primes((1_000_000, probe)));
+    let per_number = t.elapsed().as_secs_f64() / probe as f64;
+    let ntasks = (8 * cpus) as u64;
+    let span = ((0.6 / per_number) as u64 / ntasks).max(100);
+    let tasks: Vec<(u64, u64)> = (0..ntasks).map(|i| (1_000_000 + i * span, span)).collect();
+    println!(
+        "Counting primes in {ntasks} tasks of {span} numbers, on pools of 1 to {cpus} workers \
+         and one of {}:",
+        2 * cpus
+    );
+    let mut sizes: Vec<usize> = (1..=cpus).collect();
+    sizes.push(2 * cpus);
+    let mut base = None;
+    let mut answer = None;
+    for p in sizes {
+        let pool = Pool::new(p)?;
+        pool.map(square, 0..p as i64)?; // warm-up: every worker is started
+        let t = Instant::now();
+        let total: u64 = pool
+            .map_chunked(count_primes, tasks.clone(), 1)?
+            .iter()
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        pool.close();
+        pool.join()?;
+        if *answer.get_or_insert(total) != total {
+            return Err(Error::InvalidOperation("pool sizes disagree".into()));
+        }
+        let base = *base.get_or_insert(secs);
+        println!(
+            "  {p:>3} worker(s): {:>7.1} ms, speed-up {:.2}x",
+            secs * 1e3,
+            base / secs
+        );
+    }
+    println!(
+        "The speed-up stops growing at {cpus} workers: there are only {cpus} CPUs to run them \
+         (and on a busy machine, fewer free)."
+    );
     Ok(())
 }
 

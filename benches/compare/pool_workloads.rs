@@ -1,65 +1,14 @@
-//! Pool benchmark workloads, written to move into the side-by-side harness
-//! (`benches/compare.rs`): each is a `fn() -> f64` with a name and a unit, and
-//! `benches/py/pool.py` has the CPython workload of the same name.
-//!
-//! ```text
-//! cargo run --release --example bench_pool            # every workload
-//! cargo run --release --example bench_pool -- apply   # those whose name contains "apply"
-//! python3 benches/py/pool.py                          # CPython's figures
-//! ```
-//!
-//! - `pool_map_tiny`: `map(square, 0..200_000)` on a pool of cpu_count workers, µs per task
-//!   (best of 5 rounds, pool already started).
-//! - `pool_apply_roundtrip`: `apply(square, x)` one after another, µs per call.
-//! - `pool_apply_async_20k`: 20,000 `apply_async` queued, then every `get`, µs per task.
-//! - `pool_speedup`: the same CPU-bound job (48 prime-counting tasks) with 1 and with
-//!   cpu_count workers; the speed-up. `pool_speedup_rayon` is rayon's on the same job.
+//! Pool workloads of the side-by-side benchmark (issue 5): `Pool::map` of tiny tasks, an
+//! `apply` round trip, many `apply_async`, and the speed-up of a CPU-bound job. Their
+//! CPython counterparts are the functions of the same names in `benches/compare.py`.
+//! `pool_speedup_rayon` (rayon's speed-up on the same job) is Rust only: the bar to compare
+//! `pool_speedup` with.
 
 use std::time::{Duration, Instant};
 
 use multiproc::Pool;
 
-struct Workload {
-    name: &'static str,
-    unit: &'static str,
-    higher_is_better: bool,
-    run: fn() -> f64,
-}
-
-const WORKLOADS: &[Workload] = &[
-    Workload {
-        name: "pool_map_tiny",
-        unit: "us/task",
-        higher_is_better: false,
-        run: map_tiny,
-    },
-    Workload {
-        name: "pool_apply_roundtrip",
-        unit: "us",
-        higher_is_better: false,
-        run: apply_roundtrip,
-    },
-    Workload {
-        name: "pool_apply_async_20k",
-        unit: "us/task",
-        higher_is_better: false,
-        run: apply_async_20k,
-    },
-    Workload {
-        name: "pool_speedup",
-        unit: "x",
-        higher_is_better: true,
-        run: speedup,
-    },
-    Workload {
-        name: "pool_speedup_rayon",
-        unit: "x",
-        higher_is_better: true,
-        run: speedup_rayon,
-    },
-];
-
-// --- parameters shared with benches/py/pool.py (keep them equal) ---------------------------
+// --- parameters shared with benches/compare.py (keep them equal) --------------------------
 const MAP_TASKS: u64 = 200_000;
 const MAP_ROUNDS: usize = 5;
 const APPLY_BUDGET: Duration = Duration::from_secs(1);
@@ -72,7 +21,9 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
-fn map_tiny() -> f64 {
+/// `map(square, 0..200_000)` on a pool of cpu_count workers (already started): µs per task,
+/// best of 5 rounds.
+pub fn map_tiny() -> f64 {
     let pool = Pool::new(multiproc::cpu_count()).expect("pool");
     pool.map(square, 0..1000).expect("warm-up");
     let mut best = f64::MAX;
@@ -86,7 +37,8 @@ fn map_tiny() -> f64 {
     best / MAP_TASKS as f64 * 1e6
 }
 
-fn apply_roundtrip() -> f64 {
+/// `apply(square, n)` one after another on a pool of 1 worker, for 1 s: µs per call.
+pub fn apply_roundtrip() -> f64 {
     let pool = Pool::new(1).expect("pool");
     pool.apply(square, 1).expect("warm-up");
     let t = Instant::now();
@@ -98,7 +50,9 @@ fn apply_roundtrip() -> f64 {
     t.elapsed().as_secs_f64() / n as f64 * 1e6
 }
 
-fn apply_async_20k() -> f64 {
+/// 20,000 `apply_async(square, i)` queued on cpu_count workers, then every `get`: µs per
+/// task, best of 5 rounds.
+pub fn apply_async_20k() -> f64 {
     let pool = Pool::new(multiproc::cpu_count()).expect("pool");
     pool.apply(square, 1).expect("warm-up");
     let mut best = f64::MAX;
@@ -130,6 +84,8 @@ fn prime_tasks() -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Seconds for the prime-counting job (48 tasks, one per message) on `workers` workers,
+/// the pool started beforehand.
 fn timed_pool(workers: usize) -> f64 {
     let pool = Pool::new(workers).expect("pool");
     pool.map(square, 0..10).expect("warm-up");
@@ -143,7 +99,8 @@ fn timed_pool(workers: usize) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn speedup() -> f64 {
+/// The job's time on 1 worker over its time on cpu_count workers.
+pub fn speedup() -> f64 {
     let one = timed_pool(1);
     let many = timed_pool(multiproc::cpu_count());
     one / many
@@ -168,38 +125,9 @@ fn timed_rayon(threads: usize) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn speedup_rayon() -> f64 {
+/// The same job and the same speed-up with rayon's threads instead of processes.
+pub fn speedup_rayon() -> f64 {
     let one = timed_rayon(1);
     let many = timed_rayon(multiproc::cpu_count());
     one / many
-}
-
-fn main() {
-    multiproc::init();
-    let filter: Vec<String> = std::env::args().skip(1).collect();
-    println!(
-        "# {} CPUs, load average {}",
-        multiproc::cpu_count(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    for w in WORKLOADS {
-        if !filter.is_empty() && !filter.iter().any(|f| w.name.contains(f.as_str())) {
-            continue;
-        }
-        let v = (w.run)();
-        let better = if w.higher_is_better {
-            "higher"
-        } else {
-            "lower"
-        };
-        println!(
-            "{:<24} {:>12.4} {:<8} ({better} is better)",
-            w.name, v, w.unit
-        );
-    }
 }
