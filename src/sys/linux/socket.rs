@@ -39,6 +39,23 @@ pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Writes every byte of `parts` (in order) to the stream socket `fd`, attaching `fds` to the
 /// first byte. Never raises SIGPIPE: a closed peer gives `BrokenPipe`.
 pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() {
+        // The common case: no descriptors. Small messages are gathered into one buffer on
+        // the stack and sent with a plain send(); nothing is allocated.
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= SMALL_SEND {
+            let mut one = [0u8; SMALL_SEND];
+            let mut at = 0;
+            for p in parts {
+                one[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            return send_plain(fd, &one[..at]);
+        }
+        if let [only] = parts {
+            return send_plain(fd, only);
+        }
+    }
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -111,6 +128,21 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Messages up to this size (header included) are sent from a stack buffer.
+const SMALL_SEND: usize = 512;
+
+/// Writes all of `bytes` with send(2), without SIGPIPE.
+fn send_plain(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(fd, bytes, SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
