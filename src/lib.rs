@@ -48,6 +48,7 @@ pub mod codec;
 pub mod connection;
 mod error;
 pub mod process;
+pub mod queue;
 pub mod start;
 mod sys;
 
@@ -57,4 +58,5 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, Builder, JoinHandle,
     Process, ProcessInfo,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};

@@ -446,6 +446,7 @@ pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send 
 
 /// Resets what a forked child must not share with its parent.
 pub(crate) fn after_fork_in_child() {
+    sys::futex::forget_identity();
     forkserver::forget_after_fork();
     process::forget_after_fork();
 }
@@ -480,6 +481,8 @@ fn install_child_panic_hook(name: String) {
 
 /// The child's side: set up, check the build, call the trampoline, exit.
 pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
+    // A fork server's child inherits the server's caches.
+    sys::futex::forget_identity();
     let result = if boot.has_result && !fds.is_empty() {
         Some(RawConn::new(fds.remove(0)))
     } else {

@@ -1,0 +1,201 @@
+//! Futex waits and wake-ups on words in shared memory, and the identity of processes
+//! (pid + start time) used to tell whether a lock's holder is still alive.
+//!
+//! The futexes here are *shared* ones (no `FUTEX_PRIVATE_FLAG`): the word lives in a
+//! mapping that several processes see, and the kernel keys the wait queue on the backing
+//! file and offset, not on one process's address.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::thread::futex;
+
+/// How a [`wait`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Woken, or the word no longer held the expected value, or interrupted: look again.
+    Woken,
+    /// The timeout passed.
+    TimedOut,
+}
+
+/// Sleeps while `word` holds `expected`, for at most `timeout` (forever if `None`).
+///
+/// Spurious returns are possible: callers re-check their condition in a loop.
+pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
+    let ts = timeout.map(|d| rustix::time::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Ok(()) => Wake::Woken,
+        Err(Errno::TIMEDOUT) => Wake::TimedOut,
+        // AGAIN: the value changed before we slept; INTR: a signal. Both: look again.
+        Err(_) => Wake::Woken,
+    }
+}
+
+/// Sleeps while `word` holds `expected`, until `deadline` (forever if `None`).
+pub(crate) fn wait_until(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Wake {
+    match deadline {
+        None => wait(word, expected, None),
+        Some(d) => {
+            let now = Instant::now();
+            if now >= d {
+                return Wake::TimedOut;
+            }
+            wait(word, expected, Some(d - now))
+        }
+    }
+}
+
+/// Wakes up to `n` processes or threads waiting on `word`. Returns how many were woken.
+pub(crate) fn wake(word: &AtomicU32, n: u32) -> usize {
+    futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32)).unwrap_or(0)
+}
+
+/// Wakes every waiter on `word`.
+pub(crate) fn wake_all(word: &AtomicU32) -> usize {
+    wake(word, i32::MAX as u32)
+}
+
+// --- process identity ---------------------------------------------------------------------
+
+/// This process's identity, cached: `pid | (start_time_ticks as u32) << 32`. 0 = not yet known.
+static IDENT: AtomicU64 = AtomicU64::new(0);
+/// Bumped when a forked child forgets the parent's identity, so thread caches refresh.
+static GENERATION: AtomicU32 = AtomicU32::new(1);
+
+thread_local! {
+    /// (generation, kernel thread id) of the calling thread.
+    static TID: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// Packs a pid and its start time into an identity word.
+pub(crate) fn make_ident(pid: u32, start: u64) -> u64 {
+    (pid as u64) | ((start as u32 as u64) << 32)
+}
+
+/// The pid part of an identity word.
+pub(crate) fn ident_pid(ident: u64) -> u32 {
+    ident as u32
+}
+
+/// This process's identity word (pid and start time), cached after the first call.
+#[inline]
+pub(crate) fn current_ident() -> u64 {
+    let v = IDENT.load(Ordering::Relaxed);
+    if v != 0 {
+        return v;
+    }
+    compute_ident()
+}
+
+#[cold]
+fn compute_ident() -> u64 {
+    let pid = super::process::getpid();
+    let start = proc_start_time(pid).unwrap_or(0);
+    let v = make_ident(pid, start);
+    IDENT.store(v, Ordering::Relaxed);
+    v
+}
+
+/// The calling thread's kernel thread id, cached.
+#[inline]
+pub(crate) fn current_tid() -> u32 {
+    let g = GENERATION.load(Ordering::Relaxed);
+    TID.with(|c| {
+        let (cg, tid) = c.get();
+        if cg == g {
+            return tid;
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        c.set((g, tid));
+        tid
+    })
+}
+
+/// In a forked child: forget the identity cached by the parent.
+pub(crate) fn forget_identity() {
+    IDENT.store(0, Ordering::Relaxed);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What `/proc/<pid>/stat` says: (state letter, start time in clock ticks since boot).
+fn proc_stat(pid: u32) -> Option<(u8, u64)> {
+    let s = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain ") ": parse after the last.
+    let close = s.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(s.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.bytes().next()?;
+    // `state` is field 3; starttime is field 22: 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn proc_start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, s)| s)
+}
+
+/// Is the process `pid` gone (exited, even if not yet reaped)?
+///
+/// `ident` is the identity the holder recorded for itself, if it is known to belong to
+/// `pid` (its pid part equals `pid`): then a process now running under the same pid but
+/// started at another time is a different one (the pid was reused), and counts as gone.
+pub(crate) fn process_gone(pid: u32, ident: Option<u64>) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match proc_stat(pid) {
+        Some((state, start)) => {
+            if state == b'Z' || state == b'X' {
+                return true;
+            }
+            match ident {
+                Some(id) if ident_pid(id) == pid && (id >> 32) != 0 => {
+                    (start as u32 as u64) != (id >> 32)
+                }
+                _ => false,
+            }
+        }
+        None => {
+            // No /proc entry: gone, unless /proc is not mounted; ask kill(pid, 0) then.
+            match rustix::process::Pid::from_raw(pid as i32) {
+                Some(p) => matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)),
+                None => false,
+            }
+        }
+    }
+}
+
+/// Is the process with identity word `ident` gone? (See [`process_gone`].)
+pub(crate) fn ident_gone(ident: u64) -> bool {
+    process_gone(ident_pid(ident), Some(ident))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_identity_is_alive() {
+        let me = current_ident();
+        assert_eq!(ident_pid(me), super::super::process::getpid());
+        assert!(!ident_gone(me));
+        // Same pid, another start time: a reused pid, so "gone".
+        let other = make_ident(ident_pid(me), (me >> 32) + 1);
+        assert!(ident_gone(other));
+        assert!(current_tid() > 0);
+    }
+
+    #[test]
+    fn wait_times_out_and_wakes() {
+        let w = AtomicU32::new(5);
+        assert_eq!(wait(&w, 6, Some(Duration::from_millis(1))), Wake::Woken);
+        assert_eq!(wait(&w, 5, Some(Duration::from_millis(5))), Wake::TimedOut);
+        assert_eq!(wake(&w, 1), 0);
+    }
+}
