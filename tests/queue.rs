@@ -174,7 +174,10 @@ fn child_puts_and_exits_before_parent_drains() {
     let q = Queue::<u64>::new().unwrap();
     let mut p = Process::new(put_range, (q.clone(), 0, 10_000));
     p.start().unwrap();
-    assert!(p.join_timeout(Duration::from_secs(20)).unwrap(), "child did not exit");
+    assert!(
+        p.join_timeout(Duration::from_secs(20)).unwrap(),
+        "child did not exit"
+    );
     assert_eq!(p.exitcode(), Some(0));
     assert_eq!(q.qsize(), 10_000);
     for i in 0..10_000 {
@@ -199,7 +202,11 @@ fn parent_feeds_a_blocked_child() {
 fn child_gets_what_parent_puts_under_every_start_method() {
     multiproc::init();
     allow_fork();
-    for m in [StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork] {
+    for m in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
         let q = Queue::<u64>::new().unwrap();
         let back = Queue::<u64>::new().unwrap();
         let mut p = Process::new(put_range, (back.clone(), 100, 3)).with_start_method(m);
@@ -222,7 +229,10 @@ fn timeouts_and_nonblocking_calls() {
     multiproc::init();
     let q = Queue::<u8>::bounded(1).unwrap();
     let t = Instant::now();
-    assert!(matches!(q.get_timeout(Duration::from_millis(200)), Err(Error::Empty)));
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(200)),
+        Err(Error::Empty)
+    ));
     let e = t.elapsed();
     assert!(e >= Duration::from_millis(100), "returned after {e:?}");
     assert!(e < Duration::from_secs(3), "returned after {e:?}");
@@ -231,7 +241,10 @@ fn timeouts_and_nonblocking_calls() {
     assert!(q.full());
     assert!(matches!(q.try_put(2), Err(Error::Full)));
     let t = Instant::now();
-    assert!(matches!(q.put_timeout(2, Duration::from_millis(200)), Err(Error::Full)));
+    assert!(matches!(
+        q.put_timeout(2, Duration::from_millis(200)),
+        Err(Error::Full)
+    ));
     assert!(t.elapsed() >= Duration::from_millis(100));
     assert_eq!(q.try_get().unwrap(), 1);
     assert_eq!(q.qsize(), 0);
@@ -439,7 +452,10 @@ fn producer_killed_mid_message() {
     // Another producer takes the dead one's lock over; the consumer drops the partial item.
     let t = Instant::now();
     q.put(ByteBuf::from(b"next".to_vec())).unwrap();
-    assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap().as_slice(), b"next");
+    assert_eq!(
+        q.get_timeout(Duration::from_secs(10)).unwrap().as_slice(),
+        b"next"
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(q.empty());
 }
@@ -610,6 +626,8 @@ fn nothing_left_in_dev_shm_and_no_fd_growth() {
             .unwrap_or(0)
     };
     let shm_before = shm();
+    // The first start opens the fork server's channel: count after it.
+    multiproc::spawn(sleep_ms, 0).unwrap().join().unwrap();
     let before = fd_count();
     for _ in 0..5 {
         let q = Queue::<String>::new().unwrap();
