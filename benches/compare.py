@@ -83,18 +83,190 @@ def pipe_small():
     return SMALL_COUNT / secs  # messages per second
 
 
+def object_sender(conn, count):
+    conn.send(2**64 - 1)  # ready
+    for i in range(count):
+        conn.send(i)
+    conn.close()
+
+
+def pipe_objects_round():
+    ctx = mp.get_context("fork")
+    rx, tx = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=object_sender, args=(tx, SMALL_COUNT))
+    p.start()
+    tx.close()
+    rx.recv()
+    t0 = time.perf_counter()
+    for i in range(SMALL_COUNT):
+        if rx.recv() != i:
+            raise RuntimeError("a message was lost")
+    elapsed = time.perf_counter() - t0
+    p.join()
+    rx.close()
+    return elapsed
+
+
+def pipe_objects():
+    """Like pipe_small, with objects (send/recv: pickled) instead of bytes."""
+    secs = statistics.median(pipe_objects_round() for _ in range(PIPE_ROUNDS))
+    return SMALL_COUNT / secs
+
+
 def pipe_big():
     secs = statistics.median(pipe_round(BIG_MSG, BIG_COUNT) for _ in range(PIPE_ROUNDS))
     return BIG_MSG * BIG_COUNT / secs / 1e9  # GB/s
 
 
+# --- manager proxies, used from a child process ----------------------------------------------
+# One op: a list append; a dict set plus a get of the same key; a lock acquire plus release.
+# The child times its own loop; the figure is the median over MANAGER_ROUNDS children.
+MANAGER_OPS = 20_000
+MANAGER_ROUNDS = 3
+
+
+def mgr_list_child(l, n, out):
+    t0 = time.perf_counter()
+    for i in range(n):
+        l.append(("Jeff", i))
+    out.put((time.perf_counter() - t0) * 1e6 / n)
+
+
+def mgr_dict_child(d, n, out):
+    t0 = time.perf_counter()
+    for i in range(n):
+        d[i % 1024] = i
+        d.get(i % 1024)
+    out.put((time.perf_counter() - t0) * 1e6 / n)
+
+
+def mgr_lock_child(lock, n, out):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        lock.acquire()
+        lock.release()
+    out.put((time.perf_counter() - t0) * 1e6 / n)
+
+
+def median_of_children(target, obj):
+    figures = []
+    for _ in range(MANAGER_ROUNDS):
+        out = mp.SimpleQueue()
+        p = mp.Process(target=target, args=(obj, MANAGER_OPS, out))
+        p.start()
+        figures.append(out.get())
+        p.join()
+    return statistics.median(figures)
+
+
+def manager_workload(make, target):
+    with mp.Manager() as m:
+        return median_of_children(target, make(m))
+
+
+def manager_list_append_tcp():
+    from multiprocessing.managers import SyncManager
+
+    m = SyncManager(address=("127.0.0.1", 0), authkey=b"bench")
+    m.start()
+    try:
+        return median_of_children(mgr_list_child, m.list())
+    finally:
+        m.shutdown()
+
+
 # --- the table: name -> (unit, function) ----------------------------------------------------
+# --- synchronization (issue 3): Lock, Value, Event -------------------------------------
+# Parameters shared with benches/compare/sync_workloads.rs (keep them equal).
+UNCONTENDED_ITERS = 2_000_000
+CONTENDED_ITERS = 200_000  # per process
+VALUE_ITERS = 1_000_000
+PINGPONG_ROUNDS = 5_000
+
+
+def lock_uncontended():
+    lock = mp.Lock()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(UNCONTENDED_ITERS):
+            lock.acquire()
+            lock.release()
+        best = min(best, (time.perf_counter() - t) * 1e9 / UNCONTENDED_ITERS)
+    return best
+
+
+def locked_adder(x, lock, n):
+    for _ in range(n):
+        lock.acquire()
+        x.value = x.value + 1
+        lock.release()
+
+
+def lock_two_process_increment():
+    x = mp.RawValue("Q", 0)
+    lock = mp.Lock()
+    lock.acquire()
+    ps = [mp.Process(target=locked_adder, args=(x, lock, CONTENDED_ITERS)) for _ in range(2)]
+    for p in ps:
+        p.start()
+    time.sleep(0.2)
+    t = time.perf_counter()
+    lock.release()
+    for p in ps:
+        p.join()
+    el = time.perf_counter() - t
+    assert x.value == 2 * CONTENDED_ITERS
+    return el * 1e9 / (2 * CONTENDED_ITERS)
+
+
+def value_increment():
+    v = mp.Value("q", 0)
+    t = time.perf_counter()
+    for _ in range(VALUE_ITERS):
+        with v.get_lock():
+            v.value += 1
+    el = time.perf_counter() - t
+    assert v.value == VALUE_ITERS
+    return el * 1e9 / VALUE_ITERS
+
+
+def ponger(ping, pong, n):
+    for _ in range(n):
+        ping.wait()
+        ping.clear()
+        pong.set()
+
+
+def event_wake_latency():
+    ping, pong = mp.Event(), mp.Event()
+    p = mp.Process(target=ponger, args=(ping, pong, PINGPONG_ROUNDS))
+    p.start()
+    t = time.perf_counter()
+    for _ in range(PINGPONG_ROUNDS):
+        ping.set()
+        pong.wait()
+        pong.clear()
+    el = time.perf_counter() - t
+    p.join()
+    return el * 1e6 / (2 * PINGPONG_ROUNDS)
+
+
 WORKLOADS = {
     "start_join_forkserver": ("ms", lambda: start_join("forkserver")),
     "start_join_spawn": ("ms", lambda: start_join("spawn")),
     "start_join_fork": ("ms", lambda: start_join("fork")),
     "pipe_8b_one_way": ("msg/s", pipe_small),
+    "pipe_u64_send_recv": ("msg/s", pipe_objects),
     "pipe_1mib_one_way": ("GB/s", pipe_big),
+    "lock_uncontended": ("ns/pair", lock_uncontended),
+    "lock_two_process_increment": ("ns/incr", lock_two_process_increment),
+    "value_increment": ("ns/incr", value_increment),
+    "event_wake_latency": ("us", event_wake_latency),
+    "manager_list_append_child": ("us/op", lambda: manager_workload(lambda m: m.list(), mgr_list_child)),
+    "manager_dict_set_get_child": ("us/op", lambda: manager_workload(lambda m: m.dict(), mgr_dict_child)),
+    "manager_lock_cycle_child": ("us/op", lambda: manager_workload(lambda m: m.Lock(), mgr_lock_child)),
+    "manager_list_append_tcp": ("us/op", manager_list_append_tcp),
 }
 
 

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Connection, Process, StartMethod};
 
+#[path = "compare/sync_workloads.rs"]
+mod sync_workloads;
+
 /// One benchmark: its figure comes from `run`, in `unit`.
 struct Workload {
     name: &'static str,
@@ -58,10 +61,64 @@ const WORKLOADS: &[Workload] = &[
         run: pipe_small,
     },
     Workload {
+        name: "pipe_u64_send_recv",
+        unit: "msg/s",
+        higher_is_better: true,
+        run: pipe_objects,
+    },
+    Workload {
         name: "pipe_1mib_one_way",
         unit: "GB/s",
         higher_is_better: true,
         run: pipe_big,
+    },
+    Workload {
+        name: "lock_uncontended",
+        unit: "ns/pair",
+        higher_is_better: false,
+        run: sync_workloads::lock_uncontended,
+    },
+    Workload {
+        name: "lock_two_process_increment",
+        unit: "ns/incr",
+        higher_is_better: false,
+        run: sync_workloads::lock_two_process_increment,
+    },
+    Workload {
+        name: "value_increment",
+        unit: "ns/incr",
+        higher_is_better: false,
+        run: sync_workloads::value_increment,
+    },
+    Workload {
+        name: "event_wake_latency",
+        unit: "us",
+        higher_is_better: false,
+        run: sync_workloads::event_wake_latency,
+    },
+    Workload {
+        name: "manager_list_append_child",
+        unit: "us/op",
+        higher_is_better: false,
+        run: manager_list_append,
+    },
+    Workload {
+        name: "manager_dict_set_get_child",
+        unit: "us/op",
+        higher_is_better: false,
+        run: manager_dict_set_get,
+    },
+    Workload {
+        name: "manager_lock_cycle_child",
+        unit: "us/op",
+        higher_is_better: false,
+        run: manager_lock_cycle,
+    },
+    Workload {
+        name: "manager_list_append_tcp",
+        unit: "us/op",
+        higher_is_better: false,
+        run: manager_list_append_tcp,
     },
 ];
 
@@ -129,6 +186,35 @@ fn pipe_round(size: usize, count: usize) -> f64 {
     secs
 }
 
+fn object_sender((conn, count): (Connection<u64>, u64)) {
+    if conn.send(&u64::MAX).is_err() {
+        return;
+    }
+    for i in 0..count {
+        if conn.send(&i).is_err() {
+            return;
+        }
+    }
+}
+
+/// Like [`pipe_small`], with values (`send`/`recv`: encoded and decoded) instead of bytes.
+fn pipe_objects() -> f64 {
+    let round = || {
+        let (rx, tx) = multiproc::pipe_simplex::<u64>().expect("pipe");
+        let mut p = Process::new(object_sender, (tx, SMALL_COUNT as u64));
+        p.start().expect("start");
+        rx.recv().expect("ready");
+        let t0 = Instant::now();
+        for i in 0..SMALL_COUNT as u64 {
+            assert_eq!(rx.recv().expect("recv"), i, "a message was lost");
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        p.join().expect("join");
+        secs
+    };
+    SMALL_COUNT as f64 / median((0..PIPE_ROUNDS).map(|_| round()).collect())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -150,6 +236,81 @@ fn pipe_big() -> f64 {
             .collect(),
     );
     (BIG_MSG * BIG_COUNT) as f64 / secs / 1e9
+}
+
+// --- manager proxies, used from a child process ----------------------------------------------
+// One op: a list append; a dict set plus a get of the same key; a lock acquire plus release.
+// The child times its own loop; the figure is the median over MANAGER_ROUNDS children.
+
+const MANAGER_OPS: u32 = 20_000;
+const MANAGER_ROUNDS: usize = 3;
+
+type Record = (String, u32);
+
+fn mgr_list_child((l, n): (multiproc::manager::ListProxy<Record>, u32)) -> f64 {
+    let t0 = Instant::now();
+    for i in 0..n {
+        l.push(("Jeff".to_string(), i)).expect("append");
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn mgr_dict_child((d, n): (multiproc::manager::DictProxy<u32, u32>, u32)) -> f64 {
+    let t0 = Instant::now();
+    for i in 0..n {
+        d.insert(i % 1024, i).expect("set");
+        std::hint::black_box(d.get(&(i % 1024)).expect("get"));
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn mgr_lock_child((l, n): (multiproc::manager::LockProxy, u32)) -> f64 {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        l.acquire().expect("acquire");
+        l.release().expect("release");
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn median_of_children<A>(f: fn(A) -> f64, args: A) -> f64
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + Clone + 'static,
+{
+    let mut v: Vec<f64> = (0..MANAGER_ROUNDS)
+        .map(|_| {
+            multiproc::spawn(f, args.clone())
+                .expect("spawn")
+                .join()
+                .expect("join")
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn manager_list_append() -> f64 {
+    let m = multiproc::Manager::start().expect("manager");
+    let l = m.list(Vec::<Record>::new()).expect("list");
+    median_of_children(mgr_list_child, (l, MANAGER_OPS))
+}
+
+fn manager_dict_set_get() -> f64 {
+    let m = multiproc::Manager::start().expect("manager");
+    let d = m.dict::<u32, u32>().expect("dict");
+    median_of_children(mgr_dict_child, (d, MANAGER_OPS))
+}
+
+fn manager_lock_cycle() -> f64 {
+    let m = multiproc::Manager::start().expect("manager");
+    let l = m.lock().expect("lock");
+    median_of_children(mgr_lock_child, (l, MANAGER_OPS))
+}
+
+fn manager_list_append_tcp() -> f64 {
+    let m = multiproc::Manager::serve("127.0.0.1:0", b"bench").expect("manager");
+    let l = m.list(Vec::<Record>::new()).expect("list");
+    median_of_children(mgr_list_child, (l, MANAGER_OPS))
 }
 
 // --- the harness ----------------------------------------------------------------------------

@@ -32,6 +32,10 @@ const SECTIONS: &[Section] = &[
     ("Start methods", start_methods),
     ("Pipes", pipes),
     ("spawn: return values and panics", spawn_values_and_panics),
+    (
+        "Managers: a server process holding shared objects",
+        managers,
+    ),
 ];
 
 fn main() {
@@ -470,5 +474,55 @@ fn spawn_values_and_panics() -> multiproc::Result<()> {
         Err(e @ Error::WorkerDied { .. }) => println!("a killed child: {e}"),
         other => println!("a killed child: unexpected {other:?}"),
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Managers (notebook: "Method 2: Server Process", records shared through manager.list)
+
+type Record = (String, u32);
+
+fn insert_record((record, records): (Record, multiproc::manager::ListProxy<Record>)) {
+    match records.push(record) {
+        Ok(()) => println!("  [child] New record inserted"),
+        Err(e) => eprintln!("  [child] cannot insert: {e}"),
+    }
+}
+
+fn print_records(records: multiproc::manager::ListProxy<Record>) {
+    match records.iter() {
+        Ok(all) => {
+            for (name, score) in all {
+                println!("  [child] Name: {name}, Score: {score}");
+            }
+        }
+        Err(e) => eprintln!("  [child] cannot read the records: {e}"),
+    }
+}
+
+fn managers() -> multiproc::Result<()> {
+    let manager = multiproc::Manager::start()?; // a server process; stopped on drop
+    let records = manager.list(vec![
+        ("Sam".to_string(), 10),
+        ("Adam".to_string(), 9),
+        ("Kevin".to_string(), 9),
+    ])?;
+    let mut p1 = Process::new(insert_record, (("Jeff".to_string(), 8), records.clone()));
+    p1.start()?;
+    p1.join()?;
+    let mut p2 = Process::new(print_records, records.clone());
+    p2.start()?;
+    p2.join()?;
+    println!("The list lives in the manager's process; proxies in any process reach it.");
+
+    let counts = manager.dict::<String, u32>()?;
+    counts.insert("a".into(), 1)?;
+    match counts.get_item(&"missing".to_string()) {
+        Err(Error::Remote { kind, .. }) => println!("A missing key comes back typed: {kind}"),
+        other => println!("unexpected: {other:?}"),
+    }
+    let server = manager.server_pid();
+    drop(manager);
+    println!("Dropping the manager stopped its server (pid {server:?}).");
     Ok(())
 }

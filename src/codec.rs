@@ -118,6 +118,79 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
     r.map(|()| fds.unwrap_or_default())
 }
 
+/// Appends the encoding of `value` to `out` for a multiproc channel, like
+/// [`encode_with_fds`]; on failure `out` is left as it was (earlier values in it survive).
+pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<Vec<RawFd>> {
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            if data.len() <= 16 {
+                // Varints and small fields: byte by byte beats a call to memcpy.
+                self.0.reserve(data.len());
+                for &b in data {
+                    self.0.push(b);
+                }
+            } else {
+                self.0.extend_from_slice(data);
+            }
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    let len = out.len();
+    let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = postcard::serialize_with_flavor(value, Append(out));
+    let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    match r {
+        Ok(()) => Ok(fds.unwrap_or_default()),
+        Err(e) => {
+            out.truncate(len);
+            Err(Error::Codec(format!("cannot encode value: {e}")))
+        }
+    }
+}
+
+/// Decodes `count` values laid end to end in `bytes`, received with `fds` (one shared list
+/// of descriptors for all of them), handing each to `each` in order. After a value fails to
+/// decode, the rest cannot be located: each of them gets the same error.
+pub(crate) fn decode_many<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    count: usize,
+    mut each: impl FnMut(usize, Result<T>),
+) {
+    let prev = IN_FDS.with(|c| c.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let mut rest = bytes;
+    let mut i = 0;
+    while i < count {
+        match postcard::take_from_bytes::<T>(rest) {
+            Ok((v, r)) => {
+                rest = r;
+                each(i, Ok(v));
+                i += 1;
+            }
+            Err(e) => {
+                let msg = format!("cannot decode value: {e}");
+                for j in i..count {
+                    each(j, Err(Error::Codec(msg.clone())));
+                }
+                break;
+            }
+        }
+    }
+    IN_FDS.with(|c| *c.borrow_mut() = prev);
+}
+
 /// Decodes `bytes` received from a multiproc channel together with `fds`. Descriptors that
 /// no handle claimed are closed.
 pub(crate) fn decode_with_fds<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {

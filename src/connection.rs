@@ -21,13 +21,23 @@
 //! of a message → [`Error::Io`] (`UnexpectedEof`); bytes that are not a frame or do not
 //! decode as `T` → [`Error::Codec`]. Sending to a closed peer → [`Error::Io`]
 //! (`BrokenPipe`), never a SIGPIPE.
+//!
+//! [`Listener`] and [`Client`] make connections between unrelated processes over Unix or
+//! TCP sockets, authenticated with a shared `authkey` (mutual HMAC-SHA256 challenge, as in
+//! Python 3.12+).
+
+mod auth;
+mod net;
+
+pub(crate) use net::{accept_raw, authenticate_server, connect_raw};
+pub use net::{Address, Client, Listener, ToAddress};
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -52,7 +62,7 @@ fn header(len: usize, nfds: usize) -> [u8; HEADER] {
     h
 }
 
-fn parse_header(h: &[u8]) -> Result<(usize, usize)> {
+fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     let nfds = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
     let mut l = [0u8; 8];
@@ -66,9 +76,9 @@ fn parse_header(h: &[u8]) -> Result<(usize, usize)> {
     if nfds > sys::MAX_FDS_PER_MESSAGE {
         return Err(Error::Codec(format!("frame claims {nfds} handles")));
     }
-    if len > MAX_FRAME {
+    if len > limit {
         return Err(Error::Codec(format!(
-            "frame claims {len} bytes, more than the {MAX_FRAME}-byte limit"
+            "frame claims {len} bytes, more than the {limit}-byte limit"
         )));
     }
     Ok((len as usize, nfds))
@@ -81,6 +91,10 @@ struct ReadState {
     fds: VecDeque<OwnedFd>,
     /// Set after a framing error: the stream cannot be resynchronised.
     broken: bool,
+    /// Frames claiming more bytes than this are refused (and break the stream).
+    limit: u64,
+    /// Whether a read looks a few times without blocking before it sleeps.
+    spin: bool,
 }
 
 impl ReadState {
@@ -96,7 +110,7 @@ impl ReadState {
             self.start = 0;
         }
         let end = self.end;
-        let n = sys::recv_some(fd, &mut self.buf[end..], &mut self.fds)?;
+        let n = sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin)?;
         self.end += n;
         Ok(n > 0)
     }
@@ -132,9 +146,27 @@ impl RawConn {
                 end: 0,
                 fds: VecDeque::new(),
                 broken: false,
+                limit: MAX_FRAME,
+                spin: true,
             }),
             wr: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets the largest frame this end accepts (at most [`MAX_FRAME`]); a bigger one is an
+    /// [`Error::Codec`] and breaks the stream. Network servers use a small limit before a
+    /// peer has authenticated.
+    pub(crate) fn set_max_frame(&self, limit: u64) {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        st.limit = limit.min(MAX_FRAME);
+    }
+
+    /// Turns off the brief non-blocking look before a blocking read: for request/reply
+    /// channels (the manager's), where the answer is never already on its way, looking
+    /// only costs the peer CPU time it needs to answer.
+    pub(crate) fn set_spin(&self, spin: bool) {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        st.spin = spin;
     }
 
     pub(crate) fn pair() -> Result<(RawConn, RawConn)> {
@@ -200,7 +232,8 @@ impl RawConn {
                 };
             }
         }
-        let (len, nfds) = match parse_header(&st.buf[st.start..st.start + HEADER]) {
+        let limit = st.limit;
+        let (len, nfds) = match parse_header(&st.buf[st.start..st.start + HEADER], limit) {
             Ok(x) => x,
             Err(e) => {
                 st.broken = true;
@@ -295,7 +328,7 @@ impl RawConn {
         Ok(sys::wait_readable(self.fd.as_fd(), timeout)?)
     }
 
-    fn has_buffered_input(&self) -> bool {
+    pub(crate) fn has_buffered_input(&self) -> bool {
         match self.rd.try_lock() {
             Ok(st) => st.buffered() > 0 || !st.fds.is_empty(),
             Err(_) => true,
@@ -323,7 +356,7 @@ impl AsFd for RawConn {
 /// assert_eq!(parent.recv().unwrap(), vec![1, 2, 3]);
 /// ```
 pub struct Connection<T> {
-    raw: RawConn,
+    raw: Arc<RawConn>,
     readable: bool,
     writable: bool,
     _t: PhantomData<fn(T) -> T>,
@@ -380,7 +413,7 @@ pub fn pipe_simplex<T>() -> Result<(Connection<T>, Connection<T>)> {
 impl<T> Connection<T> {
     pub(crate) fn from_raw(raw: RawConn, readable: bool, writable: bool) -> Self {
         Connection {
-            raw,
+            raw: Arc::new(raw),
             readable,
             writable,
             _t: PhantomData,
@@ -447,7 +480,7 @@ impl<T> Connection<T> {
     }
 
     /// Closes this end (the same as dropping it). The peer sees end of file once every
-    /// copy of this end, in every process, is closed.
+    /// copy of this end (its clones, and the copies sent to other processes) is closed.
     ///
     /// ```
     /// multiproc::init();
@@ -510,6 +543,29 @@ impl<T: DeserializeOwned> Connection<T> {
     pub fn recv(&self) -> Result<T> {
         self.check_readable()?;
         self.raw.recv_value()
+    }
+}
+
+/// A clone refers to the same end (like a second reference to a Python `Connection`): both
+/// share one descriptor and one receive buffer, so they can be used from several threads.
+/// Each message is sent and received whole. The end is closed when the last clone is
+/// dropped.
+///
+/// ```
+/// multiproc::init();
+/// let (a, b) = multiproc::pipe::<u8>().unwrap();
+/// let a2 = a.clone();
+/// std::thread::spawn(move || a2.send(&1).unwrap()).join().unwrap();
+/// assert_eq!(b.recv().unwrap(), 1);
+/// ```
+impl<T> Clone for Connection<T> {
+    fn clone(&self) -> Self {
+        Connection {
+            raw: self.raw.clone(),
+            readable: self.readable,
+            writable: self.writable,
+            _t: PhantomData,
+        }
     }
 }
 

@@ -98,10 +98,53 @@ pub enum Error {
     /// The child is not the same build as the parent, so a function cannot be located in it.
     #[error("build identity mismatch between parent and child: {0}")]
     BuildMismatch(String),
+    /// An operation on a [`Manager`](crate::Manager)'s shared object failed inside the
+    /// manager's server (Python's exception raised in the manager process): an index out
+    /// of range, a missing key, an object of another kind. The server keeps serving.
+    #[error("{kind} in the manager: {message}")]
+    Remote {
+        /// What went wrong, like the Python exception's class.
+        kind: RemoteErrorKind,
+        /// The server's description.
+        message: String,
+    },
     /// The operation is not allowed in this state (e.g. releasing an unheld lock,
     /// sending on the read end of a one-way pipe, forking a multi-threaded process).
     #[error("invalid operation: {0}")]
     InvalidOperation(String),
+}
+
+/// The kind of an [`Error::Remote`], named after the Python exception a manager raises.
+///
+/// ```
+/// use multiproc::{Error, RemoteErrorKind};
+/// let e = Error::Remote { kind: RemoteErrorKind::IndexError, message: "list index out of range".into() };
+/// assert_eq!(e.to_string(), "IndexError in the manager: list index out of range");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// A list index out of range, or `pop` from an empty list.
+    IndexError,
+    /// A missing dictionary key or namespace attribute.
+    KeyError,
+    /// The object is not of the kind the operation needs (say a list proxy pointed at a
+    /// dict), or a registered type is unknown to the server.
+    TypeError,
+    /// A bad value for the operation (say releasing an unlocked lock).
+    ValueError,
+    /// No object with this id or name lives in the manager.
+    NotFound,
+    /// A registered type's method panicked in the server.
+    Panicked,
+    /// The request could not be understood.
+    ProtocolError,
+}
+
+impl std::fmt::Display for RemoteErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
 }
 
 fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {

@@ -25,6 +25,15 @@
 //!     assert_eq!(parent.recv().unwrap(), "hello");
 //!     assert_eq!(parent.recv().unwrap(), "end");
 //!     p.join().unwrap();
+//!
+//!     // A pool of worker processes (see the `pool` module).
+//!     fn square(x: u64) -> u64 {
+//!         x * x
+//!     }
+//!     let pool = multiproc::Pool::new(4).unwrap();
+//!     assert_eq!(pool.map(square, 1..=6).unwrap(), vec![1, 4, 9, 16, 25, 36]);
+//!     let cube = pool.apply_async(|x: u64| x * x * x, 3);
+//!     assert_eq!(cube.get().unwrap(), 27);
 //! }
 //! ```
 //!
@@ -47,16 +56,29 @@
 pub mod codec;
 pub mod connection;
 mod error;
+pub mod manager;
+pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod shared_memory;
+pub(crate) mod shm;
 pub mod start;
+pub mod sync;
 mod sys;
+pub mod value;
 
 pub use connection::{pipe, pipe_simplex, Connection};
-pub use error::{Error, Result};
+pub use error::{Error, RemoteErrorKind, Result};
+pub use manager::Manager;
+pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, Builder, JoinHandle,
     Process, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};
+pub use sync::{
+    Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
+    Semaphore,
+};
+pub use value::{Array, ArrayGuard, Number, RawArray, RawValue, Value, ValueGuard};

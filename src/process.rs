@@ -173,6 +173,17 @@ impl ChildState {
         })
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The pidfd: readable once the process has ended.
+    pub(crate) fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.pidfd.as_fd()
+    }
+
     /// The exit status if it has ended (reaping it), without blocking.
     pub(crate) fn poll(&self) -> Result<Option<sys::ExitStatus>> {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,6 +302,7 @@ pub(crate) fn exit_handler_body() {
     for c in &children {
         let _ = c.wait(None);
     }
+    start::shutdown_fork_server();
 }
 
 /// In a forked child: the parent's children are not ours.
@@ -483,6 +495,11 @@ impl Process {
         register(&child);
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The started child's shared state (for the pool, which watches and kills workers).
+    pub(crate) fn child_state(&self) -> Option<Arc<ChildState>> {
+        self.child.clone()
     }
 
     fn started(&self) -> Result<&Arc<ChildState>> {

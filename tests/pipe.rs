@@ -318,3 +318,25 @@ fn one_gib_message_from_a_child() {
     p.join().unwrap();
     assert_eq!(p.exitcode(), Some(0));
 }
+
+#[test]
+fn connection_clones_share_one_end() {
+    multiproc::init();
+    let (a, b) = multiproc::pipe::<u32>().unwrap();
+    let a2 = a.clone();
+    let t = std::thread::spawn(move || {
+        for i in 0..1000 {
+            a2.send(&i).unwrap();
+        }
+    });
+    for i in 1000..2000 {
+        a.send(&i).unwrap();
+    }
+    t.join().unwrap();
+    let mut got: Vec<u32> = (0..2000).map(|_| b.recv().unwrap()).collect();
+    got.sort();
+    assert_eq!(got, (0..2000).collect::<Vec<_>>());
+    drop(a);
+    // One clone was dropped above (a2, with its thread); now the last one is gone too.
+    assert!(matches!(b.recv(), Err(Error::Eof)));
+}

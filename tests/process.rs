@@ -337,3 +337,78 @@ fn default_method_is_forkserver_and_settable() {
 fn cpu_count_is_positive() {
     assert!(multiproc::cpu_count() >= 1);
 }
+
+/// Pids of this process's fork servers (children whose start-up role says so).
+fn fork_servers() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if !matches!(stat(pid), Some((s, ppid)) if ppid == me && s != 'Z') {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"MULTIPROC_ROLE=forkserver"))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_fork_server_is_replaced() {
+    multiproc::init();
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (1, 1))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 2);
+    let servers = fork_servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let pid = rustix::process::Pid::from_raw(servers[0] as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    assert!(eventually(Duration::from_secs(5), || !running(servers[0])));
+    // The next start notices, reaps the dead server and starts a new one.
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (2, 2))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 4);
+    let now = fork_servers();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], servers[0]);
+    assert!(!zombies_of_me().contains(&servers[0]));
+}
+
+/// Starts a process through its own fork server and returns the server's pid.
+fn uses_a_fork_server(_: ()) -> u32 {
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (1, 2))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 3);
+    let s = fork_servers();
+    assert_eq!(s.len(), 1);
+    s[0]
+}
+
+#[test]
+fn fork_server_is_reaped_when_its_owner_exits() {
+    multiproc::init();
+    let h = Builder::new()
+        .start_method(StartMethod::Spawn)
+        .spawn(uses_a_fork_server, ())
+        .unwrap();
+    let server = h.join().unwrap();
+    // The child stopped and reaped its server before exiting: nothing left for init.
+    assert!(
+        stat(server).is_none(),
+        "fork server {server} left behind: {:?}",
+        stat(server)
+    );
+}

@@ -10,6 +10,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::{boot_fds, exec_self, on_lasting_thread, run_child, Boot, LaunchSpec};
 use crate::connection::RawConn;
@@ -105,5 +106,25 @@ pub(super) fn serve(conn: RawConn) -> ! {
 pub(super) fn forget_after_fork() {
     if let Ok(mut g) = SERVER.try_lock() {
         *g = None;
+    }
+}
+
+/// Stops this process's fork server, if it has one, and reaps it: called at exit, so that
+/// no server is left to be adopted (and perhaps never reaped) by init.
+pub(super) fn shutdown() {
+    let client = match SERVER.try_lock() {
+        Ok(mut g) => g.take(),
+        Err(_) => None,
+    };
+    if let Some(Client { conn, pidfd }) = client {
+        drop(conn); // end of file: the server exits
+        if !matches!(
+            sys::wait_exited(&pidfd, Some(Duration::from_secs(2))),
+            Ok(true)
+        ) {
+            let _ = sys::signal_pidfd(&pidfd, libc::SIGKILL);
+            let _ = sys::wait_exited(&pidfd, None);
+        }
+        let _ = sys::try_reap(&pidfd);
     }
 }

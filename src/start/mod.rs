@@ -174,6 +174,7 @@ pub fn init() {
             }
         },
         "forkserver" => forkserver::serve(sock),
+        "shm-tracker" => crate::shared_memory::tracker_main(sock),
         other => {
             eprintln!("multiproc: unknown child role {other:?}");
             sys::exit_immediately(255);
@@ -373,6 +374,8 @@ fn harness_args() -> Vec<OsString> {
             "--exact".into(),
             "--nocapture".into(),
             "--test-threads=1".into(),
+            // An #[ignore] (soak) test must run in the child too.
+            "--include-ignored".into(),
         ],
         None => Vec::new(),
     }
@@ -444,16 +447,35 @@ pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send 
         .expect("multiproc's spawner thread dropped a job")
 }
 
+/// Stops and reaps this process's fork server (at exit).
+pub(crate) fn shutdown_fork_server() {
+    forkserver::shutdown();
+}
+
 /// Resets what a forked child must not share with its parent.
 pub(crate) fn after_fork_in_child() {
     sys::futex::forget_identity();
+    crate::shared_memory::forget_after_fork();
     forkserver::forget_after_fork();
     process::forget_after_fork();
 }
 
 /// The panic of the target, recorded by the child's panic hook.
-type PanicRecord = (String, Option<String>, Option<String>);
+pub(crate) type PanicRecord = (String, Option<String>, Option<String>);
 static LAST_PANIC: Mutex<Option<PanicRecord>> = Mutex::new(None);
+/// When set, the child's panic hook records panics without printing them (pool workers:
+/// the panic travels to the parent as the task's error instead).
+static QUIET_PANICS: AtomicBool = AtomicBool::new(false);
+
+/// Makes this child's panic hook silent (it still records the panic).
+pub(crate) fn set_quiet_panics(quiet: bool) {
+    QUIET_PANICS.store(quiet, Ordering::SeqCst);
+}
+
+/// The last panic recorded by the child's panic hook: (message, location, backtrace).
+pub(crate) fn take_last_panic() -> Option<PanicRecord> {
+    LAST_PANIC.lock().ok().and_then(|mut g| g.take())
+}
 
 fn install_child_panic_hook(name: String) {
     let prev = std::panic::take_hook();
@@ -473,6 +495,9 @@ fn install_child_panic_hook(name: String) {
         };
         if let Ok(mut g) = LAST_PANIC.try_lock() {
             *g = Some((message, location, backtrace));
+        }
+        if QUIET_PANICS.load(Ordering::SeqCst) {
+            return;
         }
         eprintln!("Process {name}:");
         prev(info);

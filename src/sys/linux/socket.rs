@@ -117,18 +117,20 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
 }
 
 /// Reads what is available (at least one byte, blocking) into `buf`; received descriptors
-/// are appended to `fds`. Returns 0 at end of stream.
+/// are appended to `fds`. Returns 0 at end of stream. `spin`: look a few times without
+/// blocking first (good for streams; request/reply channels pass false).
 pub(crate) fn recv_some(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
+    spin: bool,
 ) -> io::Result<usize> {
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     // Before sleeping in the kernel, look again for a short while: a peer streaming small
     // messages usually has the next one ready within microseconds, and not sleeping saves
     // it the cost of waking us for every message.
-    let mut spins = SPIN_TRIES;
+    let mut spins = if spin { SPIN_TRIES } else { 0 };
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(buf)];
@@ -210,6 +212,44 @@ pub(crate) fn recv_into_spare(
                 // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
                 unsafe { v.set_len(v.len() + n) };
                 return Ok(n);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until at least one of `fds` is readable (data, end of stream, or for a pidfd: the
+/// process ended), up to `timeout` (`None`: forever). Returns a bit mask of the readable
+/// ones (bit i for `fds[i]`; at most 32 descriptors); 0 means the timeout passed.
+pub(crate) fn wait_any_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<u32> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let n = fds.len().min(32);
+    loop {
+        let mut pfds: Vec<PollFd<'_>> = fds[..n]
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match poll(&mut pfds, ts.as_ref()) {
+            Ok(0) => return Ok(0),
+            Ok(_) => {
+                let mut mask = 0u32;
+                for (i, p) in pfds.iter().enumerate() {
+                    if !p.revents().is_empty() {
+                        mask |= 1 << i;
+                    }
+                }
+                return Ok(mask);
             }
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),

@@ -1,0 +1,137 @@
+//! Mutual authentication with a shared key, as Python's `multiprocessing.connection`
+//! (`deliver_challenge` / `answer_challenge`, HMAC-SHA256 since Python 3.12).
+//!
+//! The side that *delivers* a challenge sends a fresh random nonce; the other side answers
+//! with `HMAC-SHA256(authkey, challenge)`; the deliverer checks it in constant time and
+//! says welcome or failure. Each side challenges the other (the listener first), so both
+//! learn that the peer knows the key, and neither ever sends the key itself.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::RawConn;
+use crate::{Error, Result};
+
+const CHALLENGE: &[u8] = b"#CHALLENGE#";
+const WELCOME: &[u8] = b"#WELCOME#";
+const FAILURE: &[u8] = b"#FAILURE#";
+const ALGO: &[u8] = b"{sha256}";
+const NONCE_LEN: usize = 40;
+/// Largest frame accepted while authenticating: every message of the handshake is tiny.
+pub(crate) const HANDSHAKE_MAX_FRAME: u64 = 256;
+
+fn mac(authkey: &[u8], message: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(authkey)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    m.update(message);
+    m
+}
+
+/// Sends a challenge and checks the answer. Tells the peer the outcome.
+pub(crate) fn deliver_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| Error::Io(std::io::Error::other(format!("no randomness: {e}"))))?;
+    let mut message = Vec::with_capacity(ALGO.len() + NONCE_LEN);
+    message.extend_from_slice(ALGO);
+    message.extend_from_slice(&nonce);
+    let mut frame = CHALLENGE.to_vec();
+    frame.extend_from_slice(&message);
+    conn.send_bytes(&frame, &[])?;
+    let response = conn.recv_bytes()?;
+    let ok = match response.strip_prefix(ALGO) {
+        Some(digest) => mac(authkey, &message).verify_slice(digest).is_ok(),
+        None => false,
+    };
+    if ok {
+        conn.send_bytes(WELCOME, &[])?;
+        Ok(())
+    } else {
+        let _ = conn.send_bytes(FAILURE, &[]);
+        Err(Error::AuthenticationFailed)
+    }
+}
+
+/// Answers the peer's challenge and reads the verdict.
+pub(crate) fn answer_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
+    let frame = match conn.recv_bytes() {
+        Ok(f) => f,
+        // The peer hung up instead of challenging us: it refused us.
+        Err(Error::Eof) => return Err(Error::AuthenticationFailed),
+        Err(e) => return Err(e),
+    };
+    let Some(message) = frame.strip_prefix(CHALLENGE) else {
+        return Err(Error::AuthenticationFailed);
+    };
+    if !message.starts_with(ALGO) || message.len() < ALGO.len() + 16 {
+        return Err(Error::AuthenticationFailed);
+    }
+    let digest = mac(authkey, message).finalize().into_bytes();
+    let mut reply = ALGO.to_vec();
+    reply.extend_from_slice(&digest);
+    conn.send_bytes(&reply, &[])?;
+    match conn.recv_bytes() {
+        Ok(v) if v == WELCOME => Ok(()),
+        Ok(_) | Err(Error::Eof) => Err(Error::AuthenticationFailed),
+        Err(Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Err(Error::AuthenticationFailed)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The listening side: challenge the peer, then answer its challenge.
+pub(crate) fn server_handshake(conn: &RawConn, authkey: &[u8]) -> Result<()> {
+    deliver_challenge(conn, authkey)?;
+    answer_challenge(conn, authkey)
+}
+
+/// The connecting side: answer the listener's challenge, then challenge it.
+pub(crate) fn client_handshake(conn: &RawConn, authkey: &[u8]) -> Result<()> {
+    answer_challenge(conn, authkey)?;
+    deliver_challenge(conn, authkey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(server_key: &'static [u8], client_key: &'static [u8]) -> (Result<()>, Result<()>) {
+        let (a, b) = RawConn::pair().unwrap();
+        let t = std::thread::spawn(move || server_handshake(&a, server_key));
+        let c = client_handshake(&b, client_key);
+        (t.join().unwrap(), c)
+    }
+
+    #[test]
+    fn same_key_passes_both_ways() {
+        let (s, c) = run(b"secret", b"secret");
+        assert!(s.is_ok() && c.is_ok(), "{s:?} {c:?}");
+    }
+
+    #[test]
+    fn wrong_key_fails_on_both_sides() {
+        let (s, c) = run(b"secret", b"guess");
+        assert!(matches!(s, Err(Error::AuthenticationFailed)), "{s:?}");
+        assert!(matches!(c, Err(Error::AuthenticationFailed)), "{c:?}");
+    }
+
+    #[test]
+    fn garbage_answer_is_refused() {
+        let (a, b) = RawConn::pair().unwrap();
+        let t = std::thread::spawn(move || deliver_challenge(&a, b"k"));
+        let _challenge = b.recv_bytes().unwrap();
+        b.send_bytes(b"not an answer", &[]).unwrap();
+        assert!(matches!(
+            t.join().unwrap(),
+            Err(Error::AuthenticationFailed)
+        ));
+        assert_eq!(b.recv_bytes().unwrap(), FAILURE);
+    }
+}

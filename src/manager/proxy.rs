@@ -1,0 +1,1126 @@
+//! Typed proxies to a manager's objects.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::client::ObjRef;
+use super::protocol::{Op, Reply, Wait};
+use crate::{codec, Error, RemoteErrorKind, Result};
+
+pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Result<ByteBuf> {
+    codec::encode(v).map(ByteBuf::from)
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    codec::decode(b)
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::Codec(format!("unexpected reply from the manager: {r:?}"))
+}
+
+fn unit(r: Reply) -> Result<()> {
+    match r {
+        Reply::Unit => Ok(()),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn value<T: DeserializeOwned>(r: Reply) -> Result<T> {
+    match r {
+        Reply::Bytes(b) => dec(&b),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn maybe<T: DeserializeOwned>(r: Reply) -> Result<Option<T>> {
+    match r {
+        Reply::MaybeBytes(Some(b)) => dec(&b).map(Some),
+        Reply::MaybeBytes(None) => Ok(None),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn boolean(r: Reply) -> Result<bool> {
+    match r {
+        Reply::Bool(b) => Ok(b),
+        Reply::OwnerDied => Err(Error::OwnerDied),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn length(r: Reply) -> Result<usize> {
+    match r {
+        Reply::Len(n) => Ok(n as usize),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn list<T: DeserializeOwned>(r: Reply) -> Result<Vec<T>> {
+    match r {
+        Reply::List(v) => v.iter().map(|b| dec(b)).collect(),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn wait_for(d: Duration) -> Wait {
+    Wait::For(d)
+}
+
+macro_rules! proxy_common {
+    ($name:ident) => {
+        proxy_common!($name<>);
+    };
+    ($name:ident < $($p:ident),* >) => {
+        impl<$($p),*> Clone for $name<$($p),*> {
+            fn clone(&self) -> Self {
+                $name { obj: self.obj.clone(), _t: PhantomData }
+            }
+        }
+        impl<$($p),*> fmt::Debug for $name<$($p),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({:?})"), self.obj)
+            }
+        }
+        impl<$($p),*> $name<$($p),*> {
+            pub(crate) fn from_obj(obj: ObjRef) -> Self {
+                $name { obj, _t: PhantomData }
+            }
+            pub(crate) fn obj(&self) -> &ObjRef {
+                &self.obj
+            }
+        }
+    };
+}
+
+/// A list in a manager (Python's `manager.list()`), holding values of type `T`.
+///
+/// Every method is one round trip to the server, applied atomically there. Clone it
+/// freely; pass it to other processes in their arguments.
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let l = m.list(vec![1, 2, 3]).unwrap();
+/// fn add_four(l: multiproc::manager::ListProxy<i32>) { l.push(4).unwrap(); }
+/// multiproc::spawn(add_four, l.clone()).unwrap().join().unwrap();
+/// assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3, 4]);
+/// assert!(matches!(l.get(10), Err(multiproc::Error::Remote { kind: multiproc::RemoteErrorKind::IndexError, .. })));
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct ListProxy<T> {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<fn() -> T>,
+}
+proxy_common!(ListProxy<T>);
+
+impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+    /// Appends a value (Python's `append`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(Vec::<String>::new()).unwrap();
+    /// l.push("a".to_string()).unwrap();
+    /// assert_eq!(l.len().unwrap(), 1);
+    /// ```
+    pub fn push(&self, value: T) -> Result<()> {
+        unit(self.obj.call(Op::ListPush(enc(&value)?))?)
+    }
+
+    /// The value at `index`; out of range → [`Error::Remote`] with
+    /// [`RemoteErrorKind::IndexError`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec!['x', 'y']).unwrap();
+    /// assert_eq!(l.get(1).unwrap(), 'y');
+    /// assert!(l.get(2).is_err());
+    /// ```
+    pub fn get(&self, index: usize) -> Result<T> {
+        value(self.obj.call(Op::ListGet(index as u64))?)
+    }
+
+    /// Replaces the value at `index` (`l[i] = v`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![0u8; 3]).unwrap();
+    /// l.set(2, 9).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![0, 0, 9]);
+    /// ```
+    pub fn set(&self, index: usize, value: T) -> Result<()> {
+        unit(self.obj.call(Op::ListSet(index as u64, enc(&value)?))?)
+    }
+
+    /// The number of values.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.list(vec![1, 2]).unwrap().len().unwrap(), 2);
+    /// ```
+    pub fn len(&self) -> Result<usize> {
+        length(self.obj.call(Op::ListLen)?)
+    }
+
+    /// Whether the list is empty.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert!(m.list(Vec::<u8>::new()).unwrap().is_empty().unwrap());
+    /// ```
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Removes and returns the last value; empty → [`RemoteErrorKind::IndexError`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1]).unwrap();
+    /// assert_eq!(l.pop().unwrap(), 1);
+    /// assert!(l.pop().is_err());
+    /// ```
+    pub fn pop(&self) -> Result<T> {
+        value(self.obj.call(Op::ListPop)?)
+    }
+
+    /// Removes and returns the value at `index`, shifting the rest down (like
+    /// `Vec::remove`, Python's `l.pop(i)`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 3]).unwrap();
+    /// assert_eq!(l.remove(0).unwrap(), 1);
+    /// assert_eq!(l.to_vec().unwrap(), vec![2, 3]);
+    /// ```
+    pub fn remove(&self, index: usize) -> Result<T> {
+        value(self.obj.call(Op::ListRemove(index as u64))?)
+    }
+
+    /// Appends every value of `values`, atomically (one round trip).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1]).unwrap();
+    /// l.extend([2, 3]).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3]);
+    /// ```
+    pub fn extend<I: IntoIterator<Item = T>>(&self, values: I) -> Result<()> {
+        let v = values
+            .into_iter()
+            .map(|x| enc(&x))
+            .collect::<Result<Vec<_>>>()?;
+        unit(self.obj.call(Op::ListExtend(v))?)
+    }
+
+    /// Inserts `value` before `index` (`index == len` appends).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 3]).unwrap();
+    /// l.insert(1, 2).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3]);
+    /// ```
+    pub fn insert(&self, index: usize, value: T) -> Result<()> {
+        unit(self.obj.call(Op::ListInsert(index as u64, enc(&value)?))?)
+    }
+
+    /// Removes every value.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2]).unwrap();
+    /// l.clear().unwrap();
+    /// assert!(l.is_empty().unwrap());
+    /// ```
+    pub fn clear(&self) -> Result<()> {
+        unit(self.obj.call(Op::ListClear)?)
+    }
+
+    /// A copy of the whole list (Python's `list(proxy)` / `proxy[:]`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.list(vec![5, 6]).unwrap().to_vec().unwrap(), vec![5, 6]);
+    /// ```
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        list(self.obj.call(Op::ListToVec)?)
+    }
+
+    /// Iterates over a snapshot of the list taken now (one round trip), like
+    /// `for record in records:` in Python.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 3]).unwrap();
+    /// let sum: i32 = l.iter().unwrap().sum();
+    /// assert_eq!(sum, 6);
+    /// ```
+    pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
+        Ok(self.to_vec()?.into_iter())
+    }
+}
+
+/// A dictionary in a manager (Python's `manager.dict()`), keeping insertion order.
+///
+/// Keys are compared by their encoded bytes, which is equality for the usual key types
+/// (integers, strings, tuples of them, …).
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let d = m.dict::<String, u32>().unwrap();
+/// d.insert("a".into(), 1).unwrap();
+/// assert_eq!(d.get(&"a".into()).unwrap(), Some(1));
+/// assert_eq!(d.get(&"b".into()).unwrap(), None);
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct DictProxy<K, V> {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<fn() -> (K, V)>,
+}
+proxy_common!(DictProxy<K, V>);
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
+    /// Sets `key` to `value`; returns the previous value.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<u8, u8>().unwrap();
+    /// assert_eq!(d.insert(1, 1).unwrap(), None);
+    /// assert_eq!(d.insert(1, 2).unwrap(), Some(1));
+    /// ```
+    pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
+        maybe(self.obj.call(Op::DictInsert(enc(&key)?, enc(&value)?))?)
+    }
+
+    /// The value of `key`, if present.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<u8, u8>().unwrap();
+    /// assert_eq!(d.get(&1).unwrap(), None);
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        maybe(self.obj.call(Op::DictGet(enc(key)?))?)
+    }
+
+    /// The value of `key` (Python's `d[key]`); missing → [`Error::Remote`] with
+    /// [`RemoteErrorKind::KeyError`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<u8, u8>().unwrap();
+    /// d.insert(1, 5).unwrap();
+    /// assert_eq!(d.get_item(&1).unwrap(), 5);
+    /// assert!(matches!(d.get_item(&2), Err(multiproc::Error::Remote { kind: multiproc::RemoteErrorKind::KeyError, .. })));
+    /// ```
+    pub fn get_item(&self, key: &K) -> Result<V> {
+        self.get(key)?.ok_or_else(|| Error::Remote {
+            kind: RemoteErrorKind::KeyError,
+            message: "key not in the dict".into(),
+        })
+    }
+
+    /// Removes `key`; returns its value if it was present.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<u8, u8>().unwrap();
+    /// d.insert(1, 5).unwrap();
+    /// assert_eq!(d.remove(&1).unwrap(), Some(5));
+    /// assert_eq!(d.remove(&1).unwrap(), None);
+    /// ```
+    pub fn remove(&self, key: &K) -> Result<Option<V>> {
+        maybe(self.obj.call(Op::DictRemove(enc(key)?))?)
+    }
+
+    /// Removes `key` and returns its value (Python's `d.pop(key)`); missing →
+    /// [`RemoteErrorKind::KeyError`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<u8, u8>().unwrap();
+    /// assert!(d.pop(&1).is_err());
+    /// ```
+    pub fn pop(&self, key: &K) -> Result<V> {
+        self.remove(key)?.ok_or_else(|| Error::Remote {
+            kind: RemoteErrorKind::KeyError,
+            message: "key not in the dict".into(),
+        })
+    }
+
+    /// Whether `key` is present.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<u8, u8>().unwrap();
+    /// d.insert(3, 3).unwrap();
+    /// assert!(d.contains_key(&3).unwrap() && !d.contains_key(&4).unwrap());
+    /// ```
+    pub fn contains_key(&self, key: &K) -> Result<bool> {
+        boolean(self.obj.call(Op::DictContains(enc(key)?))?)
+    }
+
+    /// The number of entries.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.dict::<u8, u8>().unwrap().len().unwrap(), 0);
+    /// ```
+    pub fn len(&self) -> Result<usize> {
+        length(self.obj.call(Op::DictLen)?)
+    }
+
+    /// Whether it has no entries.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert!(m.dict::<u8, u8>().unwrap().is_empty().unwrap());
+    /// ```
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The keys, in insertion order.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(2u8, 'b'), (1, 'a')]).unwrap();
+    /// assert_eq!(d.keys().unwrap(), vec![2, 1]);
+    /// ```
+    pub fn keys(&self) -> Result<Vec<K>> {
+        list(self.obj.call(Op::DictKeys)?)
+    }
+
+    /// The values, in insertion order.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(2u8, 'b'), (1, 'a')]).unwrap();
+    /// assert_eq!(d.values().unwrap(), vec!['b', 'a']);
+    /// ```
+    pub fn values(&self) -> Result<Vec<V>> {
+        list(self.obj.call(Op::DictValues)?)
+    }
+
+    /// The entries, in insertion order.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(1u8, 'a')]).unwrap();
+    /// assert_eq!(d.items().unwrap(), vec![(1, 'a')]);
+    /// ```
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        match self.obj.call(Op::DictItems)? {
+            Reply::Pairs(v) => v.iter().map(|(k, v)| Ok((dec(k)?, dec(v)?))).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// A copy of the whole dictionary (Python's `dict(proxy)`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(1u8, 'a')]).unwrap();
+    /// assert_eq!(d.to_map().unwrap()[&1], 'a');
+    /// ```
+    pub fn to_map(&self) -> Result<HashMap<K, V>>
+    where
+        K: Eq + Hash,
+    {
+        Ok(self.items()?.into_iter().collect())
+    }
+
+    /// Removes every entry.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(1u8, 'a')]).unwrap();
+    /// d.clear().unwrap();
+    /// assert!(d.is_empty().unwrap());
+    /// ```
+    pub fn clear(&self) -> Result<()> {
+        unit(self.obj.call(Op::DictClear)?)
+    }
+}
+
+/// A namespace in a manager (Python's `manager.Namespace()`): named values of any
+/// serializable types.
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let ns = m.namespace().unwrap();
+/// ns.set("x", 1).unwrap();
+/// ns.set("name", "box").unwrap();
+/// assert_eq!(ns.get::<i32>("x").unwrap(), 1);
+/// assert_eq!(ns.get::<String>("name").unwrap(), "box");
+/// ```
+#[derive(Serialize, Deserialize)]
+pub struct NamespaceProxy {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<()>,
+}
+proxy_common!(NamespaceProxy);
+
+impl NamespaceProxy {
+    /// Sets attribute `name` (`ns.name = value`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let ns = m.namespace().unwrap();
+    /// ns.set("y", vec![1, 2]).unwrap();
+    /// assert_eq!(ns.get::<Vec<i32>>("y").unwrap(), vec![1, 2]);
+    /// ```
+    pub fn set<T: Serialize>(&self, name: &str, value: T) -> Result<()> {
+        unit(self.obj.call(Op::NsSet(name.to_string(), enc(&value)?))?)
+    }
+
+    /// Reads attribute `name` as a `T`; missing → [`RemoteErrorKind::KeyError`] (Python's
+    /// `AttributeError`); stored as another type → usually [`Error::Codec`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let ns = m.namespace().unwrap();
+    /// assert!(ns.get::<i32>("nope").is_err());
+    /// ```
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        value(self.obj.call(Op::NsGet(name.to_string()))?)
+    }
+
+    /// Deletes attribute `name` (`del ns.name`); missing → [`RemoteErrorKind::KeyError`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let ns = m.namespace().unwrap();
+    /// ns.set("z", 0).unwrap();
+    /// ns.remove("z").unwrap();
+    /// assert!(ns.remove("z").is_err());
+    /// ```
+    pub fn remove(&self, name: &str) -> Result<()> {
+        unit(self.obj.call(Op::NsRemove(name.to_string()))?)
+    }
+
+    /// The attribute names, in the order they were first set.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let ns = m.namespace().unwrap();
+    /// ns.set("a", 1).unwrap();
+    /// ns.set("b", 2).unwrap();
+    /// assert_eq!(ns.names().unwrap(), vec!["a", "b"]);
+    /// ```
+    pub fn names(&self) -> Result<Vec<String>> {
+        match self.obj.call(Op::NsNames)? {
+            Reply::Names(n) => Ok(n),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+/// A FIFO queue in a manager (Python's `manager.Queue()`).
+///
+/// A blocked `get` waits in the server; if its process dies meanwhile, no item is lost.
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let q = m.queue::<u32>().unwrap();
+/// fn producer(q: multiproc::manager::QueueProxy<u32>) { for i in 0..3 { q.put(i).unwrap(); } }
+/// multiproc::spawn(producer, q.clone()).unwrap().join().unwrap();
+/// assert_eq!((q.get().unwrap(), q.get().unwrap(), q.get().unwrap()), (0, 1, 2));
+/// assert!(matches!(q.try_get(), Err(multiproc::Error::Empty)));
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct QueueProxy<T> {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<fn() -> T>,
+}
+proxy_common!(QueueProxy<T>);
+
+impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
+    /// Adds an item, waiting while a bounded queue is full.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.queue::<String>().unwrap();
+    /// q.put("job".to_string()).unwrap();
+    /// assert_eq!(q.qsize().unwrap(), 1);
+    /// ```
+    pub fn put(&self, item: T) -> Result<()> {
+        self.put_wait(item, Wait::Forever).map(|_| ())
+    }
+
+    /// Adds an item, waiting at most `timeout` for room ([`Error::Full`] after that).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.bounded_queue::<u8>(1).unwrap();
+    /// q.put(1).unwrap();
+    /// let t = std::time::Duration::from_millis(10);
+    /// assert!(matches!(q.put_timeout(2, t), Err(multiproc::Error::Full)));
+    /// ```
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<()> {
+        self.put_wait(item, wait_for(timeout))
+    }
+
+    /// Adds an item if there is room now, else [`Error::Full`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.bounded_queue::<u8>(1).unwrap();
+    /// q.try_put(1).unwrap();
+    /// assert!(matches!(q.try_put(2), Err(multiproc::Error::Full)));
+    /// ```
+    pub fn try_put(&self, item: T) -> Result<()> {
+        self.put_wait(item, Wait::No)
+    }
+
+    fn put_wait(&self, item: T, wait: Wait) -> Result<()> {
+        if boolean(self.obj.call(Op::QueuePut(enc(&item)?, wait))?)? {
+            Ok(())
+        } else {
+            Err(Error::Full)
+        }
+    }
+
+    /// Takes the oldest item, waiting for one.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.queue::<i64>().unwrap();
+    /// q.put(-1).unwrap();
+    /// assert_eq!(q.get().unwrap(), -1);
+    /// ```
+    pub fn get(&self) -> Result<T> {
+        self.get_wait(Wait::Forever)?.ok_or(Error::Empty)
+    }
+
+    /// Takes the oldest item, waiting at most `timeout` ([`Error::Timeout`] after that).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.queue::<u8>().unwrap();
+    /// let t = std::time::Duration::from_millis(10);
+    /// assert!(matches!(q.get_timeout(t), Err(multiproc::Error::Timeout)));
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_wait(wait_for(timeout))?.ok_or(Error::Timeout)
+    }
+
+    /// Takes the oldest item if there is one, else [`Error::Empty`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.queue::<u8>().unwrap();
+    /// assert!(matches!(q.try_get(), Err(multiproc::Error::Empty)));
+    /// ```
+    pub fn try_get(&self) -> Result<T> {
+        self.get_wait(Wait::No)?.ok_or(Error::Empty)
+    }
+
+    fn get_wait(&self, wait: Wait) -> Result<Option<T>> {
+        maybe(self.obj.call(Op::QueueGet(wait))?)
+    }
+
+    /// The number of items in the queue now.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.queue::<u8>().unwrap().qsize().unwrap(), 0);
+    /// ```
+    pub fn qsize(&self) -> Result<usize> {
+        length(self.obj.call(Op::QueueSize)?)
+    }
+
+    /// Whether the queue is empty now.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert!(m.queue::<u8>().unwrap().empty().unwrap());
+    /// ```
+    pub fn empty(&self) -> Result<bool> {
+        Ok(self.qsize()? == 0)
+    }
+}
+
+/// A single value in a manager (Python's `manager.Value(typecode, v)`), of any
+/// serializable type.
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let v = m.value(10i64).unwrap();
+/// v.set(11).unwrap();
+/// assert_eq!(v.get().unwrap(), 11);
+/// assert_eq!(v.swap(12).unwrap(), 11);
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct ValueProxy<T> {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<fn() -> T>,
+}
+proxy_common!(ValueProxy<T>);
+
+impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
+    /// The current value (`v.value`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.value("s".to_string()).unwrap().get().unwrap(), "s");
+    /// ```
+    pub fn get(&self) -> Result<T> {
+        value(self.obj.call(Op::ValueGet)?)
+    }
+
+    /// Replaces the value (`v.value = x`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let v = m.value(1u8).unwrap();
+    /// v.set(2).unwrap();
+    /// assert_eq!(v.get().unwrap(), 2);
+    /// ```
+    pub fn set(&self, value: T) -> Result<()> {
+        unit(self.obj.call(Op::ValueSet(enc(&value)?))?)
+    }
+
+    /// Replaces the value and returns the old one, atomically.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let v = m.value(1u8).unwrap();
+    /// assert_eq!(v.swap(5).unwrap(), 1);
+    /// ```
+    pub fn swap(&self, value: T) -> Result<T> {
+        self::value(self.obj.call(Op::ValueSwap(enc(&value)?))?)
+    }
+}
+
+/// A lock held in a manager (Python's `manager.Lock()`). Any process may release it (it
+/// has no owner, like Python's).
+///
+/// Better than Python's: if the process holding it dies (every connection of that process
+/// to the server is gone), the server releases it, and the next acquirer gets
+/// [`Error::OwnerDied`] — it then holds the lock, and the data the lock protects may be
+/// half-updated. If the process that asked for it dies before hearing that it got it, the
+/// server releases it silently.
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let lock = m.lock().unwrap();
+/// {
+///     let _g = lock.lock().unwrap();
+///     assert!(!lock.try_acquire().unwrap());
+/// }
+/// assert!(lock.try_acquire().unwrap());
+/// lock.release().unwrap();
+/// ```
+#[derive(Serialize, Deserialize)]
+pub struct LockProxy {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<()>,
+}
+proxy_common!(LockProxy);
+
+impl LockProxy {
+    /// Acquires the lock, waiting as long as it takes. [`Error::OwnerDied`]: acquired, but
+    /// the previous holder died holding it.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.lock().unwrap();
+    /// l.acquire().unwrap();
+    /// assert!(l.locked().unwrap());
+    /// l.release().unwrap();
+    /// ```
+    pub fn acquire(&self) -> Result<()> {
+        if boolean(self.obj.call(Op::LockAcquire(Wait::Forever))?)? {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
+    }
+
+    /// Acquires the lock, waiting at most `timeout`; returns whether it got it
+    /// ([`Error::OwnerDied`] as for [`acquire`](LockProxy::acquire)).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.lock().unwrap();
+    /// let t = std::time::Duration::from_millis(10);
+    /// assert!(l.acquire_timeout(t).unwrap());
+    /// assert!(!l.acquire_timeout(t).unwrap());
+    /// ```
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        boolean(self.obj.call(Op::LockAcquire(wait_for(timeout)))?)
+    }
+
+    /// Acquires the lock if it is free now; returns whether it got it.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.lock().unwrap();
+    /// assert!(l.try_acquire().unwrap());
+    /// assert!(!l.try_acquire().unwrap());
+    /// ```
+    pub fn try_acquire(&self) -> Result<bool> {
+        boolean(self.obj.call(Op::LockAcquire(Wait::No))?)
+    }
+
+    /// Releases the lock; releasing an unlocked lock → [`Error::InvalidOperation`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.lock().unwrap();
+    /// assert!(matches!(l.release(), Err(multiproc::Error::InvalidOperation(_))));
+    /// ```
+    pub fn release(&self) -> Result<()> {
+        match self.obj.call(Op::LockRelease) {
+            Ok(r) => unit(r),
+            Err(Error::Remote {
+                kind: RemoteErrorKind::ValueError,
+                message,
+            }) => Err(Error::InvalidOperation(message)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the lock is held now.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert!(!m.lock().unwrap().locked().unwrap());
+    /// ```
+    pub fn locked(&self) -> Result<bool> {
+        boolean(self.obj.call(Op::LockLocked)?)
+    }
+
+    /// Acquires the lock and returns a guard that releases it when dropped.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.lock().unwrap();
+    /// drop(l.lock().unwrap());
+    /// assert!(!l.locked().unwrap());
+    /// ```
+    pub fn lock(&self) -> Result<LockProxyGuard<'_>> {
+        self.acquire()?;
+        Ok(LockProxyGuard { lock: self })
+    }
+}
+
+/// Holds a [`LockProxy`] until dropped (see [`LockProxy::lock`]).
+///
+/// ```
+/// # multiproc::init();
+/// # let m = multiproc::Manager::start().unwrap();
+/// let l = m.lock().unwrap();
+/// let g: multiproc::manager::LockProxyGuard<'_> = l.lock().unwrap();
+/// drop(g);
+/// ```
+#[derive(Debug)]
+pub struct LockProxyGuard<'a> {
+    lock: &'a LockProxy,
+}
+
+impl Drop for LockProxyGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+/// An event held in a manager (Python's `manager.Event()`).
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let e = m.event().unwrap();
+/// fn setter(e: multiproc::manager::EventProxy) { e.set().unwrap(); }
+/// multiproc::spawn(setter, e.clone()).unwrap().join().unwrap();
+/// assert!(e.wait_timeout(std::time::Duration::from_secs(5)).unwrap());
+/// ```
+#[derive(Serialize, Deserialize)]
+pub struct EventProxy {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<()>,
+}
+proxy_common!(EventProxy);
+
+impl EventProxy {
+    /// Sets the flag and wakes every waiter.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let e = m.event().unwrap();
+    /// e.set().unwrap();
+    /// assert!(e.is_set().unwrap());
+    /// ```
+    pub fn set(&self) -> Result<()> {
+        unit(self.obj.call(Op::EventSet)?)
+    }
+
+    /// Clears the flag.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let e = m.event().unwrap();
+    /// e.set().unwrap();
+    /// e.clear().unwrap();
+    /// assert!(!e.is_set().unwrap());
+    /// ```
+    pub fn clear(&self) -> Result<()> {
+        unit(self.obj.call(Op::EventClear)?)
+    }
+
+    /// Whether the flag is set.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert!(!m.event().unwrap().is_set().unwrap());
+    /// ```
+    pub fn is_set(&self) -> Result<bool> {
+        boolean(self.obj.call(Op::EventIsSet)?)
+    }
+
+    /// Waits until the flag is set.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let e = m.event().unwrap();
+    /// e.set().unwrap();
+    /// e.wait().unwrap();
+    /// ```
+    pub fn wait(&self) -> Result<()> {
+        if boolean(self.obj.call(Op::EventWait(Wait::Forever))?)? {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
+    }
+
+    /// Waits at most `timeout` for the flag; returns whether it is set.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let e = m.event().unwrap();
+    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(10)).unwrap());
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        boolean(self.obj.call(Op::EventWait(wait_for(timeout)))?)
+    }
+}
+
+/// A type whose values can live in a manager and be used through a [`SharedProxy`]
+/// (Python's `BaseManager.register(typeid, callable)`).
+///
+/// Requests and replies are your own serializable types (an enum of methods works well);
+/// the server calls [`handle`](Shared::handle) for each, one at a time per object. Register
+/// the type with [`ManagerBuilder::register`](super::ManagerBuilder::register) before the
+/// manager starts.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// struct Counter { n: i64 }
+/// #[derive(Serialize, Deserialize)]
+/// enum CounterOp { Add(i64), Get }
+/// impl multiproc::manager::Shared for Counter {
+///     type Request = CounterOp;
+///     type Reply = i64;
+///     fn handle(&mut self, op: CounterOp) -> i64 {
+///         if let CounterOp::Add(k) = op { self.n += k; }
+///         self.n
+///     }
+/// }
+/// multiproc::init();
+/// let m = multiproc::Manager::builder().register::<Counter>().start().unwrap();
+/// let c = m.create(Counter { n: 1 }).unwrap();
+/// assert_eq!(c.call(CounterOp::Add(2)).unwrap(), 3);
+/// assert_eq!(c.get().unwrap().n, 3);
+/// ```
+pub trait Shared: Serialize + DeserializeOwned + Send + 'static {
+    /// What a proxy sends to call a method.
+    type Request: Serialize + DeserializeOwned;
+    /// What the method returns to the proxy.
+    type Reply: Serialize + DeserializeOwned;
+    /// Runs one request on the object, in the server.
+    fn handle(&mut self, request: Self::Request) -> Self::Reply;
+    /// The name the type is registered under (the same in every binary that talks to the
+    /// server). Defaults to the type's Rust path.
+    fn registered_name() -> String {
+        std::any::type_name::<Self>().to_string()
+    }
+}
+
+/// The server's view of a registered type.
+pub(crate) trait ErasedShared: Send {
+    fn call(&mut self, request: &[u8]) -> std::result::Result<Vec<u8>, (RemoteErrorKind, String)>;
+    fn snapshot(&self) -> std::result::Result<Vec<u8>, (RemoteErrorKind, String)>;
+}
+
+impl<S: Shared> ErasedShared for S {
+    fn call(&mut self, request: &[u8]) -> std::result::Result<Vec<u8>, (RemoteErrorKind, String)> {
+        let req: S::Request = codec::decode(request)
+            .map_err(|e| (RemoteErrorKind::TypeError, format!("bad request: {e}")))?;
+        let reply = self.handle(req);
+        codec::encode(&reply).map_err(|e| (RemoteErrorKind::TypeError, e.to_string()))
+    }
+    fn snapshot(&self) -> std::result::Result<Vec<u8>, (RemoteErrorKind, String)> {
+        codec::encode(self).map_err(|e| (RemoteErrorKind::TypeError, e.to_string()))
+    }
+}
+
+/// Builds a registered type's value in the server from its encoded initial value.
+pub(crate) fn construct<S: Shared>(
+    init: &[u8],
+) -> std::result::Result<Box<dyn ErasedShared>, (RemoteErrorKind, String)> {
+    let v: S = codec::decode(init).map_err(|e| {
+        (
+            RemoteErrorKind::TypeError,
+            format!("bad initial value: {e}"),
+        )
+    })?;
+    Ok(Box::new(v))
+}
+
+/// A proxy to a value of a registered [`Shared`] type living in a manager.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Maths;
+/// # impl multiproc::manager::Shared for Maths {
+/// #     type Request = (i32, i32);
+/// #     type Reply = i32;
+/// #     fn handle(&mut self, (a, b): (i32, i32)) -> i32 { a + b }
+/// # }
+/// multiproc::init();
+/// let m = multiproc::Manager::builder().register::<Maths>().start().unwrap();
+/// let maths = m.create(Maths).unwrap();
+/// fn add(p: multiproc::manager::SharedProxy<Maths>) -> i32 { p.call((2, 3)).unwrap() }
+/// assert_eq!(multiproc::spawn(add, maths).unwrap().join().unwrap(), 5);
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SharedProxy<S> {
+    obj: ObjRef,
+    #[serde(skip)]
+    _t: PhantomData<fn() -> S>,
+}
+proxy_common!(SharedProxy<S>);
+
+impl<S: Shared> SharedProxy<S> {
+    /// Runs `request` on the object in the server and returns its reply. A panic in
+    /// [`Shared::handle`] → [`Error::Remote`] with [`RemoteErrorKind::Panicked`]; the
+    /// server keeps serving.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)]
+    /// # struct Echo;
+    /// # impl multiproc::manager::Shared for Echo {
+    /// #     type Request = String;
+    /// #     type Reply = String;
+    /// #     fn handle(&mut self, s: String) -> String { s }
+    /// # }
+    /// # multiproc::init();
+    /// let m = multiproc::Manager::builder().register::<Echo>().start().unwrap();
+    /// assert_eq!(m.create(Echo).unwrap().call("hi".into()).unwrap(), "hi");
+    /// ```
+    pub fn call(&self, request: S::Request) -> Result<S::Reply> {
+        value(self.obj.call(Op::SharedCall(enc(&request)?))?)
+    }
+
+    /// A copy of the object's current state.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    /// # struct Cell(u8);
+    /// # impl multiproc::manager::Shared for Cell {
+    /// #     type Request = u8;
+    /// #     type Reply = ();
+    /// #     fn handle(&mut self, v: u8) { self.0 = v; }
+    /// # }
+    /// # multiproc::init();
+    /// let m = multiproc::Manager::builder().register::<Cell>().start().unwrap();
+    /// let c = m.create(Cell(0)).unwrap();
+    /// c.call(7).unwrap();
+    /// assert_eq!(c.get().unwrap(), Cell(7));
+    /// ```
+    pub fn get(&self) -> Result<S> {
+        value(self.obj.call(Op::SharedGet)?)
+    }
+}

@@ -1,0 +1,905 @@
+//! The manager's server process: a listening socket, one thread per client connection,
+//! and a table of objects. Each operation runs under its object's own mutex, so it is
+//! atomic; blocking operations (queue get, lock acquire, event wait) wait on a condition
+//! variable in slices and give up when their client hangs up.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::pipe::PipeConn;
+use super::protocol::{Create, Kind, Op, Reply, Request, Response, Wait};
+use super::ErasedShared;
+use crate::connection::{accept_raw, authenticate_server, Address, Connection, Listener, RawConn};
+use crate::{codec, sys, Error, RemoteErrorKind};
+
+/// Most client connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 4096;
+/// How often a blocked operation checks that its client is still there.
+const CHECK_PEER: Duration = Duration::from_millis(100);
+
+/// A registered type's constructor: decodes the initial value.
+pub(crate) type Constructor = fn(&[u8]) -> Result<Box<dyn ErasedShared>, (RemoteErrorKind, String)>;
+
+/// A registered type as sent to the server: its name and its constructor, named by offset.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Registration {
+    pub(crate) name: String,
+    pub(crate) offset: i64,
+    pub(crate) build: u64,
+    pub(crate) sig: u64,
+}
+
+/// Messages on the control pipe between the owning [`Manager`](super::Manager) and its
+/// server.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// Server → owner: listening on this address.
+    Ready(Address),
+    /// Server → owner: could not start.
+    Failed(String),
+    /// Owner → server: stop now.
+    Shutdown,
+}
+
+/// The server process's arguments.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ServerArgs {
+    pub(crate) control: Connection<Control>,
+    pub(crate) address: Address,
+    pub(crate) authkey: Vec<u8>,
+    pub(crate) registry: Vec<Registration>,
+    pub(crate) max_message: u64,
+}
+
+type RemoteErr = (RemoteErrorKind, String);
+
+fn err(kind: RemoteErrorKind, msg: impl Into<String>) -> RemoteErr {
+    (kind, msg.into())
+}
+
+#[derive(Default)]
+struct LockState {
+    held: bool,
+    /// The session that acquired it, when known.
+    holder: Option<u64>,
+    /// Released because its holder's process went away: the next acquirer is told.
+    abandoned: bool,
+}
+
+struct QueueState {
+    items: VecDeque<ByteBuf>,
+    maxsize: Option<u64>,
+}
+
+enum Obj {
+    List(Mutex<Vec<ByteBuf>>),
+    Dict(Mutex<IndexMap<ByteBuf, ByteBuf>>),
+    Namespace(Mutex<IndexMap<String, ByteBuf>>),
+    Queue(Mutex<QueueState>, Condvar),
+    Value(Mutex<ByteBuf>),
+    Lock(Mutex<LockState>, Condvar),
+    Event(Mutex<bool>, Condvar),
+    Shared(String, Mutex<Box<dyn ErasedShared>>),
+}
+
+impl Obj {
+    fn kind(&self) -> Kind {
+        match self {
+            Obj::List(_) => Kind::List,
+            Obj::Dict(_) => Kind::Dict,
+            Obj::Namespace(_) => Kind::Namespace,
+            Obj::Queue(..) => Kind::Queue,
+            Obj::Value(_) => Kind::Value,
+            Obj::Lock(..) => Kind::Lock,
+            Obj::Event(..) => Kind::Event,
+            Obj::Shared(n, _) => Kind::Shared(n.clone()),
+        }
+    }
+}
+
+struct State {
+    objects: RwLock<HashMap<u64, Arc<Obj>>>,
+    names: Mutex<HashMap<String, u64>>,
+    next_id: AtomicU64,
+    registry: HashMap<String, Constructor>,
+    authkey: Vec<u8>,
+    max_message: u64,
+    connections: AtomicUsize,
+    /// Live connections per client session.
+    sessions: Mutex<HashMap<u64, usize>>,
+    /// Every lock object, to release those whose holder went away.
+    locks: Mutex<Vec<(u64, Arc<Obj>)>>,
+    /// Who keeps each object alive.
+    refs: Mutex<HashMap<u64, Holds>>,
+}
+
+/// Who keeps an object alive. It is deleted when nothing does.
+#[derive(Default)]
+struct Holds {
+    /// Proxies held, per client session (process).
+    sessions: HashMap<u64, u32>,
+    /// Proxies sent to other processes and not yet taken up there, per sending session.
+    pinned: HashMap<u64, u32>,
+    /// Published names pointing at it.
+    names: u32,
+}
+
+impl Holds {
+    fn is_free(&self) -> bool {
+        self.sessions.is_empty() && self.pinned.is_empty() && self.names == 0
+    }
+}
+
+/// Connections that never introduced themselves hold objects under this session, which
+/// never ends.
+const NO_SESSION: u64 = 0;
+
+thread_local! {
+    /// Set while a registered type's code runs: its panics are reported to the client,
+    /// not printed by the server.
+    static IN_USER_CODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last caught panic happened.
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn quiet_panics_in_user_code() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_USER_CODE.with(|c| c.get()) {
+            let at = info.location().map(|l| l.to_string());
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+        } else {
+            prev(info);
+        }
+    }));
+}
+
+/// Runs a registered type's code, turning a panic into a `Panicked` error.
+fn run_user<R>(f: impl FnOnce() -> R) -> Result<R, RemoteErr> {
+    IN_USER_CODE.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+    IN_USER_CODE.with(|c| c.set(false));
+    r.map_err(|p| {
+        let at = PANIC_AT.with(|a| a.borrow_mut().take());
+        let msg = panic_message(&p);
+        let msg = match at {
+            Some(at) => format!("{msg} (at {at})"),
+            None => msg,
+        };
+        err(RemoteErrorKind::Panicked, msg)
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The server process's entry point.
+pub(crate) fn server_main(args: ServerArgs) {
+    let ServerArgs {
+        control,
+        address,
+        authkey,
+        registry,
+        max_message,
+    } = args;
+    quiet_panics_in_user_code();
+    let listener = match Listener::bind(&address, None) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = control.send(&Control::Failed(format!("cannot listen on {address}: {e}")));
+            return;
+        }
+    };
+    let mut table = HashMap::new();
+    for r in registry {
+        match sys::fn_at::<Constructor>(r.offset, r.build, r.sig) {
+            Some(f) => {
+                table.insert(r.name, f);
+            }
+            None => {
+                let _ = control.send(&Control::Failed(format!(
+                    "registered type {} cannot be located in the server's executable",
+                    r.name
+                )));
+                return;
+            }
+        }
+    }
+    let state = Arc::new(State {
+        objects: RwLock::new(HashMap::new()),
+        names: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        registry: table,
+        authkey,
+        max_message,
+        connections: AtomicUsize::new(0),
+        sessions: Mutex::new(HashMap::new()),
+        locks: Mutex::new(Vec::new()),
+        refs: Mutex::new(HashMap::new()),
+    });
+    if control
+        .send(&Control::Ready(listener.address().clone()))
+        .is_err()
+    {
+        return;
+    }
+    let st = state.clone();
+    let accepted = std::thread::Builder::new()
+        .name("manager-accept".into())
+        .spawn(move || accept_loop(listener, st));
+    if accepted.is_err() {
+        return;
+    }
+    // Serve until the owner says stop or goes away (its end of the pipe closes).
+    let _ = control.recv();
+}
+
+fn accept_loop(listener: Listener, state: Arc<State>) {
+    loop {
+        let conn = match accept_raw(&listener) {
+            Ok(c) => c,
+            Err(_) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if state.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            state.connections.fetch_sub(1, Ordering::SeqCst);
+            continue; // dropping closes it
+        }
+        let st = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("manager-conn".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                serve_connection(conn, &st);
+                st.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            state.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Authenticates one client, then answers its requests until it hangs up or sends
+/// something that is not a frame. Only this connection is affected by what it sends.
+fn serve_connection(conn: RawConn, state: &State) {
+    conn.set_spin(false);
+    if authenticate_server(&conn, &state.authkey).is_err() {
+        return;
+    }
+    conn.set_max_frame(state.max_message);
+    let mut session = None;
+    if let Some(pipes) = serve_requests(&conn, state, &mut session) {
+        // The socket is not needed any more: the client talks over its pipes.
+        drop(conn);
+        serve_pipes(&pipes, state, session);
+    }
+    if let Some(s) = session {
+        end_session(state, s);
+    }
+}
+
+fn end_session(state: &State, s: u64) {
+    {
+        let mut sessions = lock(&state.sessions);
+        match sessions.get_mut(&s) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            _ => {
+                sessions.remove(&s);
+            }
+        }
+    }
+    // The client process has no connection left: it died (or dropped every proxy).
+    // Locks it holds are released, and their next acquirer learns it.
+    let locks = lock(&state.locks).clone();
+    for (_, l) in locks {
+        if let Obj::Lock(m, cv) = &*l {
+            let mut g = lock(m);
+            if g.held && g.holder == Some(s) {
+                g.held = false;
+                g.holder = None;
+                g.abandoned = true;
+                cv.notify_all();
+            }
+        }
+    }
+    // Its proxies are gone with it.
+    let freed: Vec<u64> = {
+        let mut refs = lock(&state.refs);
+        let mut freed = Vec::new();
+        for (id, h) in refs.iter_mut() {
+            h.sessions.remove(&s);
+            h.pinned.remove(&s);
+            if h.is_free() {
+                freed.push(*id);
+            }
+        }
+        for id in &freed {
+            refs.remove(id);
+        }
+        freed
+    };
+    delete(state, &freed);
+}
+
+/// Removes objects nothing holds any more.
+fn delete(state: &State, ids: &[u64]) {
+    if ids.is_empty() {
+        return;
+    }
+    {
+        let mut objects = state.objects.write().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            objects.remove(id);
+        }
+    }
+    lock(&state.locks).retain(|(id, _)| !ids.contains(id));
+    lock(&state.names).retain(|_, id| !ids.contains(id));
+}
+
+/// Changes who holds object `id`; deletes it when nothing does. False: no such object.
+fn update_holds(state: &State, id: u64, f: impl FnOnce(&mut Holds)) -> bool {
+    let free = {
+        let mut refs = lock(&state.refs);
+        let Some(h) = refs.get_mut(&id) else {
+            return false;
+        };
+        f(h);
+        let free = h.is_free();
+        if free {
+            refs.remove(&id);
+        }
+        free
+    };
+    if free {
+        delete(state, &[id]);
+    }
+    true
+}
+
+fn not_found(id: u64) -> Response {
+    Err(err(
+        RemoteErrorKind::NotFound,
+        format!("no object with id {id} (it was freed, or never existed)"),
+    ))
+}
+
+/// The channel a connection's requests and replies travel on: the socket itself, or the
+/// pipes the client handed over.
+trait Wire {
+    fn reply(&self, r: &Response) -> crate::Result<()>;
+    fn peer_gone(&self) -> bool;
+}
+
+impl Wire for RawConn {
+    fn reply(&self, r: &Response) -> crate::Result<()> {
+        self.send_value(r)
+    }
+    fn peer_gone(&self) -> bool {
+        sys::peer_closed(self.as_fd())
+    }
+}
+
+impl Wire for PipeConn {
+    fn reply(&self, r: &Response) -> crate::Result<()> {
+        self.send(r)
+    }
+    fn peer_gone(&self) -> bool {
+        PipeConn::peer_gone(self)
+    }
+}
+
+/// Serves requests on the socket. Returns the client's pipes if it moves to them.
+fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) -> Option<PipeConn> {
+    loop {
+        let req = conn.recv_with(|bytes, fds| Ok((codec::decode::<Request>(bytes), fds)));
+        let response = match req {
+            Ok((Ok(Request::Hello(s)), _)) => {
+                if session.is_none() {
+                    *lock(&state.sessions).entry(s).or_insert(0) += 1;
+                    *session = Some(s);
+                }
+                Some(Ok(Reply::Unit))
+            }
+            Ok((Ok(Request::UsePipes), fds)) => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next(), fds.next()) {
+                    (Some(rd), Some(wr), None) => {
+                        let ok: Response = Ok(Reply::Unit);
+                        if conn.send_value(&ok).is_err() {
+                            return None;
+                        }
+                        return Some(PipeConn::new(rd, wr, state.max_message));
+                    }
+                    _ => Some(Err(err(
+                        RemoteErrorKind::ProtocolError,
+                        "UsePipes needs exactly two pipe ends",
+                    ))),
+                }
+            }
+            Ok((Ok(req), _)) => handle(state, conn, req, *session),
+            Ok((Err(e), _)) => Some(Err(err(
+                RemoteErrorKind::ProtocolError,
+                format!("request not understood: {e}"),
+            ))),
+            // End of stream, garbage, an oversized frame, I/O error: drop this client.
+            Err(_) => return None,
+        };
+        if let Some(response) = response {
+            if conn.send_value(&response).is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Serves a client over its pipes until it closes them or sends garbage.
+fn serve_pipes(pipes: &PipeConn, state: &State, session: Option<u64>) {
+    loop {
+        let response = match pipes.recv::<Request>() {
+            Ok(Request::Hello(_)) | Ok(Request::UsePipes) => Some(Err(err(
+                RemoteErrorKind::ProtocolError,
+                "already introduced",
+            ))),
+            Ok(req) => handle(state, pipes, req, session),
+            Err(Error::Codec(msg)) if !pipes.is_broken() => Some(Err(err(
+                RemoteErrorKind::ProtocolError,
+                format!("request not understood: {msg}"),
+            ))),
+            Err(_) => return,
+        };
+        if let Some(response) = response {
+            if pipes.send(&response).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one request. `None`: the reply was already sent (blocking operations send
+/// their own, to undo their effect when the client is gone).
+fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) -> Option<Response> {
+    let who = session.unwrap_or(NO_SESSION);
+    Some(match req {
+        Request::Acquire(id, received) => {
+            if update_holds(state, id, |h| {
+                *h.sessions.entry(who).or_insert(0) += 1;
+                if received {
+                    // The receiver holds it now: one sender's pin is done.
+                    let sender = h.pinned.keys().next().copied();
+                    if let Some(s) = sender {
+                        if let Some(n) = h.pinned.get_mut(&s) {
+                            *n -= 1;
+                            if *n == 0 {
+                                h.pinned.remove(&s);
+                            }
+                        }
+                    }
+                }
+            }) {
+                Ok(Reply::Unit)
+            } else {
+                not_found(id)
+            }
+        }
+        Request::Release(id) => {
+            update_holds(state, id, |h| {
+                if let Some(n) = h.sessions.get_mut(&who) {
+                    *n -= 1;
+                    if *n == 0 {
+                        h.sessions.remove(&who);
+                    }
+                }
+            });
+            Ok(Reply::Unit)
+        }
+        Request::Pin(id) => {
+            if update_holds(state, id, |h| *h.pinned.entry(who).or_insert(0) += 1) {
+                Ok(Reply::Unit)
+            } else {
+                not_found(id)
+            }
+        }
+        Request::ObjectCount => Ok(Reply::Len(
+            state
+                .objects
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64,
+        )),
+        Request::Hello(_) | Request::UsePipes => Err(err(
+            RemoteErrorKind::ProtocolError,
+            "unexpected introduction",
+        )),
+        Request::Create(c) => create(state, c, who),
+        Request::Call(id, op) => {
+            let obj = state
+                .objects
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .cloned();
+            let Some(obj) = obj else {
+                return Some(Err(err(
+                    RemoteErrorKind::NotFound,
+                    format!("no object with id {id}"),
+                )));
+            };
+            match (&*obj, op) {
+                (Obj::Queue(m, cv), Op::QueueGet(wait)) => {
+                    queue_get(m, cv, conn, wait);
+                    return None;
+                }
+                (Obj::Lock(m, cv), Op::LockAcquire(wait)) => {
+                    lock_acquire(m, cv, conn, wait, session);
+                    return None;
+                }
+                (_, op) => call(&obj, conn, op),
+            }
+        }
+        Request::Publish(name, id) => {
+            if !update_holds(state, id, |h| h.names += 1) {
+                return Some(not_found(id));
+            }
+            let previous = lock(&state.names).insert(name, id);
+            if let Some(old) = previous {
+                update_holds(state, old, |h| h.names = h.names.saturating_sub(1));
+            }
+            Ok(Reply::Unit)
+        }
+        Request::Lookup(name) => {
+            let id = lock(&state.names).get(&name).copied();
+            let obj = id.and_then(|id| {
+                state
+                    .objects
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .map(|o| (id, o.kind()))
+            });
+            match obj {
+                Some((id, kind))
+                    if update_holds(state, id, |h| *h.sessions.entry(who).or_insert(0) += 1) =>
+                {
+                    Ok(Reply::Object(id, kind))
+                }
+                _ => Err(err(
+                    RemoteErrorKind::NotFound,
+                    format!("no object named {name:?}"),
+                )),
+            }
+        }
+    })
+}
+
+/// Takes the first item, waiting as allowed, and sends it; if the client is gone by then,
+/// the item goes back to the front of the queue.
+fn queue_get(m: &Mutex<QueueState>, cv: &Condvar, conn: &dyn Wire, wait: Wait) {
+    let (mut g, ok) = wait_on(m, cv, conn, wait, |q| !q.items.is_empty());
+    let item = if ok { g.items.pop_front() } else { None };
+    if item.is_some() {
+        cv.notify_all();
+    }
+    drop(g);
+    let reply: Response = Ok(Reply::MaybeBytes(item));
+    if conn.reply(&reply).is_err() {
+        if let Ok(Reply::MaybeBytes(Some(v))) = reply {
+            lock(m).items.push_front(v);
+            cv.notify_all();
+        }
+    }
+}
+
+/// Acquires the lock, waiting as allowed, and says so; if the client is gone by then, the
+/// lock is released again.
+fn lock_acquire(
+    m: &Mutex<LockState>,
+    cv: &Condvar,
+    conn: &dyn Wire,
+    wait: Wait,
+    session: Option<u64>,
+) {
+    let (mut g, ok) = wait_on(m, cv, conn, wait, |l| !l.held);
+    let mut reply: Response = Ok(Reply::Bool(ok));
+    if ok {
+        g.held = true;
+        g.holder = session;
+        if std::mem::take(&mut g.abandoned) {
+            reply = Ok(Reply::OwnerDied);
+        }
+    }
+    drop(g);
+    if conn.reply(&reply).is_err() && ok {
+        let mut g = lock(m);
+        g.held = false;
+        g.holder = None;
+        cv.notify_all();
+    }
+}
+
+fn create(state: &State, c: Create, who: u64) -> Response {
+    let obj = match c {
+        Create::List(items) => Obj::List(Mutex::new(items)),
+        Create::Dict(pairs) => Obj::Dict(Mutex::new(pairs.into_iter().collect())),
+        Create::Namespace => Obj::Namespace(Mutex::new(IndexMap::new())),
+        Create::Queue(maxsize) => Obj::Queue(
+            Mutex::new(QueueState {
+                items: VecDeque::new(),
+                maxsize: maxsize.filter(|&m| m > 0),
+            }),
+            Condvar::new(),
+        ),
+        Create::Value(v) => Obj::Value(Mutex::new(v)),
+        Create::Lock => Obj::Lock(Mutex::new(LockState::default()), Condvar::new()),
+        Create::Event => Obj::Event(Mutex::new(false), Condvar::new()),
+        Create::Shared(name, init) => {
+            let Some(ctor) = state.registry.get(&name) else {
+                return Err(err(
+                    RemoteErrorKind::TypeError,
+                    format!("type {name} is not registered with this manager"),
+                ));
+            };
+            let made = run_user(|| ctor(&init))?;
+            Obj::Shared(name, Mutex::new(made?))
+        }
+    };
+    let kind = obj.kind();
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let obj = Arc::new(obj);
+    if kind == Kind::Lock {
+        lock(&state.locks).push((id, obj.clone()));
+    }
+    // The creator holds it.
+    let mut holds = Holds::default();
+    holds.sessions.insert(who, 1);
+    lock(&state.refs).insert(id, holds);
+    state
+        .objects
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, obj);
+    Ok(Reply::Object(id, kind))
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+fn index(i: u64, len: usize) -> Result<usize, RemoteErr> {
+    if (i as usize) < len && i <= usize::MAX as u64 {
+        Ok(i as usize)
+    } else {
+        Err(err(
+            RemoteErrorKind::IndexError,
+            format!("list index {i} out of range (length {len})"),
+        ))
+    }
+}
+
+fn wrong_kind(obj: &Obj, op: &Op) -> RemoteErr {
+    let name = format!("{op:?}");
+    let name = name.split('(').next().unwrap_or("?").to_string();
+    err(
+        RemoteErrorKind::TypeError,
+        format!("operation {name} does not apply to a {:?}", obj.kind()),
+    )
+}
+
+/// Waits on `cv` until `ready(&guard)` holds, the wait runs out, or the client hangs up.
+/// Returns the guard and whether it is ready.
+fn wait_on<'a, T>(
+    m: &'a Mutex<T>,
+    cv: &Condvar,
+    conn: &dyn Wire,
+    wait: Wait,
+    ready: impl Fn(&T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    let mut g = lock(m);
+    if ready(&g) {
+        return (g, true);
+    }
+    let deadline = match wait {
+        Wait::No => return (g, false),
+        Wait::Forever => None,
+        // A deadline too far to represent is no deadline.
+        Wait::For(d) => Instant::now().checked_add(d),
+    };
+    loop {
+        let slice = match deadline {
+            None => CHECK_PEER,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (g, false);
+                }
+                left.min(CHECK_PEER)
+            }
+        };
+        g = match cv.wait_timeout(g, slice) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+        if ready(&g) {
+            return (g, true);
+        }
+        if conn.peer_gone() {
+            return (g, false);
+        }
+    }
+}
+
+fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
+    use RemoteErrorKind::*;
+    match (obj, op) {
+        (Obj::List(l), op) => {
+            let mut l = lock(l);
+            match op {
+                Op::ListPush(v) => {
+                    l.push(v);
+                    Ok(Reply::Unit)
+                }
+                Op::ListGet(i) => Ok(Reply::Bytes(l[index(i, l.len())?].clone())),
+                Op::ListSet(i, v) => {
+                    let i = index(i, l.len())?;
+                    l[i] = v;
+                    Ok(Reply::Unit)
+                }
+                Op::ListLen => Ok(Reply::Len(l.len() as u64)),
+                Op::ListPop => match l.pop() {
+                    Some(v) => Ok(Reply::Bytes(v)),
+                    None => Err(err(IndexError, "pop from empty list")),
+                },
+                Op::ListRemove(i) => {
+                    let i = index(i, l.len())?;
+                    Ok(Reply::Bytes(l.remove(i)))
+                }
+                Op::ListExtend(vs) => {
+                    l.extend(vs);
+                    Ok(Reply::Unit)
+                }
+                Op::ListInsert(i, v) => {
+                    if i as usize > l.len() {
+                        return Err(err(
+                            IndexError,
+                            format!("insertion index {i} out of range (length {})", l.len()),
+                        ));
+                    }
+                    l.insert(i as usize, v);
+                    Ok(Reply::Unit)
+                }
+                Op::ListClear => {
+                    l.clear();
+                    Ok(Reply::Unit)
+                }
+                Op::ListToVec => Ok(Reply::List(l.clone())),
+                op => Err(wrong_kind(obj, &op)),
+            }
+        }
+        (Obj::Dict(d), op) => {
+            let mut d = lock(d);
+            match op {
+                Op::DictInsert(k, v) => Ok(Reply::MaybeBytes(d.insert(k, v))),
+                Op::DictGet(k) => Ok(Reply::MaybeBytes(d.get(&k).cloned())),
+                Op::DictRemove(k) => Ok(Reply::MaybeBytes(d.shift_remove(&k))),
+                Op::DictContains(k) => Ok(Reply::Bool(d.contains_key(&k))),
+                Op::DictLen => Ok(Reply::Len(d.len() as u64)),
+                Op::DictKeys => Ok(Reply::List(d.keys().cloned().collect())),
+                Op::DictValues => Ok(Reply::List(d.values().cloned().collect())),
+                Op::DictItems => Ok(Reply::Pairs(
+                    d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                )),
+                Op::DictClear => {
+                    d.clear();
+                    Ok(Reply::Unit)
+                }
+                op => Err(wrong_kind(obj, &op)),
+            }
+        }
+        (Obj::Namespace(n), op) => {
+            let mut n = lock(n);
+            match op {
+                Op::NsSet(k, v) => {
+                    n.insert(k, v);
+                    Ok(Reply::Unit)
+                }
+                Op::NsGet(k) => match n.get(&k) {
+                    Some(v) => Ok(Reply::Bytes(v.clone())),
+                    None => Err(err(KeyError, format!("namespace has no attribute {k:?}"))),
+                },
+                Op::NsRemove(k) => match n.shift_remove(&k) {
+                    Some(_) => Ok(Reply::Unit),
+                    None => Err(err(KeyError, format!("namespace has no attribute {k:?}"))),
+                },
+                Op::NsNames => Ok(Reply::Names(n.keys().cloned().collect())),
+                op => Err(wrong_kind(obj, &op)),
+            }
+        }
+        (Obj::Queue(m, cv), op) => match op {
+            Op::QueuePut(v, wait) => {
+                let (mut g, ok) = wait_on(m, cv, conn, wait, |q| {
+                    q.maxsize.is_none_or(|max| (q.items.len() as u64) < max)
+                });
+                if ok {
+                    g.items.push_back(v);
+                    cv.notify_all();
+                }
+                Ok(Reply::Bool(ok))
+            }
+            Op::QueueSize => Ok(Reply::Len(lock(m).items.len() as u64)),
+            op => Err(wrong_kind(obj, &op)),
+        },
+        (Obj::Value(v), op) => {
+            let mut v = lock(v);
+            match op {
+                Op::ValueGet => Ok(Reply::Bytes(v.clone())),
+                Op::ValueSet(n) => {
+                    *v = n;
+                    Ok(Reply::Unit)
+                }
+                Op::ValueSwap(n) => Ok(Reply::Bytes(std::mem::replace(&mut *v, n))),
+                op => Err(wrong_kind(obj, &op)),
+            }
+        }
+        (Obj::Lock(m, cv), op) => match op {
+            Op::LockRelease => {
+                let mut g = lock(m);
+                if !g.held {
+                    return Err(err(ValueError, "release of an unlocked lock"));
+                }
+                g.held = false;
+                g.holder = None;
+                cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            Op::LockLocked => Ok(Reply::Bool(lock(m).held)),
+            op => Err(wrong_kind(obj, &op)),
+        },
+        (Obj::Event(m, cv), op) => match op {
+            Op::EventSet => {
+                *lock(m) = true;
+                cv.notify_all();
+                Ok(Reply::Unit)
+            }
+            Op::EventClear => {
+                *lock(m) = false;
+                Ok(Reply::Unit)
+            }
+            Op::EventIsSet => Ok(Reply::Bool(*lock(m))),
+            Op::EventWait(wait) => {
+                let (_g, ok) = wait_on(m, cv, conn, wait, |set| *set);
+                Ok(Reply::Bool(ok))
+            }
+            op => Err(wrong_kind(obj, &op)),
+        },
+        (Obj::Shared(_, s), op) => {
+            let mut s = lock(s);
+            match op {
+                Op::SharedCall(req) => {
+                    run_user(|| s.call(&req))?.map(|b| Reply::Bytes(ByteBuf::from(b)))
+                }
+                Op::SharedGet => run_user(|| s.snapshot())?.map(|b| Reply::Bytes(ByteBuf::from(b))),
+                op => Err(wrong_kind(obj, &op)),
+            }
+        }
+    }
+}

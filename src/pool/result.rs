@@ -1,0 +1,564 @@
+//! Where results land: [`AsyncResult`] and the sinks that fill it (or an iterator).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::fail::TaskFail;
+use super::sched::Sink;
+use super::worker::TaskReply;
+use crate::{codec, Error, Result};
+
+type Outcome<T> = std::result::Result<T, TaskFail>;
+type Callback<T> = Box<dyn FnOnce(&Outcome<T>) + Send>;
+
+struct Slot<T> {
+    outcome: Option<Outcome<T>>,
+    done: bool,
+    /// The outcome is lent to callbacks right now.
+    busy: bool,
+    callbacks: Vec<Callback<T>>,
+}
+
+/// The shared state of an [`AsyncResult`].
+pub(crate) struct Cell<T> {
+    slot: Mutex<Slot<T>>,
+    cv: Condvar,
+}
+
+impl<T> Cell<T> {
+    pub(crate) fn new() -> Arc<Cell<T>> {
+        Arc::new(Cell {
+            slot: Mutex::new(Slot {
+                outcome: None,
+                done: false,
+                busy: false,
+                callbacks: Vec::new(),
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the outcome (the first one wins) and runs the callbacks, on this thread.
+    pub(crate) fn set(&self, outcome: Outcome<T>) {
+        let mut s = self.lock();
+        if s.done || s.busy {
+            return;
+        }
+        s.busy = true;
+        loop {
+            let cbs = std::mem::take(&mut s.callbacks);
+            if cbs.is_empty() {
+                s.outcome = Some(outcome);
+                s.done = true;
+                s.busy = false;
+                drop(s);
+                self.cv.notify_all();
+                return;
+            }
+            drop(s);
+            for cb in cbs {
+                run_callback(cb, &outcome);
+            }
+            s = self.lock();
+        }
+    }
+
+    fn add_callback(&self, cb: Callback<T>) {
+        let mut s = self.lock();
+        if !s.done {
+            s.callbacks.push(cb);
+            return;
+        }
+        // Already done: lend the outcome to the callback outside the lock.
+        while s.busy {
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        let Some(o) = s.outcome.take() else { return };
+        s.busy = true;
+        drop(s);
+        run_callback(cb, &o);
+        let mut s = self.lock();
+        s.outcome = Some(o);
+        s.busy = false;
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Waits until the outcome is there and not lent out; `false` on timeout.
+    fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, Slot<T>>, bool) {
+        let mut s = self.lock();
+        while !s.done || s.busy {
+            match deadline {
+                None => s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return (s, false);
+                    }
+                    s = self
+                        .cv
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        (s, true)
+    }
+
+    /// Waits for the outcome and takes it (for callers that own the only handle).
+    pub(crate) fn take(&self) -> Result<T> {
+        // A blocking `apply` often gets its answer within tens of microseconds: look for it
+        // for a moment (giving the CPU away) before sleeping.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(100) {
+            if self.lock().done {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let (mut s, _) = self.wait_until(None);
+        match s.outcome.take() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(f)) => Err(f.to_error()),
+            None => Err(Error::invalid("the result was already taken")),
+        }
+    }
+}
+
+/// Runs a user's callback; a panic in it is reported and goes no further (it must not kill
+/// the pool thread that delivers results).
+fn run_callback<T>(cb: Callback<T>, outcome: &Outcome<T>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(outcome))).is_err() {
+        eprintln!("multiproc: a pool result callback panicked; the panic was ignored");
+    }
+}
+
+/// The result of [`Pool::apply_async`](super::Pool::apply_async) or
+/// [`Pool::map_async`](super::Pool::map_async): a value that will be there once the
+/// task(s) ran (Python's `AsyncResult`).
+///
+/// All methods take `&self`; [`get`](AsyncResult::get) may be called any number of times
+/// (from any thread: `AsyncResult` is `Clone`) and returns the same outcome each time.
+/// Completion callbacks ([`on_done`](AsyncResult::on_done),
+/// [`on_error`](AsyncResult::on_error), [`on_complete`](AsyncResult::on_complete)) run on
+/// the pool's thread that received the result, or at once if it is already there; a
+/// callback must not wait on the result it is attached to.
+///
+/// ```
+/// multiproc::init();
+/// fn cube(x: i64) -> i64 { x * x * x }
+/// let pool = multiproc::Pool::new(2).unwrap();
+/// let results: Vec<_> = (1..=6).map(|x| pool.apply_async(cube, x)).collect();
+/// let output: Vec<i64> = results.iter().map(|r| r.get().unwrap()).collect();
+/// assert_eq!(output, vec![1, 8, 27, 64, 125, 216]);
+/// ```
+pub struct AsyncResult<R> {
+    cell: Arc<Cell<R>>,
+}
+
+impl<R> Clone for AsyncResult<R> {
+    fn clone(&self) -> Self {
+        AsyncResult {
+            cell: self.cell.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn from_cell(cell: Arc<Cell<R>>) -> AsyncResult<R> {
+        AsyncResult { cell }
+    }
+
+    pub(crate) fn failed(why: TaskFail) -> AsyncResult<R> {
+        let cell = Cell::new();
+        cell.set(Err(why));
+        AsyncResult { cell }
+    }
+
+    /// Takes the value out (for the pool's blocking calls, which own the only handle).
+    pub(crate) fn take(self) -> Result<R> {
+        self.cell.take()
+    }
+
+    /// Whether the outcome is there (Python's `ready()`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|x: u8| x, 1);
+    /// r.wait();
+    /// assert!(r.ready());
+    /// ```
+    pub fn ready(&self) -> bool {
+        self.cell.lock().done
+    }
+
+    /// Waits until the outcome is there (Python's `wait()`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|x: u8| x + 1, 1);
+    /// r.wait();
+    /// assert_eq!(r.get().unwrap(), 2);
+    /// ```
+    pub fn wait(&self) {
+        let _ = self.cell.wait_until(None);
+    }
+
+    /// Waits up to `timeout`; returns whether the outcome is there.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::time::Duration;
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 3000);
+    /// assert!(!r.wait_timeout(Duration::from_millis(10)));
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.cell.wait_until(Some(Instant::now() + timeout)).1
+    }
+
+    /// Whether the task(s) succeeded (Python's `successful()`); an
+    /// [`Error::InvalidOperation`] if the outcome is not there yet.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|x: i32| -> i32 { if x < 0 { panic!("negative") } x }, -1);
+    /// r.wait();
+    /// assert!(!r.successful().unwrap());
+    /// ```
+    pub fn successful(&self) -> Result<bool> {
+        if !self.cell.lock().done {
+            return Err(Error::invalid("the result is not ready"));
+        }
+        // Done: wait only while a callback borrows the outcome.
+        let (s, _) = self.cell.wait_until(None);
+        match &s.outcome {
+            Some(o) => Ok(o.is_ok()),
+            None => Err(Error::invalid("the result is not ready")),
+        }
+    }
+
+    /// Runs `f` with the outcome once it is there (at once if it already is).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.apply_async(|x: u32| x * 2, 21).on_complete(move |r| {
+    ///     tx.send(r.ok().copied()).unwrap();
+    /// });
+    /// assert_eq!(rx.recv().unwrap(), Some(42));
+    /// ```
+    pub fn on_complete(
+        &self,
+        f: impl FnOnce(std::result::Result<&R, Error>) + Send + 'static,
+    ) -> &Self {
+        self.cell
+            .add_callback(Box::new(move |o: &Outcome<R>| match o {
+                Ok(v) => f(Ok(v)),
+                Err(e) => f(Err(e.to_error())),
+            }));
+        self
+    }
+
+    /// Runs `f` with the value if the task succeeds (Python's `callback=`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.apply_async(|x: u32| x + 1, 1).on_done(move |v| tx.send(*v).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), 2);
+    /// ```
+    pub fn on_done(&self, f: impl FnOnce(&R) + Send + 'static) -> &Self {
+        self.cell.add_callback(Box::new(move |o: &Outcome<R>| {
+            if let Ok(v) = o {
+                f(v)
+            }
+        }));
+        self
+    }
+
+    /// Runs `f` with the error if the task fails (Python's `error_callback=`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.apply_async(|_: ()| -> u8 { panic!("nope") }, ())
+    ///     .on_error(move |e| tx.send(e.to_string()).unwrap());
+    /// assert!(rx.recv().unwrap().contains("nope"));
+    /// ```
+    pub fn on_error(&self, f: impl FnOnce(&Error) + Send + 'static) -> &Self {
+        self.cell.add_callback(Box::new(move |o: &Outcome<R>| {
+            if let Err(e) = o {
+                f(&e.to_error())
+            }
+        }));
+        self
+    }
+}
+
+impl<R: Clone> AsyncResult<R> {
+    /// Waits for the outcome and returns it: the value, or the task's error
+    /// ([`Error::TaskPanicked`], [`Error::WorkerDied`], [`Error::Timeout`] for a task over
+    /// the pool's task timeout, [`Error::Codec`], [`Error::Closed`] if the pool was
+    /// terminated first). Returns the same outcome every time it is called.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|s: String| s.to_uppercase(), "hi".to_string());
+    /// assert_eq!(r.get().unwrap(), "HI");
+    /// assert_eq!(r.get().unwrap(), "HI");
+    /// ```
+    pub fn get(&self) -> Result<R> {
+        let (s, _) = self.cell.wait_until(None);
+        outcome_of(&s)
+    }
+
+    /// Like [`get`](AsyncResult::get), waiting at most `timeout`: [`Error::Timeout`] if the
+    /// outcome is not there by then (the task goes on; ask again later).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::time::Duration;
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 3000);
+    /// assert!(matches!(r.get_timeout(Duration::from_millis(10)), Err(multiproc::Error::Timeout)));
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
+        let (s, ok) = self.cell.wait_until(Some(Instant::now() + timeout));
+        if !ok {
+            return Err(Error::Timeout);
+        }
+        outcome_of(&s)
+    }
+}
+
+fn outcome_of<T: Clone>(s: &Slot<T>) -> Result<T> {
+    match &s.outcome {
+        Some(Ok(v)) => Ok(v.clone()),
+        Some(Err(f)) => Err(f.to_error()),
+        None => Err(Error::invalid("the result was already taken")),
+    }
+}
+
+/// Decodes `count` replies.
+fn decode_replies<R: DeserializeOwned>(
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+    count: usize,
+    mut each: impl FnMut(usize, Outcome<R>),
+) {
+    codec::decode_many::<TaskReply<R>>(payload, fds, count, |i, r| {
+        each(
+            i,
+            match r {
+                Ok(TaskReply::Ok(v)) => Ok(v),
+                Ok(TaskReply::Failed(f)) => Err(f),
+                Err(e) => Err(TaskFail::from_error(&e)),
+            },
+        )
+    });
+}
+
+/// One task's result goes to an [`AsyncResult`].
+pub(crate) struct OneSink<R> {
+    pub(crate) cell: Arc<Cell<R>>,
+}
+
+impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
+    fn deliver(&self, _first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>) {
+        decode_replies::<R>(payload, fds, count.min(1), |_, o| self.cell.set(o));
+    }
+
+    fn fail(&self, _first: usize, _count: usize, why: &TaskFail) {
+        self.cell.set(Err(why.clone()));
+    }
+}
+
+struct VecState<R> {
+    values: Vec<Option<R>>,
+    errors: BTreeMap<usize, TaskFail>,
+    remaining: usize,
+}
+
+impl<R> VecState<R> {
+    /// Records task `i`'s outcome; returns 1 if it was new, 0 if it was known already.
+    fn put(&mut self, i: usize, o: Outcome<R>) -> usize {
+        let Some(slot) = self.values.get_mut(i) else {
+            return 0;
+        };
+        if slot.is_some() || self.errors.contains_key(&i) {
+            return 0;
+        }
+        match o {
+            Ok(v) => *slot = Some(v),
+            Err(f) => {
+                self.errors.insert(i, f);
+            }
+        }
+        1
+    }
+}
+
+/// Progress reporting: called with the number of tasks just finished.
+pub(crate) type Progress = Box<dyn Fn(u64) + Send + Sync>;
+
+/// The results of a map, collected in input order into an [`AsyncResult<Vec<R>>`].
+pub(crate) struct VecSink<R> {
+    st: Mutex<VecState<R>>,
+    cell: Arc<Cell<Vec<R>>>,
+    progress: Option<Progress>,
+}
+
+impl<R> VecSink<R> {
+    pub(crate) fn new(n: usize, cell: Arc<Cell<Vec<R>>>, progress: Option<Progress>) -> Self {
+        let mut values = Vec::with_capacity(n);
+        values.resize_with(n, || None);
+        VecSink {
+            st: Mutex::new(VecState {
+                values,
+                errors: BTreeMap::new(),
+                remaining: n,
+            }),
+            cell,
+            progress,
+        }
+    }
+
+    /// Runs `put` under the lock; finishes the map when every task is in.
+    fn store(&self, put: impl FnOnce(&mut VecState<R>) -> usize) {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        let n = put(&mut st);
+        st.remaining = st.remaining.saturating_sub(n);
+        let finished = (st.remaining == 0).then(|| {
+            (
+                std::mem::take(&mut st.values),
+                std::mem::take(&mut st.errors),
+            )
+        });
+        drop(st);
+        if let Some(p) = &self.progress {
+            p(n as u64);
+        }
+        if let Some((values, errors)) = finished {
+            // The first error in input order wins.
+            let outcome = match errors.into_iter().next() {
+                Some((_, f)) => Err(f),
+                None => values
+                    .into_iter()
+                    .collect::<Option<Vec<R>>>()
+                    .ok_or_else(|| TaskFail::Invalid("a task's result was lost".into())),
+            };
+            self.cell.set(outcome);
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink for VecSink<R> {
+    fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>) {
+        self.store(|st| {
+            let mut n = 0;
+            decode_replies::<R>(payload, fds, count, |i, o| n += st.put(first + i, o));
+            n
+        });
+    }
+
+    fn fail(&self, first: usize, count: usize, why: &TaskFail) {
+        self.store(|st| {
+            (first..first + count)
+                .map(|i| st.put(i, Err(why.clone())))
+                .sum()
+        });
+    }
+}
+
+struct IterState<R> {
+    /// Ordered: results by task index; unordered: keyed by arrival.
+    ready: BTreeMap<usize, Outcome<R>>,
+    arrivals: VecDeque<Outcome<R>>,
+}
+
+/// Results for an `imap`/`imap_unordered` iterator.
+pub(crate) struct IterSink<R> {
+    ordered: bool,
+    st: Mutex<IterState<R>>,
+    cv: Condvar,
+}
+
+impl<R> IterSink<R> {
+    pub(crate) fn new(ordered: bool) -> Self {
+        IterSink {
+            ordered,
+            st: Mutex::new(IterState {
+                ready: BTreeMap::new(),
+                arrivals: VecDeque::new(),
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn put(&self, items: impl IntoIterator<Item = (usize, Outcome<R>)>) {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, o) in items {
+            if self.ordered {
+                st.ready.insert(i, o);
+            } else {
+                st.arrivals.push_back(o);
+            }
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Waits for the result of task `index` (ordered) or the next arrival (unordered).
+    pub(crate) fn next(&self, index: usize) -> Result<R> {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let got = if self.ordered {
+                st.ready.remove(&index)
+            } else {
+                st.arrivals.pop_front()
+            };
+            if let Some(o) = got {
+                return o.map_err(|f| f.to_error());
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink for IterSink<R> {
+    fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>) {
+        let mut got = Vec::with_capacity(count);
+        decode_replies::<R>(payload, fds, count, |i, o| got.push((first + i, o)));
+        self.put(got);
+    }
+
+    fn fail(&self, first: usize, count: usize, why: &TaskFail) {
+        self.put((first..first + count).map(|i| (i, Err(why.clone()))));
+    }
+}

@@ -1,0 +1,991 @@
+//! The parent's side of the pool: the job queue and one handler thread per worker.
+//!
+//! Callers encode their tasks into [`Job`]s (a chunk of tasks for one function) and push
+//! them on a shared queue. Each worker process has a handler thread that takes jobs from
+//! the queue (several small ones at once when many are waiting), sends them to its worker
+//! in one frame, and hands the replies to each job's [`Sink`]. The handler also watches its
+//! worker's pidfd: a worker that dies fails exactly the tasks it held, unstarted jobs go
+//! back on the queue, and a new worker takes its place. The number of threads and
+//! descriptors depends on the number of workers only, never on the number of tasks.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::fail::TaskFail;
+use super::worker::{
+    Reader, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, MSG_BATCH, MSG_STOP, REP_INIT_FAILED,
+    REP_READY, REP_RESULTS,
+};
+use crate::connection::RawConn;
+use crate::process::ChildState;
+use crate::{codec, sys, Error, Process, Result};
+
+/// Where the outcomes of a job's tasks go.
+pub(crate) trait Sink: Send + Sync {
+    /// `count` encoded `TaskReply<R>` for tasks `first..first + count`.
+    fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>);
+    /// Tasks `first..first + count` failed with `why`.
+    fn fail(&self, first: usize, count: usize, why: &TaskFail);
+}
+
+/// A chunk of tasks for one function: encoded arguments, laid end to end.
+pub(crate) struct Job {
+    code: TaskCode,
+    /// The sink's index of the first task.
+    first: usize,
+    args: Vec<u8>,
+    ends: Vec<u32>,
+    fd_counts: Option<Vec<u32>>,
+    fds: Vec<OwnedFd>,
+    sink: Arc<dyn Sink>,
+    /// Sent alone: it was in flight with other jobs when a worker died, and which of them
+    /// killed it is not known.
+    solo: bool,
+}
+
+/// Most descriptors one job may carry (a frame carries at most 253).
+const MAX_JOB_FDS: usize = 200;
+/// A job is not grown past this many bytes of arguments.
+const MAX_JOB_BYTES: usize = 1 << 20;
+/// Jobs bigger than this are not sent ahead while the worker is busy (both sides'
+/// socket buffers must not fill up at once).
+const PREFETCH_BYTES: usize = 64 << 10;
+/// Tasks quicker than this count as short (see `handler`).
+const SHORT_TASK: Duration = Duration::from_millis(1);
+/// Most tasks sent to one worker in one frame when many small jobs are waiting.
+const MAX_BATCH_TASKS: usize = 256;
+
+impl Job {
+    pub(crate) fn new(code: TaskCode, first: usize, sink: Arc<dyn Sink>) -> Job {
+        Job {
+            code,
+            first,
+            args: Vec::new(),
+            ends: Vec::new(),
+            fd_counts: None,
+            fds: Vec::new(),
+            sink,
+            solo: false,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The index the next pushed task will have.
+    pub(crate) fn next_index(&self) -> usize {
+        self.first + self.ends.len()
+    }
+
+    /// Whether the job should be sent before more tasks are added.
+    pub(crate) fn is_full(&self) -> bool {
+        self.fds.len() >= MAX_JOB_FDS || self.args.len() >= MAX_JOB_BYTES
+    }
+
+    /// Encodes one more task's argument. On error nothing is added.
+    pub(crate) fn push<A: Serialize>(&mut self, a: &A) -> Result<()> {
+        let len = self.args.len();
+        let raw = codec::append_with_fds(a, &mut self.args)?;
+        let mut owned = Vec::with_capacity(raw.len());
+        for fd in &raw {
+            match sys::dup_raw(*fd) {
+                Ok(d) => owned.push(d),
+                Err(e) => {
+                    self.args.truncate(len);
+                    return Err(e.into());
+                }
+            }
+        }
+        if self.args.len() > u32::MAX as usize {
+            self.args.truncate(len);
+            return Err(Error::Codec("a pool job's arguments exceed 4 GiB".into()));
+        }
+        if !owned.is_empty() && self.fd_counts.is_none() {
+            self.fd_counts = Some(vec![0; self.ends.len()]);
+        }
+        if let Some(c) = &mut self.fd_counts {
+            c.push(owned.len() as u32);
+        }
+        self.fds.extend(owned);
+        self.ends.push(self.args.len() as u32);
+        Ok(())
+    }
+
+    fn fail_all(&self, why: &TaskFail) {
+        if !self.is_empty() {
+            self.sink.fail(self.first, self.len(), why);
+        }
+    }
+
+    /// Splits off tasks `k..` as a job of their own (`None` if there are none).
+    fn split_off(&mut self, k: usize) -> Option<Job> {
+        if k >= self.len() {
+            return None;
+        }
+        let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
+        let args = self.args.split_off(start);
+        let ends: Vec<u32> = self
+            .ends
+            .split_off(k)
+            .iter()
+            .map(|e| e - start as u32)
+            .collect();
+        let (fd_counts, fds) = match &mut self.fd_counts {
+            Some(c) => {
+                let tail = c.split_off(k);
+                let before: usize = c.iter().map(|&n| n as usize).sum();
+                let fds = self.fds.split_off(before.min(self.fds.len()));
+                (Some(tail), fds)
+            }
+            None => (None, Vec::new()),
+        };
+        Some(Job {
+            code: self.code,
+            first: self.first + k,
+            args,
+            ends,
+            fd_counts,
+            fds,
+            sink: self.sink.clone(),
+            solo: self.solo,
+        })
+    }
+
+    fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) {
+        let flags = flags
+            | if self.fd_counts.is_some() {
+                FLAG_HAS_FDS
+            } else {
+                0
+            };
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&self.code.entry.to_le_bytes());
+        out.extend_from_slice(&self.code.entry_sig.to_le_bytes());
+        out.extend_from_slice(&self.code.target.to_le_bytes());
+        out.extend_from_slice(&self.code.target_sig.to_le_bytes());
+        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
+        out.push(flags);
+        out.extend_from_slice(&(self.args.len() as u32).to_le_bytes());
+        for e in &self.ends {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+        if let Some(c) = &self.fd_counts {
+            for n in c {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&self.args);
+        fds.extend(self.fds.iter().map(|f| f.as_raw_fd()));
+    }
+}
+
+/// Starts a worker process running the worker loop on the given socket.
+pub(crate) type Factory = Arc<dyn Fn(OwnedFd, String) -> Result<Process> + Send + Sync>;
+
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_tasks: Option<usize>,
+    pub(crate) factory: Factory,
+}
+
+pub(crate) struct State {
+    queue: VecDeque<Job>,
+    queued_tasks: usize,
+    pub(crate) closed: bool,
+    pub(crate) terminating: bool,
+    broken: Option<TaskFail>,
+    live_handlers: usize,
+    active_iters: usize,
+    workers: Vec<Option<Arc<ChildState>>>,
+    /// Handlers waiting on the condition variable for work (busy ones are not woken).
+    waiting: usize,
+}
+
+pub(crate) struct Shared {
+    st: Mutex<State>,
+    cv: Condvar,
+    pub(crate) cfg: Config,
+    next_id: AtomicU64,
+    worker_seq: AtomicUsize,
+}
+
+/// A worker process as its handler sees it.
+pub(crate) struct Worker {
+    process: Process,
+    child: Arc<ChildState>,
+    conn: RawConn,
+    pid: u32,
+    tasks: usize,
+}
+
+/// Why a worker could not be made ready.
+pub(crate) enum StartFail {
+    /// The initializer failed: the pool cannot work.
+    Init(TaskFail),
+    /// The process could not be started (maybe only for now).
+    Start(TaskFail),
+    /// The pool is being terminated.
+    Terminating,
+}
+
+enum Take {
+    Jobs(Vec<Job>),
+    Nothing,
+    Exit,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: Config) -> Arc<Shared> {
+        let n = cfg.workers;
+        Arc::new(Shared {
+            st: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_tasks: 0,
+                closed: false,
+                terminating: false,
+                broken: None,
+                live_handlers: n,
+                active_iters: 0,
+                workers: vec![None; n],
+                waiting: 0,
+            }),
+            cv: Condvar::new(),
+            cfg,
+            next_id: AtomicU64::new(1),
+            worker_seq: AtomicUsize::new(1),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why new work is refused right now, if it is.
+    fn refusal(st: &State, allow_closed: bool) -> Option<TaskFail> {
+        if st.terminating || (st.closed && !allow_closed) {
+            return Some(TaskFail::Closed);
+        }
+        if let Some(b) = &st.broken {
+            return Some(b.clone());
+        }
+        if st.live_handlers == 0 {
+            return Some(TaskFail::Closed);
+        }
+        None
+    }
+
+    /// Whether new work would be accepted.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        match Self::refusal(&self.lock(), false) {
+            Some(f) => Err(f.to_error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues `jobs`; if the pool refuses work, their tasks fail instead (and `false` is
+    /// returned). `allow_closed`: jobs of an iterator created before `close` are still
+    /// accepted.
+    pub(crate) fn submit(&self, jobs: Vec<Job>, allow_closed: bool) -> bool {
+        let refused = {
+            let mut st = self.lock();
+            match Self::refusal(&st, allow_closed) {
+                Some(f) => Some((f, jobs)),
+                None => {
+                    let n = jobs.len();
+                    for j in jobs {
+                        st.queued_tasks += j.len();
+                        st.queue.push_back(j);
+                    }
+                    let waiting = st.waiting;
+                    drop(st);
+                    // Busy handlers look at the queue by themselves: wake only idle ones
+                    // (no system call per task while the pool is busy).
+                    if waiting > 0 {
+                        if n == 1 {
+                            self.cv.notify_one();
+                        } else {
+                            self.cv.notify_all();
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        match refused {
+            Some((f, jobs)) => {
+                for j in jobs {
+                    j.fail_all(&f);
+                }
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Puts jobs taken from the queue back at its front, in order.
+    fn requeue(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        if st.terminating || st.broken.is_some() || st.live_handlers == 0 {
+            let f = Self::refusal(&st, true).unwrap_or(TaskFail::Closed);
+            drop(st);
+            for j in jobs {
+                j.fail_all(&f);
+            }
+            return;
+        }
+        for j in jobs.into_iter().rev() {
+            st.queued_tasks += j.len();
+            st.queue.push_front(j);
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// An iterator that may still submit jobs after `close` started.
+    pub(crate) fn iter_started(&self) {
+        self.lock().active_iters += 1;
+    }
+
+    /// That iterator will submit nothing more.
+    pub(crate) fn iter_finished(&self) {
+        let mut st = self.lock();
+        st.active_iters = st.active_iters.saturating_sub(1);
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    /// Fails every queued job, kills every worker; handler threads then end.
+    pub(crate) fn terminate(&self) {
+        let (jobs, workers) = {
+            let mut st = self.lock();
+            st.terminating = true;
+            st.closed = true;
+            st.queued_tasks = 0;
+            let jobs: Vec<Job> = st.queue.drain(..).collect();
+            let workers: Vec<Arc<ChildState>> = st.workers.iter().flatten().cloned().collect();
+            (jobs, workers)
+        };
+        self.cv.notify_all();
+        for w in workers {
+            let _ = w.signal(libc::SIGKILL);
+        }
+        for j in jobs {
+            j.fail_all(&TaskFail::Closed);
+        }
+    }
+
+    /// Marks the pool unusable (its initializer fails) and fails what is queued.
+    fn set_broken(&self, why: TaskFail) {
+        let jobs: Vec<Job> = {
+            let mut st = self.lock();
+            if st.broken.is_none() {
+                st.broken = Some(why.clone());
+            }
+            st.queued_tasks = 0;
+            st.queue.drain(..).collect()
+        };
+        self.cv.notify_all();
+        for j in jobs {
+            j.fail_all(&why);
+        }
+    }
+
+    /// Takes jobs for one worker. `busy`: the worker has work in flight already (then no
+    /// solo job is taken).
+    fn take(&self, budget: usize, blocking: bool, busy: bool) -> Take {
+        let mut st = self.lock();
+        loop {
+            if st.terminating || st.broken.is_some() {
+                return Take::Exit;
+            }
+            if st.queue.front().is_some_and(|j| j.solo) {
+                if busy {
+                    return Take::Nothing;
+                }
+                let Some(j) = st.queue.pop_front() else {
+                    continue;
+                };
+                st.queued_tasks = st.queued_tasks.saturating_sub(j.len());
+                return Take::Jobs(vec![j]);
+            }
+            if !st.queue.is_empty() {
+                let limit = (st.queued_tasks / (4 * self.cfg.workers).max(1))
+                    .clamp(1, MAX_BATCH_TASKS)
+                    .min(budget.max(1));
+                let mut jobs = Vec::new();
+                let mut tasks = 0;
+                let mut bytes = 0;
+                let mut fds = 0;
+                while let Some(j) = st.queue.front() {
+                    if j.solo {
+                        break;
+                    }
+                    if !jobs.is_empty()
+                        && (tasks + j.len() > limit
+                            || bytes + j.args.len() > PREFETCH_BYTES
+                            || fds + j.fds.len() > MAX_JOB_FDS)
+                    {
+                        break;
+                    }
+                    tasks += j.len();
+                    bytes += j.args.len();
+                    fds += j.fds.len();
+                    if let Some(j) = st.queue.pop_front() {
+                        jobs.push(j);
+                    }
+                }
+                st.queued_tasks = st.queued_tasks.saturating_sub(tasks);
+                return Take::Jobs(jobs);
+            }
+            if st.closed && st.active_iters == 0 {
+                return Take::Exit;
+            }
+            if !blocking {
+                return Take::Nothing;
+            }
+            st.waiting += 1;
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiting -= 1;
+        }
+    }
+
+    fn set_worker(&self, slot: usize, child: Option<Arc<ChildState>>) -> bool {
+        let mut st = self.lock();
+        if let Some(w) = st.workers.get_mut(slot) {
+            *w = child;
+        }
+        !st.terminating
+    }
+
+    /// Starts a worker for `slot`, waits until it is ready.
+    pub(crate) fn start_worker(&self, slot: usize) -> std::result::Result<Worker, StartFail> {
+        let (ours, theirs) = sys::stream_pair().map_err(|e| StartFail::Start(io_fail(&e)))?;
+        let n = self.worker_seq.fetch_add(1, Ordering::SeqCst);
+        let process = (self.cfg.factory)(theirs, format!("PoolWorker-{n}"))
+            .map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
+        let Some(child) = process.child_state() else {
+            return Err(StartFail::Start(TaskFail::Invalid(
+                "pool worker was not started".into(),
+            )));
+        };
+        let w = Worker {
+            pid: child.pid(),
+            child,
+            process,
+            conn: RawConn::new(ours),
+            tasks: 0,
+        };
+        if !self.set_worker(slot, Some(w.child.clone())) {
+            self.discard(slot, w, true);
+            return Err(StartFail::Terminating);
+        }
+        // Wait for READY (or the initializer's failure, or death).
+        loop {
+            match wait_worker(&w, None) {
+                Event::Timeout => continue,
+                Event::Readable => {
+                    let r = w.conn.recv_with(|bytes, _fds| {
+                        let mut rd = Reader::new(bytes);
+                        match rd.u8()? {
+                            REP_READY => Ok(None),
+                            REP_INIT_FAILED => Ok(Some(
+                                codec::decode::<TaskFail>(rd.rest()).unwrap_or_else(|e| {
+                                    TaskFail::Codec(format!(
+                                        "the initializer failed; its error could not be read: {e}"
+                                    ))
+                                }),
+                            )),
+                            other => Err(Error::Codec(format!("unexpected reply {other}"))),
+                        }
+                    });
+                    match r {
+                        Ok(None) => return Ok(w),
+                        Ok(Some(fail)) => {
+                            self.discard(slot, w, false);
+                            return Err(StartFail::Init(fail));
+                        }
+                        Err(_) => {
+                            let fail = self.death(&w);
+                            let term = self.lock().terminating;
+                            self.discard(slot, w, true);
+                            return Err(if term {
+                                StartFail::Terminating
+                            } else {
+                                StartFail::Start(fail)
+                            });
+                        }
+                    }
+                }
+                Event::Died => {
+                    // Died before it was ready (killed, or its initializer exited): maybe
+                    // bad luck, so the caller tries again a few times.
+                    let fail = self.death(&w);
+                    let term = self.lock().terminating;
+                    self.discard(slot, w, true);
+                    return Err(if term {
+                        StartFail::Terminating
+                    } else {
+                        StartFail::Start(fail)
+                    });
+                }
+            }
+        }
+    }
+
+    /// The failure for tasks held by a worker that ended: reaps it.
+    fn death(&self, w: &Worker) -> TaskFail {
+        let status = match w.child.wait(Some(Duration::from_secs(2))) {
+            Ok(Some(s)) => Some(s),
+            _ => {
+                // The socket failed but the process lives on (it closed the socket, or
+                // sent garbage): it cannot serve any more.
+                let _ = w.child.signal(libc::SIGKILL);
+                w.child.wait(None).ok().flatten()
+            }
+        };
+        if self.lock().terminating {
+            return TaskFail::Closed;
+        }
+        let (exitcode, signal) = match status {
+            Some(sys::ExitStatus::Code(c)) => (Some(c), None),
+            Some(sys::ExitStatus::Signal(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        TaskFail::Died {
+            pid: w.pid,
+            exitcode,
+            signal,
+        }
+    }
+
+    /// Ends a worker: asks it to stop (or kills it) and reaps it.
+    fn discard(&self, slot: usize, w: Worker, kill: bool) {
+        if kill || w.conn.send_bytes(&[MSG_STOP], &[]).is_err() {
+            let _ = w.child.signal(libc::SIGKILL);
+        }
+        match w.child.wait(Some(Duration::from_secs(10))) {
+            Ok(Some(_)) => {}
+            _ => {
+                let _ = w.child.signal(libc::SIGKILL);
+                let _ = w.child.wait(None);
+            }
+        }
+        self.set_worker(slot, None);
+        drop(w.process);
+    }
+
+    /// Ends a worker that was started but never handed to a handler.
+    pub(crate) fn discard_worker(&self, slot: usize, w: Worker) {
+        self.discard(slot, w, false);
+    }
+
+    /// Removes the queued jobs of `sink` (an iterator that was dropped).
+    pub(crate) fn withdraw(&self, sink: &Arc<dyn Sink>) {
+        let p = Arc::as_ptr(sink) as *const ();
+        let mut st = self.lock();
+        let mut removed = 0;
+        st.queue.retain(|j| {
+            let keep = Arc::as_ptr(&j.sink) as *const () != p;
+            if !keep {
+                removed += j.len();
+            }
+            keep
+        });
+        st.queued_tasks = st.queued_tasks.saturating_sub(removed);
+    }
+
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn io_fail(e: &std::io::Error) -> TaskFail {
+    TaskFail::Io(e.to_string())
+}
+
+enum Event {
+    Readable,
+    Died,
+    Timeout,
+}
+
+fn wait_worker(w: &Worker, timeout: Option<Duration>) -> Event {
+    if w.conn.has_buffered_input() {
+        return Event::Readable;
+    }
+    match sys::wait_any_readable(&[w.conn.as_fd(), w.child.pidfd()], timeout) {
+        Ok(0) => Event::Timeout,
+        Ok(m) if m & 1 != 0 => Event::Readable,
+        Ok(_) => Event::Died,
+        Err(_) => Event::Died,
+    }
+}
+
+struct InFlight {
+    job: Job,
+    id: u64,
+    done: usize,
+}
+
+/// A handler thread's body: serves `slot` with `worker` (and its replacements) until the
+/// pool is closed and drained, or terminated.
+pub(crate) fn handler(shared: Arc<Shared>, slot: usize, first: Worker) {
+    let mut worker = Some(first);
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(&shared, slot, &mut worker, &mut inflight)
+    }));
+    if r.is_err() {
+        // A bug in the pool itself: never leave a caller waiting for ever.
+        let f = TaskFail::Invalid("internal error in the pool's handler thread".into());
+        for s in inflight.drain(..) {
+            if let Some(rest) = split_rest(s) {
+                rest.fail_all(&f);
+            }
+        }
+        if let Some(w) = worker.take() {
+            shared.discard(slot, w, true);
+        }
+        shared.set_broken(f);
+        let mut st = shared.lock();
+        st.live_handlers = st.live_handlers.saturating_sub(1);
+    }
+}
+
+/// The handler's loop; returns when the handler is done (its accounting done too).
+fn serve(
+    shared: &Arc<Shared>,
+    slot: usize,
+    worker: &mut Option<Worker>,
+    inflight: &mut VecDeque<InFlight>,
+) {
+    let shared = shared.clone();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut task_started = Instant::now();
+    let timeout = shared.cfg.task_timeout;
+    let depth = if timeout.is_some() { 1 } else { 2 };
+    let mut start_failures = 0u32;
+    // Jobs are sent ahead to a busy worker only when its tasks are known to be short: for
+    // long tasks that would unbalance the load (one worker holding two, another idle).
+    let mut short_tasks = false;
+    'outer: loop {
+        let Some(w) = worker.as_mut() else {
+            // Replace the worker, unless there is nothing left to do.
+            {
+                let st = shared.lock();
+                if st.terminating
+                    || st.broken.is_some()
+                    || (st.closed && st.queue.is_empty() && st.active_iters == 0)
+                {
+                    break 'outer;
+                }
+            }
+            match shared.start_worker(slot) {
+                Ok(w) => {
+                    start_failures = 0;
+                    *worker = Some(w);
+                }
+                Err(StartFail::Terminating) => break 'outer,
+                Err(StartFail::Init(f)) => {
+                    shared.set_broken(f);
+                    break 'outer;
+                }
+                Err(StartFail::Start(f)) => {
+                    start_failures += 1;
+                    if start_failures >= 3 {
+                        let last = {
+                            let mut st = shared.lock();
+                            st.live_handlers = st.live_handlers.saturating_sub(1);
+                            st.live_handlers == 0
+                        };
+                        if last {
+                            shared.set_broken(f);
+                        }
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(start_failures)));
+                }
+            }
+            continue;
+        };
+
+        // 1. Give the worker work.
+        let budget = shared
+            .cfg
+            .max_tasks
+            .map_or(usize::MAX, |m| m.saturating_sub(w.tasks));
+        let take = if inflight.is_empty() {
+            if budget == 0 {
+                // maxtasksperchild reached: retire it; a fresh one follows.
+                if let Some(w) = worker.take() {
+                    shared.discard(slot, w, false);
+                }
+                continue;
+            }
+            shared.take(budget, true, false)
+        } else if inflight.len() < depth
+            && short_tasks
+            && budget > 0
+            && inflight.iter().all(|f| f.job.args.len() <= PREFETCH_BYTES)
+        {
+            shared.take(budget, false, true)
+        } else {
+            Take::Nothing
+        };
+        match take {
+            Take::Exit if inflight.is_empty() => break 'outer,
+            Take::Exit | Take::Nothing => {}
+            Take::Jobs(jobs) => {
+                buf.clear();
+                buf.push(MSG_BATCH);
+                buf.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
+                let mut fds = Vec::new();
+                let flags = if timeout.is_some() {
+                    FLAG_FLUSH_EACH
+                } else {
+                    0
+                };
+                let was_idle = inflight.is_empty();
+                let mut sent = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    let id = shared.fresh_id();
+                    job.encode_into(id, flags, &mut buf, &mut fds);
+                    w.tasks += job.len();
+                    sent.push(InFlight { job, id, done: 0 });
+                }
+                let r = w.conn.send_bytes(&buf, &fds);
+                if buf.capacity() > (4 << 20) {
+                    buf = Vec::new();
+                }
+                match r {
+                    Ok(()) => {
+                        if was_idle {
+                            task_started = Instant::now();
+                            // New work may be of another kind: learn its length again.
+                            short_tasks = false;
+                        }
+                        inflight.extend(sent);
+                    }
+                    Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        // Too many handles for one message.
+                        let f = TaskFail::Invalid(e.to_string());
+                        for s in sent {
+                            s.job.fail_all(&f);
+                        }
+                    }
+                    Err(_) => {
+                        // The worker is gone; these jobs never reached it.
+                        shared.requeue(sent.into_iter().map(|s| s.job).collect());
+                        if let Some(w) = worker.take() {
+                            let f = shared.death(&w);
+                            fail_inflight(&shared, inflight, f);
+                            shared.discard(slot, w, true);
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
+        if inflight.is_empty() {
+            continue;
+        }
+
+        // 2. Wait for a reply, the worker's death, or the running task's deadline.
+        let wait_for =
+            timeout.map(|t| (task_started + t).saturating_duration_since(Instant::now()));
+        let Some(w) = worker.as_mut() else { continue };
+        match wait_worker(w, wait_for) {
+            Event::Readable => {
+                let r = w
+                    .conn
+                    .recv_with(|bytes, fds| on_reply(inflight, bytes, fds));
+                match r {
+                    Ok(count) => {
+                        let per_task = task_started.elapsed() / (count.max(1) as u32);
+                        short_tasks = per_task < SHORT_TASK;
+                        task_started = Instant::now();
+                    }
+                    Err(_) => {
+                        if let Some(w) = worker.take() {
+                            let f = shared.death(&w);
+                            fail_inflight(&shared, inflight, f);
+                            shared.discard(slot, w, true);
+                        }
+                    }
+                }
+            }
+            Event::Died => {
+                // Read what it sent before it died.
+                while matches!(wait_worker(w, Some(Duration::ZERO)), Event::Readable) {
+                    match w
+                        .conn
+                        .recv_with(|bytes, fds| on_reply(inflight, bytes, fds))
+                    {
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                if let Some(w) = worker.take() {
+                    let f = shared.death(&w);
+                    fail_inflight(&shared, inflight, f);
+                    shared.discard(slot, w, true);
+                }
+            }
+            Event::Timeout => {
+                if timeout.is_some_and(|t| task_started.elapsed() >= t) {
+                    if let Some(w) = worker.take() {
+                        let _ = w.child.signal(libc::SIGKILL);
+                        let _ = w.child.wait(None);
+                        let term = shared.lock().terminating;
+                        let f = if term {
+                            TaskFail::Closed
+                        } else {
+                            TaskFail::Timeout
+                        };
+                        fail_running_one(&shared, inflight, f);
+                        shared.discard(slot, w, true);
+                    }
+                }
+            }
+        }
+    }
+    // Leaving: nothing is in flight here.
+    let f = if shared.lock().terminating {
+        TaskFail::Closed
+    } else {
+        TaskFail::Invalid("pool worker stopped".into())
+    };
+    for s in inflight.drain(..) {
+        if let Some(rest) = split_rest(s) {
+            rest.fail_all(&f);
+        }
+    }
+    if let Some(w) = worker.take() {
+        let kill = shared.lock().terminating;
+        shared.discard(slot, w, kill);
+    }
+    let last = {
+        let mut st = shared.lock();
+        st.live_handlers = st.live_handlers.saturating_sub(1);
+        st.live_handlers == 0
+    };
+    if last {
+        let jobs: Vec<Job> = {
+            let mut st = shared.lock();
+            st.queued_tasks = 0;
+            st.queue.drain(..).collect()
+        };
+        for j in jobs {
+            j.fail_all(&TaskFail::Closed);
+        }
+    }
+}
+
+/// The tasks of an in-flight job that got no reply, as a job.
+fn split_rest(mut s: InFlight) -> Option<Job> {
+    s.job.split_off(s.done)
+}
+
+/// The worker died: the job it was running loses its unanswered tasks; the jobs behind it
+/// never started and go back on the queue.
+///
+/// When several jobs were in flight, the replies of finished ones may not have been sent
+/// yet, so which one was running is not known: they all go back on the queue marked solo,
+/// to be sent one at a time, so that a job that kills its worker again fails alone.
+fn fail_inflight(shared: &Shared, inflight: &mut VecDeque<InFlight>, f: TaskFail) {
+    let mut rest: Vec<Job> = inflight.drain(..).filter_map(split_rest).collect();
+    if rest.len() == 1 {
+        for j in rest {
+            j.fail_all(&f);
+        }
+        return;
+    }
+    for j in &mut rest {
+        j.solo = true;
+    }
+    shared.requeue(rest);
+}
+
+/// The running task (the first unanswered one) fails with `f`; everything after it goes
+/// back on the queue.
+fn fail_running_one(shared: &Shared, inflight: &mut VecDeque<InFlight>, f: TaskFail) {
+    let mut again = Vec::new();
+    if let Some(front) = inflight.pop_front() {
+        let done = front.done;
+        if let Some(mut rest) = split_rest(InFlight { done, ..front }) {
+            let after = rest.split_off(1);
+            rest.fail_all(&f);
+            again.extend(after);
+        }
+    }
+    again.extend(inflight.drain(..).filter_map(split_rest));
+    shared.requeue(again);
+}
+
+/// Handles one frame from a worker; returns the number of tasks it answered.
+fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<usize> {
+    let mut rd = Reader::new(bytes);
+    if rd.u8()? != REP_RESULTS {
+        return Err(Error::Codec("unexpected message from a pool worker".into()));
+    }
+    let mut fds = Some(fds);
+    let mut total = 0;
+    while !rd.rest().is_empty() {
+        let id = rd.u64()?;
+        let first = rd.u32()? as usize;
+        let count = rd.u32()? as usize;
+        let len = rd.u32()? as usize;
+        let payload = rd.bytes(len)?;
+        // Descriptors belong to the frame's last segment.
+        let seg_fds = if rd.rest().is_empty() {
+            fds.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let Some(front) = inflight.front_mut() else {
+            return Err(Error::Codec(
+                "reply from a pool worker that was given nothing".into(),
+            ));
+        };
+        if front.id != id || first != front.done || first + count > front.job.len() {
+            return Err(Error::Codec("out-of-order reply from a pool worker".into()));
+        }
+        let (sink, at) = (&front.job.sink, front.job.first + first);
+        // A result type whose decoding panics must not take the pool's thread with it.
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sink.deliver(at, count, payload, seg_fds)
+        }));
+        if ok.is_err() {
+            sink.fail(
+                at,
+                count,
+                &TaskFail::Codec("decoding the task's result panicked".into()),
+            );
+        }
+        front.done += count;
+        total += count;
+        if front.done == front.job.len() {
+            inflight.pop_front();
+        }
+    }
+    Ok(total)
+}

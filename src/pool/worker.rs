@@ -1,0 +1,434 @@
+//! The worker process and the wire format between a worker and its handler thread.
+//!
+//! A worker is a long-lived child running [`worker_main`]. It runs the pool's initializer
+//! once, says it is ready, then reads batches of jobs from its socket until told to stop
+//! (or until the socket closes). Each job names its function the way the start layer names
+//! a process's target: an offset in this binary, checked against the build identity and the
+//! function's type (see `sys::code`). The function is called through a generic trampoline,
+//! [`run_job`], whose own offset travels with the job.
+//!
+//! Parent → worker frames:
+//! - `BATCH`: `[1][njobs u32]` then per job
+//!   `[id u64][entry i64][entry_sig u64][target i64][target_sig u64][count u32][flags u8]
+//!   [args_len u32][ends: count × u32][fd counts: count × u32, if flag HAS_FDS][args]`;
+//!   the descriptors of all jobs travel with the frame, in order.
+//! - `STOP`: `[2]`.
+//!
+//! Worker → parent frames:
+//! - `READY`: `[0]`; `INIT_FAILED`: `[1][TaskFail]`;
+//! - `RESULTS`: `[2]` then segments `[id u64][first u32][count u32][len u32][count ×
+//!   TaskReply<R>]`, one per job (or part of a job), the replies of a whole batch together;
+//!   descriptors of handles inside the results travel with the frame and belong to its
+//!   last segment.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::fail::TaskFail;
+use crate::connection::RawConn;
+use crate::{codec, start, sys, Error, Result};
+
+pub(crate) const MSG_BATCH: u8 = 1;
+pub(crate) const MSG_STOP: u8 = 2;
+pub(crate) const REP_READY: u8 = 0;
+pub(crate) const REP_INIT_FAILED: u8 = 1;
+pub(crate) const REP_RESULTS: u8 = 2;
+pub(crate) const FLAG_FLUSH_EACH: u8 = 1;
+pub(crate) const FLAG_HAS_FDS: u8 = 2;
+
+/// One task's outcome as it travels back.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum TaskReply<R> {
+    Ok(R),
+    Failed(TaskFail),
+}
+
+/// Names a pool function to a worker: the trampoline [`run_job::<A, R>`] and the user's
+/// `fn(A) -> R`, both as checked offsets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TaskCode {
+    pub(crate) entry: i64,
+    pub(crate) entry_sig: u64,
+    pub(crate) target: i64,
+    pub(crate) target_sig: u64,
+}
+
+impl TaskCode {
+    pub(crate) fn of<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskCode {
+        TaskCode {
+            entry: sys::offset_of(run_job::<A, R> as JobEntry as usize),
+            entry_sig: sys::type_sig::<JobEntry>(),
+            target: sys::offset_of(f as usize),
+            target_sig: sys::type_sig::<fn(A) -> R>(),
+        }
+    }
+}
+
+/// The worker's socket, passed as a handle in the worker's arguments.
+pub(crate) struct SockHandle(pub(crate) OwnedFd);
+
+impl Serialize for SockHandle {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        codec::FdRef(self.0.as_fd()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SockHandle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(SockHandle(codec::FdOwned::deserialize(d)?.0))
+    }
+}
+
+/// The initializer and its arguments.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct InitSpec<I> {
+    pub(crate) target: i64,
+    pub(crate) sig: u64,
+    pub(crate) args: I,
+}
+
+/// What a worker process is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WorkerArgs<I> {
+    pub(crate) sock: SockHandle,
+    pub(crate) init: Option<InitSpec<I>>,
+}
+
+/// Reads the little-endian fields of a frame; running off the end is a codec error.
+pub(crate) struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(b: &'a [u8]) -> Reader<'a> {
+        Reader { b }
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(Error::Codec("truncated pool frame".into()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.bytes(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.bytes(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub(crate) fn i64(&mut self) -> Result<i64> {
+        Ok(self.u64()? as i64)
+    }
+
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.b
+    }
+}
+
+/// The `i`th little-endian u32 of `b` (callers checked the length).
+pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i * 4..i * 4 + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// One job as the worker sees it, handed to the trampoline.
+pub(crate) struct JobRun<'a> {
+    target: i64,
+    target_sig: u64,
+    id: u64,
+    count: usize,
+    flush_each: bool,
+    args: &'a [u8],
+    ends: &'a [u8],
+    fd_counts: Option<&'a [u8]>,
+    fds: VecDeque<OwnedFd>,
+    conn: &'a RawConn,
+    /// The outgoing frame: `[RESULTS]` and segments, shared by the jobs of a batch.
+    out: &'a mut Vec<u8>,
+    /// Where the open segment starts in `out`.
+    seg: usize,
+    /// Index (within the job) of the open segment's first task, and how many it holds.
+    pending_first: usize,
+    pending: usize,
+}
+
+/// Size of a result segment's header: `[id u64][first u32][count u32][len u32]`.
+const SEG_HEADER: usize = 8 + 4 + 4 + 4;
+/// Finished replies wait at most about this long for the rest of their batch.
+const HOLD_REPLIES: Duration = Duration::from_micros(100);
+/// Results are sent early once this many bytes are waiting.
+const SEND_EARLY: usize = 1 << 20;
+
+impl JobRun<'_> {
+    /// Opens a segment for this job's tasks from `first` on.
+    fn begin(&mut self, first: usize) {
+        if self.out.is_empty() {
+            self.out.push(REP_RESULTS);
+        }
+        self.seg = self.out.len();
+        self.out.extend_from_slice(&self.id.to_le_bytes());
+        self.out.extend_from_slice(&(first as u32).to_le_bytes());
+        self.out.extend_from_slice(&[0u8; 8]);
+        self.pending_first = first;
+        self.pending = 0;
+    }
+
+    /// Completes the open segment's header (or drops it if it holds nothing).
+    fn close_segment(&mut self) {
+        if self.pending == 0 {
+            self.out.truncate(self.seg);
+            return;
+        }
+        let len = (self.out.len() - self.seg - SEG_HEADER) as u32;
+        let s = self.seg;
+        self.out[s + 12..s + 16].copy_from_slice(&(self.pending as u32).to_le_bytes());
+        self.out[s + 16..s + 20].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Sends everything waiting now (with `fds`), then opens a new segment.
+    fn send_now(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
+        self.close_segment();
+        if self.out.len() > 1 {
+            self.conn.send_bytes(self.out, fds)?;
+        }
+        self.out.clear();
+        let next = self.pending_first + self.pending;
+        self.begin(next);
+        Ok(())
+    }
+
+    /// After a task's reply was added.
+    fn added(&mut self) -> Result<()> {
+        self.pending += 1;
+        if self.flush_each || self.out.len() >= SEND_EARLY {
+            self.send_now(&[])?;
+        }
+        Ok(())
+    }
+
+    fn push_fail(&mut self, fail: TaskFail) -> Result<()> {
+        codec::append_with_fds(&TaskReply::<()>::Failed(fail), self.out)?;
+        self.added()
+    }
+
+    /// The arguments of task `i`, decoded (tasks are taken in order: handles inside take
+    /// the next descriptors).
+    fn decode_task<A: DeserializeOwned>(&mut self, i: usize) -> Result<A> {
+        let start = if i == 0 {
+            0
+        } else {
+            u32_at(self.ends, i - 1) as usize
+        };
+        let end = u32_at(self.ends, i) as usize;
+        let bytes = self.args.get(start..end).unwrap_or(&[]);
+        match self.fd_counts {
+            None => codec::decode(bytes),
+            Some(c) => {
+                let nfds = (u32_at(c, i) as usize).min(self.fds.len());
+                let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+                codec::decode_with_fds(bytes, fds)
+            }
+        }
+    }
+}
+
+/// The trampoline's type: runs every task of a job and sends the replies.
+pub(crate) type JobEntry = fn(&mut JobRun<'_>) -> Result<()>;
+
+fn codec_message(e: Error) -> String {
+    match e {
+        Error::Codec(m) => m,
+        other => other.to_string(),
+    }
+}
+
+fn panicked() -> TaskFail {
+    let (message, location, backtrace) =
+        start::take_last_panic().unwrap_or_else(|| ("<unknown panic>".into(), None, None));
+    TaskFail::Panicked {
+        message,
+        location,
+        backtrace,
+    }
+}
+
+/// Runs `f: fn(A) -> R` (named by `run.target`) on each task of the job.
+pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -> Result<()> {
+    let f = sys::fn_at::<fn(A) -> R>(run.target, sys::build_id(), run.target_sig);
+    run.begin(0);
+    for i in 0..run.count {
+        let Some(f) = f else {
+            run.push_fail(TaskFail::BuildMismatch(
+                "the pool function's type does not match in the worker".into(),
+            ))?;
+            continue;
+        };
+        let a: A = match run.decode_task(i) {
+            Ok(a) => a,
+            Err(e) => {
+                run.push_fail(TaskFail::Codec(format!(
+                    "cannot decode the task's arguments: {}",
+                    codec_message(e)
+                )))?;
+                continue;
+            }
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(move || f(a))) {
+            Ok(r) => match codec::append_with_fds(&TaskReply::<&R>::Ok(&r), run.out) {
+                Ok(fds) if fds.is_empty() => run.added()?,
+                Ok(fds) => {
+                    // The handles' descriptors must travel while `r` is alive.
+                    run.pending += 1;
+                    run.send_now(&fds)?;
+                }
+                Err(e) => run.push_fail(TaskFail::Codec(format!(
+                    "cannot encode the task's result: {}",
+                    codec_message(e)
+                )))?,
+            },
+            Err(_) => run.push_fail(panicked())?,
+        }
+    }
+    run.close_segment();
+    Ok(())
+}
+
+/// Parses and runs one batch. `Ok(false)`: told to stop.
+fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Result<bool> {
+    let mut rd = Reader::new(bytes);
+    match rd.u8()? {
+        MSG_STOP => return Ok(false),
+        MSG_BATCH => {}
+        other => return Err(Error::Codec(format!("unknown pool message {other}"))),
+    }
+    let njobs = rd.u32()?;
+    let mut fds: VecDeque<OwnedFd> = fds.into();
+    out.clear();
+    let mut last_send = Instant::now();
+    for _ in 0..njobs {
+        // Replies wait to travel together, but not for long: finished work is reported
+        // before the next job starts once a little time has passed (if this worker dies
+        // later, what it finished is known).
+        if out.len() > 1 && last_send.elapsed() >= HOLD_REPLIES {
+            conn.send_bytes(out, &[])?;
+            out.clear();
+            last_send = Instant::now();
+        }
+        let id = rd.u64()?;
+        let entry = rd.i64()?;
+        let entry_sig = rd.u64()?;
+        let target = rd.i64()?;
+        let target_sig = rd.u64()?;
+        let count = rd.u32()? as usize;
+        let flags = rd.u8()?;
+        let args_len = rd.u32()? as usize;
+        let ends = rd.bytes(count * 4)?;
+        let fd_counts = if flags & FLAG_HAS_FDS != 0 {
+            Some(rd.bytes(count * 4)?)
+        } else {
+            None
+        };
+        let args = rd.bytes(args_len)?;
+        let nfds: usize = fd_counts.map_or(0, |c| (0..count).map(|i| u32_at(c, i) as usize).sum());
+        let job_fds: VecDeque<OwnedFd> = fds.drain(..nfds.min(fds.len())).collect();
+        let mut run = JobRun {
+            target,
+            target_sig,
+            id,
+            count,
+            flush_each: flags & FLAG_FLUSH_EACH != 0,
+            args,
+            ends,
+            fd_counts,
+            fds: job_fds,
+            conn,
+            out,
+            seg: 0,
+            pending_first: 0,
+            pending: 0,
+        };
+        match sys::fn_at::<JobEntry>(entry, sys::build_id(), entry_sig) {
+            Some(e) => e(&mut run)?,
+            None => {
+                run.begin(0);
+                for _ in 0..count {
+                    run.push_fail(TaskFail::BuildMismatch(
+                        "the worker's executable is not the parent's".into(),
+                    ))?;
+                }
+                run.close_segment();
+            }
+        }
+    }
+    // The replies of the whole batch travel together.
+    if out.len() > 1 {
+        conn.send_bytes(out, &[])?;
+    }
+    out.clear();
+    if !rd.rest().is_empty() {
+        return Err(Error::Codec("trailing bytes in a pool batch".into()));
+    }
+    Ok(true)
+}
+
+/// The worker process's body.
+pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
+    start::set_quiet_panics(true);
+    let conn = RawConn::new(args.sock.0);
+    if let Some(init) = args.init {
+        let fail = match sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) {
+            None => Some(TaskFail::BuildMismatch(
+                "the initializer's type does not match in the worker".into(),
+            )),
+            Some(f) => {
+                let a = init.args;
+                match std::panic::catch_unwind(AssertUnwindSafe(move || drop(f(a)))) {
+                    Ok(()) => None,
+                    Err(_) => Some(panicked()),
+                }
+            }
+        };
+        if let Some(fail) = fail {
+            let mut b = vec![REP_INIT_FAILED];
+            let _ = codec::append_with_fds(&fail, &mut b);
+            let _ = conn.send_bytes(&b, &[]);
+            return;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    if conn.send_bytes(&[REP_READY], &[]).is_err() {
+        return;
+    }
+    let mut out = Vec::new();
+    loop {
+        let r = conn.recv_with(|bytes, fds| run_batch(&conn, bytes, fds, &mut out));
+        let _ = std::io::stdout().flush();
+        if out.capacity() > (4 << 20) {
+            out = Vec::new();
+        }
+        match r {
+            Ok(true) => {}
+            _ => break,
+        }
+    }
+}

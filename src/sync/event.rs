@@ -1,0 +1,150 @@
+//! Events shared between processes.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{kinds, raw};
+use crate::shm::Segment;
+use crate::sys::futex;
+use crate::Result;
+
+const FLAG: usize = 0;
+const SLEEPERS: usize = 4;
+const SIZE: usize = 8;
+
+/// A flag that processes can wait for, like Python's `multiprocessing.Event`.
+///
+/// ```
+/// multiproc::init();
+/// fn waiter(e: multiproc::Event) -> bool {
+///     e.wait().unwrap();
+///     e.is_set()
+/// }
+/// let e = multiproc::Event::new().unwrap();
+/// let h = multiproc::spawn(waiter, e.clone()).unwrap();
+/// e.set();
+/// assert!(h.join().unwrap());
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    seg: Arc<Segment>,
+}
+
+impl Event {
+    /// A new event, not set.
+    ///
+    /// ```
+    /// assert!(!multiproc::Event::new().unwrap().is_set());
+    /// ```
+    pub fn new() -> Result<Event> {
+        Ok(Event {
+            seg: Segment::new(kinds::EVENT, SIZE)?,
+        })
+    }
+
+    fn flag(&self) -> &AtomicU32 {
+        self.seg.u32(FLAG)
+    }
+
+    /// Is the flag set?
+    ///
+    /// ```
+    /// let e = multiproc::Event::new().unwrap();
+    /// e.set();
+    /// assert!(e.is_set());
+    /// ```
+    pub fn is_set(&self) -> bool {
+        self.flag().load(Ordering::Acquire) != 0
+    }
+
+    /// Sets the flag and wakes every waiter.
+    ///
+    /// ```
+    /// let e = multiproc::Event::new().unwrap();
+    /// e.set();
+    /// assert!(e.wait_timeout(std::time::Duration::ZERO).unwrap());
+    /// ```
+    pub fn set(&self) {
+        self.flag().store(1, Ordering::SeqCst);
+        if self.seg.u32(SLEEPERS).load(Ordering::SeqCst) > 0 {
+            futex::wake_all(self.flag());
+        }
+    }
+
+    /// Clears the flag.
+    ///
+    /// ```
+    /// let e = multiproc::Event::new().unwrap();
+    /// e.set();
+    /// e.clear();
+    /// assert!(!e.is_set());
+    /// ```
+    pub fn clear(&self) {
+        self.flag().store(0, Ordering::SeqCst);
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            if self.is_set() {
+                return true;
+            }
+            let sleepers = self.seg.u32(SLEEPERS);
+            sleepers.fetch_add(1, Ordering::SeqCst);
+            let r = futex::wait_until(self.flag(), 0, deadline);
+            sleepers.fetch_sub(1, Ordering::SeqCst);
+            if r == futex::Wake::TimedOut {
+                return self.is_set();
+            }
+        }
+    }
+
+    /// Waits until the flag is set.
+    ///
+    /// ```
+    /// let e = multiproc::Event::new().unwrap();
+    /// e.set();
+    /// e.wait().unwrap();
+    /// ```
+    pub fn wait(&self) -> Result<()> {
+        self.wait_until(None);
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for the flag: its value at the end (`false`: timed out).
+    ///
+    /// ```
+    /// let e = multiproc::Event::new().unwrap();
+    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)).unwrap());
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        Ok(self.wait_until(raw::deadline(timeout)))
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("is_set", &self.is_set())
+            .finish()
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.seg.serialize_handle(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let seg = Segment::deserialize_handle(d, kinds::EVENT)?;
+        if seg.data_len() < SIZE {
+            return Err(serde::de::Error::custom("Event segment too small"));
+        }
+        Ok(Event { seg })
+    }
+}

@@ -1,0 +1,522 @@
+//! Synchronization between processes: [`Lock`], [`RLock`], [`Semaphore`],
+//! [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`], like Python's
+//! `multiprocessing` ones.
+//!
+//! Each primitive lives in an anonymous shared-memory segment (a `memfd`: nothing to leak
+//! in /dev/shm). A primitive is a handle: `Clone` shares it within a process, and it can be
+//! put in a [`Process`](crate::Process)'s arguments or sent through a pipe, arriving as the
+//! *same* primitive in the other process. Blocking waits sleep on futexes in the segment.
+//!
+//! Beyond Python: when a process dies holding a [`Lock`] or [`RLock`], the next process to
+//! acquire it gets it, with [`Error::OwnerDied`](crate::Error::OwnerDied) to say so, within
+//! about a tenth of a second, instead of deadlocking for ever; a [`Barrier`] one of whose
+//! parties died is broken rather than hung; a [`Semaphore`] waiter that is killed leaves
+//! the count intact.
+//!
+//! ```
+//! multiproc::init();
+//! use multiproc::Lock;
+//!
+//! fn child(lock: Lock) -> u32 {
+//!     let _held = lock.lock().unwrap();
+//!     7
+//! }
+//! let lock = Lock::new().unwrap();
+//! let h = multiproc::spawn(child, lock.clone()).unwrap();
+//! assert_eq!(h.join().unwrap(), 7);
+//! assert!(lock.try_acquire().unwrap()); // the child released it
+//! lock.release().unwrap();
+//! ```
+
+mod barrier;
+mod condition;
+mod event;
+pub(crate) mod raw;
+mod semaphore;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use barrier::Barrier;
+pub use condition::{CondLock, Condition};
+pub use event::Event;
+pub use semaphore::{BoundedSemaphore, Semaphore};
+
+use crate::shm::{Kind, SegRef, Segment};
+use crate::sys::futex;
+use crate::{codec, Error, Result};
+use raw::{Acquired, RawMutex, MUTEX_SIZE};
+
+/// Segment kinds of this crate's synchronization and shared-value types.
+pub(crate) mod kinds {
+    use crate::shm::Kind;
+    pub(crate) const LOCK: Kind = Kind(0x10);
+    pub(crate) const RLOCK: Kind = Kind(0x11);
+    pub(crate) const SEMAPHORE: Kind = Kind(0x12);
+    pub(crate) const EVENT: Kind = Kind(0x13);
+    pub(crate) const CONDITION: Kind = Kind(0x14);
+    pub(crate) const BARRIER: Kind = Kind(0x15);
+    pub(crate) const VALUE: Kind = Kind(0x20);
+    pub(crate) const ARRAY: Kind = Kind(0x21);
+    pub(crate) const RAW_VALUE: Kind = Kind(0x22);
+    pub(crate) const RAW_ARRAY: Kind = Kind(0x23);
+}
+
+/// Kinds of segment that may hold a [`Lock`] at some offset.
+fn lock_kind_ok(k: u32) -> bool {
+    [kinds::LOCK, kinds::VALUE, kinds::ARRAY]
+        .iter()
+        .any(|x| x.0 == k)
+}
+
+fn owner_died_or(r: Acquired) -> Result<bool> {
+    match r {
+        Acquired::Clean => Ok(true),
+        Acquired::OwnerDied => Err(Error::OwnerDied),
+        Acquired::No => Ok(false),
+    }
+}
+
+// --- Lock ---------------------------------------------------------------------------------
+
+/// A lock shared between processes, like Python's `multiprocessing.Lock`.
+///
+/// Not re-entrant: acquiring it twice from the same thread blocks (use [`RLock`] for
+/// that). Any thread of any process may release it, as in Python. Releasing an unlocked
+/// lock is an error.
+///
+/// If the holder's process dies while holding it, the next acquirer takes it over within
+/// about 0.1 s and is told so: [`acquire`](Lock::acquire) and friends return
+/// [`Error::OwnerDied`] *with the lock held* (release it when done), and
+/// [`lock`](Lock::lock) returns the error with the lock released again.
+///
+/// Uncontended, acquire + release is two atomic instructions (no system call).
+///
+/// ```
+/// let lock = multiproc::Lock::new().unwrap();
+/// lock.acquire().unwrap();
+/// assert!(!lock.try_acquire().unwrap());
+/// lock.release().unwrap();
+/// assert!(lock.release().is_err()); // not held
+/// {
+///     let _g = lock.lock().unwrap(); // released when `_g` drops
+/// }
+/// assert!(lock.acquire_timeout(std::time::Duration::from_millis(10)).unwrap());
+/// lock.release().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Lock {
+    seg: Arc<Segment>,
+    off: usize,
+}
+
+impl Lock {
+    /// A new, unlocked lock.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// assert!(!lock.is_locked());
+    /// ```
+    pub fn new() -> Result<Lock> {
+        Ok(Lock {
+            seg: Segment::new(kinds::LOCK, MUTEX_SIZE)?,
+            off: 0,
+        })
+    }
+
+    /// The lock at data offset `off` of `seg` (the lock of a `Value`, say).
+    pub(crate) fn in_segment(seg: Arc<Segment>, off: usize) -> Lock {
+        Lock { seg, off }
+    }
+
+    #[inline]
+    fn raw(&self) -> RawMutex<'_> {
+        RawMutex::at(&self.seg, self.off)
+    }
+
+    /// Blocks until the lock is acquired.
+    ///
+    /// [`Error::OwnerDied`]: the previous holder died holding it; the caller now holds it.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// lock.acquire().unwrap();
+    /// lock.release().unwrap();
+    /// ```
+    #[inline]
+    pub fn acquire(&self) -> Result<()> {
+        owner_died_or(self.raw().lock(None)).map(|_| ())
+    }
+
+    /// Waits at most `timeout` for the lock: `true` if acquired.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// assert!(lock.acquire_timeout(Duration::from_millis(5)).unwrap());
+    /// assert!(!lock.acquire_timeout(Duration::from_millis(5)).unwrap());
+    /// lock.release().unwrap();
+    /// ```
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        owner_died_or(self.raw().lock(raw::deadline(timeout)))
+    }
+
+    /// Acquires the lock if it is free: `true` if acquired.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// assert!(lock.try_acquire().unwrap());
+    /// assert!(!lock.try_acquire().unwrap());
+    /// ```
+    #[inline]
+    pub fn try_acquire(&self) -> Result<bool> {
+        owner_died_or(self.raw().try_lock())
+    }
+
+    /// Releases the lock (from any thread or process). Error if it is not locked.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// assert!(lock.release().is_err());
+    /// ```
+    #[inline]
+    pub fn release(&self) -> Result<()> {
+        if self.raw().unlock() {
+            Ok(())
+        } else {
+            Err(Error::invalid("release of an unlocked Lock"))
+        }
+    }
+
+    /// Acquires the lock and returns a guard that releases it when dropped.
+    ///
+    /// If the previous holder died holding it, returns [`Error::OwnerDied`] and leaves the
+    /// lock free: calling `lock()` again takes it.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// let g = lock.lock().unwrap();
+    /// assert!(lock.is_locked());
+    /// drop(g);
+    /// assert!(!lock.is_locked());
+    /// ```
+    #[inline]
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        match self.raw().lock(None) {
+            Acquired::OwnerDied => {
+                self.raw().unlock();
+                Err(Error::OwnerDied)
+            }
+            _ => Ok(LockGuard { lock: self }),
+        }
+    }
+
+    /// Is the lock held (by anyone)?
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// assert!(!lock.is_locked());
+    /// ```
+    pub fn is_locked(&self) -> bool {
+        self.raw().holder_pid() != 0
+    }
+
+    /// Is the lock held by a thread of this process?
+    pub(crate) fn held_here(&self) -> bool {
+        self.raw().held_here()
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("holder_pid", &self.raw().holder_pid())
+            .finish()
+    }
+}
+
+impl Serialize for Lock {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // The kind of the segment it lives in (a Lock's own, or a Value's), its offset, and
+        // the segment itself.
+        let kind = self.seg.kind().0;
+        (kind, self.off as u32, SegRef(&self.seg)).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (kind, off, fd, len) = <(u32, u32, codec::FdOwned, u64)>::deserialize(d)?;
+        if !lock_kind_ok(kind) {
+            return Err(serde::de::Error::custom("not a Lock handle"));
+        }
+        let len = usize::try_from(len).map_err(serde::de::Error::custom)?;
+        let off = off as usize;
+        if !off.is_multiple_of(8) || off.saturating_add(MUTEX_SIZE) > len {
+            return Err(serde::de::Error::custom("Lock handle out of its segment"));
+        }
+        let seg = Segment::from_fd(fd.0, Kind(kind), len).map_err(serde::de::Error::custom)?;
+        Ok(Lock { seg, off })
+    }
+}
+
+/// Holds a [`Lock`] until dropped. Made by [`Lock::lock`].
+///
+/// ```
+/// let lock = multiproc::Lock::new().unwrap();
+/// let g = lock.lock().unwrap();
+/// drop(g);
+/// assert!(lock.try_acquire().unwrap());
+/// ```
+#[must_use = "the lock is released at once if the guard is not kept"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+}
+
+impl Drop for LockGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.raw().unlock();
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+// --- RLock --------------------------------------------------------------------------------
+
+const RLOCK_TID: usize = MUTEX_SIZE;
+const RLOCK_COUNT: usize = MUTEX_SIZE + 4;
+const RLOCK_SIZE: usize = MUTEX_SIZE + 8;
+
+/// A re-entrant lock shared between processes, like Python's `multiprocessing.RLock`.
+///
+/// The thread holding it may acquire it again; it is free once released as many times as
+/// acquired. Only the holding thread may release it (anything else is an error). A holder
+/// that dies is handled as for [`Lock`]: the next acquirer gets [`Error::OwnerDied`] with
+/// the lock held (a count of one).
+///
+/// ```
+/// let r = multiproc::RLock::new().unwrap();
+/// r.acquire().unwrap();
+/// r.acquire().unwrap();
+/// r.release().unwrap();
+/// r.release().unwrap();
+/// assert!(r.release().is_err());
+/// ```
+#[derive(Clone)]
+pub struct RLock {
+    seg: Arc<Segment>,
+}
+
+impl RLock {
+    /// A new, unlocked re-entrant lock.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// let _g = r.lock().unwrap();
+    /// ```
+    pub fn new() -> Result<RLock> {
+        Ok(RLock {
+            seg: Segment::new(kinds::RLOCK, RLOCK_SIZE)?,
+        })
+    }
+
+    #[inline]
+    fn raw(&self) -> RawMutex<'_> {
+        RawMutex::at(&self.seg, 0)
+    }
+
+    #[inline]
+    fn owner_tid(&self) -> &AtomicU32 {
+        self.seg.u32(RLOCK_TID)
+    }
+
+    #[inline]
+    fn count(&self) -> &AtomicU32 {
+        self.seg.u32(RLOCK_COUNT)
+    }
+
+    /// Does the calling thread hold it?
+    #[inline]
+    fn is_mine(&self) -> bool {
+        self.owner_tid().load(Ordering::Relaxed) == futex::current_tid() && self.raw().held_here()
+    }
+
+    fn acquire_inner(&self, r: impl FnOnce(&RawMutex<'_>) -> Acquired) -> Result<bool> {
+        if self.is_mine() {
+            let c = self.count().load(Ordering::Relaxed);
+            if c == u32::MAX {
+                return Err(Error::invalid("RLock acquired too many times"));
+            }
+            self.count().store(c + 1, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let got = r(&self.raw());
+        if got != Acquired::No {
+            self.owner_tid()
+                .store(futex::current_tid(), Ordering::Relaxed);
+            self.count().store(1, Ordering::Relaxed);
+        }
+        owner_died_or(got)
+    }
+
+    /// Blocks until acquired (at once if this thread holds it already).
+    ///
+    /// [`Error::OwnerDied`]: the previous holder died holding it; the caller now holds it.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// r.acquire().unwrap();
+    /// r.release().unwrap();
+    /// ```
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_inner(|m| m.lock(None)).map(|_| ())
+    }
+
+    /// Waits at most `timeout`: `true` if acquired.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// assert!(r.acquire_timeout(std::time::Duration::from_millis(1)).unwrap());
+    /// ```
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.acquire_inner(|m| m.lock(raw::deadline(timeout)))
+    }
+
+    /// Acquires it if free or already held by this thread: `true` if acquired.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// assert!(r.try_acquire().unwrap());
+    /// assert!(r.try_acquire().unwrap()); // re-entrant
+    /// ```
+    pub fn try_acquire(&self) -> Result<bool> {
+        self.acquire_inner(|m| m.try_lock())
+    }
+
+    /// Releases one level. Error if the calling thread does not hold it.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// assert!(r.release().is_err());
+    /// ```
+    pub fn release(&self) -> Result<()> {
+        if !self.is_mine() {
+            return Err(Error::invalid(
+                "release of an RLock not held by this thread",
+            ));
+        }
+        let c = self.count().load(Ordering::Relaxed);
+        if c <= 1 {
+            self.count().store(0, Ordering::Relaxed);
+            self.owner_tid().store(0, Ordering::Relaxed);
+            self.raw().unlock();
+        } else {
+            self.count().store(c - 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Acquires it and returns a guard that releases one level when dropped. As
+    /// [`Lock::lock`], a dead previous holder gives [`Error::OwnerDied`] with the lock free.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// let a = r.lock().unwrap();
+    /// let b = r.lock().unwrap();
+    /// drop((b, a));
+    /// ```
+    pub fn lock(&self) -> Result<RLockGuard<'_>> {
+        match self.acquire() {
+            Ok(()) => Ok(RLockGuard { lock: self }),
+            Err(Error::OwnerDied) => {
+                let _ = self.release();
+                Err(Error::OwnerDied)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases it completely; returns the count to restore (for `Condition::wait`).
+    pub(crate) fn release_all(&self) -> Result<u32> {
+        if !self.is_mine() {
+            return Err(Error::invalid("the RLock is not held by this thread"));
+        }
+        let c = self.count().load(Ordering::Relaxed);
+        self.count().store(0, Ordering::Relaxed);
+        self.owner_tid().store(0, Ordering::Relaxed);
+        self.raw().unlock();
+        Ok(c)
+    }
+
+    /// Re-acquires it `count` times (after [`RLock::release_all`]).
+    pub(crate) fn acquire_restore(&self, count: u32) -> Result<()> {
+        let r = self.acquire();
+        if matches!(r, Ok(()) | Err(Error::OwnerDied)) {
+            self.count().store(count.max(1), Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Does the calling thread hold it?
+    pub(crate) fn held_by_me(&self) -> bool {
+        self.is_mine()
+    }
+}
+
+impl fmt::Debug for RLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RLock")
+            .field("holder_pid", &self.raw().holder_pid())
+            .field("count", &self.count().load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Serialize for RLock {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.seg.serialize_handle(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RLock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let seg = Segment::deserialize_handle(d, kinds::RLOCK)?;
+        if seg.data_len() < RLOCK_SIZE {
+            return Err(serde::de::Error::custom("RLock segment too small"));
+        }
+        Ok(RLock { seg })
+    }
+}
+
+/// Holds one level of an [`RLock`] until dropped. Made by [`RLock::lock`].
+///
+/// ```
+/// let r = multiproc::RLock::new().unwrap();
+/// drop(r.lock().unwrap());
+/// assert!(r.release().is_err());
+/// ```
+#[must_use = "the lock is released at once if the guard is not kept"]
+pub struct RLockGuard<'a> {
+    lock: &'a RLock,
+}
+
+impl Drop for RLockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+impl fmt::Debug for RLockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RLockGuard")
+    }
+}

@@ -1,0 +1,218 @@
+//! Listening and connecting stream sockets: Unix (filesystem path or Linux abstract name)
+//! and TCP. Everything here is safe rustix; it lives in the OS layer with the rest of the
+//! socket code so that another OS can provide its own.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::net::{sockopt, AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
+
+/// Where a socket listens or connects, in OS terms.
+#[derive(Clone, Debug)]
+pub(crate) enum SockAddr {
+    /// A Unix socket bound to a filesystem path.
+    Path(std::path::PathBuf),
+    /// A Unix socket in Linux's abstract namespace (no file; gone with its last user).
+    Abstract(Vec<u8>),
+    /// A TCP socket.
+    Tcp(SocketAddr),
+}
+
+fn unix_addr(a: &SockAddr) -> io::Result<Option<SocketAddrUnix>> {
+    Ok(match a {
+        SockAddr::Path(p) => Some(SocketAddrUnix::new(p.as_path())?),
+        SockAddr::Abstract(n) => Some(SocketAddrUnix::new_abstract_name(n)?),
+        SockAddr::Tcp(_) => None,
+    })
+}
+
+fn family(a: &SockAddr) -> AddressFamily {
+    match a {
+        SockAddr::Tcp(SocketAddr::V4(_)) => AddressFamily::INET,
+        SockAddr::Tcp(SocketAddr::V6(_)) => AddressFamily::INET6,
+        _ => AddressFamily::UNIX,
+    }
+}
+
+/// Creates a listening socket (close-on-exec) bound to `addr`. A TCP socket gets
+/// `SO_REUSEADDR`. Returns the socket and the address it is bound to (the real port when
+/// `addr` asked for port 0).
+pub(crate) fn listen_on(addr: &SockAddr, backlog: i32) -> io::Result<(OwnedFd, SockAddr)> {
+    let fd =
+        rustix::net::socket_with(family(addr), SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    match addr {
+        SockAddr::Tcp(sa) => {
+            sockopt::set_socket_reuseaddr(&fd, true)?;
+            rustix::net::bind(&fd, sa)?;
+        }
+        _ => {
+            let ua = unix_addr(addr)?.ok_or_else(|| io::Error::other("not a unix address"))?;
+            rustix::net::bind(&fd, &ua)?;
+        }
+    }
+    rustix::net::listen(&fd, backlog)?;
+    let bound = match addr {
+        SockAddr::Tcp(_) => {
+            let any: SocketAddrAny = rustix::net::getsockname(&fd)?;
+            let sa = SocketAddr::try_from(any)
+                .map_err(|_| io::Error::other("getsockname gave a non-IP address"))?;
+            SockAddr::Tcp(sa)
+        }
+        other => other.clone(),
+    };
+    Ok((fd, bound))
+}
+
+/// Accepts one connection (close-on-exec), retrying on `EINTR` and on errors that concern
+/// only the connection that failed (it was reset before we took it).
+pub(crate) fn accept_one(listener: impl AsFd) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(listener.as_fd(), SocketFlags::CLOEXEC) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::INTR)
+            | Err(rustix::io::Errno::CONNABORTED)
+            | Err(rustix::io::Errno::PROTO) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Connects a new stream socket (close-on-exec) to `addr`. TCP sockets get `TCP_NODELAY`:
+/// requests and replies are small and latency matters.
+pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
+    let fd =
+        rustix::net::socket_with(family(addr), SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    let r = match addr {
+        SockAddr::Tcp(sa) => rustix::net::connect(&fd, sa),
+        _ => {
+            let ua = unix_addr(addr)?.ok_or_else(|| io::Error::other("not a unix address"))?;
+            rustix::net::connect(&fd, &ua)
+        }
+    };
+    match r {
+        Ok(()) => {}
+        Err(rustix::io::Errno::INTR) => {
+            // The connection continues in the background; wait until it is writable.
+            let mut pfd = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::OUT,
+            )];
+            loop {
+                match rustix::event::poll(&mut pfd, None) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(e) = sockopt::socket_error(&fd)?.err() {
+                return Err(e.into());
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    set_nodelay(&fd, addr);
+    Ok(fd)
+}
+
+/// Sets `TCP_NODELAY` on a TCP socket; does nothing for Unix sockets.
+pub(crate) fn set_nodelay(fd: impl AsFd, addr: &SockAddr) {
+    if matches!(addr, SockAddr::Tcp(_)) {
+        let _ = sockopt::set_tcp_nodelay(fd, true);
+    }
+}
+
+/// Sets (or with `None` clears) the receive and send timeouts of a socket.
+pub(crate) fn set_io_timeout(fd: impl AsFd, t: Option<Duration>) -> io::Result<()> {
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, t)?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, t)?;
+    Ok(())
+}
+
+/// Whether the peer of a connected socket has closed or reset it (without reading data).
+pub(crate) fn peer_closed(fd: impl AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut pfd, Some(&zero)) {
+        Ok(0) => false,
+        Ok(_) => pfd[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn bump_fork_generation() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A number that changes in a child each time a process forks (through libc's `fork`,
+/// which runs `pthread_atfork` handlers), so that per-process state such as pooled
+/// connections can notice it was copied into a child without a `getpid` system call per
+/// use. Processes made by the fork server start from a fresh executable image, so they
+/// need no handler.
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: pthread_atfork only records the function pointers; the child handler is
+        // an extern "C" fn that does one atomic add, which is async-signal-safe.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(bump_fork_generation));
+        }
+    });
+    FORK_GENERATION.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A pipe `(read end, write end)`, close-on-exec.
+pub(crate) fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Reads what is available (at least one byte, blocking) from a pipe; 0 at end of file.
+pub(crate) fn read_some(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd.as_fd(), &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `parts` to a pipe, in order. (A closed reader gives `BrokenPipe`; Rust
+/// programs ignore `SIGPIPE`.)
+pub(crate) fn write_all_parts(fd: impl AsFd, parts: &[&[u8]]) -> io::Result<()> {
+    for p in parts {
+        let mut off = 0;
+        while off < p.len() {
+            match rustix::io::write(fd.as_fd(), &p[off..]) {
+                Ok(n) => off += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether every writer of the pipe whose read end is `fd` has closed it.
+pub(crate) fn pipe_writers_gone(fd: impl AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut pfd, Some(&zero)) {
+        Ok(0) => false,
+        Ok(_) => pfd[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,898 @@
+//! Manager: proxies across processes, atomicity, network mode, authentication, robustness.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use multiproc::connection::{Address, Client, Listener};
+use multiproc::manager::{
+    DictProxy, EventProxy, ListProxy, LockProxy, NamespaceProxy, QueueProxy, Shared, SharedProxy,
+    ValueProxy,
+};
+use multiproc::{Builder, Error, Manager, Process, RemoteErrorKind, StartMethod};
+use serde::{Deserialize, Serialize};
+
+fn is_remote(e: &Error, kind: RemoteErrorKind) -> bool {
+    matches!(e, Error::Remote { kind: k, .. } if *k == kind)
+}
+
+fn list_child(l: ListProxy<i32>) -> (Vec<i32>, i32, i32, usize, i32, bool) {
+    l.push(10).unwrap();
+    l.extend([11, 12]).unwrap();
+    l.insert(0, -1).unwrap();
+    l.set(1, 100).unwrap();
+    let got = l.get(1).unwrap();
+    let popped = l.pop().unwrap();
+    let removed = l.remove(0).unwrap();
+    let len = l.len().unwrap();
+    let idx_err = is_remote(&l.get(99).unwrap_err(), RemoteErrorKind::IndexError);
+    let snapshot: Vec<i32> = l.iter().unwrap().collect();
+    (snapshot, got, popped, len, removed, idx_err)
+}
+
+#[test]
+fn list_methods_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.list(vec![1, 2]).unwrap();
+    let (snap, got, popped, len, removed, idx_err) = multiproc::spawn(list_child, l.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(got, 100);
+    assert_eq!(popped, 12);
+    assert_eq!(removed, -1);
+    assert_eq!(len, 4);
+    assert!(idx_err);
+    assert_eq!(snap, vec![100, 2, 10, 11]);
+    assert_eq!(l.to_vec().unwrap(), vec![100, 2, 10, 11]);
+    l.clear().unwrap();
+    assert!(l.is_empty().unwrap());
+    assert!(is_remote(
+        &l.pop().unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+}
+
+type D = DictProxy<String, Vec<u8>>;
+
+#[allow(clippy::type_complexity)]
+fn dict_child(d: D) -> (Option<Vec<u8>>, bool, Vec<String>, Option<Vec<u8>>) {
+    d.insert("b".into(), vec![2]).unwrap();
+    let old = d.insert("a".into(), vec![9]).unwrap();
+    let has = d.contains_key(&"b".into()).unwrap();
+    let removed = d.remove(&"zz".into()).unwrap();
+    (old, has, d.keys().unwrap(), removed)
+}
+
+#[test]
+fn dict_methods_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let d: D = m.dict_from([("a".to_string(), vec![1u8])]).unwrap();
+    let (old, has, keys, removed) = multiproc::spawn(dict_child, d.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(old, Some(vec![1]));
+    assert!(has);
+    assert_eq!(keys, vec!["a", "b"]);
+    assert_eq!(removed, None);
+    assert_eq!(d.len().unwrap(), 2);
+    assert_eq!(d.values().unwrap(), vec![vec![9], vec![2]]);
+    assert_eq!(
+        d.items().unwrap(),
+        vec![("a".to_string(), vec![9]), ("b".to_string(), vec![2])]
+    );
+    let map: HashMap<String, Vec<u8>> = d.to_map().unwrap();
+    assert_eq!(map.len(), 2);
+    assert_eq!(d.get(&"b".into()).unwrap(), Some(vec![2]));
+    assert_eq!(d.get_item(&"a".into()).unwrap(), vec![9]);
+    assert!(is_remote(
+        &d.get_item(&"x".into()).unwrap_err(),
+        RemoteErrorKind::KeyError
+    ));
+    assert!(is_remote(
+        &d.pop(&"x".into()).unwrap_err(),
+        RemoteErrorKind::KeyError
+    ));
+    assert_eq!(d.pop(&"a".into()).unwrap(), vec![9]);
+    d.clear().unwrap();
+    assert!(d.is_empty().unwrap());
+}
+
+#[allow(clippy::type_complexity)]
+fn others_child(
+    (ns, v, q, lock, ev): (
+        NamespaceProxy,
+        ValueProxy<i64>,
+        QueueProxy<String>,
+        LockProxy,
+        EventProxy,
+    ),
+) -> (i32, i64, String, bool) {
+    let x: i32 = ns.get("x").unwrap();
+    ns.set("from_child", "hi").unwrap();
+    let old = v.swap(42).unwrap();
+    let item = q.get().unwrap();
+    q.put("reply".into()).unwrap();
+    // The parent holds the lock; we cannot take it now.
+    let got = lock.try_acquire().unwrap();
+    ev.set().unwrap();
+    (x, old, item, got)
+}
+
+#[test]
+fn namespace_value_queue_lock_event_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let ns = m.namespace().unwrap();
+    ns.set("x", 7).unwrap();
+    let v = m.value(5i64).unwrap();
+    let q = m.queue::<String>().unwrap();
+    q.put("job".into()).unwrap();
+    let lock = m.lock().unwrap();
+    lock.acquire().unwrap();
+    let ev = m.event().unwrap();
+    let h = multiproc::spawn(
+        others_child,
+        (ns.clone(), v.clone(), q.clone(), lock.clone(), ev.clone()),
+    )
+    .unwrap();
+    assert!(ev.wait_timeout(Duration::from_secs(10)).unwrap());
+    let (x, old, item, got) = h.join().unwrap();
+    assert_eq!((x, old, item.as_str(), got), (7, 5, "job", false));
+    assert_eq!(ns.get::<String>("from_child").unwrap(), "hi");
+    assert_eq!(ns.names().unwrap(), vec!["x", "from_child"]);
+    ns.remove("x").unwrap();
+    assert!(is_remote(
+        &ns.get::<i32>("x").unwrap_err(),
+        RemoteErrorKind::KeyError
+    ));
+    assert_eq!(v.get().unwrap(), 42);
+    v.set(1).unwrap();
+    assert_eq!(v.get().unwrap(), 1);
+    assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), "reply");
+    assert!(q.empty().unwrap());
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+    assert!(lock.locked().unwrap());
+    lock.release().unwrap();
+    assert!(matches!(lock.release(), Err(Error::InvalidOperation(_))));
+    assert!(lock.acquire_timeout(Duration::from_millis(20)).unwrap());
+    assert!(!lock.acquire_timeout(Duration::from_millis(20)).unwrap());
+    lock.release().unwrap();
+    assert!(ev.is_set().unwrap());
+    ev.clear().unwrap();
+    assert!(!ev.wait_timeout(Duration::from_millis(20)).unwrap());
+    let bq = m.bounded_queue::<u8>(2).unwrap();
+    bq.put(1).unwrap();
+    bq.try_put(2).unwrap();
+    assert!(matches!(bq.try_put(3), Err(Error::Full)));
+    assert!(matches!(
+        bq.put_timeout(3, Duration::from_millis(20)),
+        Err(Error::Full)
+    ));
+    assert_eq!(bq.qsize().unwrap(), 2);
+}
+
+const PER_PROCESS: usize = 1000;
+
+fn appender((l, who): (ListProxy<(u32, u32)>, u32)) {
+    for i in 0..PER_PROCESS as u32 {
+        l.push((who, i)).unwrap();
+    }
+}
+
+#[test]
+fn eight_processes_append_exactly_8000() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.list(Vec::<(u32, u32)>::new()).unwrap();
+    let mut ps: Vec<Process> = (0..8)
+        .map(|who| Process::new(appender, (l.clone(), who)))
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    for p in &ps {
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    let all = l.to_vec().unwrap();
+    assert_eq!(all.len(), 8 * PER_PROCESS);
+    // Each process's items arrive in its own order, none lost or duplicated.
+    for who in 0..8 {
+        let mine: Vec<u32> = all.iter().filter(|x| x.0 == who).map(|x| x.1).collect();
+        assert_eq!(mine, (0..PER_PROCESS as u32).collect::<Vec<_>>());
+    }
+}
+
+fn locked_increments((lock, v): (LockProxy, ValueProxy<i64>)) {
+    for _ in 0..100 {
+        let _g = lock.lock().unwrap();
+        let x = v.get().unwrap();
+        v.set(x + 1).unwrap();
+    }
+}
+
+#[test]
+fn lock_proxy_serialises_read_modify_write() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let lock = m.lock().unwrap();
+    let v = m.value(0i64).unwrap();
+    let hs: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(locked_increments, (lock.clone(), v.clone())).unwrap())
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(v.get().unwrap(), 400);
+}
+
+fn recv_proxy_and_push(conn: multiproc::Connection<ListProxy<String>>) {
+    let l = conn.recv().unwrap();
+    l.push("via pipe".into()).unwrap();
+}
+
+#[test]
+fn proxy_travels_through_a_pipe() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.list(Vec::<String>::new()).unwrap();
+    let (a, b) = multiproc::pipe::<ListProxy<String>>().unwrap();
+    let mut p = Process::new(recv_proxy_and_push, b);
+    p.start().unwrap();
+    a.send(&l).unwrap();
+    p.join().unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec!["via pipe"]);
+}
+
+fn fork_child(l: ListProxy<u32>) -> usize {
+    l.push(2).unwrap();
+    l.len().unwrap()
+}
+
+#[test]
+fn forked_child_does_not_share_parent_connections() {
+    multiproc::init();
+    unsafe { multiproc::allow_fork_with_threads(true) };
+    let m = Manager::start().unwrap();
+    let l = m.list(vec![1u32]).unwrap();
+    // The parent has a pooled connection now; the forked child must open its own.
+    assert_eq!(l.len().unwrap(), 1);
+    for _ in 0..3 {
+        let h = Builder::new()
+            .start_method(StartMethod::Fork)
+            .spawn(fork_child, l.clone())
+            .unwrap();
+        assert!(h.join().unwrap() >= 2);
+        assert!(l.len().unwrap() >= 2); // the parent's connection still works
+    }
+    assert_eq!(l.len().unwrap(), 4);
+
+    // A forked child that takes a lock and exits: had it used the parent's pooled
+    // connection, the server could not tell that the holder is gone.
+    let lock = m.lock().unwrap();
+    assert!(!lock.locked().unwrap()); // the parent's connection to the server is pooled
+    let h = Builder::new()
+        .start_method(StartMethod::Fork)
+        .spawn(take_lock_and_exit, lock.clone())
+        .unwrap();
+    h.join().unwrap();
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_secs(5)),
+        Err(Error::OwnerDied)
+    ));
+}
+
+fn take_lock_and_exit(l: LockProxy) {
+    l.acquire().unwrap();
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Account {
+    owner: String,
+    balance: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum AccountOp {
+    Deposit(i64),
+    Withdraw(i64),
+    Explode,
+}
+
+impl Shared for Account {
+    type Request = AccountOp;
+    type Reply = Result<i64, String>;
+    fn handle(&mut self, op: AccountOp) -> Result<i64, String> {
+        match op {
+            AccountOp::Deposit(n) => self.balance += n,
+            AccountOp::Withdraw(n) if n > self.balance => return Err("insufficient".into()),
+            AccountOp::Withdraw(n) => self.balance -= n,
+            AccountOp::Explode => panic!("boom in the server"),
+        }
+        Ok(self.balance)
+    }
+}
+
+fn depositor(acc: SharedProxy<Account>) {
+    for _ in 0..50 {
+        acc.call(AccountOp::Deposit(1)).unwrap().unwrap();
+    }
+}
+
+#[test]
+fn registered_type_across_processes() {
+    multiproc::init();
+    let m = Manager::builder().register::<Account>().start().unwrap();
+    let acc = m
+        .create(Account {
+            owner: "ann".into(),
+            balance: 10,
+        })
+        .unwrap();
+    let hs: Vec<_> = (0..3)
+        .map(|_| multiproc::spawn(depositor, acc.clone()).unwrap())
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        acc.call(AccountOp::Withdraw(1000)).unwrap(),
+        Err("insufficient".into())
+    );
+    assert_eq!(acc.call(AccountOp::Withdraw(60)).unwrap(), Ok(100));
+    let e = acc.call(AccountOp::Explode).unwrap_err();
+    assert!(is_remote(&e, RemoteErrorKind::Panicked), "{e}");
+    assert!(e.to_string().contains("boom in the server"), "{e}");
+    assert!(e.to_string().contains("manager.rs"), "panic location: {e}");
+    // The server and the object survive the panic.
+    assert_eq!(
+        acc.get().unwrap(),
+        Account {
+            owner: "ann".into(),
+            balance: 100
+        }
+    );
+    // A manager without the registration refuses the type.
+    let plain = Manager::start().unwrap();
+    let e = plain
+        .create(Account {
+            owner: "x".into(),
+            balance: 0,
+        })
+        .unwrap_err();
+    assert!(is_remote(&e, RemoteErrorKind::TypeError), "{e}");
+}
+
+#[test]
+fn server_errors_are_typed_and_server_keeps_serving() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.list(vec![1u8]).unwrap();
+    assert!(is_remote(
+        &l.get(5).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    assert!(is_remote(
+        &l.set(5, 0).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    assert!(is_remote(
+        &l.remove(5).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    assert!(is_remote(
+        &l.insert(5, 0).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    let d = m.dict::<u8, u8>().unwrap();
+    assert!(is_remote(
+        &d.get_item(&1).unwrap_err(),
+        RemoteErrorKind::KeyError
+    ));
+    m.publish("l", &l).unwrap();
+    assert!(is_remote(
+        &m.lookup::<DictProxy<u8, u8>>("l").unwrap_err(),
+        RemoteErrorKind::TypeError
+    ));
+    assert!(is_remote(
+        &m.lookup::<ListProxy<u8>>("missing").unwrap_err(),
+        RemoteErrorKind::NotFound
+    ));
+    // Decoding with the wrong element type is a codec error on the client side.
+    let wrong = m.lookup::<ListProxy<String>>("l").unwrap();
+    wrong.push("long string".into()).unwrap();
+    assert!(matches!(l.get(1), Err(Error::Codec(_))));
+    assert_eq!(l.get(0).unwrap(), 1);
+    assert_eq!(l.len().unwrap(), 2);
+}
+
+fn net_client((addr, key): (String, Vec<u8>)) -> Vec<u32> {
+    let c = Manager::connect(addr.as_str(), &key).unwrap();
+    let l = c.lookup::<ListProxy<u32>>("shared").unwrap();
+    l.push(3).unwrap();
+    let q = c.queue::<u32>().unwrap();
+    q.put(1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    l.to_vec().unwrap()
+}
+
+#[test]
+fn network_mode_across_processes() {
+    multiproc::init();
+    let server = Manager::serve("127.0.0.1:0", b"net-key").unwrap();
+    let Address::Tcp(sa) = server.address() else {
+        panic!("not tcp: {}", server.address())
+    };
+    assert_ne!(sa.port(), 0);
+    let l = server.list(vec![1u32, 2]).unwrap();
+    server.publish("shared", &l).unwrap();
+    let got = multiproc::spawn(
+        net_client,
+        (server.address().to_string(), b"net-key".to_vec()),
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(got, vec![1, 2, 3]);
+    // A client handle cannot stop the server; dropping it leaves the server running.
+    let c = Manager::connect(server.address(), b"net-key").unwrap();
+    assert!(matches!(c.shutdown(), Err(Error::InvalidOperation(_))));
+    drop(c);
+    assert_eq!(l.len().unwrap(), 3);
+}
+
+#[test]
+fn wrong_authkey_fails_on_both_sides() {
+    multiproc::init();
+    // Listener/Client: each side learns AuthenticationFailed.
+    let listener = Listener::bind("127.0.0.1:0", Some(b"right")).unwrap();
+    let addr = listener.address().clone();
+    let t = std::thread::spawn(move || Client::connect::<u8>(&addr, Some(b"wrong")).map(|_| ()));
+    assert!(matches!(
+        listener.accept::<u8>(),
+        Err(Error::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(Error::AuthenticationFailed)
+    ));
+    // The client has the right key but the listener a different one.
+    let listener = Listener::bind("127.0.0.1:0", Some(b"other")).unwrap();
+    let addr = listener.address().clone();
+    let t = std::thread::spawn(move || Client::connect::<u8>(&addr, Some(b"right")).map(|_| ()));
+    assert!(matches!(
+        listener.accept::<u8>(),
+        Err(Error::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(Error::AuthenticationFailed)
+    ));
+    // The same listener still accepts a peer with the right key.
+    let addr = listener.address().clone();
+    let t = std::thread::spawn(move || {
+        let c = Client::connect::<u8>(&addr, Some(b"other")).unwrap();
+        c.send(&5).unwrap();
+    });
+    assert_eq!(listener.accept::<u8>().unwrap().recv().unwrap(), 5);
+    t.join().unwrap();
+
+    // Manager: wrong key refused, right key served.
+    let server = Manager::serve("127.0.0.1:0", b"mgr-key").unwrap();
+    assert!(matches!(
+        Manager::connect(server.address(), b"not-it"),
+        Err(Error::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        Manager::connect(server.address(), b""),
+        Err(Error::AuthenticationFailed)
+    ));
+    let ok = Manager::connect(server.address(), b"mgr-key").unwrap();
+    assert_eq!(ok.value(1u8).unwrap().get().unwrap(), 1);
+}
+
+#[test]
+fn unix_socket_listener_and_client() {
+    multiproc::init();
+    let path = std::env::temp_dir().join(format!("mp-test-{}.sock", std::process::id()));
+    let listener = Listener::bind(path.to_str().unwrap(), Some(b"k")).unwrap();
+    let addr = listener.address().clone();
+    let t = std::thread::spawn(move || {
+        let c = Client::connect::<String>(&addr, Some(b"k")).unwrap();
+        c.send(&"over unix".to_string()).unwrap();
+        c.recv().unwrap()
+    });
+    let s = listener.accept::<String>().unwrap();
+    assert_eq!(s.recv().unwrap(), "over unix");
+    s.send(&"back".to_string()).unwrap();
+    assert_eq!(t.join().unwrap(), "back");
+    assert!(path.exists());
+    drop(listener);
+    assert!(
+        !path.exists(),
+        "the socket file is removed with the listener"
+    );
+}
+
+/// Reads until the server closes the connection; true if it did within 5 s.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn frame_header(len: u64) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&0x3143_504du32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h
+}
+
+#[test]
+fn garbage_and_oversized_frames_close_only_that_connection() {
+    multiproc::init();
+    let server = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(b"k")
+        .max_message_size(64 * 1024)
+        .start()
+        .unwrap();
+    let Address::Tcp(sa) = *server.address() else {
+        panic!()
+    };
+    let l = server.list(vec![1u8]).unwrap();
+    // A connected, authenticated client that stays idle meanwhile.
+    let bystander = Manager::connect(server.address(), b"k").unwrap();
+    let bl = bystander.value(0u8).unwrap();
+
+    // 1. Plain garbage before authenticating.
+    let mut s = TcpStream::connect(sa).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_by_server(&mut s));
+
+    // 2. A frame header claiming 1 TiB before authenticating.
+    let mut s = TcpStream::connect(sa).unwrap();
+    s.write_all(&frame_header(1 << 40)).unwrap();
+    assert!(closed_by_server(&mut s));
+
+    // 3. A plausible but oversized frame (1 KiB) where the handshake expects a tiny one.
+    let mut s = TcpStream::connect(sa).unwrap();
+    let mut f = frame_header(1024);
+    f.extend(std::iter::repeat_n(7u8, 1024));
+    let _ = s.write_all(&f);
+    assert!(closed_by_server(&mut s));
+
+    // 4. Authenticated, then a frame over the server's limit.
+    let c = Client::connect::<()>(server.address(), Some(b"k")).unwrap();
+    let _ = c.send_bytes(&vec![0u8; 128 * 1024]);
+    assert!(
+        c.recv_bytes().is_err(),
+        "the server must close this connection"
+    );
+
+    // 5. Authenticated, then a well-framed request that is not a request: answered with
+    //    an error, and the connection keeps working.
+    let c = Client::connect::<()>(server.address(), Some(b"k")).unwrap();
+    c.send_bytes(b"\xff\xff\xff garbage").unwrap();
+    assert!(!c.recv_bytes().unwrap().is_empty());
+    c.send_bytes(b"\xfe").unwrap();
+    assert!(!c.recv_bytes().unwrap().is_empty());
+
+    // 6. A peer that connects and says nothing does not block others.
+    let _silent = TcpStream::connect(sa).unwrap();
+
+    // The server still serves the existing and the next clients.
+    l.push(2).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1, 2]);
+    assert_eq!(bl.get().unwrap(), 0);
+    let next = Manager::connect(server.address(), b"k").unwrap();
+    assert_eq!(next.list(vec![5u8]).unwrap().len().unwrap(), 1);
+}
+
+fn blocked_getter(q: QueueProxy<u32>) {
+    let _ = q.get();
+}
+
+fn big_pusher(l: ListProxy<Vec<u8>>) {
+    let big = vec![1u8; 64 << 20];
+    loop {
+        let _ = l.push(big.clone());
+    }
+}
+
+fn lock_holder(l: LockProxy) {
+    l.acquire().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn client_killed_mid_request_does_not_hurt_the_server() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    // A client blocked in the server on `get`, then killed: no item goes to the dead.
+    let q = m.queue::<u32>().unwrap();
+    let mut p = Process::new(blocked_getter, q.clone());
+    p.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.kill().unwrap();
+    p.join().unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    q.put(7).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 7);
+
+    // A client killed while sending a large request.
+    let big = m.list(Vec::<Vec<u8>>::new()).unwrap();
+    let mut p = Process::new(big_pusher, big.clone());
+    p.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.kill().unwrap();
+    p.join().unwrap();
+    assert!(big.len().is_ok());
+
+    // A lock held by a killed client is released, and the next acquirer learns that its
+    // holder died (and holds it).
+    let lock = m.lock().unwrap();
+    let mut p = Process::new(lock_holder, lock.clone());
+    p.start().unwrap();
+    while !lock.locked().unwrap() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!lock.try_acquire().unwrap());
+    p.kill().unwrap();
+    p.join().unwrap();
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_secs(5)),
+        Err(Error::OwnerDied)
+    ));
+    assert!(lock.locked().unwrap());
+    lock.release().unwrap();
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+
+    let l = m.list(vec![1]).unwrap();
+    l.push(2).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1, 2]);
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn no_process_left_after_drop_or_shutdown() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let l = m.list(vec![1]).unwrap();
+    assert!(pid_alive(pid));
+    drop(m);
+    assert!(!pid_alive(pid), "server {pid} still exists after drop");
+    assert!(l.len().is_err());
+
+    let m = Manager::serve("127.0.0.1:0", b"k").unwrap();
+    let pid = m.server_pid().unwrap();
+    m.shutdown().unwrap();
+    assert!(!pid_alive(pid));
+    assert!(!multiproc::active_children().iter().any(|c| c.pid() == pid));
+    m.shutdown().unwrap(); // again: nothing to do
+}
+
+#[test]
+fn address_in_use_is_an_io_error() {
+    multiproc::init();
+    let a = Manager::serve("127.0.0.1:0", b"k").unwrap();
+    let e = Manager::serve(a.address(), b"k").unwrap_err();
+    assert!(matches!(e, Error::Io(_)), "{e}");
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn fd_balance(_: ()) -> (usize, usize) {
+    let mut before = 0;
+    for round in 0..4 {
+        // The first round starts this process's fork server (kept for later processes).
+        if round == 1 {
+            before = open_fds();
+        }
+        let m = Manager::start().unwrap();
+        let l = m.list(Vec::<u32>::new()).unwrap();
+        let ts: Vec<_> = (0..4)
+            .map(|i| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for k in 0..50 {
+                        l.push(i * 100 + k).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        assert_eq!(l.len().unwrap(), 200);
+        drop(l);
+        drop(m);
+    }
+    (before, open_fds())
+}
+
+#[test]
+fn no_descriptor_left_behind() {
+    multiproc::init();
+    // In a fresh process, so other tests' descriptors do not interfere.
+    let (before, after) = multiproc::spawn(fd_balance, ()).unwrap().join().unwrap();
+    assert_eq!(
+        before, after,
+        "descriptors leaked: {before} before, {after} after"
+    );
+}
+
+fn use_list(l: ListProxy<u32>) {
+    l.push(1).unwrap();
+}
+
+#[test]
+fn server_releases_connections_of_exited_clients() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .unwrap()
+            .count()
+    };
+    let (fds, threads) = (count("fd"), count("task"));
+    for _ in 0..3 {
+        multiproc::spawn(use_list, l.clone())
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    assert_eq!(l.len().unwrap(), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (count("fd"), count("task")) != (fds, threads) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!((count("fd"), count("task")), (fds, threads));
+}
+
+fn push_method_name((l, name): (ListProxy<String>, String)) {
+    l.push(name).unwrap();
+}
+
+#[test]
+fn proxies_work_under_every_start_method() {
+    multiproc::init();
+    unsafe { multiproc::allow_fork_with_threads(true) };
+    let m = Manager::start().unwrap();
+    let l = m.list(Vec::<String>::new()).unwrap();
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let name = format!("{method:?}");
+        Builder::new()
+            .start_method(method)
+            .spawn(push_method_name, (l.clone(), name))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    assert_eq!(l.to_vec().unwrap(), vec!["ForkServer", "Spawn", "Fork"]);
+    // The server itself can be started with any method too.
+    for method in [StartMethod::Spawn, StartMethod::Fork] {
+        let other = Manager::builder().start_method(method).start().unwrap();
+        let pid = other.server_pid().unwrap();
+        assert_eq!(other.list(vec![1]).unwrap().pop().unwrap(), 1);
+        drop(other);
+        assert!(!pid_alive(pid), "{method:?} server still there");
+    }
+}
+
+fn wait_for_count(m: &Manager, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = m.object_count().unwrap();
+        if c == n || std::time::Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn late_user(l: ListProxy<u32>) -> usize {
+    std::thread::sleep(Duration::from_millis(200));
+    l.push(1).unwrap();
+    l.len().unwrap()
+}
+
+fn ignores_arg(_l: ListProxy<u32>) {}
+
+#[test]
+fn objects_are_freed_when_no_process_holds_them() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    // Created and dropped in one process.
+    let l = m.list(vec![1u32]).unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    assert_eq!(m.object_count().unwrap(), 2);
+    let l2 = l.clone();
+    drop(l);
+    assert_eq!(m.object_count().unwrap(), 2);
+    drop(l2);
+    drop(d);
+    assert_eq!(m.object_count().unwrap(), 0);
+
+    // Sent to a child and dropped here at once: the child still finds it, and once the
+    // child is done with it, it is freed.
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    let h = multiproc::spawn(late_user, l.clone()).unwrap();
+    drop(l);
+    assert_eq!(h.join().unwrap(), 1);
+    assert_eq!(wait_for_count(&m, 0), 0);
+
+    // A child killed while holding a proxy: its hold dies with it.
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    let mut p = Process::new(appender_forever, l.clone());
+    p.start().unwrap();
+    while l.len().unwrap() == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(l);
+    assert_eq!(m.object_count().unwrap(), 1);
+    p.kill().unwrap();
+    p.join().unwrap();
+    assert_eq!(wait_for_count(&m, 0), 0);
+
+    // Sent but never used by the receiver: kept while the sender lives.
+    let l = m.list(Vec::<u32>::new()).unwrap();
+    multiproc::spawn(ignores_arg, l.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    drop(l);
+    assert_eq!(m.object_count().unwrap(), 1);
+
+    // A published name keeps its object alive until it points elsewhere.
+    let e = m.event().unwrap();
+    m.publish("e", &e).unwrap();
+    drop(e);
+    let again = m.lookup::<EventProxy>("e").unwrap();
+    again.set().unwrap();
+    drop(again);
+    assert_eq!(m.object_count().unwrap(), 2);
+    let other = m.lock().unwrap();
+    m.publish("e", &other).unwrap();
+    assert_eq!(m.object_count().unwrap(), 2); // the event went, the lock came
+    assert!(m.lookup::<LockProxy>("e").is_ok());
+}
+
+fn appender_forever(l: ListProxy<u32>) {
+    loop {
+        if l.push(1).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

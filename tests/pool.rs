@@ -1,0 +1,670 @@
+//! Pool semantics and faults: every point of the pool's contract.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use multiproc::{Error, Pool, StartMethod};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid(_: u64) -> u32 {
+    std::process::id()
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn nap_pid(ms: u64) -> u32 {
+    nap(ms);
+    std::process::id()
+}
+
+fn kill_self(signal: rustix::process::Signal) {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
+    std::thread::sleep(Duration::from_secs(10));
+}
+
+/// Kills its own worker on 7; sleeps a little otherwise so that both workers get chunks.
+fn die_on_seven(x: u64) -> u64 {
+    if x == 7 {
+        kill_self(rustix::process::Signal::KILL);
+    }
+    std::thread::sleep(Duration::from_millis(2));
+    x
+}
+
+fn panic_on_odd(x: u64) -> u64 {
+    if x % 2 == 1 {
+        panic!("odd input {x}");
+    }
+    x
+}
+
+/// Whether `pid` is gone: not running and not a zombie left unreaped.
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => {
+            // Still our child (running, or a zombie nobody reaped) unless the pid was
+            // recycled by someone else's process.
+            let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            let ppid: u32 = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            ppid != std::process::id()
+        }
+    }
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn map_keeps_order_and_chunks() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(square, 1..=6).unwrap(), vec![1, 4, 9, 16, 25, 36]);
+    assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    let want: Vec<u64> = (0..10_000).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..10_000).unwrap(), want);
+    assert_eq!(pool.map_chunked(square, 0..10_000, 1).unwrap(), want);
+    assert_eq!(pool.map_chunked(square, 0..10_000, 999).unwrap(), want);
+    assert_eq!(pool.map_async(square, 0..10_000).get().unwrap(), want);
+    fn printer((s, n): (String, usize)) -> usize {
+        s.len() * n
+    }
+    let tuples = vec![
+        ("She loves me.".to_string(), 10),
+        ("She loves me not.".to_string(), 10),
+    ];
+    assert_eq!(pool.starmap(printer, tuples).unwrap(), vec![130, 170]);
+    // Work is spread over the workers.
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![20; 8], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(pids.len(), 2);
+}
+
+#[test]
+fn apply_and_async_results() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+    fn cube(x: i64) -> i64 {
+        x * x * x
+    }
+    let rs: Vec<_> = (1..=6).map(|x| pool.apply_async(cube, x)).collect();
+    let out: Vec<i64> = rs.iter().map(|r| r.get().unwrap()).collect();
+    assert_eq!(out, vec![1, 8, 27, 64, 125, 216]);
+    // get() again gives the same outcome; ready/successful.
+    assert_eq!(rs[2].get().unwrap(), 27);
+    assert!(rs[2].ready());
+    assert!(rs[2].successful().unwrap());
+
+    let slow = pool.apply_async(nap, 400);
+    assert!(!slow.ready());
+    assert!(matches!(slow.successful(), Err(Error::InvalidOperation(_))));
+    assert!(matches!(
+        slow.get_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+    assert!(!slow.wait_timeout(Duration::from_millis(1)));
+    slow.wait();
+    assert_eq!(slow.get_timeout(Duration::from_millis(1)).unwrap(), 400);
+
+    // Callbacks: success, error, and one added after completion.
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    let r = pool.apply_async(square, 5);
+    r.on_done(move |v| tx.send(format!("done {v}")).unwrap());
+    let e = pool.apply_async(panic_on_odd, 5);
+    e.on_error(move |err| tx2.send(format!("error {err}")).unwrap());
+    let mut got = [rx.recv().unwrap(), rx.recv().unwrap()];
+    got.sort();
+    assert_eq!(got[0], "done 25");
+    assert!(got[1].starts_with("error task panicked"), "{}", got[1]);
+    assert!(got[1].contains("odd input 5"), "{}", got[1]);
+    let (tx, rx) = mpsc::channel();
+    r.on_complete(move |res| tx.send(res.copied().ok()).unwrap());
+    assert_eq!(rx.recv().unwrap(), Some(25));
+}
+
+#[test]
+fn panicking_task_fails_alone_and_worker_survives() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    let before = pool.apply(pid, 0).unwrap();
+    match pool.apply(panic_on_odd, 3) {
+        Err(Error::TaskPanicked {
+            message, location, ..
+        }) => {
+            assert_eq!(message, "odd input 3");
+            assert!(location.unwrap().contains("pool.rs"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // map returns the first error in input order.
+    match pool.map_chunked(panic_on_odd, vec![0, 2, 5, 4, 7], 2) {
+        Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "odd input 5"),
+        other => panic!("{other:?}"),
+    }
+    // Per task: only the odd ones fail.
+    let res: Vec<_> = pool.imap_chunked(panic_on_odd, 0..6, 3).collect();
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r.is_ok(), i % 2 == 0, "{i}: {r:?}");
+    }
+    assert_eq!(
+        pool.apply(pid, 0).unwrap(),
+        before,
+        "the worker was replaced"
+    );
+}
+
+#[test]
+fn killed_worker_fails_only_its_tasks() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let t = Instant::now();
+    // map returns (does not hang) with the death as its error.
+    match pool.map(die_on_seven, 0..40) {
+        Err(Error::WorkerDied {
+            signal: Some(9),
+            exitcode: None,
+            pid,
+        }) => assert!(pid > 0),
+        other => panic!("{other:?}"),
+    }
+    // Per task: exactly the chunk that held task 7 fails (chunks of 5: tasks 5..10).
+    let res: Vec<_> = pool.imap_chunked(die_on_seven, 0..20, 5).collect();
+    for (i, r) in res.iter().enumerate() {
+        if (5..10).contains(&i) {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::WorkerDied {
+                        signal: Some(9),
+                        ..
+                    })
+                ),
+                "{i}: {r:?}"
+            );
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+    // With one task per chunk, only task 7 fails.
+    let res: Vec<_> = pool.imap(die_on_seven, 0..20).collect();
+    let failed: Vec<usize> = (0..20).filter(|&i| res[i].is_err()).collect();
+    assert_eq!(failed, vec![7]);
+    // Still usable, with a full set of workers.
+    assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![30; 6], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn abort_and_exit_are_reported() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    match pool.apply(|_: ()| -> () { std::process::abort() }, ()) {
+        Err(Error::WorkerDied {
+            signal: Some(6), ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    match pool.apply(|c: i32| -> () { std::process::exit(c) }, 3) {
+        Err(Error::WorkerDied {
+            exitcode: Some(3),
+            signal: None,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    fn segv(_: ()) {
+        // SAFETY: none; this deliberately crashes the worker with a real segfault.
+        unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+    }
+    match pool.apply(segv, ()) {
+        Err(Error::WorkerDied {
+            signal: Some(11), ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+}
+
+#[test]
+fn task_timeout_kills_and_replaces() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let res: Vec<_> = pool
+        .imap_chunked(nap, vec![1, 10_000, 2, 3, 4, 5], 3)
+        .collect();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(matches!(res[1], Err(Error::Timeout)), "{:?}", res[1]);
+    for i in [0, 2, 3, 4, 5] {
+        assert!(res[i].is_ok(), "{i}: {:?}", res[i]);
+    }
+    assert!(matches!(pool.apply(nap, 5_000), Err(Error::Timeout)));
+    assert_eq!(pool.map(square, 0..10).unwrap()[3], 9);
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be encoded",
+        ))
+    }
+}
+
+#[test]
+fn result_encode_failure_is_codec_error() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    let before = pool.apply(pid, 0).unwrap();
+    match pool.apply(|_: ()| Unencodable, ()) {
+        Err(Error::Codec(m)) => assert!(m.contains("cannot encode the task's result"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // An argument that cannot be encoded fails in the caller's process.
+    assert!(matches!(
+        pool.apply(|_: Unencodable| 1u8, Unencodable),
+        Err(Error::Codec(_))
+    ));
+    assert_eq!(pool.apply(pid, 0).unwrap(), before);
+}
+
+#[test]
+fn maxtasksperchild_replaces_workers() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .processes(2)
+        .maxtasksperchild(3)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..12).map(|i| pool.apply(pid, i).unwrap()).collect();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert!(distinct.len() >= 4, "{pids:?}");
+    for p in &distinct {
+        let n = pids.iter().filter(|q| *q == p).count();
+        assert!(n <= 3, "{p} ran {n} tasks: {pids:?}");
+    }
+    pool.close();
+    pool.join().unwrap();
+    for p in distinct {
+        assert!(gone(p), "worker {p} left behind");
+    }
+}
+
+static INIT_CALLS: AtomicU32 = AtomicU32::new(0);
+
+fn init_worker(dir: String) {
+    INIT_CALLS.fetch_add(1, Ordering::SeqCst);
+    std::fs::write(format!("{dir}/{}", std::process::id()), b"x").unwrap();
+}
+
+fn init_calls(_: ()) -> u32 {
+    INIT_CALLS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn initializer_runs_once_per_worker() {
+    multiproc::init();
+    let dir = std::env::temp_dir().join(format!("mp-pool-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = Pool::builder()
+        .processes(3)
+        .initializer(init_worker, dir.to_string_lossy().into_owned())
+        .build()
+        .unwrap();
+    let calls = pool.map_chunked(init_calls, vec![(); 30], 1).unwrap();
+    assert!(calls.iter().all(|&c| c == 1), "{calls:?}");
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 3);
+    drop(pool);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    fn bad_init(_: ()) {
+        panic!("cannot initialise");
+    }
+    match Pool::builder()
+        .processes(2)
+        .initializer(bad_init, ())
+        .build()
+    {
+        Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "cannot initialise"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn imap_endless_input_is_lazy() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let first: Vec<u64> = pool
+        .imap(square, 0..)
+        .take(10)
+        .collect::<multiproc::Result<_>>()
+        .unwrap();
+    assert_eq!(first, (0..10).map(|x| x * x).collect::<Vec<_>>());
+    // The input is read only a bounded distance ahead.
+    let read = std::sync::Arc::new(AtomicU32::new(0));
+    let r2 = read.clone();
+    let input = (0u64..).inspect(move |_| {
+        r2.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut it = pool.imap_chunked(square, input, 4);
+    for i in 0..1000u64 {
+        assert_eq!(it.next().unwrap().unwrap(), i * i);
+    }
+    let ahead = read.load(Ordering::SeqCst) as usize - 1000;
+    assert!(ahead <= 512, "read {ahead} items ahead");
+    drop(it);
+    // Unordered yields everything once, in completion order.
+    let pool = Pool::new(2).unwrap();
+    let mut v: Vec<u64> = pool
+        .imap_unordered(nap, vec![50, 1, 30, 2])
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(v[0], 1, "completion order: {v:?}");
+    v.sort();
+    assert_eq!(v, vec![1, 2, 30, 50]);
+    assert_eq!(pool.imap(square, Vec::new()).count(), 0);
+}
+
+/// Runs in a process of its own, so that other tests' pools do not change the counts.
+/// Returns (fds before, fds while queued, fds after, threads before, threads while queued,
+/// sum of the results).
+fn apply_async_100k(_: ()) -> (usize, usize, usize, usize, usize, u64) {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    let fds = fd_count();
+    let threads = thread_count();
+    let rs: Vec<_> = (0..100_000u64)
+        .map(|i| pool.apply_async(square, i))
+        .collect();
+    let fds_queued = fd_count();
+    let threads_queued = thread_count();
+    let mut sum = 0u64;
+    for r in &rs {
+        sum = sum.wrapping_add(r.get().unwrap());
+    }
+    (fds, fds_queued, fd_count(), threads, threads_queued, sum)
+}
+
+#[test]
+fn many_apply_async_no_fd_or_thread_growth() {
+    multiproc::init();
+    let t = Instant::now();
+    let (fds, fds_queued, fds_after, threads, threads_queued, sum) =
+        multiproc::spawn(apply_async_100k, ())
+            .unwrap()
+            .join()
+            .unwrap();
+    assert_eq!(fds_queued, fds);
+    assert_eq!(fds_after, fds);
+    assert_eq!(threads_queued, threads);
+    let want: u64 = (0..100_000u64).map(|i| i * i).fold(0, u64::wrapping_add);
+    assert_eq!(sum, want);
+    eprintln!("100,000 apply_async: {:?}", t.elapsed());
+}
+
+#[test]
+fn terminate_with_pending_work_is_prompt_and_leaves_nothing() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![20; 4], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let pending: Vec<_> = (0..10_000).map(|_| pool.apply_async(nap, 50)).collect();
+    let t = Instant::now();
+    pool.terminate().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(matches!(pending[9_999].get(), Err(Error::Closed)));
+    assert!(pending.iter().all(|r| r.ready()));
+    for p in pids {
+        assert!(gone(p), "worker {p} left behind");
+    }
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+}
+
+#[test]
+fn drop_terminates_and_reaps() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![20; 4], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let r = pool.apply_async(nap, 60_000);
+    let t = Instant::now();
+    drop(pool);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(matches!(r.get(), Err(Error::Closed)));
+    for p in pids {
+        assert!(gone(p), "worker {p} left behind");
+    }
+}
+
+#[test]
+fn close_and_join() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    assert!(matches!(pool.join(), Err(Error::InvalidOperation(_))));
+    let r = pool.map_async(nap, vec![50, 50, 50]);
+    let it = pool.imap(square, 0..5);
+    pool.close();
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+    assert!(matches!(pool.map(square, 0..3), Err(Error::Closed)));
+    assert!(matches!(
+        pool.map_async(square, 0..3).get(),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        pool.imap(square, 0..3).next(),
+        Some(Err(Error::Closed))
+    ));
+    // Work queued (or iterators made) before close still completes.
+    assert_eq!(
+        it.collect::<multiproc::Result<Vec<_>>>().unwrap(),
+        vec![0, 1, 4, 9, 16]
+    );
+    pool.join().unwrap();
+    assert_eq!(r.get().unwrap(), vec![50, 50, 50]);
+}
+
+#[test]
+fn handles_travel_in_task_arguments() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    fn send_back((conn, x): (multiproc::Connection<u64>, u64)) -> u64 {
+        conn.send(&(x * 2)).unwrap();
+        x
+    }
+    let (a, b) = multiproc::pipe::<u64>().unwrap();
+    assert_eq!(pool.apply(send_back, (b, 21)).unwrap(), 21);
+    assert_eq!(a.recv().unwrap(), 42);
+}
+
+#[test]
+fn spawn_start_method_pool() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..100).unwrap()[10], 100);
+    assert_eq!(pool.processes(), 2);
+    assert_eq!(Pool::new(0).unwrap().processes(), multiproc::cpu_count());
+}
+
+#[test]
+fn imap_over_endless_input_ends_when_pool_terminates() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let mut it = pool.imap(square, 0..);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    pool.terminate().unwrap();
+    // Whatever was in flight fails or was done; then the iterator ends instead of reading
+    // its endless input for ever.
+    let rest: Vec<_> = it.by_ref().take(100_000).collect();
+    assert!(rest.len() < 1000, "{}", rest.len());
+    assert!(rest.iter().any(|r| matches!(r, Err(Error::Closed))));
+    assert!(it.next().is_none());
+}
+
+#[test]
+fn fork_start_method_pool_detects_death() {
+    multiproc::init();
+    // SAFETY: the other threads of this test binary hold no lock the workers need.
+    unsafe { multiproc::allow_fork_with_threads(true) };
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    // Forked workers share descriptors with each other, so a death is seen through the
+    // worker's pidfd rather than the end of its socket.
+    let res: Vec<_> = pool.imap(die_on_seven, 0..12).collect();
+    let failed: Vec<usize> = (0..12).filter(|&i| res[i].is_err()).collect();
+    assert_eq!(failed, vec![7]);
+    assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
+}
+
+#[test]
+fn panicking_callback_does_not_break_the_pool() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(square, 3);
+    r.on_done(|_| panic!("callback bug"));
+    assert_eq!(r.get().unwrap(), 9);
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    let late = pool.apply_async(square, 5);
+    late.wait();
+    late.on_done(|_| panic!("late callback bug"));
+    assert_eq!(late.get().unwrap(), 25);
+    assert_eq!(pool.map(square, 0..100).unwrap()[10], 100);
+}
+
+#[test]
+fn pool_and_results_are_shareable_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    send_sync(&pool);
+    let r = pool.apply_async(square, 6);
+    send_sync(&r);
+    let sums: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    pool.map(square, t * 100..(t + 1) * 100)
+                        .unwrap()
+                        .iter()
+                        .sum()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let want: Vec<u64> = (0..4u64)
+        .map(|t| (t * 100..(t + 1) * 100).map(|x| x * x).sum())
+        .collect();
+    assert_eq!(sums, want);
+    let r2 = r.clone();
+    assert_eq!(
+        std::thread::spawn(move || r2.get().unwrap())
+            .join()
+            .unwrap(),
+        36
+    );
+}
+
+/// Dies (SIGKILL) on every multiple of 97, panics on every multiple of 89.
+fn faulty(x: u64) -> u64 {
+    if x > 0 && x.is_multiple_of(97) {
+        kill_self(rustix::process::Signal::KILL);
+    }
+    if x > 0 && x.is_multiple_of(89) {
+        panic!("unlucky {x}");
+    }
+    x * 2
+}
+
+#[test]
+#[ignore = "soak: minutes of repeated faults; run with --ignored"]
+fn soak_repeated_faults() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .processes(3)
+        .maxtasksperchild(500)
+        .build()
+        .unwrap();
+    for round in 0..200u64 {
+        let n = 1000 + round;
+        let res: Vec<_> = pool
+            .imap_unordered_chunked(faulty, 0..n, 1 + (round % 7) as usize)
+            .collect();
+        assert_eq!(res.len() as u64, n);
+        let ok = res.iter().filter(|r| r.is_ok()).count() as u64;
+        // Exactly these fail: every task of a chunk holding a multiple of 97 (its worker
+        // died), and the multiples of 89 elsewhere (they panicked).
+        let c = 1 + round % 7;
+        let fails = (0..n)
+            .filter(|&x| {
+                let start = x / c * c;
+                let dies = (start..(start + c).min(n)).any(|y| y > 0 && y % 97 == 0);
+                dies || (x > 0 && x % 89 == 0)
+            })
+            .count() as u64;
+        assert_eq!(ok, n - fails, "round {round}");
+        assert_eq!(pool.apply(square, round).unwrap(), round * round);
+    }
+}
+
+#[test]
+fn initializer_that_exits_breaks_the_pool_cleanly() {
+    multiproc::init();
+    fn exits(code: i32) {
+        std::process::exit(code);
+    }
+    match Pool::builder().processes(1).initializer(exits, 4).build() {
+        Err(Error::WorkerDied {
+            exitcode: Some(4), ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,171 @@
+//! Named shared memory blocks and their tracker.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use multiproc::shared_memory::SharedMemory;
+use multiproc::{Error, Event};
+
+fn unique(tag: &str) -> String {
+    format!("mp_test_{tag}_{}", std::process::id())
+}
+
+fn exists(name: &str) -> bool {
+    Path::new("/dev/shm").join(name).exists()
+}
+
+/// Waits up to `limit` for the block to disappear from /dev/shm.
+fn gone_within(name: &str, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if !exists(name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !exists(name)
+}
+
+#[test]
+fn create_attach_read_write_unlink() {
+    multiproc::init();
+    let name = unique("basic");
+    let a = SharedMemory::create(Some(&name), 1000).unwrap();
+    assert_eq!(a.name(), name);
+    assert_eq!(a.len(), 1000);
+    assert!(exists(&name));
+    assert!(matches!(
+        SharedMemory::create(Some(&name), 10),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists
+    ));
+    a.write_at(0, b"hello").unwrap();
+    assert!(a.write_at(998, b"abc").is_err());
+
+    // Another process attaches by name, reads, writes.
+    fn child(name: String) -> Vec<u8> {
+        let b = SharedMemory::attach(&name).unwrap();
+        let mut buf = [0u8; 5];
+        b.read_at(0, &mut buf).unwrap();
+        b.write_at(500, b"world").unwrap();
+        buf.to_vec()
+    }
+    let got = multiproc::spawn(child, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(got, b"hello");
+    let mut buf = [0u8; 5];
+    a.read_at(500, &mut buf).unwrap();
+    assert_eq!(&buf, b"world");
+
+    // The handle itself can be sent: it attaches by name.
+    fn via_handle(shm: SharedMemory) -> usize {
+        shm.len()
+    }
+    assert_eq!(
+        multiproc::spawn(via_handle, a.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        1000
+    );
+
+    a.unlink().unwrap();
+    assert!(!exists(&name));
+    assert!(SharedMemory::attach(&name).is_err());
+    // The mapping stays usable after unlink.
+    a.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+
+    // Generated names are unique.
+    let x = SharedMemory::create(None, 10).unwrap();
+    let y = SharedMemory::create(None, 10).unwrap();
+    assert_ne!(x.name(), y.name());
+    x.unlink().unwrap();
+    y.unlink().unwrap();
+
+    assert!(SharedMemory::create(None, 0).is_err());
+    assert!(SharedMemory::create(Some("a/b"), 10).is_err());
+}
+
+fn create_and_hang((name, ready): (String, Event)) {
+    let shm = SharedMemory::create(Some(&name), 4096).unwrap();
+    shm.write_at(0, b"x").unwrap();
+    ready.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn block_of_killed_creator_is_unlinked() {
+    multiproc::init();
+    let name = unique("killed");
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(10)).unwrap());
+    assert!(exists(&name));
+    h.kill().unwrap();
+    let _ = h.join();
+    assert!(
+        gone_within(&name, Duration::from_secs(5)),
+        "{name} left in /dev/shm"
+    );
+}
+
+#[test]
+fn block_of_creator_that_forgot_to_unlink_is_unlinked() {
+    multiproc::init();
+    let name = unique("forgot");
+    fn create_and_leave(name: String) {
+        let shm = SharedMemory::create(Some(&name), 100).unwrap();
+        shm.write_at(0, b"bye").unwrap();
+    }
+    multiproc::spawn(create_and_leave, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(gone_within(&name, Duration::from_secs(5)));
+}
+
+#[test]
+fn untracked_block_outlives_its_creator() {
+    multiproc::init();
+    let name = unique("untracked");
+    fn create_untracked(name: String) {
+        let shm = SharedMemory::create_untracked(Some(&name), 100).unwrap();
+        shm.write_at(0, b"kept").unwrap();
+    }
+    multiproc::spawn(create_untracked, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(exists(&name));
+    let shm = SharedMemory::attach(&name).unwrap();
+    let mut b = [0u8; 4];
+    shm.read_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"kept");
+    shm.unlink().unwrap();
+    assert!(!exists(&name));
+}
+
+#[test]
+fn unlinked_block_is_not_unlinked_again() {
+    multiproc::init();
+    // A tracked block unlinked by its creator, then re-created untracked elsewhere under the
+    // same name, must survive the first creator's exit.
+    let name = unique("reuse");
+    fn create_unlink(name: String) {
+        let shm = SharedMemory::create(Some(&name), 10).unwrap();
+        shm.unlink().unwrap();
+    }
+    multiproc::spawn(create_unlink, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    let again = SharedMemory::create_untracked(Some(&name), 10).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exists(&name));
+    again.unlink().unwrap();
+}
