@@ -262,7 +262,7 @@ impl Ring {
                 return take(Got::Clean);
             }
             i += 1;
-            if i % 32 == 0 && t0.elapsed() > SPIN {
+            if i.is_multiple_of(32) && t0.elapsed() > SPIN {
                 break;
             }
             std::hint::spin_loop();
@@ -363,7 +363,7 @@ impl Ring {
         let mut i = 0u32;
         while blocked() {
             i += 1;
-            if i % 16 == 0 {
+            if i.is_multiple_of(16) {
                 let e = t0.elapsed();
                 if e > SPIN {
                     break;

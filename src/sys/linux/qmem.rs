@@ -103,7 +103,7 @@ impl SharedBytes {
     #[inline]
     fn check(&self, off: usize, n: usize, align: usize) {
         assert!(
-            off.checked_add(n).is_some_and(|e| e <= self.len) && off % align == 0,
+            off.checked_add(n).is_some_and(|e| e <= self.len) && off.is_multiple_of(align),
             "shared segment access out of bounds or misaligned: {off}+{n} of {}",
             self.len
         );
