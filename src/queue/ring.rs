@@ -53,12 +53,12 @@ const O_CAP: usize = 8;
 const O_MAXSIZE: usize = 16;
 const O_TAIL: usize = 128;
 const O_PLOCK: usize = 136;
-const O_PSLEEP: usize = 140;
+const O_PSLEEP: usize = 768;
 const O_POWNER: usize = 144;
 const O_FDTAG: usize = 152;
 const O_HEAD: usize = 256;
 const O_CLOCK: usize = 264;
-const O_CSLEEP: usize = 268;
+const O_CSLEEP: usize = 896;
 const O_COWNER: usize = 272;
 const O_DATASEQ: usize = 384;
 const O_SPACESEQ: usize = 512;
@@ -134,6 +134,12 @@ pub(crate) struct Ring {
     cap: u64,
     mask: u64,
     maxsize: u64,
+    /// This process's last look at `head` (used under the producer lock) and at `tail`
+    /// (under the consumer lock). Both only move forward, so a stale copy only
+    /// underestimates the free space or the data ready; each side reads the other's word
+    /// (a cache line the other side writes) only when its copy says it must wait.
+    head_seen: AtomicU64,
+    tail_seen: AtomicU64,
 }
 
 /// Holds a lock word until dropped.
@@ -196,11 +202,15 @@ impl Ring {
             return Err(Error::Codec("queue segment has a bad capacity".into()));
         }
         let maxsize = mem.u64_at(O_MAXSIZE).load(Relaxed);
+        let head_seen = AtomicU64::new(mem.u64_at(O_HEAD).load(Acquire));
+        let tail_seen = AtomicU64::new(mem.u64_at(O_TAIL).load(Acquire));
         Ok(Ring {
             mem,
             cap,
             mask: cap - 1,
             maxsize,
+            head_seen,
+            tail_seen,
         })
     }
 
@@ -447,10 +457,20 @@ impl Ring {
     fn wait_free(&self, need: u64, deadline: Option<Instant>) -> Result<()> {
         let tail = self.w64(O_TAIL);
         let head = self.w64(O_HEAD);
+        let t = tail.load(Relaxed);
+        // A copy of `head` older than another process's last put looks more than `cap`
+        // behind the tail: it says "no room", and the real head is read.
+        let free_after = |h: u64| {
+            self.cap
+                .saturating_sub(pos(t).wrapping_sub(pos(h)) & POS_MASK)
+        };
+        if free_after(self.head_seen.load(Relaxed)) >= need {
+            return Ok(());
+        }
         let free = || {
-            let t = tail.load(Relaxed);
             let h = head.load(SeqCst);
-            self.cap - (pos(t).wrapping_sub(pos(h)) & POS_MASK)
+            self.head_seen.store(h, Relaxed);
+            free_after(h)
         };
         while free() < need {
             if let Waited::TimedOut =
@@ -622,8 +642,15 @@ impl Ring {
         // A streamed message being assembled: (total length, its descriptors).
         let mut stream: Option<(u64, Vec<OwnedFd>)> = None;
         loop {
-            let t = tail.load(Acquire);
             let h = head.load(Relaxed);
+            let mut t = self.tail_seen.load(Relaxed);
+            let ahead = pos(t).wrapping_sub(pos(h)) & POS_MASK;
+            // Nothing more known to be ready (or a copy older than another process's last
+            // get, which looks more than `cap` ahead): read the real tail.
+            if ahead == 0 || ahead > self.cap {
+                t = tail.load(Acquire);
+                self.tail_seen.store(t, Relaxed);
+            }
             if pos(t) == pos(h) {
                 if stream.is_some() {
                     // Mid-stream: only a producer's death or surrender ends the wait.
