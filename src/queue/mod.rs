@@ -696,6 +696,37 @@ mod tests {
     }
 
     #[test]
+    fn handles_in_streamed_items_and_stale_datagrams() {
+        crate::init();
+        let q = Queue::<(Vec<u8>, crate::Connection<u8>)>::with_capacity(0, 4096).unwrap();
+        // A handle inside an item far larger than the ring.
+        let q2 = q.clone();
+        let (a, b) = crate::pipe::<u8>().unwrap();
+        let t = std::thread::spawn(move || q2.put((vec![9; 50_000], b)).unwrap());
+        let (v, b) = q.get().unwrap();
+        t.join().unwrap();
+        assert_eq!(v, vec![9; 50_000]);
+        a.send(&1).unwrap();
+        assert_eq!(b.recv().unwrap(), 1);
+        // A datagram left by a producer that died before publishing its record (its tag is
+        // older than the next record's): thrown away, its descriptor closed.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        sys::qmem::send_tagged(q.shared.tx.as_fd(), 0, &[f.as_raw_fd()]).unwrap();
+        drop(f);
+        let (c, d) = crate::pipe::<u8>().unwrap();
+        q.put((vec![1], d)).unwrap();
+        let (v, d) = q.get().unwrap();
+        assert_eq!(v, vec![1]);
+        c.send(&2).unwrap();
+        assert_eq!(d.recv().unwrap(), 2);
+        // Both datagrams were taken off the side socket.
+        assert!(sys::qmem::recv_tagged(q.shared.rx.as_fd(), true)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
     fn producer_giving_up_mid_stream_does_not_wedge() {
         let q = Queue::<Vec<u8>>::with_capacity(0, 4096).unwrap();
         // No consumer: the first chunk goes in, then the producer times out.
