@@ -540,6 +540,29 @@ fn queue_travels_through_a_queue_and_a_pipe() {
     p.join().unwrap();
 }
 
+fn pool_task_puts((q, n): (Queue<u64>, u64)) -> u64 {
+    q.put(n * 10).unwrap();
+    n
+}
+
+#[test]
+fn queue_inside_pool_task_arguments() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    let pool = multiproc::Pool::new(2).unwrap();
+    let got = pool
+        .map(
+            pool_task_puts,
+            (1..=4).map(|n| (q.clone(), n)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    let mut items: Vec<u64> = (0..4).map(|_| q.get().unwrap()).collect();
+    items.sort_unstable();
+    assert_eq!(items, vec![10, 20, 30, 40]);
+    drop(pool);
+}
+
 #[test]
 fn connection_inside_a_queue_item() {
     multiproc::init();
