@@ -413,7 +413,7 @@ fn consumer_killed_while_others_continue() {
 fn consumer_killed_mid_stream_of_a_huge_item() {
     multiproc::init();
     // A 4 KiB ring: a 64 MiB item streams through it in thousands of chunks.
-    let q = Queue::<ByteBuf>::with_capacity(0, 4096).unwrap();
+    let q = Queue::<ByteBuf>::streaming(0, 4096).unwrap();
     let (rx, tx) = multiproc::pipe_simplex::<u64>().unwrap();
     let mut a = Process::new(take_big_then_report, (q.clone(), tx));
     a.start().unwrap();
@@ -443,7 +443,7 @@ fn consumer_killed_mid_stream_of_a_huge_item() {
 #[test]
 fn producer_killed_mid_message() {
     multiproc::init();
-    let q = Queue::<ByteBuf>::with_capacity(0, 64 * 1024).unwrap();
+    let q = Queue::<ByteBuf>::streaming(0, 64 * 1024).unwrap();
     // Nobody reads: the producer writes the first chunks of a 16 MiB item, then waits for
     // room while holding the producer lock. Kill it there.
     let mut p = Process::new(put_big, (q.clone(), 16));
@@ -503,6 +503,24 @@ fn one_gib_item() {
     assert!(check_pattern(&b));
     p.join().unwrap();
     assert!(q.empty());
+}
+
+#[test]
+fn child_puts_a_large_item_and_exits_before_parent_drains() {
+    multiproc::init();
+    // An item far larger than the ring: it goes to its own shared segment, so the child's
+    // put returns without a consumer, and the parent may join it first.
+    let q = Queue::<ByteBuf>::new().unwrap();
+    let mut p = Process::new(put_big, (q.clone(), 64));
+    p.start().unwrap();
+    assert!(
+        p.join_timeout(Duration::from_secs(20)).unwrap(),
+        "child did not exit"
+    );
+    assert_eq!(p.exitcode(), Some(0));
+    let b = q.get().unwrap();
+    assert_eq!(b.len(), 64 << 20);
+    assert!(check_pattern(&b));
 }
 
 #[test]

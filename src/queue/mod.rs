@@ -174,7 +174,8 @@ impl<T> Queue<T> {
 
     /// A queue of at most `maxsize` items (0: no limit) whose ring holds `ring_bytes` bytes
     /// (rounded up to a power of two, between 4 KiB and 64 MiB). Items larger than half the
-    /// ring are streamed through it.
+    /// ring each go to a shared-memory segment of their own (see also
+    /// [`streaming`](Queue::streaming)).
     ///
     /// ```
     /// let q = multiproc::Queue::<u32>::with_capacity(10, 64 * 1024).unwrap();
@@ -183,7 +184,29 @@ impl<T> Queue<T> {
     /// assert_eq!(q.get().unwrap(), 1);
     /// ```
     pub fn with_capacity(maxsize: usize, ring_bytes: usize) -> Result<Self> {
-        let ring = Ring::create(ring_bytes, maxsize)?;
+        Self::make(maxsize, ring_bytes, false)
+    }
+
+    /// Like [`with_capacity`](Queue::with_capacity), but items larger than half the ring
+    /// are streamed through the ring in chunks instead of being put in a shared-memory
+    /// segment of their own: no extra memory, but such a `put` then waits for a consumer
+    /// to read the item as it is written (as a pipe would). A consumer that dies in the
+    /// middle of a streamed item loses that item; a producer that dies in the middle leaves
+    /// a partial item that consumers drop.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<Vec<u8>>::streaming(0, 4096).unwrap();
+    /// let q2 = q.clone();
+    /// let t = std::thread::spawn(move || q2.put(vec![1; 100_000]));
+    /// assert_eq!(q.get().unwrap().len(), 100_000);
+    /// t.join().unwrap().unwrap();
+    /// ```
+    pub fn streaming(maxsize: usize, ring_bytes: usize) -> Result<Self> {
+        Self::make(maxsize, ring_bytes, true)
+    }
+
+    fn make(maxsize: usize, ring_bytes: usize, stream_large: bool) -> Result<Self> {
+        let ring = Ring::create(ring_bytes, maxsize, stream_large)?;
         let (tx, rx) = sys::qmem::dgram_pair()?;
         Ok(Queue {
             shared: Arc::new(Shared {
@@ -679,7 +702,7 @@ mod tests {
     #[test]
     fn streamed_items_in_one_process() {
         // A 4 KiB ring and items far larger: put and get must run concurrently.
-        let q = Queue::<Vec<u8>>::with_capacity(0, 4096).unwrap();
+        let q = Queue::<Vec<u8>>::streaming(0, 4096).unwrap();
         let q2 = q.clone();
         let t = std::thread::spawn(move || {
             for n in [10_000usize, 3000, 100_000] {
@@ -698,7 +721,7 @@ mod tests {
     #[test]
     fn handles_in_streamed_items_and_stale_datagrams() {
         crate::init();
-        let q = Queue::<(Vec<u8>, crate::Connection<u8>)>::with_capacity(0, 4096).unwrap();
+        let q = Queue::<(Vec<u8>, crate::Connection<u8>)>::streaming(0, 4096).unwrap();
         // A handle inside an item far larger than the ring.
         let q2 = q.clone();
         let (a, b) = crate::pipe::<u8>().unwrap();
@@ -727,8 +750,32 @@ mod tests {
     }
 
     #[test]
+    fn large_items_spill_without_a_consumer() {
+        crate::init();
+        // Put and get in one thread: a large item must not need a concurrent consumer.
+        let q = Queue::<(Vec<u8>, crate::Connection<u8>)>::with_capacity(0, 4096).unwrap();
+        let (a, b) = crate::pipe::<u8>().unwrap();
+        q.put((vec![5; 100_000], b)).unwrap();
+        q.put((vec![6; 10], crate::pipe::<u8>().unwrap().1))
+            .unwrap();
+        q.put((vec![7; 3_000_000], crate::pipe::<u8>().unwrap().1))
+            .unwrap();
+        assert_eq!(q.qsize(), 3);
+        let (v, b) = q.get().unwrap();
+        assert_eq!(v, vec![5; 100_000]);
+        a.send(&1).unwrap();
+        assert_eq!(b.recv().unwrap(), 1);
+        assert_eq!(q.get().unwrap().0, vec![6; 10]);
+        assert_eq!(q.get().unwrap().0, vec![7; 3_000_000]);
+        assert!(q.empty());
+        assert!(sys::qmem::recv_tagged(q.shared.rx.as_fd(), true)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
     fn producer_giving_up_mid_stream_does_not_wedge() {
-        let q = Queue::<Vec<u8>>::with_capacity(0, 4096).unwrap();
+        let q = Queue::<Vec<u8>>::streaming(0, 4096).unwrap();
         // No consumer: the first chunk goes in, then the producer times out.
         assert!(matches!(
             q.put_timeout(vec![1; 20_000], Duration::from_millis(20)),

@@ -33,7 +33,7 @@
 //!   lock over. A consumer waiting for the next chunk of a stream whose producer died (or
 //!   gave up) drops the partial message and goes on.
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,7 @@ const O_MAGIC: usize = 0;
 const O_VERSION: usize = 4;
 const O_CAP: usize = 8;
 const O_MAXSIZE: usize = 16;
+const O_FLAGS: usize = 24;
 const O_TAIL: usize = 128;
 const O_PLOCK: usize = 136;
 const O_PSLEEP: usize = 768;
@@ -78,6 +79,9 @@ pub(crate) const MAX_CAP: usize = 64 << 20;
 /// Default ring size.
 pub(crate) const DEFAULT_CAP: usize = 4 << 20;
 
+/// Header flag: stream items larger than half the ring through it instead of spilling them.
+const FLAG_STREAM_LARGE: u32 = 1;
+
 /// A message claiming more than this is refused as corrupt before anything is allocated.
 const MAX_MESSAGE: u64 = 1 << 36;
 
@@ -85,6 +89,7 @@ const K_MSG: u32 = 1;
 const K_FIRST: u32 = 2;
 const K_MORE: u32 = 3;
 const K_LAST: u32 = 4;
+const K_SPILL: u32 = 5;
 const K_MASK: u32 = 0xf;
 const F_FDS: u32 = 0x100;
 const K_CHECK: u32 = 0xa5c3_0000;
@@ -134,6 +139,7 @@ pub(crate) struct Ring {
     cap: u64,
     mask: u64,
     maxsize: u64,
+    stream_large: bool,
     /// This process's last look at `head` (used under the producer lock) and at `tail`
     /// (under the consumer lock). Both only move forward, so a stale copy only
     /// underestimates the free space or the data ready; each side reads the other's word
@@ -170,11 +176,13 @@ enum Waited {
 impl Ring {
     /// A new ring of `cap` bytes (rounded up to a power of two); `maxsize` items at most
     /// (0: no item limit).
-    pub(crate) fn create(cap: usize, maxsize: usize) -> Result<Ring> {
+    pub(crate) fn create(cap: usize, maxsize: usize, stream_large: bool) -> Result<Ring> {
         let cap = cap.clamp(MIN_CAP, MAX_CAP).next_power_of_two();
         let mem = SharedBytes::create(HDR + cap)?;
         mem.u64_at(O_CAP).store(cap as u64, Relaxed);
         mem.u64_at(O_MAXSIZE).store(maxsize as u64, Relaxed);
+        let flags = if stream_large { FLAG_STREAM_LARGE } else { 0 };
+        mem.u32_at(O_FLAGS).store(flags, Relaxed);
         mem.u32_at(O_VERSION).store(VERSION, Relaxed);
         mem.u32_at(O_MAGIC).store(MAGIC, Release);
         Ring::open(mem)
@@ -202,6 +210,7 @@ impl Ring {
             return Err(Error::Codec("queue segment has a bad capacity".into()));
         }
         let maxsize = mem.u64_at(O_MAXSIZE).load(Relaxed);
+        let stream_large = mem.u32_at(O_FLAGS).load(Relaxed) & FLAG_STREAM_LARGE != 0;
         let head_seen = AtomicU64::new(mem.u64_at(O_HEAD).load(Acquire));
         let tail_seen = AtomicU64::new(mem.u64_at(O_TAIL).load(Acquire));
         Ok(Ring {
@@ -209,6 +218,7 @@ impl Ring {
             cap,
             mask: cap - 1,
             maxsize,
+            stream_large,
             head_seen,
             tail_seen,
         })
@@ -512,6 +522,18 @@ impl Ring {
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        let fdpre = if fds.is_empty() { 0 } else { 8 };
+        let whole = 8 + round8(fdpre + msg.len() as u64);
+        // An item larger than half the ring goes to a segment of its own, whose descriptor
+        // travels on the side socket: `put` then needs no consumer to make progress. (If
+        // no segment can be made, or the queue was made to stream, it is streamed.)
+        let spill = if whole > self.cap / 2 && !self.stream_large {
+            SharedBytes::create_populated(msg.len())
+                .ok()
+                .inspect(|seg| seg.write(0, msg))
+        } else {
+            None
+        };
         let _g = self.lock_producer(deadline).ok_or(Error::Full)?;
         if self.maxsize > 0 {
             let tail = self.w64(O_TAIL);
@@ -529,8 +551,14 @@ impl Ring {
         }
         let has_fds = !fds.is_empty();
         let flag = if has_fds { F_FDS } else { 0 };
-        let fdpre = if has_fds { 8 } else { 0 };
-        let whole = 8 + round8(fdpre + msg.len() as u64);
+        if let Some(seg) = spill {
+            self.wait_free(8 + 16, deadline)?;
+            let mut all = fds.to_vec();
+            all.push(seg.fd().as_raw_fd());
+            let tag = self.send_fds(&all, side_tx)?;
+            self.publish(K_SPILL | F_FDS, &[tag, msg.len() as u64], &[], 1);
+            return Ok(());
+        }
         if whole <= self.cap / 2 {
             self.wait_free(whole, deadline)?;
             if has_fds {
@@ -686,15 +714,60 @@ impl Ring {
             let has_fds = kind_word & F_FDS != 0;
             if used > self.cap
                 || kind_word & K_CHECK_MASK != K_CHECK
-                || !(K_MSG..=K_LAST).contains(&kind)
+                || !(K_MSG..=K_SPILL).contains(&kind)
                 || rec > used
-                || (has_fds && !(kind == K_MSG || kind == K_FIRST))
+                || (has_fds && !(kind == K_MSG || kind == K_FIRST || kind == K_SPILL))
+                || (kind == K_SPILL && (!has_fds || len != 16))
             {
                 return Err(self.discard_all(h));
             }
             let mut body = pos(h) + 8;
             let mut body_len = len;
             match kind {
+                K_SPILL => {
+                    if stream.take().is_some() {
+                        out.clear();
+                    }
+                    let tag = self.read_u64(body);
+                    let total = self.read_u64(body + 8);
+                    if total > MAX_MESSAGE {
+                        return Err(self.discard_all(h));
+                    }
+                    let Some(mut fds) = self.peek_fds(tag, side_rx)? else {
+                        self.advance(h, rec, 1);
+                        self.mark_done(1);
+                        return Err(Error::Codec(
+                            "the shared memory holding a large queue item was lost (a \
+                             consumer died while receiving it); the item was dropped"
+                                .into(),
+                        ));
+                    };
+                    let seg = fds
+                        .pop()
+                        .map(|fd| SharedBytes::from_fd_populated(fd, total as usize));
+                    let r = match seg {
+                        Some(Ok(seg)) if seg.len() as u64 == total => {
+                            // Room for it first: a failed allocation is an error, not an abort.
+                            if out.try_reserve_exact(total as usize).is_err() {
+                                Err(Error::Codec(format!(
+                                    "no memory for a queue item of {total} bytes"
+                                )))
+                            } else {
+                                seg.read_append(0, total as usize, out);
+                                Ok(Received { fds })
+                            }
+                        }
+                        _ => Err(Error::Codec(
+                            "a large queue item's shared memory does not match its record".into(),
+                        )),
+                    };
+                    self.advance(h, rec, 1);
+                    if r.is_err() {
+                        self.mark_done(1);
+                    }
+                    self.pop_fds(tag, side_rx)?;
+                    return r;
+                }
                 K_MSG | K_FIRST => {
                     if stream.take().is_some() {
                         // The previous stream's producer died or gave up: drop it.
