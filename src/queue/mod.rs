@@ -352,7 +352,10 @@ impl<T: DeserializeOwned> Queue<T> {
                 .shared
                 .ring
                 .get(buf, self.shared.rx.as_fd(), deadline)?;
-            codec::decode_with_fds(buf, r.fds)
+            match &r.spilled {
+                Some(seg) => codec::decode_with_fds(seg.as_slice(), r.fds),
+                None => codec::decode_with_fds(buf, r.fds),
+            }
         })
     }
 

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
 use crate::sys::futex;
-use crate::sys::qmem::{self, SharedBytes};
+use crate::sys::qmem::{self, SealedBytes, SharedBytes};
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x5551_504d; // "MPQU"
@@ -131,6 +131,9 @@ enum Got {
 pub(crate) struct Received {
     /// Descriptors that travelled with the message (for handles inside it).
     pub(crate) fds: Vec<OwnedFd>,
+    /// For an item that was spilled to a segment of its own: its bytes, read in place
+    /// (the output vector is then left empty).
+    pub(crate) spilled: Option<SealedBytes>,
 }
 
 /// The ring in one process's mapping.
@@ -529,8 +532,11 @@ impl Ring {
         // no segment can be made, or the queue was made to stream, it is streamed.)
         let spill = if whole > self.cap / 2 && !self.stream_large {
             SharedBytes::create_populated(msg.len())
+                .and_then(|seg| {
+                    seg.write(0, msg);
+                    seg.seal_read_only()
+                })
                 .ok()
-                .inspect(|seg| seg.write(0, msg))
         } else {
             None
         };
@@ -554,7 +560,7 @@ impl Ring {
         if let Some(seg) = spill {
             self.wait_free(8 + 16, deadline)?;
             let mut all = fds.to_vec();
-            all.push(seg.fd().as_raw_fd());
+            all.push(seg.as_raw_fd());
             let tag = self.send_fds(&all, side_tx)?;
             self.publish(K_SPILL | F_FDS, &[tag, msg.len() as u64], &[], 1);
             return Ok(());
@@ -742,21 +748,12 @@ impl Ring {
                                 .into(),
                         ));
                     };
-                    let seg = fds
-                        .pop()
-                        .map(|fd| SharedBytes::from_fd_populated(fd, total as usize));
+                    let seg = fds.pop().map(|fd| SealedBytes::from_fd(fd, total as usize));
                     let r = match seg {
-                        Some(Ok(seg)) if seg.len() as u64 == total => {
-                            // Room for it first: a failed allocation is an error, not an abort.
-                            if out.try_reserve_exact(total as usize).is_err() {
-                                Err(Error::Codec(format!(
-                                    "no memory for a queue item of {total} bytes"
-                                )))
-                            } else {
-                                seg.read_append(0, total as usize, out);
-                                Ok(Received { fds })
-                            }
-                        }
+                        Some(Ok(seg)) => Ok(Received {
+                            fds,
+                            spilled: Some(seg),
+                        }),
                         _ => Err(Error::Codec(
                             "a large queue item's shared memory does not match its record".into(),
                         )),
@@ -805,7 +802,7 @@ impl Ring {
                         if let Some(tg) = tag {
                             self.pop_fds(tg, side_rx)?;
                         }
-                        return Ok(Received { fds });
+                        return Ok(Received { fds, spilled: None });
                     }
                     let total = self.read_u64(body);
                     body += 8;
@@ -844,7 +841,7 @@ impl Ring {
                             self.advance(h, rec, u64::from(last));
                             if last {
                                 let (_, fds) = stream.take().unwrap_or_default();
-                                return Ok(Received { fds });
+                                return Ok(Received { fds, spilled: None });
                             }
                         }
                         None => {

@@ -48,8 +48,9 @@ impl SharedBytes {
     }
 
     /// Like [`create`](Self::create), with every page allocated and mapped at once
-    /// (`MAP_POPULATE`): for a segment that is about to be filled whole, one batch instead
-    /// of a page fault per 4 KiB.
+    /// (`MAP_POPULATE`): for a segment that is about to be filled whole (one batch instead
+    /// of a page fault per 4 KiB), and then made read-only with
+    /// [`seal_read_only`](Self::seal_read_only).
     pub(crate) fn create_populated(len: usize) -> io::Result<SharedBytes> {
         Self::create_with(len, true)
     }
@@ -63,7 +64,13 @@ impl SharedBytes {
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
         rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SEALS)?;
+        // A segment made to be sealed read-only later keeps the right to add seals.
+        let seals = if populate {
+            SealFlags::SHRINK | SealFlags::GROW
+        } else {
+            SEALS
+        };
+        rustix::fs::fcntl_add_seals(&fd, seals)?;
         Self::map(fd, len, populate)
     }
 
@@ -71,12 +78,6 @@ impl SharedBytes {
     /// and it must be sealed against resizing.
     pub(crate) fn from_fd(fd: OwnedFd, min_len: usize) -> io::Result<SharedBytes> {
         Self::from_fd_with(fd, min_len, false)
-    }
-
-    /// Like [`from_fd`](Self::from_fd), mapping every page at once (`MAP_POPULATE`), for a
-    /// segment that is about to be read whole.
-    pub(crate) fn from_fd_populated(fd: OwnedFd, min_len: usize) -> io::Result<SharedBytes> {
-        Self::from_fd_with(fd, min_len, true)
     }
 
     fn from_fd_with(fd: OwnedFd, min_len: usize, populate: bool) -> io::Result<SharedBytes> {
@@ -192,6 +193,82 @@ impl SharedBytes {
                 n,
             );
             dst.set_len(dst.len() + n);
+        }
+    }
+}
+
+impl SharedBytes {
+    /// Unmaps the segment and seals it against writing for ever (`F_SEAL_WRITE`, possible
+    /// once no writable mapping is left): the returned memory file can then be read by
+    /// another process as plain immutable bytes ([`SealedBytes`]).
+    pub(crate) fn seal_read_only(self) -> io::Result<OwnedFd> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `ptr`/`len` are exactly our mapping; `this` is never used or dropped
+        // after this (ManuallyDrop), so no reference into the mapping survives.
+        unsafe {
+            rustix::mm::munmap(this.ptr.as_ptr().cast(), this.len)?;
+        }
+        // SAFETY: moving the descriptor out of the ManuallyDrop; `this` is not used again.
+        let fd = unsafe { std::ptr::read(&this.fd) };
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SEAL)?;
+        Ok(fd)
+    }
+}
+
+/// A read-only mapping of a memory file that is sealed against writing and resizing: no
+/// process can change its bytes any more, so they can be lent out as a plain `&[u8]`.
+pub(crate) struct SealedBytes {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: immutable memory, readable from any thread.
+unsafe impl Send for SealedBytes {}
+// SAFETY: as for Send.
+unsafe impl Sync for SealedBytes {}
+
+impl SealedBytes {
+    /// Maps `fd`, which must be sealed against writes and resizing and be `len` bytes long.
+    pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<SealedBytes> {
+        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a sealed segment"))?;
+        if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(bad("segment is not sealed read-only"));
+        }
+        let st = rustix::fs::fstat(&fd)?;
+        if usize::try_from(st.st_size).ok() != Some(len) || len == 0 {
+            return Err(bad("segment has the wrong size"));
+        }
+        // SAFETY: a fresh read-only mapping (no MAP_FIXED) aliases nothing; the file is
+        // sealed at `len` bytes, so every page stays backed (no SIGBUS).
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                &fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(SealedBytes { ptr, len })
+    }
+
+    /// The bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes that live as long as `self`; the file
+        // is sealed against writes (F_SEAL_WRITE, checked in `from_fd`) and against
+        // shrinking, so no process can modify or remove them while we lend them out.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedBytes {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `from_fd`; borrows of it end with `self`.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
 }
@@ -322,6 +399,25 @@ mod tests {
         // A file that is not a sealed memfd is refused.
         let f = std::fs::File::open("/dev/null").unwrap();
         assert!(SharedBytes::from_fd(f.into(), 1).is_err());
+    }
+
+    #[test]
+    fn sealed_read_only_segments() {
+        let s = SharedBytes::create_populated(10_000).unwrap();
+        s.write(5, b"abc");
+        let fd = s.seal_read_only().unwrap();
+        let dup = super::super::socket::dup_fd(&fd).unwrap();
+        let r = SealedBytes::from_fd(fd, 10_000).unwrap();
+        assert_eq!(&r.as_slice()[5..8], b"abc");
+        assert!(
+            rustix::io::write(&dup, b"x").is_err(),
+            "sealed against writes"
+        );
+        // Wrong length, or a segment that can still be written: refused.
+        assert!(SealedBytes::from_fd(dup, 9_999).is_err());
+        let w = SharedBytes::create(4096).unwrap();
+        let wfd = super::super::socket::dup_fd(w.fd()).unwrap();
+        assert!(SealedBytes::from_fd(wfd, 4096).is_err());
     }
 
     #[test]
