@@ -38,14 +38,18 @@
 //!   put and exit at once; nothing is lost and `join` cannot deadlock on an unflushed pipe.
 //! * **Capacity.** [`Queue::new`] has no item limit, but the ring holds a fixed number of
 //!   bytes (4 MiB unless [`Queue::with_capacity`] says otherwise): when that much is
-//!   waiting, `put` waits for a consumer to make room. An item larger than half the ring
-//!   (up to 64 GiB) is streamed through it in chunks while a consumer reads it.
+//!   waiting in small items, `put` waits for a consumer to make room. An item larger than
+//!   half the ring (up to 64 GiB) goes to a shared-memory segment of its own, sealed
+//!   read-only, whose descriptor travels next to the ring; its `put` never waits for a
+//!   consumer, and `get` decodes it in place. ([`Queue::streaming`] streams such items
+//!   through the ring in chunks instead, using no extra memory.)
 //!   [`Queue::bounded`]`(maxsize)` also limits the number of items, as Python's
 //!   `Queue(maxsize)` does.
 //! * **Robustness.** A producer killed at any moment, even in the middle of an item,
-//!   leaves no partial item behind; a consumer killed while taking an item leaves it for
-//!   the next consumer (except an item being streamed, which is lost with it). Locks held by
-//!   a dead process are taken over, so nothing wedges. Garbage in the shared memory gives
+//!   leaves no partial item behind (or, for a streamed item, a partial one that consumers
+//!   drop); a consumer killed while taking an item leaves it for the next consumer (except
+//!   a streamed item, which is lost with it). Locks held by a dead process are taken
+//!   over within about 100 ms, so nothing wedges. Garbage in the shared memory gives
 //!   [`Error::Codec`], never a panic.
 //! * **`close`** is, as in Python, about this process's handle: afterwards `put` and `get`
 //!   on it (and on its clones in this process) fail with [`Error::Closed`]. Other
