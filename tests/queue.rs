@@ -10,6 +10,10 @@ use common::*;
 use multiproc::{Connection, Error, JoinableQueue, Process, Queue, SimpleQueue, StartMethod};
 use serde_bytes::ByteBuf;
 
+/// Descriptors that other tests of this binary may hold at a given moment under
+/// `cargo test` (all tests in one process); a leak per iteration exceeds it by far.
+const FD_SLACK: usize = 12;
+
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
@@ -637,14 +641,14 @@ fn handles_in_items_do_not_leak_descriptors() {
     multiproc::init();
     let q = Queue::<Connection<u8>>::new().unwrap();
     let before = fd_count();
-    for _ in 0..50 {
+    for _ in 0..200 {
         let (a, b) = multiproc::pipe::<u8>().unwrap();
         q.put(b).unwrap();
         let b = q.get().unwrap();
         a.send(&1).unwrap();
         assert_eq!(b.recv().unwrap(), 1);
     }
-    for _ in 0..50 {
+    for _ in 0..200 {
         let qq = Queue::<u8>::new().unwrap();
         let (a, b) = multiproc::pipe::<Queue<u8>>().unwrap();
         a.send(&qq).unwrap();
@@ -652,7 +656,14 @@ fn handles_in_items_do_not_leak_descriptors() {
         back.put(5).unwrap();
         assert_eq!(qq.get().unwrap(), 5);
     }
-    assert_eq!(fd_count(), before, "descriptors leaked");
+    // Exact under nextest (one test per process); other tests running in the same process
+    // under `cargo test` may hold a few descriptors for a moment, while a leak here would
+    // be hundreds.
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count() <= before + FD_SLACK),
+        "descriptors leaked: {before} before, {} after",
+        fd_count()
+    );
 }
 
 // --- SimpleQueue and JoinableQueue ---------------------------------------------------------
@@ -712,13 +723,17 @@ fn nothing_left_in_dev_shm_and_no_fd_growth() {
     // The first start opens the fork server's channel: count after it.
     multiproc::spawn(sleep_ms, 0).unwrap().join().unwrap();
     let before = fd_count();
-    for _ in 0..5 {
+    for _ in 0..30 {
         let q = Queue::<String>::new().unwrap();
         let h = multiproc::spawn(put_strings, (q.clone(), vec!["x".into(), "y".into()])).unwrap();
         h.join().unwrap();
         assert_eq!(q.get().unwrap(), "x");
         assert_eq!(q.get().unwrap(), "y");
     }
-    assert_eq!(fd_count(), before, "descriptors leaked");
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count() <= before + FD_SLACK),
+        "descriptors leaked: {before} before, {} after",
+        fd_count()
+    );
     assert_eq!(shm(), shm_before, "files appeared in /dev/shm");
 }
