@@ -44,7 +44,9 @@
 //!   consumer, and `get` decodes it in place. ([`Queue::streaming`] streams such items
 //!   through the ring in chunks instead, using no extra memory.)
 //!   [`Queue::bounded`]`(maxsize)` also limits the number of items, as Python's
-//!   `Queue(maxsize)` does.
+//!   `Queue(maxsize)` does. The descriptors of spilled items and of handles inside items
+//!   wait in a socket buffer, which holds a few hundred of them (about 270 with Linux's
+//!   default `net.core.wmem_max`): beyond that, such a `put` also waits for a consumer.
 //! * **Robustness.** A producer killed at any moment, even in the middle of an item,
 //!   leaves no partial item behind (or, for a streamed item, a partial one that consumers
 //!   drop); a consumer killed while taking an item leaves it for the next consumer (except

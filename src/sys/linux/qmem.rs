@@ -288,12 +288,16 @@ impl Drop for SharedBytes {
 /// A connected pair of Unix datagram sockets (close-on-exec): what is sent on the first
 /// arrives on the second.
 pub(crate) fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(
+    let (a, b) = socketpair(
         AddressFamily::UNIX,
         SocketType::DGRAM,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )?;
+    // Each waiting datagram takes about 768 bytes of the sender's buffer: the default
+    // (~208 KiB) holds about 270. Ask for more; the kernel caps it at `wmem_max`.
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&a, 4 << 20);
+    Ok((a, b))
 }
 
 /// Sends one datagram holding `tag` with the descriptors `fds` attached (blocking).
