@@ -343,6 +343,90 @@ RUST_ONLY = {
     "pool_speedup_rayon": "rayon is a Rust library: no CPython counterpart",
 }
 
+# --- queues (benches/compare/queue_workloads.rs) ---------------------------------------------
+# Parameters shared with benches/compare/queue_workloads.rs (keep them equal).
+QUEUE_ROUNDS = 3
+QUEUE_SMALL_COUNT = 200_000
+QUEUE_BIG_MSG = 1 << 20
+QUEUE_BIG_COUNT = 500
+QUEUE_MPMC_SIDES = 4
+QUEUE_MPMC_PER_PRODUCER = 100_000
+
+
+def queue_producer(q, item, count):
+    q.put(b"r")  # ready: the clock starts when the parent takes this
+    for _ in range(count):
+        q.put(item)
+
+
+def queue_round(item, count):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=queue_producer, args=(q, item, count))
+    p.start()
+    q.get()
+    t0 = time.perf_counter()
+    for _ in range(count):
+        b = q.get()
+        if len(b) != len(item):
+            raise RuntimeError("an item changed size")
+    elapsed = time.perf_counter() - t0
+    p.join()
+    return elapsed
+
+
+def queue_8b_1p1c():
+    secs = statistics.median(
+        queue_round(b"x" * 8, QUEUE_SMALL_COUNT) for _ in range(QUEUE_ROUNDS)
+    )
+    return QUEUE_SMALL_COUNT / secs
+
+
+def queue_1mib_1p1c():
+    secs = statistics.median(
+        queue_round(b"x" * QUEUE_BIG_MSG, QUEUE_BIG_COUNT) for _ in range(QUEUE_ROUNDS)
+    )
+    return QUEUE_BIG_MSG * QUEUE_BIG_COUNT / secs / 1e9
+
+
+def mpmc_producer(q, go, n):
+    go.wait()
+    for i in range(n):
+        q.put(i.to_bytes(8, "little"))
+
+
+def mpmc_consumer(q, go, n):
+    go.wait()
+    for _ in range(n):
+        q.get()
+
+
+def queue_mpmc_round():
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    go = ctx.Event()
+    n = QUEUE_MPMC_PER_PRODUCER
+    ps = []
+    for _ in range(QUEUE_MPMC_SIDES):
+        ps.append(ctx.Process(target=mpmc_producer, args=(q, go, n)))
+        ps.append(ctx.Process(target=mpmc_consumer, args=(q, go, n)))
+    for p in ps:
+        p.start()
+    time.sleep(0.2)  # all started and waiting
+    t0 = time.perf_counter()
+    go.set()
+    for p in ps:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError("a queue worker failed")
+    return time.perf_counter() - t0
+
+
+def queue_8b_4p4c():
+    secs = statistics.median(queue_mpmc_round() for _ in range(QUEUE_ROUNDS))
+    return QUEUE_MPMC_SIDES * QUEUE_MPMC_PER_PRODUCER / secs
+
+
 WORKLOADS = {
     "start_join_forkserver": ("ms", lambda: start_join("forkserver")),
     "start_join_spawn": ("ms", lambda: start_join("spawn")),
@@ -350,6 +434,9 @@ WORKLOADS = {
     "pipe_8b_one_way": ("msg/s", pipe_small),
     "pipe_u64_send_recv": ("msg/s", pipe_objects),
     "pipe_1mib_one_way": ("GB/s", pipe_big),
+    "queue_8b_1p1c": ("msg/s", queue_8b_1p1c),
+    "queue_1mib_1p1c": ("GB/s", queue_1mib_1p1c),
+    "queue_8b_4p4c": ("msg/s", queue_8b_4p4c),
     "lock_uncontended": ("ns/pair", lock_uncontended),
     "lock_two_process_increment": ("ns/incr", lock_two_process_increment),
     "value_increment": ("ns/incr", value_increment),

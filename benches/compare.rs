@@ -25,6 +25,8 @@ use multiproc::{Connection, Process, StartMethod};
 
 #[path = "compare/pool_workloads.rs"]
 mod pool_workloads;
+#[path = "compare/queue_workloads.rs"]
+mod queue_workloads;
 #[path = "compare/sync_workloads.rs"]
 mod sync_workloads;
 
@@ -73,6 +75,24 @@ const WORKLOADS: &[Workload] = &[
         unit: "GB/s",
         higher_is_better: true,
         run: pipe_big,
+    },
+    Workload {
+        name: "queue_8b_1p1c",
+        unit: "msg/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_8b_1p1c,
+    },
+    Workload {
+        name: "queue_1mib_1p1c",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1mib_1p1c,
+    },
+    Workload {
+        name: "queue_8b_4p4c",
+        unit: "msg/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_8b_4p4c,
     },
     Workload {
         name: "lock_uncontended",

@@ -34,12 +34,11 @@ const SECTIONS: &[Section] = &[
     ("Processes starting processes", processes_starting_processes),
     ("Start methods", start_methods),
     ("Pipes", pipes),
+    ("Queues", queues),
     ("spawn: return values and panics", spawn_values_and_panics),
     ("Locks", locks),
     ("Shared values", shared_values),
     ("Other primitives", other_primitives),
-    // QUEUES GO HERE: the "Queues" section (Queue, SimpleQueue, JoinableQueue) is added
-    // at this spot, after "Other primitives" and before "Pools".
     ("Pools", pools),
     ("Why more processes stop helping", pool_speedup),
     (
@@ -906,6 +905,81 @@ fn pool_speedup() -> multiproc::Result<()> {
         "The speed-up stops growing at {cpus} workers: there are only {cpus} CPUs to run them \
          (and on a busy machine, fewer free)."
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Queues (CSinParallel: sendName, addManyPar; slides: rand_string)
+
+fn greet(q: multiproc::Queue<String>) {
+    println!("  [child] Waiting for name...");
+    match q.get() {
+        Ok(name) => println!("  [child] Well, hi {name}"),
+        Err(e) => eprintln!("  [child] get failed: {e}"),
+    }
+}
+
+fn add_many_numbers((seed, count, q): (u64, u64, multiproc::Queue<u64>)) {
+    let s = (0..count).map(|i| (seed + i * 7919) % 100 + 1).sum();
+    if let Err(e) = q.put(s) {
+        eprintln!("  [child] put failed: {e}");
+    }
+}
+
+fn put_big_and_exit(q: multiproc::Queue<Vec<u64>>) {
+    if let Err(e) = q.put((0..1_000_000).collect()) {
+        eprintln!("  [child] put failed: {e}");
+    }
+}
+
+fn queues() -> multiproc::Result<()> {
+    use multiproc::{JoinableQueue, Queue};
+    // The parent feeds a name to a child blocked in get (it sleeps in the kernel meanwhile).
+    let q = Queue::<String>::new()?;
+    let mut p = Process::new(greet, q.clone());
+    p.start()?;
+    std::thread::sleep(Duration::from_millis(200));
+    println!("(parent) Ok, I'll send the name");
+    q.put("Jimmy".into())?;
+    p.join()?;
+
+    // Two children each sum half the numbers; the parent merges their results.
+    let results = Queue::<u64>::new()?;
+    let mut ps = [
+        Process::new(add_many_numbers, (1, 500_000, results.clone())),
+        Process::new(add_many_numbers, (2, 500_000, results.clone())),
+    ];
+    for p in &mut ps {
+        p.start()?;
+    }
+    let (a, b) = (results.get()?, results.get()?);
+    println!("Sum: {}", a + b);
+    for p in &ps {
+        p.join()?;
+    }
+
+    // No feeder thread: a child may put a million numbers (megabytes) and exit before anyone
+    // takes them, and the parent may join it first (CPython's Queue deadlocks here).
+    let big = Queue::<Vec<u64>>::new()?;
+    let mut p = Process::new(put_big_and_exit, big.clone());
+    p.start()?;
+    p.join()?;
+    println!(
+        "joined the child first, then got its {} numbers",
+        big.get()?.len()
+    );
+
+    // JoinableQueue: join waits until every item put was marked done.
+    let jq = JoinableQueue::<u32>::new()?;
+    for n in 0..3 {
+        jq.put(n)?;
+    }
+    while let Ok(n) = jq.try_get() {
+        println!("task {n} done");
+        jq.task_done()?;
+    }
+    jq.join()?;
+    println!("every task done; qsize {}", jq.qsize());
     Ok(())
 }
 

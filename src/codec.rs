@@ -49,12 +49,34 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// ```
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     let taken = std::mem::take(out);
-    match postcard::to_extend(value, taken) {
+    match postcard::serialize_with_flavor(value, VecFlavor(taken)) {
         Ok(v) => {
             *out = v;
             Ok(())
         }
         Err(e) => Err(Error::Codec(format!("cannot encode value: {e}"))),
+    }
+}
+
+/// A postcard output that appends to a vector with `extend_from_slice` (a `memcpy` for
+/// byte strings even in debug builds, where postcard's `to_extend` copies byte by byte).
+struct VecFlavor(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
     }
 }
 

@@ -59,6 +59,7 @@ mod error;
 pub mod manager;
 pub mod pool;
 pub mod process;
+pub mod queue;
 pub mod shared_memory;
 pub(crate) mod shm;
 pub mod start;
@@ -74,6 +75,7 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, Builder, JoinHandle,
     Process, ProcessInfo,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};
 pub use sync::{
     Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,

@@ -5,6 +5,7 @@ pub(crate) mod futex;
 pub(crate) mod memfd;
 pub(crate) mod net;
 pub(crate) mod process;
+pub(crate) mod qmem;
 pub(crate) mod socket;
 
 pub(crate) use code::*;

@@ -1,0 +1,125 @@
+//! Queue workloads of the side-by-side benchmark (issue 4). Their CPython counterparts are
+//! the functions of the same names in `benches/compare.py` (`multiprocessing.Queue`).
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Event, Process, Queue};
+use serde_bytes::ByteBuf;
+
+// --- parameters shared with benches/compare.py (keep them equal) --------------------------
+const QUEUE_ROUNDS: usize = 3;
+const QUEUE_SMALL_COUNT: usize = 200_000;
+const QUEUE_BIG_MSG: usize = 1 << 20;
+const QUEUE_BIG_COUNT: usize = 500;
+const QUEUE_MPMC_SIDES: usize = 4;
+const QUEUE_MPMC_PER_PRODUCER: usize = 100_000;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn small_producer((q, count): (Queue<[u8; 8]>, usize)) -> multiproc::Result<()> {
+    q.put(*b"ready!!!")?; // the clock starts when the parent takes this
+    for i in 0..count {
+        q.put((i as u64).to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn small_round() -> f64 {
+    let q = Queue::<[u8; 8]>::new().expect("queue");
+    let mut p = Process::new(small_producer, (q.clone(), QUEUE_SMALL_COUNT));
+    p.start().expect("start");
+    q.get().expect("ready");
+    let t0 = Instant::now();
+    for _ in 0..QUEUE_SMALL_COUNT {
+        q.get().expect("get");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    p.join().expect("join");
+    secs
+}
+
+/// 8-byte items, one producer process → the parent: items per second (median of rounds).
+pub fn queue_8b_1p1c() -> f64 {
+    let secs = median((0..QUEUE_ROUNDS).map(|_| small_round()).collect());
+    QUEUE_SMALL_COUNT as f64 / secs
+}
+
+fn big_producer((q, size, count): (Queue<ByteBuf>, usize, usize)) -> multiproc::Result<()> {
+    let msg = ByteBuf::from(vec![b'x'; size]);
+    q.put(ByteBuf::from(b"r".to_vec()))?;
+    for _ in 0..count {
+        q.put(msg.clone())?;
+    }
+    Ok(())
+}
+
+fn big_round() -> f64 {
+    let q = Queue::<ByteBuf>::new().expect("queue");
+    let mut p = Process::new(big_producer, (q.clone(), QUEUE_BIG_MSG, QUEUE_BIG_COUNT));
+    p.start().expect("start");
+    q.get().expect("ready");
+    let t0 = Instant::now();
+    for _ in 0..QUEUE_BIG_COUNT {
+        let b = q.get().expect("get");
+        assert_eq!(b.len(), QUEUE_BIG_MSG, "an item changed size");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    p.join().expect("join");
+    secs
+}
+
+/// 1 MiB byte strings, one producer process → the parent: GB/s (median of rounds).
+pub fn queue_1mib_1p1c() -> f64 {
+    let secs = median((0..QUEUE_ROUNDS).map(|_| big_round()).collect());
+    (QUEUE_BIG_MSG * QUEUE_BIG_COUNT) as f64 / secs / 1e9
+}
+
+fn mpmc_producer((q, go, n): (Queue<[u8; 8]>, Event, usize)) -> multiproc::Result<()> {
+    go.wait()?;
+    for i in 0..n {
+        q.put((i as u64).to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn mpmc_consumer((q, go, n): (Queue<[u8; 8]>, Event, usize)) -> multiproc::Result<()> {
+    go.wait()?;
+    for _ in 0..n {
+        q.get()?;
+    }
+    Ok(())
+}
+
+fn mpmc_round() -> f64 {
+    let q = Queue::<[u8; 8]>::new().expect("queue");
+    let go = Event::new().expect("event");
+    let n = QUEUE_MPMC_PER_PRODUCER;
+    let mut ps: Vec<Process> = (0..QUEUE_MPMC_SIDES)
+        .flat_map(|_| {
+            [
+                Process::new(mpmc_producer, (q.clone(), go.clone(), n)),
+                Process::new(mpmc_consumer, (q.clone(), go.clone(), n)),
+            ]
+        })
+        .collect();
+    for p in &mut ps {
+        p.start().expect("start");
+    }
+    std::thread::sleep(Duration::from_millis(200)); // all started and waiting
+    let t0 = Instant::now();
+    go.set();
+    for p in &ps {
+        p.join().expect("join");
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+/// 8-byte items, 4 producer and 4 consumer processes: items per second (median of rounds).
+pub fn queue_8b_4p4c() -> f64 {
+    let secs = median((0..QUEUE_ROUNDS).map(|_| mpmc_round()).collect());
+    (QUEUE_MPMC_SIDES * QUEUE_MPMC_PER_PRODUCER) as f64 / secs
+}

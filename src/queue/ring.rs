@@ -1,0 +1,939 @@
+//! The shared-memory ring under every queue: a byte ring of length-prefixed records in a
+//! memfd segment, two robust locks (one for producers, one for consumers) and futex
+//! wake-ups. No serde here: records are bytes.
+//!
+//! # Layout
+//! A 4 KiB header of atomics, then `cap` bytes of ring (`cap` a power of two). `tail` and
+//! `head` are 64-bit words packing an item count (upper 24 bits) and a byte position
+//! (lower 40 bits, taken modulo `cap` to index the ring). Packing both in one word means a
+//! record and its count are published (or consumed) by a single atomic store: a process
+//! killed at any instant leaves them consistent.
+//!
+//! # Records
+//! An 8-byte header (`len: u32`, `kind: u32` with a check marker in its upper half), then
+//! `len` bytes, padded to 8. Kinds: `MSG` (a whole message), or `FIRST`, `MORE`…, `LAST`
+//! for a message streamed in chunks because it is larger than half the ring. A record with
+//! `HAS_FDS` starts with the 8-byte tag of the datagram that carries its descriptors on the
+//! side socket; a `FIRST` record then carries the message's total length (8 bytes).
+//!
+//! # Protocol
+//! * A producer holds the producer lock while it writes, and makes a record visible only by
+//!   advancing `tail` after every byte is written: one killed mid-write leaves nothing.
+//! * A consumer holds the consumer lock while it reads, and advances `head` only after it
+//!   has copied the record out: one killed mid-read leaves the record to the next consumer.
+//!   (A streamed message is consumed chunk by chunk; a consumer killed in the middle of one
+//!   loses that one message, whose remaining chunks the next consumer skips.)
+//! * One producer and one consumer never wait for each other's lock: they meet only at
+//!   `head` and `tail`.
+//! * The lock holder that must wait (for data, for space) sleeps on a futex after raising a
+//!   "sleeping" flag; the other side wakes it only if that flag is up, so the busy path
+//!   makes no system call. Sleeps are cut into slices so that a peer that died before
+//!   waking us, or while holding a lock, is noticed.
+//! * A lock's word holds its holder's pid; a waiter that finds the holder dead takes the
+//!   lock over. A consumer waiting for the next chunk of a stream whose producer died (or
+//!   gave up) drops the partial message and goes on.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+use crate::sys::futex;
+use crate::sys::qmem::{self, SealedBytes, SharedBytes};
+use crate::{Error, Result};
+
+const MAGIC: u32 = 0x5551_504d; // "MPQU"
+const VERSION: u32 = 1;
+/// Bytes of header before the ring.
+const HDR: usize = 4096;
+
+// Header offsets. Producer-side and consumer-side words sit on separate cache lines.
+const O_MAGIC: usize = 0;
+const O_VERSION: usize = 4;
+const O_CAP: usize = 8;
+const O_MAXSIZE: usize = 16;
+const O_FLAGS: usize = 24;
+const O_TAIL: usize = 128;
+const O_PLOCK: usize = 136;
+const O_PSLEEP: usize = 768;
+const O_POWNER: usize = 144;
+const O_FDTAG: usize = 152;
+const O_HEAD: usize = 256;
+const O_CLOCK: usize = 264;
+const O_CSLEEP: usize = 896;
+const O_COWNER: usize = 272;
+const O_DATASEQ: usize = 384;
+const O_SPACESEQ: usize = 512;
+const O_DONE: usize = 640;
+const O_JOINSEQ: usize = 648;
+const O_JOINWAIT: usize = 652;
+
+const POS_BITS: u32 = 40;
+const POS_MASK: u64 = (1 << POS_BITS) - 1;
+/// Item counts wrap at 2^24.
+pub(crate) const COUNT_MASK: u64 = (1 << 24) - 1;
+
+/// Smallest and largest ring sizes. The largest keeps the number of records in the ring
+/// (at least 8 bytes each) below the 24-bit item count.
+pub(crate) const MIN_CAP: usize = 4096;
+pub(crate) const MAX_CAP: usize = 64 << 20;
+/// Default ring size.
+pub(crate) const DEFAULT_CAP: usize = 4 << 20;
+
+/// Header flag: stream items larger than half the ring through it instead of spilling them.
+const FLAG_STREAM_LARGE: u32 = 1;
+
+/// A message claiming more than this is refused as corrupt before anything is allocated.
+const MAX_MESSAGE: u64 = 1 << 36;
+
+const K_MSG: u32 = 1;
+const K_FIRST: u32 = 2;
+const K_MORE: u32 = 3;
+const K_LAST: u32 = 4;
+const K_SPILL: u32 = 5;
+const K_MASK: u32 = 0xf;
+const F_FDS: u32 = 0x100;
+const K_CHECK: u32 = 0xa5c3_0000;
+const K_CHECK_MASK: u32 = 0xffff_0000;
+
+/// The "someone waits" bit of a lock word; the rest is the holder's pid.
+const CONTENDED: u32 = 1 << 31;
+/// Longest single futex sleep: how soon a dead peer (that could not wake us) is noticed.
+const SLICE: Duration = Duration::from_millis(100);
+/// How long a waiter looks again without sleeping before it sleeps.
+const SPIN: Duration = Duration::from_micros(20);
+
+#[inline]
+fn pack(count: u64, pos: u64) -> u64 {
+    ((count & COUNT_MASK) << POS_BITS) | (pos & POS_MASK)
+}
+#[inline]
+fn pos(w: u64) -> u64 {
+    w & POS_MASK
+}
+#[inline]
+fn count(w: u64) -> u64 {
+    w >> POS_BITS
+}
+#[inline]
+fn round8(n: u64) -> u64 {
+    (n + 7) & !7
+}
+
+/// How a lock was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Got {
+    Clean,
+    /// The previous holder died holding it.
+    OwnerDied,
+}
+
+/// What the receiving side hands back.
+pub(crate) struct Received {
+    /// Descriptors that travelled with the message (for handles inside it).
+    pub(crate) fds: Vec<OwnedFd>,
+    /// For an item that was spilled to a segment of its own: its bytes, read in place
+    /// (the output vector is then left empty).
+    pub(crate) spilled: Option<SealedBytes>,
+}
+
+/// The ring in one process's mapping.
+pub(crate) struct Ring {
+    mem: SharedBytes,
+    cap: u64,
+    mask: u64,
+    maxsize: u64,
+    stream_large: bool,
+    /// This process's last look at `head` (used under the producer lock) and at `tail`
+    /// (under the consumer lock). Both only move forward, so a stale copy only
+    /// underestimates the free space or the data ready; each side reads the other's word
+    /// (a cache line the other side writes) only when its copy says it must wait.
+    head_seen: AtomicU64,
+    tail_seen: AtomicU64,
+}
+
+/// Holds a lock word until dropped.
+struct Guard<'a> {
+    word: &'a AtomicU32,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.word.swap(0, Release) & CONTENDED != 0 {
+            futex::wake(self.word, 1);
+        }
+    }
+}
+
+fn my_pid() -> u32 {
+    futex::ident_pid(futex::current_ident())
+}
+
+/// Outcome of one bounded wait.
+enum Waited {
+    /// The condition may have changed: look again.
+    Again,
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl Ring {
+    /// A new ring of `cap` bytes (rounded up to a power of two); `maxsize` items at most
+    /// (0: no item limit).
+    pub(crate) fn create(cap: usize, maxsize: usize, stream_large: bool) -> Result<Ring> {
+        let cap = cap.clamp(MIN_CAP, MAX_CAP).next_power_of_two();
+        let mem = SharedBytes::create(HDR + cap)?;
+        mem.u64_at(O_CAP).store(cap as u64, Relaxed);
+        mem.u64_at(O_MAXSIZE).store(maxsize as u64, Relaxed);
+        let flags = if stream_large { FLAG_STREAM_LARGE } else { 0 };
+        mem.u32_at(O_FLAGS).store(flags, Relaxed);
+        mem.u32_at(O_VERSION).store(VERSION, Relaxed);
+        mem.u32_at(O_MAGIC).store(MAGIC, Release);
+        Ring::open(mem)
+    }
+
+    /// Maps a ring received from another process, checking its header.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Result<Ring> {
+        let mem = SharedBytes::from_fd(fd, HDR + MIN_CAP)
+            .map_err(|e| Error::Codec(format!("not a queue: {e}")))?;
+        Ring::open(mem)
+    }
+
+    fn open(mem: SharedBytes) -> Result<Ring> {
+        if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
+            || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
+        {
+            return Err(Error::Codec("not a queue segment (bad magic)".into()));
+        }
+        let cap = mem.u64_at(O_CAP).load(Relaxed);
+        if !cap.is_power_of_two()
+            || cap < MIN_CAP as u64
+            || cap > MAX_CAP as u64
+            || HDR as u64 + cap != mem.len() as u64
+        {
+            return Err(Error::Codec("queue segment has a bad capacity".into()));
+        }
+        let maxsize = mem.u64_at(O_MAXSIZE).load(Relaxed);
+        let stream_large = mem.u32_at(O_FLAGS).load(Relaxed) & FLAG_STREAM_LARGE != 0;
+        let head_seen = AtomicU64::new(mem.u64_at(O_HEAD).load(Acquire));
+        let tail_seen = AtomicU64::new(mem.u64_at(O_TAIL).load(Acquire));
+        Ok(Ring {
+            mem,
+            cap,
+            mask: cap - 1,
+            maxsize,
+            stream_large,
+            head_seen,
+            tail_seen,
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.mem.fd()
+    }
+
+    pub(crate) fn maxsize(&self) -> usize {
+        self.maxsize as usize
+    }
+
+    #[inline]
+    fn w32(&self, off: usize) -> &AtomicU32 {
+        self.mem.u32_at(off)
+    }
+    #[inline]
+    fn w64(&self, off: usize) -> &AtomicU64 {
+        self.mem.u64_at(off)
+    }
+
+    /// Items in the ring (complete messages put and not yet taken).
+    pub(crate) fn len(&self) -> usize {
+        let t = self.w64(O_TAIL).load(Acquire);
+        let h = self.w64(O_HEAD).load(Acquire);
+        (count(t).wrapping_sub(count(h)) & COUNT_MASK) as usize
+    }
+
+    /// Whether a bounded ring holds `maxsize` items.
+    pub(crate) fn is_full(&self) -> bool {
+        self.maxsize > 0 && self.len() as u64 >= self.maxsize
+    }
+
+    // --- locks ---------------------------------------------------------------------------
+
+    /// Takes the lock at `word` (holder identity in `owner`), waiting until `deadline`
+    /// (`None`: for ever). `None` if the deadline passed.
+    fn lock<'a>(
+        &'a self,
+        word_off: usize,
+        owner_off: usize,
+        deadline: Option<Instant>,
+    ) -> Option<(Guard<'a>, Got)> {
+        let word = self.w32(word_off);
+        let owner = self.w64(owner_off);
+        let me = my_pid();
+        let take = |got: Got| {
+            owner.store(futex::current_ident(), Relaxed);
+            Some((Guard { word }, got))
+        };
+        if word.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+            return take(Got::Clean);
+        }
+        // Brief spin: the holder usually lets go within a microsecond or two.
+        let t0 = Instant::now();
+        let mut i = 0u32;
+        loop {
+            let w = word.load(Relaxed);
+            if w == 0 && word.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+                return take(Got::Clean);
+            }
+            i += 1;
+            if i.is_multiple_of(32) && t0.elapsed() > SPIN {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        // The holder's liveness is checked after every slice that passed without a wake-up.
+        let mut check_owner = false;
+        loop {
+            let w = word.load(Relaxed);
+            if w == 0 {
+                // Others may be asleep on the word: keep the contended bit so that our
+                // release wakes one.
+                if word
+                    .compare_exchange(0, me | CONTENDED, Acquire, Relaxed)
+                    .is_ok()
+                {
+                    return take(Got::Clean);
+                }
+                continue;
+            }
+            if w & CONTENDED == 0
+                && word
+                    .compare_exchange(w, w | CONTENDED, Relaxed, Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let w = w | CONTENDED;
+            if check_owner {
+                let pid = w & !CONTENDED;
+                let ident = owner.load(Relaxed);
+                let ident = (futex::ident_pid(ident) == pid).then_some(ident);
+                if pid != me && futex::process_gone(pid, ident) {
+                    if word
+                        .compare_exchange(w, me | CONTENDED, Acquire, Relaxed)
+                        .is_ok()
+                    {
+                        return take(Got::OwnerDied);
+                    }
+                    continue;
+                }
+            }
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    (d - now).min(SLICE)
+                }
+            };
+            check_owner = futex::wait(word, w, Some(slice)) == futex::Wake::TimedOut;
+        }
+    }
+
+    fn lock_producer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
+        let (g, got) = self.lock(O_PLOCK, O_POWNER, deadline)?;
+        if got == Got::OwnerDied {
+            // The dead holder may have left its "sleeping" flag up.
+            self.w32(O_PSLEEP).store(0, Relaxed);
+        }
+        Some(g)
+    }
+
+    fn lock_consumer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
+        let (g, got) = self.lock(O_CLOCK, O_COWNER, deadline)?;
+        if got == Got::OwnerDied {
+            self.w32(O_CSLEEP).store(0, Relaxed);
+        }
+        Some(g)
+    }
+
+    /// Whether no producer is in the middle of a message: the producer lock is free, or its
+    /// holder is dead.
+    fn producer_idle(&self) -> bool {
+        let w = self.w32(O_PLOCK).load(SeqCst);
+        if w == 0 {
+            return true;
+        }
+        let pid = w & !CONTENDED;
+        let ident = self.w64(O_POWNER).load(Relaxed);
+        let ident = (futex::ident_pid(ident) == pid).then_some(ident);
+        futex::process_gone(pid, ident)
+    }
+
+    // --- waiting ---------------------------------------------------------------------------
+
+    /// Waits (spin, then one futex sleep of at most a slice) while `blocked()` holds, on
+    /// the sequence word `seq_off` with sleeping flag `sleep_off`.
+    fn wait_while(
+        &self,
+        seq_off: usize,
+        sleep_off: usize,
+        blocked: impl Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> Waited {
+        let t0 = Instant::now();
+        let mut i = 0u32;
+        while blocked() {
+            i += 1;
+            if i.is_multiple_of(16) {
+                let e = t0.elapsed();
+                if e > SPIN {
+                    break;
+                }
+                if deadline.is_some_and(|d| t0 + e >= d) {
+                    return Waited::TimedOut;
+                }
+            }
+            std::hint::spin_loop();
+        }
+        if !blocked() {
+            return Waited::Again;
+        }
+        let seqw = self.w32(seq_off);
+        let sleepw = self.w32(sleep_off);
+        let seq = seqw.load(SeqCst);
+        sleepw.store(1, SeqCst);
+        if !blocked() {
+            sleepw.store(0, Relaxed);
+            return Waited::Again;
+        }
+        let slice = match deadline {
+            None => SLICE,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    sleepw.store(0, Relaxed);
+                    return Waited::TimedOut;
+                }
+                (d - now).min(SLICE)
+            }
+        };
+        futex::wait(seqw, seq, Some(slice));
+        sleepw.store(0, Relaxed);
+        Waited::Again
+    }
+
+    #[inline]
+    fn wake(&self, seq_off: usize, sleep_off: usize) {
+        if self.w32(sleep_off).load(SeqCst) != 0 {
+            let seqw = self.w32(seq_off);
+            seqw.fetch_add(1, SeqCst);
+            futex::wake(seqw, 1);
+        }
+    }
+
+    // --- byte access with wrap-around ---------------------------------------------------
+
+    fn write_at(&self, pos: u64, bytes: &[u8]) {
+        let idx = (pos & self.mask) as usize;
+        let first = bytes.len().min(self.cap as usize - idx);
+        self.mem.write(HDR + idx, &bytes[..first]);
+        if first < bytes.len() {
+            self.mem.write(HDR, &bytes[first..]);
+        }
+    }
+
+    fn read_append(&self, pos: u64, n: usize, out: &mut Vec<u8>) {
+        let idx = (pos & self.mask) as usize;
+        let first = n.min(self.cap as usize - idx);
+        self.mem.read_append(HDR + idx, first, out);
+        if first < n {
+            self.mem.read_append(HDR, n - first, out);
+        }
+    }
+
+    fn read_u64(&self, pos: u64) -> u64 {
+        let mut b = [0u8; 8];
+        let idx = (pos & self.mask) as usize;
+        let first = 8.min(self.cap as usize - idx);
+        self.mem.read(HDR + idx, &mut b[..first]);
+        if first < 8 {
+            self.mem.read(HDR, &mut b[first..]);
+        }
+        u64::from_le_bytes(b)
+    }
+
+    // --- producing ------------------------------------------------------------------------
+
+    /// Waits until `need` bytes are free in the ring (the producer lock is held).
+    fn wait_free(&self, need: u64, deadline: Option<Instant>) -> Result<()> {
+        let tail = self.w64(O_TAIL);
+        let head = self.w64(O_HEAD);
+        let t = tail.load(Relaxed);
+        // A copy of `head` older than another process's last put looks more than `cap`
+        // behind the tail: it says "no room", and the real head is read.
+        let free_after = |h: u64| {
+            self.cap
+                .saturating_sub(pos(t).wrapping_sub(pos(h)) & POS_MASK)
+        };
+        if free_after(self.head_seen.load(Relaxed)) >= need {
+            return Ok(());
+        }
+        let free = || {
+            let h = head.load(SeqCst);
+            self.head_seen.store(h, Relaxed);
+            free_after(h)
+        };
+        while free() < need {
+            if let Waited::TimedOut =
+                self.wait_while(O_SPACESEQ, O_PSLEEP, || free() < need, deadline)
+            {
+                return Err(Error::Full);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one record (header, optional prefix words, body) at the tail and publishes it.
+    fn publish(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64) {
+        let tail = self.w64(O_TAIL);
+        let t = tail.load(Relaxed);
+        let p = pos(t);
+        let len = (prefix.len() * 8 + body.len()) as u64;
+        let mut h = [0u8; 8];
+        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        h[4..].copy_from_slice(&(kind | K_CHECK).to_le_bytes());
+        self.write_at(p, &h);
+        let mut at = p + 8;
+        for w in prefix {
+            self.write_at(at, &w.to_le_bytes());
+            at += 8;
+        }
+        self.write_at(at, body);
+        tail.store(pack(count(t) + items, p + 8 + round8(len)), SeqCst);
+        self.wake(O_DATASEQ, O_CSLEEP);
+    }
+
+    /// Puts one message. `fds` (raw descriptors kept open by the caller) travel on the side
+    /// socket `side_tx`. `deadline`: `None` waits for ever; a passed deadline gives
+    /// [`Error::Full`] if the message cannot go in at once.
+    pub(crate) fn put(
+        &self,
+        msg: &[u8],
+        fds: &[RawFd],
+        side_tx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let fdpre = if fds.is_empty() { 0 } else { 8 };
+        let whole = 8 + round8(fdpre + msg.len() as u64);
+        // An item larger than half the ring goes to a segment of its own, whose descriptor
+        // travels on the side socket: `put` then needs no consumer to make progress. (If
+        // no segment can be made, or the queue was made to stream, it is streamed.)
+        let spill = if whole > self.cap / 2 && !self.stream_large {
+            SharedBytes::create_populated(msg.len())
+                .and_then(|seg| {
+                    seg.write(0, msg);
+                    seg.seal_read_only()
+                })
+                .ok()
+        } else {
+            None
+        };
+        let _g = self.lock_producer(deadline).ok_or(Error::Full)?;
+        if self.maxsize > 0 {
+            let tail = self.w64(O_TAIL);
+            let head = self.w64(O_HEAD);
+            let full = || {
+                let t = tail.load(Relaxed);
+                let h = head.load(SeqCst);
+                (count(t).wrapping_sub(count(h)) & COUNT_MASK) >= self.maxsize
+            };
+            while full() {
+                if let Waited::TimedOut = self.wait_while(O_SPACESEQ, O_PSLEEP, full, deadline) {
+                    return Err(Error::Full);
+                }
+            }
+        }
+        let has_fds = !fds.is_empty();
+        let flag = if has_fds { F_FDS } else { 0 };
+        if let Some(seg) = spill {
+            self.wait_free(8 + 16, deadline)?;
+            let mut all = fds.to_vec();
+            all.push(seg.as_raw_fd());
+            let tag = self.send_fds(&all, side_tx)?;
+            self.publish(K_SPILL | F_FDS, &[tag, msg.len() as u64], &[], 1);
+            return Ok(());
+        }
+        if whole <= self.cap / 2 {
+            self.wait_free(whole, deadline)?;
+            if has_fds {
+                let tag = self.send_fds(fds, side_tx)?;
+                self.publish(K_MSG | flag, &[tag], msg, 1);
+            } else {
+                self.publish(K_MSG, &[], msg, 1);
+            }
+            return Ok(());
+        }
+        // Stream it in chunks of a quarter of the ring.
+        let chunk = (self.cap / 4 - 8) as usize;
+        let total = msg.len() as u64;
+        let first_len = chunk - fdpre as usize - 8;
+        self.wait_free(8 + round8(fdpre + 8 + first_len as u64), deadline)?;
+        if has_fds {
+            let tag = self.send_fds(fds, side_tx)?;
+            self.publish(K_FIRST | flag, &[tag, total], &msg[..first_len], 0);
+        } else {
+            self.publish(K_FIRST, &[total], &msg[..first_len], 0);
+        }
+        let mut off = first_len;
+        while off < msg.len() {
+            let n = chunk.min(msg.len() - off);
+            let last = off + n == msg.len();
+            // Giving up here (deadline) abandons the message: consumers drop its chunks.
+            self.wait_free(8 + round8(n as u64), deadline)?;
+            let (kind, items) = if last { (K_LAST, 1) } else { (K_MORE, 0) };
+            self.publish(kind, &[], &msg[off..off + n], items);
+            off += n;
+        }
+        Ok(())
+    }
+
+    fn send_fds(&self, fds: &[RawFd], side_tx: BorrowedFd<'_>) -> Result<u64> {
+        let tag = self.w64(O_FDTAG).fetch_add(1, SeqCst);
+        qmem::send_tagged(side_tx, tag, fds)?;
+        Ok(tag)
+    }
+
+    // --- consuming ------------------------------------------------------------------------
+
+    /// Advances the head past a record of `rec` bytes, counting `items` taken.
+    fn advance(&self, h: u64, rec: u64, items: u64) {
+        self.w64(O_HEAD)
+            .store(pack(count(h) + items, pos(h) + rec), SeqCst);
+        self.wake(O_SPACESEQ, O_PSLEEP);
+    }
+
+    /// Counts `n` items as finished without a consumer (dropped or skipped messages), so
+    /// that `JoinableQueue::join` does not wait for them.
+    fn mark_done(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let _ = self
+            .w64(O_DONE)
+            .fetch_update(SeqCst, SeqCst, |d| Some(d.wrapping_add(n) & COUNT_MASK));
+        self.wake_joiners();
+    }
+
+    /// Throws away everything in the ring after garbage was found at the head.
+    fn discard_all(&self, h: u64) -> Error {
+        let t = self.w64(O_TAIL).load(Acquire);
+        let n = count(t).wrapping_sub(count(h)) & COUNT_MASK;
+        self.w64(O_HEAD).store(pack(count(t), pos(t)), SeqCst);
+        self.wake(O_SPACESEQ, O_PSLEEP);
+        self.mark_done(n);
+        Error::Codec("garbage in the queue's shared memory: its contents were discarded".into())
+    }
+
+    /// The descriptors sent with tag `tag`, looked at without taking them off the socket
+    /// (they are taken once the record is consumed). Stale datagrams (of producers that
+    /// died before publishing) are thrown away. `None`: they were lost.
+    fn peek_fds(&self, tag: u64, side_rx: BorrowedFd<'_>) -> Result<Option<Vec<OwnedFd>>> {
+        loop {
+            match qmem::recv_tagged(side_rx, true)? {
+                Some((t, _)) if t < tag => {
+                    qmem::recv_tagged(side_rx, false)?;
+                }
+                Some((t, fds)) if t == tag => return Ok(Some(fds)),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Takes the datagram `tag` off the side socket (its duplicates are closed).
+    fn pop_fds(&self, tag: u64, side_rx: BorrowedFd<'_>) -> Result<()> {
+        if let Some((t, _)) = qmem::recv_tagged(side_rx, true)? {
+            if t <= tag {
+                qmem::recv_tagged(side_rx, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one message: its bytes are appended to `out` (cleared first). `deadline`:
+    /// `None` waits for ever; a passed one gives [`Error::Empty`] unless a message is ready.
+    pub(crate) fn get(
+        &self,
+        out: &mut Vec<u8>,
+        side_rx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Received> {
+        let _g = self.lock_consumer(deadline).ok_or(Error::Empty)?;
+        out.clear();
+        let tail = self.w64(O_TAIL);
+        let head = self.w64(O_HEAD);
+        // A streamed message being assembled: (total length, its descriptors).
+        let mut stream: Option<(u64, Vec<OwnedFd>)> = None;
+        loop {
+            let h = head.load(Relaxed);
+            let mut t = self.tail_seen.load(Relaxed);
+            let ahead = pos(t).wrapping_sub(pos(h)) & POS_MASK;
+            // Nothing more known to be ready (or a copy older than another process's last
+            // get, which looks more than `cap` ahead): read the real tail.
+            if ahead == 0 || ahead > self.cap {
+                t = tail.load(Acquire);
+                self.tail_seen.store(t, Relaxed);
+            }
+            if pos(t) == pos(h) {
+                if stream.is_some() {
+                    // Mid-stream: only a producer's death or surrender ends the wait.
+                    if self.producer_idle() && pos(tail.load(SeqCst)) == pos(h) {
+                        stream = None;
+                        out.clear();
+                        continue;
+                    }
+                    let _ = self.wait_while(
+                        O_DATASEQ,
+                        O_CSLEEP,
+                        || pos(tail.load(SeqCst)) == pos(h),
+                        Some(Instant::now() + SLICE),
+                    );
+                } else if let Waited::TimedOut = self.wait_while(
+                    O_DATASEQ,
+                    O_CSLEEP,
+                    || pos(tail.load(SeqCst)) == pos(h),
+                    deadline,
+                ) {
+                    if pos(tail.load(SeqCst)) == pos(h) {
+                        return Err(Error::Empty);
+                    }
+                }
+                continue;
+            }
+            let used = pos(t).wrapping_sub(pos(h)) & POS_MASK;
+            let hdr = self.read_u64(pos(h));
+            let len = hdr as u32 as u64;
+            let kind_word = (hdr >> 32) as u32;
+            let kind = kind_word & K_MASK;
+            let rec = 8 + round8(len);
+            let has_fds = kind_word & F_FDS != 0;
+            if used > self.cap
+                || kind_word & K_CHECK_MASK != K_CHECK
+                || !(K_MSG..=K_SPILL).contains(&kind)
+                || rec > used
+                || (has_fds && !(kind == K_MSG || kind == K_FIRST || kind == K_SPILL))
+                || (kind == K_SPILL && (!has_fds || len != 16))
+            {
+                return Err(self.discard_all(h));
+            }
+            let mut body = pos(h) + 8;
+            let mut body_len = len;
+            match kind {
+                K_SPILL => {
+                    if stream.take().is_some() {
+                        out.clear();
+                    }
+                    let tag = self.read_u64(body);
+                    let total = self.read_u64(body + 8);
+                    if total > MAX_MESSAGE {
+                        return Err(self.discard_all(h));
+                    }
+                    let Some(mut fds) = self.peek_fds(tag, side_rx)? else {
+                        self.advance(h, rec, 1);
+                        self.mark_done(1);
+                        return Err(Error::Codec(
+                            "the shared memory holding a large queue item was lost (a \
+                             consumer died while receiving it); the item was dropped"
+                                .into(),
+                        ));
+                    };
+                    let seg = fds.pop().map(|fd| SealedBytes::from_fd(fd, total as usize));
+                    let r = match seg {
+                        Some(Ok(seg)) => Ok(Received {
+                            fds,
+                            spilled: Some(seg),
+                        }),
+                        _ => Err(Error::Codec(
+                            "a large queue item's shared memory does not match its record".into(),
+                        )),
+                    };
+                    self.advance(h, rec, 1);
+                    if r.is_err() {
+                        self.mark_done(1);
+                    }
+                    self.pop_fds(tag, side_rx)?;
+                    return r;
+                }
+                K_MSG | K_FIRST => {
+                    if stream.take().is_some() {
+                        // The previous stream's producer died or gave up: drop it.
+                        out.clear();
+                    }
+                    let need = if has_fds { 8 } else { 0 } + if kind == K_FIRST { 8 } else { 0 };
+                    if body_len < need {
+                        return Err(self.discard_all(h));
+                    }
+                    let mut fds = Vec::new();
+                    let mut tag = None;
+                    if has_fds {
+                        let tg = self.read_u64(body);
+                        body += 8;
+                        body_len -= 8;
+                        match self.peek_fds(tg, side_rx)? {
+                            Some(f) => fds = f,
+                            None => {
+                                // A consumer died holding them: the message cannot be
+                                // rebuilt. Skip it (and, for a stream, its chunks).
+                                self.advance(h, rec, u64::from(kind == K_MSG));
+                                self.mark_done(u64::from(kind == K_MSG));
+                                return Err(Error::Codec(
+                                    "the handles sent with a queue item were lost (a consumer \
+                                     died while receiving it); the item was dropped"
+                                        .into(),
+                                ));
+                            }
+                        }
+                        tag = Some(tg);
+                    }
+                    if kind == K_MSG {
+                        self.read_append(body, body_len as usize, out);
+                        self.advance(h, rec, 1);
+                        if let Some(tg) = tag {
+                            self.pop_fds(tg, side_rx)?;
+                        }
+                        return Ok(Received { fds, spilled: None });
+                    }
+                    let total = self.read_u64(body);
+                    body += 8;
+                    body_len -= 8;
+                    if total > MAX_MESSAGE || body_len > total {
+                        return Err(self.discard_all(h));
+                    }
+                    // Room for the whole item at once if the allocator agrees (a lying
+                    // length cannot make us fail: the vector then grows as chunks come).
+                    if out.try_reserve_exact(total as usize).is_err() {
+                        out.reserve(total.min(64 << 20) as usize);
+                    }
+                    self.read_append(body, body_len as usize, out);
+                    self.advance(h, rec, 0);
+                    if let Some(tg) = tag {
+                        self.pop_fds(tg, side_rx)?;
+                    }
+                    stream = Some((total, fds));
+                }
+                _ => {
+                    let last = kind == K_LAST;
+                    match &stream {
+                        Some((total, _)) => {
+                            if out.len() as u64 + body_len > *total
+                                || (last && out.len() as u64 + body_len != *total)
+                            {
+                                out.clear();
+                                self.advance(h, rec, u64::from(last));
+                                self.mark_done(u64::from(last));
+                                return Err(Error::Codec(
+                                    "a streamed queue item's chunks do not add up to its length"
+                                        .into(),
+                                ));
+                            }
+                            self.read_append(body, body_len as usize, out);
+                            self.advance(h, rec, u64::from(last));
+                            if last {
+                                let (_, fds) = stream.take().unwrap_or_default();
+                                return Ok(Received { fds, spilled: None });
+                            }
+                        }
+                        None => {
+                            // The rest of a message whose consumer died mid-way: skip.
+                            self.advance(h, rec, u64::from(last));
+                            self.mark_done(u64::from(last));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // --- joinable -----------------------------------------------------------------------------
+
+    /// Items put and not yet marked done.
+    pub(crate) fn unfinished(&self) -> u64 {
+        let t = self.w64(O_TAIL).load(SeqCst);
+        let d = self.w64(O_DONE).load(SeqCst);
+        count(t).wrapping_sub(d) & COUNT_MASK
+    }
+
+    /// Marks one taken item done. Error if every taken item was already marked.
+    pub(crate) fn task_done(&self) -> Result<()> {
+        let done = self.w64(O_DONE);
+        let head = self.w64(O_HEAD);
+        let r = done.fetch_update(SeqCst, SeqCst, |d| {
+            let got = count(head.load(SeqCst));
+            if d == got {
+                None
+            } else {
+                Some(d.wrapping_add(1) & COUNT_MASK)
+            }
+        });
+        if r.is_err() {
+            return Err(Error::invalid(
+                "task_done() called more times than items were taken from the queue",
+            ));
+        }
+        self.wake_joiners();
+        Ok(())
+    }
+
+    fn wake_joiners(&self) {
+        if self.w32(O_JOINWAIT).load(SeqCst) != 0 {
+            let w = self.w32(O_JOINSEQ);
+            w.fetch_add(1, SeqCst);
+            futex::wake_all(w);
+        }
+    }
+
+    /// Waits until every item put has been marked done, or `deadline` passes (false).
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
+        let seqw = self.w32(O_JOINSEQ);
+        let waiters = self.w32(O_JOINWAIT);
+        loop {
+            if self.unfinished() == 0 {
+                return true;
+            }
+            let seq = seqw.load(SeqCst);
+            waiters.fetch_add(1, SeqCst);
+            if self.unfinished() == 0 {
+                waiters.fetch_sub(1, SeqCst);
+                return true;
+            }
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        waiters.fetch_sub(1, SeqCst);
+                        return false;
+                    }
+                    (d - now).min(SLICE)
+                }
+            };
+            futex::wait(seqw, seq, Some(slice));
+            waiters.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Test hook: writes raw bytes at the tail and publishes them as if they were records.
+    #[cfg(test)]
+    pub(crate) fn inject_garbage(&self, bytes: &[u8]) {
+        let _g = self.lock_producer(None);
+        let tail = self.w64(O_TAIL);
+        let t = tail.load(Relaxed);
+        self.write_at(pos(t), bytes);
+        tail.store(
+            pack(count(t) + 1, pos(t) + round8(bytes.len() as u64)),
+            SeqCst,
+        );
+        self.wake(O_DATASEQ, O_CSLEEP);
+    }
+}

@@ -1,0 +1,739 @@
+//! Queue, SimpleQueue and JoinableQueue across processes: semantics, timeouts, many
+//! producers and consumers, processes killed at any moment, huge items, handles inside
+//! items, and no leaks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use multiproc::{Connection, Error, JoinableQueue, Process, Queue, SimpleQueue, StartMethod};
+use serde_bytes::ByteBuf;
+
+/// Descriptors that other tests of this binary may hold at a given moment under
+/// `cargo test` (all tests in one process); a leak per iteration exceeds it by far.
+const FD_SLACK: usize = 12;
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+// --- child functions ------------------------------------------------------------------------
+
+fn put_range((q, from, n): (Queue<u64>, u64, u64)) {
+    for i in from..from + n {
+        q.put(i).unwrap();
+    }
+}
+
+fn get_n((q, n): (Queue<u64>, usize)) -> Vec<u64> {
+    (0..n).map(|_| q.get().unwrap()).collect()
+}
+
+fn get_one_string(q: Queue<String>) -> String {
+    q.get().unwrap()
+}
+
+fn put_strings((q, items): (Queue<String>, Vec<String>)) {
+    for s in items {
+        q.put(s).unwrap();
+    }
+}
+
+/// Producer `id` puts `n` items `id << 32 | seq`.
+fn producer((q, id, n): (Queue<u64>, u64, u64)) {
+    for seq in 0..n {
+        q.put((id << 32) | seq).unwrap();
+    }
+}
+
+/// Takes items until `u64::MAX`; checks each producer's items come in order; returns them.
+fn consumer(q: Queue<u64>) -> Vec<u64> {
+    let mut got = Vec::new();
+    let mut last: std::collections::HashMap<u64, u64> = Default::default();
+    loop {
+        let v = q.get().unwrap();
+        if v == u64::MAX {
+            return got;
+        }
+        let (id, seq) = (v >> 32, v & 0xffff_ffff);
+        if let Some(&prev) = last.get(&id) {
+            assert!(seq > prev, "producer {id}: {seq} after {prev}");
+        }
+        last.insert(id, seq);
+        got.push(v);
+    }
+}
+
+/// Takes items and reports each on `conn` as soon as it has it, slowly, until killed.
+fn slow_reporter((q, conn): (Queue<u64>, Connection<u64>)) {
+    loop {
+        let v = q.get().unwrap();
+        conn.send(&v).unwrap();
+        sleep_ms(2);
+    }
+}
+
+fn take_big_then_report((q, conn): (Queue<ByteBuf>, Connection<u64>)) {
+    conn.send(&0).unwrap(); // started
+    loop {
+        let b = q.get().unwrap();
+        conn.send(&(b.len() as u64)).unwrap();
+    }
+}
+
+fn put_big((q, mib): (Queue<ByteBuf>, usize)) {
+    q.put(ByteBuf::from(pattern(mib << 20))).unwrap();
+}
+
+fn put_forever(q: Queue<u64>) {
+    let mut i = 0;
+    loop {
+        q.put(i).unwrap();
+        i += 1;
+    }
+}
+
+fn joinable_worker(q: JoinableQueue<u32>) -> u32 {
+    let mut sum = 0;
+    loop {
+        let n = q.get().unwrap();
+        sleep_ms(1);
+        sum += n;
+        q.task_done().unwrap();
+        if n == 0 {
+            return sum;
+        }
+    }
+}
+
+fn simple_echo((inq, outq): (SimpleQueue<String>, SimpleQueue<String>)) {
+    loop {
+        let s = inq.get().unwrap();
+        if s == "end" {
+            return;
+        }
+        outq.put(s.to_uppercase()).unwrap();
+    }
+}
+
+/// Receives a queue through a queue, and puts into it.
+fn queue_in_queue(qq: Queue<Queue<u32>>) {
+    let inner = qq.get().unwrap();
+    for i in 0..3 {
+        inner.put(i).unwrap();
+    }
+}
+
+/// Receives a queue through a pipe, and puts into it.
+fn queue_in_pipe(conn: Connection<Queue<String>>) {
+    let q = conn.recv().unwrap();
+    q.put("via pipe".into()).unwrap();
+}
+
+/// Receives a connection inside a queue item and answers on it.
+fn conn_in_queue(q: Queue<(String, Connection<String>)>) {
+    let (name, conn) = q.get().unwrap();
+    conn.send(&format!("hi {name}")).unwrap();
+}
+
+/// A pattern built at memcpy speed (a per-byte loop is very slow in debug builds).
+fn pattern(len: usize) -> Vec<u8> {
+    let seed: Vec<u8> = (0..4096u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        let n = (len - v.len()).min(seed.len().max(v.len()));
+        if v.len() < seed.len() {
+            v.extend_from_slice(&seed[..n.min(seed.len())]);
+        } else {
+            v.extend_from_within(..n);
+        }
+    }
+    v
+}
+
+fn check_pattern(v: &[u8]) -> bool {
+    let seed = pattern(4096);
+    v.chunks(4096).all(|c| c == &seed[..c.len()])
+}
+
+// --- semantics ----------------------------------------------------------------------------------
+
+#[test]
+fn fifo_per_producer_across_processes() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    let mut p = Process::new(put_range, (q.clone(), 0, 1000));
+    p.start().unwrap();
+    let got: Vec<u64> = (0..1000).map(|_| q.get().unwrap()).collect();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    p.join().unwrap();
+    assert!(q.empty());
+}
+
+#[test]
+fn child_puts_and_exits_before_parent_drains() {
+    multiproc::init();
+    // CPython's feeder-thread trap: joining a child that put items before getting them.
+    let q = Queue::<u64>::new().unwrap();
+    let mut p = Process::new(put_range, (q.clone(), 0, 10_000));
+    p.start().unwrap();
+    assert!(
+        p.join_timeout(Duration::from_secs(20)).unwrap(),
+        "child did not exit"
+    );
+    assert_eq!(p.exitcode(), Some(0));
+    assert_eq!(q.qsize(), 10_000);
+    for i in 0..10_000 {
+        assert_eq!(q.get().unwrap(), i);
+    }
+}
+
+#[test]
+fn parent_feeds_a_blocked_child() {
+    multiproc::init();
+    let q = Queue::<String>::new().unwrap();
+    let h = multiproc::spawn(get_one_string, q.clone()).unwrap();
+    sleep_ms(200); // the child is blocked in get
+    assert!(!h.is_finished());
+    let t = Instant::now();
+    q.put("Jimmy".into()).unwrap();
+    assert_eq!(h.join().unwrap(), "Jimmy");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn child_gets_what_parent_puts_under_every_start_method() {
+    multiproc::init();
+    allow_fork();
+    for m in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let q = Queue::<u64>::new().unwrap();
+        let back = Queue::<u64>::new().unwrap();
+        let mut p = Process::new(put_range, (back.clone(), 100, 3)).with_start_method(m);
+        let mut c = Process::new(get_n, (q.clone(), 2)).with_start_method(m);
+        p.start().unwrap();
+        c.start().unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        c.join().unwrap();
+        p.join().unwrap();
+        assert_eq!(c.exitcode(), Some(0), "{m:?}");
+        let got: Vec<u64> = (0..3).map(|_| back.get().unwrap()).collect();
+        assert_eq!(got, vec![100, 101, 102], "{m:?}");
+        assert!(q.empty());
+    }
+}
+
+#[test]
+fn timeouts_and_nonblocking_calls() {
+    multiproc::init();
+    let q = Queue::<u8>::bounded(1).unwrap();
+    let t = Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(200)),
+        Err(Error::Empty)
+    ));
+    let e = t.elapsed();
+    assert!(e >= Duration::from_millis(100), "returned after {e:?}");
+    assert!(e < Duration::from_secs(3), "returned after {e:?}");
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    q.try_put(1).unwrap();
+    assert!(q.full());
+    assert!(matches!(q.try_put(2), Err(Error::Full)));
+    let t = Instant::now();
+    assert!(matches!(
+        q.put_timeout(2, Duration::from_millis(200)),
+        Err(Error::Full)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(q.try_get().unwrap(), 1);
+    assert_eq!(q.qsize(), 0);
+    q.put_timeout(3, Duration::from_millis(200)).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_millis(200)).unwrap(), 3);
+}
+
+#[test]
+fn get_timeout_wakes_when_an_item_arrives() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    let mut p = Process::new(
+        |(q, ms): (Queue<u64>, u64)| {
+            std::thread::sleep(Duration::from_millis(ms));
+            q.put(7).unwrap();
+        },
+        (q.clone(), 100),
+    );
+    p.start().unwrap();
+    let t = Instant::now();
+    assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 7);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    p.join().unwrap();
+}
+
+#[test]
+fn maxsize_back_pressure() {
+    multiproc::init();
+    let q = Queue::<u64>::bounded(3).unwrap();
+    let mut p = Process::new(put_range, (q.clone(), 0, 20));
+    p.start().unwrap();
+    // The producer fills the queue and then waits.
+    assert!(eventually(Duration::from_secs(10), || q.full()));
+    sleep_ms(100);
+    assert_eq!(q.qsize(), 3);
+    assert!(p.is_alive(), "put must block while the queue is full");
+    for i in 0..20 {
+        assert!(q.qsize() <= 3);
+        assert_eq!(q.get().unwrap(), i);
+    }
+    p.join().unwrap();
+    assert!(q.empty());
+}
+
+#[test]
+fn close_is_local_to_the_handle() {
+    multiproc::init();
+    let q = Queue::<String>::new().unwrap();
+    q.put("left".into()).unwrap();
+    let other = q.clone();
+    q.close();
+    assert!(q.is_closed() && other.is_closed());
+    assert!(matches!(q.put("x".into()), Err(Error::Closed)));
+    assert!(matches!(q.get(), Err(Error::Closed)));
+    assert!(matches!(q.try_get(), Err(Error::Closed)));
+    // Another process's handle is not closed, and what was put is still there.
+    let mut p = Process::new(
+        |q: Queue<String>| {
+            assert_eq!(q.get().unwrap(), "left");
+        },
+        q.clone(),
+    );
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}
+
+/// The size: 8 producers × 8 consumers × 100,000 items (about 3 s in a debug build).
+#[test]
+fn many_producers_many_consumers_exactly_once() {
+    multiproc::init();
+    exactly_once(8, 8, 100_000);
+}
+
+/// A longer soak of the same: `cargo nextest run --profile soak --run-ignored only`.
+#[test]
+#[ignore]
+fn many_producers_many_consumers_exactly_once_soak() {
+    multiproc::init();
+    for _ in 0..10 {
+        exactly_once(8, 8, 100_000);
+    }
+}
+
+fn exactly_once(np: u64, nc: usize, n: u64) {
+    let q = Queue::<u64>::bounded(10_000).unwrap();
+    let consumers: Vec<_> = (0..nc)
+        .map(|_| multiproc::spawn(consumer, q.clone()).unwrap())
+        .collect();
+    let producers: Vec<_> = (0..np)
+        .map(|id| multiproc::spawn(producer, (q.clone(), id, n)).unwrap())
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    for _ in 0..nc {
+        q.put(u64::MAX).unwrap();
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for c in consumers {
+        all.extend(c.join().unwrap());
+    }
+    all.sort_unstable();
+    let expected: Vec<u64> = (0..np)
+        .flat_map(|id| (0..n).map(move |s| (id << 32) | s))
+        .collect();
+    assert_eq!(all.len(), expected.len(), "lost or duplicated items");
+    assert!(all == expected, "lost or duplicated items");
+    assert!(q.empty());
+}
+
+// --- processes killed at any moment ------------------------------------------------------
+
+#[test]
+fn consumer_killed_while_others_continue() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    let (rx_a, tx_a) = multiproc::pipe_simplex::<u64>().unwrap();
+    let (rx_b, tx_b) = multiproc::pipe_simplex::<u64>().unwrap();
+    let a = Process::new(slow_reporter, (q.clone(), tx_a));
+    let b = Process::new(slow_reporter, (q.clone(), tx_b));
+    let mut a = a;
+    let mut b = b;
+    a.start().unwrap();
+    b.start().unwrap();
+    let n = 400u64;
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+    sleep_ms(100);
+    a.kill().unwrap(); // at whatever point it is: mid-get, mid-report, asleep
+    a.join().unwrap();
+    let mut got = Vec::new();
+    while rx_a.poll(Some(Duration::ZERO)).unwrap() {
+        match rx_a.recv() {
+            Ok(v) => got.push(v),
+            Err(_) => break,
+        }
+    }
+    let from_a = got.len();
+    // B goes on and drains the rest.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if rx_b.poll(Some(Duration::from_millis(500))).unwrap() {
+            got.push(rx_b.recv().unwrap());
+        } else if q.empty() {
+            break;
+        }
+    }
+    b.kill().unwrap();
+    b.join().unwrap();
+    got.sort_unstable();
+    let before = got.len();
+    got.dedup();
+    assert_eq!(before, got.len(), "an item was delivered twice");
+    // At most the one item A had taken and not yet reported is missing.
+    assert!(
+        got.len() as u64 >= n - 1,
+        "only {} of {n} items arrived (A reported {from_a})",
+        got.len()
+    );
+    assert!(from_a > 0 && from_a < n as usize, "A took {from_a}");
+}
+
+#[test]
+fn consumer_killed_mid_stream_of_a_huge_item() {
+    multiproc::init();
+    // A 4 KiB ring: a 64 MiB item streams through it in thousands of chunks.
+    let q = Queue::<ByteBuf>::streaming(0, 4096).unwrap();
+    let (rx, tx) = multiproc::pipe_simplex::<u64>().unwrap();
+    let mut a = Process::new(take_big_then_report, (q.clone(), tx));
+    a.start().unwrap();
+    assert_eq!(rx.recv().unwrap(), 0);
+    let mut prod = Process::new(put_big, (q.clone(), 64));
+    prod.start().unwrap();
+    sleep_ms(30); // A is now reading the big item, chunk by chunk
+    a.kill().unwrap();
+    a.join().unwrap();
+    // The producer may be mid-stream, waiting for room; the next consumer skips the rest
+    // of the lost item and gets what follows.
+    let q2 = q.clone();
+    let t = std::thread::spawn(move || q2.get_timeout(Duration::from_secs(30)));
+    prod.join().unwrap();
+    q.put(ByteBuf::from(b"after".to_vec())).unwrap();
+    let first = t.join().unwrap().unwrap();
+    if first.len() == 64 << 20 {
+        // A was killed before it started reading the item: it is intact.
+        assert!(check_pattern(&first));
+        assert_eq!(q.get().unwrap().as_slice(), b"after");
+    } else {
+        assert_eq!(first.as_slice(), b"after");
+    }
+    assert!(q.empty());
+}
+
+#[test]
+fn consumer_killed_while_taking_spilled_items() {
+    multiproc::init();
+    let q = Queue::<ByteBuf>::new().unwrap();
+    let (rx, tx) = multiproc::pipe_simplex::<u64>().unwrap();
+    let mut a = Process::new(take_big_then_report, (q.clone(), tx));
+    a.start().unwrap();
+    assert_eq!(rx.recv().unwrap(), 0);
+    for _ in 0..3 {
+        q.put(ByteBuf::from(pattern(32 << 20))).unwrap(); // spilled: returns at once
+    }
+    sleep_ms(40);
+    a.kill().unwrap(); // typically while it maps, copies or decodes one
+    a.join().unwrap();
+    let mut reported = 0;
+    while rx.poll(Some(Duration::ZERO)).unwrap() {
+        match rx.recv() {
+            Ok(n) => {
+                assert_eq!(n, 32 << 20);
+                reported += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // What A had not finished taking is still there, whole.
+    let mut got = 0;
+    while let Ok(b) = q.get_timeout(Duration::from_millis(300)) {
+        assert_eq!(b.len(), 32 << 20);
+        assert!(check_pattern(&b));
+        got += 1;
+    }
+    // At most one item can be missing: one A took completely but died before reporting.
+    assert!(
+        reported + got >= 2 && reported + got <= 3,
+        "{reported} + {got}"
+    );
+    assert!(q.empty());
+}
+
+#[test]
+fn producer_killed_mid_message() {
+    multiproc::init();
+    let q = Queue::<ByteBuf>::streaming(0, 64 * 1024).unwrap();
+    // Nobody reads: the producer writes the first chunks of a 16 MiB item, then waits for
+    // room while holding the producer lock. Kill it there.
+    let mut p = Process::new(put_big, (q.clone(), 16));
+    p.start().unwrap();
+    sleep_ms(300);
+    assert!(p.is_alive());
+    p.kill().unwrap();
+    p.join().unwrap();
+    // Another producer takes the dead one's lock over; a consumer drops the partial item
+    // (whose chunks fill the ring until then).
+    let t = Instant::now();
+    let q2 = q.clone();
+    let getter = std::thread::spawn(move || q2.get_timeout(Duration::from_secs(10)));
+    q.put(ByteBuf::from(b"next".to_vec())).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap().as_slice(), b"next");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(q.empty());
+}
+
+#[test]
+fn producers_killed_at_random_moments_never_wedge() {
+    multiproc::init();
+    let q = Queue::<u64>::bounded(50).unwrap();
+    for round in 0..4 {
+        let mut p = Process::new(put_forever, q.clone());
+        p.start().unwrap();
+        sleep_ms(20 + round * 7);
+        // Take a few while it runs, then kill it at whatever point it is.
+        for _ in 0..10 {
+            q.get_timeout(Duration::from_secs(10)).unwrap();
+        }
+        p.kill().unwrap();
+        p.join().unwrap();
+        // Drain: every item is whole, in order.
+        let mut last = None;
+        while let Ok(v) = q.try_get() {
+            if let Some(l) = last {
+                assert!(v > l);
+            }
+            last = Some(v);
+        }
+        q.put(u64::MAX).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), u64::MAX);
+    }
+}
+
+// --- large items ---------------------------------------------------------------------------
+
+#[test]
+fn one_gib_item() {
+    multiproc::init();
+    let q = Queue::<ByteBuf>::new().unwrap();
+    let mut p = Process::new(put_big, (q.clone(), 1024));
+    p.start().unwrap();
+    let b = q.get().unwrap();
+    assert_eq!(b.len(), 1 << 30);
+    assert!(check_pattern(&b));
+    p.join().unwrap();
+    assert!(q.empty());
+}
+
+#[test]
+fn child_puts_a_large_item_and_exits_before_parent_drains() {
+    multiproc::init();
+    // An item far larger than the ring: it goes to its own shared segment, so the child's
+    // put returns without a consumer, and the parent may join it first.
+    let q = Queue::<ByteBuf>::new().unwrap();
+    let mut p = Process::new(put_big, (q.clone(), 64));
+    p.start().unwrap();
+    assert!(
+        p.join_timeout(Duration::from_secs(20)).unwrap(),
+        "child did not exit"
+    );
+    assert_eq!(p.exitcode(), Some(0));
+    let b = q.get().unwrap();
+    assert_eq!(b.len(), 64 << 20);
+    assert!(check_pattern(&b));
+}
+
+#[test]
+fn items_larger_than_the_ring_between_processes() {
+    multiproc::init();
+    let q = Queue::<ByteBuf>::with_capacity(0, 8192).unwrap();
+    let mut p = Process::new(put_big, (q.clone(), 3));
+    p.start().unwrap();
+    let b = q.get().unwrap();
+    assert_eq!(b.len(), 3 << 20);
+    assert!(check_pattern(&b));
+    p.join().unwrap();
+}
+
+// --- handles ---------------------------------------------------------------------------------
+
+#[test]
+fn queue_travels_through_a_queue_and_a_pipe() {
+    multiproc::init();
+    let qq = Queue::<Queue<u32>>::new().unwrap();
+    let inner = Queue::<u32>::new().unwrap();
+    let mut p = Process::new(queue_in_queue, qq.clone());
+    p.start().unwrap();
+    qq.put(inner.clone()).unwrap();
+    let got: Vec<u32> = (0..3).map(|_| inner.get().unwrap()).collect();
+    assert_eq!(got, vec![0, 1, 2]);
+    p.join().unwrap();
+
+    let (a, b) = multiproc::pipe::<Queue<String>>().unwrap();
+    let q = Queue::<String>::new().unwrap();
+    let mut p = Process::new(queue_in_pipe, b);
+    p.start().unwrap();
+    a.send(&q).unwrap();
+    assert_eq!(q.get().unwrap(), "via pipe");
+    p.join().unwrap();
+}
+
+fn pool_task_puts((q, n): (Queue<u64>, u64)) -> u64 {
+    q.put(n * 10).unwrap();
+    n
+}
+
+#[test]
+fn queue_inside_pool_task_arguments() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    let pool = multiproc::Pool::new(2).unwrap();
+    let got = pool
+        .map(
+            pool_task_puts,
+            (1..=4).map(|n| (q.clone(), n)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    let mut items: Vec<u64> = (0..4).map(|_| q.get().unwrap()).collect();
+    items.sort_unstable();
+    assert_eq!(items, vec![10, 20, 30, 40]);
+    drop(pool);
+}
+
+#[test]
+fn connection_inside_a_queue_item() {
+    multiproc::init();
+    let q = Queue::<(String, Connection<String>)>::new().unwrap();
+    let mut p = Process::new(conn_in_queue, q.clone());
+    p.start().unwrap();
+    let (mine, theirs) = multiproc::pipe::<String>().unwrap();
+    q.put(("Ann".into(), theirs)).unwrap();
+    assert_eq!(mine.recv().unwrap(), "hi Ann");
+    p.join().unwrap();
+}
+
+#[test]
+fn handles_in_items_do_not_leak_descriptors() {
+    multiproc::init();
+    let q = Queue::<Connection<u8>>::new().unwrap();
+    let before = fd_count();
+    for _ in 0..200 {
+        let (a, b) = multiproc::pipe::<u8>().unwrap();
+        q.put(b).unwrap();
+        let b = q.get().unwrap();
+        a.send(&1).unwrap();
+        assert_eq!(b.recv().unwrap(), 1);
+    }
+    for _ in 0..200 {
+        let qq = Queue::<u8>::new().unwrap();
+        let (a, b) = multiproc::pipe::<Queue<u8>>().unwrap();
+        a.send(&qq).unwrap();
+        let back = b.recv().unwrap();
+        back.put(5).unwrap();
+        assert_eq!(qq.get().unwrap(), 5);
+    }
+    // Exact under nextest (one test per process); other tests running in the same process
+    // under `cargo test` may hold a few descriptors for a moment, while a leak here would
+    // be hundreds.
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count() <= before + FD_SLACK),
+        "descriptors leaked: {before} before, {} after",
+        fd_count()
+    );
+}
+
+// --- SimpleQueue and JoinableQueue ---------------------------------------------------------
+
+#[test]
+fn simple_queue_across_processes() {
+    multiproc::init();
+    let inq = SimpleQueue::<String>::new().unwrap();
+    let outq = SimpleQueue::<String>::new().unwrap();
+    let mut p = Process::new(simple_echo, (inq.clone(), outq.clone()));
+    p.start().unwrap();
+    for w in ["a", "bc"] {
+        inq.put(w.into()).unwrap();
+    }
+    assert_eq!(outq.get().unwrap(), "A");
+    assert_eq!(outq.get().unwrap(), "BC");
+    inq.put("end".into()).unwrap();
+    p.join().unwrap();
+    assert!(inq.empty() && outq.empty());
+    inq.close();
+    assert!(matches!(inq.get(), Err(Error::Closed)));
+}
+
+#[test]
+fn joinable_queue_join_and_task_done() {
+    multiproc::init();
+    let q = JoinableQueue::<u32>::new().unwrap();
+    let h = multiproc::spawn(joinable_worker, q.clone()).unwrap();
+    for n in [5, 4, 3, 2, 1, 0] {
+        q.put(n).unwrap();
+    }
+    q.join().unwrap();
+    assert_eq!(q.unfinished_tasks(), 0);
+    assert!(q.empty());
+    assert_eq!(h.join().unwrap(), 15);
+    // More task_done calls than items taken is an error.
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+    q.put(9).unwrap();
+    assert!(!q.join_timeout(Duration::from_millis(50)).unwrap());
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+    assert_eq!(q.get().unwrap(), 9);
+    q.task_done().unwrap();
+    assert!(q.join_timeout(Duration::from_millis(50)).unwrap());
+}
+
+// --- leaks --------------------------------------------------------------------------------
+
+#[test]
+fn nothing_left_in_dev_shm_and_no_fd_growth() {
+    multiproc::init();
+    let shm = || {
+        std::fs::read_dir("/dev/shm")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let shm_before = shm();
+    // The first start opens the fork server's channel: count after it.
+    multiproc::spawn(sleep_ms, 0).unwrap().join().unwrap();
+    let before = fd_count();
+    for _ in 0..30 {
+        let q = Queue::<String>::new().unwrap();
+        let h = multiproc::spawn(put_strings, (q.clone(), vec!["x".into(), "y".into()])).unwrap();
+        h.join().unwrap();
+        assert_eq!(q.get().unwrap(), "x");
+        assert_eq!(q.get().unwrap(), "y");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count() <= before + FD_SLACK),
+        "descriptors leaked: {before} before, {} after",
+        fd_count()
+    );
+    assert_eq!(shm(), shm_before, "files appeared in /dev/shm");
+}
