@@ -302,21 +302,7 @@ pub(crate) fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends one datagram holding `tag` with the descriptors `fds` attached (blocking).
 pub(crate) fn send_tagged(sock: BorrowedFd<'_>, tag: u64, fds: &[RawFd]) -> io::Result<()> {
-    if fds.len() > MAX_FDS_PER_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a queue item can carry at most {MAX_FDS_PER_MESSAGE} handles, not {}",
-                fds.len()
-            ),
-        ));
-    }
-    // SAFETY: the raw descriptors belong to handles inside the value being put, which the
-    // caller keeps alive for the duration of this call (see codec::encode_with_fds).
-    let borrowed: Vec<BorrowedFd<'_>> = fds
-        .iter()
-        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
-        .collect();
+    let borrowed = super::socket::borrow_fds(fds)?;
     let mut space =
         vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
     let bytes = tag.to_le_bytes();

@@ -56,21 +56,7 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
             return send_plain(fd, only);
         }
     }
-    if fds.len() > MAX_FDS_PER_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a message can carry at most {MAX_FDS_PER_MESSAGE} handles, not {}",
-                fds.len()
-            ),
-        ));
-    }
-    // SAFETY: the raw descriptors come from handles borrowed by the caller for the duration
-    // of this call (see codec::encode_with_fds), so they are open while we send them.
-    let borrowed: Vec<BorrowedFd<'_>> = fds
-        .iter()
-        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
-        .collect();
+    let borrowed = borrow_fds(fds)?;
     let mut space =
         vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
     let mut part = 0usize;
@@ -131,6 +117,27 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
         }
     }
     Ok(())
+}
+
+/// Borrows the raw descriptors of handles for one send, refusing more than one message can
+/// carry.
+pub(crate) fn borrow_fds(fds: &[RawFd]) -> io::Result<Vec<BorrowedFd<'_>>> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a message can carry at most {MAX_FDS_PER_MESSAGE} handles, not {}",
+                fds.len()
+            ),
+        ));
+    }
+    // SAFETY: the raw descriptors come from handles inside the value being sent, which the
+    // caller keeps alive for the duration of the send (see codec::encode_with_fds); the
+    // borrows do not outlive that call.
+    Ok(fds
+        .iter()
+        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
+        .collect())
 }
 
 /// Messages up to this size (header included) are sent from a stack buffer.
