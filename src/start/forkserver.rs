@@ -34,7 +34,7 @@ fn start_server() -> Result<Client> {
 }
 
 /// Asks the fork server (starting it if needed) to start the child `spec` describes.
-pub(super) fn launch(spec: LaunchSpec) -> Result<u32> {
+pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
     let stdout = sys::dup_stdout()?;
     let boot = codec::encode(&spec.boot(true))?;
     let fds = boot_fds(&spec, Some(&stdout));

@@ -284,7 +284,8 @@ pub(crate) struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    fn boot(&self, has_stdout: bool) -> Boot {
+    /// The bootstrap message; moves the encoded arguments out of the spec (no copy).
+    fn boot(&mut self, has_stdout: bool) -> Boot {
         let me = process::current_process();
         Boot {
             build_id: self.build_id_override.unwrap_or_else(sys::build_id),
@@ -297,7 +298,7 @@ impl LaunchSpec {
             daemon: self.daemon,
             parent_pid: me.pid(),
             parent_name: me.name().to_string(),
-            args: self.args.clone(),
+            args: std::mem::take(&mut self.args),
             has_result: self.result.is_some(),
             has_stdout,
         }
@@ -316,7 +317,7 @@ pub(crate) fn launch(spec: LaunchSpec) -> Result<Launched> {
     Ok(Launched { pid, pidfd })
 }
 
-fn launch_fork(spec: LaunchSpec) -> Result<u32> {
+fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
     if !FORK_WITH_THREADS.load(Ordering::SeqCst) && sys::thread_count() > 1 {
         return Err(Error::invalid(
             "StartMethod::Fork refused: this process has other threads, and a lock one of \
@@ -398,7 +399,7 @@ pub(crate) fn exec_self(role: &str, stdin: OwnedFd) -> Result<u32> {
     Ok(child.id())
 }
 
-fn launch_spawn(spec: LaunchSpec) -> Result<u32> {
+fn launch_spawn(mut spec: LaunchSpec) -> Result<u32> {
     let (ours, theirs) = sys::stream_pair()?;
     let pid = on_lasting_thread(move || exec_self("spawn", theirs))?;
     let ours = RawConn::new(ours);
