@@ -2,11 +2,18 @@
 //! `multiprocessing.Pipe`.
 //!
 //! [`pipe`] returns a duplex pair (both ends send and receive); [`pipe_simplex`] a one-way
-//! pair `(reader, writer)`, like `Pipe(duplex=False)`. Underneath is a Unix stream socket
-//! with length-prefixed frames: messages never merge or split, however large (1 GiB works),
-//! and handles inside a message (other connections, queues, locks, …) travel as file
-//! descriptors next to the bytes. A [`Connection`] is itself a handle: put it in a
-//! [`Process`](crate::Process)'s arguments and it arrives working in the child.
+//! pair `(reader, writer)`, like `Pipe(duplex=False)`. Messages never merge or split,
+//! however large (1 GiB works), and handles inside a message (other connections, queues,
+//! locks, …) travel as file descriptors next to the bytes. A [`Connection`] is itself a
+//! handle: put it in a [`Process`](crate::Process)'s arguments and it arrives working in the
+//! child, and several processes may share one end (each message is sent and received whole,
+//! by exactly one receiver).
+//!
+//! Underneath is a Unix stream socket with length-prefixed frames, and beside it a ring in
+//! shared memory per direction: messages up to 32 KiB without handles go through the ring
+//! with no system call (millions a second), larger ones and those with handles through the
+//! socket, in one order. The socket also wakes a receiver that sleeps and reports the end of
+//! file when every copy of the peer is closed — or its process killed.
 //!
 //! ```
 //! multiproc::init();
@@ -27,6 +34,7 @@
 //! Python 3.12+).
 
 mod auth;
+mod lane;
 mod net;
 
 pub(crate) use net::{accept_raw, authenticate_server, connect_raw};
@@ -37,15 +45,19 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{codec, sys, Error, Result};
+use lane::{Lane, K_INLINE, K_SOCKET};
 
 const MAGIC: u32 = 0x3143_504d; // "MPC1" little-endian
+/// The magic of a doorbell: a frame with no payload that only wakes a sleeping receiver.
+const DOORBELL: u32 = 0x3144_504d; // "MPD1"
 pub(crate) const HEADER: usize = 16;
 /// Frames claiming more than this are refused as corrupt before anything is allocated.
 pub(crate) const MAX_FRAME: u64 = 1 << 36; // 64 GiB
@@ -60,6 +72,16 @@ pub(crate) fn header(len: usize, nfds: usize) -> [u8; HEADER] {
     h[4..8].copy_from_slice(&(nfds as u32).to_le_bytes());
     h[8..16].copy_from_slice(&(len as u64).to_le_bytes());
     h
+}
+
+fn doorbell() -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&DOORBELL.to_le_bytes());
+    h
+}
+
+fn is_doorbell(h: &[u8]) -> bool {
+    h.len() >= HEADER && h[..HEADER] == doorbell()
 }
 
 fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
@@ -107,6 +129,12 @@ pub(crate) struct ReadState {
     limit: u64,
     /// Whether a read looks a few times without blocking before it sleeps.
     spin: bool,
+    /// Whether reads take only the bytes of the frame being read, leaving the next one in
+    /// the kernel (a pipe with lanes: other processes may read the next one, and the
+    /// socket's readiness must stay meaningful).
+    exact: bool,
+    /// Where a message taken from a lane is copied.
+    scratch: Vec<u8>,
 }
 
 impl ReadState {
@@ -120,6 +148,8 @@ impl ReadState {
             broken: false,
             limit: limit.min(MAX_FRAME),
             spin: matches!(source, Source::Socket),
+            exact: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -132,17 +162,31 @@ impl ReadState {
         self.end - self.start
     }
 
-    /// Reads more bytes into the buffer. Returns false at end of stream.
-    fn fill(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
+    /// Reads more bytes into the buffer, wanting `need` more (in exact mode, no more than
+    /// that). Returns false at end of stream.
+    fn fill(&mut self, fd: BorrowedFd<'_>, need: usize) -> Result<bool> {
         if self.start > 0 && self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         let end = self.end;
+        let stop = if self.exact {
+            (end + need.max(1)).min(self.buf.len())
+        } else {
+            self.buf.len()
+        };
         let n = match self.source {
-            Source::Socket => sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin)?,
-            Source::Pipe => sys::read_some(fd, &mut self.buf[end..])?,
+            Source::Socket => {
+                match sys::recv_some(fd, &mut self.buf[end..stop], &mut self.fds, self.spin) {
+                    Ok(n) => n,
+                    // The peer closed while bytes it had not read (a doorbell, say) waited
+                    // on its side: for us, the end of the stream.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Source::Pipe => sys::read_some(fd, &mut self.buf[end..stop])?,
         };
         self.end += n;
         Ok(n > 0)
@@ -169,14 +213,20 @@ impl ReadState {
                 "the connection received garbage earlier and cannot be read further".into(),
             ));
         }
-        while self.buffered() < HEADER {
-            if !self.fill(fd)? {
-                return if self.buffered() == 0 {
-                    Err(Error::Eof)
-                } else {
-                    Err(Self::truncated())
-                };
+        loop {
+            while self.buffered() < HEADER {
+                if !self.fill(fd, HEADER - self.buffered())? {
+                    return if self.buffered() == 0 {
+                        Err(Error::Eof)
+                    } else {
+                        Err(Self::truncated())
+                    };
+                }
             }
+            if !is_doorbell(&self.buf[self.start..self.end]) {
+                break;
+            }
+            self.start += HEADER;
         }
         let limit = self.limit;
         let (len, nfds) = match parse_header(&self.buf[self.start..self.start + HEADER], limit) {
@@ -204,7 +254,7 @@ impl ReadState {
                 self.start = 0;
             }
             while self.buffered() < len {
-                if !self.fill(fd)? {
+                if !self.fill(fd, len - self.buffered())? {
                     self.broken = true;
                     return Err(Self::truncated());
                 }
@@ -265,11 +315,69 @@ pub(crate) enum Payload<'a> {
 }
 
 /// An untyped framed channel over a stream socket: the machinery under [`Connection`], the
-/// fork server and the child bootstrap.
+/// fork server and the child bootstrap. A pipe's ends also share [lanes](lane) in shared
+/// memory that carry small messages without a system call.
 pub(crate) struct RawConn {
+    // Declared before `lane`: the socket is closed before the lane records the close, so
+    // that a sender who looks after seeing the record finds the socket closed.
     fd: OwnedFd,
     rd: Mutex<ReadState>,
-    wr: Mutex<Vec<u8>>,
+    wr: Mutex<WriteState>,
+    lane: Option<LaneEnd>,
+}
+
+/// The sending half's scratch state.
+struct WriteState {
+    buf: Vec<u8>,
+    /// When a lane sender last asked the kernel whether any receiver is left, and the
+    /// receivers' close count it saw then.
+    checked_at: Instant,
+    closes_seen: u32,
+}
+
+impl WriteState {
+    fn new() -> WriteState {
+        WriteState {
+            buf: Vec::new(),
+            checked_at: Instant::now(),
+            closes_seen: 0,
+        }
+    }
+}
+
+/// How often a lane sender asks the kernel whether its receivers are still there (the
+/// ring itself cannot tell that a receiving process was killed).
+const PEER_CHECK: Duration = Duration::from_millis(1);
+
+/// This end's view of its pipe's lanes.
+struct LaneEnd {
+    lane: Arc<Lane>,
+    /// The direction this end sends on, and the one it receives on.
+    tx: Option<usize>,
+    rx: Option<usize>,
+    /// For an end whose descriptor was handed out for `poll(2)`: the descriptor to hand out.
+    ready: OnceLock<Option<sys::Readiness>>,
+    /// Whether `ready` was raised for messages that were in the ring at the hand-out.
+    raised: AtomicBool,
+}
+
+impl Drop for LaneEnd {
+    fn drop(&mut self) {
+        if let Some(d) = self.rx {
+            self.lane.note_rx_close(d);
+        }
+    }
+}
+
+/// What a receiver waiting on a lane found.
+enum Ready {
+    /// A record in the ring.
+    Ring,
+    /// Bytes on the socket that no record announced: read them as a frame.
+    Socket,
+    /// End of file, and the ring is empty.
+    Eof,
+    TimedOut,
 }
 
 impl RawConn {
@@ -277,8 +385,22 @@ impl RawConn {
         RawConn {
             fd,
             rd: Mutex::new(ReadState::new(Source::Socket, MAX_FRAME)),
-            wr: Mutex::new(Vec::new()),
+            wr: Mutex::new(WriteState::new()),
+            lane: None,
         }
+    }
+
+    fn with_lane(fd: OwnedFd, lane: Arc<Lane>, tx: Option<usize>, rx: Option<usize>) -> RawConn {
+        let mut c = RawConn::new(fd);
+        c.rd.get_mut().unwrap_or_else(|p| p.into_inner()).exact = true;
+        c.lane = Some(LaneEnd {
+            lane,
+            tx,
+            rx,
+            ready: OnceLock::new(),
+            raised: AtomicBool::new(false),
+        });
+        c
     }
 
     /// Sets the largest frame this end accepts (at most [`MAX_FRAME`]); a bigger one is an
@@ -297,6 +419,8 @@ impl RawConn {
         st.spin = spin;
     }
 
+    /// A connected pair over a fresh socket pair, without lanes.
+    #[cfg(test)]
     pub(crate) fn pair() -> Result<(RawConn, RawConn)> {
         let (a, b) = sys::stream_pair()?;
         Ok((RawConn::new(a), RawConn::new(b)))
@@ -304,30 +428,77 @@ impl RawConn {
 
     /// Sends `value` as one frame, with the descriptors of the handles inside it.
     pub(crate) fn send_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let mut buf = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = std::mem::take(&mut ws.buf);
         buf.clear();
         buf.extend_from_slice(&[0u8; HEADER]);
-        let fds = codec::encode_with_fds(value, &mut buf)?;
+        let r = codec::encode_with_fds(value, &mut buf)
+            .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &fds));
+        if buf.capacity() <= (1 << 20) {
+            ws.buf = buf;
+        }
+        r
+    }
+
+    /// Sends `bytes` as one frame.
+    pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+        let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        self.send_frame(&mut ws, bytes, fds)
+    }
+
+    /// Sends one frame: through the lane if there is one, else on the socket.
+    fn send_frame(&self, ws: &mut WriteState, body: &[u8], fds: &[RawFd]) -> Result<()> {
         if fds.len() > sys::MAX_FDS_PER_MESSAGE {
             return Err(Error::invalid(format!(
                 "a message can carry at most {} handles",
                 sys::MAX_FDS_PER_MESSAGE
             )));
         }
-        let h = header(buf.len() - HEADER, fds.len());
-        buf[..HEADER].copy_from_slice(&h);
-        let r = sys::send_all(self.fd.as_fd(), &[&buf], &fds);
-        if buf.capacity() > (1 << 20) {
-            *buf = Vec::new();
+        if let Some(le) = &self.lane {
+            if let Some(d) = le.tx {
+                return self.lane_send(ws, &le.lane, d, body, fds);
+            }
         }
-        r.map_err(Error::Io)
+        let h = header(body.len(), fds.len());
+        sys::send_all(self.fd.as_fd(), &[&h, body], fds).map_err(Error::Io)
     }
 
-    /// Sends `bytes` as one frame.
-    pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
-        let _g = self.wr.lock().unwrap_or_else(|p| p.into_inner());
-        let h = header(bytes.len(), fds.len());
-        sys::send_all(self.fd.as_fd(), &[&h, bytes], fds).map_err(Error::Io)
+    fn lane_send(
+        &self,
+        ws: &mut WriteState,
+        lane: &Lane,
+        d: usize,
+        body: &[u8],
+        fds: &[RawFd],
+    ) -> Result<()> {
+        let sock = self.fd.as_fd();
+        let gone = || sys::peer_hung_up(sock);
+        // The ring accepts messages whether or not anyone will read them: ask the kernel
+        // now and then (and whenever a receiver closed) whether any receiver is left.
+        let closes = lane.rx_closes(d);
+        let now = Instant::now();
+        if closes != ws.closes_seen || now.duration_since(ws.checked_at) >= PEER_CHECK {
+            ws.closes_seen = closes;
+            ws.checked_at = now;
+            if gone() {
+                return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
+            }
+        }
+        let _g = lane
+            .lock_producer(d, None)
+            .ok_or_else(|| Error::invalid("pipe lock"))?;
+        if fds.is_empty() && body.len() <= lane.max_inline() && !lane.socket_only(d) {
+            lane.wait_free(d, Lane::record_size(body.len()), gone)?;
+            if lane.publish(d, K_INLINE, &[body]) {
+                sys::send_all(sock, &[&doorbell()], &[]).map_err(Error::Io)?;
+            }
+            return Ok(());
+        }
+        lane.wait_free(d, Lane::record_size(0), gone)?;
+        // The frame itself wakes a sleeping receiver.
+        lane.publish(d, K_SOCKET, &[]);
+        let h = header(body.len(), fds.len());
+        sys::send_all(sock, &[&h, body], fds).map_err(Error::Io)
     }
 
     /// Receives one frame and hands its payload and descriptors to `f`.
@@ -345,7 +516,147 @@ impl RawConn {
     /// over in the vector they were received into.
     fn recv_frame<R>(&self, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>) -> Result<R> {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(le) = &self.lane {
+            if let Some(d) = le.rx {
+                return self.lane_recv(&mut st, le, d, f);
+            }
+        }
         st.read_frame(self.fd.as_fd(), f)
+    }
+
+    fn lane_recv<R>(
+        &self,
+        st: &mut ReadState,
+        le: &LaneEnd,
+        d: usize,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        if st.broken {
+            return Err(Error::Codec(
+                "the connection received garbage earlier and cannot be read further".into(),
+            ));
+        }
+        let lane = &*le.lane;
+        let sock = self.fd.as_fd();
+        let _g = lane
+            .lock_consumer(d, None)
+            .ok_or_else(|| Error::invalid("pipe lock"))?;
+        loop {
+            match lane.peek(d)? {
+                Some(rec) if rec.kind == K_INLINE => {
+                    let mut scratch = std::mem::take(&mut st.scratch);
+                    scratch.clear();
+                    lane.read_body(d, &rec, &mut scratch);
+                    lane.advance(d, &rec);
+                    le.after_take(d);
+                    let r = f(Payload::Borrowed(&scratch), Vec::new());
+                    if scratch.capacity() <= 64 << 10 {
+                        st.scratch = scratch;
+                    }
+                    return r;
+                }
+                Some(rec) => {
+                    debug_assert_eq!(rec.kind, K_SOCKET);
+                    let mut taken = false;
+                    let r = st.read_frame(sock, |p, fds| {
+                        lane.advance(d, &rec);
+                        taken = true;
+                        f(p, fds)
+                    });
+                    if !taken {
+                        // The frame was not there (garbage, or cut short): the record is
+                        // spent all the same.
+                        lane.advance(d, &rec);
+                    }
+                    le.after_take(d);
+                    return r;
+                }
+                None => match self.lane_wait(st, lane, d, None)? {
+                    Ready::Ring | Ready::TimedOut => continue,
+                    Ready::Socket => return st.read_frame(sock, f),
+                    Ready::Eof => return Err(Error::Eof),
+                },
+            }
+        }
+    }
+
+    /// Waits (consumer lock held) until the ring of direction `d` has a record, or the
+    /// socket has unannounced bytes or its end, or `deadline` passes.
+    fn lane_wait(
+        &self,
+        st: &ReadState,
+        lane: &Lane,
+        d: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Ready> {
+        if st.buffered() > 0 {
+            return Ok(Ready::Socket);
+        }
+        let sock = self.fd.as_fd();
+        // Look at the ring for a while: a sender streaming small messages usually has the
+        // next one there within microseconds, and not sleeping spares it a doorbell.
+        let t0 = Instant::now();
+        let patient = deadline.is_none_or(|dl| dl > t0);
+        let mut i = 0u32;
+        while patient && i < u32::MAX {
+            if !lane.is_empty(d) {
+                return Ok(Ready::Ring);
+            }
+            i += 1;
+            if i.is_multiple_of(16) {
+                let now = Instant::now();
+                if now - t0 > crate::shmsync::SPIN || deadline.is_some_and(|dl| now >= dl) {
+                    break;
+                }
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            lane.set_rx_sleep(d, true);
+            if !lane.is_empty(d) {
+                lane.set_rx_sleep(d, false);
+                return Ok(Ready::Ring);
+            }
+            let mut h = [0u8; HEADER];
+            let front = match sys::peek_nowait(sock, &mut h) {
+                // The peer closed with bytes it had not read (doorbells) on its side.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(0),
+                r => r?,
+            };
+            match front {
+                Some(0) => {
+                    lane.set_rx_sleep(d, false);
+                    return Ok(if lane.is_empty(d) {
+                        Ready::Eof
+                    } else {
+                        Ready::Ring
+                    });
+                }
+                Some(HEADER) if is_doorbell(&h) => {
+                    sys::discard_exact(sock, HEADER)?;
+                    continue;
+                }
+                Some(_) => {
+                    lane.set_rx_sleep(d, false);
+                    return Ok(if lane.is_empty(d) {
+                        Ready::Socket
+                    } else {
+                        Ready::Ring
+                    });
+                }
+                None => {}
+            }
+            let timeout = deadline.map(|dl| dl.saturating_duration_since(Instant::now()));
+            let readable = timeout != Some(Duration::ZERO) && sys::wait_readable(sock, timeout)?;
+            lane.set_rx_sleep(d, false);
+            if !readable {
+                return Ok(if lane.is_empty(d) {
+                    Ready::TimedOut
+                } else {
+                    Ready::Ring
+                });
+            }
+        }
     }
 
     /// Receives one frame and decodes it as `T` (handles inside are rebuilt).
@@ -364,10 +675,20 @@ impl RawConn {
     /// Whether a frame (or end of stream) can be read without blocking, waiting up to
     /// `timeout` (`None`: forever).
     pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         {
             let st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
             if st.buffered() > 0 || st.broken {
                 return Ok(true);
+            }
+            if let Some(le) = &self.lane {
+                if let Some(d) = le.rx {
+                    let Some(_g) = le.lane.lock_consumer(d, deadline) else {
+                        return Ok(false);
+                    };
+                    let r = self.lane_wait(&st, &le.lane, d, deadline)?;
+                    return Ok(!matches!(r, Ready::TimedOut));
+                }
             }
         }
         Ok(sys::wait_readable(self.fd.as_fd(), timeout)?)
@@ -379,6 +700,54 @@ impl RawConn {
             Err(_) => true,
         }
     }
+
+    /// The descriptor to hand out for `poll(2)`: the socket, or for an end that receives
+    /// through a lane, a stand-in that is readable when the socket is or when messages that
+    /// were in the ring at the first hand-out wait (later messages all come through the
+    /// socket: see [`lane`]).
+    fn pollable_fd(&self) -> BorrowedFd<'_> {
+        let Some(le) = &self.lane else {
+            return self.fd.as_fd();
+        };
+        let Some(d) = le.rx else {
+            return self.fd.as_fd();
+        };
+        let ready = le.ready.get_or_init(|| {
+            let r = sys::Readiness::new(self.fd.as_fd()).ok()?;
+            if let Some(g) = le.lane.lock_producer(d, None) {
+                le.lane.set_socket_only(d);
+                drop(g);
+            }
+            if !le.lane.is_empty(d) {
+                le.raised.store(true, Ordering::SeqCst);
+                r.raise();
+                if le.lane.is_empty(d) && le.raised.swap(false, Ordering::SeqCst) {
+                    r.lower();
+                }
+            }
+            Some(r)
+        });
+        match ready {
+            Some(r) => r.fd(),
+            // No epoll set could be made (out of descriptors): the socket, whose readiness
+            // then misses the messages already in the ring.
+            None => self.fd.as_fd(),
+        }
+    }
+}
+
+impl LaneEnd {
+    /// After a record was taken: lower the hand-out descriptor once the messages it stood
+    /// for are all read.
+    fn after_take(&self, d: usize) {
+        if self.raised.load(Ordering::Relaxed) && self.lane.is_empty(d) {
+            if let Some(Some(r)) = self.ready.get() {
+                if self.raised.swap(false, Ordering::SeqCst) {
+                    r.lower();
+                }
+            }
+        }
+    }
 }
 
 impl AsFd for RawConn {
@@ -387,11 +756,34 @@ impl AsFd for RawConn {
     }
 }
 
+/// Makes the two ends of a pipe over a fresh socket pair, with lanes. `duplex`: both ends
+/// send and receive; else `(reader, writer)`.
+fn lane_pair(duplex: bool) -> Result<(RawConn, RawConn)> {
+    let (a, b) = sys::stream_pair()?;
+    let lane = Arc::new(Lane::create()?);
+    if duplex {
+        Ok((
+            RawConn::with_lane(a, lane.clone(), Some(0), Some(1)),
+            RawConn::with_lane(b, lane, Some(1), Some(0)),
+        ))
+    } else {
+        Ok((
+            RawConn::with_lane(a, lane.clone(), None, Some(0)),
+            RawConn::with_lane(b, lane, Some(0), None),
+        ))
+    }
+}
+
 /// One end of a pipe, carrying messages of type `T` (Python's `multiprocessing.Connection`).
 ///
 /// `send` and `recv` take `&self`; a connection may be shared between threads (each message
 /// is sent and received whole). It implements [`AsFd`]/[`AsRawFd`] (Python's `fileno()`), so
-/// it can be waited on with `poll(2)` next to other descriptors.
+/// it can be waited on with `poll(2)` next to other descriptors: for an end that receives,
+/// the descriptor is a stand-in (an epoll set) that is readable exactly when a message or
+/// the end of file waits, and from the first time it is asked for, every later message to
+/// this end travels through the socket (a system call each) so that the kernel sees it.
+/// Sending to a receiver that was killed fails with `BrokenPipe` within a millisecond or
+/// at once if the pipe is full; one that closed its end, at once.
 ///
 /// ```
 /// multiproc::init();
@@ -427,7 +819,7 @@ impl<T> fmt::Debug for Connection<T> {
 /// assert_eq!((b.recv().unwrap(), a.recv().unwrap()), (1, 2));
 /// ```
 pub fn pipe<T>() -> Result<(Connection<T>, Connection<T>)> {
-    let (a, b) = RawConn::pair()?;
+    let (a, b) = lane_pair(true)?;
     Ok((
         Connection::from_raw(a, true, true),
         Connection::from_raw(b, true, true),
@@ -445,7 +837,7 @@ pub fn pipe<T>() -> Result<(Connection<T>, Connection<T>)> {
 /// assert!(matches!(rx.send(&1), Err(multiproc::Error::InvalidOperation(_))));
 /// ```
 pub fn pipe_simplex<T>() -> Result<(Connection<T>, Connection<T>)> {
-    let (a, b) = RawConn::pair()?;
+    let (a, b) = lane_pair(false)?;
     // The kernel enforces the direction too.
     let _ = rustix::net::shutdown(&a.fd, rustix::net::Shutdown::Write);
     let _ = rustix::net::shutdown(&b.fd, rustix::net::Shutdown::Read);
@@ -616,13 +1008,13 @@ impl<T> Clone for Connection<T> {
 
 impl<T> AsFd for Connection<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.raw.fd.as_fd()
+        self.raw.pollable_fd()
     }
 }
 
 impl<T> AsRawFd for Connection<T> {
     fn as_raw_fd(&self) -> RawFd {
-        self.raw.fd.as_raw_fd()
+        self.raw.pollable_fd().as_raw_fd()
     }
 }
 
@@ -634,10 +1026,15 @@ impl<T> Serialize for Connection<T> {
             ));
         }
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Connection", 3)?;
+        let lane = self.raw.lane.as_ref();
+        let dir = |d: Option<usize>| d.map_or(u8::MAX, |d| d as u8);
+        let mut st = s.serialize_struct("Connection", 6)?;
         st.serialize_field("fd", &codec::FdRef(self.raw.fd.as_fd()))?;
         st.serialize_field("readable", &self.readable)?;
         st.serialize_field("writable", &self.writable)?;
+        st.serialize_field("lane", &lane.map(|l| codec::FdRef(l.lane.fd())))?;
+        st.serialize_field("tx", &dir(lane.and_then(|l| l.tx)))?;
+        st.serialize_field("rx", &dir(lane.and_then(|l| l.rx)))?;
         st.end()
     }
 }
@@ -650,12 +1047,23 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
             fd: codec::FdOwned,
             readable: bool,
             writable: bool,
+            lane: Option<codec::FdOwned>,
+            tx: u8,
+            rx: u8,
         }
         let w = W::deserialize(d)?;
-        Ok(Connection::from_raw(
-            RawConn::new(w.fd.0),
-            w.readable,
-            w.writable,
-        ))
+        let dir = |d: u8| match d {
+            0 | 1 => Ok(Some(d as usize)),
+            u8::MAX => Ok(None),
+            _ => Err(serde::de::Error::custom("bad pipe direction")),
+        };
+        let raw = match w.lane {
+            None => RawConn::new(w.fd.0),
+            Some(l) => {
+                let lane = Lane::from_fd(l.0).map_err(serde::de::Error::custom)?;
+                RawConn::with_lane(w.fd.0, Arc::new(lane), dir(w.tx)?, dir(w.rx)?)
+            }
+        };
+        Ok(Connection::from_raw(raw, w.readable, w.writable))
     }
 }

@@ -62,6 +62,7 @@ pub mod process;
 pub mod queue;
 pub mod shared_memory;
 pub(crate) mod shm;
+mod shmsync;
 pub mod start;
 pub mod sync;
 mod sys;

@@ -88,8 +88,10 @@ fn poll_and_fileno() {
 #[test]
 fn garbage_bytes_give_codec_errors() {
     multiproc::init();
+    // Raw bytes are written on the socket of a one-way pipe's writing end (a receiving end
+    // hands out a stand-in descriptor for poll(2) instead of its socket).
     // Not a frame at all.
-    let (a, b) = pipe::<String>().unwrap();
+    let (b, a) = pipe_simplex::<String>().unwrap();
     raw_writer(&a)
         .write_all(b"this is not a multiproc frame!!")
         .unwrap();
@@ -98,7 +100,7 @@ fn garbage_bytes_give_codec_errors() {
     assert!(matches!(b.recv(), Err(Error::Codec(_))));
 
     // A frame header claiming an absurd length: refused before allocating.
-    let (a, b) = pipe::<String>().unwrap();
+    let (b, a) = pipe_simplex::<String>().unwrap();
     let mut h = Vec::new();
     h.extend_from_slice(&0x3143_504du32.to_le_bytes());
     h.extend_from_slice(&0u32.to_le_bytes());
@@ -107,14 +109,14 @@ fn garbage_bytes_give_codec_errors() {
     assert!(matches!(b.recv(), Err(Error::Codec(_))));
 
     // A well-framed payload that is not a String: an error, and the stream stays usable.
-    let (a, b) = pipe::<String>().unwrap();
+    let (b, a) = pipe_simplex::<String>().unwrap();
     a.send_bytes(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
     a.send(&"fine".to_string()).unwrap();
     assert!(matches!(b.recv(), Err(Error::Codec(_))));
     assert_eq!(b.recv().unwrap(), "fine");
 
     // A frame announcing a length that never arrives: truncated, not a hang.
-    let (a, b) = pipe::<String>().unwrap();
+    let (b, a) = pipe_simplex::<String>().unwrap();
     let mut h = Vec::new();
     h.extend_from_slice(&0x3143_504du32.to_le_bytes());
     h.extend_from_slice(&0u32.to_le_bytes());
@@ -237,7 +239,8 @@ macro_rules! method_tests {
                 }
                 p.join().unwrap();
                 assert_eq!(p.exitcode(), Some(0));
-                assert!(matches!(ours.recv(), Err(Error::Eof)));
+                let r = ours.recv();
+                assert!(matches!(r, Err(Error::Eof)), "{r:?}");
             }
 
             #[test]
@@ -338,5 +341,223 @@ fn connection_clones_share_one_end() {
     assert_eq!(got, (0..2000).collect::<Vec<_>>());
     drop(a);
     // One clone was dropped above (a2, with its thread); now the last one is gone too.
+    assert!(matches!(b.recv(), Err(Error::Eof)));
+}
+
+// --- the shared-memory lanes under a pipe ------------------------------------------------
+// Small messages travel through a ring in shared memory, large ones and those carrying
+// handles through the socket; the tests below check that the two ways keep one order, that
+// several processes can share an end, and that every fault still ends in a clear error.
+
+/// A tagged message: sender id, sequence number, body, maybe a handle.
+type Tagged = (u32, u32, Vec<u8>, Option<Connection<u8>>);
+
+/// Sends `n` messages tagged with `id`: small ones, with every 97th a large one and every
+/// 89th carrying a handle, so that both paths interleave.
+fn tagged_sender((conn, id, n): (Connection<Tagged>, u32, u32)) {
+    for i in 0..n {
+        let body = if i % 97 == 0 {
+            vec![id as u8; 200_000]
+        } else {
+            vec![id as u8; (i % 40) as usize]
+        };
+        let handle = (i % 89 == 0).then(|| pipe::<u8>().unwrap().0);
+        conn.send(&(id, i, body, handle)).unwrap();
+    }
+}
+
+#[test]
+fn inline_and_socket_messages_keep_one_order() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex().unwrap();
+    let mut p = Process::new(tagged_sender, (tx, 7, 2000));
+    p.start().unwrap();
+    for i in 0..2000u32 {
+        let (id, seq, body, handle) = rx.recv().unwrap();
+        assert_eq!((id, seq), (7, i));
+        let want = if i % 97 == 0 {
+            200_000
+        } else {
+            (i % 40) as usize
+        };
+        assert_eq!(body.len(), want);
+        assert!(body.iter().all(|&b| b == 7));
+        assert_eq!(handle.is_some(), i % 89 == 0, "message {i}");
+    }
+    p.join().unwrap();
+    assert!(matches!(rx.recv(), Err(Error::Eof)));
+}
+
+#[test]
+fn several_processes_share_one_sending_end() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex().unwrap();
+    let n = 1500u32;
+    let mut ps: Vec<Process> = (0..3)
+        .map(|id| Process::new(tagged_sender, (tx.clone(), id, n)))
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    drop(tx);
+    let mut next = [0u32; 3];
+    for _ in 0..3 * n {
+        let (id, seq, body, _) = rx.recv().unwrap();
+        // Each sender's messages arrive whole and in that sender's order.
+        assert_eq!(seq, next[id as usize], "sender {id}");
+        next[id as usize] += 1;
+        assert!(body.iter().all(|&b| b == id as u8));
+    }
+    for p in &ps {
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    assert!(matches!(rx.recv(), Err(Error::Eof)));
+}
+
+/// Receives until end of file; returns how many messages and their sum.
+fn draining_receiver(conn: Connection<u64>) -> (u64, u64) {
+    let (mut n, mut sum) = (0, 0);
+    while let Ok(v) = conn.recv() {
+        n += 1;
+        sum += v;
+    }
+    (n, sum)
+}
+
+#[test]
+fn several_processes_share_one_receiving_end() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<u64>().unwrap();
+    let hs: Vec<_> = (0..3)
+        .map(|_| multiproc::spawn(draining_receiver, rx.clone()).unwrap())
+        .collect();
+    drop(rx);
+    let count = 30_000u64;
+    for i in 0..count {
+        tx.send(&i).unwrap();
+    }
+    drop(tx);
+    let (mut n, mut sum) = (0, 0);
+    for h in hs {
+        let (k, s) = h.join().unwrap();
+        n += k;
+        sum += s;
+    }
+    // Every message was taken by exactly one receiver.
+    assert_eq!((n, sum), (count, count * (count - 1) / 2));
+}
+
+#[test]
+fn a_full_pipe_waits_for_the_reader() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<Vec<u8>>().unwrap();
+    // Far more than the ring and the socket buffer hold together: the writer must wait.
+    let writer = std::thread::spawn(move || {
+        for i in 0..4000u32 {
+            tx.send(&vec![i as u8; 1000]).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !writer.is_finished(),
+        "the writer cannot have finished: nobody read"
+    );
+    for i in 0..4000u32 {
+        assert_eq!(rx.recv().unwrap(), vec![i as u8; 1000]);
+    }
+    writer.join().unwrap();
+}
+
+fn fill_forever(conn: Connection<u64>) {
+    let mut i = 0;
+    loop {
+        if let Err(e) = conn.send(&i) {
+            // Report how it failed through the exit code.
+            let broken = matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe);
+            std::process::exit(if broken { 3 } else { 4 });
+        }
+        i += 1;
+    }
+}
+
+fn read_one_then_hang(conn: Connection<u64>) {
+    conn.recv().unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn writer_to_a_killed_reader_gets_broken_pipe() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<u64>().unwrap();
+    let mut reader = Process::new(read_one_then_hang, rx);
+    reader.start().unwrap();
+    let mut writer = Process::new(fill_forever, tx);
+    writer.start().unwrap();
+    // The writer fills the pipe and waits for the reader; kill the reader.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(writer.is_alive());
+    reader.kill().unwrap();
+    reader.join().unwrap();
+    assert!(
+        writer.join_timeout(Duration::from_secs(10)).unwrap(),
+        "the writer hangs"
+    );
+    assert_eq!(writer.exitcode(), Some(3));
+}
+
+#[test]
+fn sending_after_the_reader_was_killed_fails_soon() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<u64>().unwrap();
+    let mut reader = Process::new(read_one_then_hang, rx);
+    reader.start().unwrap();
+    tx.send(&0).unwrap();
+    reader.kill().unwrap();
+    reader.join().unwrap();
+    // The ring has room, but the reader is gone: within a few milliseconds sends fail.
+    let t = Instant::now();
+    let err = loop {
+        match tx.send(&1) {
+            Ok(()) => assert!(t.elapsed() < Duration::from_secs(5), "sends never fail"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn descriptor_readiness_follows_the_messages() {
+    multiproc::init();
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ready = |c: &Connection<u32>| {
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut fds = [PollFd::new(c, PollFlags::IN)];
+        poll(&mut fds, Some(&zero)).unwrap() == 1
+    };
+    let (a, b) = pipe::<u32>().unwrap();
+    // Sent before the descriptor was asked for: still seen by poll(2).
+    a.send(&1).unwrap();
+    a.send(&2).unwrap();
+    assert!(ready(&b));
+    assert_eq!(b.recv().unwrap(), 1);
+    assert!(ready(&b));
+    assert_eq!(b.recv().unwrap(), 2);
+    assert!(!ready(&b), "nothing left, yet poll(2) says readable");
+    // Sent after: the same.
+    a.send(&3).unwrap();
+    assert!(ready(&b));
+    assert_eq!(b.recv().unwrap(), 3);
+    assert!(!ready(&b));
+    drop(a);
+    assert!(ready(&b), "end of file makes it readable");
     assert!(matches!(b.recv(), Err(Error::Eof)));
 }

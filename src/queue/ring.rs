@@ -35,8 +35,9 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::shmsync::{self, Got, Guard, Waited, SLICE};
 use crate::sys::futex;
 use crate::sys::qmem::{self, SealedBytes, SharedBytes};
 use crate::{Error, Result};
@@ -95,13 +96,6 @@ const F_FDS: u32 = 0x100;
 const K_CHECK: u32 = 0xa5c3_0000;
 const K_CHECK_MASK: u32 = 0xffff_0000;
 
-/// The "someone waits" bit of a lock word; the rest is the holder's pid.
-const CONTENDED: u32 = 1 << 31;
-/// Longest single futex sleep: how soon a dead peer (that could not wake us) is noticed.
-const SLICE: Duration = Duration::from_millis(100);
-/// How long a waiter looks again without sleeping before it sleeps.
-const SPIN: Duration = Duration::from_micros(20);
-
 #[inline]
 fn pack(count: u64, pos: u64) -> u64 {
     ((count & COUNT_MASK) << POS_BITS) | (pos & POS_MASK)
@@ -117,14 +111,6 @@ fn count(w: u64) -> u64 {
 #[inline]
 fn round8(n: u64) -> u64 {
     (n + 7) & !7
-}
-
-/// How a lock was obtained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Got {
-    Clean,
-    /// The previous holder died holding it.
-    OwnerDied,
 }
 
 /// What the receiving side hands back.
@@ -149,31 +135,6 @@ pub(crate) struct Ring {
     /// (a cache line the other side writes) only when its copy says it must wait.
     head_seen: AtomicU64,
     tail_seen: AtomicU64,
-}
-
-/// Holds a lock word until dropped.
-struct Guard<'a> {
-    word: &'a AtomicU32,
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if self.word.swap(0, Release) & CONTENDED != 0 {
-            futex::wake(self.word, 1);
-        }
-    }
-}
-
-fn my_pid() -> u32 {
-    futex::ident_pid(futex::current_ident())
-}
-
-/// Outcome of one bounded wait.
-enum Waited {
-    /// The condition may have changed: look again.
-    Again,
-    /// The deadline passed.
-    TimedOut,
 }
 
 impl Ring {
@@ -258,87 +219,13 @@ impl Ring {
 
     // --- locks ---------------------------------------------------------------------------
 
-    /// Takes the lock at `word` (holder identity in `owner`), waiting until `deadline`
-    /// (`None`: for ever). `None` if the deadline passed.
-    fn lock<'a>(
-        &'a self,
+    fn lock(
+        &self,
         word_off: usize,
         owner_off: usize,
         deadline: Option<Instant>,
-    ) -> Option<(Guard<'a>, Got)> {
-        let word = self.w32(word_off);
-        let owner = self.w64(owner_off);
-        let me = my_pid();
-        let take = |got: Got| {
-            owner.store(futex::current_ident(), Relaxed);
-            Some((Guard { word }, got))
-        };
-        if word.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
-            return take(Got::Clean);
-        }
-        // Brief spin: the holder usually lets go within a microsecond or two.
-        let t0 = Instant::now();
-        let mut i = 0u32;
-        loop {
-            let w = word.load(Relaxed);
-            if w == 0 && word.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
-                return take(Got::Clean);
-            }
-            i += 1;
-            if i.is_multiple_of(32) && t0.elapsed() > SPIN {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        // The holder's liveness is checked after every slice that passed without a wake-up.
-        let mut check_owner = false;
-        loop {
-            let w = word.load(Relaxed);
-            if w == 0 {
-                // Others may be asleep on the word: keep the contended bit so that our
-                // release wakes one.
-                if word
-                    .compare_exchange(0, me | CONTENDED, Acquire, Relaxed)
-                    .is_ok()
-                {
-                    return take(Got::Clean);
-                }
-                continue;
-            }
-            if w & CONTENDED == 0
-                && word
-                    .compare_exchange(w, w | CONTENDED, Relaxed, Relaxed)
-                    .is_err()
-            {
-                continue;
-            }
-            let w = w | CONTENDED;
-            if check_owner {
-                let pid = w & !CONTENDED;
-                let ident = owner.load(Relaxed);
-                let ident = (futex::ident_pid(ident) == pid).then_some(ident);
-                if pid != me && futex::process_gone(pid, ident) {
-                    if word
-                        .compare_exchange(w, me | CONTENDED, Acquire, Relaxed)
-                        .is_ok()
-                    {
-                        return take(Got::OwnerDied);
-                    }
-                    continue;
-                }
-            }
-            let slice = match deadline {
-                None => SLICE,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    (d - now).min(SLICE)
-                }
-            };
-            check_owner = futex::wait(word, w, Some(slice)) == futex::Wake::TimedOut;
-        }
+    ) -> Option<(Guard<'_>, Got)> {
+        shmsync::lock(self.w32(word_off), self.w64(owner_off), deadline)
     }
 
     fn lock_producer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
@@ -361,20 +248,13 @@ impl Ring {
     /// Whether no producer is in the middle of a message: the producer lock is free, or its
     /// holder is dead.
     fn producer_idle(&self) -> bool {
-        let w = self.w32(O_PLOCK).load(SeqCst);
-        if w == 0 {
-            return true;
-        }
-        let pid = w & !CONTENDED;
-        let ident = self.w64(O_POWNER).load(Relaxed);
-        let ident = (futex::ident_pid(ident) == pid).then_some(ident);
-        futex::process_gone(pid, ident)
+        shmsync::lock_idle(self.w32(O_PLOCK), self.w64(O_POWNER))
     }
 
     // --- waiting ---------------------------------------------------------------------------
 
-    /// Waits (spin, then one futex sleep of at most a slice) while `blocked()` holds, on
-    /// the sequence word `seq_off` with sleeping flag `sleep_off`.
+    /// Waits while `blocked()` holds, on the sequence word `seq_off` with sleeping flag
+    /// `sleep_off` (see [`shmsync::wait_while`]).
     fn wait_while(
         &self,
         seq_off: usize,
@@ -382,86 +262,26 @@ impl Ring {
         blocked: impl Fn() -> bool,
         deadline: Option<Instant>,
     ) -> Waited {
-        let t0 = Instant::now();
-        let mut i = 0u32;
-        while blocked() {
-            i += 1;
-            if i.is_multiple_of(16) {
-                let e = t0.elapsed();
-                if e > SPIN {
-                    break;
-                }
-                if deadline.is_some_and(|d| t0 + e >= d) {
-                    return Waited::TimedOut;
-                }
-            }
-            std::hint::spin_loop();
-        }
-        if !blocked() {
-            return Waited::Again;
-        }
-        let seqw = self.w32(seq_off);
-        let sleepw = self.w32(sleep_off);
-        let seq = seqw.load(SeqCst);
-        sleepw.store(1, SeqCst);
-        if !blocked() {
-            sleepw.store(0, Relaxed);
-            return Waited::Again;
-        }
-        let slice = match deadline {
-            None => SLICE,
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    sleepw.store(0, Relaxed);
-                    return Waited::TimedOut;
-                }
-                (d - now).min(SLICE)
-            }
-        };
-        futex::wait(seqw, seq, Some(slice));
-        sleepw.store(0, Relaxed);
-        Waited::Again
+        shmsync::wait_while(self.w32(seq_off), self.w32(sleep_off), blocked, deadline)
     }
 
     #[inline]
     fn wake(&self, seq_off: usize, sleep_off: usize) {
-        if self.w32(sleep_off).load(SeqCst) != 0 {
-            let seqw = self.w32(seq_off);
-            seqw.fetch_add(1, SeqCst);
-            futex::wake(seqw, 1);
-        }
+        shmsync::wake(self.w32(seq_off), self.w32(sleep_off));
     }
 
     // --- byte access with wrap-around ---------------------------------------------------
 
     fn write_at(&self, pos: u64, bytes: &[u8]) {
-        let idx = (pos & self.mask) as usize;
-        let first = bytes.len().min(self.cap as usize - idx);
-        self.mem.write(HDR + idx, &bytes[..first]);
-        if first < bytes.len() {
-            self.mem.write(HDR, &bytes[first..]);
-        }
+        self.mem.ring_write(HDR, self.mask, pos, bytes);
     }
 
     fn read_append(&self, pos: u64, n: usize, out: &mut Vec<u8>) {
-        let idx = (pos & self.mask) as usize;
-        let first = n.min(self.cap as usize - idx);
-        self.mem.read_append(HDR + idx, first, out);
-        if first < n {
-            self.mem.read_append(HDR, n - first, out);
-        }
+        self.mem.ring_read_append(HDR, self.mask, pos, n, out);
     }
 
     fn read_u64(&self, pos: u64) -> u64 {
-        let mut b = [0u8; 8];
-        let idx = (pos & self.mask) as usize;
-        let first = 8.min(self.cap as usize - idx);
-        self.mem.read(HDR + idx, &mut b[..first]);
-        if first < 8 {
-            self.mem.read(HDR, &mut b[first..]);
-        }
-        u64::from_le_bytes(b)
+        self.mem.ring_read_u64(HDR, self.mask, pos)
     }
 
     // --- producing ------------------------------------------------------------------------

@@ -295,3 +295,84 @@ pub(crate) fn wait_any_readable(
         }
     }
 }
+
+/// Copies up to `buf.len()` bytes from the front of the stream socket `fd` without taking
+/// them and without blocking. `None`: nothing has arrived yet; `Some(0)`: end of stream.
+pub(crate) fn peek_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::net::recv(fd, &mut *buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(Some(n)),
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Takes exactly `n` (at most 64) bytes off the front of the stream socket `fd` and throws
+/// them away, blocking until they have arrived. Fails with `UnexpectedEof` if the stream
+/// ends first.
+pub(crate) fn discard_exact(fd: BorrowedFd<'_>, n: usize) -> io::Result<()> {
+    let mut scratch = [0u8; 64];
+    let mut left = n.min(scratch.len());
+    while left > 0 {
+        match rustix::net::recv(fd, &mut scratch[..left], RecvFlags::empty()) {
+            Ok((0, _)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok((k, _)) => left -= k,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether every copy of the other end of the connected socket `fd` is closed (the kernel
+/// reports a hang-up or an error), without blocking.
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::new(&fd, PollFlags::empty())];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut pfd, Some(&zero)) {
+        Ok(0) | Err(_) => false,
+        Ok(_) => pfd[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
+    }
+}
+
+/// A descriptor that is readable when a socket is, or when its owner says so: an epoll
+/// set holding the socket and an eventfd that the owner raises and lowers. It stands in for
+/// a socket whose messages may also wait somewhere the kernel does not see (shared memory).
+pub(crate) struct Readiness {
+    epoll: OwnedFd,
+    event: OwnedFd,
+}
+
+impl Readiness {
+    /// A readiness descriptor that follows `sock` (readable, hang-up) and its own flag.
+    pub(crate) fn new(sock: BorrowedFd<'_>) -> io::Result<Readiness> {
+        use rustix::event::{epoll, eventfd, EventfdFlags};
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let event = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+        epoll::add(&epoll, sock, epoll::EventData::new_u64(0), flags)?;
+        epoll::add(&epoll, &event, epoll::EventData::new_u64(1), flags)?;
+        Ok(Readiness { epoll, event })
+    }
+
+    /// The descriptor to wait on.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.epoll.as_fd()
+    }
+
+    /// Makes the descriptor readable until [`lower`](Self::lower).
+    pub(crate) fn raise(&self) {
+        let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
+    }
+
+    /// Undoes [`raise`](Self::raise).
+    pub(crate) fn lower(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.event, &mut b);
+    }
+}

@@ -1,0 +1,402 @@
+//! The shared-memory lanes beside a pipe's socket: one byte ring per direction in a memfd
+//! segment that every holder of either end maps. Small messages travel through the ring
+//! with no system call; the socket keeps everything the kernel must see — descriptors
+//! inside messages, large messages, wake-ups of a sleeping receiver ("doorbells") and the
+//! end of file when every copy of the peer is closed.
+//!
+//! # Records and order
+//! Every message, whichever way its bytes travel, has one record in its direction's ring:
+//! `INLINE` carries the message's bytes; `SOCKET` says "the next frame on the socket is
+//! this message". Receivers take records in ring order and read the socket only when a
+//! record tells them to, so messages never overtake one another. A record is an 8-byte
+//! header (`len: u32`, `kind: u32` with a check marker in its upper half) and `len` bytes
+//! padded to 8.
+//!
+//! # Protocol
+//! * Senders hold the direction's producer lock while they write a record, and for a
+//!   `SOCKET` record also while they send its frame, so frames reach the socket in record
+//!   order even when processes share an end. A record becomes visible only when `tail`
+//!   moves past it: a sender killed mid-write leaves nothing.
+//! * Receivers hold the consumer lock while they take a record (and read its frame), and
+//!   move `head` only after that.
+//! * A receiver with nothing to read looks for a while, then raises `rx_sleep` and sleeps in
+//!   `poll(2)` on the socket. A sender that finds `rx_sleep` raised after publishing lowers
+//!   it and sends a doorbell frame. The socket's end of file (the peer's last copy closed,
+//!   or its process killed) wakes the receiver too.
+//! * A sender with no room waits on a futex (the receiver wakes it when it frees space and
+//!   the sender's flag is up), checking between slices whether the receivers are gone.
+//! * `SOCKET_ONLY` (set when a receiver hands out its descriptor for `poll(2)`): every
+//!   message then travels as a `SOCKET` record and a frame, so the descriptor's readiness
+//!   follows the messages.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::time::Instant;
+
+use crate::shmsync::{self, Guard, SLICE};
+use crate::sys::qmem::SharedBytes;
+use crate::{Error, Result};
+
+const MAGIC: u32 = 0x4c50_504d; // "MPPL"
+const VERSION: u32 = 1;
+/// Bytes of header before the rings.
+const HDR: usize = 4096;
+/// Bytes of ring per direction.
+const CAP: u64 = 128 << 10;
+
+// Global header words.
+const O_MAGIC: usize = 0;
+const O_VERSION: usize = 4;
+const O_CAP: usize = 8;
+
+// Per-direction block, at `DIR0 + d * DIR_STRIDE`. Words written by senders, by receivers,
+// and each side's sleeping flag sit on separate cache lines.
+const DIR0: usize = 512;
+const DIR_STRIDE: usize = 1024;
+const D_TAIL: usize = 0;
+const D_PLOCK: usize = 8;
+const D_POWNER: usize = 16;
+const D_FLAGS: usize = 24;
+const D_RX_CLOSES: usize = 28;
+const D_HEAD: usize = 128;
+const D_CLOCK: usize = 136;
+const D_COWNER: usize = 144;
+const D_RX_SLEEP: usize = 256;
+const D_TX_SLEEP: usize = 384;
+const D_SPACE_SEQ: usize = 388;
+
+/// Direction flag: every message goes through the socket (see the module docs).
+const FLAG_SOCKET_ONLY: u32 = 1;
+
+/// Record kinds.
+pub(crate) const K_INLINE: u32 = 1;
+pub(crate) const K_SOCKET: u32 = 2;
+const K_MASK: u32 = 0xf;
+const K_CHECK: u32 = 0x5a3c_0000;
+const K_CHECK_MASK: u32 = 0xffff_0000;
+
+#[inline]
+fn round8(n: u64) -> u64 {
+    (n + 7) & !7
+}
+
+/// A record at the head of a ring.
+pub(crate) struct Record {
+    pub(crate) kind: u32,
+    head: u64,
+    len: u64,
+}
+
+/// The lanes of one pipe, mapped in this process.
+pub(crate) struct Lane {
+    mem: SharedBytes,
+    mask: u64,
+}
+
+impl Lane {
+    /// New lanes for a pipe (two directions; a one-way pipe uses the first).
+    pub(crate) fn create() -> Result<Lane> {
+        let mem = SharedBytes::create(HDR + 2 * CAP as usize)?;
+        mem.u64_at(O_CAP).store(CAP, Relaxed);
+        mem.u32_at(O_VERSION).store(VERSION, Relaxed);
+        mem.u32_at(O_MAGIC).store(MAGIC, Release);
+        Ok(Lane { mem, mask: CAP - 1 })
+    }
+
+    /// Maps the lanes of a pipe whose end arrived from another process.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Result<Lane> {
+        let bad = || Error::Codec("a pipe's shared memory is not valid".into());
+        let mem = SharedBytes::from_fd(fd, HDR + 2 * CAP as usize).map_err(|_| bad())?;
+        if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
+            || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
+            || mem.u64_at(O_CAP).load(Relaxed) != CAP
+            || mem.len() != HDR + 2 * CAP as usize
+        {
+            return Err(bad());
+        }
+        Ok(Lane { mem, mask: CAP - 1 })
+    }
+
+    /// The memory file, to send with an end of the pipe.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.mem.fd()
+    }
+
+    /// Largest message that travels inside the ring.
+    pub(crate) fn max_inline(&self) -> usize {
+        (CAP / 4) as usize - 8
+    }
+
+    #[inline]
+    fn w32(&self, d: usize, off: usize) -> &AtomicU32 {
+        self.mem.u32_at(DIR0 + d * DIR_STRIDE + off)
+    }
+    #[inline]
+    fn w64(&self, d: usize, off: usize) -> &AtomicU64 {
+        self.mem.u64_at(DIR0 + d * DIR_STRIDE + off)
+    }
+    #[inline]
+    fn base(d: usize) -> usize {
+        HDR + d * CAP as usize
+    }
+
+    // --- flags -------------------------------------------------------------------------------
+
+    /// Whether messages in direction `d` must all travel through the socket.
+    #[inline]
+    pub(crate) fn socket_only(&self, d: usize) -> bool {
+        self.w32(d, D_FLAGS).load(Acquire) & FLAG_SOCKET_ONLY != 0
+    }
+
+    /// Makes every later message in direction `d` travel through the socket. Call with the
+    /// producer lock held, so that no sender is between its look at the flag and its record.
+    pub(crate) fn set_socket_only(&self, d: usize) {
+        self.w32(d, D_FLAGS).fetch_or(FLAG_SOCKET_ONLY, SeqCst);
+    }
+
+    /// How many times a receiving end of direction `d` was closed somewhere (a hint for
+    /// senders to look whether any receiver is left).
+    #[inline]
+    pub(crate) fn rx_closes(&self, d: usize) -> u32 {
+        self.w32(d, D_RX_CLOSES).load(Relaxed)
+    }
+
+    /// Records that a receiving end of direction `d` was closed in this process.
+    pub(crate) fn note_rx_close(&self, d: usize) {
+        self.w32(d, D_RX_CLOSES).fetch_add(1, SeqCst);
+    }
+
+    // --- locks -------------------------------------------------------------------------------
+
+    /// Takes direction `d`'s producer lock (a dead holder's lock is taken over: it left no
+    /// visible record behind).
+    pub(crate) fn lock_producer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
+        let (g, _) = shmsync::lock(self.w32(d, D_PLOCK), self.w64(d, D_POWNER), deadline)?;
+        Some(g)
+    }
+
+    /// Takes direction `d`'s consumer lock.
+    pub(crate) fn lock_consumer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
+        let (g, _) = shmsync::lock(self.w32(d, D_CLOCK), self.w64(d, D_COWNER), deadline)?;
+        Some(g)
+    }
+
+    // --- sending (producer lock held) ------------------------------------------------------
+
+    /// Bytes a record with a body of `len` bytes takes.
+    #[inline]
+    pub(crate) fn record_size(len: usize) -> u64 {
+        8 + round8(len as u64)
+    }
+
+    fn free(&self, d: usize) -> u64 {
+        let t = self.w64(d, D_TAIL).load(Relaxed);
+        let h = self.w64(d, D_HEAD).load(SeqCst);
+        (CAP).saturating_sub(t.wrapping_sub(h))
+    }
+
+    /// Waits until `need` bytes are free in direction `d`. `gone()` says whether every
+    /// receiver has closed; it is asked whenever the wait lasts, and makes the wait fail
+    /// with `BrokenPipe`.
+    pub(crate) fn wait_free(&self, d: usize, need: u64, gone: impl Fn() -> bool) -> Result<()> {
+        while self.free(d) < need {
+            let _ = shmsync::wait_while(
+                self.w32(d, D_SPACE_SEQ),
+                self.w32(d, D_TX_SLEEP),
+                || self.free(d) < need,
+                Some(Instant::now() + SLICE),
+            );
+            if self.free(d) < need && gone() {
+                return Err(Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a record of `kind` whose body is the concatenation of `parts` at the tail of
+    /// direction `d` and makes it visible (room must have been waited for). Returns whether
+    /// a receiver is asleep and must be woken with a doorbell (the flag is lowered: exactly
+    /// one sender rings).
+    pub(crate) fn publish(&self, d: usize, kind: u32, parts: &[&[u8]]) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let tail = self.w64(d, D_TAIL);
+        let t = tail.load(Relaxed);
+        let base = Self::base(d);
+        let mut h = [0u8; 8];
+        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        h[4..].copy_from_slice(&(kind | K_CHECK).to_le_bytes());
+        self.mem.ring_write(base, self.mask, t, &h);
+        let mut at = t + 8;
+        for p in parts {
+            self.mem.ring_write(base, self.mask, at, p);
+            at += p.len() as u64;
+        }
+        tail.store(t + Self::record_size(len), SeqCst);
+        let sleep = self.w32(d, D_RX_SLEEP);
+        sleep.load(SeqCst) != 0 && sleep.swap(0, SeqCst) != 0
+    }
+
+    // --- receiving (consumer lock held) ------------------------------------------------------
+
+    /// Whether direction `d` holds no record.
+    #[inline]
+    pub(crate) fn is_empty(&self, d: usize) -> bool {
+        self.w64(d, D_TAIL).load(SeqCst) == self.w64(d, D_HEAD).load(Relaxed)
+    }
+
+    /// The record at the head of direction `d`, if any. Garbage in the ring (a record that
+    /// fails its checks) empties the ring and is an [`Error::Codec`].
+    pub(crate) fn peek(&self, d: usize) -> Result<Option<Record>> {
+        let head = self.w64(d, D_HEAD).load(Relaxed);
+        let tail = self.w64(d, D_TAIL).load(Acquire);
+        if tail == head {
+            return Ok(None);
+        }
+        let used = tail.wrapping_sub(head);
+        let hdr = self.mem.ring_read_u64(Self::base(d), self.mask, head);
+        let len = hdr as u32 as u64;
+        let kind_word = (hdr >> 32) as u32;
+        let kind = kind_word & K_MASK;
+        let ok = used <= CAP
+            && kind_word & K_CHECK_MASK == K_CHECK
+            && (kind == K_INLINE || (kind == K_SOCKET && len == 0))
+            && 8 + round8(len) <= used;
+        if !ok {
+            self.w64(d, D_HEAD).store(tail, SeqCst);
+            self.wake_sender(d);
+            return Err(Error::Codec(
+                "garbage in a pipe's shared memory: its contents were discarded".into(),
+            ));
+        }
+        Ok(Some(Record { kind, head, len }))
+    }
+
+    /// Appends the body of `rec` (an `INLINE` record) to `out`.
+    pub(crate) fn read_body(&self, d: usize, rec: &Record, out: &mut Vec<u8>) {
+        self.mem.ring_read_append(
+            Self::base(d),
+            self.mask,
+            rec.head + 8,
+            rec.len as usize,
+            out,
+        );
+    }
+
+    /// Removes `rec` from the head of direction `d`.
+    pub(crate) fn advance(&self, d: usize, rec: &Record) {
+        self.w64(d, D_HEAD)
+            .store(rec.head + 8 + round8(rec.len), SeqCst);
+        self.wake_sender(d);
+    }
+
+    #[inline]
+    fn wake_sender(&self, d: usize) {
+        shmsync::wake(self.w32(d, D_SPACE_SEQ), self.w32(d, D_TX_SLEEP));
+    }
+
+    /// Raises or lowers direction `d`'s "receiver asleep on the socket" flag.
+    #[inline]
+    pub(crate) fn set_rx_sleep(&self, d: usize, on: bool) {
+        self.w32(d, D_RX_SLEEP).store(u32::from(on), SeqCst);
+    }
+
+    /// Test hook: publishes raw bytes as a record header and body.
+    #[cfg(test)]
+    pub(crate) fn inject_garbage(&self, d: usize, bytes: &[u8]) {
+        let tail = self.w64(d, D_TAIL);
+        let t = tail.load(Relaxed);
+        self.mem.ring_write(Self::base(d), self.mask, t, bytes);
+        tail.store(t + round8(bytes.len() as u64), SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn records_come_out_in_order_and_wrap_around() {
+        let lane = Lane::create().unwrap();
+        let mut out = Vec::new();
+        // Enough traffic to wrap the ring several times, with bodies of every length mod 8.
+        for i in 0..20_000u32 {
+            let body = vec![i as u8; (i % 300) as usize];
+            let need = Lane::record_size(body.len());
+            lane.wait_free(0, need, || false).unwrap();
+            assert!(!lane.publish(
+                0,
+                K_INLINE,
+                &[&body[..body.len() / 2], &body[body.len() / 2..]]
+            ));
+            if i % 3 == 0 {
+                lane.publish(0, K_SOCKET, &[]);
+            }
+            let rec = lane.peek(0).unwrap().unwrap();
+            assert_eq!(rec.kind, K_INLINE);
+            out.clear();
+            lane.read_body(0, &rec, &mut out);
+            lane.advance(0, &rec);
+            assert_eq!(out, body);
+            if i % 3 == 0 {
+                let rec = lane.peek(0).unwrap().unwrap();
+                assert_eq!(rec.kind, K_SOCKET);
+                lane.advance(0, &rec);
+            }
+            assert!(lane.is_empty(0));
+        }
+        // The other direction was never touched.
+        assert!(lane.peek(1).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_sleeping_receiver_is_rung_exactly_once() {
+        let lane = Lane::create().unwrap();
+        lane.set_rx_sleep(1, true);
+        assert!(lane.publish(1, K_INLINE, &[b"x"]));
+        assert!(
+            !lane.publish(1, K_INLINE, &[b"y"]),
+            "only the first sender rings"
+        );
+    }
+
+    #[test]
+    fn garbage_in_the_ring_is_a_codec_error_and_is_discarded() {
+        let lane = Lane::create().unwrap();
+        lane.inject_garbage(0, &[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(matches!(lane.peek(0), Err(Error::Codec(_))));
+        assert!(lane.is_empty(0));
+        // A record claiming more bytes than were published.
+        let mut h = Vec::new();
+        h.extend_from_slice(&1000u32.to_le_bytes());
+        h.extend_from_slice(&(K_INLINE | K_CHECK).to_le_bytes());
+        lane.inject_garbage(0, &h);
+        assert!(matches!(lane.peek(0), Err(Error::Codec(_))));
+        // The lane works again afterwards.
+        lane.publish(0, K_INLINE, &[b"ok"]);
+        let rec = lane.peek(0).unwrap().unwrap();
+        let mut out = Vec::new();
+        lane.read_body(0, &rec, &mut out);
+        assert_eq!(out, b"ok");
+    }
+
+    #[test]
+    fn a_full_ring_reports_a_gone_receiver() {
+        let lane = Lane::create().unwrap();
+        let body = vec![0u8; 1000];
+        while lane.free(0) >= Lane::record_size(body.len()) {
+            lane.publish(0, K_INLINE, &[&body]);
+        }
+        let t = Instant::now();
+        let r = lane.wait_free(0, Lane::record_size(body.len()), || true);
+        assert!(matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn segments_that_are_not_lanes_are_refused() {
+        let other = SharedBytes::create(HDR + 2 * CAP as usize).unwrap();
+        let fd = other.fd().try_clone_to_owned().unwrap();
+        assert!(matches!(Lane::from_fd(fd), Err(Error::Codec(_))));
+    }
+}
