@@ -106,19 +106,9 @@ fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
     Ok((len as usize, nfds))
 }
 
-/// What a [`ReadState`] reads from.
-#[derive(Clone, Copy)]
-pub(crate) enum Source {
-    /// A Unix stream socket: descriptors may arrive with the bytes.
-    Socket,
-    /// A pipe: bytes only.
-    Pipe,
-}
-
-/// The receiving half of a framed channel: a read buffer and the frame decoder. Shared by
-/// [`RawConn`] (sockets) and the manager's pipe channel.
+/// The receiving half of a framed channel over a stream socket: a read buffer, the
+/// descriptors that arrived, and the frame decoder.
 pub(crate) struct ReadState {
-    source: Source,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -135,27 +125,25 @@ pub(crate) struct ReadState {
     exact: bool,
     /// Where a message taken from a lane is copied.
     scratch: Vec<u8>,
+    /// How long a lane receiver looks at its ring before it sleeps (adapted to how soon
+    /// messages came after earlier sleeps).
+    spin_for: Duration,
 }
 
 impl ReadState {
-    pub(crate) fn new(source: Source, limit: u64) -> ReadState {
+    pub(crate) fn new(limit: u64) -> ReadState {
         ReadState {
-            source,
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             start: 0,
             end: 0,
             fds: VecDeque::new(),
             broken: false,
             limit: limit.min(MAX_FRAME),
-            spin: matches!(source, Source::Socket),
+            spin: true,
             exact: false,
             scratch: Vec::new(),
+            spin_for: MIN_SPIN,
         }
-    }
-
-    /// Whether a framing error or a truncated frame made the stream unusable.
-    pub(crate) fn is_broken(&self) -> bool {
-        self.broken
     }
 
     fn buffered(&self) -> usize {
@@ -176,17 +164,12 @@ impl ReadState {
         } else {
             self.buf.len()
         };
-        let n = match self.source {
-            Source::Socket => {
-                match sys::recv_some(fd, &mut self.buf[end..stop], &mut self.fds, self.spin) {
-                    Ok(n) => n,
-                    // The peer closed while bytes it had not read (a doorbell, say) waited
-                    // on its side: for us, the end of the stream.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Source::Pipe => sys::read_some(fd, &mut self.buf[end..stop])?,
+        let n = match sys::recv_some(fd, &mut self.buf[end..stop], &mut self.fds, self.spin) {
+            Ok(n) => n,
+            // The peer closed while bytes it had not read (a doorbell, say) waited on its
+            // side: for us, the end of the stream.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e.into()),
         };
         self.end += n;
         Ok(n > 0)
@@ -194,10 +177,7 @@ impl ReadState {
 
     /// Appends up to `max` bytes to `v` straight from `fd`.
     fn read_spare(&self, fd: BorrowedFd<'_>, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-        match self.source {
-            Source::Socket => sys::recv_into_spare(fd, v, max),
-            Source::Pipe => sys::read_into_spare(fd, v, max),
-        }
+        sys::recv_into_spare(fd, v, max)
     }
 
     /// Reads one frame from `fd` and hands its payload and descriptors to `f`: small
@@ -345,6 +325,10 @@ impl WriteState {
     }
 }
 
+/// Shortest and longest look at a lane's ring before its receiver sleeps.
+const MIN_SPIN: Duration = crate::shmsync::SPIN;
+const MAX_SPIN: Duration = Duration::from_micros(120);
+
 /// How often a lane sender asks the kernel whether its receivers are still there (the
 /// ring itself cannot tell that a receiving process was killed).
 const PEER_CHECK: Duration = Duration::from_millis(1);
@@ -384,7 +368,7 @@ impl RawConn {
     pub(crate) fn new(fd: OwnedFd) -> RawConn {
         RawConn {
             fd,
-            rd: Mutex::new(ReadState::new(Source::Socket, MAX_FRAME)),
+            rd: Mutex::new(ReadState::new(MAX_FRAME)),
             wr: Mutex::new(WriteState::new()),
             lane: None,
         }
@@ -401,6 +385,26 @@ impl RawConn {
             raised: AtomicBool::new(false),
         });
         c
+    }
+
+    /// Two ends of a duplex channel with lanes (crate-internal request/reply channels).
+    /// Hand the second to another process with [`lane_fds`](Self::lane_fds) and rebuild it
+    /// there with [`from_lane_fds`](Self::from_lane_fds).
+    pub(crate) fn lane_pair() -> Result<(RawConn, RawConn)> {
+        lane_pair(true)
+    }
+
+    /// The descriptors that carry the second end of a [`lane_pair`](Self::lane_pair) to
+    /// another process: its socket and its lanes.
+    pub(crate) fn lane_fds(&self) -> Option<[RawFd; 2]> {
+        let le = self.lane.as_ref()?;
+        Some([self.fd.as_raw_fd(), le.lane.fd().as_raw_fd()])
+    }
+
+    /// Rebuilds the second end of a [`lane_pair`](Self::lane_pair) from its descriptors.
+    pub(crate) fn from_lane_fds(sock: OwnedFd, lane: OwnedFd) -> Result<RawConn> {
+        let lane = Arc::new(Lane::from_fd(lane)?);
+        Ok(RawConn::with_lane(sock, lane, Some(1), Some(0)))
     }
 
     /// Sets the largest frame this end accepts (at most [`MAX_FRAME`]); a bigger one is an
@@ -584,7 +588,7 @@ impl RawConn {
     /// socket has unannounced bytes or its end, or `deadline` passes.
     fn lane_wait(
         &self,
-        st: &ReadState,
+        st: &mut ReadState,
         lane: &Lane,
         d: usize,
         deadline: Option<Instant>,
@@ -592,25 +596,47 @@ impl RawConn {
         if st.buffered() > 0 {
             return Ok(Ready::Socket);
         }
-        let sock = self.fd.as_fd();
-        // Look at the ring for a while: a sender streaming small messages usually has the
-        // next one there within microseconds, and not sleeping spares it a doorbell.
+        // Look at the ring for a while: a sender streaming small messages, or a peer
+        // answering a request, usually has the next message there within microseconds,
+        // and not sleeping spares both sides the cost of a wake-up (tens of microseconds
+        // on some virtual machines).
         let t0 = Instant::now();
         let patient = deadline.is_none_or(|dl| dl > t0);
+        let spin = st.spin_for;
         let mut i = 0u32;
         while patient && i < u32::MAX {
             if !lane.is_empty(d) {
+                // Found while looking: look a little less long next time.
+                st.spin_for = (spin - spin / 16).max(MIN_SPIN);
                 return Ok(Ready::Ring);
             }
             i += 1;
             if i.is_multiple_of(16) {
                 let now = Instant::now();
-                if now - t0 > crate::shmsync::SPIN || deadline.is_some_and(|dl| now >= dl) {
+                if now - t0 > spin || deadline.is_some_and(|dl| now >= dl) {
                     break;
                 }
             }
             std::hint::spin_loop();
         }
+        let r = self.lane_sleep(lane, d, deadline);
+        if let Ok(Ready::Ring) = r {
+            // It came after we went to sleep. If it came soon, looking a little longer
+            // would have caught it: next time, look that long (up to a bound).
+            let waited = t0.elapsed();
+            st.spin_for = if waited < MAX_SPIN {
+                (waited + waited / 4).clamp(MIN_SPIN, MAX_SPIN)
+            } else {
+                MIN_SPIN
+            };
+        }
+        r
+    }
+
+    /// The sleeping part of [`lane_wait`](Self::lane_wait): raise the flag that makes
+    /// senders ring, and sleep in `poll(2)` on the socket.
+    fn lane_sleep(&self, lane: &Lane, d: usize, deadline: Option<Instant>) -> Result<Ready> {
+        let sock = self.fd.as_fd();
         loop {
             lane.set_rx_sleep(d, true);
             if !lane.is_empty(d) {
@@ -677,7 +703,7 @@ impl RawConn {
     pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         {
-            let st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
             if st.buffered() > 0 || st.broken {
                 return Ok(true);
             }
@@ -686,12 +712,17 @@ impl RawConn {
                     let Some(_g) = le.lane.lock_consumer(d, deadline) else {
                         return Ok(false);
                     };
-                    let r = self.lane_wait(&st, &le.lane, d, deadline)?;
+                    let r = self.lane_wait(&mut st, &le.lane, d, deadline)?;
                     return Ok(!matches!(r, Ready::TimedOut));
                 }
             }
         }
         Ok(sys::wait_readable(self.fd.as_fd(), timeout)?)
+    }
+
+    /// Whether garbage or a truncated frame made this end unusable.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.rd.lock().unwrap_or_else(|p| p.into_inner()).broken
     }
 
     pub(crate) fn has_buffered_input(&self) -> bool {

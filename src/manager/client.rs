@@ -11,17 +11,12 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
-use std::os::fd::AsRawFd;
-
-use super::pipe::{pipe_pairs, PipeConn};
 use super::protocol::{Reply, Request, Response};
 use crate::connection::{connect_raw, Address, RawConn};
 use crate::{codec, Error, Result};
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 16;
-/// Largest reply a client accepts (the server is trusted: it proved it knows the key).
-const REPLY_LIMIT: u64 = 1 << 36;
 
 struct Pool {
     /// The fork generation the connections belong to (see `sys::fork_generation`).
@@ -31,25 +26,16 @@ struct Pool {
     idle: Vec<Conn>,
 }
 
-/// One authenticated connection: over pipes for a local (Unix socket) server, over the
-/// socket itself for a TCP one.
-pub(crate) enum Conn {
-    Socket(RawConn),
-    Pipes(PipeConn),
-}
+/// One authenticated connection: for a local (Unix socket) server, a channel with
+/// shared-memory lanes, where a request and its reply usually cost no system call; for a
+/// TCP one, the socket itself.
+pub(crate) struct Conn(RawConn);
 
 impl Conn {
     fn round_trip(&self, req: &Request) -> Result<Response> {
-        match self {
-            Conn::Socket(c) => {
-                c.send_value(req)?;
-                c.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))
-            }
-            Conn::Pipes(p) => {
-                p.send(req)?;
-                p.recv::<Response>()
-            }
-        }
+        self.0.send_value(req)?;
+        self.0
+            .recv_with(|bytes, _fds| codec::decode::<Response>(bytes))
     }
 }
 
@@ -148,15 +134,18 @@ impl Endpoint {
         conn.send_value(&Request::Hello(session))?;
         check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
         if matches!(self.address, Address::Tcp(_)) {
-            return Ok(Conn::Socket(conn));
+            return Ok(Conn(conn));
         }
-        // A local server: move to a pair of pipes (see `pipe.rs`).
-        let ((rep_rd, req_wr), (req_rd, rep_wr)) = pipe_pairs()?;
-        let req = codec::encode(&Request::UsePipes)?;
-        conn.send_bytes(&req, &[req_rd.as_raw_fd(), rep_wr.as_raw_fd()])?;
-        drop((req_rd, rep_wr));
+        // A local server: move to a channel with lanes.
+        let (ours, theirs) = RawConn::lane_pair()?;
+        let fds = theirs
+            .lane_fds()
+            .ok_or_else(|| Error::invalid("a lane pair without lanes"))?;
+        let req = codec::encode(&Request::UseLane)?;
+        conn.send_bytes(&req, &fds)?;
+        drop(theirs);
         check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
-        Ok(Conn::Pipes(PipeConn::new(rep_rd, req_wr, REPLY_LIMIT)))
+        Ok(Conn(ours))
     }
 
     pub(crate) fn checkin(&self, c: Conn) {

@@ -49,7 +49,6 @@
 //! only to processes you trust with the key.
 
 mod client;
-mod pipe;
 mod protocol;
 mod proxy;
 mod server;

@@ -104,9 +104,9 @@ pub(crate) enum Request {
     /// First request on a connection: the client process's session id, so that the
     /// server can tell when every connection of a process is gone (it died).
     Hello(u64),
-    /// Sent with two descriptors (the read end of the request pipe, the write end of the
-    /// reply pipe): from now on, talk over these pipes.
-    UsePipes,
+    /// Sent with two descriptors (the socket and the shared-memory lanes of the server's
+    /// end of a fresh channel): from now on, talk over that channel.
+    UseLane,
     Create(Create),
     Call(u64, Op),
     /// Gives an object a name other clients can look up.

@@ -14,7 +14,6 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::pipe::PipeConn;
 use super::protocol::{Create, Kind, Op, Reply, Request, Response, Wait};
 use super::ErasedShared;
 use crate::connection::{accept_raw, authenticate_server, Address, Connection, Listener, RawConn};
@@ -284,10 +283,10 @@ fn serve_connection(conn: RawConn, state: &State) {
     }
     conn.set_max_frame(state.max_message);
     let mut session = None;
-    if let Some(pipes) = serve_requests(&conn, state, &mut session) {
-        // The socket is not needed any more: the client talks over its pipes.
+    if let Some(lane) = serve_requests(&conn, state, &mut session) {
+        // The socket is not needed any more: the client talks over its lane.
         drop(conn);
-        serve_pipes(&pipes, state, session);
+        serve_lane(&lane, state, session);
     }
     if let Some(s) = session {
         end_session(state, s);
@@ -383,7 +382,7 @@ fn not_found(id: u64) -> Response {
 }
 
 /// The channel a connection's requests and replies travel on: the socket itself, or the
-/// pipes the client handed over.
+/// channel with lanes the client handed over.
 trait Wire {
     fn reply(&self, r: &Response) -> crate::Result<()>;
     fn peer_gone(&self) -> bool;
@@ -398,17 +397,8 @@ impl Wire for RawConn {
     }
 }
 
-impl Wire for PipeConn {
-    fn reply(&self, r: &Response) -> crate::Result<()> {
-        self.send(r)
-    }
-    fn peer_gone(&self) -> bool {
-        PipeConn::peer_gone(self)
-    }
-}
-
-/// Serves requests on the socket. Returns the client's pipes if it moves to them.
-fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) -> Option<PipeConn> {
+/// Serves requests on the socket. Returns the client's channel with lanes if it moves to it.
+fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) -> Option<RawConn> {
     loop {
         let req = conn.recv_with(|bytes, fds| Ok((codec::decode::<Request>(bytes), fds)));
         let response = match req {
@@ -419,20 +409,24 @@ fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) -> O
                 }
                 Some(Ok(Reply::Unit))
             }
-            Ok((Ok(Request::UsePipes), fds)) => {
+            Ok((Ok(Request::UseLane), fds)) => {
                 let mut fds = fds.into_iter();
-                match (fds.next(), fds.next(), fds.next()) {
-                    (Some(rd), Some(wr), None) => {
+                let lane = match (fds.next(), fds.next(), fds.next()) {
+                    (Some(sock), Some(lane), None) => {
+                        RawConn::from_lane_fds(sock, lane).map_err(|e| format!("UseLane: {e}"))
+                    }
+                    _ => Err("UseLane needs exactly two descriptors".to_string()),
+                };
+                match lane {
+                    Ok(lane) => {
+                        lane.set_max_frame(state.max_message);
                         let ok: Response = Ok(Reply::Unit);
                         if conn.send_value(&ok).is_err() {
                             return None;
                         }
-                        return Some(PipeConn::new(rd, wr, state.max_message));
+                        return Some(lane);
                     }
-                    _ => Some(Err(err(
-                        RemoteErrorKind::ProtocolError,
-                        "UsePipes needs exactly two pipe ends",
-                    ))),
+                    Err(m) => Some(Err(err(RemoteErrorKind::ProtocolError, m))),
                 }
             }
             Ok((Ok(req), _)) => handle(state, conn, req, *session),
@@ -451,23 +445,23 @@ fn serve_requests(conn: &RawConn, state: &State, session: &mut Option<u64>) -> O
     }
 }
 
-/// Serves a client over its pipes until it closes them or sends garbage.
-fn serve_pipes(pipes: &PipeConn, state: &State, session: Option<u64>) {
+/// Serves a client over its channel with lanes until it closes it or sends garbage.
+fn serve_lane(lane: &RawConn, state: &State, session: Option<u64>) {
     loop {
-        let response = match pipes.recv::<Request>() {
-            Ok(Request::Hello(_)) | Ok(Request::UsePipes) => Some(Err(err(
+        let response = match lane.recv_value::<Request>() {
+            Ok(Request::Hello(_)) | Ok(Request::UseLane) => Some(Err(err(
                 RemoteErrorKind::ProtocolError,
                 "already introduced",
             ))),
-            Ok(req) => handle(state, pipes, req, session),
-            Err(Error::Codec(msg)) if !pipes.is_broken() => Some(Err(err(
+            Ok(req) => handle(state, lane, req, session),
+            Err(Error::Codec(msg)) if !lane.is_broken() => Some(Err(err(
                 RemoteErrorKind::ProtocolError,
                 format!("request not understood: {msg}"),
             ))),
             Err(_) => return,
         };
         if let Some(response) = response {
-            if pipes.send(&response).is_err() {
+            if lane.send_value(&response).is_err() {
                 return;
             }
         }
@@ -525,7 +519,7 @@ fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) ->
                 .unwrap_or_else(|p| p.into_inner())
                 .len() as u64,
         )),
-        Request::Hello(_) | Request::UsePipes => Err(err(
+        Request::Hello(_) | Request::UseLane => Err(err(
             RemoteErrorKind::ProtocolError,
             "unexpected introduction",
         )),

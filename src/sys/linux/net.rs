@@ -170,53 +170,6 @@ pub(crate) fn fork_generation() -> u64 {
     FORK_GENERATION.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// A pipe `(read end, write end)`, close-on-exec.
-pub(crate) fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
-}
-
-/// Reads what is available (at least one byte, blocking) from a pipe; 0 at end of file.
-pub(crate) fn read_some(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match rustix::io::read(fd.as_fd(), &mut *buf) {
-            Ok(n) => return Ok(n),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Writes all of `parts` to a pipe, in order. (A closed reader gives `BrokenPipe`; Rust
-/// programs ignore `SIGPIPE`.)
-pub(crate) fn write_all_parts(fd: impl AsFd, parts: &[&[u8]]) -> io::Result<()> {
-    for p in parts {
-        let mut off = 0;
-        while off < p.len() {
-            match rustix::io::write(fd.as_fd(), &p[off..]) {
-                Ok(n) => off += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether every writer of the pipe whose read end is `fd` has closed it.
-pub(crate) fn pipe_writers_gone(fd: impl AsFd) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    match poll(&mut pfd, Some(&zero)) {
-        Ok(0) => false,
-        Ok(_) => pfd[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
-        Err(_) => false,
-    }
-}
-
 /// Ignores `SIGINT` in this process (a manager's server, like Python's: Ctrl-C in the
 /// terminal goes to the whole process group, and the server must outlive its owner's
 /// handling of it; the owner stops the server).
@@ -225,24 +178,5 @@ pub(crate) fn ignore_sigint() {
     // always sound.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-}
-
-/// Reads at most `max` bytes from a pipe into the spare capacity of `v` without
-/// initialising it first. Returns the number appended (0 at end of stream).
-pub(crate) fn read_into_spare(fd: impl AsFd, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    let want = max.min(v.capacity() - v.len());
-    loop {
-        let spare = &mut v.spare_capacity_mut()[..want];
-        match rustix::io::read(fd.as_fd(), spare) {
-            Ok((filled, _)) => {
-                let n = filled.len();
-                // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
-                unsafe { v.set_len(v.len() + n) };
-                return Ok(n);
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
 }
