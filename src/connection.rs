@@ -361,6 +361,17 @@ enum Ready {
     Socket,
     /// End of file, and the ring is empty.
     Eof,
+    /// The other descriptor waited on is readable.
+    Other,
+    TimedOut,
+}
+
+/// What [`RawConn::wait_message_or`] found.
+pub(crate) enum Wake {
+    /// A message (or the end of the stream) can be read.
+    Message,
+    /// The other descriptor is readable.
+    Other,
     TimedOut,
 }
 
@@ -575,8 +586,8 @@ impl RawConn {
                     le.after_take(d);
                     return r;
                 }
-                None => match self.lane_wait(st, lane, d, None)? {
-                    Ready::Ring | Ready::TimedOut => continue,
+                None => match self.lane_wait(st, lane, d, None, None)? {
+                    Ready::Ring | Ready::TimedOut | Ready::Other => continue,
                     Ready::Socket => return st.read_frame(sock, f),
                     Ready::Eof => return Err(Error::Eof),
                 },
@@ -592,6 +603,7 @@ impl RawConn {
         lane: &Lane,
         d: usize,
         deadline: Option<Instant>,
+        also: Option<BorrowedFd<'_>>,
     ) -> Result<Ready> {
         if st.buffered() > 0 {
             return Ok(Ready::Socket);
@@ -619,7 +631,7 @@ impl RawConn {
             }
             std::hint::spin_loop();
         }
-        let r = self.lane_sleep(lane, d, deadline);
+        let r = self.lane_sleep(lane, d, deadline, also);
         if let Ok(Ready::Ring) = r {
             // It came after we went to sleep. If it came soon, looking a little longer
             // would have caught it: next time, look that long (up to a bound).
@@ -635,7 +647,13 @@ impl RawConn {
 
     /// The sleeping part of [`lane_wait`](Self::lane_wait): raise the flag that makes
     /// senders ring, and sleep in `poll(2)` on the socket.
-    fn lane_sleep(&self, lane: &Lane, d: usize, deadline: Option<Instant>) -> Result<Ready> {
+    fn lane_sleep(
+        &self,
+        lane: &Lane,
+        d: usize,
+        deadline: Option<Instant>,
+        also: Option<BorrowedFd<'_>>,
+    ) -> Result<Ready> {
         let sock = self.fd.as_fd();
         loop {
             lane.set_rx_sleep(d, true);
@@ -673,16 +691,67 @@ impl RawConn {
                 None => {}
             }
             let timeout = deadline.map(|dl| dl.saturating_duration_since(Instant::now()));
-            let readable = timeout != Some(Duration::ZERO) && sys::wait_readable(sock, timeout)?;
+            let mask = if timeout == Some(Duration::ZERO) {
+                0
+            } else if let Some(other) = also {
+                sys::wait_any_readable(&[sock, other], timeout)?
+            } else {
+                u32::from(sys::wait_readable(sock, timeout)?)
+            };
             lane.set_rx_sleep(d, false);
-            if !readable {
-                return Ok(if lane.is_empty(d) {
-                    Ready::TimedOut
-                } else {
-                    Ready::Ring
-                });
+            if !lane.is_empty(d) {
+                return Ok(Ready::Ring);
+            }
+            if mask & 2 != 0 {
+                return Ok(Ready::Other);
+            }
+            if mask == 0 {
+                return Ok(Ready::TimedOut);
             }
         }
+    }
+
+    /// Waits until a message (or the end of the stream) can be read from this end, or
+    /// `other` is readable (a pidfd: the peer process ended), or `timeout` passes. For
+    /// crate-internal channels whose peer is one known process (pool workers).
+    pub(crate) fn wait_message_or(
+        &self,
+        other: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Wake> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let rx = self.lane.as_ref().and_then(|le| Some((le, le.rx?)));
+        let Some((le, d)) = rx else {
+            if self.has_buffered_input() {
+                return Ok(Wake::Message);
+            }
+            return Ok(
+                match sys::wait_any_readable(&[self.fd.as_fd(), other], timeout)? {
+                    0 => Wake::TimedOut,
+                    m if m & 1 != 0 => Wake::Message,
+                    _ => Wake::Other,
+                },
+            );
+        };
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        if st.buffered() > 0 || st.broken {
+            return Ok(Wake::Message);
+        }
+        let Some(_g) = le.lane.lock_consumer(d, deadline) else {
+            return Ok(Wake::TimedOut);
+        };
+        Ok(
+            match self.lane_wait(&mut st, &le.lane, d, deadline, Some(other))? {
+                Ready::Ring | Ready::Socket | Ready::Eof => Wake::Message,
+                Ready::Other => Wake::Other,
+                Ready::TimedOut => Wake::TimedOut,
+            },
+        )
+    }
+
+    /// The descriptor of this end's lanes, if it has any.
+    pub(crate) fn lane_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.lane.as_ref().map(|le| le.lane.fd())
     }
 
     /// Receives one frame and decodes it as `T` (handles inside are rebuilt).
@@ -712,7 +781,7 @@ impl RawConn {
                     let Some(_g) = le.lane.lock_consumer(d, deadline) else {
                         return Ok(false);
                     };
-                    let r = self.lane_wait(&mut st, &le.lane, d, deadline)?;
+                    let r = self.lane_wait(&mut st, &le.lane, d, deadline, None)?;
                     return Ok(!matches!(r, Ready::TimedOut));
                 }
             }

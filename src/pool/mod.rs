@@ -251,8 +251,8 @@ impl PoolBuilder {
         };
         let make = self.make;
         let method = self.method;
-        let factory: Factory = Arc::new(move |fd, name| {
-            let mut p = make(SockHandle(fd)).with_name(name).with_daemon(true);
+        let factory: Factory = Arc::new(move |conn, name| {
+            let mut p = make(SockHandle(conn)).with_name(name).with_daemon(true);
             if let Some(m) = method {
                 p = p.with_start_method(m);
             }

@@ -9,7 +9,7 @@
 //! descriptors depends on the number of workers only, never on the number of tasks.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use super::worker::{
     Reader, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, MSG_BATCH, MSG_STOP, REP_INIT_FAILED,
     REP_READY, REP_RESULTS,
 };
-use crate::connection::RawConn;
+use crate::connection::{RawConn, Wake};
 use crate::process::ChildState;
 use crate::{codec, sys, Error, Process, Result};
 
@@ -292,7 +292,7 @@ impl Job {
 }
 
 /// Starts a worker process running the worker loop on the given socket.
-pub(crate) type Factory = Arc<dyn Fn(OwnedFd, String) -> Result<Process> + Send + Sync>;
+pub(crate) type Factory = Arc<dyn Fn(RawConn, String) -> Result<Process> + Send + Sync>;
 
 pub(crate) struct Config {
     pub(crate) workers: usize,
@@ -580,7 +580,8 @@ impl Shared {
 
     /// Starts a worker for `slot`, waits until it is ready.
     pub(crate) fn start_worker(&self, slot: usize) -> std::result::Result<Worker, StartFail> {
-        let (ours, theirs) = sys::stream_pair().map_err(|e| StartFail::Start(io_fail(&e)))?;
+        let (ours, theirs) =
+            RawConn::lane_pair().map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
         let n = self.worker_seq.fetch_add(1, Ordering::SeqCst);
         let process = (self.cfg.factory)(theirs, format!("PoolWorker-{n}"))
             .map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
@@ -593,7 +594,7 @@ impl Shared {
             pid: child.pid(),
             child,
             process,
-            conn: RawConn::new(ours),
+            conn: ours,
             tasks: 0,
         };
         if !self.set_worker(slot, Some(w.child.clone())) {
@@ -720,10 +721,6 @@ impl Shared {
     }
 }
 
-fn io_fail(e: &std::io::Error) -> TaskFail {
-    TaskFail::Io(e.to_string())
-}
-
 enum Event {
     Readable,
     Died,
@@ -731,14 +728,10 @@ enum Event {
 }
 
 fn wait_worker(w: &Worker, timeout: Option<Duration>) -> Event {
-    if w.conn.has_buffered_input() {
-        return Event::Readable;
-    }
-    match sys::wait_any_readable(&[w.conn.as_fd(), w.child.pidfd()], timeout) {
-        Ok(0) => Event::Timeout,
-        Ok(m) if m & 1 != 0 => Event::Readable,
-        Ok(_) => Event::Died,
-        Err(_) => Event::Died,
+    match w.conn.wait_message_or(w.child.pidfd(), timeout) {
+        Ok(Wake::Message) => Event::Readable,
+        Ok(Wake::TimedOut) => Event::Timeout,
+        Ok(Wake::Other) | Err(_) => Event::Died,
     }
 }
 

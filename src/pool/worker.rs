@@ -71,17 +71,24 @@ impl TaskCode {
 }
 
 /// The worker's socket, passed as a handle in the worker's arguments.
-pub(crate) struct SockHandle(pub(crate) OwnedFd);
+pub(crate) struct SockHandle(pub(crate) RawConn);
 
 impl Serialize for SockHandle {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        codec::FdRef(self.0.as_fd()).serialize(s)
+        let lane = self
+            .0
+            .lane_fd()
+            .ok_or_else(|| serde::ser::Error::custom("a pool worker's channel has no lanes"))?;
+        (codec::FdRef(self.0.as_fd()), codec::FdRef(lane)).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for SockHandle {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Ok(SockHandle(codec::FdOwned::deserialize(d)?.0))
+        let (sock, lane) = <(codec::FdOwned, codec::FdOwned)>::deserialize(d)?;
+        RawConn::from_lane_fds(sock.0, lane.0)
+            .map(SockHandle)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -394,7 +401,7 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
 /// The worker process's body.
 pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
     start::set_quiet_panics(true);
-    let conn = RawConn::new(args.sock.0);
+    let conn = args.sock.0;
     if let Some(init) = args.init {
         let fail = match sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) {
             None => Some(TaskFail::BuildMismatch(
