@@ -4,8 +4,9 @@
 //!
 //! [`Manager::start`] starts the server as a child process listening on a Unix socket
 //! (in Linux's abstract namespace: no file is left behind). A client process connects,
-//! proves it knows the manager's authkey, and then hands the server a pair of pipes, over
-//! which its requests travel (a pipe round trip costs about half a socket's). Each proxy
+//! proves it knows the manager's authkey, and then hands the server its end of a fresh
+//! channel with shared-memory lanes (as under [`pipe`](crate::pipe)), over which its
+//! requests travel: a request and its reply usually cost no system call. Each proxy
 //! method is one request/reply round trip over a pooled connection, applied atomically in
 //! the server (one thread per client connection, one mutex per object); errors raised
 //! there (index out of range, missing key) come back as [`Error::Remote`] and the server

@@ -1,8 +1,8 @@
 //! The worker process and the wire format between a worker and its handler thread.
 //!
 //! A worker is a long-lived child running [`worker_main`]. It runs the pool's initializer
-//! once, says it is ready, then reads batches of jobs from its socket until told to stop
-//! (or until the socket closes). Each job names its function the way the start layer names
+//! once, says it is ready, then reads batches of jobs from its channel (a socket with
+//! shared-memory lanes, as under a pipe) until told to stop (or until the channel closes). Each job names its function the way the start layer names
 //! a process's target: an offset in this binary, checked against the build identity and the
 //! function's type (see `sys::code`). The function is called through a generic trampoline,
 //! [`run_job`], whose own offset travels with the job.
@@ -70,7 +70,8 @@ impl TaskCode {
     }
 }
 
-/// The worker's socket, passed as a handle in the worker's arguments.
+/// The worker's end of its channel (socket and lanes), passed as a handle in the worker's
+/// arguments.
 pub(crate) struct SockHandle(pub(crate) RawConn);
 
 impl Serialize for SockHandle {
