@@ -704,3 +704,65 @@ fn map_argument_encode_failure_fails_that_task() {
     }
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
 }
+
+// --- apply from the calling thread -----------------------------------------------------
+// A lone `apply` borrows an idle worker and runs the task from the calling thread (no
+// hand-off to a handler thread); these check that it mixes with queued work and faults.
+
+#[test]
+fn apply_from_many_threads_at_once() {
+    multiproc::init();
+    let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let x = t * 1000 + i;
+                    assert_eq!(pool.apply(square, x).unwrap(), x * x);
+                    if i % 50 == 0 {
+                        // Queued work in between.
+                        let r = pool.map(square, 0..20).unwrap();
+                        assert_eq!(r[19], 361);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn terminate_during_an_apply_is_prompt() {
+    multiproc::init();
+    let pool = std::sync::Arc::new(Pool::new(1).unwrap());
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    let p = pool.clone();
+    let running = std::thread::spawn(move || p.apply(nap, 20_000));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    pool.terminate().unwrap();
+    assert!(matches!(running.join().unwrap(), Err(Error::Closed)));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+}
+
+#[test]
+fn a_worker_killed_under_apply_is_replaced() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    let first = pool.apply(pid, 0).unwrap();
+    match pool.apply(|_: ()| kill_self(rustix::process::Signal::KILL), ()) {
+        Err(Error::WorkerDied { pid, signal, .. }) => {
+            assert_eq!(pid, first);
+            assert_eq!(signal, Some(9));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(gone(first), "the dead worker was not reaped");
+    let second = pool.apply(pid, 0).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}

@@ -544,7 +544,15 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.apply_async(f, args).take()
+        let cell = Cell::new();
+        let sink: Arc<dyn Sink> = Arc::new(OneSink { cell: cell.clone() });
+        let mut job = Job::new(TaskCode::of(f), 0, sink);
+        job.push(&args)?;
+        // An idle worker runs it straight from this thread; otherwise it queues.
+        if let Some(job) = self.shared.run_direct(job) {
+            self.shared.submit(vec![job], false);
+        }
+        AsyncResult::from_cell(cell).take()
     }
 
     /// Starts `f(args)` in a worker and returns at once (Python's `apply_async`). Queued

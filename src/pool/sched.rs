@@ -312,6 +312,18 @@ pub(crate) struct State {
     workers: Vec<Option<Arc<ChildState>>>,
     /// Handlers waiting on the condition variable for work (busy ones are not woken).
     waiting: usize,
+    /// Per slot: the worker of an idle handler, which a caller may borrow to run one task
+    /// itself (see [`Shared::run_direct`]).
+    parked: Vec<Parking>,
+    /// Per slot: whether the parked worker was lent since it was parked.
+    was_lent: Vec<bool>,
+}
+
+/// Where an idle handler's worker is.
+enum Parking {
+    Empty,
+    Parked(Box<Worker>),
+    Lent,
 }
 
 pub(crate) struct Shared {
@@ -361,6 +373,8 @@ impl Shared {
                 active_iters: 0,
                 workers: vec![None; n],
                 waiting: 0,
+                parked: (0..n).map(|_| Parking::Empty).collect(),
+                was_lent: vec![false; n],
             }),
             cv: Condvar::new(),
             cfg,
@@ -514,20 +528,71 @@ impl Shared {
     /// Takes jobs for one worker. `busy`: the worker has work in flight already (then no
     /// solo job is taken).
     fn take(&self, budget: usize, blocking: bool, busy: bool) -> Take {
-        let mut st = self.lock();
+        self.take_locked(self.lock(), budget, blocking, busy, None)
+            .1
+    }
+
+    /// Takes jobs for an idle worker, waiting for them; meanwhile the worker is parked in
+    /// the shared state, where a caller of [`run_direct`](Self::run_direct) may borrow it.
+    /// On return the worker is back in `worker` (or `None`: it died while lent). If it was
+    /// lent, whatever was taken is put back ([`Take::Nothing`]): its task budget changed.
+    fn take_parking(&self, budget: usize, slot: usize, worker: &mut Option<Worker>) -> Take {
+        let mut parked = false;
+        let (mut st, take) = self.take_locked(
+            self.lock(),
+            budget,
+            true,
+            false,
+            Some((slot, worker, &mut parked)),
+        );
+        if !parked {
+            return take;
+        }
+        loop {
+            match std::mem::replace(&mut st.parked[slot], Parking::Empty) {
+                Parking::Lent => {
+                    st.parked[slot] = Parking::Lent;
+                    st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                Parking::Parked(w) => {
+                    *worker = Some(*w);
+                    break;
+                }
+                Parking::Empty => break,
+            }
+        }
+        let lent = std::mem::take(&mut st.was_lent[slot]);
+        drop(st);
+        match take {
+            Take::Jobs(jobs) if lent || worker.is_none() => {
+                self.requeue(jobs);
+                Take::Nothing
+            }
+            t => t,
+        }
+    }
+
+    fn take_locked<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        budget: usize,
+        blocking: bool,
+        busy: bool,
+        mut park: Option<(usize, &mut Option<Worker>, &mut bool)>,
+    ) -> (MutexGuard<'a, State>, Take) {
         loop {
             if st.terminating || st.broken.is_some() {
-                return Take::Exit;
+                return (st, Take::Exit);
             }
             if st.queue.front().is_some_and(|j| j.solo) {
                 if busy {
-                    return Take::Nothing;
+                    return (st, Take::Nothing);
                 }
                 let Some(j) = st.queue.pop_front() else {
                     continue;
                 };
                 st.queued_tasks = st.queued_tasks.saturating_sub(j.len());
-                return Take::Jobs(vec![j]);
+                return (st, Take::Jobs(vec![j]));
             }
             if !st.queue.is_empty() {
                 let limit = (st.queued_tasks / (4 * self.cfg.workers).max(1))
@@ -556,18 +621,98 @@ impl Shared {
                     }
                 }
                 st.queued_tasks = st.queued_tasks.saturating_sub(tasks);
-                return Take::Jobs(jobs);
+                return (st, Take::Jobs(jobs));
             }
             if st.closed && st.active_iters == 0 {
-                return Take::Exit;
+                return (st, Take::Exit);
             }
             if !blocking {
-                return Take::Nothing;
+                return (st, Take::Nothing);
+            }
+            if let Some((slot, worker, parked)) = park.as_mut() {
+                if !**parked {
+                    if let Some(w) = worker.take() {
+                        st.parked[*slot] = Parking::Parked(Box::new(w));
+                        **parked = true;
+                    }
+                }
             }
             st.waiting += 1;
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
             st.waiting -= 1;
         }
+    }
+
+    /// Runs `job` (encoded, one task) on an idle handler's worker from the calling thread,
+    /// without the hand-offs to and from a handler thread: a lone `apply` then costs one
+    /// round trip to the worker. Faults are handled as the handler would (a dead worker is
+    /// reaped and its handler starts another). Gives the job back if no worker is idle, or
+    /// if work is queued (it would overtake it): submit it instead.
+    pub(crate) fn run_direct(&self, job: Job) -> Option<Job> {
+        let (slot, mut w) = {
+            let mut st = self.lock();
+            if Self::refusal(&st, false).is_some() || !st.queue.is_empty() {
+                return Some(job);
+            }
+            let max = self.cfg.max_tasks;
+            let free = st.parked.iter().position(
+                |p| matches!(p, Parking::Parked(w) if max.is_none_or(|m| w.tasks + job.len() <= m)),
+            );
+            let Some(slot) = free else {
+                return Some(job);
+            };
+            let Parking::Parked(w) = std::mem::replace(&mut st.parked[slot], Parking::Lent) else {
+                return Some(job);
+            };
+            st.was_lent[slot] = true;
+            (slot, w)
+        };
+        let alive = self.run_on(&mut w, job);
+        let back = if alive {
+            Parking::Parked(w)
+        } else {
+            self.discard(slot, *w, true);
+            Parking::Empty
+        };
+        self.lock().parked[slot] = back;
+        self.cv.notify_all();
+        None
+    }
+
+    /// Sends `job` to `w` and waits for all its replies. False: the worker is lost.
+    fn run_on(&self, w: &mut Box<Worker>, job: Job) -> bool {
+        let id = self.fresh_id();
+        let mut buf = vec![MSG_BATCH];
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        let flags = if self.cfg.task_timeout.is_some() {
+            FLAG_FLUSH_EACH
+        } else {
+            0
+        };
+        let mut fds = Vec::new();
+        job.encode_into(id, flags, &mut buf, &mut fds);
+        w.tasks += job.len();
+        match w.conn.send_bytes(&buf, &fds) {
+            Ok(()) => {}
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                job.fail_all(&TaskFail::Invalid(e.to_string()));
+                return true;
+            }
+            Err(_) => {
+                // It never got the job: the worker is gone; a handler runs the job.
+                self.requeue(vec![job]);
+                return false;
+            }
+        }
+        let started = Instant::now();
+        let mut inflight = VecDeque::from([InFlight { job, id, done: 0 }]);
+        while !inflight.is_empty() {
+            match await_reply(self, w, &mut inflight, started) {
+                Step::Replied(_) | Step::Waiting => {}
+                Step::Lost => return false,
+            }
+        }
+        true
     }
 
     fn set_worker(&self, slot: usize, child: Option<Arc<ChildState>>) -> bool {
@@ -836,7 +981,7 @@ fn serve(
                 }
                 continue;
             }
-            shared.take(budget, true, false)
+            shared.take_parking(budget, slot, worker)
         } else if inflight.len() < depth
             && short_tasks
             && budget > 0
@@ -845,6 +990,10 @@ fn serve(
             shared.take(budget, false, true)
         } else {
             Take::Nothing
+        };
+        let Some(w) = worker.as_mut() else {
+            // It died while a direct call had it: start another.
+            continue;
         };
         match take {
             Take::Exit if inflight.is_empty() => break 'outer,
@@ -923,62 +1072,19 @@ fn serve(
         }
 
         // 2. Wait for a reply, the worker's death, or the running task's deadline.
-        let wait_for =
-            timeout.map(|t| (task_started + t).saturating_duration_since(Instant::now()));
         let Some(w) = worker.as_mut() else { continue };
-        match wait_worker(w, wait_for) {
-            Event::Readable => {
-                let r = w
-                    .conn
-                    .recv_with(|bytes, fds| on_reply(inflight, bytes, fds));
-                match r {
-                    Ok(count) => {
-                        let per_task = task_started.elapsed() / (count.max(1) as u32);
-                        short_tasks = per_task < SHORT_TASK;
-                        task_started = Instant::now();
-                    }
-                    Err(_) => {
-                        if let Some(w) = worker.take() {
-                            let f = shared.death(&w);
-                            fail_inflight(&shared, inflight, f);
-                            shared.discard(slot, w, true);
-                        }
-                    }
-                }
+        match await_reply(&shared, w, inflight, task_started) {
+            Step::Replied(count) => {
+                let per_task = task_started.elapsed() / (count.max(1) as u32);
+                short_tasks = per_task < SHORT_TASK;
+                task_started = Instant::now();
             }
-            Event::Died => {
-                // Read what it sent before it died.
-                while matches!(wait_worker(w, Some(Duration::ZERO)), Event::Readable) {
-                    match w
-                        .conn
-                        .recv_with(|bytes, fds| on_reply(inflight, bytes, fds))
-                    {
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
+            Step::Lost => {
                 if let Some(w) = worker.take() {
-                    let f = shared.death(&w);
-                    fail_inflight(&shared, inflight, f);
                     shared.discard(slot, w, true);
                 }
             }
-            Event::Timeout => {
-                if timeout.is_some_and(|t| task_started.elapsed() >= t) {
-                    if let Some(w) = worker.take() {
-                        let _ = w.child.signal(libc::SIGKILL);
-                        let _ = w.child.wait(None);
-                        let term = shared.lock().terminating;
-                        let f = if term {
-                            TaskFail::Closed
-                        } else {
-                            TaskFail::Timeout
-                        };
-                        fail_running_one(&shared, inflight, f);
-                        shared.discard(slot, w, true);
-                    }
-                }
-            }
+            Step::Waiting => {}
         }
     }
     // Leaving: nothing is in flight here.
@@ -1009,6 +1115,70 @@ fn serve(
         };
         for j in jobs {
             j.fail_all(&TaskFail::Closed);
+        }
+    }
+}
+
+/// What came of waiting for a worker's reply.
+enum Step {
+    /// A reply answered this many tasks.
+    Replied(usize),
+    /// The worker is lost (died, garbled its reply, or overran the task timeout); the tasks
+    /// it held were failed or queued again. Discard it.
+    Lost,
+    /// Nothing yet.
+    Waiting,
+}
+
+/// Waits for one reply of `w`, its death, or the deadline of the task it runs (started at
+/// `task_started`), and handles what came.
+fn await_reply(
+    shared: &Shared,
+    w: &Worker,
+    inflight: &mut VecDeque<InFlight>,
+    task_started: Instant,
+) -> Step {
+    let timeout = shared.cfg.task_timeout;
+    let wait_for = timeout.map(|t| (task_started + t).saturating_duration_since(Instant::now()));
+    match wait_worker(w, wait_for) {
+        Event::Readable => match w
+            .conn
+            .recv_with(|bytes, fds| on_reply(inflight, bytes, fds))
+        {
+            Ok(count) => Step::Replied(count),
+            Err(_) => {
+                let f = shared.death(w);
+                fail_inflight(shared, inflight, f);
+                Step::Lost
+            }
+        },
+        Event::Died => {
+            // Read what it sent before it died.
+            while matches!(wait_worker(w, Some(Duration::ZERO)), Event::Readable) {
+                if w.conn
+                    .recv_with(|bytes, fds| on_reply(inflight, bytes, fds))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let f = shared.death(w);
+            fail_inflight(shared, inflight, f);
+            Step::Lost
+        }
+        Event::Timeout => {
+            if timeout.is_none_or(|t| task_started.elapsed() < t) {
+                return Step::Waiting;
+            }
+            let _ = w.child.signal(libc::SIGKILL);
+            let _ = w.child.wait(None);
+            let f = if shared.lock().terminating {
+                TaskFail::Closed
+            } else {
+                TaskFail::Timeout
+            };
+            fail_running_one(shared, inflight, f);
+            Step::Lost
         }
     }
 }
