@@ -502,6 +502,13 @@ impl RawConn {
         let _g = lane
             .lock_producer(d, None)
             .ok_or_else(|| Error::invalid("pipe lock"))?;
+        if lane.is_broken(d) {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "another process died while sending a message on this pipe: it can carry \
+                 nothing more",
+            )));
+        }
         if fds.is_empty() && body.len() <= lane.max_inline() && !lane.socket_only(d) {
             lane.wait_free(d, Lane::record_size(body.len()), gone)?;
             if lane.publish(d, K_INLINE, &[body]) {
@@ -513,7 +520,10 @@ impl RawConn {
         // The frame itself wakes a sleeping receiver.
         lane.publish(d, K_SOCKET, &[]);
         let h = header(body.len(), fds.len());
-        sys::send_all(sock, &[&h, body], fds).map_err(Error::Io)
+        lane.set_frame_busy(d, true);
+        let r = sys::send_all(sock, &[&h, body], fds).map_err(Error::Io);
+        lane.set_frame_busy(d, false);
+        r
     }
 
     /// Receives one frame and hands its payload and descriptors to `f`.

@@ -561,3 +561,35 @@ fn descriptor_readiness_follows_the_messages() {
     assert!(ready(&b), "end of file makes it readable");
     assert!(matches!(b.recv(), Err(Error::Eof)));
 }
+
+fn send_huge_then_wait(conn: Connection<()>) {
+    // Far more than the socket holds: blocks in the middle of the frame (nobody reads).
+    let _ = conn.send_bytes(&vec![1u8; 64 << 20]);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_sender_killed_mid_frame_breaks_the_pipe_instead_of_corrupting_it() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<()>().unwrap();
+    let mut a = Process::new(send_huge_then_wait, tx.clone());
+    a.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill().unwrap();
+    a.join().unwrap();
+    // Another sender would append its bytes to the cut frame: it is refused instead.
+    let t = Instant::now();
+    match tx.send_bytes(b"x") {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
+        other => panic!("expected BrokenPipe, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop(tx);
+    // The reader gets an error for the cut message, never a corrupted one.
+    match rx.recv_bytes() {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+        other => panic!("expected a truncation error, got {other:?}"),
+    }
+}

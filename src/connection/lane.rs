@@ -58,6 +58,7 @@ const D_PLOCK: usize = 8;
 const D_POWNER: usize = 16;
 const D_FLAGS: usize = 24;
 const D_RX_CLOSES: usize = 28;
+const D_FRAME_BUSY: usize = 32;
 const D_HEAD: usize = 128;
 const D_CLOCK: usize = 136;
 const D_COWNER: usize = 144;
@@ -67,6 +68,9 @@ const D_SPACE_SEQ: usize = 388;
 
 /// Direction flag: every message goes through the socket (see the module docs).
 const FLAG_SOCKET_ONLY: u32 = 1;
+/// Direction flag: a sender died in the middle of sending a frame on the socket, so the
+/// socket's byte stream cannot be trusted any more: later sends fail.
+const FLAG_BROKEN: u32 = 2;
 
 /// Record kinds.
 pub(crate) const K_INLINE: u32 = 1;
@@ -168,11 +172,26 @@ impl Lane {
 
     // --- locks -------------------------------------------------------------------------------
 
-    /// Takes direction `d`'s producer lock (a dead holder's lock is taken over: it left no
-    /// visible record behind).
+    /// Takes direction `d`'s producer lock. A dead holder's lock is taken over: it left no
+    /// visible record behind, but if it died while sending a frame on the socket, the
+    /// direction is marked broken (see [`is_broken`](Self::is_broken)).
     pub(crate) fn lock_producer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
-        let (g, _) = shmsync::lock(self.w32(d, D_PLOCK), self.w64(d, D_POWNER), deadline)?;
+        let (g, got) = shmsync::lock(self.w32(d, D_PLOCK), self.w64(d, D_POWNER), deadline)?;
+        if got == shmsync::Got::OwnerDied && self.w32(d, D_FRAME_BUSY).swap(0, SeqCst) != 0 {
+            self.w32(d, D_FLAGS).fetch_or(FLAG_BROKEN, SeqCst);
+        }
         Some(g)
+    }
+
+    /// Whether a sender died in the middle of a frame on direction `d`'s socket.
+    pub(crate) fn is_broken(&self, d: usize) -> bool {
+        self.w32(d, D_FLAGS).load(Acquire) & FLAG_BROKEN != 0
+    }
+
+    /// Marks the start (`true`) and the end of a frame being sent on the socket (producer
+    /// lock held).
+    pub(crate) fn set_frame_busy(&self, d: usize, busy: bool) {
+        self.w32(d, D_FRAME_BUSY).store(u32::from(busy), SeqCst);
     }
 
     /// Takes direction `d`'s consumer lock.
