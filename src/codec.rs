@@ -124,29 +124,6 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<Vec<RawFd>> {
-    struct Append<'a>(&'a mut Vec<u8>);
-    impl postcard::ser_flavors::Flavor for Append<'_> {
-        type Output = ();
-        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-            self.0.push(data);
-            Ok(())
-        }
-        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-            if data.len() <= 16 {
-                // Varints and small fields: byte by byte beats a call to memcpy.
-                self.0.reserve(data.len());
-                for &b in data {
-                    self.0.push(b);
-                }
-            } else {
-                self.0.extend_from_slice(data);
-            }
-            Ok(())
-        }
-        fn finalize(self) -> postcard::Result<()> {
-            Ok(())
-        }
-    }
     let len = out.len();
     let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
     let r = postcard::serialize_with_flavor(value, Append(out));
@@ -157,6 +134,105 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
             out.truncate(len);
             Err(Error::Codec(format!("cannot encode value: {e}")))
         }
+    }
+}
+
+/// Encodes many values one after another for a multiproc channel, paying the set-up of the
+/// descriptor context once rather than per value (see [`append_with_fds`]). The handles'
+/// descriptors collected so far are [`fds`](FdSession::fds); they are borrowed from the
+/// values encoded, which must stay alive until they are sent.
+pub(crate) struct FdSession {
+    prev: Option<Vec<RawFd>>,
+    /// Descriptors in the list after the last value encoded.
+    known: usize,
+}
+
+impl FdSession {
+    pub(crate) fn begin() -> FdSession {
+        FdSession {
+            prev: OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new())),
+            known: 0,
+        }
+    }
+
+    /// The descriptors collected so far; the list starts again empty.
+    pub(crate) fn take_fds(&mut self) -> Vec<RawFd> {
+        self.known = 0;
+        OUT_FDS.with(|c| {
+            c.borrow_mut()
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default()
+        })
+    }
+
+    /// Appends the encoding of `value` to `out`: returns how many handle descriptors it
+    /// added to the list. On failure `out` and the list are left as they were.
+    #[inline]
+    pub(crate) fn append<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<usize> {
+        let len = out.len();
+        let r = postcard::serialize_with_flavor(value, Append(out));
+        let known = self.known;
+        let now = OUT_FDS.with(|c| {
+            let mut c = c.borrow_mut();
+            match c.as_mut() {
+                Some(v) if r.is_err() => {
+                    v.truncate(known);
+                    known
+                }
+                Some(v) => v.len(),
+                None => known,
+            }
+        });
+        match r {
+            Ok(()) => {
+                self.known = now;
+                Ok(now - known)
+            }
+            Err(e) => {
+                out.truncate(len);
+                Err(Error::Codec(format!("cannot encode value: {e}")))
+            }
+        }
+    }
+}
+
+impl Drop for FdSession {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        OUT_FDS.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// A postcard output that appends to a vector (small pieces byte by byte).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= 16 {
+            // Varints and small fields: byte by byte beats a call to memcpy.
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::fail::TaskFail;
 use super::worker::{
     Reader, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, MSG_BATCH, MSG_STOP, REP_INIT_FAILED,
-    REP_READY, REP_RESULTS,
+    REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
 };
 use crate::connection::RawConn;
 use crate::process::ChildState;
@@ -27,7 +27,7 @@ use crate::{codec, sys, Error, Process, Result};
 
 /// Where the outcomes of a job's tasks go.
 pub(crate) trait Sink: Send + Sync {
-    /// `count` encoded `TaskReply<R>` for tasks `first..first + count`.
+    /// The encoded results (`count × R`, laid end to end) of tasks `first..first + count`.
     fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>);
     /// Tasks `first..first + count` failed with `why`.
     fn fail(&self, first: usize, count: usize, why: &TaskFail);
@@ -61,8 +61,10 @@ pub(crate) trait RawArgs: Send {
 impl<A: Serialize + Send> RawArgs for Vec<A> {
     fn encode(self: Box<Self>, job: &mut Job) -> Vec<(usize, Error)> {
         let mut failed = Vec::new();
-        for (i, a) in self.into_iter().enumerate() {
-            if let Err(e) = job.push(&a) {
+        let mut session = codec::FdSession::begin();
+        job.ends.reserve(self.len());
+        for (i, a) in self.iter().enumerate() {
+            if let Err(e) = job.push_in(&mut session, a) {
                 failed.push((i, e));
             }
         }
@@ -194,15 +196,26 @@ impl Job {
 
     /// Encodes one more task's argument. On error nothing is added.
     pub(crate) fn push<A: Serialize>(&mut self, a: &A) -> Result<()> {
+        self.push_in(&mut codec::FdSession::begin(), a)
+    }
+
+    /// [`push`](Job::push) within an encoding session (shared by the tasks of a chunk).
+    #[inline]
+    fn push_in<A: Serialize>(&mut self, session: &mut codec::FdSession, a: &A) -> Result<()> {
         let len = self.args.len();
-        let raw = codec::append_with_fds(a, &mut self.args)?;
-        let mut owned = Vec::with_capacity(raw.len());
-        for fd in &raw {
-            match sys::dup_raw(*fd) {
-                Ok(d) => owned.push(d),
-                Err(e) => {
-                    self.args.truncate(len);
-                    return Err(e.into());
+        let nfds = session.append(a, &mut self.args)?;
+        let mut owned = Vec::new();
+        if nfds > 0 {
+            // Each task's handles are numbered from 0: the list starts again.
+            let raw = session.take_fds();
+            owned.reserve(raw.len());
+            for fd in &raw {
+                match sys::dup_raw(*fd) {
+                    Ok(d) => owned.push(d),
+                    Err(e) => {
+                        self.args.truncate(len);
+                        return Err(e.into());
+                    }
                 }
             }
         }
@@ -1074,6 +1087,7 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
         let first = rd.u32()? as usize;
         let count = rd.u32()? as usize;
         let len = rd.u32()? as usize;
+        let kind = rd.u8()?;
         let payload = rd.bytes(len)?;
         // Descriptors belong to the frame's last segment.
         let seg_fds = if rd.rest().is_empty() {
@@ -1090,16 +1104,28 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
             return Err(Error::Codec("out-of-order reply from a pool worker".into()));
         }
         let (sink, at) = (&front.job.sink, front.job.first + first);
-        // A result type whose decoding panics must not take the pool's thread with it.
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sink.deliver(at, count, payload, seg_fds)
-        }));
-        if ok.is_err() {
-            sink.fail(
-                at,
-                count,
-                &TaskFail::Codec("decoding the task's result panicked".into()),
-            );
+        match kind {
+            SEG_OK => {
+                // A result type whose decoding panics must not take the pool's thread
+                // with it.
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sink.deliver(at, count, payload, seg_fds)
+                }));
+                if ok.is_err() {
+                    sink.fail(
+                        at,
+                        count,
+                        &TaskFail::Codec("decoding the task's result panicked".into()),
+                    );
+                }
+            }
+            SEG_FAIL => {
+                let why = codec::decode::<TaskFail>(payload).unwrap_or_else(|e| {
+                    TaskFail::Codec(format!("a task failed; its error could not be read: {e}"))
+                });
+                sink.fail(at, count, &why);
+            }
+            other => return Err(Error::Codec(format!("unknown pool reply kind {other}"))),
         }
         front.done += count;
         total += count;
