@@ -371,7 +371,7 @@ fn decode_replies<R: DeserializeOwned>(
     count: usize,
     mut each: impl FnMut(usize, Outcome<R>),
 ) {
-    codec::decode_many::<R>(payload, fds, count, |i, r| {
+    codec::decode_tasks::<R>(payload, fds, count, |i, r| {
         each(i, r.map_err(|e| TaskFail::from_error(&e)))
     });
 }
@@ -536,7 +536,7 @@ impl<R: DeserializeOwned + Send> Sink for VecSink<R> {
         // Decoded outside the lock, straight into a vector of values.
         let mut values = Vec::with_capacity(count);
         let mut failed = None;
-        codec::decode_many::<R>(payload, fds, count, |i, r| match r {
+        codec::decode_tasks::<R>(payload, fds, count, |i, r| match r {
             Ok(v) if failed.is_none() => values.push(v),
             Ok(_) => {}
             Err(e) => {

@@ -285,11 +285,11 @@ impl JobRun<'_> {
         let end = u32_at(self.ends, i) as usize;
         let bytes = self.args.get(start..end).unwrap_or(&[]);
         match self.fd_counts {
-            None => codec::decode(bytes),
+            None => codec::decode_task(bytes, Vec::new()),
             Some(c) => {
                 let nfds = (u32_at(c, i) as usize).min(self.fds.len());
                 let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
-                codec::decode_with_fds(bytes, fds)
+                codec::decode_task(bytes, fds)
             }
         }
     }
