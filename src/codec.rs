@@ -225,20 +225,44 @@ impl Drop for FdSession {
     }
 }
 
-/// Decodes one value written by [`FdSession::append`], received with `fds` (the value's
-/// own descriptors); it must fill `bytes` exactly. Descriptors no handle claimed are
-/// closed.
-pub(crate) fn decode_task<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
-    use bincode::Options;
-    let list = if fds.is_empty() {
-        Vec::new()
-    } else {
-        fds.into_iter().map(Some).collect()
-    };
-    let prev = IN_FDS.with(|c| c.borrow_mut().replace(list));
-    let r = task_format().deserialize(bytes).map_err(task_error);
-    IN_FDS.with(|c| *c.borrow_mut() = prev);
-    r
+/// Decodes values written by [`FdSession::append`] one at a time (a worker's task
+/// arguments), setting up the handle context once.
+pub(crate) struct TaskDecoder {
+    prev: Option<Vec<Option<OwnedFd>>>,
+}
+
+impl TaskDecoder {
+    pub(crate) fn begin() -> TaskDecoder {
+        TaskDecoder {
+            prev: IN_FDS.with(|c| c.borrow_mut().replace(Vec::new())),
+        }
+    }
+
+    /// Decodes one value that must fill `bytes` exactly, received with `fds` (the value's
+    /// own descriptors). Descriptors no handle claimed are closed.
+    #[inline]
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<T> {
+        use bincode::Options;
+        if fds.is_empty() {
+            return task_format().deserialize(bytes).map_err(task_error);
+        }
+        IN_FDS.with(|c| *c.borrow_mut() = Some(fds.into_iter().map(Some).collect()));
+        let r = task_format().deserialize(bytes).map_err(task_error);
+        // Unclaimed descriptors are closed here; the next value starts with none.
+        IN_FDS.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        r
+    }
+}
+
+impl Drop for TaskDecoder {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        IN_FDS.with(|c| *c.borrow_mut() = prev);
+    }
 }
 
 /// Decodes `count` values written by [`FdSession::append`] laid end to end in `bytes`,

@@ -139,10 +139,12 @@ impl<'a> Reader<'a> {
 }
 
 /// The `i`th little-endian u32 of `b` (callers checked the length).
+#[inline]
 pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[i * 4..i * 4 + 4]);
-    u32::from_le_bytes(a)
+    match b.get(i * 4..i * 4 + 4) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => 0,
+    }
 }
 
 /// One job as the worker sees it, handed to the trampoline.
@@ -273,23 +275,24 @@ impl JobRun<'_> {
         self.maybe_send()
     }
 
-    /// The arguments of task `i`, decoded (tasks are taken in order: handles inside take
-    /// the next descriptors).
+    /// The arguments of the next task (from `*start`, the end of the previous one),
+    /// decoded. Tasks are taken in order: handles inside take the next descriptors.
     #[inline]
-    fn decode_task<A: DeserializeOwned>(&mut self, i: usize) -> Result<A> {
-        let start = if i == 0 {
-            0
-        } else {
-            u32_at(self.ends, i - 1) as usize
-        };
+    fn decode_task<A: DeserializeOwned>(
+        &mut self,
+        dec: &mut codec::TaskDecoder,
+        i: usize,
+        start: &mut usize,
+    ) -> Result<A> {
         let end = u32_at(self.ends, i) as usize;
-        let bytes = self.args.get(start..end).unwrap_or(&[]);
+        let bytes = self.args.get(*start..end).unwrap_or(&[]);
+        *start = end;
         match self.fd_counts {
-            None => codec::decode_task(bytes, Vec::new()),
+            None => dec.decode(bytes, Vec::new()),
             Some(c) => {
                 let nfds = (u32_at(c, i) as usize).min(self.fds.len());
                 let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
-                codec::decode_task(bytes, fds)
+                dec.decode(bytes, fds)
             }
         }
     }
@@ -325,8 +328,10 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
         );
     };
     let mut session = codec::FdSession::begin();
+    let mut dec = codec::TaskDecoder::begin();
+    let mut start = 0;
     for i in 0..run.count {
-        let a: A = match run.decode_task(i) {
+        let a: A = match run.decode_task(&mut dec, i, &mut start) {
             Ok(a) => a,
             Err(e) => {
                 run.push_fail(
