@@ -523,9 +523,7 @@ fn handles_travel_in_map_arguments_and_results() {
     let pool = Pool::new(2).unwrap();
     // Each task gets its own pipe end and returns a fresh one: handles of several tasks in
     // one chunk must each find their own descriptors, both ways.
-    fn relay(
-        (conn, x): (multiproc::Connection<u64>, u64),
-    ) -> (multiproc::Connection<u64>, u64) {
+    fn relay((conn, x): (multiproc::Connection<u64>, u64)) -> (multiproc::Connection<u64>, u64) {
         conn.send(&(x * 3)).unwrap();
         let (mine, theirs) = multiproc::pipe::<u64>().unwrap();
         mine.send(&(x + 100)).unwrap();
