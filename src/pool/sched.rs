@@ -63,6 +63,9 @@ impl<A: Serialize + Send> RawArgs for Vec<A> {
         let mut failed = Vec::new();
         let mut session = codec::FdSession::begin();
         job.ends.reserve(self.len());
+        // Plain values encode to about their size in memory.
+        job.args
+            .reserve((self.len() * std::mem::size_of::<A>()).min(MAX_JOB_BYTES));
         for (i, a) in self.iter().enumerate() {
             if let Err(e) = job.push_in(&mut session, a) {
                 failed.push((i, e));
