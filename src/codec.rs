@@ -435,4 +435,79 @@ mod tests {
         let fds = encode_with_fds(&H(f.as_fd()), &mut out).unwrap();
         assert_eq!(fds, vec![f.as_raw_fd()]);
     }
+
+    #[test]
+    fn task_format_roundtrip_and_errors() {
+        let mut out = Vec::new();
+        let mut s = FdSession::begin();
+        let mut ends = Vec::new();
+        for v in [(1u64, "a".to_string()), (u64::MAX, String::new())] {
+            assert_eq!(s.append(&v, &mut out).unwrap(), 0);
+            ends.push(out.len());
+        }
+        drop(s);
+        let mut d = TaskDecoder::begin();
+        let first: (u64, String) = d.decode(&out[..ends[0]], Vec::new()).unwrap();
+        assert_eq!(first, (1, "a".to_string()));
+        // A trailing byte, a truncated value: codec errors, not panics.
+        assert!(matches!(
+            d.decode::<u64>(&out[..ends[0]], Vec::new()),
+            Err(Error::Codec(_))
+        ));
+        assert!(matches!(
+            d.decode::<(u64, String)>(&out[..ends[0] - 1], Vec::new()),
+            Err(Error::Codec(_))
+        ));
+        // A huge length prefix allocates nothing and fails.
+        let huge = u64::MAX.to_le_bytes();
+        assert!(matches!(
+            d.decode::<Vec<u64>>(&huge, Vec::new()),
+            Err(Error::Codec(_))
+        ));
+        assert!(matches!(
+            d.decode::<String>(&huge, Vec::new()),
+            Err(Error::Codec(_))
+        ));
+        drop(d);
+        let mut got = Vec::new();
+        decode_tasks::<(u64, String)>(&out, Vec::new(), 3, |i, r| got.push((i, r.ok())));
+        assert_eq!(got[0], (0, Some((1, "a".to_string()))));
+        assert_eq!(got[1], (1, Some((u64::MAX, String::new()))));
+        assert_eq!(got[2], (2, None));
+    }
+
+    #[test]
+    fn task_session_numbers_each_values_handles_from_zero() {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/dev/null").unwrap();
+        struct H<'a>(BorrowedFd<'a>);
+        impl Serialize for H<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize_fd(self.0, s)
+            }
+        }
+        struct Bad;
+        impl Serialize for Bad {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let mut out = Vec::new();
+        let mut s = FdSession::begin();
+        assert_eq!(
+            s.append(&(H(f.as_fd()), H(f.as_fd())), &mut out).unwrap(),
+            2
+        );
+        assert_eq!(s.take_fds().len(), 2);
+        let len = out.len();
+        // A failed value leaves nothing behind, bytes or descriptors.
+        assert!(s.append(&(H(f.as_fd()), Bad), &mut out).is_err());
+        assert_eq!(out.len(), len);
+        assert_eq!(s.append(&H(f.as_fd()), &mut out).unwrap(), 1);
+        // The third value's handle is number 0 again.
+        assert_eq!(&out[len..], &0u32.to_le_bytes());
+        drop(s);
+        // Outside a session, handles cannot be encoded.
+        assert!(encode(&H(f.as_fd())).is_err());
+    }
 }

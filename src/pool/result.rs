@@ -625,3 +625,59 @@ impl<R: DeserializeOwned + Send> Sink for IterSink<R> {
         self.put((first..first + count).map(|i| (i, Err(why.clone()))));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(n: usize) -> VecState<u32> {
+        VecState {
+            runs: BTreeMap::new(),
+            n,
+            remaining: n,
+        }
+    }
+
+    #[test]
+    fn runs_out_of_order_make_the_vector_in_input_order() {
+        let mut st = state(6);
+        assert_eq!(st.put(3, Run::Values(vec![3, 4, 5])), 3);
+        assert_eq!(st.put(0, Run::Values(vec![0, 1])), 2);
+        assert_eq!(st.put(2, Run::Values(vec![2])), 1);
+        assert_eq!(st.finish().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_first_failure_in_input_order_wins() {
+        let mut st = state(6);
+        assert_eq!(st.put(4, Run::Failed(2, TaskFail::Timeout)), 2);
+        assert_eq!(st.put(0, Run::Values(vec![0, 1])), 2);
+        assert_eq!(st.put(2, Run::Failed(1, TaskFail::Closed)), 1);
+        assert_eq!(st.put(3, Run::Values(vec![3])), 1);
+        assert!(matches!(st.finish(), Err(TaskFail::Closed)));
+    }
+
+    #[test]
+    fn known_tasks_keep_their_first_outcome() {
+        let mut st = state(4);
+        assert_eq!(st.put(1, Run::Values(vec![10, 20])), 2);
+        // Overlaps tasks 1 and 2 on both sides: only tasks 0 and 3 are new.
+        assert_eq!(st.put(0, Run::Failed(4, TaskFail::Timeout)), 2);
+        assert_eq!(st.put(2, Run::Values(vec![99])), 0);
+        // Out of range: ignored.
+        assert_eq!(st.put(4, Run::Values(vec![1])), 0);
+        assert!(matches!(st.finish(), Err(TaskFail::Timeout)));
+        let mut st = state(3);
+        assert_eq!(st.put(0, Run::Values(vec![1, 2])), 2);
+        assert_eq!(st.put(1, Run::Values(vec![7, 3])), 1);
+        assert_eq!(st.finish().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_missing_task_is_reported_not_invented() {
+        let mut st = state(3);
+        st.put(0, Run::Values(vec![1]));
+        st.put(2, Run::Values(vec![3]));
+        assert!(matches!(st.finish(), Err(TaskFail::Invalid(_))));
+    }
+}
