@@ -10,7 +10,8 @@
 //! Parent → worker frames:
 //! - `BATCH`: `[1][njobs u32]` then per job
 //!   `[id u64][entry i64][entry_sig u64][target i64][target_sig u64][count u32][flags u8]
-//!   [args_len u32][ends: count × u32][fd counts: count × u32, if flag HAS_FDS][args]`;
+//!   [args_len u32][ends: count × u32, or with flag STRIDE one u32, the size of every
+//!   task's arguments][fd counts: count × u32, if flag HAS_FDS][args]`;
 //!   the descriptors of all jobs travel with the frame, in order.
 //! - `STOP`: `[2]`.
 //!
@@ -42,6 +43,16 @@ pub(crate) const REP_INIT_FAILED: u8 = 1;
 pub(crate) const REP_RESULTS: u8 = 2;
 pub(crate) const FLAG_FLUSH_EACH: u8 = 1;
 pub(crate) const FLAG_HAS_FDS: u8 = 2;
+pub(crate) const FLAG_STRIDE: u8 = 4;
+
+/// Where each task's arguments end in a job's bytes, as sent.
+#[derive(Clone, Copy)]
+enum WireEnds<'a> {
+    /// Every task's arguments take this many bytes.
+    Stride(usize),
+    /// Little-endian u32 ends, one per task.
+    List(&'a [u8]),
+}
 
 /// Names a pool function to a worker: the trampoline [`run_job::<A, R>`] and the user's
 /// `fn(A) -> R`, both as checked offsets.
@@ -155,7 +166,7 @@ pub(crate) struct JobRun<'a> {
     count: usize,
     flush_each: bool,
     args: &'a [u8],
-    ends: &'a [u8],
+    ends: WireEnds<'a>,
     fd_counts: Option<&'a [u8]>,
     fds: VecDeque<OwnedFd>,
     conn: &'a RawConn,
@@ -284,7 +295,10 @@ impl JobRun<'_> {
         i: usize,
         start: &mut usize,
     ) -> Result<A> {
-        let end = u32_at(self.ends, i) as usize;
+        let end = match self.ends {
+            WireEnds::Stride(size) => (i + 1).saturating_mul(size),
+            WireEnds::List(e) => u32_at(e, i) as usize,
+        };
         let bytes = self.args.get(*start..end).unwrap_or(&[]);
         *start = end;
         match self.fd_counts {
@@ -386,7 +400,11 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
         let count = rd.u32()? as usize;
         let flags = rd.u8()?;
         let args_len = rd.u32()? as usize;
-        let ends = rd.bytes(count * 4)?;
+        let ends = if flags & FLAG_STRIDE != 0 {
+            WireEnds::Stride(rd.u32()? as usize)
+        } else {
+            WireEnds::List(rd.bytes(count * 4)?)
+        };
         let fd_counts = if flags & FLAG_HAS_FDS != 0 {
             Some(rd.bytes(count * 4)?)
         } else {
