@@ -518,6 +518,34 @@ fn handles_travel_in_task_arguments() {
 }
 
 #[test]
+fn handles_travel_in_map_arguments_and_results() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    // Each task gets its own pipe end and returns a fresh one: handles of several tasks in
+    // one chunk must each find their own descriptors, both ways.
+    fn relay((conn, x): (multiproc::Connection<u64>, u64)) -> (multiproc::Connection<u64>, u64) {
+        conn.send(&(x * 3)).unwrap();
+        let (mine, theirs) = multiproc::pipe::<u64>().unwrap();
+        mine.send(&(x + 100)).unwrap();
+        (theirs, x)
+    }
+    let mut ours = Vec::new();
+    let mut args = Vec::new();
+    for x in 0..10u64 {
+        let (a, b) = multiproc::pipe::<u64>().unwrap();
+        ours.push(a);
+        args.push((b, x));
+    }
+    let back = pool.map_chunked(relay, args, 4).unwrap();
+    for (x, (a, (conn, y))) in ours.iter().zip(back).enumerate() {
+        let x = x as u64;
+        assert_eq!(y, x);
+        assert_eq!(a.recv().unwrap(), x * 3);
+        assert_eq!(conn.recv().unwrap(), x + 100);
+    }
+}
+
+#[test]
 fn spawn_start_method_pool() {
     multiproc::init();
     let pool = Pool::builder()

@@ -416,8 +416,9 @@ impl Pool {
             let n = chunk.len();
             jobs.push(Job::lazy(code, first, chunk, sink.clone()));
             first += n;
-            // Submit in groups so that workers start while the rest is cut.
-            if jobs.len() >= 4 {
+            // Submit in groups so that workers start while the rest is cut (the first job
+            // at once: a handler encodes it while the next ones are cut).
+            if jobs.len() >= 4 || first == n {
                 let _ = self.shared.submit(std::mem::take(&mut jobs), false);
             }
         }

@@ -10,7 +10,6 @@ use serde::de::DeserializeOwned;
 
 use super::fail::TaskFail;
 use super::sched::Sink;
-use super::worker::TaskReply;
 use crate::{codec, Error, Result};
 
 type Outcome<T> = std::result::Result<T, TaskFail>;
@@ -365,22 +364,15 @@ fn outcome_of<T: Clone>(s: &Slot<T>) -> Result<T> {
     }
 }
 
-/// Decodes `count` replies.
+/// Decodes `count` results.
 fn decode_replies<R: DeserializeOwned>(
     payload: &[u8],
     fds: Vec<OwnedFd>,
     count: usize,
     mut each: impl FnMut(usize, Outcome<R>),
 ) {
-    codec::decode_many::<TaskReply<R>>(payload, fds, count, |i, r| {
-        each(
-            i,
-            match r {
-                Ok(TaskReply::Ok(v)) => Ok(v),
-                Ok(TaskReply::Failed(f)) => Err(f),
-                Err(e) => Err(TaskFail::from_error(&e)),
-            },
-        )
+    codec::decode_tasks::<R>(payload, fds, count, |i, r| {
+        each(i, r.map_err(|e| TaskFail::from_error(&e)))
     });
 }
 
@@ -399,28 +391,104 @@ impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
     }
 }
 
+/// A run of consecutive tasks of a map: their values, or one failure for them all.
+enum Run<R> {
+    Values(Vec<R>),
+    Failed(usize, TaskFail),
+}
+
+impl<R> Run<R> {
+    fn len(&self) -> usize {
+        match self {
+            Run::Values(v) => v.len(),
+            Run::Failed(n, _) => *n,
+        }
+    }
+}
+
 struct VecState<R> {
-    values: Vec<Option<R>>,
-    errors: BTreeMap<usize, TaskFail>,
+    /// Outcomes by the index of their run's first task; runs never overlap.
+    runs: BTreeMap<usize, Run<R>>,
+    n: usize,
     remaining: usize,
 }
 
 impl<R> VecState<R> {
-    /// Records task `i`'s outcome; returns 1 if it was new, 0 if it was known already.
-    fn put(&mut self, i: usize, o: Outcome<R>) -> usize {
-        let Some(slot) = self.values.get_mut(i) else {
-            return 0;
-        };
-        if slot.is_some() || self.errors.contains_key(&i) {
-            return 0;
+    /// Whether tasks `first..first + count` are all unknown yet.
+    fn is_free(&self, first: usize, count: usize) -> bool {
+        let end = first + count;
+        if count == 0 || end > self.n {
+            return false;
         }
-        match o {
-            Ok(v) => *slot = Some(v),
-            Err(f) => {
-                self.errors.insert(i, f);
+        let before_ok = self
+            .runs
+            .range(..=first)
+            .next_back()
+            .is_none_or(|(s, r)| s + r.len() <= first);
+        let after_ok = self.runs.range(first..end).next().is_none();
+        before_ok && after_ok
+    }
+
+    /// Records the outcomes of tasks `first..`; returns how many were new (a task already
+    /// known keeps its first outcome).
+    fn put(&mut self, first: usize, run: Run<R>) -> usize {
+        let count = run.len();
+        if self.is_free(first, count) {
+            self.runs.insert(first, run);
+            return count;
+        }
+        // Some are known (never expected): keep only the new ones, one by one.
+        let mut n = 0;
+        match run {
+            Run::Values(v) => {
+                for (i, x) in v.into_iter().enumerate() {
+                    if self.is_free(first + i, 1) {
+                        self.runs.insert(first + i, Run::Values(vec![x]));
+                        n += 1;
+                    }
+                }
+            }
+            Run::Failed(c, f) => {
+                for i in first..first + c {
+                    if self.is_free(i, 1) {
+                        self.runs.insert(i, Run::Failed(1, f.clone()));
+                        n += 1;
+                    }
+                }
             }
         }
-        1
+        n
+    }
+
+    /// The map's outcome once every task is known: the first error in input order, or
+    /// every value in order.
+    fn finish(&mut self) -> Outcome<Vec<R>> {
+        let runs = std::mem::take(&mut self.runs);
+        if let Some(f) = runs.values().find_map(|r| match r {
+            Run::Failed(_, f) => Some(f.clone()),
+            Run::Values(_) => None,
+        }) {
+            return Err(f);
+        }
+        let mut out: Vec<R> = Vec::new();
+        for (first, run) in runs {
+            if first != out.len() {
+                break;
+            }
+            if let Run::Values(v) = run {
+                if out.is_empty() {
+                    out = v;
+                    out.reserve(self.n - out.len());
+                } else {
+                    out.extend(v);
+                }
+            }
+        }
+        if out.len() == self.n {
+            Ok(out)
+        } else {
+            Err(TaskFail::Invalid("a task's result was lost".into()))
+        }
     }
 }
 
@@ -436,12 +504,10 @@ pub(crate) struct VecSink<R> {
 
 impl<R> VecSink<R> {
     pub(crate) fn new(n: usize, cell: Arc<Cell<Vec<R>>>, progress: Option<Progress>) -> Self {
-        let mut values = Vec::with_capacity(n);
-        values.resize_with(n, || None);
         VecSink {
             st: Mutex::new(VecState {
-                values,
-                errors: BTreeMap::new(),
+                runs: BTreeMap::new(),
+                n,
                 remaining: n,
             }),
             cell,
@@ -449,30 +515,17 @@ impl<R> VecSink<R> {
         }
     }
 
-    /// Runs `put` under the lock; finishes the map when every task is in.
-    fn store(&self, put: impl FnOnce(&mut VecState<R>) -> usize) {
+    /// Records the outcomes of a run of tasks; finishes the map when every task is in.
+    fn store(&self, first: usize, run: Run<R>) {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
-        let n = put(&mut st);
+        let n = st.put(first, run);
         st.remaining = st.remaining.saturating_sub(n);
-        let finished = (st.remaining == 0).then(|| {
-            (
-                std::mem::take(&mut st.values),
-                std::mem::take(&mut st.errors),
-            )
-        });
+        let finished = (st.remaining == 0 && n > 0).then(|| st.finish());
         drop(st);
         if let Some(p) = &self.progress {
             p(n as u64);
         }
-        if let Some((values, errors)) = finished {
-            // The first error in input order wins.
-            let outcome = match errors.into_iter().next() {
-                Some((_, f)) => Err(f),
-                None => values
-                    .into_iter()
-                    .collect::<Option<Vec<R>>>()
-                    .ok_or_else(|| TaskFail::Invalid("a task's result was lost".into())),
-            };
+        if let Some(outcome) = finished {
             self.cell.set(outcome);
         }
     }
@@ -480,19 +533,29 @@ impl<R> VecSink<R> {
 
 impl<R: DeserializeOwned + Send> Sink for VecSink<R> {
     fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>) {
-        self.store(|st| {
-            let mut n = 0;
-            decode_replies::<R>(payload, fds, count, |i, o| n += st.put(first + i, o));
-            n
+        // Decoded outside the lock, straight into a vector of values.
+        let mut values = Vec::with_capacity(count);
+        let mut failed = None;
+        codec::decode_tasks::<R>(payload, fds, count, |i, r| match r {
+            Ok(v) if failed.is_none() => values.push(v),
+            Ok(_) => {}
+            Err(e) => {
+                if failed.is_none() {
+                    failed = Some((i, TaskFail::from_error(&e)));
+                }
+            }
         });
+        let ok = values.len();
+        if ok > 0 {
+            self.store(first, Run::Values(values));
+        }
+        if let Some((i, f)) = failed {
+            self.store(first + i, Run::Failed(count - i, f));
+        }
     }
 
     fn fail(&self, first: usize, count: usize, why: &TaskFail) {
-        self.store(|st| {
-            (first..first + count)
-                .map(|i| st.put(i, Err(why.clone())))
-                .sum()
-        });
+        self.store(first, Run::Failed(count, why.clone()));
     }
 }
 
@@ -560,5 +623,61 @@ impl<R: DeserializeOwned + Send> Sink for IterSink<R> {
 
     fn fail(&self, first: usize, count: usize, why: &TaskFail) {
         self.put((first..first + count).map(|i| (i, Err(why.clone()))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(n: usize) -> VecState<u32> {
+        VecState {
+            runs: BTreeMap::new(),
+            n,
+            remaining: n,
+        }
+    }
+
+    #[test]
+    fn runs_out_of_order_make_the_vector_in_input_order() {
+        let mut st = state(6);
+        assert_eq!(st.put(3, Run::Values(vec![3, 4, 5])), 3);
+        assert_eq!(st.put(0, Run::Values(vec![0, 1])), 2);
+        assert_eq!(st.put(2, Run::Values(vec![2])), 1);
+        assert_eq!(st.finish().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_first_failure_in_input_order_wins() {
+        let mut st = state(6);
+        assert_eq!(st.put(4, Run::Failed(2, TaskFail::Timeout)), 2);
+        assert_eq!(st.put(0, Run::Values(vec![0, 1])), 2);
+        assert_eq!(st.put(2, Run::Failed(1, TaskFail::Closed)), 1);
+        assert_eq!(st.put(3, Run::Values(vec![3])), 1);
+        assert!(matches!(st.finish(), Err(TaskFail::Closed)));
+    }
+
+    #[test]
+    fn known_tasks_keep_their_first_outcome() {
+        let mut st = state(4);
+        assert_eq!(st.put(1, Run::Values(vec![10, 20])), 2);
+        // Overlaps tasks 1 and 2 on both sides: only tasks 0 and 3 are new.
+        assert_eq!(st.put(0, Run::Failed(4, TaskFail::Timeout)), 2);
+        assert_eq!(st.put(2, Run::Values(vec![99])), 0);
+        // Out of range: ignored.
+        assert_eq!(st.put(4, Run::Values(vec![1])), 0);
+        assert!(matches!(st.finish(), Err(TaskFail::Timeout)));
+        let mut st = state(3);
+        assert_eq!(st.put(0, Run::Values(vec![1, 2])), 2);
+        assert_eq!(st.put(1, Run::Values(vec![7, 3])), 1);
+        assert_eq!(st.finish().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_missing_task_is_reported_not_invented() {
+        let mut st = state(3);
+        st.put(0, Run::Values(vec![1]));
+        st.put(2, Run::Values(vec![3]));
+        assert!(matches!(st.finish(), Err(TaskFail::Invalid(_))));
     }
 }

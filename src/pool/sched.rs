@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::fail::TaskFail;
 use super::worker::{
-    Reader, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, MSG_BATCH, MSG_STOP, REP_INIT_FAILED,
-    REP_READY, REP_RESULTS,
+    Reader, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, FLAG_STRIDE, MSG_BATCH, MSG_STOP,
+    REP_INIT_FAILED, REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
 };
 use crate::connection::{RawConn, Wake};
 use crate::process::ChildState;
@@ -27,10 +27,90 @@ use crate::{codec, sys, Error, Process, Result};
 
 /// Where the outcomes of a job's tasks go.
 pub(crate) trait Sink: Send + Sync {
-    /// `count` encoded `TaskReply<R>` for tasks `first..first + count`.
+    /// The encoded results (`count × R`, laid end to end) of tasks `first..first + count`.
     fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>);
     /// Tasks `first..first + count` failed with `why`.
     fn fail(&self, first: usize, count: usize, why: &TaskFail);
+}
+
+/// Where each task's encoded argument ends in a job's bytes: a list, or — while every task
+/// took the same number of bytes, as plain values do — just that size (no list to build,
+/// send and read).
+#[derive(Debug, PartialEq)]
+enum Ends {
+    Stride { size: u32, count: usize },
+    List(Vec<u32>),
+}
+
+impl Ends {
+    fn new() -> Ends {
+        Ends::Stride { size: 0, count: 0 }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ends::Stride { count, .. } => *count,
+            Ends::List(v) => v.len(),
+        }
+    }
+
+    /// Where task `i`'s bytes end (`i < len`).
+    fn end(&self, i: usize) -> usize {
+        match self {
+            Ends::Stride { size, .. } => (i + 1) * *size as usize,
+            Ends::List(v) => v[i] as usize,
+        }
+    }
+
+    /// Where task `i`'s bytes start.
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.end(i - 1)
+        }
+    }
+
+    /// One more task, ending at `end`.
+    #[inline]
+    fn push(&mut self, end: u32) {
+        match self {
+            Ends::Stride { size, count } => {
+                if *count == 0 {
+                    *size = end;
+                    *count = 1;
+                } else if end as u64 == (*count as u64 + 1) * *size as u64 {
+                    *count += 1;
+                } else {
+                    let mut v: Vec<u32> = (1..=*count as u32).map(|i| i * *size).collect();
+                    v.push(end);
+                    *self = Ends::List(v);
+                }
+            }
+            Ends::List(v) => v.push(end),
+        }
+    }
+
+    /// Keeps tasks `..k`; returns the ends of tasks `k..`, counted from `start` (where task
+    /// `k` starts).
+    fn split_off(&mut self, k: usize, start: usize) -> Ends {
+        match self {
+            Ends::Stride { size, count } => {
+                let tail = Ends::Stride {
+                    size: *size,
+                    count: count.saturating_sub(k),
+                };
+                *count = k.min(*count);
+                tail
+            }
+            Ends::List(v) => Ends::List(
+                v.split_off(k.min(v.len()))
+                    .iter()
+                    .map(|e| e - start as u32)
+                    .collect(),
+            ),
+        }
+    }
 }
 
 /// A chunk of tasks for one function: encoded arguments, laid end to end.
@@ -39,7 +119,7 @@ pub(crate) struct Job {
     /// The sink's index of the first task.
     first: usize,
     args: Vec<u8>,
-    ends: Vec<u32>,
+    ends: Ends,
     fd_counts: Option<Vec<u32>>,
     fds: Vec<OwnedFd>,
     sink: Arc<dyn Sink>,
@@ -61,8 +141,12 @@ pub(crate) trait RawArgs: Send {
 impl<A: Serialize + Send> RawArgs for Vec<A> {
     fn encode(self: Box<Self>, job: &mut Job) -> Vec<(usize, Error)> {
         let mut failed = Vec::new();
-        for (i, a) in self.into_iter().enumerate() {
-            if let Err(e) = job.push(&a) {
+        let mut session = codec::FdSession::begin();
+        // Plain values encode to about their size in memory.
+        job.args
+            .reserve((self.len() * std::mem::size_of::<A>()).min(MAX_JOB_BYTES));
+        for (i, a) in self.iter().enumerate() {
+            if let Err(e) = job.push_in(&mut session, a) {
                 failed.push((i, e));
             }
         }
@@ -88,7 +172,7 @@ impl Job {
             code,
             first,
             args: Vec::new(),
-            ends: Vec::new(),
+            ends: Ends::new(),
             fd_counts: None,
             fds: Vec::new(),
             sink,
@@ -172,8 +256,8 @@ impl Job {
 
     /// Appends encoded task `i` of `self` to `to` (tasks are moved in order).
     fn move_task(&mut self, i: usize, to: &mut Job) {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        let end = self.ends[i] as usize;
+        let start = self.ends.start(i);
+        let end = self.ends.end(i);
         to.args.extend_from_slice(&self.args[start..end]);
         to.ends.push(to.args.len() as u32);
         let nfds = self.fd_counts.as_ref().map_or(0, |c| c[i] as usize);
@@ -194,15 +278,26 @@ impl Job {
 
     /// Encodes one more task's argument. On error nothing is added.
     pub(crate) fn push<A: Serialize>(&mut self, a: &A) -> Result<()> {
+        self.push_in(&mut codec::FdSession::begin(), a)
+    }
+
+    /// [`push`](Job::push) within an encoding session (shared by the tasks of a chunk).
+    #[inline]
+    fn push_in<A: Serialize>(&mut self, session: &mut codec::FdSession, a: &A) -> Result<()> {
         let len = self.args.len();
-        let raw = codec::append_with_fds(a, &mut self.args)?;
-        let mut owned = Vec::with_capacity(raw.len());
-        for fd in &raw {
-            match sys::dup_raw(*fd) {
-                Ok(d) => owned.push(d),
-                Err(e) => {
-                    self.args.truncate(len);
-                    return Err(e.into());
+        let nfds = session.append(a, &mut self.args)?;
+        let mut owned = Vec::new();
+        if nfds > 0 {
+            // Each task's handles are numbered from 0: the list starts again.
+            let raw = session.take_fds();
+            owned.reserve(raw.len());
+            for fd in &raw {
+                match sys::dup_raw(*fd) {
+                    Ok(d) => owned.push(d),
+                    Err(e) => {
+                        self.args.truncate(len);
+                        return Err(e.into());
+                    }
                 }
             }
         }
@@ -232,14 +327,9 @@ impl Job {
         if k >= self.len() {
             return None;
         }
-        let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
+        let start = self.ends.start(k);
         let args = self.args.split_off(start);
-        let ends: Vec<u32> = self
-            .ends
-            .split_off(k)
-            .iter()
-            .map(|e| e - start as u32)
-            .collect();
+        let ends = self.ends.split_off(k, start);
         let (fd_counts, fds) = match &mut self.fd_counts {
             Some(c) => {
                 let tail = c.split_off(k);
@@ -264,12 +354,13 @@ impl Job {
     }
 
     fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) {
-        let flags = flags
-            | if self.fd_counts.is_some() {
-                FLAG_HAS_FDS
-            } else {
-                0
-            };
+        let mut flags = flags;
+        if self.fd_counts.is_some() {
+            flags |= FLAG_HAS_FDS;
+        }
+        if matches!(self.ends, Ends::Stride { .. }) {
+            flags |= FLAG_STRIDE;
+        }
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&self.code.entry.to_le_bytes());
         out.extend_from_slice(&self.code.entry_sig.to_le_bytes());
@@ -278,8 +369,13 @@ impl Job {
         out.extend_from_slice(&(self.len() as u32).to_le_bytes());
         out.push(flags);
         out.extend_from_slice(&(self.args.len() as u32).to_le_bytes());
-        for e in &self.ends {
-            out.extend_from_slice(&e.to_le_bytes());
+        match &self.ends {
+            Ends::Stride { size, .. } => out.extend_from_slice(&size.to_le_bytes()),
+            Ends::List(v) => {
+                for e in v {
+                    out.extend_from_slice(&e.to_le_bytes());
+                }
+            }
         }
         if let Some(c) = &self.fd_counts {
             for n in c {
@@ -1237,6 +1333,7 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
         let first = rd.u32()? as usize;
         let count = rd.u32()? as usize;
         let len = rd.u32()? as usize;
+        let kind = rd.u8()?;
         let payload = rd.bytes(len)?;
         // Descriptors belong to the frame's last segment.
         let seg_fds = if rd.rest().is_empty() {
@@ -1253,16 +1350,28 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
             return Err(Error::Codec("out-of-order reply from a pool worker".into()));
         }
         let (sink, at) = (&front.job.sink, front.job.first + first);
-        // A result type whose decoding panics must not take the pool's thread with it.
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sink.deliver(at, count, payload, seg_fds)
-        }));
-        if ok.is_err() {
-            sink.fail(
-                at,
-                count,
-                &TaskFail::Codec("decoding the task's result panicked".into()),
-            );
+        match kind {
+            SEG_OK => {
+                // A result type whose decoding panics must not take the pool's thread
+                // with it.
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sink.deliver(at, count, payload, seg_fds)
+                }));
+                if ok.is_err() {
+                    sink.fail(
+                        at,
+                        count,
+                        &TaskFail::Codec("decoding the task's result panicked".into()),
+                    );
+                }
+            }
+            SEG_FAIL => {
+                let why = codec::decode::<TaskFail>(payload).unwrap_or_else(|e| {
+                    TaskFail::Codec(format!("a task failed; its error could not be read: {e}"))
+                });
+                sink.fail(at, count, &why);
+            }
+            other => return Err(Error::Codec(format!("unknown pool reply kind {other}"))),
         }
         front.done += count;
         total += count;
@@ -1271,4 +1380,44 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_keep_a_stride_until_a_task_differs() {
+        let mut e = Ends::new();
+        for end in [8, 16, 24] {
+            e.push(end);
+        }
+        assert_eq!(e, Ends::Stride { size: 8, count: 3 });
+        assert_eq!((e.start(2), e.end(2)), (16, 24));
+        e.push(30);
+        assert_eq!(e, Ends::List(vec![8, 16, 24, 30]));
+        assert_eq!((e.start(3), e.end(3)), (24, 30));
+        let tail = e.split_off(2, 16);
+        assert_eq!(e, Ends::List(vec![8, 16]));
+        assert_eq!(tail, Ends::List(vec![8, 14]));
+    }
+
+    #[test]
+    fn stride_ends_split_and_empty_arguments() {
+        let mut e = Ends::new();
+        for end in [4, 8, 12, 16] {
+            e.push(end);
+        }
+        let tail = e.split_off(1, 4);
+        assert_eq!(e, Ends::Stride { size: 4, count: 1 });
+        assert_eq!(tail, Ends::Stride { size: 4, count: 3 });
+        assert_eq!(tail.end(2), 12);
+        // `()` arguments take no bytes at all.
+        let mut z = Ends::new();
+        z.push(0);
+        z.push(0);
+        assert_eq!(z, Ends::Stride { size: 0, count: 2 });
+        z.push(3);
+        assert_eq!(z, Ends::List(vec![0, 0, 3]));
+    }
 }

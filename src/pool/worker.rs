@@ -10,16 +10,18 @@
 //! Parent → worker frames:
 //! - `BATCH`: `[1][njobs u32]` then per job
 //!   `[id u64][entry i64][entry_sig u64][target i64][target_sig u64][count u32][flags u8]
-//!   [args_len u32][ends: count × u32][fd counts: count × u32, if flag HAS_FDS][args]`;
+//!   [args_len u32][ends: count × u32, or with flag STRIDE one u32, the size of every
+//!   task's arguments][fd counts: count × u32, if flag HAS_FDS][args]`;
 //!   the descriptors of all jobs travel with the frame, in order.
 //! - `STOP`: `[2]`.
 //!
 //! Worker → parent frames:
 //! - `READY`: `[0]`; `INIT_FAILED`: `[1][TaskFail]`;
-//! - `RESULTS`: `[2]` then segments `[id u64][first u32][count u32][len u32][count ×
-//!   TaskReply<R>]`, one per job (or part of a job), the replies of a whole batch together;
-//!   descriptors of handles inside the results travel with the frame and belong to its
-//!   last segment.
+//! - `RESULTS`: `[2]` then segments `[id u64][first u32][count u32][len u32][kind u8]`
+//!   and `len` bytes: kind `SEG_OK`, the results of `count` consecutive tasks of a job
+//!   (`count × R`); kind `SEG_FAIL`, one `TaskFail` for `count` tasks. The replies of a
+//!   whole batch travel together; descriptors of handles inside the results travel with
+//!   the frame and belong to its last segment.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -41,12 +43,15 @@ pub(crate) const REP_INIT_FAILED: u8 = 1;
 pub(crate) const REP_RESULTS: u8 = 2;
 pub(crate) const FLAG_FLUSH_EACH: u8 = 1;
 pub(crate) const FLAG_HAS_FDS: u8 = 2;
+pub(crate) const FLAG_STRIDE: u8 = 4;
 
-/// One task's outcome as it travels back.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum TaskReply<R> {
-    Ok(R),
-    Failed(TaskFail),
+/// Where each task's arguments end in a job's bytes, as sent.
+#[derive(Clone, Copy)]
+enum WireEnds<'a> {
+    /// Every task's arguments take this many bytes.
+    Stride(usize),
+    /// Little-endian u32 ends, one per task.
+    List(&'a [u8]),
 }
 
 /// Names a pool function to a worker: the trampoline [`run_job::<A, R>`] and the user's
@@ -153,10 +158,12 @@ impl<'a> Reader<'a> {
 }
 
 /// The `i`th little-endian u32 of `b` (callers checked the length).
+#[inline]
 pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[i * 4..i * 4 + 4]);
-    u32::from_le_bytes(a)
+    match b.get(i * 4..i * 4 + 4) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => 0,
+    }
 }
 
 /// One job as the worker sees it, handed to the trampoline.
@@ -167,94 +174,147 @@ pub(crate) struct JobRun<'a> {
     count: usize,
     flush_each: bool,
     args: &'a [u8],
-    ends: &'a [u8],
+    ends: WireEnds<'a>,
     fd_counts: Option<&'a [u8]>,
     fds: VecDeque<OwnedFd>,
     conn: &'a RawConn,
     /// The outgoing frame: `[RESULTS]` and segments, shared by the jobs of a batch.
     out: &'a mut Vec<u8>,
-    /// Where the open segment starts in `out`.
-    seg: usize,
-    /// Index (within the job) of the open segment's first task, and how many it holds.
-    pending_first: usize,
-    pending: usize,
+    /// Where the open segment of results starts in `out`, if one is open.
+    seg: Option<usize>,
+    /// How many tasks the open segment holds.
+    seg_count: usize,
+    /// Index (within the job) of the next task to report.
+    next: usize,
 }
 
-/// Size of a result segment's header: `[id u64][first u32][count u32][len u32]`.
-const SEG_HEADER: usize = 8 + 4 + 4 + 4;
+/// Size of a result segment's header: `[id u64][first u32][count u32][len u32][kind u8]`.
+const SEG_HEADER: usize = 8 + 4 + 4 + 4 + 1;
+/// Segment kinds: the tasks' results (`count × R`), or one failure for all its tasks.
+pub(crate) const SEG_OK: u8 = 0;
+pub(crate) const SEG_FAIL: u8 = 1;
 /// Finished replies wait at most about this long for the rest of their batch.
 const HOLD_REPLIES: Duration = Duration::from_micros(100);
 /// Results are sent early once this many bytes are waiting.
 const SEND_EARLY: usize = 1 << 20;
 
 impl JobRun<'_> {
-    /// Opens a segment for this job's tasks from `first` on.
-    fn begin(&mut self, first: usize) {
+    /// Writes a segment header for `count` tasks from `first`; returns where it starts.
+    fn header(&mut self, first: usize, count: usize, kind: u8) -> usize {
         if self.out.is_empty() {
             self.out.push(REP_RESULTS);
         }
-        self.seg = self.out.len();
+        let at = self.out.len();
         self.out.extend_from_slice(&self.id.to_le_bytes());
         self.out.extend_from_slice(&(first as u32).to_le_bytes());
-        self.out.extend_from_slice(&[0u8; 8]);
-        self.pending_first = first;
-        self.pending = 0;
+        self.out.extend_from_slice(&(count as u32).to_le_bytes());
+        self.out.extend_from_slice(&[0u8; 4]);
+        self.out.push(kind);
+        at
     }
 
-    /// Completes the open segment's header (or drops it if it holds nothing).
+    /// Fills in the length of the segment that starts at `at` and runs to the end.
+    fn seal(&mut self, at: usize, count: usize) {
+        let len = (self.out.len() - at - SEG_HEADER) as u32;
+        self.out[at + 12..at + 16].copy_from_slice(&(count as u32).to_le_bytes());
+        self.out[at + 16..at + 20].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Completes the open segment of results, if any.
     fn close_segment(&mut self) {
-        if self.pending == 0 {
-            self.out.truncate(self.seg);
-            return;
+        if let Some(at) = self.seg.take() {
+            if self.seg_count == 0 {
+                self.out.truncate(at);
+            } else {
+                self.seal(at, self.seg_count);
+            }
         }
-        let len = (self.out.len() - self.seg - SEG_HEADER) as u32;
-        let s = self.seg;
-        self.out[s + 12..s + 16].copy_from_slice(&(self.pending as u32).to_le_bytes());
-        self.out[s + 16..s + 20].copy_from_slice(&len.to_le_bytes());
     }
 
-    /// Sends everything waiting now (with `fds`), then opens a new segment.
+    /// Sends everything waiting now (with `fds`).
     fn send_now(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
         self.close_segment();
         if self.out.len() > 1 {
             self.conn.send_bytes(self.out, fds)?;
         }
         self.out.clear();
-        let next = self.pending_first + self.pending;
-        self.begin(next);
         Ok(())
     }
 
-    /// After a task's reply was added.
-    fn added(&mut self) -> Result<()> {
-        self.pending += 1;
+    /// Sends what waits if this job sends each reply at once, or too much waits.
+    fn maybe_send(&mut self) -> Result<()> {
         if self.flush_each || self.out.len() >= SEND_EARLY {
             self.send_now(&[])?;
         }
         Ok(())
     }
 
-    fn push_fail(&mut self, fail: TaskFail) -> Result<()> {
-        codec::append_with_fds(&TaskReply::<()>::Failed(fail), self.out)?;
-        self.added()
+    /// Task `self.next`'s result: encodes it into the open segment (opening one if needed).
+    /// `Ok(Some(fds))`: it holds handles, whose descriptors must be sent now, while the
+    /// result is alive.
+    #[inline]
+    fn push_ok<R: Serialize>(
+        &mut self,
+        session: &mut codec::FdSession,
+        r: &R,
+    ) -> Result<std::result::Result<(), TaskFail>> {
+        if self.seg.is_none() {
+            self.seg = Some(self.header(self.next, 0, SEG_OK));
+            self.seg_count = 0;
+        }
+        match session.append(r, self.out) {
+            Ok(nfds) => {
+                self.seg_count += 1;
+                self.next += 1;
+                if nfds > 0 {
+                    let fds = session.take_fds();
+                    self.send_now(&fds)?;
+                } else {
+                    self.maybe_send()?;
+                }
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(TaskFail::Codec(format!(
+                "cannot encode the task's result: {}",
+                codec_message(e)
+            )))),
+        }
     }
 
-    /// The arguments of task `i`, decoded (tasks are taken in order: handles inside take
-    /// the next descriptors).
-    fn decode_task<A: DeserializeOwned>(&mut self, i: usize) -> Result<A> {
-        let start = if i == 0 {
-            0
-        } else {
-            u32_at(self.ends, i - 1) as usize
+    /// The next `count` tasks failed with `fail`.
+    fn push_fail(&mut self, fail: TaskFail, count: usize) -> Result<()> {
+        self.close_segment();
+        let at = self.header(self.next, count, SEG_FAIL);
+        if codec::append_with_fds(&fail, self.out).is_err() {
+            // A failure always encodes; if not, say so without the details.
+            let _ = codec::append_with_fds(&TaskFail::Codec("unreadable failure".into()), self.out);
+        }
+        self.seal(at, count);
+        self.next += count;
+        self.maybe_send()
+    }
+
+    /// The arguments of the next task (from `*start`, the end of the previous one),
+    /// decoded. Tasks are taken in order: handles inside take the next descriptors.
+    #[inline]
+    fn decode_task<A: DeserializeOwned>(
+        &mut self,
+        dec: &mut codec::TaskDecoder,
+        i: usize,
+        start: &mut usize,
+    ) -> Result<A> {
+        let end = match self.ends {
+            WireEnds::Stride(size) => (i + 1).saturating_mul(size),
+            WireEnds::List(e) => u32_at(e, i) as usize,
         };
-        let end = u32_at(self.ends, i) as usize;
-        let bytes = self.args.get(start..end).unwrap_or(&[]);
+        let bytes = self.args.get(*start..end).unwrap_or(&[]);
+        *start = end;
         match self.fd_counts {
-            None => codec::decode(bytes),
+            None => dec.decode(bytes, Vec::new()),
             Some(c) => {
                 let nfds = (u32_at(c, i) as usize).min(self.fds.len());
                 let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
-                codec::decode_with_fds(bytes, fds)
+                dec.decode(bytes, fds)
             }
         }
     }
@@ -282,39 +342,37 @@ fn panicked() -> TaskFail {
 
 /// Runs `f: fn(A) -> R` (named by `run.target`) on each task of the job.
 pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -> Result<()> {
-    let f = sys::fn_at::<fn(A) -> R>(run.target, sys::build_id(), run.target_sig);
-    run.begin(0);
+    let Some(f) = sys::fn_at::<fn(A) -> R>(run.target, sys::build_id(), run.target_sig) else {
+        let n = run.count;
+        return run.push_fail(
+            TaskFail::BuildMismatch("the pool function's type does not match in the worker".into()),
+            n,
+        );
+    };
+    let mut session = codec::FdSession::begin();
+    let mut dec = codec::TaskDecoder::begin();
+    let mut start = 0;
     for i in 0..run.count {
-        let Some(f) = f else {
-            run.push_fail(TaskFail::BuildMismatch(
-                "the pool function's type does not match in the worker".into(),
-            ))?;
-            continue;
-        };
-        let a: A = match run.decode_task(i) {
+        let a: A = match run.decode_task(&mut dec, i, &mut start) {
             Ok(a) => a,
             Err(e) => {
-                run.push_fail(TaskFail::Codec(format!(
-                    "cannot decode the task's arguments: {}",
-                    codec_message(e)
-                )))?;
+                run.push_fail(
+                    TaskFail::Codec(format!(
+                        "cannot decode the task's arguments: {}",
+                        codec_message(e)
+                    )),
+                    1,
+                )?;
                 continue;
             }
         };
         match std::panic::catch_unwind(AssertUnwindSafe(move || f(a))) {
-            Ok(r) => match codec::append_with_fds(&TaskReply::<&R>::Ok(&r), run.out) {
-                Ok(fds) if fds.is_empty() => run.added()?,
-                Ok(fds) => {
-                    // The handles' descriptors must travel while `r` is alive.
-                    run.pending += 1;
-                    run.send_now(&fds)?;
+            Ok(r) => {
+                if let Err(fail) = run.push_ok(&mut session, &r)? {
+                    run.push_fail(fail, 1)?;
                 }
-                Err(e) => run.push_fail(TaskFail::Codec(format!(
-                    "cannot encode the task's result: {}",
-                    codec_message(e)
-                )))?,
-            },
-            Err(_) => run.push_fail(panicked())?,
+            }
+            Err(_) => run.push_fail(panicked(), 1)?,
         }
     }
     run.close_segment();
@@ -350,7 +408,11 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
         let count = rd.u32()? as usize;
         let flags = rd.u8()?;
         let args_len = rd.u32()? as usize;
-        let ends = rd.bytes(count * 4)?;
+        let ends = if flags & FLAG_STRIDE != 0 {
+            WireEnds::Stride(rd.u32()? as usize)
+        } else {
+            WireEnds::List(rd.bytes(count * 4)?)
+        };
         let fd_counts = if flags & FLAG_HAS_FDS != 0 {
             Some(rd.bytes(count * 4)?)
         } else {
@@ -371,21 +433,16 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
             fds: job_fds,
             conn,
             out,
-            seg: 0,
-            pending_first: 0,
-            pending: 0,
+            seg: None,
+            seg_count: 0,
+            next: 0,
         };
         match sys::fn_at::<JobEntry>(entry, sys::build_id(), entry_sig) {
             Some(e) => e(&mut run)?,
-            None => {
-                run.begin(0);
-                for _ in 0..count {
-                    run.push_fail(TaskFail::BuildMismatch(
-                        "the worker's executable is not the parent's".into(),
-                    ))?;
-                }
-                run.close_segment();
-            }
+            None => run.push_fail(
+                TaskFail::BuildMismatch("the worker's executable is not the parent's".into()),
+                count,
+            )?,
         }
     }
     // The replies of the whole batch travel together.
