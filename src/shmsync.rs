@@ -18,6 +18,18 @@ pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// How long a waiter looks again without sleeping before it sleeps.
 pub(crate) const SPIN: Duration = Duration::from_micros(20);
 
+/// The next sleep towards `deadline` (`None`: none), at most `slice` long; `None` if the
+/// deadline has passed.
+pub(crate) fn next_slice(deadline: Option<Instant>, slice: Duration) -> Option<Duration> {
+    match deadline {
+        None => Some(slice),
+        Some(d) => {
+            let now = Instant::now();
+            (now < d).then(|| (d - now).min(slice))
+        }
+    }
+}
+
 /// How a lock was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Got {
@@ -107,16 +119,7 @@ pub(crate) fn lock<'a>(
                 continue;
             }
         }
-        let slice = match deadline {
-            None => SLICE,
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return None;
-                }
-                (d - now).min(SLICE)
-            }
-        };
+        let slice = next_slice(deadline, SLICE)?;
         check_owner = futex::wait(word, w, Some(slice)) == futex::Wake::TimedOut;
     }
 }
@@ -174,16 +177,9 @@ pub(crate) fn wait_while(
         sleeping.store(0, Relaxed);
         return Waited::Again;
     }
-    let slice = match deadline {
-        None => SLICE,
-        Some(d) => {
-            let now = Instant::now();
-            if now >= d {
-                sleeping.store(0, Relaxed);
-                return Waited::TimedOut;
-            }
-            (d - now).min(SLICE)
-        }
+    let Some(slice) = next_slice(deadline, SLICE) else {
+        sleeping.store(0, Relaxed);
+        return Waited::TimedOut;
     };
     futex::wait(seq, s, Some(slice));
     sleeping.store(0, Relaxed);

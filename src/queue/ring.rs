@@ -727,16 +727,9 @@ impl Ring {
                 waiters.fetch_sub(1, SeqCst);
                 return true;
             }
-            let slice = match deadline {
-                None => SLICE,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        waiters.fetch_sub(1, SeqCst);
-                        return false;
-                    }
-                    (d - now).min(SLICE)
-                }
+            let Some(slice) = shmsync::next_slice(deadline, SLICE) else {
+                waiters.fetch_sub(1, SeqCst);
+                return false;
             };
             futex::wait(seqw, seq, Some(slice));
             waiters.fetch_sub(1, SeqCst);

@@ -125,15 +125,8 @@ impl<'a> RawMutex<'a> {
             {
                 continue;
             }
-            let slice = match deadline {
-                None => CHECK_INTERVAL,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Acquired::No;
-                    }
-                    (d - now).min(CHECK_INTERVAL)
-                }
+            let Some(slice) = crate::shmsync::next_slice(deadline, CHECK_INTERVAL) else {
+                return Acquired::No;
             };
             if futex::wait(self.word, v | WAITERS, Some(slice)) == futex::Wake::TimedOut {
                 match self.try_take_over(ident) {
