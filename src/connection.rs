@@ -732,34 +732,40 @@ impl RawConn {
         other: BorrowedFd<'_>,
         timeout: Option<Duration>,
     ) -> Result<Wake> {
+        self.wait_ready(timeout, Some(other))
+    }
+
+    /// Waits until a message (or the end of the stream, or garbage) can be read, or `also`
+    /// is readable, or `timeout` passes.
+    fn wait_ready(&self, timeout: Option<Duration>, also: Option<BorrowedFd<'_>>) -> Result<Wake> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let rx = self.lane.as_ref().and_then(|le| Some((le, le.rx?)));
-        let Some((le, d)) = rx else {
-            if self.has_buffered_input() {
-                return Ok(Wake::Message);
-            }
-            return Ok(
-                match sys::wait_any_readable(&[self.fd.as_fd(), other], timeout)? {
-                    0 => Wake::TimedOut,
-                    m if m & 1 != 0 => Wake::Message,
-                    _ => Wake::Other,
-                },
-            );
-        };
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
-        if st.buffered() > 0 || st.broken {
+        if st.buffered() > 0 || st.broken || !st.fds.is_empty() {
             return Ok(Wake::Message);
         }
-        let Some(_g) = le.lane.lock_consumer(d, deadline) else {
-            return Ok(Wake::TimedOut);
+        if let Some((le, d)) = self.lane.as_ref().and_then(|le| Some((le, le.rx?))) {
+            let Some(_g) = le.lane.lock_consumer(d, deadline) else {
+                return Ok(Wake::TimedOut);
+            };
+            return Ok(
+                match self.lane_wait(&mut st, &le.lane, d, deadline, also)? {
+                    Ready::Ring | Ready::Socket | Ready::Eof => Wake::Message,
+                    Ready::Other => Wake::Other,
+                    Ready::TimedOut => Wake::TimedOut,
+                },
+            );
+        }
+        drop(st);
+        let sock = self.fd.as_fd();
+        let mask = match also {
+            Some(other) => sys::wait_any_readable(&[sock, other], timeout)?,
+            None => u32::from(sys::wait_readable(sock, timeout)?),
         };
-        Ok(
-            match self.lane_wait(&mut st, &le.lane, d, deadline, Some(other))? {
-                Ready::Ring | Ready::Socket | Ready::Eof => Wake::Message,
-                Ready::Other => Wake::Other,
-                Ready::TimedOut => Wake::TimedOut,
-            },
-        )
+        Ok(match mask {
+            0 => Wake::TimedOut,
+            m if m & 1 != 0 => Wake::Message,
+            _ => Wake::Other,
+        })
     }
 
     /// The descriptor of this end's lanes, if it has any.
@@ -783,23 +789,7 @@ impl RawConn {
     /// Whether a frame (or end of stream) can be read without blocking, waiting up to
     /// `timeout` (`None`: forever).
     pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        {
-            let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
-            if st.buffered() > 0 || st.broken {
-                return Ok(true);
-            }
-            if let Some(le) = &self.lane {
-                if let Some(d) = le.rx {
-                    let Some(_g) = le.lane.lock_consumer(d, deadline) else {
-                        return Ok(false);
-                    };
-                    let r = self.lane_wait(&mut st, &le.lane, d, deadline, None)?;
-                    return Ok(!matches!(r, Ready::TimedOut));
-                }
-            }
-        }
-        Ok(sys::wait_readable(self.fd.as_fd(), timeout)?)
+        Ok(matches!(self.wait_ready(timeout, None)?, Wake::Message))
     }
 
     /// Whether garbage or a truncated frame made this end unusable.
