@@ -545,15 +545,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let cell = Cell::new();
-        let sink: Arc<dyn Sink> = Arc::new(OneSink { cell: cell.clone() });
-        let mut job = Job::new(TaskCode::of(f), 0, sink);
-        job.push(&args)?;
-        // An idle worker runs it straight from this thread; otherwise it queues.
-        if let Some(job) = self.shared.run_direct(job) {
-            self.shared.submit(vec![job], false);
-        }
-        AsyncResult::from_cell(cell).take()
+        self.one_task(f, args, true).take()
     }
 
     /// Starts `f(args)` in a worker and returns at once (Python's `apply_async`). Queued
@@ -572,12 +564,29 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.one_task(f, args, false)
+    }
+
+    /// Starts one task. `direct`: the caller is about to wait for it, so an idle worker may
+    /// run it straight from this thread (see `Shared::run_direct`); otherwise it queues.
+    fn one_task<A, R>(&self, f: fn(A) -> R, args: A, direct: bool) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         let cell = Cell::new();
         let sink: Arc<dyn Sink> = Arc::new(OneSink { cell: cell.clone() });
         let mut job = Job::new(TaskCode::of(f), 0, sink);
         match job.push(&args) {
             Ok(()) => {
-                let _ = self.shared.submit(vec![job], false);
+                let queued = if direct {
+                    self.shared.run_direct(job)
+                } else {
+                    Some(job)
+                };
+                if let Some(job) = queued {
+                    let _ = self.shared.submit(vec![job], false);
+                }
             }
             Err(e) => cell.set(Err(TaskFail::from_error(&e))),
         }
