@@ -450,33 +450,30 @@ fn network_mode_across_processes() {
     assert_eq!(l.len().unwrap(), 3);
 }
 
+/// A listener with `listen_key` and a client with `client_key` (another key): each side
+/// learns `AuthenticationFailed`. Returns the listener.
+fn wrong_key_fails_on_both_sides(listen_key: &[u8], client_key: &'static [u8]) -> Listener {
+    let listener = Listener::bind("127.0.0.1:0", Some(listen_key)).unwrap();
+    let addr = listener.address().clone();
+    let t = std::thread::spawn(move || Client::connect::<u8>(&addr, Some(client_key)).map(|_| ()));
+    assert!(matches!(
+        listener.accept::<u8>(),
+        Err(Error::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(Error::AuthenticationFailed)
+    ));
+    listener
+}
+
 #[test]
 fn wrong_authkey_fails_on_both_sides() {
     multiproc::init();
     // Listener/Client: each side learns AuthenticationFailed.
-    let listener = Listener::bind("127.0.0.1:0", Some(b"right")).unwrap();
-    let addr = listener.address().clone();
-    let t = std::thread::spawn(move || Client::connect::<u8>(&addr, Some(b"wrong")).map(|_| ()));
-    assert!(matches!(
-        listener.accept::<u8>(),
-        Err(Error::AuthenticationFailed)
-    ));
-    assert!(matches!(
-        t.join().unwrap(),
-        Err(Error::AuthenticationFailed)
-    ));
+    wrong_key_fails_on_both_sides(b"right", b"wrong");
     // The client has the right key but the listener a different one.
-    let listener = Listener::bind("127.0.0.1:0", Some(b"other")).unwrap();
-    let addr = listener.address().clone();
-    let t = std::thread::spawn(move || Client::connect::<u8>(&addr, Some(b"right")).map(|_| ()));
-    assert!(matches!(
-        listener.accept::<u8>(),
-        Err(Error::AuthenticationFailed)
-    ));
-    assert!(matches!(
-        t.join().unwrap(),
-        Err(Error::AuthenticationFailed)
-    ));
+    let listener = wrong_key_fails_on_both_sides(b"other", b"right");
     // The same listener still accepts a peer with the right key.
     let addr = listener.address().clone();
     let t = std::thread::spawn(move || {

@@ -437,15 +437,19 @@ fn many_apply_async_no_fd_or_thread_growth() {
     eprintln!("100,000 apply_async: {:?}", t.elapsed());
 }
 
+/// The pids of a pool's workers (two here): four short tasks, one per message.
+fn worker_pids(pool: &Pool) -> HashSet<u32> {
+    pool.map_chunked(nap_pid, vec![20; 4], 1)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 #[test]
 fn terminate_with_pending_work_is_prompt_and_leaves_nothing() {
     multiproc::init();
     let pool = Pool::new(2).unwrap();
-    let pids: HashSet<u32> = pool
-        .map_chunked(nap_pid, vec![20; 4], 1)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let pids = worker_pids(&pool);
     let pending: Vec<_> = (0..10_000).map(|_| pool.apply_async(nap, 50)).collect();
     let t = Instant::now();
     pool.terminate().unwrap();
@@ -462,11 +466,7 @@ fn terminate_with_pending_work_is_prompt_and_leaves_nothing() {
 fn drop_terminates_and_reaps() {
     multiproc::init();
     let pool = Pool::new(2).unwrap();
-    let pids: HashSet<u32> = pool
-        .map_chunked(nap_pid, vec![20; 4], 1)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let pids = worker_pids(&pool);
     let r = pool.apply_async(nap, 60_000);
     let t = Instant::now();
     drop(pool);
