@@ -13,21 +13,29 @@
 //! ```
 //!
 //! "Just making it one line is not enough." The fix is a lock around the read-modify-write.
-//! This program runs the race three times without a lock (totals vary and are usually
-//! below 200000) and three times with one (always 200000). In Rust the race is safe: each
-//! `get` and `set` is an atomic load or store, so updates are lost but nothing is undefined.
+//! This program runs the race three times without a lock (updates are lost on every run:
+//! the totals vary and stay below 400000) and three times with one (always 400000). In
+//! Rust the race is safe: each `get` and `set` is an atomic load or store, so updates are
+//! lost but nothing is undefined.
+//!
+//! The two adders wait on a [`Barrier`] before they start counting, so that their loops
+//! really run at the same time: started one after the other, the first would be done
+//! before the second began, and nothing would be lost.
 
-use multiproc::{Lock, Process, RawValue};
+use multiproc::{Barrier, Lock, Process, RawValue};
 
-const N: u32 = 100_000;
+const N: u32 = 200_000;
 
-fn add_unlocked(r: RawValue<i64>) {
+fn add_unlocked((r, start): (RawValue<i64>, Barrier)) -> multiproc::Result<()> {
+    start.wait()?;
     for _ in 0..N {
         r.set(r.get() + 1);
     }
+    Ok(())
 }
 
-fn add_locked((r, lock): (RawValue<i64>, Lock)) -> multiproc::Result<()> {
+fn add_locked((r, lock, start): (RawValue<i64>, Lock, Barrier)) -> multiproc::Result<()> {
+    start.wait()?;
     for _ in 0..N {
         let _held = lock.lock()?;
         r.set(r.get() + 1);
@@ -40,8 +48,9 @@ fn main() -> multiproc::Result<()> {
     let expected = 2 * N as i64;
     for run in 1..=3 {
         let r = RawValue::new(0i64)?;
-        let mut p1 = Process::new(add_unlocked, r.clone());
-        let mut p2 = Process::new(add_unlocked, r.clone());
+        let start = Barrier::new(2)?;
+        let mut p1 = Process::new(add_unlocked, (r.clone(), start.clone()));
+        let mut p2 = Process::new(add_unlocked, (r.clone(), start));
         p1.start()?;
         p2.start()?;
         p1.join()?;
@@ -55,8 +64,9 @@ fn main() -> multiproc::Result<()> {
     for run in 1..=3 {
         let r = RawValue::new(0i64)?;
         let lock = Lock::new()?;
-        let mut p1 = Process::new(add_locked, (r.clone(), lock.clone()));
-        let mut p2 = Process::new(add_locked, (r.clone(), lock.clone()));
+        let start = Barrier::new(2)?;
+        let mut p1 = Process::new(add_locked, (r.clone(), lock.clone(), start.clone()));
+        let mut p2 = Process::new(add_locked, (r.clone(), lock.clone(), start));
         p1.start()?;
         p2.start()?;
         p1.join()?;

@@ -587,7 +587,7 @@ fn square_list_shared((mylist, result, square_sum): (Vec<i32>, Array<i32>, Value
     square_sum.set(result.to_vec().iter().sum());
 }
 
-const RACE_N: u32 = 100_000;
+const RACE_N: u32 = 200_000;
 
 fn add_unlocked((r, start): (RawValue<i64>, Barrier)) {
     // Both adders start together, so that their loops overlap.
@@ -599,7 +599,8 @@ fn add_unlocked((r, start): (RawValue<i64>, Barrier)) {
     }
 }
 
-fn add_locked((r, lock): (RawValue<i64>, Lock)) -> multiproc::Result<()> {
+fn add_locked((r, lock, start): (RawValue<i64>, Lock, Barrier)) -> multiproc::Result<()> {
+    start.wait_timeout(Duration::from_secs(10))?;
     for _ in 0..RACE_N {
         let _held = lock.lock()?;
         r.set(r.get() + 1);
@@ -639,8 +640,9 @@ fn shared_values() -> multiproc::Result<()> {
     );
     let r = RawValue::new(0i64)?;
     let lock = Lock::new()?;
-    let mut p1 = Process::new(add_locked, (r.clone(), lock.clone()));
-    let mut p2 = Process::new(add_locked, (r.clone(), lock.clone()));
+    let start = Barrier::new(2)?;
+    let mut p1 = Process::new(add_locked, (r.clone(), lock.clone(), start.clone()));
+    let mut p2 = Process::new(add_locked, (r.clone(), lock.clone(), start));
     p1.start()?;
     p2.start()?;
     p1.join()?;
