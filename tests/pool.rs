@@ -101,6 +101,49 @@ fn map_keeps_order_and_chunks() {
 }
 
 #[test]
+fn map_async_chunked_runs_each_chunk_in_one_worker() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    // Chunks of 4: the four results of a chunk come from one worker.
+    let pids = pool
+        .map_async_chunked(nap_pid, vec![2u64; 16], 4)
+        .get()
+        .unwrap();
+    assert_eq!(pids.len(), 16);
+    for chunk in pids.chunks(4) {
+        assert!(chunk.iter().all(|p| *p == chunk[0]), "{pids:?}");
+    }
+    // One chunk for the whole input: one worker runs it all, although the other is idle
+    // (the default chunk size would give 2 items a chunk and use both workers).
+    let pids = pool
+        .map_async_chunked(nap_pid, vec![5u64; 12], 12)
+        .get()
+        .unwrap();
+    assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+}
+
+fn add_pair((a, b): (u64, u64)) -> u64 {
+    if a == 99 {
+        panic!("bad pair");
+    }
+    a + b
+}
+
+#[test]
+fn starmap_async_in_workers() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let r = pool.starmap_async(add_pair, (0..50).map(|i| (i, 2 * i)));
+    assert_eq!(r.get().unwrap(), (0..50).map(|i| 3 * i).collect::<Vec<_>>());
+    let r = pool.starmap_async_chunked(add_pair, (0..10).map(|i| (i, i)), 3);
+    assert_eq!(r.get().unwrap(), (0..10).map(|i| 2 * i).collect::<Vec<_>>());
+    // A failing task fails the call, like starmap.
+    let r = pool.starmap_async(add_pair, vec![(1, 1), (99, 0)]);
+    assert!(matches!(r.get(), Err(Error::TaskPanicked { .. })));
+    assert!(!r.successful().unwrap());
+}
+
+#[test]
 fn apply_and_async_results() {
     multiproc::init();
     let pool = Pool::new(2).unwrap();

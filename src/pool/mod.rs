@@ -533,6 +533,76 @@ impl Pool {
         self.map_inner(f, items, cs, None)
     }
 
+    /// [`map_async`](Pool::map_async) with chunks of `chunksize` items (Python's
+    /// `map_async(func, iterable, chunksize)`): each chunk runs whole in one worker.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let r = pool.map_async_chunked(|x: u32| x * 10, 0..9, 3);
+    /// assert_eq!(r.get().unwrap(), (0..9).map(|x| x * 10).collect::<Vec<_>>());
+    /// ```
+    #[doc(alias = "map_async")]
+    pub fn map_async_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_inner(f, items.into_iter().collect(), chunksize, None)
+    }
+
+    /// Starts a [`starmap`](Pool::starmap) and returns at once (Python's `starmap_async`):
+    /// `f` takes its arguments as one tuple, so this is [`map_async`](Pool::map_async)
+    /// under the name Python programs look for.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn add((a, b): (i32, i32)) -> i32 { a + b }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let r = pool.starmap_async(add, vec![(1, 2), (3, 4)]);
+    /// assert_eq!(r.get().unwrap(), vec![3, 7]);
+    /// ```
+    pub fn starmap_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async(f, items)
+    }
+
+    /// [`starmap_async`](Pool::starmap_async) with chunks of `chunksize` items (Python's
+    /// `starmap_async(func, iterable, chunksize)`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn mul((a, b): (u64, u64)) -> u64 { a * b }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let r = pool.starmap_async_chunked(mul, (0..6).map(|i| (i, i)), 4);
+    /// assert_eq!(r.get().unwrap(), vec![0, 1, 4, 9, 16, 25]);
+    /// ```
+    #[doc(alias = "starmap_async")]
+    pub fn starmap_async_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async_chunked(f, items, chunksize)
+    }
+
     /// Runs `f(args)` in a worker and waits for the result (Python's `apply`).
     ///
     /// ```
