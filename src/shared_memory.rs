@@ -10,6 +10,20 @@
 //! them when the process is gone, however it ended (SIGKILL included). Use
 //! [`SharedMemory::create_untracked`] for a block that must outlive its creator.
 //!
+//! # Truncation
+//!
+//! A named block, unlike multiproc's anonymous memory, cannot be sealed: any process that
+//! can open the name can shrink it with `ftruncate`. A mapping then ends early, and a load
+//! or store through it past the new end raises `SIGBUS`, which kills the process (CPython's
+//! `SharedMemory.buf` has the same weakness). The byte access of this type,
+//! [`read_at`](SharedMemory::read_at), [`write_at`](SharedMemory::write_at) and
+//! [`to_vec`](SharedMemory::to_vec), therefore does not touch the mapping: it copies with
+//! `pread`/`pwrite` on the block's descriptor, which see the same bytes and report a
+//! truncated block as an [`Error::Io`] (`UnexpectedEof`). A write never grows the block
+//! back (if the block is truncated exactly between the size check and the copy, the write
+//! may extend it with zeros, but no process gets a signal). Only
+//! [`as_ptr`](SharedMemory::as_ptr) gives raw access, with the `SIGBUS` risk.
+//!
 //! For memory shared only among multiproc's own processes, [`Value`](crate::Value),
 //! [`Array`](crate::Array) and friends need no name and leave nothing behind.
 //!
@@ -61,7 +75,7 @@ struct Inner {
 /// let a = SharedMemory::create(None, 64).unwrap();
 /// let b = SharedMemory::attach(a.name()).unwrap();
 /// a.write_at(8, &[1, 2, 3]).unwrap();
-/// assert_eq!(&b.to_vec()[8..11], &[1, 2, 3]);
+/// assert_eq!(&b.to_vec().unwrap()[8..11], &[1, 2, 3]);
 /// assert!(SharedMemory::create(Some(a.name()), 64).is_err()); // exists already
 /// a.unlink().unwrap();
 /// ```
@@ -223,7 +237,9 @@ impl SharedMemory {
         }
     }
 
-    /// Copies bytes `offset..offset + buf.len()` into `buf`.
+    /// Copies bytes `offset..offset + buf.len()` into `buf`. Outside the block, an
+    /// [`Error::InvalidOperation`]; if another process has truncated the block meanwhile,
+    /// an [`Error::Io`] (`UnexpectedEof`), never a signal (see [Truncation](self#truncation)).
     ///
     /// ```
     /// multiproc::init();
@@ -236,42 +252,47 @@ impl SharedMemory {
     /// ```
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.range(offset, buf.len())?;
-        self.inner.map.read(offset, buf);
-        Ok(())
+        Ok(self.inner.map.pread_exact(offset, buf)?)
     }
 
-    /// Copies `data` to bytes `offset..offset + data.len()`.
+    /// Copies `data` to bytes `offset..offset + data.len()`. Errors as for
+    /// [`read_at`](SharedMemory::read_at): a truncated block is never grown back.
     ///
     /// ```
     /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 4).unwrap();
     /// shm.write_at(1, &[5, 6]).unwrap();
-    /// assert_eq!(shm.to_vec(), vec![0, 5, 6, 0]);
+    /// assert_eq!(shm.to_vec().unwrap(), vec![0, 5, 6, 0]);
     /// shm.unlink().unwrap();
     /// ```
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.range(offset, data.len())?;
-        self.inner.map.write(offset, data);
-        Ok(())
+        Ok(self.inner.map.pwrite_exact(offset, data)?)
     }
 
-    /// A copy of the whole block.
+    /// A copy of the whole block ([`len`](SharedMemory::len) bytes), or an [`Error::Io`]
+    /// (`UnexpectedEof`) if another process has truncated it.
     ///
     /// ```
     /// multiproc::init();
     /// let shm = multiproc::shared_memory::SharedMemory::create(None, 3).unwrap();
-    /// assert_eq!(shm.to_vec(), vec![0, 0, 0]);
+    /// assert_eq!(shm.to_vec().unwrap(), vec![0, 0, 0]);
     /// shm.unlink().unwrap();
     /// ```
-    pub fn to_vec(&self) -> Vec<u8> {
+    pub fn to_vec(&self) -> Result<Vec<u8>> {
         let mut v = vec![0u8; self.len()];
-        self.inner.map.read(0, &mut v);
-        v
+        self.inner.map.pread_exact(0, &mut v)?;
+        Ok(v)
     }
 
     /// The address of the first byte in this process, for code that shares the memory
     /// with other languages or does its own synchronization. Valid while this handle (or a
     /// clone) lives. Other processes may write the bytes at any time.
+    ///
+    /// Raw access is at your own risk: if any process truncates the block (anyone who can
+    /// open its name can), touching a page past the new end kills this process with
+    /// `SIGBUS`. [`read_at`](SharedMemory::read_at) and [`write_at`](SharedMemory::write_at)
+    /// do not have that risk (see [Truncation](self#truncation)).
     ///
     /// ```
     /// multiproc::init();

@@ -169,3 +169,51 @@ fn unlinked_block_is_not_unlinked_again() {
     assert!(exists(&name));
     again.unlink().unwrap();
 }
+
+/// Issue 11.5: a block truncated by another process, then read and written through the
+/// API, gives an error, not SIGBUS.
+#[test]
+fn truncated_block_gives_an_error_not_sigbus() {
+    multiproc::init();
+    let name = unique("truncated");
+    let shm = SharedMemory::create(Some(&name), 3 * 4096).unwrap();
+    shm.write_at(8192, b"tail").unwrap();
+    fn truncate(name: String) {
+        // Any process that can open the name can do this: it needs no multiproc handle.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(Path::new("/dev/shm").join(&name))
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+    }
+    multiproc::spawn(truncate, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(Path::new("/dev/shm").join(&name))
+            .unwrap()
+            .len(),
+        4096
+    );
+
+    // The bytes still there work; the ones cut off are an error, read or written.
+    shm.write_at(0, b"head").unwrap();
+    let mut b = [0u8; 4];
+    shm.read_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"head");
+    let gone = |r: multiproc::Result<()>| matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof);
+    assert!(gone(shm.read_at(8192, &mut b)));
+    assert!(gone(shm.read_at(4094, &mut b)), "a read across the new end");
+    assert!(gone(shm.write_at(8192, b"more")));
+    assert!(matches!(shm.to_vec(), Err(Error::Io(_))));
+    // A failed write does not grow the block back.
+    assert_eq!(
+        std::fs::metadata(Path::new("/dev/shm").join(&name))
+            .unwrap()
+            .len(),
+        4096
+    );
+    shm.unlink().unwrap();
+}

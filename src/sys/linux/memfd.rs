@@ -207,6 +207,62 @@ impl Mapping {
     }
 }
 
+/// Copies through the file, not the mapping: for memory whose size another process may
+/// change ([`SharedMemory`](crate::shared_memory::SharedMemory): a named block cannot be
+/// sealed). Touching a mapped page past the file's end raises SIGBUS; `pread`/`pwrite` on
+/// the descriptor give an error instead, and see the same bytes as the mapping.
+impl Mapping {
+    /// The backing file's current size (another process may have truncated it).
+    pub(crate) fn file_len(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.fd)?.st_size.max(0) as u64)
+    }
+
+    /// Reads bytes `off..off + out.len()` of the file into `out`: an `UnexpectedEof`
+    /// error if the file no longer holds them all.
+    pub(crate) fn pread_exact(&self, off: usize, out: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            match rustix::io::pread(&self.fd, &mut out[done..], (off + done) as u64) {
+                Ok(0) => return Err(truncated(off + out.len(), self.file_len()?)),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to bytes `off..` of the file, if the file still holds them all: it is
+    /// never grown back (an `UnexpectedEof` error instead).
+    pub(crate) fn pwrite_exact(&self, off: usize, data: &[u8]) -> io::Result<()> {
+        let end = off + data.len();
+        let size = self.file_len()?;
+        if (size as u128) < end as u128 {
+            return Err(truncated(end, size));
+        }
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&self.fd, &data[done..], (off + done) as u64) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncated(end: usize, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "the shared memory block was truncated to {size} bytes by another process; \
+             bytes up to {end} are gone"
+        ),
+    )
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly what mmap returned; no reference into the
