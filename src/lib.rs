@@ -50,6 +50,8 @@
 //! that cross a process boundary implement serde's `Serialize` and `DeserializeOwned`.
 
 #![warn(missing_docs)]
+// `unsafe` lives in the OS layer (`sys`) only; everything else is safe code.
+#![deny(unsafe_code)]
 // Examples show `fn main` on purpose: `multiproc::init()` must be its first line.
 #![allow(clippy::needless_doctest_main)]
 
@@ -65,6 +67,7 @@ pub(crate) mod shm;
 mod shmsync;
 pub mod start;
 pub mod sync;
+#[allow(unsafe_code)]
 mod sys;
 pub mod value;
 

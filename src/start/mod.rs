@@ -119,6 +119,8 @@ pub fn get_start_method() -> StartMethod {
 /// // SAFETY: this doctest's only other thread, if any, is idle.
 /// unsafe { multiproc::allow_fork_with_threads(true) };
 /// ```
+// `unsafe` here is the caller's contract (see Safety); the body does nothing unsafe.
+#[allow(unsafe_code)]
 pub unsafe fn allow_fork_with_threads(allow: bool) {
     FORK_WITH_THREADS.store(allow, Ordering::SeqCst);
 }

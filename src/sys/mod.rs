@@ -3,6 +3,9 @@
 //! One module per operating system (ipc-channel's `platform/os` layout); the rest of the
 //! crate calls only the functions re-exported from here. Linux is the first platform.
 
+// Every `unsafe` block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
