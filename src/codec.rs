@@ -192,7 +192,18 @@ impl FdSession {
     ) -> Result<usize> {
         use bincode::Options;
         let len = out.len();
-        let r = task_format().serialize_into(&mut *out, value);
+        // A `Serialize` impl that panics fails this value only, like one that errs.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            task_format()
+                .serialize_into(&mut *out, value)
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|p| {
+            Err(format!(
+                "its Serialize impl panicked: {}",
+                crate::error::panic_message(&*p)
+            ))
+        });
         let known = self.known;
         let now = OUT_FDS.with(|c| {
             let mut c = c.borrow_mut();

@@ -155,6 +155,17 @@ fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
     }
 }
 
+/// The message of a caught panic's payload (a `&str` or a `String`, as `panic!` makes).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
 impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Error {
         Error::InvalidOperation(msg.into())

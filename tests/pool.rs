@@ -837,3 +837,109 @@ fn a_worker_killed_under_apply_is_replaced() {
     assert_ne!(second, first);
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
 }
+
+/// Panics while being encoded when its number is 5.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Explosive(u32);
+
+impl serde::Serialize for Explosive {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 5 {
+            panic!("Explosive(5) cannot be encoded");
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+fn defuse(e: Explosive) -> u32 {
+    e.0
+}
+
+#[test]
+fn map_argument_encode_failure_leaves_the_pool_usable() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    // Every argument refuses: the call fails, the pool stays usable.
+    let bad: Vec<Picky> = (1..4).map(|i| Picky(i * 3)).collect();
+    assert!(matches!(pool.map(unpick, bad), Err(Error::Codec(_))));
+    assert_eq!(pool.map(square, 0..10).unwrap()[3], 9);
+    let bad: Vec<Picky> = (1..1000).map(Picky).collect();
+    assert!(matches!(
+        pool.map_async(unpick, bad).get(),
+        Err(Error::Codec(_))
+    ));
+    assert_eq!(pool.map(square, 0..10).unwrap()[4], 16);
+    // An argument whose encoding panics fails that call only, with the panic's message.
+    let boom: Vec<Explosive> = (0..20).map(Explosive).collect();
+    match pool.map_chunked(defuse, boom, 3) {
+        Err(Error::Codec(m)) => assert!(m.contains("Explosive(5)"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let res: Vec<_> = pool.imap(defuse, (0..8).map(Explosive)).collect();
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r.is_err(), i == 5, "{i}: {r:?}");
+    }
+    assert!(pool.apply(defuse, Explosive(5)).is_err());
+    assert!(pool.apply_async(defuse, Explosive(5)).get().is_err());
+    assert_eq!(
+        pool.map(square, 0..10).unwrap(),
+        (0..10).map(square).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn imap_over_a_panicking_input_yields_what_came_before_then_the_error() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let input = (0..10u64).map(|x| match x {
+        6 => panic!("input broke at {x}"),
+        x => x,
+    });
+    let res: Vec<Result<u64, Error>> = pool.imap(square, input).collect();
+    assert_eq!(res.len(), 7, "{res:?}");
+    for (i, r) in res[..6].iter().enumerate() {
+        assert_eq!(r.as_ref().ok(), Some(&(i as u64 * i as u64)), "{i}: {r:?}");
+    }
+    match &res[6] {
+        Err(Error::TaskPanicked { message, .. }) => {
+            assert!(message.contains("input broke at 6"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Chunked and unordered: the same results and one error.
+    let input = (0..10u64).map(|x| if x == 6 { panic!("again") } else { x });
+    let mut res: Vec<_> = pool.imap_unordered_chunked(square, input, 4).collect();
+    assert_eq!(res.iter().filter(|r| r.is_err()).count(), 1, "{res:?}");
+    res.retain(|r| r.is_ok());
+    let mut got: Vec<u64> = res.into_iter().map(|r| r.unwrap()).collect();
+    got.sort();
+    assert_eq!(got, vec![0, 1, 4, 9, 16, 25]);
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+#[test]
+fn invalid_settings_are_refused_not_changed() {
+    multiproc::init();
+    for b in [
+        Pool::builder().processes(1).maxtasksperchild(0),
+        Pool::builder().processes(1).task_timeout(Duration::ZERO),
+    ] {
+        match b.build() {
+            Err(Error::InvalidOperation(m)) => assert!(!m.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let pool = Pool::new(1).unwrap();
+    assert!(matches!(
+        pool.map_chunked(square, 0..4, 0),
+        Err(Error::InvalidOperation(_))
+    ));
+    let mut it = pool.imap_chunked(square, 0..4, 0);
+    assert!(matches!(it.next(), Some(Err(Error::InvalidOperation(_)))));
+    assert!(it.next().is_none());
+    assert!(matches!(
+        pool.imap_unordered_chunked(square, 0..4, 0).next(),
+        Some(Err(Error::InvalidOperation(_)))
+    ));
+    assert_eq!(pool.map_chunked(square, 0..4, 1).unwrap(), vec![0, 1, 4, 9]);
+}

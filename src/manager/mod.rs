@@ -137,6 +137,8 @@ pub struct ManagerBuilder {
     registry: Vec<Registration>,
     max_message: u64,
     start_method: Option<StartMethod>,
+    /// The first invalid setting: [`start`](ManagerBuilder::start) refuses it.
+    invalid: Option<String>,
 }
 
 impl Default for ManagerBuilder {
@@ -147,6 +149,7 @@ impl Default for ManagerBuilder {
             registry: Vec::new(),
             max_message: DEFAULT_MAX_MESSAGE,
             start_method: None,
+            invalid: None,
         }
     }
 }
@@ -181,14 +184,21 @@ impl ManagerBuilder {
 
     /// Largest request the server accepts from an authenticated client; a bigger frame
     /// closes that client's connection. Unauthenticated peers may send only a few hundred
-    /// bytes.
+    /// bytes. Less than 1024 bytes is refused: [`start`](ManagerBuilder::start) then
+    /// returns [`Error::InvalidOperation`].
     ///
     /// ```
+    /// multiproc::init();
     /// let b = multiproc::Manager::builder().max_message_size(4096);
     /// # drop(b);
+    /// assert!(multiproc::Manager::builder().max_message_size(10).start().is_err());
     /// ```
     pub fn max_message_size(mut self, bytes: u64) -> Self {
-        self.max_message = bytes.max(1024);
+        if bytes < 1024 {
+            self.invalid
+                .get_or_insert_with(|| "max_message_size must be at least 1024 bytes".into());
+        }
+        self.max_message = bytes;
         self
     }
 
@@ -245,6 +255,9 @@ impl ManagerBuilder {
     /// m.shutdown().unwrap();
     /// ```
     pub fn start(self) -> Result<Manager> {
+        if let Some(why) = self.invalid {
+            return Err(Error::InvalidOperation(why));
+        }
         let address = match self.address {
             Some(a) => a?,
             None => {

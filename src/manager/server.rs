@@ -168,7 +168,7 @@ fn run_user<R>(f: impl FnOnce() -> R) -> Result<R, RemoteErr> {
     IN_USER_CODE.with(|c| c.set(false));
     r.map_err(|p| {
         let at = PANIC_AT.with(|a| a.borrow_mut().take());
-        let msg = panic_message(&p);
+        let msg = crate::error::panic_message(&*p);
         let msg = match at {
             Some(at) => format!("{msg} (at {at})"),
             None => msg,
@@ -671,16 +671,6 @@ fn create(state: &State, c: Create, who: u64) -> Response {
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, obj);
     Ok(Reply::Object(id, kind))
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
-    }
 }
 
 fn index(i: u64, len: usize) -> Result<usize, RemoteErr> {

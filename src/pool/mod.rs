@@ -98,6 +98,8 @@ pub struct PoolBuilder {
     max_tasks: Option<usize>,
     task_timeout: Option<Duration>,
     method: Option<StartMethod>,
+    /// The first invalid setting: [`build`](PoolBuilder::build) refuses it.
+    invalid: Option<String>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -121,6 +123,7 @@ impl Default for PoolBuilder {
             max_tasks: None,
             task_timeout: None,
             method: None,
+            invalid: None,
         }
     }
 }
@@ -185,7 +188,8 @@ impl PoolBuilder {
 
     /// Replaces a worker by a fresh process once it has run `k` tasks (Python's
     /// `maxtasksperchild`). A chunk of a map is never split, so a worker may run a few more
-    /// than `k` tasks before it is replaced.
+    /// than `k` tasks before it is replaced. `k` = 0 is refused: [`build`](PoolBuilder::build)
+    /// then returns [`Error::InvalidOperation`] (Python raises `ValueError`).
     ///
     /// ```
     /// multiproc::init();
@@ -194,10 +198,18 @@ impl PoolBuilder {
     ///     .map(|_| pool.apply(|_: ()| std::process::id(), ()).unwrap())
     ///     .collect();
     /// assert_eq!(pids.len(), 2);
+    /// assert!(multiproc::Pool::builder().maxtasksperchild(0).build().is_err());
     /// ```
     pub fn maxtasksperchild(mut self, k: usize) -> PoolBuilder {
-        self.max_tasks = Some(k.max(1));
+        if k == 0 {
+            self.refuse("maxtasksperchild must be at least 1");
+        }
+        self.max_tasks = Some(k);
         self
+    }
+
+    fn refuse(&mut self, why: &str) {
+        self.invalid.get_or_insert_with(|| why.to_string());
     }
 
     /// A task running longer than `timeout` fails with [`Error::Timeout`]; its worker is
@@ -214,8 +226,13 @@ impl PoolBuilder {
     ///     .unwrap();
     /// assert!(matches!(pool.apply(nap, 5000), Err(multiproc::Error::Timeout)));
     /// assert_eq!(pool.apply(nap, 1).unwrap(), 1);
+    /// // A zero timeout would fail every task: it is refused.
+    /// assert!(multiproc::Pool::builder().task_timeout(Duration::ZERO).build().is_err());
     /// ```
     pub fn task_timeout(mut self, timeout: Duration) -> PoolBuilder {
+        if timeout.is_zero() {
+            self.refuse("task_timeout must be longer than zero");
+        }
         self.task_timeout = Some(timeout);
         self
     }
@@ -236,7 +253,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers and waits until each has run the initializer.
+    /// Starts the workers and waits until each has run the initializer. An invalid setting
+    /// given earlier (`maxtasksperchild(0)`, a zero `task_timeout`) →
+    /// [`Error::InvalidOperation`], and nothing is started.
     ///
     /// ```
     /// multiproc::init();
@@ -244,6 +263,9 @@ impl PoolBuilder {
     /// assert_eq!(pool.map(|x: i32| x + 1, vec![1, 2]).unwrap(), vec![2, 3]);
     /// ```
     pub fn build(self) -> Result<Pool> {
+        if let Some(why) = self.invalid {
+            return Err(Error::InvalidOperation(why));
+        }
         let n = if self.processes == 0 {
             cpu_count()
         } else {
@@ -357,6 +379,14 @@ fn default_chunksize(n: usize, workers: usize) -> usize {
     n.div_ceil(4 * workers.max(1)).max(1)
 }
 
+/// A chunk size of 0 is refused, as Python refuses it (`ValueError`).
+fn check_chunksize(chunksize: usize) -> Result<()> {
+    if chunksize == 0 {
+        return Err(Error::invalid("the chunk size must be at least 1"));
+    }
+    Ok(())
+}
+
 impl Pool {
     /// A pool of `n` worker processes; `0` means [`cpu_count()`] (Python's
     /// `Pool(processes=n)`).
@@ -438,7 +468,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        if let Err(e) = self.shared.check_open() {
+        if let Err(e) = self.shared.check_open().and(check_chunksize(chunksize)) {
             return AsyncResult::failed(TaskFail::from_error(&e));
         }
         let cell = Cell::new();
@@ -472,7 +502,8 @@ impl Pool {
         self.map_inner(f, items, cs, None).take()
     }
 
-    /// [`map`](Pool::map) with chunks of `chunksize` items (Python's `chunksize=`).
+    /// [`map`](Pool::map) with chunks of `chunksize` items (Python's `chunksize=`). A chunk
+    /// size of 0 → [`Error::InvalidOperation`].
     ///
     /// ```
     /// multiproc::init();
@@ -675,8 +706,12 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        let refused = self
+            .shared
+            .check_open()
+            .and(check_chunksize(chunksize))
+            .err();
         let chunksize = chunksize.max(1);
-        let refused = self.shared.check_open().err();
         let registered = refused.is_none();
         if registered {
             self.shared.iter_started();
@@ -702,7 +737,9 @@ impl Pool {
     /// A lazy [`map`](Pool::map): an iterator over the results, in input order (Python's
     /// `imap`). The input is read only as results are consumed, with a bounded number of
     /// tasks in flight, so an endless input works in constant memory. Each task is sent
-    /// on its own; see [`imap_chunked`](Pool::imap_chunked) for chunks.
+    /// on its own; see [`imap_chunked`](Pool::imap_chunked) for chunks. If the input
+    /// iterator panics, the results before it come first, then the panic as an
+    /// [`Error::TaskPanicked`], then the end (as Python's `imap` over a raising generator).
     ///
     /// ```
     /// multiproc::init();
@@ -935,11 +972,33 @@ impl<A: Serialize, R, I: Iterator<Item = A>> IMap<A, R, I> {
             let mut job = Job::new(self.code, self.submitted, self.dyn_sink.clone());
             let mut taken = 0;
             while taken < self.chunksize && !job.is_full() {
-                let Some(a) = self.input.next() else {
-                    self.input_done = true;
-                    break;
-                };
+                // An input that panics ends the input: the results before it come
+                // first, then the panic as this position's error (as Python's imap
+                // does with a raising generator).
+                let next =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.input.next()));
                 let idx = self.submitted + taken;
+                let a = match next {
+                    Ok(Some(a)) => a,
+                    Ok(None) => {
+                        self.input_done = true;
+                        break;
+                    }
+                    Err(p) => {
+                        self.input_done = true;
+                        taken += 1;
+                        let f = TaskFail::Panicked {
+                            message: format!(
+                                "the input iterator panicked: {}",
+                                crate::error::panic_message(&*p)
+                            ),
+                            location: None,
+                            backtrace: None,
+                        };
+                        self.dyn_sink.fail(idx, 1, &f);
+                        break;
+                    }
+                };
                 taken += 1;
                 if let Err(e) = job.push(&a) {
                     let next = Job::new(self.code, idx + 1, self.dyn_sink.clone());

@@ -1106,7 +1106,8 @@ fn serve(
                         nfds > MAX_JOB_FDS
                     })
                     .unwrap_or(pieces.len())
-                    .max(1);
+                    .max(1)
+                    .min(pieces.len());
                 let later = pieces.split_off(keep);
                 shared.requeue(later);
                 let jobs = pieces;
