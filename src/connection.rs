@@ -39,9 +39,11 @@
 mod auth;
 mod lane;
 mod net;
+mod wait;
 
 pub(crate) use net::{accept_raw, authenticate_server, connect_raw};
 pub use net::{Address, Client, Listener, ToAddress};
+pub use wait::{wait, Waitable};
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -1112,6 +1114,26 @@ impl<T> Clone for Connection<T> {
 impl<T> AsFd for Connection<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.raw.pollable_fd()
+    }
+}
+
+/// Ready when a message or the end of file waits (see [`wait`]).
+///
+/// ```
+/// multiproc::init();
+/// use multiproc::connection::Waitable;
+/// let (a, b) = multiproc::pipe::<u8>().unwrap();
+/// assert!(!b.is_ready().unwrap());
+/// a.send(&1).unwrap();
+/// assert!(b.is_ready().unwrap());
+/// ```
+impl<T> Waitable for Connection<T> {
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
+    }
+
+    fn is_ready(&self) -> Result<bool> {
+        self.poll(Some(Duration::ZERO))
     }
 }
 

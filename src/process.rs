@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::connection::RawConn;
+use crate::connection::{RawConn, Waitable};
 use crate::start::{self, Boot, Code, LaunchSpec, Outcome, StartMethod};
 use crate::{codec, sys, Error, Result};
 
@@ -608,6 +608,49 @@ impl Process {
     pub fn kill(&self) -> Result<()> {
         self.started()?.signal(libc::SIGKILL)
     }
+
+    /// A descriptor that becomes readable when the process ends (Python's
+    /// `Process.sentinel`), to wait on with [`wait`](crate::connection::wait) or `poll(2)`
+    /// beside connections; `None` before [`start`](Process::start). It is a pidfd, valid as
+    /// long as this `Process` lives; it does not reap the child (`join` does).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::connection::wait;
+    /// fn nap(s: u64) { std::thread::sleep(std::time::Duration::from_secs(s)) }
+    /// let mut p = multiproc::Process::new(nap, 60);
+    /// assert!(p.sentinel().is_none());
+    /// p.start().unwrap();
+    /// p.kill().unwrap();
+    /// assert_eq!(wait(&[&p.sentinel().unwrap()], None).unwrap(), vec![0]);
+    /// p.join().unwrap();
+    /// assert_eq!(p.exitcode(), Some(-9));
+    /// ```
+    pub fn sentinel(&self) -> Option<BorrowedFd<'_>> {
+        self.child.as_ref().map(|c| c.pidfd())
+    }
+}
+
+/// Ready once the process has ended (see [`wait`](crate::connection::wait)); a process
+/// never started gives [`Error::NotStarted`].
+///
+/// ```
+/// multiproc::init();
+/// use multiproc::connection::{wait, Waitable};
+/// let mut p = multiproc::Process::new(|_: ()| (), ());
+/// assert!(matches!(p.is_ready(), Err(multiproc::Error::NotStarted)));
+/// p.start().unwrap();
+/// assert_eq!(wait(&[&p], None).unwrap(), vec![0]);
+/// p.join().unwrap();
+/// ```
+impl Waitable for Process {
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.sentinel()
+    }
+
+    fn is_ready(&self) -> Result<bool> {
+        self.started()?.pidfd().is_ready()
+    }
 }
 
 impl Drop for Process {
@@ -821,6 +864,46 @@ impl<R> JoinHandle<R> {
     /// ```
     pub fn kill(&self) -> Result<()> {
         self.process.kill()
+    }
+
+    /// A descriptor that becomes readable when the child ends (see
+    /// [`Process::sentinel`]).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::connection::wait;
+    /// let h = multiproc::spawn(|x: u8| x, 3).unwrap();
+    /// assert_eq!(wait(&[&h.sentinel()], None).unwrap(), vec![0]);
+    /// assert_eq!(h.join().unwrap(), 3);
+    /// ```
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.process
+            .child
+            .as_ref()
+            .expect("a JoinHandle's process is started")
+            .pidfd()
+    }
+}
+
+/// Ready once the child has ended (see [`wait`](crate::connection::wait)).
+///
+/// ```
+/// multiproc::init();
+/// use multiproc::connection::wait;
+/// let a = multiproc::spawn(|x: u8| x, 1).unwrap();
+/// let b = multiproc::spawn(|s: u64| std::thread::sleep(std::time::Duration::from_secs(s)), 60).unwrap();
+/// assert_eq!(wait(&[&a, &b], None).unwrap(), vec![0]);
+/// b.kill().unwrap();
+/// assert_eq!(a.join().unwrap(), 1);
+/// assert!(matches!(b.join(), Err(multiproc::Error::WorkerDied { .. })));
+/// ```
+impl<R> Waitable for JoinHandle<R> {
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.sentinel())
+    }
+
+    fn is_ready(&self) -> Result<bool> {
+        self.process.is_ready()
     }
 }
 

@@ -401,6 +401,28 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 }
 
+/// Ready when an item waits, or when this handle is closed (a `get` would not block);
+/// see [`wait`](crate::connection::wait). A queue has no descriptor: `wait` looks at it
+/// every few milliseconds.
+///
+/// ```
+/// multiproc::init();
+/// use multiproc::connection::Waitable;
+/// let q = multiproc::Queue::<u8>::new().unwrap();
+/// assert!(!q.is_ready().unwrap());
+/// q.put(1).unwrap();
+/// assert!(q.is_ready().unwrap());
+/// ```
+impl<T> crate::connection::Waitable for Queue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    fn is_ready(&self) -> Result<bool> {
+        Ok(!self.empty() || self.is_closed())
+    }
+}
+
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
@@ -521,6 +543,24 @@ impl<T: DeserializeOwned> SimpleQueue<T> {
     /// ```
     pub fn get(&self) -> Result<T> {
         self.q.get()
+    }
+}
+
+/// Ready as a [`Queue`] is.
+///
+/// ```
+/// use multiproc::connection::Waitable;
+/// let q = multiproc::SimpleQueue::<u8>::new().unwrap();
+/// q.put(1).unwrap();
+/// assert!(q.is_ready().unwrap());
+/// ```
+impl<T> crate::connection::Waitable for SimpleQueue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    fn is_ready(&self) -> Result<bool> {
+        self.q.is_ready()
     }
 }
 
@@ -663,6 +703,24 @@ impl<T> JoinableQueue<T> {
     /// ```
     pub fn unfinished_tasks(&self) -> usize {
         self.q.shared.ring.unfinished() as usize
+    }
+}
+
+/// Ready as a [`Queue`] is.
+///
+/// ```
+/// use multiproc::connection::Waitable;
+/// let q = multiproc::JoinableQueue::<u8>::new().unwrap();
+/// q.put(1).unwrap();
+/// assert!(q.is_ready().unwrap());
+/// ```
+impl<T> crate::connection::Waitable for JoinableQueue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    fn is_ready(&self) -> Result<bool> {
+        self.q.is_ready()
     }
 }
 

@@ -201,23 +201,7 @@ pub(crate) fn recv_some(
 /// Waits until `fd` is readable (data or end of stream), up to `timeout` (`None`: forever).
 /// Returns whether it is readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
-        let ts = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            Timespec {
-                tv_sec: left.as_secs() as _,
-                tv_nsec: left.subsec_nanos() as _,
-            }
-        });
-        match poll(&mut pfd, ts.as_ref()) {
-            Ok(0) => return Ok(false),
-            Ok(_) => return Ok(true),
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(!readable_of(&[fd], timeout)?.is_empty())
 }
 
 /// Duplicates `fd` (close-on-exec).
@@ -265,10 +249,21 @@ pub(crate) fn wait_any_readable(
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> io::Result<u32> {
-    let deadline = timeout.map(|t| Instant::now() + t);
     let n = fds.len().min(32);
+    let ready = readable_of(&fds[..n], timeout)?;
+    Ok(ready.iter().fold(0u32, |m, &i| m | 1 << i))
+}
+
+/// Waits until at least one of `fds` (any number) is readable or has hung up, up to
+/// `timeout` (`None`: forever). Returns the indices of the ready ones, in order; empty
+/// means the timeout passed.
+pub(crate) fn readable_of(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<usize>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let mut pfds: Vec<PollFd<'_>> = fds[..n]
+        let mut pfds: Vec<PollFd<'_>> = fds
             .iter()
             .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
@@ -280,15 +275,14 @@ pub(crate) fn wait_any_readable(
             }
         });
         match poll(&mut pfds, ts.as_ref()) {
-            Ok(0) => return Ok(0),
+            Ok(0) => return Ok(Vec::new()),
             Ok(_) => {
-                let mut mask = 0u32;
-                for (i, p) in pfds.iter().enumerate() {
-                    if !p.revents().is_empty() {
-                        mask |= 1 << i;
-                    }
-                }
-                return Ok(mask);
+                return Ok(pfds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect())
             }
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
