@@ -3,8 +3,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use multiproc::shared_memory::SharedMemory;
-use multiproc::{Error, Event};
+use multiproc::shared_memory::{self, SharedMemory};
+use multiproc::{Error, Event, Process, StartMethod};
+use rustix::process::{Pid, Signal};
+
+mod common;
 
 fn unique(tag: &str) -> String {
     format!("mp_test_{tag}_{}", std::process::id())
@@ -216,4 +219,155 @@ fn truncated_block_gives_an_error_not_sigbus() {
         4096
     );
     shm.unlink().unwrap();
+}
+
+fn kill(pid: u32) {
+    rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL).unwrap();
+}
+
+/// Issue 11.3: `kill -9` of a whole process group (job control, a shell's Ctrl-\ on a
+/// pipeline, a supervisor killing a job) with named blocks alive in two of its processes.
+/// The tracker has left the group, sees every connection close, and unlinks both.
+#[test]
+fn process_group_sigkill_leaves_nothing_in_dev_shm() {
+    multiproc::init();
+    fn leader((a, b, ready): (String, String, Event)) {
+        // A process group of its own, as a shell makes for a job.
+        rustix::process::setpgid(None, None).unwrap();
+        let shm = SharedMemory::create(Some(&a), 4096).unwrap();
+        shm.write_at(0, b"a").unwrap();
+        // A second member of the group (exec'd from the leader, so in its group).
+        let member_ready = Event::new().unwrap();
+        let mut p = Process::new(create_and_hang, (b, member_ready.clone()))
+            .with_start_method(StartMethod::Spawn);
+        p.start().unwrap();
+        assert!(member_ready.wait_timeout(Duration::from_secs(20)).unwrap());
+        ready.set();
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+    let (a, b) = (unique("group_a"), unique("group_b"));
+    let ready = Event::new().unwrap();
+    let mut h = Process::new(leader, (a.clone(), b.clone(), ready.clone()));
+    h.start().unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+    assert!(exists(&a) && exists(&b));
+    let pgid = h.pid().unwrap();
+    rustix::process::kill_process_group(Pid::from_raw(pgid as i32).unwrap(), Signal::KILL).unwrap();
+    h.join().unwrap();
+    assert_eq!(h.exitcode(), Some(-9));
+    assert!(
+        gone_within(&a, Duration::from_secs(10)),
+        "{a} left in /dev/shm"
+    );
+    assert!(
+        gone_within(&b, Duration::from_secs(10)),
+        "{b} left in /dev/shm"
+    );
+}
+
+/// Issue 15.3 and 11.3: a tracker killed on its own is replaced at the next `create`,
+/// which succeeds, and the names the dead one held are registered with the replacement:
+/// the process's blocks are still unlinked when it is killed later.
+#[test]
+fn killed_tracker_is_replaced_and_keeps_every_name() {
+    multiproc::init();
+    fn kill_tracker_then_create((a, b, ready): (String, String, Event)) {
+        let _x = SharedMemory::create(Some(&a), 4096).unwrap();
+        let t1 = shared_memory::tracker_pid().unwrap();
+        kill(t1);
+        assert!(common::eventually(Duration::from_secs(10), || {
+            !common::running(t1)
+        }));
+        let _y = SharedMemory::create(Some(&b), 4096).unwrap();
+        let t2 = shared_memory::tracker_pid().unwrap();
+        assert_ne!(t1, t2);
+        ready.set();
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+    let (a, b) = (unique("retrack_a"), unique("retrack_b"));
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(
+        kill_tracker_then_create,
+        (a.clone(), b.clone(), ready.clone()),
+    )
+    .unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+    assert!(exists(&a) && exists(&b));
+    h.kill().unwrap();
+    let _ = h.join();
+    assert!(
+        gone_within(&a, Duration::from_secs(10)),
+        "{a} left in /dev/shm"
+    );
+    assert!(
+        gone_within(&b, Duration::from_secs(10)),
+        "{b} left in /dev/shm"
+    );
+}
+
+/// Issue 15.3: the create after the tracker was killed does not fail, and the dead
+/// tracker (our child) is reaped.
+#[test]
+fn create_after_the_tracker_was_killed_succeeds() {
+    multiproc::init();
+    let a = SharedMemory::create(None, 100).unwrap();
+    let t1 = shared_memory::tracker_pid().unwrap();
+    kill(t1);
+    assert!(common::eventually(Duration::from_secs(10), || {
+        !common::running(t1)
+    }));
+    let b = SharedMemory::create(None, 100).unwrap();
+    assert_ne!(shared_memory::tracker_pid(), Some(t1));
+    assert!(
+        !common::zombies_of_me().contains(&t1),
+        "dead tracker not reaped"
+    );
+    a.unlink().unwrap();
+    b.unlink().unwrap();
+}
+
+/// Issue 15.3: children (plain processes and pool workers) use their parent's tracker
+/// instead of starting one each.
+#[test]
+fn children_use_their_parents_tracker() {
+    multiproc::init();
+    fn tracker_of_child(_: ()) -> Option<u32> {
+        let s = SharedMemory::create(None, 10).unwrap();
+        let t = shared_memory::tracker_pid();
+        s.unlink().unwrap();
+        t
+    }
+    let mine = SharedMemory::create(None, 10).unwrap();
+    let t = shared_memory::tracker_pid();
+    assert!(t.is_some());
+    let child = multiproc::spawn(tracker_of_child, ())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(child, t);
+    let pool = multiproc::Pool::new(3).unwrap();
+    let workers = pool.map(tracker_of_child, vec![(); 6]).unwrap();
+    assert!(workers.iter().all(|w| *w == t), "{workers:?} != {t:?}");
+    drop(pool);
+    mine.unlink().unwrap();
+}
+
+/// Children started before their parent ever used shared memory share one tracker too.
+#[test]
+fn siblings_share_one_tracker() {
+    multiproc::init();
+    fn tracker_of_child(_: ()) -> Option<u32> {
+        let s = SharedMemory::create(None, 10).unwrap();
+        let t = shared_memory::tracker_pid();
+        s.unlink().unwrap();
+        t
+    }
+    let pool = multiproc::Pool::new(3).unwrap();
+    let workers = pool.map(tracker_of_child, vec![(); 6]).unwrap();
+    assert!(workers[0].is_some());
+    assert!(workers.iter().all(|w| *w == workers[0]), "{workers:?}");
 }

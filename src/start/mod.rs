@@ -215,6 +215,9 @@ pub(crate) struct Boot {
     pub(crate) has_result: bool,
     /// The next fd is the parent's standard output, to install as ours.
     pub(crate) has_stdout: bool,
+    /// The shared-memory tracker of the process tree (its socket name): the child uses it
+    /// instead of starting its own.
+    pub(crate) shm_tracker: Option<String>,
 }
 
 /// What a value-returning child sends back.
@@ -303,6 +306,7 @@ impl LaunchSpec {
             args: std::mem::take(&mut self.args),
             has_result: self.result.is_some(),
             has_stdout,
+            shm_tracker: Some(crate::shared_memory::tracker_address()),
         }
     }
 }
@@ -521,6 +525,7 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
         let _ = sys::set_stdout(out.as_fd());
     }
     process::set_current(&boot);
+    crate::shared_memory::adopt_tracker(boot.shm_tracker.clone());
     install_child_panic_hook(boot.name.clone());
     let code = match sys::fn_at::<Entry>(boot.entry, boot.build_id, boot.entry_sig) {
         Some(entry) => entry(boot.target, boot.target_sig, &boot.args, fds, result),

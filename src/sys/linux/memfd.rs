@@ -277,17 +277,20 @@ pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
 }
 
 /// Makes this process ignore SIGINT and SIGTERM (the shared-memory tracker: a Ctrl-C aimed
-/// at the program must not kill it before it has cleaned up), and survive its parent.
+/// at the program must not kill it before it has cleaned up), survive its parent, and
+/// leave its parent's session and process group (`setsid`): a signal sent to the whole
+/// group (`kill -9 -PGID`, job control) must not take it along with its clients.
 ///
 /// Its standard output and error go to /dev/null: it must not keep its creator's output
 /// pipes open after the creator is gone.
 pub(crate) fn become_tracker() {
     let _ = rustix::process::set_parent_process_death_signal(None);
+    let _ = rustix::process::setsid();
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = rustix::stdio::dup2_stdout(&null);
         let _ = rustix::stdio::dup2_stderr(&null);
     }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing SIG_IGN runs no code of ours in signal context.
         unsafe {
             libc::signal(sig, libc::SIG_IGN);

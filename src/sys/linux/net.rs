@@ -116,6 +116,13 @@ pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The pid of the process at the other end of a connected Unix socket (the one that
+/// created that end), if it runs as our own user: `None` for another user's process.
+pub(crate) fn peer_pid_if_same_user(fd: impl AsFd) -> io::Result<Option<u32>> {
+    let cred = sockopt::socket_peercred(fd.as_fd())?;
+    Ok((cred.uid == rustix::process::getuid()).then(|| cred.pid.as_raw_nonzero().get() as u32))
+}
+
 /// Sets `TCP_NODELAY` on a TCP socket; does nothing for Unix sockets.
 pub(crate) fn set_nodelay(fd: impl AsFd, addr: &SockAddr) {
     if matches!(addr, SockAddr::Tcp(_)) {
