@@ -492,12 +492,14 @@ impl TrackerClient {
                     // still in the backlog of a tracker that is exiting gets no greeting.
                     match (pid, conn.recv_value::<u8>()) {
                         (Some(pid), Ok(_)) => (conn, pid),
-                        (None, _) => return Err(Error::Io(io::Error::new(
-                            io::ErrorKind::PermissionDenied,
-                            format!(
+                        (None, _) => {
+                            return Err(Error::Io(io::Error::new(
+                                io::ErrorKind::PermissionDenied,
+                                format!(
                                 "the shared memory tracker socket {addr:?} belongs to another user"
                             ),
-                        ))),
+                            )))
+                        }
                         (_, Err(e)) => {
                             last_err = Some(e);
                             continue;

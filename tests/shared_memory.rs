@@ -94,6 +94,11 @@ fn create_attach_read_write_unlink() {
 fn create_and_hang((name, ready): (String, Event)) {
     let shm = SharedMemory::create(Some(&name), 4096).unwrap();
     shm.write_at(0, b"x").unwrap();
+    hang_after(ready)
+}
+
+/// Sets `ready`, then waits to be killed.
+fn hang_after(ready: Event) -> ! {
     ready.set();
     loop {
         std::thread::sleep(Duration::from_secs(60));
@@ -221,8 +226,12 @@ fn truncated_block_gives_an_error_not_sigbus() {
     shm.unlink().unwrap();
 }
 
-fn kill(pid: u32) {
+/// SIGKILLs `pid` and waits (bounded) until it is dead.
+fn kill_and_wait(pid: u32) {
     rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL).unwrap();
+    assert!(common::eventually(Duration::from_secs(10), || {
+        !common::running(pid)
+    }));
 }
 
 /// Issue 11.3: `kill -9` of a whole process group (job control, a shell's Ctrl-\ on a
@@ -242,10 +251,7 @@ fn process_group_sigkill_leaves_nothing_in_dev_shm() {
             .with_start_method(StartMethod::Spawn);
         p.start().unwrap();
         assert!(member_ready.wait_timeout(Duration::from_secs(20)).unwrap());
-        ready.set();
-        loop {
-            std::thread::sleep(Duration::from_secs(60));
-        }
+        hang_after(ready)
     }
     let (a, b) = (unique("group_a"), unique("group_b"));
     let ready = Event::new().unwrap();
@@ -257,14 +263,12 @@ fn process_group_sigkill_leaves_nothing_in_dev_shm() {
     rustix::process::kill_process_group(Pid::from_raw(pgid as i32).unwrap(), Signal::KILL).unwrap();
     h.join().unwrap();
     assert_eq!(h.exitcode(), Some(-9));
-    assert!(
-        gone_within(&a, Duration::from_secs(10)),
-        "{a} left in /dev/shm"
-    );
-    assert!(
-        gone_within(&b, Duration::from_secs(10)),
-        "{b} left in /dev/shm"
-    );
+    for n in [&a, &b] {
+        assert!(
+            gone_within(n, Duration::from_secs(10)),
+            "{n} left in /dev/shm"
+        );
+    }
 }
 
 /// Issue 15.3 and 11.3: a tracker killed on its own is replaced at the next `create`,
@@ -276,17 +280,11 @@ fn killed_tracker_is_replaced_and_keeps_every_name() {
     fn kill_tracker_then_create((a, b, ready): (String, String, Event)) {
         let _x = SharedMemory::create(Some(&a), 4096).unwrap();
         let t1 = shared_memory::tracker_pid().unwrap();
-        kill(t1);
-        assert!(common::eventually(Duration::from_secs(10), || {
-            !common::running(t1)
-        }));
+        kill_and_wait(t1);
         let _y = SharedMemory::create(Some(&b), 4096).unwrap();
         let t2 = shared_memory::tracker_pid().unwrap();
         assert_ne!(t1, t2);
-        ready.set();
-        loop {
-            std::thread::sleep(Duration::from_secs(60));
-        }
+        hang_after(ready)
     }
     let (a, b) = (unique("retrack_a"), unique("retrack_b"));
     let ready = Event::new().unwrap();
@@ -299,14 +297,12 @@ fn killed_tracker_is_replaced_and_keeps_every_name() {
     assert!(exists(&a) && exists(&b));
     h.kill().unwrap();
     let _ = h.join();
-    assert!(
-        gone_within(&a, Duration::from_secs(10)),
-        "{a} left in /dev/shm"
-    );
-    assert!(
-        gone_within(&b, Duration::from_secs(10)),
-        "{b} left in /dev/shm"
-    );
+    for n in [&a, &b] {
+        assert!(
+            gone_within(n, Duration::from_secs(10)),
+            "{n} left in /dev/shm"
+        );
+    }
 }
 
 /// Issue 15.3: the create after the tracker was killed does not fail, and the dead
@@ -316,10 +312,7 @@ fn create_after_the_tracker_was_killed_succeeds() {
     multiproc::init();
     let a = SharedMemory::create(None, 100).unwrap();
     let t1 = shared_memory::tracker_pid().unwrap();
-    kill(t1);
-    assert!(common::eventually(Duration::from_secs(10), || {
-        !common::running(t1)
-    }));
+    kill_and_wait(t1);
     let b = SharedMemory::create(None, 100).unwrap();
     assert_ne!(shared_memory::tracker_pid(), Some(t1));
     assert!(
@@ -330,17 +323,19 @@ fn create_after_the_tracker_was_killed_succeeds() {
     b.unlink().unwrap();
 }
 
+/// The tracker a child process uses (it creates a block to be sure it has one).
+fn tracker_of_child(_: ()) -> Option<u32> {
+    let s = SharedMemory::create(None, 10).unwrap();
+    let t = shared_memory::tracker_pid();
+    s.unlink().unwrap();
+    t
+}
+
 /// Issue 15.3: children (plain processes and pool workers) use their parent's tracker
 /// instead of starting one each.
 #[test]
 fn children_use_their_parents_tracker() {
     multiproc::init();
-    fn tracker_of_child(_: ()) -> Option<u32> {
-        let s = SharedMemory::create(None, 10).unwrap();
-        let t = shared_memory::tracker_pid();
-        s.unlink().unwrap();
-        t
-    }
     let mine = SharedMemory::create(None, 10).unwrap();
     let t = shared_memory::tracker_pid();
     assert!(t.is_some());
@@ -360,12 +355,6 @@ fn children_use_their_parents_tracker() {
 #[test]
 fn siblings_share_one_tracker() {
     multiproc::init();
-    fn tracker_of_child(_: ()) -> Option<u32> {
-        let s = SharedMemory::create(None, 10).unwrap();
-        let t = shared_memory::tracker_pid();
-        s.unlink().unwrap();
-        t
-    }
     let pool = multiproc::Pool::new(3).unwrap();
     let workers = pool.map(tracker_of_child, vec![(); 6]).unwrap();
     assert!(workers[0].is_some());
