@@ -55,6 +55,10 @@ pub enum Error {
     /// The object was closed (a queue, pool or connection).
     #[error("closed")]
     Closed,
+    /// The queue was shut down ([`Queue::shutdown`](crate::Queue::shutdown), Python 3.13's
+    /// `queue.ShutDown`): a put fails at once, a get once nothing is left to take.
+    #[error("the queue was shut down")]
+    ShutDown,
     /// The function run in another process panicked.
     #[error("task panicked at {}: {message}", location.as_deref().unwrap_or("<unknown>"))]
     TaskPanicked {

@@ -737,3 +737,109 @@ fn nothing_left_in_dev_shm_and_no_fd_growth() {
     );
     assert_eq!(shm(), shm_before, "files appeared in /dev/shm");
 }
+
+// --- shutdown (Python 3.13) -------------------------------------------------------------------
+
+/// Says it is about to wait, then gets until the queue gives an error; returns what it got
+/// and whether that error was `ShutDown`.
+fn get_until_shutdown((q, ready): (Queue<u64>, multiproc::Event)) -> (Vec<u64>, bool) {
+    ready.set();
+    let mut got = Vec::new();
+    loop {
+        match q.get() {
+            Ok(x) => got.push(x),
+            Err(e) => return (got, matches!(e, Error::ShutDown)),
+        }
+    }
+}
+
+/// Fills a bounded queue, says so, then puts once more (blocking until shutdown).
+fn put_into_full((q, ready): (Queue<u64>, multiproc::Event)) -> bool {
+    q.put(1).unwrap();
+    ready.set();
+    matches!(q.put(2), Err(Error::ShutDown))
+}
+
+#[test]
+fn shutdown_wakes_every_waiting_get_and_put_in_every_process() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    let getters: Vec<_> = (0..3)
+        .map(|_| {
+            let ready = multiproc::Event::new().unwrap();
+            let h = multiproc::spawn(get_until_shutdown, (q.clone(), ready.clone())).unwrap();
+            (h, ready)
+        })
+        .collect();
+    let full = Queue::<u64>::bounded(1).unwrap();
+    let put_ready = multiproc::Event::new().unwrap();
+    let putter = multiproc::spawn(put_into_full, (full.clone(), put_ready.clone())).unwrap();
+    // A thread of this process waits too.
+    let q2 = q.clone();
+    let local = std::thread::spawn(move || q2.get());
+    for (_, ready) in &getters {
+        ready.wait().unwrap();
+    }
+    put_ready.wait().unwrap();
+    assert!(!q.is_shutdown());
+    q.shutdown();
+    full.shutdown();
+    for (h, _) in getters {
+        assert_eq!(h.join().unwrap(), (vec![], true));
+    }
+    assert!(putter.join().unwrap());
+    assert!(matches!(local.join().unwrap(), Err(Error::ShutDown)));
+    // The item the putter got in before the shutdown is still there to take.
+    assert_eq!(full.get().unwrap(), 1);
+    assert!(matches!(full.get(), Err(Error::ShutDown)));
+    assert!(matches!(q.try_get(), Err(Error::ShutDown)));
+    assert!(matches!(
+        q.get_timeout(Duration::from_secs(5)),
+        Err(Error::ShutDown)
+    ));
+    assert!(zombies_of_me().is_empty());
+}
+
+fn is_shut(q: Queue<u64>) -> bool {
+    q.is_shutdown()
+}
+
+#[test]
+fn after_shutdown_consumers_drain_what_is_left() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    for i in 0..5 {
+        q.put(i).unwrap();
+    }
+    q.shutdown();
+    assert!(matches!(q.put(9), Err(Error::ShutDown)));
+    assert!(matches!(q.try_put(9), Err(Error::ShutDown)));
+    assert!(multiproc::spawn(is_shut, q.clone())
+        .unwrap()
+        .join()
+        .unwrap());
+    let ready = multiproc::Event::new().unwrap();
+    let h = multiproc::spawn(get_until_shutdown, (q.clone(), ready)).unwrap();
+    assert_eq!(h.join().unwrap(), ((0..5).collect(), true));
+}
+
+fn join_joinable(q: JoinableQueue<u32>) -> bool {
+    q.join().is_ok()
+}
+
+#[test]
+fn immediate_shutdown_drops_items_and_releases_join() {
+    multiproc::init();
+    let q = JoinableQueue::<u32>::new().unwrap();
+    for i in 0..3 {
+        q.put(i).unwrap();
+    }
+    let joiner = multiproc::spawn(join_joinable, q.clone()).unwrap();
+    assert!(!joiner.is_finished());
+    q.shutdown_immediate();
+    assert!(joiner.join().unwrap());
+    assert!(q.empty());
+    assert_eq!(q.unfinished_tasks(), 0);
+    assert!(matches!(q.get(), Err(Error::ShutDown)));
+    assert!(matches!(q.put(1), Err(Error::ShutDown)));
+}

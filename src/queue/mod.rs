@@ -292,6 +292,66 @@ impl<T> Queue<T> {
         self.shared.closed.load(Ordering::Relaxed)
     }
 
+    /// Shuts the queue down for every process that holds it (Python 3.13's
+    /// `Queue.shutdown()`): from now on `put` fails with [`Error::ShutDown`]; `get` still
+    /// takes the items left, then fails with [`Error::ShutDown`] instead of waiting. Every
+    /// put and get waiting now, in any process, wakes at once. It cannot be undone.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::{Error, Queue};
+    /// fn consume(q: Queue<u32>) -> u32 {
+    ///     let mut sum = 0;
+    ///     loop {
+    ///         match q.get() {
+    ///             Ok(x) => sum += x,
+    ///             Err(Error::ShutDown) => return sum, // drained and shut down
+    ///             Err(e) => panic!("{e}"),
+    ///         }
+    ///     }
+    /// }
+    /// let q = Queue::new().unwrap();
+    /// let h = multiproc::spawn(consume, q.clone()).unwrap();
+    /// for x in 1..=4 {
+    ///     q.put(x).unwrap();
+    /// }
+    /// q.shutdown();
+    /// assert!(matches!(q.put(5), Err(Error::ShutDown)));
+    /// assert_eq!(h.join().unwrap(), 10);
+    /// ```
+    pub fn shutdown(&self) {
+        self.shared.ring.shutdown(false);
+    }
+
+    /// Shuts the queue down and throws away the items left in it (Python 3.13's
+    /// `Queue.shutdown(immediate=True)`): every `put` and `get`, in any process, fails with
+    /// [`Error::ShutDown`] from now on, and the items thrown away count as done for
+    /// [`JoinableQueue::join`].
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
+    /// q.shutdown_immediate();
+    /// assert!(q.empty());
+    /// assert!(matches!(q.get(), Err(multiproc::Error::ShutDown)));
+    /// ```
+    #[doc(alias = "shutdown")]
+    pub fn shutdown_immediate(&self) {
+        self.shared.ring.shutdown(true);
+    }
+
+    /// Whether the queue was shut down, by any process (Python's `is_shutdown`).
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// assert!(!q.is_shutdown());
+    /// q.shutdown();
+    /// assert!(q.is_shutdown());
+    /// ```
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.ring.is_shut_down()
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.shared.closed.load(Ordering::Relaxed) {
             Err(Error::Closed)
@@ -401,7 +461,8 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 }
 
-/// Ready when an item waits, or when this handle is closed (a `get` would not block);
+/// Ready when an item waits, or when this handle is closed or the queue shut down (a `get`
+/// would not block);
 /// see [`wait`](crate::connection::wait). A queue has no descriptor: `wait` looks at it
 /// every few milliseconds.
 ///
@@ -419,7 +480,7 @@ impl<T> crate::connection::Waitable for Queue<T> {
     }
 
     fn is_ready(&self) -> Result<bool> {
-        Ok(!self.empty() || self.is_closed())
+        Ok(!self.empty() || self.is_closed() || self.is_shutdown())
     }
 }
 

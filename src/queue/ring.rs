@@ -67,6 +67,7 @@ const O_SPACESEQ: usize = 512;
 const O_DONE: usize = 640;
 const O_JOINSEQ: usize = 648;
 const O_JOINWAIT: usize = 652;
+const O_SHUTDOWN: usize = 656;
 
 const POS_BITS: u32 = 40;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
@@ -79,6 +80,11 @@ pub(crate) const MIN_CAP: usize = 4096;
 pub(crate) const MAX_CAP: usize = 64 << 20;
 /// Default ring size.
 pub(crate) const DEFAULT_CAP: usize = 4 << 20;
+
+/// Values of the shutdown word: puts refused, gets drain what is left; or everything that
+/// is left thrown away too.
+const SHUT: u32 = 1;
+const SHUT_NOW: u32 = 2;
 
 /// Header flag: stream items larger than half the ring through it instead of spilling them.
 const FLAG_STREAM_LARGE: u32 = 1;
@@ -217,6 +223,35 @@ impl Ring {
         self.maxsize > 0 && self.len() as u64 >= self.maxsize
     }
 
+    /// How far the ring is shut down: 0, [`SHUT`] or [`SHUT_NOW`].
+    fn shut(&self) -> u32 {
+        self.w32(O_SHUTDOWN).load(SeqCst)
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called, by any process.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut() != 0
+    }
+
+    /// Shuts the ring down for every process: puts fail from now on; gets take what is left
+    /// and then fail (`immediate`: what is left is thrown away, counted as done). Every
+    /// waiting put and get wakes.
+    pub(crate) fn shutdown(&self, immediate: bool) {
+        let level = if immediate { SHUT_NOW } else { SHUT };
+        self.w32(O_SHUTDOWN).fetch_max(level, SeqCst);
+        for seq in [O_DATASEQ, O_SPACESEQ] {
+            let w = self.w32(seq);
+            w.fetch_add(1, SeqCst);
+            futex::wake_all(w);
+        }
+        if immediate {
+            // A consumer holding the lock wakes and lets go of it at once.
+            if let Some(_g) = self.lock_consumer(None) {
+                self.drop_all(self.w64(O_HEAD).load(SeqCst));
+            }
+        }
+    }
+
     // --- locks ---------------------------------------------------------------------------
 
     fn lock(
@@ -306,9 +341,11 @@ impl Ring {
             free_after(h)
         };
         while free() < need {
-            if let Waited::TimedOut =
-                self.wait_while(O_SPACESEQ, O_PSLEEP, || free() < need, deadline)
-            {
+            if self.is_shut_down() {
+                return Err(Error::ShutDown);
+            }
+            let blocked = || free() < need && !self.is_shut_down();
+            if let Waited::TimedOut = self.wait_while(O_SPACESEQ, O_PSLEEP, blocked, deadline) {
                 return Err(Error::Full);
             }
         }
@@ -345,6 +382,9 @@ impl Ring {
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
         let fdpre = if fds.is_empty() { 0 } else { 8 };
         let whole = 8 + round8(fdpre + msg.len() as u64);
         // An item larger than half the ring goes to a segment of its own, whose descriptor
@@ -361,6 +401,9 @@ impl Ring {
             None
         };
         let _g = self.lock_producer(deadline).ok_or(Error::Full)?;
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
         if self.maxsize > 0 {
             let tail = self.w64(O_TAIL);
             let head = self.w64(O_HEAD);
@@ -369,8 +412,12 @@ impl Ring {
                 let h = head.load(SeqCst);
                 (count(t).wrapping_sub(count(h)) & COUNT_MASK) >= self.maxsize
             };
+            let blocked = || full() && !self.is_shut_down();
             while full() {
-                if let Waited::TimedOut = self.wait_while(O_SPACESEQ, O_PSLEEP, full, deadline) {
+                if self.is_shut_down() {
+                    return Err(Error::ShutDown);
+                }
+                if let Waited::TimedOut = self.wait_while(O_SPACESEQ, O_PSLEEP, blocked, deadline) {
                     return Err(Error::Full);
                 }
             }
@@ -448,12 +495,19 @@ impl Ring {
 
     /// Throws away everything in the ring after garbage was found at the head.
     fn discard_all(&self, h: u64) -> Error {
+        self.drop_all(h);
+        Error::Codec("garbage in the queue's shared memory: its contents were discarded".into())
+    }
+
+    /// Throws away everything from head `h` to the tail, counting the items as done (the
+    /// consumer lock is held). Descriptors sent with them are closed by the next `get`'s
+    /// look at the side socket, or with the queue.
+    fn drop_all(&self, h: u64) {
         let t = self.w64(O_TAIL).load(Acquire);
         let n = count(t).wrapping_sub(count(h)) & COUNT_MASK;
         self.w64(O_HEAD).store(pack(count(t), pos(t)), SeqCst);
         self.wake(O_SPACESEQ, O_PSLEEP);
         self.mark_done(n);
-        Error::Codec("garbage in the queue's shared memory: its contents were discarded".into())
     }
 
     /// The descriptors sent with tag `tag`, looked at without taking them off the socket
@@ -490,6 +544,10 @@ impl Ring {
         deadline: Option<Instant>,
     ) -> Result<Received> {
         let _g = self.lock_consumer(deadline).ok_or(Error::Empty)?;
+        if self.shut() == SHUT_NOW {
+            self.drop_all(self.w64(O_HEAD).load(SeqCst));
+            return Err(Error::ShutDown);
+        }
         out.clear();
         let tail = self.w64(O_TAIL);
         let head = self.w64(O_HEAD);
@@ -506,6 +564,10 @@ impl Ring {
                 self.tail_seen.store(t, Relaxed);
             }
             if pos(t) == pos(h) {
+                let shut = self.shut();
+                if shut == SHUT_NOW || (shut == SHUT && stream.is_none()) {
+                    return Err(Error::ShutDown);
+                }
                 if stream.is_some() {
                     // Mid-stream: only a producer's death or surrender ends the wait.
                     if self.producer_idle() && pos(tail.load(SeqCst)) == pos(h) {
@@ -516,13 +578,13 @@ impl Ring {
                     let _ = self.wait_while(
                         O_DATASEQ,
                         O_CSLEEP,
-                        || pos(tail.load(SeqCst)) == pos(h),
+                        || pos(tail.load(SeqCst)) == pos(h) && self.shut() != SHUT_NOW,
                         Some(Instant::now() + SLICE),
                     );
                 } else if let Waited::TimedOut = self.wait_while(
                     O_DATASEQ,
                     O_CSLEEP,
-                    || pos(tail.load(SeqCst)) == pos(h),
+                    || pos(tail.load(SeqCst)) == pos(h) && !self.is_shut_down(),
                     deadline,
                 ) {
                     if pos(tail.load(SeqCst)) == pos(h) {
