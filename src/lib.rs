@@ -80,7 +80,10 @@ pub use process::{
     Process, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};
+pub use start::{
+    allow_fork_with_threads, get_context, get_start_method, init, set_start_method, Context,
+    StartMethod,
+};
 pub use sync::{
     Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore,

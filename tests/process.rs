@@ -412,3 +412,64 @@ fn fork_server_is_reaped_when_its_owner_exits() {
         stat(server)
     );
 }
+
+/// Set in the test process before it starts children: only a forked child sees it.
+static MARK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn mark(_: u32) -> u32 {
+    MARK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn exit_with_mark(_: ()) {
+    std::process::exit(mark(0) as i32)
+}
+
+#[test]
+fn a_context_binds_its_start_method_to_what_it_makes() {
+    multiproc::init();
+    allow_fork();
+    MARK.store(7, std::sync::atomic::Ordering::SeqCst);
+    // Spawn: fresh executions (no mark), and no fork server is ever started.
+    let ctx = multiproc::get_context(StartMethod::Spawn);
+    assert_eq!(ctx.get_start_method(), StartMethod::Spawn);
+    let mut p = ctx.process(exit_with_mark, ());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert_eq!(ctx.spawn(mark, 0).unwrap().join().unwrap(), 0);
+    assert_eq!(ctx.pool(2).unwrap().map(mark, 0..4).unwrap(), vec![0; 4]);
+    let m = ctx.manager().unwrap();
+    assert_eq!(m.value(1).unwrap().get().unwrap(), 1);
+    m.shutdown().unwrap();
+    assert!(fork_servers().is_empty());
+    assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+    // Fork: copies of this process (the mark shows).
+    let ctx = multiproc::get_context(StartMethod::Fork);
+    let mut p = ctx.process(exit_with_mark, ());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(7));
+    assert_eq!(ctx.builder().spawn(mark, 0).unwrap().join().unwrap(), 7);
+    assert_eq!(
+        ctx.pool_builder()
+            .processes(1)
+            .build()
+            .unwrap()
+            .apply(mark, 0)
+            .unwrap(),
+        7
+    );
+    assert!(fork_servers().is_empty());
+    // The fork server: now one exists.
+    let ctx = multiproc::get_context(StartMethod::ForkServer);
+    assert_eq!(ctx.spawn(mark, 0).unwrap().join().unwrap(), 0);
+    assert_eq!(fork_servers().len(), 1);
+    // The default context follows the process-wide method.
+    multiproc::set_start_method(StartMethod::Spawn).unwrap();
+    assert_eq!(
+        multiproc::Context::default().get_start_method(),
+        StartMethod::Spawn
+    );
+    multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+    assert!(zombies_of_me().is_empty());
+}

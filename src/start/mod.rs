@@ -43,7 +43,10 @@ use serde::{Deserialize, Serialize};
 use crate::connection::RawConn;
 use crate::{codec, process, sys, Error, Result};
 
+mod context;
 mod forkserver;
+
+pub use context::{get_context, Context};
 
 const ROLE_VAR: &str = "MULTIPROC_ROLE";
 
