@@ -290,7 +290,9 @@ impl Context {
     ///
     /// ```
     /// let c = multiproc::Context::default().condition().unwrap();
+    /// c.acquire().unwrap();
     /// c.notify_all().unwrap();
+    /// c.release().unwrap();
     /// ```
     #[doc(alias = "Condition")]
     pub fn condition(&self) -> Result<Condition> {
