@@ -158,7 +158,7 @@ fn namespace_value_queue_lock_event_across_processes() {
     assert!(matches!(q.try_get(), Err(Error::Empty)));
     assert!(matches!(
         q.get_timeout(Duration::from_millis(20)),
-        Err(Error::Timeout)
+        Err(Error::Empty)
     ));
     assert!(lock.locked().unwrap());
     lock.release().unwrap();
@@ -1010,4 +1010,43 @@ fn server_ignores_sigint() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(l.len().unwrap(), 1);
+}
+
+/// The same situation gives the same error through a proxy as with the local type it
+/// stands for.
+#[test]
+fn proxies_fail_as_the_local_types_do() {
+    fn kind(r: Result<impl std::fmt::Debug, Error>) -> String {
+        let e = r.expect_err("expected an error");
+        format!("{e:?}")
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap()
+            .to_string()
+    }
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let t = Duration::from_millis(10);
+    // Queues: empty and full.
+    let (q, pq) = (
+        multiproc::Queue::<u8>::bounded(1).unwrap(),
+        m.bounded_queue::<u8>(1).unwrap(),
+    );
+    assert_eq!(kind(pq.get_timeout(t)), kind(q.get_timeout(t)));
+    assert_eq!(kind(pq.try_get()), kind(q.try_get()));
+    q.put(1).unwrap();
+    pq.put(1).unwrap();
+    assert_eq!(kind(pq.put_timeout(2, t)), kind(q.put_timeout(2, t)));
+    assert_eq!(kind(pq.try_put(2)), kind(q.try_put(2)));
+    // Locks: releasing an unlocked one; a timed acquire that runs out is `false`.
+    let (l, pl) = (multiproc::Lock::new().unwrap(), m.lock().unwrap());
+    assert_eq!(kind(pl.release()), kind(l.release()));
+    assert!(l.try_acquire().unwrap() && pl.try_acquire().unwrap());
+    assert_eq!(
+        pl.acquire_timeout(t).unwrap(),
+        l.acquire_timeout(t).unwrap()
+    );
+    // Events: a timed wait that runs out is `false`.
+    let (e, pe) = (multiproc::Event::new().unwrap(), m.event().unwrap());
+    assert_eq!(pe.wait_timeout(t).unwrap(), e.wait_timeout(t).unwrap());
 }

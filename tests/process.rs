@@ -472,4 +472,38 @@ fn a_context_binds_its_start_method_to_what_it_makes() {
     );
     multiproc::set_start_method(StartMethod::ForkServer).unwrap();
     assert!(zombies_of_me().is_empty());
+
+/// This process's start method, and its own child's.
+fn methods_down_the_line(depth: u32) -> Vec<StartMethod> {
+    let mut v = vec![multiproc::get_start_method()];
+    if depth > 0 {
+        v.extend(
+            multiproc::spawn(methods_down_the_line, depth - 1)
+                .unwrap()
+                .join()
+                .unwrap(),
+        );
+    }
+    v
+}
+
+#[test]
+fn children_inherit_the_start_method() {
+    multiproc::init();
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        multiproc::set_start_method(method).unwrap();
+        let got = multiproc::spawn(methods_down_the_line, 1)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, vec![method, method], "started with {method:?}");
+    }
+    // A child started by another method than the default still inherits the default.
+    multiproc::set_start_method(StartMethod::Spawn).unwrap();
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(methods_down_the_line, 0)
+        .unwrap();
+    assert_eq!(h.join().unwrap(), vec![StartMethod::Spawn]);
+    multiproc::set_start_method(StartMethod::ForkServer).unwrap();
 }

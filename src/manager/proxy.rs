@@ -644,17 +644,18 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.get_wait(Wait::Forever)?.ok_or(Error::Empty)
     }
 
-    /// Takes the oldest item, waiting at most `timeout` ([`Error::Timeout`] after that).
+    /// Takes the oldest item, waiting at most `timeout` ([`Error::Empty`] after that, as
+    /// [`Queue::get_timeout`](crate::Queue::get_timeout) and Python's `queue.Empty`).
     ///
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
     /// let q = m.queue::<u8>().unwrap();
     /// let t = std::time::Duration::from_millis(10);
-    /// assert!(matches!(q.get_timeout(t), Err(multiproc::Error::Timeout)));
+    /// assert!(matches!(q.get_timeout(t), Err(multiproc::Error::Empty)));
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_wait(wait_for(timeout))?.ok_or(Error::Timeout)
+        self.get_wait(wait_for(timeout))?.ok_or(Error::Empty)
     }
 
     /// Takes the oldest item if there is one, else [`Error::Empty`].

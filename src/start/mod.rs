@@ -82,7 +82,9 @@ fn method_from(v: u8) -> StartMethod {
 
 /// Sets the default start method for processes started from now on (Python's
 /// `set_start_method`). Individual processes may override it with
-/// [`Process::with_start_method`](crate::Process::with_start_method).
+/// [`Process::with_start_method`](crate::Process::with_start_method). Children inherit
+/// it, whatever method started them (as in Python), together with
+/// [`allow_fork_with_threads`].
 ///
 /// ```
 /// multiproc::init();
@@ -221,6 +223,33 @@ pub(crate) struct Boot {
     /// The shared-memory tracker of the process tree (its socket name): the child uses it
     /// instead of starting its own.
     pub(crate) shm_tracker: Option<String>,
+    /// The parent's process-wide settings, which the child takes over.
+    pub(crate) settings: Settings,
+}
+
+/// The process-wide settings a child inherits from its parent, whatever its start method
+/// (as Python's children inherit the start method): the default start method, and whether
+/// `Fork` may fork a process with threads.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct Settings {
+    method: StartMethod,
+    fork_with_threads: bool,
+}
+
+impl Settings {
+    /// This process's settings now.
+    fn current() -> Settings {
+        Settings {
+            method: get_start_method(),
+            fork_with_threads: FORK_WITH_THREADS.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Makes them this process's settings (in a new child).
+    fn apply(self) {
+        let _ = set_start_method(self.method);
+        FORK_WITH_THREADS.store(self.fork_with_threads, Ordering::SeqCst);
+    }
 }
 
 /// What a value-returning child sends back.
@@ -310,6 +339,7 @@ impl LaunchSpec {
             has_result: self.result.is_some(),
             has_stdout,
             shm_tracker: Some(crate::shared_memory::tracker_address()),
+            settings: Settings::current(),
         }
     }
 }
@@ -529,6 +559,7 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
     }
     process::set_current(&boot);
     crate::shared_memory::adopt_tracker(boot.shm_tracker.clone());
+    boot.settings.apply();
     install_child_panic_hook(boot.name.clone());
     let code = match sys::fn_at::<Entry>(boot.entry, boot.build_id, boot.entry_sig) {
         Some(entry) => entry(boot.target, boot.target_sig, &boot.args, fds, result),
