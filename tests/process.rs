@@ -472,6 +472,7 @@ fn a_context_binds_its_start_method_to_what_it_makes() {
     );
     multiproc::set_start_method(StartMethod::ForkServer).unwrap();
     assert!(zombies_of_me().is_empty());
+}
 
 /// This process's start method, and its own child's.
 fn methods_down_the_line(depth: u32) -> Vec<StartMethod> {
