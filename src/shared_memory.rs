@@ -74,6 +74,12 @@
 //! shm.unlink().unwrap();
 //! ```
 
+mod list;
+mod manager;
+
+pub use list::ShareableList;
+pub use manager::SharedMemoryManager;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -202,12 +208,18 @@ impl SharedMemory {
         }
     }
 
-    /// Attaches to the existing block `name`, whole.
+    /// Attaches to the existing block `name`, whole. Attaching never tracks: the block is
+    /// not unlinked when this process ends, however it ends — only its creator's end (or an
+    /// [`unlink`](SharedMemory::unlink)) removes it. This is Python 3.13's
+    /// `SharedMemory(name, track=False)`, and the only behaviour here: an attaching process
+    /// that unlinked what it did not create (Python's default, `track=True`) would take the
+    /// block away from its creator.
     ///
     /// ```
     /// use multiproc::shared_memory::SharedMemory;
     /// assert!(SharedMemory::attach("no_such_block_here").is_err());
     /// ```
+    #[doc(alias = "track")]
     pub fn attach(name: &str) -> Result<SharedMemory> {
         let n = os_name(name)?;
         let map = Mapping::open_named(&n)?;
@@ -218,6 +230,42 @@ impl SharedMemory {
                 tracked: Mutex::new(false),
             }),
         })
+    }
+
+    /// Creates the block `name` with `size` bytes, or attaches to it if it exists already
+    /// (whatever its size: check [`len`](SharedMemory::len)); returns the block and whether
+    /// this call created it. Of several processes racing, exactly one creates it, and that
+    /// one's block is tracked as [`create`](SharedMemory::create)'s is. (Python needs a
+    /// `try: SharedMemory(name, create=True) except FileExistsError:` for this.)
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::shared_memory::SharedMemory;
+    /// let (a, created) = SharedMemory::create_or_attach("mp_doc_coa", 32).unwrap();
+    /// assert!(created);
+    /// let (b, created) = SharedMemory::create_or_attach("mp_doc_coa", 32).unwrap();
+    /// assert!(!created);
+    /// a.write_at(0, &[7]).unwrap();
+    /// assert_eq!(b.to_vec().unwrap()[0], 7);
+    /// a.unlink().unwrap();
+    /// ```
+    pub fn create_or_attach(name: &str, size: usize) -> Result<(SharedMemory, bool)> {
+        // The block may be unlinked between a failed create and the attach: try again.
+        for _ in 0..100 {
+            match SharedMemory::create(Some(name), size) {
+                Ok(shm) => return Ok((shm, true)),
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            match SharedMemory::attach(name) {
+                Ok(shm) => return Ok((shm, false)),
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::invalid(format!(
+            "shared memory {name:?} kept appearing and disappearing; gave up"
+        )))
     }
 
     /// The block's name (without the leading `/`), to attach to it elsewhere.

@@ -360,3 +360,173 @@ fn siblings_share_one_tracker() {
     assert!(workers[0].is_some());
     assert!(workers.iter().all(|w| *w == workers[0]), "{workers:?}");
 }
+
+// --- attaching without tracking, create-or-attach, ShareableList, SharedMemoryManager ---------
+
+/// Attaches to `name`, creates a tracked block `mine`, then waits to be killed.
+fn attach_create_and_hang((name, mine, ready): (String, String, Event)) {
+    let other = SharedMemory::attach(&name).unwrap();
+    other.write_at(0, b"seen").unwrap();
+    let own = SharedMemory::create(Some(&mine), 64).unwrap();
+    own.write_at(0, b"x").unwrap();
+    hang_after(ready)
+}
+
+#[test]
+fn a_killed_attacher_does_not_take_the_block_away() {
+    multiproc::init();
+    let name = unique("attached");
+    let mine = unique("attachers_own");
+    let shm = SharedMemory::create(Some(&name), 64).unwrap();
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(
+        attach_create_and_hang,
+        (name.clone(), mine.clone(), ready.clone()),
+    )
+    .unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(10)).unwrap());
+    h.kill().unwrap();
+    let _ = h.join();
+    // The tracker dealt with the dead child's names (its own block is gone); the block it
+    // only attached to stays.
+    assert!(gone_within(&mine, Duration::from_secs(5)));
+    assert!(exists(&name));
+    assert_eq!(&shm.to_vec().unwrap()[..4], b"seen");
+    shm.unlink().unwrap();
+}
+
+fn race_to_create((name, start): (String, multiproc::Barrier)) -> bool {
+    start.wait().unwrap();
+    let (shm, created) = SharedMemory::create_or_attach(&name, 128).unwrap();
+    assert_eq!(shm.len(), 128);
+    // Everyone holds the block before the creator may exit and take it away.
+    start.wait().unwrap();
+    created
+}
+
+#[test]
+fn create_or_attach_creates_exactly_once_among_racers() {
+    multiproc::init();
+    let name = unique("race");
+    let start = multiproc::Barrier::new(4).unwrap();
+    let racers: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(race_to_create, (name.clone(), start.clone())).unwrap())
+        .collect();
+    let created: Vec<bool> = racers.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+    // The creator's block was tracked: it went with the creator.
+    assert!(gone_within(&name, Duration::from_secs(5)));
+    // An existing block is attached whatever the size asked for.
+    let own = SharedMemory::create(Some(&name), 16).unwrap();
+    let (again, created) = SharedMemory::create_or_attach(&name, 4096).unwrap();
+    assert!(!created);
+    assert_eq!(again.len(), 16);
+    own.unlink().unwrap();
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Item {
+    Int(i64),
+    Text(String),
+    Flag(bool),
+    Nothing,
+}
+
+fn edit_list(name: String) -> Vec<Item> {
+    let l = shared_memory::ShareableList::<Item>::attach(&name).unwrap();
+    l.set(0, &Item::Int(-5)).unwrap();
+    l.set(1, &Item::Text("HOWDY".into())).unwrap();
+    l.set(3, &Item::Flag(false)).unwrap();
+    // Longer than the slot its first value sized.
+    assert!(matches!(
+        l.set(1, &Item::Text("x".repeat(200))),
+        Err(Error::InvalidOperation(_))
+    ));
+    l.to_vec().unwrap()
+}
+
+#[test]
+fn shareable_list_across_processes() {
+    multiproc::init();
+    let name = unique("slist");
+    let items = vec![
+        Item::Int(1),
+        Item::Text("howdy".into()),
+        Item::Nothing,
+        Item::Flag(true),
+    ];
+    let l = shared_memory::ShareableList::create(Some(&name), &items).unwrap();
+    assert_eq!(l.len(), 4);
+    let child_saw = multiproc::spawn(edit_list, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    let want = vec![
+        Item::Int(-5),
+        Item::Text("HOWDY".into()),
+        Item::Nothing,
+        Item::Flag(false),
+    ];
+    assert_eq!(child_saw, want);
+    assert_eq!(l.to_vec().unwrap(), want);
+    assert_eq!(l.count(&Item::Nothing).unwrap(), 1);
+    assert_eq!(l.index(&Item::Flag(false)).unwrap(), Some(3));
+    // As an argument: it attaches in the child.
+    fn first(l: shared_memory::ShareableList<Item>) -> Item {
+        l.get(0).unwrap()
+    }
+    assert_eq!(
+        multiproc::spawn(first, l.clone()).unwrap().join().unwrap(),
+        Item::Int(-5)
+    );
+    // A block that holds no list.
+    let plain = SharedMemory::create(None, 64).unwrap();
+    assert!(matches!(
+        shared_memory::ShareableList::<Item>::attach(plain.name()),
+        Err(Error::Codec(_))
+    ));
+    plain.unlink().unwrap();
+    l.unlink().unwrap();
+    assert!(!exists(&name));
+}
+
+fn make_through_manager(smm: shared_memory::SharedMemoryManager) -> (String, String) {
+    let shm = smm.shared_memory(32).unwrap();
+    shm.write_at(0, b"from the child").unwrap();
+    let l = smm.shareable_list(&[10u32, 20, 30]).unwrap();
+    l.set(2, &33).unwrap();
+    (shm.name().to_string(), l.name().to_string())
+}
+
+#[test]
+fn shared_memory_manager_owns_what_children_make() {
+    multiproc::init();
+    let smm = shared_memory::SharedMemoryManager::start().unwrap();
+    let (block, list) = multiproc::spawn(make_through_manager, smm.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    // The child has exited; what it made belongs to the manager and stays.
+    assert!(exists(&block) && exists(&list));
+    let shm = SharedMemory::attach(&block).unwrap();
+    assert_eq!(&shm.to_vec().unwrap()[..14], b"from the child");
+    let l = shared_memory::ShareableList::<u32>::attach(&list).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![10, 20, 33]);
+    let own = smm.shared_memory(8).unwrap();
+    // Only the starting handle stops it.
+    fn try_shutdown(smm: shared_memory::SharedMemoryManager) -> bool {
+        matches!(smm.shutdown(), Err(Error::InvalidOperation(_)))
+    }
+    assert!(multiproc::spawn(try_shutdown, smm.clone())
+        .unwrap()
+        .join()
+        .unwrap());
+    smm.shutdown().unwrap();
+    assert!(!exists(&block) && !exists(&list) && !exists(own.name()));
+    // Dropping the last starting handle does the same.
+    let smm = shared_memory::SharedMemoryManager::start().unwrap();
+    let name = smm.shared_memory(8).unwrap().name().to_string();
+    assert!(exists(&name));
+    drop(smm);
+    assert!(!exists(&name));
+}
