@@ -943,3 +943,81 @@ fn invalid_settings_are_refused_not_changed() {
     ));
     assert_eq!(pool.map_chunked(square, 0..4, 1).unwrap(), vec![0, 1, 4, 9]);
 }
+
+/// Counts its run in `runs[i]`; task 0 kills its worker on its first run.
+fn counted((i, runs): (usize, multiproc::Array<u32>)) -> usize {
+    let n = {
+        let mut g = runs.lock().unwrap();
+        g[i] += 1;
+        g[i]
+    };
+    if i == 0 && n == 1 {
+        kill_self(rustix::process::Signal::KILL);
+    }
+    i
+}
+
+/// Holds the pool's only worker until `go` is set (after saying it started).
+fn hold((started, go): (multiproc::Event, multiproc::Event)) {
+    started.set();
+    assert!(go.wait_timeout(Duration::from_secs(60)).unwrap());
+}
+
+/// Issue 11.7: `apply_async` jobs sent to one worker together; the first kills it. It
+/// alone fails with `WorkerDied` (and ran once), unless retries were asked for; the jobs
+/// behind it run once each, on the replacement.
+fn killed_with_jobs_in_flight(retries: Option<u32>) -> (Vec<multiproc::Result<usize>>, Vec<u32>) {
+    let mut b = Pool::builder().processes(1);
+    if let Some(n) = retries {
+        b = b.retries(n);
+    }
+    let pool = b.build().unwrap();
+    let (started, go) = (
+        multiproc::Event::new().unwrap(),
+        multiproc::Event::new().unwrap(),
+    );
+    let held = pool.apply_async(hold, (started.clone(), go.clone()));
+    assert!(started.wait_timeout(Duration::from_secs(30)).unwrap());
+    // Queued while the worker is busy, so that they go out to it in batches.
+    let runs = multiproc::Array::<u32>::new(40).unwrap();
+    let rs: Vec<_> = (0..40)
+        .map(|i| pool.apply_async(counted, (i, runs.clone())))
+        .collect();
+    go.set();
+    held.get().unwrap();
+    let out = rs.iter().map(|r| r.get()).collect();
+    (out, runs.to_vec())
+}
+
+#[test]
+fn worker_killed_with_several_jobs_in_flight_fails_only_the_running_one() {
+    multiproc::init();
+    let (out, runs) = killed_with_jobs_in_flight(None);
+    assert!(
+        matches!(
+            out[0],
+            Err(Error::WorkerDied {
+                signal: Some(9),
+                ..
+            })
+        ),
+        "{:?}",
+        out[0]
+    );
+    for (i, r) in out.iter().enumerate().skip(1) {
+        assert_eq!(*r.as_ref().unwrap(), i);
+    }
+    assert_eq!(runs, vec![1; 40], "every job ran exactly once");
+}
+
+#[test]
+fn retries_run_the_job_of_a_dead_worker_again() {
+    multiproc::init();
+    let (out, runs) = killed_with_jobs_in_flight(Some(2));
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(*r.as_ref().unwrap(), i);
+    }
+    let mut expected = vec![1; 40];
+    expected[0] = 2;
+    assert_eq!(runs, expected);
+}

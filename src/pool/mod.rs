@@ -26,8 +26,13 @@
 //! - a task that panics gives [`Error::TaskPanicked`] (message and location) for that task
 //!   only; the worker carries on;
 //! - a worker that dies (killed, `abort`, segfault, `exit`) gives [`Error::WorkerDied`]
-//!   (pid, signal or exit code) for the tasks it held — the chunk it was running — and a
-//!   new worker takes its place; every other task completes;
+//!   (pid, signal or exit code) for the job it was running — one `apply`/`apply_async`
+//!   task, or the chunk of a map — and a new worker takes its place. One rule for every
+//!   kind of job: that job runs at most once (it is not run again, unless
+//!   [`PoolBuilder::retries`] asks for it), and the jobs that were waiting behind it on the
+//!   dead worker never began, so other workers run them. (A job the worker had finished
+//!   but not yet reported fails too: its results died with it, and running it again would
+//!   run it twice.) Every other task completes;
 //! - with [`PoolBuilder::task_timeout`], a task that runs longer gives [`Error::Timeout`];
 //!   its worker is killed and replaced;
 //! - a result that cannot be encoded gives [`Error::Codec`] for that task;
@@ -98,6 +103,7 @@ pub struct PoolBuilder {
     max_tasks: Option<usize>,
     task_timeout: Option<Duration>,
     method: Option<StartMethod>,
+    retries: u32,
     /// The first invalid setting: [`build`](PoolBuilder::build) refuses it.
     invalid: Option<String>,
 }
@@ -109,6 +115,7 @@ impl fmt::Debug for PoolBuilder {
             .field("maxtasksperchild", &self.max_tasks)
             .field("task_timeout", &self.task_timeout)
             .field("start_method", &self.method)
+            .field("retries", &self.retries)
             .finish()
     }
 }
@@ -123,6 +130,7 @@ impl Default for PoolBuilder {
             max_tasks: None,
             task_timeout: None,
             method: None,
+            retries: 0,
             invalid: None,
         }
     }
@@ -237,6 +245,34 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs a job again, up to `n` times, when its worker dies while running it (by
+    /// default, 0: it fails with [`Error::WorkerDied`] and runs at most once). A job is one
+    /// `apply`/`apply_async` task, or one chunk of a map. Only for work that is safe to run
+    /// twice: the dead worker may have done part of it (or all of it, and died before its
+    /// result was sent). Jobs that were waiting behind it on the dead worker never began:
+    /// other workers run them, whatever this setting.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::{Pool, Value};
+    /// // Dies on its first run, succeeds on the second (the counter is shared memory).
+    /// fn flaky(runs: Value<u32>) -> u32 {
+    ///     let n = { let mut g = runs.lock().unwrap(); *g += 1; *g };
+    ///     if n == 1 { std::process::abort(); }
+    ///     n
+    /// }
+    /// let runs = Value::new(0u32).unwrap();
+    /// let pool = Pool::builder().processes(1).retries(1).build().unwrap();
+    /// assert_eq!(pool.apply(flaky, runs.clone()).unwrap(), 2);
+    /// let pool = Pool::builder().processes(1).build().unwrap(); // no retries
+    /// runs.set(0);
+    /// assert!(matches!(pool.apply(flaky, runs), Err(multiproc::Error::WorkerDied { .. })));
+    /// ```
+    pub fn retries(mut self, n: u32) -> PoolBuilder {
+        self.retries = n;
+        self
+    }
+
     /// Starts the workers with `method` instead of the default start method.
     ///
     /// ```
@@ -273,8 +309,8 @@ impl PoolBuilder {
         };
         let make = self.make;
         let method = self.method;
-        let factory: Factory = Arc::new(move |conn, name| {
-            let mut p = make(SockHandle(conn)).with_name(name).with_daemon(true);
+        let factory: Factory = Arc::new(move |sock, name| {
+            let mut p = make(sock).with_name(name).with_daemon(true);
             if let Some(m) = method {
                 p = p.with_start_method(m);
             }
@@ -286,6 +322,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             max_tasks: self.max_tasks,
             factory,
+            retries: self.retries,
         });
         let pool = Pool {
             shared: shared.clone(),

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::fail::TaskFail;
 use super::worker::{
-    Reader, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, FLAG_STRIDE, MSG_BATCH, MSG_STOP,
-    REP_INIT_FAILED, REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
+    Progress, Reader, SockHandle, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, FLAG_STRIDE, MSG_BATCH,
+    MSG_STOP, REP_INIT_FAILED, REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
 };
 use crate::connection::{RawConn, Wake};
 use crate::process::ChildState;
@@ -123,9 +123,9 @@ pub(crate) struct Job {
     fd_counts: Option<Vec<u32>>,
     fds: Vec<OwnedFd>,
     sink: Arc<dyn Sink>,
-    /// Sent alone: it was in flight with other jobs when a worker died, and which of them
-    /// killed it is not known.
-    solo: bool,
+    /// How many times it was run again after its worker died while running it (see
+    /// [`Config::retries`]).
+    attempts: u32,
     /// Arguments not encoded yet (a map's chunk): the handler thread that takes the job
     /// encodes them, so that encoding runs in parallel, off the caller's thread.
     raw: Option<Box<dyn RawArgs>>,
@@ -176,7 +176,7 @@ impl Job {
             fd_counts: None,
             fds: Vec::new(),
             sink,
-            solo: false,
+            attempts: 0,
             raw: None,
             raw_count: 0,
         }
@@ -219,10 +219,11 @@ impl Job {
             return vec![self];
         }
         // Cut into pieces at the failed tasks and at the limits.
-        let (code, first, solo, sink) = (self.code, self.first, self.solo, self.sink.clone());
+        let (code, first, attempts, sink) =
+            (self.code, self.first, self.attempts, self.sink.clone());
         let fresh = |at: usize| {
             let mut j = Job::new(code, at, sink.clone());
-            j.solo = solo;
+            j.attempts = attempts;
             j
         };
         let mut pieces = Vec::new();
@@ -347,7 +348,7 @@ impl Job {
             fd_counts,
             fds,
             sink: self.sink.clone(),
-            solo: self.solo,
+            attempts: self.attempts,
             raw: None,
             raw_count: 0,
         })
@@ -388,13 +389,16 @@ impl Job {
 }
 
 /// Starts a worker process running the worker loop on the given socket.
-pub(crate) type Factory = Arc<dyn Fn(RawConn, String) -> Result<Process> + Send + Sync>;
+pub(crate) type Factory = Arc<dyn Fn(SockHandle, String) -> Result<Process> + Send + Sync>;
 
 pub(crate) struct Config {
     pub(crate) workers: usize,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_tasks: Option<usize>,
     pub(crate) factory: Factory,
+    /// How many times a job whose worker died while running it is run again before it
+    /// fails with `WorkerDied` (0: never; at most once is the default).
+    pub(crate) retries: u32,
 }
 
 pub(crate) struct State {
@@ -437,6 +441,10 @@ pub(crate) struct Worker {
     conn: RawConn,
     pid: u32,
     tasks: usize,
+    /// Jobs sent to it so far: the next job's number in the order the worker runs them.
+    jobs: u64,
+    /// Where the worker counts the jobs it has begun (see [`Progress`]).
+    progress: Progress,
 }
 
 /// Why a worker could not be made ready.
@@ -621,11 +629,9 @@ impl Shared {
         }
     }
 
-    /// Takes jobs for one worker. `busy`: the worker has work in flight already (then no
-    /// solo job is taken).
-    fn take(&self, budget: usize, blocking: bool, busy: bool) -> Take {
-        self.take_locked(self.lock(), budget, blocking, busy, None)
-            .1
+    /// Takes jobs for one worker.
+    fn take(&self, budget: usize, blocking: bool) -> Take {
+        self.take_locked(self.lock(), budget, blocking, None).1
     }
 
     /// Takes jobs for an idle worker, waiting for them; meanwhile the worker is parked in
@@ -634,13 +640,8 @@ impl Shared {
     /// lent, whatever was taken is put back ([`Take::Nothing`]): its task budget changed.
     fn take_parking(&self, budget: usize, slot: usize, worker: &mut Option<Worker>) -> Take {
         let mut parked = false;
-        let (mut st, take) = self.take_locked(
-            self.lock(),
-            budget,
-            true,
-            false,
-            Some((slot, worker, &mut parked)),
-        );
+        let (mut st, take) =
+            self.take_locked(self.lock(), budget, true, Some((slot, worker, &mut parked)));
         if !parked {
             return take;
         }
@@ -673,22 +674,11 @@ impl Shared {
         mut st: MutexGuard<'a, State>,
         budget: usize,
         blocking: bool,
-        busy: bool,
         mut park: Option<(usize, &mut Option<Worker>, &mut bool)>,
     ) -> (MutexGuard<'a, State>, Take) {
         loop {
             if st.terminating || st.broken.is_some() {
                 return (st, Take::Exit);
-            }
-            if st.queue.front().is_some_and(|j| j.solo) {
-                if busy {
-                    return (st, Take::Nothing);
-                }
-                let Some(j) = st.queue.pop_front() else {
-                    continue;
-                };
-                st.queued_tasks = st.queued_tasks.saturating_sub(j.len());
-                return (st, Take::Jobs(vec![j]));
             }
             if !st.queue.is_empty() {
                 let limit = (st.queued_tasks / (4 * self.cfg.workers).max(1))
@@ -699,9 +689,6 @@ impl Shared {
                 let mut bytes = 0;
                 let mut fds = 0;
                 while let Some(j) = st.queue.front() {
-                    if j.solo {
-                        break;
-                    }
                     if !jobs.is_empty()
                         && (tasks + j.len() > limit
                             || bytes + j.args.len() > PREFETCH_BYTES
@@ -788,6 +775,8 @@ impl Shared {
         let mut fds = Vec::new();
         job.encode_into(id, flags, &mut buf, &mut fds);
         w.tasks += job.len();
+        let seq = w.jobs;
+        w.jobs += 1;
         match w.conn.send_bytes(&buf, &fds) {
             Ok(()) => {}
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
@@ -801,7 +790,12 @@ impl Shared {
             }
         }
         let started = Instant::now();
-        let mut inflight = VecDeque::from([InFlight { job, id, done: 0 }]);
+        let mut inflight = VecDeque::from([InFlight {
+            job,
+            id,
+            done: 0,
+            seq,
+        }]);
         while !inflight.is_empty() {
             match await_reply(self, w, &mut inflight, started) {
                 Step::Replied(_) | Step::Waiting => {}
@@ -823,8 +817,13 @@ impl Shared {
     pub(crate) fn start_worker(&self, slot: usize) -> std::result::Result<Worker, StartFail> {
         let (ours, theirs) =
             RawConn::lane_pair().map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
+        let progress = Progress::new().map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
         let n = self.worker_seq.fetch_add(1, Ordering::SeqCst);
-        let process = (self.cfg.factory)(theirs, format!("PoolWorker-{n}"))
+        let sock = SockHandle {
+            conn: theirs,
+            progress: progress.clone(),
+        };
+        let process = (self.cfg.factory)(sock, format!("PoolWorker-{n}"))
             .map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
         let Some(child) = process.child_state() else {
             return Err(StartFail::Start(TaskFail::Invalid(
@@ -837,6 +836,8 @@ impl Shared {
             process,
             conn: ours,
             tasks: 0,
+            jobs: 0,
+            progress,
         };
         if !self.set_worker(slot, Some(w.child.clone())) {
             self.discard(slot, w, true);
@@ -980,6 +981,9 @@ struct InFlight {
     job: Job,
     id: u64,
     done: usize,
+    /// The job's number among those sent to its worker (compared with the worker's count
+    /// of jobs begun when it dies).
+    seq: u64,
 }
 
 /// A handler thread's body: serves `slot` with `worker` (and its replacements) until the
@@ -1083,7 +1087,7 @@ fn serve(
             && budget > 0
             && inflight.iter().all(|f| f.job.args.len() <= PREFETCH_BYTES)
         {
-            shared.take(budget, false, true)
+            shared.take(budget, false)
         } else {
             Take::Nothing
         };
@@ -1129,7 +1133,14 @@ fn serve(
                     let id = shared.fresh_id();
                     job.encode_into(id, flags, &mut buf, &mut fds);
                     w.tasks += job.len();
-                    sent.push(InFlight { job, id, done: 0 });
+                    let seq = w.jobs;
+                    w.jobs += 1;
+                    sent.push(InFlight {
+                        job,
+                        id,
+                        done: 0,
+                        seq,
+                    });
                 }
                 let r = w.conn.send_bytes(&buf, &fds);
                 if buf.capacity() > (4 << 20) {
@@ -1156,7 +1167,7 @@ fn serve(
                         shared.requeue(sent.into_iter().map(|s| s.job).collect());
                         if let Some(w) = worker.take() {
                             let f = shared.death(&w);
-                            fail_inflight(&shared, inflight, f);
+                            fail_inflight(&shared, &w, inflight, f);
                             shared.discard(slot, w, true);
                         }
                         continue;
@@ -1245,7 +1256,7 @@ fn await_reply(
             Ok(count) => Step::Replied(count),
             Err(_) => {
                 let f = shared.death(w);
-                fail_inflight(shared, inflight, f);
+                fail_inflight(shared, w, inflight, f);
                 Step::Lost
             }
         },
@@ -1260,7 +1271,7 @@ fn await_reply(
                 }
             }
             let f = shared.death(w);
-            fail_inflight(shared, inflight, f);
+            fail_inflight(shared, w, inflight, f);
             Step::Lost
         }
         Event::Timeout => {
@@ -1285,24 +1296,29 @@ fn split_rest(mut s: InFlight) -> Option<Job> {
     s.job.split_off(s.done)
 }
 
-/// The worker died: the job it was running loses its unanswered tasks; the jobs behind it
-/// never started and go back on the queue.
-///
-/// When several jobs were in flight, the replies of finished ones may not have been sent
-/// yet, so which one was running is not known: they all go back on the queue marked solo,
-/// to be sent one at a time, so that a job that kills its worker again fails alone.
-fn fail_inflight(shared: &Shared, inflight: &mut VecDeque<InFlight>, f: TaskFail) {
-    let mut rest: Vec<Job> = inflight.drain(..).filter_map(split_rest).collect();
-    if rest.len() == 1 {
-        for j in rest {
-            j.fail_all(&f);
+/// The worker died: the job it was running (and any job it had finished whose results it
+/// had not sent yet) loses its unanswered tasks, which fail with `f`, or, while the pool's
+/// `retries` allow, are queued again. The jobs behind it never began: they go back on the
+/// queue for other workers. Which jobs began is what the worker counted in its
+/// [`Progress`] before starting each: no job ever runs twice unless retries were asked for.
+fn fail_inflight(shared: &Shared, w: &Worker, inflight: &mut VecDeque<InFlight>, f: TaskFail) {
+    let begun = w.progress.begun();
+    let mut again = Vec::new();
+    for s in inflight.drain(..) {
+        let began = s.seq < begun;
+        let Some(mut job) = split_rest(s) else {
+            continue;
+        };
+        if !began {
+            again.push(job);
+        } else if job.attempts < shared.cfg.retries {
+            job.attempts += 1;
+            again.push(job);
+        } else {
+            job.fail_all(&f);
         }
-        return;
     }
-    for j in &mut rest {
-        j.solo = true;
-    }
-    shared.requeue(rest);
+    shared.requeue(again);
 }
 
 /// The running task (the first unanswered one) fails with `f`; everything after it goes

@@ -27,6 +27,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -34,6 +36,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fail::TaskFail;
 use crate::connection::RawConn;
+use crate::shm::{SegRef, Segment};
+use crate::sync::kinds;
 use crate::{codec, start, sys, Error, Result};
 
 pub(crate) const MSG_BATCH: u8 = 1;
@@ -75,26 +79,65 @@ impl TaskCode {
     }
 }
 
-/// The worker's end of its channel (socket and lanes), passed as a handle in the worker's
-/// arguments.
-pub(crate) struct SockHandle(pub(crate) RawConn);
+/// What a worker counts in shared memory: the jobs it has begun, in the order they were
+/// sent. Its handler reads it when the worker dies, to tell the job that was running (and
+/// those finished but not yet reported) from the jobs that never began.
+#[derive(Clone)]
+pub(crate) struct Progress(Arc<Segment>);
+
+impl Progress {
+    pub(crate) fn new() -> Result<Progress> {
+        Ok(Progress(Segment::new(kinds::POOL_PROGRESS, 8)?))
+    }
+
+    /// Counts one more job begun (in the worker, before it runs any of the job).
+    fn begin(&self) {
+        self.0.u64(0).fetch_add(1, Ordering::Release);
+    }
+
+    /// The jobs begun so far.
+    pub(crate) fn begun(&self) -> u64 {
+        self.0.u64(0).load(Ordering::Acquire)
+    }
+}
+
+/// The worker's end of its channel (socket and lanes) and its progress counter, passed as
+/// handles in the worker's arguments.
+pub(crate) struct SockHandle {
+    pub(crate) conn: RawConn,
+    pub(crate) progress: Progress,
+}
 
 impl Serialize for SockHandle {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let lane = self
-            .0
+            .conn
             .lane_fd()
             .ok_or_else(|| serde::ser::Error::custom("a pool worker's channel has no lanes"))?;
-        (codec::FdRef(self.0.as_fd()), codec::FdRef(lane)).serialize(s)
+        (
+            codec::FdRef(self.conn.as_fd()),
+            codec::FdRef(lane),
+            SegRef(&self.progress.0),
+        )
+            .serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for SockHandle {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (sock, lane) = <(codec::FdOwned, codec::FdOwned)>::deserialize(d)?;
-        RawConn::from_lane_fds(sock.0, lane.0)
-            .map(SockHandle)
-            .map_err(serde::de::Error::custom)
+        struct ProgressSeg(Arc<Segment>);
+        impl<'de> Deserialize<'de> for ProgressSeg {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                Segment::deserialize_handle(d, kinds::POOL_PROGRESS).map(ProgressSeg)
+            }
+        }
+        let (sock, lane, progress) =
+            <(codec::FdOwned, codec::FdOwned, ProgressSeg)>::deserialize(d)?;
+        let conn = RawConn::from_lane_fds(sock.0, lane.0).map_err(serde::de::Error::custom)?;
+        Ok(SockHandle {
+            conn,
+            progress: Progress(progress.0),
+        })
     }
 }
 
@@ -380,7 +423,13 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
 }
 
 /// Parses and runs one batch. `Ok(false)`: told to stop.
-fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Result<bool> {
+fn run_batch(
+    conn: &RawConn,
+    progress: &Progress,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+) -> Result<bool> {
     let mut rd = Reader::new(bytes);
     match rd.u8()? {
         MSG_STOP => return Ok(false),
@@ -437,6 +486,7 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
             seg_count: 0,
             next: 0,
         };
+        progress.begin();
         match sys::fn_at::<JobEntry>(entry, sys::build_id(), entry_sig) {
             Some(e) => e(&mut run)?,
             None => run.push_fail(
@@ -459,7 +509,7 @@ fn run_batch(conn: &RawConn, bytes: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>)
 /// The worker process's body.
 pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
     start::set_quiet_panics(true);
-    let conn = args.sock.0;
+    let SockHandle { conn, progress } = args.sock;
     if let Some(init) = args.init {
         let fail = match sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) {
             None => Some(TaskFail::BuildMismatch(
@@ -486,7 +536,7 @@ pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
     }
     let mut out = Vec::new();
     loop {
-        let r = conn.recv_with(|bytes, fds| run_batch(&conn, bytes, fds, &mut out));
+        let r = conn.recv_with(|bytes, fds| run_batch(&conn, &progress, bytes, fds, &mut out));
         let _ = std::io::stdout().flush();
         if out.capacity() > (4 << 20) {
             out = Vec::new();

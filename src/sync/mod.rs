@@ -64,6 +64,8 @@ pub(crate) mod kinds {
     pub(crate) const ARRAY: Kind = Kind(0x21);
     pub(crate) const RAW_VALUE: Kind = Kind(0x22);
     pub(crate) const RAW_ARRAY: Kind = Kind(0x23);
+    /// A pool worker's count of jobs begun.
+    pub(crate) const POOL_PROGRESS: Kind = Kind(0x30);
 }
 
 /// Kinds of segment that may hold a [`Lock`] at some offset.
