@@ -58,6 +58,7 @@
 pub mod codec;
 pub mod connection;
 mod error;
+pub(crate) mod ipc;
 pub mod manager;
 pub mod pool;
 pub mod process;

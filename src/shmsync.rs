@@ -1,19 +1,16 @@
 //! Cross-process building blocks on words in shared memory, used by the queues' ring and
-//! the pipes' lanes: a lock that survives its holder's death, and a bounded
-//! spin-then-futex wait with a "sleeping" flag so that the busy path makes no system call.
-//!
-//! A lock word holds its holder's pid (plus a "someone waits" bit); the holder also records
-//! its full identity (pid + start time) in an `owner` word, so that a waiter that finds the
-//! holder gone — even if its pid was reused since — takes the lock over.
+//! the pipes' lanes: the crate's robust mutex ([`crate::ipc::mutex`]) as a guard, and a
+//! bounded spin-then-futex wait with a "sleeping" flag so that the busy path makes no
+//! system call.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
+use crate::ipc::mutex::{Acquired, RobustMutex};
 use crate::sys::futex;
 
-/// The "someone waits" bit of a lock word; the rest is the holder's pid.
-const CONTENDED: u32 = 1 << 31;
-/// Longest single futex sleep: how soon a dead peer (that could not wake us) is noticed.
+/// Longest single futex sleep of [`wait_while`]: how soon a dead peer (that could not wake
+/// us) is noticed by a wait for data.
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// How long a waiter looks again without sleeping before it sleeps.
 pub(crate) const SPIN: Duration = Duration::from_micros(20);
@@ -38,102 +35,37 @@ pub(crate) enum Got {
     OwnerDied,
 }
 
-/// Holds a lock word until dropped.
+/// Holds a lock until dropped.
 pub(crate) struct Guard<'a> {
-    word: &'a AtomicU32,
+    m: RobustMutex<'a>,
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        if self.word.swap(0, Release) & CONTENDED != 0 {
-            futex::wake(self.word, 1);
-        }
+        self.m.unlock();
     }
 }
 
-fn my_pid() -> u32 {
-    futex::ident_pid(futex::current_ident())
-}
-
-/// Takes the lock `word` (holder identity recorded in `owner`), waiting until `deadline`
-/// (`None`: for ever). `None` if the deadline passed.
+/// Takes the robust mutex made of the lock `word` and the owner record `owner` (see
+/// [`crate::ipc::mutex`]), waiting until `deadline` (`None`: for ever). `None` if the
+/// deadline passed. A past deadline still takes a free lock or one whose holder died.
 pub(crate) fn lock<'a>(
     word: &'a AtomicU32,
-    owner: &AtomicU64,
+    owner: &'a AtomicU64,
     deadline: Option<Instant>,
 ) -> Option<(Guard<'a>, Got)> {
-    let me = my_pid();
-    let take = |got: Got| {
-        owner.store(futex::current_ident(), Relaxed);
-        Some((Guard { word }, got))
+    let m = RobustMutex::new(word, owner);
+    let got = match m.lock(deadline) {
+        Acquired::Clean => Got::Clean,
+        Acquired::OwnerDied => Got::OwnerDied,
+        Acquired::No => return None,
     };
-    if word.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
-        return take(Got::Clean);
-    }
-    // Brief spin: the holder usually lets go within a microsecond or two.
-    let t0 = Instant::now();
-    let mut i = 0u32;
-    loop {
-        let w = word.load(Relaxed);
-        if w == 0 && word.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
-            return take(Got::Clean);
-        }
-        i += 1;
-        if i.is_multiple_of(32) && t0.elapsed() > SPIN {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    // The holder's liveness is checked after every slice that passed without a wake-up.
-    let mut check_owner = false;
-    loop {
-        let w = word.load(Relaxed);
-        if w == 0 {
-            // Others may be asleep on the word: keep the contended bit so that our release
-            // wakes one.
-            if word
-                .compare_exchange(0, me | CONTENDED, Acquire, Relaxed)
-                .is_ok()
-            {
-                return take(Got::Clean);
-            }
-            continue;
-        }
-        if w & CONTENDED == 0
-            && word
-                .compare_exchange(w, w | CONTENDED, Relaxed, Relaxed)
-                .is_err()
-        {
-            continue;
-        }
-        let w = w | CONTENDED;
-        if check_owner {
-            let pid = w & !CONTENDED;
-            if pid != me && holder_gone(pid, owner) {
-                if word
-                    .compare_exchange(w, me | CONTENDED, Acquire, Relaxed)
-                    .is_ok()
-                {
-                    return take(Got::OwnerDied);
-                }
-                continue;
-            }
-        }
-        let slice = next_slice(deadline, SLICE)?;
-        check_owner = futex::wait(word, w, Some(slice)) == futex::Wake::TimedOut;
-    }
-}
-
-fn holder_gone(pid: u32, owner: &AtomicU64) -> bool {
-    let ident = owner.load(Relaxed);
-    let ident = (futex::ident_pid(ident) == pid).then_some(ident);
-    futex::process_gone(pid, ident)
+    Some((Guard { m }, got))
 }
 
 /// Whether the lock `word` is free, or held by a process that is gone.
 pub(crate) fn lock_idle(word: &AtomicU32, owner: &AtomicU64) -> bool {
-    let w = word.load(SeqCst);
-    w == 0 || holder_gone(w & !CONTENDED, owner)
+    RobustMutex::new(word, owner).idle()
 }
 
 /// Outcome of one bounded wait.

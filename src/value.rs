@@ -275,7 +275,7 @@ impl<T: Number> Value<T> {
         r
     }
 
-    /// The current value (read under the lock, unless this process holds it already).
+    /// The current value (read under the lock, unless this thread holds it already).
     ///
     /// ```
     /// assert_eq!(multiproc::Value::new(7u8).unwrap().get(), 7);
@@ -284,7 +284,8 @@ impl<T: Number> Value<T> {
         self.with_lock(|| load(&self.seg, V_DATA))
     }
 
-    /// Stores `v` (under the lock, unless this process holds it already).
+    /// Stores `v` (under the lock, unless this thread holds it already: another thread of
+    /// this process waits for the holder like any other process).
     ///
     /// ```
     /// let v = multiproc::Value::new(0i64).unwrap();
@@ -300,7 +301,7 @@ impl<T: Number> Value<T> {
     ///
     /// A previous holder that died is not an error here (the number cannot be half
     /// written). Taking it while this thread holds [`get_lock`](Value::get_lock) deadlocks.
-    /// While the guard lives, [`get`](Value::get) in this process reads the stored value,
+    /// While the guard lives, [`get`](Value::get) in this thread reads the stored value,
     /// not the guard's pending one.
     ///
     /// ```
@@ -421,7 +422,7 @@ fn check_len<T: Number>(len: usize) -> Result<()> {
 /// `multiprocessing.Array(typecode, n)`.
 ///
 /// [`get`](Array::get), [`set`](Array::set) and [`to_vec`](Array::to_vec) each hold the
-/// lock (unless this process holds it already). [`lock`](Array::lock) gives a guard that
+/// lock (unless this thread holds it already). [`lock`](Array::lock) gives a guard that
 /// derefs to `[T]`: it copies the elements in when taken and back when dropped (if
 /// changed), so it costs O(len).
 ///

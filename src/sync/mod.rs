@@ -224,7 +224,7 @@ impl Lock {
     /// assert!(!lock.is_locked());
     /// ```
     pub fn is_locked(&self) -> bool {
-        self.raw().holder_pid() != 0
+        self.raw().holder_tid() != 0
     }
 
     /// Is the lock held by a thread of this process?
@@ -236,7 +236,7 @@ impl Lock {
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lock")
-            .field("holder_pid", &self.raw().holder_pid())
+            .field("holder_tid", &self.raw().holder_tid())
             .finish()
     }
 }
@@ -477,7 +477,7 @@ impl RLock {
 impl fmt::Debug for RLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RLock")
-            .field("holder_pid", &self.raw().holder_pid())
+            .field("holder_tid", &self.raw().holder_tid())
             .field("count", &self.count().load(Ordering::Relaxed))
             .finish()
     }

@@ -61,6 +61,113 @@ pub(crate) fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
+// --- priority-inheritance futexes: the kernel half of the robust mutex -----------------------
+//
+// A PI futex word holds its owner's kernel thread id (bits 0..29), plus `PI_WAITERS` when a
+// thread may be queued in the kernel and `PI_OWNER_DIED` when the kernel handed the lock on
+// after its owner exited. The kernel knows the owner: when that thread exits while others
+// are queued, it hands the lock to one of them at once; when it exits with nobody queued, the
+// next `lock_pi`/`trylock_pi` is told so (`ESRCH`) at once. No polling is involved.
+
+/// `FUTEX_WAITERS`: a thread may be queued in the kernel; the owner must unlock there.
+pub(crate) const PI_WAITERS: u32 = 0x8000_0000;
+/// `FUTEX_OWNER_DIED`: the kernel passed the lock on after its owner died.
+pub(crate) const PI_OWNER_DIED: u32 = 0x4000_0000;
+/// The owner's thread id in a PI futex word.
+pub(crate) const PI_TID: u32 = 0x3fff_ffff;
+
+/// How a kernel attempt to take a PI futex word ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pi {
+    /// The caller owns the word now (the kernel wrote its thread id into it).
+    Locked,
+    /// The word names a thread that no longer exists, and nobody is queued: its owner died.
+    OwnerGone,
+    /// Held by a live thread (`trylock_pi`), or the deadline passed (`lock_pi`).
+    Busy,
+    /// The calling thread owns it already.
+    Deadlock,
+    /// The word and the kernel's record disagree (the word was handed over in user space
+    /// while others were queued in the kernel): look again a little later.
+    Inconsistent,
+}
+
+fn pi_result(r: rustix::io::Result<()>) -> Pi {
+    match r {
+        Ok(()) => Pi::Locked,
+        Err(Errno::SRCH) => Pi::OwnerGone,
+        Err(Errno::TIMEDOUT) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::NOMEM) => Pi::Busy,
+        Err(Errno::DEADLK) => Pi::Deadlock,
+        Err(_) => Pi::Inconsistent,
+    }
+}
+
+/// Whether the kernel has `FUTEX_LOCK_PI2` (Linux 5.14; monotonic deadlines). 0 unknown,
+/// 1 yes, 2 no.
+static LOCK_PI2: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// `now + left` on `clock`, as an absolute timespec.
+fn abs_deadline(clock: rustix::time::ClockId, left: Duration) -> rustix::time::Timespec {
+    let now = rustix::time::clock_gettime(clock);
+    let mut sec = now
+        .tv_sec
+        .saturating_add(left.as_secs().min(i64::MAX as u64 / 2) as i64);
+    let mut nsec = now.tv_nsec as i64 + left.subsec_nanos() as i64;
+    if nsec >= 1_000_000_000 {
+        sec = sec.saturating_add(1);
+        nsec -= 1_000_000_000;
+    }
+    rustix::time::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
+}
+
+/// Takes the PI futex `word` in the kernel, sleeping until `deadline` (`None`: for ever)
+/// while a live thread owns it. Call it only after the user-space fast path failed.
+pub(crate) fn lock_pi(word: &AtomicU32, deadline: Option<Instant>) -> Pi {
+    let left = match deadline {
+        None => None,
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(l) if !l.is_zero() => Some(l),
+            _ => return trylock_pi(word),
+        },
+    };
+    if LOCK_PI2.load(Ordering::Relaxed) != 2 {
+        let ts = left.map(|l| abs_deadline(rustix::time::ClockId::Monotonic, l));
+        match futex::lock_pi2(word, futex::Flags::empty(), ts.as_ref()) {
+            Err(Errno::NOSYS) => LOCK_PI2.store(2, Ordering::Relaxed),
+            r => {
+                LOCK_PI2.store(1, Ordering::Relaxed);
+                return pi_result(r);
+            }
+        }
+    }
+    // FUTEX_LOCK_PI measures its absolute deadline on the real-time clock.
+    let ts = left.map(|l| abs_deadline(rustix::time::ClockId::Realtime, l));
+    pi_result(futex::lock_pi(word, futex::Flags::empty(), ts.as_ref()))
+}
+
+/// Tries once to take the PI futex `word` in the kernel, without sleeping. Unlike a
+/// compare-and-swap, this learns from the kernel whether the owner still exists.
+pub(crate) fn trylock_pi(word: &AtomicU32) -> Pi {
+    match futex::trylock_pi(word, futex::Flags::empty()) {
+        Ok(true) => Pi::Locked,
+        Ok(false) => Pi::Busy,
+        Err(e) => match pi_result(Err(e)) {
+            Pi::Locked => Pi::Busy,
+            other => other,
+        },
+    }
+}
+
+/// Releases the PI futex `word`, owned by the calling thread, in the kernel (which hands
+/// it to the first queued thread, if any). False if the kernel does not see the caller as
+/// its owner.
+pub(crate) fn unlock_pi(word: &AtomicU32) -> bool {
+    futex::unlock_pi(word, futex::Flags::empty()).is_ok()
+}
+
 // --- process identity ---------------------------------------------------------------------
 
 /// This process's identity, cached: `pid | (start_time_ticks as u32) << 32`. 0 = not yet known.

@@ -1,0 +1,432 @@
+//! The crate's one robust, process-shared mutex.
+//!
+//! A mutex is two words in shared memory, anywhere in a mapping several processes see:
+//!
+//! - a `u32` **lock word** in the kernel's priority-inheritance futex format: 0 when free,
+//!   else the holder's kernel *thread* id, plus the kernel's "waiters" and "owner died" bits;
+//! - a `u64` **owner record**: the holder's process identity (pid and start time) while it
+//!   holds the lock, 0 once it has left its critical section, or [`RELEASED`].
+//!
+//! Taking a free lock is one compare-and-swap and one swap; releasing an uncontended one is
+//! one store and one compare-and-swap: no system call. A contended lock spins briefly, then
+//! queues in the kernel (`FUTEX_LOCK_PI`).
+//!
+//! ## A holder that dies
+//!
+//! The kernel knows which thread owns a PI futex, so a holder's death is seen through the
+//! kernel, at once, by everyone:
+//! - threads queued in the kernel: when the holder exits, the kernel hands the lock to one
+//!   of them immediately;
+//! - later and non-blocking acquirers (`try_lock`, zero timeouts): the kernel answers
+//!   `ESRCH` ("no such owner") on their first attempt, and they take the lock over.
+//!
+//! Whether the previous holder died *inside* its critical section is told by the owner
+//! record: the holder fills it in right after taking the word and clears it right before
+//! releasing it, so an acquirer that finds it filled in reports [`Acquired::OwnerDied`]. A
+//! holder killed between taking the word and filling in the record (or between clearing it
+//! and releasing the word) had no critical section under way, and the next acquirer
+//! rightly reports [`Acquired::Clean`].
+//!
+//! ## Ownership
+//!
+//! Ownership is per thread, as for Python's `RLock` and a `Value`'s lock: [`held_by_me`]
+//! is true only in the thread that took the lock. A plain `Lock` may, as in Python, be
+//! released by another thread or process ([`RobustMutex::unlock`] accepts that): when
+//! nobody is queued this is immediate; when threads are queued in the kernel on the old
+//! holder, the release is recorded as [`RELEASED`] and they take the lock within one
+//! [`SLICE`] (the kernel will only hand a PI futex on for its owner).
+//!
+//! ## Limits
+//!
+//! Thread ids are those of the caller's pid namespace: processes sharing a lock must share
+//! a pid namespace (every process multiproc starts does). If a dead holder's thread id is
+//! reused by a new thread before anyone looks at the lock, queued threads find out from
+//! the owner record's process identity after one [`SLICE`].
+//!
+//! [`held_by_me`]: RobustMutex::held_by_me
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+use crate::sys::futex::{self, Pi, PI_OWNER_DIED, PI_TID, PI_WAITERS};
+
+/// Owner record of a lock released by a thread other than its holder while others were
+/// queued in the kernel: whoever takes the word next takes it cleanly.
+pub(crate) const RELEASED: u64 = u64::MAX;
+/// Owner record while a thread takes over a [`RELEASED`] lock.
+const CLAIMING: u64 = u64::MAX - 1;
+/// Longest single sleep in the kernel: how soon the rare cases that the kernel cannot
+/// report (a release by another thread while others were queued, a dead holder's thread
+/// id reused) are noticed. A holder's death is not among them.
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
+/// How long an acquirer spins before it queues in the kernel.
+pub(crate) const SPIN: Duration = Duration::from_micros(20);
+
+/// What an attempt to take the lock gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// The caller holds the lock.
+    Clean,
+    /// The caller holds the lock, taken over from a holder that died holding it.
+    OwnerDied,
+    /// Not taken: busy (try) or the deadline passed.
+    No,
+}
+
+/// The robust mutex made of a lock word and an owner record (see the module docs).
+#[derive(Clone, Copy)]
+pub(crate) struct RobustMutex<'a> {
+    word: &'a AtomicU32,
+    owner: &'a AtomicU64,
+}
+
+impl<'a> RobustMutex<'a> {
+    /// The mutex whose lock word is `word` and owner record `owner`.
+    #[inline]
+    pub(crate) fn new(word: &'a AtomicU32, owner: &'a AtomicU64) -> RobustMutex<'a> {
+        RobustMutex { word, owner }
+    }
+
+    /// Takes the lock if that needs no waiting. A lock whose holder died is taken over
+    /// ([`Acquired::OwnerDied`]); the kernel tells, so this is seen at once.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Acquired {
+        let tid = futex::current_tid();
+        if self.word.compare_exchange(0, tid, Acquire, Relaxed).is_ok() {
+            return self.taken(0);
+        }
+        self.try_lock_slow(tid)
+    }
+
+    #[cold]
+    fn try_lock_slow(&self, tid: u32) -> Acquired {
+        if let Some(got) = self.claim_released(tid) {
+            return got;
+        }
+        let v = self.word.load(Relaxed);
+        if v & PI_TID == tid {
+            return Acquired::No; // not recursive: ours already
+        }
+        match futex::trylock_pi(self.word) {
+            Pi::Locked => self.taken_from_kernel(),
+            Pi::OwnerGone => self.take_over(tid).unwrap_or(Acquired::No),
+            _ => Acquired::No,
+        }
+    }
+
+    /// Takes the lock, waiting until `deadline` (for ever if `None`). A zero or past
+    /// deadline still takes a free lock, or one whose holder died.
+    #[inline]
+    pub(crate) fn lock(&self, deadline: Option<Instant>) -> Acquired {
+        let tid = futex::current_tid();
+        if self.word.compare_exchange(0, tid, Acquire, Relaxed).is_ok() {
+            return self.taken(0);
+        }
+        self.lock_slow(tid, deadline)
+    }
+
+    #[cold]
+    fn lock_slow(&self, tid: u32, deadline: Option<Instant>) -> Acquired {
+        // Spin briefly: a holder on another core usually lets go within microseconds.
+        let t0 = Instant::now();
+        let mut i = 0u32;
+        loop {
+            let v = self.word.load(Relaxed);
+            if v == 0 && self.word.compare_exchange(0, tid, Acquire, Relaxed).is_ok() {
+                return self.taken(0);
+            }
+            if v & PI_TID == tid || v & PI_WAITERS != 0 {
+                break; // our own (a deadlock to wait out), or others already queue
+            }
+            i += 1;
+            if i.is_multiple_of(32) && t0.elapsed() > SPIN {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            if let Some(got) = self.claim_released(tid) {
+                return got;
+            }
+            let slice_end = Instant::now() + SLICE;
+            let until = match deadline {
+                Some(d) if d <= slice_end => Some(d),
+                _ => Some(slice_end),
+            };
+            match futex::lock_pi(self.word, until) {
+                Pi::Locked => return self.taken_from_kernel(),
+                Pi::OwnerGone => {
+                    if let Some(got) = self.take_over(tid) {
+                        return got;
+                    }
+                }
+                Pi::Busy => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Acquired::No;
+                    }
+                    // A slice passed: the cases the kernel cannot report.
+                    if self.holder_gone_by_record() {
+                        if let Some(got) = self.take_over(tid) {
+                            return got;
+                        }
+                    }
+                }
+                Pi::Deadlock | Pi::Inconsistent => {
+                    // Ours already (a non-recursive lock taken twice: only a release by
+                    // another thread ends this), or the kernel's record is stale: look again
+                    // after a short sleep.
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Acquired::No;
+                    }
+                    let v = self.word.load(Relaxed);
+                    let nap = deadline
+                        .map(|d| d.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::MAX)
+                        .min(Duration::from_millis(1));
+                    futex::wait(self.word, v, Some(nap));
+                }
+            }
+        }
+    }
+
+    /// Bookkeeping once the word is ours: fill in the owner record and tell whether the
+    /// previous holder left it filled in (it died in its critical section).
+    #[inline]
+    fn taken(&self, word_bits: u32) -> Acquired {
+        let prev = self.owner.swap(futex::current_ident(), AcqRel);
+        if word_bits & PI_OWNER_DIED != 0 {
+            self.word.fetch_and(!PI_OWNER_DIED, Relaxed);
+            return Acquired::OwnerDied;
+        }
+        match prev {
+            0 | RELEASED | CLAIMING => Acquired::Clean,
+            _ => Acquired::OwnerDied,
+        }
+    }
+
+    fn taken_from_kernel(&self) -> Acquired {
+        let v = self.word.load(Relaxed);
+        self.taken(v)
+    }
+
+    /// The kernel said the word's owner is gone: replace its thread id with ours.
+    fn take_over(&self, tid: u32) -> Option<Acquired> {
+        let v = self.word.load(Relaxed);
+        let holder = v & PI_TID;
+        if holder == 0 || holder == tid {
+            return None;
+        }
+        let new = tid | (v & PI_WAITERS);
+        self.word
+            .compare_exchange(v, new, Acquire, Relaxed)
+            .ok()
+            .map(|_| self.taken(v))
+    }
+
+    /// Takes over a lock whose release was recorded as [`RELEASED`].
+    fn claim_released(&self, tid: u32) -> Option<Acquired> {
+        if self.owner.load(Relaxed) != RELEASED
+            || self
+                .owner
+                .compare_exchange(RELEASED, CLAIMING, Acquire, Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let _ = self
+            .word
+            .fetch_update(Acquire, Relaxed, |v| Some(tid | (v & PI_WAITERS)));
+        self.owner.store(futex::current_ident(), Release);
+        Some(Acquired::Clean)
+    }
+
+    /// Whether the owner record names a process that no longer exists (checked after a
+    /// slice in the kernel; covers a dead holder's thread id reused by a new thread).
+    fn holder_gone_by_record(&self) -> bool {
+        let rec = self.owner.load(Relaxed);
+        rec != 0 && rec != CLAIMING && rec != RELEASED && futex::ident_gone(rec)
+    }
+
+    /// Releases the lock. The holder thread releases it in user space (in the kernel when
+    /// others are queued); another thread or process may release it too, as Python's
+    /// `Lock` allows (see the module docs). False if it was not locked.
+    #[inline]
+    pub(crate) fn unlock(&self) -> bool {
+        let tid = futex::current_tid();
+        let v = self.word.load(Relaxed);
+        if v & PI_TID == 0 || self.owner.load(Relaxed) == RELEASED {
+            return false;
+        }
+        if v & PI_TID == tid {
+            self.owner.store(0, Release);
+            if self.word.compare_exchange(tid, 0, Release, Relaxed).is_ok() {
+                return true;
+            }
+            if !futex::unlock_pi(self.word) {
+                // The kernel sees another owner (the word was handed over in user space
+                // while others were queued): let the queued threads claim it.
+                self.owner.store(RELEASED, Release);
+            }
+            return true;
+        }
+        self.unlock_foreign(v)
+    }
+
+    #[cold]
+    fn unlock_foreign(&self, mut v: u32) -> bool {
+        loop {
+            if v & PI_TID == 0 {
+                return false;
+            }
+            if v & PI_WAITERS != 0 {
+                self.owner.store(RELEASED, Release);
+                return true;
+            }
+            self.owner.store(0, Release);
+            match self.word.compare_exchange(v, 0, Release, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// The kernel thread id of the lock's holder, 0 if free.
+    #[inline]
+    pub(crate) fn holder_tid(&self) -> u32 {
+        if self.owner.load(Relaxed) == RELEASED {
+            return 0;
+        }
+        self.word.load(Relaxed) & PI_TID
+    }
+
+    /// Whether the calling thread holds the lock.
+    #[inline]
+    pub(crate) fn held_by_me(&self) -> bool {
+        self.holder_tid() == futex::current_tid()
+    }
+
+    /// Whether the lock is free, or held by a process that is gone.
+    pub(crate) fn idle(&self) -> bool {
+        self.holder_tid() == 0 || self.holder_gone_by_record()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words() -> (AtomicU32, AtomicU64) {
+        (AtomicU32::new(0), AtomicU64::new(0))
+    }
+
+    #[test]
+    fn lock_unlock_and_try() {
+        let (w, o) = words();
+        let m = RobustMutex::new(&w, &o);
+        assert_eq!(m.try_lock(), Acquired::Clean);
+        assert!(m.held_by_me());
+        assert_eq!(m.try_lock(), Acquired::No, "not recursive");
+        assert_eq!(
+            m.lock(Some(Instant::now() + Duration::from_millis(5))),
+            Acquired::No,
+            "a second lock by the holder waits out its deadline"
+        );
+        assert!(m.unlock());
+        assert!(!m.unlock(), "released twice");
+        assert_eq!(o.load(Relaxed), 0);
+        assert_eq!(m.lock(None), Acquired::Clean);
+        assert!(m.unlock());
+    }
+
+    #[test]
+    fn per_thread_ownership_and_release_by_another_thread() {
+        let (w, o) = words();
+        let m = RobustMutex::new(&w, &o);
+        assert_eq!(m.lock(None), Acquired::Clean);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let m = RobustMutex::new(&w, &o);
+                assert!(!m.held_by_me(), "held by the other thread");
+                assert_eq!(m.try_lock(), Acquired::No);
+                // Python's Lock may be released by another thread.
+                assert!(m.unlock());
+                assert_eq!(m.try_lock(), Acquired::Clean);
+                assert!(m.unlock());
+            });
+        });
+        assert_eq!(m.try_lock(), Acquired::Clean);
+        assert!(m.unlock());
+    }
+
+    #[test]
+    fn a_thread_that_exits_holding_the_lock_is_seen_at_once() {
+        let (w, o) = (
+            Box::leak(Box::new(AtomicU32::new(0))),
+            Box::leak(Box::new(AtomicU64::new(0))),
+        );
+        let (wr, or): (&'static AtomicU32, &'static AtomicU64) = (w, o);
+        // `join` returns once the kernel thread is gone (its tid cleared), not just its body.
+        std::thread::spawn(move || {
+            let m = RobustMutex::new(wr, or);
+            assert_eq!(m.lock(None), Acquired::Clean);
+            // exits holding it
+        })
+        .join()
+        .unwrap();
+        let m = RobustMutex::new(w, o);
+        assert_eq!(m.try_lock(), Acquired::OwnerDied);
+        assert!(m.unlock());
+        assert_eq!(m.try_lock(), Acquired::Clean);
+        assert!(m.unlock());
+    }
+
+    #[test]
+    fn a_queued_waiter_gets_the_lock_when_its_holder_thread_exits() {
+        let (w, o) = words();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (wr, or) = (&w, &o);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let (w, o) = (wr, or);
+                let m = RobustMutex::new(w, o);
+                assert_eq!(m.lock(None), Acquired::Clean);
+                // Hold it until the waiter is queued in the kernel, then exit holding it.
+                go_rx.recv().unwrap();
+                while w.load(SeqCst) & PI_WAITERS == 0 {
+                    std::thread::yield_now();
+                }
+            });
+            while w.load(SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            go_tx.send(()).unwrap();
+            let m = RobustMutex::new(&w, &o);
+            // No deadline: only the kernel's hand-over on the holder's exit ends this.
+            assert_eq!(m.lock(None), Acquired::OwnerDied);
+            assert!(m.unlock());
+        });
+    }
+
+    #[test]
+    fn contended_counter_loses_nothing() {
+        let (w, o) = words();
+        // A load-then-store increment loses updates unless the mutex serialises it.
+        let n = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (w, o, n) = (&w, &o, &n);
+                s.spawn(move || {
+                    let m = RobustMutex::new(w, o);
+                    for _ in 0..20_000 {
+                        assert_eq!(m.lock(None), Acquired::Clean);
+                        let v = n.load(Relaxed);
+                        std::hint::spin_loop();
+                        n.store(v + 1, Relaxed);
+                        assert!(m.unlock());
+                    }
+                });
+            }
+        });
+        assert_eq!(n.load(SeqCst), 80_000);
+    }
+}
