@@ -562,9 +562,11 @@ fn descriptor_readiness_follows_the_messages() {
     assert!(matches!(b.recv(), Err(Error::Eof)));
 }
 
-fn send_huge_then_wait(conn: Connection<()>) {
+fn send_huge_then_wait((conn, sending): (Connection<()>, multiproc::Event)) {
+    let huge = vec![1u8; 64 << 20];
+    sending.set();
     // Far more than the socket holds: blocks in the middle of the frame (nobody reads).
-    let _ = conn.send_bytes(&vec![1u8; 64 << 20]);
+    let _ = conn.send_bytes(&huge);
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -574,9 +576,16 @@ fn send_huge_then_wait(conn: Connection<()>) {
 fn a_sender_killed_mid_frame_breaks_the_pipe_instead_of_corrupting_it() {
     multiproc::init();
     let (rx, tx) = pipe_simplex::<()>().unwrap();
-    let mut a = Process::new(send_huge_then_wait, tx.clone());
+    let sending = multiproc::Event::new().unwrap();
+    let mut a = Process::new(send_huge_then_wait, (tx.clone(), sending.clone()));
     a.start().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill it once it is blocked in the middle of the frame (asleep after announcing it).
+    sending.wait().unwrap();
+    let pid = a.pid().unwrap();
+    assert!(eventually(Duration::from_secs(30), || matches!(
+        stat(pid),
+        Some(('S', _))
+    )));
     a.kill().unwrap();
     a.join().unwrap();
     // Another sender would append its bytes to the cut frame: it is refused instead.
