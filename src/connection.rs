@@ -861,6 +861,89 @@ impl AsFd for RawConn {
     }
 }
 
+/// A file descriptor that travels inside a message: put it in a value sent through a
+/// [`Connection`], a [`Queue`](crate::Queue), a [`Process`](crate::Process)'s or a pool
+/// task's arguments, and the receiver gets its own descriptor for the same open file,
+/// socket or pipe (Python's `send_handle`/`DupFd`, passed with `SCM_RIGHTS`). Encoding it
+/// anywhere else (a plain [`codec::encode`]) is an [`Error::Codec`].
+///
+/// ```
+/// multiproc::init();
+/// use std::io::Write;
+/// use multiproc::connection::Fd;
+/// fn log_to((name, out): (String, Fd)) {
+///     writeln!(std::fs::File::from(out.into_inner()), "hello from {name}").unwrap();
+/// }
+/// let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+/// let h = multiproc::spawn(log_to, ("child".to_string(), Fd::new(writer.into()))).unwrap();
+/// h.join().unwrap();
+/// let mut s = String::new();
+/// std::io::Read::read_to_string(&mut reader, &mut s).unwrap();
+/// assert_eq!(s, "hello from child\n");
+/// ```
+#[derive(Debug)]
+pub struct Fd(OwnedFd);
+
+impl Fd {
+    /// Takes ownership of `fd`.
+    ///
+    /// ```
+    /// let f = std::fs::File::open("/dev/null").unwrap();
+    /// let fd = multiproc::connection::Fd::new(f.into());
+    /// # drop(fd);
+    /// ```
+    pub fn new(fd: OwnedFd) -> Fd {
+        Fd(fd)
+    }
+
+    /// The descriptor.
+    ///
+    /// ```
+    /// let fd = multiproc::connection::Fd::new(std::fs::File::open("/dev/null").unwrap().into());
+    /// let file = std::fs::File::from(fd.into_inner());
+    /// # drop(file);
+    /// ```
+    pub fn into_inner(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for Fd {
+    fn from(fd: OwnedFd) -> Fd {
+        Fd(fd)
+    }
+}
+
+impl From<Fd> for OwnedFd {
+    fn from(fd: Fd) -> OwnedFd {
+        fd.0
+    }
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Serialize for Fd {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        codec::FdRef(self.0.as_fd()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(Fd(codec::FdOwned::deserialize(d)?.0))
+    }
+}
+
 /// Makes the two ends of a pipe over a fresh socket pair, with lanes. `duplex`: both ends
 /// send and receive; else `(reader, writer)`.
 fn lane_pair(duplex: bool) -> Result<(RawConn, RawConn)> {
@@ -986,6 +1069,17 @@ impl<T> Connection<T> {
     /// a.send_bytes(b"raw").unwrap();
     /// assert_eq!(b.recv_bytes().unwrap(), b"raw");
     /// ```
+    ///
+    /// To send part of a buffer (Python's `send_bytes(buffer, offset, size)`), pass a
+    /// slice of it: `conn.send_bytes(&buf[offset..offset + size])`.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let (a, b) = multiproc::pipe::<()>().unwrap();
+    /// let buf = b"0123456789";
+    /// a.send_bytes(&buf[2..2 + 5]).unwrap();
+    /// assert_eq!(b.recv_bytes().unwrap(), b"23456");
+    /// ```
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
         self.check_writable()?;
         self.raw.send_bytes(bytes, &[])
@@ -1003,6 +1097,83 @@ impl<T> Connection<T> {
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;
         self.raw.recv_bytes()
+    }
+
+    /// Receives one message into `buf` and returns its length (Python's
+    /// `recv_bytes_into`; to fill from an offset, pass `&mut buf[offset..]`). A message
+    /// longer than `buf` is received all the same and handed back whole in
+    /// [`Error::BufferTooShort`]; `buf` is then left as it was. [`Error::Eof`] once the
+    /// peer has closed and everything was read.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let (a, b) = multiproc::pipe::<()>().unwrap();
+    /// let mut buf = [0u8; 8];
+    /// a.send_bytes(b"abc").unwrap();
+    /// let n = b.recv_bytes_into(&mut buf[2..]).unwrap();
+    /// assert_eq!((n, &buf[..5]), (3, &b"\0\0abc"[..]));
+    /// a.send_bytes(b"far too long").unwrap();
+    /// match b.recv_bytes_into(&mut buf) {
+    ///     Err(multiproc::Error::BufferTooShort { message }) => assert_eq!(message, b"far too long"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        self.check_readable()?;
+        self.raw.recv_with(|bytes, _fds| {
+            if bytes.len() > buf.len() {
+                return Err(Error::BufferTooShort {
+                    message: bytes.to_vec(),
+                });
+            }
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Ok(bytes.len())
+        })
+    }
+
+    /// Sends a file descriptor, of any kind, as one message (Python's
+    /// `multiprocessing.reduction.send_handle`); the peer takes it with
+    /// [`recv_handle`](Connection::recv_handle). The descriptor is duplicated into the
+    /// receiving process; this one stays open here. To send descriptors inside other
+    /// values, use [`Fd`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::{Read, Write};
+    /// fn write_to(conn: multiproc::Connection<()>) {
+    ///     let fd = conn.recv_handle().unwrap();
+    ///     std::fs::File::from(fd).write_all(b"written by the child").unwrap();
+    /// }
+    /// let (ours, theirs) = multiproc::pipe::<()>().unwrap();
+    /// let h = multiproc::spawn(write_to, theirs).unwrap();
+    /// let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    /// ours.send_handle(&writer).unwrap();
+    /// drop(writer);
+    /// h.join().unwrap();
+    /// let mut s = String::new();
+    /// reader.read_to_string(&mut s).unwrap();
+    /// assert_eq!(s, "written by the child");
+    /// ```
+    pub fn send_handle(&self, fd: &impl AsFd) -> Result<()> {
+        self.check_writable()?;
+        self.raw.send_value(&codec::FdRef(fd.as_fd()))
+    }
+
+    /// Receives a file descriptor sent with [`send_handle`](Connection::send_handle)
+    /// (Python's `multiprocessing.reduction.recv_handle`). A message that carries none →
+    /// [`Error::Codec`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let (a, b) = multiproc::pipe::<()>().unwrap();
+    /// let file = std::fs::File::open("/dev/null").unwrap();
+    /// a.send_handle(&file).unwrap();
+    /// let fd = b.recv_handle().unwrap();
+    /// assert_ne!(std::os::fd::AsRawFd::as_raw_fd(&fd), std::os::fd::AsRawFd::as_raw_fd(&file));
+    /// ```
+    pub fn recv_handle(&self) -> Result<OwnedFd> {
+        self.check_readable()?;
+        Ok(self.raw.recv_value::<codec::FdOwned>()?.0)
     }
 
     /// Whether a message (or end of file) is ready, waiting up to `timeout`; `None` waits

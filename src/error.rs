@@ -59,6 +59,14 @@ pub enum Error {
     /// `queue.ShutDown`): a put fails at once, a get once nothing is left to take.
     #[error("the queue was shut down")]
     ShutDown,
+    /// A message was larger than the buffer given to
+    /// [`Connection::recv_bytes_into`](crate::Connection::recv_bytes_into) (Python's
+    /// `BufferTooShort`). The message was received: it is here, whole.
+    #[error("buffer too short: the message has {} bytes", message.len())]
+    BufferTooShort {
+        /// The whole message.
+        message: Vec<u8>,
+    },
     /// The function run in another process panicked.
     #[error("task panicked at {}: {message}", location.as_deref().unwrap_or("<unknown>"))]
     TaskPanicked {

@@ -602,3 +602,81 @@ fn a_sender_killed_mid_frame_breaks_the_pipe_instead_of_corrupting_it() {
         other => panic!("expected a truncation error, got {other:?}"),
     }
 }
+
+// --- recv_bytes_into, part of a buffer, descriptors ---------------------------------------------
+
+fn send_parts(conn: Connection<()>) {
+    let buf: Vec<u8> = (0..100).collect();
+    conn.send_bytes(&buf[10..10 + 20]).unwrap();
+    conn.send_bytes(&buf).unwrap();
+    conn.send_bytes(&[]).unwrap();
+}
+
+#[test]
+fn recv_bytes_into_and_part_of_a_buffer_across_processes() {
+    multiproc::init();
+    let (ours, theirs) = pipe::<()>().unwrap();
+    let h = multiproc::spawn(send_parts, theirs).unwrap();
+    let mut buf = [0xeeu8; 64];
+    // Into an offset of the buffer.
+    assert_eq!(ours.recv_bytes_into(&mut buf[4..]).unwrap(), 20);
+    assert_eq!(&buf[4..24], &(10..30).collect::<Vec<u8>>()[..]);
+    assert_eq!(buf[..4], [0xee; 4]);
+    assert_eq!(buf[24], 0xee);
+    // Too long: the whole message comes back in the error; the buffer is untouched and
+    // the next message is still in order.
+    let before = buf;
+    match ours.recv_bytes_into(&mut buf) {
+        Err(Error::BufferTooShort { message }) => {
+            assert_eq!(message, (0..100).collect::<Vec<u8>>())
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(buf, before);
+    assert_eq!(ours.recv_bytes_into(&mut buf).unwrap(), 0);
+    h.join().unwrap();
+    assert!(matches!(ours.recv_bytes_into(&mut buf), Err(Error::Eof)));
+}
+
+/// Receives a descriptor as a handle, and another inside a value; writes on both.
+fn write_on_handles(conn: Connection<(String, multiproc::connection::Fd)>) {
+    let first = conn.recv_handle().unwrap();
+    let (text, second) = conn.recv().unwrap();
+    writeln!(std::fs::File::from(first), "one").unwrap();
+    writeln!(std::fs::File::from(second.into_inner()), "{text}").unwrap();
+}
+
+#[test]
+fn file_descriptors_travel_as_handles_and_inside_messages() {
+    multiproc::init();
+    let (ours, theirs) = pipe::<(String, multiproc::connection::Fd)>().unwrap();
+    let h = multiproc::spawn(write_on_handles, theirs).unwrap();
+    let (mut r1, w1) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut r2, w2) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.send_handle(&w1).unwrap();
+    ours.send(&("two".to_string(), multiproc::connection::Fd::new(w2.into())))
+        .unwrap();
+    drop(w1);
+    h.join().unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut r1, &mut s).unwrap();
+    assert_eq!(s, "one\n");
+    s.clear();
+    std::io::Read::read_to_string(&mut r2, &mut s).unwrap();
+    assert_eq!(s, "two\n");
+    drop((ours, r1, r2));
+    // Received descriptors are not leaked by failed receives either.
+    let fds = fd_count();
+    // A message without a descriptor is not a handle.
+    let (a, b) = pipe::<(String, multiproc::connection::Fd)>().unwrap();
+    a.send_bytes(b"x").unwrap();
+    assert!(matches!(b.recv_handle(), Err(Error::Codec(_))));
+    // A descriptor cannot be encoded outside a channel.
+    let f = std::fs::File::open("/dev/null").unwrap();
+    assert!(matches!(
+        multiproc::codec::encode(&multiproc::connection::Fd::new(f.into())),
+        Err(Error::Codec(_))
+    ));
+    drop((a, b));
+    assert_eq!(fd_count(), fds);
+}
