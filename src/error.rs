@@ -88,6 +88,18 @@ pub enum Error {
         /// The signal that killed it, if one did.
         signal: Option<i32>,
     },
+    /// A consumer of a [`JoinableQueue`](crate::JoinableQueue) ended (killed, or exited)
+    /// holding items it had taken and not marked done: `join` reports it instead of
+    /// waiting for ever. Those items are then counted as done (they cannot be any more).
+    #[error(
+        "process {pid} ended holding {items} queue item(s) it had not marked done (task_done)"
+    )]
+    ConsumerDied {
+        /// Its process id.
+        pid: u32,
+        /// How many items it held.
+        items: u64,
+    },
     /// The peer did not prove it knows the authkey, or refused ours.
     #[error("authentication failed: wrong authkey")]
     AuthenticationFailed,

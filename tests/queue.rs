@@ -843,3 +843,67 @@ fn immediate_shutdown_drops_items_and_releases_join() {
     assert!(matches!(q.get(), Err(Error::ShutDown)));
     assert!(matches!(q.put(1), Err(Error::ShutDown)));
 }
+
+/// Takes two items, marks one done, says so, and waits to be killed.
+fn take_two_finish_one((q, holding): (JoinableQueue<u32>, multiproc::Event)) {
+    q.get().unwrap();
+    q.get().unwrap();
+    q.task_done().unwrap();
+    holding.set();
+    loop {
+        sleep_ms(60_000);
+    }
+}
+
+/// Issue 11.8: a consumer killed holding an item it had not marked done. `join` reports
+/// it (pid, one item) instead of waiting for ever, then waits only for the rest.
+#[test]
+fn join_reports_a_consumer_that_died_holding_items() {
+    multiproc::init();
+    let q = JoinableQueue::<u32>::new().unwrap();
+    for i in 0..3 {
+        q.put(i).unwrap();
+    }
+    let holding = multiproc::Event::new().unwrap();
+    let mut p = Process::new(take_two_finish_one, (q.clone(), holding.clone()));
+    p.start().unwrap();
+    assert!(holding.wait_timeout(Duration::from_secs(30)).unwrap());
+    assert_eq!(q.unfinished_tasks(), 2);
+    // Alive, it still holds its item: join waits.
+    assert!(!q.join_timeout(Duration::from_millis(50)).unwrap());
+    let pid = p.pid().unwrap();
+    p.kill().unwrap();
+    p.join().unwrap();
+    match q.join_timeout(Duration::from_secs(60)) {
+        Err(Error::ConsumerDied { pid: who, items: 1 }) => assert_eq!(who, pid),
+        other => panic!("expected ConsumerDied, got {other:?}"),
+    }
+    // Its item is written off; the one still queued is all that is left.
+    assert_eq!(q.unfinished_tasks(), 1);
+    assert!(!q.join_timeout(Duration::from_millis(20)).unwrap());
+    assert_eq!(q.get().unwrap(), 2);
+    q.task_done().unwrap();
+    q.join().unwrap();
+}
+
+/// A consumer that marks everything done and exits is no reason to complain, and items
+/// marked done by another process than the one that took them count as well.
+#[test]
+fn join_is_quiet_about_consumers_that_finished_their_items() {
+    multiproc::init();
+    fn take_one(q: JoinableQueue<u32>) {
+        q.get().unwrap();
+    }
+    let q = JoinableQueue::<u32>::new().unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    // The child takes item 1 and exits without marking it; we mark it for it.
+    multiproc::spawn(take_one, q.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    q.task_done().unwrap();
+    assert_eq!(q.get().unwrap(), 2);
+    q.task_done().unwrap();
+    assert!(q.join_timeout(Duration::from_secs(10)).unwrap());
+}

@@ -701,7 +701,12 @@ impl<T> JoinableQueue<T> {
     /// assert_eq!(q.unfinished_tasks(), 0);
     /// ```
     pub fn new() -> Result<Self> {
-        Ok(JoinableQueue { q: Queue::new()? })
+        Ok(JoinableQueue::over(Queue::new()?))
+    }
+
+    fn over(q: Queue<T>) -> Self {
+        q.shared.ring.set_joinable();
+        JoinableQueue { q }
     }
 
     /// A new joinable queue holding at most `maxsize` items (0: no limit).
@@ -711,9 +716,7 @@ impl<T> JoinableQueue<T> {
     /// assert_eq!(q.maxsize(), 2);
     /// ```
     pub fn bounded(maxsize: usize) -> Result<Self> {
-        Ok(JoinableQueue {
-            q: Queue::bounded(maxsize)?,
-        })
+        Ok(JoinableQueue::over(Queue::bounded(maxsize)?))
     }
 
     /// Marks one item taken with `get` as processed. Calling it more times than items
@@ -733,17 +736,24 @@ impl<T> JoinableQueue<T> {
     /// Waits until every item ever put has been marked done with
     /// [`task_done`](JoinableQueue::task_done).
     ///
+    /// A consumer process that ends (killed, or exited) holding items it took with `get`
+    /// and had not marked done would make this wait for ever (it does in CPython): instead,
+    /// `join` gives [`Error::ConsumerDied`] with its pid and the number of items, and counts
+    /// those items done, so that the next `join` waits only for the rest. Consumers are
+    /// told apart by process; the first 32 processes that take items at the same time are
+    /// watched (a slot is reused once its process has ended holding nothing). An item
+    /// taken by one process and marked done by another is taken off the taker's count.
+    ///
     /// ```
     /// let q = multiproc::JoinableQueue::<u8>::new().unwrap();
     /// q.join().unwrap(); // nothing put: returns at once
     /// ```
     pub fn join(&self) -> Result<()> {
-        self.q.shared.ring.join(None);
-        Ok(())
+        self.q.shared.ring.join(None).map(|_| ())
     }
 
     /// Like [`join`](JoinableQueue::join), for at most `timeout`: true if every task is
-    /// done, false if time ran out first.
+    /// done, false if time ran out first; [`Error::ConsumerDied`] as for `join`.
     ///
     /// ```
     /// use std::time::Duration;
@@ -752,7 +762,7 @@ impl<T> JoinableQueue<T> {
     /// assert!(!q.join_timeout(Duration::from_millis(10)).unwrap());
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
-        Ok(self.q.shared.ring.join(deadline_after(timeout)))
+        self.q.shared.ring.join(deadline_after(timeout))
     }
 
     /// Items put and not yet marked done.

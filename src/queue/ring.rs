@@ -68,6 +68,13 @@ const O_DONE: usize = 640;
 const O_JOINSEQ: usize = 648;
 const O_JOINWAIT: usize = 652;
 const O_SHUTDOWN: usize = 656;
+/// A joinable queue's consumers: `SLOTS` slots of 64 bytes, each `[ident u64][held u64]`:
+/// a process's identity and the items it took and has not marked done.
+const O_CONSUMERS: usize = 1024;
+const SLOTS: usize = 32;
+const SLOT: usize = 64;
+/// A slot being written off by a joiner.
+const SLOT_BUSY: u64 = u64::MAX;
 
 const POS_BITS: u32 = 40;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
@@ -88,6 +95,8 @@ const SHUT_NOW: u32 = 2;
 
 /// Header flag: stream items larger than half the ring through it instead of spilling them.
 const FLAG_STREAM_LARGE: u32 = 1;
+/// Header flag: a joinable queue, whose consumers' unfinished items are counted per process.
+const FLAG_JOINABLE: u32 = 2;
 
 /// A message claiming more than this is refused as corrupt before anything is allocated.
 const MAX_MESSAGE: u64 = 1 << 36;
@@ -543,6 +552,19 @@ impl Ring {
         side_rx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<Received> {
+        let r = self.get_locked(out, side_rx, deadline);
+        if r.is_ok() && self.joinable() {
+            self.note_taken();
+        }
+        r
+    }
+
+    fn get_locked(
+        &self,
+        out: &mut Vec<u8>,
+        side_rx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Received> {
         let _g = self.lock_consumer(deadline).ok_or(Error::Empty)?;
         if self.shut() == SHUT_NOW {
             self.drop_all(self.w64(O_HEAD).load(SeqCst));
@@ -763,8 +785,103 @@ impl Ring {
                 "task_done() called more times than items were taken from the queue",
             ));
         }
+        self.note_done();
         self.wake_joiners();
         Ok(())
+    }
+
+    /// Makes this a joinable queue's ring (before it is shared).
+    pub(crate) fn set_joinable(&self) {
+        self.w32(O_FLAGS).fetch_or(FLAG_JOINABLE, SeqCst);
+    }
+
+    fn joinable(&self) -> bool {
+        self.w32(O_FLAGS).load(Relaxed) & FLAG_JOINABLE != 0
+    }
+
+    /// Consumer slot `i`: (identity, items held).
+    fn slot(&self, i: usize) -> (&AtomicU64, &AtomicU64) {
+        let at = O_CONSUMERS + i * SLOT;
+        (self.w64(at), self.w64(at + 8))
+    }
+
+    /// This process took an item: count it in its slot (claiming a free one, or one of a
+    /// process that ended holding nothing). With every slot taken, it goes uncounted.
+    fn note_taken(&self) {
+        let me = futex::current_ident();
+        let mut free = None;
+        for i in 0..SLOTS {
+            let (ident, held) = self.slot(i);
+            let who = ident.load(SeqCst);
+            if who == me {
+                held.fetch_add(1, SeqCst);
+                return;
+            }
+            if free.is_none()
+                && (who == 0
+                    || (who != SLOT_BUSY && held.load(SeqCst) == 0 && futex::ident_gone(who)))
+            {
+                free = Some((i, who));
+            }
+        }
+        if let Some((i, who)) = free {
+            let (ident, held) = self.slot(i);
+            if ident.compare_exchange(who, me, SeqCst, SeqCst).is_ok() {
+                held.fetch_add(1, SeqCst);
+            }
+        }
+    }
+
+    /// This process marked an item done: take it off its own count, or, if it holds none
+    /// (another process took the item), off the first process that holds some.
+    fn note_done(&self) {
+        if !self.joinable() {
+            return;
+        }
+        let me = futex::current_ident();
+        let dec = |held: &AtomicU64| {
+            held.fetch_update(SeqCst, SeqCst, |h| h.checked_sub(1))
+                .is_ok()
+        };
+        for i in 0..SLOTS {
+            let (ident, held) = self.slot(i);
+            if ident.load(SeqCst) == me && dec(held) {
+                return;
+            }
+        }
+        for i in 0..SLOTS {
+            let (ident, held) = self.slot(i);
+            let who = ident.load(SeqCst);
+            if who != 0 && who != SLOT_BUSY && dec(held) {
+                return;
+            }
+        }
+    }
+
+    /// A consumer that ended holding items not marked done: its items are counted done
+    /// (nobody can mark them any more) and it is reported, once, to the joiner that finds
+    /// it first.
+    fn write_off_dead_consumer(&self) -> Option<(u32, u64)> {
+        for i in 0..SLOTS {
+            let (ident, held) = self.slot(i);
+            let who = ident.load(SeqCst);
+            if who == 0 || who == SLOT_BUSY || held.load(SeqCst) == 0 || !futex::ident_gone(who) {
+                continue;
+            }
+            if ident
+                .compare_exchange(who, SLOT_BUSY, SeqCst, SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            let n = held.swap(0, SeqCst);
+            ident.store(0, SeqCst);
+            if n > 0 {
+                self.mark_done(n);
+                return Some((futex::ident_pid(who), n));
+            }
+        }
+        None
     }
 
     fn wake_joiners(&self) {
@@ -775,23 +892,28 @@ impl Ring {
         }
     }
 
-    /// Waits until every item put has been marked done, or `deadline` passes (false).
-    pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
+    /// Waits until every item put has been marked done, or `deadline` passes (false), or
+    /// a consumer is found to have ended holding items not marked done
+    /// ([`Error::ConsumerDied`]).
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<bool> {
         let seqw = self.w32(O_JOINSEQ);
         let waiters = self.w32(O_JOINWAIT);
         loop {
             if self.unfinished() == 0 {
-                return true;
+                return Ok(true);
+            }
+            if let Some((pid, items)) = self.write_off_dead_consumer() {
+                return Err(Error::ConsumerDied { pid, items });
             }
             let seq = seqw.load(SeqCst);
             waiters.fetch_add(1, SeqCst);
             if self.unfinished() == 0 {
                 waiters.fetch_sub(1, SeqCst);
-                return true;
+                return Ok(true);
             }
             let Some(slice) = shmsync::next_slice(deadline, SLICE) else {
                 waiters.fetch_sub(1, SeqCst);
-                return false;
+                return Ok(false);
             };
             futex::wait(seqw, seq, Some(slice));
             waiters.fetch_sub(1, SeqCst);
