@@ -1050,3 +1050,357 @@ fn proxies_fail_as_the_local_types_do() {
     let (e, pe) = (multiproc::Event::new().unwrap(), m.event().unwrap());
     assert_eq!(pe.wait_timeout(t).unwrap(), e.wait_timeout(t).unwrap());
 }
+
+// --- the kinds of src/manager/objects/, across processes ---------------------------------
+
+fn rlock_holder(
+    (l, held, done): (multiproc::manager::RLockProxy, EventProxy, EventProxy),
+) -> (u32, bool) {
+    l.acquire().unwrap();
+    l.acquire().unwrap();
+    let depth = l.count().unwrap();
+    held.set().unwrap();
+    done.wait().unwrap();
+    l.release().unwrap();
+    let still = l.is_owned().unwrap();
+    l.release().unwrap();
+    (depth, still)
+}
+
+fn rlock_keeper((l, held): (multiproc::manager::RLockProxy, EventProxy)) {
+    l.acquire().unwrap();
+    held.set().unwrap();
+    // Exits holding it.
+}
+
+#[test]
+fn manager_rlock_is_recursive_per_thread_and_survives_its_holder() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.rlock().unwrap();
+    let (held, done) = (m.event().unwrap(), m.event().unwrap());
+    let p = multiproc::spawn(rlock_holder, (l.clone(), held.clone(), done.clone())).unwrap();
+    held.wait().unwrap();
+    assert!(!l.try_acquire().unwrap());
+    assert!(!l.is_owned().unwrap());
+    assert!(matches!(l.release(), Err(Error::InvalidOperation(_))));
+    // Another thread of this process is another owner too.
+    let l2 = l.clone();
+    assert!(!std::thread::spawn(move || l2.try_acquire().unwrap())
+        .join()
+        .unwrap());
+    done.set().unwrap();
+    assert_eq!(p.join().unwrap(), (2, true));
+    assert!(l.try_acquire().unwrap());
+    l.release().unwrap();
+    // A holder that dies: the next acquirer is told, and holds it.
+    let held = m.event().unwrap();
+    let p = multiproc::spawn(rlock_keeper, (l.clone(), held.clone())).unwrap();
+    held.wait().unwrap();
+    p.join().unwrap();
+    assert!(matches!(l.acquire(), Err(Error::OwnerDied)));
+    assert!(l.is_owned().unwrap());
+    l.release().unwrap();
+}
+
+fn sem_try(s: multiproc::manager::SemaphoreProxy) -> bool {
+    s.try_acquire().unwrap()
+}
+
+fn bsem_release(s: multiproc::manager::BoundedSemaphoreProxy) -> bool {
+    s.release().is_ok()
+}
+
+#[test]
+fn manager_semaphores_count_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let s = m.semaphore(2).unwrap();
+    let got: Vec<bool> = (0..3)
+        .map(|_| {
+            multiproc::spawn(sem_try, s.clone())
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, vec![true, true, false]);
+    assert_eq!(s.get_value().unwrap(), 0);
+    s.release().unwrap();
+    s.release().unwrap();
+    s.release().unwrap(); // unbounded: may pass the initial value
+    assert_eq!(s.get_value().unwrap(), 3);
+    let b = m.bounded_semaphore(1).unwrap();
+    assert!(!multiproc::spawn(bsem_release, b.clone())
+        .unwrap()
+        .join()
+        .unwrap());
+    assert!(b.try_acquire().unwrap());
+    assert!(multiproc::spawn(bsem_release, b.clone())
+        .unwrap()
+        .join()
+        .unwrap());
+    assert_eq!(b.get_value().unwrap(), 1);
+}
+
+fn cond_consumer((c, items): (multiproc::manager::ConditionProxy, ListProxy<u32>)) -> u32 {
+    c.acquire().unwrap();
+    assert!(c.wait_for(|| !items.is_empty().unwrap(), None).unwrap());
+    let v = items.pop().unwrap();
+    c.release().unwrap();
+    v
+}
+
+#[test]
+fn manager_condition_wakes_waiters_in_other_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let c = m.condition().unwrap();
+    let items = m.list(Vec::<u32>::new()).unwrap();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(cond_consumer, (c.clone(), items.clone())).unwrap())
+        .collect();
+    for v in [10, 20] {
+        c.acquire().unwrap();
+        items.push(v).unwrap();
+        c.notify(1).unwrap();
+        c.release().unwrap();
+    }
+    let mut got: Vec<u32> = consumers.into_iter().map(|p| p.join().unwrap()).collect();
+    got.sort();
+    assert_eq!(got, vec![10, 20]);
+    // Misuse is an error, as with the local Condition.
+    assert!(matches!(c.notify(1), Err(Error::InvalidOperation(_))));
+    assert!(matches!(c.wait(), Err(Error::InvalidOperation(_))));
+    // A timed wait gives the lock back either way; it is recursive.
+    c.acquire().unwrap();
+    c.acquire().unwrap();
+    assert!(!c.wait_timeout(Duration::from_millis(10)).unwrap());
+    c.release().unwrap();
+    c.release().unwrap();
+    assert!(c.release().is_err());
+}
+
+/// The arrival index, or `None` if the barrier broke.
+fn barrier_party(b: multiproc::manager::BarrierProxy) -> Option<usize> {
+    match b.wait() {
+        Ok(i) => Some(i),
+        Err(Error::BrokenBarrier) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn manager_barrier_releases_all_parties_together() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let b = m.barrier(3).unwrap();
+    let ps: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(barrier_party, b.clone()).unwrap())
+        .collect();
+    let mut idx = vec![b.wait().unwrap()];
+    idx.extend(ps.into_iter().map(|p| p.join().unwrap().unwrap()));
+    idx.sort();
+    assert_eq!(idx, vec![0, 1, 2]);
+    // A party waiting when the barrier is aborted fails.
+    let p = multiproc::spawn(barrier_party, b.clone()).unwrap();
+    assert!(common_eventually(|| b.n_waiting().unwrap() == 1));
+    b.abort().unwrap();
+    assert_eq!(p.join().unwrap(), None);
+    assert!(b.broken().unwrap());
+    b.reset().unwrap();
+    assert!(!b.broken().unwrap());
+    assert_eq!(b.parties().unwrap(), 3);
+}
+
+/// Waits (polling a counter another process changes) up to 30 s.
+fn common_eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+fn joinable_worker(q: multiproc::manager::JoinableQueueProxy<u32>) -> u32 {
+    let mut sum = 0;
+    loop {
+        let v = q.get().unwrap();
+        q.task_done().unwrap();
+        if v == 0 {
+            return sum;
+        }
+        sum += v;
+    }
+}
+
+#[test]
+fn manager_joinable_queue_and_array_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let q = m.joinable_queue::<u32>().unwrap();
+    for v in [1, 2, 3, 0] {
+        q.put(v).unwrap();
+    }
+    assert_eq!(q.unfinished_tasks().unwrap(), 4);
+    let p = multiproc::spawn(joinable_worker, q.clone()).unwrap();
+    q.join().unwrap();
+    assert_eq!(q.unfinished_tasks().unwrap(), 0);
+    assert_eq!(p.join().unwrap(), 6);
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+    // Published and looked up as a plain queue or a joinable one.
+    m.publish("jq", &*q).unwrap();
+    assert!(m
+        .lookup::<multiproc::manager::JoinableQueueProxy<u32>>("jq")
+        .is_ok());
+
+    let a = m.array(vec![1i64, 2, 3, 4]).unwrap();
+    fn negate_ends(a: multiproc::manager::ArrayProxy<i64>) {
+        let (first, last) = (a.get(0).unwrap(), a.get(-1).unwrap());
+        a.set_range(0, vec![-first]).unwrap();
+        a.set(-1, -last).unwrap();
+    }
+    multiproc::spawn(negate_ends, a.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(a.to_vec().unwrap(), vec![-1, 2, 3, -4]);
+    assert_eq!(a.get_range(1..3).unwrap(), vec![2, 3]);
+    assert!(is_remote(
+        &a.set_range(3, vec![0, 0]).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    assert!(is_remote(
+        &a.get(-5).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    assert_eq!(a.len().unwrap(), 4);
+}
+
+fn list_python_methods(l: ListProxy<i32>) -> (usize, usize, bool, i32, Vec<i32>) {
+    l.remove_value(&7).unwrap();
+    l.reverse().unwrap();
+    let count = l.count(&5).unwrap();
+    let idx = l.index(&5).unwrap();
+    let has = l.contains(&9).unwrap();
+    let last = l.get(-1).unwrap();
+    l.sort().unwrap();
+    (count, idx, has, last, l.to_vec().unwrap())
+}
+
+#[test]
+fn manager_list_has_pythons_methods_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.list(vec![3, 7, 5, 1, 5, 7]).unwrap();
+    let (count, idx, has, last, sorted) = multiproc::spawn(list_python_methods, l.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    // After removing the first 7 and reversing: [7, 5, 1, 5, 3].
+    assert_eq!((count, idx, has, last), (2, 1, false, 3));
+    assert_eq!(sorted, vec![1, 3, 5, 5, 7]);
+    assert!(is_remote(
+        &l.index(&42).unwrap_err(),
+        RemoteErrorKind::ValueError
+    ));
+    assert!(is_remote(
+        &l.remove_value(&42).unwrap_err(),
+        RemoteErrorKind::ValueError
+    ));
+    assert_eq!(l.index_in(&5, 3..).unwrap(), 3);
+    assert!(l.index_in(&1, 2..).is_err());
+    // Negative indices, as in Python.
+    assert_eq!(l.get(-5).unwrap(), 1);
+    assert!(is_remote(
+        &l.get(-6).unwrap_err(),
+        RemoteErrorKind::IndexError
+    ));
+    l.set(-1, 70).unwrap();
+    assert_eq!(l.remove(-1).unwrap(), 70);
+    // Ranges (Python's slices: clamped, never out of range).
+    assert_eq!(l.get_range(1..3).unwrap(), vec![3, 5]);
+    assert_eq!(l.get_range(3..100).unwrap(), vec![5]);
+    assert_eq!(l.get_range(10..).unwrap(), Vec::<i32>::new());
+    l.set_range(0..2, [0]).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![0, 5, 5]);
+    l.remove_range(1..=1).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![0, 5]);
+    // A sort racing writers from another process stays atomic: nothing is lost.
+    fn pusher(l: ListProxy<i32>) {
+        for i in 100..200 {
+            l.push(i).unwrap();
+        }
+    }
+    let p = multiproc::spawn(pusher, l.clone()).unwrap();
+    for _ in 0..20 {
+        l.sort_by(|a, b| b.cmp(a)).unwrap();
+    }
+    p.join().unwrap();
+    let mut all = l.to_vec().unwrap();
+    all.sort();
+    assert_eq!(all.len(), 102);
+    assert_eq!(all[2..], (100..200).collect::<Vec<_>>()[..]);
+    // The live iterator sees a value written after it started; the snapshot does not.
+    let l = m.list(vec![1, 2]).unwrap();
+    let snapshot = l.iter().unwrap();
+    let mut live = l.iter_live();
+    assert_eq!(live.next().unwrap().unwrap(), 1);
+    multiproc::spawn(|l: ListProxy<i32>| l.push(3).unwrap(), l.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(live.map(|r| r.unwrap()).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(snapshot.collect::<Vec<_>>(), vec![1, 2]);
+}
+
+fn dict_python_methods(d: DictProxy<String, u32>) -> (u32, u32, Option<(String, u32)>) {
+    d.update([("b".to_string(), 2), ("c".to_string(), 3)])
+        .unwrap();
+    let a = d.setdefault("a".into(), 100).unwrap();
+    let z = d.setdefault("z".into(), 26).unwrap();
+    let last = d.popitem().unwrap();
+    (a, z, last)
+}
+
+#[test]
+fn manager_dict_has_pythons_methods_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let d = m.dict_from([("a".to_string(), 1u32)]).unwrap();
+    let (a, z, last) = multiproc::spawn(dict_python_methods, d.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!((a, z), (1, 26));
+    assert_eq!(last, Some(("z".to_string(), 26)));
+    assert!(d.contains(&"c".to_string()).unwrap());
+    assert!(!d.contains(&"z".to_string()).unwrap());
+    assert_eq!(
+        d.items().unwrap(),
+        vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]
+    );
+    // The live iterator sees an entry added by another process after it started.
+    let mut live = d.iter_live();
+    assert_eq!(live.next().unwrap().unwrap(), ("a".into(), 1));
+    multiproc::spawn(
+        |d: DictProxy<String, u32>| {
+            d.insert("d".into(), 4).unwrap();
+        },
+        d.clone(),
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+    let rest: Vec<(String, u32)> = live.map(|r| r.unwrap()).collect();
+    assert_eq!(
+        rest,
+        vec![("b".into(), 2), ("c".into(), 3), ("d".into(), 4)]
+    );
+    while d.popitem().unwrap().is_some() {}
+    assert!(d.is_empty().unwrap());
+    assert_eq!(d.popitem().unwrap(), None);
+}

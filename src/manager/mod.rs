@@ -50,6 +50,7 @@
 //! only to processes you trust with the key.
 
 mod client;
+mod objects;
 mod protocol;
 mod proxy;
 mod server;
@@ -67,10 +68,16 @@ use client::{Endpoint, ObjRef};
 use protocol::{Create, Kind, Reply, Request};
 use server::{Constructor, Control, Registration, ServerArgs};
 
+pub use objects::array::ArrayProxy;
+pub use objects::barrier::BarrierProxy;
+pub use objects::condition::ConditionProxy;
+pub use objects::joinable_queue::JoinableQueueProxy;
+pub use objects::rlock::RLockProxy;
+pub use objects::semaphore::{BoundedSemaphoreProxy, SemaphoreProxy};
 pub(crate) use proxy::ErasedShared;
 pub use proxy::{
-    DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy,
-    Shared, SharedProxy, ValueProxy,
+    DictIter, DictProxy, EventProxy, ListIndex, ListIter, ListProxy, LockProxy, LockProxyGuard,
+    NamespaceProxy, QueueProxy, Shared, SharedProxy, ValueProxy,
 };
 
 /// Largest request or reply the server accepts by default (1 GiB); see

@@ -22,6 +22,8 @@ pub(crate) enum Kind {
     Event,
     /// A registered type, by its registered name.
     Shared(String),
+    /// A kind of [`objects`](super::objects), by its name.
+    Object(String),
 }
 
 /// How long a blocking operation may wait.
@@ -46,21 +48,38 @@ pub(crate) enum Create {
     Lock,
     Event,
     Shared(String, ByteBuf),
+    /// A kind of [`objects`](super::objects) by name, with its encoded initial state.
+    Object(String, ByteBuf),
 }
 
 /// An operation on one object.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Op {
     ListPush(ByteBuf),
-    ListGet(u64),
-    ListSet(u64, ByteBuf),
+    /// Indices count from the end when negative, as in Python.
+    ListGet(i64),
+    ListSet(i64, ByteBuf),
     ListLen,
     ListPop,
-    ListRemove(u64),
+    ListRemove(i64),
     ListExtend(Vec<ByteBuf>),
     ListInsert(u64, ByteBuf),
     ListClear,
     ListToVec,
+    /// How many values encode as these bytes.
+    ListCount(ByteBuf),
+    /// The first position in `start..end` of a value encoding as these bytes.
+    ListIndex(ByteBuf, u64, u64),
+    ListRemoveValue(ByteBuf),
+    ListReverse,
+    /// `l[start:end]`, clamped as Python's slices are.
+    ListSlice(u64, u64),
+    /// `l[start:end] = values`.
+    ListSetSlice(u64, u64, Vec<ByteBuf>),
+    /// `del l[start:end]`.
+    ListDelSlice(u64, u64),
+    /// Replaces the whole list with the second one if it still is the first.
+    ListSwapIf(Vec<ByteBuf>, Vec<ByteBuf>),
 
     DictInsert(ByteBuf, ByteBuf),
     DictGet(ByteBuf),
@@ -71,6 +90,13 @@ pub(crate) enum Op {
     DictValues,
     DictItems,
     DictClear,
+    DictUpdate(Vec<(ByteBuf, ByteBuf)>),
+    /// The value of the key; inserts the given one first if the key is missing.
+    DictSetDefault(ByteBuf, ByteBuf),
+    /// Removes and returns the last entry.
+    DictPopItem,
+    /// The entry at a position (insertion order).
+    DictItemAt(u64),
 
     NsSet(String, ByteBuf),
     NsGet(String),
@@ -80,6 +106,9 @@ pub(crate) enum Op {
     QueuePut(ByteBuf, Wait),
     QueueGet(Wait),
     QueueSize,
+    QueueTaskDone,
+    QueueJoin(Wait),
+    QueueUnfinished,
 
     ValueGet,
     ValueSet(ByteBuf),
@@ -96,6 +125,9 @@ pub(crate) enum Op {
 
     SharedCall(ByteBuf),
     SharedGet,
+
+    /// An encoded request to a kind of [`objects`](super::objects).
+    Object(ByteBuf),
 }
 
 /// A request from a client.

@@ -100,6 +100,54 @@ macro_rules! proxy_common {
     };
 }
 
+/// A list position for [`ListProxy`]: any integer; a negative one counts from the end, as
+/// in Python (`-1` is the last value). Sealed.
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let l = m.list(vec![1, 2, 3]).unwrap();
+/// assert_eq!(l.get(-1).unwrap(), 3);
+/// assert_eq!(l.get(0usize).unwrap(), 1);
+/// ```
+pub trait ListIndex: list_index::Sealed {
+    #[doc(hidden)]
+    fn wire(self) -> i64;
+}
+
+mod list_index {
+    pub trait Sealed {}
+}
+
+macro_rules! list_index {
+    ($($t:ty),*) => {$(
+        impl list_index::Sealed for $t {}
+        impl ListIndex for $t {
+            fn wire(self) -> i64 {
+                // Too large for i64: out of range anyway.
+                i64::try_from(self).unwrap_or(i64::MAX)
+            }
+        }
+    )*};
+}
+list_index!(usize, isize, i32, i64, u32, u64);
+
+/// The bounds of `range` as a slice of a list (`u64::MAX`: to the end).
+fn bounds(range: impl std::ops::RangeBounds<usize>) -> (u64, u64) {
+    use std::ops::Bound::*;
+    let start = match range.start_bound() {
+        Included(&s) => s as u64,
+        Excluded(&s) => (s as u64).saturating_add(1),
+        Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Included(&e) => (e as u64).saturating_add(1),
+        Excluded(&e) => e as u64,
+        Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
 /// A list in a manager (Python's `manager.list()`), holding values of type `T`.
 ///
 /// Every method is one round trip to the server, applied atomically there. Clone it
@@ -137,31 +185,35 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         unit(self.obj.call(Op::ListPush(enc(&value)?))?)
     }
 
-    /// The value at `index`; out of range → [`Error::Remote`] with
-    /// [`RemoteErrorKind::IndexError`].
+    /// The value at `index` (negative: from the end, see [`ListIndex`]); out of range →
+    /// [`Error::Remote`] with [`RemoteErrorKind::IndexError`].
     ///
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
     /// let l = m.list(vec!['x', 'y']).unwrap();
     /// assert_eq!(l.get(1).unwrap(), 'y');
+    /// assert_eq!(l.get(-2).unwrap(), 'x');
     /// assert!(l.get(2).is_err());
     /// ```
-    pub fn get(&self, index: usize) -> Result<T> {
-        value(self.obj.call(Op::ListGet(index as u64))?)
+    #[doc(alias = "__getitem__")]
+    pub fn get(&self, index: impl ListIndex) -> Result<T> {
+        value(self.obj.call(Op::ListGet(index.wire()))?)
     }
 
-    /// Replaces the value at `index` (`l[i] = v`).
+    /// Replaces the value at `index` (`l[i] = v`; negative: from the end).
     ///
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
     /// let l = m.list(vec![0u8; 3]).unwrap();
     /// l.set(2, 9).unwrap();
-    /// assert_eq!(l.to_vec().unwrap(), vec![0, 0, 9]);
+    /// l.set(-3, 1).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![1, 0, 9]);
     /// ```
-    pub fn set(&self, index: usize, value: T) -> Result<()> {
-        unit(self.obj.call(Op::ListSet(index as u64, enc(&value)?))?)
+    #[doc(alias = "__setitem__")]
+    pub fn set(&self, index: impl ListIndex, value: T) -> Result<()> {
+        unit(self.obj.call(Op::ListSet(index.wire(), enc(&value)?))?)
     }
 
     /// The number of values.
@@ -205,12 +257,14 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
-    /// let l = m.list(vec![1, 2, 3]).unwrap();
+    /// let l = m.list(vec![1, 2, 3, 4]).unwrap();
     /// assert_eq!(l.remove(0).unwrap(), 1);
+    /// assert_eq!(l.remove(-1).unwrap(), 4);
     /// assert_eq!(l.to_vec().unwrap(), vec![2, 3]);
     /// ```
-    pub fn remove(&self, index: usize) -> Result<T> {
-        value(self.obj.call(Op::ListRemove(index as u64))?)
+    #[doc(alias = "pop")]
+    pub fn remove(&self, index: impl ListIndex) -> Result<T> {
+        value(self.obj.call(Op::ListRemove(index.wire()))?)
     }
 
     /// Appends every value of `values`, atomically (one round trip).
@@ -279,6 +333,259 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// ```
     pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
         Ok(self.to_vec()?.into_iter())
+    }
+
+    /// An iterator that reads one value per step (one round trip each), by position, so
+    /// that it sees writes made after it started, as Python's iteration over a list
+    /// proxy does; it ends at the first position past the end. See [`iter`](ListProxy::iter)
+    /// for a snapshot.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2]).unwrap();
+    /// let mut it = l.iter_live();
+    /// assert_eq!(it.next().unwrap().unwrap(), 1);
+    /// l.push(3).unwrap(); // written after the iteration began
+    /// let rest: Vec<i32> = it.map(|r| r.unwrap()).collect();
+    /// assert_eq!(rest, vec![2, 3]);
+    /// ```
+    #[doc(alias = "__iter__")]
+    pub fn iter_live(&self) -> ListIter<T> {
+        ListIter {
+            list: self.clone(),
+            next: 0,
+            done: false,
+        }
+    }
+
+    /// How many values equal `value` (compared by their encoding; Python's `count`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.list(vec![1, 2, 1]).unwrap().count(&1).unwrap(), 2);
+    /// ```
+    pub fn count(&self, value: &T) -> Result<usize> {
+        length(self.obj.call(Op::ListCount(enc(value)?))?)
+    }
+
+    /// Whether a value equals `value` (Python's `value in l`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec!["a".to_string()]).unwrap();
+    /// assert!(l.contains(&"a".to_string()).unwrap());
+    /// assert!(!l.contains(&"b".to_string()).unwrap());
+    /// ```
+    #[doc(alias = "__contains__")]
+    pub fn contains(&self, value: &T) -> Result<bool> {
+        Ok(self.count(value)? > 0)
+    }
+
+    /// The position of the first value equal to `value`; none → [`Error::Remote`] with
+    /// [`RemoteErrorKind::ValueError`] (Python's `index`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![5, 6, 5]).unwrap();
+    /// assert_eq!(l.index(&6).unwrap(), 1);
+    /// assert!(l.index(&7).is_err());
+    /// ```
+    pub fn index(&self, value: &T) -> Result<usize> {
+        self.index_in(value, ..)
+    }
+
+    /// The position of the first value equal to `value` within `range` (Python's
+    /// `index(x, start, end)`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![5, 6, 5]).unwrap();
+    /// assert_eq!(l.index_in(&5, 1..).unwrap(), 2);
+    /// ```
+    #[doc(alias = "index")]
+    pub fn index_in(&self, value: &T, range: impl std::ops::RangeBounds<usize>) -> Result<usize> {
+        let (start, end) = bounds(range);
+        length(self.obj.call(Op::ListIndex(enc(value)?, start, end))?)
+    }
+
+    /// Removes the first value equal to `value`; none → [`Error::Remote`] with
+    /// [`RemoteErrorKind::ValueError`] (Python's `remove(x)`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 1]).unwrap();
+    /// l.remove_value(&1).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![2, 1]);
+    /// assert!(l.remove_value(&9).is_err());
+    /// ```
+    #[doc(alias = "remove")]
+    pub fn remove_value(&self, value: &T) -> Result<()> {
+        unit(self.obj.call(Op::ListRemoveValue(enc(value)?))?)
+    }
+
+    /// Reverses the list in place, atomically.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 3]).unwrap();
+    /// l.reverse().unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![3, 2, 1]);
+    /// ```
+    pub fn reverse(&self) -> Result<()> {
+        unit(self.obj.call(Op::ListReverse)?)
+    }
+
+    /// Sorts the list in place (Python's `sort()`). The server cannot compare values it
+    /// only holds as bytes, so this process sorts a copy and puts it back if nobody wrote
+    /// to the list meanwhile, trying again otherwise: the sort is atomic.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![3, 1, 2]).unwrap();
+    /// l.sort().unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3]);
+    /// ```
+    pub fn sort(&self) -> Result<()>
+    where
+        T: Ord,
+    {
+        self.sort_by(T::cmp)
+    }
+
+    /// Sorts the list in place with `compare` (Python's `sort(key=…, reverse=…)`), as
+    /// [`sort`](ListProxy::sort) does.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![('b', 2), ('a', 9)]).unwrap();
+    /// l.sort_by(|x, y| y.1.cmp(&x.1)).unwrap(); // by score, highest first
+    /// assert_eq!(l.get(0).unwrap(), ('a', 9));
+    /// ```
+    #[doc(alias = "sort")]
+    pub fn sort_by(&self, mut compare: impl FnMut(&T, &T) -> std::cmp::Ordering) -> Result<()> {
+        loop {
+            let old = match self.obj.call(Op::ListToVec)? {
+                Reply::List(v) => v,
+                r => return Err(unexpected(r)),
+            };
+            let mut values = old
+                .iter()
+                .map(|b| dec::<T>(b))
+                .collect::<Result<Vec<_>>>()?;
+            values.sort_by(&mut compare);
+            let new = values.iter().map(enc).collect::<Result<Vec<_>>>()?;
+            if boolean(self.obj.call(Op::ListSwapIf(old, new))?)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The values in `range`, clamped to the list as Python's slices are (`l[a:b]`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 3, 4]).unwrap();
+    /// assert_eq!(l.get_range(1..3).unwrap(), vec![2, 3]);
+    /// assert_eq!(l.get_range(2..).unwrap(), vec![3, 4]);
+    /// assert_eq!(l.get_range(3..10).unwrap(), vec![4]);
+    /// ```
+    #[doc(alias = "__getitem__")]
+    pub fn get_range(&self, range: impl std::ops::RangeBounds<usize>) -> Result<Vec<T>> {
+        let (start, end) = bounds(range);
+        list(self.obj.call(Op::ListSlice(start, end))?)
+    }
+
+    /// Replaces the values in `range` by `values`, which may be more or fewer
+    /// (`l[a:b] = values`), atomically.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 3, 4]).unwrap();
+    /// l.set_range(1..3, [7, 8, 9]).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![1, 7, 8, 9, 4]);
+    /// ```
+    #[doc(alias = "__setitem__")]
+    pub fn set_range<I: IntoIterator<Item = T>>(
+        &self,
+        range: impl std::ops::RangeBounds<usize>,
+        values: I,
+    ) -> Result<()> {
+        let (start, end) = bounds(range);
+        let v = values
+            .into_iter()
+            .map(|x| enc(&x))
+            .collect::<Result<Vec<_>>>()?;
+        unit(self.obj.call(Op::ListSetSlice(start, end, v))?)
+    }
+
+    /// Removes the values in `range` (`del l[a:b]`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.list(vec![1, 2, 3, 4]).unwrap();
+    /// l.remove_range(..2).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![3, 4]);
+    /// ```
+    #[doc(alias = "__delitem__")]
+    pub fn remove_range(&self, range: impl std::ops::RangeBounds<usize>) -> Result<()> {
+        let (start, end) = bounds(range);
+        unit(self.obj.call(Op::ListDelSlice(start, end))?)
+    }
+}
+
+/// An iterator over a [`ListProxy`] that reads one value per step and sees later writes
+/// (made by [`ListProxy::iter_live`]).
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let l = m.list(vec![1, 2]).unwrap();
+/// let it: multiproc::manager::ListIter<i32> = l.iter_live();
+/// assert_eq!(it.count(), 2);
+/// ```
+#[derive(Debug)]
+pub struct ListIter<T> {
+    list: ListProxy<T>,
+    next: u64,
+    done: bool,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for ListIter<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.done {
+            return None;
+        }
+        match self.list.get(self.next) {
+            Ok(v) => {
+                self.next += 1;
+                Some(Ok(v))
+            }
+            Err(Error::Remote {
+                kind: RemoteErrorKind::IndexError,
+                ..
+            }) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
 }
 
@@ -446,10 +753,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// assert_eq!(d.items().unwrap(), vec![(1, 'a')]);
     /// ```
     pub fn items(&self) -> Result<Vec<(K, V)>> {
-        match self.obj.call(Op::DictItems)? {
-            Reply::Pairs(v) => v.iter().map(|(k, v)| Ok((dec(k)?, dec(v)?))).collect(),
-            r => Err(unexpected(r)),
-        }
+        pairs(self.obj.call(Op::DictItems)?)
     }
 
     /// A copy of the whole dictionary (Python's `dict(proxy)`).
@@ -478,6 +782,147 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// ```
     pub fn clear(&self) -> Result<()> {
         unit(self.obj.call(Op::DictClear)?)
+    }
+
+    /// Inserts every entry of `entries`, atomically (Python's `update`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(1u8, 'a')]).unwrap();
+    /// d.update([(1, 'b'), (2, 'c')]).unwrap();
+    /// assert_eq!(d.items().unwrap(), vec![(1, 'b'), (2, 'c')]);
+    /// ```
+    pub fn update<I: IntoIterator<Item = (K, V)>>(&self, entries: I) -> Result<()> {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| Ok((enc(&k)?, enc(&v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        unit(self.obj.call(Op::DictUpdate(entries))?)
+    }
+
+    /// The value of `key`, after inserting `default` if the key was missing, atomically
+    /// (Python's `setdefault`).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict::<String, u32>().unwrap();
+    /// assert_eq!(d.setdefault("a".into(), 1).unwrap(), 1);
+    /// assert_eq!(d.setdefault("a".into(), 2).unwrap(), 1);
+    /// ```
+    pub fn setdefault(&self, key: K, default: V) -> Result<V> {
+        value(
+            self.obj
+                .call(Op::DictSetDefault(enc(&key)?, enc(&default)?))?,
+        )
+    }
+
+    /// Removes and returns the most recently inserted entry; `None` if the dictionary is
+    /// empty (Python's `popitem`, which raises `KeyError` then).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(1u8, 'a'), (2, 'b')]).unwrap();
+    /// assert_eq!(d.popitem().unwrap(), Some((2, 'b')));
+    /// assert_eq!(d.popitem().unwrap(), Some((1, 'a')));
+    /// assert_eq!(d.popitem().unwrap(), None);
+    /// ```
+    pub fn popitem(&self) -> Result<Option<(K, V)>> {
+        Ok(pairs(self.obj.call(Op::DictPopItem)?)?.pop())
+    }
+
+    /// Whether `key` is present (Python's `key in d`; the same as
+    /// [`contains_key`](DictProxy::contains_key)).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// assert!(m.dict_from([(1u8, 'a')]).unwrap().contains(&1).unwrap());
+    /// ```
+    #[doc(alias = "__contains__")]
+    pub fn contains(&self, key: &K) -> Result<bool> {
+        self.contains_key(key)
+    }
+
+    /// An iterator over the entries that reads one entry per step (one round trip each),
+    /// by position in insertion order, so that it sees entries added after it started.
+    /// See [`items`](DictProxy::items) for a snapshot. (Python's iteration over a dict
+    /// proxy fails when the dictionary changes size; this one goes on.)
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let d = m.dict_from([(1u8, 'a')]).unwrap();
+    /// let mut it = d.iter_live();
+    /// d.insert(2, 'b').unwrap();
+    /// assert_eq!(it.next().unwrap().unwrap(), (1, 'a'));
+    /// assert_eq!(it.next().unwrap().unwrap(), (2, 'b'));
+    /// assert!(it.next().is_none());
+    /// ```
+    #[doc(alias = "__iter__")]
+    pub fn iter_live(&self) -> DictIter<K, V> {
+        DictIter {
+            dict: self.clone(),
+            next: 0,
+            done: false,
+        }
+    }
+}
+
+fn pairs<K: DeserializeOwned, V: DeserializeOwned>(r: Reply) -> Result<Vec<(K, V)>> {
+    match r {
+        Reply::Pairs(v) => v.iter().map(|(k, v)| Ok((dec(k)?, dec(v)?))).collect(),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// An iterator over a [`DictProxy`]'s entries that reads one per step and sees later
+/// writes (made by [`DictProxy::iter_live`]).
+///
+/// ```
+/// multiproc::init();
+/// let m = multiproc::Manager::start().unwrap();
+/// let d = m.dict_from([(1u8, 'a')]).unwrap();
+/// let it: multiproc::manager::DictIter<u8, char> = d.iter_live();
+/// assert_eq!(it.count(), 1);
+/// ```
+#[derive(Debug)]
+pub struct DictIter<K, V> {
+    dict: DictProxy<K, V>,
+    next: u64,
+    done: bool,
+}
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Iterator for DictIter<K, V> {
+    type Item = Result<(K, V)>;
+
+    fn next(&mut self) -> Option<Result<(K, V)>> {
+        if self.done {
+            return None;
+        }
+        match self
+            .dict
+            .obj
+            .call(Op::DictItemAt(self.next))
+            .and_then(pairs)
+        {
+            Ok(mut v) => match v.pop() {
+                Some(kv) => {
+                    self.next += 1;
+                    Some(Ok(kv))
+                }
+                None => {
+                    self.done = true;
+                    None
+                }
+            },
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
 }
 

@@ -76,6 +76,8 @@ struct LockState {
 struct QueueState {
     items: VecDeque<ByteBuf>,
     maxsize: Option<u64>,
+    /// Items put and not yet marked done (Python's `unfinished_tasks`).
+    unfinished: u64,
 }
 
 enum Obj {
@@ -87,6 +89,8 @@ enum Obj {
     Lock(Mutex<LockState>, Condvar),
     Event(Mutex<bool>, Condvar),
     Shared(String, Mutex<Box<dyn ErasedShared>>),
+    /// A kind of [`objects`](super::objects).
+    Object(String, Arc<dyn super::objects::Object>),
 }
 
 impl Obj {
@@ -100,6 +104,7 @@ impl Obj {
             Obj::Lock(..) => Kind::Lock,
             Obj::Event(..) => Kind::Event,
             Obj::Shared(n, _) => Kind::Shared(n.clone()),
+            Obj::Object(n, _) => Kind::Object(n.clone()),
         }
     }
 }
@@ -177,7 +182,7 @@ fn run_user<R>(f: impl FnOnce() -> R) -> Result<R, RemoteErr> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -320,6 +325,20 @@ fn end_session(state: &State, s: u64) {
             }
         }
     }
+    // Objects give back what it held.
+    let objects: Vec<Arc<Obj>> = state
+        .objects
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|o| matches!(***o, Obj::Object(..)))
+        .cloned()
+        .collect();
+    for o in objects {
+        if let Obj::Object(_, o) = &*o {
+            o.session_ended(s);
+        }
+    }
     // Its proxies are gone with it.
     let freed: Vec<u64> = {
         let mut refs = lock(&state.refs);
@@ -383,7 +402,7 @@ fn not_found(id: u64) -> Response {
 
 /// The channel a connection's requests and replies travel on: the socket itself, or the
 /// channel with lanes the client handed over.
-trait Wire {
+pub(crate) trait Wire {
     fn reply(&self, r: &Response) -> crate::Result<()>;
     fn peer_gone(&self) -> bool;
 }
@@ -546,6 +565,10 @@ fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) ->
                     lock_acquire(m, cv, conn, wait, session);
                     return None;
                 }
+                (Obj::Object(_, o), Op::Object(req)) => {
+                    let cx = super::objects::Cx { conn, session: who };
+                    o.call(&req, &cx).map(|b| Reply::Bytes(ByteBuf::from(b)))
+                }
                 (_, op) => call(&obj, conn, op),
             }
         }
@@ -638,6 +661,7 @@ fn create(state: &State, c: Create, who: u64) -> Response {
             Mutex::new(QueueState {
                 items: VecDeque::new(),
                 maxsize: maxsize.filter(|&m| m > 0),
+                unfinished: 0,
             }),
             Condvar::new(),
         ),
@@ -654,6 +678,15 @@ fn create(state: &State, c: Create, who: u64) -> Response {
             let made = run_user(|| ctor(&init))?;
             Obj::Shared(name, Mutex::new(made?))
         }
+        Create::Object(name, init) => match super::objects::construct(&name, &init) {
+            Some(made) => Obj::Object(name, made?),
+            None => {
+                return Err(err(
+                    RemoteErrorKind::TypeError,
+                    format!("this manager has no object kind {name}"),
+                ))
+            }
+        },
     };
     let kind = obj.kind();
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -673,15 +706,27 @@ fn create(state: &State, c: Create, who: u64) -> Response {
     Ok(Reply::Object(id, kind))
 }
 
-fn index(i: u64, len: usize) -> Result<usize, RemoteErr> {
-    if (i as usize) < len && i <= usize::MAX as u64 {
-        Ok(i as usize)
+/// A list position as Python reads it: negative counts from the end.
+fn index(i: i64, len: usize) -> Result<usize, RemoteErr> {
+    let at = if i < 0 {
+        (len as i64).checked_add(i)
     } else {
-        Err(err(
+        Some(i)
+    };
+    match at {
+        Some(a) if a >= 0 && (a as u64) < len as u64 => Ok(a as usize),
+        _ => Err(err(
             RemoteErrorKind::IndexError,
             format!("list index {i} out of range (length {len})"),
-        ))
+        )),
     }
+}
+
+/// A slice `start..end` clamped to a list of `len` values, as Python's slices are.
+fn slice(start: u64, end: u64, len: usize) -> std::ops::Range<usize> {
+    let end = end.min(len as u64) as usize;
+    let start = (start.min(len as u64) as usize).min(end);
+    start..end
 }
 
 fn wrong_kind(obj: &Obj, op: &Op) -> RemoteErr {
@@ -695,7 +740,7 @@ fn wrong_kind(obj: &Obj, op: &Op) -> RemoteErr {
 
 /// Waits on `cv` until `ready(&guard)` holds, the wait runs out, or the client hangs up.
 /// Returns the guard and whether it is ready.
-fn wait_on<'a, T>(
+pub(crate) fn wait_on<'a, T>(
     m: &'a Mutex<T>,
     cv: &Condvar,
     conn: &dyn Wire,
@@ -780,6 +825,46 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
                     Ok(Reply::Unit)
                 }
                 Op::ListToVec => Ok(Reply::List(l.clone())),
+                Op::ListCount(v) => Ok(Reply::Len(l.iter().filter(|x| **x == v).count() as u64)),
+                Op::ListIndex(v, start, end) => {
+                    let r = slice(start, end, l.len());
+                    match l[r.clone()].iter().position(|x| *x == v) {
+                        Some(i) => Ok(Reply::Len((r.start + i) as u64)),
+                        None => Err(err(ValueError, "value is not in list")),
+                    }
+                }
+                Op::ListRemoveValue(v) => match l.iter().position(|x| *x == v) {
+                    Some(i) => {
+                        l.remove(i);
+                        Ok(Reply::Unit)
+                    }
+                    None => Err(err(ValueError, "list.remove(x): x not in list")),
+                },
+                Op::ListReverse => {
+                    l.reverse();
+                    Ok(Reply::Unit)
+                }
+                Op::ListSlice(start, end) => {
+                    let r = slice(start, end, l.len());
+                    Ok(Reply::List(l[r].to_vec()))
+                }
+                Op::ListSetSlice(start, end, vs) => {
+                    let r = slice(start, end, l.len());
+                    l.splice(r, vs);
+                    Ok(Reply::Unit)
+                }
+                Op::ListDelSlice(start, end) => {
+                    let r = slice(start, end, l.len());
+                    l.drain(r);
+                    Ok(Reply::Unit)
+                }
+                Op::ListSwapIf(old, new) => {
+                    let same = *l == old;
+                    if same {
+                        *l = new;
+                    }
+                    Ok(Reply::Bool(same))
+                }
                 op => Err(wrong_kind(obj, &op)),
             }
         }
@@ -800,6 +885,20 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
                     d.clear();
                     Ok(Reply::Unit)
                 }
+                Op::DictUpdate(pairs) => {
+                    d.extend(pairs);
+                    Ok(Reply::Unit)
+                }
+                Op::DictSetDefault(k, v) => Ok(Reply::Bytes(d.entry(k).or_insert(v).clone())),
+                Op::DictPopItem => Ok(Reply::Pairs(d.pop().into_iter().collect())),
+                Op::DictItemAt(i) => Ok(Reply::Pairs(
+                    usize::try_from(i)
+                        .ok()
+                        .and_then(|i| d.get_index(i))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .into_iter()
+                        .collect(),
+                )),
                 op => Err(wrong_kind(obj, &op)),
             }
         }
@@ -829,11 +928,28 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
                 });
                 if ok {
                     g.items.push_back(v);
+                    g.unfinished += 1;
                     cv.notify_all();
                 }
                 Ok(Reply::Bool(ok))
             }
             Op::QueueSize => Ok(Reply::Len(lock(m).items.len() as u64)),
+            Op::QueueTaskDone => {
+                let mut g = lock(m);
+                if g.unfinished == 0 {
+                    return Err(err(ValueError, "task_done() called too many times"));
+                }
+                g.unfinished -= 1;
+                if g.unfinished == 0 {
+                    cv.notify_all();
+                }
+                Ok(Reply::Unit)
+            }
+            Op::QueueJoin(wait) => {
+                let (_g, ok) = wait_on(m, cv, conn, wait, |q| q.unfinished == 0);
+                Ok(Reply::Bool(ok))
+            }
+            Op::QueueUnfinished => Ok(Reply::Len(lock(m).unfinished)),
             op => Err(wrong_kind(obj, &op)),
         },
         (Obj::Value(v), op) => {
@@ -889,5 +1005,7 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
                 op => Err(wrong_kind(obj, &op)),
             }
         }
+        // Requests to these are answered in `handle`, which knows the session.
+        (Obj::Object(..), op) => Err(wrong_kind(obj, &op)),
     }
 }
