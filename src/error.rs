@@ -136,6 +136,21 @@ pub enum Error {
     /// sending on the read end of a one-way pipe, forking a multi-threaded process).
     #[error("invalid operation: {0}")]
     InvalidOperation(String),
+    /// A whole rank of a [cluster pool](crate::pool::cluster) was lost (its node failed,
+    /// or it stopped answering): the pool cannot go on, and its pending tasks fail with
+    /// this error.
+    ///
+    /// ```
+    /// let e = multiproc::Error::RankLost { rank: 3, message: "no word for 30 s".into() };
+    /// assert_eq!(e.to_string(), "MPI rank 3 was lost: no word for 30 s");
+    /// ```
+    #[error("MPI rank {rank} was lost: {message}")]
+    RankLost {
+        /// The rank (in `MPI_COMM_WORLD`).
+        rank: u32,
+        /// What was seen.
+        message: String,
+    },
 }
 
 /// The kind of an [`Error::Remote`], named after the Python exception a manager raises.

@@ -29,6 +29,10 @@ pub(crate) enum TaskFail {
     Closed,
     Invalid(String),
     Io(String),
+    RankLost {
+        rank: u32,
+        message: String,
+    },
 }
 
 impl TaskFail {
@@ -58,6 +62,10 @@ impl TaskFail {
             TaskFail::Closed => Error::Closed,
             TaskFail::Invalid(m) => Error::InvalidOperation(m.clone()),
             TaskFail::Io(m) => Error::Io(io::Error::other(m.clone())),
+            TaskFail::RankLost { rank, message } => Error::RankLost {
+                rank: *rank,
+                message: message.clone(),
+            },
         }
     }
 
@@ -86,6 +94,10 @@ impl TaskFail {
                 pid: *pid,
                 exitcode: *exitcode,
                 signal: *signal,
+            },
+            Error::RankLost { rank, message } => TaskFail::RankLost {
+                rank: *rank,
+                message: message.clone(),
             },
             other => TaskFail::Io(other.to_string()),
         }

@@ -66,6 +66,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub mod cluster;
 mod fail;
 mod result;
 mod sched;
@@ -106,6 +107,13 @@ pub struct PoolBuilder {
     retries: u32,
     /// The first invalid setting: [`build`](PoolBuilder::build) refuses it.
     invalid: Option<String>,
+    /// Spread over the ranks of an MPI job (see [`cluster`]).
+    cluster: bool,
+    /// Workers on rank 0 of a cluster pool, if not the same as on the other ranks.
+    root_processes: Option<usize>,
+    /// How another rank rebuilds the initializer.
+    #[cfg(feature = "mpi")]
+    remote_init: Option<cluster::RemoteInitFn>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -116,6 +124,7 @@ impl fmt::Debug for PoolBuilder {
             .field("task_timeout", &self.task_timeout)
             .field("start_method", &self.method)
             .field("retries", &self.retries)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -132,6 +141,10 @@ impl Default for PoolBuilder {
             method: None,
             retries: 0,
             invalid: None,
+            cluster: false,
+            root_processes: None,
+            #[cfg(feature = "mpi")]
+            remote_init: None,
         }
     }
 }
@@ -177,6 +190,10 @@ impl PoolBuilder {
         I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         IR: 'static,
     {
+        #[cfg(feature = "mpi")]
+        {
+            self.remote_init = Some(cluster::remote_init(f, args.clone()));
+        }
         let spec = InitSpec {
             target: sys::offset_of(f as usize),
             sig: sys::type_sig::<fn(I) -> IR>(),
@@ -289,6 +306,38 @@ impl PoolBuilder {
         self
     }
 
+    /// Spreads the pool over every rank of the MPI job this program was launched in
+    /// (`mpirun`, `srun`): see [`cluster`] for the model. [`processes`](Self::processes)
+    /// then counts the workers of each rank (`0`: the cores of its node, shared among the
+    /// node's ranks). Without the `mpi` cargo feature, or when the program was not launched
+    /// by an MPI launcher, the pool is an ordinary local pool.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::builder().cluster().processes(2).build().unwrap();
+    /// assert_eq!(pool.processes(), 2 * multiproc::pool::cluster::size());
+    /// assert_eq!(pool.map(|x: u64| x * x, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    /// ```
+    pub fn cluster(mut self) -> PoolBuilder {
+        self.cluster = true;
+        self
+    }
+
+    /// In a [cluster](Self::cluster) pool, the number of workers on rank 0 (the rank that
+    /// runs `main`), if it should differ from the other ranks': `0` leaves rank 0 to
+    /// `main` and to sending the work out, like mpi4py.futures' master. A job of one rank
+    /// (or a local pool) ignores it.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::builder().cluster().root_processes(0).processes(1).build().unwrap();
+    /// assert_eq!(pool.apply(|x: i32| x + 1, 1).unwrap(), 2);
+    /// ```
+    pub fn root_processes(mut self, n: usize) -> PoolBuilder {
+        self.root_processes = Some(n);
+        self
+    }
+
     /// Starts the workers and waits until each has run the initializer. An invalid setting
     /// given earlier (`maxtasksperchild(0)`, a zero `task_timeout`) →
     /// [`Error::InvalidOperation`], and nothing is started.
@@ -299,14 +348,24 @@ impl PoolBuilder {
     /// assert_eq!(pool.map(|x: i32| x + 1, vec![1, 2]).unwrap(), vec![2, 3]);
     /// ```
     pub fn build(self) -> Result<Pool> {
-        if let Some(why) = self.invalid {
-            return Err(Error::InvalidOperation(why));
+        if let Some(why) = &self.invalid {
+            return Err(Error::InvalidOperation(why.clone()));
+        }
+        #[cfg(feature = "mpi")]
+        if self.cluster {
+            return cluster::build(self);
         }
         let n = if self.processes == 0 {
             cpu_count()
         } else {
             self.processes
         };
+        self.build_local(n, 0)
+    }
+
+    /// Starts `n` local workers, each with its handler thread, in a pool whose queue is
+    /// also served by `remote_slots` handlers that the caller adds (a cluster pool's ranks).
+    fn build_local(self, n: usize, remote_slots: usize) -> Result<Pool> {
         let make = self.make;
         let method = self.method;
         let factory: Factory = Arc::new(move |sock, name| {
@@ -318,7 +377,7 @@ impl PoolBuilder {
             Ok(p)
         });
         let shared = Shared::new(Config {
-            workers: n,
+            workers: n + remote_slots,
             task_timeout: self.task_timeout,
             max_tasks: self.max_tasks,
             factory,
@@ -328,6 +387,8 @@ impl PoolBuilder {
             shared: shared.clone(),
             handlers: Mutex::new(Vec::new()),
             processes: n,
+            #[cfg(feature = "mpi")]
+            remote: None,
         };
         let mut workers = Vec::with_capacity(n);
         for slot in 0..n {
@@ -336,6 +397,10 @@ impl PoolBuilder {
                 Err(e) => {
                     for (slot, w) in workers.into_iter().enumerate() {
                         shared.discard_worker(slot, w);
+                    }
+                    // Remote slots never start: their handlers do not exist.
+                    for _ in 0..remote_slots {
+                        shared.handler_exited();
                     }
                     shared.terminate();
                     return Err(match e {
@@ -386,6 +451,9 @@ pub struct Pool {
     shared: Arc<Shared>,
     handlers: Mutex<Vec<JoinHandle<()>>>,
     processes: usize,
+    /// The other ranks of a cluster pool.
+    #[cfg(feature = "mpi")]
+    remote: Option<cluster::Remote>,
 }
 
 impl fmt::Debug for Pool {
@@ -435,6 +503,19 @@ impl Pool {
     /// ```
     pub fn new(n: usize) -> Result<Pool> {
         PoolBuilder::new().processes(n).build()
+    }
+
+    /// A pool with workers on every rank of the MPI job this program runs in (every core
+    /// of a cluster), or on this machine when it was not launched by `mpirun`/`srun`; the
+    /// same [`Pool`] with the same methods. See [`cluster`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::cluster().unwrap();
+    /// assert_eq!(pool.map(|x: u32| x + 1, vec![1, 2]).unwrap(), vec![2, 3]);
+    /// ```
+    pub fn cluster() -> Result<Pool> {
+        PoolBuilder::new().cluster().build()
     }
 
     /// A [`PoolBuilder`] for more options.
@@ -953,6 +1034,10 @@ impl Pool {
     /// ```
     pub fn terminate(&self) -> Result<()> {
         self.shared.terminate();
+        #[cfg(feature = "mpi")]
+        if let Some(r) = &self.remote {
+            r.terminate();
+        }
         self.join_handlers();
         Ok(())
     }

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::fail::TaskFail;
 use super::worker::{
-    Progress, Reader, SockHandle, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, FLAG_STRIDE, MSG_BATCH,
-    MSG_STOP, REP_INIT_FAILED, REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
+    Progress, Reader, ReplySeg, SockHandle, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, FLAG_STRIDE,
+    MSG_BATCH, MSG_STOP, REP_INIT_FAILED, REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
 };
 use crate::connection::{RawConn, Wake};
 use crate::process::ChildState;
@@ -209,7 +209,7 @@ impl Job {
 
     /// Encodes a lazy job's arguments: the pieces to send (contiguous runs of tasks, each
     /// within the size and handle limits); tasks whose argument cannot be encoded fail.
-    fn materialize(mut self) -> Vec<Job> {
+    pub(crate) fn materialize(mut self) -> Vec<Job> {
         let Some(raw) = self.raw.take() else {
             return vec![self];
         };
@@ -317,7 +317,7 @@ impl Job {
         Ok(())
     }
 
-    fn fail_all(&self, why: &TaskFail) {
+    pub(crate) fn fail_all(&self, why: &TaskFail) {
         if !self.is_empty() {
             self.sink.fail(self.first, self.len(), why);
         }
@@ -354,7 +354,106 @@ impl Job {
         })
     }
 
-    fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) {
+    /// Whether its arguments hold handles (descriptors), which cannot leave this machine.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn has_fds(&self) -> bool {
+        !self.fds.is_empty()
+    }
+
+    /// Reads back one job written by [`encode_into`](Job::encode_into) (without
+    /// descriptors: a job that crossed to another MPI rank has none), for `sink`. Returns
+    /// the job's id with it; flags that only concern the sender are dropped.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn decode_wire(
+        rd: &mut Reader<'_>,
+        sink: impl FnOnce(u64) -> Arc<dyn Sink>,
+    ) -> Result<(u64, Job)> {
+        let id = rd.u64()?;
+        let code = TaskCode {
+            entry: rd.i64()?,
+            entry_sig: rd.u64()?,
+            target: rd.i64()?,
+            target_sig: rd.u64()?,
+        };
+        let count = rd.u32()? as usize;
+        let flags = rd.u8()?;
+        let args_len = rd.u32()? as usize;
+        if flags & FLAG_HAS_FDS != 0 {
+            return Err(Error::Codec(
+                "a job with handles cannot cross to another rank".into(),
+            ));
+        }
+        let ends = if flags & FLAG_STRIDE != 0 {
+            Ends::Stride {
+                size: rd.u32()?,
+                count,
+            }
+        } else {
+            let b = rd.bytes(
+                count
+                    .checked_mul(4)
+                    .ok_or_else(|| Error::Codec("bad job".into()))?,
+            )?;
+            Ends::List((0..count).map(|i| super::worker::u32_at(b, i)).collect())
+        };
+        let args = rd.bytes(args_len)?.to_vec();
+        if count > 0 && ends.end(count - 1) != args.len() {
+            return Err(Error::Codec(
+                "a job's argument ends do not match its bytes".into(),
+            ));
+        }
+        let mut job = Job::new(code, 0, sink(id));
+        job.args = args;
+        job.ends = ends;
+        Ok((id, job))
+    }
+
+    /// Tasks `from..from + count` of this job failed with `why`.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn fail_tasks(&self, from: usize, count: usize, why: &TaskFail) {
+        if count > 0 {
+            self.sink.fail(self.first + from, count, why);
+        }
+    }
+
+    /// Hands one reply segment (`kind`, for tasks `first..first + count` of this job) to
+    /// the job's sink.
+    pub(crate) fn deliver_segment(
+        &self,
+        first: usize,
+        count: usize,
+        kind: u8,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<()> {
+        let (sink, at) = (&self.sink, self.first + first);
+        match kind {
+            SEG_OK => {
+                // A result type whose decoding panics must not take the pool's thread
+                // with it.
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sink.deliver(at, count, payload, fds)
+                }));
+                if ok.is_err() {
+                    sink.fail(
+                        at,
+                        count,
+                        &TaskFail::Codec("decoding the task's result panicked".into()),
+                    );
+                }
+            }
+            SEG_FAIL => {
+                let why = codec::decode::<TaskFail>(payload).unwrap_or_else(|e| {
+                    TaskFail::Codec(format!("a task failed; its error could not be read: {e}"))
+                });
+                sink.fail(at, count, &why);
+            }
+            other => return Err(Error::Codec(format!("unknown pool reply kind {other}"))),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) {
         let mut flags = flags;
         if self.fd_counts.is_some() {
             flags |= FLAG_HAS_FDS;
@@ -457,7 +556,7 @@ pub(crate) enum StartFail {
     Terminating,
 }
 
-enum Take {
+pub(crate) enum Take {
     Jobs(Vec<Job>),
     Nothing,
     Exit,
@@ -554,7 +653,7 @@ impl Shared {
     }
 
     /// Puts jobs taken from the queue back at its front, in order.
-    fn requeue(&self, jobs: Vec<Job>) {
+    pub(crate) fn requeue(&self, jobs: Vec<Job>) {
         if jobs.is_empty() {
             return;
         }
@@ -614,7 +713,7 @@ impl Shared {
     }
 
     /// Marks the pool unusable (its initializer fails) and fails what is queued.
-    fn set_broken(&self, why: TaskFail) {
+    pub(crate) fn set_broken(&self, why: TaskFail) {
         let jobs: Vec<Job> = {
             let mut st = self.lock();
             if st.broken.is_none() {
@@ -630,7 +729,7 @@ impl Shared {
     }
 
     /// Takes jobs for one worker.
-    fn take(&self, budget: usize, blocking: bool) -> Take {
+    pub(crate) fn take(&self, budget: usize, blocking: bool) -> Take {
         self.take_locked(self.lock(), budget, blocking, None).1
     }
 
@@ -943,6 +1042,22 @@ impl Shared {
         self.discard(slot, w, false);
     }
 
+    /// A handler thread ends: once the last one has, what is still queued fails.
+    pub(crate) fn handler_exited(&self) {
+        let jobs: Vec<Job> = {
+            let mut st = self.lock();
+            st.live_handlers = st.live_handlers.saturating_sub(1);
+            if st.live_handlers > 0 {
+                return;
+            }
+            st.queued_tasks = 0;
+            st.queue.drain(..).collect()
+        };
+        for j in jobs {
+            j.fail_all(&TaskFail::Closed);
+        }
+    }
+
     /// Removes the queued jobs of `sink` (an iterator that was dropped).
     pub(crate) fn withdraw(&self, sink: &Arc<dyn Sink>) {
         let p = Arc::as_ptr(sink) as *const ();
@@ -1210,21 +1325,7 @@ fn serve(
         let kill = shared.lock().terminating;
         shared.discard(slot, w, kill);
     }
-    let last = {
-        let mut st = shared.lock();
-        st.live_handlers = st.live_handlers.saturating_sub(1);
-        st.live_handlers == 0
-    };
-    if last {
-        let jobs: Vec<Job> = {
-            let mut st = shared.lock();
-            st.queued_tasks = 0;
-            st.queue.drain(..).collect()
-        };
-        for j in jobs {
-            j.fail_all(&TaskFail::Closed);
-        }
-    }
+    shared.handler_exited();
 }
 
 /// What came of waiting for a worker's reply.
@@ -1346,12 +1447,13 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
     let mut fds = Some(fds);
     let mut total = 0;
     while !rd.rest().is_empty() {
-        let id = rd.u64()?;
-        let first = rd.u32()? as usize;
-        let count = rd.u32()? as usize;
-        let len = rd.u32()? as usize;
-        let kind = rd.u8()?;
-        let payload = rd.bytes(len)?;
+        let ReplySeg {
+            id,
+            first,
+            count,
+            kind,
+            payload,
+        } = rd.segment()?;
         // Descriptors belong to the frame's last segment.
         let seg_fds = if rd.rest().is_empty() {
             fds.take().unwrap_or_default()
@@ -1366,30 +1468,9 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
         if front.id != id || first != front.done || first + count > front.job.len() {
             return Err(Error::Codec("out-of-order reply from a pool worker".into()));
         }
-        let (sink, at) = (&front.job.sink, front.job.first + first);
-        match kind {
-            SEG_OK => {
-                // A result type whose decoding panics must not take the pool's thread
-                // with it.
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    sink.deliver(at, count, payload, seg_fds)
-                }));
-                if ok.is_err() {
-                    sink.fail(
-                        at,
-                        count,
-                        &TaskFail::Codec("decoding the task's result panicked".into()),
-                    );
-                }
-            }
-            SEG_FAIL => {
-                let why = codec::decode::<TaskFail>(payload).unwrap_or_else(|e| {
-                    TaskFail::Codec(format!("a task failed; its error could not be read: {e}"))
-                });
-                sink.fail(at, count, &why);
-            }
-            other => return Err(Error::Codec(format!("unknown pool reply kind {other}"))),
-        }
+        front
+            .job
+            .deliver_segment(first, count, kind, payload, seg_fds)?;
         front.done += count;
         total += count;
         if front.done == front.job.len() {

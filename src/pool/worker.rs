@@ -198,6 +198,51 @@ impl<'a> Reader<'a> {
     pub(crate) fn rest(&self) -> &'a [u8] {
         self.b
     }
+
+    /// The next segment of a `RESULTS` frame.
+    pub(crate) fn segment(&mut self) -> Result<ReplySeg<'a>> {
+        let id = self.u64()?;
+        let first = self.u32()? as usize;
+        let count = self.u32()? as usize;
+        let len = self.u32()? as usize;
+        let kind = self.u8()?;
+        let payload = self.bytes(len)?;
+        Ok(ReplySeg {
+            id,
+            first,
+            count,
+            kind,
+            payload,
+        })
+    }
+}
+
+/// One segment of a `RESULTS` frame: the outcomes of tasks `first..first + count` of job
+/// `id`.
+pub(crate) struct ReplySeg<'a> {
+    pub(crate) id: u64,
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    pub(crate) kind: u8,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Appends a whole segment to `out`.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn push_segment(
+    out: &mut Vec<u8>,
+    id: u64,
+    first: usize,
+    count: usize,
+    kind: u8,
+    payload: &[u8],
+) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(first as u32).to_le_bytes());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
 }
 
 /// The `i`th little-endian u32 of `b` (callers checked the length).

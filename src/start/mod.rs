@@ -154,6 +154,9 @@ pub fn init() {
         process::register_exit_handler();
     }
     let Some(role) = std::env::var_os(ROLE_VAR) else {
+        // Started by mpirun/srun: rank 0 goes on, the other ranks serve cluster pools.
+        #[cfg(feature = "mpi")]
+        crate::pool::cluster::on_init();
         return;
     };
     std::env::remove_var(ROLE_VAR);

@@ -11,5 +11,8 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
+
 #[cfg(not(target_os = "linux"))]
 compile_error!("multiproc supports Linux only for now (see README's platform table)");

@@ -1,0 +1,273 @@
+//! The cluster pool (`Pool::cluster`). Run as a plain test it is a local pool (a singleton
+//! run); `.ci/run` also runs this binary under `mpirun -n 3 --oversubscribe` with the `mpi`
+//! feature, where ranks 1 and 2 become node agents and the assertions about ranks apply.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use multiproc::pool::cluster;
+use multiproc::{Error, Pool};
+
+fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn add((a, b): (u64, u64)) -> u64 {
+    a + b
+}
+
+/// The value, the rank that computed it, and the worker's pid.
+fn square_where(x: u64) -> (u64, usize, u32) {
+    (x * x, cluster::rank(), std::process::id())
+}
+
+fn kill_self() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+}
+
+/// Task 50 panics; task 120 kills its own worker with SIGKILL mid-task.
+fn faulty(x: u64) -> (u64, usize) {
+    if x == 50 {
+        panic!("task {x} failed on purpose");
+    }
+    if x == 120 {
+        kill_self();
+    }
+    (x, cluster::rank())
+}
+
+fn nap(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// The ranks that run tasks when rank 0 keeps no workers: every other one (or rank 0 alone
+/// in a singleton run).
+fn worker_ranks() -> BTreeSet<usize> {
+    if cluster::size() == 1 {
+        BTreeSet::from([0])
+    } else {
+        (1..cluster::size()).collect()
+    }
+}
+
+/// A pool whose workers are all on ranks other than 0 (when there are other ranks).
+fn remote_pool(per_rank: usize) -> Pool {
+    Pool::builder()
+        .cluster()
+        .root_processes(0)
+        .processes(per_rank)
+        .build()
+        .unwrap()
+}
+
+fn shm_files() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn results_equal_the_local_pool() {
+    multiproc::init();
+    let n = 100_000u64;
+    let local = Pool::new(2).unwrap();
+    let pool = remote_pool(1);
+    assert_eq!(pool.processes(), worker_ranks().len());
+
+    let expect = local.map(square, 0..n).unwrap();
+    let got = pool.map(square_where, 0..n).unwrap();
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), expect);
+    let ranks: BTreeSet<usize> = got.iter().map(|r| r.1).collect();
+    assert_eq!(ranks, worker_ranks(), "every rank takes part");
+
+    let lazy: Vec<u64> = pool
+        .imap_chunked(square, 0..n, 500)
+        .collect::<multiproc::Result<_>>()
+        .unwrap();
+    assert_eq!(lazy, expect);
+
+    let pairs: Vec<(u64, u64)> = (0..n).map(|i| (i, 2 * i)).collect();
+    assert_eq!(
+        pool.starmap(add, pairs.clone()).unwrap(),
+        local.starmap(add, pairs).unwrap()
+    );
+
+    let pending: Vec<_> = (0..n).map(|i| pool.apply_async(square, i)).collect();
+    let got: Vec<u64> = pending.iter().map(|r| r.get().unwrap()).collect();
+    assert_eq!(got, expect);
+
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered_chunked(square, 0..n, 1000)
+        .map(|r| r.unwrap())
+        .collect();
+    unordered.sort_unstable();
+    let mut sorted = expect.clone();
+    sorted.sort_unstable();
+    assert_eq!(unordered, sorted);
+    assert_eq!(pool.map_async(square, 0..10).get().unwrap(), &expect[..10]);
+}
+
+#[test]
+fn processes_counts_every_rank() {
+    multiproc::init();
+    let pool = Pool::builder().cluster().processes(2).build().unwrap();
+    assert_eq!(pool.processes(), 2 * cluster::size());
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+}
+
+#[test]
+fn panic_and_sigkill_on_another_rank_fail_only_their_task() {
+    multiproc::init();
+    let pool = remote_pool(1);
+    let results: Vec<multiproc::Result<(u64, usize)>> = pool.imap(faulty, 0..200).collect();
+    assert_eq!(results.len(), 200);
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (50, Err(Error::TaskPanicked { message, .. })) => {
+                assert!(message.contains("task 50 failed on purpose"), "{message}")
+            }
+            (120, Err(Error::WorkerDied { signal, .. })) => assert_eq!(*signal, Some(9)),
+            (50 | 120, other) => panic!("task {i}: unexpected {other:?}"),
+            (_, Ok((x, rank))) => {
+                assert_eq!(*x, i as u64);
+                assert!(worker_ranks().contains(rank), "task {i} ran on rank {rank}");
+            }
+            (_, Err(e)) => panic!("task {i} failed: {e}"),
+        }
+    }
+    // The same with apply_async, and the pool goes on.
+    let a = pool.apply_async(faulty, 120);
+    let b = pool.apply_async(faulty, 7);
+    assert!(matches!(a.get(), Err(Error::WorkerDied { .. })));
+    assert_eq!(b.get().unwrap().0, 7);
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+}
+
+#[test]
+fn lazy_imap_over_an_endless_input() {
+    multiproc::init();
+    let pool = remote_pool(1);
+    let first: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(2000)
+        .collect::<multiproc::Result<_>>()
+        .unwrap();
+    assert_eq!(first, (0..2000u64).map(square).collect::<Vec<_>>());
+    let firsts: Vec<u64> = pool
+        .imap_unordered(square, 0u64..)
+        .take(100)
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(firsts.len(), 100);
+    // Dropping the iterators withdrew their tasks: the pool is free for more.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+#[test]
+fn terminate_with_ten_thousand_tasks_queued_leaves_nothing() {
+    multiproc::init();
+    let shm_before = shm_files();
+    let pool = remote_pool(1);
+    let pending: Vec<_> = (0..10_000).map(|_| pool.apply_async(nap, 20)).collect();
+    // A task has run: the work is spread out.
+    let first_pid = pending[0].get().unwrap();
+    pool.terminate().unwrap();
+    let mut done = vec![first_pid];
+    let mut closed = 0;
+    for r in &pending {
+        match r.get() {
+            Ok(pid) => done.push(pid),
+            Err(Error::Closed) => closed += 1,
+            Err(e) => panic!("unexpected outcome after terminate: {e}"),
+        }
+    }
+    assert!(closed > 9_000, "only {closed} tasks were cancelled");
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+    // Every worker that ran a task is gone (all ranks run on this machine in CI).
+    for pid in done {
+        assert!(!common::running(pid), "worker {pid} survived terminate");
+    }
+    assert_eq!(shm_files().difference(&shm_before).count(), 0);
+}
+
+#[test]
+fn close_and_join_reap_every_rank() {
+    multiproc::init();
+    let shm_before = shm_files();
+    let pool = remote_pool(2);
+    let pids: BTreeSet<u32> = pool
+        .map(|x: u64| (x, std::process::id()), 0..2000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    pool.close();
+    pool.join().unwrap();
+    for pid in pids {
+        assert!(!common::running(pid), "worker {pid} survived close + join");
+    }
+    assert_eq!(shm_files().difference(&shm_before).count(), 0);
+}
+
+static TABLE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+
+fn load_table(t: Vec<u64>) {
+    let _ = TABLE.set(t);
+}
+
+fn lookup(i: usize) -> u64 {
+    TABLE.get().map_or(u64::MAX, |t| t[i])
+}
+
+fn refuse(level: u32) {
+    assert!(level < 10, "level {level} is too high");
+}
+
+#[test]
+fn initializer_data_reaches_every_rank_once() {
+    multiproc::init();
+    let table: Vec<u64> = (0..10_000u64).map(|i| i * 7).collect();
+    let pool = Pool::builder()
+        .cluster()
+        .root_processes(0)
+        .processes(1)
+        .initializer(load_table, table)
+        .build()
+        .unwrap();
+    let idx: Vec<usize> = (0..10_000).step_by(37).collect();
+    let got = pool.map(lookup, idx.clone()).unwrap();
+    assert_eq!(got, idx.iter().map(|&i| i as u64 * 7).collect::<Vec<_>>());
+    drop(pool);
+    let bad = Pool::builder()
+        .cluster()
+        .root_processes(0)
+        .processes(1)
+        .initializer(refuse, 30)
+        .build();
+    match bad {
+        Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("too high")),
+        other => panic!("expected the initializer's panic, got {other:?}"),
+    }
+}
+
+#[test]
+fn task_timeout_holds_on_every_rank() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .cluster()
+        .root_processes(0)
+        .processes(1)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(matches!(pool.apply(nap, 10_000), Err(Error::Timeout)));
+    let pid = pool.apply(nap, 1).unwrap();
+    assert!(common::running(pid));
+}
