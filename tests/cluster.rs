@@ -27,8 +27,11 @@ fn kill_self() {
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
 }
 
-/// Task 50 panics; task 120 kills its own worker with SIGKILL mid-task.
+/// Task 50 panics; task 120 kills its own worker with SIGKILL mid-task. Each task takes a
+/// millisecond, so a worker reports each finished task before it begins the next (a worker
+/// that dies loses the replies it still held: see the pool's fault rules).
 fn faulty(x: u64) -> (u64, usize) {
+    std::thread::sleep(Duration::from_millis(1));
     if x == 50 {
         panic!("task {x} failed on purpose");
     }
