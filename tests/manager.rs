@@ -1,5 +1,7 @@
 //! Manager: proxies across processes, atomicity, network mode, authentication, robustness.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -1204,25 +1206,16 @@ fn manager_barrier_releases_all_parties_together() {
     assert_eq!(idx, vec![0, 1, 2]);
     // A party waiting when the barrier is aborted fails.
     let p = multiproc::spawn(barrier_party, b.clone()).unwrap();
-    assert!(common_eventually(|| b.n_waiting().unwrap() == 1));
+    assert!(common::eventually(Duration::from_secs(30), || b
+        .n_waiting()
+        .unwrap()
+        == 1));
     b.abort().unwrap();
     assert_eq!(p.join().unwrap(), None);
     assert!(b.broken().unwrap());
     b.reset().unwrap();
     assert!(!b.broken().unwrap());
     assert_eq!(b.parties().unwrap(), 3);
-}
-
-/// Waits (polling a counter another process changes) up to 30 s.
-fn common_eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let t = std::time::Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
 }
 
 fn joinable_worker(q: multiproc::manager::JoinableQueueProxy<u32>) -> u32 {
@@ -1403,4 +1396,55 @@ fn manager_dict_has_pythons_methods_across_processes() {
     while d.popitem().unwrap().is_some() {}
     assert!(d.is_empty().unwrap());
     assert_eq!(d.popitem().unwrap(), None);
+}
+
+static SERVER_SETTING: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn set_server_setting(v: String) {
+    assert!(!v.is_empty(), "the setting must not be empty");
+    *SERVER_SETTING.lock().unwrap() = v;
+}
+
+/// Reads, in the server, what the initializer set there.
+#[derive(Serialize, Deserialize)]
+struct SettingReader;
+
+impl Shared for SettingReader {
+    type Request = ();
+    type Reply = (String, u32);
+    fn handle(&mut self, _: ()) -> (String, u32) {
+        (SERVER_SETTING.lock().unwrap().clone(), std::process::id())
+    }
+}
+
+#[test]
+fn manager_initializer_runs_in_the_server_before_it_serves() {
+    multiproc::init();
+    let m = Manager::builder()
+        .register::<SettingReader>()
+        .initializer(set_server_setting, "tuned".to_string())
+        .start()
+        .unwrap();
+    let r = m.create(SettingReader).unwrap();
+    // From another process too: the setting lives in the server.
+    let (setting, pid) = multiproc::spawn(
+        |r: SharedProxy<SettingReader>| r.call(()).unwrap(),
+        r.clone(),
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(setting, "tuned");
+    assert_eq!(Some(pid), m.server_pid());
+    assert!(SERVER_SETTING.lock().unwrap().is_empty()); // not run here
+    match Manager::builder()
+        .initializer(set_server_setting, String::new())
+        .start()
+    {
+        Err(Error::TaskPanicked { message, .. }) => {
+            assert!(message.contains("must not be empty"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(common::zombies_of_me().is_empty());
 }

@@ -66,7 +66,7 @@ use crate::connection::{Address, ToAddress};
 use crate::{sys, Error, Process, Result, StartMethod};
 use client::{Endpoint, ObjRef};
 use protocol::{Create, Kind, Reply, Request};
-use server::{Constructor, Control, Registration, ServerArgs};
+use server::{Constructor, Control, Registration, ServerArgs, ServerStart};
 
 pub use objects::array::ArrayProxy;
 pub use objects::barrier::BarrierProxy;
@@ -137,8 +137,8 @@ impl fmt::Debug for Manager {
 ///     .unwrap();
 /// assert!(matches!(m.address(), multiproc::connection::Address::Tcp(_)));
 /// ```
-#[derive(Debug)]
 pub struct ManagerBuilder {
+    launch: Launch,
     address: Option<Result<Address>>,
     authkey: Option<Vec<u8>>,
     registry: Vec<Registration>,
@@ -148,9 +148,28 @@ pub struct ManagerBuilder {
     invalid: Option<String>,
 }
 
+/// Makes the server's process from its arguments (with the initializer, if any).
+type Launch = Arc<dyn Fn(ServerArgs) -> Process + Send + Sync>;
+
+impl fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerBuilder")
+            .field("address", &self.address)
+            .field("max_message_size", &self.max_message)
+            .field("start_method", &self.start_method)
+            .finish()
+    }
+}
+
 impl Default for ManagerBuilder {
     fn default() -> Self {
         ManagerBuilder {
+            launch: Arc::new(|args| {
+                Process::new(
+                    server::server_main::<(), ()>,
+                    ServerStart { args, init: None },
+                )
+            }),
             address: None,
             authkey: None,
             registry: Vec::new(),
@@ -224,6 +243,41 @@ impl ManagerBuilder {
         self
     }
 
+    /// A function the server process runs once, with `args`, before it serves anyone
+    /// (Python's `manager.start(initializer, initargs)`). If it panics,
+    /// [`start`](ManagerBuilder::start) returns the panic as [`Error::TaskPanicked`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn quiet(level: u8) { assert!(level < 10, "level {level} is too loud"); }
+    /// let m = multiproc::Manager::builder().initializer(quiet, 1).start().unwrap();
+    /// # drop(m);
+    /// let bad = multiproc::Manager::builder().initializer(quiet, 11).start();
+    /// assert!(matches!(bad, Err(multiproc::Error::TaskPanicked { .. })));
+    /// ```
+    #[doc(alias = "start")]
+    pub fn initializer<I, IR>(mut self, f: fn(I) -> IR, args: I) -> Self
+    where
+        I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        IR: 'static,
+    {
+        let spec = crate::pool::InitSpec {
+            target: sys::offset_of(f as usize),
+            sig: sys::type_sig::<fn(I) -> IR>(),
+            args,
+        };
+        self.launch = Arc::new(move |args| {
+            Process::new(
+                server::server_main::<I, IR>,
+                ServerStart {
+                    args,
+                    init: Some(spec.clone()),
+                },
+            )
+        });
+        self
+    }
+
     /// Registers a [`Shared`] type, so that [`Manager::create`] can make values of it in
     /// the server (Python's `BaseManager.register`). Clients of a network server create
     /// registered types by name, without registering them themselves.
@@ -294,7 +348,7 @@ impl ManagerBuilder {
             registry: self.registry,
             max_message: self.max_message,
         };
-        let mut process = Process::new(server::server_main, args)
+        let mut process = (self.launch)(args)
             .with_name("SyncManager")
             .with_daemon(true);
         if let Some(m) = self.start_method {
@@ -315,6 +369,14 @@ impl ManagerBuilder {
             Ok(Control::Failed(msg)) => {
                 stop(&process);
                 return Err(Error::Io(std::io::Error::other(msg)));
+            }
+            Ok(Control::InitPanicked(message, location)) => {
+                stop(&process);
+                return Err(Error::TaskPanicked {
+                    message,
+                    location,
+                    backtrace: None,
+                });
             }
             Ok(Control::Shutdown) => {
                 stop(&process);

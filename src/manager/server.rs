@@ -46,6 +46,8 @@ pub(crate) enum Control {
     Failed(String),
     /// Owner → server: stop now.
     Shutdown,
+    /// Server → owner: the initializer panicked (message, location).
+    InitPanicked(String, Option<String>),
 }
 
 /// The server process's arguments.
@@ -56,6 +58,30 @@ pub(crate) struct ServerArgs {
     pub(crate) authkey: Vec<u8>,
     pub(crate) registry: Vec<Registration>,
     pub(crate) max_message: u64,
+}
+
+/// The server's arguments with its initializer (Python's `start(initializer, initargs)`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ServerStart<I> {
+    pub(crate) args: ServerArgs,
+    pub(crate) init: Option<crate::pool::InitSpec<I>>,
+}
+
+/// Runs the initializer in the server; the reason it failed, if it did.
+fn run_initializer<I, IR>(init: crate::pool::InitSpec<I>) -> Option<Control> {
+    let Some(f) = sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) else {
+        return Some(Control::Failed(
+            "the initializer's type does not match in the manager's server".into(),
+        ));
+    };
+    let a = init.args;
+    match std::panic::catch_unwind(AssertUnwindSafe(move || drop(f(a)))) {
+        Ok(()) => None,
+        Err(p) => Some(match crate::start::take_last_panic() {
+            Some((message, location, _)) => Control::InitPanicked(message, location),
+            None => Control::InitPanicked(crate::error::panic_message(&*p), None),
+        }),
+    }
 }
 
 type RemoteErr = (RemoteErrorKind, String);
@@ -187,7 +213,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The server process's entry point.
-pub(crate) fn server_main(args: ServerArgs) {
+pub(crate) fn server_main<I, IR>(start: ServerStart<I>) {
+    let ServerStart { args, init } = start;
+    if let Some(init) = init {
+        if let Some(failed) = run_initializer::<I, IR>(init) {
+            let _ = args.control.send(&failed);
+            return;
+        }
+    }
     let ServerArgs {
         control,
         address,

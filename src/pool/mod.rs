@@ -73,11 +73,12 @@ mod sched;
 mod worker;
 
 pub use result::AsyncResult;
+pub(crate) use worker::InitSpec;
 
 use fail::TaskFail;
 use result::{Cell, IterSink, OneSink, Progress, VecSink};
 use sched::{Config, Factory, Job, Shared, Sink, StartFail};
-use worker::{worker_main, InitSpec, SockHandle, TaskCode, WorkerArgs};
+use worker::{worker_main, SockHandle, TaskCode, WorkerArgs};
 
 use crate::{cpu_count, sys, Error, Process, Result, StartMethod};
 
