@@ -1448,3 +1448,35 @@ fn manager_initializer_runs_in_the_server_before_it_serves() {
     }
     assert!(common::zombies_of_me().is_empty());
 }
+
+fn lock_and_exit((l, held): (LockProxy, EventProxy)) {
+    l.acquire().unwrap();
+    held.set().unwrap();
+    // Exits holding it.
+}
+
+#[test]
+fn releasing_a_lock_whose_holder_died_succeeds_whenever_the_server_notices() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    for server_noticed_first in [true, false] {
+        let (lock, held) = (m.lock().unwrap(), m.event().unwrap());
+        let p = multiproc::spawn(lock_and_exit, (lock.clone(), held.clone())).unwrap();
+        held.wait().unwrap();
+        p.join().unwrap();
+        if server_noticed_first {
+            // The server has released it for the dead holder.
+            assert!(common::eventually(Duration::from_secs(30), || !lock
+                .locked()
+                .unwrap()));
+        }
+        lock.release().unwrap();
+        assert!(matches!(lock.release(), Err(Error::InvalidOperation(_))));
+        // Released by us: the next acquirer is not told about the death, in either order.
+        assert!(common::eventually(Duration::from_secs(30), || !lock
+            .locked()
+            .unwrap()));
+        assert!(lock.acquire_timeout(Duration::from_secs(30)).unwrap());
+        lock.release().unwrap();
+    }
+}

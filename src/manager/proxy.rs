@@ -1209,6 +1209,12 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 /// half-updated. If the process that asked for it dies before hearing that it got it, the
 /// server releases it silently.
 ///
+/// A [`release`](LockProxy::release) by another process after the holder died succeeds
+/// whether or not the server has noticed the death yet: it stands for the release the
+/// holder never made, and the next acquirer is then not told [`Error::OwnerDied`]. (A
+/// blocking [`acquire`](LockProxy::acquire) waits for the server to notice; a
+/// [`try_acquire`](LockProxy::try_acquire) made before it has noticed sees the lock held.)
+///
 /// ```
 /// multiproc::init();
 /// let m = multiproc::Manager::start().unwrap();

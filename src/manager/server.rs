@@ -1001,6 +1001,12 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
             Op::LockRelease => {
                 let mut g = lock(m);
                 if !g.held {
+                    // Its holder died and the server released it: this release stands
+                    // for that one, so that it succeeds whether or not the server has
+                    // seen the death yet (and the next acquirer is not told).
+                    if std::mem::take(&mut g.abandoned) {
+                        return Ok(Reply::Unit);
+                    }
                     return Err(err(ValueError, "release of an unlocked lock"));
                 }
                 g.held = false;
