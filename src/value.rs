@@ -33,11 +33,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::shm::{Kind, Segment};
+use crate::shm::{Kind, SegRef, Segment};
 use crate::sync::kinds;
-use crate::sync::raw::{Acquired, RawMutex, MUTEX_SIZE};
+use crate::sync::raw::{Acquired, MUTEX_SIZE};
 use crate::sync::Lock;
-use crate::{Error, Result};
+use crate::{codec, Error, Result};
 
 mod private {
     pub trait Sealed {}
@@ -172,7 +172,18 @@ fn decode_seg<'de, D: Deserializer<'de>, T: Number>(
     data_len: fn(usize) -> usize,
 ) -> std::result::Result<(Arc<Segment>, usize), D::Error> {
     let seg = Segment::deserialize_handle(d, kind)?;
-    let bad = |m: &str| serde::de::Error::custom(format!("received {}: {m}", kind_name(kind)));
+    check_seg::<T>(seg, kind, tag_off, len_off, data_len).map_err(serde::de::Error::custom)
+}
+
+/// Checks a received segment: its element type and its length.
+fn check_seg<T: Number>(
+    seg: Arc<Segment>,
+    kind: Kind,
+    tag_off: usize,
+    len_off: Option<usize>,
+    data_len: fn(usize) -> usize,
+) -> std::result::Result<(Arc<Segment>, usize), String> {
+    let bad = |m: &str| format!("received {}: {m}", kind_name(kind));
     if seg.data_len() < tag_off + 4 || seg.u32(tag_off).load(Ordering::Relaxed) != tag::<T>() {
         return Err(bad("element type differs"));
     }
@@ -251,19 +262,46 @@ impl<T: Number> Value<T> {
         let seg = Segment::new(kinds::VALUE, V_DATA + 8)?;
         seg.u32(V_TAG).store(tag::<T>(), Ordering::Relaxed);
         store(&seg, V_DATA, v);
-        Ok(Value::from_seg(seg))
+        Ok(Value::from_seg(seg, None))
     }
 
-    fn from_seg(seg: Arc<Segment>) -> Value<T> {
+    /// A shared number holding `v`, guarded by an existing `lock` instead of a lock of its
+    /// own (Python's `Value(typecode, v, lock=lock)`): several values (and arrays) under
+    /// one lock change together.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::{Lock, Value};
+    /// fn transfer((from, to): (Value<i64>, Value<i64>)) {
+    ///     let _g = from.get_lock().lock().unwrap(); // the one lock of both
+    ///     from.set(from.get() - 30);
+    ///     to.set(to.get() + 30);
+    /// }
+    /// let lock = Lock::new().unwrap();
+    /// let a = Value::with_lock(100i64, lock.clone()).unwrap();
+    /// let b = Value::with_lock(0i64, lock.clone()).unwrap();
+    /// multiproc::spawn(transfer, (a.clone(), b.clone())).unwrap().join().unwrap();
+    /// let _g = lock.lock().unwrap();
+    /// assert_eq!(a.get() + b.get(), 100);
+    /// ```
+    pub fn with_lock(v: T, lock: Lock) -> Result<Value<T>> {
+        let seg = Segment::new(kinds::VALUE, V_DATA + 8)?;
+        seg.u32(V_TAG).store(tag::<T>(), Ordering::Relaxed);
+        store(&seg, V_DATA, v);
+        Ok(Value::from_seg(seg, Some(lock)))
+    }
+
+    /// `lock`: a shared lock; `None`: the one in the segment.
+    fn from_seg(seg: Arc<Segment>, lock: Option<Lock>) -> Value<T> {
         Value {
-            lock: Lock::in_segment(seg.clone(), 0),
+            lock: lock.unwrap_or_else(|| Lock::in_segment(seg.clone(), 0)),
             seg,
             _t: PhantomData,
         }
     }
 
-    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
-        let m = RawMutex::at(&self.seg, 0);
+    fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let m = self.lock.raw();
         if m.held_here() {
             return f();
         }
@@ -281,7 +319,7 @@ impl<T: Number> Value<T> {
     /// assert_eq!(multiproc::Value::new(7u8).unwrap().get(), 7);
     /// ```
     pub fn get(&self) -> T {
-        self.with_lock(|| load(&self.seg, V_DATA))
+        self.locked(|| load(&self.seg, V_DATA))
     }
 
     /// Stores `v` (under the lock, unless this thread holds it already: another thread of
@@ -293,7 +331,7 @@ impl<T: Number> Value<T> {
     /// assert_eq!(v.get(), -5);
     /// ```
     pub fn set(&self, v: T) {
-        self.with_lock(|| store(&self.seg, V_DATA, v))
+        self.locked(|| store(&self.seg, V_DATA, v))
     }
 
     /// Takes the lock and returns a guard through which the value is read and written;
@@ -310,7 +348,7 @@ impl<T: Number> Value<T> {
     /// assert_eq!(v.get(), 42);
     /// ```
     pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
-        RawMutex::at(&self.seg, 0).lock(None);
+        self.lock.raw().lock(None);
         Ok(ValueGuard {
             val: load(&self.seg, V_DATA),
             v: self,
@@ -341,15 +379,38 @@ impl<T: Number> fmt::Debug for Value<T> {
 
 impl<T: Number> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.seg.serialize_handle(s)
+        serialize_locked(&self.seg, &self.lock, s)
     }
 }
 
 impl<'de, T: Number> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (seg, _) = decode_seg::<D, T>(d, kinds::VALUE, V_TAG, None, |_| V_DATA + 8)?;
-        Ok(Value::from_seg(seg))
+        let (seg, lock) = deserialize_locked(d, kinds::VALUE)?;
+        let (seg, _) = check_seg::<T>(seg, kinds::VALUE, V_TAG, None, |_| V_DATA + 8)
+            .map_err(serde::de::Error::custom)?;
+        Ok(Value::from_seg(seg, lock))
     }
+}
+
+/// A `Value`'s or `Array`'s wire form: its segment, and the lock it shares if it has no
+/// lock of its own.
+fn serialize_locked<S: Serializer>(
+    seg: &Arc<Segment>,
+    lock: &Lock,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let shared = (!lock.lives_in(seg)).then_some(lock);
+    (SegRef(seg), shared).serialize(s)
+}
+
+fn deserialize_locked<'de, D: Deserializer<'de>>(
+    d: D,
+    kind: Kind,
+) -> std::result::Result<(Arc<Segment>, Option<Lock>), D::Error> {
+    let ((fd, len), lock) = <((codec::FdOwned, u64), Option<Lock>)>::deserialize(d)?;
+    let len = usize::try_from(len).map_err(serde::de::Error::custom)?;
+    let seg = Segment::from_fd(fd.0, kind, len).map_err(serde::de::Error::custom)?;
+    Ok((seg, lock))
 }
 
 /// The lock of a [`Value`], held, with the value to read and write. Made by
@@ -388,7 +449,7 @@ impl<T: Number> Drop for ValueGuard<'_, T> {
         if self.dirty {
             store(&self.v.seg, V_DATA, self.val);
         }
-        RawMutex::at(&self.v.seg, 0).unlock();
+        self.v.lock.raw().unlock();
     }
 }
 
@@ -463,7 +524,7 @@ impl<T: Number> Array<T> {
         let seg = Segment::new(kinds::ARRAY, array_data_len::<T>(len))?;
         seg.u32(A_TAG).store(tag::<T>(), Ordering::Relaxed);
         seg.u64(A_LEN).store(len as u64, Ordering::Relaxed);
-        Ok(Array::from_seg(seg, len))
+        Ok(Array::from_seg(seg, len, None))
     }
 
     /// An array holding a copy of `items`.
@@ -480,17 +541,44 @@ impl<T: Number> Array<T> {
         Ok(a)
     }
 
-    fn from_seg(seg: Arc<Segment>, len: usize) -> Array<T> {
+    /// An array holding a copy of `items`, guarded by an existing `lock` instead of a lock
+    /// of its own (Python's `Array(typecode, items, lock=lock)`).
+    ///
+    /// ```
+    /// use multiproc::{Array, Lock, Value};
+    /// let lock = Lock::new().unwrap();
+    /// let total = Value::with_lock(0u32, lock.clone()).unwrap();
+    /// let parts = Array::with_lock(&[0u32; 3], lock.clone()).unwrap();
+    /// {
+    ///     let _g = lock.lock().unwrap(); // both change together
+    ///     parts.set(1, 5);
+    ///     total.set(total.get() + 5);
+    /// }
+    /// assert_eq!(parts.to_vec().iter().sum::<u32>(), total.get());
+    /// ```
+    pub fn with_lock(items: &[T], lock: Lock) -> Result<Array<T>> {
+        check_len::<T>(items.len())?;
+        let seg = Segment::new(kinds::ARRAY, array_data_len::<T>(items.len()))?;
+        seg.u32(A_TAG).store(tag::<T>(), Ordering::Relaxed);
+        seg.u64(A_LEN).store(items.len() as u64, Ordering::Relaxed);
+        for (i, &v) in items.iter().enumerate() {
+            store(&seg, A_DATA + i * T::WIDTH, v);
+        }
+        Ok(Array::from_seg(seg, items.len(), Some(lock)))
+    }
+
+    /// `lock`: a shared lock; `None`: the one in the segment.
+    fn from_seg(seg: Arc<Segment>, len: usize, lock: Option<Lock>) -> Array<T> {
         Array {
-            lock: Lock::in_segment(seg.clone(), 0),
+            lock: lock.unwrap_or_else(|| Lock::in_segment(seg.clone(), 0)),
             seg,
             len,
             _t: PhantomData,
         }
     }
 
-    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
-        let m = RawMutex::at(&self.seg, 0);
+    fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let m = self.lock.raw();
         if m.held_here() {
             return f();
         }
@@ -533,7 +621,7 @@ impl<T: Number> Array<T> {
     /// ```
     pub fn get(&self, i: usize) -> T {
         self.check(i);
-        self.with_lock(|| load(&self.seg, A_DATA + i * T::WIDTH))
+        self.locked(|| load(&self.seg, A_DATA + i * T::WIDTH))
     }
 
     /// Stores `v` at `i`. Panics if `i >= len()`, like slice indexing.
@@ -545,7 +633,7 @@ impl<T: Number> Array<T> {
     /// ```
     pub fn set(&self, i: usize, v: T) {
         self.check(i);
-        self.with_lock(|| store(&self.seg, A_DATA + i * T::WIDTH, v))
+        self.locked(|| store(&self.seg, A_DATA + i * T::WIDTH, v))
     }
 
     /// A copy of all elements, taken under the lock.
@@ -554,7 +642,7 @@ impl<T: Number> Array<T> {
     /// assert_eq!(multiproc::Array::from_slice(&[1u64, 2]).unwrap().to_vec(), vec![1, 2]);
     /// ```
     pub fn to_vec(&self) -> Vec<T> {
-        self.with_lock(|| read_all(&self.seg, A_DATA, self.len))
+        self.locked(|| read_all(&self.seg, A_DATA, self.len))
     }
 
     /// Takes the lock; the guard derefs to the elements (a copy, stored back on drop if
@@ -570,7 +658,7 @@ impl<T: Number> Array<T> {
     /// assert_eq!(a.to_vec(), vec![2, 1, 1]);
     /// ```
     pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
-        let got = RawMutex::at(&self.seg, 0).lock(None);
+        let got = self.lock.raw().lock(None);
         debug_assert!(got != Acquired::No);
         Ok(ArrayGuard {
             items: read_all(&self.seg, A_DATA, self.len),
@@ -605,15 +693,16 @@ impl<T: Number> fmt::Debug for Array<T> {
 
 impl<T: Number> Serialize for Array<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.seg.serialize_handle(s)
+        serialize_locked(&self.seg, &self.lock, s)
     }
 }
 
 impl<'de, T: Number> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (seg, len) =
-            decode_seg::<D, T>(d, kinds::ARRAY, A_TAG, Some(A_LEN), array_data_len::<T>)?;
-        Ok(Array::from_seg(seg, len))
+        let (seg, lock) = deserialize_locked(d, kinds::ARRAY)?;
+        let (seg, len) = check_seg::<T>(seg, kinds::ARRAY, A_TAG, Some(A_LEN), array_data_len::<T>)
+            .map_err(serde::de::Error::custom)?;
+        Ok(Array::from_seg(seg, len, lock))
     }
 }
 
@@ -653,7 +742,7 @@ impl<T: Number> Drop for ArrayGuard<'_, T> {
                 store(&self.a.seg, A_DATA + i * T::WIDTH, v);
             }
         }
-        RawMutex::at(&self.a.seg, 0).unlock();
+        self.a.lock.raw().unlock();
     }
 }
 

@@ -707,3 +707,187 @@ fn no_descriptor_growth() {
     }
     assert_eq!(common::fd_count(), before);
 }
+
+// --- Barrier: action and default timeout ------------------------------------------------------
+
+/// The counter the barrier's action bumps, set in every process before it waits.
+static ROUNDS: std::sync::OnceLock<Value<u32>> = std::sync::OnceLock::new();
+
+fn count_round() {
+    *ROUNDS.get().expect("set before waiting").lock().unwrap() += 1;
+}
+
+/// Waits three rounds; after each, reports how many actions had run.
+fn party_of_three((b, rounds): (Barrier, Value<u32>)) -> Vec<u32> {
+    let _ = ROUNDS.set(rounds);
+    (0..3)
+        .map(|_| {
+            b.wait().unwrap();
+            ROUNDS.get().unwrap().get()
+        })
+        .collect()
+}
+
+#[test]
+fn barrier_action_runs_once_per_round_before_anyone_goes_on() {
+    multiproc::init();
+    let rounds = Value::new(0u32).unwrap();
+    let b = Barrier::builder(3).action(count_round).build().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(party_of_three, (b.clone(), rounds.clone())).unwrap())
+        .collect();
+    let mine = party_of_three((b.clone(), rounds.clone()));
+    // Round k is seen complete (k actions run) by every party as it leaves round k; a
+    // fast party may already see the next round's action.
+    for seen in children
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .chain([mine])
+    {
+        for (k, n) in seen.iter().enumerate() {
+            assert!(*n as usize > k, "{seen:?}");
+        }
+    }
+    assert_eq!(rounds.get(), 3);
+    assert!(!b.broken());
+}
+
+fn panicking_action() {
+    panic!("the action failed");
+}
+
+fn wait_on(b: Barrier) -> String {
+    match b.wait() {
+        Ok(i) => format!("ok {i}"),
+        Err(Error::TaskPanicked { message, .. }) => format!("panicked: {message}"),
+        Err(Error::BrokenBarrier) => "broken".into(),
+        Err(e) => format!("other: {e}"),
+    }
+}
+
+#[test]
+fn a_panicking_action_breaks_the_barrier() {
+    multiproc::init();
+    let b = Barrier::builder(3)
+        .action(panicking_action)
+        .build()
+        .unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(wait_on, b.clone()).unwrap())
+        .collect();
+    let mine = wait_on(b.clone());
+    let mut got: Vec<String> = children.into_iter().map(|h| h.join().unwrap()).collect();
+    got.push(mine);
+    got.sort();
+    assert_eq!(got, ["broken", "broken", "panicked: the action failed"]);
+    assert!(b.broken());
+}
+
+#[test]
+fn barrier_default_timeout_breaks_it_in_every_process() {
+    multiproc::init();
+    let b = Barrier::builder(3)
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    // One party alone: its wait times out after the default timeout.
+    assert_eq!(
+        multiproc::spawn(wait_on, b.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        "broken"
+    );
+    assert!(b.broken());
+    b.reset();
+    // An explicit timeout still overrides the default.
+    let t = Instant::now();
+    assert!(matches!(
+        b.wait_timeout(Duration::from_millis(300)),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+// --- Value and Array sharing a lock; RLock ownership ---------------------------------------------
+
+/// Moves units from `a` to `b` and records them in `log`, all under the one shared lock.
+fn transfer_many((a, b, log, n): (Value<i64>, Value<i64>, Array<i64>, usize)) -> bool {
+    // The three share one lock: taking it through `a` locks `b` and `log` too.
+    let same = {
+        let _g = a.get_lock().lock().unwrap();
+        b.get_lock().is_locked() && log.get_lock().is_locked()
+    };
+    for _ in 0..n {
+        let _g = a.get_lock().lock().unwrap();
+        a.set(a.get() - 1);
+        b.set(b.get() + 1);
+        log.set(0, log.get(0) + 1);
+    }
+    same
+}
+
+#[test]
+fn values_and_arrays_sharing_one_lock_change_together_across_processes() {
+    multiproc::init();
+    let lock = Lock::new().unwrap();
+    let a = Value::with_lock(1000i64, lock.clone()).unwrap();
+    let b = Value::with_lock(0i64, lock.clone()).unwrap();
+    let log = Array::with_lock(&[0i64, 7], lock.clone()).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(transfer_many, (a.clone(), b.clone(), log.clone(), 200)).unwrap())
+        .collect();
+    // Under the lock, every look sees a consistent state.
+    for _ in 0..200 {
+        let _g = lock.lock().unwrap();
+        assert_eq!(a.get() + b.get(), 1000);
+        assert_eq!(log.get(0), b.get());
+    }
+    for h in children {
+        assert!(h.join().unwrap());
+    }
+    assert_eq!((a.get(), b.get()), (600, 400));
+    assert_eq!(log.to_vec(), vec![400, 7]);
+    // A value with a lock of its own does not share it.
+    let own = Value::new(0i64).unwrap();
+    let _g = lock.lock().unwrap();
+    assert!(!own.get_lock().is_locked());
+}
+
+fn rlock_state(r: RLock) -> (bool, bool) {
+    (r.is_owned(), r.is_locked())
+}
+
+#[test]
+fn rlock_says_whether_it_is_held_and_by_whom() {
+    multiproc::init();
+    let r = RLock::new().unwrap();
+    assert_eq!(rlock_state(r.clone()), (false, false));
+    r.acquire().unwrap();
+    r.acquire().unwrap();
+    assert_eq!(rlock_state(r.clone()), (true, true));
+    // Another process sees it held, not by itself.
+    assert_eq!(
+        multiproc::spawn(rlock_state, r.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        (false, true)
+    );
+    // Another thread of this process too.
+    let r2 = r.clone();
+    assert_eq!(
+        std::thread::spawn(move || rlock_state(r2)).join().unwrap(),
+        (false, true)
+    );
+    r.release().unwrap();
+    assert_eq!(rlock_state(r.clone()), (true, true));
+    r.release().unwrap();
+    assert_eq!(
+        multiproc::spawn(rlock_state, r.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        (false, false)
+    );
+}

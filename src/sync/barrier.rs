@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::kinds;
 use super::raw::{self, Acquired, RawMutex, CHECK_INTERVAL, MUTEX_SIZE};
 use crate::shm::Segment;
-use crate::sys::futex;
+use crate::sys::{self, futex};
 use crate::{Error, Result};
 
 // Layout: an internal mutex guarding everything below, then
@@ -23,7 +23,16 @@ const PARTIES: usize = SEQ + 20;
 const SLOTS: usize = 64; // registry of processes holding the barrier: (identity, refs)
 const NSLOTS: usize = 64;
 const SLOT_SIZE: usize = 16;
-const SIZE: usize = SLOTS + NSLOTS * SLOT_SIZE;
+// The action run by the last party to arrive (a typed function reference: offset from the
+// anchor, build identity, type signature; all 0: none), and the default timeout.
+const ACTION: usize = SLOTS + NSLOTS * SLOT_SIZE;
+const ACTION_BUILD: usize = ACTION + 8;
+const ACTION_SIG: usize = ACTION + 16;
+const TIMEOUT_NS: usize = ACTION + 24; // u64::MAX: none
+const SIZE: usize = ACTION + 32;
+
+/// What a barrier's action is: a plain function, run in whichever process arrives last.
+type Action = fn();
 
 struct Inner {
     seg: Arc<Segment>,
@@ -64,12 +73,28 @@ impl Barrier {
     /// assert_eq!(b.wait().unwrap(), 0);
     /// ```
     pub fn new(parties: usize) -> Result<Barrier> {
-        if parties == 0 || parties > u32::MAX as usize {
-            return Err(Error::invalid("a Barrier needs at least one party"));
+        Barrier::builder(parties).build()
+    }
+
+    /// A builder for a barrier of `parties` parties with an action or a default timeout
+    /// (Python's `Barrier(parties, action, timeout)`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::time::Duration;
+    /// let b = multiproc::Barrier::builder(1)
+    ///     .action(|| println!("everyone is here"))
+    ///     .timeout(Duration::from_secs(10))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(b.wait().unwrap(), 0);
+    /// ```
+    pub fn builder(parties: usize) -> BarrierBuilder {
+        BarrierBuilder {
+            parties,
+            action: None,
+            timeout: None,
         }
-        let seg = Segment::new(kinds::BARRIER, SIZE)?;
-        seg.u32(PARTIES).store(parties as u32, Ordering::Relaxed);
-        Ok(Barrier::attach(seg))
     }
 
     fn attach(seg: Arc<Segment>) -> Barrier {
@@ -114,14 +139,18 @@ impl Barrier {
     }
 
     /// Waits for all parties; returns this caller's index (`0..parties`, distinct).
-    /// [`Error::BrokenBarrier`] if the barrier is or gets broken.
+    /// [`Error::BrokenBarrier`] if the barrier is or gets broken, or if the barrier's
+    /// default [`timeout`](BarrierBuilder::timeout) passes (which breaks it for everyone).
     ///
     /// ```
     /// let b = multiproc::Barrier::new(1).unwrap();
     /// assert_eq!(b.wait().unwrap(), 0);
     /// ```
     pub fn wait(&self) -> Result<usize> {
-        self.wait_deadline(None)
+        match self.seg().u64(TIMEOUT_NS).load(Ordering::Relaxed) {
+            u64::MAX => self.wait_deadline(None),
+            ns => self.wait_timeout(Duration::from_nanos(ns)),
+        }
     }
 
     /// As [`wait`](Barrier::wait), for at most `timeout`; running out of time breaks the
@@ -152,6 +181,20 @@ impl Barrier {
         let idx = s.u32(COUNT).load(Ordering::Relaxed);
         let parties = s.u32(PARTIES).load(Ordering::Relaxed);
         if idx.saturating_add(1) >= parties {
+            // The last to arrive runs the action before anyone goes on (under the mutex,
+            // as Python runs it under the barrier's lock); a panic breaks the barrier.
+            if let Some(action) = i.action()? {
+                if let Err(p) = std::panic::catch_unwind(action) {
+                    i.break_locked();
+                    m.unlock();
+                    futex::wake_all(s.u32(SEQ));
+                    return Err(Error::TaskPanicked {
+                        message: crate::error::panic_message(&*p),
+                        location: None,
+                        backtrace: None,
+                    });
+                }
+            }
             s.u32(COUNT).store(0, Ordering::Relaxed);
             s.u32(ROUND).fetch_add(1, Ordering::Relaxed);
             s.u32(SEQ).fetch_add(1, Ordering::Release);
@@ -240,6 +283,28 @@ impl Inner {
         &self.seg
     }
 
+    /// The action, if the barrier has one. One that does not belong to this executable
+    /// (another build) breaks the barrier: the mutex is held, and let go here on error.
+    fn action(&self) -> Result<Option<Action>> {
+        let off = self.seg.u64(ACTION).load(Ordering::Relaxed) as i64;
+        let build = self.seg.u64(ACTION_BUILD).load(Ordering::Relaxed);
+        let sig = self.seg.u64(ACTION_SIG).load(Ordering::Relaxed);
+        if build == 0 {
+            return Ok(None);
+        }
+        match sys::fn_at::<Action>(off, build, sig) {
+            Some(f) => Ok(Some(f)),
+            None => {
+                self.break_locked();
+                self.mutex().unlock();
+                futex::wake_all(self.seg.u32(SEQ));
+                Err(Error::BuildMismatch(
+                    "the barrier's action belongs to another build of the program".into(),
+                ))
+            }
+        }
+    }
+
     fn mutex(&self) -> RawMutex<'_> {
         RawMutex::at(&self.seg, 0)
     }
@@ -326,6 +391,80 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.with_lock(|i| i.unregister());
+    }
+}
+
+/// Options for a [`Barrier`]: an action and a default timeout (see [`Barrier::builder`]).
+///
+/// ```
+/// let b = multiproc::Barrier::builder(2).timeout(std::time::Duration::from_millis(1)).build().unwrap();
+/// assert!(matches!(b.wait(), Err(multiproc::Error::BrokenBarrier)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct BarrierBuilder {
+    parties: usize,
+    action: Option<Action>,
+    timeout: Option<Duration>,
+}
+
+impl BarrierBuilder {
+    /// A function that the last party to arrive runs, once per round, before any party
+    /// goes on (Python's `action=`). It runs in whichever process arrives last, so it is a
+    /// plain `fn()` (or a closure that captures nothing); it talks to the others through
+    /// shared objects. If it panics, the barrier breaks: the party that ran it gets
+    /// [`Error::TaskPanicked`], the others [`Error::BrokenBarrier`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn announce() { println!("round complete"); }
+    /// let b = multiproc::Barrier::builder(1).action(announce).build().unwrap();
+    /// b.wait().unwrap();
+    /// ```
+    pub fn action(mut self, action: fn()) -> BarrierBuilder {
+        self.action = Some(action);
+        self
+    }
+
+    /// The timeout of [`wait`](Barrier::wait) (Python's `timeout=`); running out of time
+    /// breaks the barrier. [`wait_timeout`](Barrier::wait_timeout) sets its own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = multiproc::Barrier::builder(2).timeout(Duration::from_millis(5)).build().unwrap();
+    /// assert!(b.wait().is_err());
+    /// assert!(b.broken());
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> BarrierBuilder {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Makes the barrier. No parties, or more than `u32::MAX` →
+    /// [`Error::InvalidOperation`].
+    ///
+    /// ```
+    /// assert!(multiproc::Barrier::builder(0).build().is_err());
+    /// ```
+    pub fn build(self) -> Result<Barrier> {
+        let parties = self.parties;
+        if parties == 0 || parties > u32::MAX as usize {
+            return Err(Error::invalid("a Barrier needs at least one party"));
+        }
+        let seg = Segment::new(kinds::BARRIER, SIZE)?;
+        seg.u32(PARTIES).store(parties as u32, Ordering::Relaxed);
+        if let Some(f) = self.action {
+            seg.u64(ACTION)
+                .store(sys::offset_of(f as usize) as u64, Ordering::Relaxed);
+            seg.u64(ACTION_SIG)
+                .store(sys::type_sig::<Action>(), Ordering::Relaxed);
+            seg.u64(ACTION_BUILD)
+                .store(sys::build_id(), Ordering::Relaxed);
+        }
+        let ns = self.timeout.map_or(u64::MAX, |t| {
+            t.as_nanos().min(u128::from(u64::MAX - 1)) as u64
+        });
+        seg.u64(TIMEOUT_NS).store(ns, Ordering::Relaxed);
+        Ok(Barrier::attach(seg))
     }
 }
 

@@ -44,7 +44,7 @@ impl CondLock {
     fn owned(&self) -> bool {
         match self {
             CondLock::Lock(l) => l.held_here(),
-            CondLock::RLock(r) => r.held_by_me(),
+            CondLock::RLock(r) => r.is_owned(),
         }
     }
 

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use barrier::Barrier;
+pub use barrier::{Barrier, BarrierBuilder};
 pub use condition::{CondLock, Condition};
 pub use event::Event;
 pub use semaphore::{BoundedSemaphore, Semaphore};
@@ -136,8 +136,13 @@ impl Lock {
     }
 
     #[inline]
-    fn raw(&self) -> RawMutex<'_> {
+    pub(crate) fn raw(&self) -> RawMutex<'_> {
         RawMutex::at(&self.seg, self.off)
+    }
+
+    /// Whether this lock lives in `seg` (a `Value`'s own lock, not one it shares).
+    pub(crate) fn lives_in(&self, seg: &Arc<Segment>) -> bool {
+        Arc::ptr_eq(&self.seg, seg)
     }
 
     /// Blocks until the lock is acquired.
@@ -468,9 +473,40 @@ impl RLock {
         r
     }
 
-    /// Does the calling thread hold it?
-    pub(crate) fn held_by_me(&self) -> bool {
+    /// Does the calling thread hold it? (Python's `RLock._is_owned()`, which
+    /// `Condition` uses.) Another thread of this process, or another process, holding it
+    /// gives `false`.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn held_in_child(r: multiproc::RLock) -> (bool, bool) {
+    ///     (r.is_owned(), r.is_locked())
+    /// }
+    /// let r = multiproc::RLock::new().unwrap();
+    /// assert!(!r.is_owned());
+    /// let _g = r.lock().unwrap();
+    /// assert!(r.is_owned());
+    /// // Held, but not by the child.
+    /// let h = multiproc::spawn(held_in_child, r.clone()).unwrap();
+    /// assert_eq!(h.join().unwrap(), (false, true));
+    /// ```
+    #[doc(alias = "_is_owned")]
+    pub fn is_owned(&self) -> bool {
         self.is_mine()
+    }
+
+    /// Is it held, by anyone?
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// assert!(!r.is_locked());
+    /// r.acquire().unwrap();
+    /// assert!(r.is_locked());
+    /// r.release().unwrap();
+    /// assert!(!r.is_locked());
+    /// ```
+    pub fn is_locked(&self) -> bool {
+        self.raw().holder_tid() != 0
     }
 }
 
