@@ -298,9 +298,13 @@ impl ManagerBuilder {
     /// ```
     pub fn register<S: Shared>(mut self) -> Self {
         let ctor: Constructor = proxy::construct::<S>;
+        let offset = sys::user_offset_of(ctor as usize);
+        if offset == sys::FOREIGN_FN && self.invalid.is_none() {
+            self.invalid = Some(crate::start::foreign_fn_error().to_string());
+        }
         self.registry.push(Registration {
             name: S::registered_name(),
-            offset: sys::offset_of(ctor as usize),
+            offset,
             build: sys::build_id(),
             sig: sys::type_sig::<Constructor>(),
         });

@@ -196,10 +196,13 @@ impl PoolBuilder {
             self.remote_init = Some(cluster::remote_init(f, args.clone()));
         }
         let spec = InitSpec {
-            target: sys::offset_of(f as usize),
+            target: sys::user_offset_of(f as usize),
             sig: sys::type_sig::<fn(I) -> IR>(),
             args,
         };
+        if spec.target == sys::FOREIGN_FN && self.invalid.is_none() {
+            self.invalid = Some(crate::start::foreign_fn_error().to_string());
+        }
         self.make = Arc::new(move |sock| {
             Process::new(
                 worker_main::<I, IR>,

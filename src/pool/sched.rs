@@ -285,6 +285,9 @@ impl Job {
     /// [`push`](Job::push) within an encoding session (shared by the tasks of a chunk).
     #[inline]
     fn push_in<A: Serialize>(&mut self, session: &mut codec::FdSession, a: &A) -> Result<()> {
+        if self.code.target == sys::FOREIGN_FN {
+            return Err(crate::start::foreign_fn_error());
+        }
         let len = self.args.len();
         let nfds = session.append(a, &mut self.args)?;
         let mut owned = Vec::new();

@@ -73,7 +73,7 @@ impl TaskCode {
         TaskCode {
             entry: sys::offset_of(run_job::<A, R> as JobEntry as usize),
             entry_sig: sys::type_sig::<JobEntry>(),
-            target: sys::offset_of(f as usize),
+            target: sys::user_offset_of(f as usize),
             target_sig: sys::type_sig::<fn(A) -> R>(),
         }
     }

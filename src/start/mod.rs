@@ -294,10 +294,20 @@ impl Code {
         Code {
             entry: sys::offset_of(entry as usize),
             entry_sig: sys::type_sig::<Entry>(),
-            target: sys::offset_of(target as usize),
+            target: sys::user_offset_of(target as usize),
             target_sig: sys::type_sig::<fn(A) -> R>(),
         }
     }
+}
+
+/// The error for a function that a child cannot run because it is not part of the main
+/// executable (see [`sys::user_offset_of`]).
+pub(crate) fn foreign_fn_error() -> Error {
+    Error::invalid(
+        "the function to run in another process is not in this program's executable (it \
+         comes from a dynamic library or plugin): a child process cannot find it there; \
+         call it from a function of the program instead",
+    )
 }
 
 /// A started child, as the parent sees it.
@@ -350,6 +360,9 @@ impl LaunchSpec {
 /// Starts a child as `spec` says.
 pub(crate) fn launch(spec: LaunchSpec) -> Result<Launched> {
     ensure_initialized()?;
+    if spec.code.target == sys::FOREIGN_FN {
+        return Err(foreign_fn_error());
+    }
     let pid = match spec.method {
         StartMethod::Fork => launch_fork(spec)?,
         StartMethod::Spawn => launch_spawn(spec)?,
