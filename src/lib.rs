@@ -43,6 +43,9 @@
 //! `main`. Children of a test binary re-run that one test (`<name> --exact`), whose
 //! `init()` takes over. Doctests work the same way.
 //!
+//! Coming from Python? [`docs::differences`] lists every place where multiproc
+//! deliberately behaves differently from Python's `multiprocessing`, and why.
+//!
 //! ## Values and functions
 //!
 //! Functions run in other processes are plain `fn` items or closures that capture nothing,
@@ -57,6 +60,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod docs;
 mod error;
 pub(crate) mod ipc;
 pub mod manager;
