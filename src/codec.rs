@@ -8,7 +8,9 @@
 //! value is encoded for a multiproc channel, each handle it contains hands its file
 //! descriptor to an out-of-band list, which is sent next to the bytes (`SCM_RIGHTS`), and
 //! the handle itself encodes as an index into that list. Encoding a handle anywhere else
-//! (say with `serde_json`) fails with a clear error.
+//! (say with `serde_json`) fails with a clear error. A handle that cannot be rebuilt in the
+//! receiver (a shared memory block unlinked meanwhile, for example) fails the decoding with
+//! its own typed error, which names it, not with a generic [`Error::Codec`](crate::Error::Codec).
 //!
 //! ```
 //! let bytes = multiproc::codec::encode(&(1u32, "two".to_string())).unwrap();
@@ -89,17 +91,46 @@ impl postcard::ser_flavors::Flavor for VecFlavor {
 /// assert!(multiproc::codec::decode::<u8>(&[1, 2]).is_err());
 /// ```
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    match postcard::take_from_bytes::<T>(bytes) {
+    let r = postcard::take_from_bytes::<T>(bytes);
+    let cause = take_cause();
+    match r {
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::Codec(format!(
             "{} unexpected trailing byte(s) after the value",
             rest.len()
         ))),
-        Err(e) => Err(Error::Codec(format!("cannot decode value: {e}"))),
+        Err(e) => Err(decode_failed(cause, e)),
     }
 }
 
+/// For a handle's `Deserialize` impl: the typed reason the handle cannot be rebuilt in
+/// this process (a shared memory block unlinked meanwhile, a segment that is not what it
+/// should be). The decoding under way returns `e` itself, not a generic codec error.
+pub(crate) fn handle_error<E: serde::de::Error>(e: Error) -> E {
+    let msg = e.to_string();
+    CAUSE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(e);
+        }
+    });
+    E::custom(msg)
+}
+
+/// The cause recorded by [`handle_error`] during the last decoding (cleared).
+fn take_cause() -> Option<Error> {
+    CAUSE.with(|c| c.borrow_mut().take())
+}
+
+/// A failed decoding's error: the handle's own error if one failed, else the codec's.
+fn decode_failed(cause: Option<Error>, e: impl std::fmt::Display) -> Error {
+    cause.unwrap_or_else(|| Error::Codec(format!("cannot decode value: {e}")))
+}
+
 thread_local! {
+    /// Why a handle could not be rebuilt during the decoding under way: the decoding
+    /// returns this typed error instead of the codec's generic message.
+    static CAUSE: RefCell<Option<Error>> = const { RefCell::new(None) };
     /// Descriptors collected while encoding for a channel. `None` outside such an encoding.
     static OUT_FDS: RefCell<Option<Vec<RawFd>>> = const { RefCell::new(None) };
     /// Descriptors received with the bytes being decoded. `None` outside such a decoding.
@@ -146,10 +177,6 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
 fn task_format() -> impl bincode::Options + Copy {
     use bincode::Options;
     bincode::DefaultOptions::new().with_fixint_encoding()
-}
-
-fn task_error(e: bincode::Error) -> Error {
-    Error::Codec(format!("cannot decode value: {e}"))
 }
 
 /// Encodes many values (pool task arguments or results) one after another in the pool's
@@ -259,10 +286,15 @@ impl TaskDecoder {
     ) -> Result<T> {
         use bincode::Options;
         if fds.is_empty() {
-            return task_format().deserialize(bytes).map_err(task_error);
+            // A handle without descriptors (a shared memory block, by name) may fail too.
+            return task_format()
+                .deserialize(bytes)
+                .map_err(|e| decode_failed(take_cause(), e));
         }
         IN_FDS.with(|c| *c.borrow_mut() = Some(fds.into_iter().map(Some).collect()));
-        let r = task_format().deserialize(bytes).map_err(task_error);
+        let r = task_format().deserialize(bytes);
+        let cause = take_cause();
+        let r = r.map_err(|e| decode_failed(cause, e));
         // Unclaimed descriptors are closed here; the next value starts with none.
         IN_FDS.with(|c| *c.borrow_mut() = Some(Vec::new()));
         r
@@ -289,11 +321,15 @@ pub(crate) fn decode_tasks<T: DeserializeOwned>(
     let prev = IN_FDS.with(|c| c.borrow_mut().replace(fds.into_iter().map(Some).collect()));
     let mut de = bincode::Deserializer::from_slice(bytes, task_format());
     for i in 0..count {
-        match T::deserialize(&mut de) {
+        let r = T::deserialize(&mut de);
+        let cause = take_cause();
+        match r {
             Ok(v) => each(i, Ok(v)),
             Err(e) => {
+                // The failed value gets its handle's own error; the rest cannot be located.
                 let msg = format!("cannot decode value: {e}");
-                for j in i..count {
+                each(i, Err(decode_failed(cause, &e)));
+                for j in i + 1..count {
                     each(j, Err(Error::Codec(msg.clone())));
                 }
                 break;

@@ -1356,7 +1356,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
         let raw = match w.lane {
             None => RawConn::new(w.fd.0),
             Some(l) => {
-                let lane = Lane::from_fd(l.0).map_err(serde::de::Error::custom)?;
+                let lane = Lane::from_fd(l.0).map_err(crate::codec::handle_error)?;
                 RawConn::with_lane(w.fd.0, Arc::new(lane), dir(w.tx)?, dir(w.rx)?)
             }
         };

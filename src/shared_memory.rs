@@ -421,7 +421,16 @@ impl Serialize for SharedMemory {
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let name = String::deserialize(d)?;
-        SharedMemory::attach(&name).map_err(serde::de::Error::custom)
+        SharedMemory::attach(&name).map_err(|e| {
+            let kind = match &e {
+                Error::Io(io) => io.kind(),
+                _ => std::io::ErrorKind::Other,
+            };
+            crate::codec::handle_error(Error::Io(std::io::Error::new(
+                kind,
+                format!("the shared memory block {name:?} received cannot be attached: {e}"),
+            )))
+        })
     }
 }
 

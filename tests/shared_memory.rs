@@ -530,3 +530,42 @@ fn shared_memory_manager_owns_what_children_make() {
     drop(smm);
     assert!(!exists(&name));
 }
+
+fn block_len(shm: SharedMemory) -> usize {
+    shm.len()
+}
+
+#[test]
+fn a_block_unlinked_in_flight_gives_a_typed_error_naming_it() {
+    multiproc::init();
+    let name = unique("gone");
+    // Through a pipe: the receiver cannot attach a block unlinked after it was sent.
+    let (tx, rx) = multiproc::pipe::<(u8, SharedMemory)>().unwrap();
+    let shm = SharedMemory::create(Some(&name), 64).unwrap();
+    tx.send(&(1, shm.clone())).unwrap();
+    shm.unlink().unwrap();
+    match rx.recv() {
+        Err(Error::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+            assert!(e.to_string().contains(&name), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The channel stays usable.
+    let other = SharedMemory::create(None, 8).unwrap();
+    tx.send(&(2, other.clone())).unwrap();
+    assert_eq!(rx.recv().unwrap().1.len(), 8);
+    other.unlink().unwrap();
+    // As a pool task's argument: that task fails with the same error.
+    let pool = multiproc::Pool::new(1).unwrap();
+    let shm = SharedMemory::create(None, 16).unwrap();
+    let gone = SharedMemory::create(Some(&name), 16).unwrap();
+    gone.unlink().unwrap();
+    let res: Vec<_> = pool.imap(block_len, vec![shm.clone(), gone]).collect();
+    assert_eq!(res[0].as_ref().ok(), Some(&16));
+    match &res[1] {
+        Err(Error::Io(e)) => assert!(e.to_string().contains(&name), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    shm.unlink().unwrap();
+}

@@ -133,7 +133,7 @@ impl<'de> Deserialize<'de> for SockHandle {
         }
         let (sock, lane, progress) =
             <(codec::FdOwned, codec::FdOwned, ProgressSeg)>::deserialize(d)?;
-        let conn = RawConn::from_lane_fds(sock.0, lane.0).map_err(serde::de::Error::custom)?;
+        let conn = RawConn::from_lane_fds(sock.0, lane.0).map_err(crate::codec::handle_error)?;
         Ok(SockHandle {
             conn,
             progress: Progress(progress.0),
@@ -444,13 +444,15 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
         let a: A = match run.decode_task(&mut dec, i, &mut start) {
             Ok(a) => a,
             Err(e) => {
-                run.push_fail(
-                    TaskFail::Codec(format!(
+                let fail = match e {
+                    // A handle that cannot be rebuilt here: its own error, naming it.
+                    Error::Io(_) => TaskFail::from_error(&e),
+                    e => TaskFail::Codec(format!(
                         "cannot decode the task's arguments: {}",
                         codec_message(e)
                     )),
-                    1,
-                )?;
+                };
+                run.push_fail(fail, 1)?;
                 continue;
             }
         };

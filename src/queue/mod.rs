@@ -505,7 +505,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             rx: codec::FdOwned,
         }
         let w = W::deserialize(d)?;
-        let ring = Ring::from_fd(w.mem.0).map_err(serde::de::Error::custom)?;
+        let ring = Ring::from_fd(w.mem.0).map_err(crate::codec::handle_error)?;
         Ok(Queue {
             shared: Arc::new(Shared {
                 ring,

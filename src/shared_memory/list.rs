@@ -405,6 +405,6 @@ impl<T> Serialize for ShareableList<T> {
 impl<'de, T> Deserialize<'de> for ShareableList<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let shm = SharedMemory::deserialize(d)?;
-        ShareableList::from_block(shm).map_err(serde::de::Error::custom)
+        ShareableList::from_block(shm).map_err(crate::codec::handle_error)
     }
 }

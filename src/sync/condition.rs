@@ -322,7 +322,7 @@ impl<'de> Deserialize<'de> for Condition {
             return Err(serde::de::Error::custom("Condition segment too small"));
         }
         let seg =
-            Segment::from_fd(fd.0, kinds::CONDITION, len).map_err(serde::de::Error::custom)?;
+            Segment::from_fd(fd.0, kinds::CONDITION, len).map_err(crate::codec::handle_error)?;
         Ok(Condition { lock, seg })
     }
 }

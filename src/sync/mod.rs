@@ -266,7 +266,7 @@ impl<'de> Deserialize<'de> for Lock {
         if !off.is_multiple_of(8) || off.saturating_add(MUTEX_SIZE) > len {
             return Err(serde::de::Error::custom("Lock handle out of its segment"));
         }
-        let seg = Segment::from_fd(fd.0, Kind(kind), len).map_err(serde::de::Error::custom)?;
+        let seg = Segment::from_fd(fd.0, Kind(kind), len).map_err(crate::codec::handle_error)?;
         Ok(Lock { seg, off })
     }
 }
