@@ -285,3 +285,31 @@ fn value_set_on_another_thread_waits_for_the_guard() {
     });
     assert_eq!(v.get(), 40_000);
 }
+
+#[test]
+fn a_child_forked_behind_the_crates_back_does_not_think_it_holds_the_parents_lock() {
+    multiproc::init();
+    let r = RLock::new().unwrap();
+    r.acquire().unwrap();
+    assert!(r.is_owned());
+    // A fork the crate did not make (a C library's, or the user's own): the child must not
+    // take the parent's cached thread id for its own.
+    // SAFETY: the child only reads atomics and thread-locals and then calls _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = if r.is_owned() { 1 } else { 0 };
+        // SAFETY: _exit ends the forked child without running the harness's exit code.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child believed it held the lock"
+    );
+    r.release().unwrap();
+}

@@ -509,8 +509,9 @@ pub(crate) fn shutdown_fork_server() {
 }
 
 /// Resets what a forked child must not share with its parent.
+/// (The caches of the OS layer — identity, thread ids — follow `sys::fork_generation` by
+/// themselves.)
 pub(crate) fn after_fork_in_child() {
-    sys::futex::forget_identity();
     crate::shared_memory::forget_after_fork();
     forkserver::forget_after_fork();
     process::forget_after_fork();
@@ -562,8 +563,6 @@ fn install_child_panic_hook(name: String) {
 
 /// The child's side: set up, check the build, call the trampoline, exit.
 pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
-    // A fork server's child inherits the server's caches.
-    sys::futex::forget_identity();
     let result = if boot.has_result && !fds.is_empty() {
         Some(RawConn::new(fds.remove(0)))
     } else {

@@ -170,14 +170,15 @@ pub(crate) fn unlock_pi(word: &AtomicU32) -> bool {
 
 // --- process identity ---------------------------------------------------------------------
 
-/// This process's identity, cached: `pid | (start_time_ticks as u32) << 32`. 0 = not yet known.
+/// This process's identity, cached: `pid | (start_time_ticks as u32) << 32`, valid for the
+/// fork generation in [`IDENT_GEN`]. 0 = not yet known.
 static IDENT: AtomicU64 = AtomicU64::new(0);
-/// Bumped when a forked child forgets the parent's identity, so thread caches refresh.
-static GENERATION: AtomicU32 = AtomicU32::new(1);
+/// The fork generation ([`super::process::fork_generation`]) [`IDENT`] belongs to.
+static IDENT_GEN: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// (generation, kernel thread id) of the calling thread.
-    static TID: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// (fork generation, kernel thread id) of the calling thread.
+    static TID: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
 }
 
 /// Packs a pid and its start time into an identity word.
@@ -190,29 +191,36 @@ pub(crate) fn ident_pid(ident: u64) -> u32 {
     ident as u32
 }
 
-/// This process's identity word (pid and start time), cached after the first call.
+/// This process's identity word (pid and start time), cached after the first call (and
+/// again after a fork).
 #[inline]
 pub(crate) fn current_ident() -> u64 {
-    let v = IDENT.load(Ordering::Relaxed);
-    if v != 0 {
-        return v;
+    let g = super::process::fork_generation();
+    // IDENT_GEN is stored after IDENT: seeing the current generation there means IDENT is
+    // this process's.
+    if IDENT_GEN.load(Ordering::Acquire) == g {
+        let v = IDENT.load(Ordering::Relaxed);
+        if v != 0 {
+            return v;
+        }
     }
-    compute_ident()
+    compute_ident(g)
 }
 
 #[cold]
-fn compute_ident() -> u64 {
+fn compute_ident(g: u64) -> u64 {
     let pid = super::process::getpid();
     let start = proc_start_time(pid).unwrap_or(0);
     let v = make_ident(pid, start);
     IDENT.store(v, Ordering::Relaxed);
+    IDENT_GEN.store(g, Ordering::Release);
     v
 }
 
-/// The calling thread's kernel thread id, cached.
+/// The calling thread's kernel thread id, cached (and asked again after a fork).
 #[inline]
 pub(crate) fn current_tid() -> u32 {
-    let g = GENERATION.load(Ordering::Relaxed);
+    let g = super::process::fork_generation();
     TID.with(|c| {
         let (cg, tid) = c.get();
         if cg == g {
@@ -222,12 +230,6 @@ pub(crate) fn current_tid() -> u32 {
         c.set((g, tid));
         tid
     })
-}
-
-/// In a forked child: forget the identity cached by the parent.
-pub(crate) fn forget_identity() {
-    IDENT.store(0, Ordering::Relaxed);
-    GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What `/proc/<pid>/stat` says: (state letter, start time in clock ticks since boot).

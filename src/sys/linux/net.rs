@@ -154,29 +154,6 @@ pub(crate) fn peer_closed(fd: impl AsFd) -> bool {
     }
 }
 
-static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-extern "C" fn bump_fork_generation() {
-    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// A number that changes in a child each time a process forks (through libc's `fork`,
-/// which runs `pthread_atfork` handlers), so that per-process state such as pooled
-/// connections can notice it was copied into a child without a `getpid` system call per
-/// use. Processes made by the fork server start from a fresh executable image, so they
-/// need no handler.
-pub(crate) fn fork_generation() -> u64 {
-    static REGISTER: std::sync::Once = std::sync::Once::new();
-    REGISTER.call_once(|| {
-        // SAFETY: pthread_atfork only records the function pointers; the child handler is
-        // an extern "C" fn that does one atomic add, which is async-signal-safe.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(bump_fork_generation));
-        }
-    });
-    FORK_GENERATION.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// Ignores `SIGINT` in this process (a manager's server, like Python's: Ctrl-C in the
 /// terminal goes to the whole process group, and the server must outlive its owner's
 /// handling of it; the owner stops the server).

@@ -49,6 +49,7 @@ pub(crate) fn thread_count() -> usize {
 /// thread (no other thread holds a lock the child needs): `start::fork` refuses to get
 /// here from a multi-threaded process unless the user opted in through an `unsafe` call.
 pub(crate) fn fork_process() -> io::Result<Option<u32>> {
+    register_fork_hook();
     // SAFETY: fork() itself is always memory-safe to call; what the child may do afterwards
     // is restricted by our caller (see above). glibc's fork runs its atfork handlers, which
     // keep malloc and stdio usable in the child.
@@ -86,7 +87,11 @@ pub(crate) fn fork_as_sibling() -> io::Result<Option<u32>> {
     };
     match r {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(None),
+        0 => {
+            // glibc's atfork handlers did not run: say we are a new process ourselves.
+            forked_child();
+            Ok(None)
+        }
         pid => Ok(Some(pid as u32)),
     }
 }
@@ -184,4 +189,34 @@ pub(crate) fn at_exit(f: extern "C" fn()) {
 /// Is the calling thread the process's main thread?
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
+}
+
+/// The fork generation: a number that changes in a child each time a process forks, however
+/// it forked — through libc's `fork` (ours or anyone's: a `pthread_atfork` handler bumps it)
+/// or through the fork server's raw `clone` (which bumps it itself). Every per-process cache
+/// (the process identity and thread ids of the robust mutex, pooled manager connections)
+/// compares it, instead of asking the kernel on each use: this is the crate's one way to
+/// learn "I am a forked child".
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+extern "C" fn forked_child() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn register_fork_hook() {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: pthread_atfork only records the function pointers; the child handler is
+        // an extern "C" fn that does one atomic add, which is async-signal-safe.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forked_child));
+        }
+    });
+}
+
+/// The current fork generation (see [`FORK_GENERATION`]).
+#[inline]
+pub(crate) fn fork_generation() -> u64 {
+    register_fork_hook();
+    FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
