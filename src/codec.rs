@@ -56,7 +56,7 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
             *out = v;
             Ok(())
         }
-        Err(e) => Err(Error::Codec(format!("cannot encode value: {e}"))),
+        Err(e) => Err(Error::codec_from("cannot encode value", e)),
     }
 }
 
@@ -95,7 +95,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let cause = take_cause();
     match r {
         Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(Error::Codec(format!(
+        Ok((_, rest)) => Err(Error::codec(format!(
             "{} unexpected trailing byte(s) after the value",
             rest.len()
         ))),
@@ -123,8 +123,11 @@ fn take_cause() -> Option<Error> {
 }
 
 /// A failed decoding's error: the handle's own error if one failed, else the codec's.
-fn decode_failed(cause: Option<Error>, e: impl std::fmt::Display) -> Error {
-    cause.unwrap_or_else(|| Error::Codec(format!("cannot decode value: {e}")))
+fn decode_failed(
+    cause: Option<Error>,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    cause.unwrap_or_else(|| Error::codec_from("cannot decode value", e))
 }
 
 thread_local! {
@@ -163,7 +166,7 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
         Ok(()) => Ok(fds.unwrap_or_default()),
         Err(e) => {
             out.truncate(len);
-            Err(Error::Codec(format!("cannot encode value: {e}")))
+            Err(Error::codec_from("cannot encode value", e))
         }
     }
 }
@@ -250,7 +253,7 @@ impl FdSession {
             }
             Err(e) => {
                 out.truncate(len);
-                Err(Error::Codec(format!("cannot encode value: {e}")))
+                Err(Error::codec(format!("cannot encode value: {e}")))
             }
         }
     }
@@ -328,9 +331,9 @@ pub(crate) fn decode_tasks<T: DeserializeOwned>(
             Err(e) => {
                 // The failed value gets its handle's own error; the rest cannot be located.
                 let msg = format!("cannot decode value: {e}");
-                each(i, Err(decode_failed(cause, &e)));
+                each(i, Err(decode_failed(cause, e)));
                 for j in i + 1..count {
-                    each(j, Err(Error::Codec(msg.clone())));
+                    each(j, Err(Error::codec(msg.clone())));
                 }
                 break;
             }

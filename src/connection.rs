@@ -96,15 +96,15 @@ fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
     l.copy_from_slice(&h[8..16]);
     let len = u64::from_le_bytes(l);
     if magic != MAGIC {
-        return Err(Error::Codec(
-            "garbage on the connection: bytes are not a multiproc frame".into(),
+        return Err(Error::codec(
+            "garbage on the connection: bytes are not a multiproc frame",
         ));
     }
     if nfds > sys::MAX_FDS_PER_MESSAGE {
-        return Err(Error::Codec(format!("frame claims {nfds} handles")));
+        return Err(Error::codec(format!("frame claims {nfds} handles")));
     }
     if len > limit {
-        return Err(Error::Codec(format!(
+        return Err(Error::codec(format!(
             "frame claims {len} bytes, more than the {limit}-byte limit"
         )));
     }
@@ -194,8 +194,8 @@ impl ReadState {
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
     ) -> Result<R> {
         if self.broken {
-            return Err(Error::Codec(
-                "the connection received garbage earlier and cannot be read further".into(),
+            return Err(Error::codec(
+                "the connection received garbage earlier and cannot be read further",
             ));
         }
         loop {
@@ -223,7 +223,7 @@ impl ReadState {
         };
         if self.fds.len() < nfds {
             self.broken = true;
-            return Err(Error::Codec(format!(
+            return Err(Error::codec(format!(
                 "frame announces {nfds} handles but {} arrived",
                 self.fds.len()
             )));
@@ -562,8 +562,8 @@ impl RawConn {
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
     ) -> Result<R> {
         if st.broken {
-            return Err(Error::Codec(
-                "the connection received garbage earlier and cannot be read further".into(),
+            return Err(Error::codec(
+                "the connection received garbage earlier and cannot be read further",
             ));
         }
         let lane = &*le.lane;

@@ -17,7 +17,7 @@ use std::io;
 ///
 /// ```
 /// fn half(x: u32) -> multiproc::Result<u32> {
-///     if x % 2 == 1 { return Err(multiproc::Error::Codec("odd".into())); }
+///     if x % 2 == 1 { return Err(multiproc::Error::Timeout); }
 ///     Ok(x / 2)
 /// }
 /// assert_eq!(half(4).unwrap(), 2);
@@ -34,12 +34,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system call failed.
-    #[error("I/O error: {0}")]
+    /// An operating-system call failed. Transparent: its message and its
+    /// [`source`](std::error::Error::source) are the `io::Error`'s own, so an error chain
+    /// prints it once.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// let e = multiproc::Error::from(std::io::Error::other("disk on fire"));
+    /// assert_eq!(e.to_string(), "disk on fire");
+    /// assert!(e.source().is_none()); // not printed a second time as a cause
+    /// ```
+    #[error(transparent)]
     Io(#[from] io::Error),
-    /// A value could not be encoded, or bytes from a peer could not be decoded.
+    /// A value could not be encoded, or bytes from a peer could not be decoded. The
+    /// [`CodecError`] says what, and keeps the codec's own error as its
+    /// [`source`](std::error::Error::source).
     #[error("codec error: {0}")]
-    Codec(String),
+    Codec(#[source] CodecError),
     /// The peer closed its end and nothing is left to read.
     #[error("end of file: the peer closed the connection")]
     Eof,
@@ -208,6 +219,79 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Error {
         Error::InvalidOperation(msg.into())
+    }
+
+    /// An [`Error::Codec`] with `message` and no underlying error.
+    pub(crate) fn codec(message: impl Into<String>) -> Error {
+        Error::Codec(CodecError {
+            message: message.into(),
+            source: None,
+        })
+    }
+
+    /// An [`Error::Codec`] saying `message`, caused by the codec's error `source`.
+    pub(crate) fn codec_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Codec(CodecError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        })
+    }
+}
+
+/// What went wrong in an [`Error::Codec`]: a message, and the codec's own error (postcard's,
+/// say) as the [`source`](std::error::Error::source) when there is one. The message does not
+/// repeat the source, so an error chain (`anyhow`'s `{:#}`, say) prints each part once.
+///
+/// ```
+/// use std::error::Error as _;
+/// let e = multiproc::codec::decode::<String>(&[5, b'a']).unwrap_err();
+/// let multiproc::Error::Codec(c) = &e else { panic!("{e:?}") };
+/// assert_eq!(c.message(), "cannot decode value");
+/// assert!(e.source().is_some()); // the CodecError
+/// assert!(c.source().is_some()); // the codec's own error
+/// ```
+#[derive(Debug)]
+pub struct CodecError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CodecError {
+    /// What failed, without the underlying codec error.
+    ///
+    /// ```
+    /// let e = multiproc::codec::decode::<u8>(&[1, 2]).unwrap_err();
+    /// let multiproc::Error::Codec(c) = e else { panic!() };
+    /// assert_eq!(c.message(), "1 unexpected trailing byte(s) after the value");
+    /// ```
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message and the source's, in one line (for an error that travels to another
+    /// process as text).
+    pub(crate) fn full_text(&self) -> String {
+        match &self.source {
+            Some(s) => format!("{}: {s}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

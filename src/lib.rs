@@ -77,7 +77,7 @@ mod sys;
 pub mod value;
 
 pub use connection::{pipe, pipe_simplex, Connection};
-pub use error::{Error, RemoteErrorKind, Result};
+pub use error::{CodecError, Error, RemoteErrorKind, Result};
 pub use manager::Manager;
 pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{

@@ -933,7 +933,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                 backtrace,
             }),
             Ok(Outcome::BuildMismatch(m)) => Err(Error::BuildMismatch(m)),
-            Ok(Outcome::Codec(m)) => Err(Error::Codec(m)),
+            Ok(Outcome::Codec(m)) => Err(Error::codec(m)),
             Err(Error::Codec(m)) => Err(Error::Codec(m)),
             Err(_) => Err(child.died_error(status)),
         }

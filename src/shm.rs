@@ -67,7 +67,7 @@ impl Segment {
         kind: Kind,
         data_len: usize,
     ) -> Result<Arc<Segment>> {
-        let bad = |what: &str| Error::Codec(format!("received shared segment: {what}"));
+        let bad = |what: &str| Error::codec(format!("received shared segment: {what}"));
         let total = HEADER
             .checked_add(data_len)
             .ok_or_else(|| bad("length overflows"))?;

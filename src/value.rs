@@ -36,7 +36,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::shm::{Kind, SegRef, Segment};
 use crate::sync::kinds;
 use crate::sync::raw::{Acquired, MUTEX_SIZE};
-use crate::sync::Lock;
+use crate::sync::{Lock, LockResult, OwnerDiedError};
 use crate::{codec, Error, Result};
 
 mod private {
@@ -337,8 +337,11 @@ impl<T: Number> Value<T> {
     /// Takes the lock and returns a guard through which the value is read and written;
     /// the new value is stored when the guard drops, then the lock is released.
     ///
-    /// A previous holder that died is not an error here (the number cannot be half
-    /// written). Taking it while this thread holds [`get_lock`](Value::get_lock) deadlocks.
+    /// A previous holder that died gives an [`OwnerDiedError`](crate::sync::OwnerDiedError)
+    /// holding the guard (the number itself cannot be half written, but a computation
+    /// that spans several values may be); `?` turns it into
+    /// [`Error::OwnerDied`](crate::Error::OwnerDied) and releases the lock. Taking it while
+    /// this thread holds [`get_lock`](Value::get_lock) deadlocks.
     /// While the guard lives, [`get`](Value::get) in this thread reads the stored value,
     /// not the guard's pending one.
     ///
@@ -347,13 +350,18 @@ impl<T: Number> Value<T> {
     /// *v.lock().unwrap() += 41;
     /// assert_eq!(v.get(), 42);
     /// ```
-    pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
-        self.lock.raw().lock(None);
-        Ok(ValueGuard {
+    pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
+        let died = self.lock.raw().lock(None) == Acquired::OwnerDied;
+        let guard = ValueGuard {
             val: load(&self.seg, V_DATA),
             v: self,
             dirty: false,
-        })
+        };
+        if died {
+            Err(OwnerDiedError::new(guard))
+        } else {
+            Ok(guard)
+        }
     }
 
     /// The value's lock.
@@ -531,7 +539,7 @@ impl<T: Number> Array<T> {
     ///
     /// ```
     /// let a = multiproc::Array::from_slice(&[true, false]).unwrap();
-    /// assert!(a.get(0));
+    /// assert_eq!(a.get(0), Some(true));
     /// ```
     pub fn from_slice(items: &[T]) -> Result<Array<T>> {
         let a = Array::new(items.len())?;
@@ -614,12 +622,29 @@ impl<T: Number> Array<T> {
         self.len == 0
     }
 
-    /// Element `i`. Panics if `i >= len()`, like slice indexing.
+    /// Element `i`, read under the lock; `None` if `i >= len()`, like
+    /// [`slice::get`]. (An element cannot be lent out as `&T` while other processes may
+    /// write it, so there is no `Index`; [`at`](Array::at) is the panicking form, and
+    /// indexing works on the guard of [`lock`](Array::lock).)
     ///
     /// ```
-    /// assert_eq!(multiproc::Array::from_slice(&[4u16, 5]).unwrap().get(1), 5);
+    /// let a = multiproc::Array::from_slice(&[4u16, 5]).unwrap();
+    /// assert_eq!(a.get(1), Some(5));
+    /// assert_eq!(a.get(2), None);
     /// ```
-    pub fn get(&self, i: usize) -> T {
+    pub fn get(&self, i: usize) -> Option<T> {
+        (i < self.len).then(|| self.locked(|| load(&self.seg, A_DATA + i * T::WIDTH)))
+    }
+
+    /// Element `i`, read under the lock. Panics if `i >= len()`, like slice indexing
+    /// (Python's `a[i]`).
+    ///
+    /// ```
+    /// let a = multiproc::Array::from_slice(&[4u16, 5]).unwrap();
+    /// assert_eq!(a.at(1), 5);
+    /// ```
+    #[doc(alias = "__getitem__")]
+    pub fn at(&self, i: usize) -> T {
         self.check(i);
         self.locked(|| load(&self.seg, A_DATA + i * T::WIDTH))
     }
@@ -646,7 +671,9 @@ impl<T: Number> Array<T> {
     }
 
     /// Takes the lock; the guard derefs to the elements (a copy, stored back on drop if
-    /// changed). A previous holder that died is not reported.
+    /// changed). A previous holder that died (perhaps while storing its changes back)
+    /// gives an [`OwnerDiedError`](crate::sync::OwnerDiedError) holding the guard, as
+    /// [`Lock::lock`] does.
     ///
     /// ```
     /// let a = multiproc::Array::<i32>::new(3).unwrap();
@@ -657,14 +684,18 @@ impl<T: Number> Array<T> {
     /// }
     /// assert_eq!(a.to_vec(), vec![2, 1, 1]);
     /// ```
-    pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
-        let got = self.lock.raw().lock(None);
-        debug_assert!(got != Acquired::No);
-        Ok(ArrayGuard {
+    pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
+        let died = self.lock.raw().lock(None) == Acquired::OwnerDied;
+        let guard = ArrayGuard {
             items: read_all(&self.seg, A_DATA, self.len),
             a: self,
             dirty: false,
-        })
+        };
+        if died {
+            Err(OwnerDiedError::new(guard))
+        } else {
+            Ok(guard)
+        }
     }
 
     /// The array's lock.
@@ -858,7 +889,7 @@ fn raw_array_data_len<T: Number>(len: usize) -> usize {
 ///
 /// ```
 /// let a = multiproc::RawArray::from_slice(&[1.0f64, 2.0]).unwrap();
-/// a.set(1, a.get(0) + a.get(1));
+/// a.set(1, a.at(0) + a.at(1));
 /// assert_eq!(a.to_vec(), vec![1.0, 3.0]);
 /// ```
 pub struct RawArray<T: Number> {
@@ -898,7 +929,7 @@ impl<T: Number> RawArray<T> {
     /// An array holding a copy of `items`.
     ///
     /// ```
-    /// assert_eq!(multiproc::RawArray::from_slice(&[7u32]).unwrap().get(0), 7);
+    /// assert_eq!(multiproc::RawArray::from_slice(&[7u32]).unwrap().get(0), Some(7));
     /// ```
     pub fn from_slice(items: &[T]) -> Result<RawArray<T>> {
         let a = RawArray::new(items.len())?;
@@ -926,13 +957,26 @@ impl<T: Number> RawArray<T> {
         self.len == 0
     }
 
-    /// Element `i`. Panics if `i >= len()`, like slice indexing.
+    /// Element `i`, or `None` if `i >= len()`, like [`slice::get`].
     ///
     /// ```
-    /// assert_eq!(multiproc::RawArray::<u8>::new(4).unwrap().get(3), 0);
+    /// let a = multiproc::RawArray::<u8>::new(4).unwrap();
+    /// assert_eq!(a.get(3), Some(0));
+    /// assert_eq!(a.get(4), None);
     /// ```
     #[inline]
-    pub fn get(&self, i: usize) -> T {
+    pub fn get(&self, i: usize) -> Option<T> {
+        (i < self.len).then(|| load(&self.seg, RA_DATA + i * T::WIDTH))
+    }
+
+    /// Element `i`. Panics if `i >= len()`, like slice indexing (Python's `a[i]`).
+    ///
+    /// ```
+    /// assert_eq!(multiproc::RawArray::<u8>::new(4).unwrap().at(3), 0);
+    /// ```
+    #[inline]
+    #[doc(alias = "__getitem__")]
+    pub fn at(&self, i: usize) -> T {
         assert!(
             i < self.len,
             "index {i} out of range for length {}",
@@ -946,7 +990,7 @@ impl<T: Number> RawArray<T> {
     /// ```
     /// let a = multiproc::RawArray::<i16>::new(1).unwrap();
     /// a.set(0, -300);
-    /// assert_eq!(a.get(0), -300);
+    /// assert_eq!(a.at(0), -300);
     /// ```
     #[inline]
     pub fn set(&self, i: usize, v: T) {
@@ -1030,7 +1074,7 @@ mod tests {
         assert!(matches!(retype::<_, Array<u32>>(&a), Err(Error::Codec(_))));
         let r = RawArray::from_slice(&[1.5f32]).unwrap();
         let s: RawArray<f32> = retype(&r).unwrap();
-        assert_eq!(s.get(0), 1.5);
+        assert_eq!(s.get(0), Some(1.5));
         // A Value's lock travels as a Lock.
         let l: Lock = retype(v.get_lock()).unwrap();
         l.acquire().unwrap();

@@ -12,6 +12,7 @@ use multiproc::manager::{
     DictProxy, EventProxy, ListProxy, LockProxy, NamespaceProxy, QueueProxy, Shared, SharedProxy,
     ValueProxy,
 };
+use multiproc::queue::TryPutError;
 use multiproc::{Builder, Error, Manager, Process, RemoteErrorKind, StartMethod};
 use serde::{Deserialize, Serialize};
 
@@ -174,10 +175,10 @@ fn namespace_value_queue_lock_event_across_processes() {
     let bq = m.bounded_queue::<u8>(2).unwrap();
     bq.put(1).unwrap();
     bq.try_put(2).unwrap();
-    assert!(matches!(bq.try_put(3), Err(Error::Full)));
+    assert!(matches!(bq.try_put(3), Err(TryPutError::Full(3))));
     assert!(matches!(
         bq.put_timeout(3, Duration::from_millis(20)),
-        Err(Error::Full)
+        Err(TryPutError::Full(3))
     ));
     assert_eq!(bq.qsize().unwrap(), 2);
 }

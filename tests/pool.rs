@@ -334,7 +334,10 @@ fn result_encode_failure_is_codec_error() {
     let pool = Pool::new(1).unwrap();
     let before = pool.apply(pid, 0).unwrap();
     match pool.apply(|_: ()| Unencodable, ()) {
-        Err(Error::Codec(m)) => assert!(m.contains("cannot encode the task's result"), "{m}"),
+        Err(Error::Codec(m)) => assert!(
+            m.message().contains("cannot encode the task's result"),
+            "{m}"
+        ),
         other => panic!("{other:?}"),
     }
     // An argument that cannot be encoded fails in the caller's process.
@@ -765,7 +768,7 @@ fn map_argument_encode_failure_fails_that_task() {
     assert_eq!(pool.map(unpick, ok).unwrap(), vec![1, 2, 4, 5, 7, 8]);
     let bad: Vec<Picky> = (1..1000).map(Picky).collect();
     match pool.map_chunked(unpick, bad, 50) {
-        Err(Error::Codec(m)) => assert!(m.contains("encode"), "{m}"),
+        Err(Error::Codec(m)) => assert!(m.message().contains("encode"), "{m}"),
         other => panic!("{other:?}"),
     }
     // Per task, through imap: only the multiples of three fail.

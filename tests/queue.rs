@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use multiproc::queue::TryPutError;
 use multiproc::{Connection, Error, JoinableQueue, Process, Queue, SimpleQueue, StartMethod};
 use serde_bytes::ByteBuf;
 
@@ -243,17 +244,46 @@ fn timeouts_and_nonblocking_calls() {
     assert!(matches!(q.try_get(), Err(Error::Empty)));
     q.try_put(1).unwrap();
     assert!(q.full());
-    assert!(matches!(q.try_put(2), Err(Error::Full)));
+    assert!(matches!(q.try_put(2), Err(TryPutError::Full(2))));
     let t = Instant::now();
     assert!(matches!(
         q.put_timeout(2, Duration::from_millis(200)),
-        Err(Error::Full)
+        Err(TryPutError::Full(2))
     ));
     assert!(t.elapsed() >= Duration::from_millis(100));
     assert_eq!(q.try_get().unwrap(), 1);
     assert_eq!(q.qsize(), 0);
     q.put_timeout(3, Duration::from_millis(200)).unwrap();
     assert_eq!(q.get_timeout(Duration::from_millis(200)).unwrap(), 3);
+}
+
+#[test]
+fn try_put_on_a_full_queue_gives_the_value_back() {
+    // A value that is not Copy and owns a handle: it must come back whole, and working.
+    let q = Queue::<(String, Queue<u8>)>::bounded(1).unwrap();
+    let inner = Queue::<u8>::new().unwrap();
+    q.try_put(("first".to_string(), inner.clone())).unwrap();
+    let back = match q.try_put(("second".to_string(), inner.clone())) {
+        Err(TryPutError::Full(v)) => v,
+        other => panic!("expected Full with the value, got {other:?}"),
+    };
+    assert_eq!(back.0, "second");
+    back.1.put(9).unwrap();
+    assert_eq!(inner.get().unwrap(), 9);
+    // Nothing was put by the refused call.
+    assert_eq!(q.qsize(), 1);
+    assert_eq!(q.get().unwrap().0, "first");
+    assert!(q.try_get().is_err());
+    // A closed handle gives the value back too; `?` turns the error into Error::Closed.
+    q.close();
+    let e = q.try_put(("third".to_string(), inner)).unwrap_err();
+    assert!(e.is_closed());
+    assert_eq!(e.into_inner().0, "third");
+    let as_error: Error = q
+        .try_put(("fourth".to_string(), Queue::new().unwrap()))
+        .unwrap_err()
+        .into();
+    assert!(matches!(as_error, Error::Closed));
 }
 
 #[test]

@@ -27,12 +27,12 @@ fn lock_semantics_across_processes() {
     fn hold((lock, held, done): (Lock, Event, Event)) -> Result<(), String> {
         lock.acquire().map_err(|e| e.to_string())?;
         held.set();
-        done.wait().map_err(|e| e.to_string())?;
+        done.wait();
         lock.release().map_err(|e| e.to_string())
     }
     let (held, done) = (Event::new().unwrap(), Event::new().unwrap());
     let h = multiproc::spawn(hold, (lock.clone(), held.clone(), done.clone())).unwrap();
-    held.wait().unwrap();
+    held.wait();
     assert!(lock.is_locked());
     assert!(!lock.try_acquire().unwrap());
     let t = Instant::now();
@@ -114,7 +114,7 @@ fn lock_holder_killed_gives_owner_died() {
     let lock = Lock::new().unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_and_hang, (lock.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
+    assert!(held.wait_timeout(Duration::from_secs(10)));
     h.kill().unwrap();
     let t = Instant::now();
     assert!(matches!(lock.acquire(), Err(Error::OwnerDied)));
@@ -130,17 +130,91 @@ fn lock_holder_killed_gives_owner_died() {
     assert!(lock.try_acquire().unwrap());
     lock.release().unwrap();
     assert!(matches!(h.join(), Err(Error::WorkerDied { .. })));
+}
 
-    // A non-blocking attempt notices a dead holder too, and `lock()` reports it with the
-    // lock left free.
+/// Kills a process holding `lock` (taken with `acquire`, so no guard of its own).
+fn kill_holding(lock: &Lock) {
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_and_hang, (lock.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
+    assert!(held.wait_timeout(Duration::from_secs(10)));
+    h.kill().unwrap();
+    assert!(matches!(h.join(), Err(Error::WorkerDied { .. })));
+}
+
+#[test]
+fn owner_died_guard_holds_the_lock_until_dropped() {
+    multiproc::init();
+    let lock = Lock::new().unwrap();
+    kill_holding(&lock);
+    // `lock()` agrees with `acquire()`: the caller holds the lock, through the guard
+    // carried by the error.
+    let err = lock.lock().unwrap_err();
+    assert!(lock.is_locked());
+    assert!(!lock.try_acquire().unwrap());
+    let guard = err.into_inner();
+    assert!(lock.is_locked());
+    drop(guard);
+    assert!(!lock.is_locked());
+
+    // Dropping the error itself releases too.
+    kill_holding(&lock);
+    let err = lock.lock().unwrap_err();
+    assert!(lock.is_locked());
+    drop(err);
+    assert!(!lock.is_locked());
+
+    // `?` turns it into Error::OwnerDied and never leaves the lock held.
+    fn take(lock: &Lock) -> multiproc::Result<()> {
+        let _g = lock.lock()?;
+        Ok(())
+    }
+    kill_holding(&lock);
+    assert!(matches!(take(&lock), Err(Error::OwnerDied)));
+    assert!(!lock.is_locked());
+    take(&lock).unwrap();
+    let _g = lock.lock().unwrap();
+}
+
+fn value_hold_and_hang((v, held): (Value<i64>, Event)) {
+    let mut g = v.lock().unwrap();
+    *g = 7; // not stored: the guard never drops
+    held.set();
+    sleep_forever()
+}
+
+#[test]
+fn owner_died_guard_of_a_value_and_an_rlock() {
+    multiproc::init();
+    let v = Value::new(1i64).unwrap();
+    let held = Event::new().unwrap();
+    let h = multiproc::spawn(value_hold_and_hang, (v.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(Duration::from_secs(10)));
     h.kill().unwrap();
     let _ = h.join();
-    assert!(matches!(lock.lock(), Err(Error::OwnerDied)));
-    assert!(!lock.is_locked());
-    let _g = lock.lock().unwrap();
+    let mut err = v.lock().unwrap_err();
+    assert_eq!(**err.get_ref(), 1);
+    **err.get_mut() = 2; // repaired through the guard, stored when it drops
+    assert!(v.get_lock().is_locked());
+    drop(err);
+    assert!(!v.get_lock().is_locked());
+    assert_eq!(v.get(), 2);
+
+    let r = RLock::new().unwrap();
+    fn take(r: RLock) -> bool {
+        r.try_acquire().unwrap()
+    }
+    assert!(multiproc::spawn(take, r.clone()).unwrap().join().unwrap());
+    let g = r.lock().unwrap_err().into_inner();
+    assert!(!multiproc::spawn(take, r.clone()).unwrap().join().unwrap());
+    drop(g);
+    assert!(multiproc::spawn(take, r.clone()).unwrap().join().unwrap());
+    // That child died holding it again: `?` releases.
+    fn via_question_mark(r: &RLock) -> multiproc::Result<()> {
+        let _g = r.lock()?;
+        Ok(())
+    }
+    assert!(matches!(via_question_mark(&r), Err(Error::OwnerDied)));
+    via_question_mark(&r).unwrap();
 }
 
 // --- RLock ----------------------------------------------------------------------------------
@@ -193,7 +267,7 @@ fn rlock_holder_killed_gives_owner_died() {
     let r = RLock::new().unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(rlock_hold_and_hang, (r.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
+    assert!(held.wait_timeout(Duration::from_secs(10)));
     h.kill().unwrap();
     let t = Instant::now();
     assert!(matches!(r.acquire(), Err(Error::OwnerDied)));
@@ -216,15 +290,15 @@ fn semaphore_across_processes() {
         s.release().unwrap();
     }
     let h = multiproc::spawn(give, s.clone()).unwrap();
-    s.acquire().unwrap();
-    assert!(s.acquire_timeout(Duration::from_secs(5)).unwrap());
+    s.acquire();
+    assert!(s.acquire_timeout(Duration::from_secs(5)));
     h.join().unwrap();
     assert_eq!(s.get_value(), 0);
-    assert!(!s.try_acquire().unwrap());
-    assert!(!s.acquire_timeout(Duration::from_millis(20)).unwrap());
+    assert!(!s.try_acquire());
+    assert!(!s.acquire_timeout(Duration::from_millis(20)));
 
     let b = BoundedSemaphore::new(2).unwrap();
-    b.acquire().unwrap();
+    b.acquire();
     b.release().unwrap();
     assert!(matches!(b.release(), Err(Error::InvalidOperation(_))));
     assert_eq!(b.get_value(), 2);
@@ -235,7 +309,7 @@ fn semaphore_across_processes() {
 }
 
 fn sem_wait(s: Semaphore) {
-    s.acquire().unwrap();
+    s.acquire();
     sleep_forever()
 }
 
@@ -249,7 +323,7 @@ fn semaphore_survives_killed_waiter() {
     let _ = h.join();
     s.release().unwrap();
     assert_eq!(s.get_value(), 1);
-    assert!(s.try_acquire().unwrap());
+    assert!(s.try_acquire());
     assert_eq!(s.get_value(), 0);
     // Waking still works after the dead sleeper.
     fn give(s: Semaphore) {
@@ -257,7 +331,7 @@ fn semaphore_survives_killed_waiter() {
         s.release().unwrap();
     }
     let h = multiproc::spawn(give, s.clone()).unwrap();
-    assert!(s.acquire_timeout(Duration::from_secs(5)).unwrap());
+    assert!(s.acquire_timeout(Duration::from_secs(5)));
     h.join().unwrap();
 }
 
@@ -268,9 +342,9 @@ fn event_across_processes() {
     multiproc::init();
     let e = Event::new().unwrap();
     assert!(!e.is_set());
-    assert!(!e.wait_timeout(Duration::from_millis(20)).unwrap());
+    assert!(!e.wait_timeout(Duration::from_millis(20)));
     fn waiter(e: Event) -> bool {
-        e.wait_timeout(Duration::from_secs(10)).unwrap()
+        e.wait_timeout(Duration::from_secs(10))
     }
     let hs: Vec<_> = (0..3)
         .map(|_| multiproc::spawn(waiter, e.clone()).unwrap())
@@ -280,7 +354,7 @@ fn event_across_processes() {
     for h in hs {
         assert!(h.join().unwrap());
     }
-    assert!(e.wait_timeout(Duration::ZERO).unwrap());
+    assert!(e.wait_timeout(Duration::ZERO));
     e.clear();
     assert!(!e.is_set());
     fn setter(e: Event) {
@@ -448,7 +522,7 @@ fn barrier_with_a_killed_party_breaks() {
     // One party waits; another holds the barrier but is killed before arriving.
     let waiter = multiproc::spawn(party, b.clone()).unwrap();
     let doomed = multiproc::spawn(barrier_bystander, (b.clone(), started.clone())).unwrap();
-    assert!(started.wait_timeout(Duration::from_secs(10)).unwrap());
+    assert!(started.wait_timeout(Duration::from_secs(10)));
     doomed.kill().unwrap();
     let t = Instant::now();
     assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));

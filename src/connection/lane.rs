@@ -109,7 +109,7 @@ impl Lane {
 
     /// Maps the lanes of a pipe whose end arrived from another process.
     pub(crate) fn from_fd(fd: OwnedFd) -> Result<Lane> {
-        let bad = || Error::Codec("a pipe's shared memory is not valid".into());
+        let bad = || Error::codec("a pipe's shared memory is not valid");
         let mem = SharedBytes::from_fd(fd, HDR + 2 * CAP as usize).map_err(|_| bad())?;
         if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
             || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
@@ -283,8 +283,8 @@ impl Lane {
         if !ok {
             self.w64(d, D_HEAD).store(tail, SeqCst);
             self.wake_sender(d);
-            return Err(Error::Codec(
-                "garbage in a pipe's shared memory: its contents were discarded".into(),
+            return Err(Error::codec(
+                "garbage in a pipe's shared memory: its contents were discarded",
             ));
         }
         Ok(Some(Record { kind, head, len }))

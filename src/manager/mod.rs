@@ -384,7 +384,7 @@ impl ManagerBuilder {
             }
             Ok(Control::Shutdown) => {
                 stop(&process);
-                return Err(Error::Codec("unexpected message from the manager".into()));
+                return Err(Error::codec("unexpected message from the manager"));
             }
             Err(e) => {
                 stop(&process);
@@ -511,7 +511,7 @@ impl Manager {
     fn make(&self, c: Create) -> Result<ObjRef> {
         match self.ep.call(&Request::Create(c))? {
             Reply::Object(id, _) => Ok(ObjRef::held(self.ep.clone(), id)),
-            r => Err(Error::Codec(format!(
+            r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
         }
@@ -698,7 +698,7 @@ impl Manager {
         let id = proxy.obj_ref().id();
         match self.ep.call(&Request::Publish(name.to_string(), id))? {
             Reply::Unit => Ok(()),
-            r => Err(Error::Codec(format!(
+            r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
         }
@@ -729,7 +729,7 @@ impl Manager {
                 }
                 Ok(P::from_obj_ref(ObjRef::held(self.ep.clone(), id)))
             }
-            r => Err(Error::Codec(format!(
+            r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
         }
@@ -754,7 +754,7 @@ impl Manager {
     pub fn object_count(&self) -> Result<usize> {
         match self.ep.call(&Request::ObjectCount)? {
             Reply::Len(n) => Ok(n as usize),
-            r => Err(Error::Codec(format!(
+            r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
         }

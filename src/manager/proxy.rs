@@ -12,6 +12,7 @@ use serde_bytes::ByteBuf;
 
 use super::client::ObjRef;
 use super::protocol::{Op, Reply, Wait};
+use crate::queue::TryPutError;
 use crate::{codec, Error, RemoteErrorKind, Result};
 
 pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Result<ByteBuf> {
@@ -23,7 +24,7 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
 }
 
 fn unexpected(r: Reply) -> Error {
-    Error::Codec(format!("unexpected reply from the manager: {r:?}"))
+    Error::codec(format!("unexpected reply from the manager: {r:?}"))
 }
 
 fn unit(r: Reply) -> Result<()> {
@@ -1038,7 +1039,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// assert_eq!(q.qsize().unwrap(), 1);
     /// ```
     pub fn put(&self, item: T) -> Result<()> {
-        self.put_wait(item, Wait::Forever).map(|_| ())
+        self.put_ref(&item, Wait::Forever)
     }
 
     /// Adds an item, waiting at most `timeout` for room ([`Error::Full`] after that).
@@ -1049,27 +1050,36 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// let q = m.bounded_queue::<u8>(1).unwrap();
     /// q.put(1).unwrap();
     /// let t = std::time::Duration::from_millis(10);
-    /// assert!(matches!(q.put_timeout(2, t), Err(multiproc::Error::Full)));
+    /// assert!(matches!(q.put_timeout(2, t), Err(multiproc::queue::TryPutError::Full(2))));
     /// ```
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<()> {
-        self.put_wait(item, wait_for(timeout))
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), TryPutError<T>> {
+        self.put_giving_back(item, wait_for(timeout))
     }
 
-    /// Adds an item if there is room now, else [`Error::Full`].
+    /// Adds an item if there is room now (Python's `put_nowait`); else
+    /// [`TryPutError::Full`] with the item back, as [`Queue::try_put`](crate::Queue::try_put).
     ///
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
     /// let q = m.bounded_queue::<u8>(1).unwrap();
     /// q.try_put(1).unwrap();
-    /// assert!(matches!(q.try_put(2), Err(multiproc::Error::Full)));
+    /// assert!(matches!(q.try_put(2), Err(multiproc::queue::TryPutError::Full(2))));
     /// ```
-    pub fn try_put(&self, item: T) -> Result<()> {
-        self.put_wait(item, Wait::No)
+    #[doc(alias = "put_nowait")]
+    pub fn try_put(&self, item: T) -> Result<(), TryPutError<T>> {
+        self.put_giving_back(item, Wait::No)
     }
 
-    fn put_wait(&self, item: T, wait: Wait) -> Result<()> {
-        if boolean(self.obj.call(Op::QueuePut(enc(&item)?, wait))?)? {
+    fn put_giving_back(&self, item: T, wait: Wait) -> Result<(), TryPutError<T>> {
+        match self.put_ref(&item, wait) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(TryPutError::new(item, e)),
+        }
+    }
+
+    fn put_ref(&self, item: &T, wait: Wait) -> Result<()> {
+        if boolean(self.obj.call(Op::QueuePut(enc(item)?, wait))?)? {
             Ok(())
         } else {
             Err(Error::Full)

@@ -47,7 +47,7 @@ impl TaskFail {
                 location: location.clone(),
                 backtrace: backtrace.clone(),
             },
-            TaskFail::Codec(m) => Error::Codec(m.clone()),
+            TaskFail::Codec(m) => Error::codec(m.clone()),
             TaskFail::BuildMismatch(m) => Error::BuildMismatch(m.clone()),
             TaskFail::Died {
                 pid,
@@ -72,7 +72,7 @@ impl TaskFail {
     /// The failure for an error met in the parent (starting a worker, encoding arguments).
     pub(crate) fn from_error(e: &Error) -> TaskFail {
         match e {
-            Error::Codec(m) => TaskFail::Codec(m.clone()),
+            Error::Codec(m) => TaskFail::Codec(m.full_text()),
             Error::Closed => TaskFail::Closed,
             Error::Timeout => TaskFail::Timeout,
             Error::BuildMismatch(m) => TaskFail::BuildMismatch(m.clone()),

@@ -307,7 +307,7 @@ impl Job {
         }
         if self.args.len() > u32::MAX as usize {
             self.args.truncate(len);
-            return Err(Error::Codec("a pool job's arguments exceed 4 GiB".into()));
+            return Err(Error::codec("a pool job's arguments exceed 4 GiB"));
         }
         if !owned.is_empty() && self.fd_counts.is_none() {
             self.fd_counts = Some(vec![0; self.ends.len()]);
@@ -382,8 +382,8 @@ impl Job {
         let flags = rd.u8()?;
         let args_len = rd.u32()? as usize;
         if flags & FLAG_HAS_FDS != 0 {
-            return Err(Error::Codec(
-                "a job with handles cannot cross to another rank".into(),
+            return Err(Error::codec(
+                "a job with handles cannot cross to another rank",
             ));
         }
         let ends = if flags & FLAG_STRIDE != 0 {
@@ -395,14 +395,14 @@ impl Job {
             let b = rd.bytes(
                 count
                     .checked_mul(4)
-                    .ok_or_else(|| Error::Codec("bad job".into()))?,
+                    .ok_or_else(|| Error::codec("bad job"))?,
             )?;
             Ends::List((0..count).map(|i| super::worker::u32_at(b, i)).collect())
         };
         let args = rd.bytes(args_len)?.to_vec();
         if count > 0 && ends.end(count - 1) != args.len() {
-            return Err(Error::Codec(
-                "a job's argument ends do not match its bytes".into(),
+            return Err(Error::codec(
+                "a job's argument ends do not match its bytes",
             ));
         }
         let mut job = Job::new(code, 0, sink(id));
@@ -451,7 +451,7 @@ impl Job {
                 });
                 sink.fail(at, count, &why);
             }
-            other => return Err(Error::Codec(format!("unknown pool reply kind {other}"))),
+            other => return Err(Error::codec(format!("unknown pool reply kind {other}"))),
         }
         Ok(())
     }
@@ -961,7 +961,7 @@ impl Shared {
                                     ))
                                 }),
                             )),
-                            other => Err(Error::Codec(format!("unexpected reply {other}"))),
+                            other => Err(Error::codec(format!("unexpected reply {other}"))),
                         }
                     });
                     match r {
@@ -1445,7 +1445,7 @@ fn fail_running_one(shared: &Shared, inflight: &mut VecDeque<InFlight>, f: TaskF
 fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<usize> {
     let mut rd = Reader::new(bytes);
     if rd.u8()? != REP_RESULTS {
-        return Err(Error::Codec("unexpected message from a pool worker".into()));
+        return Err(Error::codec("unexpected message from a pool worker"));
     }
     let mut fds = Some(fds);
     let mut total = 0;
@@ -1464,12 +1464,12 @@ fn on_reply(inflight: &mut VecDeque<InFlight>, bytes: &[u8], fds: Vec<OwnedFd>) 
             Vec::new()
         };
         let Some(front) = inflight.front_mut() else {
-            return Err(Error::Codec(
-                "reply from a pool worker that was given nothing".into(),
+            return Err(Error::codec(
+                "reply from a pool worker that was given nothing",
             ));
         };
         if front.id != id || first != front.done || first + count > front.job.len() {
-            return Err(Error::Codec("out-of-order reply from a pool worker".into()));
+            return Err(Error::codec("out-of-order reply from a pool worker"));
         }
         front
             .job

@@ -168,7 +168,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.b.len() < n {
-            return Err(Error::Codec("truncated pool frame".into()));
+            return Err(Error::codec("truncated pool frame"));
         }
         let (h, t) = self.b.split_at(n);
         self.b = t;
@@ -413,7 +413,7 @@ pub(crate) type JobEntry = fn(&mut JobRun<'_>) -> Result<()>;
 
 fn codec_message(e: Error) -> String {
     match e {
-        Error::Codec(m) => m,
+        Error::Codec(m) => m.full_text(),
         other => other.to_string(),
     }
 }
@@ -481,7 +481,7 @@ fn run_batch(
     match rd.u8()? {
         MSG_STOP => return Ok(false),
         MSG_BATCH => {}
-        other => return Err(Error::Codec(format!("unknown pool message {other}"))),
+        other => return Err(Error::codec(format!("unknown pool message {other}"))),
     }
     let njobs = rd.u32()?;
     let mut fds: VecDeque<OwnedFd> = fds.into();
@@ -548,7 +548,7 @@ fn run_batch(
     }
     out.clear();
     if !rd.rest().is_empty() {
-        return Err(Error::Codec("trailing bytes in a pool batch".into()));
+        return Err(Error::codec("trailing bytes in a pool batch"));
     }
     Ok(true)
 }

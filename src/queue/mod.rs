@@ -101,6 +101,124 @@ fn with_buf<R>(
     })
 }
 
+/// Why a [`Queue::try_put`] or [`Queue::put_timeout`] did not put its value, with the value
+/// handed back (crossbeam's `TrySendError` in `multiproc`'s terms). Nothing was put.
+///
+/// `?` in a function returning [`multiproc::Result`](crate::Result) converts it to
+/// [`Error::Full`], [`Error::Closed`] or the underlying error, dropping the value.
+///
+/// ```
+/// use multiproc::queue::TryPutError;
+/// let q = multiproc::Queue::<Vec<u8>>::bounded(1).unwrap();
+/// q.put(vec![1]).unwrap();
+/// let e = q.try_put(vec![2, 3]).unwrap_err();
+/// assert!(e.is_full());
+/// assert_eq!(e.to_string(), "full");
+/// assert_eq!(e.into_inner(), vec![2, 3]);
+///
+/// fn put_now(q: &multiproc::Queue<u8>) -> multiproc::Result<()> {
+///     q.try_put(1)?; // the error becomes multiproc::Error::Full
+///     Ok(())
+/// }
+/// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+/// put_now(&q).unwrap();
+/// assert!(matches!(put_now(&q), Err(multiproc::Error::Full)));
+/// ```
+#[non_exhaustive]
+pub enum TryPutError<T> {
+    /// The queue was full (for the whole timeout, for `put_timeout`).
+    Full(T),
+    /// This handle was [`close`](Queue::close)d.
+    Closed(T),
+    /// Another failure: the value could not be encoded ([`Error::Codec`]), or an
+    /// operating-system call failed.
+    Failed(T, Error),
+}
+
+impl<T> TryPutError<T> {
+    pub(crate) fn new(value: T, e: Error) -> TryPutError<T> {
+        match e {
+            Error::Full => TryPutError::Full(value),
+            Error::Closed => TryPutError::Closed(value),
+            e => TryPutError::Failed(value, e),
+        }
+    }
+
+    /// The value that was not put.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// q.put(1).unwrap();
+    /// assert_eq!(q.try_put(7).unwrap_err().into_inner(), 7);
+    /// ```
+    pub fn into_inner(self) -> T {
+        match self {
+            TryPutError::Full(v) | TryPutError::Closed(v) | TryPutError::Failed(v, _) => v,
+        }
+    }
+
+    /// Whether the queue was full.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// q.put(1).unwrap();
+    /// assert!(q.try_put(2).unwrap_err().is_full());
+    /// ```
+    pub fn is_full(&self) -> bool {
+        matches!(self, TryPutError::Full(_))
+    }
+
+    /// Whether the handle was closed.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// q.close();
+    /// assert!(q.try_put(2).unwrap_err().is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        matches!(self, TryPutError::Closed(_))
+    }
+}
+
+impl<T> fmt::Debug for TryPutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryPutError::Full(_) => f.write_str("Full(..)"),
+            TryPutError::Closed(_) => f.write_str("Closed(..)"),
+            TryPutError::Failed(_, e) => f.debug_tuple("Failed").field(&"..").field(e).finish(),
+        }
+    }
+}
+
+impl<T> fmt::Display for TryPutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryPutError::Full(_) => fmt::Display::fmt(&Error::Full, f),
+            TryPutError::Closed(_) => fmt::Display::fmt(&Error::Closed, f),
+            TryPutError::Failed(_, e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<T> std::error::Error for TryPutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TryPutError::Failed(_, e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl<T> From<TryPutError<T>> for Error {
+    fn from(e: TryPutError<T>) -> Error {
+        match e {
+            TryPutError::Full(_) => Error::Full,
+            TryPutError::Closed(_) => Error::Closed,
+            TryPutError::Failed(_, e) => e,
+        }
+    }
+}
+
 struct Shared {
     ring: Ring,
     /// Side socket pair for descriptors: producers send on `tx`, consumers read `rx`.
@@ -172,7 +290,7 @@ impl<T> Queue<T> {
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
     /// q.put(1).unwrap();
     /// assert!(q.full());
-    /// assert!(matches!(q.try_put(2), Err(multiproc::Error::Full)));
+    /// assert!(q.try_put(2).unwrap_err().is_full());
     /// ```
     pub fn bounded(maxsize: usize) -> Result<Self> {
         Self::with_capacity(maxsize, ring::DEFAULT_CAP)
@@ -246,6 +364,18 @@ impl<T> Queue<T> {
         self.shared.ring.len()
     }
 
+    /// Number of items in the queue now: Rust's name for [`qsize`](Queue::qsize).
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
+    /// assert_eq!(q.len(), 1);
+    /// ```
+    #[doc(alias = "qsize")]
+    pub fn len(&self) -> usize {
+        self.shared.ring.len()
+    }
+
     /// Whether the queue is empty now.
     ///
     /// ```
@@ -253,7 +383,32 @@ impl<T> Queue<T> {
     /// assert!(q.empty());
     /// ```
     pub fn empty(&self) -> bool {
-        self.qsize() == 0
+        self.is_empty()
+    }
+
+    /// Whether the queue is empty now: Rust's name for [`empty`](Queue::empty).
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// assert!(q.is_empty());
+    /// q.put(1).unwrap();
+    /// assert!(!q.is_empty());
+    /// ```
+    #[doc(alias = "empty")]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a bounded queue is full now: Rust's name for [`full`](Queue::full).
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// q.put(1).unwrap();
+    /// assert!(q.is_full());
+    /// ```
+    #[doc(alias = "full")]
+    pub fn is_full(&self) -> bool {
+        self.shared.ring.is_full()
     }
 
     /// Whether a bounded queue holds `maxsize` items now (always false without a limit).
@@ -385,28 +540,44 @@ impl<T: Serialize> Queue<T> {
         self.put_inner(&value, None)
     }
 
-    /// Like [`put`](Queue::put), but gives up with [`Error::Full`] after `timeout`.
+    /// Like [`put`](Queue::put), but gives up after `timeout` with
+    /// [`TryPutError::Full`], which hands `value` back. `?` turns the error into
+    /// [`Error::Full`] (dropping the value).
     ///
     /// ```
     /// use std::time::Duration;
+    /// use multiproc::queue::TryPutError;
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
     /// q.put_timeout(1, Duration::from_millis(10)).unwrap();
-    /// assert!(matches!(q.put_timeout(2, Duration::from_millis(10)), Err(multiproc::Error::Full)));
+    /// assert!(matches!(q.put_timeout(2, Duration::from_millis(10)), Err(TryPutError::Full(2))));
     /// ```
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<()> {
-        self.put_inner(&value, deadline_after(timeout))
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), TryPutError<T>> {
+        self.put_giving_back(value, deadline_after(timeout))
     }
 
-    /// Puts `value` only if that needs no waiting; [`Error::Full`] otherwise (Python's
-    /// `put_nowait`).
+    /// Puts `value` only if that needs no waiting (Python's `put_nowait`); on a full queue
+    /// gives [`TryPutError::Full`] with `value` back, like crossbeam's
+    /// `TrySendError::Full`. `?` turns the error into [`Error::Full`].
     ///
     /// ```
-    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
-    /// q.try_put(1).unwrap();
-    /// assert!(matches!(q.try_put(2), Err(multiproc::Error::Full)));
+    /// use multiproc::queue::TryPutError;
+    /// let q = multiproc::Queue::<String>::bounded(1).unwrap();
+    /// q.try_put("first".to_string()).unwrap();
+    /// match q.try_put("second".to_string()) {
+    ///     Err(TryPutError::Full(back)) => assert_eq!(back, "second"),
+    ///     other => panic!("{other:?}"),
+    /// }
     /// ```
-    pub fn try_put(&self, value: T) -> Result<()> {
-        self.put_inner(&value, Some(Instant::now()))
+    #[doc(alias = "put_nowait")]
+    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
+        self.put_giving_back(value, Some(Instant::now()))
+    }
+
+    fn put_giving_back(&self, value: T, deadline: Option<Instant>) -> Result<(), TryPutError<T>> {
+        match self.put_inner(&value, deadline) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(TryPutError::new(value, e)),
+        }
     }
 }
 
@@ -456,6 +627,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// q.put(3).unwrap();
     /// assert_eq!(q.try_get().unwrap(), 3);
     /// ```
+    #[doc(alias = "get_nowait")]
     pub fn try_get(&self) -> Result<T> {
         self.get_inner(Some(Instant::now()))
     }
@@ -568,6 +740,17 @@ impl<T> SimpleQueue<T> {
     /// ```
     pub fn empty(&self) -> bool {
         self.q.empty()
+    }
+
+    /// Whether the queue is empty now: Rust's name for [`empty`](SimpleQueue::empty).
+    ///
+    /// ```
+    /// let q = multiproc::SimpleQueue::<u8>::new().unwrap();
+    /// assert!(q.is_empty());
+    /// ```
+    #[doc(alias = "empty")]
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
     }
 
     /// Closes this process's handle: later `put`/`get` through it give [`Error::Closed`].
@@ -917,7 +1100,7 @@ mod tests {
         // No consumer: the first chunk goes in, then the producer times out.
         assert!(matches!(
             q.put_timeout(vec![1; 20_000], Duration::from_millis(20)),
-            Err(Error::Full)
+            Err(TryPutError::Full(_))
         ));
         // The abandoned chunks fill the ring until a consumer skips them.
         let q2 = q.clone();

@@ -170,7 +170,7 @@ impl Ring {
     /// Maps a ring received from another process, checking its header.
     pub(crate) fn from_fd(fd: OwnedFd) -> Result<Ring> {
         let mem = SharedBytes::from_fd(fd, HDR + MIN_CAP)
-            .map_err(|e| Error::Codec(format!("not a queue: {e}")))?;
+            .map_err(|e| Error::codec_from("not a queue", e))?;
         Ring::open(mem)
     }
 
@@ -178,7 +178,7 @@ impl Ring {
         if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
             || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
         {
-            return Err(Error::Codec("not a queue segment (bad magic)".into()));
+            return Err(Error::codec("not a queue segment (bad magic)"));
         }
         let cap = mem.u64_at(O_CAP).load(Relaxed);
         if !cap.is_power_of_two()
@@ -186,7 +186,7 @@ impl Ring {
             || cap > MAX_CAP as u64
             || HDR as u64 + cap != mem.len() as u64
         {
-            return Err(Error::Codec("queue segment has a bad capacity".into()));
+            return Err(Error::codec("queue segment has a bad capacity"));
         }
         let maxsize = mem.u64_at(O_MAXSIZE).load(Relaxed);
         let stream_large = mem.u32_at(O_FLAGS).load(Relaxed) & FLAG_STREAM_LARGE != 0;
@@ -505,7 +505,7 @@ impl Ring {
     /// Throws away everything in the ring after garbage was found at the head.
     fn discard_all(&self, h: u64) -> Error {
         self.drop_all(h);
-        Error::Codec("garbage in the queue's shared memory: its contents were discarded".into())
+        Error::codec("garbage in the queue's shared memory: its contents were discarded")
     }
 
     /// Throws away everything from head `h` to the tail, counting the items as done (the
@@ -646,10 +646,9 @@ impl Ring {
                     let Some(mut fds) = self.peek_fds(tag, side_rx)? else {
                         self.advance(h, rec, 1);
                         self.mark_done(1);
-                        return Err(Error::Codec(
+                        return Err(Error::codec(
                             "the shared memory holding a large queue item was lost (a \
-                             consumer died while receiving it); the item was dropped"
-                                .into(),
+                             consumer died while receiving it); the item was dropped",
                         ));
                     };
                     let seg = fds.pop().map(|fd| SealedBytes::from_fd(fd, total as usize));
@@ -658,8 +657,8 @@ impl Ring {
                             fds,
                             spilled: Some(seg),
                         }),
-                        _ => Err(Error::Codec(
-                            "a large queue item's shared memory does not match its record".into(),
+                        _ => Err(Error::codec(
+                            "a large queue item's shared memory does not match its record",
                         )),
                     };
                     self.advance(h, rec, 1);
@@ -691,10 +690,9 @@ impl Ring {
                                 // rebuilt. Skip it (and, for a stream, its chunks).
                                 self.advance(h, rec, u64::from(kind == K_MSG));
                                 self.mark_done(u64::from(kind == K_MSG));
-                                return Err(Error::Codec(
+                                return Err(Error::codec(
                                     "the handles sent with a queue item were lost (a consumer \
-                                     died while receiving it); the item was dropped"
-                                        .into(),
+                                     died while receiving it); the item was dropped",
                                 ));
                             }
                         }
@@ -736,9 +734,8 @@ impl Ring {
                                 out.clear();
                                 self.advance(h, rec, u64::from(last));
                                 self.mark_done(u64::from(last));
-                                return Err(Error::Codec(
-                                    "a streamed queue item's chunks do not add up to its length"
-                                        .into(),
+                                return Err(Error::codec(
+                                    "a streamed queue item's chunks do not add up to its length",
                                 ));
                             }
                             self.read_append(body, body_len as usize, out);

@@ -146,7 +146,7 @@ impl<T> ShareableList<T> {
 
     fn from_block(shm: SharedMemory) -> Result<ShareableList<T>> {
         let bad = || {
-            Error::Codec(format!(
+            Error::codec(format!(
                 "shared memory {:?} holds no ShareableList",
                 shm.name()
             ))
@@ -274,7 +274,7 @@ impl<T> ShareableList<T> {
         self.shm.read_at(off as usize, &mut len)?;
         let len = u64::from_le_bytes(len);
         if len > room {
-            return Err(Error::Codec(format!(
+            return Err(Error::codec(format!(
                 "item {i} of ShareableList {:?} claims {len} bytes in a slot of {room}",
                 self.name()
             )));

@@ -21,7 +21,7 @@ const SIZE: usize = 8;
 /// ```
 /// multiproc::init();
 /// fn waiter(e: multiproc::Event) -> bool {
-///     e.wait().unwrap();
+///     e.wait();
 ///     e.is_set()
 /// }
 /// let e = multiproc::Event::new().unwrap();
@@ -66,7 +66,7 @@ impl Event {
     /// ```
     /// let e = multiproc::Event::new().unwrap();
     /// e.set();
-    /// assert!(e.wait_timeout(std::time::Duration::ZERO).unwrap());
+    /// assert!(e.wait_timeout(std::time::Duration::ZERO));
     /// ```
     pub fn set(&self) {
         self.flag().store(1, Ordering::SeqCst);
@@ -107,21 +107,20 @@ impl Event {
     /// ```
     /// let e = multiproc::Event::new().unwrap();
     /// e.set();
-    /// e.wait().unwrap();
+    /// e.wait();
     /// ```
-    pub fn wait(&self) -> Result<()> {
+    pub fn wait(&self) {
         self.wait_until(None);
-        Ok(())
     }
 
     /// Waits at most `timeout` for the flag: its value at the end (`false`: timed out).
     ///
     /// ```
     /// let e = multiproc::Event::new().unwrap();
-    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)).unwrap());
+    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)));
     /// ```
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
-        Ok(self.wait_until(raw::deadline(timeout)))
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(raw::deadline(timeout))
     }
 }
 

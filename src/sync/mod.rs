@@ -75,6 +75,130 @@ fn lock_kind_ok(k: u32) -> bool {
         .any(|x| x.0 == k)
 }
 
+/// What the guard-returning lock calls ([`Lock::lock`], [`RLock::lock`],
+/// [`Value::lock`](crate::Value::lock), [`Array::lock`](crate::Array::lock)) return: the
+/// guard, or the guard inside an [`OwnerDiedError`] when the previous holder died holding
+/// the lock (std's `LockResult` and `PoisonError`).
+///
+/// ```
+/// let lock = multiproc::Lock::new().unwrap();
+/// let r: multiproc::sync::LockResult<multiproc::LockGuard<'_>> = lock.lock();
+/// assert!(r.is_ok());
+/// ```
+pub type LockResult<G> = std::result::Result<G, OwnerDiedError<G>>;
+
+/// The lock was taken over from a holder that died holding it: like std's `PoisonError`,
+/// it carries the guard, so the caller holds the lock (the data it protects may be
+/// inconsistent) and releases it by dropping the guard.
+///
+/// Take the guard with [`into_inner`](OwnerDiedError::into_inner) to go on, or let `?`
+/// turn it into [`Error::OwnerDied`]: the guard is then dropped, which releases the lock,
+/// so `?` never leaves a lock held. The lock's raw calls ([`Lock::acquire`] and friends)
+/// report the same event as [`Error::OwnerDied`] *with the lock held*, since they have no
+/// guard to hand over.
+///
+/// ```
+/// multiproc::init();
+/// use multiproc::Lock;
+/// fn die_holding(lock: Lock) {
+///     std::mem::forget(lock.lock().unwrap());
+///     std::process::exit(0);
+/// }
+/// let lock = Lock::new().unwrap();
+/// let mut p = multiproc::Process::new(die_holding, lock.clone());
+/// p.start().unwrap();
+/// p.join().unwrap();
+/// let guard = match lock.lock() {
+///     Err(died) => died.into_inner(), // we hold the lock now
+///     Ok(_) => panic!("the holder died: lock() must say so"),
+/// };
+/// assert!(lock.is_locked());
+/// drop(guard);
+/// assert!(!lock.is_locked());
+/// ```
+pub struct OwnerDiedError<G> {
+    guard: G,
+}
+
+impl<G> OwnerDiedError<G> {
+    pub(crate) fn new(guard: G) -> OwnerDiedError<G> {
+        OwnerDiedError { guard }
+    }
+
+    /// The guard: the caller holds the lock.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # fn die_holding(lock: multiproc::Lock) { std::mem::forget(lock.lock().unwrap()); std::process::exit(0) }
+    /// # let lock = multiproc::Lock::new().unwrap();
+    /// # let mut p = multiproc::Process::new(die_holding, lock.clone());
+    /// # p.start().unwrap();
+    /// # p.join().unwrap();
+    /// let g = lock.lock().unwrap_or_else(|died| died.into_inner());
+    /// assert!(lock.is_locked());
+    /// drop(g);
+    /// ```
+    pub fn into_inner(self) -> G {
+        self.guard
+    }
+
+    /// A reference to the guard.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # fn die_holding(v: multiproc::Value<i32>) { std::mem::forget(v.lock().unwrap()); std::process::exit(0) }
+    /// let v = multiproc::Value::new(5i32).unwrap();
+    /// # let mut p = multiproc::Process::new(die_holding, v.clone());
+    /// # p.start().unwrap();
+    /// # p.join().unwrap();
+    /// // ... a process died holding v's lock ...
+    /// let e = v.lock().unwrap_err();
+    /// assert_eq!(**e.get_ref(), 5);
+    /// ```
+    pub fn get_ref(&self) -> &G {
+        &self.guard
+    }
+
+    /// A mutable reference to the guard.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # fn die_holding(v: multiproc::Value<i32>) { std::mem::forget(v.lock().unwrap()); std::process::exit(0) }
+    /// let v = multiproc::Value::new(5i32).unwrap();
+    /// # let mut p = multiproc::Process::new(die_holding, v.clone());
+    /// # p.start().unwrap();
+    /// # p.join().unwrap();
+    /// let mut e = v.lock().unwrap_err();
+    /// **e.get_mut() = 0; // repair the value
+    /// drop(e);
+    /// assert_eq!(v.get(), 0);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut G {
+        &mut self.guard
+    }
+}
+
+impl<G> fmt::Debug for OwnerDiedError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnerDiedError").finish_non_exhaustive()
+    }
+}
+
+impl<G> fmt::Display for OwnerDiedError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&Error::OwnerDied, f)
+    }
+}
+
+impl<G> std::error::Error for OwnerDiedError<G> {}
+
+impl<G> From<OwnerDiedError<G>> for Error {
+    /// [`Error::OwnerDied`]; the guard is dropped, which releases the lock.
+    fn from(_: OwnerDiedError<G>) -> Error {
+        Error::OwnerDied
+    }
+}
+
 fn owner_died_or(r: Acquired) -> Result<bool> {
     match r {
         Acquired::Clean => Ok(true),
@@ -94,7 +218,8 @@ fn owner_died_or(r: Acquired) -> Result<bool> {
 /// If the holder's process dies while holding it, the next acquirer takes it over within
 /// about 0.1 s and is told so: [`acquire`](Lock::acquire) and friends return
 /// [`Error::OwnerDied`] *with the lock held* (release it when done), and
-/// [`lock`](Lock::lock) returns the error with the lock released again.
+/// [`lock`](Lock::lock) returns an [`OwnerDiedError`] holding the guard (dropping it, or
+/// `?`, releases the lock).
 ///
 /// Uncontended, acquire + release is two atomic instructions (no system call).
 ///
@@ -201,8 +326,11 @@ impl Lock {
 
     /// Acquires the lock and returns a guard that releases it when dropped.
     ///
-    /// If the previous holder died holding it, returns [`Error::OwnerDied`] and leaves the
-    /// lock free: calling `lock()` again takes it.
+    /// If the previous holder died holding it, returns an [`OwnerDiedError`] that holds the
+    /// guard (like std's `PoisonError`): the lock is held, as after [`acquire`](Lock::acquire)'s
+    /// [`Error::OwnerDied`]; take the guard with
+    /// [`into_inner`](OwnerDiedError::into_inner), or let `?` turn it into
+    /// [`Error::OwnerDied`], which releases the lock.
     ///
     /// ```
     /// let lock = multiproc::Lock::new().unwrap();
@@ -212,13 +340,13 @@ impl Lock {
     /// assert!(!lock.is_locked());
     /// ```
     #[inline]
-    pub fn lock(&self) -> Result<LockGuard<'_>> {
-        match self.raw().lock(None) {
-            Acquired::OwnerDied => {
-                self.raw().unlock();
-                Err(Error::OwnerDied)
-            }
-            _ => Ok(LockGuard { lock: self }),
+    pub fn lock(&self) -> LockResult<LockGuard<'_>> {
+        let died = self.raw().lock(None) == Acquired::OwnerDied;
+        let guard = LockGuard { lock: self };
+        if died {
+            Err(OwnerDiedError::new(guard))
+        } else {
+            Ok(guard)
         }
     }
 
@@ -433,7 +561,7 @@ impl RLock {
     }
 
     /// Acquires it and returns a guard that releases one level when dropped. As
-    /// [`Lock::lock`], a dead previous holder gives [`Error::OwnerDied`] with the lock free.
+    /// [`Lock::lock`], a dead previous holder gives an [`OwnerDiedError`] holding the guard.
     ///
     /// ```
     /// let r = multiproc::RLock::new().unwrap();
@@ -441,14 +569,11 @@ impl RLock {
     /// let b = r.lock().unwrap();
     /// drop((b, a));
     /// ```
-    pub fn lock(&self) -> Result<RLockGuard<'_>> {
+    pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
         match self.acquire() {
-            Ok(()) => Ok(RLockGuard { lock: self }),
-            Err(Error::OwnerDied) => {
-                let _ = self.release();
-                Err(Error::OwnerDied)
-            }
-            Err(e) => Err(e),
+            Err(Error::OwnerDied) => Err(OwnerDiedError::new(RLockGuard { lock: self })),
+            // `acquire` fails only when the holder died.
+            _ => Ok(RLockGuard { lock: self }),
         }
     }
 

@@ -128,9 +128,9 @@ macro_rules! semaphore_serde {
 ///
 /// ```
 /// let s = multiproc::Semaphore::new(2).unwrap();
-/// s.acquire().unwrap();
-/// assert!(s.try_acquire().unwrap());
-/// assert!(!s.try_acquire().unwrap());
+/// s.acquire();
+/// assert!(s.try_acquire());
+/// assert!(!s.try_acquire());
 /// s.release().unwrap();
 /// assert_eq!(s.get_value(), 1);
 /// ```
@@ -151,31 +151,30 @@ impl Semaphore {
     ///
     /// ```
     /// let s = multiproc::Semaphore::new(1).unwrap();
-    /// s.acquire().unwrap();
+    /// s.acquire();
     /// ```
-    pub fn acquire(&self) -> Result<()> {
+    pub fn acquire(&self) {
         self.0.acquire(None);
-        Ok(())
     }
 
     /// Takes a unit, waiting at most `timeout`: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::Semaphore::new(0).unwrap();
-    /// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap());
+    /// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5)));
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        Ok(self.0.acquire(raw::deadline(timeout)))
+    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+        self.0.acquire(raw::deadline(timeout))
     }
 
     /// Takes a unit if one is there: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::Semaphore::new(0).unwrap();
-    /// assert!(!s.try_acquire().unwrap());
+    /// assert!(!s.try_acquire());
     /// ```
-    pub fn try_acquire(&self) -> Result<bool> {
-        Ok(self.0.try_take())
+    pub fn try_acquire(&self) -> bool {
+        self.0.try_take()
     }
 
     /// Gives a unit back, waking a waiter.
@@ -207,7 +206,7 @@ semaphore_serde!(Semaphore);
 ///
 /// ```
 /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-/// s.acquire().unwrap();
+/// s.acquire();
 /// s.release().unwrap();
 /// assert!(s.release().is_err());
 /// ```
@@ -228,31 +227,30 @@ impl BoundedSemaphore {
     ///
     /// ```
     /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-    /// s.acquire().unwrap();
+    /// s.acquire();
     /// ```
-    pub fn acquire(&self) -> Result<()> {
+    pub fn acquire(&self) {
         self.0.acquire(None);
-        Ok(())
     }
 
     /// Takes a unit, waiting at most `timeout`: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-    /// assert!(s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap());
+    /// assert!(s.acquire_timeout(std::time::Duration::from_millis(5)));
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        Ok(self.0.acquire(raw::deadline(timeout)))
+    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+        self.0.acquire(raw::deadline(timeout))
     }
 
     /// Takes a unit if one is there: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-    /// assert!(s.try_acquire().unwrap());
+    /// assert!(s.try_acquire());
     /// ```
-    pub fn try_acquire(&self) -> Result<bool> {
-        Ok(self.0.try_take())
+    pub fn try_acquire(&self) -> bool {
+        self.0.try_take()
     }
 
     /// Gives a unit back; an error if that would exceed the initial value.

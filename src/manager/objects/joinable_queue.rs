@@ -94,7 +94,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     pub fn task_done(&self) -> Result<()> {
         match self.queue.obj().call(Op::QueueTaskDone) {
             Ok(Reply::Unit) => Ok(()),
-            Ok(r) => Err(Error::Codec(format!(
+            Ok(r) => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
             Err(Error::Remote {
@@ -108,7 +108,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     fn join_wait(&self, wait: Wait) -> Result<bool> {
         match self.queue.obj().call(Op::QueueJoin(wait))? {
             Reply::Bool(b) => Ok(b),
-            r => Err(Error::Codec(format!(
+            r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
         }
@@ -156,7 +156,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     pub fn unfinished_tasks(&self) -> Result<usize> {
         match self.queue.obj().call(Op::QueueUnfinished)? {
             Reply::Len(n) => Ok(n as usize),
-            r => Err(Error::Codec(format!(
+            r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),
         }

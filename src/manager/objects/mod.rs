@@ -77,7 +77,7 @@ pub(crate) fn call<Q: Serialize, R: DeserializeOwned>(obj: &ObjRef, request: &Q)
         request,
     )?)))? {
         Reply::Bytes(b) => codec::decode(&b),
-        r => Err(Error::Codec(format!(
+        r => Err(Error::codec(format!(
             "unexpected reply from the manager: {r:?}"
         ))),
     }

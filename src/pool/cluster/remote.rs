@@ -396,12 +396,12 @@ fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<usize> {
             continue;
         };
         let Some(slots) = s.answered.get_mut(first..first.saturating_add(count)) else {
-            return Err(Error::Codec(
-                "a rank answered tasks it was not given".into(),
+            return Err(Error::codec(
+                "a rank answered tasks it was not given",
             ));
         };
         if slots.iter().any(|a| *a) {
-            return Err(Error::Codec("a rank answered a task twice".into()));
+            return Err(Error::codec("a rank answered a task twice"));
         }
         slots.fill(true);
         s.job
