@@ -18,9 +18,12 @@
 //! [`active_children`]. When the parent exits normally, daemon children are terminated and
 //! the others are waited for, as in Python.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::io::{PipeReader, PipeWriter};
 use std::marker::PhantomData;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -332,6 +335,12 @@ impl<A: Serialize + Send> ErasedArgs for A {
 /// is discarded — use [`spawn`] to get it back. Several arguments travel as a tuple.
 /// Handles in `args` (connections, queues, locks, …) arrive working in the child.
 ///
+/// [`Process::new`] takes the defaults; [`Builder`] sets every option (name, daemon flag,
+/// start method, environment, working directory, standard streams) and makes either a
+/// `Process` ([`Builder::process`]) or a started child with its result
+/// ([`Builder::spawn`]). [`with_name`](Process::with_name) and friends are shorthands for
+/// the builder's options, kept for Python's `Process(name=..., daemon=...)`.
+///
 /// ```
 /// multiproc::init();
 /// fn greet((name, times): (String, u32)) {
@@ -346,20 +355,38 @@ impl<A: Serialize + Send> ErasedArgs for A {
 /// ```
 pub struct Process {
     name: String,
-    daemon: bool,
-    method: Option<StartMethod>,
+    opts: Builder,
     code: Code,
     args: Option<Box<dyn ErasedArgs>>,
     identity: Vec<u32>,
     child: Option<Arc<ChildState>>,
-    build_id_override: Option<u64>,
+    pipes: Pipes,
+}
+
+/// The parent's ends of the pipes made by [`Stdio::piped`].
+#[derive(Default)]
+struct Pipes {
+    stdin: Option<PipeWriter>,
+    stdout: Option<PipeReader>,
+    stderr: Option<PipeReader>,
+}
+
+impl Pipes {
+    fn raw_fds(&self) -> Vec<RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut v = Vec::new();
+        v.extend(self.stdin.as_ref().map(|p| p.as_raw_fd()));
+        v.extend(self.stdout.as_ref().map(|p| p.as_raw_fd()));
+        v.extend(self.stderr.as_ref().map(|p| p.as_raw_fd()));
+        v
+    }
 }
 
 impl fmt::Debug for Process {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
             .field("name", &self.name)
-            .field("daemon", &self.daemon)
+            .field("daemon", &self.opts.daemon)
             .field("pid", &self.pid())
             .finish()
     }
@@ -367,7 +394,8 @@ impl fmt::Debug for Process {
 
 impl Process {
     /// A process that will run `target(args)`. Named "Process-N" (N counts the processes
-    /// created by this process), not a daemon, started with the default start method.
+    /// created by this process), not a daemon, started with the default start method: the
+    /// same as `Builder::new().process(target, args)`.
     ///
     /// ```
     /// multiproc::init();
@@ -380,20 +408,26 @@ impl Process {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: 'static,
     {
+        Builder::new().process(target, args)
+    }
+
+    fn with_code<A>(opts: Builder, code: Code, args: A) -> Process
+    where
+        A: Serialize + Send + 'static,
+    {
         let identity = next_identity();
         Process {
-            name: default_name(&identity),
-            daemon: false,
-            method: None,
-            code: Code::process(target),
+            name: opts.name.clone().unwrap_or_else(|| default_name(&identity)),
+            opts,
+            code,
             args: Some(Box::new(args)),
             identity,
             child: None,
-            build_id_override: None,
+            pipes: Pipes::default(),
         }
     }
 
-    /// Sets the name (Python's `name=`).
+    /// Sets the name (Python's `name=`; [`Builder::name`]).
     ///
     /// ```
     /// let p = multiproc::Process::new(|_: ()| (), ()).with_name("digger-1");
@@ -404,18 +438,20 @@ impl Process {
         self
     }
 
-    /// Makes it a daemon: terminated when its parent exits (Python's `daemon=True`).
+    /// Makes it a daemon: terminated when its parent exits (Python's `daemon=True`;
+    /// [`Builder::daemon`]).
     ///
     /// ```
     /// let p = multiproc::Process::new(|_: ()| (), ()).with_daemon(true);
     /// assert!(p.daemon());
     /// ```
     pub fn with_daemon(mut self, daemon: bool) -> Process {
-        self.daemon = daemon;
+        self.opts.daemon = daemon;
         self
     }
 
-    /// Starts this process with `method` instead of the default.
+    /// Starts this process with `method` instead of the default
+    /// ([`Builder::start_method`]).
     ///
     /// ```
     /// multiproc::init();
@@ -426,14 +462,14 @@ impl Process {
     /// assert_eq!(p.exitcode(), Some(0));
     /// ```
     pub fn with_start_method(mut self, method: StartMethod) -> Process {
-        self.method = Some(method);
+        self.opts.method = Some(method);
         self
     }
 
     #[doc(hidden)]
     /// Test hook: make the child believe it is another build.
     pub fn with_build_id_override(mut self, id: u64) -> Process {
-        self.build_id_override = Some(id);
+        self.opts.build_id_override = Some(id);
         self
     }
 
@@ -452,7 +488,7 @@ impl Process {
     /// assert!(!multiproc::Process::new(|_: ()| (), ()).daemon());
     /// ```
     pub fn daemon(&self) -> bool {
-        self.daemon
+        self.opts.daemon
     }
 
     /// Starts the process. A second call gives [`Error::AlreadyStarted`]. After a successful
@@ -477,21 +513,38 @@ impl Process {
         let Some(args) = self.args.as_ref() else {
             return Err(Error::AlreadyStarted);
         };
+        if let Some(dir) = &self.opts.cwd {
+            // Checked here, where the error can be returned; the child changes to it.
+            if !std::fs::metadata(dir)?.is_dir() {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!("current_dir {} is not a directory", dir.display()),
+                )));
+            }
+        }
         let mut bytes = Vec::new();
         let arg_fds = args.encode(&mut bytes)?;
+        let mut pipes = Pipes::default();
+        let stdio = self.opts.child_stdio(&mut pipes)?;
         let launched = start::launch(LaunchSpec {
-            method: self.method.unwrap_or_else(start::get_start_method),
+            method: self.opts.method.unwrap_or_else(start::get_start_method),
             code: self.code,
             name: self.name.clone(),
             identity: self.identity.clone(),
-            daemon: self.daemon,
+            daemon: self.opts.daemon,
             args: bytes,
             arg_fds,
             result,
-            build_id_override: self.build_id_override,
+            build_id_override: self.opts.build_id_override,
+            env: self.opts.env.clone(),
+            env_clear: self.opts.env_clear,
+            cwd: self.opts.cwd.clone(),
+            stdio,
+            parent_ends: pipes.raw_fds(),
         })?;
         self.args = None;
-        let child = ChildState::new(launched, self.name.clone(), self.daemon);
+        self.pipes = pipes;
+        let child = ChildState::new(launched, self.name.clone(), self.opts.daemon);
         register(&child);
         self.child = Some(child);
         Ok(())
@@ -504,6 +557,67 @@ impl Process {
 
     fn started(&self) -> Result<&Arc<ChildState>> {
         self.child.as_ref().ok_or(Error::NotStarted)
+    }
+
+    /// The parent's end of the child's standard input, once started with
+    /// [`Stdio::piped`] for it ([`Builder::stdin`]); `None` otherwise or once taken. Drop
+    /// it to close the child's input.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::{Read, Write};
+    /// use multiproc::process::{Builder, Stdio};
+    /// fn shout(_: ()) {
+    ///     let mut s = String::new();
+    ///     std::io::stdin().read_to_string(&mut s).unwrap();
+    ///     print!("{}", s.to_uppercase());
+    /// }
+    /// let mut p = Builder::new().stdin(Stdio::piped()).stdout(Stdio::piped()).process(shout, ());
+    /// p.start().unwrap();
+    /// p.take_stdin().unwrap().write_all(b"hello").unwrap(); // dropped: end of input
+    /// let mut out = String::new();
+    /// p.take_stdout().unwrap().read_to_string(&mut out).unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(out, "HELLO");
+    /// ```
+    pub fn take_stdin(&mut self) -> Option<PipeWriter> {
+        self.pipes.stdin.take()
+    }
+
+    /// The parent's end of the child's standard output, once started with
+    /// [`Stdio::piped`] for it ([`Builder::stdout`]); `None` otherwise or once taken.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::Read;
+    /// use multiproc::process::{Builder, Stdio};
+    /// let mut p = Builder::new().stdout(Stdio::piped()).process(|n: u32| println!("{n}"), 7);
+    /// p.start().unwrap();
+    /// let mut out = String::new();
+    /// p.take_stdout().unwrap().read_to_string(&mut out).unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(out, "7\n");
+    /// ```
+    pub fn take_stdout(&mut self) -> Option<PipeReader> {
+        self.pipes.stdout.take()
+    }
+
+    /// The parent's end of the child's standard error, once started with
+    /// [`Stdio::piped`] for it ([`Builder::stderr`]); `None` otherwise or once taken.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::Read;
+    /// use multiproc::process::{Builder, Stdio};
+    /// let mut p = Builder::new().stderr(Stdio::piped()).process(|_: ()| eprint!("oops"), ());
+    /// p.start().unwrap();
+    /// let mut err = String::new();
+    /// p.take_stderr().unwrap().read_to_string(&mut err).unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(err, "oops");
+    /// ```
+    pub fn take_stderr(&mut self) -> Option<PipeReader> {
+        self.pipes.stderr.take()
     }
 
     /// The process id, once started.
@@ -666,14 +780,126 @@ impl Drop for Process {
     }
 }
 
-/// Options for a process started with [`Builder::spawn`]: name, daemon flag, start method.
+/// What a child's standard input, output or error is connected to ([`Builder::stdin`],
+/// [`Builder::stdout`], [`Builder::stderr`]), like [`std::process::Stdio`].
+///
+/// Without a setting, a child's standard input is `/dev/null` (as in Python) and its
+/// output and error are the parent's.
+///
+/// ```
+/// use multiproc::process::Stdio;
+/// let _ = Stdio::inherit();
+/// let _ = Stdio::null();
+/// let _ = Stdio::piped();
+/// let _ = Stdio::from(std::fs::File::open("/dev/null").unwrap());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Stdio(StdioKind);
+
+#[derive(Clone, Debug)]
+enum StdioKind {
+    Inherit,
+    Null,
+    Piped,
+    Fd(Arc<OwnedFd>),
+}
+
+impl Stdio {
+    /// The parent's own stream (for standard input: the parent's standard input, which
+    /// the child then shares).
+    ///
+    /// ```
+    /// let b = multiproc::Builder::new().stdout(multiproc::process::Stdio::inherit());
+    /// # let _ = b;
+    /// ```
+    pub fn inherit() -> Stdio {
+        Stdio(StdioKind::Inherit)
+    }
+
+    /// `/dev/null`: input at its end, output discarded.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::{process::Stdio, Builder};
+    /// let h = Builder::new().stdout(Stdio::null()).spawn(|_: ()| println!("unseen"), ()).unwrap();
+    /// h.join().unwrap();
+    /// ```
+    pub fn null() -> Stdio {
+        Stdio(StdioKind::Null)
+    }
+
+    /// A new pipe: the parent gets the other end with [`Process::take_stdin`],
+    /// [`take_stdout`](Process::take_stdout) or [`take_stderr`](Process::take_stderr)
+    /// (or [`JoinHandle`]'s methods of the same names).
+    ///
+    /// With [`StartMethod::Fork`] other children forked later inherit the parent's end of
+    /// such a pipe too (as with Python's fork); the other start methods do not leak it.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::Read;
+    /// use multiproc::{process::Stdio, Builder};
+    /// let mut h = Builder::new().stdout(Stdio::piped()).spawn(|_: ()| print!("hi"), ()).unwrap();
+    /// let mut out = String::new();
+    /// h.take_stdout().unwrap().read_to_string(&mut out).unwrap();
+    /// h.join().unwrap();
+    /// assert_eq!(out, "hi");
+    /// ```
+    pub fn piped() -> Stdio {
+        Stdio(StdioKind::Piped)
+    }
+}
+
+impl From<std::fs::File> for Stdio {
+    /// The file (opened for reading for standard input, for writing for the others).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let path = std::env::temp_dir().join(format!("multiproc-doc-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path).unwrap();
+    /// let h = multiproc::Builder::new().stdout(file).spawn(|_: ()| print!("logged"), ()).unwrap();
+    /// h.join().unwrap();
+    /// assert_eq!(std::fs::read_to_string(&path).unwrap(), "logged");
+    /// std::fs::remove_file(&path).unwrap();
+    /// ```
+    fn from(f: std::fs::File) -> Stdio {
+        Stdio(StdioKind::Fd(Arc::new(f.into())))
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    /// Any descriptor: a socket, a pipe end, a file.
+    ///
+    /// ```
+    /// let fd: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    /// let b = multiproc::Builder::new().stdin(fd);
+    /// # let _ = b;
+    /// ```
+    fn from(fd: OwnedFd) -> Stdio {
+        Stdio(StdioKind::Fd(Arc::new(fd)))
+    }
+}
+
+/// The one process builder: name, daemon flag, start method, environment, working
+/// directory and standard streams; then [`process`](Builder::process) for a [`Process`]
+/// (Python's style, started later) or [`spawn`](Builder::spawn) to start one at once and
+/// get its result through a [`JoinHandle`] (std::thread's style).
+///
+/// The environment and the working directory are applied in the child before the target
+/// runs (for a `Spawn` child, after the program's `main` reached `multiproc::init()`).
 ///
 /// ```
 /// multiproc::init();
 /// let h = multiproc::Builder::new()
 ///     .name("adder")
 ///     .start_method(multiproc::StartMethod::ForkServer)
-///     .spawn(|(a, b): (i32, i32)| a + b, (2, 3))
+///     .env("GREETING", "hi")
+///     .current_dir("/")
+///     .spawn(|(a, b): (i32, i32)| {
+///         assert_eq!(std::env::var("GREETING").unwrap(), "hi");
+///         assert_eq!(std::env::current_dir().unwrap(), std::path::Path::new("/"));
+///         a + b
+///     }, (2, 3))
 ///     .unwrap();
 /// assert_eq!(h.join().unwrap(), 5);
 /// ```
@@ -683,6 +909,10 @@ pub struct Builder {
     daemon: bool,
     method: Option<StartMethod>,
     build_id_override: Option<u64>,
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    cwd: Option<PathBuf>,
+    stdio: [Option<Stdio>; 3],
 }
 
 impl Builder {
@@ -696,22 +926,22 @@ impl Builder {
         Builder::default()
     }
 
-    /// The child's name.
+    /// The child's name (Python's `name=`).
     ///
     /// ```
-    /// let b = multiproc::Builder::new().name("w");
-    /// # let _ = b;
+    /// let p = multiproc::Builder::new().name("w").process(|_: ()| (), ());
+    /// assert_eq!(p.name(), "w");
     /// ```
     pub fn name(mut self, name: impl Into<String>) -> Builder {
         self.name = Some(name.into());
         self
     }
 
-    /// Whether the child is a daemon.
+    /// Whether the child is a daemon (Python's `daemon=`).
     ///
     /// ```
-    /// let b = multiproc::Builder::new().daemon(true);
-    /// # let _ = b;
+    /// let p = multiproc::Builder::new().daemon(true).process(|_: ()| (), ());
+    /// assert!(p.daemon());
     /// ```
     pub fn daemon(mut self, daemon: bool) -> Builder {
         self.daemon = daemon;
@@ -736,6 +966,165 @@ impl Builder {
         self
     }
 
+    /// Sets an environment variable in the child ([`std::process::Command::env`]).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let h = multiproc::Builder::new()
+    ///     .env("MODE", "fast")
+    ///     .spawn(|_: ()| std::env::var("MODE").ok(), ())
+    ///     .unwrap();
+    /// assert_eq!(h.join().unwrap().as_deref(), Some("fast"));
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Builder {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable in the child.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let h = multiproc::Builder::new()
+    ///     .env_remove("HOME")
+    ///     .spawn(|_: ()| std::env::var_os("HOME").is_none(), ())
+    ///     .unwrap();
+    /// assert!(h.join().unwrap());
+    /// ```
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Builder {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Starts the child's environment empty (variables set with [`env`](Builder::env)
+    /// are then the only ones).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let h = multiproc::Builder::new()
+    ///     .env_clear()
+    ///     .env("ONLY", "1")
+    ///     .spawn(|_: ()| std::env::vars().map(|(k, _)| k).collect::<Vec<_>>(), ())
+    ///     .unwrap();
+    /// assert_eq!(h.join().unwrap(), vec!["ONLY".to_string()]);
+    /// ```
+    pub fn env_clear(mut self) -> Builder {
+        self.env.clear();
+        self.env_clear = true;
+        self
+    }
+
+    /// The child's working directory. Checked when the process starts: a missing
+    /// directory is an [`Error::Io`] from `start`/`spawn`.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let h = multiproc::Builder::new()
+    ///     .current_dir("/tmp")
+    ///     .spawn(|_: ()| std::env::current_dir().unwrap(), ())
+    ///     .unwrap();
+    /// assert_eq!(h.join().unwrap(), std::path::Path::new("/tmp").canonicalize().unwrap());
+    /// assert!(multiproc::Builder::new().current_dir("/no/such/dir").spawn(|_: ()| (), ()).is_err());
+    /// ```
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Builder {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The child's standard input (default: `/dev/null`, as in Python). See [`Stdio`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::Write;
+    /// use multiproc::process::Stdio;
+    /// fn count_lines(_: ()) -> usize { std::io::stdin().lines().count() }
+    /// let mut h = multiproc::Builder::new().stdin(Stdio::piped()).spawn(count_lines, ()).unwrap();
+    /// h.take_stdin().unwrap().write_all(b"a\nb\nc\n").unwrap();
+    /// assert_eq!(h.join().unwrap(), 3);
+    /// ```
+    pub fn stdin(mut self, s: impl Into<Stdio>) -> Builder {
+        self.stdio[0] = Some(s.into());
+        self
+    }
+
+    /// The child's standard output (default: the parent's). See [`Stdio`].
+    ///
+    /// ```
+    /// let b = multiproc::Builder::new().stdout(multiproc::process::Stdio::null());
+    /// # let _ = b;
+    /// ```
+    pub fn stdout(mut self, s: impl Into<Stdio>) -> Builder {
+        self.stdio[1] = Some(s.into());
+        self
+    }
+
+    /// The child's standard error (default: the parent's). See [`Stdio`].
+    ///
+    /// ```
+    /// let b = multiproc::Builder::new().stderr(multiproc::process::Stdio::null());
+    /// # let _ = b;
+    /// ```
+    pub fn stderr(mut self, s: impl Into<Stdio>) -> Builder {
+        self.stdio[2] = Some(s.into());
+        self
+    }
+
+    /// The descriptors the child installs as its standard streams (`None`: the default),
+    /// keeping the parent's ends of new pipes in `pipes`.
+    fn child_stdio(&self, pipes: &mut Pipes) -> Result<[Option<OwnedFd>; 3]> {
+        let mut out: [Option<OwnedFd>; 3] = [None, None, None];
+        for (i, slot) in self.stdio.iter().enumerate() {
+            let Some(Stdio(kind)) = slot else { continue };
+            out[i] = Some(match kind {
+                StdioKind::Inherit => sys::dup_stdio(i)?,
+                StdioKind::Null => std::fs::OpenOptions::new()
+                    .read(i == 0)
+                    .write(i != 0)
+                    .open("/dev/null")?
+                    .into(),
+                StdioKind::Fd(fd) => sys::dup_fd(fd.as_ref())?,
+                StdioKind::Piped => {
+                    let (r, w) = std::io::pipe()?;
+                    if i == 0 {
+                        pipes.stdin = Some(w);
+                        r.into()
+                    } else {
+                        if i == 1 {
+                            pipes.stdout = Some(r);
+                        } else {
+                            pipes.stderr = Some(r);
+                        }
+                        w.into()
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// A [`Process`] with these options that will run `target(args)` once
+    /// [`start`](Process::start)ed (its return value is discarded, as with
+    /// [`Process::new`]).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let mut p = multiproc::Builder::new()
+    ///     .name("quiet")
+    ///     .stdout(multiproc::process::Stdio::null())
+    ///     .process(|n: u8| println!("{n}"), 1);
+    /// p.start().unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// ```
+    pub fn process<A, R>(self, target: fn(A) -> R, args: A) -> Process
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: 'static,
+    {
+        Process::with_code(self, Code::process(target), args)
+    }
+
     /// Starts `f(args)` in a new process; [`JoinHandle::join`] returns its result.
     ///
     /// ```
@@ -748,22 +1137,13 @@ impl Builder {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let identity = next_identity();
-        let mut p = Process {
-            name: self.name.unwrap_or_else(|| default_name(&identity)),
-            daemon: self.daemon,
-            method: self.method,
-            code: Code::returning(f),
-            args: Some(Box::new(args)),
-            identity,
-            child: None,
-            build_id_override: self.build_id_override,
-        };
+        let mut p = Process::with_code(self, Code::returning(f), args);
         let (ours, theirs) = sys::stream_pair()?;
         p.start_inner(Some(theirs))?;
         Ok(JoinHandle {
             process: p,
             result: RawConn::new(ours),
+            joined: false,
             _r: PhantomData,
         })
     }
@@ -805,6 +1185,8 @@ where
 pub struct JoinHandle<R> {
     process: Process,
     result: RawConn,
+    /// `join_timeout` already returned the result.
+    joined: bool,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -866,6 +1248,48 @@ impl<R> JoinHandle<R> {
         self.process.kill()
     }
 
+    /// The parent's end of the child's piped standard input ([`Process::take_stdin`]).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let mut h = multiproc::spawn(|_: ()| (), ()).unwrap();
+    /// assert!(h.take_stdin().is_none()); // not piped
+    /// h.join().unwrap();
+    /// ```
+    pub fn take_stdin(&mut self) -> Option<PipeWriter> {
+        self.process.take_stdin()
+    }
+
+    /// The parent's end of the child's piped standard output ([`Process::take_stdout`]).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::io::Read;
+    /// let mut h = multiproc::Builder::new()
+    ///     .stdout(multiproc::process::Stdio::piped())
+    ///     .spawn(|_: ()| print!("out"), ())
+    ///     .unwrap();
+    /// let mut s = String::new();
+    /// h.take_stdout().unwrap().read_to_string(&mut s).unwrap();
+    /// h.join().unwrap();
+    /// assert_eq!(s, "out");
+    /// ```
+    pub fn take_stdout(&mut self) -> Option<PipeReader> {
+        self.process.take_stdout()
+    }
+
+    /// The parent's end of the child's piped standard error ([`Process::take_stderr`]).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let mut h = multiproc::spawn(|_: ()| (), ()).unwrap();
+    /// assert!(h.take_stderr().is_none()); // not piped
+    /// h.join().unwrap();
+    /// ```
+    pub fn take_stderr(&mut self) -> Option<PipeReader> {
+        self.process.take_stderr()
+    }
+
     /// A descriptor that becomes readable when the child ends (see
     /// [`Process::sentinel`]).
     ///
@@ -917,7 +1341,43 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// let h = multiproc::spawn(|v: Vec<i32>| v.iter().sum::<i32>(), vec![1, 2, 3]).unwrap();
     /// assert_eq!(h.join().unwrap(), 6);
     /// ```
-    pub fn join(self) -> Result<R> {
+    pub fn join(mut self) -> Result<R> {
+        self.finish()
+    }
+
+    /// Waits at most `timeout` for the child's result: `Ok(Some(r))` once it returned
+    /// (the outcome [`join`](JoinHandle::join) would give: a panic or a death is an
+    /// `Err`), `Ok(None)` if it is still running — the handle stays usable, call again
+    /// or `join`. A zero timeout only looks. After the result was returned, another call
+    /// is an [`Error::InvalidOperation`].
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use std::time::Duration;
+    /// fn slow(e: multiproc::Event) -> u32 { e.wait(); 42 }
+    /// let go = multiproc::Event::new().unwrap();
+    /// let mut h = multiproc::spawn(slow, go.clone()).unwrap();
+    /// assert_eq!(h.join_timeout(Duration::ZERO).unwrap(), None); // still waiting for `go`
+    /// go.set();
+    /// assert_eq!(h.join_timeout(Duration::from_secs(60)).unwrap(), Some(42));
+    /// assert!(h.join_timeout(Duration::ZERO).is_err()); // already joined
+    /// ```
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>> {
+        if self.joined {
+            return Err(Error::invalid(
+                "JoinHandle::join_timeout after the result was taken",
+            ));
+        }
+        // The result socket is readable once the child sent its outcome or closed its end
+        // (it ended, one way or another).
+        if !self.result.poll(Some(timeout))? {
+            return Ok(None);
+        }
+        self.joined = true;
+        self.finish().map(Some)
+    }
+
+    fn finish(&mut self) -> Result<R> {
         let outcome = self.result.recv_value::<Outcome<R>>();
         let child = self.process.started()?.clone();
         let status = child.wait(None)?;

@@ -23,6 +23,31 @@ fn add((a, b): (i64, i64)) -> i64 {
     a + b
 }
 
+/// Copies standard input to standard output line by line, counts the lines on standard
+/// error, and returns what it sees of its environment and working directory.
+fn env_cwd_and_echo(_: ()) -> (Option<String>, bool, std::path::PathBuf) {
+    use std::io::{BufRead, Write};
+    let mut n = 0;
+    for line in std::io::stdin().lock().lines() {
+        println!("out: {}", line.unwrap());
+        n += 1;
+    }
+    if n > 0 {
+        eprintln!("err: {n} lines");
+    }
+    std::io::stdout().flush().unwrap();
+    (
+        std::env::var("MULTIPROC_TEST_VAR").ok(),
+        std::env::var_os("MULTIPROC_TEST_REMOVED").is_some(),
+        std::env::current_dir().unwrap(),
+    )
+}
+
+fn wait_then_answer(go: multiproc::Event) -> u32 {
+    go.wait();
+    42
+}
+
 fn who(_: ()) -> (String, u32, Option<(String, u32)>) {
     let me = multiproc::current_process();
     let parent = multiproc::parent_process().map(|p| (p.name().to_string(), p.pid()));
@@ -111,6 +136,101 @@ macro_rules! method_tests {
                 // Signalling an ended, reaped process is a no-op, not an error.
                 p.terminate().unwrap();
                 p.kill().unwrap();
+            }
+
+            #[test]
+            fn builder_sets_env_cwd_and_stdio() {
+                multiproc::init();
+                use multiproc::process::Stdio;
+                use std::io::{Read, Write};
+                let dir = std::env::temp_dir().canonicalize().unwrap();
+                std::env::set_var("MULTIPROC_TEST_REMOVED", "present");
+                let mut h = Builder::new()
+                    .start_method(m())
+                    .env("MULTIPROC_TEST_VAR", "set by the builder")
+                    .env_remove("MULTIPROC_TEST_REMOVED")
+                    .current_dir(&dir)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn(env_cwd_and_echo, ())
+                    .unwrap();
+                let mut stdin = h.take_stdin().unwrap();
+                stdin.write_all(b"line one\nline two\n").unwrap();
+                drop(stdin); // end of the child's input
+                let mut out = String::new();
+                h.take_stdout().unwrap().read_to_string(&mut out).unwrap();
+                let mut err = String::new();
+                h.take_stderr().unwrap().read_to_string(&mut err).unwrap();
+                let (var, removed, cwd) = h.join().unwrap();
+                assert_eq!(var.as_deref(), Some("set by the builder"));
+                assert!(!removed);
+                assert_eq!(cwd, dir);
+                assert_eq!(out, "out: line one\nout: line two\n");
+                assert_eq!(err, "err: 2 lines\n");
+                // The parent's own environment and directory are untouched.
+                assert!(std::env::var_os("MULTIPROC_TEST_VAR").is_none());
+                assert_eq!(std::env::var("MULTIPROC_TEST_REMOVED").unwrap(), "present");
+
+                // A file and /dev/null, through Builder::process.
+                let path = dir.join(format!(
+                    "multiproc-stdio-{}-{}",
+                    std::process::id(),
+                    line!()
+                ));
+                let file = std::fs::File::create(&path).unwrap();
+                let mut p = Builder::new()
+                    .start_method(m())
+                    .stdin(Stdio::null())
+                    .stdout(file)
+                    .process(env_cwd_and_echo, ());
+                p.start().unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(0));
+                let written = std::fs::read_to_string(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                assert_eq!(written, "");
+                // A missing working directory is an error from spawn, not a silent child.
+                assert!(matches!(
+                    Builder::new()
+                        .start_method(m())
+                        .current_dir("/no/such/dir")
+                        .spawn(add, (1, 2)),
+                    Err(Error::Io(_))
+                ));
+            }
+
+            #[test]
+            fn join_handle_join_timeout() {
+                multiproc::init();
+                let go = multiproc::Event::new().unwrap();
+                let mut h = Builder::new()
+                    .start_method(m())
+                    .spawn(wait_then_answer, go.clone())
+                    .unwrap();
+                // The child blocks on `go`: nothing yet, and the handle stays usable.
+                assert!(h.join_timeout(Duration::ZERO).unwrap().is_none());
+                assert!(h.join_timeout(Duration::from_millis(50)).unwrap().is_none());
+                go.set();
+                assert_eq!(h.join_timeout(Duration::from_secs(60)).unwrap(), Some(42));
+                assert!(matches!(
+                    h.join_timeout(Duration::ZERO),
+                    Err(Error::InvalidOperation(_))
+                ));
+                // A child that dies: its death, not a timeout.
+                let mut h = Builder::new()
+                    .start_method(m())
+                    .spawn(sleep_ms, 60_000)
+                    .unwrap();
+                assert!(h.join_timeout(Duration::ZERO).unwrap().is_none());
+                h.kill().unwrap();
+                assert!(matches!(
+                    h.join_timeout(Duration::from_secs(60)),
+                    Err(Error::WorkerDied {
+                        signal: Some(9),
+                        ..
+                    })
+                ));
             }
 
             #[test]

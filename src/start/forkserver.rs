@@ -35,9 +35,9 @@ fn start_server() -> Result<Client> {
 
 /// Asks the fork server (starting it if needed) to start the child `spec` describes.
 pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
-    let stdout = sys::dup_stdout()?;
-    let boot = codec::encode(&spec.boot(true))?;
-    let fds = boot_fds(&spec, Some(&stdout));
+    let stdout = spec.default_stdout()?;
+    let boot = codec::encode(&spec.boot(stdout.is_some()))?;
+    let fds = boot_fds(&spec, stdout.as_ref());
     let mut g = SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let mut last_err = None;
     for _attempt in 0..2 {

@@ -34,6 +34,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 
@@ -228,6 +229,15 @@ pub(crate) struct Boot {
     pub(crate) shm_tracker: Option<String>,
     /// The parent's process-wide settings, which the child takes over.
     pub(crate) settings: Settings,
+    /// For standard input, output and error: whether the next fd is to be installed as it
+    /// (the builder's `Stdio` settings).
+    pub(crate) stdio: [bool; 3],
+    /// Environment changes: set (`Some`) or remove (`None`), after clearing it if
+    /// `env_clear`.
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) env_clear: bool,
+    /// The working directory to change to.
+    pub(crate) cwd: Option<PathBuf>,
 }
 
 /// The process-wide settings a child inherits from its parent, whatever its start method
@@ -331,6 +341,15 @@ pub(crate) struct LaunchSpec {
     pub(crate) result: Option<OwnedFd>,
     /// Test hook: pretend the child is another build.
     pub(crate) build_id_override: Option<u64>,
+    /// The environment changes and working directory of the child.
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) env_clear: bool,
+    pub(crate) cwd: Option<PathBuf>,
+    /// Descriptors to install as the child's standard input, output and error.
+    pub(crate) stdio: [Option<OwnedFd>; 3],
+    /// The parent's ends of the child's stdio pipes: a forked child closes its copies (a
+    /// child holding the write end of its own standard input would never see its end).
+    pub(crate) parent_ends: Vec<RawFd>,
 }
 
 impl LaunchSpec {
@@ -353,7 +372,20 @@ impl LaunchSpec {
             has_stdout,
             shm_tracker: Some(crate::shared_memory::tracker_address()),
             settings: Settings::current(),
+            stdio: [0, 1, 2].map(|i| self.stdio[i].is_some()),
+            env: std::mem::take(&mut self.env),
+            env_clear: self.env_clear,
+            cwd: self.cwd.take(),
         }
+    }
+
+    /// A duplicate of the parent's standard output for the child, unless the builder
+    /// set the child's own.
+    fn default_stdout(&self) -> Result<Option<OwnedFd>> {
+        if self.stdio[1].is_some() {
+            return Ok(None);
+        }
+        Ok(Some(sys::dup_stdout()?))
     }
 }
 
@@ -395,6 +427,10 @@ fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
             if let Some(r) = spec.result {
                 fds.push(r);
             }
+            fds.extend(spec.stdio.into_iter().flatten());
+            for &fd in &spec.parent_ends {
+                sys::close_in_forked_child(fd);
+            }
             for &fd in &spec.arg_fds {
                 match sys::dup_raw(fd) {
                     Ok(d) => fds.push(d),
@@ -409,16 +445,18 @@ fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
     }
 }
 
-/// The descriptors that travel with a bootstrap: \[result]\[stdout]\[handles…].
+/// The descriptors that travel with a bootstrap:
+/// \[result]\[stdout]\[stdin, stdout, stderr as set]\[handles…].
 fn boot_fds(spec: &LaunchSpec, stdout: Option<&OwnedFd>) -> Vec<RawFd> {
     use std::os::fd::AsRawFd;
-    let mut fds = Vec::with_capacity(2 + spec.arg_fds.len());
+    let mut fds = Vec::with_capacity(5 + spec.arg_fds.len());
     if let Some(r) = &spec.result {
         fds.push(r.as_raw_fd());
     }
     if let Some(s) = stdout {
         fds.push(s.as_raw_fd());
     }
+    fds.extend(spec.stdio.iter().flatten().map(|f| f.as_raw_fd()));
     fds.extend_from_slice(&spec.arg_fds);
     fds
 }
@@ -458,9 +496,9 @@ fn launch_spawn(mut spec: LaunchSpec) -> Result<u32> {
     let (ours, theirs) = sys::stream_pair()?;
     let pid = on_lasting_thread(move || exec_self("spawn", theirs))?;
     let ours = RawConn::new(ours);
-    let stdout = sys::dup_stdout()?;
-    let boot = spec.boot(true);
-    let fds = boot_fds(&spec, Some(&stdout));
+    let stdout = spec.default_stdout()?;
+    let boot = spec.boot(stdout.is_some());
+    let fds = boot_fds(&spec, stdout.as_ref());
     // A child that dies before reading gives EPIPE here; its exit status tells the rest.
     let _ = ours.send_bytes(&codec::encode(&boot)?, &fds);
     Ok(pid)
@@ -571,6 +609,40 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
     if boot.has_stdout && !fds.is_empty() {
         let out = fds.remove(0);
         let _ = sys::set_stdout(out.as_fd());
+    }
+    for (i, _) in boot.stdio.iter().enumerate().filter(|(_, set)| **set) {
+        if fds.is_empty() {
+            break;
+        }
+        let fd = fds.remove(0);
+        if let Err(e) = sys::set_stdio(i, fd.as_fd()) {
+            eprintln!(
+                "multiproc: cannot set up standard stream {i} of process {}: {e}",
+                boot.name
+            );
+            finish_child(255);
+        }
+    }
+    if boot.env_clear {
+        for (k, _) in std::env::vars_os() {
+            std::env::remove_var(k);
+        }
+    }
+    for (k, v) in &boot.env {
+        match v {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
+    if let Some(dir) = &boot.cwd {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!(
+                "multiproc: process {} cannot change to directory {}: {e}",
+                boot.name,
+                dir.display()
+            );
+            finish_child(255);
+        }
     }
     process::set_current(&boot);
     crate::shared_memory::adopt_tracker(boot.shm_tracker.clone());
