@@ -875,7 +875,7 @@ fn map_argument_encode_failure_leaves_the_pool_usable() {
     // An argument whose encoding panics fails that call only, with the panic's message.
     let boom: Vec<Explosive> = (0..20).map(Explosive).collect();
     match pool.map_chunked(defuse, boom, 3) {
-        Err(Error::Codec(m)) => assert!(m.contains("Explosive(5)"), "{m}"),
+        Err(Error::Codec(m)) => assert!(m.message().contains("Explosive(5)"), "{m}"),
         other => panic!("{other:?}"),
     }
     let res: Vec<_> = pool.imap(defuse, (0..8).map(Explosive)).collect();

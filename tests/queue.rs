@@ -808,9 +808,9 @@ fn shutdown_wakes_every_waiting_get_and_put_in_every_process() {
     let q2 = q.clone();
     let local = std::thread::spawn(move || q2.get());
     for (_, ready) in &getters {
-        ready.wait().unwrap();
+        ready.wait();
     }
-    put_ready.wait().unwrap();
+    put_ready.wait();
     assert!(!q.is_shutdown());
     q.shutdown();
     full.shutdown();
@@ -843,7 +843,10 @@ fn after_shutdown_consumers_drain_what_is_left() {
     }
     q.shutdown();
     assert!(matches!(q.put(9), Err(Error::ShutDown)));
-    assert!(matches!(q.try_put(9), Err(Error::ShutDown)));
+    assert!(matches!(
+        q.try_put(9),
+        Err(TryPutError::Failed(9, Error::ShutDown))
+    ));
     assert!(multiproc::spawn(is_shut, q.clone())
         .unwrap()
         .join()

@@ -250,14 +250,14 @@ fn process_group_sigkill_leaves_nothing_in_dev_shm() {
         let mut p = Process::new(create_and_hang, (b, member_ready.clone()))
             .with_start_method(StartMethod::Spawn);
         p.start().unwrap();
-        assert!(member_ready.wait_timeout(Duration::from_secs(20)).unwrap());
+        assert!(member_ready.wait_timeout(Duration::from_secs(20)));
         hang_after(ready)
     }
     let (a, b) = (unique("group_a"), unique("group_b"));
     let ready = Event::new().unwrap();
     let mut h = Process::new(leader, (a.clone(), b.clone(), ready.clone()));
     h.start().unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
     assert!(exists(&a) && exists(&b));
     let pgid = h.pid().unwrap();
     rustix::process::kill_process_group(Pid::from_raw(pgid as i32).unwrap(), Signal::KILL).unwrap();
@@ -293,7 +293,7 @@ fn killed_tracker_is_replaced_and_keeps_every_name() {
         (a.clone(), b.clone(), ready.clone()),
     )
     .unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
     assert!(exists(&a) && exists(&b));
     h.kill().unwrap();
     let _ = h.join();
