@@ -963,7 +963,7 @@ fn counted((i, runs): (usize, multiproc::Array<u32>)) -> usize {
 /// Holds the pool's only worker until `go` is set (after saying it started).
 fn hold((started, go): (multiproc::Event, multiproc::Event)) {
     started.set();
-    assert!(go.wait_timeout(Duration::from_secs(60)).unwrap());
+    assert!(go.wait_timeout(Duration::from_secs(60)));
 }
 
 /// Issue 11.7: `apply_async` jobs sent to one worker together; the first kills it. It
@@ -980,7 +980,7 @@ fn killed_with_jobs_in_flight(retries: Option<u32>) -> (Vec<multiproc::Result<us
         multiproc::Event::new().unwrap(),
     );
     let held = pool.apply_async(hold, (started.clone(), go.clone()));
-    assert!(started.wait_timeout(Duration::from_secs(30)).unwrap());
+    assert!(started.wait_timeout(Duration::from_secs(30)));
     // Queued while the worker is busy, so that they go out to it in batches.
     let runs = multiproc::Array::<u32>::new(40).unwrap();
     let rs: Vec<_> = (0..40)

@@ -384,7 +384,7 @@ fn a_killed_attacher_does_not_take_the_block_away() {
         (name.clone(), mine.clone(), ready.clone()),
     )
     .unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(10)).unwrap());
+    assert!(ready.wait_timeout(Duration::from_secs(10)));
     h.kill().unwrap();
     let _ = h.join();
     // The tracker dealt with the dead child's names (its own block is gone); the block it
