@@ -896,7 +896,7 @@ fn transfer_many((a, b, log, n): (Value<i64>, Value<i64>, Array<i64>, usize)) ->
         let _g = a.get_lock().lock().unwrap();
         a.set(a.get() - 1);
         b.set(b.get() + 1);
-        log.set(0, log.get(0) + 1);
+        log.set(0, log.at(0) + 1);
     }
     same
 }
@@ -915,7 +915,7 @@ fn values_and_arrays_sharing_one_lock_change_together_across_processes() {
     for _ in 0..200 {
         let _g = lock.lock().unwrap();
         assert_eq!(a.get() + b.get(), 1000);
-        assert_eq!(log.get(0), b.get());
+        assert_eq!(log.at(0), b.get());
     }
     for h in children {
         assert!(h.join().unwrap());

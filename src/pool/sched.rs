@@ -401,9 +401,7 @@ impl Job {
         };
         let args = rd.bytes(args_len)?.to_vec();
         if count > 0 && ends.end(count - 1) != args.len() {
-            return Err(Error::codec(
-                "a job's argument ends do not match its bytes",
-            ));
+            return Err(Error::codec("a job's argument ends do not match its bytes"));
         }
         let mut job = Job::new(code, 0, sink(id));
         job.args = args;

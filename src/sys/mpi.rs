@@ -24,8 +24,8 @@ pub(crate) fn isend(
     tag: i32,
     buf: Vec<u8>,
 ) -> Result<PendingSend> {
-    let count = i32::try_from(buf.len())
-        .map_err(|_| Error::codec("an MPI message exceeds 2 GiB"))?;
+    let count =
+        i32::try_from(buf.len()).map_err(|_| Error::codec("an MPI message exceeds 2 GiB"))?;
     // SAFETY: `buf` is owned by the returned `PendingSend` and neither moved nor freed while
     // the request is unfinished (its heap block stays where it is when the Vec moves; see
     // `Drop`). The datatype, communicator and request are valid handles of an initialised MPI.

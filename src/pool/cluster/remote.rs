@@ -396,9 +396,7 @@ fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<usize> {
             continue;
         };
         let Some(slots) = s.answered.get_mut(first..first.saturating_add(count)) else {
-            return Err(Error::codec(
-                "a rank answered tasks it was not given",
-            ));
+            return Err(Error::codec("a rank answered tasks it was not given"));
         };
         if slots.iter().any(|a| *a) {
             return Err(Error::codec("a rank answered a task twice"));
