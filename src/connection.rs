@@ -881,6 +881,8 @@ impl AsFd for RawConn {
 /// std::io::Read::read_to_string(&mut reader, &mut s).unwrap();
 /// assert_eq!(s, "hello from child\n");
 /// ```
+#[doc(alias = "DupFd")]
+#[doc(alias = "send_handle")]
 #[derive(Debug)]
 pub struct Fd(OwnedFd);
 

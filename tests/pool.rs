@@ -120,6 +120,15 @@ fn map_async_chunked_runs_each_chunk_in_one_worker() {
         .get()
         .unwrap();
     assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+    // A chunk size of 0 is refused, as Python refuses it.
+    assert!(matches!(
+        pool.map_async_chunked(nap_pid, vec![1u64], 0).get(),
+        Err(Error::InvalidOperation(_))
+    ));
+    assert!(matches!(
+        pool.starmap_async_chunked(add_pair, vec![(1, 1)], 0).get(),
+        Err(Error::InvalidOperation(_))
+    ));
 }
 
 fn add_pair((a, b): (u64, u64)) -> u64 {

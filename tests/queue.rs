@@ -940,3 +940,24 @@ fn join_is_quiet_about_consumers_that_finished_their_items() {
     q.task_done().unwrap();
     assert!(q.join_timeout(Duration::from_secs(10)).unwrap());
 }
+
+/// Takes a descriptor out of the queue and writes on it.
+fn write_on_queued_fd(q: Queue<(u32, multiproc::connection::Fd)>) {
+    use std::io::Write;
+    let (n, fd) = q.get().unwrap();
+    writeln!(std::fs::File::from(fd.into_inner()), "item {n}").unwrap();
+}
+
+#[test]
+fn a_plain_descriptor_travels_inside_a_queue_item() {
+    multiproc::init();
+    let q = Queue::<(u32, multiproc::connection::Fd)>::new().unwrap();
+    let h = multiproc::spawn(write_on_queued_fd, q.clone()).unwrap();
+    let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+    q.put((5, multiproc::connection::Fd::new(w.into())))
+        .unwrap();
+    h.join().unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut r, &mut s).unwrap();
+    assert_eq!(s, "item 5\n");
+}

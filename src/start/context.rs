@@ -36,6 +36,7 @@ use crate::{
 /// let pool = ctx.pool(2).unwrap(); // spawned workers
 /// assert_eq!(pool.map(cube, 1..=3).unwrap(), vec![1, 8, 27]);
 /// ```
+#[doc(alias = "BaseContext")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Context {
     /// `None`: the default context, which follows the process-wide start method.
