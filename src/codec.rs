@@ -123,10 +123,7 @@ fn take_cause() -> Option<Error> {
 }
 
 /// A failed decoding's error: the handle's own error if one failed, else the codec's.
-fn decode_failed(
-    cause: Option<Error>,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> Error {
+fn decode_failed(cause: Option<Error>, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     cause.unwrap_or_else(|| Error::codec_from("cannot decode value", e))
 }
 

@@ -628,3 +628,93 @@ fn children_inherit_the_start_method() {
     assert_eq!(h.join().unwrap(), vec![StartMethod::Spawn]);
     multiproc::set_start_method(StartMethod::ForkServer).unwrap();
 }
+
+/// Counts its run in `runs[i]`.
+fn mark_run((i, runs): (usize, multiproc::Array<u32>)) -> usize {
+    runs.lock().unwrap()[i] += 1;
+    i
+}
+
+/// Issue 11.4: the fork server killed again and again while four threads start
+/// processes through it. Every start runs its target at most once (exactly once if it
+/// succeeded), and no child is left unreaped.
+#[test]
+fn fork_server_killed_during_starts_runs_each_target_at_most_once() {
+    multiproc::init();
+    const THREADS: usize = 4;
+    const EACH: usize = 15;
+    let runs = multiproc::Array::<u32>::new(THREADS * EACH).unwrap();
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            let mut kills = 0;
+            let t = Instant::now();
+            while finished.load(std::sync::atomic::Ordering::SeqCst) < THREADS
+                && t.elapsed() < Duration::from_secs(120)
+            {
+                if let Some(pid) = multiproc::start::fork_server_pid() {
+                    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+                    if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                        kills += 1;
+                    }
+                }
+                // The pace of the attack (not a synchronisation): a few starts per kill.
+                sleep_ms(3);
+            }
+            kills
+        })
+    };
+    let starters: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let runs = runs.clone();
+            let finished = finished.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for k in 0..EACH {
+                    let i = t * EACH + k;
+                    let r = Builder::new()
+                        .start_method(StartMethod::ForkServer)
+                        .spawn(mark_run, (i, runs.clone()));
+                    out.push((i, r.map(|h| h.join())));
+                }
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                out
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for s in starters {
+        outcomes.extend(s.join().unwrap());
+    }
+    let kills = killer.join().unwrap();
+    let runs = runs.to_vec();
+    let mut started = 0;
+    for (i, r) in outcomes {
+        match r {
+            Ok(joined) => {
+                assert_eq!(joined.unwrap(), i);
+                assert_eq!(
+                    runs[i], 1,
+                    "start {i} succeeded: its target ran {} times",
+                    runs[i]
+                );
+                started += 1;
+            }
+            // A start may fail (both servers it tried were killed), but then it ran nothing.
+            Err(_) => assert_eq!(runs[i], 0, "start {i} failed but its target ran"),
+        }
+    }
+    assert!(kills > 0 && started > 0, "kills {kills}, started {started}");
+    // The killer may have killed a server after the last start: the next start reaps it.
+    let h = Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(add, (1, 1))
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 2);
+    assert!(
+        eventually(Duration::from_secs(5), || zombies_of_me().is_empty()),
+        "unreaped: {:?}",
+        zombies_of_me()
+    );
+}

@@ -9,6 +9,7 @@
 //! [`StartMethod::ForkServer`]: super::StartMethod::ForkServer
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,11 +23,19 @@ struct Client {
 }
 
 static SERVER: Mutex<Option<Client>> = Mutex::new(None);
+/// The current server's pid (0: none), readable without waiting for a start in progress.
+static SERVER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// The pid of this process's fork server, if it has started one (test hook).
+pub(super) fn server_pid() -> Option<u32> {
+    Some(SERVER_PID.load(Ordering::SeqCst)).filter(|&p| p != 0)
+}
 
 fn start_server() -> Result<Client> {
     let (ours, theirs) = sys::stream_pair()?;
     let pid = on_lasting_thread(move || exec_self("forkserver", theirs))?;
     let pidfd = sys::open_pidfd(pid)?;
+    SERVER_PID.store(pid, Ordering::SeqCst);
     Ok(Client {
         conn: RawConn::new(ours),
         pidfd,
@@ -34,10 +43,17 @@ fn start_server() -> Result<Client> {
 }
 
 /// Asks the fork server (starting it if needed) to start the child `spec` describes.
+///
+/// The target runs at most once: if the server dies before it answers, it may have forked
+/// the child already. The child says its pid on its own socket before anything else, so
+/// that socket tells: a pid (the child exists: it is ours, and it is the answer), or end
+/// of file once the dead server's copy is closed (no child: ask a new server).
 pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
+    use std::os::fd::AsRawFd;
     let stdout = spec.default_stdout()?;
-    let boot = codec::encode(&spec.boot(stdout.is_some()))?;
-    let fds = boot_fds(&spec, stdout.as_ref());
+    let mut boot = spec.boot(stdout.is_some());
+    boot.has_started = true;
+    let boot = codec::encode(&boot)?;
     let mut g = SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let mut last_err = None;
     for _attempt in 0..2 {
@@ -45,10 +61,22 @@ pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
             *g = Some(start_server()?);
         }
         let Some(c) = g.as_ref() else { continue };
-        let reply = c
-            .conn
-            .send_bytes(&boot, &fds)
-            .and_then(|()| c.conn.recv_value::<std::result::Result<u32, String>>());
+        let (started, child_end) = sys::stream_pair()?;
+        let mut fds = boot_fds(&spec, stdout.as_ref());
+        fds.push(child_end.as_raw_fd());
+        let sent = c.conn.send_bytes(&boot, &fds);
+        drop(child_end);
+        let reply = sent.and_then(|()| c.conn.recv_value::<std::result::Result<u32, String>>());
+        if reply.is_err() {
+            // Did the dying server fork the child? Only the child can still hold the
+            // other end: it says its pid, or the end closes.
+            if let Ok(pid) = RawConn::new(started).recv_value::<u32>() {
+                if let Some(old) = g.take() {
+                    reap_server(old);
+                }
+                return Ok(pid);
+            }
+        }
         match reply {
             Ok(Ok(pid)) => return Ok(pid),
             Ok(Err(msg)) => {
@@ -57,11 +85,10 @@ pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
                 ))))
             }
             Err(e) => {
-                // The server died (killed, say): reap it and start a new one.
+                // The server died (killed, say) without starting the child: reap it and
+                // start a new one.
                 if let Some(old) = g.take() {
-                    let _ = sys::signal_pidfd(&old.pidfd, libc::SIGKILL);
-                    let _ = sys::wait_exited(&old.pidfd, None);
-                    let _ = sys::try_reap(&old.pidfd);
+                    reap_server(old);
                 }
                 last_err = Some(e);
             }
@@ -70,19 +97,31 @@ pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
     Err(last_err.unwrap_or(Error::Eof))
 }
 
+/// Kills (if need be) and reaps a server that stopped answering.
+fn reap_server(old: Client) {
+    let _ = sys::signal_pidfd(&old.pidfd, libc::SIGKILL);
+    let _ = sys::wait_exited(&old.pidfd, None);
+    let _ = sys::try_reap(&old.pidfd);
+}
+
 /// The server's loop. Never returns: exits when the parent closes its end.
 pub(super) fn serve(conn: RawConn) -> ! {
     // Computed once here, inherited by every child.
     let _ = sys::build_id();
     loop {
         let req = conn.recv_with(|bytes, fds| Ok((codec::decode::<Boot>(bytes)?, fds)));
-        let (boot, fds) = match req {
+        let (boot, mut fds) = match req {
             Ok(r) => r,
             Err(_) => sys::exit_immediately(0),
         };
+        let started = if boot.has_started { fds.pop() } else { None };
         match sys::fork_as_sibling() {
             Ok(None) => {
                 drop(conn);
+                // First thing: tell the parent we exist (see `launch`).
+                if let Some(s) = started {
+                    let _ = RawConn::new(s).send_value(&sys::getpid());
+                }
                 sys::die_with_parent(boot.parent_pid);
                 run_child(boot, fds)
             }
@@ -107,6 +146,7 @@ pub(super) fn forget_after_fork() {
     if let Ok(mut g) = SERVER.try_lock() {
         *g = None;
     }
+    SERVER_PID.store(0, Ordering::SeqCst);
 }
 
 /// Stops this process's fork server, if it has one, and reaps it: called at exit, so that

@@ -224,6 +224,10 @@ pub(crate) struct Boot {
     pub(crate) has_result: bool,
     /// The next fd is the parent's standard output, to install as ours.
     pub(crate) has_stdout: bool,
+    /// The last fd is a socket on which a fork-server child says its pid first thing:
+    /// if the server dies before it answers, the parent learns from it whether the child
+    /// exists (it must not start the target a second time).
+    pub(crate) has_started: bool,
     /// The shared-memory tracker of the process tree (its socket name): the child uses it
     /// instead of starting its own.
     pub(crate) shm_tracker: Option<String>,
@@ -370,6 +374,7 @@ impl LaunchSpec {
             args: std::mem::take(&mut self.args),
             has_result: self.result.is_some(),
             has_stdout,
+            has_started: false,
             shm_tracker: Some(crate::shared_memory::tracker_address()),
             settings: Settings::current(),
             stdio: [0, 1, 2].map(|i| self.stdio[i].is_some()),
@@ -539,6 +544,12 @@ pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send 
         .expect("multiproc's spawner thread is gone");
     rrx.recv()
         .expect("multiproc's spawner thread dropped a job")
+}
+
+/// The pid of this process's fork server, if it has one (a test hook: tests kill it).
+#[doc(hidden)]
+pub fn fork_server_pid() -> Option<u32> {
+    forkserver::server_pid()
 }
 
 /// Stops and reaps this process's fork server (at exit).
