@@ -1485,3 +1485,67 @@ fn releasing_a_lock_whose_holder_died_succeeds_whenever_the_server_notices() {
         lock.release().unwrap();
     }
 }
+
+/// Takes the queue stored in the list, uses it, and drops its copy.
+fn use_stored_queue((l, v): (ListProxy<QueueProxy<u32>>, u32)) {
+    let q = l.get(0).unwrap();
+    q.put(v).unwrap();
+}
+
+fn use_stored_dict((d, k): (DictProxy<String, DictProxy<String, u32>>, String)) {
+    let inner = d.get(&"inner".to_string()).unwrap().unwrap();
+    inner.insert(k, 1).unwrap();
+}
+
+#[test]
+fn objects_stored_in_containers_live_as_long_as_the_container() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    // A queue inside a list, read by two processes one after the other.
+    let l = m.list(Vec::<QueueProxy<u32>>::new()).unwrap();
+    l.push(m.queue::<u32>().unwrap()).unwrap(); // our own proxy is dropped at once
+    for v in [1, 2] {
+        multiproc::spawn(use_stored_queue, (l.clone(), v))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    let q = l.get(0).unwrap();
+    assert_eq!((q.get().unwrap(), q.get().unwrap()), (1, 2));
+    drop(q);
+    // A dict inside a dict, stored at creation.
+    let inner = m.dict::<String, u32>().unwrap();
+    let d = m.dict_from([("inner".to_string(), inner)]).unwrap();
+    for k in ["a", "b"] {
+        multiproc::spawn(use_stored_dict, (d.clone(), k.to_string()))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    let inner = d.get(&"inner".to_string()).unwrap().unwrap();
+    assert_eq!(
+        inner.keys().unwrap(),
+        vec!["a".to_string(), "b".to_string()]
+    );
+    drop(inner);
+    // A list inside a list inside a list.
+    let deepest = m.list(vec![7u8]).unwrap();
+    let middle = m.list(vec![deepest]).unwrap();
+    let outer = m.list(vec![middle]).unwrap();
+    let got = multiproc::spawn(
+        |o: ListProxy<ListProxy<ListProxy<u8>>>| o.get(0).unwrap().get(0).unwrap().get(0).unwrap(),
+        outer.clone(),
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(got, 7);
+    assert_eq!(outer.get(0).unwrap().get(0).unwrap().get(-1).unwrap(), 7);
+    // Dropping the containers frees what they held.
+    assert_eq!(m.object_count().unwrap(), 7);
+    drop((l, d, outer));
+    assert!(common::eventually(Duration::from_secs(30), || m
+        .object_count()
+        .unwrap()
+        == 0));
+}

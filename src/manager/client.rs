@@ -264,7 +264,51 @@ impl ObjRef {
 
     pub(crate) fn call(&self, op: super::protocol::Op) -> Result<Reply> {
         self.ensure_held()?;
-        self.inner.ep.call(&Request::Call(self.inner.id, op))
+        let contained = take_contained(&self.inner.ep);
+        let r = self.inner.ep.call(&Request::Call(self.inner.id, op))?;
+        contain(&self.inner.ep, self.inner.id, contained);
+        Ok(r)
+    }
+}
+
+thread_local! {
+    /// Set while a value is encoded to be sent to a manager (see [`encoding_for_server`]).
+    static FOR_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Proxies encoded in such values, since the last request that took them.
+    static CONTAINED: std::cell::RefCell<Vec<(Arc<Endpoint>, u64)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` (which encodes a value for a manager's object) noting the proxies the value
+/// holds: once it is stored, the object storing it keeps theirs alive, as a Python
+/// container keeps what it refers to.
+pub(crate) fn encoding_for_server<R>(f: impl FnOnce() -> R) -> R {
+    let prev = FOR_SERVER.with(|c| c.replace(true));
+    let r = f();
+    FOR_SERVER.with(|c| c.set(prev));
+    r
+}
+
+/// The ids of the proxies to `ep`'s objects noted by [`encoding_for_server`] (the others
+/// are dropped: another server cannot hold them).
+pub(crate) fn take_contained(ep: &Arc<Endpoint>) -> Vec<u64> {
+    CONTAINED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_empty() {
+            return Vec::new();
+        }
+        c.drain(..)
+            .filter(|(e, _)| Arc::ptr_eq(e, ep))
+            .map(|(_, id)| id)
+            .collect()
+    })
+}
+
+/// Tells the server that object `container` now holds the objects `ids`.
+pub(crate) fn contain(ep: &Endpoint, container: u64, ids: Vec<u64>) {
+    if !ids.is_empty() {
+        // If this fails, the pins stay until this process ends: kept too long, never lost.
+        let _ = ep.call(&Request::Contain(container, ids));
     }
 }
 
@@ -284,6 +328,9 @@ struct Wire {
     address: Address,
     authkey: ByteBuf,
     id: u64,
+    /// The sender pinned the object for the receiver, who releases that pin once it holds
+    /// the object. False for a proxy stored in a manager's object, which holds it instead.
+    pinned: bool,
 }
 
 impl Serialize for ObjRef {
@@ -292,10 +339,15 @@ impl Serialize for ObjRef {
         // server keeps the object alive for it (while this process lives). If the server
         // cannot be reached, the proxy is useless anyway; it still encodes.
         let _ = self.inner.ep.call(&Request::Pin(self.inner.id));
+        let for_server = FOR_SERVER.with(|c| c.get());
+        if for_server {
+            CONTAINED.with(|c| c.borrow_mut().push((self.inner.ep.clone(), self.inner.id)));
+        }
         Wire {
             address: self.inner.ep.address.clone(),
             authkey: ByteBuf::from(self.inner.ep.authkey.clone()),
             id: self.inner.id,
+            pinned: !for_server,
         }
         .serialize(s)
     }
@@ -309,7 +361,7 @@ impl<'de> Deserialize<'de> for ObjRef {
                 ep: Endpoint::get(&w.address, &w.authkey),
                 id: w.id,
                 held: AtomicU64::new(NOT_HELD),
-                received: std::sync::atomic::AtomicBool::new(true),
+                received: std::sync::atomic::AtomicBool::new(w.pinned),
             }),
         })
     }

@@ -43,7 +43,11 @@
 //! points at it (see [`Manager::object_count`]). A proxy sent to another process (in a
 //! process's arguments, through a pipe or a queue) keeps the object alive until the
 //! receiver first uses it — or until the sender dies — so the receiver finds it even if
-//! the sender dropped its own proxy at once. When a process dies, its holds go with it. The server stops when its [`Manager`] is dropped or shut down, or when the
+//! the sender dropped its own proxy at once. A proxy stored in a manager's object (a queue
+//! in a list, a dict in a dict) is held by that object: what it points at lives as long
+//! as the container does, whoever reads it. (Unlike Python, taking the value out of the
+//! container again does not end that hold: it ends with the container.) When a process
+//! dies, its holds go with it. The server stops when its [`Manager`] is dropped or shut down, or when the
 //! process that started it dies.
 //!
 //! A serialized proxy contains the server's address and authkey, as in Python: send it
@@ -509,8 +513,12 @@ impl Manager {
     }
 
     fn make(&self, c: Create) -> Result<ObjRef> {
+        let contained = client::take_contained(&self.ep);
         match self.ep.call(&Request::Create(c))? {
-            Reply::Object(id, _) => Ok(ObjRef::held(self.ep.clone(), id)),
+            Reply::Object(id, _) => {
+                client::contain(&self.ep, id, contained);
+                Ok(ObjRef::held(self.ep.clone(), id))
+            }
             r => Err(Error::codec(format!(
                 "unexpected reply from the manager: {r:?}"
             ))),

@@ -155,6 +155,9 @@ pub(crate) enum Request {
     Pin(u64),
     /// How many objects the server holds.
     ObjectCount,
+    /// Proxies to these objects were just stored in object `container` (in a value put
+    /// there): the container holds them from now on, in place of this process's pins.
+    Contain(u64, Vec<u64>),
 }
 
 /// A successful reply.

@@ -16,7 +16,7 @@ use crate::queue::TryPutError;
 use crate::{codec, Error, RemoteErrorKind, Result};
 
 pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Result<ByteBuf> {
-    codec::encode(v).map(ByteBuf::from)
+    super::client::encoding_for_server(|| codec::encode(v).map(ByteBuf::from))
 }
 
 fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {

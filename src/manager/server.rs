@@ -160,11 +160,17 @@ struct Holds {
     pinned: HashMap<u64, u32>,
     /// Published names pointing at it.
     names: u32,
+    /// Containers (lists, dicts, queues, …) a value holding a proxy to it was stored in,
+    /// with how many such values: it lives as long as they do.
+    containers: HashMap<u64, u32>,
 }
 
 impl Holds {
     fn is_free(&self) -> bool {
-        self.sessions.is_empty() && self.pinned.is_empty() && self.names == 0
+        self.sessions.is_empty()
+            && self.pinned.is_empty()
+            && self.names == 0
+            && self.containers.is_empty()
     }
 }
 
@@ -393,17 +399,31 @@ fn end_session(state: &State, s: u64) {
 
 /// Removes objects nothing holds any more.
 fn delete(state: &State, ids: &[u64]) {
-    if ids.is_empty() {
-        return;
-    }
-    {
-        let mut objects = state.objects.write().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            objects.remove(id);
+    let mut ids = ids.to_vec();
+    // Objects held only by deleted containers go with them, and so on down.
+    while !ids.is_empty() {
+        {
+            let mut objects = state.objects.write().unwrap_or_else(|p| p.into_inner());
+            for id in &ids {
+                objects.remove(id);
+            }
         }
+        lock(&state.locks).retain(|(id, _)| !ids.contains(id));
+        lock(&state.names).retain(|_, id| !ids.contains(id));
+        let mut refs = lock(&state.refs);
+        let mut next = Vec::new();
+        for (id, h) in refs.iter_mut() {
+            let before = h.containers.len();
+            h.containers.retain(|c, _| !ids.contains(c));
+            if h.containers.len() != before && h.is_free() {
+                next.push(*id);
+            }
+        }
+        for id in &next {
+            refs.remove(id);
+        }
+        ids = next;
     }
-    lock(&state.locks).retain(|(id, _)| !ids.contains(id));
-    lock(&state.names).retain(|_, id| !ids.contains(id));
 }
 
 /// Changes who holds object `id`; deletes it when nothing does. False: no such object.
@@ -563,6 +583,21 @@ fn handle(state: &State, conn: &dyn Wire, req: Request, session: Option<u64>) ->
             } else {
                 not_found(id)
             }
+        }
+        Request::Contain(container, ids) => {
+            for id in ids {
+                // The container's hold replaces one of this process's pins.
+                update_holds(state, id, |h| {
+                    *h.containers.entry(container).or_insert(0) += 1;
+                    if let Some(n) = h.pinned.get_mut(&who) {
+                        *n -= 1;
+                        if *n == 0 {
+                            h.pinned.remove(&who);
+                        }
+                    }
+                });
+            }
+            Ok(Reply::Unit)
         }
         Request::ObjectCount => Ok(Reply::Len(
             state
