@@ -215,8 +215,12 @@ fn owner_died_or(r: Acquired) -> Result<bool> {
 /// that). Any thread of any process may release it, as in Python. Releasing an unlocked
 /// lock is an error.
 ///
-/// If the holder's process dies while holding it, the next acquirer takes it over within
-/// about 0.1 s and is told so: [`acquire`](Lock::acquire) and friends return
+/// If the holder dies while holding it, the kernel tells at once (the lock is a
+/// priority-inheritance futex, whose owner the kernel knows): a waiter blocked in
+/// [`acquire`](Lock::acquire) is handed the lock the moment the holder exits, and the next
+/// caller — non-blocking ones such as [`try_acquire`](Lock::try_acquire) and zero timeouts
+/// included — takes it over on its first attempt. Either way it is told so:
+/// [`acquire`](Lock::acquire) and friends return
 /// [`Error::OwnerDied`] *with the lock held* (release it when done), and
 /// [`lock`](Lock::lock) returns an [`OwnerDiedError`] holding the guard (dropping it, or
 /// `?`, releases the lock).
@@ -310,6 +314,10 @@ impl Lock {
     }
 
     /// Releases the lock (from any thread or process). Error if it is not locked.
+    ///
+    /// A release by a thread other than the holder is immediate when nobody waits; when
+    /// others are already queued in the kernel behind the holder, the next of them takes
+    /// the lock within 0.1 s (the kernel only hands a lock on for its holder).
     ///
     /// ```
     /// let lock = multiproc::Lock::new().unwrap();
