@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::rlock::{acquire, Got, HasRecursive, Recursive};
 use super::{
-    call, decode, encode, misuse, object_proxy, thread_token, wait_on, Cx, Object, Owner, RemoteErr,
+    call, decode, encode, misuse, object_proxy, thread_token, wait_on, Cx, Object, RemoteErr,
 };
 use crate::manager::protocol::{Create, Wait};
 use crate::manager::server::lock;
@@ -19,15 +20,21 @@ pub(crate) const KIND: &str = "Condition";
 
 #[derive(Default)]
 struct State {
-    /// The condition's recursive lock: its holder and depth.
-    owner: Option<Owner>,
-    count: u32,
-    /// Released because its holder's process went away: the next acquirer is told.
-    abandoned: bool,
+    /// The condition's recursive lock.
+    lock: Recursive,
     /// Waiters in arrival order, by ticket; notified ones move to `notified`.
     waiting: VecDeque<u64>,
     notified: HashSet<u64>,
     next_ticket: u64,
+}
+
+impl HasRecursive for State {
+    fn recursive(&self) -> &Recursive {
+        &self.lock
+    }
+    fn recursive_mut(&mut self) -> &mut Recursive {
+        &mut self.lock
+    }
 }
 
 pub(crate) struct ConditionObj {
@@ -41,13 +48,6 @@ enum Req {
     Release(u64),
     Wait(u64, Wait),
     Notify(u64, u64),
-}
-
-#[derive(Serialize, Deserialize)]
-enum Got {
-    Yes,
-    No,
-    OwnerDied,
 }
 
 fn not_owner(what: &str) -> RemoteErr {
@@ -69,30 +69,12 @@ impl ConditionObj {
 impl Object for ConditionObj {
     fn call(&self, request: &[u8], cx: &Cx<'_>) -> std::result::Result<Vec<u8>, RemoteErr> {
         match decode::<Req>(request)? {
-            Req::Acquire(thread, wait) => {
-                let me = (cx.session, thread);
-                let (mut g, ok) = wait_on(&self.state, &self.cv, cx.conn, wait, |s| {
-                    s.owner.is_none() || s.owner == Some(me)
-                });
-                if !ok {
-                    return encode(&Got::No);
-                }
-                g.owner = Some(me);
-                g.count += 1;
-                encode(&if std::mem::take(&mut g.abandoned) {
-                    Got::OwnerDied
-                } else {
-                    Got::Yes
-                })
-            }
+            Req::Acquire(thread, wait) => encode(&acquire(&self.state, &self.cv, cx, thread, wait)),
             Req::Release(thread) => {
-                let mut g = lock(&self.state);
-                if g.owner != Some((cx.session, thread)) {
-                    return Err(not_owner("release"));
-                }
-                g.count -= 1;
-                if g.count == 0 {
-                    g.owner = None;
+                if lock(&self.state)
+                    .lock
+                    .give((cx.session, thread), "release")?
+                {
                     self.cv.notify_all();
                 }
                 encode(&())
@@ -101,12 +83,11 @@ impl Object for ConditionObj {
                 let me = (cx.session, thread);
                 let (ticket, depth) = {
                     let mut g = lock(&self.state);
-                    if g.owner != Some(me) {
+                    if !g.lock.owned_by(me) {
                         return Err(not_owner("wait"));
                     }
                     // Release the lock entirely and queue up, in one step.
-                    let depth = std::mem::take(&mut g.count);
-                    g.owner = None;
+                    let depth = g.lock.give_all();
                     let ticket = g.next_ticket;
                     g.next_ticket += 1;
                     g.waiting.push_back(ticket);
@@ -121,7 +102,7 @@ impl Object for ConditionObj {
                 drop(g);
                 // Take the lock back (as Python does, without a time limit).
                 let (mut g, ok) = wait_on(&self.state, &self.cv, cx.conn, Wait::Forever, |s| {
-                    s.owner.is_none()
+                    s.lock.is_free()
                 });
                 if !ok {
                     return Err((
@@ -129,18 +110,15 @@ impl Object for ConditionObj {
                         "the client left while waiting".into(),
                     ));
                 }
-                g.owner = Some(me);
-                g.count = depth;
-                let died = std::mem::take(&mut g.abandoned);
-                encode(&match (notified, died) {
-                    (_, true) => Got::OwnerDied,
-                    (true, false) => Got::Yes,
-                    (false, false) => Got::No,
+                encode(&match g.lock.take(me, depth) {
+                    Got::OwnerDied => Got::OwnerDied,
+                    _ if notified => Got::Yes,
+                    _ => Got::No,
                 })
             }
             Req::Notify(thread, n) => {
                 let mut g = lock(&self.state);
-                if g.owner != Some((cx.session, thread)) {
+                if !g.lock.owned_by((cx.session, thread)) {
                     return Err(not_owner("notify"));
                 }
                 for _ in 0..n {
@@ -156,11 +134,7 @@ impl Object for ConditionObj {
     }
 
     fn session_ended(&self, session: u64) {
-        let mut g = lock(&self.state);
-        if g.owner.is_some_and(|(s, _)| s == session) {
-            g.owner = None;
-            g.count = 0;
-            g.abandoned = true;
+        if lock(&self.state).lock.session_ended(session) {
             self.cv.notify_all();
         }
     }
@@ -195,14 +169,6 @@ object_proxy!(
 );
 
 impl ConditionProxy {
-    fn got(r: Got) -> Result<bool> {
-        match r {
-            Got::Yes => Ok(true),
-            Got::No => Ok(false),
-            Got::OwnerDied => Err(Error::OwnerDied),
-        }
-    }
-
     /// Acquires the condition's lock, waiting as long as it takes.
     ///
     /// ```
@@ -213,10 +179,7 @@ impl ConditionProxy {
     /// c.release().unwrap();
     /// ```
     pub fn acquire(&self) -> Result<()> {
-        if Self::got(call(
-            &self.obj,
-            &Req::Acquire(thread_token(), Wait::Forever),
-        )?)? {
+        if call::<_, Got>(&self.obj, &Req::Acquire(thread_token(), Wait::Forever))?.acquired()? {
             Ok(())
         } else {
             Err(Error::Closed)
@@ -235,10 +198,7 @@ impl ConditionProxy {
     /// ```
     #[doc(alias = "acquire")]
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        Self::got(call(
-            &self.obj,
-            &Req::Acquire(thread_token(), Wait::For(timeout)),
-        )?)
+        call::<_, Got>(&self.obj, &Req::Acquire(thread_token(), Wait::For(timeout)))?.acquired()
     }
 
     /// Releases the condition's lock once; not held by this thread →
@@ -254,7 +214,9 @@ impl ConditionProxy {
     }
 
     fn wait_in(&self, wait: Wait) -> Result<bool> {
-        Self::got(call(&self.obj, &Req::Wait(thread_token(), wait)).map_err(misuse)?)
+        call::<_, Got>(&self.obj, &Req::Wait(thread_token(), wait))
+            .map_err(misuse)?
+            .acquired()
     }
 
     /// Releases the lock, waits for a notification, and takes the lock back. Without the

@@ -15,16 +15,126 @@ use crate::{Error, RemoteErrorKind, Result};
 
 pub(crate) const KIND: &str = "RLock";
 
+/// A recursive lock's state: its holder and depth. The manager's RLock is one; a
+/// Condition holds one too.
 #[derive(Default)]
-struct State {
+pub(crate) struct Recursive {
     owner: Option<Owner>,
     count: u32,
     /// Released because its holder's process went away: the next acquirer is told.
     abandoned: bool,
 }
 
+impl Recursive {
+    pub(crate) fn owned_by(&self, me: Owner) -> bool {
+        self.owner == Some(me)
+    }
+
+    pub(crate) fn is_free(&self) -> bool {
+        self.owner.is_none()
+    }
+
+    /// Takes it (free, or already `me`'s) `depth` more times.
+    pub(crate) fn take(&mut self, me: Owner, depth: u32) -> Got {
+        self.owner = Some(me);
+        self.count += depth;
+        if std::mem::take(&mut self.abandoned) {
+            Got::OwnerDied
+        } else {
+            Got::Yes
+        }
+    }
+
+    /// Gives one level back; true if it is free now. Not `me`'s → a misuse error.
+    pub(crate) fn give(&mut self, me: Owner, what: &str) -> std::result::Result<bool, RemoteErr> {
+        if self.owner != Some(me) {
+            return Err((
+                RemoteErrorKind::ValueError,
+                format!("{what} of an RLock not held by this thread"),
+            ));
+        }
+        self.count -= 1;
+        if self.count == 0 {
+            self.owner = None;
+        }
+        Ok(self.count == 0)
+    }
+
+    /// Gives every level back at once (a Condition's wait): the depth it had.
+    pub(crate) fn give_all(&mut self) -> u32 {
+        self.owner = None;
+        std::mem::take(&mut self.count)
+    }
+
+    /// Its holder's process is gone: free it, and tell the next acquirer. True if it was
+    /// held by that process.
+    pub(crate) fn session_ended(&mut self, session: u64) -> bool {
+        if self.owner.is_some_and(|(s, _)| s == session) {
+            self.owner = None;
+            self.count = 0;
+            self.abandoned = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// A server-side state that holds a [`Recursive`] lock.
+pub(crate) trait HasRecursive {
+    fn recursive(&self) -> &Recursive;
+    fn recursive_mut(&mut self) -> &mut Recursive;
+}
+
+impl HasRecursive for Recursive {
+    fn recursive(&self) -> &Recursive {
+        self
+    }
+    fn recursive_mut(&mut self) -> &mut Recursive {
+        self
+    }
+}
+
+/// Acquires the recursive lock in the state behind `m` for the caller's `thread`, waiting
+/// as `wait` allows.
+pub(crate) fn acquire<S: HasRecursive>(
+    m: &Mutex<S>,
+    cv: &Condvar,
+    cx: &Cx<'_>,
+    thread: u64,
+    wait: Wait,
+) -> Got {
+    let me = (cx.session, thread);
+    let (mut g, ok) = wait_on(m, cv, cx.conn, wait, |s| {
+        let r = s.recursive();
+        r.is_free() || r.owned_by(me)
+    });
+    if !ok {
+        return Got::No;
+    }
+    g.recursive_mut().take(me, 1)
+}
+
+/// A reply to an acquire.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Got {
+    Yes,
+    No,
+    OwnerDied,
+}
+
+impl Got {
+    /// Whether it was acquired; [`Error::OwnerDied`] if so, after its holder died.
+    pub(crate) fn acquired(self) -> Result<bool> {
+        match self {
+            Got::Yes => Ok(true),
+            Got::No => Ok(false),
+            Got::OwnerDied => Err(Error::OwnerDied),
+        }
+    }
+}
+
 pub(crate) struct RLockObj {
-    state: Mutex<State>,
+    state: Mutex<Recursive>,
     cv: Condvar,
 }
 
@@ -36,18 +146,10 @@ enum Req {
     Count,
 }
 
-/// A reply to `Acquire`.
-#[derive(Serialize, Deserialize)]
-enum Got {
-    Yes,
-    No,
-    OwnerDied,
-}
-
 impl RLockObj {
     pub(crate) fn create(_init: &[u8]) -> std::result::Result<Arc<dyn Object>, RemoteErr> {
         Ok(Arc::new(RLockObj {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Recursive::default()),
             cv: Condvar::new(),
         }))
     }
@@ -56,50 +158,20 @@ impl RLockObj {
 impl Object for RLockObj {
     fn call(&self, request: &[u8], cx: &Cx<'_>) -> std::result::Result<Vec<u8>, RemoteErr> {
         match decode::<Req>(request)? {
-            Req::Acquire(thread, wait) => {
-                let me = (cx.session, thread);
-                let (mut g, ok) = wait_on(&self.state, &self.cv, cx.conn, wait, |s| {
-                    s.owner.is_none() || s.owner == Some(me)
-                });
-                if !ok {
-                    return encode(&Got::No);
-                }
-                g.owner = Some(me);
-                g.count += 1;
-                encode(&if std::mem::take(&mut g.abandoned) {
-                    Got::OwnerDied
-                } else {
-                    Got::Yes
-                })
-            }
+            Req::Acquire(thread, wait) => encode(&acquire(&self.state, &self.cv, cx, thread, wait)),
             Req::Release(thread) => {
-                let mut g = lock(&self.state);
-                if g.owner != Some((cx.session, thread)) {
-                    return Err((
-                        RemoteErrorKind::ValueError,
-                        "release of an RLock not held by this thread".into(),
-                    ));
-                }
-                g.count -= 1;
-                if g.count == 0 {
-                    g.owner = None;
+                if lock(&self.state).give((cx.session, thread), "release")? {
                     self.cv.notify_all();
                 }
                 encode(&())
             }
-            Req::IsOwned(thread) => {
-                encode(&(lock(&self.state).owner == Some((cx.session, thread))))
-            }
+            Req::IsOwned(thread) => encode(&lock(&self.state).owned_by((cx.session, thread))),
             Req::Count => encode(&lock(&self.state).count),
         }
     }
 
     fn session_ended(&self, session: u64) {
-        let mut g = lock(&self.state);
-        if g.owner.is_some_and(|(s, _)| s == session) {
-            g.owner = None;
-            g.count = 0;
-            g.abandoned = true;
+        if lock(&self.state).session_ended(session) {
             self.cv.notify_all();
         }
     }
@@ -134,11 +206,7 @@ object_proxy!(
 
 impl RLockProxy {
     fn acquire_wait(&self, wait: Wait) -> Result<bool> {
-        match call(&self.obj, &Req::Acquire(thread_token(), wait))? {
-            Got::Yes => Ok(true),
-            Got::No => Ok(false),
-            Got::OwnerDied => Err(Error::OwnerDied),
-        }
+        call::<_, Got>(&self.obj, &Req::Acquire(thread_token(), wait))?.acquired()
     }
 
     /// Acquires it, waiting as long as it takes ([`Error::OwnerDied`]: acquired, but the
