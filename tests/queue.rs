@@ -95,6 +95,35 @@ fn put_forever(q: Queue<u64>) {
     }
 }
 
+/// Takes `n` items and checks they are `0..n` in order: returns how many were.
+fn get_in_order((q, n): (Queue<u64>, u64)) -> u64 {
+    for i in 0..n {
+        if q.get().unwrap() != i {
+            return i;
+        }
+    }
+    n
+}
+
+fn simple_get_in_order((q, n): (SimpleQueue<u64>, u64)) -> u64 {
+    for i in 0..n {
+        if q.get().unwrap() != i {
+            return i;
+        }
+    }
+    n
+}
+
+fn joinable_take_all((q, n): (JoinableQueue<u64>, u64)) -> u64 {
+    for i in 0..n {
+        if q.get().unwrap() != i {
+            return i;
+        }
+        q.task_done().unwrap();
+    }
+    n
+}
+
 fn joinable_worker(q: JoinableQueue<u32>) -> u32 {
     let mut sum = 0;
     loop {
@@ -321,6 +350,47 @@ fn maxsize_back_pressure() {
     }
     p.join().unwrap();
     assert!(q.empty());
+}
+
+#[test]
+fn two_million_puts_without_a_consumer_then_a_consumer_gets_them_all_in_order() {
+    multiproc::init();
+    let q = Queue::<u64>::new().unwrap();
+    // Python's unbounded `put` never blocks: neither does this one, with nobody reading.
+    for i in 0..2_000_000 {
+        q.try_put(i).unwrap();
+    }
+    assert_eq!(q.qsize(), 2_000_000);
+    let h = multiproc::spawn(get_in_order, (q.clone(), 2_000_000)).unwrap();
+    assert_eq!(h.join().unwrap(), 2_000_000);
+    assert!(q.empty());
+}
+
+#[test]
+fn simple_and_joinable_queues_are_unbounded_too() {
+    multiproc::init();
+    let q = SimpleQueue::<u64>::new().unwrap();
+    for i in 0..400_000 {
+        q.put(i).unwrap();
+    }
+    // A consumer reads while the parent keeps putting: items move between the ring and
+    // the overflow and still come out in order.
+    let h = multiproc::spawn(simple_get_in_order, (q.clone(), 800_000)).unwrap();
+    for i in 400_000..800_000 {
+        q.put(i).unwrap();
+    }
+    assert_eq!(h.join().unwrap(), 800_000);
+    assert!(q.empty());
+
+    let q = JoinableQueue::<u64>::new().unwrap();
+    for i in 0..400_000 {
+        q.try_put(i).unwrap();
+    }
+    assert_eq!(q.unfinished_tasks(), 400_000);
+    let h = multiproc::spawn(joinable_take_all, (q.clone(), 400_000)).unwrap();
+    q.join().unwrap();
+    assert_eq!(h.join().unwrap(), 400_000);
+    assert_eq!(q.unfinished_tasks(), 0);
 }
 
 #[test]

@@ -36,9 +36,11 @@
 //! # Differences from CPython, and guarantees
 //! * **No feeder thread.** `put` returns when the item is in shared memory. A child may
 //!   put and exit at once; nothing is lost and `join` cannot deadlock on an unflushed pipe.
-//! * **Capacity.** [`Queue::new`] has no item limit, but the ring holds a fixed number of
-//!   bytes (4 MiB unless [`Queue::with_capacity`] says otherwise): when that much is
-//!   waiting in small items, `put` waits for a consumer to make room. An item larger than
+//! * **Capacity.** [`Queue::new`] has no limit, as in Python: `put` never waits for a
+//!   consumer. The ring holds 4 MiB (unless [`Queue::with_capacity`] says otherwise);
+//!   what does not fit waits in an overflow area of shared memory that grows as needed
+//!   and is given back to the system as consumers read it (up to 64 GiB or 8 million
+//!   items beyond the ring; past that, `put` waits). Items keep their order. An item larger than
 //!   half the ring (up to 64 GiB) goes to a shared-memory segment of its own, sealed
 //!   read-only, whose descriptor travels next to the ring; its `put` never waits for a
 //!   consumer, and `get` decodes it in place. ([`Queue::streaming`] streams such items
@@ -659,10 +661,11 @@ impl<T> crate::connection::Waitable for Queue<T> {
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Queue", 3)?;
+        let mut st = s.serialize_struct("Queue", 4)?;
         st.serialize_field("mem", &codec::FdRef(self.shared.ring.fd()))?;
         st.serialize_field("tx", &codec::FdRef(self.shared.tx.as_fd()))?;
         st.serialize_field("rx", &codec::FdRef(self.shared.rx.as_fd()))?;
+        st.serialize_field("ovf", &self.shared.ring.overflow_fd().map(codec::FdRef))?;
         st.end()
     }
 }
@@ -675,9 +678,11 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             mem: codec::FdOwned,
             tx: codec::FdOwned,
             rx: codec::FdOwned,
+            ovf: Option<codec::FdOwned>,
         }
         let w = W::deserialize(d)?;
-        let ring = Ring::from_fd(w.mem.0).map_err(crate::codec::handle_error)?;
+        let ring =
+            Ring::from_fd(w.mem.0, w.ovf.map(|f| f.0)).map_err(crate::codec::handle_error)?;
         Ok(Queue {
             shared: Arc::new(Shared {
                 ring,
@@ -1018,6 +1023,75 @@ mod tests {
         q.put("after".into()).unwrap();
         assert_eq!(q.get().unwrap(), "after");
         assert!(q.empty());
+    }
+
+    #[test]
+    fn overflow_keeps_order_and_gives_memory_back() {
+        // A 4 KiB ring and no consumer: 3 MB of items go to the overflow, `put` never waits.
+        let q = Queue::<Vec<u8>>::with_capacity(0, 4096).unwrap();
+        let item = |i: u32| vec![i as u8; 1000 + (i % 7) as usize];
+        for i in 0..3000 {
+            q.try_put(item(i)).unwrap();
+        }
+        assert_eq!(q.qsize(), 3000);
+        assert!(q.shared.ring.overflow_resident() > 2 << 20);
+        // Interleaved puts and gets cross between the ring and the overflow many times.
+        let mut next_put = 3000;
+        for i in 0..6000 {
+            assert_eq!(q.get().unwrap(), item(i));
+            if i % 3 != 0 && next_put < 6000 {
+                q.try_put(item(next_put)).unwrap();
+                next_put += 1;
+            }
+            if next_put < 6000 && i % 500 == 0 {
+                for _ in 0..200 {
+                    q.try_put(item(next_put)).unwrap();
+                    next_put += 1;
+                }
+            }
+        }
+        assert!(q.empty());
+        // The memory was given back as it was read.
+        assert!(q.shared.ring.overflow_resident() <= 16 << 10);
+    }
+
+    #[test]
+    fn joinable_counts_span_the_overflow() {
+        let q = JoinableQueue::<u32>::new().unwrap();
+        for i in 0..200_000 {
+            q.try_put(i).unwrap();
+        }
+        assert_eq!(q.qsize(), 200_000);
+        assert_eq!(q.unfinished_tasks(), 200_000);
+        for i in 0..200_000 {
+            assert_eq!(q.get().unwrap(), i);
+            q.task_done().unwrap();
+        }
+        assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+        assert_eq!(q.unfinished_tasks(), 0);
+        assert!(q.join_timeout(Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn bounded_and_streaming_queues_have_no_overflow() {
+        assert!(Queue::<u8>::bounded(3)
+            .unwrap()
+            .shared
+            .ring
+            .overflow_fd()
+            .is_none());
+        assert!(Queue::<u8>::streaming(0, 4096)
+            .unwrap()
+            .shared
+            .ring
+            .overflow_fd()
+            .is_none());
+        assert!(Queue::<u8>::new()
+            .unwrap()
+            .shared
+            .ring
+            .overflow_fd()
+            .is_some());
     }
 
     #[test]

@@ -16,6 +16,20 @@
 //! `HAS_FDS` starts with the 8-byte tag of the datagram that carries its descriptors on the
 //! side socket; a `FIRST` record then carries the message's total length (8 bytes).
 //!
+//! # Overflow (queues without an item limit)
+//! A queue without `maxsize` never makes `put` wait: what does not fit the ring goes to a
+//! second ring, the *overflow*, in a sparse memfd of 64 GiB whose pages exist only while
+//! they hold data (consumers give them back with `FALLOCATE_PUNCH_HOLE` as they read).
+//! When the main ring is full, a producer writes a `DIVERT` record in it (room for one is
+//! always kept) and raises the `DIVERTED` bit of the main ring's `tail`, in the same store;
+//! later items go to the overflow. Once the main ring is at least half free again, a
+//! producer writes a `RETURN` record in the overflow and clears the bit. A consumer that
+//! reads `DIVERT` raises the same bit in the main ring's `head` (again in the store that
+//! consumes the record) and reads the overflow until its `RETURN`: items come out in the
+//! order they were put. The two steps of a return (publish `RETURN`, clear the bit) are
+//! two stores; the process doing it first records where both rings will stand after it,
+//! so that the next holder of the lock, if it died in between, finishes the return.
+//!
 //! # Protocol
 //! * A producer holds the producer lock while it writes, and makes a record visible only by
 //!   advancing `tail` after every byte is written: one killed mid-write leaves nothing.
@@ -33,7 +47,7 @@
 //!   lock over. A consumer waiting for the next chunk of a stream whose producer died (or
 //!   gave up) drops the partial message and goes on.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
@@ -43,7 +57,7 @@ use crate::sys::qmem::{self, SealedBytes, SharedBytes};
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x5551_504d; // "MPQU"
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Bytes of header before the ring.
 const HDR: usize = 4096;
 
@@ -58,10 +72,19 @@ const O_PLOCK: usize = 136;
 const O_PSLEEP: usize = 768;
 const O_POWNER: usize = 144;
 const O_FDTAG: usize = 152;
+/// Where the rings stand after a producer's return from the overflow (overflow tail, then
+/// main tail): see the module docs.
+const O_PMARK_OVF: usize = 160;
+const O_PMARK_MAIN: usize = 168;
 const O_HEAD: usize = 256;
 const O_CLOCK: usize = 264;
 const O_CSLEEP: usize = 896;
 const O_COWNER: usize = 272;
+/// As `O_PMARK_*`, for a consumer's return (overflow head, then main head).
+const O_CMARK_OVF: usize = 280;
+const O_CMARK_MAIN: usize = 288;
+/// Overflow only: the position below which its pages were given back.
+const O_PUNCHED: usize = 296;
 const O_DATASEQ: usize = 384;
 const O_SPACESEQ: usize = 512;
 const O_DONE: usize = 640;
@@ -77,7 +100,9 @@ const SLOT: usize = 64;
 const SLOT_BUSY: u64 = u64::MAX;
 
 const POS_BITS: u32 = 40;
-const POS_MASK: u64 = (1 << POS_BITS) - 1;
+/// Positions wrap at 2^39; bit 39 of `tail` / `head` is the `DIVERTED` bit.
+const POS_MASK: u64 = (1 << (POS_BITS - 1)) - 1;
+const DIVERTED: u64 = 1 << (POS_BITS - 1);
 /// Item counts wrap at 2^24.
 pub(crate) const COUNT_MASK: u64 = (1 << 24) - 1;
 
@@ -97,6 +122,20 @@ const SHUT_NOW: u32 = 2;
 const FLAG_STREAM_LARGE: u32 = 1;
 /// Header flag: a joinable queue, whose consumers' unfinished items are counted per process.
 const FLAG_JOINABLE: u32 = 2;
+/// Header flag: this ring has an overflow ring (a queue without an item limit).
+const FLAG_HAS_OVERFLOW: u32 = 4;
+/// Header flag: this ring *is* an overflow ring.
+const FLAG_IS_OVERFLOW: u32 = 8;
+
+/// Size of an overflow ring: address space and a sparse file, not memory.
+pub(crate) const OVERFLOW_CAP: usize = 64 << 30;
+/// At most this many items wait in the overflow (item counts must stay below 2^24).
+const OVERFLOW_ITEMS: u64 = 1 << 23;
+/// The overflow gives its pages back in batches of this many bytes.
+const PUNCH_BATCH: u64 = 1 << 20;
+/// Bytes of the overflow a producer leaves unused behind its consumers, so that it never
+/// writes where a consumer is still giving pages back.
+const PUNCH_MARGIN: u64 = PUNCH_BATCH + 2 * 4096;
 
 /// A message claiming more than this is refused as corrupt before anything is allocated.
 const MAX_MESSAGE: u64 = 1 << 36;
@@ -106,6 +145,10 @@ const K_FIRST: u32 = 2;
 const K_MORE: u32 = 3;
 const K_LAST: u32 = 4;
 const K_SPILL: u32 = 5;
+/// Main ring: the items after this one are in the overflow until its `RETURN`.
+const K_DIVERT: u32 = 6;
+/// Overflow: the items after this one are in the main ring again.
+const K_RETURN: u32 = 7;
 const K_MASK: u32 = 0xf;
 const F_FDS: u32 = 0x100;
 const K_CHECK: u32 = 0xa5c3_0000;
@@ -137,6 +180,19 @@ pub(crate) struct Received {
     pub(crate) spilled: Option<SealedBytes>,
 }
 
+/// What one look at a ring's records gave a consumer.
+enum Step {
+    Item(Received),
+    /// The consumer moved to the other ring (main → overflow or back).
+    Switch,
+}
+
+/// A queue's overflow ring: its memory file, mapped in this process on first use.
+struct Overflow {
+    fd: OwnedFd,
+    ring: std::sync::OnceLock<Box<Ring>>,
+}
+
 /// The ring in one process's mapping.
 pub(crate) struct Ring {
     mem: SharedBytes,
@@ -144,6 +200,10 @@ pub(crate) struct Ring {
     mask: u64,
     maxsize: u64,
     stream_large: bool,
+    /// The overflow ring of a queue without an item limit.
+    overflow: Option<Overflow>,
+    /// Whether this ring is an overflow ring (gives pages back, leaves `PUNCH_MARGIN`).
+    is_overflow: bool,
     /// This process's last look at `head` (used under the producer lock) and at `tail`
     /// (under the consumer lock). Both only move forward, so a stale copy only
     /// underestimates the free space or the data ready; each side reads the other's word
@@ -155,41 +215,70 @@ pub(crate) struct Ring {
 impl Ring {
     /// A new ring of `cap` bytes (rounded up to a power of two); `maxsize` items at most
     /// (0: no item limit).
+    /// (0: no item limit). A ring without an item limit that does not stream gets an
+    /// overflow ring (see the module docs).
     pub(crate) fn create(cap: usize, maxsize: usize, stream_large: bool) -> Result<Ring> {
         let cap = cap.clamp(MIN_CAP, MAX_CAP).next_power_of_two();
-        let mem = SharedBytes::create(HDR + cap)?;
+        let overflow = if maxsize == 0 && !stream_large {
+            let o = Ring::init(
+                SharedBytes::create(HDR + OVERFLOW_CAP)?,
+                OVERFLOW_CAP,
+                0,
+                FLAG_IS_OVERFLOW,
+            );
+            Some(o.fd().try_clone_to_owned()?)
+        } else {
+            None
+        };
+        let mut flags = if stream_large { FLAG_STREAM_LARGE } else { 0 };
+        if overflow.is_some() {
+            flags |= FLAG_HAS_OVERFLOW;
+        }
+        let mem = Ring::init(SharedBytes::create(HDR + cap)?, cap, maxsize, flags);
+        Ring::open(mem, overflow)
+    }
+
+    fn init(mem: SharedBytes, cap: usize, maxsize: usize, flags: u32) -> SharedBytes {
         mem.u64_at(O_CAP).store(cap as u64, Relaxed);
         mem.u64_at(O_MAXSIZE).store(maxsize as u64, Relaxed);
-        let flags = if stream_large { FLAG_STREAM_LARGE } else { 0 };
         mem.u32_at(O_FLAGS).store(flags, Relaxed);
         mem.u32_at(O_VERSION).store(VERSION, Relaxed);
         mem.u32_at(O_MAGIC).store(MAGIC, Release);
-        Ring::open(mem)
+        mem
     }
 
-    /// Maps a ring received from another process, checking its header.
-    pub(crate) fn from_fd(fd: OwnedFd) -> Result<Ring> {
+    /// Maps a ring received from another process (with its overflow ring's memory file, if
+    /// it has one), checking its header.
+    pub(crate) fn from_fd(fd: OwnedFd, overflow: Option<OwnedFd>) -> Result<Ring> {
         let mem = SharedBytes::from_fd(fd, HDR + MIN_CAP)
             .map_err(|e| Error::codec_from("not a queue", e))?;
-        Ring::open(mem)
+        Ring::open(mem, overflow)
     }
 
-    fn open(mem: SharedBytes) -> Result<Ring> {
+    fn open(mem: SharedBytes, overflow: Option<OwnedFd>) -> Result<Ring> {
         if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
             || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
         {
             return Err(Error::codec("not a queue segment (bad magic)"));
         }
+        let flags = mem.u32_at(O_FLAGS).load(Relaxed);
+        let is_overflow = flags & FLAG_IS_OVERFLOW != 0;
         let cap = mem.u64_at(O_CAP).load(Relaxed);
-        if !cap.is_power_of_two()
-            || cap < MIN_CAP as u64
-            || cap > MAX_CAP as u64
-            || HDR as u64 + cap != mem.len() as u64
-        {
+        let cap_ok = if is_overflow {
+            cap == OVERFLOW_CAP as u64
+        } else {
+            cap.is_power_of_two() && cap >= MIN_CAP as u64 && cap <= MAX_CAP as u64
+        };
+        if !cap_ok || HDR as u64 + cap != mem.len() as u64 {
             return Err(Error::codec("queue segment has a bad capacity"));
         }
+        if (flags & FLAG_HAS_OVERFLOW != 0) != overflow.is_some() {
+            return Err(Error::codec(
+                "a queue's overflow memory is missing or unexpected",
+            ));
+        }
         let maxsize = mem.u64_at(O_MAXSIZE).load(Relaxed);
-        let stream_large = mem.u32_at(O_FLAGS).load(Relaxed) & FLAG_STREAM_LARGE != 0;
+        let stream_large = flags & FLAG_STREAM_LARGE != 0;
         let head_seen = AtomicU64::new(mem.u64_at(O_HEAD).load(Acquire));
         let tail_seen = AtomicU64::new(mem.u64_at(O_TAIL).load(Acquire));
         Ok(Ring {
@@ -198,6 +287,11 @@ impl Ring {
             mask: cap - 1,
             maxsize,
             stream_large,
+            overflow: overflow.map(|fd| Overflow {
+                fd,
+                ring: std::sync::OnceLock::new(),
+            }),
+            is_overflow,
             head_seen,
             tail_seen,
         })
@@ -205,6 +299,29 @@ impl Ring {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.mem.fd()
+    }
+
+    /// The overflow ring's memory file, to send the queue to another process.
+    pub(crate) fn overflow_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.overflow.as_ref().map(|o| o.fd.as_fd())
+    }
+
+    /// The overflow ring, mapped on first use. `None` for a ring without one.
+    fn overflow(&self) -> Result<Option<&Ring>> {
+        let Some(o) = &self.overflow else {
+            return Ok(None);
+        };
+        if let Some(r) = o.ring.get() {
+            return Ok(Some(r));
+        }
+        let fd = o.fd.try_clone()?;
+        let mem = SharedBytes::from_fd(fd, HDR + OVERFLOW_CAP)
+            .map_err(|e| Error::codec_from("not a queue's overflow", e))?;
+        let r = Ring::open(mem, None)?;
+        if !r.is_overflow {
+            return Err(Error::codec("not a queue's overflow (bad flags)"));
+        }
+        Ok(Some(o.ring.get_or_init(|| Box::new(r))))
     }
 
     pub(crate) fn maxsize(&self) -> usize {
@@ -220,11 +337,25 @@ impl Ring {
         self.mem.u64_at(off)
     }
 
-    /// Items in the ring (complete messages put and not yet taken).
+    /// Items in the ring (complete messages put and not yet taken), its overflow included.
     pub(crate) fn len(&self) -> usize {
-        let t = self.w64(O_TAIL).load(Acquire);
-        let h = self.w64(O_HEAD).load(Acquire);
-        (count(t).wrapping_sub(count(h)) & COUNT_MASK) as usize
+        let own = |r: &Ring| {
+            let t = r.w64(O_TAIL).load(Acquire);
+            let h = r.w64(O_HEAD).load(Acquire);
+            (count(t).wrapping_sub(count(h)) & COUNT_MASK) as usize
+        };
+        own(self) + self.overflow().ok().flatten().map_or(0, own)
+    }
+
+    /// The sum of a counter word's item counts over this ring and its overflow.
+    fn total_count(&self, off: usize) -> u64 {
+        let c = count(self.w64(off).load(SeqCst));
+        let o = self
+            .overflow()
+            .ok()
+            .flatten()
+            .map_or(0, |o| count(o.w64(off).load(SeqCst)));
+        c.wrapping_add(o) & COUNT_MASK
     }
 
     /// Whether a bounded ring holds `maxsize` items.
@@ -247,18 +378,31 @@ impl Ring {
     /// waiting put and get wakes.
     pub(crate) fn shutdown(&self, immediate: bool) {
         let level = if immediate { SHUT_NOW } else { SHUT };
-        self.w32(O_SHUTDOWN).fetch_max(level, SeqCst);
-        for seq in [O_DATASEQ, O_SPACESEQ] {
-            let w = self.w32(seq);
-            w.fetch_add(1, SeqCst);
-            futex::wake_all(w);
+        // The overflow carries the same word, for the consumers and producers there; it is
+        // set first, so that the main ring's word says the whole queue is shut down.
+        let overflow = self.overflow().ok().flatten();
+        for r in overflow.into_iter().chain([self]) {
+            r.w32(O_SHUTDOWN).fetch_max(level, SeqCst);
+            for seq in [O_DATASEQ, O_SPACESEQ] {
+                let w = r.w32(seq);
+                w.fetch_add(1, SeqCst);
+                futex::wake_all(w);
+            }
         }
         if immediate {
             // A consumer holding the lock wakes and lets go of it at once.
             if let Some(_g) = self.lock_consumer(None) {
-                self.drop_all(self.w64(O_HEAD).load(SeqCst));
+                self.drop_everything();
             }
         }
+    }
+
+    /// Throws away what is in the ring and its overflow (the consumer lock is held).
+    fn drop_everything(&self) {
+        if let Ok(Some(o)) = self.overflow() {
+            o.drop_all(self, o.w64(O_HEAD).load(SeqCst));
+        }
+        self.drop_all(self, self.w64(O_HEAD).load(SeqCst));
     }
 
     // --- locks ---------------------------------------------------------------------------
@@ -275,8 +419,10 @@ impl Ring {
     fn lock_producer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
         let (g, got) = self.lock(O_PLOCK, O_POWNER, deadline)?;
         if got == Got::OwnerDied {
-            // The dead holder may have left its "sleeping" flag up.
+            // The dead holder may have left its "sleeping" flag up, or a return from the
+            // overflow half done.
             self.w32(O_PSLEEP).store(0, Relaxed);
+            self.finish_return(O_TAIL, O_PMARK_OVF, O_PMARK_MAIN);
         }
         Some(g)
     }
@@ -285,8 +431,26 @@ impl Ring {
         let (g, got) = self.lock(O_CLOCK, O_COWNER, deadline)?;
         if got == Got::OwnerDied {
             self.w32(O_CSLEEP).store(0, Relaxed);
+            self.finish_return(O_HEAD, O_CMARK_OVF, O_CMARK_MAIN);
         }
         Some(g)
+    }
+
+    /// After a lock holder died: if it had published its return from the overflow (the
+    /// overflow's word `word` stands where it recorded) but not yet cleared the
+    /// `DIVERTED` bit of the main ring's `word`, clear it.
+    fn finish_return(&self, word: usize, mark_ovf: usize, mark_main: usize) {
+        let w = self.w64(word).load(SeqCst);
+        if w & DIVERTED == 0 {
+            return;
+        }
+        if let Ok(Some(o)) = self.overflow() {
+            if o.w64(word).load(SeqCst) == self.w64(mark_ovf).load(SeqCst)
+                && w == self.w64(mark_main).load(SeqCst)
+            {
+                self.w64(word).store(w & !DIVERTED, SeqCst);
+            }
+        }
     }
 
     /// Whether no producer is in the middle of a message: the producer lock is free, or its
@@ -335,9 +499,19 @@ impl Ring {
         let tail = self.w64(O_TAIL);
         let head = self.w64(O_HEAD);
         let t = tail.load(Relaxed);
+        // The overflow keeps a margin free behind its consumers (see `PUNCH_MARGIN`) and
+        // holds a bounded number of items.
+        let (need, items) = if self.is_overflow {
+            (need + PUNCH_MARGIN, OVERFLOW_ITEMS)
+        } else {
+            (need, COUNT_MASK)
+        };
         // A copy of `head` older than another process's last put looks more than `cap`
         // behind the tail: it says "no room", and the real head is read.
         let free_after = |h: u64| {
+            if count(t).wrapping_sub(count(h)) & COUNT_MASK >= items {
+                return 0;
+            }
             self.cap
                 .saturating_sub(pos(t).wrapping_sub(pos(h)) & POS_MASK)
         };
@@ -363,6 +537,11 @@ impl Ring {
 
     /// Writes one record (header, optional prefix words, body) at the tail and publishes it.
     fn publish(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64) {
+        self.publish_flagged(kind, prefix, body, items, 0)
+    }
+
+    /// [`publish`](Self::publish), setting the tail's `DIVERTED` bit to `flag`.
+    fn publish_flagged(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64, flag: u64) {
         let tail = self.w64(O_TAIL);
         let t = tail.load(Relaxed);
         let p = pos(t);
@@ -377,7 +556,7 @@ impl Ring {
             at += 8;
         }
         self.write_at(at, body);
-        tail.store(pack(count(t) + items, p + 8 + round8(len)), SeqCst);
+        tail.store(pack(count(t) + items, p + 8 + round8(len)) | flag, SeqCst);
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 
@@ -431,20 +610,97 @@ impl Ring {
                 }
             }
         }
+        let to = if self.overflow.is_some() {
+            self.route(whole, spill.is_some(), deadline)?
+        } else {
+            self
+        };
+        to.write_msg(self, msg, fds, spill, side_tx, deadline)
+    }
+
+    /// Whether `need` bytes are free in the ring now (the producer lock is held).
+    fn has_room(&self, need: u64) -> bool {
+        let t = self.w64(O_TAIL).load(Relaxed);
+        let free_after = |h: u64| {
+            self.cap
+                .saturating_sub(pos(t).wrapping_sub(pos(h)) & POS_MASK)
+        };
+        if free_after(self.head_seen.load(Relaxed)) >= need {
+            return true;
+        }
+        let h = self.w64(O_HEAD).load(SeqCst);
+        self.head_seen.store(h, Relaxed);
+        free_after(h) >= need
+    }
+
+    /// For a ring with an overflow (producer lock held): the ring the next message of
+    /// `whole` record bytes goes to (`spill`: only its 24-byte reference), moving producers
+    /// to the overflow when this ring is full and back when it is half free.
+    fn route(&self, whole: u64, spill: bool, deadline: Option<Instant>) -> Result<&Ring> {
+        let tail = self.w64(O_TAIL);
+        let t = tail.load(Relaxed);
+        let (need, fits) = if spill {
+            (8 + 16, true)
+        } else {
+            (whole, whole <= self.cap / 2)
+        };
+        if t & DIVERTED == 0 {
+            // Room for a `DIVERT` record (8 bytes) is always kept.
+            if fits && self.has_room(need + 8) {
+                return Ok(self);
+            }
+            let Some(o) = self.overflow()? else {
+                return Ok(self);
+            };
+            self.wait_free(8, deadline)?;
+            self.publish_flagged(K_DIVERT, &[], &[], 0, DIVERTED);
+            return Ok(o);
+        }
+        let Some(o) = self.overflow()? else {
+            return Ok(self);
+        };
+        if fits && self.has_room((need + 8).max(self.cap / 2)) {
+            // Back to this ring: record where both rings will stand (for a successor if we
+            // die in between), publish `RETURN` in the overflow, clear the bit.
+            o.wait_free(8, deadline)?;
+            let ot = o.w64(O_TAIL).load(Relaxed);
+            self.w64(O_PMARK_OVF)
+                .store(pack(count(ot), pos(ot) + 8), SeqCst);
+            self.w64(O_PMARK_MAIN).store(t, SeqCst);
+            o.publish(K_RETURN, &[], &[], 0);
+            tail.store(t & !DIVERTED, SeqCst);
+            return Ok(self);
+        }
+        Ok(o)
+    }
+
+    /// Writes one message in this ring (the producer lock of `ctl`, the queue's main ring,
+    /// is held; descriptors are tagged with `ctl`'s counter).
+    fn write_msg(
+        &self,
+        ctl: &Ring,
+        msg: &[u8],
+        fds: &[RawFd],
+        spill: Option<OwnedFd>,
+        side_tx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let fdpre = if fds.is_empty() { 0 } else { 8 };
+        let whole = 8 + round8(fdpre + msg.len() as u64);
         let has_fds = !fds.is_empty();
         let flag = if has_fds { F_FDS } else { 0 };
         if let Some(seg) = spill {
             self.wait_free(8 + 16, deadline)?;
             let mut all = fds.to_vec();
             all.push(seg.as_raw_fd());
-            let tag = self.send_fds(&all, side_tx)?;
+            let tag = ctl.send_fds(&all, side_tx)?;
             self.publish(K_SPILL | F_FDS, &[tag, msg.len() as u64], &[], 1);
             return Ok(());
         }
         if whole <= self.cap / 2 {
             self.wait_free(whole, deadline)?;
             if has_fds {
-                let tag = self.send_fds(fds, side_tx)?;
+                let tag = ctl.send_fds(fds, side_tx)?;
                 self.publish(K_MSG | flag, &[tag], msg, 1);
             } else {
                 self.publish(K_MSG, &[], msg, 1);
@@ -457,7 +713,7 @@ impl Ring {
         let first_len = chunk - fdpre as usize - 8;
         self.wait_free(8 + round8(fdpre + 8 + first_len as u64), deadline)?;
         if has_fds {
-            let tag = self.send_fds(fds, side_tx)?;
+            let tag = ctl.send_fds(fds, side_tx)?;
             self.publish(K_FIRST | flag, &[tag, total], &msg[..first_len], 0);
         } else {
             self.publish(K_FIRST, &[total], &msg[..first_len], 0);
@@ -485,9 +741,44 @@ impl Ring {
 
     /// Advances the head past a record of `rec` bytes, counting `items` taken.
     fn advance(&self, h: u64, rec: u64, items: u64) {
+        if self.is_overflow {
+            self.give_back(h, rec);
+        }
         self.w64(O_HEAD)
             .store(pack(count(h) + items, pos(h) + rec), SeqCst);
         self.wake(O_SPACESEQ, O_PSLEEP);
+    }
+
+    /// Overflow (consumer lock held, about to move the head from `h` past a record of
+    /// `rec` bytes): gives back the pages wholly below `h`, in batches of `PUNCH_BATCH`
+    /// bytes, or all of them when the ring is about to be empty. Producers never write
+    /// there: they keep `PUNCH_MARGIN` bytes free behind the head.
+    fn give_back(&self, h: u64, rec: u64) {
+        let punched = self.w64(O_PUNCHED);
+        let last = punched.load(Relaxed);
+        let target = pos(h) & !4095;
+        let behind = target.wrapping_sub(last) & POS_MASK;
+        if behind == 0 {
+            return;
+        }
+        if behind > self.cap {
+            // Garbage in the word: start again from here.
+            punched.store(target, Relaxed);
+            return;
+        }
+        let empty_after = pos(self.w64(O_TAIL).load(SeqCst)) == (pos(h) + rec) & POS_MASK;
+        if behind < PUNCH_BATCH && !empty_after {
+            return;
+        }
+        let idx = (last & self.mask) as usize;
+        let n = behind as usize;
+        let first = n.min(self.cap as usize - idx);
+        // A failure only means the memory is kept until the queue is dropped.
+        let _ = self.mem.punch_hole(HDR + idx, first);
+        if first < n {
+            let _ = self.mem.punch_hole(HDR, n - first);
+        }
+        punched.store(target, Relaxed);
     }
 
     /// Counts `n` items as finished without a consumer (dropped or skipped messages), so
@@ -502,21 +793,35 @@ impl Ring {
         self.wake_joiners();
     }
 
-    /// Throws away everything in the ring after garbage was found at the head.
-    fn discard_all(&self, h: u64) -> Error {
-        self.drop_all(h);
+    /// Throws away everything in the ring after garbage was found at the head (`ctl`: the
+    /// queue's main ring).
+    fn discard_all(&self, ctl: &Ring, h: u64) -> Error {
+        self.drop_all(ctl, h);
         Error::codec("garbage in the queue's shared memory: its contents were discarded")
     }
 
     /// Throws away everything from head `h` to the tail, counting the items as done (the
-    /// consumer lock is held). Descriptors sent with them are closed by the next `get`'s
-    /// look at the side socket, or with the queue.
-    fn drop_all(&self, h: u64) {
+    /// consumer lock of `ctl`, the queue's main ring, is held). Descriptors sent with them
+    /// are closed by the next `get`'s look at the side socket, or with the queue. Consumers
+    /// then follow the producers: into the overflow if they are there (a `DIVERT` record
+    /// may have been thrown away), out of it if they left.
+    fn drop_all(&self, ctl: &Ring, h: u64) {
+        let producers_diverted = ctl.w64(O_TAIL).load(SeqCst) & DIVERTED;
         let t = self.w64(O_TAIL).load(Acquire);
         let n = count(t).wrapping_sub(count(h)) & COUNT_MASK;
-        self.w64(O_HEAD).store(pack(count(t), pos(t)), SeqCst);
+        let flag = if self.is_overflow {
+            0
+        } else {
+            producers_diverted
+        };
+        self.w64(O_HEAD)
+            .store(pack(count(t), pos(t)) | flag, SeqCst);
+        if self.is_overflow && producers_diverted == 0 {
+            let ch = ctl.w64(O_HEAD).load(SeqCst);
+            ctl.w64(O_HEAD).store(ch & !DIVERTED, SeqCst);
+        }
         self.wake(O_SPACESEQ, O_PSLEEP);
-        self.mark_done(n);
+        ctl.mark_done(n);
     }
 
     /// The descriptors sent with tag `tag`, looked at without taking them off the socket
@@ -567,9 +872,31 @@ impl Ring {
     ) -> Result<Received> {
         let _g = self.lock_consumer(deadline).ok_or(Error::Empty)?;
         if self.shut() == SHUT_NOW {
-            self.drop_all(self.w64(O_HEAD).load(SeqCst));
+            self.drop_everything();
             return Err(Error::ShutDown);
         }
+        loop {
+            let from = if self.w64(O_HEAD).load(Relaxed) & DIVERTED != 0 {
+                self.overflow()?.unwrap_or(self)
+            } else {
+                self
+            };
+            match from.take(self, out, side_rx, deadline)? {
+                Step::Item(r) => return Ok(r),
+                Step::Switch => {}
+            }
+        }
+    }
+
+    /// Takes one message from this ring (the consumer lock of `ctl`, the queue's main ring,
+    /// is held), or follows a `DIVERT` / `RETURN` record.
+    fn take(
+        &self,
+        ctl: &Ring,
+        out: &mut Vec<u8>,
+        side_rx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Step> {
         out.clear();
         let tail = self.w64(O_TAIL);
         let head = self.w64(O_HEAD);
@@ -624,12 +951,15 @@ impl Ring {
             let has_fds = kind_word & F_FDS != 0;
             if used > self.cap
                 || kind_word & K_CHECK_MASK != K_CHECK
-                || !(K_MSG..=K_SPILL).contains(&kind)
+                || !(K_MSG..=K_RETURN).contains(&kind)
+                || (kind == K_DIVERT && (self.is_overflow || self.overflow.is_none()))
+                || (kind == K_RETURN && !self.is_overflow)
+                || (kind >= K_DIVERT && (len != 0 || has_fds))
                 || rec > used
                 || (has_fds && !(kind == K_MSG || kind == K_FIRST || kind == K_SPILL))
                 || (kind == K_SPILL && (!has_fds || len != 16))
             {
-                return Err(self.discard_all(h));
+                return Err(self.discard_all(ctl, h));
             }
             let mut body = pos(h) + 8;
             let mut body_len = len;
@@ -641,11 +971,11 @@ impl Ring {
                     let tag = self.read_u64(body);
                     let total = self.read_u64(body + 8);
                     if total > MAX_MESSAGE {
-                        return Err(self.discard_all(h));
+                        return Err(self.discard_all(ctl, h));
                     }
                     let Some(mut fds) = self.peek_fds(tag, side_rx)? else {
                         self.advance(h, rec, 1);
-                        self.mark_done(1);
+                        ctl.mark_done(1);
                         return Err(Error::codec(
                             "the shared memory holding a large queue item was lost (a \
                              consumer died while receiving it); the item was dropped",
@@ -663,10 +993,28 @@ impl Ring {
                     };
                     self.advance(h, rec, 1);
                     if r.is_err() {
-                        self.mark_done(1);
+                        ctl.mark_done(1);
                     }
                     self.pop_fds(tag, side_rx)?;
-                    return r;
+                    return r.map(Step::Item);
+                }
+                K_DIVERT => {
+                    // The next items are in the overflow: move there in the store that
+                    // consumes this record.
+                    head.store(pack(count(h), pos(h) + 8) | DIVERTED, SeqCst);
+                    self.wake(O_SPACESEQ, O_PSLEEP);
+                    return Ok(Step::Switch);
+                }
+                K_RETURN => {
+                    // Back to the main ring: record where both rings will stand (for a
+                    // successor if we die in between), consume, clear the bit.
+                    let ch = ctl.w64(O_HEAD).load(SeqCst);
+                    ctl.w64(O_CMARK_OVF)
+                        .store(pack(count(h), pos(h) + 8), SeqCst);
+                    ctl.w64(O_CMARK_MAIN).store(ch, SeqCst);
+                    self.advance(h, 8, 0);
+                    ctl.w64(O_HEAD).store(ch & !DIVERTED, SeqCst);
+                    return Ok(Step::Switch);
                 }
                 K_MSG | K_FIRST => {
                     if stream.take().is_some() {
@@ -675,7 +1023,7 @@ impl Ring {
                     }
                     let need = if has_fds { 8 } else { 0 } + if kind == K_FIRST { 8 } else { 0 };
                     if body_len < need {
-                        return Err(self.discard_all(h));
+                        return Err(self.discard_all(ctl, h));
                     }
                     let mut fds = Vec::new();
                     let mut tag = None;
@@ -689,7 +1037,7 @@ impl Ring {
                                 // A consumer died holding them: the message cannot be
                                 // rebuilt. Skip it (and, for a stream, its chunks).
                                 self.advance(h, rec, u64::from(kind == K_MSG));
-                                self.mark_done(u64::from(kind == K_MSG));
+                                ctl.mark_done(u64::from(kind == K_MSG));
                                 return Err(Error::codec(
                                     "the handles sent with a queue item were lost (a consumer \
                                      died while receiving it); the item was dropped",
@@ -704,13 +1052,13 @@ impl Ring {
                         if let Some(tg) = tag {
                             self.pop_fds(tg, side_rx)?;
                         }
-                        return Ok(Received { fds, spilled: None });
+                        return Ok(Step::Item(Received { fds, spilled: None }));
                     }
                     let total = self.read_u64(body);
                     body += 8;
                     body_len -= 8;
                     if total > MAX_MESSAGE || body_len > total {
-                        return Err(self.discard_all(h));
+                        return Err(self.discard_all(ctl, h));
                     }
                     // Room for the whole item at once if the allocator agrees (a lying
                     // length cannot make us fail: the vector then grows as chunks come).
@@ -733,7 +1081,7 @@ impl Ring {
                             {
                                 out.clear();
                                 self.advance(h, rec, u64::from(last));
-                                self.mark_done(u64::from(last));
+                                ctl.mark_done(u64::from(last));
                                 return Err(Error::codec(
                                     "a streamed queue item's chunks do not add up to its length",
                                 ));
@@ -742,13 +1090,13 @@ impl Ring {
                             self.advance(h, rec, u64::from(last));
                             if last {
                                 let (_, fds) = stream.take().unwrap_or_default();
-                                return Ok(Received { fds, spilled: None });
+                                return Ok(Step::Item(Received { fds, spilled: None }));
                             }
                         }
                         None => {
                             // The rest of a message whose consumer died mid-way: skip.
                             self.advance(h, rec, u64::from(last));
-                            self.mark_done(u64::from(last));
+                            ctl.mark_done(u64::from(last));
                         }
                     }
                 }
@@ -760,17 +1108,16 @@ impl Ring {
 
     /// Items put and not yet marked done.
     pub(crate) fn unfinished(&self) -> u64 {
-        let t = self.w64(O_TAIL).load(SeqCst);
+        let t = self.total_count(O_TAIL);
         let d = self.w64(O_DONE).load(SeqCst);
-        count(t).wrapping_sub(d) & COUNT_MASK
+        t.wrapping_sub(d) & COUNT_MASK
     }
 
     /// Marks one taken item done. Error if every taken item was already marked.
     pub(crate) fn task_done(&self) -> Result<()> {
         let done = self.w64(O_DONE);
-        let head = self.w64(O_HEAD);
         let r = done.fetch_update(SeqCst, SeqCst, |d| {
-            let got = count(head.load(SeqCst));
+            let got = self.total_count(O_HEAD);
             if d == got {
                 None
             } else {
@@ -915,6 +1262,15 @@ impl Ring {
             futex::wait(seqw, seq, Some(slice));
             waiters.fetch_sub(1, SeqCst);
         }
+    }
+
+    /// Test hook: bytes of memory the overflow ring holds now (0 without one).
+    #[cfg(test)]
+    pub(crate) fn overflow_resident(&self) -> u64 {
+        self.overflow()
+            .ok()
+            .flatten()
+            .map_or(0, |o| o.mem.resident_bytes())
     }
 
     /// Test hook: writes raw bytes at the tail and publishes them as if they were records.

@@ -127,6 +127,29 @@ impl SharedBytes {
         self.len
     }
 
+    /// Gives the memory of bytes `off..off + n` back to the system (`FALLOCATE_PUNCH_HOLE`):
+    /// they read as zeros afterwards, and a later write allocates a fresh page. Whole pages
+    /// inside the range are freed; the ends of a range that is not page-aligned are zeroed.
+    pub(crate) fn punch_hole(&self, off: usize, n: usize) -> io::Result<()> {
+        self.check(off, n, 1);
+        if n == 0 {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            off as u64,
+            n as u64,
+        )?;
+        Ok(())
+    }
+
+    /// Bytes of memory the segment's file holds now (pages written and not given back).
+    #[cfg(test)]
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        rustix::fs::fstat(&self.fd).map_or(0, |st| st.st_blocks as u64 * 512)
+    }
+
     #[inline]
     fn check(&self, off: usize, n: usize, align: usize) {
         assert!(
