@@ -1,8 +1,32 @@
 //! Serialization of values that cross a process boundary.
 //!
-//! Values are encoded with serde and the compact binary codec [postcard]. Bytes that do not
-//! decode as the expected type give [`Error::Codec`](crate::Error::Codec), never a panic;
-//! trailing bytes after a value are an error too, so a torn or shifted message is noticed.
+//! Values are encoded with serde in the crate's own compact binary format, the same for
+//! every channel (queues, pipes, pool tasks and results, manager calls). Bytes that do not
+//! decode as the expected type give [`Error::Codec`](crate::Error::Codec), never a panic or
+//! an allocation larger than the input justifies; trailing bytes after a value are an error
+//! too, so a torn or shifted message is noticed.
+//!
+//! # The format
+//! Fixed width and little-endian, like bincode's "fixint" encoding: integers and floats
+//! take their size (`u8` one byte, `f64` eight), `bool` one byte, `char` four, lengths of
+//! strings, byte strings, sequences and maps eight, enum variants four (their index),
+//! `Option` a one-byte tag. Structs and tuples are their fields in order, with no names.
+//! Fixed widths make small values fast to encode and decode, and they make a contiguous run
+//! of numbers one block of bytes: a `Vec<f64>`, `Vec<u8>`, `&[u32]`, `Box<[i64]>` (any
+//! of `u8`…`u64`, `i8`…`i64`, `f32`, `f64`), a `String` or a byte string is copied with one
+//! `memcpy` each way, wherever it sits inside the value (a struct field, a tuple, an enum
+//! variant), with no wrapper type to choose.
+//!
+//! # Limits
+//! The format is not self-describing: the bytes do not say what type they hold, so the
+//! receiving side must know it. Types that decode by asking the input what comes next —
+//! `#[serde(untagged)]` and internally tagged (`#[serde(tag = "...")]`) enums,
+//! `#[serde(flatten)]`, `serde_json::Value`, `serde::de::IgnoredAny` — cannot be decoded:
+//! they give an [`Error::Codec`](crate::Error::Codec) that says so (encoding them works,
+//! decoding does not; convert such a value to a string or to plain types first).
+//! Sequences of zero-sized elements (`Vec<()>`) may hold at most 2^20 of them, and values
+//! may nest at most 256 deep (for `Option<Box<...>>` chains, say): both keep garbage input
+//! from running for ever or exhausting the stack.
 //!
 //! Handles (connections, queues, locks, shared memory, …) travel *inside* values: while a
 //! value is encoded for a multiproc channel, each handle it contains hands its file
@@ -22,12 +46,17 @@
 //! ));
 //! ```
 
+use std::any::TypeId;
 use std::cell::RefCell;
+use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
 
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::ser::{self, SerializeSeq as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::sys::plain::{self, Plain};
 use crate::{Error, Result};
 
 /// Encodes `value` into a new byte vector.
@@ -35,6 +64,8 @@ use crate::{Error, Result};
 /// ```
 /// let b = multiproc::codec::encode(&7u8).unwrap();
 /// assert_eq!(b, vec![7]);
+/// let b = multiproc::codec::encode(&vec![1.0f64, 2.0]).unwrap();
+/// assert_eq!(b.len(), 8 + 2 * 8); // a length, then the numbers
 /// ```
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -42,43 +73,21 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Appends the encoding of `value` to `out`.
+/// Appends the encoding of `value` to `out`. On failure `out` is left as it was.
 ///
 /// ```
 /// let mut buf = vec![9u8];
 /// multiproc::codec::encode_into(&1u16, &mut buf).unwrap();
-/// assert_eq!(buf, vec![9, 1]);
+/// assert_eq!(buf, vec![9, 1, 0]);
 /// ```
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
-    let taken = std::mem::take(out);
-    match postcard::serialize_with_flavor(value, VecFlavor(taken)) {
-        Ok(v) => {
-            *out = v;
-            Ok(())
+    let len = out.len();
+    match value.serialize(&mut Enc { out: &mut *out }) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            out.truncate(len);
+            Err(Error::codec_from("cannot encode value", e))
         }
-        Err(e) => Err(Error::codec_from("cannot encode value", e)),
-    }
-}
-
-/// A postcard output that appends to a vector with `extend_from_slice` (a `memcpy` for
-/// byte strings even in debug builds, where postcard's `to_extend` copies byte by byte).
-struct VecFlavor(Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for VecFlavor {
-    type Output = Vec<u8>;
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.0)
     }
 }
 
@@ -89,17 +98,25 @@ impl postcard::ser_flavors::Flavor for VecFlavor {
 /// assert_eq!(v, vec![1, 2]);
 /// // A trailing byte is an error:
 /// assert!(multiproc::codec::decode::<u8>(&[1, 2]).is_err());
+/// // So is a type that needs a self-describing format:
+/// #[derive(serde::Deserialize, Debug)]
+/// #[serde(untagged)]
+/// enum Either { N(u32), S(String) }
+/// let e = multiproc::codec::decode::<Either>(&[1, 0, 0, 0]).unwrap_err();
+/// assert!(e.to_string().contains("not self-describing"));
 /// ```
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let r = postcard::take_from_bytes::<T>(bytes);
+    let mut d = Dec::new(bytes);
+    let r = T::deserialize(&mut d);
     let cause = take_cause();
-    match r {
-        Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(Error::codec(format!(
+    let v = r.map_err(|e| decode_failed(cause, e))?;
+    if d.input.is_empty() {
+        Ok(v)
+    } else {
+        Err(Error::codec(format!(
             "{} unexpected trailing byte(s) after the value",
-            rest.len()
-        ))),
-        Err(e) => Err(decode_failed(cause, e)),
+            d.input.len()
+        )))
     }
 }
 
@@ -123,8 +140,821 @@ fn take_cause() -> Option<Error> {
 }
 
 /// A failed decoding's error: the handle's own error if one failed, else the codec's.
-fn decode_failed(cause: Option<Error>, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    cause.unwrap_or_else(|| Error::codec_from("cannot decode value", e))
+fn decode_failed(cause: Option<Error>, e: CodecError) -> Error {
+    cause.unwrap_or_else(|| {
+        if e.0 == NOT_SELF_DESCRIBING {
+            // The message itself says what to do.
+            Error::codec(format!("cannot decode value: {}", e.0))
+        } else {
+            Error::codec_from("cannot decode value", e)
+        }
+    })
+}
+
+// --- the format ---------------------------------------------------------------------------
+
+/// The codec's error inside serde: a message.
+#[derive(Debug)]
+pub(crate) struct CodecError(String);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+impl ser::Error for CodecError {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        CodecError(msg.to_string())
+    }
+}
+
+impl de::Error for CodecError {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        CodecError(msg.to_string())
+    }
+}
+
+type R<T> = std::result::Result<T, CodecError>;
+
+/// At most this many elements of a sequence that takes no bytes (`Vec<()>`).
+const MAX_EMPTY_ELEMENTS: usize = 1 << 20;
+/// How deep values may nest when decoding.
+const MAX_DEPTH: u32 = 256;
+
+/// The encoder: appends to a vector.
+struct Enc<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Enc<'_> {
+    #[inline]
+    fn len(&mut self, n: usize) {
+        self.out.extend_from_slice(&(n as u64).to_le_bytes());
+    }
+
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) {
+        self.len(b.len());
+        self.out.extend_from_slice(b);
+    }
+}
+
+/// The one-`memcpy` path for a contiguous run of plain numbers (little-endian hosts, where
+/// their memory is their encoding): the element count and bytes, if `it` is one.
+#[inline]
+fn plain_run<I>(it: &I) -> Option<(usize, &[u8])> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    plain::slice_iter_bytes::<u8, I>(it)
+        .or_else(|| plain::slice_iter_bytes::<f64, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<f32, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<u64, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<i64, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<u32, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<i32, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<u16, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<i16, I>(it))
+        .or_else(|| plain::slice_iter_bytes::<i8, I>(it))
+}
+
+impl<'a, 'b> Serializer for &'b mut Enc<'a> {
+    type Ok = ();
+    type Error = CodecError;
+    type SerializeSeq = Compound<'a, 'b>;
+    type SerializeTuple = Compound<'a, 'b>;
+    type SerializeTupleStruct = Compound<'a, 'b>;
+    type SerializeTupleVariant = Compound<'a, 'b>;
+    type SerializeMap = Compound<'a, 'b>;
+    type SerializeStruct = Compound<'a, 'b>;
+    type SerializeStructVariant = Compound<'a, 'b>;
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> R<()> {
+        self.out.push(u8::from(v));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i8(self, v: i8) -> R<()> {
+        self.out.push(v as u8);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i16(self, v: i16) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i32(self, v: i32) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i64(self, v: i64) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i128(self, v: i128) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u8(self, v: u8) -> R<()> {
+        self.out.push(v);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u16(self, v: u16) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u32(self, v: u32) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u64(self, v: u64) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u128(self, v: u128) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_f32(self, v: f32) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_f64(self, v: f64) -> R<()> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_char(self, v: char) -> R<()> {
+        self.out.extend_from_slice(&u32::from(v).to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_str(self, v: &str) -> R<()> {
+        self.bytes(v.as_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_bytes(self, v: &[u8]) -> R<()> {
+        self.bytes(v);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_none(self) -> R<()> {
+        self.out.push(0);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> R<()> {
+        self.out.push(1);
+        v.serialize(self)
+    }
+    #[inline]
+    fn serialize_unit(self) -> R<()> {
+        Ok(())
+    }
+    #[inline]
+    fn serialize_unit_struct(self, _: &'static str) -> R<()> {
+        Ok(())
+    }
+    #[inline]
+    fn serialize_unit_variant(self, _: &'static str, idx: u32, _: &'static str) -> R<()> {
+        self.serialize_u32(idx)
+    }
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R<()> {
+        v.serialize(self)
+    }
+    #[inline]
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        idx: u32,
+        _: &'static str,
+        v: &T,
+    ) -> R<()> {
+        self.out.extend_from_slice(&idx.to_le_bytes());
+        v.serialize(self)
+    }
+    #[inline]
+    fn serialize_seq(self, len: Option<usize>) -> R<Compound<'a, 'b>> {
+        Ok(Compound::counted(self, len))
+    }
+    #[inline]
+    fn serialize_tuple(self, _: usize) -> R<Compound<'a, 'b>> {
+        Ok(Compound::fixed(self))
+    }
+    #[inline]
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<Compound<'a, 'b>> {
+        Ok(Compound::fixed(self))
+    }
+    #[inline]
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        idx: u32,
+        _: &'static str,
+        _: usize,
+    ) -> R<Compound<'a, 'b>> {
+        self.out.extend_from_slice(&idx.to_le_bytes());
+        Ok(Compound::fixed(self))
+    }
+    #[inline]
+    fn serialize_map(self, len: Option<usize>) -> R<Compound<'a, 'b>> {
+        Ok(Compound::counted(self, len))
+    }
+    #[inline]
+    fn serialize_struct(self, _: &'static str, _: usize) -> R<Compound<'a, 'b>> {
+        Ok(Compound::fixed(self))
+    }
+    #[inline]
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        idx: u32,
+        _: &'static str,
+        _: usize,
+    ) -> R<Compound<'a, 'b>> {
+        self.out.extend_from_slice(&idx.to_le_bytes());
+        Ok(Compound::fixed(self))
+    }
+
+    /// `Vec<P>`, `[P]` and `Box<[P]>` of plain numbers come here: one `memcpy`.
+    #[inline]
+    fn collect_seq<I>(self, iter: I) -> R<()>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        let iter = iter.into_iter();
+        if let Some((n, bytes)) = plain_run(&iter) {
+            self.len(n);
+            self.out.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let (lo, hi) = iter.size_hint();
+        let mut seq = self.serialize_seq((hi == Some(lo)).then_some(lo))?;
+        for item in iter {
+            seq.serialize_element(&item)?;
+        }
+        ser::SerializeSeq::end(seq)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// A sequence, map, tuple or struct being encoded. A sequence or map whose length was not
+/// given up front gets it written once it is known.
+struct Compound<'a, 'b> {
+    enc: &'b mut Enc<'a>,
+    /// For a sequence or map of unknown length: where its length goes, and the count so far.
+    patch: Option<(usize, u64)>,
+}
+
+impl<'a, 'b> Compound<'a, 'b> {
+    #[inline]
+    fn fixed(enc: &'b mut Enc<'a>) -> Self {
+        Compound { enc, patch: None }
+    }
+
+    #[inline]
+    fn counted(enc: &'b mut Enc<'a>, len: Option<usize>) -> Self {
+        match len {
+            Some(n) => {
+                enc.len(n);
+                Compound { enc, patch: None }
+            }
+            None => {
+                let at = enc.out.len();
+                enc.len(0);
+                Compound {
+                    enc,
+                    patch: Some((at, 0)),
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        if let Some((_, n)) = &mut self.patch {
+            *n += 1;
+        }
+        v.serialize(&mut *self.enc)
+    }
+
+    #[inline]
+    fn finish(self) -> R<()> {
+        if let Some((at, n)) = self.patch {
+            self.enc.out[at..at + 8].copy_from_slice(&n.to_le_bytes());
+        }
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        self.element(v)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> R<()> {
+        self.element(k)
+    }
+    #[inline]
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> R<()> {
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> R<()> {
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> R<()> {
+        Ok(())
+    }
+}
+
+/// The decoder: reads from a byte slice, front to back.
+pub(crate) struct Dec<'de> {
+    input: &'de [u8],
+    depth: u32,
+}
+
+const NOT_SELF_DESCRIBING: &str = "the multiproc codec is not self-describing: a type that \
+     asks the input what comes next (`#[serde(untagged)]` or internally tagged enums, \
+     `#[serde(flatten)]`, `serde_json::Value`, `IgnoredAny`) cannot be decoded; send plain \
+     types (or a string) instead";
+
+impl<'de> Dec<'de> {
+    pub(crate) fn new(input: &'de [u8]) -> Self {
+        Dec { input, depth: 0 }
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> R<&'de [u8]> {
+        if n > self.input.len() {
+            return Err(CodecError(format!(
+                "unexpected end of input: {n} byte(s) needed, {} left",
+                self.input.len()
+            )));
+        }
+        let (a, b) = self.input.split_at(n);
+        self.input = b;
+        Ok(a)
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self) -> R<[u8; N]> {
+        match self.input.split_first_chunk::<N>() {
+            Some((a, rest)) => {
+                self.input = rest;
+                Ok(*a)
+            }
+            None => Err(CodecError(format!(
+                "unexpected end of input: {N} byte(s) needed, {} left",
+                self.input.len()
+            ))),
+        }
+    }
+
+    #[inline]
+    fn u8(&mut self) -> R<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    #[inline]
+    fn u32(&mut self) -> R<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    /// A length (of a string, sequence, map).
+    #[inline]
+    fn len(&mut self) -> R<usize> {
+        let n = u64::from_le_bytes(self.array()?);
+        usize::try_from(n).map_err(|_| CodecError(format!("length {n} is too large")))
+    }
+
+    /// The length of a sequence or map: a count of elements that each take at least one
+    /// byte, or a few that take none.
+    #[inline]
+    fn count(&mut self) -> R<usize> {
+        let n = self.len()?;
+        if n > self.input.len() && n > MAX_EMPTY_ELEMENTS {
+            return Err(CodecError(format!(
+                "a sequence claims {n} elements with {} byte(s) left",
+                self.input.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> R<&'de [u8]> {
+        let n = self.len()?;
+        self.take(n)
+    }
+
+    #[inline]
+    fn str(&mut self) -> R<&'de str> {
+        std::str::from_utf8(self.bytes()?).map_err(|e| CodecError(format!("bad UTF-8: {e}")))
+    }
+
+    #[inline]
+    fn nest<T>(&mut self, f: impl FnOnce(&mut Self) -> R<T>) -> R<T> {
+        if self.depth >= MAX_DEPTH {
+            return Err(CodecError(format!(
+                "value nests more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
+    /// The one-`memcpy` path for `Vec<P>` of plain numbers: `Some` if `V` is serde's own
+    /// visitor for `Vec<P>` (so that skipping it changes nothing), for one of them.
+    #[inline]
+    fn plain_vec<V: Visitor<'de>>(&mut self) -> Option<R<V::Value>> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        let ids = plain_vec_visitors();
+        let id = typeid::of::<V>();
+        let k = ids.iter().position(|x| *x == Some(id))?;
+        Some(match k {
+            0 => self.read_plain_vec::<u8, V>(),
+            1 => self.read_plain_vec::<u16, V>(),
+            2 => self.read_plain_vec::<u32, V>(),
+            3 => self.read_plain_vec::<u64, V>(),
+            4 => self.read_plain_vec::<i8, V>(),
+            5 => self.read_plain_vec::<i16, V>(),
+            6 => self.read_plain_vec::<i32, V>(),
+            7 => self.read_plain_vec::<i64, V>(),
+            8 => self.read_plain_vec::<f32, V>(),
+            _ => self.read_plain_vec::<f64, V>(),
+        })
+    }
+
+    fn read_plain_vec<P: Plain, V: Visitor<'de>>(&mut self) -> R<V::Value> {
+        let n = self.len()?;
+        let size = std::mem::size_of::<P>();
+        let nbytes = n
+            .checked_mul(size)
+            .ok_or_else(|| CodecError(format!("a sequence of {n} numbers is too large")))?;
+        let bytes = self.take(nbytes)?;
+        let v = plain::vec_from_bytes::<P>(bytes)
+            .ok_or_else(|| CodecError(format!("cannot allocate {nbytes} bytes")))?;
+        plain::vec_as::<P, V::Value>(v)
+            .map_err(|_| CodecError("internal: the visitor of Vec is not a Vec".into()))
+    }
+}
+
+/// The type ids of serde's visitors for `Vec<u8>`, `Vec<u16>`, … `Vec<f64>` (in the order
+/// of [`Dec::plain_vec`]), learnt once by asking each `Vec<P>` how it deserializes.
+fn plain_vec_visitors() -> &'static [Option<TypeId>; 10] {
+    static IDS: OnceLock<[Option<TypeId>; 10]> = OnceLock::new();
+    IDS.get_or_init(|| {
+        [
+            probe::<u8>(),
+            probe::<u16>(),
+            probe::<u32>(),
+            probe::<u64>(),
+            probe::<i8>(),
+            probe::<i16>(),
+            probe::<i32>(),
+            probe::<i64>(),
+            probe::<f32>(),
+            probe::<f64>(),
+        ]
+    })
+}
+
+fn probe<P: Plain + DeserializeOwned>() -> Option<TypeId> {
+    let mut seen = None;
+    let _ = Vec::<P>::deserialize(Probe(&mut seen));
+    seen
+}
+
+/// A deserializer that records the type of the visitor handed to `deserialize_seq`.
+struct Probe<'a>(&'a mut Option<TypeId>);
+
+impl<'de> Deserializer<'de> for Probe<'_> {
+    type Error = CodecError;
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> R<V::Value> {
+        Err(CodecError("probe".into()))
+    }
+    fn deserialize_seq<V: Visitor<'de>>(self, _: V) -> R<V::Value> {
+        *self.0 = Some(typeid::of::<V>());
+        Err(CodecError("probe".into()))
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct tuple tuple_struct map struct enum identifier
+        ignored_any
+    }
+}
+
+macro_rules! de_num {
+    ($($name:ident $visit:ident $t:ty;)*) => {$(
+        #[inline]
+        fn $name<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+            v.$visit(<$t>::from_le_bytes(self.array()?))
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for &mut Dec<'de> {
+    type Error = CodecError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> R<V::Value> {
+        Err(CodecError(NOT_SELF_DESCRIBING.into()))
+    }
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> R<V::Value> {
+        Err(CodecError(NOT_SELF_DESCRIBING.into()))
+    }
+
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        match self.u8()? {
+            0 => v.visit_bool(false),
+            1 => v.visit_bool(true),
+            b => Err(CodecError(format!("bad bool byte {b}"))),
+        }
+    }
+
+    de_num! {
+        deserialize_i8 visit_i8 i8;
+        deserialize_i16 visit_i16 i16;
+        deserialize_i32 visit_i32 i32;
+        deserialize_i64 visit_i64 i64;
+        deserialize_i128 visit_i128 i128;
+        deserialize_u8 visit_u8 u8;
+        deserialize_u16 visit_u16 u16;
+        deserialize_u32 visit_u32 u32;
+        deserialize_u64 visit_u64 u64;
+        deserialize_u128 visit_u128 u128;
+        deserialize_f32 visit_f32 f32;
+        deserialize_f64 visit_f64 f64;
+    }
+
+    #[inline]
+    fn deserialize_char<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        let c = self.u32()?;
+        match char::from_u32(c) {
+            Some(c) => v.visit_char(c),
+            None => Err(CodecError(format!("bad char {c:#x}"))),
+        }
+    }
+    #[inline]
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        v.visit_borrowed_str(self.str()?)
+    }
+    #[inline]
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        v.visit_borrowed_str(self.str()?)
+    }
+    #[inline]
+    fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        v.visit_borrowed_bytes(self.bytes()?)
+    }
+    #[inline]
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        v.visit_borrowed_bytes(self.bytes()?)
+    }
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        match self.u8()? {
+            0 => v.visit_none(),
+            1 => self.nest(|d| v.visit_some(d)),
+            b => Err(CodecError(format!("bad Option tag {b}"))),
+        }
+    }
+    #[inline]
+    fn deserialize_unit<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        v.visit_unit()
+    }
+    #[inline]
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> R<V::Value> {
+        v.visit_unit()
+    }
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> R<V::Value> {
+        self.nest(|d| v.visit_newtype_struct(d))
+    }
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        if let Some(r) = self.plain_vec::<V>() {
+            return r;
+        }
+        let n = self.count()?;
+        self.nest(|d| v.visit_seq(Access { de: d, left: n }))
+    }
+    #[inline]
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, v: V) -> R<V::Value> {
+        self.nest(|d| v.visit_seq(Access { de: d, left: len }))
+    }
+    #[inline]
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        v: V,
+    ) -> R<V::Value> {
+        self.deserialize_tuple(len, v)
+    }
+    #[inline]
+    fn deserialize_map<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        let n = self.count()?;
+        self.nest(|d| v.visit_map(Access { de: d, left: n }))
+    }
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> R<V::Value> {
+        self.deserialize_tuple(fields.len(), v)
+    }
+    #[inline]
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        v: V,
+    ) -> R<V::Value> {
+        self.nest(|d| v.visit_enum(d))
+    }
+    #[inline]
+    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        v.visit_u32(self.u32()?)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The elements of a sequence, tuple, struct or map being decoded.
+struct Access<'a, 'de> {
+    de: &'a mut Dec<'de>,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Access<'_, 'de> {
+    type Error = CodecError;
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> R<Option<T::Value>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Access<'_, 'de> {
+    type Error = CodecError;
+    #[inline]
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> R<Option<K::Value>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+    #[inline]
+    fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> R<T::Value> {
+        seed.deserialize(&mut *self.de)
+    }
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for &mut Dec<'de> {
+    type Error = CodecError;
+    type Variant = Self;
+    #[inline]
+    fn variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> R<(T::Value, Self)> {
+        let idx = self.u32()?;
+        let v = seed.deserialize(IntoDeserializer::<CodecError>::into_deserializer(idx))?;
+        Ok((v, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for &mut Dec<'de> {
+    type Error = CodecError;
+    #[inline]
+    fn unit_variant(self) -> R<()> {
+        Ok(())
+    }
+    #[inline]
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> R<T::Value> {
+        seed.deserialize(self)
+    }
+    #[inline]
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, v: V) -> R<V::Value> {
+        de::Deserializer::deserialize_tuple(self, len, v)
+    }
+    #[inline]
+    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], v: V) -> R<V::Value> {
+        de::Deserializer::deserialize_tuple(self, fields.len(), v)
+    }
 }
 
 thread_local! {
@@ -155,32 +985,13 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<Vec<RawFd>> {
-    let len = out.len();
     let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
-    let r = postcard::serialize_with_flavor(value, Append(out));
+    let r = encode_into(value, out);
     let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
-    match r {
-        Ok(()) => Ok(fds.unwrap_or_default()),
-        Err(e) => {
-            out.truncate(len);
-            Err(Error::codec_from("cannot encode value", e))
-        }
-    }
+    r.map(|()| fds.unwrap_or_default())
 }
 
-/// The encoding of pool task arguments and results: bincode with fixed-width integers.
-///
-/// A map sends hundreds of thousands of small values; fixed-width fields encode and decode
-/// several times faster than postcard's varints. Like postcard it reads only what the bytes
-/// hold (lengths are checked against the input, never trusted for an allocation), and a
-/// value must fill its bytes exactly.
-fn task_format() -> impl bincode::Options + Copy {
-    use bincode::Options;
-    bincode::DefaultOptions::new().with_fixint_encoding()
-}
-
-/// Encodes many values (pool task arguments or results) one after another in the pool's
-/// task format, paying the set-up of the handle context once rather than per value. The
+/// Encodes many values (pool task arguments or results) one after another, paying the set-up of the handle context once rather than per value. The
 /// handles' descriptors collected so far come with [`take_fds`](FdSession::take_fds); they
 /// are borrowed from the values encoded, which must stay alive until they are sent.
 pub(crate) struct FdSession {
@@ -217,20 +1028,16 @@ impl FdSession {
         value: &T,
         out: &mut Vec<u8>,
     ) -> Result<usize> {
-        use bincode::Options;
         let len = out.len();
         // A `Serialize` impl that panics fails this value only, like one that errs.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            task_format()
-                .serialize_into(&mut *out, value)
-                .map_err(|e| e.to_string())
-        }))
-        .unwrap_or_else(|p| {
-            Err(format!(
-                "its Serialize impl panicked: {}",
-                crate::error::panic_message(&*p)
-            ))
-        });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode_into(value, out)))
+            .unwrap_or_else(|p| {
+                out.truncate(len);
+                Err(Error::codec(format!(
+                    "cannot encode value: its Serialize impl panicked: {}",
+                    crate::error::panic_message(&*p)
+                )))
+            });
         let known = self.known;
         let now = OUT_FDS.with(|c| {
             let mut c = c.borrow_mut();
@@ -243,16 +1050,10 @@ impl FdSession {
                 None => known,
             }
         });
-        match r {
-            Ok(()) => {
-                self.known = now;
-                Ok(now - known)
-            }
-            Err(e) => {
-                out.truncate(len);
-                Err(Error::codec(format!("cannot encode value: {e}")))
-            }
-        }
+        r.map(|()| {
+            self.known = now;
+            now - known
+        })
     }
 }
 
@@ -284,17 +1085,11 @@ impl TaskDecoder {
         bytes: &[u8],
         fds: Vec<OwnedFd>,
     ) -> Result<T> {
-        use bincode::Options;
         if fds.is_empty() {
-            // A handle without descriptors (a shared memory block, by name) may fail too.
-            return task_format()
-                .deserialize(bytes)
-                .map_err(|e| decode_failed(take_cause(), e));
+            return decode(bytes);
         }
         IN_FDS.with(|c| *c.borrow_mut() = Some(fds.into_iter().map(Some).collect()));
-        let r = task_format().deserialize(bytes);
-        let cause = take_cause();
-        let r = r.map_err(|e| decode_failed(cause, e));
+        let r = decode(bytes);
         // Unclaimed descriptors are closed here; the next value starts with none.
         IN_FDS.with(|c| *c.borrow_mut() = Some(Vec::new()));
         r
@@ -319,7 +1114,7 @@ pub(crate) fn decode_tasks<T: DeserializeOwned>(
     mut each: impl FnMut(usize, Result<T>),
 ) {
     let prev = IN_FDS.with(|c| c.borrow_mut().replace(fds.into_iter().map(Some).collect()));
-    let mut de = bincode::Deserializer::from_slice(bytes, task_format());
+    let mut de = Dec::new(bytes);
     for i in 0..count {
         let r = T::deserialize(&mut de);
         let cause = take_cause();
@@ -337,34 +1132,6 @@ pub(crate) fn decode_tasks<T: DeserializeOwned>(
         }
     }
     IN_FDS.with(|c| *c.borrow_mut() = prev);
-}
-
-/// A postcard output that appends to a vector (small pieces byte by byte).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() <= 16 {
-            // Varints and small fields: byte by byte beats a call to memcpy.
-            self.0.reserve(data.len());
-            for &b in data {
-                self.0.push(b);
-            }
-        } else {
-            self.0.extend_from_slice(data);
-        }
-        Ok(())
-    }
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
 }
 
 /// Decodes `bytes` received from a multiproc channel together with `fds`. Descriptors that
@@ -459,10 +1226,100 @@ mod tests {
         ));
     }
 
+    /// A sequence that serde does not see as a slice: the element-by-element path.
+    struct Slow<'a, T>(&'a [T]);
+    impl<T: Serialize> Serialize for Slow<'_, T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().filter(|_| true))
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct SlowVec<T>(Vec<T>);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for SlowVec<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+                type Value = SlowVec<T>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a sequence")
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(x) = a.next_element()? {
+                        v.push(x);
+                    }
+                    Ok(SlowVec(v))
+                }
+            }
+            d.deserialize_seq(V(std::marker::PhantomData))
+        }
+    }
+
+    #[test]
+    fn fast_paths_write_and_read_what_the_element_paths_do() {
+        fn check<T>(v: Vec<T>)
+        where
+            T: Serialize + DeserializeOwned + PartialEq + fmt::Debug + Clone,
+        {
+            let fast = encode(&v).unwrap();
+            let slow = encode(&Slow(&v)).unwrap();
+            assert_eq!(fast, slow);
+            assert_eq!(fast.len(), 8 + v.len() * std::mem::size_of::<T>());
+            assert_eq!(decode::<Vec<T>>(&slow).unwrap(), v);
+            assert_eq!(decode::<SlowVec<T>>(&fast).unwrap(), SlowVec(v.clone()));
+            // Inside a struct-like tuple, and as a boxed slice.
+            let t = (7u8, v.clone(), v.clone().into_boxed_slice());
+            let back: (u8, Vec<T>, Box<[T]>) = decode(&encode(&t).unwrap()).unwrap();
+            assert_eq!(back, t);
+            // A truncated run is an error.
+            if !fast.is_empty() {
+                assert!(decode::<Vec<T>>(&fast[..fast.len() - 1]).is_err());
+            }
+        }
+        check::<u8>((0..=255).collect());
+        check::<u16>(vec![1, 0xffff, 3]);
+        check::<u32>(vec![0xdead_beef; 5]);
+        check::<u64>(vec![u64::MAX, 0]);
+        check::<i8>(vec![-1, 2]);
+        check::<i16>(vec![-300]);
+        check::<i32>(vec![i32::MIN]);
+        check::<i64>(vec![-5, 5]);
+        check::<f32>(vec![1.5, -0.0]);
+        check::<f64>(vec![f64::MAX, 2.5, f64::MIN_POSITIVE]);
+        check::<u8>(Vec::new());
+        // The visitor ids were learnt for every plain type.
+        assert!(plain_vec_visitors().iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn unknown_lengths_are_patched_in() {
+        // A map and a sequence serialized without their length up front.
+        struct Unsized;
+        impl Serialize for Unsized {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("a", &1u32)?;
+                m.serialize_entry("b", &2u32)?;
+                m.end()
+            }
+        }
+        let b = encode(&Unsized).unwrap();
+        let m: std::collections::BTreeMap<String, u32> = decode(&b).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["b"], 2);
+        let v: Vec<u32> = decode(&encode(&Slow(&[4u32, 5][..])).unwrap()).unwrap();
+        assert_eq!(v, vec![4, 5]);
+    }
+
     #[test]
     fn huge_length_prefix_does_not_allocate() {
-        // A Vec length of u64::MAX-ish in varint form, followed by nothing.
-        let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        // A length of nearly u64::MAX, followed by almost nothing.
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0x01];
         assert!(matches!(decode::<Vec<u64>>(&bytes), Err(Error::Codec(_))));
         assert!(matches!(decode::<String>(&bytes), Err(Error::Codec(_))));
     }

@@ -1094,7 +1094,7 @@ impl<T> Connection<T> {
     /// multiproc::init();
     /// let (a, b) = multiproc::pipe::<u32>().unwrap();
     /// a.send(&5).unwrap();
-    /// assert_eq!(b.recv_bytes().unwrap(), vec![5]); // postcard's encoding of 5u32
+    /// assert_eq!(b.recv_bytes().unwrap(), vec![5, 0, 0, 0]); // the encoding of 5u32
     /// ```
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;

@@ -241,8 +241,8 @@ impl Error {
     }
 }
 
-/// What went wrong in an [`Error::Codec`]: a message, and the codec's own error (postcard's,
-/// say) as the [`source`](std::error::Error::source) when there is one. The message does not
+/// What went wrong in an [`Error::Codec`]: a message, and the codec's own error (the format's
+/// decoder, say) as the [`source`](std::error::Error::source) when there is one. The message does not
 /// repeat the source, so an error chain (`anyhow`'s `{:#}`, say) prints each part once.
 ///
 /// ```

@@ -4,7 +4,7 @@
 //! # The model
 //! A queue is a ring buffer in an anonymous shared-memory segment (a `memfd`, so nothing is
 //! ever left in /dev/shm), mapped by every process that holds the queue. `put` encodes the
-//! item (serde + postcard) straight into the ring and returns once it is there; `get`
+//! item (serde, with the crate's [codec](crate::codec)) straight into the ring and returns once it is there; `get`
 //! copies it out. Waiting uses futexes: a blocked `get` sleeps in the kernel, uses no CPU,
 //! and wakes as soon as an item arrives. Any number of processes may put and get; items
 //! from one producer come out in the order it put them; no item is lost or duplicated.

@@ -8,6 +8,7 @@
 
 #[cfg(target_os = "linux")]
 mod linux;
+pub(crate) mod plain;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
