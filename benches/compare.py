@@ -389,6 +389,96 @@ def queue_1mib_1p1c():
     return QUEUE_BIG_MSG * QUEUE_BIG_COUNT / secs / 1e9
 
 
+# --- 1 MiB items of several types, a 1 GiB item (issue 12) ----------------------------------
+# The nearest CPython has to each Rust type: bytes for Vec<u8>, array('I') for Vec<u32>,
+# list[float] for Vec<f64>, a tuple (id, list[float]) for a struct, str for String.
+def make_item(kind):
+    n = QUEUE_BIG_MSG
+    if kind == "vec_u8":
+        return b"x" * n
+    if kind == "vec_u32":
+        import array
+
+        return array.array("I", [7]) * (n // 4)
+    if kind == "vec_f64":
+        return [1.5] * (n // 8)
+    if kind == "struct":
+        return (1, [1.5] * (n // 8))
+    if kind == "string":
+        return "x" * n
+    if kind == "numpy_f64":
+        import numpy
+
+        return numpy.full(n // 8, 1.5)
+    raise ValueError(kind)
+
+
+def data_len(kind, item):
+    if kind == "struct":
+        return len(item[1]) * 8
+    if kind in ("vec_u8", "string"):
+        return len(item)
+    return len(item) * item.itemsize if hasattr(item, "itemsize") else len(item) * 8
+
+
+def typed_producer(q, kind, count):
+    item = make_item(kind)
+    q.put(item)  # ready: the clock starts when the parent takes this
+    for _ in range(count):
+        q.put(item)
+
+
+def typed_round(kind):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=typed_producer, args=(q, kind, QUEUE_BIG_COUNT))
+    p.start()
+    q.get()
+    t0 = time.perf_counter()
+    for _ in range(QUEUE_BIG_COUNT):
+        if data_len(kind, q.get()) != QUEUE_BIG_MSG:
+            raise RuntimeError("an item changed size")
+    elapsed = time.perf_counter() - t0
+    p.join()
+    return elapsed
+
+
+def queue_1mib_typed(kind):
+    secs = statistics.median(typed_round(kind) for _ in range(QUEUE_ROUNDS))
+    return QUEUE_BIG_MSG * QUEUE_BIG_COUNT / secs / 1e9
+
+
+HUGE_ITEM = 1 << 30
+
+
+def huge_producer(q, ready):
+    item = b"x" * HUGE_ITEM
+    ready.set()  # the clock starts here: the item exists, put has not begun
+    q.put(item)
+
+
+def huge_round():
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    ready = ctx.Event()
+    p = ctx.Process(target=huge_producer, args=(q, ready))
+    p.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    v = q.get()
+    elapsed = time.perf_counter() - t0
+    if len(v) != HUGE_ITEM:
+        raise RuntimeError("the item changed size")
+    del v
+    p.join()
+    return elapsed
+
+
+def queue_1gib_item():
+    secs = statistics.median(huge_round() for _ in range(QUEUE_ROUNDS))
+    return HUGE_ITEM / secs / 1e9
+
+
 def mpmc_producer(q, go, n):
     go.wait()
     for i in range(n):
@@ -436,6 +526,12 @@ WORKLOADS = {
     "pipe_1mib_one_way": ("GB/s", pipe_big),
     "queue_8b_1p1c": ("msg/s", queue_8b_1p1c),
     "queue_1mib_1p1c": ("GB/s", queue_1mib_1p1c),
+    "queue_1mib_vec_u8": ("GB/s", lambda: queue_1mib_typed("vec_u8")),
+    "queue_1mib_vec_u32": ("GB/s", lambda: queue_1mib_typed("vec_u32")),
+    "queue_1mib_vec_f64": ("GB/s", lambda: queue_1mib_typed("vec_f64")),
+    "queue_1mib_struct": ("GB/s", lambda: queue_1mib_typed("struct")),
+    "queue_1mib_string": ("GB/s", lambda: queue_1mib_typed("string")),
+    "queue_1gib_item": ("GB/s", queue_1gib_item),
     "queue_8b_4p4c": ("msg/s", queue_8b_4p4c),
     "lock_uncontended": ("ns/pair", lock_uncontended),
     "lock_two_process_increment": ("ns/incr", lock_two_process_increment),

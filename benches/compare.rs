@@ -89,6 +89,42 @@ const WORKLOADS: &[Workload] = &[
         run: queue_workloads::queue_1mib_1p1c,
     },
     Workload {
+        name: "queue_1mib_vec_u8",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1mib_typed::<Vec<u8>>,
+    },
+    Workload {
+        name: "queue_1mib_vec_u32",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1mib_typed::<Vec<u32>>,
+    },
+    Workload {
+        name: "queue_1mib_vec_f64",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1mib_typed::<Vec<f64>>,
+    },
+    Workload {
+        name: "queue_1mib_struct",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1mib_typed::<queue_workloads::Record>,
+    },
+    Workload {
+        name: "queue_1mib_string",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1mib_typed::<String>,
+    },
+    Workload {
+        name: "queue_1gib_item",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1gib_item,
+    },
+    Workload {
         name: "queue_8b_4p4c",
         unit: "msg/s",
         higher_is_better: true,

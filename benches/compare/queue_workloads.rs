@@ -123,3 +123,126 @@ pub fn queue_8b_4p4c() -> f64 {
     let secs = median((0..QUEUE_ROUNDS).map(|_| mpmc_round()).collect());
     (QUEUE_MPMC_SIDES * QUEUE_MPMC_PER_PRODUCER) as f64 / secs
 }
+
+// --- 1 MiB items of the types users write, a 1 GiB item (issue 12) -------------------------
+
+/// An item of about 1 MiB of one type, and how many bytes of data it holds.
+pub trait Sized1MiB: serde::Serialize + serde::de::DeserializeOwned + Clone + 'static {
+    fn make() -> Self;
+    fn data_len(&self) -> usize;
+}
+
+impl Sized1MiB for Vec<u8> {
+    fn make() -> Self {
+        vec![b'x'; QUEUE_BIG_MSG]
+    }
+    fn data_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Sized1MiB for Vec<u32> {
+    fn make() -> Self {
+        vec![7; QUEUE_BIG_MSG / 4]
+    }
+    fn data_len(&self) -> usize {
+        self.len() * 4
+    }
+}
+
+impl Sized1MiB for Vec<f64> {
+    fn make() -> Self {
+        vec![1.5; QUEUE_BIG_MSG / 8]
+    }
+    fn data_len(&self) -> usize {
+        self.len() * 8
+    }
+}
+
+/// A struct as users write it: an id and a vector of floats.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+pub struct Record {
+    id: u64,
+    data: Vec<f64>,
+}
+
+impl Sized1MiB for Record {
+    fn make() -> Self {
+        Record {
+            id: 1,
+            data: vec![1.5; QUEUE_BIG_MSG / 8],
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 8
+    }
+}
+
+impl Sized1MiB for String {
+    fn make() -> Self {
+        "x".repeat(QUEUE_BIG_MSG)
+    }
+    fn data_len(&self) -> usize {
+        self.len()
+    }
+}
+
+fn typed_producer<T: Sized1MiB>((q, count): (Queue<T>, usize)) -> multiproc::Result<()> {
+    let item = T::make();
+    q.put(item.clone())?; // ready: the clock starts when the parent takes this
+    for _ in 0..count {
+        q.put(item.clone())?;
+    }
+    Ok(())
+}
+
+fn typed_round<T: Sized1MiB>() -> f64 {
+    let q = Queue::<T>::new().expect("queue");
+    let mut p = Process::new(typed_producer::<T>, (q.clone(), QUEUE_BIG_COUNT));
+    p.start().expect("start");
+    q.get().expect("ready");
+    let t0 = Instant::now();
+    for _ in 0..QUEUE_BIG_COUNT {
+        let v = q.get().expect("get");
+        assert_eq!(v.data_len(), QUEUE_BIG_MSG, "an item changed size");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    p.join().expect("join");
+    secs
+}
+
+/// 1 MiB items of type `T`, one producer process → the parent: GB/s (median of rounds).
+pub fn queue_1mib_typed<T: Sized1MiB>() -> f64 {
+    let secs = median((0..QUEUE_ROUNDS).map(|_| typed_round::<T>()).collect());
+    (QUEUE_BIG_MSG * QUEUE_BIG_COUNT) as f64 / secs / 1e9
+}
+
+const HUGE_ITEM: usize = 1 << 30;
+
+fn huge_producer((q, ready): (Queue<Vec<u8>>, Event)) -> multiproc::Result<()> {
+    let item = vec![b'x'; HUGE_ITEM];
+    ready.set(); // the clock starts here: the item exists, `put` has not begun
+    q.put(item)
+}
+
+fn huge_round() -> f64 {
+    let q = Queue::<Vec<u8>>::new().expect("queue");
+    let ready = Event::new().expect("event");
+    let mut p = Process::new(huge_producer, (q.clone(), ready.clone()));
+    p.start().expect("start");
+    ready.wait().expect("ready");
+    let t0 = Instant::now();
+    let v = q.get().expect("get");
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(v.len(), HUGE_ITEM, "the item changed size");
+    drop(v);
+    p.join().expect("join");
+    secs
+}
+
+/// One 1 GiB `Vec<u8>` from a child to the parent: effective GB/s from the child's `put`
+/// to the parent's decoded vector (median of rounds).
+pub fn queue_1gib_item() -> f64 {
+    let secs = median((0..QUEUE_ROUNDS).map(|_| huge_round()).collect());
+    HUGE_ITEM as f64 / secs / 1e9
+}
