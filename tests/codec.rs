@@ -1,6 +1,6 @@
 //! The codec across processes: every type the fast paths serve (vectors of plain numbers,
 //! strings, byte strings, and these inside structs, tuples and enums) round-trips bit-exact
-//! through queues, pipes and pool tasks, for random sizes from 0 to 4 MiB (property tests);
+//! through queues, pipes, pool tasks and manager proxies, for random sizes from 0 to 4 MiB (property tests);
 //! values that need a self-describing format give a clear `Error::Codec`.
 
 mod common;
@@ -260,6 +260,23 @@ fn every_type_round_trips_bit_exact_as_pool_arguments_and_results() {
     assert!(small.iter().zip(&back).all(|(a, b)| same(a, b)));
     pool.close();
     pool.join().unwrap();
+}
+
+#[test]
+fn every_type_round_trips_bit_exact_through_a_manager_proxy() {
+    multiproc::init();
+    let m = multiproc::Manager::start().unwrap();
+    let l = m.list::<Item, _>(Vec::new()).unwrap();
+    runner(12)
+        .run(&items(), |item| {
+            // Into the manager's process and back.
+            l.push(item.clone()).unwrap();
+            let back = l.pop().unwrap();
+            prop_assert!(same(&item, &back), "{:?}", kind(&item));
+            Ok(())
+        })
+        .unwrap();
+    m.shutdown().unwrap();
 }
 
 fn kind(i: &Item) -> String {

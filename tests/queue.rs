@@ -547,6 +547,14 @@ fn consumer_killed_mid_stream_of_a_huge_item() {
 #[test]
 fn consumer_killed_while_taking_spilled_items() {
     multiproc::init();
+    let shm = || {
+        let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let shm_before = shm();
     let q = Queue::<ByteBuf>::new().unwrap();
     let (rx, tx) = multiproc::pipe_simplex::<u64>().unwrap();
     let mut a = Process::new(take_big_then_report, (q.clone(), tx));
@@ -581,6 +589,13 @@ fn consumer_killed_while_taking_spilled_items() {
         "{reported} + {got}"
     );
     assert!(q.empty());
+    // The large items travelled as anonymous sealed segments: nothing of them is in
+    // /dev/shm, even the one the killed consumer held.
+    let ours: Vec<_> = shm()
+        .into_iter()
+        .filter(|n| !shm_before.contains(n) && n.to_string_lossy().contains("multiproc"))
+        .collect();
+    assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
 }
 
 #[test]
