@@ -221,6 +221,17 @@ fn plain_run<I>(it: &I) -> Option<(usize, &[u8])> {
         .or_else(|| plain::slice_iter_bytes::<i8, I>(it))
 }
 
+/// Serializer methods that write a number's little-endian bytes.
+macro_rules! ser_le {
+    ($($name:ident $t:ty;)*) => {$(
+        #[inline]
+        fn $name(self, v: $t) -> R<()> {
+            self.out.extend_from_slice(&v.to_le_bytes());
+            Ok(())
+        }
+    )*};
+}
+
 impl<'a, 'b> Serializer for &'b mut Enc<'a> {
     type Ok = ();
     type Error = CodecError;
@@ -242,59 +253,14 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
         self.out.push(v as u8);
         Ok(())
     }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
+    ser_le! {
+        serialize_i16 i16; serialize_i32 i32; serialize_i64 i64; serialize_i128 i128;
+        serialize_u16 u16; serialize_u32 u32; serialize_u64 u64; serialize_u128 u128;
+        serialize_f32 f32; serialize_f64 f64;
     }
     #[inline]
     fn serialize_u8(self, v: u8) -> R<()> {
         self.out.push(v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_f32(self, v: f32) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_f64(self, v: f64) -> R<()> {
-        self.out.extend_from_slice(&v.to_le_bytes());
         Ok(())
     }
     #[inline]
@@ -480,45 +446,6 @@ impl ser::SerializeSeq for Compound<'_, '_> {
     }
 }
 
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
-        v.serialize(&mut *self.enc)
-    }
-    #[inline]
-    fn end(self) -> R<()> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
-        v.serialize(&mut *self.enc)
-    }
-    #[inline]
-    fn end(self) -> R<()> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
-        v.serialize(&mut *self.enc)
-    }
-    #[inline]
-    fn end(self) -> R<()> {
-        Ok(())
-    }
-}
-
 impl ser::SerializeMap for Compound<'_, '_> {
     type Ok = ();
     type Error = CodecError;
@@ -536,30 +463,30 @@ impl ser::SerializeMap for Compound<'_, '_> {
     }
 }
 
-impl ser::SerializeStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> R<()> {
-        v.serialize(&mut *self.enc)
-    }
-    #[inline]
-    fn end(self) -> R<()> {
-        Ok(())
-    }
+/// Tuples, structs and their variants: the fields one after another, nothing else.
+macro_rules! fields_in_order {
+    ($($tr:ident $method:ident ($($name:ty)?);)*) => {$(
+        impl ser::$tr for Compound<'_, '_> {
+            type Ok = ();
+            type Error = CodecError;
+            #[inline]
+            fn $method<T: Serialize + ?Sized>(&mut self, $(_: $name,)? v: &T) -> R<()> {
+                v.serialize(&mut *self.enc)
+            }
+            #[inline]
+            fn end(self) -> R<()> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> R<()> {
-        v.serialize(&mut *self.enc)
-    }
-    #[inline]
-    fn end(self) -> R<()> {
-        Ok(())
-    }
+fields_in_order! {
+    SerializeTuple serialize_element();
+    SerializeTupleStruct serialize_field();
+    SerializeTupleVariant serialize_field();
+    SerializeStruct serialize_field(&'static str);
+    SerializeStructVariant serialize_field(&'static str);
 }
 
 /// The decoder: reads from a byte slice, front to back.
