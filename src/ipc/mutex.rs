@@ -91,9 +91,9 @@ impl<'a> RobustMutex<'a> {
     /// ([`Acquired::OwnerDied`]); the kernel tells, so this is seen at once.
     #[inline]
     pub(crate) fn try_lock(&self) -> Acquired {
-        let tid = futex::current_tid();
+        let (tid, ident) = futex::current_thread();
         if self.word.compare_exchange(0, tid, Acquire, Relaxed).is_ok() {
-            return self.taken(0);
+            return self.record(ident, 0);
         }
         self.try_lock_slow(tid)
     }
@@ -118,9 +118,9 @@ impl<'a> RobustMutex<'a> {
     /// deadline still takes a free lock, or one whose holder died.
     #[inline]
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> Acquired {
-        let tid = futex::current_tid();
+        let (tid, ident) = futex::current_thread();
         if self.word.compare_exchange(0, tid, Acquire, Relaxed).is_ok() {
-            return self.taken(0);
+            return self.record(ident, 0);
         }
         self.lock_slow(tid, deadline)
     }
@@ -193,7 +193,16 @@ impl<'a> RobustMutex<'a> {
     /// previous holder left it filled in (it died in its critical section).
     #[inline]
     fn taken(&self, word_bits: u32) -> Acquired {
-        let prev = self.owner.swap(futex::current_ident(), AcqRel);
+        self.record(futex::current_thread().1, word_bits)
+    }
+
+    /// [`taken`](Self::taken) with the caller's identity at hand. The owner record is only
+    /// written by the word's holder (or by a release, which this acquisition follows), so a
+    /// load and a store do: no second locked instruction on the fast path.
+    #[inline]
+    fn record(&self, ident: u64, word_bits: u32) -> Acquired {
+        let prev = self.owner.load(Acquire);
+        self.owner.store(ident, Relaxed);
         if word_bits & PI_OWNER_DIED != 0 {
             self.word.fetch_and(!PI_OWNER_DIED, Relaxed);
             return Acquired::OwnerDied;
@@ -253,6 +262,18 @@ impl<'a> RobustMutex<'a> {
     #[inline]
     pub(crate) fn unlock(&self) -> bool {
         let tid = futex::current_tid();
+        // Fast path: ours, nobody queued, not released by another thread meanwhile.
+        if self.word.load(Relaxed) == tid && self.owner.load(Relaxed) != RELEASED {
+            self.owner.store(0, Relaxed);
+            if self.word.compare_exchange(tid, 0, Release, Relaxed).is_ok() {
+                return true;
+            }
+        }
+        self.unlock_slow(tid)
+    }
+
+    #[cold]
+    fn unlock_slow(&self, tid: u32) -> bool {
         let v = self.word.load(Relaxed);
         if v & PI_TID == 0 || self.owner.load(Relaxed) == RELEASED {
             return false;

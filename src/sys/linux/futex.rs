@@ -177,8 +177,8 @@ static IDENT: AtomicU64 = AtomicU64::new(0);
 static IDENT_GEN: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// (fork generation, kernel thread id) of the calling thread.
-    static TID: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
+    /// (fork generation, kernel thread id, process identity) of the calling thread.
+    static ME: Cell<(u64, u32, u64)> = const { Cell::new((0, 0, 0)) };
 }
 
 /// Packs a pid and its start time into an identity word.
@@ -217,19 +217,35 @@ fn compute_ident(g: u64) -> u64 {
     v
 }
 
+/// The calling thread's kernel thread id and its process's identity word, cached per thread
+/// (and asked again after a fork): one thread-local read and one relaxed load on the hot path
+/// of every lock.
+#[inline]
+pub(crate) fn current_thread() -> (u32, u64) {
+    let g = super::process::fork_generation_now();
+    ME.with(|c| {
+        let (cg, tid, ident) = c.get();
+        if cg == g && tid != 0 {
+            return (tid, ident);
+        }
+        refresh_thread(c)
+    })
+}
+
+#[cold]
+fn refresh_thread(c: &Cell<(u64, u32, u64)>) -> (u32, u64) {
+    // Registers the fork hook before anything is cached.
+    let g = super::process::fork_generation();
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    let ident = current_ident();
+    c.set((g, tid, ident));
+    (tid, ident)
+}
+
 /// The calling thread's kernel thread id, cached (and asked again after a fork).
 #[inline]
 pub(crate) fn current_tid() -> u32 {
-    let g = super::process::fork_generation();
-    TID.with(|c| {
-        let (cg, tid) = c.get();
-        if cg == g {
-            return tid;
-        }
-        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-        c.set((g, tid));
-        tid
-    })
+    current_thread().0
 }
 
 /// What `/proc/<pid>/stat` says: (state letter, start time in clock ticks since boot).

@@ -242,9 +242,16 @@ fn register_fork_hook() {
     });
 }
 
-/// The current fork generation (see [`FORK_GENERATION`]).
+/// The current fork generation (see [`FORK_GENERATION`]); registers the fork hook first.
 #[inline]
 pub(crate) fn fork_generation() -> u64 {
     register_fork_hook();
+    fork_generation_now()
+}
+
+/// [`fork_generation`] for callers that registered the hook already (before caching
+/// anything that depends on it): one relaxed load.
+#[inline]
+pub(crate) fn fork_generation_now() -> u64 {
     FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
