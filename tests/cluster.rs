@@ -274,3 +274,52 @@ fn task_timeout_holds_on_every_rank() {
     let pid = pool.apply(nap, 1).unwrap();
     assert!(common::running(pid));
 }
+
+/// The rank and the pid of the agent (the worker's parent) that ran a task.
+fn where_am_i(_: u64) -> (usize, u32) {
+    (
+        cluster::rank(),
+        rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32),
+    )
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        rustix::process::kill_process(p, sig).unwrap();
+    }
+}
+
+/// A whole rank that stops answering (its process frozen with SIGSTOP, as a hung node would
+/// be) ends the pool with `RankLost`, naming it. Needs other ranks and a short rank timeout:
+/// `.ci/run` runs it alone, as
+/// `mpirun -n 3 -x MULTIPROC_RANK_TIMEOUT=3 <test binary> --ignored --exact <this test>`.
+#[test]
+#[ignore = "run under mpirun with MULTIPROC_RANK_TIMEOUT by .ci/run"]
+fn a_frozen_rank_ends_the_pool_naming_it() {
+    multiproc::init();
+    assert!(cluster::size() >= 2, "run this test under mpirun");
+    let pool = remote_pool(1);
+    let agents: BTreeSet<(usize, u32)> = pool
+        .map_chunked(where_am_i, 0..2000, 10)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let ranks: BTreeSet<usize> = agents.iter().map(|a| a.0).collect();
+    assert_eq!(ranks, worker_ranks());
+    for &(_, pid) in &agents {
+        signal(pid, rustix::process::Signal::STOP);
+    }
+    match pool.apply(square, 3) {
+        Err(Error::RankLost { rank, message }) => {
+            assert!(ranks.contains(&(rank as usize)), "rank {rank}");
+            assert!(message.contains("no word"), "{message}");
+        }
+        other => panic!("expected RankLost, got {other:?}"),
+    }
+    // The pool is over; later calls say why.
+    assert!(matches!(pool.apply(square, 4), Err(Error::RankLost { .. })));
+    for &(_, pid) in &agents {
+        signal(pid, rustix::process::Signal::CONT);
+    }
+    drop(pool);
+}

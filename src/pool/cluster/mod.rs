@@ -72,8 +72,10 @@
 //!
 //! A whole rank lost is another matter, and MPI decides most of it. With Open MPI's
 //! defaults (`MPI_ERRORS_ARE_FATAL`, no fault tolerance), a rank process that dies makes
-//! `mpirun` abort the **whole job**, rank 0 included: nothing hangs, but nothing can be
-//! recovered either. When the job survives (the launcher keeps going, or the rank hangs
+//! `mpirun` abort the **whole job**, rank 0 included (Open MPI 4.1: "mpirun noticed that
+//! process rank 1 … exited on signal 9", exit status 137; every worker dies with its rank):
+//! nothing hangs, but nothing can be recovered either — MPI without ULFM gives a program no
+//! way to go on past a dead peer. When the job survives (the launcher keeps going, or the rank hangs
 //! without dying — a frozen node), each agent sends rank 0 a heartbeat every second while
 //! it lives; a rank silent for longer than the rank timeout (30 s, or
 //! `MULTIPROC_RANK_TIMEOUT` seconds) is declared lost: the pool ends, and its pending tasks

@@ -359,11 +359,10 @@ fn root_loop(world: &SimpleCommunicator, size: usize, cmds: Receiver<Cmd>) {
             }
         }
     }
-    // Rank 0's main is over: every agent stops its workers and leaves.
-    for (rank, l) in lost.iter().enumerate().skip(1) {
-        if l.is_none() {
-            post.send(rank, header(M_SHUTDOWN, 0));
-        }
+    // Rank 0's main is over: every agent stops its workers and leaves (one declared lost
+    // too: if it only hung, it may yet hear it; a send that never completes is left).
+    for rank in 1..size {
+        post.send(rank, header(M_SHUTDOWN, 0));
     }
     post.flush(Duration::from_secs(10));
 }
