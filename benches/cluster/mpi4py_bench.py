@@ -18,8 +18,8 @@ def main():
         workers = ex.num_workers
         print(f"workers {workers}")
         # 1. Tiny tasks. The default chunksize (1) is too slow for 1,000,000 tasks: measured
-        #    on 100,000; then 1,000,000 with the chunk size multiproc uses (n / (4 workers)).
-        n1 = int(os.environ.get("TINY_N1", "100000"))
+        #    on 10,000; then 1,000,000 with the chunk size multiproc uses (n / (4 workers)).
+        n1 = int(os.environ.get("TINY_N1", "10000"))
         for _ in range(2):
             t = time.perf_counter()
             v = list(ex.map(square, range(n1)))
