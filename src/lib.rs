@@ -53,6 +53,8 @@
 //! that cross a process boundary implement serde's `Serialize` and `DeserializeOwned`.
 
 #![warn(missing_docs)]
+// On docs.rs, feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // `unsafe` lives in the OS layer (`sys`) only; everything else is safe code.
 #![deny(unsafe_code)]
 // Examples show `fn main` on purpose: `multiproc::init()` must be its first line.
@@ -63,6 +65,7 @@ pub mod connection;
 pub mod docs;
 mod error;
 pub(crate) mod ipc;
+pub mod log;
 pub mod manager;
 pub mod pool;
 pub mod process;
@@ -78,6 +81,7 @@ pub mod value;
 
 pub use connection::{pipe, pipe_simplex, Connection};
 pub use error::{CodecError, Error, RemoteErrorKind, Result};
+pub use log::log_to_stderr;
 pub use manager::Manager;
 pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{

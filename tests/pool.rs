@@ -1033,3 +1033,18 @@ fn retries_run_the_job_of_a_dead_worker_again() {
     expected[0] = 2;
     assert_eq!(runs, expected);
 }
+
+#[cfg(feature = "progress")]
+#[test]
+fn map_with_progress_gives_what_map_gives() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<u64> = (0..500).collect();
+    let with_bar = pool
+        .map_with_progress(|x: u64| x * x + 1, items.clone())
+        .unwrap();
+    assert_eq!(with_bar, pool.map(|x: u64| x * x + 1, items).unwrap());
+    // A task error comes through as from map.
+    let r = pool.map_with_progress(|x: u32| assert!(x != 7, "seven"), 0..10u32);
+    assert!(matches!(r, Err(Error::TaskPanicked { .. })));
+}

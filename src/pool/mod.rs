@@ -951,6 +951,7 @@ impl Pool {
     /// assert_eq!(v[99], 297);
     /// ```
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn map_with_progress<A, R>(
         &self,
         f: fn(A) -> R,
