@@ -192,6 +192,15 @@ impl ChildState {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if st.is_none() {
             *st = sys::try_reap(&self.pidfd)?;
+            if let Some(s) = *st {
+                crate::log::log_event!(
+                    Debug,
+                    "process {} (pid {}) ended with exit code {}",
+                    self.name,
+                    self.pid,
+                    s.exitcode()
+                );
+            }
         }
         Ok(*st)
     }
@@ -545,6 +554,7 @@ impl Process {
         self.args = None;
         self.pipes = pipes;
         let child = ChildState::new(launched, self.name.clone(), self.opts.daemon);
+        crate::log::log_event!(Debug, "started process {} (pid {})", self.name, child.pid);
         register(&child);
         self.child = Some(child);
         Ok(())

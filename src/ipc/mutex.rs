@@ -205,11 +205,11 @@ impl<'a> RobustMutex<'a> {
         self.owner.store(ident, Relaxed);
         if word_bits & PI_OWNER_DIED != 0 {
             self.word.fetch_and(!PI_OWNER_DIED, Relaxed);
-            return Acquired::OwnerDied;
+            return owner_died(prev);
         }
         match prev {
             0 | RELEASED | CLAIMING => Acquired::Clean,
-            _ => Acquired::OwnerDied,
+            _ => owner_died(prev),
         }
     }
 
@@ -330,6 +330,23 @@ impl<'a> RobustMutex<'a> {
     pub(crate) fn idle(&self) -> bool {
         self.holder_tid() == 0 || self.holder_gone_by_record()
     }
+}
+
+/// A take-over from a holder that died: reported (see [`crate::log`]).
+#[cold]
+fn owner_died(prev: u64) -> Acquired {
+    let pid = match prev {
+        0 | RELEASED | CLAIMING => None,
+        p => Some(futex::ident_pid(p)),
+    };
+    match pid {
+        Some(pid) => crate::log::log_event!(
+            Warning,
+            "took over a lock whose holder (pid {pid}) died holding it"
+        ),
+        None => crate::log::log_event!(Warning, "took over a lock whose holder died holding it"),
+    }
+    Acquired::OwnerDied
 }
 
 #[cfg(test)]

@@ -322,9 +322,18 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
 /// something that is not a frame. Only this connection is affected by what it sends.
 fn serve_connection(conn: RawConn, state: &State) {
     conn.set_spin(false);
-    if authenticate_server(&conn, &state.authkey).is_err() {
+    if let Err(e) = authenticate_server(&conn, &state.authkey) {
+        if matches!(e, Error::AuthenticationFailed) {
+            crate::log::log_event!(Warning, "manager refused a connection: wrong authkey");
+        } else {
+            crate::log::log_event!(
+                Debug,
+                "manager dropped a connection during authentication: {e}"
+            );
+        }
         return;
     }
+    crate::log::log_event!(Debug, "manager accepted a connection");
     conn.set_max_frame(state.max_message);
     let mut session = None;
     if let Some(lane) = serve_requests(&conn, state, &mut session) {

@@ -138,7 +138,10 @@ impl<T> Cell<T> {
 /// the pool thread that delivers results).
 fn run_callback<T>(cb: Callback<T>, outcome: &Outcome<T>) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(outcome))).is_err() {
-        eprintln!("multiproc: a pool result callback panicked; the panic was ignored");
+        crate::log::log_event!(
+            Error,
+            "a pool result callback panicked; the panic was ignored"
+        );
     }
 }
 

@@ -1015,6 +1015,16 @@ impl Shared {
             Some(sys::ExitStatus::Signal(s)) => (None, Some(s)),
             None => (None, None),
         };
+        crate::log::log_event!(
+            Warning,
+            "pool worker (pid {}) died ({}); the task(s) it held fail with WorkerDied, and a new worker replaces it",
+            w.pid,
+            match (exitcode, signal) {
+                (_, Some(s)) => format!("killed by signal {s}"),
+                (Some(c), None) => format!("exit code {c}"),
+                (None, None) => "no status".to_string(),
+            }
+        );
         TaskFail::Died {
             pid: w.pid,
             exitcode,
@@ -1157,6 +1167,11 @@ fn serve(
             }
             match shared.start_worker(slot) {
                 Ok(w) => {
+                    crate::log::log_event!(
+                        Info,
+                        "started pool worker pid {} in slot {slot} (a replacement)",
+                        w.pid
+                    );
                     start_failures = 0;
                     *worker = Some(w);
                 }

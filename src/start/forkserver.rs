@@ -36,6 +36,7 @@ fn start_server() -> Result<Client> {
     let pid = on_lasting_thread(move || exec_self("forkserver", theirs))?;
     let pidfd = sys::open_pidfd(pid)?;
     SERVER_PID.store(pid, Ordering::SeqCst);
+    crate::log::log_event!(Info, "started the fork server (pid {pid})");
     Ok(Client {
         conn: RawConn::new(ours),
         pidfd,
@@ -87,6 +88,7 @@ pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
             Err(e) => {
                 // The server died (killed, say) without starting the child: reap it and
                 // start a new one.
+                crate::log::log_event!(Warning, "the fork server died ({e}); starting a new one");
                 if let Some(old) = g.take() {
                     reap_server(old);
                 }
@@ -166,5 +168,6 @@ pub(super) fn shutdown() {
             let _ = sys::wait_exited(&pidfd, None);
         }
         let _ = sys::try_reap(&pidfd);
+        crate::log::log_event!(Debug, "stopped the fork server");
     }
 }

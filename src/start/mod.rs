@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::connection::RawConn;
+use crate::log::log_event;
 use crate::{codec, process, sys, Error, Result};
 
 mod context;
@@ -168,7 +169,7 @@ pub fn init() {
     let sock = match sys::take_stdin_dup() {
         Ok(fd) => RawConn::new(fd),
         Err(e) => {
-            eprintln!("multiproc: child cannot read its bootstrap: {e}");
+            log_event!(Error, "child cannot read its bootstrap: {e}");
             sys::exit_immediately(255);
         }
     };
@@ -180,14 +181,14 @@ pub fn init() {
                 run_child(boot, fds)
             }
             Err(e) => {
-                eprintln!("multiproc: child cannot read its bootstrap: {e}");
+                log_event!(Error, "child cannot read its bootstrap: {e}");
                 sys::exit_immediately(255);
             }
         },
         "forkserver" => forkserver::serve(sock),
         "shm-tracker" => crate::shared_memory::tracker_main(sock),
         other => {
-            eprintln!("multiproc: unknown child role {other:?}");
+            log_event!(Error, "unknown child role {other:?}");
             sys::exit_immediately(255);
         }
     }
@@ -251,6 +252,8 @@ pub(crate) struct Boot {
 pub(crate) struct Settings {
     method: StartMethod,
     fork_with_threads: bool,
+    /// The logging threshold (see [`crate::log`]).
+    log: u8,
 }
 
 impl Settings {
@@ -259,6 +262,7 @@ impl Settings {
         Settings {
             method: get_start_method(),
             fork_with_threads: FORK_WITH_THREADS.load(Ordering::SeqCst),
+            log: crate::log::current_threshold(),
         }
     }
 
@@ -266,6 +270,7 @@ impl Settings {
     fn apply(self) {
         let _ = set_start_method(self.method);
         FORK_WITH_THREADS.store(self.fork_with_threads, Ordering::SeqCst);
+        crate::log::set_threshold(self.log);
     }
 }
 
@@ -440,7 +445,7 @@ fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
                 match sys::dup_raw(fd) {
                     Ok(d) => fds.push(d),
                     Err(e) => {
-                        eprintln!("multiproc: forked child lost a handle: {e}");
+                        log_event!(Error, "forked child lost a handle: {e}");
                         sys::exit_immediately(255);
                     }
                 }
@@ -605,6 +610,8 @@ fn install_child_panic_hook(name: String) {
         if QUIET_PANICS.load(Ordering::SeqCst) {
             return;
         }
+        // The one documented direct write (see `crate::log`): the panic report, as Python
+        // prints a child's traceback.
         eprintln!("Process {name}:");
         prev(info);
     }));
@@ -612,6 +619,9 @@ fn install_child_panic_hook(name: String) {
 
 /// The child's side: set up, check the build, call the trampoline, exit.
 pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
+    // Its name and the parent's settings (logging included) first: what follows may log.
+    process::set_current(&boot);
+    boot.settings.apply();
     let result = if boot.has_result && !fds.is_empty() {
         Some(RawConn::new(fds.remove(0)))
     } else {
@@ -627,8 +637,9 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
         }
         let fd = fds.remove(0);
         if let Err(e) = sys::set_stdio(i, fd.as_fd()) {
-            eprintln!(
-                "multiproc: cannot set up standard stream {i} of process {}: {e}",
+            log_event!(
+                Error,
+                "cannot set up standard stream {i} of process {}: {e}",
                 boot.name
             );
             finish_child(255);
@@ -645,19 +656,21 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
             None => std::env::remove_var(k),
         }
     }
+    if boot.env_clear || boot.env.iter().any(|(k, _)| k == crate::log::ENV_VAR) {
+        crate::log::reload_env();
+    }
     if let Some(dir) = &boot.cwd {
         if let Err(e) = std::env::set_current_dir(dir) {
-            eprintln!(
-                "multiproc: process {} cannot change to directory {}: {e}",
+            log_event!(
+                Error,
+                "process {} cannot change to directory {}: {e}",
                 boot.name,
                 dir.display()
             );
             finish_child(255);
         }
     }
-    process::set_current(&boot);
     crate::shared_memory::adopt_tracker(boot.shm_tracker.clone());
-    boot.settings.apply();
     install_child_panic_hook(boot.name.clone());
     let code = match sys::fn_at::<Entry>(boot.entry, boot.build_id, boot.entry_sig) {
         Some(entry) => entry(boot.target, boot.target_sig, &boot.args, fds, result),
@@ -667,7 +680,7 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
                 sys::build_id(),
                 boot.build_id
             );
-            eprintln!("multiproc: cannot start process {}: {msg}", boot.name);
+            log_event!(Error, "cannot start process {}: {msg}", boot.name);
             if let Some(r) = &result {
                 let _ = r.send_value(&Outcome::<()>::BuildMismatch(msg));
             }
@@ -687,7 +700,10 @@ fn finish_child(code: i32) -> ! {
 
 fn bad_target(sig_ok: bool) -> i32 {
     if !sig_ok {
-        eprintln!("multiproc: the target function's type does not match; not calling it");
+        log_event!(
+            Error,
+            "the target function's type does not match; not calling it"
+        );
     }
     255
 }
@@ -705,7 +721,7 @@ fn run_discarding<A: DeserializeOwned, R>(
     let a: A = match codec::decode_with_fds(args, fds) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("multiproc: cannot decode the process's arguments: {e}");
+            log_event!(Error, "cannot decode the process's arguments: {e}");
             return 255;
         }
     };
