@@ -111,8 +111,9 @@ pub(crate) fn on_init() {
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                eprintln!(
-                    "multiproc: cannot start the MPI thread ({e}); cluster pools run locally"
+                crate::log::log_event!(
+                    Warning,
+                    "cannot start the MPI thread ({e}); cluster pools run locally"
                 );
                 return None;
             }
@@ -141,10 +142,10 @@ pub(crate) fn on_init() {
                     _ => Error::invalid("the MPI thread ended before MPI was initialised"),
                 };
                 if super::rank() != 0 {
-                    eprintln!("multiproc: rank {}: {e}", super::rank());
+                    crate::log::log_event!(Error, "rank {}: {e}", super::rank());
                     std::process::exit(1)
                 }
-                eprintln!("multiproc: {e}; cluster pools run locally");
+                crate::log::log_event!(Warning, "{e}; cluster pools run locally");
                 None
             }
         }
@@ -204,7 +205,7 @@ impl<'a> Post<'a> {
     pub(super) fn send(&mut self, rank: usize, bytes: Vec<u8>) {
         match sys::mpi::isend(self.world, rank as i32, TAG, bytes) {
             Ok(p) => self.pending.push(p),
-            Err(e) => eprintln!("multiproc: {e}"),
+            Err(e) => crate::log::log_event!(Error, "MPI send to rank {rank}: {e}"),
         }
     }
 
