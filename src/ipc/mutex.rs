@@ -261,15 +261,18 @@ impl<'a> RobustMutex<'a> {
     /// `Lock` allows (see the module docs). False if it was not locked.
     #[inline]
     pub(crate) fn unlock(&self) -> bool {
-        let tid = futex::current_tid();
-        // Fast path: ours, nobody queued, not released by another thread meanwhile.
-        if self.word.load(Relaxed) == tid && self.owner.load(Relaxed) != RELEASED {
+        // Fast path: held, nobody queued in the kernel, not released by another thread
+        // meanwhile. Whose it is does not matter here: with nobody queued, the holder's
+        // release and another thread's (which Python's `Lock` allows) are the same two
+        // stores, so the thread id is not even looked up.
+        let v = self.word.load(Relaxed);
+        if v != 0 && v & (PI_WAITERS | PI_OWNER_DIED) == 0 && self.owner.load(Relaxed) != RELEASED {
             self.owner.store(0, Relaxed);
-            if self.word.compare_exchange(tid, 0, Release, Relaxed).is_ok() {
+            if self.word.compare_exchange(v, 0, Release, Relaxed).is_ok() {
                 return true;
             }
         }
-        self.unlock_slow(tid)
+        self.unlock_slow(futex::current_tid())
     }
 
     #[cold]
