@@ -41,7 +41,8 @@ mod lane;
 mod net;
 mod wait;
 
-pub(crate) use net::{accept_raw, authenticate_server, connect_raw};
+pub(crate) use auth::send_busy;
+pub(crate) use net::{accept_raw, authenticate_server, connect_raw, HANDSHAKE_TIMEOUT};
 pub use net::{Address, Client, Listener, ToAddress};
 pub use wait::{wait, Waitable};
 

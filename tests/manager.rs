@@ -1549,3 +1549,64 @@ fn objects_stored_in_containers_live_as_long_as_the_container() {
         .unwrap()
         == 0));
 }
+
+/// Issue 11.6: peers that connect and dribble a byte now and then, never finishing the
+/// handshake, far more of them than the server's budget for unauthenticated connections.
+/// A good client still gets in and works during the attack, and the server cuts every
+/// dribbler at its handshake deadline however often it sends (loopback only, 400
+/// connections, bounded in time).
+#[test]
+fn dribbling_peers_do_not_lock_out_a_good_client() {
+    multiproc::init();
+    const ATTACK: usize = 400;
+    let server = Manager::serve("127.0.0.1:0", b"dribble").unwrap();
+    let Address::Tcp(sa) = server.address().clone() else {
+        panic!("not a TCP address")
+    };
+    // What each dribbler sends, a byte per round: a frame header announcing 200 bytes, and
+    // then the bytes, far too slowly.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&0x3143_504d_u32.to_le_bytes());
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.extend_from_slice(&200u64.to_le_bytes());
+    frame.resize(16 + 200, b'x');
+    let mut attack: Vec<Option<TcpStream>> = (0..ATTACK)
+        .map(|_| Some(TcpStream::connect(sa).unwrap()))
+        .collect();
+    let start = std::time::Instant::now();
+    let mut round = 0;
+    let dribble = |attack: &mut Vec<Option<TcpStream>>, round: usize| {
+        for slot in attack.iter_mut() {
+            if let Some(s) = slot {
+                if s.write_all(&frame[round..round + 1]).is_err() {
+                    *slot = None; // the server cut it
+                }
+            }
+        }
+    };
+    dribble(&mut attack, round);
+    round += 1;
+
+    // A good client, in the middle of the attack.
+    let client = Manager::connect(sa.to_string().as_str(), b"dribble").unwrap();
+    let l = client.list(vec![1u32]).unwrap();
+    l.push(2).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1, 2]);
+
+    // However often they send, every dribbler is cut by the handshake's one deadline.
+    while attack.iter().any(Option::is_some) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100)); // the attack's pace
+        dribble(&mut attack, round.min(frame.len() - 1));
+        round += 1;
+    }
+    let left = attack.iter().filter(|s| s.is_some()).count();
+    assert_eq!(
+        left,
+        0,
+        "{left} dribblers still connected after {:?}",
+        start.elapsed()
+    );
+    // And the server still serves.
+    let again = Manager::connect(sa.to_string().as_str(), b"dribble").unwrap();
+    assert_eq!(again.list(vec![7u8]).unwrap().len().unwrap(), 1);
+}

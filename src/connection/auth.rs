@@ -15,6 +15,9 @@ use crate::{Error, Result};
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
 const FAILURE: &[u8] = b"#FAILURE#";
+/// Sent by a server that refuses a connection because it has too many (instead of a
+/// challenge, or of its welcome): the client is told so, not that its key is wrong.
+const BUSY: &[u8] = b"#BUSY#";
 const ALGO: &[u8] = b"{sha256}";
 const NONCE_LEN: usize = 40;
 /// Largest frame accepted while authenticating: every message of the handshake is tiny.
@@ -54,6 +57,23 @@ pub(crate) fn deliver_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
 }
 
 /// Answers the peer's challenge and reads the verdict.
+/// Tells a client, before hanging up, that the server is too busy to take it.
+pub(crate) fn send_busy(conn: &RawConn) {
+    let _ = conn.send_bytes(BUSY, &[]);
+}
+
+/// The error for a server that refused us: busy, or (anything else) our key.
+fn refused(frame: &[u8]) -> Error {
+    if frame == BUSY {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the server is busy (too many connections waiting to authenticate); try again",
+        ))
+    } else {
+        Error::AuthenticationFailed
+    }
+}
+
 pub(crate) fn answer_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
     let frame = match conn.recv_bytes() {
         Ok(f) => f,
@@ -62,7 +82,7 @@ pub(crate) fn answer_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
         Err(e) => return Err(e),
     };
     let Some(message) = frame.strip_prefix(CHALLENGE) else {
-        return Err(Error::AuthenticationFailed);
+        return Err(refused(&frame));
     };
     if !message.starts_with(ALGO) || message.len() < ALGO.len() + 16 {
         return Err(Error::AuthenticationFailed);
@@ -73,7 +93,8 @@ pub(crate) fn answer_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
     conn.send_bytes(&reply, &[])?;
     match conn.recv_bytes() {
         Ok(v) if v == WELCOME => Ok(()),
-        Ok(_) | Err(Error::Eof) => Err(Error::AuthenticationFailed),
+        Ok(v) => Err(refused(&v)),
+        Err(Error::Eof) => Err(Error::AuthenticationFailed),
         Err(Error::Io(e))
             if matches!(
                 e.kind(),
@@ -120,6 +141,19 @@ mod tests {
         let (s, c) = run(b"secret", b"guess");
         assert!(matches!(s, Err(Error::AuthenticationFailed)), "{s:?}");
         assert!(matches!(c, Err(Error::AuthenticationFailed)), "{c:?}");
+    }
+
+    #[test]
+    fn a_busy_server_is_not_a_wrong_key() {
+        let (a, b) = RawConn::pair().unwrap();
+        send_busy(&a);
+        match client_handshake(&b, b"k") {
+            Err(Error::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+                assert!(e.to_string().contains("busy"), "{e}");
+            }
+            other => panic!("expected a busy refusal, got {other:?}"),
+        }
     }
 
     #[test]

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::{auth, Connection, RawConn};
 use crate::{sys, Error, Result};
 
-/// How long a peer gets to complete the authentication handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer gets to complete the authentication handshake: one deadline for the
+/// whole of it on a server (a peer that dribbles a byte now and then does not extend it),
+/// and for each read or write on a client.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A socket address: TCP (`"127.0.0.1:50000"`), a Unix socket file (`"/tmp/sock"`, any
 /// string starting with `/` or `.`), or a Linux abstract Unix socket (`"@name"`: no file,

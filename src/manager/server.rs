@@ -16,11 +16,19 @@ use serde_bytes::ByteBuf;
 
 use super::protocol::{Create, Kind, Op, Reply, Request, Response, Wait};
 use super::ErasedShared;
-use crate::connection::{accept_raw, authenticate_server, Address, Connection, Listener, RawConn};
+use crate::connection::{
+    accept_raw, authenticate_server, send_busy, Address, Connection, Listener, RawConn,
+    HANDSHAKE_TIMEOUT,
+};
 use crate::{codec, sys, Error, RemoteErrorKind};
 
-/// Most client connections served at once; more are closed at once.
+/// Most client connections served at once; more are told the server is busy.
 const MAX_CONNECTIONS: usize = 4096;
+/// Most connections still authenticating: their own small budget, so that peers that
+/// never finish (slow, hostile) cannot crowd out clients that do. When it is full, the
+/// oldest waiting connection is dropped for the new one: a client that authenticates at
+/// once gets in however many idle connections an attacker keeps open.
+const MAX_PENDING: usize = 64;
 /// How often a blocked operation checks that its client is still there.
 const CHECK_PEER: Duration = Duration::from_millis(100);
 
@@ -291,8 +299,72 @@ pub(crate) fn server_main<I, IR>(start: ServerStart<I>) {
     }
 }
 
+/// Connections still authenticating, oldest first, each with its deadline.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    conns: std::collections::VecDeque<(u64, Instant, Arc<RawConn>)>,
+}
+
+impl Pending {
+    /// Ends a connection that may not finish its handshake: tells its peer the server is
+    /// busy and shuts it down (its thread, blocked reading, wakes up and gives up).
+    fn cut(conn: &RawConn) {
+        send_busy(conn);
+        sys::shutdown_both(conn);
+    }
+
+    /// Cuts the connections past their deadline; returns how long until the next one.
+    fn sweep(&mut self, now: Instant) -> Option<Duration> {
+        while let Some((_, deadline, c)) = self.conns.front() {
+            if *deadline > now {
+                return Some(*deadline - now);
+            }
+            Pending::cut(c);
+            self.conns.pop_front();
+        }
+        None
+    }
+
+    /// Adds a connection (cutting the oldest if the budget is full); returns its id.
+    fn admit(&mut self, conn: Arc<RawConn>, now: Instant) -> u64 {
+        if self.conns.len() >= MAX_PENDING {
+            if let Some((_, _, oldest)) = self.conns.pop_front() {
+                Pending::cut(&oldest);
+            }
+        }
+        self.next += 1;
+        self.conns
+            .push_back((self.next, now + HANDSHAKE_TIMEOUT, conn));
+        self.next
+    }
+
+    /// Takes connection `id` out once it has authenticated; false if it was cut meanwhile.
+    fn settle(&mut self, id: u64) -> bool {
+        match self.conns.iter().position(|(i, _, _)| *i == id) {
+            Some(k) => {
+                self.conns.remove(k);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 fn accept_loop(listener: Listener, state: Arc<State>) {
+    let pending = Arc::new(Mutex::new(Pending::default()));
     loop {
+        // One deadline for each whole handshake, kept here: peers that dribble bytes
+        // cannot stretch it.
+        let wait = lock(&pending).sweep(Instant::now());
+        match sys::wait_readable(listener.as_fd(), Some(wait.unwrap_or(HANDSHAKE_TIMEOUT))) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        }
         let conn = match accept_raw(&listener) {
             Ok(c) => c,
             Err(_) => {
@@ -303,26 +375,34 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
         };
         if state.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             state.connections.fetch_sub(1, Ordering::SeqCst);
+            send_busy(&conn);
             continue; // dropping closes it
         }
+        let conn = Arc::new(conn);
+        let id = lock(&pending).admit(conn.clone(), Instant::now());
         let st = state.clone();
+        let pend = pending.clone();
         let spawned = std::thread::Builder::new()
             .name("manager-conn".into())
             .spawn(move || {
-                serve_connection(conn, &st);
+                serve_connection(conn, &st, || lock(&pend).settle(id));
                 st.connections.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
             state.connections.fetch_sub(1, Ordering::SeqCst);
+            lock(&pending).settle(id);
         }
     }
 }
 
 /// Authenticates one client, then answers its requests until it hangs up or sends
 /// something that is not a frame. Only this connection is affected by what it sends.
-fn serve_connection(conn: RawConn, state: &State) {
+fn serve_connection(conn: Arc<RawConn>, state: &State, settle: impl FnOnce() -> bool) {
     conn.set_spin(false);
-    if let Err(e) = authenticate_server(&conn, &state.authkey) {
+    let authenticated = authenticate_server(&conn, &state.authkey);
+    // Out of the budget of waiting connections either way; cut meanwhile: give up.
+    let kept = settle();
+    if let Err(e) = authenticated {
         if matches!(e, Error::AuthenticationFailed) {
             crate::log::log_event!(Warning, "manager refused a connection: wrong authkey");
         } else {
@@ -331,6 +411,9 @@ fn serve_connection(conn: RawConn, state: &State) {
                 "manager dropped a connection during authentication: {e}"
             );
         }
+        return;
+    }
+    if !kept {
         return;
     }
     crate::log::log_event!(Debug, "manager accepted a connection");

@@ -123,6 +123,12 @@ pub(crate) fn peer_pid_if_same_user(fd: impl AsFd) -> io::Result<Option<u32>> {
     Ok((cred.uid == rustix::process::getuid()).then(|| cred.pid.as_raw_nonzero().get() as u32))
 }
 
+/// Shuts a connected socket down both ways: a thread blocked reading it wakes up with end
+/// of file, and the peer sees the connection end (the descriptor stays open).
+pub(crate) fn shutdown_both(fd: impl AsFd) {
+    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+}
+
 /// Sets `TCP_NODELAY` on a TCP socket; does nothing for Unix sockets.
 pub(crate) fn set_nodelay(fd: impl AsFd, addr: &SockAddr) {
     if matches!(addr, SockAddr::Tcp(_)) {
