@@ -515,8 +515,10 @@ impl TrackerClient {
         let mut last_err = None;
         for _attempt in 0..3 {
             match &self.conn {
-                Some(conn) => match conn.send_value(&msg) {
-                    Ok(()) => return Ok(changed),
+                // The tracker acknowledges each message once it has recorded it: a message
+                // sent to a tracker that died before reading it is never taken as done.
+                Some(conn) => match conn.send_value(&msg).and_then(|()| conn.recv_value::<u8>()) {
+                    Ok(_) => return Ok(changed),
                     // The tracker is gone: connect to (or start) its replacement, which
                     // gets every name again.
                     Err(e) => {
@@ -579,7 +581,9 @@ impl TrackerClient {
             let (conn, pid) = conn;
             let mut sent = Ok(());
             for n in &self.names {
-                sent = conn.send_value(&TrackerMsg::Register(n.clone()));
+                sent = conn
+                    .send_value(&TrackerMsg::Register(n.clone()))
+                    .and_then(|()| conn.recv_value::<u8>().map(drop));
                 if sent.is_err() {
                     break;
                 }
@@ -700,6 +704,10 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
                         names.remove(&n);
                     }
                     Err(_) => break false,
+                }
+                // Recorded: say so (the client waits for it before it counts on us).
+                if conn.send_value(&0u8).is_err() {
+                    break false;
                 }
                 if !conn.has_buffered_input() {
                     break true;
