@@ -71,8 +71,7 @@ pub mod pool;
 pub mod process;
 pub mod queue;
 pub mod shared_memory;
-pub(crate) mod shm;
-mod shmsync;
+
 pub mod start;
 pub mod sync;
 #[allow(unsafe_code)]

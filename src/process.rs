@@ -31,7 +31,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::connection::{RawConn, Waitable};
+use crate::connection::Waitable;
+use crate::ipc::RawConn;
 use crate::start::{self, Boot, Code, LaunchSpec, Outcome, StartMethod};
 use crate::{codec, sys, Error, Result};
 

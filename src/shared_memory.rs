@@ -90,7 +90,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::connection::RawConn;
+use crate::ipc::RawConn;
 use crate::sys::memfd::{self, Mapping};
 use crate::{sys, Error, Result};
 

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::shm::{Kind, SegRef, Segment};
+use crate::ipc::segment::{Kind, SegRef, Segment};
 use crate::sync::kinds;
 use crate::sync::raw::{Acquired, MUTEX_SIZE};
 use crate::sync::{Lock, LockResult, OwnerDiedError};

@@ -9,7 +9,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::RawConn;
+use crate::ipc::RawConn;
 use crate::{Error, Result};
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";

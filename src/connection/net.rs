@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{auth, Connection, RawConn};
+use super::{auth, Connection};
+use crate::ipc::RawConn;
 use crate::{sys, Error, Result};
 
 /// How long a peer gets to complete the authentication handshake: one deadline for the
@@ -243,7 +244,7 @@ pub(crate) fn authenticate_server(raw: &RawConn, key: &[u8]) -> Result<()> {
     sys::set_io_timeout(raw, Some(HANDSHAKE_TIMEOUT))?;
     auth::server_handshake(raw, key)?;
     sys::set_io_timeout(raw, None)?;
-    raw.set_max_frame(super::MAX_FRAME);
+    raw.set_max_frame(crate::ipc::conn::MAX_FRAME);
     Ok(())
 }
 
@@ -256,7 +257,7 @@ pub(crate) fn connect_raw(address: &Address, authkey: Option<&[u8]>) -> Result<R
         sys::set_io_timeout(&raw, Some(HANDSHAKE_TIMEOUT))?;
         auth::client_handshake(&raw, key)?;
         sys::set_io_timeout(&raw, None)?;
-        raw.set_max_frame(super::MAX_FRAME);
+        raw.set_max_frame(crate::ipc::conn::MAX_FRAME);
     }
     Ok(raw)
 }

@@ -3,7 +3,8 @@
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use crate::{shmsync, sys, Error, Result};
+use crate::ipc::wait;
+use crate::{sys, Error, Result};
 
 /// Something [`wait`] can wait on: a [`Connection`](crate::Connection) (a message or the
 /// end of file waits), a queue (an item waits), a process's
@@ -124,7 +125,7 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
                 },
             }
         } else {
-            let Some(slice) = shmsync::next_slice(deadline, pause) else {
+            let Some(slice) = wait::next_slice(deadline, pause) else {
                 return Ok(Vec::new());
             };
             pause = (pause * 2).min(MAX_PAUSE);

@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use super::protocol::{Reply, Request, Response};
-use crate::connection::{connect_raw, Address, RawConn};
+use crate::connection::{connect_raw, Address};
+use crate::ipc::RawConn;
 use crate::{codec, Error, Result};
 
 /// Idle connections kept per endpoint.

@@ -17,9 +17,9 @@ use serde_bytes::ByteBuf;
 use super::protocol::{Create, Kind, Op, Reply, Request, Response, Wait};
 use super::ErasedShared;
 use crate::connection::{
-    accept_raw, authenticate_server, send_busy, Address, Connection, Listener, RawConn,
-    HANDSHAKE_TIMEOUT,
+    accept_raw, authenticate_server, send_busy, Address, Connection, Listener, HANDSHAKE_TIMEOUT,
 };
+use crate::ipc::RawConn;
 use crate::{codec, sys, Error, RemoteErrorKind};
 
 /// Most client connections served at once; more are told the server is busy.

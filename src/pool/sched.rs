@@ -21,7 +21,7 @@ use super::worker::{
     Progress, Reader, ReplySeg, SockHandle, TaskCode, FLAG_FLUSH_EACH, FLAG_HAS_FDS, FLAG_STRIDE,
     MSG_BATCH, MSG_STOP, REP_INIT_FAILED, REP_READY, REP_RESULTS, SEG_FAIL, SEG_OK,
 };
-use crate::connection::{RawConn, Wake};
+use crate::ipc::{RawConn, Wake};
 use crate::process::ChildState;
 use crate::{codec, sys, Error, Process, Result};
 

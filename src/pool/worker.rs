@@ -35,8 +35,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fail::TaskFail;
-use crate::connection::RawConn;
-use crate::shm::{SegRef, Segment};
+use crate::ipc::segment::{SegRef, Segment};
+use crate::ipc::RawConn;
 use crate::sync::kinds;
 use crate::{codec, start, sys, Error, Result};
 

@@ -60,8 +60,6 @@
 //!   processes are not affected, and items already in the queue stay there for them.
 //! * `qsize`, `empty` and `full` are snapshots, exact at the instant they look.
 
-mod ring;
-
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -74,8 +72,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::ipc::ring::Ring;
 use crate::{codec, sys, Error, Result};
-use ring::Ring;
 
 thread_local! {
     /// Reused encoding / decoding buffers (one pair per thread).
@@ -282,7 +280,7 @@ impl<T> Queue<T> {
     /// assert!(!q.full());
     /// ```
     pub fn new() -> Result<Self> {
-        Self::with_capacity(0, ring::DEFAULT_CAP)
+        Self::with_capacity(0, crate::ipc::ring::DEFAULT_CAP)
     }
 
     /// A queue holding at most `maxsize` items (Python's `Queue(maxsize)`): `put` waits
@@ -295,7 +293,7 @@ impl<T> Queue<T> {
     /// assert!(q.try_put(2).unwrap_err().is_full());
     /// ```
     pub fn bounded(maxsize: usize) -> Result<Self> {
-        Self::with_capacity(maxsize, ring::DEFAULT_CAP)
+        Self::with_capacity(maxsize, crate::ipc::ring::DEFAULT_CAP)
     }
 
     /// A queue of at most `maxsize` items (0: no limit) whose ring holds `ring_bytes` bytes

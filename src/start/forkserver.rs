@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{boot_fds, exec_self, on_lasting_thread, run_child, Boot, LaunchSpec};
-use crate::connection::RawConn;
+use crate::ipc::RawConn;
 use crate::{codec, sys, Error, Result};
 
 struct Client {

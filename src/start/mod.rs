@@ -41,7 +41,7 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::connection::RawConn;
+use crate::ipc::RawConn;
 use crate::log::log_event;
 use crate::{codec, process, sys, Error, Result};
 

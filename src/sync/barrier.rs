@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::kinds;
 use super::raw::{self, Acquired, RawMutex, CHECK_INTERVAL, MUTEX_SIZE};
-use crate::shm::Segment;
+use crate::ipc::segment::Segment;
 use crate::sys::{self, futex};
 use crate::{Error, Result};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{kinds, raw, Lock, RLock};
-use crate::shm::{SegRef, Segment};
+use crate::ipc::segment::{SegRef, Segment};
 use crate::sys::futex;
 use crate::{codec, Error, Result};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{kinds, raw};
-use crate::shm::Segment;
+use crate::ipc::segment::Segment;
 use crate::sys::futex;
 use crate::Result;
 

@@ -46,14 +46,14 @@ pub use condition::{CondLock, Condition};
 pub use event::Event;
 pub use semaphore::{BoundedSemaphore, Semaphore};
 
-use crate::shm::{Kind, SegRef, Segment};
+use crate::ipc::segment::{Kind, SegRef, Segment};
 use crate::sys::futex;
 use crate::{codec, Error, Result};
 use raw::{Acquired, RawMutex, MUTEX_SIZE};
 
 /// Segment kinds of this crate's synchronization and shared-value types.
 pub(crate) mod kinds {
-    use crate::shm::Kind;
+    use crate::ipc::segment::Kind;
     pub(crate) const LOCK: Kind = Kind(0x10);
     pub(crate) const RLOCK: Kind = Kind(0x11);
     pub(crate) const SEMAPHORE: Kind = Kind(0x12);

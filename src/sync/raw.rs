@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::ipc::mutex::RobustMutex;
-use crate::shm::Segment;
+use crate::ipc::segment::Segment;
 
 pub(crate) use crate::ipc::mutex::Acquired;
 

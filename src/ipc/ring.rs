@@ -51,7 +51,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
-use crate::shmsync::{self, Got, Guard, Waited, SLICE};
+use crate::ipc::wait::{self, Got, Guard, Waited, SLICE};
 use crate::sys::futex;
 use crate::sys::qmem::{self, SealedBytes, SharedBytes};
 use crate::{Error, Result};
@@ -413,7 +413,7 @@ impl Ring {
         owner_off: usize,
         deadline: Option<Instant>,
     ) -> Option<(Guard<'_>, Got)> {
-        shmsync::lock(self.w32(word_off), self.w64(owner_off), deadline)
+        wait::lock(self.w32(word_off), self.w64(owner_off), deadline)
     }
 
     fn lock_producer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
@@ -456,13 +456,13 @@ impl Ring {
     /// Whether no producer is in the middle of a message: the producer lock is free, or its
     /// holder is dead.
     fn producer_idle(&self) -> bool {
-        shmsync::lock_idle(self.w32(O_PLOCK), self.w64(O_POWNER))
+        wait::lock_idle(self.w32(O_PLOCK), self.w64(O_POWNER))
     }
 
     // --- waiting ---------------------------------------------------------------------------
 
     /// Waits while `blocked()` holds, on the sequence word `seq_off` with sleeping flag
-    /// `sleep_off` (see [`shmsync::wait_while`]).
+    /// `sleep_off` (see [`wait::wait_while`]).
     fn wait_while(
         &self,
         seq_off: usize,
@@ -470,12 +470,12 @@ impl Ring {
         blocked: impl Fn() -> bool,
         deadline: Option<Instant>,
     ) -> Waited {
-        shmsync::wait_while(self.w32(seq_off), self.w32(sleep_off), blocked, deadline)
+        wait::wait_while(self.w32(seq_off), self.w32(sleep_off), blocked, deadline)
     }
 
     #[inline]
     fn wake(&self, seq_off: usize, sleep_off: usize) {
-        shmsync::wake(self.w32(seq_off), self.w32(sleep_off));
+        wait::wake(self.w32(seq_off), self.w32(sleep_off));
     }
 
     // --- byte access with wrap-around ---------------------------------------------------
@@ -1255,7 +1255,7 @@ impl Ring {
                 waiters.fetch_sub(1, SeqCst);
                 return Ok(true);
             }
-            let Some(slice) = shmsync::next_slice(deadline, SLICE) else {
+            let Some(slice) = wait::next_slice(deadline, SLICE) else {
                 waiters.fetch_sub(1, SeqCst);
                 return Ok(false);
             };

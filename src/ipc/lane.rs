@@ -33,7 +33,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
-use crate::shmsync::{self, Guard, SLICE};
+use crate::ipc::wait::{self, Guard, SLICE};
 use crate::sys::qmem::SharedBytes;
 use crate::{Error, Result};
 
@@ -176,8 +176,8 @@ impl Lane {
     /// visible record behind, but if it died while sending a frame on the socket, the
     /// direction is marked broken (see [`is_broken`](Self::is_broken)).
     pub(crate) fn lock_producer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
-        let (g, got) = shmsync::lock(self.w32(d, D_PLOCK), self.w64(d, D_POWNER), deadline)?;
-        if got == shmsync::Got::OwnerDied && self.w32(d, D_FRAME_BUSY).swap(0, SeqCst) != 0 {
+        let (g, got) = wait::lock(self.w32(d, D_PLOCK), self.w64(d, D_POWNER), deadline)?;
+        if got == wait::Got::OwnerDied && self.w32(d, D_FRAME_BUSY).swap(0, SeqCst) != 0 {
             self.w32(d, D_FLAGS).fetch_or(FLAG_BROKEN, SeqCst);
         }
         Some(g)
@@ -196,7 +196,7 @@ impl Lane {
 
     /// Takes direction `d`'s consumer lock.
     pub(crate) fn lock_consumer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
-        let (g, _) = shmsync::lock(self.w32(d, D_CLOCK), self.w64(d, D_COWNER), deadline)?;
+        let (g, _) = wait::lock(self.w32(d, D_CLOCK), self.w64(d, D_COWNER), deadline)?;
         Some(g)
     }
 
@@ -219,7 +219,7 @@ impl Lane {
     /// with `BrokenPipe`.
     pub(crate) fn wait_free(&self, d: usize, need: u64, gone: impl Fn() -> bool) -> Result<()> {
         while self.free(d) < need {
-            let _ = shmsync::wait_while(
+            let _ = wait::wait_while(
                 self.w32(d, D_SPACE_SEQ),
                 self.w32(d, D_TX_SLEEP),
                 || self.free(d) < need,
@@ -310,7 +310,7 @@ impl Lane {
 
     #[inline]
     fn wake_sender(&self, d: usize) {
-        shmsync::wake(self.w32(d, D_SPACE_SEQ), self.w32(d, D_TX_SLEEP));
+        wait::wake(self.w32(d, D_SPACE_SEQ), self.w32(d, D_TX_SLEEP));
     }
 
     /// Raises or lowers direction `d`'s "receiver asleep on the socket" flag.

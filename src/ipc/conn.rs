@@ -1,0 +1,886 @@
+//! The framed transport under every channel of the crate: [`RawConn`], an untyped
+//! connection over a Unix stream socket with length-prefixed frames and descriptors
+//! beside them, and for pipes the [lanes](super::lane) in shared memory that carry small
+//! messages without a system call. [`Connection`](crate::Connection) is its typed public
+//! face; the fork server, the child bootstrap, the pool's workers and the manager use it
+//! directly.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::lane::{Lane, K_INLINE, K_SOCKET};
+use crate::{codec, sys, Error, Result};
+
+const MAGIC: u32 = 0x3143_504d; // "MPC1" little-endian
+/// The magic of a doorbell: a frame with no payload that only wakes a sleeping receiver.
+const DOORBELL: u32 = 0x3144_504d; // "MPD1"
+pub(crate) const HEADER: usize = 16;
+/// Frames claiming more than this are refused as corrupt before anything is allocated.
+pub(crate) const MAX_FRAME: u64 = 1 << 36; // 64 GiB
+const READ_BUF: usize = 64 * 1024;
+/// Large payloads are received into a buffer that grows as bytes arrive (so a lying header
+/// cannot make us allocate), starting at this size.
+const FIRST_CHUNK: usize = 64 << 20;
+
+pub(crate) fn header(len: usize, nfds: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&(nfds as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+    h
+}
+
+fn doorbell() -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&DOORBELL.to_le_bytes());
+    h
+}
+
+fn is_doorbell(h: &[u8]) -> bool {
+    h.len() >= HEADER && h[..HEADER] == doorbell()
+}
+
+fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
+    let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let nfds = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&h[8..16]);
+    let len = u64::from_le_bytes(l);
+    if magic != MAGIC {
+        return Err(Error::codec(
+            "garbage on the connection: bytes are not a multiproc frame",
+        ));
+    }
+    if nfds > sys::MAX_FDS_PER_MESSAGE {
+        return Err(Error::codec(format!("frame claims {nfds} handles")));
+    }
+    if len > limit {
+        return Err(Error::codec(format!(
+            "frame claims {len} bytes, more than the {limit}-byte limit"
+        )));
+    }
+    Ok((len as usize, nfds))
+}
+
+/// The receiving half of a framed channel over a stream socket: a read buffer, the
+/// descriptors that arrived, and the frame decoder.
+pub(crate) struct ReadState {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    /// Set after a framing error: the stream cannot be resynchronised.
+    broken: bool,
+    /// Frames claiming more bytes than this are refused (and break the stream).
+    limit: u64,
+    /// Whether a read looks a few times without blocking before it sleeps.
+    spin: bool,
+    /// Whether reads take only the bytes of the frame being read, leaving the next one in
+    /// the kernel (a pipe with lanes: other processes may read the next one, and the
+    /// socket's readiness must stay meaningful).
+    exact: bool,
+    /// Where a message taken from a lane is copied.
+    scratch: Vec<u8>,
+    /// How long a lane receiver looks at its ring before it sleeps (adapted to how soon
+    /// messages came after earlier sleeps).
+    spin_for: Duration,
+}
+
+impl ReadState {
+    pub(crate) fn new(limit: u64) -> ReadState {
+        ReadState {
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            broken: false,
+            limit: limit.min(MAX_FRAME),
+            spin: true,
+            exact: false,
+            scratch: Vec::new(),
+            spin_for: MIN_SPIN,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads more bytes into the buffer, wanting `need` more (in exact mode, no more than
+    /// that). Returns false at end of stream.
+    fn fill(&mut self, fd: BorrowedFd<'_>, need: usize) -> Result<bool> {
+        if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let end = self.end;
+        let stop = if self.exact {
+            (end + need.max(1)).min(self.buf.len())
+        } else {
+            self.buf.len()
+        };
+        let n = match sys::recv_some(fd, &mut self.buf[end..stop], &mut self.fds, self.spin) {
+            Ok(n) => n,
+            // The peer closed while bytes it had not read (a doorbell, say) waited on its
+            // side: for us, the end of the stream.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e.into()),
+        };
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// Appends up to `max` bytes to `v` straight from `fd`.
+    fn read_spare(&self, fd: BorrowedFd<'_>, v: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        sys::recv_into_spare(fd, v, max)
+    }
+
+    /// Reads one frame from `fd` and hands its payload and descriptors to `f`: small
+    /// payloads are lent from the read buffer, large ones handed over in the vector they
+    /// were received into.
+    pub(crate) fn read_frame<R>(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        if self.broken {
+            return Err(Error::codec(
+                "the connection received garbage earlier and cannot be read further",
+            ));
+        }
+        loop {
+            while self.buffered() < HEADER {
+                if !self.fill(fd, HEADER - self.buffered())? {
+                    return if self.buffered() == 0 {
+                        Err(Error::Eof)
+                    } else {
+                        Err(Self::truncated())
+                    };
+                }
+            }
+            if !is_doorbell(&self.buf[self.start..self.end]) {
+                break;
+            }
+            self.start += HEADER;
+        }
+        let limit = self.limit;
+        let (len, nfds) = match parse_header(&self.buf[self.start..self.start + HEADER], limit) {
+            Ok(x) => x,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
+        if self.fds.len() < nfds {
+            self.broken = true;
+            return Err(Error::codec(format!(
+                "frame announces {nfds} handles but {} arrived",
+                self.fds.len()
+            )));
+        }
+        let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+        self.start += HEADER;
+        if len <= self.buf.len() {
+            // Small frame: assemble it in the read buffer and decode in place.
+            if self.start + len > self.buf.len() {
+                let (s, e) = (self.start, self.end);
+                self.buf.copy_within(s..e, 0);
+                self.end -= s;
+                self.start = 0;
+            }
+            while self.buffered() < len {
+                if !self.fill(fd, len - self.buffered())? {
+                    self.broken = true;
+                    return Err(Self::truncated());
+                }
+            }
+            let s = self.start;
+            self.start += len;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            return f(Payload::Borrowed(&self.buf[s..s + len]), fds);
+        }
+        // Large frame: take what is buffered, then read straight into the payload vector,
+        // growing it as bytes arrive.
+        let mut payload: Vec<u8> = Vec::with_capacity(len.min(FIRST_CHUNK));
+        let take = self.buffered().min(len);
+        payload.extend_from_slice(&self.buf[self.start..self.start + take]);
+        self.start += take;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        while payload.len() < len {
+            if payload.len() == payload.capacity() {
+                let grow = payload.capacity().min(len - payload.len());
+                payload.reserve_exact(grow);
+            }
+            let want = len - payload.len();
+            match self.read_spare(fd, &mut payload, want) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(Self::truncated());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        f(Payload::Owned(payload), fds)
+    }
+
+    fn truncated() -> Error {
+        Error::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection in the middle of a message",
+        ))
+    }
+}
+
+/// A received frame's bytes.
+pub(crate) enum Payload<'a> {
+    /// Lent from the read buffer.
+    Borrowed(&'a [u8]),
+    /// Received into its own vector (large frames).
+    Owned(Vec<u8>),
+}
+
+/// An untyped framed channel over a stream socket: the machinery under [`Connection`], the
+/// fork server and the child bootstrap. A pipe's ends also share [lanes](lane) in shared
+/// memory that carry small messages without a system call.
+pub(crate) struct RawConn {
+    // Declared before `lane`: the socket is closed before the lane records the close, so
+    // that a sender who looks after seeing the record finds the socket closed.
+    fd: OwnedFd,
+    rd: Mutex<ReadState>,
+    wr: Mutex<WriteState>,
+    lane: Option<LaneEnd>,
+}
+
+/// The sending half's scratch state.
+struct WriteState {
+    buf: Vec<u8>,
+    /// When a lane sender last asked the kernel whether any receiver is left, and the
+    /// receivers' close count it saw then.
+    checked_at: Instant,
+    closes_seen: u32,
+}
+
+impl WriteState {
+    fn new() -> WriteState {
+        WriteState {
+            buf: Vec::new(),
+            checked_at: Instant::now(),
+            closes_seen: 0,
+        }
+    }
+}
+
+/// Shortest and longest look at a lane's ring before its receiver sleeps.
+const MIN_SPIN: Duration = crate::ipc::wait::SPIN;
+const MAX_SPIN: Duration = Duration::from_micros(120);
+
+/// How often a lane sender asks the kernel whether its receivers are still there (the
+/// ring itself cannot tell that a receiving process was killed).
+const PEER_CHECK: Duration = Duration::from_millis(1);
+
+/// This end's view of its pipe's lanes.
+struct LaneEnd {
+    lane: Arc<Lane>,
+    /// The direction this end sends on, and the one it receives on.
+    tx: Option<usize>,
+    rx: Option<usize>,
+    /// For an end whose descriptor was handed out for `poll(2)`: the descriptor to hand out.
+    ready: OnceLock<Option<sys::Readiness>>,
+    /// Whether `ready` was raised for messages that were in the ring at the hand-out.
+    raised: AtomicBool,
+}
+
+impl Drop for LaneEnd {
+    fn drop(&mut self) {
+        if let Some(d) = self.rx {
+            self.lane.note_rx_close(d);
+        }
+    }
+}
+
+/// What a receiver waiting on a lane found.
+enum Ready {
+    /// A record in the ring.
+    Ring,
+    /// Bytes on the socket that no record announced: read them as a frame.
+    Socket,
+    /// End of file, and the ring is empty.
+    Eof,
+    /// The other descriptor waited on is readable.
+    Other,
+    TimedOut,
+}
+
+/// What [`RawConn::wait_message_or`] found.
+pub(crate) enum Wake {
+    /// A message (or the end of the stream) can be read.
+    Message,
+    /// The other descriptor is readable.
+    Other,
+    TimedOut,
+}
+
+impl RawConn {
+    pub(crate) fn new(fd: OwnedFd) -> RawConn {
+        RawConn {
+            fd,
+            rd: Mutex::new(ReadState::new(MAX_FRAME)),
+            wr: Mutex::new(WriteState::new()),
+            lane: None,
+        }
+    }
+
+    fn with_lane(fd: OwnedFd, lane: Arc<Lane>, tx: Option<usize>, rx: Option<usize>) -> RawConn {
+        let mut c = RawConn::new(fd);
+        c.rd.get_mut().unwrap_or_else(|p| p.into_inner()).exact = true;
+        c.lane = Some(LaneEnd {
+            lane,
+            tx,
+            rx,
+            ready: OnceLock::new(),
+            raised: AtomicBool::new(false),
+        });
+        c
+    }
+
+    /// Two ends of a duplex channel with lanes (crate-internal request/reply channels).
+    /// Hand the second to another process with [`lane_fds`](Self::lane_fds) and rebuild it
+    /// there with [`from_lane_fds`](Self::from_lane_fds).
+    pub(crate) fn lane_pair() -> Result<(RawConn, RawConn)> {
+        lane_pair(true)
+    }
+
+    /// The descriptors that carry the second end of a [`lane_pair`](Self::lane_pair) to
+    /// another process: its socket and its lanes.
+    pub(crate) fn lane_fds(&self) -> Option<[RawFd; 2]> {
+        let le = self.lane.as_ref()?;
+        Some([self.fd.as_raw_fd(), le.lane.fd().as_raw_fd()])
+    }
+
+    /// Rebuilds the second end of a [`lane_pair`](Self::lane_pair) from its descriptors.
+    pub(crate) fn from_lane_fds(sock: OwnedFd, lane: OwnedFd) -> Result<RawConn> {
+        let lane = Arc::new(Lane::from_fd(lane)?);
+        Ok(RawConn::with_lane(sock, lane, Some(1), Some(0)))
+    }
+
+    /// Sets the largest frame this end accepts (at most [`MAX_FRAME`]); a bigger one is an
+    /// [`Error::Codec`] and breaks the stream. Network servers use a small limit before a
+    /// peer has authenticated.
+    pub(crate) fn set_max_frame(&self, limit: u64) {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        st.limit = limit.min(MAX_FRAME);
+    }
+
+    /// Turns off the brief non-blocking look before a blocking read: for request/reply
+    /// channels (the manager's), where the answer is never already on its way, looking
+    /// only costs the peer CPU time it needs to answer.
+    pub(crate) fn set_spin(&self, spin: bool) {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        st.spin = spin;
+    }
+
+    /// A connected pair over a fresh socket pair, without lanes.
+    #[cfg(test)]
+    pub(crate) fn pair() -> Result<(RawConn, RawConn)> {
+        let (a, b) = sys::stream_pair()?;
+        Ok((RawConn::new(a), RawConn::new(b)))
+    }
+
+    /// Sends `value` as one frame, with the descriptors of the handles inside it.
+    pub(crate) fn send_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = std::mem::take(&mut ws.buf);
+        buf.clear();
+        buf.extend_from_slice(&[0u8; HEADER]);
+        let r = codec::encode_with_fds(value, &mut buf)
+            .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &fds));
+        if buf.capacity() <= (1 << 20) {
+            ws.buf = buf;
+        }
+        r
+    }
+
+    /// Sends `bytes` as one frame.
+    pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+        let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        self.send_frame(&mut ws, bytes, fds)
+    }
+
+    /// Sends one frame: through the lane if there is one, else on the socket.
+    fn send_frame(&self, ws: &mut WriteState, body: &[u8], fds: &[RawFd]) -> Result<()> {
+        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(Error::invalid(format!(
+                "a message can carry at most {} handles",
+                sys::MAX_FDS_PER_MESSAGE
+            )));
+        }
+        if let Some(le) = &self.lane {
+            if let Some(d) = le.tx {
+                return self.lane_send(ws, &le.lane, d, body, fds);
+            }
+        }
+        let h = header(body.len(), fds.len());
+        sys::send_all(self.fd.as_fd(), &[&h, body], fds).map_err(Error::Io)
+    }
+
+    fn lane_send(
+        &self,
+        ws: &mut WriteState,
+        lane: &Lane,
+        d: usize,
+        body: &[u8],
+        fds: &[RawFd],
+    ) -> Result<()> {
+        let sock = self.fd.as_fd();
+        let gone = || sys::peer_hung_up(sock);
+        // The ring accepts messages whether or not anyone will read them: ask the kernel
+        // now and then (and whenever a receiver closed) whether any receiver is left.
+        let closes = lane.rx_closes(d);
+        let now = Instant::now();
+        if closes != ws.closes_seen || now.duration_since(ws.checked_at) >= PEER_CHECK {
+            ws.closes_seen = closes;
+            ws.checked_at = now;
+            if gone() {
+                return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
+            }
+        }
+        let _g = lane
+            .lock_producer(d, None)
+            .ok_or_else(|| Error::invalid("pipe lock"))?;
+        if lane.is_broken(d) {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "another process died while sending a message on this pipe: it can carry \
+                 nothing more",
+            )));
+        }
+        if fds.is_empty() && body.len() <= lane.max_inline() && !lane.socket_only(d) {
+            lane.wait_free(d, Lane::record_size(body.len()), gone)?;
+            if lane.publish(d, K_INLINE, &[body]) {
+                sys::send_all(sock, &[&doorbell()], &[]).map_err(Error::Io)?;
+            }
+            return Ok(());
+        }
+        lane.wait_free(d, Lane::record_size(0), gone)?;
+        // The frame itself wakes a sleeping receiver.
+        lane.publish(d, K_SOCKET, &[]);
+        let h = header(body.len(), fds.len());
+        lane.set_frame_busy(d, true);
+        let r = sys::send_all(sock, &[&h, body], fds).map_err(Error::Io);
+        lane.set_frame_busy(d, false);
+        r
+    }
+
+    /// Receives one frame and hands its payload and descriptors to `f`.
+    pub(crate) fn recv_with<R>(
+        &self,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        self.recv_frame(|p, fds| match p {
+            Payload::Borrowed(b) => f(b, fds),
+            Payload::Owned(v) => f(&v, fds),
+        })
+    }
+
+    /// Receives one frame: small payloads are lent from the read buffer, large ones handed
+    /// over in the vector they were received into.
+    fn recv_frame<R>(&self, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>) -> Result<R> {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(le) = &self.lane {
+            if let Some(d) = le.rx {
+                return self.lane_recv(&mut st, le, d, f);
+            }
+        }
+        st.read_frame(self.fd.as_fd(), f)
+    }
+
+    fn lane_recv<R>(
+        &self,
+        st: &mut ReadState,
+        le: &LaneEnd,
+        d: usize,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        if st.broken {
+            return Err(Error::codec(
+                "the connection received garbage earlier and cannot be read further",
+            ));
+        }
+        let lane = &*le.lane;
+        let sock = self.fd.as_fd();
+        let _g = lane
+            .lock_consumer(d, None)
+            .ok_or_else(|| Error::invalid("pipe lock"))?;
+        loop {
+            match lane.peek(d)? {
+                Some(rec) if rec.kind == K_INLINE => {
+                    let mut scratch = std::mem::take(&mut st.scratch);
+                    scratch.clear();
+                    lane.read_body(d, &rec, &mut scratch);
+                    lane.advance(d, &rec);
+                    le.after_take(d);
+                    let r = f(Payload::Borrowed(&scratch), Vec::new());
+                    if scratch.capacity() <= 64 << 10 {
+                        st.scratch = scratch;
+                    }
+                    return r;
+                }
+                Some(rec) => {
+                    debug_assert_eq!(rec.kind, K_SOCKET);
+                    let mut taken = false;
+                    let r = st.read_frame(sock, |p, fds| {
+                        lane.advance(d, &rec);
+                        taken = true;
+                        f(p, fds)
+                    });
+                    if !taken {
+                        // The frame was not there (garbage, or cut short): the record is
+                        // spent all the same.
+                        lane.advance(d, &rec);
+                    }
+                    le.after_take(d);
+                    return r;
+                }
+                None => match self.lane_wait(st, lane, d, None, None)? {
+                    Ready::Ring | Ready::TimedOut | Ready::Other => continue,
+                    Ready::Socket => return st.read_frame(sock, f),
+                    Ready::Eof => return Err(Error::Eof),
+                },
+            }
+        }
+    }
+
+    /// Waits (consumer lock held) until the ring of direction `d` has a record, or the
+    /// socket has unannounced bytes or its end, or `deadline` passes.
+    fn lane_wait(
+        &self,
+        st: &mut ReadState,
+        lane: &Lane,
+        d: usize,
+        deadline: Option<Instant>,
+        also: Option<BorrowedFd<'_>>,
+    ) -> Result<Ready> {
+        if st.buffered() > 0 {
+            return Ok(Ready::Socket);
+        }
+        // Look at the ring for a while: a sender streaming small messages, or a peer
+        // answering a request, usually has the next message there within microseconds,
+        // and not sleeping spares both sides the cost of a wake-up (tens of microseconds
+        // on some virtual machines).
+        let t0 = Instant::now();
+        let patient = deadline.is_none_or(|dl| dl > t0);
+        let spin = st.spin_for;
+        let mut i = 0u32;
+        while patient && i < u32::MAX {
+            if !lane.is_empty(d) {
+                // Found while looking: look a little less long next time.
+                st.spin_for = (spin - spin / 16).max(MIN_SPIN);
+                return Ok(Ready::Ring);
+            }
+            i += 1;
+            if i.is_multiple_of(16) {
+                let now = Instant::now();
+                if now - t0 > spin || deadline.is_some_and(|dl| now >= dl) {
+                    break;
+                }
+            }
+            std::hint::spin_loop();
+        }
+        let r = self.lane_sleep(lane, d, deadline, also);
+        if let Ok(Ready::Ring) = r {
+            // It came after we went to sleep. If it came soon, looking a little longer
+            // would have caught it: next time, look that long (up to a bound).
+            let waited = t0.elapsed();
+            st.spin_for = if waited < MAX_SPIN {
+                (waited + waited / 4).clamp(MIN_SPIN, MAX_SPIN)
+            } else {
+                MIN_SPIN
+            };
+        }
+        r
+    }
+
+    /// The sleeping part of [`lane_wait`](Self::lane_wait): raise the flag that makes
+    /// senders ring, and sleep in `poll(2)` on the socket.
+    fn lane_sleep(
+        &self,
+        lane: &Lane,
+        d: usize,
+        deadline: Option<Instant>,
+        also: Option<BorrowedFd<'_>>,
+    ) -> Result<Ready> {
+        let sock = self.fd.as_fd();
+        loop {
+            lane.set_rx_sleep(d, true);
+            if !lane.is_empty(d) {
+                lane.set_rx_sleep(d, false);
+                return Ok(Ready::Ring);
+            }
+            let mut h = [0u8; HEADER];
+            let front = match sys::peek_nowait(sock, &mut h) {
+                // The peer closed with bytes it had not read (doorbells) on its side.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(0),
+                r => r?,
+            };
+            match front {
+                Some(0) => {
+                    lane.set_rx_sleep(d, false);
+                    return Ok(if lane.is_empty(d) {
+                        Ready::Eof
+                    } else {
+                        Ready::Ring
+                    });
+                }
+                Some(HEADER) if is_doorbell(&h) => {
+                    sys::discard_exact(sock, HEADER)?;
+                    continue;
+                }
+                Some(_) => {
+                    lane.set_rx_sleep(d, false);
+                    return Ok(if lane.is_empty(d) {
+                        Ready::Socket
+                    } else {
+                        Ready::Ring
+                    });
+                }
+                None => {}
+            }
+            let timeout = deadline.map(|dl| dl.saturating_duration_since(Instant::now()));
+            let mask = if timeout == Some(Duration::ZERO) {
+                0
+            } else if let Some(other) = also {
+                sys::wait_any_readable(&[sock, other], timeout)?
+            } else {
+                u32::from(sys::wait_readable(sock, timeout)?)
+            };
+            lane.set_rx_sleep(d, false);
+            if !lane.is_empty(d) {
+                return Ok(Ready::Ring);
+            }
+            if mask & 2 != 0 {
+                return Ok(Ready::Other);
+            }
+            if mask == 0 {
+                return Ok(Ready::TimedOut);
+            }
+        }
+    }
+
+    /// Waits until a message (or the end of the stream) can be read from this end, or
+    /// `other` is readable (a pidfd: the peer process ended), or `timeout` passes. For
+    /// crate-internal channels whose peer is one known process (pool workers).
+    pub(crate) fn wait_message_or(
+        &self,
+        other: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Wake> {
+        self.wait_ready(timeout, Some(other))
+    }
+
+    /// Waits until a message (or the end of the stream, or garbage) can be read, or `also`
+    /// is readable, or `timeout` passes.
+    fn wait_ready(&self, timeout: Option<Duration>, also: Option<BorrowedFd<'_>>) -> Result<Wake> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        if st.buffered() > 0 || st.broken || !st.fds.is_empty() {
+            return Ok(Wake::Message);
+        }
+        if let Some((le, d)) = self.lane.as_ref().and_then(|le| Some((le, le.rx?))) {
+            let Some(_g) = le.lane.lock_consumer(d, deadline) else {
+                return Ok(Wake::TimedOut);
+            };
+            return Ok(
+                match self.lane_wait(&mut st, &le.lane, d, deadline, also)? {
+                    Ready::Ring | Ready::Socket | Ready::Eof => Wake::Message,
+                    Ready::Other => Wake::Other,
+                    Ready::TimedOut => Wake::TimedOut,
+                },
+            );
+        }
+        drop(st);
+        let sock = self.fd.as_fd();
+        let mask = match also {
+            Some(other) => sys::wait_any_readable(&[sock, other], timeout)?,
+            None => u32::from(sys::wait_readable(sock, timeout)?),
+        };
+        Ok(match mask {
+            0 => Wake::TimedOut,
+            m if m & 1 != 0 => Wake::Message,
+            _ => Wake::Other,
+        })
+    }
+
+    /// The descriptor of this end's lanes, if it has any.
+    pub(crate) fn lane_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.lane.as_ref().map(|le| le.lane.fd())
+    }
+
+    /// Receives one frame and decodes it as `T` (handles inside are rebuilt).
+    pub(crate) fn recv_value<T: DeserializeOwned>(&self) -> Result<T> {
+        self.recv_with(|bytes, fds| codec::decode_with_fds(bytes, fds))
+    }
+
+    /// Receives one frame's bytes; descriptors sent with it are closed.
+    pub(crate) fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.recv_frame(|p, _fds| match p {
+            Payload::Borrowed(b) => Ok(b.to_vec()),
+            Payload::Owned(v) => Ok(v),
+        })
+    }
+
+    /// Whether a frame (or end of stream) can be read without blocking, waiting up to
+    /// `timeout` (`None`: forever).
+    pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        Ok(matches!(self.wait_ready(timeout, None)?, Wake::Message))
+    }
+
+    /// Whether garbage or a truncated frame made this end unusable.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.rd.lock().unwrap_or_else(|p| p.into_inner()).broken
+    }
+
+    pub(crate) fn has_buffered_input(&self) -> bool {
+        match self.rd.try_lock() {
+            Ok(st) => st.buffered() > 0 || !st.fds.is_empty(),
+            Err(_) => true,
+        }
+    }
+
+    /// The descriptor to hand out for `poll(2)`: the socket, or for an end that receives
+    /// through a lane, a stand-in that is readable when the socket is or when messages that
+    /// were in the ring at the first hand-out wait (later messages all come through the
+    /// socket: see [`lane`]).
+    pub(crate) fn pollable_fd(&self) -> BorrowedFd<'_> {
+        let Some(le) = &self.lane else {
+            return self.fd.as_fd();
+        };
+        let Some(d) = le.rx else {
+            return self.fd.as_fd();
+        };
+        let ready = le.ready.get_or_init(|| {
+            let r = sys::Readiness::new(self.fd.as_fd()).ok()?;
+            if let Some(g) = le.lane.lock_producer(d, None) {
+                le.lane.set_socket_only(d);
+                drop(g);
+            }
+            if !le.lane.is_empty(d) {
+                le.raised.store(true, Ordering::SeqCst);
+                r.raise();
+                if le.lane.is_empty(d) && le.raised.swap(false, Ordering::SeqCst) {
+                    r.lower();
+                }
+            }
+            Some(r)
+        });
+        match ready {
+            Some(r) => r.fd(),
+            // No epoll set could be made (out of descriptors): the socket, whose readiness
+            // then misses the messages already in the ring.
+            None => self.fd.as_fd(),
+        }
+    }
+}
+
+impl LaneEnd {
+    /// After a record was taken: lower the hand-out descriptor once the messages it stood
+    /// for are all read.
+    fn after_take(&self, d: usize) {
+        if self.raised.load(Ordering::Relaxed) && self.lane.is_empty(d) {
+            if let Some(Some(r)) = self.ready.get() {
+                if self.raised.swap(false, Ordering::SeqCst) {
+                    r.lower();
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for RawConn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Makes the two ends of a pipe over a fresh socket pair, with lanes. `duplex`: both ends
+/// send and receive; else `(reader, writer)`.
+pub(crate) fn lane_pair(duplex: bool) -> Result<(RawConn, RawConn)> {
+    let (a, b) = sys::stream_pair()?;
+    let lane = Arc::new(Lane::create()?);
+    if duplex {
+        Ok((
+            RawConn::with_lane(a, lane.clone(), Some(0), Some(1)),
+            RawConn::with_lane(b, lane, Some(1), Some(0)),
+        ))
+    } else {
+        Ok((
+            RawConn::with_lane(a, lane.clone(), None, Some(0)),
+            RawConn::with_lane(b, lane, Some(0), None),
+        ))
+    }
+}
+
+/// A [`RawConn`] inside a message (an end of a pipe sent to another process): its socket
+/// and its lanes' memory file travel as descriptors beside the bytes, with the lane
+/// directions this end sends and receives on.
+impl Serialize for RawConn {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.has_buffered_input() {
+            return Err(serde::ser::Error::custom(
+                "this connection holds received bytes not yet read; it cannot be sent",
+            ));
+        }
+        use serde::ser::SerializeStruct;
+        let lane = self.lane.as_ref();
+        let dir = |d: Option<usize>| d.map_or(u8::MAX, |d| d as u8);
+        let mut st = s.serialize_struct("RawConn", 4)?;
+        st.serialize_field("fd", &codec::FdRef(self.fd.as_fd()))?;
+        st.serialize_field("lane", &lane.map(|l| codec::FdRef(l.lane.fd())))?;
+        st.serialize_field("tx", &dir(lane.and_then(|l| l.tx)))?;
+        st.serialize_field("rx", &dir(lane.and_then(|l| l.rx)))?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RawConn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "RawConn")]
+        struct W {
+            fd: codec::FdOwned,
+            lane: Option<codec::FdOwned>,
+            tx: u8,
+            rx: u8,
+        }
+        let w = W::deserialize(d)?;
+        let dir = |d: u8| match d {
+            0 | 1 => Ok(Some(d as usize)),
+            u8::MAX => Ok(None),
+            _ => Err(serde::de::Error::custom("bad pipe direction")),
+        };
+        Ok(match w.lane {
+            None => RawConn::new(w.fd.0),
+            Some(l) => {
+                let lane = Lane::from_fd(l.0).map_err(crate::codec::handle_error)?;
+                RawConn::with_lane(w.fd.0, Arc::new(lane), dir(w.tx)?, dir(w.rx)?)
+            }
+        })
+    }
+}
