@@ -61,6 +61,9 @@ const CLAIMING: u64 = u64::MAX - 1;
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// How long an acquirer spins before it queues in the kernel.
 pub(crate) const SPIN: Duration = Duration::from_micros(20);
+/// How long an acquirer then yields its CPU (to a holder that may be waiting for one)
+/// before it queues in the kernel.
+const YIELD_SPIN: Duration = Duration::from_micros(500);
 
 /// What an attempt to take the lock gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,8 +142,18 @@ impl<'a> RobustMutex<'a> {
                 break; // our own (a deadlock to wait out), or others already queue
             }
             i += 1;
-            if i.is_multiple_of(32) && t0.elapsed() > SPIN {
-                break;
+            if i.is_multiple_of(32) {
+                let spent = t0.elapsed();
+                if spent > YIELD_SPIN {
+                    break;
+                }
+                if spent > SPIN {
+                    // The holder is probably not running (more runnable threads than
+                    // cores): give it the CPU rather than queue in the kernel, where
+                    // every later release becomes a hand-over to a sleeping thread.
+                    std::thread::yield_now();
+                    continue;
+                }
             }
             std::hint::spin_loop();
         }
