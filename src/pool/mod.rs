@@ -70,6 +70,7 @@ pub mod cluster;
 mod fail;
 mod result;
 mod sched;
+mod wire;
 mod worker;
 
 pub use result::AsyncResult;
@@ -78,7 +79,8 @@ pub(crate) use worker::InitSpec;
 use fail::TaskFail;
 use result::{Cell, IterSink, OneSink, Progress, VecSink};
 use sched::{Config, Factory, Job, Shared, Sink, StartFail};
-use worker::{worker_main, SockHandle, TaskCode, WorkerArgs};
+use wire::SockHandle;
+use worker::{worker_main, TaskCode, WorkerArgs};
 
 use crate::{cpu_count, sys, Error, Process, Result, StartMethod};
 

@@ -19,7 +19,7 @@ use super::net::{
 };
 use crate::pool::fail::TaskFail;
 use crate::pool::sched::{Job, Sink};
-use crate::pool::worker::{push_segment, Reader, SEG_FAIL, SEG_OK};
+use crate::pool::wire::{push_segment, Reader, SEG_FAIL, SEG_OK};
 use crate::{codec, cpu_count, sys, Error, Pool, PoolBuilder, Result, StartMethod};
 
 /// A cluster pool's settings, as sent to every agent.

@@ -18,7 +18,7 @@ use super::net::{
 };
 use crate::pool::fail::TaskFail;
 use crate::pool::sched::{Job, Shared, Take};
-use crate::pool::worker::{Reader, ReplySeg};
+use crate::pool::wire::{Reader, ReplySeg};
 use crate::{codec, cpu_count, Error, Pool, PoolBuilder, Result};
 
 /// Encodes a builder's initializer for the other ranks (when the pool is built).

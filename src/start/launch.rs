@@ -1,0 +1,248 @@
+//! The parent's side of a start: building a child's bootstrap and starting it by fork,
+//! through the fork server, or by `exec` of this binary.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Mutex, OnceLock};
+
+use crate::ipc::RawConn;
+use crate::log::log_event;
+use crate::{codec, process, sys, Error, Result};
+
+use super::*;
+
+/// A started child, as the parent sees it.
+pub(crate) struct Launched {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
+}
+
+/// What to start.
+pub(crate) struct LaunchSpec {
+    pub(crate) method: StartMethod,
+    pub(crate) code: Code,
+    pub(crate) name: String,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) daemon: bool,
+    pub(crate) args: Vec<u8>,
+    /// Raw descriptors of the handles inside `args`, borrowed from the caller's arguments,
+    /// which outlive the launch.
+    pub(crate) arg_fds: Vec<RawFd>,
+    /// The child's end of the result socket, for value-returning children.
+    pub(crate) result: Option<OwnedFd>,
+    /// Test hook: pretend the child is another build.
+    pub(crate) build_id_override: Option<u64>,
+    /// The environment changes and working directory of the child.
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) env_clear: bool,
+    pub(crate) cwd: Option<PathBuf>,
+    /// Descriptors to install as the child's standard input, output and error.
+    pub(crate) stdio: [Option<OwnedFd>; 3],
+    /// The parent's ends of the child's stdio pipes: a forked child closes its copies (a
+    /// child holding the write end of its own standard input would never see its end).
+    pub(crate) parent_ends: Vec<RawFd>,
+}
+
+impl LaunchSpec {
+    /// The bootstrap message; moves the encoded arguments out of the spec (no copy).
+    pub(super) fn boot(&mut self, has_stdout: bool) -> Boot {
+        let me = process::current_process();
+        Boot {
+            build_id: self.build_id_override.unwrap_or_else(sys::build_id),
+            entry: self.code.entry,
+            entry_sig: self.code.entry_sig,
+            target: self.code.target,
+            target_sig: self.code.target_sig,
+            name: self.name.clone(),
+            identity: self.identity.clone(),
+            daemon: self.daemon,
+            parent_pid: me.pid(),
+            parent_name: me.name().to_string(),
+            args: std::mem::take(&mut self.args),
+            has_result: self.result.is_some(),
+            has_stdout,
+            has_started: false,
+            shm_tracker: Some(crate::shared_memory::tracker_address()),
+            settings: Settings::current(),
+            stdio: [0, 1, 2].map(|i| self.stdio[i].is_some()),
+            env: std::mem::take(&mut self.env),
+            env_clear: self.env_clear,
+            cwd: self.cwd.take(),
+        }
+    }
+
+    /// A duplicate of the parent's standard output for the child, unless the builder
+    /// set the child's own.
+    pub(super) fn default_stdout(&self) -> Result<Option<OwnedFd>> {
+        if self.stdio[1].is_some() {
+            return Ok(None);
+        }
+        Ok(Some(sys::dup_stdout()?))
+    }
+}
+
+/// Starts a child as `spec` says.
+pub(crate) fn launch(spec: LaunchSpec) -> Result<Launched> {
+    ensure_initialized()?;
+    if spec.code.target == sys::FOREIGN_FN {
+        return Err(foreign_fn_error());
+    }
+    let pid = match spec.method {
+        StartMethod::Fork => launch_fork(spec)?,
+        StartMethod::Spawn => launch_spawn(spec)?,
+        StartMethod::ForkServer => forkserver::launch(spec)?,
+    };
+    let pidfd = sys::open_pidfd(pid)?;
+    Ok(Launched { pid, pidfd })
+}
+
+pub(super) fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
+    if !FORK_WITH_THREADS.load(Ordering::SeqCst) && sys::thread_count() > 1 {
+        return Err(Error::invalid(
+            "StartMethod::Fork refused: this process has other threads, and a lock one of \
+             them holds would stay locked for ever in the child. Use ForkServer or Spawn, \
+             or call `unsafe { multiproc::allow_fork_with_threads(true) }` if you know it is safe",
+        ));
+    }
+    let boot = spec.boot(false);
+    let parent = sys::getpid();
+    let _ = std::io::stdout().flush();
+    match sys::fork_process()? {
+        Some(pid) => Ok(pid),
+        None => {
+            // The child: the descriptors of the handles are inherited; take copies so that
+            // the normal decoding path owns them.
+            sys::die_with_parent(parent);
+            let _ = sys::stdin_to_devnull();
+            after_fork_in_child();
+            let mut fds = Vec::new();
+            if let Some(r) = spec.result {
+                fds.push(r);
+            }
+            fds.extend(spec.stdio.into_iter().flatten());
+            for &fd in &spec.parent_ends {
+                sys::close_in_forked_child(fd);
+            }
+            for &fd in &spec.arg_fds {
+                match sys::dup_raw(fd) {
+                    Ok(d) => fds.push(d),
+                    Err(e) => {
+                        log_event!(Error, "forked child lost a handle: {e}");
+                        sys::exit_immediately(255);
+                    }
+                }
+            }
+            run_child(boot, fds)
+        }
+    }
+}
+
+/// The descriptors that travel with a bootstrap:
+/// \[result]\[stdout]\[stdin, stdout, stderr as set]\[handles…].
+pub(super) fn boot_fds(spec: &LaunchSpec, stdout: Option<&OwnedFd>) -> Vec<RawFd> {
+    use std::os::fd::AsRawFd;
+    let mut fds = Vec::with_capacity(5 + spec.arg_fds.len());
+    if let Some(r) = &spec.result {
+        fds.push(r.as_raw_fd());
+    }
+    if let Some(s) = stdout {
+        fds.push(s.as_raw_fd());
+    }
+    fds.extend(spec.stdio.iter().flatten().map(|f| f.as_raw_fd()));
+    fds.extend_from_slice(&spec.arg_fds);
+    fds
+}
+
+pub(super) fn harness_args() -> Vec<OsString> {
+    match ENTRY_TEST.get() {
+        Some(test) => vec![
+            test.into(),
+            "--exact".into(),
+            "--nocapture".into(),
+            "--test-threads=1".into(),
+            // An #[ignore] (soak) test must run in the child too.
+            "--include-ignored".into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// Executes `/proc/self/exe` in `role`, with `stdin` as its bootstrap socket. Run on a
+/// thread that lives as long as the process (see [`on_lasting_thread`]).
+pub(crate) fn exec_self(role: &str, stdin: OwnedFd) -> Result<u32> {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args(harness_args())
+        .env(ROLE_VAR, format!("{role}:{}", sys::getpid()))
+        .stdin(std::process::Stdio::from(stdin));
+    if ENTRY_TEST.get().is_some() {
+        // The harness prints before init() takes over; the child installs the real stdout
+        // it is sent once it gets there.
+        cmd.stdout(std::process::Stdio::null());
+    }
+    let child = cmd.spawn()?;
+    // The child is reaped through its pid(fd) by multiproc, not by std.
+    Ok(child.id())
+}
+
+pub(super) fn launch_spawn(mut spec: LaunchSpec) -> Result<u32> {
+    let (ours, theirs) = sys::stream_pair()?;
+    let pid = on_lasting_thread(move || exec_self("spawn", theirs))?;
+    let ours = RawConn::new(ours);
+    let stdout = spec.default_stdout()?;
+    let boot = spec.boot(stdout.is_some());
+    let fds = boot_fds(&spec, stdout.as_ref());
+    // A child that dies before reading gives EPIPE here; its exit status tells the rest.
+    let _ = ours.send_bytes(&codec::encode(&boot)?, &fds);
+    Ok(pid)
+}
+
+pub(super) type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on a thread that lives as long as the process: the main thread if we are on it,
+/// else a dedicated helper thread.
+///
+/// A child's "parent" in the kernel is the *thread* that created it, and the
+/// parent-death signal (which makes children die with their parent) fires when that thread
+/// exits. So children must not be created by short-lived threads.
+pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    if sys::is_main_thread() {
+        return f();
+    }
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("multiproc-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start multiproc's spawner thread");
+        Mutex::new(tx)
+    });
+    let (rtx, rrx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = rtx.send(f());
+    });
+    tx.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .expect("multiproc's spawner thread is gone");
+    rrx.recv()
+        .expect("multiproc's spawner thread dropped a job")
+}
+
+/// The pid of this process's fork server, if it has one (a test hook: tests kill it).
+#[doc(hidden)]
+pub fn fork_server_pid() -> Option<u32> {
+    forkserver::server_pid()
+}
+
+/// Stops and reaps this process's fork server (at exit).
+pub(crate) fn shutdown_fork_server() {
+    forkserver::shutdown();
+}
