@@ -54,12 +54,14 @@ const O_CAP: usize = 8;
 const DIR0: usize = 512;
 const DIR_STRIDE: usize = 1024;
 const D_TAIL: usize = 0;
+/// The senders' mutex: lock word, parking word (+4), owner record (`D_POWNER`).
 const D_PLOCK: usize = 8;
 const D_POWNER: usize = 16;
 const D_FLAGS: usize = 24;
 const D_RX_CLOSES: usize = 28;
 const D_FRAME_BUSY: usize = 32;
 const D_HEAD: usize = 128;
+/// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
 const D_CLOCK: usize = 136;
 const D_COWNER: usize = 144;
 const D_RX_SLEEP: usize = 256;
@@ -176,7 +178,12 @@ impl Lane {
     /// visible record behind, but if it died while sending a frame on the socket, the
     /// direction is marked broken (see [`is_broken`](Self::is_broken)).
     pub(crate) fn lock_producer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
-        let (g, got) = wait::lock(self.w32(d, D_PLOCK), self.w64(d, D_POWNER), deadline)?;
+        let (g, got) = wait::lock(
+            self.w32(d, D_PLOCK),
+            self.w32(d, D_PLOCK + 4),
+            self.w64(d, D_POWNER),
+            deadline,
+        )?;
         if got == wait::Got::OwnerDied && self.w32(d, D_FRAME_BUSY).swap(0, SeqCst) != 0 {
             self.w32(d, D_FLAGS).fetch_or(FLAG_BROKEN, SeqCst);
         }
@@ -196,7 +203,12 @@ impl Lane {
 
     /// Takes direction `d`'s consumer lock.
     pub(crate) fn lock_consumer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
-        let (g, _) = wait::lock(self.w32(d, D_CLOCK), self.w64(d, D_COWNER), deadline)?;
+        let (g, _) = wait::lock(
+            self.w32(d, D_CLOCK),
+            self.w32(d, D_CLOCK + 4),
+            self.w64(d, D_COWNER),
+            deadline,
+        )?;
         Some(g)
     }
 

@@ -1,22 +1,42 @@
 //! The crate's one robust, process-shared mutex.
 //!
-//! A mutex is two words in shared memory, anywhere in a mapping several processes see:
+//! A mutex is three words in shared memory ([`MUTEX_SIZE`] bytes, 8-aligned), anywhere in a
+//! mapping several processes see:
 //!
 //! - a `u32` **lock word** in the kernel's priority-inheritance futex format: 0 when free,
 //!   else the holder's kernel *thread* id, plus the kernel's "waiters" and "owner died" bits;
+//! - a `u32` **parking word**: how many acquirers are parked (low half) and a release
+//!   sequence (high half);
 //! - a `u64` **owner record**: the holder's process identity (pid and start time) while it
 //!   holds the lock, 0 once it has left its critical section, or [`RELEASED`].
 //!
-//! Taking a free lock is one compare-and-swap and one swap; releasing an uncontended one is
-//! one store and one compare-and-swap: no system call. A contended lock spins briefly, then
-//! queues in the kernel (`FUTEX_LOCK_PI`).
+//! Taking a free lock is one compare-and-swap and one store; releasing an uncontended one
+//! is one store, one compare-and-swap and one load: no system call.
+//!
+//! ## Contention
+//!
+//! An acquirer that finds the lock taken goes through four phases, each only if the
+//! previous one did not get the lock:
+//! 1. it spins for [`SPIN`] (a holder on another core lets go within microseconds);
+//! 2. it yields its CPU, for up to [`YIELD_SPIN`] (with more runnable threads than cores,
+//!    the holder is often waiting for one; where nothing else waits to run this is a spin,
+//!    bounded by that time);
+//! 3. it **parks**: sleeps on the parking word, and every release that sees a parked
+//!    acquirer wakes one. The lock stays free for whoever comes first, as with a plain
+//!    futex mutex, so a busy lock keeps its throughput. A parked acquirer asks the kernel
+//!    about the holder (`FUTEX_TRYLOCK_PI`) after every [`PARK_SLICE`] without a wake-up,
+//!    so a holder's death is seen within that slice;
+//! 4. after [`PARK`] in all, it queues in the kernel (`FUTEX_LOCK_PI`). From then on every
+//!    release hands the lock to a queued thread, which is slow when it happens often (the
+//!    new owner must be scheduled first), but is reached only by locks held for long.
+//!    Anyone who sees threads queued in the kernel queues too.
 //!
 //! ## A holder that dies
 //!
 //! The kernel knows which thread owns a PI futex, so a holder's death is seen through the
 //! kernel, at once, by everyone:
 //! - threads queued in the kernel: when the holder exits, the kernel hands the lock to one
-//!   of them immediately;
+//!   of them immediately; parked ones find out within one [`PARK_SLICE`];
 //! - later and non-blocking acquirers (`try_lock`, zero timeouts): the kernel answers
 //!   `ESRCH` ("no such owner") on their first attempt, and they take the lock over.
 //!
@@ -62,8 +82,19 @@ pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// How long an acquirer spins before it queues in the kernel.
 pub(crate) const SPIN: Duration = Duration::from_micros(20);
 /// How long an acquirer then yields its CPU (to a holder that may be waiting for one)
-/// before it queues in the kernel.
-const YIELD_SPIN: Duration = Duration::from_micros(500);
+/// before it parks.
+const YIELD_SPIN: Duration = Duration::from_millis(2);
+/// How long an acquirer stays parked (from its first attempt) before it queues in the
+/// kernel.
+const PARK: Duration = Duration::from_millis(20);
+/// Longest single sleep while parked: how soon a parked acquirer sees its holder's death.
+const PARK_SLICE: Duration = Duration::from_millis(1);
+/// The parking word: the number of parked acquirers in its low half, a release sequence in
+/// its high half.
+const PARK_COUNT: u32 = 0xffff;
+const PARK_SEQ: u32 = 1 << 16;
+/// Bytes a mutex takes in shared memory: the lock word, the parking word, the owner record.
+pub(crate) const MUTEX_SIZE: usize = 16;
 
 /// What an attempt to take the lock gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,14 +111,20 @@ pub(crate) enum Acquired {
 #[derive(Clone, Copy)]
 pub(crate) struct RobustMutex<'a> {
     word: &'a AtomicU32,
+    park: &'a AtomicU32,
     owner: &'a AtomicU64,
 }
 
 impl<'a> RobustMutex<'a> {
-    /// The mutex whose lock word is `word` and owner record `owner`.
+    /// The mutex whose lock word is `word`, parking word `park` and owner record `owner`
+    /// (laid out as [`MUTEX_SIZE`] bytes: see the module docs).
     #[inline]
-    pub(crate) fn new(word: &'a AtomicU32, owner: &'a AtomicU64) -> RobustMutex<'a> {
-        RobustMutex { word, owner }
+    pub(crate) fn new(
+        word: &'a AtomicU32,
+        park: &'a AtomicU32,
+        owner: &'a AtomicU64,
+    ) -> RobustMutex<'a> {
+        RobustMutex { word, park, owner }
     }
 
     /// Takes the lock if that needs no waiting. A lock whose holder died is taken over
@@ -149,13 +186,15 @@ impl<'a> RobustMutex<'a> {
                 }
                 if spent > SPIN {
                     // The holder is probably not running (more runnable threads than
-                    // cores): give it the CPU rather than queue in the kernel, where
-                    // every later release becomes a hand-over to a sleeping thread.
+                    // cores): give it the CPU.
                     std::thread::yield_now();
                     continue;
                 }
             }
             std::hint::spin_loop();
+        }
+        if let Some(got) = self.park_until(tid, t0 + PARK, deadline) {
+            return got;
         }
         loop {
             if let Some(got) = self.claim_released(tid) {
@@ -197,6 +236,68 @@ impl<'a> RobustMutex<'a> {
                         .unwrap_or(Duration::MAX)
                         .min(Duration::from_millis(1));
                     futex::wait(self.word, v, Some(nap));
+                }
+            }
+        }
+    }
+
+    /// The park phase (see the module docs): sleeps on the parking word, not in the
+    /// kernel's PI queue, so that a release lets anyone take the lock (no hand-over to a
+    /// sleeping thread), until `until`. Every [`PARK_SLICE`] without a wake-up it asks the
+    /// kernel whether the holder still exists. `Some` when the lock was taken or the
+    /// deadline passed; `None` to go on to the PI queue.
+    fn park_until(&self, tid: u32, until: Instant, deadline: Option<Instant>) -> Option<Acquired> {
+        self.park.fetch_add(1, SeqCst);
+        let got = self.parked(tid, until, deadline);
+        self.park.fetch_sub(1, SeqCst);
+        got
+    }
+
+    /// [`park_until`](Self::park_until)'s loop, while counted as parked.
+    fn parked(&self, tid: u32, until: Instant, deadline: Option<Instant>) -> Option<Acquired> {
+        loop {
+            if let Some(got) = self.claim_released(tid) {
+                return Some(got);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Some(self.try_lock_slow(tid));
+            }
+            if now >= until {
+                return None;
+            }
+            // The sequence is read before the word, and a releaser frees the word before it
+            // reads the count (all sequentially consistent): either we see the word free,
+            // or the releaser sees us counted and moves the sequence, so the sleep below
+            // cannot miss its release.
+            let seen = self.park.load(SeqCst);
+            let v = self.word.load(SeqCst);
+            if v == 0 {
+                if self.word.compare_exchange(0, tid, Acquire, Relaxed).is_ok() {
+                    return Some(self.taken(0));
+                }
+                continue;
+            }
+            if v & PI_WAITERS != 0 || v & PI_TID == tid {
+                // Others queue in the kernel already (a release hands over to them), or
+                // it is ours (a deadlock to wait out): the PI queue it is.
+                return None;
+            }
+            let slice = deadline
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(PARK_SLICE)
+                .min(PARK_SLICE)
+                .min(until.saturating_duration_since(now));
+            if futex::wait(self.park, seen, Some(slice)) == futex::Wake::TimedOut {
+                // A holder killed cannot wake us: ask the kernel about it.
+                match futex::trylock_pi(self.word) {
+                    Pi::Locked => return Some(self.taken_from_kernel()),
+                    Pi::OwnerGone => {
+                        if let Some(got) = self.take_over(tid) {
+                            return Some(got);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -281,11 +382,28 @@ impl<'a> RobustMutex<'a> {
         let v = self.word.load(Relaxed);
         if v != 0 && v & (PI_WAITERS | PI_OWNER_DIED) == 0 && self.owner.load(Relaxed) != RELEASED {
             self.owner.store(0, Relaxed);
-            if self.word.compare_exchange(v, 0, Release, Relaxed).is_ok() {
+            if self.word.compare_exchange(v, 0, SeqCst, Relaxed).is_ok() {
+                self.wake_parked();
                 return true;
             }
         }
-        self.unlock_slow(futex::current_tid())
+        let released = self.unlock_slow(futex::current_tid());
+        self.wake_parked();
+        released
+    }
+
+    /// After a release: wakes one parked acquirer, if any (see [`park_until`](Self::park_until)).
+    #[inline]
+    fn wake_parked(&self) {
+        if self.park.load(SeqCst) & PARK_COUNT != 0 {
+            self.wake_parked_slow();
+        }
+    }
+
+    #[cold]
+    fn wake_parked_slow(&self) {
+        self.park.fetch_add(PARK_SEQ, SeqCst);
+        futex::wake(self.park, 1);
     }
 
     #[cold]
@@ -369,14 +487,14 @@ fn owner_died(prev: u64) -> Acquired {
 mod tests {
     use super::*;
 
-    fn words() -> (AtomicU32, AtomicU64) {
-        (AtomicU32::new(0), AtomicU64::new(0))
+    fn words() -> (AtomicU32, AtomicU32, AtomicU64) {
+        (AtomicU32::new(0), AtomicU32::new(0), AtomicU64::new(0))
     }
 
     #[test]
     fn lock_unlock_and_try() {
-        let (w, o) = words();
-        let m = RobustMutex::new(&w, &o);
+        let (w, k, o) = words();
+        let m = RobustMutex::new(&w, &k, &o);
         assert_eq!(m.try_lock(), Acquired::Clean);
         assert!(m.held_by_me());
         assert_eq!(m.try_lock(), Acquired::No, "not recursive");
@@ -394,12 +512,12 @@ mod tests {
 
     #[test]
     fn per_thread_ownership_and_release_by_another_thread() {
-        let (w, o) = words();
-        let m = RobustMutex::new(&w, &o);
+        let (w, k, o) = words();
+        let m = RobustMutex::new(&w, &k, &o);
         assert_eq!(m.lock(None), Acquired::Clean);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let m = RobustMutex::new(&w, &o);
+                let m = RobustMutex::new(&w, &k, &o);
                 assert!(!m.held_by_me(), "held by the other thread");
                 assert_eq!(m.try_lock(), Acquired::No);
                 // Python's Lock may be released by another thread.
@@ -414,20 +532,21 @@ mod tests {
 
     #[test]
     fn a_thread_that_exits_holding_the_lock_is_seen_at_once() {
-        let (w, o) = (
+        let (w, k, o) = (
+            Box::leak(Box::new(AtomicU32::new(0))),
             Box::leak(Box::new(AtomicU32::new(0))),
             Box::leak(Box::new(AtomicU64::new(0))),
         );
-        let (wr, or): (&'static AtomicU32, &'static AtomicU64) = (w, o);
+        let (wr, kr, or): (&'static AtomicU32, &'static AtomicU32, &'static AtomicU64) = (w, k, o);
         // `join` returns once the kernel thread is gone (its tid cleared), not just its body.
         std::thread::spawn(move || {
-            let m = RobustMutex::new(wr, or);
+            let m = RobustMutex::new(wr, kr, or);
             assert_eq!(m.lock(None), Acquired::Clean);
             // exits holding it
         })
         .join()
         .unwrap();
-        let m = RobustMutex::new(w, o);
+        let m = RobustMutex::new(w, k, o);
         assert_eq!(m.try_lock(), Acquired::OwnerDied);
         assert!(m.unlock());
         assert_eq!(m.try_lock(), Acquired::Clean);
@@ -436,13 +555,13 @@ mod tests {
 
     #[test]
     fn a_queued_waiter_gets_the_lock_when_its_holder_thread_exits() {
-        let (w, o) = words();
+        let (w, k, o) = words();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (wr, or) = (&w, &o);
+        let (wr, kr, or) = (&w, &k, &o);
         std::thread::scope(|s| {
             s.spawn(move || {
-                let (w, o) = (wr, or);
-                let m = RobustMutex::new(w, o);
+                let (w, k, o) = (wr, kr, or);
+                let m = RobustMutex::new(w, k, o);
                 assert_eq!(m.lock(None), Acquired::Clean);
                 // Hold it until the waiter is queued in the kernel, then exit holding it.
                 go_rx.recv().unwrap();
@@ -454,7 +573,7 @@ mod tests {
                 std::thread::yield_now();
             }
             go_tx.send(()).unwrap();
-            let m = RobustMutex::new(&w, &o);
+            let m = RobustMutex::new(&w, &k, &o);
             // No deadline: only the kernel's hand-over on the holder's exit ends this.
             assert_eq!(m.lock(None), Acquired::OwnerDied);
             assert!(m.unlock());
@@ -463,14 +582,14 @@ mod tests {
 
     #[test]
     fn contended_counter_loses_nothing() {
-        let (w, o) = words();
+        let (w, k, o) = words();
         // A load-then-store increment loses updates unless the mutex serialises it.
         let n = AtomicU64::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
-                let (w, o, n) = (&w, &o, &n);
+                let (w, k, o, n) = (&w, &k, &o, &n);
                 s.spawn(move || {
-                    let m = RobustMutex::new(w, o);
+                    let m = RobustMutex::new(w, k, o);
                     for _ in 0..20_000 {
                         assert_eq!(m.lock(None), Acquired::Clean);
                         let v = n.load(Relaxed);
@@ -482,5 +601,55 @@ mod tests {
             }
         });
         assert_eq!(n.load(SeqCst), 80_000);
+    }
+
+    #[test]
+    fn a_parked_waiter_sees_its_holder_thread_exit() {
+        let (w, k, o) = words();
+        let (wr, kr, or) = (&w, &k, &o);
+        std::thread::scope(|s| {
+            let holder = s.spawn(move || {
+                let m = RobustMutex::new(wr, kr, or);
+                assert_eq!(m.lock(None), Acquired::Clean);
+                // Exit holding it once the waiter is parked (not yet queued in the kernel).
+                while kr.load(SeqCst) & PARK_COUNT == 0 {
+                    std::thread::yield_now();
+                }
+            });
+            while w.load(SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            let m = RobustMutex::new(&w, &k, &o);
+            assert_eq!(m.lock(None), Acquired::OwnerDied);
+            assert!(m.unlock());
+            holder.join().unwrap();
+        });
+        assert_eq!(k.load(SeqCst) & PARK_COUNT, 0, "nobody left parked");
+    }
+
+    #[test]
+    fn a_release_wakes_a_parked_waiter() {
+        let (w, k, o) = words();
+        let (wr, kr, or) = (&w, &k, &o);
+        let m = RobustMutex::new(&w, &k, &o);
+        assert_eq!(m.lock(None), Acquired::Clean);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(move || {
+                let m = RobustMutex::new(wr, kr, or);
+                let got = m.lock(None);
+                assert!(m.unlock());
+                got
+            });
+            while k.load(SeqCst) & PARK_COUNT == 0 {
+                std::thread::yield_now();
+            }
+            assert!(m.unlock());
+            assert_eq!(waiter.join().unwrap(), Acquired::Clean);
+        });
+        assert_eq!(
+            k.load(SeqCst),
+            PARK_SEQ,
+            "one release moved the sequence, nobody parked"
+        );
     }
 }

@@ -68,6 +68,7 @@ const O_CAP: usize = 8;
 const O_MAXSIZE: usize = 16;
 const O_FLAGS: usize = 24;
 const O_TAIL: usize = 128;
+/// The producers' mutex: lock word, parking word (+4), owner record (`O_POWNER`).
 const O_PLOCK: usize = 136;
 const O_PSLEEP: usize = 768;
 const O_POWNER: usize = 144;
@@ -77,6 +78,7 @@ const O_FDTAG: usize = 152;
 const O_PMARK_OVF: usize = 160;
 const O_PMARK_MAIN: usize = 168;
 const O_HEAD: usize = 256;
+/// The consumers' mutex: lock word, parking word (+4), owner record (`O_COWNER`).
 const O_CLOCK: usize = 264;
 const O_CSLEEP: usize = 896;
 const O_COWNER: usize = 272;
@@ -413,7 +415,12 @@ impl Ring {
         owner_off: usize,
         deadline: Option<Instant>,
     ) -> Option<(Guard<'_>, Got)> {
-        wait::lock(self.w32(word_off), self.w64(owner_off), deadline)
+        wait::lock(
+            self.w32(word_off),
+            self.w32(word_off + 4),
+            self.w64(owner_off),
+            deadline,
+        )
     }
 
     fn lock_producer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
@@ -456,7 +463,7 @@ impl Ring {
     /// Whether no producer is in the middle of a message: the producer lock is free, or its
     /// holder is dead.
     fn producer_idle(&self) -> bool {
-        wait::lock_idle(self.w32(O_PLOCK), self.w64(O_POWNER))
+        wait::lock_idle(self.w32(O_PLOCK), self.w32(O_PLOCK + 4), self.w64(O_POWNER))
     }
 
     // --- waiting ---------------------------------------------------------------------------

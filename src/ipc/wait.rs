@@ -46,15 +46,17 @@ impl Drop for Guard<'_> {
     }
 }
 
-/// Takes the robust mutex made of the lock `word` and the owner record `owner` (see
+/// Takes the robust mutex made of the lock `word`, the parking word `park` and the owner
+/// record `owner` (see
 /// [`crate::ipc::mutex`]), waiting until `deadline` (`None`: for ever). `None` if the
 /// deadline passed. A past deadline still takes a free lock or one whose holder died.
 pub(crate) fn lock<'a>(
     word: &'a AtomicU32,
+    park: &'a AtomicU32,
     owner: &'a AtomicU64,
     deadline: Option<Instant>,
 ) -> Option<(Guard<'a>, Got)> {
-    let m = RobustMutex::new(word, owner);
+    let m = RobustMutex::new(word, park, owner);
     let got = match m.lock(deadline) {
         Acquired::Clean => Got::Clean,
         Acquired::OwnerDied => Got::OwnerDied,
@@ -64,8 +66,8 @@ pub(crate) fn lock<'a>(
 }
 
 /// Whether the lock `word` is free, or held by a process that is gone.
-pub(crate) fn lock_idle(word: &AtomicU32, owner: &AtomicU64) -> bool {
-    RobustMutex::new(word, owner).idle()
+pub(crate) fn lock_idle(word: &AtomicU32, park: &AtomicU32, owner: &AtomicU64) -> bool {
+    RobustMutex::new(word, park, owner).idle()
 }
 
 /// Outcome of one bounded wait.

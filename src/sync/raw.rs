@@ -2,8 +2,8 @@
 //! barrier, and whatever else needs a lock in a [`Segment`]: the crate's one robust mutex
 //! ([`crate::ipc::mutex`]) at a fixed place in a segment.
 //!
-//! Layout (16 bytes, 8-aligned): the `u32` lock word, 4 bytes of padding, the `u64` owner
-//! record.
+//! Layout ([`MUTEX_SIZE`] bytes, 8-aligned): the `u32` lock word, the `u32` parking word,
+//! the `u64` owner record.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,7 @@ use crate::ipc::segment::Segment;
 
 pub(crate) use crate::ipc::mutex::Acquired;
 
-/// Bytes a [`RawMutex`] takes in a segment.
-pub(crate) const MUTEX_SIZE: usize = 16;
+pub(crate) use crate::ipc::mutex::MUTEX_SIZE;
 /// How often a blocked waiter of something other than the mutex (the barrier) checks that
 /// the processes it waits for are alive.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -25,7 +24,11 @@ impl<'a> RawMutex<'a> {
     /// The mutex at data offset `off` (8-aligned) of `seg`.
     #[inline]
     pub(crate) fn at(seg: &'a Segment, off: usize) -> RawMutex<'a> {
-        RawMutex(RobustMutex::new(seg.u32(off), seg.u64(off + 8)))
+        RawMutex(RobustMutex::new(
+            seg.u32(off),
+            seg.u32(off + 4),
+            seg.u64(off + 8),
+        ))
     }
 
     /// Takes the lock if it is free, without waiting. A lock whose holder died is taken
