@@ -7,13 +7,17 @@
 //! locks, …) travel as file descriptors next to the bytes. A [`Connection`] is itself a
 //! handle: put it in a [`Process`](crate::Process)'s arguments and it arrives working in the
 //! child, and several processes may share one end (each message is sent and received whole,
-//! by exactly one receiver).
+//! by exactly one receiver). A process that shares an end may be killed at any moment, even
+//! in the middle of a large message: the others go on with whole messages (the one it was
+//! sending is not sent; the one it was receiving went with it), never garbage or a hang.
 //!
-//! Underneath is a Unix stream socket with length-prefixed frames, and beside it a ring in
-//! shared memory per direction: messages up to 32 KiB without handles go through the ring
-//! with no system call (millions a second), larger ones and those with handles through the
-//! socket, in one order. The socket also wakes a receiver that sleeps and reports the end of
-//! file when every copy of the peer is closed — or its process killed. Each end holds two
+//! Underneath is a Unix packet socket (`SOCK_SEQPACKET`), and beside it a ring in shared
+//! memory per direction: messages up to 32 KiB without handles go through the ring with no
+//! system call (millions a second), those with handles through the socket as one packet
+//! each, in one order; a larger message is copied once into a sealed memory file without a
+//! name (nothing is ever left in /dev/shm) whose descriptor travels in a packet, and the
+//! receiver reads it in place. The socket also wakes a receiver that sleeps and reports the
+//! end of file when every copy of the peer is closed — or its process killed. Each end holds two
 //! descriptors (its socket and the lanes' memory file), and making a pipe costs a few more
 //! system calls than a socket pair alone (about 35 µs on a small VM where CPython's `Pipe()`
 //! takes 20): pipes are cheap to use, not to make by the thousand.
@@ -27,10 +31,11 @@
 //! assert!(matches!(b.recv(), Err(multiproc::Error::Eof)));
 //! ```
 //!
-//! Errors: the peer gone and everything read → [`Error::Eof`]; the peer gone in the middle
-//! of a message → [`Error::Io`] (`UnexpectedEof`); bytes that are not a frame or do not
-//! decode as `T` → [`Error::Codec`]. Sending to a closed peer → [`Error::Io`]
-//! (`BrokenPipe`), never a SIGPIPE.
+//! Errors: the peer gone and everything read → [`Error::Eof`]; bytes that are not a message
+//! or do not decode as `T` → [`Error::Codec`] (for that message: the pipe goes on).
+//! Sending to a closed peer → [`Error::Io`] (`BrokenPipe`), never a SIGPIPE. (Connections
+//! from a [`Listener`] are byte streams: there the peer gone in the middle of a message is
+//! [`Error::Io`] (`UnexpectedEof`), and garbage ends the stream.)
 //!
 //! [`Listener`] and [`Client`] make connections between unrelated processes over Unix or
 //! TCP sockets, authenticated with a shared `authkey` (mutual HMAC-SHA256 challenge, as in

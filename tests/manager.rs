@@ -1610,3 +1610,30 @@ fn dribbling_peers_do_not_lock_out_a_good_client() {
     let again = Manager::connect(sa.to_string().as_str(), b"dribble").unwrap();
     assert_eq!(again.list(vec![7u8]).unwrap().len().unwrap(), 1);
 }
+
+#[test]
+fn large_values_round_trip_through_a_proxy_without_descriptor_growth() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let big: Vec<u8> = (0..(3usize << 20) + 7).map(|i| (i % 253) as u8).collect();
+    let v = m.value(big.clone()).unwrap();
+    assert!(v.get().unwrap() == big);
+    // From another process too (its own connection with lanes).
+    let got = multiproc::spawn(|v: ValueProxy<Vec<u8>>| v.get().unwrap(), v.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(got == big);
+    let before = common::fd_count();
+    for k in 0..10usize {
+        let mut w = big.clone();
+        w[k * 1000] ^= 0x55;
+        v.set(w.clone()).unwrap();
+        assert!(v.get().unwrap() == w, "round {k}");
+    }
+    assert_eq!(
+        common::fd_count(),
+        before,
+        "descriptors grow with large values"
+    );
+}

@@ -1048,3 +1048,34 @@ fn map_with_progress_gives_what_map_gives() {
     let r = pool.map_with_progress(|x: u32| assert!(x != 7, "seven"), 0..10u32);
     assert!(matches!(r, Err(Error::TaskPanicked { .. })));
 }
+
+/// Reverses its argument: large arguments and large results.
+fn reversed(mut v: Vec<u8>) -> Vec<u8> {
+    v.reverse();
+    v
+}
+
+#[test]
+fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    // Below and above the size where a worker's messages leave its ring for a sealed
+    // memory file.
+    let items: Vec<Vec<u8>> = [0usize, 100, 40 << 10, 1 << 20, (6 << 20) + 5]
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n).map(|i| (i * 7 + k) as u8).collect())
+        .collect();
+    let want: Vec<Vec<u8>> = items
+        .iter()
+        .map(|v| v.iter().rev().copied().collect())
+        .collect();
+    assert!(pool.map(reversed, items.clone()).unwrap() == want);
+    let before = fd_count();
+    for _ in 0..10 {
+        assert!(pool.map(reversed, items.clone()).unwrap() == want);
+        let r = pool.apply_async(reversed, items[4].clone());
+        assert!(r.get().unwrap() == want[4]);
+    }
+    assert_eq!(fd_count(), before, "descriptors grow with large tasks");
+}

@@ -1,7 +1,9 @@
 //! The framed transport under every channel of the crate: [`RawConn`], an untyped
 //! connection over a Unix stream socket with length-prefixed frames and descriptors
 //! beside them, and for pipes the [lanes](super::lane) in shared memory that carry small
-//! messages without a system call. [`Connection`](crate::Connection) is its typed public
+//! messages without a system call, beside a packet socket whose packets cannot be cut by
+//! a process killed while sending or receiving (large messages travel on it as sealed
+//! memory files: see the lanes' docs). [`Connection`](crate::Connection) is its typed public
 //! face; the fork server, the child bootstrap, the pool's workers and the manager use it
 //! directly.
 
@@ -16,11 +18,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lane::{Lane, K_INLINE, K_SOCKET};
+use super::wait::SLICE;
 use crate::{codec, sys, Error, Result};
 
 const MAGIC: u32 = 0x3143_504d; // "MPC1" little-endian
-/// The magic of a doorbell: a frame with no payload that only wakes a sleeping receiver.
-const DOORBELL: u32 = 0x3144_504d; // "MPD1"
 pub(crate) const HEADER: usize = 16;
 /// Frames claiming more than this are refused as corrupt before anything is allocated.
 pub(crate) const MAX_FRAME: u64 = 1 << 36; // 64 GiB
@@ -37,14 +38,51 @@ pub(crate) fn header(len: usize, nfds: usize) -> [u8; HEADER] {
     h
 }
 
-fn doorbell() -> [u8; HEADER] {
-    let mut h = [0u8; HEADER];
-    h[0..4].copy_from_slice(&DOORBELL.to_le_bytes());
+// --- packets on a lane socket (see the lanes' module docs) -----------------------------------
+
+/// The magic of a packet on a pipe's packet socket.
+const PKT_MAGIC: u32 = 0x3250_504d; // "MPP2"
+/// Bytes of a packet's header: magic, kind, body length, sequence number.
+const PKT_HDR: usize = 24;
+/// Packet kinds: the message's bytes follow the header; the message's bytes are in a
+/// sealed memory file, the packet's first descriptor; a doorbell (wakes a sleeping
+/// receiver, carries nothing).
+const PKT_INLINE: u32 = 1;
+const PKT_SPILLED: u32 = 2;
+const PKT_BELL: u32 = 3;
+
+fn packet_header(kind: u32, len: usize, seq: u64) -> [u8; PKT_HDR] {
+    let mut h = [0u8; PKT_HDR];
+    h[0..4].copy_from_slice(&PKT_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
     h
 }
 
-fn is_doorbell(h: &[u8]) -> bool {
-    h.len() >= HEADER && h[..HEADER] == doorbell()
+/// A packet's header: `(kind, len, seq)`, or `None` if the bytes are not one.
+fn parse_packet_header(h: &[u8]) -> Option<(u32, u64, u64)> {
+    let word = |a: usize, b: usize| h.get(a..b);
+    let magic = u32::from_le_bytes(word(0, 4)?.try_into().ok()?);
+    let kind = u32::from_le_bytes(word(4, 8)?.try_into().ok()?);
+    let len = u64::from_le_bytes(word(8, 16)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(word(16, 24)?.try_into().ok()?);
+    (magic == PKT_MAGIC && (PKT_INLINE..=PKT_BELL).contains(&kind)).then_some((kind, len, seq))
+}
+
+fn unannounced() -> Error {
+    Error::codec(
+        "garbage on a pipe's socket (a packet that no message announced): it was discarded",
+    )
+}
+
+/// What a receiver found on the socket for a `SOCKET` record.
+enum Found {
+    /// The record's packet, taken: its length in the read buffer, and its descriptors.
+    Packet(usize, Vec<OwnedFd>),
+    /// Its packet went with a receiver that was killed after taking it (or its sender
+    /// gave up): skip the record.
+    Lost,
 }
 
 fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
@@ -82,10 +120,6 @@ pub(crate) struct ReadState {
     limit: u64,
     /// Whether a read looks a few times without blocking before it sleeps.
     spin: bool,
-    /// Whether reads take only the bytes of the frame being read, leaving the next one in
-    /// the kernel (a pipe with lanes: other processes may read the next one, and the
-    /// socket's readiness must stay meaningful).
-    exact: bool,
     /// Where a message taken from a lane is copied.
     scratch: Vec<u8>,
     /// How long a lane receiver looks at its ring before it sleeps (adapted to how soon
@@ -103,7 +137,6 @@ impl ReadState {
             broken: false,
             limit: limit.min(MAX_FRAME),
             spin: true,
-            exact: false,
             scratch: Vec::new(),
             spin_for: MIN_SPIN,
         }
@@ -113,24 +146,18 @@ impl ReadState {
         self.end - self.start
     }
 
-    /// Reads more bytes into the buffer, wanting `need` more (in exact mode, no more than
-    /// that). Returns false at end of stream.
-    fn fill(&mut self, fd: BorrowedFd<'_>, need: usize) -> Result<bool> {
+    /// Reads more bytes into the buffer. Returns false at end of stream.
+    fn fill(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
         if self.start > 0 && self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         let end = self.end;
-        let stop = if self.exact {
-            (end + need.max(1)).min(self.buf.len())
-        } else {
-            self.buf.len()
-        };
-        let n = match sys::recv_some(fd, &mut self.buf[end..stop], &mut self.fds, self.spin) {
+        let n = match sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin) {
             Ok(n) => n,
-            // The peer closed while bytes it had not read (a doorbell, say) waited on its
-            // side: for us, the end of the stream.
+            // The peer closed while bytes it had not read waited on its side: for us, the
+            // end of the stream.
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) => return Err(e.into()),
         };
@@ -156,20 +183,14 @@ impl ReadState {
                 "the connection received garbage earlier and cannot be read further",
             ));
         }
-        loop {
-            while self.buffered() < HEADER {
-                if !self.fill(fd, HEADER - self.buffered())? {
-                    return if self.buffered() == 0 {
-                        Err(Error::Eof)
-                    } else {
-                        Err(Self::truncated())
-                    };
-                }
+        while self.buffered() < HEADER {
+            if !self.fill(fd)? {
+                return if self.buffered() == 0 {
+                    Err(Error::Eof)
+                } else {
+                    Err(Self::truncated())
+                };
             }
-            if !is_doorbell(&self.buf[self.start..self.end]) {
-                break;
-            }
-            self.start += HEADER;
         }
         let limit = self.limit;
         let (len, nfds) = match parse_header(&self.buf[self.start..self.start + HEADER], limit) {
@@ -197,7 +218,7 @@ impl ReadState {
                 self.start = 0;
             }
             while self.buffered() < len {
-                if !self.fill(fd, len - self.buffered())? {
+                if !self.fill(fd)? {
                     self.broken = true;
                     return Err(Self::truncated());
                 }
@@ -258,8 +279,8 @@ pub(crate) enum Payload<'a> {
 }
 
 /// An untyped framed channel over a stream socket: the machinery under [`Connection`], the
-/// fork server and the child bootstrap. A pipe's ends also share [lanes](lane) in shared
-/// memory that carry small messages without a system call.
+/// fork server and the child bootstrap. A pipe's ends instead hold a packet socket and
+/// share [lanes](lane) in shared memory that carry small messages without a system call.
 pub(crate) struct RawConn {
     // Declared before `lane`: the socket is closed before the lane records the close, so
     // that a sender who looks after seeing the record finds the socket closed.
@@ -320,7 +341,7 @@ impl Drop for LaneEnd {
 enum Ready {
     /// A record in the ring.
     Ring,
-    /// Bytes on the socket that no record announced: read them as a frame.
+    /// A packet on the socket that no record announced (garbage: see `lane_sleep`).
     Socket,
     /// End of file, and the ring is empty.
     Eof,
@@ -350,7 +371,6 @@ impl RawConn {
 
     fn with_lane(fd: OwnedFd, lane: Arc<Lane>, tx: Option<usize>, rx: Option<usize>) -> RawConn {
         let mut c = RawConn::new(fd);
-        c.rd.get_mut().unwrap_or_else(|p| p.into_inner()).exact = true;
         c.lane = Some(LaneEnd {
             lane,
             tx,
@@ -378,7 +398,21 @@ impl RawConn {
     /// Rebuilds the second end of a [`lane_pair`](Self::lane_pair) from its descriptors.
     pub(crate) fn from_lane_fds(sock: OwnedFd, lane: OwnedFd) -> Result<RawConn> {
         let lane = Arc::new(Lane::from_fd(lane)?);
-        Ok(RawConn::with_lane(sock, lane, Some(1), Some(0)))
+        RawConn::lane_end(sock, lane, Some(1), Some(0))
+    }
+
+    /// [`with_lane`](Self::with_lane) for descriptors that came from another process: the
+    /// socket must be a packet socket (the lanes' protocol rests on it).
+    fn lane_end(
+        sock: OwnedFd,
+        lane: Arc<Lane>,
+        tx: Option<usize>,
+        rx: Option<usize>,
+    ) -> Result<RawConn> {
+        if !sys::is_packet_socket(sock.as_fd()) {
+            return Err(Error::codec("a pipe's socket is not a packet socket"));
+        }
+        Ok(RawConn::with_lane(sock, lane, tx, rx))
     }
 
     /// Sets the largest frame this end accepts (at most [`MAX_FRAME`]); a bigger one is an
@@ -462,31 +496,51 @@ impl RawConn {
                 return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
             }
         }
+        // A message too large for a packet goes into a sealed memory file first, before
+        // the lock is taken (copying it holds up nobody).
+        let spill = if body.len() > lane.max_inline() {
+            if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
+                return Err(Error::invalid(format!(
+                    "a large message can carry at most {} handles",
+                    sys::MAX_FDS_PER_MESSAGE - 1
+                )));
+            }
+            Some(sys::qmem::sealed_copy(body)?)
+        } else {
+            None
+        };
         let _g = lane
             .lock_producer(d, None)
             .ok_or_else(|| Error::invalid("pipe lock"))?;
-        if lane.is_broken(d) {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "another process died while sending a message on this pipe: it can carry \
-                 nothing more",
-            )));
-        }
-        if fds.is_empty() && body.len() <= lane.max_inline() && !lane.socket_only(d) {
+        if spill.is_none() && fds.is_empty() && !lane.socket_only(d) {
             lane.wait_free(d, Lane::record_size(body.len()), gone)?;
             if lane.publish(d, K_INLINE, &[body]) {
-                sys::send_all(sock, &[&doorbell()], &[]).map_err(Error::Io)?;
+                let bell = packet_header(PKT_BELL, 0, 0);
+                sys::send_packet(sock, &[&bell], &[]).map_err(Error::Io)?;
             }
             return Ok(());
         }
-        lane.wait_free(d, Lane::record_size(0), gone)?;
-        // The frame itself wakes a sleeping receiver.
-        lane.publish(d, K_SOCKET, &[]);
-        let h = header(body.len(), fds.len());
-        lane.set_frame_busy(d, true);
-        let r = sys::send_all(sock, &[&h, body], fds).map_err(Error::Io);
-        lane.set_frame_busy(d, false);
-        r
+        // The record first, then its packet (see the lanes' protocol): the packet itself
+        // wakes a sleeping receiver.
+        lane.wait_free(d, Lane::record_size(8), gone)?;
+        let seq = lane.next_seq(d);
+        lane.publish(d, K_SOCKET, &[&seq.to_le_bytes()]);
+        let r = match &spill {
+            Some(file) => {
+                let mut all = Vec::with_capacity(fds.len() + 1);
+                all.push(file.as_raw_fd());
+                all.extend_from_slice(fds);
+                let h = packet_header(PKT_SPILLED, body.len(), seq);
+                sys::send_packet(sock, &[&h], &all)
+            }
+            None => {
+                let h = packet_header(PKT_INLINE, body.len(), seq);
+                sys::send_packet(sock, &[&h, body], fds)
+            }
+        };
+        // Queued, or failed: either way no receiver must wait for it any more.
+        lane.set_sent(d, seq);
+        r.map_err(Error::Io)
     }
 
     /// Receives one frame and hands its payload and descriptors to `f`.
@@ -519,11 +573,6 @@ impl RawConn {
         d: usize,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
     ) -> Result<R> {
-        if st.broken {
-            return Err(Error::codec(
-                "the connection received garbage earlier and cannot be read further",
-            ));
-        }
         let lane = &*le.lane;
         let sock = self.fd.as_fd();
         let _g = lane
@@ -545,31 +594,110 @@ impl RawConn {
                 }
                 Some(rec) => {
                     debug_assert_eq!(rec.kind, K_SOCKET);
-                    let mut taken = false;
-                    let r = st.read_frame(sock, |p, fds| {
-                        lane.advance(d, &rec);
-                        taken = true;
-                        f(p, fds)
-                    });
-                    if !taken {
-                        // The frame was not there (garbage, or cut short): the record is
-                        // spent all the same.
-                        lane.advance(d, &rec);
-                    }
+                    let found = self.find_packet(st, lane, d, lane.socket_seq(d, &rec))?;
+                    // Taken (or lost): the record is spent.
+                    lane.advance(d, &rec);
                     le.after_take(d);
-                    return r;
+                    if let Found::Packet(n, fds) = found {
+                        return Self::open_packet(st, n, fds, f);
+                    }
                 }
                 None => match self.lane_wait(st, lane, d, None, None)? {
                     Ready::Ring | Ready::TimedOut | Ready::Other => continue,
-                    Ready::Socket => return st.read_frame(sock, f),
+                    Ready::Socket => {
+                        // A packet no record announced (see `lane_sleep`): garbage.
+                        sys::discard_packet(sock)?;
+                        return Err(unannounced());
+                    }
                     Ready::Eof => return Err(Error::Eof),
                 },
             }
         }
     }
 
+    /// Finds (consumer lock held) the packet numbered `seq` that a `SOCKET` record
+    /// announced, following the lanes' protocol: takes it into the read buffer, or finds
+    /// that it is lost. Doorbells and older packets in front of it are thrown away; garbage
+    /// in front of it is thrown away and reported (the record stays for the next call).
+    fn find_packet(&self, st: &mut ReadState, lane: &Lane, d: usize, seq: u64) -> Result<Found> {
+        let sock = self.fd.as_fd();
+        loop {
+            // Read before looking at the socket: a packet counted as sent was queued.
+            let sent = lane.sent(d);
+            let mut h = [0u8; PKT_HDR];
+            match sys::peek_nowait(sock, &mut h)? {
+                // Every sender is gone: the packet will never come.
+                Some(0) => return Ok(Found::Lost),
+                Some(n) => match parse_packet_header(&h[..n]) {
+                    None => {
+                        sys::discard_packet(sock)?;
+                        return Err(unannounced());
+                    }
+                    Some((kind, _, n)) if kind == PKT_BELL || n < seq => {
+                        sys::discard_packet(sock)?;
+                    }
+                    Some((_, _, n)) if n > seq => return Ok(Found::Lost),
+                    Some(_) => {
+                        let mut fds = Vec::new();
+                        return match sys::recv_packet(sock, &mut st.buf, &mut fds)? {
+                            Some(sys::Packet::Got {
+                                len,
+                                cut: false,
+                                fds_cut: false,
+                            }) => Ok(Found::Packet(len, fds)),
+                            // Another receiver cannot have taken it: we hold the lock.
+                            _ => Err(unannounced()),
+                        };
+                    }
+                },
+                None if sent >= seq => return Ok(Found::Lost),
+                None => {
+                    // Its sender is between the record and the packet, or died there:
+                    // wait for the socket, and look whether the sender's lock is free
+                    // (taking over a dead sender's lock marks its packet as given up).
+                    if !sys::wait_readable(sock, Some(SLICE))? {
+                        drop(lane.lock_producer(d, Some(Instant::now())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the message in the packet just taken (`n` bytes in the read buffer, with
+    /// `fds`) to `f`: bytes inside the packet, or a sealed memory file mapped in place.
+    fn open_packet<R>(
+        st: &mut ReadState,
+        n: usize,
+        fds: Vec<OwnedFd>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        let Some((kind, len, _)) = parse_packet_header(&st.buf[..n.min(PKT_HDR)]) else {
+            return Err(unannounced());
+        };
+        if len > st.limit {
+            let limit = st.limit;
+            return Err(Error::codec(format!(
+                "message claims {len} bytes, more than the {limit}-byte limit"
+            )));
+        }
+        match kind {
+            PKT_INLINE if n == PKT_HDR + len as usize => {
+                f(Payload::Borrowed(&st.buf[PKT_HDR..n]), fds)
+            }
+            PKT_SPILLED if n == PKT_HDR && !fds.is_empty() && len > 0 => {
+                let mut fds = fds;
+                let file = fds.remove(0);
+                let bytes = sys::qmem::SealedBytes::from_fd(file, len as usize).map_err(|e| {
+                    Error::codec(format!("a large message's memory file is not valid: {e}"))
+                })?;
+                f(Payload::Borrowed(bytes.as_slice()), fds)
+            }
+            _ => Err(unannounced()),
+        }
+    }
+
     /// Waits (consumer lock held) until the ring of direction `d` has a record, or the
-    /// socket has unannounced bytes or its end, or `deadline` passes.
+    /// socket has an unannounced packet or its end, or `deadline` passes.
     fn lane_wait(
         &self,
         st: &mut ReadState,
@@ -578,9 +706,6 @@ impl RawConn {
         deadline: Option<Instant>,
         also: Option<BorrowedFd<'_>>,
     ) -> Result<Ready> {
-        if st.buffered() > 0 {
-            return Ok(Ready::Socket);
-        }
         // Look at the ring for a while: a sender streaming small messages, or a peer
         // answering a request, usually has the next message there within microseconds,
         // and not sleeping spares both sides the cost of a wake-up (tens of microseconds
@@ -634,13 +759,8 @@ impl RawConn {
                 lane.set_rx_sleep(d, false);
                 return Ok(Ready::Ring);
             }
-            let mut h = [0u8; HEADER];
-            let front = match sys::peek_nowait(sock, &mut h) {
-                // The peer closed with bytes it had not read (doorbells) on its side.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(0),
-                r => r?,
-            };
-            match front {
+            let mut h = [0u8; PKT_HDR];
+            match sys::peek_nowait(sock, &mut h)? {
                 Some(0) => {
                     lane.set_rx_sleep(d, false);
                     return Ok(if lane.is_empty(d) {
@@ -649,10 +769,12 @@ impl RawConn {
                         Ready::Ring
                     });
                 }
-                Some(HEADER) if is_doorbell(&h) => {
-                    sys::discard_exact(sock, HEADER)?;
+                Some(n) if parse_packet_header(&h[..n]).is_some_and(|p| p.0 == PKT_BELL) => {
+                    sys::discard_packet(sock)?;
                     continue;
                 }
+                // A packet: its record was published before it was sent, so an empty ring
+                // now means that nobody announced it.
                 Some(_) => {
                     lane.set_rx_sleep(d, false);
                     return Ok(if lane.is_empty(d) {
@@ -822,7 +944,7 @@ impl AsFd for RawConn {
 /// Makes the two ends of a pipe over a fresh socket pair, with lanes. `duplex`: both ends
 /// send and receive; else `(reader, writer)`.
 pub(crate) fn lane_pair(duplex: bool) -> Result<(RawConn, RawConn)> {
-    let (a, b) = sys::stream_pair()?;
+    let (a, b) = sys::packet_pair()?;
     let lane = Arc::new(Lane::create()?);
     if duplex {
         Ok((
@@ -879,8 +1001,134 @@ impl<'de> Deserialize<'de> for RawConn {
             None => RawConn::new(w.fd.0),
             Some(l) => {
                 let lane = Lane::from_fd(l.0).map_err(crate::codec::handle_error)?;
-                RawConn::with_lane(w.fd.0, Arc::new(lane), dir(w.tx)?, dir(w.rx)?)
+                RawConn::lane_end(w.fd.0, Arc::new(lane), dir(w.tx)?, dir(w.rx)?)
+                    .map_err(crate::codec::handle_error)?
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-way pipe's `(reader, writer)` and the lanes they share.
+    fn simplex() -> (RawConn, RawConn, Arc<Lane>) {
+        let (r, w) = lane_pair(false).unwrap();
+        let lane = r.lane.as_ref().unwrap().lane.clone();
+        (r, w, lane)
+    }
+
+    /// Sends a packet numbered `seq` with `body` inside, without a record.
+    fn raw_packet(w: &RawConn, seq: u64, body: &[u8]) {
+        let h = packet_header(PKT_INLINE, body.len(), seq);
+        sys::send_packet(w.fd.as_fd(), &[&h, body], &[]).unwrap();
+    }
+
+    #[test]
+    fn a_packet_taken_by_a_killed_receiver_is_skipped() {
+        let (r, w, _) = simplex();
+        let big = vec![7u8; 100_000];
+        // A receiver takes the packet of a large message and dies before it moves past
+        // the record: here, the packet is taken off the socket by hand.
+        w.send_bytes(&big, &[]).unwrap();
+        let mut buf = vec![0u8; READ_BUF];
+        let mut fds = Vec::new();
+        assert!(matches!(
+            sys::recv_packet(r.fd.as_fd(), &mut buf, &mut fds).unwrap(),
+            Some(sys::Packet::Got { len: PKT_HDR, .. })
+        ));
+        assert_eq!(fds.len(), 1, "the sealed memory file");
+        fds.clear();
+        // The next receiver skips the lost one, with nothing on the socket behind it ...
+        w.send_bytes(b"inline", &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"inline");
+        // ... or with the next packet behind it.
+        w.send_bytes(&big, &[]).unwrap();
+        sys::recv_packet(r.fd.as_fd(), &mut buf, &mut fds).unwrap();
+        fds.clear();
+        let mut other = big.clone();
+        other[99_999] = 8;
+        w.send_bytes(&other, &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), other);
+    }
+
+    #[test]
+    fn a_record_whose_sender_gave_up_is_skipped() {
+        let (r, w, lane) = simplex();
+        // A sender published its record and never sent the packet (its send failed, or
+        // it died and the next sender took its lock over: both mark it as sent).
+        {
+            let _g = lane.lock_producer(0, None).unwrap();
+            let seq = lane.next_seq(0);
+            lane.publish(0, K_SOCKET, &[&seq.to_le_bytes()]);
+            lane.set_sent(0, seq);
+        }
+        w.send_bytes(b"next", &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"next");
+    }
+
+    #[test]
+    fn a_receiver_waits_for_a_packet_announced_but_not_yet_sent() {
+        let (r, w, lane) = simplex();
+        let w = Arc::new(w);
+        let (announced_tx, announced) = std::sync::mpsc::channel();
+        let t = {
+            let (w, lane) = (w.clone(), lane.clone());
+            std::thread::spawn(move || {
+                let _g = lane.lock_producer(0, None).unwrap();
+                let seq = lane.next_seq(0);
+                lane.publish(0, K_SOCKET, &[&seq.to_le_bytes()]);
+                announced_tx.send(()).unwrap();
+                // The receiver is (about to be) waiting for the packet.
+                std::thread::sleep(Duration::from_millis(50));
+                raw_packet(&w, seq, b"late");
+                lane.set_sent(0, seq);
+            })
+        };
+        announced.recv().unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"late");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn stale_and_unannounced_packets_are_thrown_away() {
+        let (r, w, lane) = simplex();
+        // A packet with an old number in front of a message's packet: dropped quietly.
+        raw_packet(&w, 0, b"stale");
+        w.send_bytes(&[1u8; 40_000], &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), vec![1u8; 40_000]);
+        // A packet no record announced: an error for it, and the pipe goes on.
+        raw_packet(&w, 99, b"nobody's");
+        assert!(matches!(r.recv_bytes(), Err(Error::Codec(_))));
+        w.send_bytes(b"fine", &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"fine");
+        // A spilled packet whose file is missing: an error for that message only.
+        {
+            let _g = lane.lock_producer(0, None).unwrap();
+            let seq = lane.next_seq(0);
+            lane.publish(0, K_SOCKET, &[&seq.to_le_bytes()]);
+            let h = packet_header(PKT_SPILLED, 100, seq);
+            sys::send_packet(w.fd.as_fd(), &[&h], &[]).unwrap();
+            lane.set_sent(0, seq);
+        }
+        assert!(matches!(r.recv_bytes(), Err(Error::Codec(_))));
+        w.send_bytes(b"still fine", &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"still fine");
+    }
+
+    #[test]
+    fn large_messages_with_handles_keep_them() {
+        let (r, w, _) = simplex();
+        let (x, y) = sys::stream_pair().unwrap();
+        let big = vec![3u8; 1 << 20];
+        w.send_bytes(&big, &[x.as_raw_fd()]).unwrap();
+        let (bytes, fds) = r.recv_with(|b, fds| Ok((b.to_vec(), fds))).unwrap();
+        assert_eq!(bytes, big);
+        assert_eq!(fds.len(), 1, "the handle, not the memory file");
+        sys::send_all(fds[0].as_fd(), &[b"through"], &[]).unwrap();
+        let mut buf = [0u8; 7];
+        assert_eq!(rustix::io::read(&y, &mut buf).unwrap(), 7);
+        assert_eq!(&buf, b"through");
     }
 }

@@ -4,21 +4,47 @@
 //! inside messages, large messages, wake-ups of a sleeping receiver ("doorbells") and the
 //! end of file when every copy of the peer is closed.
 //!
+//! # The socket carries packets, never a byte stream
+//! The socket is a `SOCK_SEQPACKET` pair: each send is one packet that the kernel queues
+//! whole or not at all, and each receive takes exactly one packet. Every packet is small
+//! (a 24-byte header: magic, kind, length, sequence number; and at most
+//! [`max_inline`](Lane::max_inline) bytes of body): a message larger than that travels as
+//! a sealed, nameless memory file (`memfd`, sealed read-only) attached to its packet, which
+//! the receiver maps and reads in place. So processes that share an end can be killed at
+//! any instant without cutting anything: a sender dies before its packet is queued (nothing
+//! was sent) or after (all of it was); a receiver dies before it takes a packet (the next
+//! receiver gets it) or after (that one message went with it). Nothing is left in
+//! /dev/shm either way: the memory file goes with its last descriptor. (A byte stream
+//! cannot promise this: a sender killed in the middle of a large frame left its receivers
+//! waiting for the rest for as long as another sender kept the socket open, and a receiver
+//! killed in the middle of one left the rest to be read as garbage by the next.)
+//!
 //! # Records and order
 //! Every message, whichever way its bytes travel, has one record in its direction's ring:
-//! `INLINE` carries the message's bytes; `SOCKET` says "the next frame on the socket is
-//! this message". Receivers take records in ring order and read the socket only when a
-//! record tells them to, so messages never overtake one another. A record is an 8-byte
-//! header (`len: u32`, `kind: u32` with a check marker in its upper half) and `len` bytes
-//! padded to 8.
+//! `INLINE` carries the message's bytes; `SOCKET` carries the sequence number of the packet
+//! on the socket that is this message. Receivers take records in ring order and read the
+//! socket only when a record tells them to, so messages never overtake one another. A
+//! record is an 8-byte header (`len: u32`, `kind: u32` with a check marker in its upper
+//! half) and `len` bytes padded to 8.
 //!
 //! # Protocol
 //! * Senders hold the direction's producer lock while they write a record, and for a
-//!   `SOCKET` record also while they send its frame, so frames reach the socket in record
-//!   order even when processes share an end. A record becomes visible only when `tail`
-//!   moves past it: a sender killed mid-write leaves nothing.
-//! * Receivers hold the consumer lock while they take a record (and read its frame), and
-//!   move `head` only after that.
+//!   `SOCKET` record also while they send its packet, so packets reach the socket in
+//!   record order even when processes share an end. A record becomes visible only when
+//!   `tail` moves past it: a sender killed mid-write leaves nothing.
+//! * A `SOCKET` record is published before its packet is sent, and the packet's sequence
+//!   number (taken from `seq`) is stored in `sent` once the packet is queued or its send
+//!   failed. A sender that takes over the lock of one that died stores `seq` in `sent`:
+//!   the dead one's packet was queued before it died or never will be.
+//! * Receivers hold the consumer lock while they take a record (and its packet), and move
+//!   `head` only after that. At a `SOCKET` record with number `n`, a receiver looks at the
+//!   front packet: number `n` is taken; a doorbell or an older number (never sent by this
+//!   crate) is thrown away; a newer number, or no packet while `sent >= n`, means that
+//!   packet went with a receiver killed after taking it, and the record is skipped; no
+//!   packet while `sent < n` means the sender is between its record and its packet, and the
+//!   receiver waits for the socket (looking every [`SLICE`] whether that sender died).
+//!   Because records come first, a packet found while the ring is empty was announced by
+//!   nobody: it is garbage, thrown away and reported.
 //! * A receiver with nothing to read looks for a while, then raises `rx_sleep` and sleeps in
 //!   `poll(2)` on the socket. A sender that finds `rx_sleep` raised after publishing lowers
 //!   it and sends a doorbell frame. The socket's end of file (the peer's last copy closed,
@@ -38,7 +64,7 @@ use crate::sys::qmem::SharedBytes;
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x4c50_504d; // "MPPL"
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Bytes of header before the rings.
 const HDR: usize = 4096;
 /// Bytes of ring per direction.
@@ -59,7 +85,8 @@ const D_PLOCK: usize = 8;
 const D_POWNER: usize = 16;
 const D_FLAGS: usize = 24;
 const D_RX_CLOSES: usize = 28;
-const D_FRAME_BUSY: usize = 32;
+const D_SEQ: usize = 32;
+const D_SENT: usize = 40;
 const D_HEAD: usize = 128;
 /// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
 const D_CLOCK: usize = 136;
@@ -70,9 +97,6 @@ const D_SPACE_SEQ: usize = 388;
 
 /// Direction flag: every message goes through the socket (see the module docs).
 const FLAG_SOCKET_ONLY: u32 = 1;
-/// Direction flag: a sender died in the middle of sending a frame on the socket, so the
-/// socket's byte stream cannot be trusted any more: later sends fail.
-const FLAG_BROKEN: u32 = 2;
 
 /// Record kinds.
 pub(crate) const K_INLINE: u32 = 1;
@@ -175,8 +199,8 @@ impl Lane {
     // --- locks -------------------------------------------------------------------------------
 
     /// Takes direction `d`'s producer lock. A dead holder's lock is taken over: it left no
-    /// visible record behind, but if it died while sending a frame on the socket, the
-    /// direction is marked broken (see [`is_broken`](Self::is_broken)).
+    /// visible record behind, and the packet of its last `SOCKET` record, if any, was
+    /// queued before it died or never will be (see the module docs).
     pub(crate) fn lock_producer(&self, d: usize, deadline: Option<Instant>) -> Option<Guard<'_>> {
         let (g, got) = wait::lock(
             self.w32(d, D_PLOCK),
@@ -184,21 +208,30 @@ impl Lane {
             self.w64(d, D_POWNER),
             deadline,
         )?;
-        if got == wait::Got::OwnerDied && self.w32(d, D_FRAME_BUSY).swap(0, SeqCst) != 0 {
-            self.w32(d, D_FLAGS).fetch_or(FLAG_BROKEN, SeqCst);
+        if got == wait::Got::OwnerDied {
+            let last = self.w64(d, D_SEQ).load(SeqCst);
+            self.w64(d, D_SENT).store(last, SeqCst);
         }
         Some(g)
     }
 
-    /// Whether a sender died in the middle of a frame on direction `d`'s socket.
-    pub(crate) fn is_broken(&self, d: usize) -> bool {
-        self.w32(d, D_FLAGS).load(Acquire) & FLAG_BROKEN != 0
+    /// The sequence number of the next packet on direction `d`'s socket, taken (producer
+    /// lock held). Numbers start at 1.
+    pub(crate) fn next_seq(&self, d: usize) -> u64 {
+        let n = self.w64(d, D_SEQ).load(Relaxed) + 1;
+        self.w64(d, D_SEQ).store(n, SeqCst);
+        n
     }
 
-    /// Marks the start (`true`) and the end of a frame being sent on the socket (producer
-    /// lock held).
-    pub(crate) fn set_frame_busy(&self, d: usize, busy: bool) {
-        self.w32(d, D_FRAME_BUSY).store(u32::from(busy), SeqCst);
+    /// Records that packet `n` of direction `d` was queued on the socket, or that its send
+    /// failed (producer lock held): receivers stop waiting for it.
+    pub(crate) fn set_sent(&self, d: usize, n: u64) {
+        self.w64(d, D_SENT).store(n, SeqCst);
+    }
+
+    /// The number of the last packet of direction `d` that was queued or given up.
+    pub(crate) fn sent(&self, d: usize) -> u64 {
+        self.w64(d, D_SENT).load(SeqCst)
     }
 
     /// Takes direction `d`'s consumer lock.
@@ -290,7 +323,7 @@ impl Lane {
         let kind = kind_word & K_MASK;
         let ok = used <= CAP
             && kind_word & K_CHECK_MASK == K_CHECK
-            && (kind == K_INLINE || (kind == K_SOCKET && len == 0))
+            && (kind == K_INLINE || (kind == K_SOCKET && len == 8))
             && 8 + round8(len) <= used;
         if !ok {
             self.w64(d, D_HEAD).store(tail, SeqCst);
@@ -300,6 +333,12 @@ impl Lane {
             ));
         }
         Ok(Some(Record { kind, head, len }))
+    }
+
+    /// The packet number a `SOCKET` record carries.
+    pub(crate) fn socket_seq(&self, d: usize, rec: &Record) -> u64 {
+        self.mem
+            .ring_read_u64(Self::base(d), self.mask, rec.head + 8)
     }
 
     /// Appends the body of `rec` (an `INLINE` record) to `out`.
@@ -361,7 +400,7 @@ mod tests {
                 &[&body[..body.len() / 2], &body[body.len() / 2..]]
             ));
             if i % 3 == 0 {
-                lane.publish(0, K_SOCKET, &[]);
+                lane.publish(0, K_SOCKET, &[&u64::from(i).to_le_bytes()]);
             }
             let rec = lane.peek(0).unwrap().unwrap();
             assert_eq!(rec.kind, K_INLINE);
@@ -372,6 +411,7 @@ mod tests {
             if i % 3 == 0 {
                 let rec = lane.peek(0).unwrap().unwrap();
                 assert_eq!(rec.kind, K_SOCKET);
+                assert_eq!(lane.socket_seq(0, &rec), u64::from(i));
                 lane.advance(0, &rec);
             }
             assert!(lane.is_empty(0));

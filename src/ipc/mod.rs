@@ -15,7 +15,9 @@
 //! - [`conn`]: [`RawConn`], the framed transport (a stream socket with length-prefixed
 //!   frames and descriptors beside them) under pipes, the fork server, the child
 //!   bootstrap, the pool's workers and the manager; and [`lane`], the shared-memory rings
-//!   beside a pipe's socket that carry its small messages without a system call.
+//!   beside a pipe's packet socket that carry its small messages without a system call
+//!   (large ones travel as sealed memory files, so no process killed mid-message can cut
+//!   one).
 
 pub(crate) mod conn;
 pub(crate) mod lane;

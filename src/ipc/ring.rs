@@ -586,12 +586,7 @@ impl Ring {
         // travels on the side socket: `put` then needs no consumer to make progress. (If
         // no segment can be made, or the queue was made to stream, it is streamed.)
         let spill = if whole > self.cap / 2 && !self.stream_large {
-            SharedBytes::create_populated(msg.len())
-                .and_then(|seg| {
-                    seg.write(0, msg);
-                    seg.seal_read_only()
-                })
-                .ok()
+            qmem::sealed_copy(msg).ok()
         } else {
             None
         };

@@ -44,18 +44,6 @@ const SEALS: SealFlags = SealFlags::SHRINK
 impl SharedBytes {
     /// Creates a zero-filled segment of `len` bytes (pages are allocated on first touch).
     pub(crate) fn create(len: usize) -> io::Result<SharedBytes> {
-        Self::create_with(len, false)
-    }
-
-    /// Like [`create`](Self::create), with every page allocated and mapped at once
-    /// (`MAP_POPULATE`): for a segment that is about to be filled whole (one batch instead
-    /// of a page fault per 4 KiB), and then made read-only with
-    /// [`seal_read_only`](Self::seal_read_only).
-    pub(crate) fn create_populated(len: usize) -> io::Result<SharedBytes> {
-        Self::create_with(len, true)
-    }
-
-    fn create_with(len: usize, populate: bool) -> io::Result<SharedBytes> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
         }
@@ -64,23 +52,13 @@ impl SharedBytes {
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
         rustix::fs::ftruncate(&fd, len as u64)?;
-        // A segment made to be sealed read-only later keeps the right to add seals.
-        let seals = if populate {
-            SealFlags::SHRINK | SealFlags::GROW
-        } else {
-            SEALS
-        };
-        rustix::fs::fcntl_add_seals(&fd, seals)?;
-        Self::map(fd, len, populate)
+        rustix::fs::fcntl_add_seals(&fd, SEALS)?;
+        Self::map(fd, len)
     }
 
     /// Maps a segment received from another process. Its size must be at least `min_len`,
     /// and it must be sealed against resizing.
     pub(crate) fn from_fd(fd: OwnedFd, min_len: usize) -> io::Result<SharedBytes> {
-        Self::from_fd_with(fd, min_len, false)
-    }
-
-    fn from_fd_with(fd: OwnedFd, min_len: usize, populate: bool) -> io::Result<SharedBytes> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a queue segment"))?;
         if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
@@ -91,15 +69,10 @@ impl SharedBytes {
         if len < min_len || len == 0 {
             return Err(bad("queue segment is too small"));
         }
-        Self::map(fd, len, populate)
+        Self::map(fd, len)
     }
 
-    fn map(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SharedBytes> {
-        let flags = if populate {
-            MapFlags::SHARED | MapFlags::POPULATE
-        } else {
-            MapFlags::SHARED
-        };
+    fn map(fd: OwnedFd, len: usize) -> io::Result<SharedBytes> {
         // SAFETY: a fresh mapping (null hint, no MAP_FIXED) cannot alias any Rust object; the
         // file is sealed at `len` bytes, so every byte of the mapping stays backed and no
         // access can fault with SIGBUS. We only access it through atomics and raw copies.
@@ -108,7 +81,7 @@ impl SharedBytes {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                flags,
+                MapFlags::SHARED,
                 &fd,
                 0,
             )?
@@ -264,22 +237,33 @@ impl SharedBytes {
     }
 }
 
-impl SharedBytes {
-    /// Unmaps the segment and seals it against writing for ever (`F_SEAL_WRITE`, possible
-    /// once no writable mapping is left): the returned memory file can then be read by
-    /// another process as plain immutable bytes ([`SealedBytes`]).
-    pub(crate) fn seal_read_only(self) -> io::Result<OwnedFd> {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `ptr`/`len` are exactly our mapping; `this` is never used or dropped
-        // after this (ManuallyDrop), so no reference into the mapping survives.
-        unsafe {
-            rustix::mm::munmap(this.ptr.as_ptr().cast(), this.len)?;
-        }
-        // SAFETY: moving the descriptor out of the ManuallyDrop; `this` is not used again.
-        let fd = unsafe { std::ptr::read(&this.fd) };
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SEAL)?;
-        Ok(fd)
+/// A new memory file holding a copy of `bytes` (not empty), sealed read-only: how a large
+/// message travels by descriptor (a queue's spilled item, a pipe's large message), to be
+/// mapped by the receiver as [`SealedBytes`]. It has no name: nothing is left behind when
+/// the last descriptor is closed, whoever holds it is killed.
+///
+/// It is written through the file, not through a mapping: each page is filled as it is
+/// allocated (not zeroed first), no page tables are built and torn down, and no writable
+/// mapping stands in the way of `F_SEAL_WRITE`.
+pub(crate) fn sealed_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
+    if bytes.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
     }
+    let fd = rustix::fs::memfd_create(
+        "multiproc-message",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(&fd, &bytes[done..], done as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fcntl_add_seals(&fd, SEALS | SealFlags::WRITE)?;
+    Ok(fd)
 }
 
 /// A read-only mapping of a memory file that is sealed against writing and resizing: no
@@ -460,12 +444,12 @@ mod tests {
 
     #[test]
     fn sealed_read_only_segments() {
-        let s = SharedBytes::create_populated(10_000).unwrap();
-        s.write(5, b"abc");
-        let fd = s.seal_read_only().unwrap();
+        let mut bytes = vec![0u8; 10_000];
+        bytes[5..8].copy_from_slice(b"abc");
+        let fd = sealed_copy(&bytes).unwrap();
         let dup = super::super::socket::dup_fd(&fd).unwrap();
         let r = SealedBytes::from_fd(fd, 10_000).unwrap();
-        assert_eq!(&r.as_slice()[5..8], b"abc");
+        assert_eq!(r.as_slice(), &bytes[..]);
         assert!(
             rustix::io::write(&dup, b"x").is_err(),
             "sealed against writes"

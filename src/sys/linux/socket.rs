@@ -1,4 +1,5 @@
-//! Unix stream sockets that carry bytes and file descriptors (`SCM_RIGHTS`).
+//! Unix stream and sequenced-packet sockets that carry bytes and file descriptors
+//! (`SCM_RIGHTS`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -10,7 +11,8 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
-    RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
+    SocketType,
 };
 
 /// Non-blocking reads tried before a blocking one (each a few hundred nanoseconds).
@@ -21,19 +23,130 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
 /// A connected pair of Unix stream sockets, close-on-exec.
 pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    // Bigger buffers let large messages stream with fewer context switches. (A Unix stream
-    // socket's sender is limited by its send buffer alone; the receive buffer size is not
-    // used.) Failure to enlarge is harmless.
+    pair(SocketType::STREAM)
+}
+
+/// A connected pair of Unix sequenced-packet sockets, close-on-exec: each send is one
+/// packet that arrives whole or not at all (a sender killed at any instant leaves no part
+/// of one), and each receive takes exactly one packet (a receiver killed at any instant
+/// leaves the next packet whole). The pipes' lanes use them: their packets are small,
+/// large messages travel as sealed memory files attached to one.
+pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    pair(SocketType::SEQPACKET)
+}
+
+fn pair(kind: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None)?;
+    // Bigger buffers let large messages stream with fewer context switches, and more
+    // packets wait (each costs its size plus about 700 bytes). (A Unix socket's sender is
+    // limited by its send buffer alone; the receive buffer size is not used.) Failure to
+    // enlarge is harmless.
     for s in [&a, &b] {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(s, 1 << 20);
     }
     Ok((a, b))
+}
+
+/// Whether `fd` is a sequenced-packet socket.
+pub(crate) fn is_packet_socket(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
+}
+
+/// Sends the concatenation of `parts` as one packet on the packet socket `fd`, with `fds`
+/// attached, blocking while the peer's queue is full. Never raises SIGPIPE.
+pub(crate) fn send_packet(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+    let borrowed = borrow_fds(fds)?;
+    let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut big = Vec::new();
+    let space: &mut [MaybeUninit<u8>] = if borrowed.len() <= 4 {
+        &mut space
+    } else {
+        big.resize(
+            rustix::cmsg_space!(ScmRights(borrowed.len())),
+            MaybeUninit::<u8>::uninit(),
+        );
+        &mut big
+    };
+    loop {
+        let mut control = SendAncillaryBuffer::new(&mut *space);
+        if !borrowed.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        }
+        // A packet socket sends all of it or nothing.
+        match sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What [`recv_packet`] took.
+pub(crate) enum Packet {
+    /// Every copy of the peer is closed and no packet is left.
+    End,
+    /// A packet of `len` bytes (only the first `buf.len()` kept if `cut`; its descriptors
+    /// were lost if `fds_cut`).
+    Got {
+        len: usize,
+        cut: bool,
+        fds_cut: bool,
+    },
+}
+
+/// Takes the next packet from the packet socket `fd` without blocking (`None`: none is
+/// waiting): its bytes into `buf`, its descriptors appended to `fds`.
+pub(crate) fn recv_packet(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Option<Packet>> {
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut *buf)];
+        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+        match recvmsg(fd, &mut iov, &mut control, flags) {
+            Ok(r) => {
+                for msg in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = msg {
+                        fds.extend(it);
+                    }
+                }
+                let cut = r.flags.contains(ReturnFlags::TRUNC);
+                let fds_cut = r.flags.contains(ReturnFlags::CTRUNC);
+                if r.bytes == 0 && !cut {
+                    // No packet this crate sends is empty: the end of the stream.
+                    return Ok(Some(Packet::End));
+                }
+                return Ok(Some(Packet::Got {
+                    len: r.bytes,
+                    cut,
+                    fds_cut,
+                }));
+            }
+            Err(Errno::AGAIN) => return Ok(None),
+            // A pending error (the peer closed with packets it had not read) is reported
+            // once, before the packets that wait: look again.
+            Err(Errno::INTR | Errno::CONNRESET) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Throws the next packet of the packet socket `fd` away (descriptors attached to it are
+/// closed), without blocking.
+pub(crate) fn discard_packet(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut one = [0u8; 1];
+    loop {
+        match rustix::net::recv(fd, &mut one, RecvFlags::DONTWAIT) {
+            Ok(_) | Err(Errno::AGAIN) => return Ok(()),
+            Err(Errno::INTR | Errno::CONNRESET) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Writes every byte of `parts` (in order) to the stream socket `fd`, attaching `fds` to the
@@ -290,34 +403,19 @@ pub(crate) fn readable_of(
     }
 }
 
-/// Copies up to `buf.len()` bytes from the front of the stream socket `fd` without taking
-/// them and without blocking. `None`: nothing has arrived yet; `Some(0)`: end of stream.
+/// Copies up to `buf.len()` bytes from the front of the socket `fd` (a stream, or the next
+/// packet of a packet socket) without taking them and without blocking. `None`: nothing has arrived yet; `Some(0)`: end of stream.
 pub(crate) fn peek_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
     loop {
         match rustix::net::recv(fd, &mut *buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
             Ok((n, _)) => return Ok(Some(n)),
             Err(Errno::AGAIN) => return Ok(None),
-            Err(Errno::INTR) => continue,
+            // A pending error (the peer closed with bytes it had not read) is reported once;
+            // a packet socket reports it even before the packets that wait: look again.
+            Err(Errno::INTR | Errno::CONNRESET) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Takes exactly `n` (at most 64) bytes off the front of the stream socket `fd` and throws
-/// them away, blocking until they have arrived. Fails with `UnexpectedEof` if the stream
-/// ends first.
-pub(crate) fn discard_exact(fd: BorrowedFd<'_>, n: usize) -> io::Result<()> {
-    let mut scratch = [0u8; 64];
-    let mut left = n.min(scratch.len());
-    while left > 0 {
-        match rustix::net::recv(fd, &mut scratch[..left], RecvFlags::empty()) {
-            Ok((0, _)) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok((k, _)) => left -= k,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Whether every copy of the other end of the connected socket `fd` is closed (the kernel
