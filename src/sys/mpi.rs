@@ -2,7 +2,8 @@
 //! its buffer for as long as MPI may read it (rsmpi ties a request to a borrowed buffer and
 //! panics when one is dropped unfinished). Everything else about MPI goes through rsmpi.
 //!
-//! Only the thread that initialised MPI calls these (`MPI_THREAD_FUNNELED`).
+//! MPI runs with `MPI_THREAD_SERIALIZED`: these are called by one thread at a time, under
+//! the cluster pool's MPI lock (`pool::cluster::net::mpi`).
 
 use mpi::ffi;
 use mpi::raw::AsRaw;
@@ -16,6 +17,11 @@ pub(crate) struct PendingSend {
     buf: Vec<u8>,
     done: bool,
 }
+
+// SAFETY: the request handle is plain data that MPI lets any thread use under
+// MPI_THREAD_SERIALIZED, provided no two threads call MPI at once: every call on it
+// (`test`) is made under the cluster pool's MPI lock, wherever the value has moved.
+unsafe impl Send for PendingSend {}
 
 /// Starts sending `buf` to `rank` of `comm` with `tag`.
 pub(crate) fn isend(

@@ -1,21 +1,21 @@
 //! A node agent: what every rank but 0 runs instead of `main`. It builds a local pool for
 //! each cluster pool of rank 0, feeds it the jobs rank 0 sends, and sends the results back.
-//! Runs on the rank's MPI thread (the only one that calls MPI); the local pools' threads
-//! hand it their results through a channel.
+//! Runs on the rank's MPI thread, which receives what rank 0 sends; the local pools'
+//! threads send each result to rank 0 themselves, as it comes (under the MPI lock).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpi::topology::SimpleCommunicator;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::net::{
-    backoff, header, Post, A_ALIVE, A_FAILED, A_READY, A_RESULTS, A_STOPPED, HEARTBEAT, M_BATCH,
-    M_SHUTDOWN, M_START, M_STOP,
+    flush, header, mpi, pause, Msg, A_ALIVE, A_FAILED, A_READY, A_RESULTS, A_STOPPED, HEARTBEAT,
+    M_BATCH, M_SHUTDOWN, M_START, M_STOP, TAG,
 };
 use crate::pool::fail::TaskFail;
 use crate::pool::sched::{Job, Sink};
@@ -113,26 +113,28 @@ fn build_local(spec: &[u8], local_ranks: usize) -> Result<Pool> {
     b.build()
 }
 
-/// What the agent's helpers tell its MPI thread.
+/// What the agent's helper threads tell its MPI thread.
 enum Event {
-    /// A result segment for rank 0.
-    Seg(u64, Vec<u8>),
     Built(u64, std::result::Result<Pool, TaskFail>),
     Stopped(u64),
 }
 
-/// A segment in the worker's reply format.
-fn segment(id: u64, first: usize, count: usize, kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(21 + payload.len());
-    push_segment(&mut b, id, first, count, kind, payload);
-    b
-}
-
-/// Where the local pool puts the outcomes of a job from rank 0: back to rank 0.
+/// Where the local pool puts the outcomes of a job from rank 0: straight to rank 0, one
+/// message per reply of the worker, with the pool's tag.
 struct RemoteSink {
     pool: u64,
+    tag: i32,
     id: u64,
-    tx: Sender<Event>,
+}
+
+impl RemoteSink {
+    /// Sends one segment of results (in the worker's reply format) to rank 0.
+    fn send(&self, first: usize, count: usize, kind: u8, payload: &[u8]) {
+        let mut m = header(A_RESULTS, self.pool);
+        m.reserve(21 + payload.len());
+        push_segment(&mut m, self.id, first, count, kind, payload);
+        mpi().send(0, self.tag, m);
+    }
 }
 
 impl Sink for RemoteSink {
@@ -144,19 +146,92 @@ impl Sink for RemoteSink {
             );
             return self.fail(first, count, &why);
         }
-        let seg = segment(self.id, first, count, SEG_OK, payload);
-        let _ = self.tx.send(Event::Seg(self.pool, seg));
+        self.send(first, count, SEG_OK, payload);
     }
 
     fn fail(&self, first: usize, count: usize, why: &TaskFail) {
         let payload = codec::encode(why).unwrap_or_default();
-        let seg = segment(self.id, first, count, SEG_FAIL, &payload);
-        let _ = self.tx.send(Event::Seg(self.pool, seg));
+        self.send(first, count, SEG_FAIL, &payload);
     }
 }
 
-/// Decodes a batch from rank 0 and queues its jobs on `pool`.
-fn submit_batch(pool: &Pool, id: u64, body: &[u8], tx: &Sender<Event>) -> Result<()> {
+/// Runs a lone task straight on an idle local worker from a thread of its own
+/// (`Shared::run_direct`), as a local `apply` does: no wake-up of the pool's handler thread
+/// on the way. One task at a time: while one runs, the others go through the pool's queue.
+struct Direct {
+    tx: mpsc::Sender<(Arc<Pool>, Job)>,
+    busy: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Direct {
+    fn start() -> Option<Direct> {
+        let (tx, rx) = mpsc::channel::<(Arc<Pool>, Job)>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = busy.clone();
+        let thread = std::thread::Builder::new()
+            .name("multiproc-agent-direct".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                loop {
+                    // Just after a task, the next one is looked for without sleeping.
+                    let next = match pause(last.elapsed()) {
+                        None => match rx.try_recv() {
+                            Ok(x) => x,
+                            Err(mpsc::TryRecvError::Empty) => {
+                                std::thread::yield_now();
+                                continue;
+                            }
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        },
+                        Some(_) => match rx.recv() {
+                            Ok(x) => x,
+                            Err(_) => return,
+                        },
+                    };
+                    let (pool, job) = next;
+                    if let Some(job) = pool.shared.run_direct(job) {
+                        pool.shared.submit(vec![job], true);
+                    }
+                    drop(pool);
+                    done.store(false, Ordering::Release);
+                    last = Instant::now();
+                }
+            })
+            .ok()?;
+        Some(Direct { tx, busy, thread })
+    }
+
+    /// Hands `job` to the thread if it is free; gives it back otherwise.
+    fn offer(&self, pool: &Arc<Pool>, job: Job) -> Option<Job> {
+        if self.busy.load(Ordering::Acquire) {
+            return Some(job);
+        }
+        self.busy.store(true, Ordering::Relaxed);
+        match self.tx.send((pool.clone(), job)) {
+            Ok(()) => None,
+            Err(mpsc::SendError((_, job))) => {
+                self.busy.store(false, Ordering::Relaxed);
+                Some(job)
+            }
+        }
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// Decodes a batch from rank 0 and queues its jobs on `pool` (a lone task goes to
+/// `direct`, if it is free).
+fn submit_batch(
+    pool: &Arc<Pool>,
+    id: u64,
+    tag: i32,
+    body: &[u8],
+    direct: Option<&Direct>,
+) -> Result<()> {
     let mut rd = Reader::new(body);
     let n = rd.u32()?;
     let mut jobs = Vec::with_capacity(n as usize);
@@ -164,47 +239,69 @@ fn submit_batch(pool: &Pool, id: u64, body: &[u8], tx: &Sender<Event>) -> Result
         let (_, job) = Job::decode_wire(&mut rd, |job_id| {
             Arc::new(RemoteSink {
                 pool: id,
+                tag,
                 id: job_id,
-                tx: tx.clone(),
             }) as Arc<dyn Sink>
         })?;
         jobs.push(job);
+    }
+    if let (Some(d), true) = (direct, jobs.len() == 1 && jobs[0].len() == 1) {
+        match jobs.pop().and_then(|j| d.offer(pool, j)) {
+            None => return Ok(()),
+            Some(j) => jobs.push(j),
+        }
     }
     pool.shared.submit(jobs, true);
     Ok(())
 }
 
-/// Most bytes of results sent to rank 0 in one message.
-const MAX_RESULTS_MSG: usize = 4 << 20;
+/// A pool of rank 0 as this agent serves it.
+struct Served {
+    /// Its tag, for the messages to rank 0.
+    tag: i32,
+    /// Its local pool, once built.
+    pool: Option<Arc<Pool>>,
+}
 
 /// The agent's loop; returns when rank 0 says the job is over (every local worker reaped).
-pub(super) fn run(world: &SimpleCommunicator, local_ranks: usize) {
-    let mut post = Post::new(world);
+pub(super) fn run(local_ranks: usize) {
     let (tx, rx) = mpsc::channel::<Event>();
-    let mut pools: HashMap<u64, Arc<Pool>> = HashMap::new();
-    let mut out: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut pools: HashMap<u64, Served> = HashMap::new();
     let mut stoppers: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut last_beat = Instant::now();
-    post.send(0, header(A_ALIVE, 0));
+    mpi().send(0, TAG, header(A_ALIVE, 0));
     let mut last_active = Instant::now();
     let mut shutdown = false;
+    let mut inbox = Vec::new();
+    let mut held: Option<Event> = None;
+    let direct = Direct::start();
     while !shutdown {
         let mut active = false;
         // 1. What rank 0 sent.
-        while let Some((src, bytes)) = post.recv() {
-            active = true;
-            if src != 0 || bytes.len() < 9 {
-                continue;
+        {
+            let mut m = mpi();
+            while let Some((_, bytes)) = m.recv(Some(0), TAG) {
+                inbox.push(bytes);
             }
-            let kind = bytes[0];
-            let mut idb = [0u8; 8];
-            idb.copy_from_slice(&bytes[1..9]);
-            let id = u64::from_le_bytes(idb);
-            let body = &bytes[9..];
-            match kind {
+        }
+        for bytes in inbox.drain(..) {
+            active = true;
+            let Some(msg) = Msg::parse(bytes) else {
+                continue;
+            };
+            let id = msg.pool;
+            let body = msg.body();
+            match msg.kind {
                 M_START => {
+                    let Some(tag) = body
+                        .get(..4)
+                        .map(|t| i32::from_le_bytes(t.try_into().unwrap_or_default()))
+                    else {
+                        continue;
+                    };
+                    pools.insert(id, Served { tag, pool: None });
                     let to_me = tx.clone();
-                    let spec = body.to_vec();
+                    let spec = body[4..].to_vec();
                     let r = std::thread::Builder::new()
                         .name("multiproc-agent-start".into())
                         .spawn(move || {
@@ -217,20 +314,24 @@ pub(super) fn run(world: &SimpleCommunicator, local_ranks: usize) {
                     }
                 }
                 M_BATCH => {
-                    let r = match pools.get(&id) {
-                        Some(p) => submit_batch(p, id, body, &tx),
+                    let Some(s) = pools.get(&id) else { continue };
+                    let r = match &s.pool {
+                        Some(p) => {
+                            let r = submit_batch(p, id, s.tag, body, direct.as_ref());
+                            r
+                        }
                         None => Err(Error::Closed),
                     };
                     if let Err(e) = r {
                         let mut m = header(A_FAILED, id);
                         let _ = codec::encode_into(&TaskFail::from_error(&e), &mut m);
-                        post.send(0, m);
+                        mpi().send(0, s.tag, m);
                     }
                 }
-                M_STOP => match pools.remove(&id) {
+                M_STOP => match pools.get_mut(&id).and_then(|s| s.pool.take()) {
                     Some(p) => {
                         let kill = body.first() == Some(&1);
-                        let tx = tx.clone();
+                        let to_me = tx.clone();
                         let r = std::thread::Builder::new()
                             .name("multiproc-agent-stop".into())
                             .spawn(move || {
@@ -241,14 +342,20 @@ pub(super) fn run(world: &SimpleCommunicator, local_ranks: usize) {
                                     let _ = p.join();
                                 }
                                 drop(p);
-                                let _ = tx.send(Event::Stopped(id));
+                                let _ = to_me.send(Event::Stopped(id));
                             });
                         match r {
                             Ok(h) => stoppers.push(h),
-                            Err(_) => post.send(0, header(A_STOPPED, id)),
+                            Err(_) => {
+                                let _ = tx.send(Event::Stopped(id));
+                            }
                         }
                     }
-                    None => post.send(0, header(A_STOPPED, id)),
+                    None => {
+                        if let Some(s) = pools.remove(&id) {
+                            mpi().send(0, s.tag, header(A_STOPPED, id));
+                        }
+                    }
                 },
                 M_SHUTDOWN => shutdown = true,
                 _ => {}
@@ -257,68 +364,66 @@ pub(super) fn run(world: &SimpleCommunicator, local_ranks: usize) {
         if shutdown {
             break;
         }
-        // 2. What the local pools did.
-        let wait =
-            backoff(last_active.elapsed()).min(HEARTBEAT.saturating_sub(last_beat.elapsed()));
-        let first = if wait.is_zero() {
-            std::thread::yield_now();
-            rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-        } else {
-            rx.recv_timeout(wait)
-        };
-        let mut next = first.ok();
-        while let Some(ev) = next.take() {
+        // 2. What the helper threads did.
+        while let Some(ev) = held.take().or_else(|| rx.try_recv().ok()) {
             active = true;
             match ev {
-                Event::Seg(id, seg) => {
-                    let buf = out.entry(id).or_insert_with(|| header(A_RESULTS, id));
-                    buf.extend_from_slice(&seg);
-                    if buf.len() >= MAX_RESULTS_MSG {
-                        if let Some(b) = out.remove(&id) {
-                            post.send(0, b);
+                Event::Built(id, r) => {
+                    let Some(s) = pools.get_mut(&id) else {
+                        continue;
+                    };
+                    let tag = s.tag;
+                    let m = match r {
+                        Ok(p) => {
+                            let mut m = header(A_READY, id);
+                            m.extend_from_slice(&(p.processes() as u32).to_le_bytes());
+                            s.pool = Some(Arc::new(p));
+                            m
                         }
-                    }
-                }
-                Event::Built(id, Ok(p)) => {
-                    let mut m = header(A_READY, id);
-                    m.extend_from_slice(&(p.processes() as u32).to_le_bytes());
-                    pools.insert(id, Arc::new(p));
-                    post.send(0, m);
-                }
-                Event::Built(id, Err(f)) => {
-                    let mut m = header(A_FAILED, id);
-                    let _ = codec::encode_into(&f, &mut m);
-                    post.send(0, m);
+                        Err(f) => {
+                            // Rank 0 gives the pool up: nothing more comes for it.
+                            pools.remove(&id);
+                            let mut m = header(A_FAILED, id);
+                            let _ = codec::encode_into(&f, &mut m);
+                            m
+                        }
+                    };
+                    mpi().send(0, tag, m);
                 }
                 Event::Stopped(id) => {
-                    // Results sent before the pool stopped go first.
-                    if let Some(b) = out.remove(&id) {
-                        post.send(0, b);
+                    // Every result of the pool went before (its threads sent them).
+                    if let Some(s) = pools.remove(&id) {
+                        mpi().send(0, s.tag, header(A_STOPPED, id));
                     }
-                    post.send(0, header(A_STOPPED, id));
                 }
             }
-            next = rx.try_recv().ok();
-        }
-        for (_, b) in out.drain() {
-            post.send(0, b);
         }
         if last_beat.elapsed() >= HEARTBEAT {
             last_beat = Instant::now();
-            post.send(0, header(A_ALIVE, 0));
+            mpi().send(0, TAG, header(A_ALIVE, 0));
         }
-        post.progress();
         if active {
             last_active = Instant::now();
         }
+        // 3. Wait a little: MPI cannot wake this thread.
+        match pause(last_active.elapsed()) {
+            None => std::thread::yield_now(),
+            Some(d) => {
+                let d = d.min(HEARTBEAT.saturating_sub(last_beat.elapsed()));
+                held = rx.recv_timeout(d).ok();
+            }
+        }
     }
     // The job is over: stop every local worker.
-    for p in pools.values() {
+    for p in pools.values().filter_map(|s| s.pool.as_ref()) {
         let _ = p.terminate();
     }
     drop(pools);
+    if let Some(d) = direct {
+        d.stop();
+    }
     for h in stoppers {
         let _ = h.join();
     }
-    post.flush(Duration::from_secs(10));
+    flush(Duration::from_secs(10));
 }

@@ -35,7 +35,8 @@
 //! # What travels, and how often
 //!
 //! Rank 0 cuts the work into the same chunks as the local pool and sends each chunk to a
-//! rank as one MPI message; results come back per chunk. Functions travel as checked
+//! rank as one MPI message (while a rank's tasks are short, a second chunk per worker
+//! travels while the first runs); results come back as the workers send them. Functions travel as checked
 //! references into the binary, so every rank must run the same build (a mismatch is
 //! [`Error::BuildMismatch`](crate::Error::BuildMismatch)). Data every task needs (a model,
 //! a table) travels **once per rank**: give it to [`PoolBuilder::initializer`] — its
@@ -84,10 +85,15 @@
 //!
 //! # Threads and MPI
 //!
-//! MPI is initialised (`MPI_THREAD_FUNNELED`) on one thread per rank, which alone makes
-//! every MPI call of the process; the pool's other threads talk to it through channels.
-//! MPI is finalised when rank 0's `main` returns (or `std::process::exit` is called), after
-//! telling every agent to stop its workers.
+//! MPI is initialised with `MPI_THREAD_SERIALIZED` on one thread per rank. Any thread of
+//! the pool may then call MPI, one at a time under one lock: on rank 0 the handler thread
+//! of each rank sends that rank its tasks and receives its results itself, and on an agent
+//! the local pool's threads send each result as it comes — no thread hands a message to
+//! another for MPI's sake. MPI cannot wake a sleeping thread, so a thread that waits for a
+//! message yields the processor between looks for a millisecond after the last one
+//! (a quick series of `apply` calls stays quick), then sleeps longer and longer, up to a
+//! millisecond. MPI is finalised when rank 0's `main` returns (or `std::process::exit` is
+//! called), after telling every agent to stop its workers.
 //!
 //! [`PoolBuilder::cluster`]: crate::PoolBuilder::cluster
 //! [`PoolBuilder::root_processes`]: crate::PoolBuilder::root_processes

@@ -1,19 +1,24 @@
-//! The MPI thread of each rank: the only thread that calls MPI, and the wire between ranks.
+//! The MPI side of each rank: the wire between ranks, the lock every MPI call is made
+//! under, and rank 0's watch over the agents.
 //!
-//! Every message has the tag [`TAG`] and starts with `[kind u8][pool u64]`.
+//! MPI runs with `MPI_THREAD_SERIALIZED`: any thread may call MPI, one at a time, holding
+//! [`mpi()`]. So the threads that wait for a message call MPI themselves, with no hand-off
+//! to a thread of its own on the way: on rank 0 each handler thread (one per pool and
+//! rank, `remote.rs`) sends its batches and receives its results; on an agent the pools'
+//! threads send their results.
 //!
-//! Rank 0 → agent: `M_START` + the encoded `PoolSpec`; `M_BATCH` + `[njobs u32]` and jobs
-//! in the pool's own job format (`Job::encode_into`); `M_STOP` + `[kill u8]`;
-//! `M_SHUTDOWN` (pool 0).
-//!
-//! Agent → rank 0: `A_READY` + `[workers u32]`; `A_FAILED` + an encoded `TaskFail`;
-//! `A_RESULTS` + result segments in the worker's reply format
-//! (`[id u64][first u32][count u32][len u32][kind u8]` + `len` bytes); `A_STOPPED`;
-//! `A_ALIVE` (pool 0), the heartbeat.
+//! Every message starts with `[kind u8][pool u64]`. Rank 0 → agent, tag [`TAG`]:
+//! `M_START` + `[tag i32]` + the encoded `PoolSpec`; `M_BATCH` + `[njobs u32]` and jobs in
+//! the pool's own job format (`Job::encode_into`); `M_STOP` + `[kill u8]`; `M_SHUTDOWN`
+//! (pool 0). Agent → rank 0, with the pool's own tag (given in `M_START`, so that each
+//! handler receives only its pool's messages, in order): `A_READY` + `[workers u32]`;
+//! `A_FAILED` + an encoded `TaskFail`; `A_RESULTS` + result segments in the worker's reply
+//! format (`[id u64][first u32][count u32][len u32][kind u8]` + `len` bytes); `A_STOPPED`,
+//! the pool's last message. And with tag [`TAG`]: `A_ALIVE` (pool 0), the heartbeat.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +28,8 @@ use mpi::traits::*;
 
 use crate::{sys, Error, Result};
 
+/// The tag of rank 0's messages to the agents, and of the heartbeats. A pool's messages
+/// to rank 0 have tags below it.
 pub(super) const TAG: i32 = 0x6d70;
 pub(super) const M_START: u8 = 1;
 pub(super) const M_BATCH: u8 = 2;
@@ -45,19 +52,127 @@ pub(super) fn header(kind: u8, pool: u64) -> Vec<u8> {
     b
 }
 
-/// What a rank-0 handler thread of one pool hears about its rank.
+/// A message: its kind, the pool it is about, and its bytes (the header included).
+pub(crate) struct Msg {
+    pub(super) kind: u8,
+    pub(super) pool: u64,
+    bytes: Vec<u8>,
+}
+
+impl Msg {
+    /// Splits a message's header off; `None` if it is too short to have one.
+    pub(super) fn parse(bytes: Vec<u8>) -> Option<Msg> {
+        let id: [u8; 8] = bytes.get(1..9)?.try_into().ok()?;
+        Some(Msg {
+            kind: bytes[0],
+            pool: u64::from_le_bytes(id),
+            bytes,
+        })
+    }
+
+    /// The bytes after the header.
+    pub(super) fn body(&self) -> &[u8] {
+        &self.bytes[9..]
+    }
+}
+
+/// What a rank-0 handler thread of one pool hears from rank 0's MPI thread.
 pub(crate) enum Incoming {
-    /// A message from the rank: its kind and the bytes after the header.
-    Msg(u8, Vec<u8>),
     /// The pool is being terminated.
     Terminate,
     /// The rank is lost.
     Lost(String),
 }
 
+/// The process's MPI, with the sends that are still on their way. Every MPI call of the
+/// process is made holding it (see [`mpi()`]).
+pub(super) struct Mpi {
+    pending: Vec<sys::mpi::PendingSend>,
+    /// MPI is up (and not finalised yet): calls may be made.
+    up: bool,
+}
+
+static MPI: Mutex<Mpi> = Mutex::new(Mpi {
+    pending: Vec::new(),
+    up: false,
+});
+
+/// Takes the MPI lock: only its holder calls MPI (`MPI_THREAD_SERIALIZED`). Hold it for
+/// a few calls at most, never while waiting.
+pub(super) fn mpi() -> MutexGuard<'static, Mpi> {
+    MPI.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Mpi {
+    /// Starts sending `bytes` to `rank` with `tag` (MPI owns them until the send is done).
+    pub(super) fn send(&mut self, rank: usize, tag: i32, bytes: Vec<u8>) {
+        if !self.up {
+            return;
+        }
+        let world = SimpleCommunicator::world();
+        match sys::mpi::isend(&world, rank as i32, tag, bytes) {
+            Ok(p) => self.pending.push(p),
+            Err(e) => crate::log::log_event!(Error, "MPI send to rank {rank}: {e}"),
+        }
+    }
+
+    /// The next message that arrived with `tag` (from `from`, or from any rank), with its
+    /// source. Lets finished sends go as well.
+    pub(super) fn recv(&mut self, from: Option<usize>, tag: i32) -> Option<(usize, Vec<u8>)> {
+        if !self.up {
+            return None;
+        }
+        self.progress();
+        let world = SimpleCommunicator::world();
+        let probed = match from {
+            Some(r) => world
+                .process_at_rank(r as i32)
+                .immediate_matched_probe_with_tag(tag)?,
+            None => world.any_process().immediate_matched_probe_with_tag(tag)?,
+        };
+        let (bytes, status) = probed.matched_receive_vec::<u8>();
+        Some((status.source_rank() as usize, bytes))
+    }
+
+    /// Lets finished sends go; whether any is still on its way.
+    pub(super) fn progress(&mut self) -> bool {
+        if self.up {
+            self.pending.retain_mut(|p| !p.test());
+        }
+        !self.pending.is_empty()
+    }
+}
+
+/// Waits (receiving nothing) until every send is done, or `limit` passed.
+pub(super) fn flush(limit: Duration) {
+    let end = Instant::now() + limit;
+    while mpi().progress() && Instant::now() < end {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// How long a thread that waits for MPI messages yields the processor and looks again,
+/// after the last activity, before it sleeps between looks.
+pub(super) const SPIN: Duration = Duration::from_millis(1);
+
+/// How a thread that waits for MPI messages (MPI cannot wake a sleeping thread) pauses
+/// `idle` after the last activity: `None`, just yield the processor (a quick round trip
+/// stays quick, and another process's thread on this core runs meanwhile); then sleeps
+/// longer and longer, up to a millisecond.
+pub(super) fn pause(idle: Duration) -> Option<Duration> {
+    if idle < SPIN {
+        None
+    } else if idle < Duration::from_millis(10) {
+        Some(Duration::from_micros(50))
+    } else if idle < Duration::from_millis(100) {
+        Some(Duration::from_micros(200))
+    } else {
+        Some(Duration::from_millis(1))
+    }
+}
+
 /// Requests to rank 0's MPI thread.
 enum Cmd {
-    Send(usize, Vec<u8>),
     Register(u64, Vec<(usize, Sender<Incoming>)>),
     Unregister(u64),
     Shutdown,
@@ -80,12 +195,12 @@ pub(crate) fn world() -> Option<&'static World> {
 }
 
 impl World {
-    /// Sends `bytes` to `rank` (in the background).
+    /// Sends `bytes` to agent `rank` (in the background).
     pub(crate) fn send(&self, rank: usize, bytes: Vec<u8>) {
-        let _ = self.cmds.send(Cmd::Send(rank, bytes));
+        mpi().send(rank, TAG, bytes);
     }
 
-    /// Routes messages about `pool` from each listed rank to its channel.
+    /// Tells each listed rank's channel when that rank is lost.
     pub(crate) fn register(&self, pool: u64, routes: Vec<(usize, Sender<Incoming>)>) {
         let _ = self.cmds.send(Cmd::Register(pool, routes));
     }
@@ -163,90 +278,40 @@ extern "C" fn shutdown_at_exit() {
 }
 
 /// The MPI thread's body: initialises MPI, reports `(rank, size, ranks on this node)`, then
-/// serves as rank 0's post office or as a node agent; MPI is finalised when it returns.
+/// serves as rank 0's watch or as a node agent; MPI is finalised when it returns (under
+/// the MPI lock, after which no thread calls MPI).
 fn mpi_main(info: Sender<Result<(usize, usize, usize)>>, cmds: Receiver<Cmd>) {
-    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Funneled) else {
+    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
         let _ = info.send(Err(Error::invalid("MPI was already initialised")));
         return;
     };
-    if matches!(threading, Threading::Single) {
-        let _ = info.send(Err(Error::invalid(
-            "the MPI library gives no thread support (MPI_THREAD_SINGLE)",
-        )));
+    if threading < Threading::Serialized {
+        let _ = info.send(Err(Error::invalid(format!(
+            "the MPI library gives too little thread support ({threading:?}; \
+             MPI_THREAD_SERIALIZED is needed)"
+        ))));
         return;
     }
-    let world = universe.world();
-    let rank = world.rank() as usize;
-    let size = world.size() as usize;
-    let local_ranks = world.split_shared(world.rank()).size().max(1) as usize;
+    let (rank, size, local_ranks) = {
+        let world = universe.world();
+        let shared = world.split_shared(world.rank());
+        (
+            world.rank() as usize,
+            world.size() as usize,
+            shared.size().max(1) as usize,
+        )
+    };
+    mpi().up = true;
     let _ = info.send(Ok((rank, size, local_ranks)));
     if rank == 0 {
-        root_loop(&world, size, cmds);
+        root_loop(size, cmds);
     } else {
-        super::agent::run(&world, local_ranks);
+        super::agent::run(local_ranks);
     }
+    let mut m = mpi();
+    m.up = false;
     drop(universe);
-}
-
-/// Sends and receives for one rank, with the sends that are still on their way.
-pub(super) struct Post<'a> {
-    pub(super) world: &'a SimpleCommunicator,
-    pending: Vec<sys::mpi::PendingSend>,
-}
-
-impl<'a> Post<'a> {
-    pub(super) fn new(world: &'a SimpleCommunicator) -> Post<'a> {
-        Post {
-            world,
-            pending: Vec::new(),
-        }
-    }
-
-    pub(super) fn send(&mut self, rank: usize, bytes: Vec<u8>) {
-        match sys::mpi::isend(self.world, rank as i32, TAG, bytes) {
-            Ok(p) => self.pending.push(p),
-            Err(e) => crate::log::log_event!(Error, "MPI send to rank {rank}: {e}"),
-        }
-    }
-
-    /// The next message that arrived, with its source.
-    pub(super) fn recv(&mut self) -> Option<(usize, Vec<u8>)> {
-        let probed = self
-            .world
-            .any_process()
-            .immediate_matched_probe_with_tag(TAG)?;
-        let (bytes, status) = probed.matched_receive_vec::<u8>();
-        Some((status.source_rank() as usize, bytes))
-    }
-
-    /// Lets finished sends go; whether any is still on its way.
-    pub(super) fn progress(&mut self) -> bool {
-        self.pending.retain_mut(|p| !p.test());
-        !self.pending.is_empty()
-    }
-
-    /// Waits (receiving and dropping nothing) until every send is done, or `limit` passed.
-    pub(super) fn flush(&mut self, limit: Duration) {
-        let end = Instant::now() + limit;
-        while self.progress() && Instant::now() < end {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-}
-
-/// How long an idle MPI thread waits before looking for messages again: not at all just
-/// after some activity (a quick round trip stays quick), then longer and longer, up to a
-/// millisecond.
-pub(super) fn backoff(idle: Duration) -> Duration {
-    if idle < Duration::from_micros(300) {
-        Duration::ZERO
-    } else if idle < Duration::from_millis(5) {
-        Duration::from_micros(20)
-    } else if idle < Duration::from_millis(100) {
-        Duration::from_micros(200)
-    } else {
-        Duration::from_millis(1)
-    }
+    drop(m);
 }
 
 /// The rank timeout: `MULTIPROC_RANK_TIMEOUT` seconds, 30 by default.
@@ -258,47 +323,27 @@ fn rank_timeout() -> Duration {
         .map_or(Duration::from_secs(30), Duration::from_secs_f64)
 }
 
-/// Rank 0's MPI thread: sends what the pools hand it, routes what the agents send, watches
-/// that every agent is alive.
-fn root_loop(world: &SimpleCommunicator, size: usize, cmds: Receiver<Cmd>) {
-    let mut post = Post::new(world);
+/// How often rank 0's MPI thread looks for heartbeats (and lets finished sends go).
+const WATCH: Duration = Duration::from_millis(5);
+
+/// Rank 0's MPI thread: watches that every agent is alive (its heartbeats), tells the
+/// pools' handlers of a rank that is lost, and at the end tells every agent to stop.
+fn root_loop(size: usize, cmds: Receiver<Cmd>) {
     let mut routes: HashMap<u64, Vec<(usize, Sender<Incoming>)>> = HashMap::new();
     let mut last_heard = vec![Instant::now(); size];
     let mut lost: Vec<Option<String>> = vec![None; size];
     let timeout = rank_timeout();
-    let mut last_active = Instant::now();
     let mut last_check = Instant::now();
     let mut shutdown = false;
     while !shutdown {
-        let mut active = false;
         // 1. What the pools ask for.
-        let wait = if routes.is_empty() && !post.progress() {
-            Duration::from_millis(100)
-        } else {
-            backoff(last_active.elapsed())
-        };
-        let first = if wait.is_zero() {
-            std::thread::yield_now();
-            cmds.try_recv().map_err(|e| match e {
-                mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-            })
-        } else {
-            cmds.recv_timeout(wait)
-        };
-        let mut next = match first {
+        let mut next = match cmds.recv_timeout(WATCH) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => Some(Cmd::Shutdown),
         };
         while let Some(cmd) = next.take() {
-            active = true;
             match cmd {
-                Cmd::Send(rank, bytes) => {
-                    if rank < size && lost[rank].is_none() {
-                        post.send(rank, bytes);
-                    }
-                }
                 Cmd::Register(pool, r) => {
                     for (rank, tx) in &r {
                         if let Some(Some(why)) = lost.get(*rank) {
@@ -314,32 +359,14 @@ fn root_loop(world: &SimpleCommunicator, size: usize, cmds: Receiver<Cmd>) {
             }
             next = cmds.try_recv().ok();
         }
-        // 2. What the agents sent.
-        while let Some((src, bytes)) = post.recv() {
-            active = true;
-            if src >= size {
-                continue;
-            }
-            last_heard[src] = Instant::now();
-            if bytes.len() < 9 {
-                continue;
-            }
-            let kind = bytes[0];
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&bytes[1..9]);
-            let pool = u64::from_le_bytes(id);
-            if kind == A_ALIVE {
-                continue;
-            }
-            if let Some(r) = routes.get(&pool) {
-                if let Some((_, tx)) = r.iter().find(|(rank, _)| *rank == src) {
-                    let _ = tx.send(Incoming::Msg(kind, bytes[9..].to_vec()));
+        // 2. The heartbeats.
+        {
+            let mut m = mpi();
+            while let Some((src, _)) = m.recv(None, TAG) {
+                if let Some(t) = last_heard.get_mut(src) {
+                    *t = Instant::now();
                 }
             }
-        }
-        post.progress();
-        if active {
-            last_active = Instant::now();
         }
         // 3. Is every agent alive?
         if last_check.elapsed() >= Duration::from_millis(500) {
@@ -362,8 +389,11 @@ fn root_loop(world: &SimpleCommunicator, size: usize, cmds: Receiver<Cmd>) {
     }
     // Rank 0's main is over: every agent stops its workers and leaves (one declared lost
     // too: if it only hung, it may yet hear it; a send that never completes is left).
-    for rank in 1..size {
-        post.send(rank, header(M_SHUTDOWN, 0));
+    {
+        let mut m = mpi();
+        for rank in 1..size {
+            m.send(rank, TAG, header(M_SHUTDOWN, 0));
+        }
     }
-    post.flush(Duration::from_secs(10));
+    flush(Duration::from_secs(10));
 }

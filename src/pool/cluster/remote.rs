@@ -1,11 +1,12 @@
 //! Rank 0's side of a cluster pool: building it across the ranks, and one handler thread
 //! per other rank that serves that rank from the pool's queue, like a local handler serves
-//! its worker process.
+//! its worker process. Each handler sends its batches and receives its rank's answers
+//! (the messages with its pool's tag) itself, under the MPI lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -13,8 +14,8 @@ use serde::Serialize;
 
 use super::agent::{PoolSpec, RemoteInit};
 use super::net::{
-    header, world, Incoming, World, A_FAILED, A_READY, A_RESULTS, A_STOPPED, M_BATCH, M_START,
-    M_STOP,
+    header, mpi, pause, world, Incoming, Msg, World, A_FAILED, A_READY, A_RESULTS, A_STOPPED,
+    M_BATCH, M_START, M_STOP, TAG,
 };
 use crate::pool::fail::TaskFail;
 use crate::pool::sched::{Job, Shared, Take};
@@ -36,6 +37,7 @@ where
 /// What a [`Pool`] keeps of its other ranks.
 pub(crate) struct Remote {
     pool: u64,
+    tag: i32,
     routes: Vec<Sender<Incoming>>,
 }
 
@@ -53,10 +55,99 @@ impl Drop for Remote {
         if let Some(w) = world() {
             w.unregister(self.pool);
         }
+        // Its handlers are gone (the pool joined them): the tag is free again.
+        TAGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.tag);
     }
 }
 
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
+
+/// The tags of the live cluster pools: each has its own, so that its handlers receive only
+/// its messages.
+static TAGS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// A tag for a new pool: the lowest one that no live pool has.
+fn new_tag() -> Result<i32> {
+    let mut tags = TAGS.lock().unwrap_or_else(|p| p.into_inner());
+    let tag = (1..TAG)
+        .find(|t| !tags.contains(t))
+        .ok_or_else(|| Error::invalid("too many cluster pools at once"))?;
+    tags.insert(tag);
+    Ok(tag)
+}
+
+/// A handler's line to its rank, for one pool: the messages with the pool's tag, and word
+/// from rank 0's MPI thread (a rank lost) or from the pool (terminate).
+struct Link {
+    pool: u64,
+    rank: usize,
+    tag: i32,
+    rx: Receiver<Incoming>,
+    /// When the last message came (how long to keep looking without sleeping).
+    active: Instant,
+}
+
+/// What a handler hears on its [`Link`].
+enum Heard {
+    Msg(Msg),
+    Event(Incoming),
+}
+
+impl Link {
+    fn new(pool: u64, rank: usize, tag: i32, rx: Receiver<Incoming>) -> Link {
+        Link {
+            pool,
+            rank,
+            tag,
+            rx,
+            active: Instant::now(),
+        }
+    }
+
+    /// What arrived, if anything (not waiting).
+    fn poll(&mut self) -> Option<Heard> {
+        match self.rx.try_recv() {
+            Ok(i) => return Some(Heard::Event(i)),
+            Err(TryRecvError::Disconnected) => {
+                return Some(Heard::Event(Incoming::Lost(
+                    "the MPI job is ending (rank 0's main returned)".into(),
+                )))
+            }
+            Err(TryRecvError::Empty) => {}
+        }
+        loop {
+            let (_, bytes) = mpi().recv(Some(self.rank), self.tag)?;
+            match Msg::parse(bytes) {
+                // A message of an earlier pool that had this tag is dropped.
+                Some(m) if m.pool == self.pool => return Some(Heard::Msg(m)),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next message or event, waiting for it: yielding the processor between looks
+    /// for a while after the last one, then sleeping longer and longer (MPI cannot wake
+    /// a sleeping thread; word from rank 0's threads does).
+    fn next(&mut self) -> Heard {
+        loop {
+            if let Some(h) = self.poll() {
+                self.active = Instant::now();
+                return h;
+            }
+            match pause(self.active.elapsed()) {
+                None => std::thread::yield_now(),
+                Some(d) => {
+                    if let Ok(i) = self.rx.recv_timeout(d) {
+                        self.active = Instant::now();
+                        return Heard::Event(i);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Builds a cluster pool: a local pool on rank 0 whose queue is also served by every other
 /// rank. A plain local pool when this is no MPI job (or a job of one rank).
@@ -91,21 +182,27 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
         init,
     };
     let pool_id = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
+    let tag = new_tag()?;
     let mut start = header(M_START, pool_id);
-    codec::encode_into(&spec, &mut start)?;
+    start.extend_from_slice(&tag.to_le_bytes());
+    if let Err(e) = codec::encode_into(&spec, &mut start) {
+        TAGS.lock().unwrap_or_else(|p| p.into_inner()).remove(&tag);
+        return Err(e);
+    }
     let ranks: Vec<usize> = (1..world.size).collect();
     let mut routes = Vec::new();
     let mut txs = Vec::new();
-    let mut rxs = Vec::new();
+    let mut links = Vec::new();
     for &r in &ranks {
         let (tx, rx) = mpsc::channel();
         routes.push((r, tx.clone()));
         txs.push(tx);
-        rxs.push(rx);
+        links.push(Link::new(pool_id, r, tag, rx));
     }
     world.register(pool_id, routes);
     let remote = Remote {
         pool: pool_id,
+        tag,
         routes: txs,
     };
     for &r in &ranks {
@@ -115,8 +212,8 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
     let local = b.build_local(root_n, ranks.len());
     let mut counts = Vec::with_capacity(ranks.len());
     let mut failure: Option<TaskFail> = None;
-    for (&rank, rx) in ranks.iter().zip(&rxs) {
-        match wait_ready(rx, rank) {
+    for link in &mut links {
+        match wait_ready(link) {
             Ok(k) => counts.push(Some(k)),
             Err(f) => {
                 counts.push(None);
@@ -131,9 +228,9 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
     if let Some(f) = failure {
         // Stop what did start, everywhere.
         drop(local);
-        for ((&rank, rx), k) in ranks.iter().zip(&rxs).zip(&counts) {
+        for (link, k) in links.iter_mut().zip(&counts) {
             if k.is_some() {
-                stop_rank(world, pool_id, rank, true, rx);
+                stop_rank(world, link, true);
             }
         }
         return Err(f.to_error());
@@ -142,13 +239,14 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
     let shared = pool.shared.clone();
     let mut handles = Vec::new();
     let mut total = root_n;
-    for ((rank, rx), k) in ranks.into_iter().zip(rxs).zip(counts) {
+    for (link, k) in links.into_iter().zip(counts) {
         let k = k.unwrap_or(1);
         total += k;
         let s = shared.clone();
+        let rank = link.rank;
         match std::thread::Builder::new()
             .name(format!("multiproc-rank-{rank}"))
-            .spawn(move || handler(s, world, pool_id, rank, k, rx))
+            .spawn(move || handler(s, world, link, k))
         {
             Ok(h) => handles.push(h),
             Err(_) => {
@@ -168,25 +266,24 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
 }
 
 /// Waits for a rank's answer to `M_START`: its number of workers, or why it failed.
-fn wait_ready(rx: &Receiver<Incoming>, rank: usize) -> std::result::Result<usize, TaskFail> {
+fn wait_ready(link: &mut Link) -> std::result::Result<usize, TaskFail> {
     loop {
-        match rx.recv() {
-            Ok(Incoming::Msg(A_READY, body)) => {
-                let mut rd = Reader::new(&body);
+        match link.next() {
+            Heard::Msg(m) if m.kind == A_READY => {
+                let mut rd = Reader::new(m.body());
                 return rd
                     .u32()
                     .map(|k| k as usize)
                     .map_err(|e| TaskFail::from_error(&e));
             }
-            Ok(Incoming::Msg(A_FAILED, body)) => return Err(decode_fail(&body)),
-            Ok(Incoming::Lost(message)) => {
+            Heard::Msg(m) if m.kind == A_FAILED => return Err(decode_fail(m.body())),
+            Heard::Event(Incoming::Lost(message)) => {
                 return Err(TaskFail::RankLost {
-                    rank: rank as u32,
+                    rank: link.rank as u32,
                     message,
                 })
             }
-            Ok(_) => {}
-            Err(_) => return Err(TaskFail::Closed),
+            _ => {}
         }
     }
 }
@@ -203,13 +300,15 @@ fn stop_message(pool: u64, kill: bool) -> Vec<u8> {
     m
 }
 
-/// Asks `rank` to stop its workers for the pool and waits until it has (or is lost).
-fn stop_rank(world: &World, pool: u64, rank: usize, kill: bool, rx: &Receiver<Incoming>) {
-    world.send(rank, stop_message(pool, kill));
+/// Asks the link's rank to stop its workers for the pool and waits until it has (or is
+/// lost).
+fn stop_rank(world: &World, link: &mut Link, kill: bool) {
+    world.send(link.rank, stop_message(link.pool, kill));
     loop {
-        match rx.recv() {
-            Ok(Incoming::Msg(A_STOPPED, _)) | Ok(Incoming::Lost(_)) | Err(_) => return,
-            Ok(_) => {}
+        match link.next() {
+            Heard::Msg(m) if m.kind == A_STOPPED => return,
+            Heard::Event(Incoming::Lost(_)) => return,
+            _ => {}
         }
     }
 }
@@ -219,6 +318,8 @@ struct Sent {
     job: Job,
     answered: Vec<bool>,
     left: usize,
+    /// When it was sent.
+    at: Instant,
 }
 
 impl Sent {
@@ -242,15 +343,10 @@ impl Sent {
 /// Tasks quicker than this count as short: more of them may wait on a rank.
 const SHORT_TASK: Duration = Duration::from_millis(1);
 
-/// Serves `rank` (with `workers` workers) from the pool's queue until the pool ends.
-fn handler(
-    shared: Arc<Shared>,
-    world: &'static World,
-    pool: u64,
-    rank: usize,
-    workers: usize,
-    rx: Receiver<Incoming>,
-) {
+/// Serves the link's rank (with `workers` workers) from the pool's queue until the pool
+/// ends.
+fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: usize) {
+    let (pool, rank) = (link.pool, link.rank);
     let mut sent: HashMap<u64, Sent> = HashMap::new();
     let mut tasks = 0usize;
     let mut short = false;
@@ -259,17 +355,25 @@ fn handler(
     let mut broken: Option<TaskFail> = None;
     let workers = workers.max(1);
     'outer: loop {
-        // 1. Keep the rank's workers busy: a job per worker, and when tasks are short,
-        //    more waiting there (each MPI message costs a round trip).
+        // 1. Keep the rank's workers busy: a job per worker; when tasks are short, one
+        //    more job per worker waiting there (it is sent, and decoded there, while the
+        //    first runs), and more if the jobs are small (each MPI message costs a round
+        //    trip).
         loop {
             let room = sent.len() < workers
-                || (short && sent.len() < 2 * workers + 8 && tasks < 512 * workers);
+                || (short
+                    && (sent.len() < 2 * workers
+                        || (sent.len() < 2 * workers + 8 && tasks < 512 * workers)));
             if !room {
                 break;
             }
             let idle = sent.is_empty();
-            match shared.take(usize::MAX, idle) {
+            // Just after some work, look for more without sleeping (a quick series of
+            // `apply` calls then makes no thread wake-up here).
+            let spin = idle && pause(link.active.elapsed()).is_none();
+            match shared.take(usize::MAX, idle && !spin) {
                 Take::Exit if idle => break 'outer,
+                Take::Nothing if spin => std::thread::yield_now(),
                 Take::Exit | Take::Nothing => break,
                 Take::Jobs(jobs) => {
                     if idle {
@@ -277,6 +381,7 @@ fn handler(
                         short = false;
                     }
                     tasks += send_jobs(&shared, world, pool, rank, jobs, &mut sent);
+                    link.active = Instant::now();
                 }
             }
         }
@@ -284,12 +389,18 @@ fn handler(
             continue;
         }
         // 2. Wait for the rank's answer.
-        match rx.recv() {
-            Ok(Incoming::Msg(A_RESULTS, body)) => match on_results(&mut sent, &body) {
-                Ok(n) => {
+        match link.next() {
+            Heard::Msg(m) if m.kind == A_RESULTS => match on_results(&mut sent, m.body()) {
+                Ok((n, per_task)) => {
                     tasks = tasks.saturating_sub(n);
                     if n > 0 {
-                        short = since.elapsed() / (n as u32) < SHORT_TASK;
+                        // Two bounds on a task's time: the time since the last answer
+                        // per task answered now (too long when rank 0 was busy, e.g.
+                        // encoding the next job), and the time since a job was sent
+                        // per task of it answered (too long when it waited behind
+                        // another).
+                        let gap = since.elapsed() / (n as u32);
+                        short = per_task.map_or(gap, |t| t.min(gap)) < SHORT_TASK;
                         since = Instant::now();
                     }
                 }
@@ -298,13 +409,13 @@ fn handler(
                     break;
                 }
             },
-            Ok(Incoming::Msg(A_FAILED, body)) => {
-                broken = Some(decode_fail(&body));
+            Heard::Msg(m) if m.kind == A_FAILED => {
+                broken = Some(decode_fail(m.body()));
                 break;
             }
-            Ok(Incoming::Msg(..)) => {}
-            Ok(Incoming::Terminate) | Err(_) => break,
-            Ok(Incoming::Lost(m)) => {
+            Heard::Msg(_) => {}
+            Heard::Event(Incoming::Terminate) => break,
+            Heard::Event(Incoming::Lost(m)) => {
                 lost = Some(m);
                 break;
             }
@@ -333,7 +444,7 @@ fn handler(
         for s in sent.values() {
             s.fail_rest(&f);
         }
-        stop_rank(world, pool, rank, terminating || !sent.is_empty(), &rx);
+        stop_rank(world, &mut link, terminating || !sent.is_empty());
     }
     shared.handler_exited();
 }
@@ -375,6 +486,7 @@ fn send_jobs(
                 job,
                 answered: vec![false; n],
                 left: n,
+                at: Instant::now(),
             },
         );
     }
@@ -385,8 +497,10 @@ fn send_jobs(
     ntasks
 }
 
-/// Hands a rank's results to their jobs' sinks; returns the number of tasks answered.
-fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<usize> {
+/// Hands a rank's results to their jobs' sinks; returns the number of tasks answered, and
+/// the shortest time per task answered of a job since it was sent.
+fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<(usize, Option<Duration>)> {
+    let mut per_task: Option<Duration> = None;
     let mut rd = Reader::new(body);
     let mut total = 0;
     while !rd.rest().is_empty() {
@@ -406,9 +520,12 @@ fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<usize> {
             .deliver_segment(first, count, seg.kind, seg.payload, Vec::new())?;
         s.left -= count;
         total += count;
+        let done = (s.answered.len() - s.left).max(1) as u32;
+        let t = s.at.elapsed() / done;
+        per_task = Some(per_task.map_or(t, |p| p.min(t)));
         if s.left == 0 {
             sent.remove(&seg.id);
         }
     }
-    Ok(total)
+    Ok((total, per_task))
 }
