@@ -91,5 +91,24 @@ fn functions_outside_the_executable_are_refused_before_any_child_starts() {
         drop(pool);
 
         refused(Pool::builder().processes(1).initializer(f, 1).build());
+        refused(
+            multiproc::Manager::builder()
+                .initializer(f, 1)
+                .start()
+                .map(|_| ()),
+        );
     }
+    // A barrier's action runs in whichever process arrives last: one outside the
+    // executable is refused when the barrier is made.
+    let action: fn() = {
+        let c: unsafe extern "C" fn() = libc::sync;
+        // SAFETY: only the address is used; the crate refuses it before any call.
+        unsafe { std::mem::transmute::<unsafe extern "C" fn(), fn()>(c) }
+    };
+    refused(
+        multiproc::Barrier::builder(2)
+            .action(action)
+            .build()
+            .map(|_| ()),
+    );
 }

@@ -67,7 +67,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::connection::{Address, ToAddress};
-use crate::{sys, Error, Process, Result, StartMethod};
+use crate::sys::FnRef;
+use crate::{Error, Process, Result, StartMethod};
 use client::{Endpoint, ObjRef};
 use protocol::{Create, Kind, Reply, Request};
 use server::{Constructor, Control, Registration, ServerArgs, ServerStart};
@@ -266,10 +267,12 @@ impl ManagerBuilder {
         IR: 'static,
     {
         let spec = crate::pool::InitSpec {
-            target: sys::offset_of(f as usize),
-            sig: sys::type_sig::<fn(I) -> IR>(),
+            target: FnRef::of(f).erase(),
             args,
         };
+        if spec.target.is_foreign() && self.invalid.is_none() {
+            self.invalid = Some(crate::start::foreign_fn_error().to_string());
+        }
         self.launch = Arc::new(move |args| {
             Process::new(
                 server::server_main::<I, IR>,
@@ -301,16 +304,13 @@ impl ManagerBuilder {
     /// assert_eq!(t.call(()).unwrap(), 1);
     /// ```
     pub fn register<S: Shared>(mut self) -> Self {
-        let ctor: Constructor = proxy::construct::<S>;
-        let offset = sys::user_offset_of(ctor as usize);
-        if offset == sys::FOREIGN_FN && self.invalid.is_none() {
+        let ctor = FnRef::of(proxy::construct::<S> as Constructor);
+        if ctor.is_foreign() && self.invalid.is_none() {
             self.invalid = Some(crate::start::foreign_fn_error().to_string());
         }
         self.registry.push(Registration {
             name: S::registered_name(),
-            offset,
-            build: sys::build_id(),
-            sig: sys::type_sig::<Constructor>(),
+            ctor,
         });
         self
     }

@@ -1509,9 +1509,9 @@ impl<S: Shared> ErasedShared for S {
 
 /// Builds a registered type's value in the server from its encoded initial value.
 pub(crate) fn construct<S: Shared>(
-    init: &[u8],
+    init: Vec<u8>,
 ) -> std::result::Result<Box<dyn ErasedShared>, (RemoteErrorKind, String)> {
-    let v: S = codec::decode(init).map_err(|e| {
+    let v: S = codec::decode(&init).map_err(|e| {
         (
             RemoteErrorKind::TypeError,
             format!("bad initial value: {e}"),

@@ -20,6 +20,7 @@ use crate::connection::{
     accept_raw, authenticate_server, send_busy, Address, Connection, Listener, HANDSHAKE_TIMEOUT,
 };
 use crate::ipc::RawConn;
+use crate::sys::FnRef;
 use crate::{codec, sys, Error, RemoteErrorKind};
 
 /// Most client connections served at once; more are told the server is busy.
@@ -33,15 +34,14 @@ const MAX_PENDING: usize = 64;
 const CHECK_PEER: Duration = Duration::from_millis(100);
 
 /// A registered type's constructor: decodes the initial value.
-pub(crate) type Constructor = fn(&[u8]) -> Result<Box<dyn ErasedShared>, (RemoteErrorKind, String)>;
+pub(crate) type Constructor =
+    fn(Vec<u8>) -> Result<Box<dyn ErasedShared>, (RemoteErrorKind, String)>;
 
 /// A registered type as sent to the server: its name and its constructor, named by offset.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Registration {
     pub(crate) name: String,
-    pub(crate) offset: i64,
-    pub(crate) build: u64,
-    pub(crate) sig: u64,
+    pub(crate) ctor: FnRef<Constructor>,
 }
 
 /// Messages on the control pipe between the owning [`Manager`](super::Manager) and its
@@ -77,7 +77,7 @@ pub(crate) struct ServerStart<I> {
 
 /// Runs the initializer in the server; the reason it failed, if it did.
 fn run_initializer<I, IR>(init: crate::pool::InitSpec<I>) -> Option<Control> {
-    let Some(f) = sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) else {
+    let Some(f) = init.target.typed::<fn(I) -> IR>().get() else {
         return Some(Control::Failed(
             "the initializer's type does not match in the manager's server".into(),
         ));
@@ -253,7 +253,7 @@ pub(crate) fn server_main<I, IR>(start: ServerStart<I>) {
     };
     let mut table = HashMap::new();
     for r in registry {
-        match sys::fn_at::<Constructor>(r.offset, r.build, r.sig) {
+        match r.ctor.get() {
             Some(f) => {
                 table.insert(r.name, f);
             }
@@ -835,7 +835,7 @@ fn create(state: &State, c: Create, who: u64) -> Response {
                     format!("type {name} is not registered with this manager"),
                 ));
             };
-            let made = run_user(|| ctor(&init))?;
+            let made = run_user(move || ctor(init.into_vec()))?;
             Obj::Shared(name, Mutex::new(made?))
         }
         Create::Object(name, init) => match super::objects::construct(&name, &init) {

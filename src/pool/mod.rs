@@ -82,7 +82,7 @@ use sched::{Config, Factory, Job, Shared, Sink, StartFail};
 use wire::SockHandle;
 use worker::{worker_main, TaskCode, WorkerArgs};
 
-use crate::{cpu_count, sys, Error, Process, Result, StartMethod};
+use crate::{cpu_count, Error, Process, Result, StartMethod};
 
 type MakeProcess = Arc<dyn Fn(SockHandle) -> Process + Send + Sync>;
 
@@ -198,11 +198,10 @@ impl PoolBuilder {
             self.remote_init = Some(cluster::remote_init(f, args.clone()));
         }
         let spec = InitSpec {
-            target: sys::user_offset_of(f as usize),
-            sig: sys::type_sig::<fn(I) -> IR>(),
+            target: crate::sys::FnRef::of(f).erase(),
             args,
         };
-        if spec.target == sys::FOREIGN_FN && self.invalid.is_none() {
+        if spec.target.is_foreign() && self.invalid.is_none() {
             self.invalid = Some(crate::start::foreign_fn_error().to_string());
         }
         self.make = Arc::new(move |sock| {

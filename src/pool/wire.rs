@@ -45,12 +45,12 @@ pub(crate) const FLAG_HAS_FDS: u8 = 2;
 pub(crate) const FLAG_STRIDE: u8 = 4;
 
 /// Where each task's arguments end in a job's bytes, as sent.
-#[derive(Clone, Copy)]
-pub(crate) enum WireEnds<'a> {
+#[derive(Clone)]
+pub(crate) enum WireEnds {
     /// Every task's arguments take this many bytes.
     Stride(usize),
-    /// Little-endian u32 ends, one per task.
-    List(&'a [u8]),
+    /// Little-endian u32 ends, one per task, at this place in the frame.
+    List(std::ops::Range<usize>),
 }
 
 /// What a worker counts in shared memory: the jobs it has begun, in the order they were
@@ -118,11 +118,20 @@ impl<'de> Deserialize<'de> for SockHandle {
 /// Reads the little-endian fields of a frame; running off the end is a codec error.
 pub(crate) struct Reader<'a> {
     b: &'a [u8],
+    /// Length of the whole frame (to tell positions).
+    total: usize,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(b: &'a [u8]) -> Reader<'a> {
-        Reader { b }
+        Reader { b, total: b.len() }
+    }
+
+    /// Skips the next `n` bytes and tells where they lie in the frame.
+    pub(crate) fn span(&mut self, n: usize) -> Result<std::ops::Range<usize>> {
+        let start = self.total - self.b.len();
+        self.bytes(n)?;
+        Ok(start..start + n)
     }
 
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {

@@ -20,13 +20,15 @@ use serde::{Deserialize, Serialize};
 use super::fail::TaskFail;
 use super::wire::*;
 use crate::ipc::RawConn;
-use crate::{codec, start, sys, Error, Result};
+use std::rc::Rc;
+
+use crate::sys::{AnyFnRef, FnRef};
+use crate::{codec, start, Error, Result};
 
 /// The initializer and its arguments.
 #[derive(Serialize, Deserialize, Clone)]
 pub(crate) struct InitSpec<I> {
-    pub(crate) target: i64,
-    pub(crate) sig: u64,
+    pub(crate) target: AnyFnRef,
     pub(crate) args: I,
 }
 
@@ -38,40 +40,39 @@ pub(crate) struct WorkerArgs<I> {
 }
 
 /// Names a pool function to a worker: the trampoline [`run_job::<A, R>`] and the user's
-/// `fn(A) -> R`, both as checked offsets.
+/// `fn(A) -> R`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TaskCode {
-    pub(crate) entry: i64,
-    pub(crate) entry_sig: u64,
-    pub(crate) target: i64,
-    pub(crate) target_sig: u64,
+    pub(crate) entry: FnRef<JobEntry>,
+    pub(crate) target: AnyFnRef,
 }
 
 impl TaskCode {
     pub(crate) fn of<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskCode {
         TaskCode {
-            entry: sys::offset_of(run_job::<A, R> as JobEntry as usize),
-            entry_sig: sys::type_sig::<JobEntry>(),
-            target: sys::user_offset_of(f as usize),
-            target_sig: sys::type_sig::<fn(A) -> R>(),
+            entry: FnRef::of(run_job::<A, R> as JobEntry),
+            target: FnRef::of(f).erase(),
         }
     }
 }
 
-/// One job as the worker sees it, handed to the trampoline.
-pub(crate) struct JobRun<'a> {
-    target: i64,
-    target_sig: u64,
+/// One job as the worker sees it, handed to the trampoline with the frame it came in
+/// (where its arguments are). It holds no borrow, so the trampoline's type has no lifetime
+/// of its own and can be named across processes (see `sys::FnRef`).
+pub(crate) struct JobRun {
+    target: AnyFnRef,
     id: u64,
     count: usize,
     flush_each: bool,
-    args: &'a [u8],
-    ends: WireEnds<'a>,
-    fd_counts: Option<&'a [u8]>,
+    /// Where the job's arguments, their ends and descriptor counts lie in the frame.
+    args: std::ops::Range<usize>,
+    ends: WireEnds,
+    fd_counts: Option<std::ops::Range<usize>>,
     fds: VecDeque<OwnedFd>,
-    conn: &'a RawConn,
-    /// The outgoing frame: `[RESULTS]` and segments, shared by the jobs of a batch.
-    out: &'a mut Vec<u8>,
+    conn: Rc<RawConn>,
+    /// The outgoing frame: `[RESULTS]` and segments, shared by the jobs of a batch (moved
+    /// in for the job and back out after it).
+    out: Vec<u8>,
     /// Where the open segment of results starts in `out`, if one is open.
     seg: Option<usize>,
     /// How many tasks the open segment holds.
@@ -85,7 +86,7 @@ const HOLD_REPLIES: Duration = Duration::from_micros(100);
 /// Results are sent early once this many bytes are waiting.
 const SEND_EARLY: usize = 1 << 20;
 
-impl JobRun<'_> {
+impl JobRun {
     /// Writes a segment header for `count` tasks from `first`; returns where it starts.
     fn header(&mut self, first: usize, count: usize, kind: u8) -> usize {
         if self.out.is_empty() {
@@ -122,7 +123,7 @@ impl JobRun<'_> {
     fn send_now(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
         self.close_segment();
         if self.out.len() > 1 {
-            self.conn.send_bytes(self.out, fds)?;
+            self.conn.send_bytes(&self.out, fds)?;
         }
         self.out.clear();
         Ok(())
@@ -149,7 +150,7 @@ impl JobRun<'_> {
             self.seg = Some(self.header(self.next, 0, SEG_OK));
             self.seg_count = 0;
         }
-        match session.append(r, self.out) {
+        match session.append(r, &mut self.out) {
             Ok(nfds) => {
                 self.seg_count += 1;
                 self.next += 1;
@@ -172,9 +173,12 @@ impl JobRun<'_> {
     fn push_fail(&mut self, fail: TaskFail, count: usize) -> Result<()> {
         self.close_segment();
         let at = self.header(self.next, count, SEG_FAIL);
-        if codec::append_with_fds(&fail, self.out).is_err() {
+        if codec::append_with_fds(&fail, &mut self.out).is_err() {
             // A failure always encodes; if not, say so without the details.
-            let _ = codec::append_with_fds(&TaskFail::Codec("unreadable failure".into()), self.out);
+            let _ = codec::append_with_fds(
+                &TaskFail::Codec("unreadable failure".into()),
+                &mut self.out,
+            );
         }
         self.seal(at, count);
         self.next += count;
@@ -186,20 +190,22 @@ impl JobRun<'_> {
     #[inline]
     fn decode_task<A: DeserializeOwned>(
         &mut self,
+        frame: &[u8],
         dec: &mut codec::TaskDecoder,
         i: usize,
         start: &mut usize,
     ) -> Result<A> {
-        let end = match self.ends {
-            WireEnds::Stride(size) => (i + 1).saturating_mul(size),
-            WireEnds::List(e) => u32_at(e, i) as usize,
+        let end = match &self.ends {
+            WireEnds::Stride(size) => (i + 1).saturating_mul(*size),
+            WireEnds::List(e) => u32_at(&frame[e.clone()], i) as usize,
         };
-        let bytes = self.args.get(*start..end).unwrap_or(&[]);
+        let args = &frame[self.args.clone()];
+        let bytes = args.get(*start..end).unwrap_or(&[]);
         *start = end;
-        match self.fd_counts {
+        match &self.fd_counts {
             None => dec.decode(bytes, Vec::new()),
             Some(c) => {
-                let nfds = (u32_at(c, i) as usize).min(self.fds.len());
+                let nfds = (u32_at(&frame[c.clone()], i) as usize).min(self.fds.len());
                 let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
                 dec.decode(bytes, fds)
             }
@@ -208,7 +214,7 @@ impl JobRun<'_> {
 }
 
 /// The trampoline's type: runs every task of a job and sends the replies.
-pub(crate) type JobEntry = fn(&mut JobRun<'_>) -> Result<()>;
+pub(crate) type JobEntry = fn(&mut JobRun, &[u8]) -> Result<()>;
 
 fn codec_message(e: Error) -> String {
     match e {
@@ -228,8 +234,11 @@ fn panicked() -> TaskFail {
 }
 
 /// Runs `f: fn(A) -> R` (named by `run.target`) on each task of the job.
-pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -> Result<()> {
-    let Some(f) = sys::fn_at::<fn(A) -> R>(run.target, sys::build_id(), run.target_sig) else {
+pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(
+    run: &mut JobRun,
+    frame: &[u8],
+) -> Result<()> {
+    let Some(f) = run.target.typed::<fn(A) -> R>().get() else {
         let n = run.count;
         return run.push_fail(
             TaskFail::BuildMismatch("the pool function's type does not match in the worker".into()),
@@ -240,7 +249,7 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
     let mut dec = codec::TaskDecoder::begin();
     let mut start = 0;
     for i in 0..run.count {
-        let a: A = match run.decode_task(&mut dec, i, &mut start) {
+        let a: A = match run.decode_task(frame, &mut dec, i, &mut start) {
             Ok(a) => a,
             Err(e) => {
                 let fail = match e {
@@ -270,7 +279,7 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(run: &mut JobRun<'_>) -
 
 /// Parses and runs one batch. `Ok(false)`: told to stop.
 fn run_batch(
-    conn: &RawConn,
+    conn: &Rc<RawConn>,
     progress: &Progress,
     bytes: &[u8],
     fds: Vec<OwnedFd>,
@@ -296,29 +305,30 @@ fn run_batch(
             last_send = Instant::now();
         }
         let id = rd.u64()?;
-        let entry = rd.i64()?;
-        let entry_sig = rd.u64()?;
-        let target = rd.i64()?;
-        let target_sig = rd.u64()?;
+        let entry = AnyFnRef::from_wire(rd.i64()?, rd.u64()?).typed::<JobEntry>();
+        let target = AnyFnRef::from_wire(rd.i64()?, rd.u64()?);
         let count = rd.u32()? as usize;
         let flags = rd.u8()?;
         let args_len = rd.u32()? as usize;
         let ends = if flags & FLAG_STRIDE != 0 {
             WireEnds::Stride(rd.u32()? as usize)
         } else {
-            WireEnds::List(rd.bytes(count * 4)?)
+            WireEnds::List(rd.span(count * 4)?)
         };
         let fd_counts = if flags & FLAG_HAS_FDS != 0 {
-            Some(rd.bytes(count * 4)?)
+            Some(rd.span(count * 4)?)
         } else {
             None
         };
-        let args = rd.bytes(args_len)?;
-        let nfds: usize = fd_counts.map_or(0, |c| (0..count).map(|i| u32_at(c, i) as usize).sum());
+        let args = rd.span(args_len)?;
+        let nfds: usize = fd_counts.as_ref().map_or(0, |c| {
+            (0..count)
+                .map(|i| u32_at(&bytes[c.clone()], i) as usize)
+                .sum()
+        });
         let job_fds: VecDeque<OwnedFd> = fds.drain(..nfds.min(fds.len())).collect();
         let mut run = JobRun {
             target,
-            target_sig,
             id,
             count,
             flush_each: flags & FLAG_FLUSH_EACH != 0,
@@ -326,20 +336,22 @@ fn run_batch(
             ends,
             fd_counts,
             fds: job_fds,
-            conn,
-            out,
+            conn: conn.clone(),
+            out: std::mem::take(out),
             seg: None,
             seg_count: 0,
             next: 0,
         };
         progress.begin();
-        match sys::fn_at::<JobEntry>(entry, sys::build_id(), entry_sig) {
-            Some(e) => e(&mut run)?,
+        let r = match entry.get() {
+            Some(e) => e(&mut run, bytes),
             None => run.push_fail(
                 TaskFail::BuildMismatch("the worker's executable is not the parent's".into()),
                 count,
-            )?,
-        }
+            ),
+        };
+        *out = std::mem::take(&mut run.out);
+        r?;
     }
     // The replies of the whole batch travel together.
     if out.len() > 1 {
@@ -356,8 +368,9 @@ fn run_batch(
 pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
     start::set_quiet_panics(true);
     let SockHandle { conn, progress } = args.sock;
+    let conn = Rc::new(conn);
     if let Some(init) = args.init {
-        let fail = match sys::fn_at::<fn(I) -> IR>(init.target, sys::build_id(), init.sig) {
+        let fail = match init.target.typed::<fn(I) -> IR>().get() {
             None => Some(TaskFail::BuildMismatch(
                 "the initializer's type does not match in the worker".into(),
             )),

@@ -10,23 +10,23 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ipc::RawConn;
-use crate::{sys, Error};
+use crate::Error;
+
+use crate::sys::{AnyFnRef, FnRef};
 
 use super::*;
 
 /// The type of the trampoline a child calls: it decodes the arguments, runs the target and
 /// reports. Returns the exit code.
 pub(crate) type Entry =
-    fn(target: i64, sig: u64, args: &[u8], fds: Vec<OwnedFd>, result: Option<RawConn>) -> i32;
+    fn(target: AnyFnRef, args: &[u8], fds: Vec<OwnedFd>, result: Option<RawConn>) -> i32;
 
 /// Everything a child needs to know, sent from the parent.
 #[derive(Serialize, Deserialize, Debug)]
 pub(crate) struct Boot {
     pub(crate) build_id: u64,
-    pub(crate) entry: i64,
-    pub(crate) entry_sig: u64,
-    pub(crate) target: i64,
-    pub(crate) target_sig: u64,
+    pub(crate) entry: FnRef<Entry>,
+    pub(crate) target: AnyFnRef,
     pub(crate) name: String,
     pub(crate) identity: Vec<u32>,
     pub(crate) daemon: bool,
@@ -104,10 +104,8 @@ pub(crate) enum Outcome<R> {
 /// The code a child is started with: a trampoline and the user's function.
 #[derive(Clone, Copy)]
 pub(crate) struct Code {
-    pub(super) entry: i64,
-    pub(super) entry_sig: u64,
-    pub(super) target: i64,
-    pub(super) target_sig: u64,
+    pub(super) entry: FnRef<Entry>,
+    pub(super) target: AnyFnRef,
 }
 
 impl Code {
@@ -123,16 +121,14 @@ impl Code {
 
     pub(super) fn with_entry<A, R>(entry: Entry, target: fn(A) -> R) -> Code {
         Code {
-            entry: sys::offset_of(entry as usize),
-            entry_sig: sys::type_sig::<Entry>(),
-            target: sys::user_offset_of(target as usize),
-            target_sig: sys::type_sig::<fn(A) -> R>(),
+            entry: FnRef::of(entry),
+            target: FnRef::of(target).erase(),
         }
     }
 }
 
 /// The error for a function that a child cannot run because it is not part of the main
-/// executable (see [`sys::user_offset_of`]).
+/// executable (see `sys::FnRef`).
 pub(crate) fn foreign_fn_error() -> Error {
     Error::invalid(
         "the function to run in another process is not in this program's executable (it \

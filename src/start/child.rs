@@ -14,6 +14,8 @@ use crate::ipc::RawConn;
 use crate::log::log_event;
 use crate::{codec, process, sys, Error};
 
+use crate::sys::AnyFnRef;
+
 use super::*;
 
 /// Resets what a forked child must not share with its parent.
@@ -126,8 +128,13 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
     }
     crate::shared_memory::adopt_tracker(boot.shm_tracker.clone());
     install_child_panic_hook(boot.name.clone());
-    let code = match sys::fn_at::<Entry>(boot.entry, boot.build_id, boot.entry_sig) {
-        Some(entry) => entry(boot.target, boot.target_sig, &boot.args, fds, result),
+    let entry = if boot.build_id == sys::build_id() {
+        boot.entry.get()
+    } else {
+        None
+    };
+    let code = match entry {
+        Some(entry) => entry(boot.target, &boot.args, fds, result),
         None => {
             let msg = format!(
                 "the child's executable (build {:#x}) is not the parent's (build {:#x})",
@@ -163,13 +170,12 @@ pub(super) fn bad_target(sig_ok: bool) -> i32 {
 }
 
 pub(super) fn run_discarding<A: DeserializeOwned, R>(
-    target: i64,
-    sig: u64,
+    target: AnyFnRef,
     args: &[u8],
     fds: Vec<OwnedFd>,
     _result: Option<RawConn>,
 ) -> i32 {
-    let Some(f) = sys::fn_at::<fn(A) -> R>(target, sys::build_id(), sig) else {
+    let Some(f) = target.typed::<fn(A) -> R>().get() else {
         return bad_target(false);
     };
     let a: A = match codec::decode_with_fds(args, fds) {
@@ -188,8 +194,7 @@ pub(super) fn run_discarding<A: DeserializeOwned, R>(
 }
 
 pub(super) fn run_returning<A: DeserializeOwned, R: Serialize>(
-    target: i64,
-    sig: u64,
+    target: AnyFnRef,
     args: &[u8],
     fds: Vec<OwnedFd>,
     result: Option<RawConn>,
@@ -197,7 +202,7 @@ pub(super) fn run_returning<A: DeserializeOwned, R: Serialize>(
     let Some(result) = result else {
         return bad_target(true);
     };
-    let Some(f) = sys::fn_at::<fn(A) -> R>(target, sys::build_id(), sig) else {
+    let Some(f) = target.typed::<fn(A) -> R>().get() else {
         let _ = result.send_value(&Outcome::<()>::BuildMismatch(
             "the target function's type does not match".into(),
         ));

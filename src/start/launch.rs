@@ -53,9 +53,7 @@ impl LaunchSpec {
         Boot {
             build_id: self.build_id_override.unwrap_or_else(sys::build_id),
             entry: self.code.entry,
-            entry_sig: self.code.entry_sig,
             target: self.code.target,
-            target_sig: self.code.target_sig,
             name: self.name.clone(),
             identity: self.identity.clone(),
             daemon: self.daemon,
@@ -87,7 +85,7 @@ impl LaunchSpec {
 /// Starts a child as `spec` says.
 pub(crate) fn launch(spec: LaunchSpec) -> Result<Launched> {
     ensure_initialized()?;
-    if spec.code.target == sys::FOREIGN_FN {
+    if spec.code.target.is_foreign() {
         return Err(foreign_fn_error());
     }
     let pid = match spec.method {

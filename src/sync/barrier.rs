@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::kinds;
 use super::raw::{self, Acquired, RawMutex, CHECK_INTERVAL, MUTEX_SIZE};
 use crate::ipc::segment::Segment;
-use crate::sys::{self, futex};
+use crate::sys::{futex, AnyFnRef, FnRef};
 use crate::{Error, Result};
 
 // Layout: an internal mutex guarding everything below, then
@@ -286,13 +286,16 @@ impl Inner {
     /// The action, if the barrier has one. One that does not belong to this executable
     /// (another build) breaks the barrier: the mutex is held, and let go here on error.
     fn action(&self) -> Result<Option<Action>> {
-        let off = self.seg.u64(ACTION).load(Ordering::Relaxed) as i64;
+        let off = self.seg.u64(ACTION).load(Ordering::Relaxed);
         let build = self.seg.u64(ACTION_BUILD).load(Ordering::Relaxed);
         let sig = self.seg.u64(ACTION_SIG).load(Ordering::Relaxed);
         if build == 0 {
             return Ok(None);
         }
-        match sys::fn_at::<Action>(off, build, sig) {
+        match AnyFnRef::from_words([off, build, sig])
+            .typed::<Action>()
+            .get()
+        {
             Some(f) => Ok(Some(f)),
             None => {
                 self.break_locked();
@@ -453,12 +456,14 @@ impl BarrierBuilder {
         let seg = Segment::new(kinds::BARRIER, SIZE)?;
         seg.u32(PARTIES).store(parties as u32, Ordering::Relaxed);
         if let Some(f) = self.action {
-            seg.u64(ACTION)
-                .store(sys::offset_of(f as usize) as u64, Ordering::Relaxed);
-            seg.u64(ACTION_SIG)
-                .store(sys::type_sig::<Action>(), Ordering::Relaxed);
-            seg.u64(ACTION_BUILD)
-                .store(sys::build_id(), Ordering::Relaxed);
+            let action = FnRef::of(f);
+            if action.is_foreign() {
+                return Err(crate::start::foreign_fn_error());
+            }
+            let [off, build, sig] = action.erase().to_words();
+            seg.u64(ACTION).store(off, Ordering::Relaxed);
+            seg.u64(ACTION_SIG).store(sig, Ordering::Relaxed);
+            seg.u64(ACTION_BUILD).store(build, Ordering::Relaxed);
         }
         let ns = self.timeout.map_or(u64::MAX, |t| {
             t.as_nanos().min(u128::from(u64::MAX - 1)) as u64

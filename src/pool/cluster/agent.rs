@@ -20,7 +20,8 @@ use super::net::{
 use crate::pool::fail::TaskFail;
 use crate::pool::sched::{Job, Sink};
 use crate::pool::wire::{push_segment, Reader, SEG_FAIL, SEG_OK};
-use crate::{codec, cpu_count, sys, Error, Pool, PoolBuilder, Result, StartMethod};
+use crate::sys::{AnyFnRef, FnRef};
+use crate::{codec, cpu_count, Error, Pool, PoolBuilder, Result, StartMethod};
 
 /// A cluster pool's settings, as sent to every agent.
 #[derive(Serialize, Deserialize)]
@@ -38,23 +39,24 @@ pub(super) struct PoolSpec {
 /// [`apply_init::<I, IR>`] and the user's function, with the encoded arguments.
 #[derive(Serialize, Deserialize, Clone)]
 pub(crate) struct RemoteInit {
-    entry: i64,
-    entry_sig: u64,
-    target: i64,
-    target_sig: u64,
+    /// The trampoline and the initializer, as offsets and type fingerprints only: other
+    /// ranks run the same program, but perhaps from another file (another node), so the
+    /// build identity, which names the file, is not compared (as for a pool worker).
+    entry: (i64, u64),
+    target: (i64, u64),
     #[serde(with = "serde_bytes")]
     args: Vec<u8>,
 }
 
 /// Gives a builder the initializer named by a [`RemoteInit`].
-type ApplyInit = fn(PoolBuilder, i64, u64, &[u8]) -> Result<PoolBuilder>;
+type ApplyInit = fn(PoolBuilder, AnyFnRef, &[u8]) -> Result<PoolBuilder>;
 
-fn apply_init<I, IR>(b: PoolBuilder, target: i64, sig: u64, args: &[u8]) -> Result<PoolBuilder>
+fn apply_init<I, IR>(b: PoolBuilder, target: AnyFnRef, args: &[u8]) -> Result<PoolBuilder>
 where
     I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     IR: 'static,
 {
-    let f = sys::fn_at::<fn(I) -> IR>(target, sys::build_id(), sig).ok_or_else(|| {
+    let f = target.typed::<fn(I) -> IR>().get().ok_or_else(|| {
         Error::BuildMismatch("the pool's initializer does not match on this rank".into())
     })?;
     let a: I = codec::decode(args)?;
@@ -76,10 +78,10 @@ impl RemoteInit {
             ));
         }
         Ok(RemoteInit {
-            entry: sys::offset_of(apply_init::<I, IR> as ApplyInit as usize),
-            entry_sig: sys::type_sig::<ApplyInit>(),
-            target: sys::offset_of(f as usize),
-            target_sig: sys::type_sig::<fn(I) -> IR>(),
+            entry: FnRef::of(apply_init::<I, IR> as ApplyInit)
+                .erase()
+                .to_wire(),
+            target: FnRef::of(f).erase().to_wire(),
             args: bytes,
         })
     }
@@ -104,11 +106,13 @@ fn build_local(spec: &[u8], local_ranks: usize) -> Result<Pool> {
     }
     b = b.retries(spec.retries);
     if let Some(i) = spec.init {
-        let apply =
-            sys::fn_at::<ApplyInit>(i.entry, sys::build_id(), i.entry_sig).ok_or_else(|| {
+        let apply = AnyFnRef::from_wire(i.entry.0, i.entry.1)
+            .typed::<ApplyInit>()
+            .get()
+            .ok_or_else(|| {
                 Error::BuildMismatch("rank 0 runs another build of this program".into())
             })?;
-        b = apply(b, i.target, i.target_sig, &i.args)?;
+        b = apply(b, AnyFnRef::from_wire(i.target.0, i.target.1), &i.args)?;
     }
     b.build()
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::pool::fail::TaskFail;
 use crate::pool::wire::{Reader, FLAG_HAS_FDS, FLAG_STRIDE, SEG_FAIL, SEG_OK};
 use crate::pool::worker::TaskCode;
+use crate::sys::AnyFnRef;
 use crate::{codec, sys, Error, Result};
 
 /// Where the outcomes of a job's tasks go.
@@ -276,7 +277,7 @@ impl Job {
         session: &mut codec::FdSession,
         a: &A,
     ) -> Result<()> {
-        if self.code.target == sys::FOREIGN_FN {
+        if self.code.target.is_foreign() {
             return Err(crate::start::foreign_fn_error());
         }
         let len = self.args.len();
@@ -364,10 +365,8 @@ impl Job {
     ) -> Result<(u64, Job)> {
         let id = rd.u64()?;
         let code = TaskCode {
-            entry: rd.i64()?,
-            entry_sig: rd.u64()?,
-            target: rd.i64()?,
-            target_sig: rd.u64()?,
+            entry: AnyFnRef::from_wire(rd.i64()?, rd.u64()?).typed(),
+            target: AnyFnRef::from_wire(rd.i64()?, rd.u64()?),
         };
         let count = rd.u32()? as usize;
         let flags = rd.u8()?;
@@ -458,10 +457,13 @@ impl Job {
             flags |= FLAG_STRIDE;
         }
         out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&self.code.entry.to_le_bytes());
-        out.extend_from_slice(&self.code.entry_sig.to_le_bytes());
-        out.extend_from_slice(&self.code.target.to_le_bytes());
-        out.extend_from_slice(&self.code.target_sig.to_le_bytes());
+        for (offset, sig) in [
+            self.code.entry.erase().to_wire(),
+            self.code.target.to_wire(),
+        ] {
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&sig.to_le_bytes());
+        }
         out.extend_from_slice(&(self.len() as u32).to_le_bytes());
         out.push(flags);
         out.extend_from_slice(&(self.args.len() as u32).to_le_bytes());
