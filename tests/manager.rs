@@ -376,6 +376,30 @@ fn registered_type_across_processes() {
 }
 
 #[test]
+fn list_insert_clamps_and_counts_from_the_end_like_python() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.list(vec![1, 2, 3]).unwrap();
+    // Python: l.insert(10, 4); l.insert(-1, 9); l.insert(-100, 0); l.insert(3, 5)
+    l.insert(10, 4).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3, 4]);
+    l.insert(-1, 9).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3, 9, 4]);
+    l.insert(-100, 0).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![0, 1, 2, 3, 9, 4]);
+    l.insert(3usize, 5).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![0, 1, 2, 5, 3, 9, 4]);
+    // The extremes of the index types neither overflow nor fail.
+    l.insert(i64::MIN, -1).unwrap();
+    l.insert(usize::MAX, 6).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![-1, 0, 1, 2, 5, 3, 9, 4, 6]);
+    // An empty list: every index inserts the one value.
+    let e = m.list(Vec::<i32>::new()).unwrap();
+    e.insert(-5, 7).unwrap();
+    assert_eq!(e.to_vec().unwrap(), vec![7]);
+}
+
+#[test]
 fn server_errors_are_typed_and_server_keeps_serving() {
     multiproc::init();
     let m = Manager::start().unwrap();
@@ -390,10 +414,6 @@ fn server_errors_are_typed_and_server_keeps_serving() {
     ));
     assert!(is_remote(
         &l.remove(5).unwrap_err(),
-        RemoteErrorKind::IndexError
-    ));
-    assert!(is_remote(
-        &l.insert(5, 0).unwrap_err(),
         RemoteErrorKind::IndexError
     ));
     let d = m.dict::<u8, u8>().unwrap();

@@ -63,7 +63,7 @@ pub(crate) enum Op {
     ListPop,
     ListRemove(i64),
     ListExtend(Vec<ByteBuf>),
-    ListInsert(u64, ByteBuf),
+    ListInsert(i64, ByteBuf),
     ListClear,
     ListToVec,
     /// How many values encode as these bytes.

@@ -285,17 +285,22 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         unit(self.obj.call(Op::ListExtend(v))?)
     }
 
-    /// Inserts `value` before `index` (`index == len` appends).
+    /// Inserts `value` before `index`, as Python's `list.insert`: a negative index counts
+    /// from the end (see [`ListIndex`]), and an index past either end is clamped to it
+    /// (`index >= len` appends, `index <= -len` prepends); it never fails for its index.
     ///
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
     /// let l = m.list(vec![1, 3]).unwrap();
     /// l.insert(1, 2).unwrap();
-    /// assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3]);
+    /// l.insert(-1, 9).unwrap(); // before the last value
+    /// l.insert(100, 4).unwrap(); // past the end: appends
+    /// l.insert(-100, 0).unwrap(); // before the start: prepends
+    /// assert_eq!(l.to_vec().unwrap(), vec![0, 1, 2, 9, 3, 4]);
     /// ```
-    pub fn insert(&self, index: usize, value: T) -> Result<()> {
-        unit(self.obj.call(Op::ListInsert(index as u64, enc(&value)?))?)
+    pub fn insert(&self, index: impl ListIndex, value: T) -> Result<()> {
+        unit(self.obj.call(Op::ListInsert(index.wire(), enc(&value)?))?)
     }
 
     /// Removes every value.

@@ -971,13 +971,11 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
                     Ok(Reply::Unit)
                 }
                 Op::ListInsert(i, v) => {
-                    if i as usize > l.len() {
-                        return Err(err(
-                            IndexError,
-                            format!("insertion index {i} out of range (length {})", l.len()),
-                        ));
-                    }
-                    l.insert(i as usize, v);
+                    // Python's `list.insert`: negative counts from the end, and a position
+                    // past either end is clamped to it.
+                    let len = l.len() as i64;
+                    let at = if i < 0 { (len + i).max(0) } else { i.min(len) };
+                    l.insert(at as usize, v);
                     Ok(Reply::Unit)
                 }
                 Op::ListClear => {
