@@ -442,6 +442,44 @@ impl<T: DeserializeOwned> Connection<T> {
         self.check_readable()?;
         self.raw.recv_value()
     }
+
+    /// Receives one message without blocking the async runtime (the `tokio` feature): the
+    /// async form of [`recv`](Connection::recv), with the same errors. It waits for this
+    /// end's descriptor (its [`AsFd`] one) through tokio's reactor, so from the first time
+    /// it waits, messages to this end travel through the socket, as for any user of the
+    /// descriptor. See [`docs::asynchronous`](crate::docs::asynchronous).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is taken only inside the poll that returns it, so a future
+    /// dropped before it completed has taken nothing, and the next receive gets the
+    /// message.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn answer(conn: multiproc::Connection<String>) {
+    ///     let q: String = conn.recv().unwrap();
+    ///     conn.send(&format!("{q}? 42")).unwrap();
+    /// }
+    /// let (here, there) = multiproc::pipe::<String>().unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     let h = multiproc::spawn(answer, there).unwrap();
+    ///     here.send(&"the answer".to_string()).unwrap();
+    ///     assert_eq!(here.recv_async().await.unwrap(), "the answer? 42");
+    ///     h.join().unwrap();
+    /// });
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn recv_async(&self) -> Result<T> {
+        self.check_readable()?;
+        let attempt = || self.raw.try_recv_value().transpose();
+        // A message already there is taken before the descriptor is handed out.
+        if let Some(r) = attempt() {
+            return r;
+        }
+        crate::ipc::bell::wait_until(self.as_fd(), || {}, attempt).await
+    }
 }
 
 /// A clone refers to the same end (like a second reference to a Python `Connection`): both

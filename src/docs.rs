@@ -2,3 +2,6 @@
 
 #[doc = include_str!("docs/differences.md")]
 pub mod differences {}
+
+#[doc = include_str!("docs/asynchronous.md")]
+pub mod asynchronous {}

@@ -560,24 +560,67 @@ impl RawConn {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(le) = &self.lane {
             if let Some(d) = le.rx {
-                return self.lane_recv(&mut st, le, d, f);
+                // Without a deadline, `lane_recv` waits until it has an outcome.
+                return self
+                    .lane_recv(&mut st, le, d, None, f)?
+                    .ok_or(Error::Timeout);
             }
         }
         st.read_frame(self.fd.as_fd(), f)
     }
 
+    /// Receives one frame and decodes it as `T`, only if that needs no waiting: `None` if
+    /// nothing has arrived yet, or if another thread of this process is receiving from
+    /// this end right now (it will take what comes). A frame whose first bytes have
+    /// arrived is read whole, waiting for the rest, which its sender is writing. For the
+    /// async receive, which waits for readiness on [`pollable_fd`](Self::pollable_fd).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_recv_value<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        let mut st = match self.rd.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        fn decode<T: DeserializeOwned>(p: Payload<'_>, fds: Vec<OwnedFd>) -> Result<T> {
+            match p {
+                Payload::Borrowed(b) => codec::decode_with_fds(b, fds),
+                Payload::Owned(v) => codec::decode_with_fds(&v, fds),
+            }
+        }
+        let decode = decode::<T>;
+        if let Some((le, d)) = self.lane.as_ref().and_then(|le| Some((le, le.rx?))) {
+            return self.lane_recv(&mut st, le, d, Some(Instant::now()), decode);
+        }
+        let sock = self.fd.as_fd();
+        if st.buffered() == 0
+            && st.fds.is_empty()
+            && !st.broken
+            && !sys::wait_readable(sock, Some(Duration::ZERO)).map_err(Error::Io)?
+        {
+            return Ok(None);
+        }
+        st.read_frame(sock, decode).map(Some)
+    }
+
+    /// Takes the next record of direction `d` (and its frame): waits for one until
+    /// `deadline` (`None`: for ever), giving `None` if none came by then or another
+    /// process holds the receivers' lock at the deadline.
     fn lane_recv<R>(
         &self,
         st: &mut ReadState,
         le: &LaneEnd,
         d: usize,
+        deadline: Option<Instant>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
-    ) -> Result<R> {
+    ) -> Result<Option<R>> {
         let lane = &*le.lane;
         let sock = self.fd.as_fd();
-        let _g = lane
-            .lock_consumer(d, None)
-            .ok_or_else(|| Error::invalid("pipe lock"))?;
+        let Some(_g) = lane.lock_consumer(d, deadline) else {
+            return match deadline {
+                Some(_) => Ok(None),
+                None => Err(Error::invalid("pipe lock")),
+            };
+        };
         loop {
             match lane.peek(d)? {
                 Some(rec) if rec.kind == K_INLINE => {
@@ -590,7 +633,7 @@ impl RawConn {
                     if scratch.capacity() <= 64 << 10 {
                         st.scratch = scratch;
                     }
-                    return r;
+                    return r.map(Some);
                 }
                 Some(rec) => {
                     debug_assert_eq!(rec.kind, K_SOCKET);
@@ -599,10 +642,11 @@ impl RawConn {
                     lane.advance(d, &rec);
                     le.after_take(d);
                     if let Found::Packet(n, fds) = found {
-                        return Self::open_packet(st, n, fds, f);
+                        return Self::open_packet(st, n, fds, f).map(Some);
                     }
                 }
-                None => match self.lane_wait(st, lane, d, None, None)? {
+                None => match self.lane_wait(st, lane, d, deadline, None)? {
+                    Ready::TimedOut if deadline.is_some() => return Ok(None),
                     Ready::Ring | Ready::TimedOut | Ready::Other => continue,
                     Ready::Socket => {
                         // A packet no record announced (see `lane_sleep`): garbage.

@@ -18,7 +18,10 @@
 //!   beside a pipe's packet socket that carry its small messages without a system call
 //!   (large ones travel as sealed memory files, so no process killed mid-message can cut
 //!   one).
+//! - [`bell`]: the event counter that async code (the `tokio` feature) waits on for a
+//!   change in shared memory (queues, events), rung by whoever changes it.
 
+pub(crate) mod bell;
 pub(crate) mod conn;
 pub(crate) mod lane;
 pub(crate) mod mutex;

@@ -81,6 +81,9 @@ const O_HEAD: usize = 256;
 /// The consumers' mutex: lock word, parking word (+4), owner record (`O_COWNER`).
 const O_CLOCK: usize = 264;
 const O_CSLEEP: usize = 896;
+/// Raised by an async waiter (see [`crate::ipc::bell`]); on the line of `O_CSLEEP`, which
+/// producers read already.
+const O_ARMED: usize = 900;
 const O_COWNER: usize = 272;
 /// As `O_PMARK_*`, for a consumer's return (overflow head, then main head).
 const O_CMARK_OVF: usize = 280;
@@ -467,6 +470,12 @@ impl Ring {
     }
 
     // --- waiting ---------------------------------------------------------------------------
+
+    /// The word an async waiter raises to have the queue's bell rung at the next change
+    /// (see [`crate::ipc::bell`]).
+    pub(crate) fn armed(&self) -> &AtomicU32 {
+        self.w32(O_ARMED)
+    }
 
     /// Waits while `blocked()` holds, on the sequence word `seq_off` with sleeping flag
     /// `sleep_off` (see [`wait::wait_while`]).

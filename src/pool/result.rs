@@ -21,7 +21,42 @@ struct Slot<T> {
     /// The outcome is lent to callbacks right now.
     busy: bool,
     callbacks: Vec<Callback<T>>,
+    /// Async waiters (the `tokio` feature): each future's number and its waker, woken
+    /// (and taken off) when the outcome is there and not lent out.
+    #[cfg(feature = "tokio")]
+    wakers: Vec<(u64, std::task::Waker)>,
+    #[cfg(feature = "tokio")]
+    last_waiter: u64,
 }
+
+impl<T> Slot<T> {
+    /// Whether the outcome can be read now.
+    fn settled(&self) -> bool {
+        self.done && !self.busy
+    }
+
+    /// The async waiters to wake, once the outcome has become readable.
+    #[cfg(feature = "tokio")]
+    fn take_wakers(&mut self) -> Vec<(u64, std::task::Waker)> {
+        std::mem::take(&mut self.wakers)
+    }
+
+    #[cfg(not(feature = "tokio"))]
+    fn take_wakers(&mut self) -> [(); 0] {
+        []
+    }
+}
+
+/// Wakes the async waiters taken by [`Slot::take_wakers`].
+#[cfg(feature = "tokio")]
+fn wake_all(wakers: Vec<(u64, std::task::Waker)>) {
+    for (_, w) in wakers {
+        w.wake();
+    }
+}
+
+#[cfg(not(feature = "tokio"))]
+fn wake_all(_: [(); 0]) {}
 
 /// The shared state of an [`AsyncResult`].
 pub(crate) struct Cell<T> {
@@ -37,6 +72,10 @@ impl<T> Cell<T> {
                 done: false,
                 busy: false,
                 callbacks: Vec::new(),
+                #[cfg(feature = "tokio")]
+                wakers: Vec::new(),
+                #[cfg(feature = "tokio")]
+                last_waiter: 0,
             }),
             cv: Condvar::new(),
         })
@@ -59,8 +98,10 @@ impl<T> Cell<T> {
                 s.outcome = Some(outcome);
                 s.done = true;
                 s.busy = false;
+                let wakers = s.take_wakers();
                 drop(s);
                 self.cv.notify_all();
+                wake_all(wakers);
                 return;
             }
             drop(s);
@@ -88,14 +129,16 @@ impl<T> Cell<T> {
         let mut s = self.lock();
         s.outcome = Some(o);
         s.busy = false;
+        let wakers = s.take_wakers();
         drop(s);
         self.cv.notify_all();
+        wake_all(wakers);
     }
 
     /// Waits until the outcome is there and not lent out; `false` on timeout.
     fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, Slot<T>>, bool) {
         let mut s = self.lock();
-        while !s.done || s.busy {
+        while !s.settled() {
             match deadline {
                 None => s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
@@ -356,6 +399,109 @@ impl<R: Clone> AsyncResult<R> {
             return Err(Error::Timeout);
         }
         outcome_of(&s)
+    }
+}
+
+/// Async forms (the `tokio` feature). These futures need no particular runtime: the pool's
+/// thread that receives the outcome wakes them.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+impl<R: Clone> AsyncResult<R> {
+    /// Waits for the outcome without blocking the async runtime and returns it: the async
+    /// form of [`get`](AsyncResult::get), the same outcome every time.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the outcome is only read, never taken, so a dropped future loses
+    /// nothing (and takes its waker off the result).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|x: u64| x * 2, 21);
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// assert_eq!(rt.block_on(r.get_async()).unwrap(), 42);
+    /// ```
+    pub async fn get_async(&self) -> Result<R> {
+        Settled {
+            cell: &self.cell,
+            id: None,
+            read: outcome_of::<R>,
+        }
+        .await
+    }
+}
+
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+impl<R> AsyncResult<R> {
+    /// Waits until the outcome is there without blocking the async runtime: the async form
+    /// of [`wait`](AsyncResult::wait).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: waiting changes nothing.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(|x: u8| x, 1);
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// rt.block_on(r.wait_async());
+    /// assert!(r.ready());
+    /// ```
+    pub async fn wait_async(&self) {
+        Settled {
+            cell: &self.cell,
+            id: None,
+            read: |_: &Slot<R>| (),
+        }
+        .await
+    }
+}
+
+/// A future ready once a result's outcome is there and not lent out: then `read` looks at
+/// it, under the lock.
+#[cfg(feature = "tokio")]
+struct Settled<'a, T, F> {
+    cell: &'a Cell<T>,
+    /// This future's number among the result's waiters, once it has waited.
+    id: Option<u64>,
+    read: F,
+}
+
+#[cfg(feature = "tokio")]
+impl<T, O, F: Fn(&Slot<T>) -> O + Unpin> std::future::Future for Settled<'_, T, F> {
+    type Output = O;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<O> {
+        let this = self.get_mut();
+        let mut s = this.cell.lock();
+        if s.settled() {
+            if let Some(id) = this.id.take() {
+                s.wakers.retain(|(i, _)| *i != id);
+            }
+            return std::task::Poll::Ready((this.read)(&s));
+        }
+        let id = match this.id {
+            Some(id) => id,
+            None => {
+                s.last_waiter += 1;
+                *this.id.insert(s.last_waiter)
+            }
+        };
+        match s.wakers.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, w)) => w.clone_from(cx.waker()),
+            None => s.wakers.push((id, cx.waker().clone())),
+        }
+        std::task::Poll::Pending
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<T, F> Drop for Settled<'_, T, F> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.cell.lock().wakers.retain(|(i, _)| *i != id);
+        }
     }
 }
 

@@ -59,6 +59,12 @@
 //!   on it (and on its clones in this process) fail with [`Error::Closed`]. Other
 //!   processes are not affected, and items already in the queue stay there for them.
 //! * `qsize`, `empty` and `full` are snapshots, exact at the instant they look.
+//!
+//! # Async
+//! With the `tokio` feature, [`Queue::get_async`] and [`Queue::put_async`] (and the same on
+//! [`SimpleQueue`], and on [`JoinableQueue`] through `Deref`) wait without blocking the
+//! runtime's thread, and a dropped `get_async` has taken nothing. See
+//! [`docs::asynchronous`](crate::docs::asynchronous).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -72,6 +78,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::ipc::bell::Bell;
 use crate::ipc::ring::Ring;
 use crate::{codec, sys, Error, Result};
 
@@ -225,6 +232,8 @@ struct Shared {
     tx: OwnedFd,
     rx: OwnedFd,
     closed: AtomicBool,
+    /// Rung for async waiters (the `tokio` feature) by every put, get and shutdown.
+    bell: Bell,
 }
 
 /// A multi-producer, multi-consumer queue between processes (Python's
@@ -338,6 +347,7 @@ impl<T> Queue<T> {
                 tx,
                 rx,
                 closed: AtomicBool::new(false),
+                bell: Bell::new()?,
             }),
             _t: PhantomData,
         })
@@ -435,6 +445,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.bell.ring();
     }
 
     /// Whether [`close`](Queue::close) was called on this handle.
@@ -476,6 +487,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn shutdown(&self) {
         self.shared.ring.shutdown(false);
+        self.shared.bell.ring();
     }
 
     /// Shuts the queue down and throws away the items left in it (Python 3.13's
@@ -493,6 +505,7 @@ impl<T> Queue<T> {
     #[doc(alias = "shutdown")]
     pub fn shutdown_immediate(&self) {
         self.shared.ring.shutdown(true);
+        self.shared.bell.ring();
     }
 
     /// Whether the queue was shut down, by any process (Python's `is_shutdown`).
@@ -525,7 +538,9 @@ impl<T: Serialize> Queue<T> {
             self.shared
                 .ring
                 .put(buf, &fds, self.shared.tx.as_fd(), deadline)
-        })
+        })?;
+        self.shared.bell.ring_if_armed(self.shared.ring.armed());
+        Ok(())
     }
 
     /// Puts `value` in the queue, waiting while a bounded queue is full (or the ring has
@@ -589,6 +604,8 @@ impl<T: DeserializeOwned> Queue<T> {
                 .shared
                 .ring
                 .get(buf, self.shared.rx.as_fd(), deadline)?;
+            // Room was made and the consumers' lock let go: tell async waiters.
+            self.shared.bell.ring_if_armed(self.shared.ring.armed());
             match &r.spilled {
                 Some(seg) => codec::decode_with_fds(seg.as_slice(), r.fds),
                 None => codec::decode_with_fds(buf, r.fds),
@@ -633,6 +650,93 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 }
 
+/// Async forms (the `tokio` feature): they wait without blocking the runtime's thread. See
+/// [`docs::asynchronous`](crate::docs::asynchronous) for how, and what runtime they need.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+impl<T: DeserializeOwned> Queue<T> {
+    /// Takes the next item, waiting for one without blocking the async runtime: the async
+    /// form of [`get`](Queue::get), with the same errors.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an item is taken only inside the poll that returns it, so a future
+    /// dropped before it completed (in a `tokio::select!` branch that lost, under
+    /// `tokio::time::timeout`, ...) has taken nothing, and the item stays in the queue for
+    /// the next `get`, in this process or another.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn produce(q: multiproc::Queue<u32>) {
+    ///     q.put(42).unwrap();
+    /// }
+    /// let q = multiproc::Queue::new().unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     let mut p = multiproc::Process::new(produce, q.clone());
+    ///     p.start().unwrap();
+    ///     assert_eq!(q.get_async().await.unwrap(), 42);
+    ///     p.join().unwrap();
+    /// });
+    /// ```
+    pub async fn get_async(&self) -> Result<T> {
+        let armed = self.shared.ring.armed();
+        self.shared
+            .bell
+            .wait(armed, || match self.try_get() {
+                Err(Error::Empty) => None,
+                r => Some(r),
+            })
+            .await
+    }
+}
+
+/// Async forms (the `tokio` feature).
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+impl<T: Serialize> Queue<T> {
+    /// Puts `value`, waiting while a bounded queue is full without blocking the async
+    /// runtime: the async form of [`put`](Queue::put).
+    ///
+    /// # Cancel safety
+    /// The item goes in whole or not at all, inside one poll. A future dropped before it
+    /// completed has put nothing, and `value`, which it owns, is dropped with it (as with
+    /// tokio's `Sender::send`): to keep the value, wait with [`try_put`](Queue::try_put),
+    /// which hands it back.
+    ///
+    /// On a [`streaming`](Queue::streaming) queue, an item larger than half the ring needs
+    /// its consumer at the same time: put it with the blocking [`put`](Queue::put) (from
+    /// `tokio::task::spawn_blocking`), not with `put_async`, whose attempts would each
+    /// leave a partial item for consumers to skip.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     q.put_async(1).await.unwrap();
+    ///     // Full: the second put waits until the get below makes room.
+    ///     let (put, got) = tokio::join!(q.put_async(2), q.get_async());
+    ///     put.unwrap();
+    ///     assert_eq!(got.unwrap(), 1);
+    ///     assert_eq!(q.get_async().await.unwrap(), 2);
+    /// });
+    /// ```
+    pub async fn put_async(&self, value: T) -> Result<()> {
+        let armed = self.shared.ring.armed();
+        let mut value = Some(value);
+        self.shared
+            .bell
+            .wait(armed, || match self.try_put(value.take()?) {
+                Ok(()) => Some(Ok(())),
+                Err(TryPutError::Full(back)) => {
+                    value = Some(back);
+                    None
+                }
+                Err(e) => Some(Err(e.into())),
+            })
+            .await
+    }
+}
+
 /// Ready when an item waits, or when this handle is closed or the queue shut down (a `get`
 /// would not block);
 /// see [`wait`](crate::connection::wait). A queue has no descriptor: `wait` looks at it
@@ -659,11 +763,12 @@ impl<T> crate::connection::Waitable for Queue<T> {
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Queue", 4)?;
+        let mut st = s.serialize_struct("Queue", 5)?;
         st.serialize_field("mem", &codec::FdRef(self.shared.ring.fd()))?;
         st.serialize_field("tx", &codec::FdRef(self.shared.tx.as_fd()))?;
         st.serialize_field("rx", &codec::FdRef(self.shared.rx.as_fd()))?;
         st.serialize_field("ovf", &self.shared.ring.overflow_fd().map(codec::FdRef))?;
+        st.serialize_field("bell", &self.shared.bell.fd().map(codec::FdRef))?;
         st.end()
     }
 }
@@ -677,6 +782,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             tx: codec::FdOwned,
             rx: codec::FdOwned,
             ovf: Option<codec::FdOwned>,
+            bell: Option<codec::FdOwned>,
         }
         let w = W::deserialize(d)?;
         let ring =
@@ -687,6 +793,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 tx: w.tx.0,
                 rx: w.rx.0,
                 closed: AtomicBool::new(false),
+                bell: Bell::from_fd(w.bell.map(|f| f.0)).map_err(crate::codec::handle_error)?,
             }),
             _t: PhantomData,
         })
@@ -778,6 +885,21 @@ impl<T: Serialize> SimpleQueue<T> {
     pub fn put(&self, value: T) -> Result<()> {
         self.q.put(value)
     }
+
+    /// Puts `value` without blocking the async runtime (the `tokio` feature); see
+    /// [`Queue::put_async`], cancel safety included.
+    ///
+    /// ```
+    /// let q = multiproc::SimpleQueue::<u8>::new().unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async { q.put_async(3).await.unwrap() });
+    /// assert_eq!(q.get().unwrap(), 3);
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn put_async(&self, value: T) -> Result<()> {
+        self.q.put_async(value).await
+    }
 }
 
 impl<T: DeserializeOwned> SimpleQueue<T> {
@@ -790,6 +912,23 @@ impl<T: DeserializeOwned> SimpleQueue<T> {
     /// ```
     pub fn get(&self) -> Result<T> {
         self.q.get()
+    }
+
+    /// Takes the next item without blocking the async runtime (the `tokio` feature); see
+    /// [`Queue::get_async`], cancel safety included.
+    ///
+    /// ```
+    /// let q = multiproc::SimpleQueue::<String>::new().unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     q.put_async("x".into()).await.unwrap();
+    ///     assert_eq!(q.get_async().await.unwrap(), "x");
+    /// });
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn get_async(&self) -> Result<T> {
+        self.q.get_async().await
     }
 }
 

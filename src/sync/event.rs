@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{kinds, raw};
-use crate::ipc::segment::Segment;
+use crate::codec;
+use crate::ipc::bell::Bell;
+use crate::ipc::segment::{SegRef, Segment};
 use crate::sys::futex;
 use crate::Result;
 
 const FLAG: usize = 0;
 const SLEEPERS: usize = 4;
-const SIZE: usize = 8;
+/// Raised by an async waiter (see [`crate::ipc::bell`]).
+const ARMED: usize = 8;
+const SIZE: usize = 12;
 
 /// A flag that processes can wait for, like Python's `multiprocessing.Event`.
 ///
@@ -32,6 +36,8 @@ const SIZE: usize = 8;
 #[derive(Clone)]
 pub struct Event {
     seg: Arc<Segment>,
+    /// Rung by `set` for async waiters (the `tokio` feature).
+    bell: Arc<Bell>,
 }
 
 impl Event {
@@ -43,6 +49,7 @@ impl Event {
     pub fn new() -> Result<Event> {
         Ok(Event {
             seg: Segment::new(kinds::EVENT, SIZE)?,
+            bell: Arc::new(Bell::new()?),
         })
     }
 
@@ -73,6 +80,7 @@ impl Event {
         if self.seg.u32(SLEEPERS).load(Ordering::SeqCst) > 0 {
             futex::wake_all(self.flag());
         }
+        self.bell.ring_if_armed(self.seg.u32(ARMED));
     }
 
     /// Clears the flag.
@@ -122,6 +130,37 @@ impl Event {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(raw::deadline(timeout))
     }
+
+    /// Waits until the flag is set without blocking the async runtime (the `tokio`
+    /// feature): the async form of [`wait`](Event::wait). An error only if the wait
+    /// cannot be registered with the runtime (outside a tokio runtime, or out of
+    /// descriptors). See [`docs::asynchronous`](crate::docs::asynchronous).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: waiting changes nothing, so dropping the future loses nothing.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn setter(e: multiproc::Event) {
+    ///     e.set();
+    /// }
+    /// let e = multiproc::Event::new().unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     let h = multiproc::spawn(setter, e.clone()).unwrap();
+    ///     e.wait_async().await.unwrap();
+    ///     assert!(e.is_set());
+    ///     h.join().unwrap();
+    /// });
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn wait_async(&self) -> Result<()> {
+        let set = self.flag();
+        // A sequentially consistent look, paired with `set`'s store (see `ipc::bell`).
+        let look = || (set.load(Ordering::SeqCst) != 0).then_some(Ok(()));
+        self.bell.wait(self.seg.u32(ARMED), look).await
+    }
 }
 
 impl fmt::Debug for Event {
@@ -134,16 +173,26 @@ impl fmt::Debug for Event {
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.seg.serialize_handle(s)
+        (SegRef(&self.seg), self.bell.fd().map(codec::FdRef)).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let seg = Segment::deserialize_handle(d, kinds::EVENT)?;
+        struct EventSegment(Arc<Segment>);
+        impl<'de> Deserialize<'de> for EventSegment {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                Segment::deserialize_handle(d, kinds::EVENT).map(EventSegment)
+            }
+        }
+        let (EventSegment(seg), bell) = <(EventSegment, Option<codec::FdOwned>)>::deserialize(d)?;
         if seg.data_len() < SIZE {
             return Err(serde::de::Error::custom("Event segment too small"));
         }
-        Ok(Event { seg })
+        let bell = Bell::from_fd(bell.map(|f| f.0)).map_err(codec::handle_error)?;
+        Ok(Event {
+            seg,
+            bell: Arc::new(bell),
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! Linux implementation of the OS layer.
 
+#[cfg(feature = "tokio")]
+pub(crate) mod aio;
 pub(crate) mod code;
 pub(crate) mod futex;
 pub(crate) mod memfd;

@@ -443,9 +443,9 @@ pub(crate) struct Readiness {
 impl Readiness {
     /// A readiness descriptor that follows `sock` (readable, hang-up) and its own flag.
     pub(crate) fn new(sock: BorrowedFd<'_>) -> io::Result<Readiness> {
-        use rustix::event::{epoll, eventfd, EventfdFlags};
+        use rustix::event::epoll;
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let event = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let event = eventfd()?;
         let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
         epoll::add(&epoll, sock, epoll::EventData::new_u64(0), flags)?;
         epoll::add(&epoll, &event, epoll::EventData::new_u64(1), flags)?;
@@ -459,7 +459,7 @@ impl Readiness {
 
     /// Makes the descriptor readable until [`lower`](Self::lower).
     pub(crate) fn raise(&self) {
-        let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
+        eventfd_add(self.event.as_fd());
     }
 
     /// Undoes [`raise`](Self::raise).
@@ -467,4 +467,21 @@ impl Readiness {
         let mut b = [0u8; 8];
         let _ = rustix::io::read(&self.event, &mut b);
     }
+}
+
+/// A new event counter (`eventfd(2)`): non-blocking, close-on-exec, starting at 0. It is
+/// readable while its count is above 0, and every [`eventfd_add`] wakes every `epoll` set
+/// that watches it, edge-triggered ones included, even when it was readable already.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
+}
+
+/// Adds 1 to the count of an event counter made by [`eventfd`]. A counter that is full
+/// (2^64 - 2, never reached in practice) is left as it is: it is readable already.
+pub(crate) fn eventfd_add(fd: BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
