@@ -11,6 +11,10 @@ and reads one JSON line per workload from stdout: {"name": ..., "value": ..., "u
 
 To add a workload: write a function returning the figure, and add one entry to WORKLOADS
 (same name, unit and method of measurement as the Rust entry). Works on Python 3.11+.
+
+The rows of the Rust peers ("vs procspawn", "vs ipc-channel", from
+benches/compare/peer_workloads.rs) are measured by compare.rs alone, with the parameters
+below: they have no CPython side of their own.
 """
 
 import json

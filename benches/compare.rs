@@ -1,17 +1,21 @@
-//! Side-by-side benchmark: multiproc against CPython's `multiprocessing`.
+//! Side-by-side benchmark: multiproc against CPython's `multiprocessing`, and against the
+//! Rust peers (procspawn, ipc-channel) on the workloads they can do.
 //!
 //! ```text
 //! cargo bench --bench compare                 # every workload
 //! cargo bench --bench compare -- pipe         # the workloads whose name contains "pipe"
 //! cargo bench --bench compare -- --list       # the workload names
-//! cargo bench --bench compare -- --no-python  # multiproc only
+//! cargo bench --bench compare -- --no-python  # without CPython
+//! cargo bench --bench compare -- --no-peers   # without the Rust peers
 //! ```
 //!
 //! Each workload runs here, then the workload of the same name in `benches/compare.py`
 //! (same work, CPython's `multiprocessing`, `$PYTHON` or `python3`) in the same run on the
-//! same machine. The table shows both figures and the ratio — how many times better
-//! multiproc is (above 1: multiproc wins), whichever way "better" goes for that unit. Each
-//! result is also appended as a JSON line to `target/bench/results.jsonl` with the machine's
+//! same machine; then, in rows of their own under it (`  vs procspawn`, `  vs ipc-channel`),
+//! the Rust peers that can do the same work (`compare/peer_workloads.rs`). The table shows
+//! multiproc's figure, the other one and the ratio — how many times better multiproc is
+//! (above 1: multiproc wins), whichever way "better" goes for that unit. Each result is
+//! also appended as a JSON line to `target/bench/results.jsonl` with the machine's
 //! description.
 //!
 //! Adding a workload: one function returning the figure, one [`Workload`] entry in
@@ -23,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Connection, Process, StartMethod};
 
+#[path = "compare/peer_workloads.rs"]
+mod peer_workloads;
 #[path = "compare/pool_workloads.rs"]
 mod pool_workloads;
 #[path = "compare/queue_workloads.rs"]
@@ -211,6 +217,52 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
+/// A Rust peer's figure for the workload named `of`, in that workload's unit.
+struct Peer {
+    of: &'static str,
+    name: &'static str,
+    run: fn() -> f64,
+}
+
+/// The Rust peers, each printed under the row of the workload it does too.
+const PEERS: &[Peer] = &[
+    Peer {
+        of: "start_join_forkserver",
+        name: "procspawn",
+        run: peer_workloads::start_join_procspawn,
+    },
+    Peer {
+        of: "pipe_8b_one_way",
+        name: "ipc-channel",
+        run: peer_workloads::pipe_8b_ipc_channel,
+    },
+    Peer {
+        of: "pipe_u64_send_recv",
+        name: "ipc-channel",
+        run: peer_workloads::pipe_u64_ipc_channel,
+    },
+    Peer {
+        of: "pipe_1mib_one_way",
+        name: "ipc-channel",
+        run: peer_workloads::pipe_1mib_ipc_channel,
+    },
+    Peer {
+        of: "pool_apply_roundtrip",
+        name: "procspawn",
+        run: peer_workloads::apply_roundtrip_procspawn,
+    },
+    Peer {
+        of: "pool_apply_async_20k",
+        name: "procspawn",
+        run: peer_workloads::apply_async_20k_procspawn,
+    },
+    Peer {
+        of: "pool_speedup",
+        name: "procspawn",
+        run: peer_workloads::speedup_procspawn,
+    },
+];
+
 // --- parameters shared with benches/compare.py (keep them equal) ------------------------
 const START_BUDGET: Duration = Duration::from_secs(2);
 const START_MIN_ITERS: u32 = 5;
@@ -226,11 +278,16 @@ fn noop(_: ()) {}
 
 /// Milliseconds per `Process::new(noop).start(); join()`, after one warm-up start.
 fn start_join(method: StartMethod) -> f64 {
-    let once = || {
+    time_starts(|| {
         let mut p = Process::new(noop, ()).with_start_method(method);
         p.start().expect("start");
         p.join().expect("join");
-    };
+    })
+}
+
+/// Milliseconds per call of `once` (a process started and joined), after one warm-up
+/// call, repeated for `START_BUDGET` and at least `START_MIN_ITERS` times.
+fn time_starts(mut once: impl FnMut()) -> f64 {
     once();
     let t0 = Instant::now();
     let mut n = 0;
@@ -246,17 +303,35 @@ fn start_join(method: StartMethod) -> f64 {
 
 // --- pipe, one way ------------------------------------------------------------------------
 
-fn pipe_sender((conn, size, count): (Connection<Vec<u8>>, usize, usize)) {
+/// A sender's side of the one-way byte workloads (multiproc's and ipc-channel's): a ready
+/// message (the clock starts when the parent receives it), then `count` messages of `size`
+/// bytes, through `send`; stops at the first failure.
+fn send_byte_messages(size: usize, count: usize, mut send: impl FnMut(&[u8]) -> bool) {
     let msg = vec![b'x'; size];
-    // Ready: the clock starts when the parent receives this.
-    if conn.send_bytes(b"r").is_err() {
+    if !send(b"r") {
         return;
     }
     for _ in 0..count {
-        if conn.send_bytes(&msg).is_err() {
+        if !send(&msg) {
             return;
         }
     }
+}
+
+/// A sender's side of the one-way value workloads: `u64::MAX` (ready), then `0..count`.
+fn send_values(count: u64, mut send: impl FnMut(u64) -> bool) {
+    if !send(u64::MAX) {
+        return;
+    }
+    for i in 0..count {
+        if !send(i) {
+            return;
+        }
+    }
+}
+
+fn pipe_sender((conn, size, count): (Connection<Vec<u8>>, usize, usize)) {
+    send_byte_messages(size, count, |m| conn.send_bytes(m).is_ok());
 }
 
 /// Seconds to receive `count` messages of `size` bytes sent by a child.
@@ -276,14 +351,7 @@ fn pipe_round(size: usize, count: usize) -> f64 {
 }
 
 fn object_sender((conn, count): (Connection<u64>, u64)) {
-    if conn.send(&u64::MAX).is_err() {
-        return;
-    }
-    for i in 0..count {
-        if conn.send(&i).is_err() {
-            return;
-        }
-    }
+    send_values(count, |i| conn.send(&i).is_ok());
 }
 
 /// Like [`pipe_small`], with values (`send`/`recv`: encoded and decoded) instead of bytes.
@@ -494,8 +562,20 @@ fn fmt_value(x: f64) -> String {
     }
 }
 
+/// Runs a peer's workload; a panic (the peer failed) becomes its message.
+fn run_peer(p: &Peer) -> Result<f64, String> {
+    std::panic::catch_unwind(p.run).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".to_string())
+    })
+}
+
 fn main() {
     multiproc::init();
+    // procspawn's children start here too: each init returns in the other's children.
+    peer_workloads::init();
     // Fork is measured too; this harness is single-threaded, but say so explicitly.
     // SAFETY: no other thread of this program holds a lock when it forks.
     unsafe { multiproc::allow_fork_with_threads(true) };
@@ -509,6 +589,7 @@ fn main() {
         return;
     }
     let no_python = args.iter().any(|a| a == "--no-python");
+    let no_peers = args.iter().any(|a| a == "--no-peers");
     let filters: Vec<&str> = args
         .iter()
         .filter(|a| !a.starts_with("--"))
@@ -527,7 +608,7 @@ fn main() {
     let cpu = cpu_model();
     let py = if no_python { None } else { python_version() };
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    println!("multiproc vs CPython multiprocessing — {date}");
+    println!("multiproc vs CPython multiprocessing and the Rust peers — {date}");
     println!(
         "machine: {nproc} CPUs, {cpu}; load average {}; python: {}",
         load_average(),
@@ -536,7 +617,7 @@ fn main() {
     println!();
     println!(
         "{:<28} {:>7} {:>12} {:>12} {:>9}",
-        "workload", "unit", "multiproc", "CPython", "ratio"
+        "workload", "unit", "multiproc", "other", "ratio"
     );
     println!("{}", "-".repeat(72));
 
@@ -554,6 +635,42 @@ fn main() {
     .map_err(|e| eprintln!("cannot write {RESULTS}: {e}"))
     .ok();
 
+    // One row of the table, and its JSON line with the machine's description.
+    let mut row = |label: &str, w: &Workload, ours: f64, other: &Result<f64, String>, json| {
+        let (other_s, ratio_s, r) = match other {
+            Ok(t) => {
+                let r = ratio(w, ours, *t);
+                (fmt_value(*t), format!("{r:.2}×"), Some(r))
+            }
+            Err(_) => ("—".to_string(), "—".to_string(), None),
+        };
+        println!(
+            "{:<28} {:>7} {:>12} {:>12} {:>9}",
+            label,
+            w.unit,
+            fmt_value(ours),
+            other_s,
+            ratio_s
+        );
+        if let Some(f) = log.as_mut() {
+            let mut line = serde_json::json!({
+                "name": w.name,
+                "unit": w.unit,
+                "higher_is_better": w.higher_is_better,
+                "multiproc": ours,
+                "ratio": r,
+                "nproc": nproc,
+                "cpu_model": cpu,
+                "date": date,
+                "load_average": load_average(),
+            });
+            if let (Some(line), serde_json::Value::Object(more)) = (line.as_object_mut(), json) {
+                line.extend(more);
+            }
+            let _ = writeln!(f, "{line}");
+        }
+    };
+
     for w in chosen {
         let ours = (w.run)();
         let theirs = if py.is_some() {
@@ -561,44 +678,26 @@ fn main() {
         } else {
             Err("not run".to_string())
         };
-        let (theirs_s, ratio_s, r) = match &theirs {
-            Ok(t) => {
-                let r = ratio(w, ours, *t);
-                (fmt_value(*t), format!("{r:.2}×"), Some(r))
+        if let (Some(_), Err(e)) = (&py, &theirs) {
+            eprintln!("{}: CPython side: {e}", w.name);
+        }
+        let json = serde_json::json!({"cpython": theirs.as_ref().ok(), "python": py});
+        row(w.name, w, ours, &theirs, json);
+        for p in PEERS.iter().filter(|p| !no_peers && p.of == w.name) {
+            let theirs = run_peer(p);
+            if let Err(e) = &theirs {
+                eprintln!("{} on {}: {e}", w.name, p.name);
             }
-            Err(e) => {
-                if py.is_some() {
-                    eprintln!("{}: CPython side: {e}", w.name);
-                }
-                ("—".to_string(), "—".to_string(), None)
-            }
-        };
-        println!(
-            "{:<28} {:>7} {:>12} {:>12} {:>9}",
-            w.name,
-            w.unit,
-            fmt_value(ours),
-            theirs_s,
-            ratio_s
-        );
-        if let Some(f) = log.as_mut() {
-            let line = serde_json::json!({
-                "name": w.name,
-                "unit": w.unit,
-                "higher_is_better": w.higher_is_better,
-                "multiproc": ours,
-                "cpython": theirs.as_ref().ok(),
-                "ratio": r,
-                "nproc": nproc,
-                "cpu_model": cpu,
-                "python": py,
-                "date": date,
-                "load_average": load_average(),
+            let json = serde_json::json!({
+                "peer": p.name,
+                "peer_value": theirs.as_ref().ok(),
+                "peer_error": theirs.as_ref().err(),
             });
-            let _ = writeln!(f, "{line}");
+            row(&format!("  vs {}", p.name), w, ours, &theirs, json);
         }
     }
     println!();
+    println!("other = CPython's multiprocessing, or the Rust peer named in a \"vs\" row.");
     println!("ratio = how many times better multiproc is (> 1: multiproc wins).");
     println!("results appended to {RESULTS}");
 }

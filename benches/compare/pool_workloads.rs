@@ -2,7 +2,7 @@
 //! `apply` round trip, many `apply_async`, and the speed-up of a CPU-bound job. Their
 //! CPython counterparts are the functions of the same names in `benches/compare.py`.
 //! `pool_speedup_rayon` (rayon's speed-up on the same job) is Rust only: the bar to compare
-//! `pool_speedup` with.
+//! `pool_speedup` with. `peer_workloads.rs` runs the same tasks on procspawn's pool.
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +11,13 @@ use multiproc::Pool;
 // --- parameters shared with benches/compare.py (keep them equal) --------------------------
 const MAP_TASKS: u64 = 200_000;
 const MAP_ROUNDS: usize = 5;
-const APPLY_BUDGET: Duration = Duration::from_secs(1);
-const ASYNC_TASKS: u64 = 20_000;
+pub const APPLY_BUDGET: Duration = Duration::from_secs(1);
+pub const ASYNC_TASKS: u64 = 20_000;
 const ASYNC_ROUNDS: usize = 5;
-const PRIME_TASKS: u64 = 48;
+pub const PRIME_TASKS: u64 = 48;
 const PRIME_SPAN: u64 = 40_000;
 
-fn square(x: u64) -> u64 {
+pub fn square(x: u64) -> u64 {
     x * x
 }
 
@@ -72,13 +72,13 @@ pub fn apply_async_20k() -> f64 {
     best / ASYNC_TASKS as f64 * 1e6
 }
 
-fn count_primes((start, len): (u64, u64)) -> u64 {
+pub fn count_primes((start, len): (u64, u64)) -> u64 {
     (start..start + len)
         .filter(|&n| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0))
         .count() as u64
 }
 
-fn prime_tasks() -> Vec<(u64, u64)> {
+pub fn prime_tasks() -> Vec<(u64, u64)> {
     (0..PRIME_TASKS)
         .map(|i| (1_000_000 + i * PRIME_SPAN, PRIME_SPAN))
         .collect()
