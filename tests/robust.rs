@@ -27,17 +27,6 @@ fn hold_rlock_and_hang((lock, held): (RLock, Event)) {
     sleep_forever()
 }
 
-/// Waits (bounded) until process `pid` is asleep ('S'): blocked in a system call.
-fn until_asleep(pid: u32) {
-    assert!(
-        common::eventually(Duration::from_secs(30), || matches!(
-            common::stat(pid),
-            Some(('S', _))
-        )),
-        "process {pid} never blocked"
-    );
-}
-
 #[test]
 fn try_acquire_right_after_the_holder_is_killed_gives_owner_died() {
     multiproc::init();
@@ -113,7 +102,7 @@ fn a_blocked_waiter_is_handed_the_lock_when_its_holder_is_killed() {
     let about_to_block = Event::new().unwrap();
     let waiter = multiproc::spawn(block_on, (lock.clone(), about_to_block.clone())).unwrap();
     about_to_block.wait();
-    until_asleep(waiter.pid());
+    common::until_asleep(waiter.pid());
     holder.kill().unwrap();
     let _ = holder.join();
     // The kernel hands the lock to the queued waiter when the holder dies.
@@ -137,7 +126,7 @@ fn a_consumer_killed_while_blocked_in_get_does_not_wedge_try_get() {
     let about_to_block = Event::new().unwrap();
     let h = multiproc::spawn(consume_forever, (q.clone(), about_to_block.clone())).unwrap();
     about_to_block.wait();
-    until_asleep(h.pid());
+    common::until_asleep(h.pid());
     h.kill().unwrap();
     let _ = h.join();
     q.put(7).unwrap();

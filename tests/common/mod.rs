@@ -25,7 +25,12 @@ pub fn zombies_of_me() -> Vec<u32> {
 
 /// (state, ppid) of a process from /proc/PID/stat.
 pub fn stat(pid: u32) -> Option<(char, u32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_at(&format!("/proc/{pid}/stat"))
+}
+
+/// (state, ppid) from a `stat` file of /proc (a process's or one thread's).
+fn stat_at(path: &str) -> Option<(char, u32)> {
+    let s = std::fs::read_to_string(path).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let mut it = rest.split_whitespace();
     let state = it.next()?.chars().next()?;
@@ -60,4 +65,52 @@ pub fn allow_fork() {
     // SAFETY: the harness's other threads are parked (each test binary runs its tests in
     // separate processes under nextest), and forked children only run test functions.
     unsafe { multiproc::allow_fork_with_threads(true) };
+}
+
+/// Waits (bounded) until process `pid` is asleep ('S'): blocked in a system call.
+///
+/// The second half of a handshake: the child sets an `Event` (or sends a message) just
+/// before the call that blocks, the test waits for that, then for this. Between the two the
+/// child can only be running toward the call (state 'R'), so 'S' means it is in it.
+pub fn until_asleep(pid: u32) {
+    assert!(
+        eventually(Duration::from_secs(30), || matches!(
+            stat(pid),
+            Some(('S', _))
+        )),
+        "process {pid} never blocked"
+    );
+}
+
+/// Whether thread `tid` of process `pid` is asleep ('S'): blocked in a system call.
+pub fn thread_asleep(pid: u32, tid: u32) -> bool {
+    matches!(
+        stat_at(&format!("/proc/{pid}/task/{tid}/stat")),
+        Some(('S', _))
+    )
+}
+
+/// The kernel's id of the calling thread (a child's target runs on its main thread, whose
+/// id is the child's pid).
+pub fn my_tid() -> u32 {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Waits (bounded) until thread `tid` of process `pid` sleeps in a futex wait: blocked in a
+/// lock, a semaphore, a condition or a queue. The same handshake as [`until_asleep`], for
+/// a thread, and without having to set anything before it blocks: a thread that sleeps
+/// anywhere else (a socket, a pipe) does not count.
+pub fn until_in_futex_wait(pid: u32, tid: u32) {
+    let stat = format!("/proc/{pid}/task/{tid}/stat");
+    let wchan = format!("/proc/{pid}/task/{tid}/wchan");
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let asleep = matches!(stat_at(&stat), Some(('S', _)));
+            // Where the thread sleeps in the kernel ("0" where the kernel does not say).
+            let w = std::fs::read_to_string(&wchan).unwrap_or_default();
+            asleep && (w.contains("futex") || w.contains("mutex") || w == "0")
+        }),
+        "thread {tid} of {pid} never waited on a futex"
+    );
 }
