@@ -463,12 +463,18 @@ fn a_full_pipe_waits_for_the_reader() {
     multiproc::init();
     let (rx, tx) = pipe_simplex::<Vec<u8>>().unwrap();
     // Far more than the ring and the socket buffer hold together: the writer must wait.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
+        tid_tx.send(my_tid()).unwrap();
         for i in 0..4000u32 {
             tx.send(&vec![i as u8; 1000]).unwrap();
         }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // The writer goes to sleep in a send (it has nothing else to wait for) and stays there.
+    let tid = tid_rx.recv().unwrap();
+    let me = std::process::id();
+    assert!(eventually(Duration::from_secs(30), || writer.is_finished()
+        || thread_asleep(me, tid)));
     assert!(
         !writer.is_finished(),
         "the writer cannot have finished: nobody read"
@@ -479,7 +485,8 @@ fn a_full_pipe_waits_for_the_reader() {
     writer.join().unwrap();
 }
 
-fn fill_forever(conn: Connection<u64>) {
+fn fill_forever((conn, filling): (Connection<u64>, multiproc::Event)) {
+    filling.set();
     let mut i = 0;
     loop {
         if let Err(e) = conn.send(&i) {
@@ -504,10 +511,12 @@ fn writer_to_a_killed_reader_gets_broken_pipe() {
     let (rx, tx) = pipe_simplex::<u64>().unwrap();
     let mut reader = Process::new(read_one_then_hang, rx);
     reader.start().unwrap();
-    let mut writer = Process::new(fill_forever, tx);
+    let filling = multiproc::Event::new().unwrap();
+    let mut writer = Process::new(fill_forever, (tx, filling.clone()));
     writer.start().unwrap();
-    // The writer fills the pipe and waits for the reader; kill the reader.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the writer has filled the pipe and sleeps waiting for the reader, kill the reader.
+    filling.wait();
+    until_asleep(writer.pid().unwrap());
     assert!(writer.is_alive());
     reader.kill().unwrap();
     reader.join().unwrap();

@@ -31,7 +31,8 @@ fn get_n((q, n): (Queue<u64>, usize)) -> Vec<u64> {
     (0..n).map(|_| q.get().unwrap()).collect()
 }
 
-fn get_one_string(q: Queue<String>) -> String {
+fn get_one_string((q, about_to_block): (Queue<String>, multiproc::Event)) -> String {
+    about_to_block.set();
     q.get().unwrap()
 }
 
@@ -223,13 +224,17 @@ fn child_puts_and_exits_before_parent_drains() {
 fn parent_feeds_a_blocked_child() {
     multiproc::init();
     let q = Queue::<String>::new().unwrap();
-    let h = multiproc::spawn(get_one_string, q.clone()).unwrap();
-    sleep_ms(200); // the child is blocked in get
+    let about_to_block = multiproc::Event::new().unwrap();
+    let h = multiproc::spawn(get_one_string, (q.clone(), about_to_block.clone())).unwrap();
+    about_to_block.wait();
+    until_in_futex_wait(h.pid(), h.pid()); // the child sleeps in get
     assert!(!h.is_finished());
     let t = Instant::now();
     q.put("Jimmy".into()).unwrap();
     assert_eq!(h.join().unwrap(), "Jimmy");
-    assert!(t.elapsed() < Duration::from_secs(5));
+    // Woken by the put (it would sleep for ever otherwise); the bound leaves room for a
+    // loaded machine only.
+    assert!(t.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
@@ -269,7 +274,8 @@ fn timeouts_and_nonblocking_calls() {
     ));
     let e = t.elapsed();
     assert!(e >= Duration::from_millis(100), "returned after {e:?}");
-    assert!(e < Duration::from_secs(3), "returned after {e:?}");
+    // It does return (the bound leaves room for a loaded machine).
+    assert!(e < Duration::from_secs(10), "returned after {e:?}");
     assert!(matches!(q.try_get(), Err(Error::Empty)));
     q.try_put(1).unwrap();
     assert!(q.full());
@@ -319,17 +325,26 @@ fn try_put_on_a_full_queue_gives_the_value_back() {
 fn get_timeout_wakes_when_an_item_arrives() {
     multiproc::init();
     let q = Queue::<u64>::new().unwrap();
+    let go = multiproc::Event::new().unwrap();
     let mut p = Process::new(
-        |(q, ms): (Queue<u64>, u64)| {
-            std::thread::sleep(Duration::from_millis(ms));
+        |(q, go): (Queue<u64>, multiproc::Event)| {
+            go.wait();
             q.put(7).unwrap();
         },
-        (q.clone(), 100),
+        (q.clone(), go.clone()),
     );
     p.start().unwrap();
+    // The child puts once this thread sleeps in get_timeout.
+    let (me, tid) = (std::process::id(), my_tid());
+    let starter = std::thread::spawn(move || {
+        until_in_futex_wait(me, tid);
+        go.set();
+    });
     let t = Instant::now();
-    assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 7);
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(q.get_timeout(Duration::from_secs(60)).unwrap(), 7);
+    // Woken by the item, not by the timeout.
+    assert!(t.elapsed() < Duration::from_secs(30));
+    starter.join().unwrap();
     p.join().unwrap();
 }
 
