@@ -626,14 +626,17 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
     assert_eq!(next.list(vec![5u8]).unwrap().len().unwrap(), 1);
 }
 
-fn blocked_getter(q: QueueProxy<u32>) {
+fn blocked_getter((q, about_to_block): (QueueProxy<u32>, multiproc::Event)) {
+    about_to_block.set();
     let _ = q.get();
 }
 
-fn big_pusher(l: ListProxy<Vec<u8>>) {
+fn big_pusher((l, sending): (ListProxy<Vec<u8>>, multiproc::Event)) {
     let big = vec![1u8; 64 << 20];
     loop {
-        let _ = l.push(big.clone());
+        let copy = big.clone();
+        sending.set();
+        let _ = l.push(copy);
     }
 }
 
@@ -648,20 +651,27 @@ fn client_killed_mid_request_does_not_hurt_the_server() {
     let m = Manager::start().unwrap();
     // A client blocked in the server on `get`, then killed: no item goes to the dead.
     let q = m.queue::<u32>().unwrap();
-    let mut p = Process::new(blocked_getter, q.clone());
+    let about_to_block = multiproc::Event::new().unwrap();
+    let mut p = Process::new(blocked_getter, (q.clone(), about_to_block.clone()));
     p.start().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    about_to_block.wait();
+    common::until_asleep(p.pid().unwrap()); // waiting for the server's answer
     p.kill().unwrap();
     p.join().unwrap();
-    std::thread::sleep(Duration::from_millis(250));
+    // At once, whether or not the server has noticed yet: an answer it cannot deliver puts
+    // the item back.
     q.put(7).unwrap();
     assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 7);
 
     // A client killed while sending a large request.
     let big = m.list(Vec::<Vec<u8>>::new()).unwrap();
-    let mut p = Process::new(big_pusher, big.clone());
+    let sending = multiproc::Event::new().unwrap();
+    let mut p = Process::new(big_pusher, (big.clone(), sending.clone()));
     p.start().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Asleep once it began a push: 64 MiB fill the socket long before the server has read
+    // them (or, at the latest, it waits for the answer).
+    sending.wait();
+    common::until_asleep(p.pid().unwrap());
     p.kill().unwrap();
     p.join().unwrap();
     assert!(big.len().is_ok());
@@ -841,8 +851,8 @@ fn wait_for_count(m: &Manager, n: usize) -> usize {
     }
 }
 
-fn late_user(l: ListProxy<u32>) -> usize {
-    std::thread::sleep(Duration::from_millis(200));
+fn late_user((l, dropped): (ListProxy<u32>, multiproc::Event)) -> usize {
+    dropped.wait(); // the sender no longer holds it
     l.push(1).unwrap();
     l.len().unwrap()
 }
@@ -867,8 +877,10 @@ fn objects_are_freed_when_no_process_holds_them() {
     // Sent to a child and dropped here at once: the child still finds it, and once the
     // child is done with it, it is freed.
     let l = m.list(Vec::<u32>::new()).unwrap();
-    let h = multiproc::spawn(late_user, l.clone()).unwrap();
+    let dropped = multiproc::Event::new().unwrap();
+    let h = multiproc::spawn(late_user, (l.clone(), dropped.clone())).unwrap();
     drop(l);
+    dropped.set();
     assert_eq!(h.join().unwrap(), 1);
     assert_eq!(wait_for_count(&m, 0), 0);
 
@@ -1031,8 +1043,10 @@ fn server_ignores_sigint() {
         rustix::process::Signal::INT,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // No need to wait: a signal that kills marks the whole process as exiting before
+    // kill(2) returns, so the server could not answer this.
     assert_eq!(l.len().unwrap(), 1);
+    assert!(common::running(pid));
 }
 
 /// The same situation gives the same error through a proxy as with the local type it
