@@ -254,7 +254,9 @@ macro_rules! method_tests {
                 p.start().unwrap();
                 let t = Instant::now();
                 assert!(!p.join_timeout(Duration::ZERO).unwrap());
-                assert!(t.elapsed() < Duration::from_millis(100));
+                // A zero timeout does not wait for the child (which sleeps 60 s); the bound
+                // leaves room for a loaded machine.
+                assert!(t.elapsed() < Duration::from_secs(5));
                 let t = Instant::now();
                 assert!(!p.join_timeout(Duration::from_millis(150)).unwrap());
                 assert!(t.elapsed() >= Duration::from_millis(140));
