@@ -1,7 +1,7 @@
 //! Named shared memory blocks and their tracker.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multiproc::shared_memory::{self, SharedMemory};
 use multiproc::{Error, Event, Process, StartMethod};
@@ -19,14 +19,7 @@ fn exists(name: &str) -> bool {
 
 /// Waits up to `limit` for the block to disappear from /dev/shm.
 fn gone_within(name: &str, limit: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if !exists(name) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    !exists(name)
+    common::eventually(limit, || !exists(name))
 }
 
 #[test]
@@ -140,15 +133,18 @@ fn block_of_creator_that_forgot_to_unlink_is_unlinked() {
 fn untracked_block_outlives_its_creator() {
     multiproc::init();
     let name = unique("untracked");
-    fn create_untracked(name: String) {
+    let control = unique("untracked_control");
+    fn create_untracked((name, control): (String, String)) {
         let shm = SharedMemory::create_untracked(Some(&name), 100).unwrap();
         shm.write_at(0, b"kept").unwrap();
+        // A tracked block beside it: gone once the tracker has dealt with our exit.
+        SharedMemory::create(Some(&control), 100).unwrap();
     }
-    multiproc::spawn(create_untracked, name.clone())
+    multiproc::spawn(create_untracked, (name.clone(), control.clone()))
         .unwrap()
         .join()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(gone_within(&control, Duration::from_secs(30)));
     assert!(exists(&name));
     let shm = SharedMemory::attach(&name).unwrap();
     let mut b = [0u8; 4];
@@ -164,16 +160,29 @@ fn unlinked_block_is_not_unlinked_again() {
     // A tracked block unlinked by its creator, then re-created untracked elsewhere under the
     // same name, must survive the first creator's exit.
     let name = unique("reuse");
-    fn create_unlink(name: String) {
+    let control = unique("reuse_control");
+    fn create_unlink((name, control, unlinked, recreated): (String, String, Event, Event)) {
         let shm = SharedMemory::create(Some(&name), 10).unwrap();
         shm.unlink().unwrap();
+        // A tracked block left behind: gone once the tracker has dealt with our exit.
+        SharedMemory::create(Some(&control), 10).unwrap();
+        unlinked.set();
+        recreated.wait();
     }
-    multiproc::spawn(create_unlink, name.clone())
-        .unwrap()
-        .join()
-        .unwrap();
+    let (unlinked, recreated) = (Event::new().unwrap(), Event::new().unwrap());
+    let args = (
+        name.clone(),
+        control.clone(),
+        unlinked.clone(),
+        recreated.clone(),
+    );
+    let h = multiproc::spawn(create_unlink, args).unwrap();
+    // Re-created while the first creator still lives: its exit comes after.
+    unlinked.wait();
     let again = SharedMemory::create_untracked(Some(&name), 10).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    recreated.set();
+    h.join().unwrap();
+    assert!(gone_within(&control, Duration::from_secs(30)));
     assert!(exists(&name));
     again.unlink().unwrap();
 }
