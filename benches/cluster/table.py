@@ -33,7 +33,9 @@ def ratio(mp, py, higher_better):
         lo, hi = min(mp) / max(py), max(mp) / min(py)
     else:
         lo, hi = min(py) / max(mp), max(py) / min(mp)
-    return f"{lo:.1f}×" if abs(hi - lo) < 0.05 else f"{lo:.1f} – {hi:.1f}×"
+    def f(x):
+        return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+    return f"{f(lo)}×" if f(lo) == f(hi) else f"{f(lo)} – {f(hi)}×"
 
 
 def main():
