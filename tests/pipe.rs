@@ -632,19 +632,31 @@ fn a_sender_killed_mid_message_leaves_the_pipe_working_for_the_others() {
     let mut mine = pattern(3 << 20);
     mine.reverse();
     for round in 0..3 {
-        // Another process shares the sending end; it is killed as its 64 MiB send begins
-        // (nobody reads yet: a sender on a byte stream would be stuck in mid-frame).
+        // Another process shares the sending end and sends 64 MiB while nobody reads. It is
+        // killed as its send begins (rounds 0 and 1), or once it sleeps (round 2): on a
+        // byte stream it would be stuck in the middle of the frame then.
         let a = start_sharing(send_huge_then_wait, tx.clone());
+        if round == 2 {
+            let pid = a.pid().unwrap();
+            assert!(eventually(PATIENCE, || matches!(stat(pid), Some(('S', _)))));
+        }
         a.kill().unwrap();
         a.join().unwrap();
-        // The survivor's sends work at once, small and large.
-        tx.send_bytes(b"after").unwrap();
-        tx.send_bytes(&mine).unwrap();
+        // The survivor's sends work, small and large (from a thread: should they block,
+        // the receiver below fails the test instead of this thread hanging it).
+        let survivor = {
+            let (tx, mine) = (tx.clone(), mine.clone());
+            std::thread::spawn(move || {
+                tx.send_bytes(b"after")?;
+                tx.send_bytes(&mine)
+            })
+        };
         // The receiver gets the killed sender's message whole or not at all, then the
         // survivor's, in order: never a cut message, never a hang.
         let next = skip_whole_or_nothing(&rx, &killed, round);
         assert_eq!(next, b"after", "round {round}");
         assert!(recv_within(&rx, PATIENCE).unwrap() == mine, "round {round}");
+        survivor.join().unwrap().unwrap();
         assert!(!rx.poll(Some(Duration::ZERO)).unwrap(), "nothing else");
     }
     drop(tx);
