@@ -611,8 +611,9 @@ mod tests {
             let holder = s.spawn(move || {
                 let m = RobustMutex::new(wr, kr, or);
                 assert_eq!(m.lock(None), Acquired::Clean);
-                // Exit holding it once the waiter is parked (not yet queued in the kernel).
-                while kr.load(SeqCst) & PARK_COUNT == 0 {
+                // Exit holding it once the waiter is parked, or queued in the kernel (its
+                // park phase is time-limited: on a loaded machine it may end unseen).
+                while kr.load(SeqCst) & PARK_COUNT == 0 && wr.load(SeqCst) & PI_WAITERS == 0 {
                     std::thread::yield_now();
                 }
             });
@@ -640,16 +641,21 @@ mod tests {
                 assert!(m.unlock());
                 got
             });
-            while k.load(SeqCst) & PARK_COUNT == 0 {
+            // Released once the waiter is parked, or queued in the kernel: its park phase is
+            // time-limited, and on a loaded machine it may end before (or just after) we see
+            // it, so waiting for "parked" alone could wait for ever.
+            while k.load(SeqCst) & PARK_COUNT == 0 && w.load(SeqCst) & PI_WAITERS == 0 {
                 std::thread::yield_now();
             }
             assert!(m.unlock());
             assert_eq!(waiter.join().unwrap(), Acquired::Clean);
         });
-        assert_eq!(
-            k.load(SeqCst),
-            PARK_SEQ,
-            "one release moved the sequence, nobody parked"
+        // Still parked at the release: the release moved the sequence once; already gone
+        // to the kernel's queue: it was handed the lock there and the sequence did not move.
+        let k = k.load(SeqCst);
+        assert!(
+            k == PARK_SEQ || k == 0,
+            "at most one release moved the sequence, nobody left parked: {k:#x}"
         );
     }
 }
