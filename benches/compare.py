@@ -452,6 +452,43 @@ def queue_1mib_typed(kind):
     return QUEUE_BIG_MSG * QUEUE_BIG_COUNT / secs / 1e9
 
 
+# --- a numpy array against an ndarray matrix (issue 12) ---------------------------------------
+# Parameters shared with benches/compare/queue_workloads.rs (mod nd; keep them equal).
+ND_SMALL = (128, 1024)  # 1 MiB of float64
+ND_SMALL_COUNT = 500
+ND_BIG = (1024, 8192)  # 64 MiB of float64
+ND_BIG_COUNT = 16
+
+
+def numpy_producer(q, shape, count):
+    import numpy
+
+    item = numpy.full(shape, 1.5)
+    q.put(item)  # ready: the clock starts when the parent takes this
+    for _ in range(count):
+        q.put(item)
+
+
+def numpy_round(shape, count):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=numpy_producer, args=(q, shape, count))
+    p.start()
+    q.get()
+    t0 = time.perf_counter()
+    for _ in range(count):
+        if q.get().shape != shape:
+            raise RuntimeError("an array changed shape")
+    elapsed = time.perf_counter() - t0
+    p.join()
+    return elapsed
+
+
+def queue_numpy(shape, count):
+    secs = statistics.median(numpy_round(shape, count) for _ in range(QUEUE_ROUNDS))
+    return shape[0] * shape[1] * 8 * count / secs / 1e9
+
+
 HUGE_ITEM = 1 << 30
 
 
@@ -536,6 +573,8 @@ WORKLOADS = {
     "queue_1mib_struct": ("GB/s", lambda: queue_1mib_typed("struct")),
     "queue_1mib_string": ("GB/s", lambda: queue_1mib_typed("string")),
     "queue_1gib_item": ("GB/s", queue_1gib_item),
+    "queue_ndarray_1mib": ("GB/s", lambda: queue_numpy(ND_SMALL, ND_SMALL_COUNT)),
+    "queue_ndarray_64mib": ("GB/s", lambda: queue_numpy(ND_BIG, ND_BIG_COUNT)),
     "queue_8b_4p4c": ("msg/s", queue_8b_4p4c),
     "lock_uncontended": ("ns/pair", lock_uncontended),
     "lock_two_process_increment": ("ns/incr", lock_two_process_increment),

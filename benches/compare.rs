@@ -20,6 +20,13 @@
 //!
 //! Adding a workload: one function returning the figure, one [`Workload`] entry in
 //! [`WORKLOADS`], and the entry of the same name in `compare.py`'s `WORKLOADS`.
+//!
+//! The ndarray workloads (an ndarray matrix through a `Queue` against a numpy array through
+//! `multiprocessing.Queue`) exist with the `ndarray` feature:
+//! `cargo bench --bench compare --features ndarray -- ndarray`. When the Python found has
+//! no numpy, the harness makes a virtual environment with it (`target/bench/numpy-venv`,
+//! `pip install numpy`, on first use) and runs every CPython side with that environment's
+//! Python (the same interpreter).
 
 use std::io::Write;
 use std::process::Command;
@@ -262,6 +269,29 @@ const PEERS: &[Peer] = &[
         run: peer_workloads::speedup_procspawn,
     },
 ];
+/// The workloads that need a cargo feature, after [`WORKLOADS`].
+#[cfg(feature = "ndarray")]
+const FEATURE_WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "queue_ndarray_1mib",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::nd::queue_ndarray_1mib,
+    },
+    Workload {
+        name: "queue_ndarray_64mib",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::nd::queue_ndarray_64mib,
+    },
+];
+#[cfg(not(feature = "ndarray"))]
+const FEATURE_WORKLOADS: &[Workload] = &[];
+
+/// Workloads whose CPython side needs numpy.
+fn needs_numpy(w: &Workload) -> bool {
+    w.name.contains("ndarray")
+}
 
 // --- parameters shared with benches/compare.py (keep them equal) ------------------------
 const START_BUDGET: Duration = Duration::from_secs(2);
@@ -475,8 +505,50 @@ fn manager_list_append_tcp() -> f64 {
 const PY_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare.py");
 const RESULTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/results.jsonl");
 
+static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The Python that runs `compare.py`: `$PYTHON`, else `python3` (see [`choose_python`]).
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+    PYTHON
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string()))
+}
+
+/// Does `py` import numpy?
+fn has_numpy(py: &str) -> bool {
+    Command::new(py)
+        .args(["-c", "import numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// When a chosen workload needs numpy and the Python found has none: a virtual environment
+/// of that Python with numpy (`target/bench/numpy-venv`, made with pip on first use), whose
+/// interpreter then runs every CPython side. `$PYTHON` set by the user is used as it is.
+fn choose_python(numpy_needed: bool) {
+    let base = python();
+    if !numpy_needed || std::env::var_os("PYTHON").is_some() || has_numpy(&base) {
+        return;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/numpy-venv");
+    let venv_py = format!("{venv}/bin/python");
+    if !has_numpy(&venv_py) {
+        eprintln!("numpy is missing: installing it with pip into {venv}");
+        let made = Command::new(&base)
+            .args(["-m", "venv", venv])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(&venv_py)
+                .args(["-m", "pip", "install", "--quiet", "numpy"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !made || !has_numpy(&venv_py) {
+            eprintln!("could not install numpy; the numpy workloads' CPython side will fail");
+            return;
+        }
+    }
+    let _ = PYTHON.set(venv_py);
 }
 
 /// Runs `compare.py NAME`; the figure it printed, or why there is none.
@@ -583,7 +655,7 @@ fn main() {
     // `cargo bench` adds `--bench`; other dashed arguments are options, the rest filters.
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
-        for w in WORKLOADS {
+        for w in WORKLOADS.iter().chain(FEATURE_WORKLOADS) {
             println!("{}", w.name);
         }
         return;
@@ -597,11 +669,18 @@ fn main() {
         .collect();
     let chosen: Vec<&Workload> = WORKLOADS
         .iter()
+        .chain(FEATURE_WORKLOADS)
         .filter(|w| filters.is_empty() || filters.iter().any(|f| w.name.contains(f)))
         .collect();
     if chosen.is_empty() {
-        eprintln!("no workload matches {filters:?}; try --list");
+        eprintln!(
+            "no workload matches {filters:?}; try --list (the ndarray workloads need \
+             --features ndarray)"
+        );
         std::process::exit(2);
+    }
+    if !no_python {
+        choose_python(chosen.iter().any(|w| needs_numpy(w)));
     }
 
     let nproc = multiproc::cpu_count();

@@ -82,7 +82,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// ```
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     let len = out.len();
-    match value.serialize(&mut Enc { out: &mut *out }) {
+    match put(value, &mut Enc { out: &mut *out }) {
         Ok(()) => Ok(()),
         Err(e) => {
             out.truncate(len);
@@ -221,6 +221,106 @@ fn plain_run<I>(it: &I) -> Option<(usize, &[u8])> {
         .or_else(|| plain::slice_iter_bytes::<i8, I>(it))
 }
 
+/// Encodes `v`, a value or a part of one (every part goes through here). With the `ndarray`
+/// feature, an owned ndarray array of plain numbers is recognised by its type and its
+/// elements copied with one `memcpy` (ndarray's own `Serialize` hands them over one by one).
+#[inline]
+fn put<T: Serialize + ?Sized>(v: &T, enc: &mut Enc<'_>) -> R<()> {
+    #[cfg(feature = "ndarray")]
+    if let Some(r) = nd::encode_array(v, enc) {
+        return r;
+    }
+    v.serialize(enc)
+}
+
+/// ndarray arrays: the same bytes as ndarray's `Serialize` writes through this codec (a
+/// struct of the format version, the shape and the elements in logical order, which
+/// ndarray's `Deserialize` reads back, its elements through the `Vec<P>` fast path), with
+/// the elements as one block.
+#[cfg(feature = "ndarray")]
+mod nd {
+    use ndarray::{ArrayBase, Data, Dimension, Ix0, Ix1, Ix2, Ix3, Ix4, Ix5, Ix6, IxDyn};
+    use serde::ser::SerializeStruct;
+    use serde::{Serialize, Serializer};
+
+    use super::{Enc, R};
+    use crate::sys::ndarray::{as_arc_array, as_array};
+    use crate::sys::plain::Plain;
+
+    /// ndarray's `ARRAY_FORMAT_VERSION` (a test checks the bytes against ndarray's own).
+    const FORMAT_VERSION: u8 = 1;
+
+    /// `Some` if `v` is an owned (`Array`) or shared (`ArcArray`) ndarray array of plain
+    /// numbers of dimension 0 to 6 or dynamic: then it has been encoded.
+    #[inline]
+    pub(super) fn encode_array<T: ?Sized>(v: &T, enc: &mut Enc<'_>) -> Option<R<()>> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        // The size test is free in optimised builds (constants) and keeps unoptimised ones
+        // from comparing every value's type with all 160 array types.
+        let size = std::mem::size_of_val(v);
+        macro_rules! dims {
+            ($($d:ty),*) => {$(
+                if size == std::mem::size_of::<ndarray::Array<u8, $d>>() {
+                    if let Some(r) = elems::<T, $d>(v, enc, false) {
+                        return Some(r);
+                    }
+                }
+                if size == std::mem::size_of::<ndarray::ArcArray<u8, $d>>() {
+                    if let Some(r) = elems::<T, $d>(v, enc, true) {
+                        return Some(r);
+                    }
+                }
+            )*};
+        }
+        dims!(Ix1, Ix2, IxDyn, Ix3, Ix0, Ix4, Ix5, Ix6);
+        None
+    }
+
+    #[inline]
+    fn elems<T: ?Sized, D: Dimension + Serialize>(
+        v: &T,
+        enc: &mut Enc<'_>,
+        arc: bool,
+    ) -> Option<R<()>> {
+        macro_rules! elem {
+            ($($p:ty),*) => {$(
+                if arc {
+                    if let Some(a) = as_arc_array::<T, $p, D>(v) {
+                        return Some(encode(a, enc));
+                    }
+                } else if let Some(a) = as_array::<T, $p, D>(v) {
+                    return Some(encode(a, enc));
+                }
+            )*};
+        }
+        elem!(f64, f32, u8, i64, u64, i32, u32, i16, u16, i8);
+        None
+    }
+
+    fn encode<P, S, D>(a: &ArrayBase<S, D>, enc: &mut Enc<'_>) -> R<()>
+    where
+        P: Plain + Serialize,
+        S: Data<Elem = P>,
+        D: Dimension + Serialize,
+    {
+        // A standard-layout array is borrowed as it is; any other (column-major, transposed,
+        // sliced with steps) is first copied into row-major order, the order ndarray
+        // serializes in.
+        let standard = a.as_standard_layout();
+        let Some(data) = standard.as_slice() else {
+            return a.serialize(enc);
+        };
+        let mut st = enc.serialize_struct("Array", 3)?;
+        st.serialize_field("v", &FORMAT_VERSION)?;
+        st.serialize_field("dim", &a.raw_dim())?;
+        // `[P]` goes to `collect_seq` as a slice iterator: one `memcpy`.
+        st.serialize_field("data", data)?;
+        st.end()
+    }
+}
+
 /// Serializer methods that write a number's little-endian bytes.
 macro_rules! ser_le {
     ($($name:ident $t:ty;)*) => {$(
@@ -286,7 +386,7 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
     #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> R<()> {
         self.out.push(1);
-        v.serialize(self)
+        put(v, self)
     }
     #[inline]
     fn serialize_unit(self) -> R<()> {
@@ -302,7 +402,7 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
     }
     #[inline]
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R<()> {
-        v.serialize(self)
+        put(v, self)
     }
     #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -313,7 +413,7 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
         v: &T,
     ) -> R<()> {
         self.out.extend_from_slice(&idx.to_le_bytes());
-        v.serialize(self)
+        put(v, self)
     }
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> R<Compound<'a, 'b>> {
@@ -421,7 +521,7 @@ impl<'a, 'b> Compound<'a, 'b> {
         if let Some((_, n)) = &mut self.patch {
             *n += 1;
         }
-        v.serialize(&mut *self.enc)
+        put(v, self.enc)
     }
 
     #[inline]
@@ -455,7 +555,7 @@ impl ser::SerializeMap for Compound<'_, '_> {
     }
     #[inline]
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
-        v.serialize(&mut *self.enc)
+        put(v, self.enc)
     }
     #[inline]
     fn end(self) -> R<()> {
@@ -471,7 +571,7 @@ macro_rules! fields_in_order {
             type Error = CodecError;
             #[inline]
             fn $method<T: Serialize + ?Sized>(&mut self, $(_: $name,)? v: &T) -> R<()> {
-                v.serialize(&mut *self.enc)
+                put(v, self.enc)
             }
             #[inline]
             fn end(self) -> R<()> {
@@ -1340,5 +1440,51 @@ mod tests {
         drop(s);
         // Outside a session, handles cannot be encoded.
         assert!(encode(&H(f.as_fd())).is_err());
+    }
+
+    /// The ndarray fast path writes exactly what ndarray's own `Serialize` writes through
+    /// this codec (so ndarray's `Deserialize` reads it), for every layout and dimension.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn ndarray_arrays_encode_as_ndarray_does() {
+        use ndarray::{arr2, s, ArcArray, Array, Array1, Array2, Array3, ArrayD, IxDyn, ShapeBuilder};
+        /// Hides the array's type from the fast path: ndarray's own impl runs.
+        struct Hide<'a, T>(&'a T);
+        impl<T: Serialize> Serialize for Hide<'_, T> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+        fn check<T: Serialize + DeserializeOwned + PartialEq + Clone + fmt::Debug>(a: T) {
+            let fast = encode(&a).unwrap();
+            assert_eq!(fast, encode(&Hide(&a)).unwrap(), "{a:?}");
+            // Inside other values too.
+            let nested = (7u8, Some(a.clone()), vec![a.clone()]);
+            assert_eq!(
+                encode(&nested).unwrap(),
+                encode(&(7u8, Some(Hide(&a)), vec![Hide(&a)])).unwrap()
+            );
+            assert_eq!(decode::<T>(&fast).unwrap(), a);
+        }
+        let m = Array2::from_shape_fn((3, 5), |(i, j)| (i * 10 + j) as f64 + 0.5);
+        check(m.clone());
+        check(m.t().to_owned()); // column-major memory
+        check(m.clone().reversed_axes());
+        check(Array2::<f64>::zeros((4, 3).f()));
+        check(m.slice(s![..;-1, 1..;2]).to_owned());
+        check(m.clone().slice_move(s![..;2, ..;-1])); // owned with negative strides
+        check(Array1::from_vec(vec![1u8, 2, 3]));
+        check(Array3::from_shape_fn((2, 3, 4), |(i, j, k)| (i + j * k) as i16 - 5));
+        check(ArrayD::from_shape_fn(IxDyn(&[2, 1, 3, 2]), |d| d[0] as u64 * 1000 + d[3] as u64));
+        check(Array::from_elem((), 3.25f32));
+        check(Array2::<i32>::zeros((0, 7)));
+        check(ArcArray::from(arr2(&[[1u32, 2], [3, 4]])));
+        // Not plain numbers: ndarray's own impl, unchanged.
+        check(arr2(&[[true, false]]));
+        check(Array1::from_vec(vec!["a".to_string(), "bc".to_string()]));
+        // Garbage shapes are errors, not panics.
+        let mut bad = encode(&m).unwrap();
+        bad[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<Array2<f64>>(&bad).is_err());
     }
 }

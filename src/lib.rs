@@ -97,3 +97,14 @@ pub use sync::{
     Semaphore,
 };
 pub use value::{Array, ArrayGuard, Number, RawArray, RawValue, Value, ValueGuard};
+
+/// The `ndarray` crate, re-exported so that its version is the one multiproc was built
+/// with (the `ndarray` feature).
+///
+/// ```
+/// let a = multiproc::ndarray::Array2::<f64>::zeros((2, 3));
+/// assert_eq!(a.shape(), &[2, 3]);
+/// ```
+#[cfg(feature = "ndarray")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ndarray")))]
+pub use ndarray;

@@ -116,6 +116,24 @@ impl Number for f64 {
     }
 }
 
+/// A [`Number`] whose every bit pattern is a valid value: all of them but `bool`
+/// (`i8`…`i64`, `u8`…`u64`, `f32`, `f64`). Only these can be seen in place in memory that
+/// other processes write (the `ndarray` feature's views of a [`RawArray`] or a
+/// [`SharedMemory`](crate::shared_memory::SharedMemory) block): whatever bytes another
+/// process stores, they read as some number. Sealed.
+///
+/// ```
+/// fn in_place<T: multiproc::value::Plain>() {}
+/// in_place::<f64>();
+/// in_place::<u8>();
+/// ```
+pub trait Plain: Number + crate::sys::plain::Plain {}
+
+macro_rules! plain_number {
+    ($($t:ty),*) => { $(impl Plain for $t {})* };
+}
+plain_number!(i8, u8, i16, u16, i32, u32, i64, u64, f32, f64);
+
 impl private::Sealed for bool {}
 impl Number for bool {
     const TYPECODE: char = '?';
@@ -1009,6 +1027,44 @@ impl<T: Number> RawArray<T> {
     /// ```
     pub fn to_vec(&self) -> Vec<T> {
         read_all(&self.seg, RA_DATA, self.len)
+    }
+}
+
+/// With the `ndarray` feature: the whole array copied into an owned ndarray array, and the
+/// address of its elements for the in-place views (`as_array_view`, `as_array_view_mut`,
+/// in `sys::ndarray` since they are `unsafe`).
+#[cfg(feature = "ndarray")]
+impl<T: Plain> RawArray<T> {
+    /// A copy of the elements as an ndarray array of `shape` (in row-major order, or
+    /// column-major with `shape.f()`), whose element count must be [`len`](RawArray::len):
+    /// Python's `np.frombuffer(raw_array, dtype).reshape(shape).copy()`. Each element is
+    /// read with one atomic load, so this is safe whatever other processes do meanwhile
+    /// (it is not a snapshot: elements written during the copy may be old or new). A shape
+    /// of another size is an [`Error::InvalidOperation`].
+    ///
+    /// ```
+    /// use multiproc::ndarray::array;
+    /// let a = multiproc::RawArray::from_slice(&[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    /// assert_eq!(a.to_ndarray((2, 3)).unwrap(), array![[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    /// assert!(a.to_ndarray((4, 4)).is_err());
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "ndarray")))]
+    pub fn to_ndarray<D, Sh>(&self, shape: Sh) -> Result<ndarray::Array<T, D>>
+    where
+        D: ndarray::Dimension,
+        Sh: Into<ndarray::StrideShape<D>>,
+    {
+        ndarray::Array::from_shape_vec(shape, self.to_vec()).map_err(|e| {
+            Error::invalid(format!(
+                "a RawArray of {} elements as an ndarray array: {e}",
+                self.len
+            ))
+        })
+    }
+
+    /// The address of element 0 in this process.
+    pub(crate) fn data_ptr(&self) -> *mut u8 {
+        self.seg.data_ptr(RA_DATA)
     }
 }
 

@@ -246,3 +246,60 @@ pub fn queue_1gib_item() -> f64 {
     let secs = median((0..QUEUE_ROUNDS).map(|_| huge_round()).collect());
     HUGE_ITEM as f64 / secs / 1e9
 }
+
+// --- an ndarray matrix against a numpy array (issue 12; the `ndarray` feature) --------------
+
+/// 2-D arrays of `f64` through a `Queue`, as numpy arrays go through `multiprocessing.Queue`
+/// in `compare.py`: 1 MiB (128 × 1024) and 64 MiB (1024 × 8192) items.
+#[cfg(feature = "ndarray")]
+pub mod nd {
+    use super::{median, QUEUE_ROUNDS};
+    use multiproc::ndarray::Array2;
+    use multiproc::{Process, Queue};
+    use std::time::Instant;
+
+    // Parameters shared with benches/compare.py (keep them equal).
+    const SMALL: (usize, usize) = (128, 1024);
+    const SMALL_COUNT: usize = 500;
+    const BIG: (usize, usize) = (1024, 8192);
+    const BIG_COUNT: usize = 16;
+
+    fn producer((q, shape, count): (Queue<Array2<f64>>, (usize, usize), usize)) -> multiproc::Result<()> {
+        let item = Array2::from_elem(shape, 1.5);
+        q.put(item.clone())?; // ready: the clock starts when the parent takes this
+        for _ in 0..count {
+            q.put(item.clone())?;
+        }
+        Ok(())
+    }
+
+    fn round(shape: (usize, usize), count: usize) -> f64 {
+        let q = Queue::<Array2<f64>>::new().expect("queue");
+        let mut p = Process::new(producer, (q.clone(), shape, count));
+        p.start().expect("start");
+        q.get().expect("ready");
+        let t0 = Instant::now();
+        for _ in 0..count {
+            let a = q.get().expect("get");
+            assert_eq!(a.dim(), shape, "an array changed shape");
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        p.join().expect("join");
+        secs
+    }
+
+    fn gbps(shape: (usize, usize), count: usize) -> f64 {
+        let secs = median((0..QUEUE_ROUNDS).map(|_| round(shape, count)).collect());
+        (shape.0 * shape.1 * 8 * count) as f64 / secs / 1e9
+    }
+
+    /// 500 matrices of 1 MiB, one producer process → the parent: GB/s (median of rounds).
+    pub fn queue_ndarray_1mib() -> f64 {
+        gbps(SMALL, SMALL_COUNT)
+    }
+
+    /// 16 matrices of 64 MiB, one producer process → the parent: GB/s (median of rounds).
+    pub fn queue_ndarray_64mib() -> f64 {
+        gbps(BIG, BIG_COUNT)
+    }
+}

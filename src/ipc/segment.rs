@@ -107,6 +107,14 @@ impl Segment {
         self.map.atomic::<A>(HEADER + off)
     }
 
+    /// The address of data byte `off` in this process, for the in-place views of
+    /// `sys::ndarray` (which say when reading through it is sound). Panics past the data.
+    #[cfg(feature = "ndarray")]
+    pub(crate) fn data_ptr(&self, off: usize) -> *mut u8 {
+        assert!(off <= self.data_len);
+        self.map.as_ptr().wrapping_add(HEADER + off)
+    }
+
     /// The `u32` at data offset `off` (a futex word, a counter).
     #[inline]
     pub(crate) fn u32(&self, off: usize) -> &AtomicU32 {

@@ -14,6 +14,8 @@ pub(crate) use linux::*;
 
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi;
+#[cfg(feature = "ndarray")]
+pub(crate) mod ndarray;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("multiproc supports Linux only for now (see README's platform table)");

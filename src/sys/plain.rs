@@ -8,7 +8,10 @@ use bytemuck::Pod;
 
 /// The plain number types: fixed-width integers and floats, every bit pattern valid, no
 /// padding. The codec's fast paths serve exactly these.
-pub(crate) trait Plain: Pod {}
+///
+/// `pub` in a private module: the public `value::Plain` names it as a supertrait (which
+/// seals that trait: no other crate can implement this one).
+pub trait Plain: Pod {}
 
 macro_rules! plain {
     ($($t:ty),*) => { $(impl Plain for $t {})* };
