@@ -505,7 +505,7 @@ impl RawConn {
                     sys::MAX_FDS_PER_MESSAGE - 1
                 )));
             }
-            Some(sys::qmem::sealed_copy(body)?)
+            Some(sys::memfd::sealed_copy(body)?)
         } else {
             None
         };
@@ -731,7 +731,7 @@ impl RawConn {
             PKT_SPILLED if n == PKT_HDR && !fds.is_empty() && len > 0 => {
                 let mut fds = fds;
                 let file = fds.remove(0);
-                let bytes = sys::qmem::SealedBytes::from_fd(file, len as usize).map_err(|e| {
+                let bytes = sys::memfd::SealedBytes::from_fd(file, len as usize).map_err(|e| {
                     Error::codec(format!("a large message's memory file is not valid: {e}"))
                 })?;
                 f(Payload::Borrowed(bytes.as_slice()), fds)

@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
 use crate::ipc::wait::{self, Guard, SLICE};
-use crate::sys::qmem::SharedBytes;
+use crate::sys::memfd::Mapping;
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x4c50_504d; // "MPPL"
@@ -119,14 +119,14 @@ pub(crate) struct Record {
 
 /// The lanes of one pipe, mapped in this process.
 pub(crate) struct Lane {
-    mem: SharedBytes,
+    mem: Mapping,
     mask: u64,
 }
 
 impl Lane {
     /// New lanes for a pipe (two directions; a one-way pipe uses the first).
     pub(crate) fn create() -> Result<Lane> {
-        let mem = SharedBytes::create(HDR + 2 * CAP as usize)?;
+        let mem = Mapping::anonymous(HDR + 2 * CAP as usize)?;
         mem.u64_at(O_CAP).store(CAP, Relaxed);
         mem.u32_at(O_VERSION).store(VERSION, Relaxed);
         mem.u32_at(O_MAGIC).store(MAGIC, Release);
@@ -136,7 +136,7 @@ impl Lane {
     /// Maps the lanes of a pipe whose end arrived from another process.
     pub(crate) fn from_fd(fd: OwnedFd) -> Result<Lane> {
         let bad = || Error::codec("a pipe's shared memory is not valid");
-        let mem = SharedBytes::from_fd(fd, HDR + 2 * CAP as usize).map_err(|_| bad())?;
+        let mem = Mapping::from_memfd(fd, HDR + 2 * CAP as usize).map_err(|_| bad())?;
         if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
             || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
             || mem.u64_at(O_CAP).load(Relaxed) != CAP
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn segments_that_are_not_lanes_are_refused() {
-        let other = SharedBytes::create(HDR + 2 * CAP as usize).unwrap();
+        let other = Mapping::anonymous(HDR + 2 * CAP as usize).unwrap();
         let fd = other.fd().try_clone_to_owned().unwrap();
         assert!(matches!(Lane::from_fd(fd), Err(Error::Codec(_))));
     }

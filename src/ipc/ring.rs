@@ -52,8 +52,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
 use crate::ipc::wait::{self, Got, Guard, Waited, SLICE};
+use crate::sys;
 use crate::sys::futex;
-use crate::sys::qmem::{self, SealedBytes, SharedBytes};
+use crate::sys::memfd::{self, Mapping, SealedBytes};
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x5551_504d; // "MPQU"
@@ -200,7 +201,7 @@ struct Overflow {
 
 /// The ring in one process's mapping.
 pub(crate) struct Ring {
-    mem: SharedBytes,
+    mem: Mapping,
     cap: u64,
     mask: u64,
     maxsize: u64,
@@ -226,7 +227,7 @@ impl Ring {
         let cap = cap.clamp(MIN_CAP, MAX_CAP).next_power_of_two();
         let overflow = if maxsize == 0 && !stream_large {
             let o = Ring::init(
-                SharedBytes::create(HDR + OVERFLOW_CAP)?,
+                Mapping::anonymous(HDR + OVERFLOW_CAP)?,
                 OVERFLOW_CAP,
                 0,
                 FLAG_IS_OVERFLOW,
@@ -239,11 +240,11 @@ impl Ring {
         if overflow.is_some() {
             flags |= FLAG_HAS_OVERFLOW;
         }
-        let mem = Ring::init(SharedBytes::create(HDR + cap)?, cap, maxsize, flags);
+        let mem = Ring::init(Mapping::anonymous(HDR + cap)?, cap, maxsize, flags);
         Ring::open(mem, overflow)
     }
 
-    fn init(mem: SharedBytes, cap: usize, maxsize: usize, flags: u32) -> SharedBytes {
+    fn init(mem: Mapping, cap: usize, maxsize: usize, flags: u32) -> Mapping {
         mem.u64_at(O_CAP).store(cap as u64, Relaxed);
         mem.u64_at(O_MAXSIZE).store(maxsize as u64, Relaxed);
         mem.u32_at(O_FLAGS).store(flags, Relaxed);
@@ -255,12 +256,12 @@ impl Ring {
     /// Maps a ring received from another process (with its overflow ring's memory file, if
     /// it has one), checking its header.
     pub(crate) fn from_fd(fd: OwnedFd, overflow: Option<OwnedFd>) -> Result<Ring> {
-        let mem = SharedBytes::from_fd(fd, HDR + MIN_CAP)
+        let mem = Mapping::from_memfd(fd, HDR + MIN_CAP)
             .map_err(|e| Error::codec_from("not a queue", e))?;
         Ring::open(mem, overflow)
     }
 
-    fn open(mem: SharedBytes, overflow: Option<OwnedFd>) -> Result<Ring> {
+    fn open(mem: Mapping, overflow: Option<OwnedFd>) -> Result<Ring> {
         if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
             || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
         {
@@ -320,7 +321,7 @@ impl Ring {
             return Ok(Some(r));
         }
         let fd = o.fd.try_clone()?;
-        let mem = SharedBytes::from_fd(fd, HDR + OVERFLOW_CAP)
+        let mem = Mapping::from_memfd(fd, HDR + OVERFLOW_CAP)
             .map_err(|e| Error::codec_from("not a queue's overflow", e))?;
         let r = Ring::open(mem, None)?;
         if !r.is_overflow {
@@ -595,7 +596,7 @@ impl Ring {
         // travels on the side socket: `put` then needs no consumer to make progress. (If
         // no segment can be made, or the queue was made to stream, it is streamed.)
         let spill = if whole > self.cap / 2 && !self.stream_large {
-            qmem::sealed_copy(msg).ok()
+            memfd::sealed_copy(msg).ok()
         } else {
             None
         };
@@ -744,7 +745,7 @@ impl Ring {
 
     fn send_fds(&self, fds: &[RawFd], side_tx: BorrowedFd<'_>) -> Result<u64> {
         let tag = self.w64(O_FDTAG).fetch_add(1, SeqCst);
-        qmem::send_tagged(side_tx, tag, fds)?;
+        sys::send_tagged(side_tx, tag, fds)?;
         Ok(tag)
     }
 
@@ -840,9 +841,9 @@ impl Ring {
     /// died before publishing) are thrown away. `None`: they were lost.
     fn peek_fds(&self, tag: u64, side_rx: BorrowedFd<'_>) -> Result<Option<Vec<OwnedFd>>> {
         loop {
-            match qmem::recv_tagged(side_rx, true)? {
+            match sys::recv_tagged(side_rx, true)? {
                 Some((t, _)) if t < tag => {
-                    qmem::recv_tagged(side_rx, false)?;
+                    sys::recv_tagged(side_rx, false)?;
                 }
                 Some((t, fds)) if t == tag => return Ok(Some(fds)),
                 _ => return Ok(None),
@@ -852,9 +853,9 @@ impl Ring {
 
     /// Takes the datagram `tag` off the side socket (its duplicates are closed).
     fn pop_fds(&self, tag: u64, side_rx: BorrowedFd<'_>) -> Result<()> {
-        if let Some((t, _)) = qmem::recv_tagged(side_rx, true)? {
+        if let Some((t, _)) = sys::recv_tagged(side_rx, true)? {
             if t <= tag {
-                qmem::recv_tagged(side_rx, false)?;
+                sys::recv_tagged(side_rx, false)?;
             }
         }
         Ok(())

@@ -340,7 +340,7 @@ impl<T> Queue<T> {
 
     fn make(maxsize: usize, ring_bytes: usize, stream_large: bool) -> Result<Self> {
         let ring = Ring::create(ring_bytes, maxsize, stream_large)?;
-        let (tx, rx) = sys::qmem::dgram_pair()?;
+        let (tx, rx) = sys::dgram_pair()?;
         Ok(Queue {
             shared: Arc::new(Shared {
                 ring,
@@ -1267,7 +1267,7 @@ mod tests {
         // older than the next record's): thrown away, its descriptor closed.
         let f = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsRawFd;
-        sys::qmem::send_tagged(q.shared.tx.as_fd(), 0, &[f.as_raw_fd()]).unwrap();
+        sys::send_tagged(q.shared.tx.as_fd(), 0, &[f.as_raw_fd()]).unwrap();
         drop(f);
         let (c, d) = crate::pipe::<u8>().unwrap();
         q.put((vec![1], d)).unwrap();
@@ -1276,7 +1276,7 @@ mod tests {
         c.send(&2).unwrap();
         assert_eq!(d.recv().unwrap(), 2);
         // Both datagrams were taken off the side socket.
-        assert!(sys::qmem::recv_tagged(q.shared.rx.as_fd(), true)
+        assert!(sys::recv_tagged(q.shared.rx.as_fd(), true)
             .unwrap()
             .is_none());
     }
@@ -1300,7 +1300,7 @@ mod tests {
         assert_eq!(q.get().unwrap().0, vec![6; 10]);
         assert_eq!(q.get().unwrap().0, vec![7; 3_000_000]);
         assert!(q.empty());
-        assert!(sys::qmem::recv_tagged(q.shared.rx.as_fd(), true)
+        assert!(sys::recv_tagged(q.shared.rx.as_fd(), true)
             .unwrap()
             .is_none());
     }

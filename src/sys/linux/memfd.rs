@@ -1,10 +1,45 @@
-//! Shared memory mappings: anonymous ones backed by a `memfd` (nothing to leak: the memory
-//! goes when the last descriptor and mapping are gone), and named POSIX blocks in /dev/shm.
+//! Shared memory mappings — the crate's one mapping type, [`Mapping`], with one rule for
+//! memory that other processes write too, and one seal policy — and [`SealedBytes`], a
+//! read-only mapping of memory nobody can write any more.
 //!
-//! All access to the mapped bytes goes through atomics (see [`Mapping::atomic`]) or
-//! [`Mapping::read`]/[`Mapping::write`], which copy with relaxed atomic loads and stores:
-//! other processes write the same memory concurrently, and atomics are the only way for
-//! Rust code to see such writes without undefined behaviour.
+//! # The rule for memory other processes write
+//!
+//! Rust code never holds a reference (`&[u8]`, `&T`) into a [`Mapping`]'s bytes: another
+//! process may change them at any moment, which such a reference forbids. It reaches them in
+//! two ways only:
+//!
+//! - **Words that processes use concurrently** (ring positions, lock words, counters, a
+//!   `Value`'s number) through atomics: [`Mapping::atomic`] (and `u32_at`/`u64_at`).
+//! - **Runs of bytes** with plain copies (`memcpy`: [`read`](Mapping::read),
+//!   [`write`](Mapping::write), the ring copies), but only in a range that the protocol of
+//!   its owner hands over to the copying process: a ring's producer writes only bytes past
+//!   the published tail while it holds the producer lock, a consumer reads only bytes
+//!   before a tail it loaded with `Acquire` (published by a `Release`/`SeqCst` store after
+//!   they were written), and so on. Between processes that follow the protocol, no byte is
+//!   copied while another process writes it.
+//!
+//! A process that breaks the protocol (a bug, a hostile peer with the same memory) can only
+//! make the bytes another process copies arbitrary: they are copied into private buffers of
+//! plain bytes (every bit pattern valid), and every reader validates the *copy* (record
+//! markers, lengths, the codec's checks), never the shared bytes in place, so nothing it
+//! decides can change under it. This is the faster of the two rules the crate had (the other
+//! copied byte by byte with relaxed atomic loads and stores, several times slower for large
+//! items, and no safer against a peer that breaks the protocol).
+//!
+//! Views that hand out `&[T]` over shared memory exist only as `unsafe fn`s whose contract
+//! is that hand-over (`sys::ndarray`), and over sealed read-only memory ([`SealedBytes`]).
+//!
+//! # The seal policy
+//!
+//! Every anonymous segment (a `memfd`) is sealed against shrinking and growing when it is
+//! made ([`anonymous`](Mapping::anonymous)), so that no process can cut it short under
+//! another's mapping (a load past the end of the file raises `SIGBUS`). One received from
+//! another process must carry both seals ([`from_memfd`](Mapping::from_memfd)), or it is
+//! refused. A message frozen for travel ([`sealed_copy`]) is sealed against writing as well,
+//! and a [`SealedBytes`] must carry that seal too. Named POSIX blocks
+//! (`SharedMemory`) cannot be sealed: they are reached through `pread`/`pwrite` on their
+//! descriptor instead ([`pread_exact`](Mapping::pread_exact)), which report truncation as an
+//! error.
 
 use std::ffi::c_void;
 use std::io;
@@ -34,6 +69,7 @@ macro_rules! cells {
 cells!(AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64);
 
 /// A shared, read-write mapping of a file (a memfd or a /dev/shm object), unmapped on drop.
+/// See the [module docs](self) for how its bytes may be reached.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -41,19 +77,28 @@ pub(crate) struct Mapping {
 }
 
 // SAFETY: the mapping is plain memory shared with other processes; Rust code only reaches
-// it through atomics (`atomic`) or atomic copies (`read`/`write`), which are thread-safe.
+// it through atomics or copies under the module's rule, which are thread-safe.
 unsafe impl Send for Mapping {}
-// SAFETY: as above: no method hands out non-atomic references into the mapping.
+// SAFETY: as above: no method hands out references into the mapping's bytes.
 unsafe impl Sync for Mapping {}
 
+/// The seals of an anonymous segment: its size fixed, and no seal added later.
 const SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
+/// The seals every received segment must carry.
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 impl Mapping {
-    /// A new anonymous segment of `len` zeroed bytes (`len` > 0), its size sealed so that no
-    /// process can shrink it under another's mapping (which would make accesses fault).
+    /// A new anonymous segment of `len` zeroed bytes (`len` > 0; pages are allocated on
+    /// first touch), sealed against resizing.
     pub(crate) fn anonymous(len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map 0 bytes",
+            ));
+        }
         let fd =
             rustix::fs::memfd_create("multiproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
@@ -61,24 +106,23 @@ impl Mapping {
         Mapping::map(fd, len)
     }
 
-    /// Maps a memfd received from another process, which must be sealed against shrinking
-    /// and hold at least `len` bytes.
-    pub(crate) fn from_memfd(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
-        let seals = rustix::fs::fcntl_get_seals(&fd)?;
-        if !seals.contains(SealFlags::SHRINK) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "shared segment is not sealed against shrinking",
-            ));
+    /// Maps, whole, a memfd received from another process, which must be sealed against
+    /// shrinking and growing and hold at least `min_len` bytes (and at least one).
+    pub(crate) fn from_memfd(fd: OwnedFd, min_len: usize) -> io::Result<Mapping> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|_| bad("not a shared segment (no seals)".into()))?;
+        if !seals.contains(SIZE_SEALS) {
+            return Err(bad("shared segment is not sealed against resizing".into()));
         }
         let size = rustix::fs::fstat(&fd)?.st_size;
-        if size < 0 || (size as u64) < len as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("shared segment has {size} bytes, {len} expected"),
-            ));
+        match usize::try_from(size) {
+            Ok(n) if n >= min_len && n > 0 => Mapping::map(fd, n),
+            _ => Err(bad(format!(
+                "shared segment has {size} bytes, at least {} expected",
+                min_len.max(1)
+            ))),
         }
-        Mapping::map(fd, len)
     }
 
     /// Creates the named block `name` ("/..." form) of `len` bytes; fails if it exists.
@@ -119,8 +163,8 @@ impl Mapping {
                 "cannot map 0 bytes",
             ));
         }
-        // SAFETY: a fresh shared mapping chosen by the kernel (null hint), over a file we
-        // hold open; it aliases no Rust object. It is unmapped exactly once, in Drop.
+        // SAFETY: a fresh shared mapping chosen by the kernel (null hint, no MAP_FIXED), over
+        // a file we hold open; it aliases no Rust object. It is unmapped exactly once, in Drop.
         let p = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -150,6 +194,15 @@ impl Mapping {
         self.ptr.as_ptr()
     }
 
+    #[inline]
+    fn check(&self, off: usize, n: usize) {
+        assert!(
+            off.checked_add(n).is_some_and(|e| e <= self.len),
+            "multiproc: shared-memory access out of bounds: {off}+{n} of {}",
+            self.len
+        );
+    }
+
     /// The atomic of type `A` at byte offset `off`.
     ///
     /// Panics if it does not lie inside the mapping or is misaligned: offsets are chosen
@@ -159,51 +212,139 @@ impl Mapping {
         let size = std::mem::size_of::<A>();
         assert!(
             off.is_multiple_of(size) && off.checked_add(size).is_some_and(|e| e <= self.len),
-            "multiproc: shared-memory access out of layout (offset {off}, size {size}, len {})",
+            "multiproc: shared-memory access out of bounds or misaligned (offset {off}, size \
+             {size}, len {})",
             self.len
         );
         // SAFETY: in bounds and aligned (checked above; the mapping is page-aligned); the
         // memory stays mapped while `self` is borrowed; atomic integers have the layout
-        // of the integer, every bit pattern is valid, and all Rust accesses to shared
-        // bytes are atomic, so concurrent writes by others are not data races.
+        // of the integer, every bit pattern is valid, and words that processes share are
+        // only ever accessed atomically (the module's rule).
         unsafe { &*self.ptr.as_ptr().add(off).cast::<A>() }
     }
 
-    /// Copies bytes `off..off + out.len()` into `out`. Panics if out of range.
-    pub(crate) fn read(&self, off: usize, out: &mut [u8]) {
-        assert!(off.checked_add(out.len()).is_some_and(|e| e <= self.len));
-        let mut i = 0;
-        while i < out.len() {
-            let at = off + i;
-            if at.is_multiple_of(8) && out.len() - i >= 8 {
-                let v = self.atomic::<AtomicU64>(at).load(Ordering::Relaxed);
-                out[i..i + 8].copy_from_slice(&v.to_ne_bytes());
-                i += 8;
-            } else {
-                out[i] = self.atomic::<AtomicU8>(at).load(Ordering::Relaxed);
-                i += 1;
-            }
+    /// The 32-bit atomic word at byte offset `off` (4-aligned).
+    #[inline]
+    pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
+        self.atomic::<AtomicU32>(off)
+    }
+
+    /// The 64-bit atomic word at byte offset `off` (8-aligned).
+    #[inline]
+    pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
+        self.atomic::<AtomicU64>(off)
+    }
+
+    /// Copies `data` to bytes `off..off + data.len()`, which the caller's protocol hands
+    /// over to it (see the module docs). Panics if out of range.
+    #[inline]
+    pub(crate) fn write(&self, off: usize, data: &[u8]) {
+        self.check(off, data.len());
+        // SAFETY: the destination range is inside the mapping (checked) and cannot overlap
+        // `data`, which is ordinary process memory. No other process writes or reads the
+        // range meanwhile under the protocol (the module's rule); one that breaks it can
+        // only make the bytes garbage, which readers validate after copying them out.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
         }
     }
 
-    /// Copies `data` to bytes `off..off + data.len()`. Panics if out of range.
-    pub(crate) fn write(&self, off: usize, data: &[u8]) {
-        assert!(off.checked_add(data.len()).is_some_and(|e| e <= self.len));
-        let mut i = 0;
-        while i < data.len() {
-            let at = off + i;
-            if at.is_multiple_of(8) && data.len() - i >= 8 {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&data[i..i + 8]);
-                self.atomic::<AtomicU64>(at)
-                    .store(u64::from_ne_bytes(b), Ordering::Relaxed);
-                i += 8;
-            } else {
-                self.atomic::<AtomicU8>(at)
-                    .store(data[i], Ordering::Relaxed);
-                i += 1;
-            }
+    /// Copies bytes `off..off + out.len()` into `out` (a range handed over by the caller's
+    /// protocol). Panics if out of range.
+    #[inline]
+    pub(crate) fn read(&self, off: usize, out: &mut [u8]) {
+        self.check(off, out.len());
+        // SAFETY: the source range is inside the mapping (checked) and does not overlap
+        // `out`. Plain bytes are copied into plain bytes: whatever a process that breaks the
+        // protocol wrote, the result is some bytes, validated by the caller afterwards.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
         }
+    }
+
+    /// Appends the `n` bytes at `off` to `out` (without zero-filling `out` first).
+    #[inline]
+    pub(crate) fn read_append(&self, off: usize, n: usize, out: &mut Vec<u8>) {
+        self.check(off, n);
+        out.reserve(n);
+        // SAFETY: `reserve` made room for `n` more bytes; the source is inside the mapping
+        // (checked) and cannot overlap the vector's heap buffer; after the copy the first
+        // `len + n` bytes of the vector are initialised (as for `read`: some bytes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(off),
+                out.as_mut_ptr().add(out.len()),
+                n,
+            );
+            out.set_len(out.len() + n);
+        }
+    }
+
+    /// Gives the memory of bytes `off..off + n` back to the system (`FALLOCATE_PUNCH_HOLE`):
+    /// they read as zeros afterwards, and a later write allocates a fresh page. Whole pages
+    /// inside the range are freed; the ends of a range that is not page-aligned are zeroed.
+    pub(crate) fn punch_hole(&self, off: usize, n: usize) -> io::Result<()> {
+        self.check(off, n);
+        if n == 0 {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            off as u64,
+            n as u64,
+        )?;
+        Ok(())
+    }
+
+    /// Bytes of memory the segment's file holds now (pages written and not given back).
+    #[cfg(test)]
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        rustix::fs::fstat(&self.fd).map_or(0, |st| st.st_blocks as u64 * 512)
+    }
+}
+
+/// Byte rings inside a mapping: `mask + 1` bytes (a power of two) from offset `base`, indexed
+/// by an ever-growing position taken modulo the ring's size, so that a run of bytes may wrap
+/// around its end. (Copies under the module's rule: the ring's protocol hands the ranges over.)
+impl Mapping {
+    /// Copies `bytes` into the ring at `pos`.
+    pub(crate) fn ring_write(&self, base: usize, mask: u64, pos: u64, bytes: &[u8]) {
+        let idx = (pos & mask) as usize;
+        let first = bytes.len().min(mask as usize + 1 - idx);
+        self.write(base + idx, &bytes[..first]);
+        if first < bytes.len() {
+            self.write(base, &bytes[first..]);
+        }
+    }
+
+    /// Appends the `n` bytes of the ring at `pos` to `out`.
+    pub(crate) fn ring_read_append(
+        &self,
+        base: usize,
+        mask: u64,
+        pos: u64,
+        n: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let idx = (pos & mask) as usize;
+        let first = n.min(mask as usize + 1 - idx);
+        self.read_append(base + idx, first, out);
+        if first < n {
+            self.read_append(base, n - first, out);
+        }
+    }
+
+    /// The little-endian `u64` of the ring at `pos`.
+    pub(crate) fn ring_read_u64(&self, base: usize, mask: u64, pos: u64) -> u64 {
+        let mut b = [0u8; 8];
+        let idx = (pos & mask) as usize;
+        let first = 8.min(mask as usize + 1 - idx);
+        self.read(base + idx, &mut b[..first]);
+        if first < 8 {
+            self.read(base, &mut b[first..]);
+        }
+        u64::from_le_bytes(b)
     }
 }
 
@@ -271,6 +412,93 @@ impl Drop for Mapping {
     }
 }
 
+/// A new memory file holding a copy of `bytes` (not empty), sealed read-only: how a large
+/// message travels by descriptor (a queue's spilled item, a pipe's large message), to be
+/// mapped by the receiver as [`SealedBytes`]. It has no name: nothing is left behind when
+/// the last descriptor is closed, whoever holds it is killed.
+///
+/// It is written through the file, not through a mapping: each page is filled as it is
+/// allocated (not zeroed first), no page tables are built and torn down, and no writable
+/// mapping stands in the way of `F_SEAL_WRITE`.
+pub(crate) fn sealed_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
+    if bytes.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
+    }
+    let fd = rustix::fs::memfd_create(
+        "multiproc-message",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(&fd, &bytes[done..], done as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fcntl_add_seals(&fd, SEALS | SealFlags::WRITE)?;
+    Ok(fd)
+}
+
+/// A read-only mapping of a memory file that is sealed against writing and resizing: no
+/// process can change its bytes any more, so they can be lent out as a plain `&[u8]`.
+pub(crate) struct SealedBytes {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: immutable memory, readable from any thread.
+unsafe impl Send for SealedBytes {}
+// SAFETY: as for Send.
+unsafe impl Sync for SealedBytes {}
+
+impl SealedBytes {
+    /// Maps `fd`, which must be sealed against writes and resizing and be `len` bytes long.
+    pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<SealedBytes> {
+        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a sealed segment"))?;
+        if !seals.contains(SIZE_SEALS | SealFlags::WRITE) {
+            return Err(bad("segment is not sealed read-only"));
+        }
+        let st = rustix::fs::fstat(&fd)?;
+        if usize::try_from(st.st_size).ok() != Some(len) || len == 0 {
+            return Err(bad("segment has the wrong size"));
+        }
+        // SAFETY: a fresh read-only mapping (no MAP_FIXED) aliases nothing; the file is
+        // sealed at `len` bytes, so every page stays backed (no SIGBUS).
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                &fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(SealedBytes { ptr, len })
+    }
+
+    /// The bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes that live as long as `self`; the file
+        // is sealed against writes (F_SEAL_WRITE, checked in `from_fd`) and against
+        // shrinking, so no process can modify or remove them while we lend them out.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedBytes {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `from_fd`; borrows of it end with `self`.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
 /// Removes the named block `name` ("/..." form).
 pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
     Ok(rustix::shm::unlink(name)?)
@@ -303,17 +531,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn anonymous_roundtrip() {
-        let m = Mapping::anonymous(4096).unwrap();
+    fn anonymous_roundtrip_and_remap() {
+        let m = Mapping::anonymous(8192).unwrap();
         m.atomic::<AtomicU32>(8).store(7, Ordering::Relaxed);
+        m.u64_at(16).store(9, Ordering::SeqCst);
         let d = super::super::socket::dup_fd(m.fd()).unwrap();
         let m2 = Mapping::from_memfd(d, 4096).unwrap();
+        assert_eq!(m2.len(), 8192, "mapped whole");
         assert_eq!(m2.atomic::<AtomicU32>(8).load(Ordering::Relaxed), 7);
+        assert_eq!(m2.u64_at(16).load(Ordering::SeqCst), 9);
         m2.write(3, b"hello, shared world");
         let mut out = [0u8; 19];
         m.read(3, &mut out);
         assert_eq!(&out, b"hello, shared world");
+        let mut v = vec![1u8];
+        m.read_append(3, 2, &mut v);
+        assert_eq!(v, vec![1, b'h', b'e']);
+        assert!(rustix::fs::ftruncate(m.fd(), 100).is_err(), "sealed");
         let d = super::super::socket::dup_fd(m.fd()).unwrap();
-        assert!(Mapping::from_memfd(d, 8192).is_err());
+        assert!(Mapping::from_memfd(d, 8193).is_err(), "too small");
+        // A file that is not a sealed memfd is refused.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(Mapping::from_memfd(f.into(), 1).is_err());
+        // A memfd sealed against shrinking only is refused too (the one seal policy).
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        assert!(Mapping::from_memfd(fd, 4096).is_err());
+    }
+
+    #[test]
+    fn sealed_read_only_segments() {
+        let mut bytes = vec![0u8; 10_000];
+        bytes[5..8].copy_from_slice(b"abc");
+        let fd = sealed_copy(&bytes).unwrap();
+        let dup = super::super::socket::dup_fd(&fd).unwrap();
+        let r = SealedBytes::from_fd(fd, 10_000).unwrap();
+        assert_eq!(r.as_slice(), &bytes[..]);
+        assert!(
+            rustix::io::write(&dup, b"x").is_err(),
+            "sealed against writes"
+        );
+        // Wrong length, or a segment that can still be written: refused.
+        assert!(SealedBytes::from_fd(dup, 9_999).is_err());
+        let w = Mapping::anonymous(4096).unwrap();
+        let wfd = super::super::socket::dup_fd(w.fd()).unwrap();
+        assert!(SealedBytes::from_fd(wfd, 4096).is_err());
+        assert!(sealed_copy(&[]).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn out_of_bounds_is_caught() {
+        let s = Mapping::anonymous(4096).unwrap();
+        s.write(4095, b"ab");
     }
 }

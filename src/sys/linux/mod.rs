@@ -7,7 +7,6 @@ pub(crate) mod futex;
 pub(crate) mod memfd;
 pub(crate) mod net;
 pub(crate) mod process;
-pub(crate) mod qmem;
 pub(crate) mod socket;
 
 pub(crate) use code::*;

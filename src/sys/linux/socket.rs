@@ -485,3 +485,104 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
 pub(crate) fn eventfd_add(fd: BorrowedFd<'_>) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
+
+// --- the queues' side channel for file descriptors -----------------------------------------
+
+/// A connected pair of Unix datagram sockets (close-on-exec): what is sent on the first
+/// arrives on the second.
+pub(crate) fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Each waiting datagram takes about 768 bytes of the sender's buffer: the default
+    // (~208 KiB) holds about 270. Ask for more; the kernel caps it at `wmem_max`.
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&a, 4 << 20);
+    Ok((a, b))
+}
+
+/// Sends one datagram holding `tag` with the descriptors `fds` attached (blocking).
+pub(crate) fn send_tagged(sock: BorrowedFd<'_>, tag: u64, fds: &[RawFd]) -> io::Result<()> {
+    let borrowed = borrow_fds(fds)?;
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
+    let bytes = tag.to_le_bytes();
+    loop {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !borrowed.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        }
+        match sendmsg(
+            sock,
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Looks at (`peek`) or takes the next datagram without blocking: its tag and the
+/// descriptors that came with it (when peeking, duplicates of them). `None` if none is
+/// waiting. A datagram that is not 8 bytes long gives tag `u64::MAX`.
+pub(crate) fn recv_tagged(
+    sock: BorrowedFd<'_>,
+    peek: bool,
+) -> io::Result<Option<(u64, Vec<OwnedFd>)>> {
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut buf = [0u8; 16];
+    let mut flags = RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC;
+    if peek {
+        flags |= RecvFlags::PEEK;
+    }
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg(sock, &mut iov, &mut control, flags) {
+            Ok(r) => {
+                let mut fds = Vec::new();
+                for msg in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = msg {
+                        fds.extend(it);
+                    }
+                }
+                let tag = if r.bytes == 8 {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&buf[..8]);
+                    u64::from_le_bytes(t)
+                } else {
+                    u64::MAX
+                };
+                return Ok(Some((tag, fds)));
+            }
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn tagged_datagrams() {
+        let (a, b) = dgram_pair().unwrap();
+        assert!(recv_tagged(b.as_fd(), true).unwrap().is_none());
+        let f = std::fs::File::open("/dev/null").unwrap();
+        send_tagged(a.as_fd(), 42, &[f.as_raw_fd()]).unwrap();
+        let (t, fds) = recv_tagged(b.as_fd(), true).unwrap().unwrap();
+        assert_eq!((t, fds.len()), (42, 1));
+        let (t, fds) = recv_tagged(b.as_fd(), false).unwrap().unwrap();
+        assert_eq!((t, fds.len()), (42, 1));
+        assert!(recv_tagged(b.as_fd(), false).unwrap().is_none());
+    }
+}
