@@ -1447,7 +1447,7 @@ mod tests {
     #[cfg(feature = "ndarray")]
     #[test]
     fn ndarray_arrays_encode_as_ndarray_does() {
-        use ndarray::{arr2, s, ArcArray, Array, Array1, Array2, Array3, ArrayD, IxDyn, ShapeBuilder};
+        use ndarray::{arr2, s, Array, Array1, Array2, Array3, ArrayD, IxDyn, ShapeBuilder};
         /// Hides the array's type from the fast path: ndarray's own impl runs.
         struct Hide<'a, T>(&'a T);
         impl<T: Serialize> Serialize for Hide<'_, T> {
@@ -1478,7 +1478,7 @@ mod tests {
         check(ArrayD::from_shape_fn(IxDyn(&[2, 1, 3, 2]), |d| d[0] as u64 * 1000 + d[3] as u64));
         check(Array::from_elem((), 3.25f32));
         check(Array2::<i32>::zeros((0, 7)));
-        check(ArcArray::from(arr2(&[[1u32, 2], [3, 4]])));
+        check(arr2(&[[1u32, 2], [3, 4]]).into_shared());
         // Not plain numbers: ndarray's own impl, unchanged.
         check(arr2(&[[true, false]]));
         check(Array1::from_vec(vec!["a".to_string(), "bc".to_string()]));
