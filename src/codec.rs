@@ -15,7 +15,11 @@
 //! of numbers one block of bytes: a `Vec<f64>`, `Vec<u8>`, `&[u32]`, `Box<[i64]>` (any
 //! of `u8`…`u64`, `i8`…`i64`, `f32`, `f64`), a `String` or a byte string is copied with one
 //! `memcpy` each way, wherever it sits inside the value (a struct field, a tuple, an enum
-//! variant), with no wrapper type to choose.
+//! variant), with no wrapper type to choose. With the `ndarray` feature, so is an owned
+//! ndarray array of those numbers (`Array`, `ArcArray`, of any dimension): it travels as
+//! ndarray's own serde form (format version, shape, elements in logical order), its
+//! elements copied as one block — an array in another memory order (column-major,
+//! transposed, sliced with steps) is first made row-major, and arrives row-major.
 //!
 //! # Limits
 //! The format is not self-describing: the bytes do not say what type they hold, so the
