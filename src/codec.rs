@@ -1478,8 +1478,12 @@ mod tests {
         check(m.slice(s![..;-1, 1..;2]).to_owned());
         check(m.clone().slice_move(s![..;2, ..;-1])); // owned with negative strides
         check(Array1::from_vec(vec![1u8, 2, 3]));
-        check(Array3::from_shape_fn((2, 3, 4), |(i, j, k)| (i + j * k) as i16 - 5));
-        check(ArrayD::from_shape_fn(IxDyn(&[2, 1, 3, 2]), |d| d[0] as u64 * 1000 + d[3] as u64));
+        check(Array3::from_shape_fn((2, 3, 4), |(i, j, k)| {
+            (i + j * k) as i16 - 5
+        }));
+        check(ArrayD::from_shape_fn(IxDyn(&[2, 1, 3, 2]), |d| {
+            d[0] as u64 * 1000 + d[3] as u64
+        }));
         check(Array::from_elem((), 3.25f32));
         check(Array2::<i32>::zeros((0, 7)));
         check(arr2(&[[1u32, 2], [3, 4]]).into_shared());

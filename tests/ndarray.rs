@@ -88,7 +88,11 @@ fn make(kind: u8, bytes: usize, seed: u64, layout: u8) -> Item {
     let mut r = rand(seed);
     let mut split = |n: usize| -> (usize, usize) {
         // A random factor pair near n (rows may be 0).
-        let rows = if n == 0 { (r() % 3) as usize } else { 1 + (r() as usize % n.min(64)) };
+        let rows = if n == 0 {
+            (r() % 3) as usize
+        } else {
+            1 + (r() as usize % n.min(64))
+        };
         (rows, n.checked_div(rows).unwrap_or(0))
     };
     let mut g = rand(seed ^ 0x9e37);
@@ -288,7 +292,10 @@ fn children_write_a_shared_memory_block_through_views() {
     let sums = pool
         .map(
             write_block,
-            [(shm.name().to_string(), 16, 100), (shm.name().to_string(), 16 + 128, -100)],
+            [
+                (shm.name().to_string(), 16, 100),
+                (shm.name().to_string(), 16 + 128, -100),
+            ],
         )
         .unwrap();
     assert_eq!(sums, vec![32 * 100 + 496, -32 * 100 + 496]);
@@ -326,7 +333,10 @@ fn views_outside_the_memory_or_misaligned_are_refused() {
     let shm = SharedMemory::create(None, 64).unwrap();
     unsafe {
         assert!(shm.as_array_view::<f64, _, _>(0, 8).is_ok());
-        assert!(shm.as_array_view::<f64, _, _>(8, 8).is_err(), "past the end");
+        assert!(
+            shm.as_array_view::<f64, _, _>(8, 8).is_err(),
+            "past the end"
+        );
         assert!(shm.as_array_view::<f64, _, _>(4, 2).is_err(), "misaligned");
         assert!(shm.as_array_view_mut::<u8, _, _>(63, (1, 1)).is_ok());
     }

@@ -264,7 +264,9 @@ pub mod nd {
     const BIG: (usize, usize) = (1024, 8192);
     const BIG_COUNT: usize = 16;
 
-    fn producer((q, shape, count): (Queue<Array2<f64>>, (usize, usize), usize)) -> multiproc::Result<()> {
+    fn producer(
+        (q, shape, count): (Queue<Array2<f64>>, (usize, usize), usize),
+    ) -> multiproc::Result<()> {
         let item = Array2::from_elem(shape, 1.5);
         q.put(item.clone())?; // ready: the clock starts when the parent takes this
         for _ in 0..count {

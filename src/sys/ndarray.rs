@@ -37,9 +37,7 @@ pub(crate) fn as_array<T: ?Sized, P: Plain, D: Dimension>(v: &T) -> Option<&Arra
 
 /// `v` as a shared-ownership array of `P`s with dimension `D`, if that is its type.
 #[inline]
-pub(crate) fn as_arc_array<T: ?Sized, P: Plain, D: Dimension>(
-    v: &T,
-) -> Option<&ArcArray<P, D>> {
+pub(crate) fn as_arc_array<T: ?Sized, P: Plain, D: Dimension>(v: &T) -> Option<&ArcArray<P, D>> {
     if typeid::of::<T>() != typeid::of::<ArcArray<P, D>>() {
         return None;
     }
@@ -107,7 +105,11 @@ impl<T: value::Plain> RawArray<T> {
     /// assert_eq!(v.sum(), 27);
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "ndarray")))]
-    pub unsafe fn as_array_view<D, Sh>(&self, first: usize, shape: Sh) -> Result<ArrayView<'_, T, D>>
+    pub unsafe fn as_array_view<D, Sh>(
+        &self,
+        first: usize,
+        shape: Sh,
+    ) -> Result<ArrayView<'_, T, D>>
     where
         D: Dimension,
         Sh: Into<StrideShape<D>>,
