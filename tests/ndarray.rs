@@ -273,11 +273,12 @@ fn write_block((name, offset, value): (String, usize, i32)) -> i32 {
     let shm = SharedMemory::attach(&name).unwrap();
     // SAFETY: the parent reads the block only after this function has returned; nobody else
     // writes these bytes, and nobody truncates the block meanwhile.
-    let mut b = unsafe { shm.as_array_view_mut::<i32, _, _>(offset, (4, 8)) }.unwrap();
-    for ((i, j), x) in b.indexed_iter_mut() {
-        *x = value + (i * 8 + j) as i32;
+    {
+        let mut b = unsafe { shm.as_array_view_mut::<i32, _, _>(offset, (4, 8)) }.unwrap();
+        for ((i, j), x) in b.indexed_iter_mut() {
+            *x = value + (i * 8 + j) as i32;
+        }
     }
-    drop(b);
     // SAFETY: as above (the view reads what this process just wrote).
     let again = unsafe { shm.as_array_view::<i32, _, _>(offset, 32) }.unwrap();
     again.sum()
@@ -308,7 +309,6 @@ fn children_write_a_shared_memory_block_through_views() {
     let mut bytes = vec![0u8; 16];
     shm.read_at(0, &mut bytes).unwrap();
     assert_eq!(bytes, vec![0; 16], "bytes before the views untouched");
-    drop(v);
     pool.close();
     pool.join().unwrap();
     shm.unlink().unwrap();
