@@ -395,7 +395,8 @@ def queue_1mib_1p1c():
 
 # --- 1 MiB items of several types, a 1 GiB item (issue 12) ----------------------------------
 # The nearest CPython has to each Rust type: bytes for Vec<u8>, array('I') for Vec<u32>,
-# list[float] for Vec<f64>, a tuple (id, list[float]) for a struct, str for String.
+# list[float] for Vec<f64>, a tuple (id, list[float]) for a struct, str for String; and a
+# numpy array for an ndarray matrix ("numpy" kinds: the shape is part of the kind).
 def make_item(kind):
     n = QUEUE_BIG_MSG
     if kind == "vec_u8":
@@ -410,10 +411,10 @@ def make_item(kind):
         return (1, [1.5] * (n // 8))
     if kind == "string":
         return "x" * n
-    if kind == "numpy_f64":
+    if isinstance(kind, tuple) and kind[0] == "numpy":
         import numpy
 
-        return numpy.full(n // 8, 1.5)
+        return numpy.full(kind[1], 1.5)
     raise ValueError(kind)
 
 
@@ -422,6 +423,8 @@ def data_len(kind, item):
         return len(item[1]) * 8
     if kind in ("vec_u8", "string"):
         return len(item)
+    if hasattr(item, "nbytes"):
+        return item.nbytes
     return len(item) * item.itemsize if hasattr(item, "itemsize") else len(item) * 8
 
 
@@ -432,24 +435,28 @@ def typed_producer(q, kind, count):
         q.put(item)
 
 
-def typed_round(kind):
+def typed_round(kind, count, size):
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    p = ctx.Process(target=typed_producer, args=(q, kind, QUEUE_BIG_COUNT))
+    p = ctx.Process(target=typed_producer, args=(q, kind, count))
     p.start()
     q.get()
     t0 = time.perf_counter()
-    for _ in range(QUEUE_BIG_COUNT):
-        if data_len(kind, q.get()) != QUEUE_BIG_MSG:
+    for _ in range(count):
+        if data_len(kind, q.get()) != size:
             raise RuntimeError("an item changed size")
     elapsed = time.perf_counter() - t0
     p.join()
     return elapsed
 
 
+def queue_typed(kind, count=QUEUE_BIG_COUNT, size=QUEUE_BIG_MSG):
+    secs = statistics.median(typed_round(kind, count, size) for _ in range(QUEUE_ROUNDS))
+    return size * count / secs / 1e9
+
+
 def queue_1mib_typed(kind):
-    secs = statistics.median(typed_round(kind) for _ in range(QUEUE_ROUNDS))
-    return QUEUE_BIG_MSG * QUEUE_BIG_COUNT / secs / 1e9
+    return queue_typed(kind)
 
 
 # --- a numpy array against an ndarray matrix (issue 12) ---------------------------------------
@@ -460,33 +467,8 @@ ND_BIG = (1024, 8192)  # 64 MiB of float64
 ND_BIG_COUNT = 16
 
 
-def numpy_producer(q, shape, count):
-    import numpy
-
-    item = numpy.full(shape, 1.5)
-    q.put(item)  # ready: the clock starts when the parent takes this
-    for _ in range(count):
-        q.put(item)
-
-
-def numpy_round(shape, count):
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=numpy_producer, args=(q, shape, count))
-    p.start()
-    q.get()
-    t0 = time.perf_counter()
-    for _ in range(count):
-        if q.get().shape != shape:
-            raise RuntimeError("an array changed shape")
-    elapsed = time.perf_counter() - t0
-    p.join()
-    return elapsed
-
-
 def queue_numpy(shape, count):
-    secs = statistics.median(numpy_round(shape, count) for _ in range(QUEUE_ROUNDS))
-    return shape[0] * shape[1] * 8 * count / secs / 1e9
+    return queue_typed(("numpy", shape), count, shape[0] * shape[1] * 8)
 
 
 HUGE_ITEM = 1 << 30

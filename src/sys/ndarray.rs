@@ -64,16 +64,25 @@ fn shape_error(e: ShapeError) -> Error {
     Error::invalid(format!("cannot view shared memory in that shape: {e}"))
 }
 
-/// Where element `first` of `T`s starting at byte `base` lies, if it is aligned for `T`.
-fn element_ptr<T>(base: *mut u8, first_byte: usize) -> Result<*mut T> {
-    let p = base.wrapping_add(first_byte);
+/// A view of `shape` from element `first` of the `len` `T`s that start at `base`: the first
+/// element's address, the element count and the shape, checked to lie in the `len`
+/// elements and to be aligned for `T`.
+fn parts<T, D: Dimension, Sh: Into<StrideShape<D>>>(
+    base: *mut u8,
+    len: usize,
+    first: usize,
+    shape: Sh,
+) -> Result<(*mut T, usize, StrideShape<D>)> {
+    let shape = shape.into();
+    let n = elements(&shape, first, len)?;
+    let p = base.wrapping_add(first * std::mem::size_of::<T>());
     if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::invalid(format!(
-            "byte offset {first_byte} is not aligned for {}",
+            "element {first} is not aligned for {}",
             std::any::type_name::<T>()
         )));
     }
-    Ok(p.cast::<T>())
+    Ok((p.cast::<T>(), n, shape))
 }
 
 impl<T: value::Plain> RawArray<T> {
@@ -114,9 +123,7 @@ impl<T: value::Plain> RawArray<T> {
         D: Dimension,
         Sh: Into<StrideShape<D>>,
     {
-        let shape = shape.into();
-        let n = elements(&shape, first, self.len())?;
-        let p = element_ptr::<T>(self.data_ptr(), first * std::mem::size_of::<T>())?;
+        let (p, n, shape) = parts::<T, D, Sh>(self.data_ptr(), self.len(), first, shape)?;
         // SAFETY: elements `first..first + n` lie inside the array's data (checked above),
         // which stays mapped while `self` is borrowed (the view borrows it); `p` is aligned
         // (checked) and non-null; every bit pattern is a `T` (`Plain`). Nobody writes them
@@ -158,9 +165,7 @@ impl<T: value::Plain> RawArray<T> {
         D: Dimension,
         Sh: Into<StrideShape<D>>,
     {
-        let shape = shape.into();
-        let n = elements(&shape, first, self.len())?;
-        let p = element_ptr::<T>(self.data_ptr(), first * std::mem::size_of::<T>())?;
+        let (p, n, shape) = parts::<T, D, Sh>(self.data_ptr(), self.len(), first, shape)?;
         // SAFETY: in bounds, aligned, mapped for the borrow of `self`, any bytes a valid `T`
         // (as in `as_array_view`); no other access to these elements while the slice lives:
         // the caller's contract (see Safety).
@@ -264,7 +269,6 @@ impl SharedMemory {
         offset: usize,
         shape: Sh,
     ) -> Result<(*mut T, usize, StrideShape<D>)> {
-        let shape = shape.into();
         let size = std::mem::size_of::<T>();
         if !offset.is_multiple_of(size) {
             return Err(Error::invalid(format!(
@@ -272,8 +276,6 @@ impl SharedMemory {
                 std::any::type_name::<T>()
             )));
         }
-        let n = elements(&shape, offset / size, self.len() / size)?;
-        let p = element_ptr::<T>(self.as_ptr(), offset)?;
-        Ok((p, n, shape))
+        parts::<T, D, Sh>(self.as_ptr(), self.len() / size, offset / size, shape)
     }
 }
