@@ -53,7 +53,7 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
@@ -993,17 +993,17 @@ thread_local! {
     /// returns this typed error instead of the codec's generic message.
     static CAUSE: RefCell<Option<Error>> = const { RefCell::new(None) };
     /// Descriptors collected while encoding for a channel. `None` outside such an encoding.
-    static OUT_FDS: RefCell<Option<Vec<RawFd>>> = const { RefCell::new(None) };
+    static OUT_FDS: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     /// Descriptors received with the bytes being decoded. `None` outside such a decoding.
     static IN_FDS: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
-/// Encodes `value` for a multiproc channel: returns the raw descriptors of the handles it
-/// contains. They are borrowed from `value`, which must stay alive until they are sent.
+/// Encodes `value` for a multiproc channel: returns duplicates of the descriptors of the
+/// handles it contains, to send beside the bytes (and close once sent).
 pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
-) -> Result<Vec<RawFd>> {
+) -> Result<Vec<OwnedFd>> {
     let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
     let r = encode_into(value, out);
     let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
@@ -1015,7 +1015,7 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
 pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
-) -> Result<Vec<RawFd>> {
+) -> Result<Vec<OwnedFd>> {
     let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
     let r = encode_into(value, out);
     let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
@@ -1023,10 +1023,10 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
 }
 
 /// Encodes many values (pool task arguments or results) one after another, paying the set-up of the handle context once rather than per value. The
-/// handles' descriptors collected so far come with [`take_fds`](FdSession::take_fds); they
-/// are borrowed from the values encoded, which must stay alive until they are sent.
+/// handles' descriptors collected so far (duplicates) come with
+/// [`take_fds`](FdSession::take_fds).
 pub(crate) struct FdSession {
-    prev: Option<Vec<RawFd>>,
+    prev: Option<Vec<OwnedFd>>,
     /// Descriptors in the list after the last value encoded.
     known: usize,
 }
@@ -1041,7 +1041,7 @@ impl FdSession {
 
     /// The descriptors collected so far; the list starts again empty (the next value's
     /// handles are numbered from 0).
-    pub(crate) fn take_fds(&mut self) -> Vec<RawFd> {
+    pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
         self.known = 0;
         OUT_FDS.with(|c| {
             c.borrow_mut()
@@ -1183,17 +1183,21 @@ pub(crate) fn decode_with_fds<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedF
 
 /// Serializes a handle's descriptor: valid only while encoding for a multiproc channel.
 ///
-/// Handle types call this from their `Serialize` impl; it records `fd` to be sent out of
-/// band and writes its index.
+/// Handle types call this from their `Serialize` impl; it records a duplicate of `fd` to be
+/// sent out of band (so the value may go away before the send) and writes its index.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
     let idx = OUT_FDS.with(|c| {
         c.borrow_mut().as_mut().map(|v| {
-            v.push(fd.as_raw_fd());
-            v.len() - 1
+            let dup = fd.try_clone_to_owned()?;
+            v.push(dup);
+            Ok::<usize, std::io::Error>(v.len() - 1)
         })
     });
     match idx {
-        Some(i) => (i as u32).serialize(s),
+        Some(Ok(i)) => (i as u32).serialize(s),
+        Some(Err(e)) => Err(serde::ser::Error::custom(format!(
+            "cannot duplicate a handle's descriptor to send it: {e}"
+        ))),
         None => Err(serde::ser::Error::custom(
             "a multiproc handle can only be encoded to be sent through a multiproc \
              Process argument, Pipe, Queue or pool task",
@@ -1368,7 +1372,15 @@ mod tests {
         assert!(matches!(encode(&H(f.as_fd())), Err(Error::Codec(_))));
         let mut out = Vec::new();
         let fds = encode_with_fds(&H(f.as_fd()), &mut out).unwrap();
-        assert_eq!(fds, vec![f.as_raw_fd()]);
+        assert_eq!(fds.len(), 1);
+        let same = |a: BorrowedFd<'_>, b: BorrowedFd<'_>| {
+            let (sa, sb) = (rustix::fs::fstat(a).unwrap(), rustix::fs::fstat(b).unwrap());
+            (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+        };
+        assert!(
+            same(fds[0].as_fd(), f.as_fd()),
+            "a duplicate of the handle's descriptor"
+        );
     }
 
     #[test]

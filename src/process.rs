@@ -22,7 +22,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{PipeReader, PipeWriter};
 use std::marker::PhantomData;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -328,11 +328,11 @@ pub(crate) fn forget_after_fork() {
 }
 
 trait ErasedArgs: Send {
-    fn encode(&self, out: &mut Vec<u8>) -> Result<Vec<RawFd>>;
+    fn encode(&self, out: &mut Vec<u8>) -> Result<Vec<OwnedFd>>;
 }
 
 impl<A: Serialize + Send> ErasedArgs for A {
-    fn encode(&self, out: &mut Vec<u8>) -> Result<Vec<RawFd>> {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<Vec<OwnedFd>> {
         codec::encode_with_fds(self, out)
     }
 }
@@ -382,13 +382,22 @@ struct Pipes {
 }
 
 impl Pipes {
-    fn raw_fds(&self) -> Vec<RawFd> {
-        use std::os::fd::AsRawFd;
-        let mut v = Vec::new();
-        v.extend(self.stdin.as_ref().map(|p| p.as_raw_fd()));
-        v.extend(self.stdout.as_ref().map(|p| p.as_raw_fd()));
-        v.extend(self.stderr.as_ref().map(|p| p.as_raw_fd()));
-        v
+    /// The ends as descriptors, for the launch to carry: a forked child closes its copies
+    /// of them (see `LaunchSpec::parent_ends`). Undone by [`from_fds`](Self::from_fds).
+    fn into_fds(self) -> [Option<OwnedFd>; 3] {
+        [
+            self.stdin.map(OwnedFd::from),
+            self.stdout.map(OwnedFd::from),
+            self.stderr.map(OwnedFd::from),
+        ]
+    }
+
+    fn from_fds([stdin, stdout, stderr]: [Option<OwnedFd>; 3]) -> Pipes {
+        Pipes {
+            stdin: stdin.map(PipeWriter::from),
+            stdout: stdout.map(PipeReader::from),
+            stderr: stderr.map(PipeReader::from),
+        }
     }
 }
 
@@ -536,7 +545,7 @@ impl Process {
         let arg_fds = args.encode(&mut bytes)?;
         let mut pipes = Pipes::default();
         let stdio = self.opts.child_stdio(&mut pipes)?;
-        let launched = start::launch(LaunchSpec {
+        let mut launched = start::launch(LaunchSpec {
             method: self.opts.method.unwrap_or_else(start::get_start_method),
             code: self.code,
             name: self.name.clone(),
@@ -550,10 +559,10 @@ impl Process {
             env_clear: self.opts.env_clear,
             cwd: self.opts.cwd.clone(),
             stdio,
-            parent_ends: pipes.raw_fds(),
+            parent_ends: pipes.into_fds(),
         })?;
         self.args = None;
-        self.pipes = pipes;
+        self.pipes = Pipes::from_fds(std::mem::take(&mut launched.parent_ends));
         let child = ChildState::new(launched, self.name.clone(), self.opts.daemon);
         crate::log::log_event!(Debug, "started process {} (pid {})", self.name, child.pid);
         register(&child);

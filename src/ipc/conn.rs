@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -390,9 +390,9 @@ impl RawConn {
 
     /// The descriptors that carry the second end of a [`lane_pair`](Self::lane_pair) to
     /// another process: its socket and its lanes.
-    pub(crate) fn lane_fds(&self) -> Option<[RawFd; 2]> {
+    pub(crate) fn lane_fds(&self) -> Option<[BorrowedFd<'_>; 2]> {
         let le = self.lane.as_ref()?;
-        Some([self.fd.as_raw_fd(), le.lane.fd().as_raw_fd()])
+        Some([self.fd.as_fd(), le.lane.fd()])
     }
 
     /// Rebuilds the second end of a [`lane_pair`](Self::lane_pair) from its descriptors.
@@ -445,7 +445,7 @@ impl RawConn {
         buf.clear();
         buf.extend_from_slice(&[0u8; HEADER]);
         let r = codec::encode_with_fds(value, &mut buf)
-            .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &fds));
+            .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &borrowed(&fds)));
         if buf.capacity() <= (1 << 20) {
             ws.buf = buf;
         }
@@ -453,13 +453,13 @@ impl RawConn {
     }
 
     /// Sends `bytes` as one frame.
-    pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+    pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
         self.send_frame(&mut ws, bytes, fds)
     }
 
     /// Sends one frame: through the lane if there is one, else on the socket.
-    fn send_frame(&self, ws: &mut WriteState, body: &[u8], fds: &[RawFd]) -> Result<()> {
+    fn send_frame(&self, ws: &mut WriteState, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         if fds.len() > sys::MAX_FDS_PER_MESSAGE {
             return Err(Error::invalid(format!(
                 "a message can carry at most {} handles",
@@ -481,7 +481,7 @@ impl RawConn {
         lane: &Lane,
         d: usize,
         body: &[u8],
-        fds: &[RawFd],
+        fds: &[BorrowedFd<'_>],
     ) -> Result<()> {
         let sock = self.fd.as_fd();
         let gone = || sys::peer_hung_up(sock);
@@ -528,7 +528,7 @@ impl RawConn {
         let r = match &spill {
             Some(file) => {
                 let mut all = Vec::with_capacity(fds.len() + 1);
-                all.push(file.as_raw_fd());
+                all.push(file.as_fd());
                 all.extend_from_slice(fds);
                 let h = packet_header(PKT_SPILLED, body.len(), seq);
                 sys::send_packet(sock, &[&h], &all)
@@ -1052,6 +1052,11 @@ impl<'de> Deserialize<'de> for RawConn {
     }
 }
 
+/// Borrows owned descriptors for one send.
+pub(crate) fn borrowed(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
+    fds.iter().map(|f| f.as_fd()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1166,7 +1171,7 @@ mod tests {
         let (r, w, _) = simplex();
         let (x, y) = sys::stream_pair().unwrap();
         let big = vec![3u8; 1 << 20];
-        w.send_bytes(&big, &[x.as_raw_fd()]).unwrap();
+        w.send_bytes(&big, &[x.as_fd()]).unwrap();
         let (bytes, fds) = r.recv_with(|b, fds| Ok((b.to_vec(), fds))).unwrap();
         assert_eq!(bytes, big);
         assert_eq!(fds.len(), 1, "the handle, not the memory file");

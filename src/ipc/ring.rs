@@ -47,7 +47,7 @@
 //!   lock over. A consumer waiting for the next chunk of a stream whose producer died (or
 //!   gave up) drops the partial message and goes on.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
@@ -577,13 +577,13 @@ impl Ring {
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 
-    /// Puts one message. `fds` (raw descriptors kept open by the caller) travel on the side
+    /// Puts one message. `fds` travel on the side
     /// socket `side_tx`. `deadline`: `None` waits for ever; a passed deadline gives
     /// [`Error::Full`] if the message cannot go in at once.
     pub(crate) fn put(
         &self,
         msg: &[u8],
-        fds: &[RawFd],
+        fds: &[BorrowedFd<'_>],
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
@@ -692,7 +692,7 @@ impl Ring {
         &self,
         ctl: &Ring,
         msg: &[u8],
-        fds: &[RawFd],
+        fds: &[BorrowedFd<'_>],
         spill: Option<OwnedFd>,
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
@@ -704,7 +704,7 @@ impl Ring {
         if let Some(seg) = spill {
             self.wait_free(8 + 16, deadline)?;
             let mut all = fds.to_vec();
-            all.push(seg.as_raw_fd());
+            all.push(seg.as_fd());
             let tag = ctl.send_fds(&all, side_tx)?;
             self.publish(K_SPILL | F_FDS, &[tag, msg.len() as u64], &[], 1);
             return Ok(());
@@ -743,7 +743,7 @@ impl Ring {
         Ok(())
     }
 
-    fn send_fds(&self, fds: &[RawFd], side_tx: BorrowedFd<'_>) -> Result<u64> {
+    fn send_fds(&self, fds: &[BorrowedFd<'_>], side_tx: BorrowedFd<'_>) -> Result<u64> {
         let tag = self.w64(O_FDTAG).fetch_add(1, SeqCst);
         sys::send_tagged(side_tx, tag, fds)?;
         Ok(tag)

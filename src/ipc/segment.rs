@@ -177,10 +177,7 @@ mod tests {
         seg.write(10, b"abc");
         let mut buf = Vec::new();
         let fds = codec::encode_with_fds(&SegRef(&seg), &mut buf).unwrap();
-        let owned: Vec<_> = fds
-            .iter()
-            .map(|&fd| crate::sys::dup_raw(fd).unwrap())
-            .collect();
+        let owned: Vec<_> = fds.iter().map(|f| f.try_clone().unwrap()).collect();
         struct K7(Arc<Segment>);
         impl<'de> Deserialize<'de> for K7 {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -199,10 +196,7 @@ mod tests {
                 Segment::deserialize_handle(d, Kind(8)).map(K8)
             }
         }
-        let owned: Vec<_> = fds
-            .iter()
-            .map(|&fd| crate::sys::dup_raw(fd).unwrap())
-            .collect();
+        let owned = fds;
         assert!(matches!(
             codec::decode_with_fds::<K8>(&buf, owned),
             Err(Error::Codec(_))

@@ -120,7 +120,7 @@ impl JobRun {
     }
 
     /// Sends everything waiting now (with `fds`).
-    fn send_now(&mut self, fds: &[std::os::fd::RawFd]) -> Result<()> {
+    fn send_now(&mut self, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
         self.close_segment();
         if self.out.len() > 1 {
             self.conn.send_bytes(&self.out, fds)?;
@@ -156,7 +156,7 @@ impl JobRun {
                 self.next += 1;
                 if nfds > 0 {
                     let fds = session.take_fds();
-                    self.send_now(&fds)?;
+                    self.send_now(&crate::ipc::conn::borrowed(&fds))?;
                 } else {
                     self.maybe_send()?;
                 }

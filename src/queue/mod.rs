@@ -535,9 +535,12 @@ impl<T: Serialize> Queue<T> {
         with_buf(&ENC, |buf| {
             buf.clear();
             let fds = codec::encode_with_fds(value, buf)?;
-            self.shared
-                .ring
-                .put(buf, &fds, self.shared.tx.as_fd(), deadline)
+            self.shared.ring.put(
+                buf,
+                &crate::ipc::conn::borrowed(&fds),
+                self.shared.tx.as_fd(),
+                deadline,
+            )
         })?;
         self.shared.bell.ring_if_armed(self.shared.ring.armed());
         Ok(())
@@ -1266,8 +1269,7 @@ mod tests {
         // A datagram left by a producer that died before publishing its record (its tag is
         // older than the next record's): thrown away, its descriptor closed.
         let f = std::fs::File::open("/dev/null").unwrap();
-        use std::os::fd::AsRawFd;
-        sys::send_tagged(q.shared.tx.as_fd(), 0, &[f.as_raw_fd()]).unwrap();
+        sys::send_tagged(q.shared.tx.as_fd(), 0, &[f.as_fd()]).unwrap();
         drop(f);
         let (c, d) = crate::pipe::<u8>().unwrap();
         q.put((vec![1], d)).unwrap();

@@ -50,7 +50,7 @@ fn start_server() -> Result<Client> {
 /// that socket tells: a pid (the child exists: it is ours, and it is the answer), or end
 /// of file once the dead server's copy is closed (no child: ask a new server).
 pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let stdout = spec.default_stdout()?;
     let mut boot = spec.boot(stdout.is_some());
     boot.has_started = true;
@@ -64,7 +64,7 @@ pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
         let Some(c) = g.as_ref() else { continue };
         let (started, child_end) = sys::stream_pair()?;
         let mut fds = boot_fds(&spec, stdout.as_ref());
-        fds.push(child_end.as_raw_fd());
+        fds.push(child_end.as_fd());
         let sent = c.conn.send_bytes(&boot, &fds);
         drop(child_end);
         let reply = sent.and_then(|()| c.conn.recv_value::<std::result::Result<u32, String>>());

@@ -3,13 +3,12 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Mutex, OnceLock};
 
 use crate::ipc::RawConn;
-use crate::log::log_event;
 use crate::{codec, process, sys, Error, Result};
 
 use super::*;
@@ -18,6 +17,8 @@ use super::*;
 pub(crate) struct Launched {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
+    /// The spec's [`parent_ends`](LaunchSpec::parent_ends), handed back.
+    pub(crate) parent_ends: [Option<OwnedFd>; 3],
 }
 
 /// What to start.
@@ -28,9 +29,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) identity: Vec<u32>,
     pub(crate) daemon: bool,
     pub(crate) args: Vec<u8>,
-    /// Raw descriptors of the handles inside `args`, borrowed from the caller's arguments,
-    /// which outlive the launch.
-    pub(crate) arg_fds: Vec<RawFd>,
+    /// The descriptors of the handles inside `args` (duplicates, see `codec`).
+    pub(crate) arg_fds: Vec<OwnedFd>,
     /// The child's end of the result socket, for value-returning children.
     pub(crate) result: Option<OwnedFd>,
     /// Test hook: pretend the child is another build.
@@ -41,9 +41,10 @@ pub(crate) struct LaunchSpec {
     pub(crate) cwd: Option<PathBuf>,
     /// Descriptors to install as the child's standard input, output and error.
     pub(crate) stdio: [Option<OwnedFd>; 3],
-    /// The parent's ends of the child's stdio pipes: a forked child closes its copies (a
-    /// child holding the write end of its own standard input would never see its end).
-    pub(crate) parent_ends: Vec<RawFd>,
+    /// The parent's ends of the child's stdio pipes, carried through the launch and handed
+    /// back in [`Launched`]: a forked child closes its copies of them (a child holding the
+    /// write end of its own standard input would never see its end).
+    pub(crate) parent_ends: [Option<OwnedFd>; 3],
 }
 
 impl LaunchSpec {
@@ -83,21 +84,35 @@ impl LaunchSpec {
 }
 
 /// Starts a child as `spec` says.
-pub(crate) fn launch(spec: LaunchSpec) -> Result<Launched> {
+pub(crate) fn launch(mut spec: LaunchSpec) -> Result<Launched> {
     ensure_initialized()?;
     if spec.code.target.is_foreign() {
         return Err(foreign_fn_error());
     }
+    let mut parent_ends = std::mem::take(&mut spec.parent_ends);
     let pid = match spec.method {
-        StartMethod::Fork => launch_fork(spec)?,
+        StartMethod::Fork => {
+            let (pid, ends) = launch_fork(spec, parent_ends)?;
+            parent_ends = ends;
+            pid
+        }
         StartMethod::Spawn => launch_spawn(spec)?,
         StartMethod::ForkServer => forkserver::launch(spec)?,
     };
     let pidfd = sys::open_pidfd(pid)?;
-    Ok(Launched { pid, pidfd })
+    Ok(Launched {
+        pid,
+        pidfd,
+        parent_ends,
+    })
 }
 
-pub(super) fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
+/// Forks the child. The parent's ends of its stdio pipes come back to the parent; the child
+/// drops its copies.
+pub(super) fn launch_fork(
+    mut spec: LaunchSpec,
+    parent_ends: [Option<OwnedFd>; 3],
+) -> Result<(u32, [Option<OwnedFd>; 3])> {
     if !FORK_WITH_THREADS.load(Ordering::SeqCst) && sys::thread_count() > 1 {
         return Err(Error::invalid(
             "StartMethod::Fork refused: this process has other threads, and a lock one of \
@@ -109,7 +124,7 @@ pub(super) fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
     let parent = sys::getpid();
     let _ = std::io::stdout().flush();
     match sys::fork_process()? {
-        Some(pid) => Ok(pid),
+        Some(pid) => Ok((pid, parent_ends)),
         None => {
             // The child: the descriptors of the handles are inherited; take copies so that
             // the normal decoding path owns them.
@@ -121,18 +136,9 @@ pub(super) fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
                 fds.push(r);
             }
             fds.extend(spec.stdio.into_iter().flatten());
-            for &fd in &spec.parent_ends {
-                sys::close_in_forked_child(fd);
-            }
-            for &fd in &spec.arg_fds {
-                match sys::dup_raw(fd) {
-                    Ok(d) => fds.push(d),
-                    Err(e) => {
-                        log_event!(Error, "forked child lost a handle: {e}");
-                        sys::exit_immediately(255);
-                    }
-                }
-            }
+            fds.extend(spec.arg_fds);
+            // This process's copies of the parent's ends must not stay open here.
+            drop(parent_ends);
             run_child(boot, fds)
         }
     }
@@ -140,17 +146,15 @@ pub(super) fn launch_fork(mut spec: LaunchSpec) -> Result<u32> {
 
 /// The descriptors that travel with a bootstrap:
 /// \[result]\[stdout]\[stdin, stdout, stderr as set]\[handles…].
-pub(super) fn boot_fds(spec: &LaunchSpec, stdout: Option<&OwnedFd>) -> Vec<RawFd> {
-    use std::os::fd::AsRawFd;
+pub(super) fn boot_fds<'a>(
+    spec: &'a LaunchSpec,
+    stdout: Option<&'a OwnedFd>,
+) -> Vec<BorrowedFd<'a>> {
     let mut fds = Vec::with_capacity(5 + spec.arg_fds.len());
-    if let Some(r) = &spec.result {
-        fds.push(r.as_raw_fd());
-    }
-    if let Some(s) = stdout {
-        fds.push(s.as_raw_fd());
-    }
-    fds.extend(spec.stdio.iter().flatten().map(|f| f.as_raw_fd()));
-    fds.extend_from_slice(&spec.arg_fds);
+    fds.extend(spec.result.as_ref().map(|r| r.as_fd()));
+    fds.extend(stdout.map(|s| s.as_fd()));
+    fds.extend(spec.stdio.iter().flatten().map(|f| f.as_fd()));
+    fds.extend(spec.arg_fds.iter().map(|f| f.as_fd()));
     fds
 }
 

@@ -460,7 +460,6 @@ fn send_jobs(
 ) -> usize {
     let mut buf = header(M_BATCH, pool);
     buf.extend_from_slice(&0u32.to_le_bytes());
-    let mut fds = Vec::new();
     let mut njobs = 0u32;
     let mut ntasks = 0;
     for job in jobs.into_iter().flat_map(Job::materialize) {
@@ -476,7 +475,7 @@ fn send_jobs(
             continue;
         }
         let id = shared.fresh_id();
-        job.encode_into(id, 0, &mut buf, &mut fds);
+        job.encode_into(id, 0, &mut buf);
         let n = job.len();
         njobs += 1;
         ntasks += n;

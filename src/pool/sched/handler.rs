@@ -176,7 +176,6 @@ pub(super) fn serve(
                 buf.clear();
                 buf.push(MSG_BATCH);
                 buf.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
-                let mut fds = Vec::new();
                 let flags = if timeout.is_some() {
                     FLAG_FLUSH_EACH
                 } else {
@@ -186,7 +185,7 @@ pub(super) fn serve(
                 let mut sent = Vec::with_capacity(jobs.len());
                 for job in jobs {
                     let id = shared.fresh_id();
-                    job.encode_into(id, flags, &mut buf, &mut fds);
+                    job.encode_into(id, flags, &mut buf);
                     w.tasks += job.len();
                     let seq = w.jobs;
                     w.jobs += 1;
@@ -197,7 +196,10 @@ pub(super) fn serve(
                         seq,
                     });
                 }
-                let r = w.conn.send_bytes(&buf, &fds);
+                let r = {
+                    let fds: Vec<_> = sent.iter().flat_map(|s| s.job.fds()).collect();
+                    w.conn.send_bytes(&buf, &fds)
+                };
                 if buf.capacity() > (4 << 20) {
                     buf = Vec::new();
                 }

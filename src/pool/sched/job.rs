@@ -1,7 +1,7 @@
 //! A job: a chunk of tasks for one function, their arguments encoded end to end, and the
 //! sink its outcomes go to.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::pool::fail::TaskFail;
 use crate::pool::wire::{Reader, FLAG_HAS_FDS, FLAG_STRIDE, SEG_FAIL, SEG_OK};
 use crate::pool::worker::TaskCode;
 use crate::sys::AnyFnRef;
-use crate::{codec, sys, Error, Result};
+use crate::{codec, Error, Result};
 
 /// Where the outcomes of a job's tasks go.
 pub(crate) trait Sink: Send + Sync {
@@ -282,21 +282,12 @@ impl Job {
         }
         let len = self.args.len();
         let nfds = session.append(a, &mut self.args)?;
-        let mut owned = Vec::new();
-        if nfds > 0 {
+        let owned = if nfds > 0 {
             // Each task's handles are numbered from 0: the list starts again.
-            let raw = session.take_fds();
-            owned.reserve(raw.len());
-            for fd in &raw {
-                match sys::dup_raw(*fd) {
-                    Ok(d) => owned.push(d),
-                    Err(e) => {
-                        self.args.truncate(len);
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
+            session.take_fds()
+        } else {
+            Vec::new()
+        };
         if self.args.len() > u32::MAX as usize {
             self.args.truncate(len);
             return Err(Error::codec("a pool job's arguments exceed 4 GiB"));
@@ -448,7 +439,9 @@ impl Job {
         Ok(())
     }
 
-    pub(crate) fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) {
+    /// Appends the job to a `BATCH` frame; its descriptors ([`fds`](Self::fds)) travel with
+    /// the frame, in job order.
+    pub(crate) fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>) {
         let mut flags = flags;
         if self.fd_counts.is_some() {
             flags |= FLAG_HAS_FDS;
@@ -481,6 +474,10 @@ impl Job {
             }
         }
         out.extend_from_slice(&self.args);
-        fds.extend(self.fds.iter().map(|f| f.as_raw_fd()));
+    }
+
+    /// The descriptors of the handles in the job's arguments, in task order.
+    pub(crate) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.fds.iter().map(|f| f.as_fd())
     }
 }

@@ -406,12 +406,15 @@ impl Shared {
         } else {
             0
         };
-        let mut fds = Vec::new();
-        job.encode_into(id, flags, &mut buf, &mut fds);
+        job.encode_into(id, flags, &mut buf);
         w.tasks += job.len();
         let seq = w.jobs;
         w.jobs += 1;
-        match w.conn.send_bytes(&buf, &fds) {
+        let sent = {
+            let fds: Vec<_> = job.fds().collect();
+            w.conn.send_bytes(&buf, &fds)
+        };
+        match sent {
             Ok(()) => {}
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 job.fail_all(&TaskFail::Invalid(e.to_string()));

@@ -1,7 +1,7 @@
 //! Creating, watching, signalling and reaping child processes.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -171,15 +171,6 @@ pub(crate) fn set_stdout(fd: impl AsFd) -> io::Result<()> {
 /// Takes standard input as an owned descriptor (a duplicate; fd 0 itself stays open).
 pub(crate) fn take_stdin_dup() -> io::Result<OwnedFd> {
     super::socket::dup_fd(rustix::stdio::stdin())
-}
-
-/// In a forked child: closes `fd`, a descriptor that an object of the parent owns (the
-/// parent's end of a pipe to this child, say).
-pub(crate) fn close_in_forked_child(fd: RawFd) {
-    // SAFETY: called only in a fresh fork child, on descriptors owned by objects of the
-    // parent's stack frames that this child never returns to: nothing else here uses,
-    // closes or drops them, so taking ownership of the number to close it is sound.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 
 /// A duplicate of this process's standard input (0), output (1) or error (2).

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -54,8 +54,13 @@ pub(crate) fn is_packet_socket(fd: BorrowedFd<'_>) -> bool {
 
 /// Sends the concatenation of `parts` as one packet on the packet socket `fd`, with `fds`
 /// attached, blocking while the peer's queue is full. Never raises SIGPIPE.
-pub(crate) fn send_packet(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
-    let borrowed = borrow_fds(fds)?;
+pub(crate) fn send_packet(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    check_fd_count(fds.len())?;
+    let borrowed = fds;
     let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut big = Vec::new();
@@ -71,7 +76,7 @@ pub(crate) fn send_packet(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) ->
     loop {
         let mut control = SendAncillaryBuffer::new(&mut *space);
         if !borrowed.is_empty() {
-            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            control.push(SendAncillaryMessage::ScmRights(borrowed));
         }
         // A packet socket sends all of it or nothing.
         match sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
@@ -151,7 +156,11 @@ pub(crate) fn discard_packet(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Writes every byte of `parts` (in order) to the stream socket `fd`, attaching `fds` to the
 /// first byte. Never raises SIGPIPE: a closed peer gives `BrokenPipe`.
-pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+pub(crate) fn send_all(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     if fds.is_empty() {
         // The common case: no descriptors. Small messages are gathered into one buffer on
         // the stack and sent with a plain send(); nothing is allocated.
@@ -169,7 +178,8 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
             return send_plain(fd, only);
         }
     }
-    let borrowed = borrow_fds(fds)?;
+    check_fd_count(fds.len())?;
+    let borrowed = fds;
     let mut space =
         vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
     let mut part = 0usize;
@@ -190,7 +200,7 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
         }
         let mut control = SendAncillaryBuffer::new(&mut space);
         if first && !borrowed.is_empty() {
-            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            control.push(SendAncillaryMessage::ScmRights(borrowed));
         }
         let n = match sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
             Ok(n) => n,
@@ -215,7 +225,7 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
     if first && !borrowed.is_empty() {
         // Nothing was written (all parts empty) but descriptors must still travel.
         let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        control.push(SendAncillaryMessage::ScmRights(borrowed));
         loop {
             match sendmsg(
                 fd,
@@ -232,25 +242,15 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> io
     Ok(())
 }
 
-/// Borrows the raw descriptors of handles for one send, refusing more than one message can
-/// carry.
-pub(crate) fn borrow_fds(fds: &[RawFd]) -> io::Result<Vec<BorrowedFd<'_>>> {
-    if fds.len() > MAX_FDS_PER_MESSAGE {
+/// Refuses more descriptors than one message can carry.
+pub(crate) fn check_fd_count(n: usize) -> io::Result<()> {
+    if n > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "a message can carry at most {MAX_FDS_PER_MESSAGE} handles, not {}",
-                fds.len()
-            ),
+            format!("a message can carry at most {MAX_FDS_PER_MESSAGE} handles, not {n}"),
         ));
     }
-    // SAFETY: the raw descriptors come from handles inside the value being sent, which the
-    // caller keeps alive for the duration of the send (see codec::encode_with_fds); the
-    // borrows do not outlive that call.
-    Ok(fds
-        .iter()
-        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
-        .collect())
+    Ok(())
 }
 
 /// Messages up to this size (header included) are sent from a stack buffer.
@@ -320,14 +320,6 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
 /// Duplicates `fd` (close-on-exec).
 pub(crate) fn dup_fd(fd: impl AsFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
-}
-
-/// Duplicates a raw descriptor that the caller knows to be open (close-on-exec).
-pub(crate) fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: callers pass descriptors of handles that are alive for the duration of the
-    // call (in a forked child: inherited copies of the parent's live handles).
-    let b = unsafe { BorrowedFd::borrow_raw(fd) };
-    dup_fd(b)
 }
 
 /// Reads at most `max` bytes from `fd` into the spare capacity of `v` (blocking until at
@@ -504,15 +496,20 @@ pub(crate) fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sends one datagram holding `tag` with the descriptors `fds` attached (blocking).
-pub(crate) fn send_tagged(sock: BorrowedFd<'_>, tag: u64, fds: &[RawFd]) -> io::Result<()> {
-    let borrowed = borrow_fds(fds)?;
+pub(crate) fn send_tagged(
+    sock: BorrowedFd<'_>,
+    tag: u64,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    check_fd_count(fds.len())?;
+    let borrowed = fds;
     let mut space =
         vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
     let bytes = tag.to_le_bytes();
     loop {
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !borrowed.is_empty() {
-            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            control.push(SendAncillaryMessage::ScmRights(borrowed));
         }
         match sendmsg(
             sock,
@@ -571,14 +568,13 @@ pub(crate) fn recv_tagged(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn tagged_datagrams() {
         let (a, b) = dgram_pair().unwrap();
         assert!(recv_tagged(b.as_fd(), true).unwrap().is_none());
         let f = std::fs::File::open("/dev/null").unwrap();
-        send_tagged(a.as_fd(), 42, &[f.as_raw_fd()]).unwrap();
+        send_tagged(a.as_fd(), 42, &[f.as_fd()]).unwrap();
         let (t, fds) = recv_tagged(b.as_fd(), true).unwrap().unwrap();
         assert_eq!((t, fds.len()), (42, 1));
         let (t, fds) = recv_tagged(b.as_fd(), false).unwrap().unwrap();
