@@ -505,29 +505,13 @@ impl Shared {
                             self.discard(slot, w, false);
                             return Err(StartFail::Init(fail));
                         }
-                        Err(_) => {
-                            let fail = self.death(&w);
-                            let term = self.lock().terminating;
-                            self.discard(slot, w, true);
-                            return Err(if term {
-                                StartFail::Terminating
-                            } else {
-                                StartFail::Start(fail)
-                            });
-                        }
+                        Err(_) => return Err(self.died_starting(slot, w)),
                     }
                 }
                 Event::Died => {
                     // Died before it was ready (killed, or its initializer exited): maybe
                     // bad luck, so the caller tries again a few times.
-                    let fail = self.death(&w);
-                    let term = self.lock().terminating;
-                    self.discard(slot, w, true);
-                    return Err(if term {
-                        StartFail::Terminating
-                    } else {
-                        StartFail::Start(fail)
-                    });
+                    return Err(self.died_starting(slot, w));
                 }
             }
         }
@@ -566,6 +550,19 @@ impl Shared {
             pid: w.pid,
             exitcode,
             signal,
+        }
+    }
+
+    /// A worker that died before it was ready: its slot is given up, and why it failed
+    /// (or that the pool is terminating) is the answer.
+    pub(super) fn died_starting(&self, slot: usize, w: Worker) -> StartFail {
+        let fail = self.death(&w);
+        let term = self.lock().terminating;
+        self.discard(slot, w, true);
+        if term {
+            StartFail::Terminating
+        } else {
+            StartFail::Start(fail)
         }
     }
 
