@@ -62,6 +62,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod context;
 pub mod docs;
 mod error;
 pub(crate) mod ipc;
@@ -79,6 +80,7 @@ mod sys;
 pub mod value;
 
 pub use connection::{pipe, pipe_simplex, Connection};
+pub use context::{get_context, Context};
 pub use error::{CodecError, Error, RemoteErrorKind, Result};
 pub use log::log_to_stderr;
 pub use manager::Manager;
@@ -88,10 +90,7 @@ pub use process::{
     Process, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use start::{
-    allow_fork_with_threads, get_context, get_start_method, init, set_start_method, Context,
-    StartMethod,
-};
+pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};
 pub use sync::{
     Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore,

@@ -41,7 +41,6 @@ use crate::{codec, process, sys, Error, Result};
 
 mod boot;
 mod child;
-mod context;
 mod forkserver;
 mod launch;
 
@@ -49,8 +48,6 @@ pub(crate) use boot::*;
 pub(crate) use child::*;
 pub use launch::fork_server_pid;
 pub(crate) use launch::*;
-
-pub use context::{get_context, Context};
 
 const ROLE_VAR: &str = "MULTIPROC_ROLE";
 
