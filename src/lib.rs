@@ -65,6 +65,7 @@ pub mod connection;
 pub mod context;
 pub mod docs;
 mod error;
+mod identity;
 pub(crate) mod ipc;
 pub mod log;
 pub mod manager;

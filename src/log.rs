@@ -164,7 +164,7 @@ pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
         }
     }
     if level as u8 <= threshold() {
-        let me = crate::process::current_process();
+        let me = crate::identity::current_process();
         let _ = writeln!(std::io::stderr().lock(), "[{level}/{}] {args}", me.name());
     }
 }

@@ -24,7 +24,7 @@ use std::io::{PipeReader, PipeWriter};
 use std::marker::PhantomData;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,114 +32,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::connection::Waitable;
+use crate::identity::next_identity;
+pub use crate::identity::{current_process, parent_process, ProcessInfo};
 use crate::ipc::RawConn;
-use crate::start::{self, Boot, Code, LaunchSpec, Outcome, StartMethod};
+use crate::start::{self, Code, LaunchSpec, Outcome, StartMethod};
 use crate::{codec, sys, Error, Result};
-
-/// A process's name and pid, as returned by [`current_process`], [`parent_process`] and
-/// [`active_children`].
-///
-/// ```
-/// let me = multiproc::current_process();
-/// assert_eq!(me.name(), "MainProcess");
-/// assert_eq!(me.pid(), std::process::id());
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
-    name: String,
-    pid: u32,
-}
-
-impl ProcessInfo {
-    /// The process's name ("MainProcess" for the program's first process, "Process-N" by
-    /// default for children).
-    ///
-    /// ```
-    /// assert_eq!(multiproc::current_process().name(), "MainProcess");
-    /// ```
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The process id.
-    ///
-    /// ```
-    /// assert!(multiproc::current_process().pid() > 0);
-    /// ```
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-}
-
-struct Current {
-    info: ProcessInfo,
-    identity: Vec<u32>,
-    parent: Option<ProcessInfo>,
-}
-
-static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Records who we are, in a child (called by the child bootstrap).
-pub(crate) fn set_current(boot: &Boot) {
-    let mut g = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-    *g = Some(Current {
-        info: ProcessInfo {
-            name: boot.name.clone(),
-            pid: sys::getpid(),
-        },
-        identity: boot.identity.clone(),
-        parent: Some(ProcessInfo {
-            name: boot.parent_name.clone(),
-            pid: boot.parent_pid,
-        }),
-    });
-    COUNTER.store(0, Ordering::SeqCst);
-}
-
-/// The process this code runs in (Python's `multiprocessing.current_process()`).
-///
-/// ```
-/// multiproc::init();
-/// assert_eq!(multiproc::current_process().name(), "MainProcess");
-/// fn me(_: ()) -> String { multiproc::current_process().name().to_string() }
-/// let h = multiproc::Builder::new().name("worker").spawn(me, ()).unwrap();
-/// assert_eq!(h.join().unwrap(), "worker");
-/// ```
-pub fn current_process() -> ProcessInfo {
-    let g = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-    match &*g {
-        Some(c) => c.info.clone(),
-        None => ProcessInfo {
-            name: "MainProcess".into(),
-            pid: sys::getpid(),
-        },
-    }
-}
-
-/// The process that started this one, or `None` in the main process (Python's
-/// `parent_process()`).
-///
-/// ```
-/// multiproc::init();
-/// assert!(multiproc::parent_process().is_none());
-/// fn parent(_: ()) -> Option<u32> { multiproc::parent_process().map(|p| p.pid()) }
-/// let h = multiproc::spawn(parent, ()).unwrap();
-/// assert_eq!(h.join().unwrap(), Some(std::process::id()));
-/// ```
-pub fn parent_process() -> Option<ProcessInfo> {
-    let g = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_ref().and_then(|c| c.parent.clone())
-}
-
-fn next_identity() -> Vec<u32> {
-    let mut id = {
-        let g = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-        g.as_ref().map(|c| c.identity.clone()).unwrap_or_default()
-    };
-    id.push(COUNTER.fetch_add(1, Ordering::SeqCst) + 1);
-    id
-}
 
 fn default_name(identity: &[u32]) -> String {
     let parts: Vec<String> = identity.iter().map(u32::to_string).collect();
@@ -233,10 +130,7 @@ impl ChildState {
     }
 
     fn info(&self) -> ProcessInfo {
-        ProcessInfo {
-            name: self.name.clone(),
-            pid: self.pid,
-        }
+        ProcessInfo::new(self.name.clone(), self.pid)
     }
 
     fn died_error(&self, status: Option<sys::ExitStatus>) -> Error {
@@ -324,7 +218,6 @@ pub(crate) fn forget_after_fork() {
         // Dropping closes our inherited copies of the pidfds; the parent keeps its own.
         r.clear();
     }
-    COUNTER.store(0, Ordering::SeqCst);
 }
 
 trait ErasedArgs: Send {

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::identity::ProcessInfo;
 use crate::ipc::RawConn;
 use crate::log::log_event;
 use crate::{codec, process, sys, Error};
@@ -76,7 +77,11 @@ pub(super) fn install_child_panic_hook(name: String) {
 /// The child's side: set up, check the build, call the trampoline, exit.
 pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
     // Its name and the parent's settings (logging included) first: what follows may log.
-    process::set_current(&boot);
+    crate::identity::set_current(
+        boot.name.clone(),
+        boot.identity.clone(),
+        ProcessInfo::new(boot.parent_name.clone(), boot.parent_pid),
+    );
     boot.settings.apply();
     let result = if boot.has_result && !fds.is_empty() {
         Some(RawConn::new(fds.remove(0)))

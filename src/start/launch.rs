@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Mutex, OnceLock};
 
 use crate::ipc::RawConn;
-use crate::{codec, process, sys, Error, Result};
+use crate::{codec, sys, Error, Result};
 
 use super::*;
 
@@ -50,7 +50,7 @@ pub(crate) struct LaunchSpec {
 impl LaunchSpec {
     /// The bootstrap message; moves the encoded arguments out of the spec (no copy).
     pub(super) fn boot(&mut self, has_stdout: bool) -> Boot {
-        let me = process::current_process();
+        let me = crate::identity::current_process();
         Boot {
             build_id: self.build_id_override.unwrap_or_else(sys::build_id),
             entry: self.code.entry,
