@@ -76,24 +76,20 @@
 
 mod list;
 mod manager;
-mod tracker;
 
+pub use crate::start::tracker_pid;
+use crate::start::{tracker_register, tracker_unregister};
 pub use list::ShareableList;
 pub use manager::SharedMemoryManager;
-pub use tracker::tracker_pid;
-pub(crate) use tracker::{adopt_tracker, forget_after_fork, tracker_address, tracker_main};
-use tracker::{tracker_register, tracker_unregister};
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::sys::memfd::{self, Mapping};
-use crate::{sys, Error, Result};
+use crate::{Error, Result};
 
 struct Inner {
     name: String,
@@ -130,17 +126,6 @@ fn os_name(name: &str) -> Result<String> {
         )));
     }
     Ok(format!("/{n}"))
-}
-
-fn random_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(sys::getpid());
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(t.as_nanos());
-    }
-    format!("mp_{:016x}", h.finish())
 }
 
 impl SharedMemory {
@@ -180,7 +165,7 @@ impl SharedMemory {
         loop {
             let n = match name {
                 Some(n) => os_name(n)?,
-                None => format!("/{}", random_name()),
+                None => format!("/{}", memfd::unique_name()),
             };
             // Register first, so that no moment exists where the block exists untracked.
             let fresh = track && tracker_register(&n)?;

@@ -23,7 +23,7 @@ use super::*;
 /// (The caches of the OS layer — identity, thread ids — follow `sys::fork_generation` by
 /// themselves.)
 pub(crate) fn after_fork_in_child() {
-    crate::shared_memory::forget_after_fork();
+    tracker::forget_after_fork();
     forkserver::forget_after_fork();
     process::forget_after_fork();
 }
@@ -131,7 +131,7 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
             finish_child(255);
         }
     }
-    crate::shared_memory::adopt_tracker(boot.shm_tracker.clone());
+    tracker::adopt_tracker(boot.shm_tracker.clone());
     install_child_panic_hook(boot.name.clone());
     let entry = if boot.build_id == sys::build_id() {
         boot.entry.get()

@@ -64,7 +64,7 @@ impl LaunchSpec {
             has_result: self.result.is_some(),
             has_stdout,
             has_started: false,
-            shm_tracker: Some(crate::shared_memory::tracker_address()),
+            shm_tracker: Some(tracker::tracker_address()),
             settings: Settings::current(),
             stdio: [0, 1, 2].map(|i| self.stdio[i].is_some()),
             env: std::mem::take(&mut self.env),

@@ -43,11 +43,14 @@ mod boot;
 mod child;
 mod forkserver;
 mod launch;
+mod tracker;
 
 pub(crate) use boot::*;
 pub(crate) use child::*;
 pub use launch::fork_server_pid;
 pub(crate) use launch::*;
+pub use tracker::tracker_pid;
+pub(crate) use tracker::{tracker_register, tracker_unregister};
 
 const ROLE_VAR: &str = "MULTIPROC_ROLE";
 
@@ -185,7 +188,7 @@ pub fn init() {
             }
         },
         "forkserver" => forkserver::serve(sock),
-        "shm-tracker" => crate::shared_memory::tracker_main(sock),
+        "shm-tracker" => tracker::tracker_main(sock),
         other => {
             log_event!(Error, "unknown child role {other:?}");
             sys::exit_immediately(255);

@@ -499,6 +499,20 @@ impl Drop for SealedBytes {
     }
 }
 
+/// A fresh name for a named block (`mp_` and 16 hex digits): unique in practice across
+/// processes and calls (pid, a counter and the time, hashed with a random key).
+pub(crate) fn unique_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(super::process::getpid());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    format!("mp_{:016x}", h.finish())
+}
+
 /// Removes the named block `name` ("/..." form).
 pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
     Ok(rustix::shm::unlink(name)?)

@@ -9,7 +9,7 @@ use std::sync::{LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::{ensure_initialized, exec_self, on_lasting_thread};
 use crate::ipc::RawConn;
 use crate::sys::memfd::{self};
 use crate::{sys, Error, Result};
@@ -71,7 +71,7 @@ impl TrackerClient {
                 format!(
                     "multiproc-shm-tracker-{}-{}",
                     sys::getpid(),
-                    &random_name()[3..]
+                    &memfd::unique_name()[3..]
                 )
             })
             .clone()
@@ -186,11 +186,9 @@ impl TrackerClient {
     /// Starts a tracker listening on `addr`. `None`: the name is taken (another process
     /// started one first).
     fn start(&mut self, addr: &str) -> Result<Option<(RawConn, u32)>> {
-        crate::start::ensure_initialized()?;
+        ensure_initialized()?;
         let (ours, theirs) = sys::stream_pair()?;
-        let pid = crate::start::on_lasting_thread(move || {
-            crate::start::exec_self("shm-tracker", theirs)
-        })?;
+        let pid = on_lasting_thread(move || exec_self("shm-tracker", theirs))?;
         let pidfd = sys::open_pidfd(pid)?;
         let conn = RawConn::new(ours);
         let reply = conn
@@ -208,11 +206,11 @@ impl TrackerClient {
     }
 }
 
-pub(super) fn tracker_register(name: &str) -> Result<bool> {
+pub(crate) fn tracker_register(name: &str) -> Result<bool> {
     tracker().update(name, true)
 }
 
-pub(super) fn tracker_unregister(name: &str) -> Result<bool> {
+pub(crate) fn tracker_unregister(name: &str) -> Result<bool> {
     tracker().update(name, false)
 }
 
