@@ -91,12 +91,40 @@ pub use process::{
     Process, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use start::{allow_fork_with_threads, get_start_method, init, set_start_method, StartMethod};
+pub use start::{allow_fork_with_threads, get_start_method, set_start_method, StartMethod};
 pub use sync::{
     Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore,
 };
 pub use value::{Array, ArrayGuard, Number, RawArray, RawValue, Value, ValueGuard};
+
+/// Must be the first statement of `main` (and of every `#[test]` that starts processes).
+///
+/// In the parent it only records that the program is ready to start children. In a child
+/// started by multiproc, or in the fork server, it runs that process's work and never
+/// returns. See the [module docs](crate::start) for what runs again in a child.
+///
+/// ```
+/// fn main() {
+///     multiproc::init();
+///     let p = multiproc::spawn(|x: u32| x * 2, 21).unwrap();
+///     assert_eq!(p.join().unwrap(), 42);
+/// }
+/// ```
+pub fn init() {
+    // The one place that sees every layer: it hands `start` what the modules above it run
+    // after a fork, at exit and in the main process's `init()` (see `start/hooks.rs`), so
+    // that `start` never names them.
+    static HOOKS: start::Hooks = start::Hooks {
+        after_fork: &[process::forget_after_fork],
+        at_exit: &[process::exit_handler_body],
+        on_main_init: &[
+            #[cfg(feature = "mpi")]
+            pool::cluster::on_init,
+        ],
+    };
+    start::init(&HOOKS)
+}
 
 /// The `ndarray` crate, re-exported so that its version is the one multiproc was built
 /// with (the `ndarray` feature).

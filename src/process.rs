@@ -187,15 +187,8 @@ pub fn active_children() -> Vec<ProcessInfo> {
     r.iter().map(|c| c.info()).collect()
 }
 
-extern "C" fn at_exit() {
-    exit_handler_body();
-}
-
-pub(crate) fn register_exit_handler() {
-    sys::at_exit(at_exit);
-}
-
-/// Terminates daemon children and waits for the others (Python's exit behaviour).
+/// At exit (a hook run by `start`, before it stops the fork server): terminates daemon
+/// children and waits for the others (Python's exit behaviour).
 pub(crate) fn exit_handler_body() {
     let children: Vec<Arc<ChildState>> = match REGISTRY.lock() {
         Ok(mut r) => r.drain(..).collect(),
@@ -209,10 +202,9 @@ pub(crate) fn exit_handler_body() {
     for c in &children {
         let _ = c.wait(None);
     }
-    start::shutdown_fork_server();
 }
 
-/// In a forked child: the parent's children are not ours.
+/// In a forked child (a hook run by `start`): the parent's children are not ours.
 pub(crate) fn forget_after_fork() {
     if let Ok(mut r) = REGISTRY.try_lock() {
         // Dropping closes our inherited copies of the pidfds; the parent keeps its own.

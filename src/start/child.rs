@@ -13,20 +13,11 @@ use serde::Serialize;
 use crate::identity::ProcessInfo;
 use crate::ipc::RawConn;
 use crate::log::log_event;
-use crate::{codec, process, sys, Error};
+use crate::{codec, sys, Error};
 
 use crate::sys::AnyFnRef;
 
 use super::*;
-
-/// Resets what a forked child must not share with its parent.
-/// (The caches of the OS layer — identity, thread ids — follow `sys::fork_generation` by
-/// themselves.)
-pub(crate) fn after_fork_in_child() {
-    tracker::forget_after_fork();
-    forkserver::forget_after_fork();
-    process::forget_after_fork();
-}
 
 /// The panic of the target, recorded by the child's panic hook.
 pub(crate) type PanicRecord = (String, Option<String>, Option<String>);
@@ -160,7 +151,7 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
 pub(super) fn finish_child(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    process::exit_handler_body();
+    hooks::at_exit();
     sys::exit_immediately(code)
 }
 

@@ -130,7 +130,7 @@ pub(super) fn launch_fork(
             // the normal decoding path owns them.
             sys::die_with_parent(parent);
             let _ = sys::stdin_to_devnull();
-            after_fork_in_child();
+            hooks::after_fork_in_child();
             let mut fds = Vec::new();
             if let Some(r) = spec.result {
                 fds.push(r);
@@ -242,9 +242,4 @@ pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send 
 #[doc(hidden)]
 pub fn fork_server_pid() -> Option<u32> {
     forkserver::server_pid()
-}
-
-/// Stops and reaps this process's fork server (at exit).
-pub(crate) fn shutdown_fork_server() {
-    forkserver::shutdown();
 }

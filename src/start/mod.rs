@@ -1,4 +1,4 @@
-//! Starting child processes: [`init`], the three [`StartMethod`]s, and the child's side.
+//! Starting child processes: [`init`](crate::init), the three [`StartMethod`]s, and the child's side.
 //!
 //! # The model
 //!
@@ -37,16 +37,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::ipc::RawConn;
 use crate::log::log_event;
-use crate::{codec, process, sys, Error, Result};
+use crate::{codec, sys, Error, Result};
 
 mod boot;
 mod child;
 mod forkserver;
+mod hooks;
 mod launch;
 mod tracker;
 
 pub(crate) use boot::*;
 pub(crate) use child::*;
+pub(crate) use hooks::Hooks;
 pub use launch::fork_server_pid;
 pub(crate) use launch::*;
 pub use tracker::tracker_pid;
@@ -134,20 +136,9 @@ pub unsafe fn allow_fork_with_threads(allow: bool) {
     FORK_WITH_THREADS.store(allow, Ordering::SeqCst);
 }
 
-/// Must be the first statement of `main` (and of every `#[test]` that starts processes).
-///
-/// In the parent it only records that the program is ready to start children. In a child
-/// started by multiproc, or in the fork server, it runs that process's work and never
-/// returns. See the [module docs](crate::start) for what runs again in a child.
-///
-/// ```
-/// fn main() {
-///     multiproc::init();
-///     let p = multiproc::spawn(|x: u32| x * 2, 21).unwrap();
-///     assert_eq!(p.join().unwrap(), 42);
-/// }
-/// ```
-pub fn init() {
+/// `multiproc::init()` (see [`crate::init`]), with the hooks of the modules above `start`.
+pub(crate) fn init(hooks: &'static Hooks) {
+    hooks::set(hooks);
     if let Some(name) = std::thread::current().name() {
         if name != "main" {
             // A test harness's thread: re-running this test reaches this init() again.
@@ -155,12 +146,12 @@ pub fn init() {
         }
     }
     if !INITIALIZED.swap(true, Ordering::SeqCst) {
-        process::register_exit_handler();
+        sys::at_exit(hooks::at_exit_c);
     }
     let Some(role) = std::env::var_os(ROLE_VAR) else {
-        // Started by mpirun/srun: rank 0 goes on, the other ranks serve cluster pools.
-        #[cfg(feature = "mpi")]
-        crate::pool::cluster::on_init();
+        // Not started by multiproc: the program's main process (with the `mpi` feature,
+        // started by mpirun/srun: rank 0 goes on, the other ranks serve cluster pools).
+        hooks::on_main_init();
         return;
     };
     std::env::remove_var(ROLE_VAR);
