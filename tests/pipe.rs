@@ -663,6 +663,62 @@ fn a_sender_killed_mid_message_leaves_the_pipe_working_for_the_others() {
     assert!(matches!(recv_within(&rx, PATIENCE), Err(Error::Eof)));
 }
 
+/// Sends 1.5 MiB messages for ever (through the lanes' large-message area), setting
+/// `sending` just before the first.
+fn send_big_forever((conn, sending): (Connection<()>, multiproc::Event)) {
+    let m = pattern(3 << 19);
+    sending.set();
+    while conn.send_bytes(&m).is_ok() {}
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_sender_killed_in_the_large_message_area_leaves_the_pipe_working() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<()>().unwrap();
+    let theirs = pattern(3 << 19);
+    let mut mine = pattern((1 << 20) + 3);
+    mine.reverse();
+    for round in 0..4 {
+        // Another process shares the sending end and fills the pipe with large messages;
+        // it is killed while it sends (rounds 0 and 1: it may be copying into the area),
+        // or once it sleeps waiting for room (rounds 2 and 3, holding the senders' lock).
+        let a = start_sharing(send_big_forever, tx.clone());
+        if round >= 2 {
+            let pid = a.pid().unwrap();
+            assert!(eventually(PATIENCE, || matches!(stat(pid), Some(('S', _)))));
+        }
+        a.kill().unwrap();
+        a.join().unwrap();
+        let survivor = {
+            let (tx, mine) = (tx.clone(), mine.clone());
+            std::thread::spawn(move || {
+                tx.send_bytes(b"after")?;
+                tx.send_bytes(&mine)
+            })
+        };
+        // Whole messages of the killed sender (any number), then the survivor's in order.
+        let mut whole = 0;
+        let next = loop {
+            let m = recv_within(&rx, PATIENCE).unwrap();
+            if m.len() != theirs.len() {
+                break m;
+            }
+            assert!(m == theirs, "round {round}: a corrupted message");
+            whole += 1;
+        };
+        assert_eq!(
+            next, b"after",
+            "round {round} (after {whole} whole messages)"
+        );
+        assert!(recv_within(&rx, PATIENCE).unwrap() == mine, "round {round}");
+        survivor.join().unwrap().unwrap();
+        assert!(!rx.poll(Some(Duration::ZERO)).unwrap(), "nothing else");
+    }
+}
+
 /// Receives for ever, setting `ready` before its first receive.
 fn receive_forever((conn, ready): (Connection<()>, multiproc::Event)) {
     ready.set();
@@ -674,10 +730,20 @@ fn receive_forever((conn, ready): (Connection<()>, multiproc::Event)) {
 
 #[test]
 fn a_receiver_killed_mid_message_does_not_poison_the_others() {
+    receiver_killed_mid_message(64 << 20, 5 << 20);
+}
+
+#[test]
+fn a_receiver_killed_in_the_large_message_area_does_not_poison_the_others() {
+    // Messages past a record's size and within the lanes' large-message area (2 MiB).
+    receiver_killed_mid_message(3 << 19, (1 << 20) + 5);
+}
+
+fn receiver_killed_mid_message(big_len: usize, second_len: usize) {
     multiproc::init();
     let (rx, tx) = pipe_simplex::<()>().unwrap();
-    let big = pattern(64 << 20);
-    let mut second = pattern(5 << 20);
+    let big = pattern(big_len);
+    let mut second = pattern(second_len);
     second.reverse();
     for round in 0..3 {
         // Another process shares the receiving end and waits in `recv`.
@@ -729,6 +795,9 @@ fn large_messages_round_trip_bit_exact_without_descriptor_growth() {
         (32 << 10) - 8,
         32 << 10,
         1 << 20,
+        (2 << 20) - 1,
+        2 << 20,
+        (2 << 20) + 1,
         (4 << 20) + 3,
     ];
     let round = |a: &Connection<()>| {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::lane::{Lane, K_INLINE, K_SOCKET};
+use super::lane::{Lane, K_BIG, K_INLINE, K_SOCKET};
 use super::wait::SLICE;
 use crate::{codec, sys, Error, Result};
 
@@ -26,6 +26,9 @@ pub(crate) const HEADER: usize = 16;
 /// Frames claiming more than this are refused as corrupt before anything is allocated.
 pub(crate) const MAX_FRAME: u64 = 1 << 36; // 64 GiB
 const READ_BUF: usize = 64 * 1024;
+/// Receive and send buffers up to this size are kept for the next message (a pipe's large
+/// messages up to the lanes' large-message limit reuse warm memory).
+const KEEP_SCRATCH: usize = (2 << 20) + 4096;
 /// Large payloads are received into a buffer that grows as bytes arrive (so a lying header
 /// cannot make us allocate), starting at this size.
 const FIRST_CHUNK: usize = 64 << 20;
@@ -128,6 +131,14 @@ pub(crate) struct ReadState {
 }
 
 impl ReadState {
+    /// Keeps `scratch` (emptied by its next user) for the next message unless it grew
+    /// past [`KEEP_SCRATCH`].
+    fn keep_scratch(&mut self, scratch: Vec<u8>) {
+        if scratch.capacity() <= KEEP_SCRATCH {
+            self.scratch = scratch;
+        }
+    }
+
     pub(crate) fn new(limit: u64) -> ReadState {
         ReadState {
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
@@ -446,7 +457,7 @@ impl RawConn {
         buf.extend_from_slice(&[0u8; HEADER]);
         let r = codec::encode_with_fds(value, &mut buf)
             .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &borrowed(&fds)));
-        if buf.capacity() <= (1 << 20) {
+        if buf.capacity() <= KEEP_SCRATCH {
             ws.buf = buf;
         }
         r
@@ -496,16 +507,23 @@ impl RawConn {
                 return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
             }
         }
-        // A message too large for a packet goes into a sealed memory file first, before
-        // the lock is taken (copying it holds up nobody).
-        let spill = if body.len() > lane.max_inline() {
+        // A message too large for a record goes through the large-message area if it fits
+        // there; a larger one, or one that must travel on the socket and does not fit a
+        // packet, goes into a sealed memory file first, before the lock is taken (copying
+        // it holds up nobody).
+        let by_ring = fds.is_empty() && !lane.socket_only(d);
+        let spill_file = || -> Result<Option<OwnedFd>> {
             if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
                 return Err(Error::invalid(format!(
                     "a large message can carry at most {} handles",
                     sys::MAX_FDS_PER_MESSAGE - 1
                 )));
             }
-            Some(sys::memfd::sealed_copy(body)?)
+            Ok(Some(sys::memfd::sealed_copy(body)?))
+        };
+        let big = body.len() > lane.max_inline();
+        let mut spill = if big && (!by_ring || body.len() > lane.max_big()) {
+            spill_file()?
         } else {
             None
         };
@@ -513,12 +531,21 @@ impl RawConn {
             .lock_producer(d, None)
             .ok_or_else(|| Error::invalid("pipe lock"))?;
         if spill.is_none() && fds.is_empty() && !lane.socket_only(d) {
-            lane.wait_free(d, Lane::record_size(body.len()), gone)?;
-            if lane.publish(d, K_INLINE, &[body]) {
+            let ring = if big {
+                lane.send_big(d, body, gone)?
+            } else {
+                lane.wait_free(d, Lane::record_size(body.len()), gone)?;
+                lane.publish(d, K_INLINE, &[body])
+            };
+            if ring {
                 let bell = packet_header(PKT_BELL, 0, 0);
                 sys::send_packet(sock, &[&bell], &[]).map_err(Error::Io)?;
             }
             return Ok(());
+        }
+        if spill.is_none() && big {
+            // The direction turned socket-only since the look above.
+            spill = spill_file()?;
         }
         // The record first, then its packet (see the lanes' protocol): the packet itself
         // wakes a sleeping receiver.
@@ -630,10 +657,28 @@ impl RawConn {
                     lane.advance(d, &rec);
                     le.after_take(d);
                     let r = f(Payload::Borrowed(&scratch), Vec::new());
-                    if scratch.capacity() <= 64 << 10 {
-                        st.scratch = scratch;
-                    }
+                    st.keep_scratch(scratch);
                     return r.map(Some);
+                }
+                Some(rec) if rec.kind == K_BIG => {
+                    let mut scratch = std::mem::take(&mut st.scratch);
+                    scratch.clear();
+                    let got = lane.read_big(d, &rec, &mut scratch);
+                    lane.advance(d, &rec);
+                    le.after_take(d);
+                    match got {
+                        // Lost with a receiver killed while taking it: on to the next.
+                        Ok(false) => st.keep_scratch(scratch),
+                        Ok(true) => {
+                            let r = f(Payload::Borrowed(&scratch), Vec::new());
+                            st.keep_scratch(scratch);
+                            return r.map(Some);
+                        }
+                        Err(e) => {
+                            st.keep_scratch(scratch);
+                            return Err(e);
+                        }
+                    }
                 }
                 Some(rec) => {
                     debug_assert_eq!(rec.kind, K_SOCKET);
@@ -1077,7 +1122,8 @@ mod tests {
     #[test]
     fn a_packet_taken_by_a_killed_receiver_is_skipped() {
         let (r, w, _) = simplex();
-        let big = vec![7u8; 100_000];
+        // Larger than the lanes' large-message area takes: a sealed memory file.
+        let big = vec![7u8; 3 << 20];
         // A receiver takes the packet of a large message and dies before it moves past
         // the record: here, the packet is taken off the socket by hand.
         w.send_bytes(&big, &[]).unwrap();
@@ -1097,7 +1143,7 @@ mod tests {
         sys::recv_packet(r.fd.as_fd(), &mut buf, &mut fds).unwrap();
         fds.clear();
         let mut other = big.clone();
-        other[99_999] = 8;
+        other[(3 << 20) - 1] = 8;
         w.send_bytes(&other, &[]).unwrap();
         assert_eq!(r.recv_bytes().unwrap(), other);
     }

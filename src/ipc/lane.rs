@@ -1,7 +1,8 @@
 //! The shared-memory lanes beside a pipe's socket: one byte ring per direction in a memfd
 //! segment that every holder of either end maps. Small messages travel through the ring
-//! with no system call; the socket keeps everything the kernel must see — descriptors
-//! inside messages, large messages, wake-ups of a sleeping receiver ("doorbells") and the
+//! with no system call, messages up to 2 MiB through a large-message area beside it; the
+//! socket keeps everything the kernel must see — descriptors inside messages, larger
+//! messages, wake-ups of a sleeping receiver ("doorbells") and the
 //! end of file when every copy of the peer is closed.
 //!
 //! # The socket carries packets, never a byte stream
@@ -19,10 +20,25 @@
 //! waiting for the rest for as long as another sender kept the socket open, and a receiver
 //! killed in the middle of one left the rest to be read as garbage by the next.)
 //!
+//! # The large-message area
+//! Messages too large for a record (over 32 KiB) and at most half of it (2 MiB), without
+//! descriptors, travel through a second byte ring per direction after the record rings, the
+//! large-message area: the sender reserves the message's bytes (moves `btail`), copies them
+//! in, and publishes a `BIG` record holding their position and length; the receiver that
+//! takes the record copies them out and frees them (moves `bhead` to their end) before it
+//! moves past the record. The area's pages are touched only by such messages, and reused
+//! warm from one to the next (a memory file per message would allocate and free every
+//! page each time). A sender killed after reserving leaves a hole: receivers free up to
+//! the end of each message they take, so it goes with the next one, and a sender that
+//! finds no room while no record is left reclaims everything reserved. A `BIG` record whose
+//! bytes are already freed (its receiver was killed between freeing them and moving past
+//! the record) is skipped as lost with that receiver, like a packet.
+//!
 //! # Records and order
 //! Every message, whichever way its bytes travel, has one record in its direction's ring:
 //! `INLINE` carries the message's bytes; `SOCKET` carries the sequence number of the packet
-//! on the socket that is this message. Receivers take records in ring order and read the
+//! on the socket that is this message; `BIG` the position and length of the message in the
+//! large-message area. Receivers take records in ring order and read the
 //! socket only when a record tells them to, so messages never overtake one another. A
 //! record is an 8-byte header (`len: u32`, `kind: u32` with a check marker in its upper
 //! half) and `len` bytes padded to 8.
@@ -64,16 +80,23 @@ use crate::sys::memfd::Mapping;
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x4c50_504d; // "MPPL"
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Bytes of header before the rings.
 const HDR: usize = 4096;
-/// Bytes of ring per direction.
+/// Bytes of record ring per direction.
 const CAP: u64 = 128 << 10;
+/// Bytes of the large-message area per direction, after the two record rings. Its pages
+/// are touched only by messages too large for a record, so a pipe that never carries one
+/// costs no memory for it.
+const BIG: u64 = 4 << 20;
+/// Bytes of the whole segment.
+const SEG: usize = HDR + 2 * CAP as usize + 2 * BIG as usize;
 
 // Global header words.
 const O_MAGIC: usize = 0;
 const O_VERSION: usize = 4;
 const O_CAP: usize = 8;
+const O_BIG: usize = 16;
 
 // Per-direction block, at `DIR0 + d * DIR_STRIDE`. Words written by senders, by receivers,
 // and each side's sleeping flag sit on separate cache lines.
@@ -87,10 +110,14 @@ const D_FLAGS: usize = 24;
 const D_RX_CLOSES: usize = 28;
 const D_SEQ: usize = 32;
 const D_SENT: usize = 40;
+/// End of the large-message area's reserved bytes (senders').
+const D_BTAIL: usize = 48;
 const D_HEAD: usize = 128;
 /// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
 const D_CLOCK: usize = 136;
 const D_COWNER: usize = 144;
+/// Start of the large-message area's bytes still in use (receivers').
+const D_BHEAD: usize = 152;
 const D_RX_SLEEP: usize = 256;
 const D_TX_SLEEP: usize = 384;
 const D_SPACE_SEQ: usize = 388;
@@ -101,6 +128,7 @@ const FLAG_SOCKET_ONLY: u32 = 1;
 /// Record kinds.
 pub(crate) const K_INLINE: u32 = 1;
 pub(crate) const K_SOCKET: u32 = 2;
+pub(crate) const K_BIG: u32 = 3;
 const K_MASK: u32 = 0xf;
 const K_CHECK: u32 = 0x5a3c_0000;
 const K_CHECK_MASK: u32 = 0xffff_0000;
@@ -126,8 +154,9 @@ pub(crate) struct Lane {
 impl Lane {
     /// New lanes for a pipe (two directions; a one-way pipe uses the first).
     pub(crate) fn create() -> Result<Lane> {
-        let mem = Mapping::anonymous(HDR + 2 * CAP as usize)?;
+        let mem = Mapping::anonymous(SEG)?;
         mem.u64_at(O_CAP).store(CAP, Relaxed);
+        mem.u64_at(O_BIG).store(BIG, Relaxed);
         mem.u32_at(O_VERSION).store(VERSION, Relaxed);
         mem.u32_at(O_MAGIC).store(MAGIC, Release);
         Ok(Lane { mem, mask: CAP - 1 })
@@ -136,11 +165,12 @@ impl Lane {
     /// Maps the lanes of a pipe whose end arrived from another process.
     pub(crate) fn from_fd(fd: OwnedFd) -> Result<Lane> {
         let bad = || Error::codec("a pipe's shared memory is not valid");
-        let mem = Mapping::from_memfd(fd, HDR + 2 * CAP as usize).map_err(|_| bad())?;
+        let mem = Mapping::from_memfd(fd, SEG).map_err(|_| bad())?;
         if mem.u32_at(O_MAGIC).load(Acquire) != MAGIC
             || mem.u32_at(O_VERSION).load(Relaxed) != VERSION
             || mem.u64_at(O_CAP).load(Relaxed) != CAP
-            || mem.len() != HDR + 2 * CAP as usize
+            || mem.u64_at(O_BIG).load(Relaxed) != BIG
+            || mem.len() != SEG
         {
             return Err(bad());
         }
@@ -152,9 +182,15 @@ impl Lane {
         self.mem.fd()
     }
 
-    /// Largest message that travels inside the ring.
+    /// Largest message that travels inside a record.
     pub(crate) fn max_inline(&self) -> usize {
         (CAP / 4) as usize - 8
+    }
+
+    /// Largest message that travels through the large-message area (larger ones go as
+    /// sealed memory files on the socket).
+    pub(crate) fn max_big(&self) -> usize {
+        (BIG / 2) as usize
     }
 
     #[inline]
@@ -168,6 +204,10 @@ impl Lane {
     #[inline]
     fn base(d: usize) -> usize {
         HDR + d * CAP as usize
+    }
+    #[inline]
+    fn big_base(d: usize) -> usize {
+        HDR + 2 * CAP as usize + d * BIG as usize
     }
 
     // --- flags -------------------------------------------------------------------------------
@@ -263,18 +303,61 @@ impl Lane {
     /// receiver has closed; it is asked whenever the wait lasts, and makes the wait fail
     /// with `BrokenPipe`.
     pub(crate) fn wait_free(&self, d: usize, need: u64, gone: impl Fn() -> bool) -> Result<()> {
-        while self.free(d) < need {
+        self.wait_space(d, || self.free(d) >= need, gone)
+    }
+
+    /// Waits until `room()` (receivers free space in direction `d` and wake its senders).
+    fn wait_space(&self, d: usize, room: impl Fn() -> bool, gone: impl Fn() -> bool) -> Result<()> {
+        while !room() {
             let _ = wait::wait_while(
                 self.w32(d, D_SPACE_SEQ),
                 self.w32(d, D_TX_SLEEP),
-                || self.free(d) < need,
+                || !room(),
                 Some(Instant::now() + SLICE),
             );
-            if self.free(d) < need && gone() {
+            if !room() && gone() {
                 return Err(Error::Io(std::io::ErrorKind::BrokenPipe.into()));
             }
         }
         Ok(())
+    }
+
+    fn big_free(&self, d: usize) -> u64 {
+        let t = self.w64(d, D_BTAIL).load(Relaxed);
+        let h = self.w64(d, D_BHEAD).load(SeqCst);
+        BIG.saturating_sub(t.wrapping_sub(h))
+    }
+
+    /// Sends `body` (at most [`max_big`](Self::max_big) bytes) through direction `d`'s
+    /// large-message area: reserves its bytes, copies them in, and publishes a `BIG` record
+    /// that points at them (returns whether a receiver must be rung, as
+    /// [`publish`](Self::publish)). A sender killed after reserving leaves a hole that
+    /// receivers skip (they free up to the end of each message they take) and that the
+    /// next sender reclaims once the ring is empty.
+    pub(crate) fn send_big(&self, d: usize, body: &[u8], gone: impl Fn() -> bool) -> Result<bool> {
+        debug_assert!(body.len() <= self.max_big());
+        let need = round8(body.len() as u64);
+        let tail = self.w64(d, D_BTAIL);
+        let room = || {
+            if self.big_free(d) >= need {
+                return true;
+            }
+            // Nothing in the ring points into the area (a record is taken whole before the
+            // head moves past it): whatever is still reserved is a dead sender's hole.
+            if self.is_empty(d) {
+                self.w64(d, D_BHEAD).store(tail.load(Relaxed), SeqCst);
+            }
+            self.big_free(d) >= need
+        };
+        self.wait_space(d, room, &gone)?;
+        self.wait_free(d, Self::record_size(16), &gone)?;
+        let pos = tail.load(Relaxed);
+        tail.store(pos + need, SeqCst);
+        self.mem.ring_write(Self::big_base(d), BIG - 1, pos, body);
+        let mut rec = [0u8; 16];
+        rec[..8].copy_from_slice(&pos.to_le_bytes());
+        rec[8..].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        Ok(self.publish(d, K_BIG, &[&rec]))
     }
 
     /// Writes a record of `kind` whose body is the concatenation of `parts` at the tail of
@@ -323,7 +406,7 @@ impl Lane {
         let kind = kind_word & K_MASK;
         let ok = used <= CAP
             && kind_word & K_CHECK_MASK == K_CHECK
-            && (kind == K_INLINE || (kind == K_SOCKET && len == 8))
+            && (kind == K_INLINE || (kind == K_SOCKET && len == 8) || (kind == K_BIG && len == 16))
             && 8 + round8(len) <= used;
         if !ok {
             self.w64(d, D_HEAD).store(tail, SeqCst);
@@ -352,6 +435,34 @@ impl Lane {
         );
     }
 
+    /// Appends the message a `BIG` record points at to `out` and frees its bytes in the
+    /// large-message area: `Ok(false)` if a receiver killed after freeing them (before it
+    /// moved the head) took the message with it. A record pointing outside the reserved
+    /// bytes is an [`Error::Codec`].
+    pub(crate) fn read_big(&self, d: usize, rec: &Record, out: &mut Vec<u8>) -> Result<bool> {
+        let base = Self::base(d);
+        let pos = self.mem.ring_read_u64(base, self.mask, rec.head + 8);
+        let len = self.mem.ring_read_u64(base, self.mask, rec.head + 16);
+        let head = self.w64(d, D_BHEAD);
+        let h = head.load(SeqCst);
+        let t = self.w64(d, D_BTAIL).load(SeqCst);
+        if len == 0 || len > BIG / 2 || t < h || t - h > BIG {
+            return Err(big_garbage());
+        }
+        let end = pos.saturating_add(round8(len));
+        if end <= h {
+            // Freed already: the receiver that took it was killed before moving the head.
+            return Ok(false);
+        }
+        if pos < h || end > t {
+            return Err(big_garbage());
+        }
+        self.mem
+            .ring_read_append(Self::big_base(d), BIG - 1, pos, len as usize, out);
+        head.store(end, SeqCst);
+        Ok(true)
+    }
+
     /// Removes `rec` from the head of direction `d`.
     pub(crate) fn advance(&self, d: usize, rec: &Record) {
         self.w64(d, D_HEAD)
@@ -378,6 +489,10 @@ impl Lane {
         self.mem.ring_write(Self::base(d), self.mask, t, bytes);
         tail.store(t + round8(bytes.len() as u64), SeqCst);
     }
+}
+
+fn big_garbage() -> Error {
+    Error::codec("garbage in a pipe's shared memory: a large message outside its area")
 }
 
 #[cfg(test)]
@@ -466,8 +581,103 @@ mod tests {
 
     #[test]
     fn segments_that_are_not_lanes_are_refused() {
-        let other = Mapping::anonymous(HDR + 2 * CAP as usize).unwrap();
+        let other = Mapping::anonymous(SEG).unwrap();
         let fd = other.fd().try_clone_to_owned().unwrap();
         assert!(matches!(Lane::from_fd(fd), Err(Error::Codec(_))));
+    }
+
+    #[test]
+    fn large_messages_come_out_in_order_and_wrap_the_area() {
+        let lane = Lane::create().unwrap();
+        let mut out = Vec::new();
+        // Sizes that wrap the 4 MiB area at every alignment, with small records between.
+        for i in 0..40u32 {
+            let len = lane.max_inline()
+                + 1
+                + (i as usize * 97_531) % (lane.max_big() - lane.max_inline());
+            let body: Vec<u8> = (0..len).map(|k| (k as u32 ^ i) as u8).collect();
+            assert!(!lane.send_big(0, &body, || false).unwrap());
+            lane.publish(0, K_INLINE, &[&i.to_le_bytes()]);
+            let rec = lane.peek(0).unwrap().unwrap();
+            assert_eq!(rec.kind, K_BIG);
+            out.clear();
+            assert!(lane.read_big(0, &rec, &mut out).unwrap());
+            lane.advance(0, &rec);
+            assert!(out == body, "message {i} of {len} bytes changed");
+            let rec = lane.peek(0).unwrap().unwrap();
+            out.clear();
+            lane.read_body(0, &rec, &mut out);
+            lane.advance(0, &rec);
+            assert_eq!(out, i.to_le_bytes());
+        }
+        assert!(lane.is_empty(0));
+    }
+
+    #[test]
+    fn a_dead_senders_hole_is_skipped_and_reclaimed() {
+        let lane = Lane::create().unwrap();
+        let big = vec![7u8; lane.max_big()];
+        // A sender reserved half the area and died before publishing its record.
+        let t = lane.w64(0, D_BTAIL).load(SeqCst);
+        lane.w64(0, D_BTAIL).store(t + BIG / 2, SeqCst);
+        // The next message still fits; a receiver taking it frees the hole too.
+        lane.send_big(0, &big, || false).unwrap();
+        let rec = lane.peek(0).unwrap().unwrap();
+        let mut out = Vec::new();
+        assert!(lane.read_big(0, &rec, &mut out).unwrap());
+        lane.advance(0, &rec);
+        assert_eq!(out, big);
+        assert_eq!(lane.big_free(0), BIG);
+        // Two holes fill the whole area: with the ring empty, the sender reclaims them
+        // instead of waiting for ever.
+        let t = lane.w64(0, D_BTAIL).load(SeqCst);
+        lane.w64(0, D_BTAIL).store(t + BIG, SeqCst);
+        assert_eq!(lane.big_free(0), 0);
+        lane.send_big(0, &big, || true).unwrap();
+        assert_eq!(lane.big_free(0), BIG - BIG / 2);
+    }
+
+    #[test]
+    fn a_large_message_freed_by_a_dead_receiver_is_skipped() {
+        let lane = Lane::create().unwrap();
+        let body = vec![1u8; lane.max_inline() + 100];
+        lane.send_big(0, &body, || false).unwrap();
+        let rec = lane.peek(0).unwrap().unwrap();
+        let mut out = Vec::new();
+        // A receiver copied it and freed its bytes, then died before moving the head.
+        assert!(lane.read_big(0, &rec, &mut out).unwrap());
+        let again = lane.peek(0).unwrap().unwrap();
+        out.clear();
+        assert!(
+            !lane.read_big(0, &again, &mut out).unwrap(),
+            "taken already"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_large_record_pointing_outside_its_area_is_a_codec_error() {
+        let lane = Lane::create().unwrap();
+        for (pos, len) in [(0u64, 100u64), (0, 0), (0, BIG), (1 << 40, 64)] {
+            let mut rec = [0u8; 16];
+            rec[..8].copy_from_slice(&pos.to_le_bytes());
+            rec[8..].copy_from_slice(&len.to_le_bytes());
+            lane.publish(0, K_BIG, &[&rec]);
+            let r = lane.peek(0).unwrap().unwrap();
+            let mut out = Vec::new();
+            assert!(
+                matches!(lane.read_big(0, &r, &mut out), Err(Error::Codec(_))),
+                "pos {pos} len {len}"
+            );
+            lane.advance(0, &r);
+        }
+        // Garbage in the area's own words heals once the ring is empty.
+        lane.w64(0, D_BHEAD).store(u64::MAX / 2, SeqCst);
+        let body = vec![3u8; lane.max_inline() + 1];
+        lane.send_big(0, &body, || true).unwrap();
+        let r = lane.peek(0).unwrap().unwrap();
+        let mut out = Vec::new();
+        assert!(lane.read_big(0, &r, &mut out).unwrap());
+        assert_eq!(out, body);
     }
 }
