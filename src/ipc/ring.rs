@@ -645,6 +645,23 @@ impl Ring {
         free_after(h) >= need
     }
 
+    /// Before a producer diverts to the overflow, whose pages are fresh (a page fault and
+    /// zeroing per 4 KiB written, given back as they are read): waits for a consumer to free
+    /// `need` bytes, for as long as one reading at 1 GB/s takes to free them (about 1 ms for
+    /// 1 MiB, nothing to speak of for small items), never past `deadline`. A live consumer
+    /// thus keeps a faster producer in the warm ring, as a bounded queue would (at no less
+    /// than 1 GB/s); a missing or stalled one costs that wait once, and the items after it go
+    /// to the overflow until the ring is half free again. `Ok(true)`: there is room now.
+    fn wait_for_consumer(&self, need: u64, deadline: Option<Instant>) -> Result<bool> {
+        let patience = Instant::now() + std::time::Duration::from_nanos(need);
+        let until = deadline.map_or(patience, |d| d.min(patience));
+        match self.wait_free(need, Some(until)) {
+            Ok(()) => Ok(true),
+            Err(Error::Full) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// For a ring with an overflow (producer lock held): the ring the next message of
     /// `whole` record bytes goes to (`spill`: only its 24-byte reference), moving producers
     /// to the overflow when this ring is full and back when it is half free.
@@ -664,6 +681,9 @@ impl Ring {
             let Some(o) = self.overflow()? else {
                 return Ok(self);
             };
+            if fits && self.wait_for_consumer(need + 8, deadline)? {
+                return Ok(self);
+            }
             self.wait_free(8, deadline)?;
             self.publish_flagged(K_DIVERT, &[], &[], 0, DIVERTED);
             return Ok(o);
