@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::ipc::mutex::RobustMutex;
 use crate::ipc::segment::Segment;
+use crate::sys::memfd::MutexWords;
 
 pub(crate) use crate::ipc::mutex::Acquired;
 
 pub(crate) use crate::ipc::mutex::MUTEX_SIZE;
+const _: () = assert!(std::mem::size_of::<MutexWords>() == MUTEX_SIZE);
 /// How often a blocked waiter of something other than the mutex (the barrier) checks that
 /// the processes it waits for are alive.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -24,11 +26,8 @@ impl<'a> RawMutex<'a> {
     /// The mutex at data offset `off` (8-aligned) of `seg`.
     #[inline]
     pub(crate) fn at(seg: &'a Segment, off: usize) -> RawMutex<'a> {
-        RawMutex(RobustMutex::new(
-            seg.u32(off),
-            seg.u32(off + 4),
-            seg.u64(off + 8),
-        ))
+        let w = seg.atomic::<MutexWords>(off);
+        RawMutex(RobustMutex::new(&w.word, &w.park, &w.owner))
     }
 
     /// Takes the lock if it is free, without waiting. A lock whose holder died is taken

@@ -56,9 +56,23 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// An atomic integer type that may be placed over shared bytes: every bit pattern is a
-/// valid value (so not `AtomicBool`), and its size equals its alignment.
+/// An atomic type that may be placed over shared bytes: an atomic integer, or a `repr(C)`
+/// group of them without padding ([`MutexWords`]), so every bit pattern is a valid value
+/// (not `AtomicBool`).
 pub(crate) trait AtomicCell: sealed::Sealed + Sync {}
+
+/// The three words of a robust mutex in shared memory (`ipc::mutex`'s layout): the lock
+/// word, the parking word and the owner record, 16 bytes, 8-aligned, no padding. Reached as
+/// one cell, so that a mutex at a fixed place costs one bounds check, not three.
+#[repr(C)]
+pub(crate) struct MutexWords {
+    pub(crate) word: AtomicU32,
+    pub(crate) park: AtomicU32,
+    pub(crate) owner: AtomicU64,
+}
+
+impl sealed::Sealed for MutexWords {}
+impl AtomicCell for MutexWords {}
 
 macro_rules! cells {
     ($($t:ty),*) => {$(
@@ -196,11 +210,9 @@ impl Mapping {
 
     #[inline]
     fn check(&self, off: usize, n: usize) {
-        assert!(
-            off.checked_add(n).is_some_and(|e| e <= self.len),
-            "multiproc: shared-memory access out of bounds: {off}+{n} of {}",
-            self.len
-        );
+        if off.checked_add(n).is_none_or(|e| e > self.len) {
+            out_of_bounds(off, n, self.len);
+        }
     }
 
     /// The atomic of type `A` at byte offset `off`.
@@ -210,16 +222,17 @@ impl Mapping {
     #[inline]
     pub(crate) fn atomic<A: AtomicCell>(&self, off: usize) -> &A {
         let size = std::mem::size_of::<A>();
-        assert!(
-            off.is_multiple_of(size) && off.checked_add(size).is_some_and(|e| e <= self.len),
-            "multiproc: shared-memory access out of bounds or misaligned (offset {off}, size \
-             {size}, len {})",
-            self.len
-        );
+        let align = std::mem::align_of::<A>();
+        if !(off.is_multiple_of(align) && off.checked_add(size).is_some_and(|e| e <= self.len)) {
+            // Out of line, so that the check inlined into every lock and ring operation is
+            // a few instructions (the formatting made callers too big to inline).
+            bad_atomic(off, size, self.len);
+        }
         // SAFETY: in bounds and aligned (checked above; the mapping is page-aligned); the
         // memory stays mapped while `self` is borrowed; atomic integers have the layout
-        // of the integer, every bit pattern is valid, and words that processes share are
-        // only ever accessed atomically (the module's rule).
+        // of the integer, every bit pattern is valid (also for `MutexWords`, atomics
+        // without padding), and words that processes share are only ever accessed
+        // atomically (the module's rule).
         unsafe { &*self.ptr.as_ptr().add(off).cast::<A>() }
     }
 
@@ -302,6 +315,25 @@ impl Mapping {
     pub(crate) fn resident_bytes(&self) -> u64 {
         rustix::fs::fstat(&self.fd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
+}
+
+/// The panic of [`Mapping::atomic`]: a layout bug of this crate.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_atomic(off: usize, size: usize, len: usize) -> ! {
+    panic!(
+        "multiproc: shared-memory access out of bounds or misaligned (offset {off}, size \
+         {size}, len {len})"
+    )
+}
+
+/// The panic of a byte range past a mapping's end: a bug of this crate.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_bounds(off: usize, n: usize, len: usize) -> ! {
+    panic!("multiproc: shared-memory access out of bounds: {off}+{n} of {len}")
 }
 
 /// Byte rings inside a mapping: `mask + 1` bytes (a power of two) from offset `base`, indexed
