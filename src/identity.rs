@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use crate::sys;
 
 /// A process's name and pid, as returned by [`current_process`], [`parent_process`] and
-/// [`active_children`].
+/// [`active_children`](crate::active_children).
 ///
 /// ```
 /// let me = multiproc::current_process();
