@@ -60,6 +60,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visit
 use serde::ser::{self, SerializeSeq as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::sys::memfd::MessageFile;
 use crate::sys::plain::{self, Plain};
 use crate::{Error, Result};
 
@@ -86,7 +87,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// ```
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     let len = out.len();
-    match put(value, &mut Enc { out: &mut *out }) {
+    match put(value, &mut Enc::new(&mut *out)) {
         Ok(()) => Ok(()),
         Err(e) => {
             out.truncate(len);
@@ -188,21 +189,148 @@ const MAX_EMPTY_ELEMENTS: usize = 1 << 20;
 /// How deep values may nest when decoding.
 const MAX_DEPTH: u32 = 256;
 
-/// The encoder: appends to a vector.
+/// The encoder: appends to a vector, or, for a value that grows past a size given up front
+/// (see [`encode_spilling`]), to a memory file: then `out` only gathers small writes
+/// between large runs, which go from the value's own memory to the file in one `pwrite`.
 struct Enc<'a> {
     out: &'a mut Vec<u8>,
+    /// When `out` holds more than this, [`spill`](Enc::spill) moves its bytes to the file
+    /// (`usize::MAX`: never). Checked after each part of the value and before each run of
+    /// bytes: a branch on a length, nothing more, on the common path.
+    limit: usize,
+    /// The file, once the value went past its first limit.
+    file: Option<Box<Spill>>,
 }
 
-impl Enc<'_> {
+/// Where a large value being encoded goes (see [`Enc`]).
+struct Spill {
+    file: MessageFile,
+    /// Bytes of the value already in the file; `out` continues from there.
+    written: usize,
+    /// Why writing to the file failed, if it did (the encoding then fails with it).
+    err: Option<std::io::Error>,
+}
+
+/// Once a value is in a file: small writes gathered in `out` go to the file in batches of
+/// about this many bytes, and runs of at least this many bytes go there directly.
+const SPILL_BATCH: usize = 256 << 10;
+
+impl<'a> Enc<'a> {
+    #[inline]
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        Enc {
+            out,
+            limit: usize::MAX,
+            file: None,
+        }
+    }
+
     #[inline]
     fn len(&mut self, n: usize) {
         self.out.extend_from_slice(&(n as u64).to_le_bytes());
     }
 
     #[inline]
-    fn bytes(&mut self, b: &[u8]) {
+    fn bytes(&mut self, b: &[u8]) -> R<()> {
         self.len(b.len());
+        self.run(b)
+    }
+
+    /// Appends a run of bytes (a string, a byte string, the memory of plain numbers).
+    #[inline]
+    fn run(&mut self, b: &[u8]) -> R<()> {
+        if b.len() > self.limit.saturating_sub(self.out.len()) {
+            return self.large_run(b);
+        }
         self.out.extend_from_slice(b);
+        Ok(())
+    }
+
+    /// The position of the next byte in the whole encoding.
+    #[inline]
+    fn pos(&self) -> usize {
+        self.file.as_ref().map_or(0, |f| f.written) + self.out.len()
+    }
+
+    /// `out` has grown past `limit`: moves it to the file (made now, the first time).
+    #[cold]
+    fn spill(&mut self) -> R<()> {
+        if self.file.is_none() {
+            match MessageFile::new() {
+                Ok(file) => {
+                    self.file = Some(Box::new(Spill {
+                        file,
+                        written: 0,
+                        err: None,
+                    }));
+                }
+                Err(_) => {
+                    // No file to be had: the value stays in memory (and travels as
+                    // before, copied to a segment, or streamed).
+                    self.limit = usize::MAX;
+                    return Ok(());
+                }
+            }
+        }
+        self.limit = SPILL_BATCH;
+        let out = &mut *self.out;
+        let Some(f) = self.file.as_deref_mut() else {
+            return Ok(());
+        };
+        f.write(out)?;
+        out.clear();
+        Ok(())
+    }
+
+    /// A run that would take `out` past `limit`.
+    #[cold]
+    fn large_run(&mut self, b: &[u8]) -> R<()> {
+        self.spill()?;
+        match self.file.as_deref_mut() {
+            Some(f) if b.len() >= SPILL_BATCH => f.write(b),
+            _ => {
+                self.out.extend_from_slice(b);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the 8 bytes of a length at `at`, a position of the whole encoding where a
+    /// placeholder was written (in the file, or still in `out`).
+    fn patch(&mut self, at: usize, n: u64) -> R<()> {
+        let b = n.to_le_bytes();
+        match self.file.as_deref_mut() {
+            Some(f) if at < f.written => {
+                let r = f.file.write_at(at as u64, &b);
+                f.check(r)
+            }
+            Some(f) => {
+                let at = at - f.written;
+                self.out[at..at + 8].copy_from_slice(&b);
+                Ok(())
+            }
+            None => {
+                self.out[at..at + 8].copy_from_slice(&b);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Spill {
+    /// Appends `b` to the file.
+    fn write(&mut self, b: &[u8]) -> R<()> {
+        let r = self.file.write_at(self.written as u64, b);
+        self.written += b.len();
+        self.check(r)
+    }
+
+    fn check(&mut self, r: std::io::Result<()>) -> R<()> {
+        r.map_err(|e| {
+            let msg = format!("cannot write a large value to shared memory: {e}");
+            self.err = Some(e);
+            CodecError(msg)
+        })
     }
 }
 
@@ -231,10 +359,17 @@ fn plain_run<I>(it: &I) -> Option<(usize, &[u8])> {
 #[inline]
 fn put<T: Serialize + ?Sized>(v: &T, enc: &mut Enc<'_>) -> R<()> {
     #[cfg(feature = "ndarray")]
-    if let Some(r) = nd::encode_array(v, enc) {
-        return r;
+    let r = match nd::encode_array(v, enc) {
+        Some(r) => r,
+        None => v.serialize(&mut *enc),
+    };
+    #[cfg(not(feature = "ndarray"))]
+    let r = v.serialize(&mut *enc);
+    r?;
+    if enc.out.len() > enc.limit {
+        enc.spill()?;
     }
-    v.serialize(enc)
+    Ok(())
 }
 
 /// ndarray arrays: the same bytes as ndarray's `Serialize` writes through this codec (a
@@ -374,13 +509,11 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
     }
     #[inline]
     fn serialize_str(self, v: &str) -> R<()> {
-        self.bytes(v.as_bytes());
-        Ok(())
+        self.bytes(v.as_bytes())
     }
     #[inline]
     fn serialize_bytes(self, v: &[u8]) -> R<()> {
-        self.bytes(v);
-        Ok(())
+        self.bytes(v)
     }
     #[inline]
     fn serialize_none(self) -> R<()> {
@@ -472,8 +605,7 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
         let iter = iter.into_iter();
         if let Some((n, bytes)) = plain_run(&iter) {
             self.len(n);
-            self.out.extend_from_slice(bytes);
-            return Ok(());
+            return self.run(bytes);
         }
         let (lo, hi) = iter.size_hint();
         let mut seq = self.serialize_seq((hi == Some(lo)).then_some(lo))?;
@@ -510,7 +642,7 @@ impl<'a, 'b> Compound<'a, 'b> {
                 Compound { enc, patch: None }
             }
             None => {
-                let at = enc.out.len();
+                let at = enc.pos();
                 enc.len(0);
                 Compound {
                     enc,
@@ -531,7 +663,7 @@ impl<'a, 'b> Compound<'a, 'b> {
     #[inline]
     fn finish(self) -> R<()> {
         if let Some((at, n)) = self.patch {
-            self.enc.out[at..at + 8].copy_from_slice(&n.to_le_bytes());
+            return self.enc.patch(at, n);
         }
         Ok(())
     }
@@ -729,6 +861,14 @@ impl<'de> Dec<'de> {
     }
 }
 
+/// A large run of bytes copied into a vector of its own, whose fresh memory is advised
+/// to use huge pages (the copy then runs at memory speed rather than at the speed of a page
+/// fault per 4 KiB).
+fn owned_run(b: &[u8]) -> R<Vec<u8>> {
+    plain::vec_from_bytes::<u8>(b)
+        .ok_or_else(|| CodecError(format!("cannot allocate {} bytes", b.len())))
+}
+
 /// The type ids of serde's visitors for `Vec<u8>`, `Vec<u16>`, … `Vec<f64>` (in the order
 /// of [`Dec::plain_vec`]), learnt once by asking each `Vec<P>` how it deserializes.
 fn plain_vec_visitors() -> &'static [Option<TypeId>; 10] {
@@ -831,7 +971,16 @@ impl<'de> Deserializer<'de> for &mut Dec<'de> {
     }
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
-        v.visit_borrowed_str(self.str()?)
+        let b = self.bytes()?;
+        if b.len() >= plain::HUGE_RUN {
+            // A large string is copied into memory made for it (see `owned_run`).
+            let s = String::from_utf8(owned_run(b)?)
+                .map_err(|e| CodecError(format!("bad UTF-8: {}", e.utf8_error())))?;
+            return v.visit_string(s);
+        }
+        v.visit_borrowed_str(
+            std::str::from_utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))?,
+        )
     }
     #[inline]
     fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
@@ -839,7 +988,11 @@ impl<'de> Deserializer<'de> for &mut Dec<'de> {
     }
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
-        v.visit_borrowed_bytes(self.bytes()?)
+        let b = self.bytes()?;
+        if b.len() >= plain::HUGE_RUN {
+            return v.visit_byte_buf(owned_run(b)?);
+        }
+        v.visit_borrowed_bytes(b)
     }
     #[inline]
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
@@ -1020,6 +1173,54 @@ pub(crate) fn append_with_fds<T: Serialize + ?Sized>(
     let r = encode_into(value, out);
     let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
     r.map(|()| fds.unwrap_or_default())
+}
+
+/// A message written to a sealed memory file: its descriptor and length.
+pub(crate) type SealedMessage = (OwnedFd, usize);
+
+/// Encodes `value` for a multiproc channel like [`encode_with_fds`] (`out` empty), but an
+/// encoding that grows past `spill_at` bytes is written to a memory file instead, sealed
+/// read-only (`Some((file, length))`; `out` is then left empty): a large value is written
+/// once, from its own memory to the shared memory that carries it.
+pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    spill_at: usize,
+) -> Result<(Vec<OwnedFd>, Option<SealedMessage>)> {
+    debug_assert!(out.is_empty());
+    let prev = OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new()));
+    let mut enc = Enc {
+        out: &mut *out,
+        limit: spill_at,
+        file: None,
+    };
+    let r = put(value, &mut enc);
+    let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    let file = enc.file.take();
+    let r = match (r, file) {
+        (Ok(()), None) => Ok(None),
+        (Ok(()), Some(mut f)) => match f.write(enc.out) {
+            Ok(()) => {
+                let len = f.written;
+                f.file.seal().map(|fd| Some((fd, len))).map_err(Error::from)
+            }
+            Err(e) => Err(f
+                .err
+                .take()
+                .map_or_else(|| Error::codec_from("cannot encode value", e), Error::from)),
+        },
+        (Err(e), f) => Err(match f.and_then(|f| f.err) {
+            Some(io) => Error::from(io),
+            None => Error::codec_from("cannot encode value", e),
+        }),
+    };
+    match r {
+        Ok(file) => Ok((fds.unwrap_or_default(), file)),
+        Err(e) => {
+            out.clear();
+            Err(e)
+        }
+    }
 }
 
 /// Encodes many values (pool task arguments or results) one after another, paying the set-up of the handle context once rather than per value. The
@@ -1381,6 +1582,69 @@ mod tests {
             same(fds[0].as_fd(), f.as_fd()),
             "a duplicate of the handle's descriptor"
         );
+    }
+
+    #[test]
+    fn large_values_are_encoded_into_a_sealed_file() {
+        use crate::sys::memfd::SealedBytes;
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let big: Vec<u8> = (0..3 << 20).map(|i| (i * 7) as u8).collect();
+        let strings: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+        let floats = vec![1.5f64; 300_000];
+        // A handle, a run written straight to the file, many small parts gathered in
+        // batches under a length patched once its placeholder is in the file, a small
+        // string, a run of numbers, and a large string.
+        let text = "é".repeat(3 << 20);
+        let value = (
+            FdRef(f.as_fd()),
+            &big,
+            Slow(&strings),
+            "tail",
+            &floats,
+            &text,
+        );
+        let mut plain = Vec::new();
+        let plain_fds = encode_with_fds(&value, &mut plain).unwrap();
+        for spill_at in [0, 1000, 5 << 20, 10 << 20] {
+            let mut out = Vec::new();
+            let (fds, file) = encode_spilling(&value, &mut out, spill_at).unwrap();
+            assert_eq!(fds.len(), plain_fds.len());
+            let (fd, len) = file.expect("spilled");
+            assert!(out.is_empty());
+            assert_eq!(len, plain.len());
+            let seg = SealedBytes::from_fd(fd, len).unwrap();
+            assert!(
+                seg.as_slice() == &plain[..],
+                "the same bytes (spill at {spill_at})"
+            );
+            type V = (FdOwned, Vec<u8>, Vec<String>, String, Vec<f64>, String);
+            let back: V = decode_with_fds(seg.as_slice(), fds).unwrap();
+            assert_eq!(back.1, big);
+            assert_eq!(back.2, strings);
+            assert_eq!(back.3, "tail");
+            assert_eq!(back.4, floats);
+            assert_eq!(back.5, text);
+        }
+        // Below the threshold: in `out`, as `encode_with_fds` writes it.
+        let mut out = Vec::new();
+        let (fds, file) = encode_spilling(&value, &mut out, plain.len()).unwrap();
+        assert!(file.is_none());
+        assert_eq!(fds.len(), 1);
+        assert!(out == plain);
+        // A value that fails after it went to the file: an error, nothing left behind.
+        struct Bad;
+        impl Serialize for Bad {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let mut out = Vec::new();
+        assert!(matches!(
+            encode_spilling(&(&big, Bad), &mut out, 1000),
+            Err(Error::Codec(_))
+        ));
+        assert!(out.is_empty());
     }
 
     #[test]

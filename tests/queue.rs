@@ -696,6 +696,99 @@ fn child_puts_a_large_item_and_exits_before_parent_drains() {
     assert!(check_pattern(&b));
 }
 
+/// An item with handles and a large run inside: bytes, the connection to answer on, words.
+type Parcel = (Vec<u8>, Connection<(usize, bool, Vec<String>)>, Vec<String>);
+
+fn answer_parcels((q, n): (Queue<Parcel>, usize)) {
+    for _ in 0..n {
+        let (bytes, conn, words) = q.get().unwrap();
+        conn.send(&(bytes.len(), check_pattern(&bytes), words))
+            .unwrap();
+    }
+}
+
+#[test]
+fn items_past_the_spill_threshold_with_handles_inside() {
+    multiproc::init();
+    // A small ring: items from a few bytes up to several MiB, on both sides of half the
+    // ring (where an item starts to be encoded into a segment of its own), each with a
+    // connection inside, and a long sequence of small parts in some.
+    let q = Queue::<Parcel>::with_capacity(0, 8192).unwrap();
+    let sizes = [
+        0,
+        100,
+        4000,
+        4070,
+        4080,
+        4090,
+        5000,
+        300_000,
+        1 << 20,
+        6 << 20,
+    ];
+    let mut p = Process::new(answer_parcels, (q.clone(), sizes.len()));
+    p.start().unwrap();
+    for (i, &n) in sizes.iter().enumerate() {
+        let words: Vec<String> = (0..(i % 3) * 20_000).map(|w| format!("w{w}")).collect();
+        let (mine, theirs) = multiproc::pipe().unwrap();
+        q.put((pattern(n), theirs, words.clone())).unwrap();
+        assert_eq!(mine.recv().unwrap(), (n, true, words), "item of {n} bytes");
+    }
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(q.empty());
+}
+
+fn hold_a_large_item((q, holding, never): (Queue<Parcel>, multiproc::Event, multiproc::Event)) {
+    let item = q.get().unwrap();
+    holding.set();
+    never.wait(); // killed here, holding `item`
+    drop(item);
+}
+
+#[test]
+fn consumer_killed_while_holding_a_large_item_leaves_nothing_in_dev_shm() {
+    multiproc::init();
+    let shm = || {
+        let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let shm_before = shm();
+    let q = Queue::<Parcel>::new().unwrap();
+    let (holding, never) = (
+        multiproc::Event::new().unwrap(),
+        multiproc::Event::new().unwrap(),
+    );
+    let mut c = Process::new(
+        hold_a_large_item,
+        (q.clone(), holding.clone(), never.clone()),
+    );
+    c.start().unwrap();
+    let (_mine, theirs) = multiproc::pipe().unwrap();
+    q.put((pattern(16 << 20), theirs, vec!["x".into()]))
+        .unwrap();
+    holding.wait();
+    c.kill().unwrap();
+    c.join().unwrap();
+    assert!(q.empty());
+    // The queue still works, large items included.
+    let (mine, theirs) = multiproc::pipe().unwrap();
+    q.put((pattern(16 << 20), theirs, Vec::new())).unwrap();
+    let (b, conn, _) = q.get().unwrap();
+    assert!(b.len() == 16 << 20 && check_pattern(&b));
+    conn.send(&(1, true, Vec::new())).unwrap();
+    assert_eq!(mine.recv().unwrap(), (1, true, Vec::new()));
+    // The item travelled as an anonymous sealed segment: nothing of it is in /dev/shm.
+    let ours: Vec<_> = shm()
+        .into_iter()
+        .filter(|n| !shm_before.contains(n) && n.to_string_lossy().contains("multiproc"))
+        .collect();
+    assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
+}
+
 #[test]
 fn items_larger_than_the_ring_between_processes() {
     multiproc::init();

@@ -218,6 +218,22 @@ pub(crate) struct Ring {
     tail_seen: AtomicU64,
 }
 
+/// What a `put` sends: bytes to copy into the ring, or a sealed segment (its descriptor,
+/// and its length) of which only a reference goes in the ring.
+enum Body<'m> {
+    Bytes(&'m [u8]),
+    Sealed(OwnedFd, u64),
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::Sealed(_, n) => *n,
+        }
+    }
+}
+
 impl Ring {
     /// A new ring of `cap` bytes (rounded up to a power of two); `maxsize` items at most
     /// (0: no item limit).
@@ -595,11 +611,50 @@ impl Ring {
         // An item larger than half the ring goes to a segment of its own, whose descriptor
         // travels on the side socket: `put` then needs no consumer to make progress. (If
         // no segment can be made, or the queue was made to stream, it is streamed.)
-        let spill = if whole > self.cap / 2 && !self.stream_large {
-            memfd::sealed_copy(msg).ok()
-        } else {
-            None
+        let body = match (whole > self.cap / 2 && !self.stream_large)
+            .then(|| memfd::sealed_copy(msg).ok())
+            .flatten()
+        {
+            Some(seg) => Body::Sealed(seg, msg.len() as u64),
+            None => Body::Bytes(msg),
         };
+        self.put_message(body, fds, side_tx, deadline)
+    }
+
+    /// Encoded items longer than this go to a segment of their own (the codec writes them
+    /// straight into one, then [`put_sealed`](Self::put_sealed)); `None` if this queue
+    /// streams large items through the ring instead. Any shorter item, with descriptors or
+    /// not, fits a record of at most half the ring.
+    pub(crate) fn spill_threshold(&self) -> Option<usize> {
+        (!self.stream_large).then_some((self.cap / 2 - 16) as usize)
+    }
+
+    /// Puts one message already written to a sealed memory file `seg` of `len` bytes
+    /// (not empty; see [`memfd::MessageFile`]): only its reference goes in the ring.
+    pub(crate) fn put_sealed(
+        &self,
+        seg: OwnedFd,
+        len: usize,
+        fds: &[BorrowedFd<'_>],
+        side_tx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        self.put_message(Body::Sealed(seg, len as u64), fds, side_tx, deadline)
+    }
+
+    /// [`put`](Self::put) once its spill decision is made.
+    fn put_message(
+        &self,
+        body: Body<'_>,
+        fds: &[BorrowedFd<'_>],
+        side_tx: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let fdpre = if fds.is_empty() { 0 } else { 8 };
+        let whole = 8 + round8(fdpre + body.len());
         let _g = self.lock_producer(deadline).ok_or(Error::Full)?;
         if self.is_shut_down() {
             return Err(Error::ShutDown);
@@ -623,11 +678,11 @@ impl Ring {
             }
         }
         let to = if self.overflow.is_some() {
-            self.route(whole, spill.is_some(), deadline)?
+            self.route(whole, matches!(body, Body::Sealed(..)), deadline)?
         } else {
             self
         };
-        to.write_msg(self, msg, fds, spill, side_tx, deadline)
+        to.write_msg(self, body, fds, side_tx, deadline)
     }
 
     /// Whether `need` bytes are free in the ring now (the producer lock is held).
@@ -711,24 +766,26 @@ impl Ring {
     fn write_msg(
         &self,
         ctl: &Ring,
-        msg: &[u8],
+        body: Body<'_>,
         fds: &[BorrowedFd<'_>],
-        spill: Option<OwnedFd>,
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
         let fdpre = if fds.is_empty() { 0 } else { 8 };
-        let whole = 8 + round8(fdpre + msg.len() as u64);
+        let whole = 8 + round8(fdpre + body.len());
         let has_fds = !fds.is_empty();
         let flag = if has_fds { F_FDS } else { 0 };
-        if let Some(seg) = spill {
-            self.wait_free(8 + 16, deadline)?;
-            let mut all = fds.to_vec();
-            all.push(seg.as_fd());
-            let tag = ctl.send_fds(&all, side_tx)?;
-            self.publish(K_SPILL | F_FDS, &[tag, msg.len() as u64], &[], 1);
-            return Ok(());
-        }
+        let msg = match body {
+            Body::Bytes(msg) => msg,
+            Body::Sealed(seg, total) => {
+                self.wait_free(8 + 16, deadline)?;
+                let mut all = fds.to_vec();
+                all.push(seg.as_fd());
+                let tag = ctl.send_fds(&all, side_tx)?;
+                self.publish(K_SPILL | F_FDS, &[tag, total], &[], 1);
+                return Ok(());
+            }
+        };
         if whole <= self.cap / 2 {
             self.wait_free(whole, deadline)?;
             if has_fds {

@@ -532,15 +532,20 @@ impl<T> Queue<T> {
 impl<T: Serialize> Queue<T> {
     fn put_inner(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
         self.check_open()?;
+        let ring = &self.shared.ring;
         with_buf(&ENC, |buf| {
             buf.clear();
-            let fds = codec::encode_with_fds(value, buf)?;
-            self.shared.ring.put(
-                buf,
-                &crate::ipc::conn::borrowed(&fds),
-                self.shared.tx.as_fd(),
-                deadline,
-            )
+            // An item that will not fit the ring is encoded straight into the sealed
+            // segment that carries it (no copy of the whole item in between).
+            let spill_at = ring.spill_threshold().unwrap_or(usize::MAX);
+            let (fds, file) = codec::encode_spilling(value, buf, spill_at)?;
+            let fds = crate::ipc::conn::borrowed(&fds);
+            match file {
+                Some((seg, len)) => {
+                    ring.put_sealed(seg, len, &fds, self.shared.tx.as_fd(), deadline)
+                }
+                None => ring.put(buf, &fds, self.shared.tx.as_fd(), deadline),
+            }
         })?;
         self.shared.bell.ring_if_armed(self.shared.ring.armed());
         Ok(())

@@ -448,29 +448,57 @@ impl Drop for Mapping {
 /// message travels by descriptor (a queue's spilled item, a pipe's large message), to be
 /// mapped by the receiver as [`SealedBytes`]. It has no name: nothing is left behind when
 /// the last descriptor is closed, whoever holds it is killed.
-///
-/// It is written through the file, not through a mapping: each page is filled as it is
-/// allocated (not zeroed first), no page tables are built and torn down, and no writable
-/// mapping stands in the way of `F_SEAL_WRITE`.
 pub(crate) fn sealed_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
     if bytes.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
     }
-    let fd = rustix::fs::memfd_create(
-        "multiproc-message",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?;
-    let mut done = 0;
-    while done < bytes.len() {
-        match rustix::io::pwrite(&fd, &bytes[done..], done as u64) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let f = MessageFile::new()?;
+    f.write_at(0, bytes)?;
+    f.seal()
+}
+
+/// A memory file being filled with one message, then sealed read-only ([`seal`]
+/// (MessageFile::seal)) to travel by descriptor: [`sealed_copy`] in one go, or the codec
+/// writing a large value straight into it, piece by piece, with no copy of the whole value
+/// in between.
+///
+/// It is written through the file, not through a mapping: each page is filled as it is
+/// allocated (not zeroed first), no page tables are built and torn down, and no writable
+/// mapping stands in the way of `F_SEAL_WRITE`.
+pub(crate) struct MessageFile {
+    fd: OwnedFd,
+}
+
+impl MessageFile {
+    /// A new, empty memory file (no name: nothing to clean up).
+    pub(crate) fn new() -> io::Result<MessageFile> {
+        let fd = rustix::fs::memfd_create(
+            "multiproc-message",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        Ok(MessageFile { fd })
     }
-    rustix::fs::fcntl_add_seals(&fd, SEALS | SealFlags::WRITE)?;
-    Ok(fd)
+
+    /// Writes `bytes` at byte `off` of the file (growing it as needed).
+    pub(crate) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < bytes.len() {
+            match rustix::io::pwrite(&self.fd, &bytes[done..], off + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the file read-only at its current size: the descriptor to send, which the
+    /// receiver maps as [`SealedBytes`].
+    pub(crate) fn seal(self) -> io::Result<OwnedFd> {
+        rustix::fs::fcntl_add_seals(&self.fd, SEALS | SealFlags::WRITE)?;
+        Ok(self.fd)
+    }
 }
 
 /// A read-only mapping of a memory file that is sealed against writing and resizing: no
@@ -543,6 +571,32 @@ pub(crate) fn unique_name() -> String {
         h.write_u128(t.as_nanos());
     }
     format!("mp_{:016x}", h.finish())
+}
+
+/// Asks the kernel to back `spare` — memory a caller owns and is about to fill, such as a
+/// vector's spare capacity — with huge pages (`MADV_HUGEPAGE` on the whole pages inside
+/// it), so that filling it takes one page fault per 2 MiB instead of one per 4 KiB. Only a
+/// hint: nothing happens if transparent huge pages are off, or for memory that is not
+/// anonymous (the small blocks of the heap); the bytes are unaffected either way.
+pub(crate) fn advise_huge_pages<T>(spare: &mut [std::mem::MaybeUninit<T>]) {
+    const PAGE: usize = 4096;
+    let start = spare.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(spare);
+    let (first, last) = (start.next_multiple_of(PAGE), end & !(PAGE - 1));
+    if last <= first {
+        return;
+    }
+    // SAFETY: the range is whole pages inside `spare`, memory the caller owns exclusively
+    // (the `&mut` borrow); MADV_HUGEPAGE changes how the kernel backs the pages, never their
+    // contents or the mapping itself, so no Rust object can observe it. A failure (THP not
+    // built in, memory of another kind) leaves everything as it was.
+    let _ = unsafe {
+        rustix::mm::madvise(
+            first as *mut c_void,
+            last - first,
+            rustix::mm::Advice::LinuxHugepage,
+        )
+    };
 }
 
 /// Removes the named block `name` ("/..." form).
