@@ -502,6 +502,50 @@ def queue_1gib_item():
     return HUGE_ITEM / secs / 1e9
 
 
+def shared_producer(q, ready, done):
+    from multiprocessing import shared_memory
+    import ctypes
+
+    shm = shared_memory.SharedMemory(create=True, size=HUGE_ITEM)
+    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(shm.buf)), ord("x"), HUGE_ITEM)
+    ready.set()  # the clock starts here: the bytes exist, put has not begun
+    q.put(shm.name)
+    done.wait()  # the consumer has attached
+    shm.close()
+    shm.unlink()
+
+
+def shared_round():
+    from multiprocessing import resource_tracker, shared_memory
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    ready = ctx.Event()
+    done = ctx.Event()
+    p = ctx.Process(target=shared_producer, args=(q, ready, done))
+    p.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    shm = shared_memory.SharedMemory(name=q.get())
+    buf = shm.buf
+    elapsed = time.perf_counter() - t0
+    # Attaching registers the block with this process's tracker too (Python < 3.13).
+    resource_tracker.unregister(shm._name, "shared_memory")
+    if len(buf) < HUGE_ITEM or buf[0] != ord("x") or buf[HUGE_ITEM - 1] != ord("x"):
+        raise RuntimeError("the item changed")
+    del buf
+    shm.close()
+    done.set()
+    p.join()
+    return elapsed
+
+
+def queue_1gib_shared_bytes():
+    """A 1 GiB shared_memory block handed over by name (Python's zero-copy way)."""
+    secs = statistics.median(shared_round() for _ in range(QUEUE_ROUNDS))
+    return HUGE_ITEM / secs / 1e9
+
+
 def mpmc_producer(q, go, n):
     go.wait()
     for i in range(n):
@@ -555,6 +599,7 @@ WORKLOADS = {
     "queue_1mib_struct": ("GB/s", lambda: queue_1mib_typed("struct")),
     "queue_1mib_string": ("GB/s", lambda: queue_1mib_typed("string")),
     "queue_1gib_item": ("GB/s", queue_1gib_item),
+    "queue_1gib_shared_bytes": ("GB/s", queue_1gib_shared_bytes),
     "queue_ndarray_1mib": ("GB/s", lambda: queue_numpy(ND_SMALL, ND_SMALL_COUNT)),
     "queue_ndarray_64mib": ("GB/s", lambda: queue_numpy(ND_BIG, ND_BIG_COUNT)),
     "queue_8b_4p4c": ("msg/s", queue_8b_4p4c),

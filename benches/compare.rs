@@ -138,6 +138,12 @@ const WORKLOADS: &[Workload] = &[
         run: queue_workloads::queue_1gib_item,
     },
     Workload {
+        name: "queue_1gib_shared_bytes",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1gib_shared_bytes,
+    },
+    Workload {
         name: "queue_8b_4p4c",
         unit: "msg/s",
         higher_is_better: true,

@@ -55,7 +55,9 @@
 //! [`as_ptr`](SharedMemory::as_ptr) gives raw access, with the `SIGBUS` risk.
 //!
 //! For memory shared only among multiproc's own processes, [`Value`](crate::Value),
-//! [`Array`](crate::Array) and friends need no name and leave nothing behind.
+//! [`Array`](crate::Array) and friends need no name and leave nothing behind; so does
+//! [`SharedBytes`], immutable bytes of any size handed to another process inside any item
+//! without a copy.
 //!
 //! ```
 //! use multiproc::shared_memory::SharedMemory;
@@ -74,9 +76,11 @@
 //! shm.unlink().unwrap();
 //! ```
 
+mod bytes;
 mod list;
 mod manager;
 
+pub use bytes::SharedBytes;
 pub use crate::start::tracker_pid;
 use crate::start::{tracker_register, tracker_unregister};
 pub use list::ShareableList;

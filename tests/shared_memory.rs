@@ -582,3 +582,82 @@ fn a_block_unlinked_in_flight_gives_a_typed_error_naming_it() {
     }
     shm.unlink().unwrap();
 }
+
+// --- SharedBytes ---------------------------------------------------------------------------
+
+use multiproc::shared_memory::SharedBytes;
+use multiproc::{Connection, Queue};
+
+/// Bytes whose every position can be checked: byte `i` is `i * 31 + i / 4096` (mod 256).
+fn bytes_at(i: usize) -> u8 {
+    (i.wrapping_mul(31) + i / 4096) as u8
+}
+
+/// The child's answer: the set's id, the lengths it saw, whether every byte was right, and
+/// bytes of its own.
+type Answer = (u32, Vec<usize>, bool, SharedBytes);
+
+fn answer_shared((q, reply): (Queue<(u32, Vec<SharedBytes>)>, Connection<Answer>)) {
+    loop {
+        let (id, parts) = q.get().unwrap();
+        if id == u32::MAX {
+            return;
+        }
+        let lens = parts.iter().map(|p| p.len()).collect();
+        let ok = parts
+            .iter()
+            .all(|p| p.iter().enumerate().all(|(i, &b)| b == bytes_at(i)));
+        // One made here, filled in place, sent back by handle.
+        let back = SharedBytes::build(3 << 20, |b| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = bytes_at(i);
+            }
+        })
+        .unwrap();
+        reply.send(&(id, lens, ok, back)).unwrap();
+    }
+}
+
+#[test]
+fn shared_bytes_travel_by_handle_inside_items_both_ways() {
+    multiproc::init();
+    let q = Queue::new().unwrap();
+    let (rx, tx) = multiproc::pipe::<Answer>().unwrap();
+    let mut p = Process::new(answer_shared, (q.clone(), tx));
+    p.start().unwrap();
+    let filled = |n: usize| {
+        SharedBytes::build(n, |b| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = bytes_at(i);
+            }
+        })
+        .unwrap()
+    };
+    let copied: Vec<u8> = (0..10_000).map(bytes_at).collect();
+    let sets = [
+        vec![],
+        vec![SharedBytes::from_slice(&[]).unwrap()],
+        vec![filled(1), SharedBytes::from_slice(&copied).unwrap()],
+        vec![filled(8 << 20), filled(4096), filled(5000)],
+    ];
+    for (id, parts) in sets.iter().enumerate() {
+        q.put((id as u32, parts.clone())).unwrap();
+        let (got, lens, ok, back) = rx.recv().unwrap();
+        assert_eq!(got, id as u32);
+        assert_eq!(lens, parts.iter().map(|p| p.len()).collect::<Vec<_>>());
+        assert!(ok, "set {id}: the child saw other bytes");
+        assert_eq!(back.len(), 3 << 20);
+        assert!(back.iter().enumerate().all(|(i, &b)| b == bytes_at(i)));
+    }
+    // The sender's copies are untouched and still readable after the handover.
+    assert_eq!(sets[3][0][(8 << 20) - 1], bytes_at((8 << 20) - 1));
+    q.put((u32::MAX, Vec::new())).unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}
+
+#[test]
+fn shared_bytes_only_encode_for_a_multiproc_channel() {
+    let b = SharedBytes::from_slice(b"abc").unwrap();
+    assert!(matches!(multiproc::codec::encode(&b), Err(Error::Codec(_))));
+}

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use multiproc::shared_memory::SharedBytes;
 use multiproc::{Event, Process, Queue};
 use serde_bytes::ByteBuf;
 
@@ -244,6 +245,36 @@ fn huge_round() -> f64 {
 /// to the parent's decoded vector (median of rounds).
 pub fn queue_1gib_item() -> f64 {
     let secs = median((0..QUEUE_ROUNDS).map(|_| huge_round()).collect());
+    HUGE_ITEM as f64 / secs / 1e9
+}
+
+fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) -> multiproc::Result<()> {
+    let item = SharedBytes::build(HUGE_ITEM, |b| b.fill(b'x'))?;
+    ready.set(); // the clock starts here: the bytes exist, `put` has not begun
+    q.put(item)
+}
+
+fn shared_round() -> f64 {
+    let q = Queue::<SharedBytes>::new().expect("queue");
+    let ready = Event::new().expect("event");
+    let mut p = Process::new(shared_producer, (q.clone(), ready.clone()));
+    p.start().expect("start");
+    ready.wait();
+    let t0 = Instant::now();
+    let v = q.get().expect("get");
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(v.len(), HUGE_ITEM, "the item changed size");
+    assert_eq!((v[0], v[HUGE_ITEM - 1]), (b'x', b'x'));
+    drop(v);
+    p.join().expect("join");
+    secs
+}
+
+/// One 1 GiB [`SharedBytes`] from a child to the parent, handed over by descriptor: the
+/// effective GB/s from the child's `put` to the parent holding the mapped bytes (median of
+/// rounds). No byte is copied; reading them afterwards is the receiver's own work.
+pub fn queue_1gib_shared_bytes() -> f64 {
+    let secs = median((0..QUEUE_ROUNDS).map(|_| shared_round()).collect());
     HUGE_ITEM as f64 / secs / 1e9
 }
 

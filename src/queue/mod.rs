@@ -43,8 +43,13 @@
 //!   items beyond the ring; past that, `put` waits). Items keep their order. An item larger than
 //!   half the ring (up to 64 GiB) goes to a shared-memory segment of its own, sealed
 //!   read-only, whose descriptor travels next to the ring; its `put` never waits for a
-//!   consumer, and `get` decodes it in place. ([`Queue::streaming`] streams such items
-//!   through the ring in chunks instead, using no extra memory.)
+//!   consumer. `put` encodes such an item straight into its segment (its large runs —
+//!   strings, byte strings, vectors of numbers — written from the item's own memory, with
+//!   no intermediate buffer), and `get` decodes it in place, copying each large run once
+//!   into memory advised to use huge pages. To skip even those two copies, send the bytes
+//!   as a [`SharedBytes`](crate::shared_memory::SharedBytes), which travels by handle and
+//!   is read where it lies. ([`Queue::streaming`] streams large items through the ring in
+//!   chunks instead, using no extra memory.)
 //!   [`Queue::bounded`]`(maxsize)` also limits the number of items, as Python's
 //!   `Queue(maxsize)` does. The descriptors of spilled items and of handles inside items
 //!   wait in a socket buffer, which holds a few hundred of them (about 270 with Linux's
@@ -52,8 +57,9 @@
 //! * **Robustness.** A producer killed at any moment, even in the middle of an item,
 //!   leaves no partial item behind (or, for a streamed item, a partial one that consumers
 //!   drop); a consumer killed while taking an item leaves it for the next consumer (except
-//!   a streamed item, which is lost with it). Locks held by a dead process are taken
-//!   over within about 100 ms, so nothing wedges. Garbage in the shared memory gives
+//!   a streamed item, which is lost with it). A lock held by a dead process is taken over
+//!   by the next process that wants it, at once (a robust mutex sees that its holder
+//!   died), so nothing wedges. Garbage in the shared memory gives
 //!   [`Error::Codec`], never a panic.
 //! * **`close`** is, as in Python, about this process's handle: afterwards `put` and `get`
 //!   on it (and on its clones in this process) fail with [`Error::Closed`]. Other

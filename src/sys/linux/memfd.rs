@@ -493,6 +493,47 @@ impl MessageFile {
         Ok(())
     }
 
+    /// Makes the file `len` zero bytes long and lends them to `fill` to write, through a
+    /// mapping that is gone when `fill` returns (or panics), before the file is sealed.
+    pub(crate) fn fill<R>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> io::Result<R> {
+        rustix::fs::ftruncate(&self.fd, len as u64)?;
+        if len == 0 {
+            return Ok(fill(&mut []));
+        }
+        // SAFETY: a fresh shared mapping chosen by the kernel (no MAP_FIXED) aliases no Rust
+        // object; it is unmapped exactly once, by `Unmap` below.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &self.fd,
+                0,
+            )?
+        };
+        struct Unmap(*mut c_void, usize);
+        impl Drop for Unmap {
+            fn drop(&mut self) {
+                // SAFETY: exactly the mapping made above; the slice lent to `fill` is
+                // dead by now (its borrow ended with the call).
+                let _ = unsafe { rustix::mm::munmap(self.0, self.1) };
+            }
+        }
+        let _unmap = Unmap(p, len);
+        // SAFETY: `len` bytes, mapped readable and writable just above, zero-filled by the
+        // kernel (initialised), and reached by nothing else while `fill` holds them: the
+        // file is new, its descriptor has not left this object, which `&mut self` borrows
+        // exclusively (no `write_at` meanwhile), and this is its only mapping. The file
+        // has no seals yet, so it cannot shrink under the mapping (no SIGBUS).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        Ok(fill(bytes))
+    }
+
     /// Seals the file read-only at its current size: the descriptor to send, which the
     /// receiver maps as [`SealedBytes`].
     pub(crate) fn seal(self) -> io::Result<OwnedFd> {
@@ -506,6 +547,7 @@ impl MessageFile {
 pub(crate) struct SealedBytes {
     ptr: NonNull<u8>,
     len: usize,
+    fd: OwnedFd,
 }
 
 // SAFETY: immutable memory, readable from any thread.
@@ -514,8 +556,19 @@ unsafe impl Send for SealedBytes {}
 unsafe impl Sync for SealedBytes {}
 
 impl SealedBytes {
-    /// Maps `fd`, which must be sealed against writes and resizing and be `len` bytes long.
+    /// Maps `fd`, which must be sealed against writes and resizing and be `len` bytes long,
+    /// with its page tables filled at once (for bytes about to be read whole).
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<SealedBytes> {
+        SealedBytes::map(fd, len, true)
+    }
+
+    /// Like [`from_fd`](Self::from_fd), but pages are mapped as they are first read: the
+    /// mapping is made at once whatever its size.
+    pub(crate) fn from_fd_lazy(fd: OwnedFd, len: usize) -> io::Result<SealedBytes> {
+        SealedBytes::map(fd, len, false)
+    }
+
+    fn map(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SealedBytes> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a sealed segment"))?;
         if !seals.contains(SIZE_SEALS | SealFlags::WRITE) {
@@ -532,13 +585,22 @@ impl SealedBytes {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                MapFlags::SHARED | MapFlags::POPULATE,
+                if populate {
+                    MapFlags::SHARED | MapFlags::POPULATE
+                } else {
+                    MapFlags::SHARED
+                },
                 &fd,
                 0,
             )?
         };
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(SealedBytes { ptr, len })
+        Ok(SealedBytes { ptr, len, fd })
+    }
+
+    /// The sealed file, to send to another process.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// The bytes.
@@ -552,7 +614,7 @@ impl SealedBytes {
 
 impl Drop for SealedBytes {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `from_fd`; borrows of it end with `self`.
+        // SAFETY: exactly the mapping made in `map`; borrows of it end with `self`.
         unsafe {
             let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
         }
