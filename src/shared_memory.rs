@@ -80,9 +80,9 @@ mod bytes;
 mod list;
 mod manager;
 
-pub use bytes::SharedBytes;
 pub use crate::start::tracker_pid;
 use crate::start::{tracker_register, tracker_unregister};
+pub use bytes::SharedBytes;
 pub use list::ShareableList;
 pub use manager::SharedMemoryManager;
 

@@ -35,7 +35,7 @@ use crate::{Error, Result};
 /// ```
 /// multiproc::init();
 /// use multiproc::shared_memory::SharedBytes;
-/// use multiproc::{Process, Queue};
+/// use multiproc::Queue;
 ///
 /// fn sum(q: Queue<(String, SharedBytes)>) -> u64 {
 ///     let (name, data) = q.get().unwrap();
@@ -44,12 +44,11 @@ use crate::{Error, Result};
 /// }
 ///
 /// let q = Queue::new().unwrap();
-/// let mut p = Process::new(sum, q.clone());
-/// p.start().unwrap();
+/// let child = multiproc::spawn(sum, q.clone()).unwrap();
 /// // 8 MiB filled in shared memory, sent by handle.
 /// let frame = SharedBytes::build(8 << 20, |b| b.fill(1)).unwrap();
 /// q.put(("frame".to_string(), frame.clone())).unwrap();
-/// assert_eq!(p.join().unwrap(), 8 << 20);
+/// assert_eq!(child.join().unwrap(), 8 << 20);
 /// assert_eq!(frame[..3], [1, 1, 1]);
 /// ```
 #[derive(Clone)]
