@@ -188,6 +188,23 @@ fn check_pattern(v: &[u8]) -> bool {
     v.chunks(4096).all(|c| c == &seed[..c.len()])
 }
 
+/// The names in /dev/shm now.
+fn shm_files() -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Names in /dev/shm that mention multiproc and were not in `before`.
+fn new_multiproc_files(before: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    shm_files()
+        .into_iter()
+        .filter(|n| !before.contains(n) && n.to_string_lossy().contains("multiproc"))
+        .collect()
+}
+
 // --- semantics ----------------------------------------------------------------------------------
 
 #[test]
@@ -562,14 +579,7 @@ fn consumer_killed_mid_stream_of_a_huge_item() {
 #[test]
 fn consumer_killed_while_taking_spilled_items() {
     multiproc::init();
-    let shm = || {
-        let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let shm_before = shm();
+    let shm_before = shm_files();
     let q = Queue::<ByteBuf>::new().unwrap();
     let (rx, tx) = multiproc::pipe_simplex::<u64>().unwrap();
     let mut a = Process::new(take_big_then_report, (q.clone(), tx));
@@ -606,10 +616,7 @@ fn consumer_killed_while_taking_spilled_items() {
     assert!(q.empty());
     // The large items travelled as anonymous sealed segments: nothing of them is in
     // /dev/shm, even the one the killed consumer held.
-    let ours: Vec<_> = shm()
-        .into_iter()
-        .filter(|n| !shm_before.contains(n) && n.to_string_lossy().contains("multiproc"))
-        .collect();
+    let ours = new_multiproc_files(&shm_before);
     assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
 }
 
@@ -749,14 +756,7 @@ fn hold_a_large_item((q, holding, never): (Queue<Parcel>, multiproc::Event, mult
 #[test]
 fn consumer_killed_while_holding_a_large_item_leaves_nothing_in_dev_shm() {
     multiproc::init();
-    let shm = || {
-        let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let shm_before = shm();
+    let shm_before = shm_files();
     let q = Queue::<Parcel>::new().unwrap();
     let (holding, never) = (
         multiproc::Event::new().unwrap(),
@@ -782,10 +782,7 @@ fn consumer_killed_while_holding_a_large_item_leaves_nothing_in_dev_shm() {
     conn.send(&(1, true, Vec::new())).unwrap();
     assert_eq!(mine.recv().unwrap(), (1, true, Vec::new()));
     // The item travelled as an anonymous sealed segment: nothing of it is in /dev/shm.
-    let ours: Vec<_> = shm()
-        .into_iter()
-        .filter(|n| !shm_before.contains(n) && n.to_string_lossy().contains("multiproc"))
-        .collect();
+    let ours = new_multiproc_files(&shm_before);
     assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
 }
 

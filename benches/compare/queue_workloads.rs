@@ -226,38 +226,15 @@ fn huge_producer((q, ready): (Queue<Vec<u8>>, Event)) -> multiproc::Result<()> {
     q.put(item)
 }
 
-fn huge_round() -> f64 {
-    let q = Queue::<Vec<u8>>::new().expect("queue");
+/// One round of a 1 GiB item from `producer` (in a child) to the parent: seconds from the
+/// child's `put` to the parent holding the item.
+fn huge_round<T>(producer: fn((Queue<T>, Event)) -> multiproc::Result<()>) -> f64
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + std::ops::Deref<Target = [u8]> + 'static,
+{
+    let q = Queue::<T>::new().expect("queue");
     let ready = Event::new().expect("event");
-    let mut p = Process::new(huge_producer, (q.clone(), ready.clone()));
-    p.start().expect("start");
-    ready.wait();
-    let t0 = Instant::now();
-    let v = q.get().expect("get");
-    let secs = t0.elapsed().as_secs_f64();
-    assert_eq!(v.len(), HUGE_ITEM, "the item changed size");
-    drop(v);
-    p.join().expect("join");
-    secs
-}
-
-/// One 1 GiB `Vec<u8>` from a child to the parent: effective GB/s from the child's `put`
-/// to the parent's decoded vector (median of rounds).
-pub fn queue_1gib_item() -> f64 {
-    let secs = median((0..QUEUE_ROUNDS).map(|_| huge_round()).collect());
-    HUGE_ITEM as f64 / secs / 1e9
-}
-
-fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) -> multiproc::Result<()> {
-    let item = SharedBytes::build(HUGE_ITEM, |b| b.fill(b'x'))?;
-    ready.set(); // the clock starts here: the bytes exist, `put` has not begun
-    q.put(item)
-}
-
-fn shared_round() -> f64 {
-    let q = Queue::<SharedBytes>::new().expect("queue");
-    let ready = Event::new().expect("event");
-    let mut p = Process::new(shared_producer, (q.clone(), ready.clone()));
+    let mut p = Process::new(producer, (q.clone(), ready.clone()));
     p.start().expect("start");
     ready.wait();
     let t0 = Instant::now();
@@ -270,11 +247,32 @@ fn shared_round() -> f64 {
     secs
 }
 
+/// One 1 GiB `Vec<u8>` from a child to the parent: effective GB/s from the child's `put`
+/// to the parent's decoded vector (median of rounds).
+pub fn queue_1gib_item() -> f64 {
+    let secs = median(
+        (0..QUEUE_ROUNDS)
+            .map(|_| huge_round(huge_producer))
+            .collect(),
+    );
+    HUGE_ITEM as f64 / secs / 1e9
+}
+
+fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) -> multiproc::Result<()> {
+    let item = SharedBytes::build(HUGE_ITEM, |b| b.fill(b'x'))?;
+    ready.set(); // the clock starts here: the bytes exist, `put` has not begun
+    q.put(item)
+}
+
 /// One 1 GiB [`SharedBytes`] from a child to the parent, handed over by descriptor: the
 /// effective GB/s from the child's `put` to the parent holding the mapped bytes (median of
 /// rounds). No byte is copied; reading them afterwards is the receiver's own work.
 pub fn queue_1gib_shared_bytes() -> f64 {
-    let secs = median((0..QUEUE_ROUNDS).map(|_| shared_round()).collect());
+    let secs = median(
+        (0..QUEUE_ROUNDS)
+            .map(|_| huge_round(shared_producer))
+            .collect(),
+    );
     HUGE_ITEM as f64 / secs / 1e9
 }
 

@@ -218,6 +218,11 @@ pub(crate) struct Ring {
     tail_seen: AtomicU64,
 }
 
+/// The bytes a message of `len` bytes takes in the ring (header, descriptor tag, body).
+fn record_len(len: u64, fds: &[BorrowedFd<'_>]) -> u64 {
+    8 + round8(if fds.is_empty() { 0 } else { 8 } + len)
+}
+
 /// What a `put` sends: bytes to copy into the ring, or a sealed segment (its descriptor,
 /// and its length) of which only a reference goes in the ring.
 enum Body<'m> {
@@ -603,15 +608,11 @@ impl Ring {
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        if self.is_shut_down() {
-            return Err(Error::ShutDown);
-        }
-        let fdpre = if fds.is_empty() { 0 } else { 8 };
-        let whole = 8 + round8(fdpre + msg.len() as u64);
+        let whole = record_len(msg.len() as u64, fds);
         // An item larger than half the ring goes to a segment of its own, whose descriptor
         // travels on the side socket: `put` then needs no consumer to make progress. (If
         // no segment can be made, or the queue was made to stream, it is streamed.)
-        let body = match (whole > self.cap / 2 && !self.stream_large)
+        let body = match (whole > self.cap / 2 && !self.stream_large && !self.is_shut_down())
             .then(|| memfd::sealed_copy(msg).ok())
             .flatten()
         {
@@ -639,9 +640,6 @@ impl Ring {
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        if self.is_shut_down() {
-            return Err(Error::ShutDown);
-        }
         self.put_message(Body::Sealed(seg, len as u64), fds, side_tx, deadline)
     }
 
@@ -653,8 +651,10 @@ impl Ring {
         side_tx: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        let fdpre = if fds.is_empty() { 0 } else { 8 };
-        let whole = 8 + round8(fdpre + body.len());
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        let whole = record_len(body.len(), fds);
         let _g = self.lock_producer(deadline).ok_or(Error::Full)?;
         if self.is_shut_down() {
             return Err(Error::ShutDown);
@@ -772,7 +772,7 @@ impl Ring {
         deadline: Option<Instant>,
     ) -> Result<()> {
         let fdpre = if fds.is_empty() { 0 } else { 8 };
-        let whole = 8 + round8(fdpre + body.len());
+        let whole = record_len(body.len(), fds);
         let has_fds = !fds.is_empty();
         let flag = if has_fds { F_FDS } else { 0 };
         let msg = match body {

@@ -504,33 +504,16 @@ impl MessageFile {
         if len == 0 {
             return Ok(fill(&mut []));
         }
-        // SAFETY: a fresh shared mapping chosen by the kernel (no MAP_FIXED) aliases no Rust
-        // object; it is unmapped exactly once, by `Unmap` below.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &self.fd,
-                0,
-            )?
-        };
-        struct Unmap(*mut c_void, usize);
-        impl Drop for Unmap {
-            fn drop(&mut self) {
-                // SAFETY: exactly the mapping made above; the slice lent to `fill` is
-                // dead by now (its borrow ended with the call).
-                let _ = unsafe { rustix::mm::munmap(self.0, self.1) };
-            }
-        }
-        let _unmap = Unmap(p, len);
+        // The crate's one mapping type, over a second descriptor of the file: unmapped (and
+        // closed) when `map` goes, at the end of this call, before any seal.
+        let map = Mapping::map(self.fd.try_clone()?, len)?;
         // SAFETY: `len` bytes, mapped readable and writable just above, zero-filled by the
         // kernel (initialised), and reached by nothing else while `fill` holds them: the
-        // file is new, its descriptor has not left this object, which `&mut self` borrows
-        // exclusively (no `write_at` meanwhile), and this is its only mapping. The file
-        // has no seals yet, so it cannot shrink under the mapping (no SIGBUS).
-        let bytes = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        // file is new, its descriptors have not left this object (which `&mut self` borrows
+        // exclusively, so no `write_at` meanwhile) and this call, and `map` is its only
+        // mapping. The file has no seals yet but nothing can shrink it meanwhile (no
+        // SIGBUS). The slice's borrow ends before `map` is dropped.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), len) };
         Ok(fill(bytes))
     }
 
