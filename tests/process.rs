@@ -720,3 +720,37 @@ fn fork_server_killed_during_starts_runs_each_target_at_most_once() {
         zombies_of_me()
     );
 }
+
+fn panics_in_grandchild(_: ()) {
+    panic!("boom in the grandchild");
+}
+
+/// A pool worker's own panics are quiet (they travel to the parent as the task's error);
+/// a child it forks is a process of its own, whose panic is reported on its standard error
+/// like any child's: the after-fork hook resets the worker's quiet panics.
+fn fork_a_panicking_child(_: ()) -> (String, Option<i32>) {
+    use std::io::Read;
+    let mut p = Builder::new()
+        .start_method(StartMethod::Fork)
+        .stderr(multiproc::process::Stdio::piped())
+        .process(panics_in_grandchild, ());
+    p.start().unwrap();
+    let mut err = String::new();
+    p.take_stderr().unwrap().read_to_string(&mut err).unwrap();
+    p.join().unwrap();
+    (err, p.exitcode())
+}
+
+#[test]
+fn a_child_forked_by_a_pool_worker_reports_its_panic() {
+    multiproc::init();
+    let pool = multiproc::Pool::new(1).unwrap();
+    let (err, code) = pool.apply(fork_a_panicking_child, ()).unwrap();
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("boom in the grandchild"),
+        "its stderr: {err:?}"
+    );
+    pool.close();
+    pool.join().unwrap();
+}

@@ -31,6 +31,15 @@ pub(crate) fn set_quiet_panics(quiet: bool) {
     QUIET_PANICS.store(quiet, Ordering::SeqCst);
 }
 
+/// In a forked child: the parent's panic settings (a pool worker's quiet panics) and the
+/// last panic it recorded are not ours.
+pub(super) fn forget_after_fork() {
+    QUIET_PANICS.store(false, Ordering::SeqCst);
+    if let Ok(mut g) = LAST_PANIC.try_lock() {
+        *g = None;
+    }
+}
+
 /// The last panic recorded by the child's panic hook: (message, location, backtrace).
 pub(crate) fn take_last_panic() -> Option<PanicRecord> {
     LAST_PANIC.lock().ok().and_then(|mut g| g.take())

@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use super::{forkserver, tracker};
+use super::{child, forkserver, tracker};
 
 /// What the modules above `start` run at the points [`start`](super) owns.
 pub(crate) struct Hooks {
@@ -47,6 +47,7 @@ fn each(pick: fn(&Hooks) -> &'static [fn()]) {
 pub(super) fn after_fork_in_child() {
     tracker::forget_after_fork();
     forkserver::forget_after_fork();
+    child::forget_after_fork();
     each(|h| h.after_fork);
 }
 
