@@ -730,16 +730,31 @@ fn receive_forever((conn, ready): (Connection<()>, multiproc::Event)) {
 
 #[test]
 fn a_receiver_killed_mid_message_does_not_poison_the_others() {
-    receiver_killed_mid_message(64 << 20, 5 << 20);
+    receiver_killed_mid_message(64 << 20, 5 << 20, receive_forever);
 }
 
 #[test]
 fn a_receiver_killed_in_the_large_message_area_does_not_poison_the_others() {
-    // Messages past a record's size and within the lanes' large-message area (2 MiB).
-    receiver_killed_mid_message(3 << 19, (1 << 20) + 5);
+    // Messages past a record's size and within the lanes' large-message area (2 MiB). They
+    // are taken so fast that a victim receiving for ever could take all three before the
+    // kill lands: this one takes at most the first.
+    receiver_killed_mid_message(3 << 19, (1 << 20) + 5, receive_one_then_hang);
 }
 
-fn receiver_killed_mid_message(big_len: usize, second_len: usize) {
+/// Receives one message (setting `ready` before), then hangs.
+fn receive_one_then_hang((conn, ready): (Connection<()>, multiproc::Event)) {
+    ready.set();
+    let _ = conn.recv_bytes();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn receiver_killed_mid_message(
+    big_len: usize,
+    second_len: usize,
+    victim: fn((Connection<()>, multiproc::Event)),
+) {
     multiproc::init();
     let (rx, tx) = pipe_simplex::<()>().unwrap();
     let big = pattern(big_len);
@@ -747,7 +762,7 @@ fn receiver_killed_mid_message(big_len: usize, second_len: usize) {
     second.reverse();
     for round in 0..3 {
         // Another process shares the receiving end and waits in `recv`.
-        let victim = start_sharing(receive_forever, rx.clone());
+        let victim = start_sharing(victim, rx.clone());
         // A thread sends a large message, a small one and another large one; the victim
         // is killed as the first send begins (on a byte stream: while it reads it).
         let (started_tx, started) = std::sync::mpsc::channel();

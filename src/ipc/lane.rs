@@ -75,6 +75,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
+use crate::ipc::record::{self, Records};
 use crate::ipc::wait::{self, Guard, SLICE};
 use crate::sys::memfd::Mapping;
 use crate::{Error, Result};
@@ -130,13 +131,8 @@ pub(crate) const K_INLINE: u32 = 1;
 pub(crate) const K_SOCKET: u32 = 2;
 pub(crate) const K_BIG: u32 = 3;
 const K_MASK: u32 = 0xf;
+/// The lanes' check marker in a record's kind word (see [`record`]).
 const K_CHECK: u32 = 0x5a3c_0000;
-const K_CHECK_MASK: u32 = 0xffff_0000;
-
-#[inline]
-fn round8(n: u64) -> u64 {
-    (n + 7) & !7
-}
 
 /// A record at the head of a ring.
 pub(crate) struct Record {
@@ -148,7 +144,6 @@ pub(crate) struct Record {
 /// The lanes of one pipe, mapped in this process.
 pub(crate) struct Lane {
     mem: Mapping,
-    mask: u64,
 }
 
 impl Lane {
@@ -159,7 +154,7 @@ impl Lane {
         mem.u64_at(O_BIG).store(BIG, Relaxed);
         mem.u32_at(O_VERSION).store(VERSION, Relaxed);
         mem.u32_at(O_MAGIC).store(MAGIC, Release);
-        Ok(Lane { mem, mask: CAP - 1 })
+        Ok(Lane { mem })
     }
 
     /// Maps the lanes of a pipe whose end arrived from another process.
@@ -174,7 +169,7 @@ impl Lane {
         {
             return Err(bad());
         }
-        Ok(Lane { mem, mask: CAP - 1 })
+        Ok(Lane { mem })
     }
 
     /// The memory file, to send with an end of the pipe.
@@ -201,13 +196,15 @@ impl Lane {
     fn w64(&self, d: usize, off: usize) -> &AtomicU64 {
         self.mem.u64_at(DIR0 + d * DIR_STRIDE + off)
     }
+    /// Direction `d`'s record ring.
     #[inline]
-    fn base(d: usize) -> usize {
-        HDR + d * CAP as usize
+    fn records(d: usize) -> Records {
+        Records::new(HDR + d * CAP as usize, CAP, K_CHECK)
     }
+    /// Direction `d`'s large-message area: raw bytes, no records.
     #[inline]
-    fn big_base(d: usize) -> usize {
-        HDR + 2 * CAP as usize + d * BIG as usize
+    fn area(d: usize) -> Records {
+        Records::new(HDR + 2 * CAP as usize + d * BIG as usize, BIG, K_CHECK)
     }
 
     // --- flags -------------------------------------------------------------------------------
@@ -290,7 +287,7 @@ impl Lane {
     /// Bytes a record with a body of `len` bytes takes.
     #[inline]
     pub(crate) fn record_size(len: usize) -> u64 {
-        8 + round8(len as u64)
+        record::size(len as u64)
     }
 
     fn free(&self, d: usize) -> u64 {
@@ -336,7 +333,7 @@ impl Lane {
     /// next sender reclaims once the ring is empty.
     pub(crate) fn send_big(&self, d: usize, body: &[u8], gone: impl Fn() -> bool) -> Result<bool> {
         debug_assert!(body.len() <= self.max_big());
-        let need = round8(body.len() as u64);
+        let need = record::round8(body.len() as u64);
         let tail = self.w64(d, D_BTAIL);
         let room = || {
             if self.big_free(d) >= need {
@@ -353,7 +350,7 @@ impl Lane {
         self.wait_free(d, Self::record_size(16), &gone)?;
         let pos = tail.load(Relaxed);
         tail.store(pos + need, SeqCst);
-        self.mem.ring_write(Self::big_base(d), BIG - 1, pos, body);
+        Self::area(d).write_bytes(&self.mem, pos, body);
         let mut rec = [0u8; 16];
         rec[..8].copy_from_slice(&pos.to_le_bytes());
         rec[8..].copy_from_slice(&(body.len() as u64).to_le_bytes());
@@ -365,20 +362,10 @@ impl Lane {
     /// a receiver is asleep and must be woken with a doorbell (the flag is lowered: exactly
     /// one sender rings).
     pub(crate) fn publish(&self, d: usize, kind: u32, parts: &[&[u8]]) -> bool {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
         let tail = self.w64(d, D_TAIL);
         let t = tail.load(Relaxed);
-        let base = Self::base(d);
-        let mut h = [0u8; 8];
-        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        h[4..].copy_from_slice(&(kind | K_CHECK).to_le_bytes());
-        self.mem.ring_write(base, self.mask, t, &h);
-        let mut at = t + 8;
-        for p in parts {
-            self.mem.ring_write(base, self.mask, at, p);
-            at += p.len() as u64;
-        }
-        tail.store(t + Self::record_size(len), SeqCst);
+        let end = Self::records(d).write(&self.mem, t, kind, parts);
+        tail.store(end, SeqCst);
         let sleep = self.w32(d, D_RX_SLEEP);
         sleep.load(SeqCst) != 0 && sleep.swap(0, SeqCst) != 0
     }
@@ -400,14 +387,13 @@ impl Lane {
             return Ok(None);
         }
         let used = tail.wrapping_sub(head);
-        let hdr = self.mem.ring_read_u64(Self::base(d), self.mask, head);
-        let len = hdr as u32 as u64;
-        let kind_word = (hdr >> 32) as u32;
-        let kind = kind_word & K_MASK;
+        let (kind, len) = match Self::records(d).header(&self.mem, head) {
+            Some(h) => (h.kind & K_MASK, h.len),
+            None => (0, 0),
+        };
         let ok = used <= CAP
-            && kind_word & K_CHECK_MASK == K_CHECK
             && (kind == K_INLINE || (kind == K_SOCKET && len == 8) || (kind == K_BIG && len == 16))
-            && 8 + round8(len) <= used;
+            && record::size(len) <= used;
         if !ok {
             self.w64(d, D_HEAD).store(tail, SeqCst);
             self.wake_sender(d);
@@ -420,19 +406,12 @@ impl Lane {
 
     /// The packet number a `SOCKET` record carries.
     pub(crate) fn socket_seq(&self, d: usize, rec: &Record) -> u64 {
-        self.mem
-            .ring_read_u64(Self::base(d), self.mask, rec.head + 8)
+        Self::records(d).body_u64(&self.mem, rec.head, 0)
     }
 
     /// Appends the body of `rec` (an `INLINE` record) to `out`.
     pub(crate) fn read_body(&self, d: usize, rec: &Record, out: &mut Vec<u8>) {
-        self.mem.ring_read_append(
-            Self::base(d),
-            self.mask,
-            rec.head + 8,
-            rec.len as usize,
-            out,
-        );
+        Self::records(d).body_append(&self.mem, rec.head, 0, rec.len as usize, out);
     }
 
     /// Appends the message a `BIG` record points at to `out` and frees its bytes in the
@@ -440,16 +419,15 @@ impl Lane {
     /// moved the head) took the message with it. A record pointing outside the reserved
     /// bytes is an [`Error::Codec`].
     pub(crate) fn read_big(&self, d: usize, rec: &Record, out: &mut Vec<u8>) -> Result<bool> {
-        let base = Self::base(d);
-        let pos = self.mem.ring_read_u64(base, self.mask, rec.head + 8);
-        let len = self.mem.ring_read_u64(base, self.mask, rec.head + 16);
+        let pos = Self::records(d).body_u64(&self.mem, rec.head, 0);
+        let len = Self::records(d).body_u64(&self.mem, rec.head, 8);
         let head = self.w64(d, D_BHEAD);
         let h = head.load(SeqCst);
         let t = self.w64(d, D_BTAIL).load(SeqCst);
         if len == 0 || len > BIG / 2 || t < h || t - h > BIG {
             return Err(big_garbage());
         }
-        let end = pos.saturating_add(round8(len));
+        let end = pos.saturating_add(record::round8(len));
         if end <= h {
             // Freed already: the receiver that took it was killed before moving the head.
             return Ok(false);
@@ -457,8 +435,7 @@ impl Lane {
         if pos < h || end > t {
             return Err(big_garbage());
         }
-        self.mem
-            .ring_read_append(Self::big_base(d), BIG - 1, pos, len as usize, out);
+        Self::area(d).read_bytes(&self.mem, pos, len as usize, out);
         head.store(end, SeqCst);
         Ok(true)
     }
@@ -466,7 +443,7 @@ impl Lane {
     /// Removes `rec` from the head of direction `d`.
     pub(crate) fn advance(&self, d: usize, rec: &Record) {
         self.w64(d, D_HEAD)
-            .store(rec.head + 8 + round8(rec.len), SeqCst);
+            .store(rec.head + record::size(rec.len), SeqCst);
         self.wake_sender(d);
     }
 
@@ -486,8 +463,8 @@ impl Lane {
     pub(crate) fn inject_garbage(&self, d: usize, bytes: &[u8]) {
         let tail = self.w64(d, D_TAIL);
         let t = tail.load(Relaxed);
-        self.mem.ring_write(Self::base(d), self.mask, t, bytes);
-        tail.store(t + round8(bytes.len() as u64), SeqCst);
+        Self::records(d).write_bytes(&self.mem, t, bytes);
+        tail.store(t + record::round8(bytes.len() as u64), SeqCst);
     }
 }
 

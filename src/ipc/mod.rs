@@ -11,13 +11,15 @@
 //!   words of a ring or lane.
 //! - [`segment`]: anonymous shared segments (a sealed `memfd`), the memory under locks,
 //!   events, values and semaphores, carried between processes as a descriptor.
+//! - [`record`]: the one record format (header, body, wrap-around) of the byte rings
+//!   below, read and written only through its `Records`.
 //! - [`ring`]: the record ring under every queue.
 //! - [`conn`]: [`RawConn`], the framed transport (a stream socket with length-prefixed
 //!   frames and descriptors beside them) under pipes, the fork server, the child
 //!   bootstrap, the pool's workers and the manager; and [`lane`], the shared-memory rings
-//!   beside a pipe's packet socket that carry its small messages without a system call
-//!   (large ones travel as sealed memory files, so no process killed mid-message can cut
-//!   one).
+//!   beside a pipe's packet socket that carry its messages up to 2 MiB without a system
+//!   call (larger ones travel as sealed memory files; no process killed mid-message can
+//!   cut one).
 //! - [`bell`]: the event counter that async code (the `tokio` feature) waits on for a
 //!   change in shared memory (queues, events), rung by whoever changes it.
 
@@ -25,6 +27,7 @@ pub(crate) mod bell;
 pub(crate) mod conn;
 pub(crate) mod lane;
 pub(crate) mod mutex;
+pub(crate) mod record;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod wait;
