@@ -727,12 +727,14 @@ fn panics_in_grandchild(_: ()) {
 
 /// A pool worker's own panics are quiet (they travel to the parent as the task's error);
 /// a child it forks is a process of its own, whose panic is reported on its standard error
-/// like any child's: the after-fork hook resets the worker's quiet panics.
+/// like any child's, under its own name only: the after-fork hook resets the worker's
+/// quiet panics, and the worker's panic hook is not wrapped a second time.
 fn fork_a_panicking_child(_: ()) -> (String, Option<i32>) {
     use std::io::Read;
     let mut p = Builder::new()
         .start_method(StartMethod::Fork)
         .stderr(multiproc::process::Stdio::piped())
+        .name("grandchild")
         .process(panics_in_grandchild, ());
     p.start().unwrap();
     let mut err = String::new();
@@ -747,6 +749,11 @@ fn a_child_forked_by_a_pool_worker_reports_its_panic() {
     let pool = multiproc::Pool::new(1).unwrap();
     let (err, code) = pool.apply(fork_a_panicking_child, ()).unwrap();
     assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("Process grandchild:\n"),
+        "its stderr: {err:?}"
+    );
+    assert!(!err.contains("PoolWorker"), "its stderr: {err:?}");
     assert!(
         err.contains("boom in the grandchild"),
         "its stderr: {err:?}"

@@ -45,7 +45,14 @@ pub(crate) fn take_last_panic() -> Option<PanicRecord> {
     LAST_PANIC.lock().ok().and_then(|mut g| g.take())
 }
 
-pub(super) fn install_child_panic_hook(name: String) {
+/// Installs the child's panic hook, once per process: a child forked from a child
+/// inherits its parent's hook, which names the process it runs in (not the one that
+/// installed it), so it is not wrapped a second time.
+pub(super) fn install_child_panic_hook() {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
@@ -69,7 +76,7 @@ pub(super) fn install_child_panic_hook(name: String) {
         }
         // The one documented direct write (see `crate::log`): the panic report, as Python
         // prints a child's traceback.
-        eprintln!("Process {name}:");
+        eprintln!("Process {}:", crate::identity::current_process().name());
         prev(info);
     }));
 }
@@ -132,7 +139,7 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
         }
     }
     tracker::adopt_tracker(boot.shm_tracker.clone());
-    install_child_panic_hook(boot.name.clone());
+    install_child_panic_hook();
     let entry = if boot.build_id == sys::build_id() {
         boot.entry.get()
     } else {
