@@ -1,7 +1,8 @@
 //! The one record format of the crate's byte rings in shared memory: the queues' rings
 //! ([`ring`](super::ring)) and the pipes' lanes ([`lane`](super::lane)) both store their
-//! messages as records written and read through [`Records`]; each adds only its own index
-//! words (where `head` and `tail` live, what else they pack) and its own record kinds.
+//! messages as records written and read through [`Records`], and reach their ring's bytes
+//! only through it; each adds only its own index words (where `head` and `tail` live,
+//! what else they pack), its own record kinds, and its own protocol.
 //!
 //! # A record
 //! An 8-byte header — `len: u32` (body bytes), then a kind word: the ring's kind and flags
@@ -83,7 +84,7 @@ impl Records {
 
     /// The header at `pos`, or `None` if its check marker is not this ring's (garbage).
     pub(crate) fn header(&self, mem: &Mapping, pos: u64) -> Option<Header> {
-        let w = mem.ring_read_u64(self.base, self.mask, pos);
+        let w = self.read_u64(mem, pos);
         let kind_word = (w >> 32) as u32;
         (kind_word & CHECK_MASK == self.check).then_some(Header {
             len: w as u32 as u64,
@@ -93,7 +94,7 @@ impl Records {
 
     /// The little-endian `u64` at byte `off` of the body of the record at `pos`.
     pub(crate) fn body_u64(&self, mem: &Mapping, pos: u64, off: u64) -> u64 {
-        mem.ring_read_u64(self.base, self.mask, pos + HEADER + off)
+        self.read_u64(mem, pos + HEADER + off)
     }
 
     /// Appends `n` bytes of the body of the record at `pos`, from byte `off`, to `out`.
@@ -105,18 +106,56 @@ impl Records {
         n: usize,
         out: &mut Vec<u8>,
     ) {
-        mem.ring_read_append(self.base, self.mask, pos + HEADER + off, n, out);
+        self.read_bytes(mem, pos + HEADER + off, n, out);
     }
 
-    /// Writes raw bytes at `pos` (wrapping): for a ring's test hooks that forge garbage,
-    /// and for byte areas that hold no records (the pipes' large-message area).
+    /// Writes raw bytes at `pos`, wrapping around the end: for byte areas that hold no
+    /// records (the pipes' large-message area) and for test hooks that forge garbage.
     pub(crate) fn write_bytes(&self, mem: &Mapping, pos: u64, bytes: &[u8]) {
-        mem.ring_write(self.base, self.mask, pos, bytes);
+        let (idx, first) = self.split(pos, bytes.len());
+        mem.write(self.base + idx, &bytes[..first]);
+        if first < bytes.len() {
+            mem.write(self.base, &bytes[first..]);
+        }
+    }
+
+    /// Where `pos` falls in the ring's memory, and how many of `n` bytes from there fit
+    /// before its end (the rest wraps around to the start).
+    #[inline]
+    fn split(&self, pos: u64, n: usize) -> (usize, usize) {
+        let idx = (pos & self.mask) as usize;
+        (idx, n.min(self.mask as usize + 1 - idx))
+    }
+
+    /// The little-endian `u64` at `pos` (wrapping).
+    pub(crate) fn read_u64(&self, mem: &Mapping, pos: u64) -> u64 {
+        let mut b = [0u8; 8];
+        let (idx, first) = self.split(pos, 8);
+        mem.read(self.base + idx, &mut b[..first]);
+        if first < 8 {
+            mem.read(self.base, &mut b[first..]);
+        }
+        u64::from_le_bytes(b)
+    }
+
+    /// Gives the memory of the `n` bytes at `pos` (wrapping) back to the system: they read
+    /// as zeros afterwards (see [`Mapping::punch_hole`]).
+    pub(crate) fn punch(&self, mem: &Mapping, pos: u64, n: usize) -> std::io::Result<()> {
+        let (idx, first) = self.split(pos, n);
+        mem.punch_hole(self.base + idx, first)?;
+        if first < n {
+            mem.punch_hole(self.base, n - first)?;
+        }
+        Ok(())
     }
 
     /// Appends the `n` raw bytes at `pos` (wrapping) to `out`.
     pub(crate) fn read_bytes(&self, mem: &Mapping, pos: u64, n: usize, out: &mut Vec<u8>) {
-        mem.ring_read_append(self.base, self.mask, pos, n, out);
+        let (idx, first) = self.split(pos, n);
+        mem.read_append(self.base + idx, first, out);
+        if first < n {
+            mem.read_append(self.base, n - first, out);
+        }
     }
 }
 

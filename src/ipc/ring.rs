@@ -51,6 +51,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
+use crate::ipc::record::{self, Records};
 use crate::ipc::wait::{self, Got, Guard, Waited, SLICE};
 use crate::sys;
 use crate::sys::futex;
@@ -157,8 +158,8 @@ const K_DIVERT: u32 = 6;
 const K_RETURN: u32 = 7;
 const K_MASK: u32 = 0xf;
 const F_FDS: u32 = 0x100;
+/// The queues' check marker in a record's kind word (see [`record`]).
 const K_CHECK: u32 = 0xa5c3_0000;
-const K_CHECK_MASK: u32 = 0xffff_0000;
 
 #[inline]
 fn pack(count: u64, pos: u64) -> u64 {
@@ -171,10 +172,6 @@ fn pos(w: u64) -> u64 {
 #[inline]
 fn count(w: u64) -> u64 {
     w >> POS_BITS
-}
-#[inline]
-fn round8(n: u64) -> u64 {
-    (n + 7) & !7
 }
 
 /// What the receiving side hands back.
@@ -203,7 +200,7 @@ struct Overflow {
 pub(crate) struct Ring {
     mem: Mapping,
     cap: u64,
-    mask: u64,
+    records: Records,
     maxsize: u64,
     stream_large: bool,
     /// The overflow ring of a queue without an item limit.
@@ -220,7 +217,7 @@ pub(crate) struct Ring {
 
 /// The bytes a message of `len` bytes takes in the ring (header, descriptor tag, body).
 fn record_len(len: u64, fds: &[BorrowedFd<'_>]) -> u64 {
-    8 + round8(if fds.is_empty() { 0 } else { 8 } + len)
+    record::size(if fds.is_empty() { 0 } else { 8 } + len)
 }
 
 /// What a `put` sends: bytes to copy into the ring, or a sealed segment (its descriptor,
@@ -311,7 +308,7 @@ impl Ring {
         Ok(Ring {
             mem,
             cap,
-            mask: cap - 1,
+            records: Records::new(HDR, cap, K_CHECK),
             maxsize,
             stream_large,
             overflow: overflow.map(|fd| Overflow {
@@ -518,16 +515,12 @@ impl Ring {
 
     // --- byte access with wrap-around ---------------------------------------------------
 
-    fn write_at(&self, pos: u64, bytes: &[u8]) {
-        self.mem.ring_write(HDR, self.mask, pos, bytes);
-    }
-
     fn read_append(&self, pos: u64, n: usize, out: &mut Vec<u8>) {
-        self.mem.ring_read_append(HDR, self.mask, pos, n, out);
+        self.records.read_bytes(&self.mem, pos, n, out);
     }
 
     fn read_u64(&self, pos: u64) -> u64 {
-        self.mem.ring_read_u64(HDR, self.mask, pos)
+        self.records.read_u64(&self.mem, pos)
     }
 
     // --- producing ------------------------------------------------------------------------
@@ -580,21 +573,17 @@ impl Ring {
 
     /// [`publish`](Self::publish), setting the tail's `DIVERTED` bit to `flag`.
     fn publish_flagged(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64, flag: u64) {
+        debug_assert!(prefix.len() <= 2);
         let tail = self.w64(O_TAIL);
         let t = tail.load(Relaxed);
-        let p = pos(t);
-        let len = (prefix.len() * 8 + body.len()) as u64;
-        let mut h = [0u8; 8];
-        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        h[4..].copy_from_slice(&(kind | K_CHECK).to_le_bytes());
-        self.write_at(p, &h);
-        let mut at = p + 8;
-        for w in prefix {
-            self.write_at(at, &w.to_le_bytes());
-            at += 8;
+        let mut words = [0u8; 16];
+        for (w, b) in prefix.iter().zip(words.chunks_exact_mut(8)) {
+            b.copy_from_slice(&w.to_le_bytes());
         }
-        self.write_at(at, body);
-        tail.store(pack(count(t) + items, p + 8 + round8(len)) | flag, SeqCst);
+        let end = self
+            .records
+            .write(&self.mem, pos(t), kind, &[&words[..prefix.len() * 8], body]);
+        tail.store(pack(count(t) + items, end) | flag, SeqCst);
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 
@@ -800,7 +789,7 @@ impl Ring {
         let chunk = (self.cap / 4 - 8) as usize;
         let total = msg.len() as u64;
         let first_len = chunk - fdpre as usize - 8;
-        self.wait_free(8 + round8(fdpre + 8 + first_len as u64), deadline)?;
+        self.wait_free(record::size(fdpre + 8 + first_len as u64), deadline)?;
         if has_fds {
             let tag = ctl.send_fds(fds, side_tx)?;
             self.publish(K_FIRST | flag, &[tag, total], &msg[..first_len], 0);
@@ -812,7 +801,7 @@ impl Ring {
             let n = chunk.min(msg.len() - off);
             let last = off + n == msg.len();
             // Giving up here (deadline) abandons the message: consumers drop its chunks.
-            self.wait_free(8 + round8(n as u64), deadline)?;
+            self.wait_free(record::size(n as u64), deadline)?;
             let (kind, items) = if last { (K_LAST, 1) } else { (K_MORE, 0) };
             self.publish(kind, &[], &msg[off..off + n], items);
             off += n;
@@ -859,14 +848,8 @@ impl Ring {
         if behind < PUNCH_BATCH && !empty_after {
             return;
         }
-        let idx = (last & self.mask) as usize;
-        let n = behind as usize;
-        let first = n.min(self.cap as usize - idx);
         // A failure only means the memory is kept until the queue is dropped.
-        let _ = self.mem.punch_hole(HDR + idx, first);
-        if first < n {
-            let _ = self.mem.punch_hole(HDR, n - first);
-        }
+        let _ = self.records.punch(&self.mem, last, behind as usize);
         punched.store(target, Relaxed);
     }
 
@@ -1032,14 +1015,13 @@ impl Ring {
                 continue;
             }
             let used = pos(t).wrapping_sub(pos(h)) & POS_MASK;
-            let hdr = self.read_u64(pos(h));
-            let len = hdr as u32 as u64;
-            let kind_word = (hdr >> 32) as u32;
+            let header = self.records.header(&self.mem, pos(h));
+            let (len, kind_word) = header.map_or((0, 0), |r| (r.len, r.kind));
             let kind = kind_word & K_MASK;
-            let rec = 8 + round8(len);
+            let rec = record::size(len);
             let has_fds = kind_word & F_FDS != 0;
             if used > self.cap
-                || kind_word & K_CHECK_MASK != K_CHECK
+                || header.is_none()
                 || !(K_MSG..=K_RETURN).contains(&kind)
                 || (kind == K_DIVERT && (self.is_overflow || self.overflow.is_none()))
                 || (kind == K_RETURN && !self.is_overflow)
@@ -1368,9 +1350,9 @@ impl Ring {
         let _g = self.lock_producer(None);
         let tail = self.w64(O_TAIL);
         let t = tail.load(Relaxed);
-        self.write_at(pos(t), bytes);
+        self.records.write_bytes(&self.mem, pos(t), bytes);
         tail.store(
-            pack(count(t) + 1, pos(t) + round8(bytes.len() as u64)),
+            pack(count(t) + 1, pos(t) + record::round8(bytes.len() as u64)),
             SeqCst,
         );
         self.wake(O_DATASEQ, O_CSLEEP);

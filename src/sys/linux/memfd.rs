@@ -336,50 +336,6 @@ fn out_of_bounds(off: usize, n: usize, len: usize) -> ! {
     panic!("multiproc: shared-memory access out of bounds: {off}+{n} of {len}")
 }
 
-/// Byte rings inside a mapping: `mask + 1` bytes (a power of two) from offset `base`, indexed
-/// by an ever-growing position taken modulo the ring's size, so that a run of bytes may wrap
-/// around its end. (Copies under the module's rule: the ring's protocol hands the ranges over.)
-impl Mapping {
-    /// Copies `bytes` into the ring at `pos`.
-    pub(crate) fn ring_write(&self, base: usize, mask: u64, pos: u64, bytes: &[u8]) {
-        let idx = (pos & mask) as usize;
-        let first = bytes.len().min(mask as usize + 1 - idx);
-        self.write(base + idx, &bytes[..first]);
-        if first < bytes.len() {
-            self.write(base, &bytes[first..]);
-        }
-    }
-
-    /// Appends the `n` bytes of the ring at `pos` to `out`.
-    pub(crate) fn ring_read_append(
-        &self,
-        base: usize,
-        mask: u64,
-        pos: u64,
-        n: usize,
-        out: &mut Vec<u8>,
-    ) {
-        let idx = (pos & mask) as usize;
-        let first = n.min(mask as usize + 1 - idx);
-        self.read_append(base + idx, first, out);
-        if first < n {
-            self.read_append(base, n - first, out);
-        }
-    }
-
-    /// The little-endian `u64` of the ring at `pos`.
-    pub(crate) fn ring_read_u64(&self, base: usize, mask: u64, pos: u64) -> u64 {
-        let mut b = [0u8; 8];
-        let idx = (pos & mask) as usize;
-        let first = 8.min(mask as usize + 1 - idx);
-        self.read(base + idx, &mut b[..first]);
-        if first < 8 {
-            self.read(base, &mut b[first..]);
-        }
-        u64::from_le_bytes(b)
-    }
-}
-
 /// Copies through the file, not the mapping: for memory whose size another process may
 /// change ([`SharedMemory`](crate::shared_memory::SharedMemory): a named block cannot be
 /// sealed). Touching a mapped page past the file's end raises SIGBUS; `pread`/`pwrite` on
