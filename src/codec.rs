@@ -2,7 +2,7 @@
 //!
 //! Values are encoded with serde in the crate's own compact binary format, the same for
 //! every channel (queues, pipes, pool tasks and results, manager calls). Bytes that do not
-//! decode as the expected type give [`Error::Codec`](crate::Error::Codec), never a panic or
+//! decode as the expected type give [`Error::Codec`], never a panic or
 //! an allocation larger than the input justifies; trailing bytes after a value are an error
 //! too, so a torn or shifted message is noticed.
 //!
@@ -26,7 +26,7 @@
 //! receiving side must know it. Types that decode by asking the input what comes next —
 //! `#[serde(untagged)]` and internally tagged (`#[serde(tag = "...")]`) enums,
 //! `#[serde(flatten)]`, `serde_json::Value`, `serde::de::IgnoredAny` — cannot be decoded:
-//! they give an [`Error::Codec`](crate::Error::Codec) that says so (encoding them works,
+//! they give an [`Error::Codec`] that says so (encoding them works,
 //! decoding does not; convert such a value to a string or to plain types first).
 //! Sequences of zero-sized elements (`Vec<()>`) may hold at most 2^20 of them, and values
 //! may nest at most 256 deep (for `Option<Box<...>>` chains, say): both keep garbage input
@@ -38,7 +38,7 @@
 //! the handle itself encodes as an index into that list. Encoding a handle anywhere else
 //! (say with `serde_json`) fails with a clear error. A handle that cannot be rebuilt in the
 //! receiver (a shared memory block unlinked meanwhile, for example) fails the decoding with
-//! its own typed error, which names it, not with a generic [`Error::Codec`](crate::Error::Codec).
+//! its own typed error, which names it, not with a generic [`Error::Codec`].
 //!
 //! ```
 //! let bytes = multiproc::codec::encode(&(1u32, "two".to_string())).unwrap();

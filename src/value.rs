@@ -355,10 +355,10 @@ impl<T: Number> Value<T> {
     /// Takes the lock and returns a guard through which the value is read and written;
     /// the new value is stored when the guard drops, then the lock is released.
     ///
-    /// A previous holder that died gives an [`OwnerDiedError`](crate::sync::OwnerDiedError)
+    /// A previous holder that died gives an [`OwnerDiedError`]
     /// holding the guard (the number itself cannot be half written, but a computation
     /// that spans several values may be); `?` turns it into
-    /// [`Error::OwnerDied`](crate::Error::OwnerDied) and releases the lock. Taking it while
+    /// [`Error::OwnerDied`] and releases the lock. Taking it while
     /// this thread holds [`get_lock`](Value::get_lock) deadlocks.
     /// While the guard lives, [`get`](Value::get) in this thread reads the stored value,
     /// not the guard's pending one.
@@ -690,7 +690,7 @@ impl<T: Number> Array<T> {
 
     /// Takes the lock; the guard derefs to the elements (a copy, stored back on drop if
     /// changed). A previous holder that died (perhaps while storing its changes back)
-    /// gives an [`OwnerDiedError`](crate::sync::OwnerDiedError) holding the guard, as
+    /// gives an [`OwnerDiedError`] holding the guard, as
     /// [`Lock::lock`] does.
     ///
     /// ```

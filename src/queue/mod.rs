@@ -4,7 +4,7 @@
 //! # The model
 //! A queue is a ring buffer in an anonymous shared-memory segment (a `memfd`, so nothing is
 //! ever left in /dev/shm), mapped by every process that holds the queue. `put` encodes the
-//! item (serde, with the crate's [codec](crate::codec)) straight into the ring and returns once it is there; `get`
+//! item (serde, with the crate's [codec]) straight into the ring and returns once it is there; `get`
 //! copies it out. Waiting uses futexes: a blocked `get` sleeps in the kernel, uses no CPU,
 //! and wakes as soon as an item arrives. Any number of processes may put and get; items
 //! from one producer come out in the order it put them; no item is lost or duplicated.
@@ -67,7 +67,7 @@
 //! * `qsize`, `empty` and `full` are snapshots, exact at the instant they look.
 //!
 //! # Async
-//! With the `tokio` feature, [`Queue::get_async`] and [`Queue::put_async`] (and the same on
+//! With the `tokio` feature, `Queue::get_async` and `Queue::put_async` (and the same on
 //! [`SimpleQueue`], and on [`JoinableQueue`] through `Deref`) wait without blocking the
 //! runtime's thread, and a dropped `get_async` has taken nothing. See
 //! [`docs::asynchronous`](crate::docs::asynchronous).
