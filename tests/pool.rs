@@ -1090,3 +1090,146 @@ fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
     }
     assert_eq!(fd_count(), before, "descriptors grow with large tasks");
 }
+
+/// A reply whose bytes travel each of a pipe's three ways, by `x`: a sealed memory file on
+/// the socket (3 MiB), the large-message area (100 KiB), or a ring record (16 bytes).
+fn sized_reply(x: u64) -> (u64, Vec<u8>) {
+    let len = match x % 4 {
+        0 => 3 << 20,
+        1 => 100 << 10,
+        _ => 16,
+    };
+    (x, vec![x as u8; len])
+}
+
+/// The pids of this process's children (from every thread's `children` list).
+fn children_of_me() -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// A small xorshift generator: the kills' victims and moments (the seed is printed so that
+/// a failing run can be replayed with `KILL_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("KILL_SEED={seed}");
+        Rng(seed)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Runs `tasks` tasks on a pool of three while another thread SIGKILLs random workers at
+/// random moments, `kills` times: every task ends with its result or `WorkerDied`, within
+/// a minute (no hang), the pool goes on working, and no killed worker is left unreaped.
+fn random_worker_kills(tasks: u64, kills: usize) {
+    multiproc::init();
+    let pool = Pool::new(3).unwrap();
+    // Every worker is up (a handshake: each answered) before the killing starts.
+    assert_eq!(pool.map(square, 0..6u64).unwrap().len(), 6);
+    let mut rng = Rng::new();
+    let started = AtomicU32::new(0);
+    let mut killed = Vec::new();
+    let mut died = 0;
+    std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut killed = Vec::new();
+            while killed.len() < kills {
+                // Only while tasks run: after the first reply, and until the last.
+                let n = started.load(Ordering::SeqCst);
+                if n as u64 >= tasks {
+                    break;
+                }
+                if n == 0 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                std::thread::sleep(Duration::from_micros(rng.below(3000)));
+                let children = children_of_me();
+                if children.is_empty() {
+                    continue;
+                }
+                let victim = children[rng.below(children.len() as u64) as usize];
+                if rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(victim as i32).unwrap(),
+                    rustix::process::Signal::KILL,
+                )
+                .is_ok()
+                {
+                    killed.push(victim);
+                }
+            }
+            killed
+        });
+        let pending: Vec<_> = (0..tasks)
+            .map(|x| pool.apply_async(sized_reply, x))
+            .collect();
+        for (x, r) in pending.iter().enumerate() {
+            match r.get_timeout(Duration::from_secs(60)) {
+                Ok((y, bytes)) => {
+                    assert_eq!(y, x as u64);
+                    assert_eq!(bytes, sized_reply(y).1, "task {x}'s reply");
+                }
+                Err(Error::WorkerDied {
+                    signal: Some(9), ..
+                }) => died += 1,
+                Err(e) => panic!("task {x}: {e:?}"),
+            }
+            started.fetch_add(1, Ordering::SeqCst);
+        }
+        started.store(u32::MAX, Ordering::SeqCst);
+        killed = killer.join().unwrap();
+    });
+    eprintln!(
+        "{} kills, {died} of {tasks} tasks died with their worker",
+        killed.len()
+    );
+    assert!(
+        !killed.is_empty(),
+        "no worker was killed: the test tested nothing"
+    );
+    // Still usable, with all its workers.
+    assert_eq!(
+        pool.map(square, 0..30u64).unwrap(),
+        (0..30u64).map(square).collect::<Vec<_>>()
+    );
+    drop(pool);
+    for p in killed {
+        assert!(gone(p), "killed worker {p} left unreaped");
+    }
+}
+
+#[test]
+fn workers_killed_at_random_moments_cost_only_their_tasks() {
+    random_worker_kills(300, 12);
+}
+
+/// The soak version of the test above (see README: Soak tests).
+#[test]
+#[ignore]
+fn soak_workers_killed_at_random_moments() {
+    for _ in 0..20 {
+        random_worker_kills(3000, 200);
+    }
+}
