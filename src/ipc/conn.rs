@@ -86,6 +86,11 @@ enum Found {
     /// Its packet went with a receiver that was killed after taking it (or its sender
     /// gave up): skip the record.
     Lost,
+    /// Its packet is in front, left there (only looked for).
+    There,
+    /// Its sender is between the record and the packet: `Other` (the descriptor waited on
+    /// beside is readable) or `TimedOut`.
+    NotYet(Ready),
 }
 
 fn parse_header(h: &[u8], limit: u64) -> Result<(usize, usize)> {
@@ -682,10 +687,13 @@ impl RawConn {
                 }
                 Some(rec) => {
                     debug_assert_eq!(rec.kind, K_SOCKET);
-                    let found = self.find_packet(st, lane, d, lane.socket_seq(d, &rec))?;
+                    let seq = lane.socket_seq(d, &rec);
+                    let found = self.find_packet(st, lane, d, seq, true, None, None)?;
                     // Taken (or lost): the record is spent.
-                    lane.advance(d, &rec);
-                    le.after_take(d);
+                    if let Found::Packet(..) | Found::Lost = found {
+                        lane.advance(d, &rec);
+                        le.after_take(d);
+                    }
                     if let Found::Packet(n, fds) = found {
                         return Self::open_packet(st, n, fds, f).map(Some);
                     }
@@ -708,7 +716,20 @@ impl RawConn {
     /// announced, following the lanes' protocol: takes it into the read buffer, or finds
     /// that it is lost. Doorbells and older packets in front of it are thrown away; garbage
     /// in front of it is thrown away and reported (the record stays for the next call).
-    fn find_packet(&self, st: &mut ReadState, lane: &Lane, d: usize, seq: u64) -> Result<Found> {
+    /// Without `take`, the packet is only looked for and left in front. While its sender is
+    /// between the record and the packet, waits until `deadline` or until `also` is
+    /// readable.
+    #[allow(clippy::too_many_arguments)]
+    fn find_packet(
+        &self,
+        st: &mut ReadState,
+        lane: &Lane,
+        d: usize,
+        seq: u64,
+        take: bool,
+        deadline: Option<Instant>,
+        also: Option<BorrowedFd<'_>>,
+    ) -> Result<Found> {
         let sock = self.fd.as_fd();
         loop {
             // Read before looking at the socket: a packet counted as sent was queued.
@@ -726,6 +747,7 @@ impl RawConn {
                         sys::discard_packet(sock)?;
                     }
                     Some((_, _, n)) if n > seq => return Ok(Found::Lost),
+                    Some(_) if !take => return Ok(Found::There),
                     Some(_) => {
                         let mut fds = Vec::new();
                         return match sys::recv_packet(sock, &mut st.buf, &mut fds)? {
@@ -744,8 +766,23 @@ impl RawConn {
                     // Its sender is between the record and the packet, or died there:
                     // wait for the socket, and look whether the sender's lock is free
                     // (taking over a dead sender's lock marks its packet as given up).
-                    if !sys::wait_readable(sock, Some(SLICE))? {
+                    let slice = deadline.map_or(SLICE, |dl| {
+                        dl.saturating_duration_since(Instant::now()).min(SLICE)
+                    });
+                    let mask = match also {
+                        Some(other) => sys::wait_any_readable(&[sock, other], Some(slice))?,
+                        None => u32::from(sys::wait_readable(sock, Some(slice))?),
+                    };
+                    if mask & 1 == 0 {
                         drop(lane.lock_producer(d, Some(Instant::now())));
+                        if lane.sent(d) < seq {
+                            if mask & 2 != 0 {
+                                return Ok(Found::NotYet(Ready::Other));
+                            }
+                            if deadline.is_some_and(|dl| Instant::now() >= dl) {
+                                return Ok(Found::NotYet(Ready::TimedOut));
+                            }
+                        }
                     }
                 }
             }
@@ -918,13 +955,20 @@ impl RawConn {
             let Some(_g) = le.lane.lock_consumer(d, deadline) else {
                 return Ok(Wake::TimedOut);
             };
-            return Ok(
-                match self.lane_wait(&mut st, &le.lane, d, deadline, also)? {
+            loop {
+                let mut r = self.lane_wait(&mut st, &le.lane, d, deadline, also)?;
+                if let Ready::Ring = r {
+                    match self.lane_ready(&mut st, le, d, deadline, also)? {
+                        Some(ready) => r = ready,
+                        None => continue,
+                    }
+                }
+                return Ok(match r {
                     Ready::Ring | Ready::Socket | Ready::Eof => Wake::Message,
                     Ready::Other => Wake::Other,
                     Ready::TimedOut => Wake::TimedOut,
-                },
-            );
+                });
+            }
         }
         drop(st);
         let sock = self.fd.as_fd();
@@ -955,6 +999,43 @@ impl RawConn {
             Payload::Borrowed(b) => Ok(b.to_vec()),
             Payload::Owned(v) => Ok(v),
         })
+    }
+
+    /// With a record at the head of direction `d`'s ring (consumer lock held), whether its
+    /// message can be taken now: `Ring` if so; `None` if it was lost with a receiver killed
+    /// while taking it (the record is skipped: look again); `Other` or `TimedOut` if its
+    /// sender is between the record and the packet when `also` is readable or `deadline`
+    /// passes. So a wait that says "a message" is followed by a receive that does not block.
+    fn lane_ready(
+        &self,
+        st: &mut ReadState,
+        le: &LaneEnd,
+        d: usize,
+        deadline: Option<Instant>,
+        also: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<Ready>> {
+        let lane = &*le.lane;
+        let Some(rec) = lane.peek(d)? else {
+            return Ok(None);
+        };
+        let lost = match rec.kind {
+            K_BIG => lane.big_freed(d, &rec),
+            K_SOCKET => {
+                let seq = lane.socket_seq(d, &rec);
+                match self.find_packet(st, lane, d, seq, false, deadline, also)? {
+                    Found::NotYet(r) => return Ok(Some(r)),
+                    Found::Lost => true,
+                    Found::There | Found::Packet(..) => false,
+                }
+            }
+            _ => false,
+        };
+        if !lost {
+            return Ok(Some(Ready::Ring));
+        }
+        lane.advance(d, &rec);
+        le.after_take(d);
+        Ok(None)
     }
 
     /// Whether a frame (or end of stream) can be read without blocking, waiting up to
@@ -1117,6 +1198,65 @@ mod tests {
     fn raw_packet(w: &RawConn, seq: u64, body: &[u8]) {
         let h = packet_header(PKT_INLINE, body.len(), seq);
         sys::send_packet(w.fd.as_fd(), &[&h, body], &[]).unwrap();
+    }
+
+    #[test]
+    fn poll_is_not_ready_for_messages_lost_with_a_killed_receiver() {
+        let (r, w, lane) = simplex();
+        // A receiver took the packet of a large message and was killed before it moved
+        // past the record (here the packet is taken off the socket by hand): nothing is
+        // left to read, so poll must not say there is.
+        w.send_bytes(&vec![7u8; 3 << 20], &[]).unwrap();
+        let mut buf = vec![0u8; READ_BUF];
+        let mut fds = Vec::new();
+        sys::recv_packet(r.fd.as_fd(), &mut buf, &mut fds).unwrap();
+        assert!(!r.poll(Some(Duration::ZERO)).unwrap());
+        // The same for a message in the large-message area whose bytes such a receiver
+        // freed.
+        w.send_bytes(&vec![8u8; 100 << 10], &[]).unwrap();
+        let rec = lane.peek(0).unwrap().unwrap();
+        assert!(lane.read_big(0, &rec, &mut Vec::new()).unwrap());
+        assert!(!r.poll(Some(Duration::ZERO)).unwrap());
+        // A sender between its record and its packet: nothing to read yet.
+        let g = lane.lock_producer(0, None).unwrap();
+        let seq = lane.next_seq(0);
+        lane.publish(0, K_SOCKET, &[&seq.to_le_bytes()]);
+        assert!(!r.poll(Some(Duration::ZERO)).unwrap());
+        raw_packet(&w, seq, b"late");
+        lane.set_sent(0, seq);
+        drop(g);
+        assert!(r.poll(Some(Duration::ZERO)).unwrap());
+        assert_eq!(r.recv_bytes().unwrap(), b"late");
+        w.send_bytes(b"fine", &[]).unwrap();
+        assert!(r.poll(Some(Duration::ZERO)).unwrap());
+        assert_eq!(r.recv_bytes().unwrap(), b"fine");
+    }
+
+    #[test]
+    fn a_wait_for_a_dead_senders_message_ends_with_its_death() {
+        let (r, w, lane) = simplex();
+        // A sender (a thread here, gone as a killed worker is) published a record and died
+        // holding the senders' lock, before its packet. `w` stays open, as another copy of
+        // the dead one's end would: no end of file tells the receiver.
+        let l = lane.clone();
+        std::thread::spawn(move || {
+            let g = l.lock_producer(0, None).unwrap();
+            let seq = l.next_seq(0);
+            l.publish(0, K_SOCKET, &[&seq.to_le_bytes()]);
+            std::mem::forget(g);
+        })
+        .join()
+        .unwrap();
+        // The pool's handler waits for a message or its worker's death (readable here).
+        let (dead, pidfd) = sys::stream_pair().unwrap();
+        sys::send_all(dead.as_fd(), &[b"x"], &[]).unwrap();
+        let woke = r.wait_message_or(pidfd.as_fd(), Some(Duration::from_secs(60)));
+        assert!(
+            matches!(woke, Ok(Wake::Other)),
+            "a message announced but never sent"
+        );
+        w.send_bytes(b"next", &[]).unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"next");
     }
 
     #[test]

@@ -61,6 +61,11 @@
 //!   receiver waits for the socket (looking every [`SLICE`] whether that sender died).
 //!   Because records come first, a packet found while the ring is empty was announced by
 //!   nobody: it is garbage, thrown away and reported.
+//! * A wait for a message (`poll`, the pool's wait for a reply or its worker's death) looks
+//!   at the record in front the same way before it says "ready", without taking it: one
+//!   whose message is lost is skipped, and one whose packet has not come yet is not ready
+//!   (its wait ends when the sender's packet comes, the sender is found dead, or the other
+//!   descriptor waited on is readable). So a receive after "ready" does not block.
 //! * A receiver with nothing to read looks for a while, then raises `rx_sleep` and sleeps in
 //!   `poll(2)` on the socket. A sender that finds `rx_sleep` raised after publishing lowers
 //!   it and sends a doorbell frame. The socket's end of file (the peer's last copy closed,
@@ -427,20 +432,31 @@ impl Lane {
         Self::records(d).body_append(&self.mem, rec.head, 0, rec.len as usize, out);
     }
 
+    /// Where the message of a `BIG` record lies: its position, length and (padded) end.
+    fn big_span(&self, d: usize, rec: &Record) -> (u64, u64, u64) {
+        let pos = Self::records(d).body_u64(&self.mem, rec.head, 0);
+        let len = Self::records(d).body_u64(&self.mem, rec.head, 8);
+        (pos, len, pos.saturating_add(record::round8(len)))
+    }
+
+    /// Whether the bytes of a `BIG` record's message are freed already: a receiver killed
+    /// after freeing them (before it moved the head) took the message with it.
+    pub(crate) fn big_freed(&self, d: usize, rec: &Record) -> bool {
+        self.big_span(d, rec).2 <= self.w64(d, D_BHEAD).load(SeqCst)
+    }
+
     /// Appends the message a `BIG` record points at to `out` and frees its bytes in the
     /// large-message area: `Ok(false)` if a receiver killed after freeing them (before it
     /// moved the head) took the message with it. A record pointing outside the reserved
     /// bytes is an [`Error::Codec`].
     pub(crate) fn read_big(&self, d: usize, rec: &Record, out: &mut Vec<u8>) -> Result<bool> {
-        let pos = Self::records(d).body_u64(&self.mem, rec.head, 0);
-        let len = Self::records(d).body_u64(&self.mem, rec.head, 8);
+        let (pos, len, end) = self.big_span(d, rec);
         let head = self.w64(d, D_BHEAD);
         let h = head.load(SeqCst);
         let t = self.w64(d, D_BTAIL).load(SeqCst);
         if len == 0 || len > BIG / 2 || t < h || t - h > BIG {
             return Err(big_garbage());
         }
-        let end = pos.saturating_add(record::round8(len));
         if end <= h {
             // Freed already: the receiver that took it was killed before moving the head.
             return Ok(false);
