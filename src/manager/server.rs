@@ -899,7 +899,11 @@ fn wrong_kind(obj: &Obj, op: &Op) -> RemoteErr {
 }
 
 /// Waits on `cv` until `ready(&guard)` holds, the wait runs out, or the client hangs up.
-/// Returns the guard and whether it is ready.
+/// Returns the guard and whether it is ready — never for a client that hung up (killed
+/// while its request was on the way or while it waited): what the caller would take for
+/// it (an item, a lock) stays for the others. A channel with lanes would take the reply
+/// all the same (its ring asks the kernel about its reader only now and then), and the
+/// item would be lost with the dead client.
 pub(crate) fn wait_on<'a, T>(
     m: &'a Mutex<T>,
     cv: &Condvar,
@@ -909,7 +913,7 @@ pub(crate) fn wait_on<'a, T>(
 ) -> (MutexGuard<'a, T>, bool) {
     let mut g = lock(m);
     if ready(&g) {
-        return (g, true);
+        return (g, !conn.peer_gone());
     }
     let deadline = match wait {
         Wait::No => return (g, false),
@@ -933,7 +937,7 @@ pub(crate) fn wait_on<'a, T>(
             Err(p) => p.into_inner().0,
         };
         if ready(&g) {
-            return (g, true);
+            return (g, !conn.peer_gone());
         }
         if conn.peer_gone() {
             return (g, false);
@@ -1171,5 +1175,39 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
         }
         // Requests to these are answered in `handle`, which knows the session.
         (Obj::Object(..), op) => Err(wrong_kind(obj, &op)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client killed while its request was on the way: its channel with lanes still takes
+    /// the reply (a ring accepts bytes whether or not anyone will read them, and asks the
+    /// kernel about its reader only now and then), but the kernel says it hung up.
+    struct KilledClient;
+
+    impl Wire for KilledClient {
+        fn reply(&self, _: &Response) -> crate::Result<()> {
+            Ok(())
+        }
+        fn peer_gone(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn blocking_operations_of_a_killed_client_take_nothing() {
+        let q = Mutex::new(QueueState {
+            items: VecDeque::from([ByteBuf::from(vec![1u8])]),
+            maxsize: None,
+            unfinished: 1,
+        });
+        let cv = Condvar::new();
+        queue_get(&q, &cv, &KilledClient, Wait::Forever);
+        assert_eq!(lock(&q).items.len(), 1, "the item went to a dead client");
+        let l = Mutex::new(LockState::default());
+        lock_acquire(&l, &cv, &KilledClient, Wait::Forever, None);
+        assert!(!lock(&l).held, "the lock went to a dead client");
     }
 }
