@@ -1,0 +1,956 @@
+//! Behaviour parity with CPython's own test suite (`Lib/test/_test_multiprocessing.py`):
+//! each test mirrors one CPython test (named in its doc comment) for the assertions that
+//! map onto this crate's API. Deliberate differences are in `src/docs/differences.md`.
+//! Children and the test synchronise by events and semaphores, never by sleeping.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use multiproc::connection::wait;
+use multiproc::queue::TryPutError;
+use multiproc::{
+    Array, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock, Pool, Process,
+    Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, Value,
+};
+
+const SHORT: Duration = Duration::from_millis(100);
+
+/// A child that says it runs, then waits to be told to stop.
+fn run_until((started, stop): (Event, Event)) {
+    started.set();
+    stop.wait();
+}
+
+fn events() -> (Event, Event) {
+    (Event::new().unwrap(), Event::new().unwrap())
+}
+
+// --- _TestProcess -----------------------------------------------------------------------------
+
+/// `_TestProcess.test_process`: exitcode/is_alive/pid before, during and after the run,
+/// `active_children`, the child's name and parent.
+#[test]
+fn process_lifecycle() {
+    multiproc::init();
+    fn child((q, started, stop): (Queue<(String, u32)>, Event, Event)) {
+        let me = multiproc::current_process();
+        let parent = multiproc::parent_process().map(|p| p.pid()).unwrap_or(0);
+        q.put((me.name().to_string(), parent)).unwrap();
+        run_until((started, stop));
+    }
+    assert_eq!(multiproc::current_process().name(), "MainProcess");
+    assert!(multiproc::parent_process().is_none());
+    let q = Queue::new().unwrap();
+    let (started, stop) = events();
+    let mut p = Process::new(child, (q.clone(), started.clone(), stop.clone()))
+        .with_name("p1")
+        .with_daemon(true);
+    assert_eq!(p.exitcode(), None);
+    assert!(!p.is_alive());
+    assert!(p.daemon());
+    assert_eq!(p.name(), "p1");
+    assert!(p.pid().is_none());
+    assert!(matches!(p.join(), Err(Error::NotStarted)));
+    p.start().unwrap();
+    started.wait();
+    assert!(p.is_alive());
+    assert_eq!(p.exitcode(), None);
+    let pid = p.pid().unwrap();
+    assert!(multiproc::active_children().iter().any(|c| c.pid() == pid));
+    assert_eq!(q.get().unwrap(), ("p1".to_string(), std::process::id()));
+    assert!(matches!(p.start(), Err(Error::AlreadyStarted)));
+    stop.set();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(!p.is_alive());
+    assert!(!multiproc::active_children().iter().any(|c| c.pid() == pid));
+}
+
+/// `_TestProcess.test_name` / default names: `Process-N` like Python.
+#[test]
+fn process_default_name() {
+    multiproc::init();
+    let p = Process::new(|_: ()| (), ());
+    let n = p
+        .name()
+        .strip_prefix("Process-")
+        .unwrap_or_else(|| panic!("{}", p.name()));
+    assert!(n.parse::<u32>().is_ok(), "{}", p.name());
+}
+
+/// `_TestProcess.test_terminate` and `test_kill`: `join(timeout)` reports a running child
+/// (Python returns `None` and `exitcode` stays `None`), then the exit code is `-signal`.
+#[test]
+fn process_terminate_and_kill() {
+    multiproc::init();
+    for (sig, kill) in [(15, false), (9, true)] {
+        let (started, stop) = events();
+        let mut p = Process::new(run_until, (started.clone(), stop)).with_daemon(true);
+        p.start().unwrap();
+        started.wait();
+        assert!(!p.join_timeout(Duration::ZERO).unwrap());
+        let t = Instant::now();
+        assert!(!p.join_timeout(SHORT).unwrap());
+        assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+        assert_eq!(p.exitcode(), None);
+        assert!(p.is_alive());
+        if kill {
+            p.kill().unwrap();
+        } else {
+            p.terminate().unwrap();
+        }
+        assert!(p.join_timeout(Duration::from_secs(30)).unwrap());
+        assert_eq!(p.exitcode(), Some(-sig));
+        assert!(!p.is_alive());
+        // Python: terminating a finished process does nothing.
+        p.terminate().unwrap();
+        p.kill().unwrap();
+        assert_eq!(p.exitcode(), Some(-sig));
+    }
+}
+
+/// `_TestProcess.test_sys_exit` / `test_exitcode`: the code given to `sys.exit(n)` is the
+/// exit code; an uncaught exception (here a panic) gives 1.
+#[test]
+fn process_exit_codes() {
+    multiproc::init();
+    fn exit_with(n: i32) {
+        std::process::exit(n)
+    }
+    for n in [0, 1, 3, 42] {
+        let mut p = Process::new(exit_with, n);
+        p.start().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(n));
+    }
+    let mut p = Process::new(|_: ()| panic!("boom"), ());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(1));
+}
+
+/// `_TestProcess.test_sentinel`: the sentinel is not ready while the child runs and is
+/// ready once it has ended.
+#[test]
+fn process_sentinel() {
+    multiproc::init();
+    let (started, stop) = events();
+    let mut p = Process::new(run_until, (started.clone(), stop.clone()));
+    assert!(p.sentinel().is_none());
+    p.start().unwrap();
+    started.wait();
+    let s = p.sentinel().unwrap();
+    assert!(wait(&[&s], Some(Duration::ZERO)).unwrap().is_empty());
+    stop.set();
+    assert_eq!(wait(&[&s], Some(Duration::from_secs(30))).unwrap(), vec![0]);
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}
+
+// --- _TestQueue -------------------------------------------------------------------------------
+
+/// `_TestQueue.test_put`: a bounded queue fills up; `put_nowait` and `put(timeout)` raise
+/// `Full`; `qsize`/`empty`/`full` follow.
+#[test]
+fn queue_put_full() {
+    multiproc::init();
+    let q = Queue::<i32>::bounded(6).unwrap();
+    assert!(q.empty());
+    assert!(!q.full());
+    assert_eq!(q.qsize(), 0);
+    q.put(1).unwrap();
+    q.put_timeout(2, SHORT).unwrap();
+    q.try_put(3).unwrap();
+    q.put(4).unwrap();
+    q.put_timeout(5, SHORT).unwrap();
+    q.try_put(6).unwrap();
+    assert!(!q.empty());
+    assert!(q.full());
+    assert_eq!(q.qsize(), 6);
+    assert!(matches!(q.try_put(7), Err(TryPutError::Full(7))));
+    let t = Instant::now();
+    assert!(matches!(q.put_timeout(7, SHORT), Err(TryPutError::Full(7))));
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    // A child takes them all, in order.
+    fn drain(q: Queue<i32>) -> Vec<i32> {
+        (0..6).map(|_| q.get().unwrap()).collect()
+    }
+    let got = multiproc::spawn(drain, q.clone()).unwrap().join().unwrap();
+    assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+    assert!(q.empty());
+    assert!(!q.full());
+}
+
+/// `_TestQueue.test_get` / `test_timeout`: `get_nowait` and `get(timeout)` on an empty
+/// queue raise `Empty`, the latter after the timeout.
+#[test]
+fn queue_get_empty() {
+    multiproc::init();
+    let q = Queue::<i32>::new().unwrap();
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    let t = Instant::now();
+    assert!(matches!(q.get_timeout(SHORT), Err(Error::Empty)));
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    fn put_some(q: Queue<i32>) {
+        for i in 0..3 {
+            q.put(i).unwrap();
+        }
+    }
+    multiproc::spawn(put_some, q.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(q.qsize(), 3);
+    assert_eq!(q.get().unwrap(), 0);
+    assert_eq!(q.get_timeout(SHORT).unwrap(), 1);
+    assert_eq!(q.try_get().unwrap(), 2);
+    assert!(q.empty());
+}
+
+/// `_TestQueue.test_closed_queue_put_get_exceptions`: after `close`, `put` and `get` raise.
+#[test]
+fn queue_closed_put_get() {
+    multiproc::init();
+    let q = Queue::<i32>::new().unwrap();
+    q.put(1).unwrap();
+    q.close();
+    assert!(matches!(q.put(2), Err(Error::Closed)));
+    assert!(matches!(q.try_put(2), Err(TryPutError::Closed(2))));
+    assert!(matches!(q.get(), Err(Error::Closed)));
+}
+
+/// `_TestQueue.test_task_done`: workers take items and call `task_done`; `join` returns
+/// once all are done; one `task_done` too many raises.
+#[test]
+fn joinable_queue_task_done() {
+    multiproc::init();
+    fn worker(q: JoinableQueue<Option<i32>>) {
+        while let Some(_item) = q.get().unwrap() {
+            q.task_done().unwrap();
+        }
+        q.task_done().unwrap();
+    }
+    let q = JoinableQueue::new().unwrap();
+    let workers: Vec<_> = (0..3)
+        .map(|_| multiproc::spawn(worker, q.clone()).unwrap())
+        .collect();
+    for i in 0..10 {
+        q.put(Some(i)).unwrap();
+    }
+    q.join().unwrap();
+    assert_eq!(q.unfinished_tasks(), 0);
+    for _ in &workers {
+        q.put(None).unwrap();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    q.join().unwrap();
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+}
+
+/// `_TestSimpleQueue.test_empty` (and `test_close`): `empty` follows puts and gets across
+/// processes; a closed handle refuses.
+#[test]
+fn simple_queue_empty() {
+    multiproc::init();
+    fn put_one((q, v): (SimpleQueue<i32>, i32)) {
+        q.put(v).unwrap();
+    }
+    let q = SimpleQueue::<i32>::new().unwrap();
+    assert!(q.empty());
+    multiproc::spawn(put_one, (q.clone(), 5))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(!q.empty());
+    assert_eq!(q.get().unwrap(), 5);
+    assert!(q.empty());
+    q.close();
+    assert!(q.put(1).is_err());
+    assert!(q.get().is_err());
+}
+
+// --- _TestLock / _TestSemaphore ---------------------------------------------------------------
+
+/// `_TestLock.test_lock`: acquire, non-blocking acquire fails, release, and releasing an
+/// unlocked lock raises.
+#[test]
+fn lock_basics() {
+    let lock = Lock::new().unwrap();
+    lock.acquire().unwrap();
+    assert!(!lock.try_acquire().unwrap());
+    assert!(!lock.acquire_timeout(SHORT).unwrap());
+    lock.release().unwrap();
+    assert!(matches!(lock.release(), Err(Error::InvalidOperation(_))));
+    {
+        let _g = lock.lock().unwrap();
+        assert!(lock.is_locked());
+    }
+    assert!(!lock.is_locked());
+}
+
+/// `_TestLock.test_rlock`: three acquires, three releases, the fourth raises; another
+/// thread cannot release it.
+#[test]
+fn rlock_basics() {
+    let r = RLock::new().unwrap();
+    for _ in 0..3 {
+        r.acquire().unwrap();
+    }
+    let other = r.clone();
+    let released_elsewhere = std::thread::spawn(move || other.release().is_ok())
+        .join()
+        .unwrap();
+    assert!(!released_elsewhere);
+    for _ in 0..3 {
+        r.release().unwrap();
+    }
+    assert!(r.release().is_err());
+}
+
+/// `_TestSemaphore.test_semaphore` and `test_timeout`: the value follows acquires and
+/// releases; a non-blocking or timed acquire of a zero semaphore fails.
+#[test]
+fn semaphore_value_and_timeout() {
+    let s = Semaphore::new(2).unwrap();
+    assert_eq!(s.get_value(), 2);
+    s.acquire();
+    assert_eq!(s.get_value(), 1);
+    assert!(s.try_acquire());
+    assert_eq!(s.get_value(), 0);
+    assert!(!s.try_acquire());
+    let t = Instant::now();
+    assert!(!s.acquire_timeout(SHORT));
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    s.release().unwrap();
+    assert_eq!(s.get_value(), 1);
+    s.release().unwrap();
+    s.release().unwrap();
+    // An unbounded semaphore may go above its initial value.
+    assert_eq!(s.get_value(), 3);
+}
+
+/// `_TestSemaphore.test_bounded_semaphore`: releasing beyond the initial value raises
+/// `ValueError`.
+#[test]
+fn bounded_semaphore_over_release() {
+    let s = BoundedSemaphore::new(2).unwrap();
+    assert!(s.release().is_err());
+    assert_eq!(s.get_value(), 2);
+    s.acquire();
+    s.release().unwrap();
+    assert!(s.release().is_err());
+    assert_eq!(s.get_value(), 2);
+}
+
+// --- _TestEvent -------------------------------------------------------------------------------
+
+/// `_TestEvent.test_event`: `wait(timeout)` on an unset event returns False after the
+/// timeout; a child's `set` wakes a waiter; `clear` unsets.
+#[test]
+fn event_semantics() {
+    multiproc::init();
+    let e = Event::new().unwrap();
+    assert!(!e.is_set());
+    assert!(!e.wait_timeout(Duration::ZERO));
+    let t = Instant::now();
+    assert!(!e.wait_timeout(SHORT));
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    e.set();
+    assert!(e.is_set());
+    assert!(e.wait_timeout(Duration::ZERO));
+    e.wait();
+    e.clear();
+    assert!(!e.is_set());
+    fn set_it(e: Event) {
+        e.set()
+    }
+    let h = multiproc::spawn(set_it, e.clone()).unwrap();
+    e.wait();
+    assert!(e.is_set());
+    h.join().unwrap();
+}
+
+// --- _TestCondition ---------------------------------------------------------------------------
+
+/// A child that waits on the condition: `sleeping` is released with the lock held (so once
+/// the parent holds the lock, the child is inside `wait`), `woken` after it wakes.
+fn cond_waiter((c, sleeping, woken): (Condition, Semaphore, Semaphore)) -> bool {
+    c.acquire().unwrap();
+    sleeping.release().unwrap();
+    c.wait().unwrap();
+    woken.release().unwrap();
+    c.release().unwrap();
+    true
+}
+
+/// `_TestCondition.test_notify` and `test_notify_n` / `test_notify_all`: `notify(n)` wakes
+/// exactly n waiters, `notify_all` the rest.
+#[test]
+fn condition_notify_n_and_all() {
+    multiproc::init();
+    let c = Condition::new().unwrap();
+    let (sleeping, woken) = (Semaphore::new(0).unwrap(), Semaphore::new(0).unwrap());
+    let kids: Vec<_> = (0..4)
+        .map(|_| {
+            multiproc::spawn(cond_waiter, (c.clone(), sleeping.clone(), woken.clone())).unwrap()
+        })
+        .collect();
+    for _ in 0..4 {
+        sleeping.acquire();
+    }
+    c.acquire().unwrap(); // every child is now inside wait()
+    c.notify(1).unwrap();
+    c.release().unwrap();
+    woken.acquire();
+    assert!(
+        !woken.acquire_timeout(SHORT),
+        "notify(1) woke more than one"
+    );
+    c.acquire().unwrap();
+    c.notify(2).unwrap();
+    c.release().unwrap();
+    woken.acquire();
+    woken.acquire();
+    assert!(
+        !woken.acquire_timeout(SHORT),
+        "notify(2) woke more than two"
+    );
+    c.acquire().unwrap();
+    c.notify_all().unwrap();
+    c.release().unwrap();
+    woken.acquire();
+    for k in kids {
+        assert!(k.join().unwrap());
+    }
+    assert_eq!(woken.get_value(), 0);
+}
+
+/// `_TestCondition.test_timeout` and `test_wait_result`: `wait(timeout)` returns False when
+/// nobody notifies, True when a child does.
+#[test]
+fn condition_wait_result() {
+    multiproc::init();
+    let c = Condition::new().unwrap();
+    c.acquire().unwrap();
+    let t = Instant::now();
+    assert!(!c.wait_timeout(SHORT).unwrap());
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    fn notifier(c: Condition) {
+        c.acquire().unwrap();
+        c.notify(1).unwrap();
+        c.release().unwrap();
+    }
+    // The child can only take the lock once we are inside wait_timeout.
+    let h = multiproc::spawn(notifier, c.clone()).unwrap();
+    assert!(c.wait_timeout(Duration::from_secs(60)).unwrap());
+    c.release().unwrap();
+    h.join().unwrap();
+}
+
+/// `_TestCondition.test_waitfor` and `test_waitfor_timeout`: `wait_for` returns once the
+/// predicate holds (changed by another process), or False after the timeout.
+#[test]
+fn condition_wait_for() {
+    multiproc::init();
+    let c = Condition::new().unwrap();
+    let state = Value::new(0i32).unwrap();
+    c.acquire().unwrap();
+    let t = Instant::now();
+    assert!(!c.wait_for(|| state.get() == 4, Some(SHORT)).unwrap());
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    c.release().unwrap();
+    fn bump((c, state): (Condition, Value<i32>)) {
+        for _ in 0..4 {
+            c.acquire().unwrap();
+            state.set(state.get() + 1);
+            c.notify(1).unwrap();
+            c.release().unwrap();
+        }
+    }
+    c.acquire().unwrap();
+    let h = multiproc::spawn(bump, (c.clone(), state.clone())).unwrap();
+    assert!(c.wait_for(|| state.get() == 4, None).unwrap());
+    assert_eq!(state.get(), 4);
+    c.release().unwrap();
+    h.join().unwrap();
+}
+
+// --- _TestBarrier -----------------------------------------------------------------------------
+
+/// `_TestBarrier.test_barrier` and `test_wait_return`: every party gets a distinct index,
+/// exactly one gets 0, over several cycles; `parties`, `n_waiting`, `broken`.
+#[test]
+fn barrier_indices() {
+    multiproc::init();
+    let b = Barrier::new(4).unwrap();
+    assert_eq!(b.parties(), 4);
+    assert_eq!(b.n_waiting(), 0);
+    assert!(!b.broken());
+    fn party(b: Barrier) -> Vec<usize> {
+        (0..3).map(|_| b.wait().unwrap()).collect()
+    }
+    let kids: Vec<_> = (0..3)
+        .map(|_| multiproc::spawn(party, b.clone()).unwrap())
+        .collect();
+    let mine: Vec<usize> = (0..3).map(|_| b.wait().unwrap()).collect();
+    let mut all = vec![mine];
+    all.extend(kids.into_iter().map(|k| k.join().unwrap()));
+    for cycle in 0..3 {
+        let mut idx: Vec<usize> = all.iter().map(|v| v[cycle]).collect();
+        idx.sort();
+        assert_eq!(idx, vec![0, 1, 2, 3]);
+    }
+    assert_eq!(b.n_waiting(), 0);
+    assert!(!b.broken());
+}
+
+/// `_TestBarrier.test_action`: the action runs once per cycle.
+#[test]
+fn barrier_action() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    fn action() {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+    }
+    let b = Barrier::builder(3).action(action).build().unwrap();
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                b.wait().unwrap();
+                b.wait().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(RUNS.load(Ordering::SeqCst), 2);
+}
+
+/// `_TestBarrier.test_abort`, `test_reset` and `test_abort_and_reset`: `abort` breaks the
+/// barrier for a waiting child and for later waits; `reset` makes it usable again.
+#[test]
+fn barrier_abort_and_reset() {
+    multiproc::init();
+    let b = Barrier::new(2).unwrap();
+    fn wait_once(b: Barrier) -> bool {
+        matches!(b.wait(), Err(Error::BrokenBarrier))
+    }
+    let h = multiproc::spawn(wait_once, b.clone()).unwrap();
+    assert!(common::eventually(Duration::from_secs(30), || b
+        .n_waiting()
+        == 1));
+    b.abort();
+    assert!(
+        h.join().unwrap(),
+        "the waiting child did not get BrokenBarrier"
+    );
+    assert!(b.broken());
+    assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+    b.reset();
+    assert!(!b.broken());
+    assert_eq!(b.n_waiting(), 0);
+    fn wait_ok(b: Barrier) -> usize {
+        b.wait().unwrap()
+    }
+    let h = multiproc::spawn(wait_ok, b.clone()).unwrap();
+    let mine = b.wait().unwrap();
+    assert_eq!(mine + h.join().unwrap(), 1);
+}
+
+/// `_TestBarrier.test_reset` (a waiter during `reset` gets `BrokenBarrierError`) and
+/// `test_timeout`: a timed-out wait breaks the barrier for everyone.
+#[test]
+fn barrier_reset_wakes_waiter_and_timeout_breaks() {
+    multiproc::init();
+    let b = Barrier::new(2).unwrap();
+    fn wait_once(b: Barrier) -> bool {
+        matches!(b.wait(), Err(Error::BrokenBarrier))
+    }
+    let h = multiproc::spawn(wait_once, b.clone()).unwrap();
+    assert!(common::eventually(Duration::from_secs(30), || b
+        .n_waiting()
+        == 1));
+    b.reset();
+    assert!(h.join().unwrap());
+    assert!(!b.broken());
+    assert!(matches!(b.wait_timeout(SHORT), Err(Error::BrokenBarrier)));
+    assert!(b.broken());
+    assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+}
+
+/// `_TestBarrier.test_single_thread`: a one-party barrier never blocks.
+#[test]
+fn barrier_single_party() {
+    let b = Barrier::new(1).unwrap();
+    for _ in 0..3 {
+        assert_eq!(b.wait().unwrap(), 0);
+    }
+}
+
+// --- _TestValue / _TestArray ------------------------------------------------------------------
+
+/// `_TestValue.test_value` and `test_rawvalue`: a child's writes are seen by the parent;
+/// `get_lock` is there for a synchronized value.
+#[test]
+fn value_and_raw_value() {
+    multiproc::init();
+    let (a, b, c) = (
+        Value::new(25i32).unwrap(),
+        Value::new(1.25f64).unwrap(),
+        RawValue::new(b'x').unwrap(),
+    );
+    assert_eq!((a.get(), b.get(), c.get()), (25, 1.25, b'x'));
+    fn modify((a, b, c): (Value<i32>, Value<f64>, RawValue<u8>)) {
+        a.set(-1);
+        b.set(-2.5);
+        c.set(b'c');
+    }
+    multiproc::spawn(modify, (a.clone(), b.clone(), c.clone()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!((a.get(), b.get(), c.get()), (-1, -2.5, b'c'));
+    let lock = a.get_lock();
+    lock.acquire().unwrap();
+    a.set(a.get() + 1); // Python's `with v.get_lock(): v.value += 1`
+    lock.release().unwrap();
+    assert_eq!(a.get(), 0);
+}
+
+/// `_TestArray.test_array`, `test_array_from_size` and `test_rawarray`: a sized array starts
+/// zeroed; a child's writes are seen.
+#[test]
+fn array_and_raw_array() {
+    multiproc::init();
+    let z = Array::<i64>::new(10).unwrap();
+    assert_eq!(z.len(), 10);
+    assert_eq!(z.to_vec(), vec![0; 10]);
+    let a = Array::from_slice(&[1i32, 2, 3, 4, 5]).unwrap();
+    let r = RawArray::from_slice(&[1.5f64, 2.5]).unwrap();
+    fn double((a, r): (Array<i32>, RawArray<f64>)) {
+        for i in 0..a.len() {
+            a.set(i, a.at(i) * 2);
+        }
+        r.set(0, -1.0);
+    }
+    multiproc::spawn(double, (a.clone(), r.clone()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(a.to_vec(), vec![2, 4, 6, 8, 10]);
+    assert_eq!(r.to_vec(), vec![-1.0, 2.5]);
+    assert_eq!(a.get(5), None);
+    assert_eq!(a.lock().unwrap()[4], 10);
+}
+
+// --- _TestConnection / _TestPoll --------------------------------------------------------------
+
+/// `_TestConnection.test_connection`: `poll` with and without timeout, objects and bytes
+/// (with offset and size), `recv_bytes_into` with an offset, `BufferTooShort` carrying the
+/// message, and `EOFError` once the peer is closed.
+#[test]
+fn connection_semantics() {
+    multiproc::init();
+    fn echo(conn: multiproc::Connection<Vec<i32>>) {
+        loop {
+            match conn.recv_bytes() {
+                Ok(b) => conn.send_bytes(&b).unwrap(),
+                Err(_) => return,
+            }
+        }
+    }
+    let (ours, theirs) = multiproc::pipe::<Vec<i32>>().unwrap();
+    let h = multiproc::spawn(echo, theirs).unwrap();
+    assert!(!ours.poll(Some(Duration::ZERO)).unwrap());
+    let t = Instant::now();
+    assert!(!ours.poll(Some(SHORT)).unwrap());
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+
+    // Objects round trip (through bytes, as the child echoes raw bytes).
+    let seq = vec![1, 2, 3];
+    ours.send(&seq).unwrap();
+    assert!(ours.poll(Some(Duration::from_secs(30))).unwrap());
+    assert_eq!(ours.recv().unwrap(), seq);
+
+    // send_bytes(arr, offset, size) is a sub-slice.
+    let msg = b"abcdefghijklmnopqrstuvwxyz";
+    ours.send_bytes(&msg[8..8 + 6]).unwrap();
+    assert_eq!(ours.recv_bytes().unwrap(), b"ijklmn");
+    ours.send_bytes(b"").unwrap();
+    assert_eq!(ours.recv_bytes().unwrap(), b"");
+
+    // recv_bytes_into(buffer, offset)
+    let mut buf = [0u8; 16];
+    ours.send_bytes(b"hello").unwrap();
+    assert_eq!(ours.recv_bytes_into(&mut buf[3..]).unwrap(), 5);
+    assert_eq!(&buf[..8], b"\0\0\0hello");
+    let long = [7u8; 40];
+    ours.send_bytes(&long).unwrap();
+    match ours.recv_bytes_into(&mut buf) {
+        Err(Error::BufferTooShort { message }) => assert_eq!(message, long),
+        other => panic!("expected BufferTooShort, got {other:?}"),
+    }
+
+    // The peer closes: EOF.
+    ours.send_bytes(b"").unwrap();
+    assert_eq!(ours.recv_bytes().unwrap(), b"");
+    drop(ours);
+    h.join().unwrap();
+    let (a, b) = multiproc::pipe::<i32>().unwrap();
+    a.send(&1).unwrap();
+    a.close();
+    assert!(b.poll(Some(Duration::ZERO)).unwrap());
+    assert_eq!(b.recv().unwrap(), 1);
+    assert!(matches!(b.recv(), Err(Error::Eof)));
+    assert!(matches!(b.recv_bytes(), Err(Error::Eof)));
+}
+
+/// `_TestConnection.test_duplex_false`: the reading end cannot send, the writing end cannot
+/// receive.
+#[test]
+fn connection_simplex() {
+    let (rx, tx) = multiproc::pipe_simplex::<i32>().unwrap();
+    assert!(rx.send(&1).is_err());
+    assert!(tx.recv().is_err());
+    tx.send(&2).unwrap();
+    assert_eq!(rx.recv().unwrap(), 2);
+}
+
+/// `_TestPoll.test_empty_string`: an empty message makes `poll` true (and stays so until
+/// it is read).
+#[test]
+fn poll_empty_message() {
+    let (a, b) = multiproc::pipe::<()>().unwrap();
+    assert!(!a.poll(Some(Duration::ZERO)).unwrap());
+    b.send_bytes(b"").unwrap();
+    assert!(a.poll(Some(Duration::ZERO)).unwrap());
+    assert!(a.poll(Some(Duration::ZERO)).unwrap());
+    assert_eq!(a.recv_bytes().unwrap(), b"");
+    assert!(!a.poll(Some(Duration::ZERO)).unwrap());
+}
+
+// --- _TestPool --------------------------------------------------------------------------------
+
+fn sqr(x: i64) -> i64 {
+    x * x
+}
+
+fn mul((a, b): (i64, i64)) -> i64 {
+    a * b
+}
+
+fn raise_on_5(x: i64) -> i64 {
+    if x == 5 {
+        panic!("key error 5");
+    }
+    x
+}
+
+/// `_TestPool.test_apply`, `test_map`, `test_starmap`, `test_map_async` and
+/// `test_map_chunksize`: results in order, with any chunk size.
+#[test]
+fn pool_map_family() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(sqr, 5).unwrap(), 25);
+    let want: Vec<i64> = (0..10).map(sqr).collect();
+    assert_eq!(pool.map(sqr, 0..10).unwrap(), want);
+    let want: Vec<i64> = (0..100).map(sqr).collect();
+    for chunk in [1, 3, 7, 100, 1000] {
+        assert_eq!(pool.map_chunked(sqr, 0..100, chunk).unwrap(), want);
+    }
+    let pairs: Vec<(i64, i64)> = (0..10).map(|i| (i, 10 - i)).collect();
+    let want: Vec<i64> = pairs.iter().copied().map(mul).collect();
+    assert_eq!(pool.starmap(mul, pairs.clone()).unwrap(), want);
+    assert_eq!(pool.starmap_async(mul, pairs).get().unwrap(), want);
+    assert_eq!(
+        pool.map_async(sqr, 0..10).get().unwrap(),
+        pool.map(sqr, 0..10).unwrap()
+    );
+    assert_eq!(
+        pool.map_async_chunked(sqr, 0..10, 4).get().unwrap(),
+        pool.map(sqr, 0..10).unwrap()
+    );
+    assert!(pool.map_chunked(sqr, 0..10, 0).is_err());
+}
+
+/// `_TestPool.test_empty_iterable` and `test_map_chunksize` (an empty list with a chunk
+/// size): every form gives an empty result.
+#[test]
+fn pool_empty_iterables() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    let none: Vec<i64> = Vec::new();
+    assert_eq!(pool.map(sqr, none.clone()).unwrap(), Vec::<i64>::new());
+    assert_eq!(
+        pool.map_chunked(sqr, none.clone(), 1).unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(pool.starmap(mul, Vec::new()).unwrap(), Vec::<i64>::new());
+    assert_eq!(
+        pool.map_async(sqr, none.clone()).get().unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(pool.imap(sqr, none.clone()).count(), 0);
+    assert_eq!(pool.imap_unordered(sqr, none).count(), 0);
+}
+
+/// `_TestPool.test_imap` and `test_imap_unordered`: ordered results one by one, then the
+/// end; unordered gives the same set; a chunk size changes nothing.
+#[test]
+fn pool_imap() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let mut it = pool.imap(sqr, 0..10);
+    for i in 0..10 {
+        assert_eq!(it.next().unwrap().unwrap(), i * i);
+    }
+    assert!(it.next().is_none());
+    let got: Vec<i64> = pool
+        .imap_chunked(sqr, 0..1000, 100)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..1000).map(sqr).collect::<Vec<_>>());
+    let mut got: Vec<i64> = pool
+        .imap_unordered(sqr, 0..1000)
+        .map(Result::unwrap)
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..1000).map(sqr).collect::<Vec<_>>());
+    let mut got: Vec<i64> = pool
+        .imap_unordered_chunked(sqr, 0..1000, 53)
+        .map(Result::unwrap)
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..1000).map(sqr).collect::<Vec<_>>());
+}
+
+/// `_TestPool.test_traceback` / `test_imap_handle_iterable_exception`'s task side: a
+/// failing task makes `map` fail and `imap` yield that item's error in its place, the other
+/// items still coming.
+#[test]
+fn pool_task_errors() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    match pool.map(raise_on_5, 0..10) {
+        Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("key error 5")),
+        other => panic!("{other:?}"),
+    }
+    let out: Vec<_> = pool.imap(raise_on_5, 0..10).collect();
+    assert_eq!(out.len(), 10);
+    for (i, r) in out.into_iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, i as i64),
+            Err(Error::TaskPanicked { .. }) => assert_eq!(i, 5),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let r = pool.apply_async(raise_on_5, 5);
+    r.wait();
+    assert!(r.ready());
+    assert!(!r.successful().unwrap());
+    assert!(matches!(r.get(), Err(Error::TaskPanicked { .. })));
+    // get() again gives the same outcome.
+    assert!(matches!(r.get(), Err(Error::TaskPanicked { .. })));
+    // The pool is still usable.
+    assert_eq!(pool.apply(sqr, 3).unwrap(), 9);
+}
+
+/// `_TestPool.test_async`, `test_async_timeout` and `successful()` on a pending result
+/// (Python raises `ValueError`): `ready` is false and `get(timeout)` raises
+/// `TimeoutError` while the task is blocked; then the result comes.
+#[test]
+fn pool_async_result_timeout() {
+    multiproc::init();
+    fn blocked((started, go, x): (Event, Event, i64)) -> i64 {
+        started.set();
+        go.wait();
+        x * x
+    }
+    let pool = Pool::new(1).unwrap();
+    let (started, go) = events();
+    let r = pool.apply_async(blocked, (started.clone(), go.clone(), 7));
+    started.wait();
+    assert!(!r.ready());
+    assert!(matches!(r.successful(), Err(Error::InvalidOperation(_))));
+    let t = Instant::now();
+    assert!(matches!(r.get_timeout(SHORT), Err(Error::Timeout)));
+    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(!r.wait_timeout(Duration::ZERO));
+    go.set();
+    assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), 49);
+    assert!(r.ready());
+    assert!(r.successful().unwrap());
+}
+
+/// `_TestPool.test_map_async_callbacks` and `test_async_error_callback`: the callback gets
+/// the result list, the error callback the error.
+#[test]
+fn pool_callbacks() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    let r = pool.map_async(sqr, 0..5);
+    r.on_done(move |v: &Vec<i64>| tx.send(Ok(v.clone())).unwrap());
+    assert_eq!(rx.recv().unwrap(), Ok(vec![0, 1, 4, 9, 16]));
+    let r = pool.apply_async(raise_on_5, 5);
+    r.on_error(move |e: &Error| tx2.send(Err(e.to_string())).unwrap());
+    match rx.recv().unwrap() {
+        Err(m) => assert!(m.contains("key error 5"), "{m}"),
+        Ok(v) => panic!("{v:?}"),
+    }
+}
+
+/// `_TestPool.test_terminate` and the "Pool not running" checks: `terminate` returns
+/// promptly with work queued, pending results fail instead of hanging, `join` returns;
+/// after `close`, new work is refused and queued work still completes.
+#[test]
+fn pool_terminate_and_close() {
+    multiproc::init();
+    fn block(go: Event) {
+        go.wait();
+    }
+    let pool = Pool::new(2).unwrap();
+    let go = Event::new().unwrap();
+    let r = pool.map_async_chunked(block, vec![go.clone(); 1000], 1);
+    pool.terminate().unwrap();
+    pool.join().unwrap();
+    assert!(r.get().is_err());
+    assert!(pool.apply(sqr, 2).is_err());
+
+    let pool = Pool::new(2).unwrap();
+    let r = pool.map_async(sqr, 0..20);
+    pool.close();
+    assert!(matches!(pool.apply(sqr, 2), Err(Error::Closed)));
+    pool.join().unwrap();
+    assert_eq!(r.get().unwrap(), (0..20).map(sqr).collect::<Vec<_>>());
+}
+
+/// `_TestPoolWorkerLifetime.test_pool_worker_lifetime` and `..._early_close`: with
+/// `maxtasksperchild`, workers are replaced, and every task still completes.
+#[test]
+fn pool_maxtasksperchild() {
+    multiproc::init();
+    fn my_pid(_: i32) -> u32 {
+        std::process::id()
+    }
+    let pool = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(1)
+        .build()
+        .unwrap();
+    let rs: Vec<_> = (0..5).map(|i| pool.apply_async(my_pid, i)).collect();
+    pool.close();
+    pool.join().unwrap();
+    let mut pids: Vec<u32> = rs.iter().map(|r| r.get().unwrap()).collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 5, "each task should run in a fresh worker");
+    assert!(Pool::builder().maxtasksperchild(0).build().is_err());
+}
