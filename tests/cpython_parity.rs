@@ -27,6 +27,19 @@ fn events() -> (Event, Event) {
     (Event::new().unwrap(), Event::new().unwrap())
 }
 
+/// Runs `f`, a call given the timeout [`SHORT`], and checks that it did wait that long
+/// (Python's `assertTimingAlmostEqual(elapsed, TIMEOUT)`, lower bound only); returns its result.
+fn after_short(f: impl FnOnce() -> bool) -> bool {
+    let t = Instant::now();
+    let r = f();
+    let waited = t.elapsed();
+    assert!(
+        waited >= SHORT - Duration::from_millis(10),
+        "returned after {waited:?}"
+    );
+    r
+}
+
 // --- _TestProcess -----------------------------------------------------------------------------
 
 /// `_TestProcess.test_process`: exitcode/is_alive/pid before, during and after the run,
@@ -91,9 +104,7 @@ fn process_terminate_and_kill() {
         p.start().unwrap();
         started.wait();
         assert!(!p.join_timeout(Duration::ZERO).unwrap());
-        let t = Instant::now();
-        assert!(!p.join_timeout(SHORT).unwrap());
-        assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+        assert!(after_short(|| !p.join_timeout(SHORT).unwrap()));
         assert_eq!(p.exitcode(), None);
         assert!(p.is_alive());
         if kill {
@@ -170,9 +181,10 @@ fn queue_put_full() {
     assert!(q.full());
     assert_eq!(q.qsize(), 6);
     assert!(matches!(q.try_put(7), Err(TryPutError::Full(7))));
-    let t = Instant::now();
-    assert!(matches!(q.put_timeout(7, SHORT), Err(TryPutError::Full(7))));
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| matches!(
+        q.put_timeout(7, SHORT),
+        Err(TryPutError::Full(7))
+    )));
     // A child takes them all, in order.
     fn drain(q: Queue<i32>) -> Vec<i32> {
         (0..6).map(|_| q.get().unwrap()).collect()
@@ -190,9 +202,10 @@ fn queue_get_empty() {
     multiproc::init();
     let q = Queue::<i32>::new().unwrap();
     assert!(matches!(q.try_get(), Err(Error::Empty)));
-    let t = Instant::now();
-    assert!(matches!(q.get_timeout(SHORT), Err(Error::Empty)));
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| matches!(
+        q.get_timeout(SHORT),
+        Err(Error::Empty)
+    )));
     fn put_some(q: Queue<i32>) {
         for i in 0..3 {
             q.put(i).unwrap();
@@ -322,9 +335,7 @@ fn semaphore_value_and_timeout() {
     assert!(s.try_acquire());
     assert_eq!(s.get_value(), 0);
     assert!(!s.try_acquire());
-    let t = Instant::now();
-    assert!(!s.acquire_timeout(SHORT));
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| !s.acquire_timeout(SHORT)));
     s.release().unwrap();
     assert_eq!(s.get_value(), 1);
     s.release().unwrap();
@@ -356,9 +367,7 @@ fn event_semantics() {
     let e = Event::new().unwrap();
     assert!(!e.is_set());
     assert!(!e.wait_timeout(Duration::ZERO));
-    let t = Instant::now();
-    assert!(!e.wait_timeout(SHORT));
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| !e.wait_timeout(SHORT)));
     e.set();
     assert!(e.is_set());
     assert!(e.wait_timeout(Duration::ZERO));
@@ -436,9 +445,7 @@ fn condition_wait_result() {
     multiproc::init();
     let c = Condition::new().unwrap();
     c.acquire().unwrap();
-    let t = Instant::now();
-    assert!(!c.wait_timeout(SHORT).unwrap());
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| !c.wait_timeout(SHORT).unwrap()));
     fn notifier(c: Condition) {
         c.acquire().unwrap();
         c.notify(1).unwrap();
@@ -459,9 +466,9 @@ fn condition_wait_for() {
     let c = Condition::new().unwrap();
     let state = Value::new(0i32).unwrap();
     c.acquire().unwrap();
-    let t = Instant::now();
-    assert!(!c.wait_for(|| state.get() == 4, Some(SHORT)).unwrap());
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| !c
+        .wait_for(|| state.get() == 4, Some(SHORT))
+        .unwrap()));
     c.release().unwrap();
     fn bump((c, state): (Condition, Value<i32>)) {
         for _ in 0..4 {
@@ -667,9 +674,7 @@ fn connection_semantics() {
     let (ours, theirs) = multiproc::pipe::<Vec<i32>>().unwrap();
     let h = multiproc::spawn(echo, theirs).unwrap();
     assert!(!ours.poll(Some(Duration::ZERO)).unwrap());
-    let t = Instant::now();
-    assert!(!ours.poll(Some(SHORT)).unwrap());
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| !ours.poll(Some(SHORT)).unwrap()));
 
     // Objects round trip (through bytes, as the child echoes raw bytes).
     let seq = vec![1, 2, 3];
@@ -878,9 +883,10 @@ fn pool_async_result_timeout() {
     started.wait();
     assert!(!r.ready());
     assert!(matches!(r.successful(), Err(Error::InvalidOperation(_))));
-    let t = Instant::now();
-    assert!(matches!(r.get_timeout(SHORT), Err(Error::Timeout)));
-    assert!(t.elapsed() >= SHORT - Duration::from_millis(10));
+    assert!(after_short(|| matches!(
+        r.get_timeout(SHORT),
+        Err(Error::Timeout)
+    )));
     assert!(!r.wait_timeout(Duration::ZERO));
     go.set();
     assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), 49);
