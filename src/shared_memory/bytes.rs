@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -54,7 +55,20 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct SharedBytes {
     /// `None` for no bytes (a memory file cannot be mapped empty).
-    mem: Option<Arc<SealedBytes>>,
+    mem: Option<Arc<Sealed>>,
+}
+
+/// The mapping, and the sealed file to send on.
+struct Sealed {
+    bytes: SealedBytes,
+    fd: OwnedFd,
+}
+
+impl Sealed {
+    fn map(fd: OwnedFd, len: usize) -> std::io::Result<Option<Arc<Sealed>>> {
+        let bytes = SealedBytes::from_fd_lazy(fd.as_fd(), len)?;
+        Ok(Some(Arc::new(Sealed { bytes, fd })))
+    }
 }
 
 impl SharedBytes {
@@ -93,9 +107,8 @@ impl SharedBytes {
         if len == 0 {
             return Ok(SharedBytes { mem: None });
         }
-        let fd = file.seal()?;
         Ok(SharedBytes {
-            mem: Some(Arc::new(SealedBytes::from_fd_lazy(fd, len)?)),
+            mem: Sealed::map(file.seal()?, len)?,
         })
     }
 
@@ -106,7 +119,7 @@ impl SharedBytes {
     /// assert_eq!(b.as_slice(), b"abc");
     /// ```
     pub fn as_slice(&self) -> &[u8] {
-        self.mem.as_deref().map_or(&[], SealedBytes::as_slice)
+        self.mem.as_deref().map_or(&[], |m| m.bytes.as_slice())
     }
 }
 
@@ -142,7 +155,7 @@ impl Eq for SharedBytes {}
 /// The wire form: the length, and the sealed file as a handle (none for no bytes).
 impl Serialize for SharedBytes {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let fd = self.mem.as_deref().map(|m| FdRef(m.fd()));
+        let fd = self.mem.as_deref().map(|m| FdRef(m.fd.as_fd()));
         (self.len() as u64, fd).serialize(s)
     }
 }
@@ -158,10 +171,8 @@ impl<'de> Deserialize<'de> for SharedBytes {
         };
         match (usize::try_from(len), fd) {
             (Ok(0), None) => Ok(SharedBytes { mem: None }),
-            (Ok(len), Some(FdOwned(fd))) if len > 0 => SealedBytes::from_fd_lazy(fd, len)
-                .map(|m| SharedBytes {
-                    mem: Some(Arc::new(m)),
-                })
+            (Ok(len), Some(FdOwned(fd))) if len > 0 => Sealed::map(fd, len)
+                .map(|mem| SharedBytes { mem })
                 .map_err(|e| bad(e.to_string())),
             _ => Err(bad(format!("{len} bytes do not match the handle sent"))),
         }

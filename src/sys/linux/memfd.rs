@@ -486,7 +486,6 @@ impl MessageFile {
 pub(crate) struct SealedBytes {
     ptr: NonNull<u8>,
     len: usize,
-    fd: OwnedFd,
 }
 
 // SAFETY: immutable memory, readable from any thread.
@@ -497,17 +496,18 @@ unsafe impl Sync for SealedBytes {}
 impl SealedBytes {
     /// Maps `fd`, which must be sealed against writes and resizing and be `len` bytes long,
     /// with its page tables filled at once (for bytes about to be read whole).
+    /// The descriptor is closed once mapped.
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<SealedBytes> {
-        SealedBytes::map(fd, len, true)
+        SealedBytes::map(fd.as_fd(), len, true)
     }
 
-    /// Like [`from_fd`](Self::from_fd), but pages are mapped as they are first read: the
-    /// mapping is made at once whatever its size.
-    pub(crate) fn from_fd_lazy(fd: OwnedFd, len: usize) -> io::Result<SealedBytes> {
+    /// Like [`from_fd`](Self::from_fd), but pages are mapped as they are first read (the
+    /// mapping is made at once whatever its size), and the descriptor stays the caller's.
+    pub(crate) fn from_fd_lazy(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
         SealedBytes::map(fd, len, false)
     }
 
-    fn map(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SealedBytes> {
+    fn map(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::Result<SealedBytes> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a sealed segment"))?;
         if !seals.contains(SIZE_SEALS | SealFlags::WRITE) {
@@ -534,12 +534,7 @@ impl SealedBytes {
             )?
         };
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(SealedBytes { ptr, len, fd })
-    }
-
-    /// The sealed file, to send to another process.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        Ok(SealedBytes { ptr, len })
     }
 
     /// The bytes.
