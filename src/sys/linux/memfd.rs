@@ -509,11 +509,11 @@ impl SealedBytes {
 
     fn map(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::Result<SealedBytes> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a sealed segment"))?;
+        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| bad("not a sealed segment"))?;
         if !seals.contains(SIZE_SEALS | SealFlags::WRITE) {
             return Err(bad("segment is not sealed read-only"));
         }
-        let st = rustix::fs::fstat(&fd)?;
+        let st = rustix::fs::fstat(fd)?;
         if usize::try_from(st.st_size).ok() != Some(len) || len == 0 {
             return Err(bad("segment has the wrong size"));
         }
@@ -529,7 +529,7 @@ impl SealedBytes {
                 } else {
                     MapFlags::SHARED
                 },
-                &fd,
+                fd,
                 0,
             )?
         };
