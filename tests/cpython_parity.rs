@@ -960,3 +960,502 @@ fn pool_maxtasksperchild() {
     assert_eq!(pids.len(), 5, "each task should run in a fresh worker");
     assert!(Pool::builder().maxtasksperchild(0).build().is_err());
 }
+
+// --- batch 2: more of _TestProcess, _TestQueue (shutdown), _TestLock, _TestBarrier, ... ------
+
+/// `_TestProcess.test_recursion`: processes start processes; the tree is walked depth
+/// first, each child joined before the next starts.
+#[test]
+fn process_recursion() {
+    multiproc::init();
+    fn recurse((q, id): (Queue<Vec<u8>>, Vec<u8>)) {
+        q.put(id.clone()).unwrap();
+        if id.len() < 2 {
+            for i in 0..2 {
+                let mut next = id.clone();
+                next.push(i);
+                let mut p = Process::new(recurse, (q.clone(), next));
+                p.start().unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(0));
+            }
+        }
+    }
+    let q = Queue::new().unwrap();
+    recurse((q.clone(), vec![]));
+    let got: Vec<Vec<u8>> = std::iter::from_fn(|| q.try_get().ok()).collect();
+    let want: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0, 0],
+        vec![0, 1],
+        vec![1],
+        vec![1, 0],
+        vec![1, 1],
+    ];
+    assert_eq!(got, want);
+}
+
+/// `_TestProcess.test_parent_process_attributes`: the child's `parent_process()` has the
+/// parent's pid and name.
+#[test]
+fn process_parent_attributes() {
+    multiproc::init();
+    fn report(_: ()) -> (u32, String) {
+        let p = multiproc::parent_process().unwrap();
+        (p.pid(), p.name().to_string())
+    }
+    let (pid, name) = multiproc::spawn(report, ()).unwrap().join().unwrap();
+    assert_eq!(pid, std::process::id());
+    assert_eq!(name, multiproc::current_process().name());
+}
+
+/// `_TestProcess.test_active_children`: a started child is listed, a joined one is not.
+#[test]
+fn process_active_children() {
+    multiproc::init();
+    fn wait_on(e: Event) {
+        e.wait()
+    }
+    let e = Event::new().unwrap();
+    let mut p = Process::new(wait_on, e.clone()).with_daemon(true);
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    assert!(multiproc::active_children().iter().any(|c| c.pid() == pid));
+    e.set();
+    p.join().unwrap();
+    assert!(!multiproc::active_children().iter().any(|c| c.pid() == pid));
+}
+
+/// `_TestQueue.test_qsize`: exact counts as items come and go.
+#[test]
+fn queue_qsize() {
+    let q = Queue::<i32>::new().unwrap();
+    assert_eq!(q.qsize(), 0);
+    q.put(1).unwrap();
+    assert_eq!(q.qsize(), 1);
+    q.put(5).unwrap();
+    assert_eq!(q.qsize(), 2);
+    q.get().unwrap();
+    assert_eq!(q.qsize(), 1);
+    q.get().unwrap();
+    assert_eq!(q.qsize(), 0);
+}
+
+/// `_TestQueue.test_fork`: items put before and after a child starts (and by the child)
+/// all arrive in order.
+#[test]
+fn queue_items_from_parent_and_child() {
+    multiproc::init();
+    fn put_more(q: Queue<i32>) {
+        for i in 10..20 {
+            q.put(i).unwrap();
+        }
+    }
+    let q = Queue::new().unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    let h = multiproc::spawn(put_more, q.clone()).unwrap();
+    for i in 0..20 {
+        assert_eq!(q.get().unwrap(), i);
+    }
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    h.join().unwrap();
+}
+
+fn join_queue(q: JoinableQueue<String>) -> bool {
+    q.join().is_ok()
+}
+
+/// `_TestQueue.test_shutdown_empty`: shutting down an empty queue releases a `join`er;
+/// `put`/`put_nowait`/`get`/`get_nowait` then raise `ShutDown`, in any process.
+#[test]
+fn queue_shutdown_empty() {
+    multiproc::init();
+    fn put_in(q: Queue<String>) -> bool {
+        matches!(q.put("data".into()), Err(Error::ShutDown))
+    }
+    fn get_in(q: Queue<String>) -> bool {
+        matches!(q.get(), Err(Error::ShutDown))
+    }
+    let q = JoinableQueue::<String>::new().unwrap();
+    let joiner = multiproc::spawn(join_queue, q.clone()).unwrap();
+    q.shutdown();
+    assert!(joiner.join().unwrap());
+    assert_eq!(q.qsize(), 0);
+    assert!(q.is_shutdown());
+    let plain: Queue<String> = (*q).clone();
+    assert!(multiproc::spawn(put_in, plain.clone())
+        .unwrap()
+        .join()
+        .unwrap());
+    assert!(matches!(
+        q.try_put("data".into()),
+        Err(TryPutError::Failed(_, Error::ShutDown))
+    ));
+    assert!(multiproc::spawn(get_in, plain).unwrap().join().unwrap());
+    assert!(matches!(q.try_get(), Err(Error::ShutDown)));
+}
+
+/// `_TestQueue.test_shutdown_nonempty`: after a non-immediate shutdown the item left can
+/// still be taken; `join` waits for its `task_done`; further puts and gets raise. (CPython
+/// takes the item in a child that then exits; here the parent takes it, see
+/// `joinable_queue_item_taken_by_exited_child`.)
+#[test]
+fn queue_shutdown_nonempty() {
+    multiproc::init();
+    let q = JoinableQueue::<String>::bounded(1).unwrap();
+    q.put("data".into()).unwrap();
+    let joiner = multiproc::spawn(join_queue, q.clone()).unwrap();
+    q.shutdown();
+    assert_eq!(q.qsize(), 1);
+    assert_eq!(q.get().unwrap(), "data");
+    assert!(
+        !q.join_timeout(SHORT).unwrap(),
+        "join returned with a task not done"
+    );
+    assert!(matches!(q.put("data".into()), Err(Error::ShutDown)));
+    assert!(matches!(q.get(), Err(Error::ShutDown)));
+    q.task_done().unwrap();
+    assert!(joiner.join().unwrap());
+}
+
+/// The part of `_TestQueue.test_shutdown_nonempty` that differs on purpose: CPython's child
+/// takes the item and exits, and the parent calls `task_done` for it. Here a process that
+/// ends holding items it has not marked done is a dead consumer: `join` reports
+/// `ConsumerDied` with the count and counts them done, so that `join` cannot wait for ever
+/// (see `JoinableQueue::join` and docs/differences.md).
+#[test]
+fn joinable_queue_item_taken_by_exited_child() {
+    multiproc::init();
+    fn get_one(q: Queue<String>) -> String {
+        q.get().unwrap()
+    }
+    let q = JoinableQueue::<String>::new().unwrap();
+    q.put("data".into()).unwrap();
+    let pid = {
+        let h = multiproc::spawn(get_one, (*q).clone()).unwrap();
+        let pid = h.pid();
+        assert_eq!(h.join().unwrap(), "data");
+        pid
+    };
+    match q.join() {
+        Err(Error::ConsumerDied { pid: p, items }) => assert_eq!((p, items), (pid, 1)),
+        other => panic!("expected ConsumerDied, got {other:?}"),
+    }
+    q.join().unwrap();
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+}
+
+/// `_TestQueue.test_shutdown_immediate`: the items left are dropped, a `join`er is
+/// released, and one `task_done` too many raises `ValueError`.
+#[test]
+fn queue_shutdown_immediate() {
+    multiproc::init();
+    let q = JoinableQueue::<String>::new().unwrap();
+    q.put("data".into()).unwrap();
+    let joiner = multiproc::spawn(join_queue, q.clone()).unwrap();
+    q.shutdown_immediate();
+    assert!(joiner.join().unwrap());
+    assert_eq!(q.qsize(), 0);
+    assert!(matches!(q.put("data".into()), Err(Error::ShutDown)));
+    assert!(matches!(q.get(), Err(Error::ShutDown)));
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+}
+
+/// `_TestQueue.test_shutdown_immediate_with_unfinished`: an item taken before an immediate
+/// shutdown still needs its `task_done` before `join` returns.
+#[test]
+fn queue_shutdown_immediate_with_unfinished() {
+    multiproc::init();
+    let q = JoinableQueue::<String>::new().unwrap();
+    q.put("data".into()).unwrap();
+    q.put("data".into()).unwrap();
+    let joiner = multiproc::spawn(join_queue, q.clone()).unwrap();
+    assert_eq!(q.get().unwrap(), "data");
+    q.shutdown_immediate();
+    assert_eq!(q.qsize(), 0);
+    assert!(
+        !q.join_timeout(SHORT).unwrap(),
+        "join returned with a task not done"
+    );
+    assert!(matches!(q.put("data".into()), Err(Error::ShutDown)));
+    assert!(matches!(q.try_get(), Err(Error::ShutDown)));
+    q.task_done().unwrap();
+    assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
+    assert!(joiner.join().unwrap());
+}
+
+/// `_TestLock.test_lock_locked_2processes` and `test_rlock_locked_2processes`: a lock held
+/// by a child shows as locked in the parent (and in the child).
+#[test]
+fn locks_locked_across_processes() {
+    multiproc::init();
+    fn hold_lock((l, held, res): (Lock, Event, Value<u8>)) {
+        l.acquire().unwrap();
+        res.set(l.is_locked() as u8);
+        held.set();
+    }
+    fn hold_rlock((l, held, res): (RLock, Event, Value<u8>)) {
+        l.acquire().unwrap();
+        res.set(l.is_locked() as u8);
+        held.set();
+    }
+    let (lock, held, res) = (
+        Lock::new().unwrap(),
+        Event::new().unwrap(),
+        Value::new(0u8).unwrap(),
+    );
+    let mut p = Process::new(hold_lock, (lock.clone(), held.clone(), res.clone()));
+    p.start().unwrap();
+    held.wait();
+    assert!(lock.is_locked());
+    assert_eq!(res.get(), 1);
+    p.join().unwrap();
+
+    let (rlock, held, res) = (
+        RLock::new().unwrap(),
+        Event::new().unwrap(),
+        Value::new(0u8).unwrap(),
+    );
+    let mut p = Process::new(hold_rlock, (rlock.clone(), held.clone(), res.clone()));
+    p.start().unwrap();
+    held.wait();
+    assert!(rlock.is_locked());
+    assert!(!rlock.is_owned());
+    assert_eq!(res.get(), 1);
+    p.join().unwrap();
+}
+
+/// `_TestCondition.test_notify_all`'s first half: waiters with a timeout all time out and
+/// leave the condition usable; the second half then wakes a new set with `notify_all`.
+#[test]
+fn condition_waiters_time_out_then_notify_all() {
+    multiproc::init();
+    fn timed_waiter((c, sleeping, woken): (Condition, Semaphore, Semaphore)) -> bool {
+        c.acquire().unwrap();
+        sleeping.release().unwrap();
+        let notified = c.wait_timeout(SHORT).unwrap();
+        woken.release().unwrap();
+        c.release().unwrap();
+        notified
+    }
+    let c = Condition::new().unwrap();
+    let (sleeping, woken) = (Semaphore::new(0).unwrap(), Semaphore::new(0).unwrap());
+    let kids: Vec<_> = (0..3)
+        .map(|_| {
+            multiproc::spawn(timed_waiter, (c.clone(), sleeping.clone(), woken.clone())).unwrap()
+        })
+        .collect();
+    for _ in 0..3 {
+        sleeping.acquire();
+    }
+    for _ in 0..3 {
+        woken.acquire();
+    }
+    for k in kids {
+        assert!(!k.join().unwrap(), "a timed-out wait said it was notified");
+    }
+    let kids: Vec<_> = (0..3)
+        .map(|_| {
+            multiproc::spawn(cond_waiter, (c.clone(), sleeping.clone(), woken.clone())).unwrap()
+        })
+        .collect();
+    for _ in 0..3 {
+        sleeping.acquire();
+    }
+    c.acquire().unwrap();
+    c.notify_all().unwrap();
+    c.release().unwrap();
+    for _ in 0..3 {
+        woken.acquire();
+    }
+    for k in kids {
+        assert!(k.join().unwrap());
+    }
+    // notify with nobody waiting does nothing.
+    c.acquire().unwrap();
+    c.notify(3).unwrap();
+    c.release().unwrap();
+    assert_eq!(woken.get_value(), 0);
+}
+
+/// `_TestBarrier.test_default_timeout`: a barrier's default timeout breaks it when a party
+/// is late.
+#[test]
+fn barrier_default_timeout() {
+    let b = Barrier::builder(2).timeout(SHORT).build().unwrap();
+    assert!(after_short(|| matches!(
+        b.wait(),
+        Err(Error::BrokenBarrier)
+    )));
+    assert!(b.broken());
+}
+
+/// `_TestBarrier.test_thousand` (200 passes here): five processes pass the barrier in
+/// lockstep, each reporting its pass through a pipe under a lock.
+#[test]
+fn barrier_many_passes() {
+    multiproc::init();
+    const PASSES: u32 = 200;
+    fn passes((b, conn, lock): (Barrier, multiproc::Connection<u32>, Lock)) {
+        for i in 0..PASSES {
+            b.wait().unwrap();
+            let _g = lock.lock().unwrap();
+            conn.send(&i).unwrap();
+        }
+    }
+    let b = Barrier::new(5).unwrap();
+    let lock = Lock::new().unwrap();
+    let (rx, tx) = multiproc::pipe_simplex::<u32>().unwrap();
+    let kids: Vec<_> = (0..5)
+        .map(|_| multiproc::spawn(passes, (b.clone(), tx.clone(), lock.clone())).unwrap())
+        .collect();
+    drop(tx);
+    for i in 0..PASSES {
+        for _ in 0..5 {
+            assert_eq!(rx.recv().unwrap(), i);
+        }
+    }
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert!(matches!(rx.recv(), Err(Error::Eof)));
+}
+
+/// `_TestArray.test_array`: a child turns the array into its prefix sums.
+#[test]
+fn array_prefix_sums_in_child() {
+    multiproc::init();
+    fn f(a: Array<i32>) {
+        let mut g = a.lock().unwrap();
+        for i in 1..g.len() {
+            g[i] += g[i - 1];
+        }
+    }
+    let mut seq = vec![680, 626, 934, 821, 150, 233, 548, 982, 714, 831];
+    let arr = Array::from_slice(&seq).unwrap();
+    assert_eq!(arr.len(), seq.len());
+    assert_eq!(arr.at(3), seq[3]);
+    for (i, v) in [1, 2, 3, 4].into_iter().enumerate() {
+        arr.set(4 + i, v);
+        seq[4 + i] = v;
+    }
+    assert_eq!(arr.to_vec(), seq);
+    for i in 1..seq.len() {
+        seq[i] += seq[i - 1];
+    }
+    multiproc::spawn(f, arr.clone()).unwrap().join().unwrap();
+    assert_eq!(arr.to_vec(), seq);
+}
+
+/// `_TestConnection.test_connection`'s big message, `readable`/`writable` and
+/// `test_spawn_close`: a 16 MiB message round trips through a child whose end the parent
+/// closed right after starting it.
+#[test]
+fn connection_big_message_and_spawn_close() {
+    multiproc::init();
+    fn echo(conn: multiproc::Connection<()>) {
+        while let Ok(b) = conn.recv_bytes() {
+            if b.is_empty() {
+                return;
+            }
+            conn.send_bytes(&b).unwrap();
+        }
+    }
+    let (conn, child_conn) = multiproc::pipe::<()>().unwrap();
+    let mut p = Process::new(echo, child_conn.clone());
+    p.start().unwrap();
+    child_conn.close();
+    assert!(conn.readable() && conn.writable());
+    conn.send_bytes(b"hello").unwrap();
+    assert_eq!(conn.recv_bytes().unwrap(), b"hello");
+    let big = vec![b'X'; 16 << 20];
+    conn.send_bytes(&big).unwrap();
+    assert!(conn.recv_bytes().unwrap() == big);
+    conn.send_bytes(b"").unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(matches!(conn.recv_bytes(), Err(Error::Eof)));
+}
+
+/// `_TestConnection.test_duplex_false`'s flags: the reader is readable only, the writer
+/// writable only, and `writer.poll()` raises.
+#[test]
+fn connection_simplex_flags() {
+    let (reader, writer) = multiproc::pipe_simplex::<i32>().unwrap();
+    assert!(reader.readable() && !reader.writable());
+    assert!(!writer.readable() && writer.writable());
+    assert!(writer.poll(Some(Duration::ZERO)).is_err());
+}
+
+/// `_TestPool.test_context` / `test_enter`: once a pool is terminated, new work raises
+/// (`ValueError: Pool not running` in Python).
+#[test]
+fn pool_not_running_after_terminate() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(
+        pool.map_async(sqr, 0..10).get().unwrap(),
+        (0..10).map(sqr).collect::<Vec<_>>()
+    );
+    pool.terminate().unwrap();
+    pool.join().unwrap();
+    assert!(pool.map_async(sqr, 0..10).get().is_err());
+    assert!(pool.apply_async(sqr, 1).get().is_err());
+    assert!(pool.map(sqr, 0..10).is_err());
+}
+
+/// `_TestPoolWorkerLifetime.test_pool_worker_lifetime_early_close`: closing a pool whose
+/// workers run one task each, with tasks still queued, does not hang `join`; every task
+/// completes.
+#[test]
+fn pool_worker_lifetime_early_close() {
+    multiproc::init();
+    let pool = Pool::builder()
+        .processes(3)
+        .maxtasksperchild(1)
+        .build()
+        .unwrap();
+    let rs: Vec<_> = (0..6).map(|i| pool.apply_async(sqr, i)).collect();
+    pool.close();
+    pool.join().unwrap();
+    for (j, r) in rs.iter().enumerate() {
+        assert_eq!(r.get().unwrap(), sqr(j as i64));
+    }
+}
+
+/// `_TestPool.test_map_async_callbacks`: exactly one of the two callbacks runs, with the
+/// result list or the error.
+#[test]
+fn pool_map_async_one_callback() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let (c1, c2) = (calls.clone(), calls.clone());
+    let r = pool.map_async(raise_on_5, vec![1]);
+    r.on_done(move |v: &Vec<i64>| {
+        assert_eq!(v, &vec![1]);
+        c1.fetch_add(1, Ordering::SeqCst);
+    });
+    r.on_error(move |_: &Error| {
+        c2.fetch_add(100, Ordering::SeqCst);
+    });
+    r.wait();
+    assert_eq!(r.get().unwrap(), vec![1]);
+    let r = pool.map_async(raise_on_5, vec![5]);
+    let (c3, c4) = (calls.clone(), calls.clone());
+    r.on_done(move |_: &Vec<i64>| {
+        c3.fetch_add(1000, Ordering::SeqCst);
+    });
+    r.on_error(move |_: &Error| {
+        c4.fetch_add(10, Ordering::SeqCst);
+    });
+    r.wait();
+    assert!(r.get().is_err());
+    assert!(common::eventually(Duration::from_secs(30), || calls
+        .load(Ordering::SeqCst)
+        == 11));
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
+}
