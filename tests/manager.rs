@@ -1671,3 +1671,91 @@ fn large_values_round_trip_through_a_proxy_without_descriptor_growth() {
         "descriptors grow with large values"
     );
 }
+
+/// Takes items for ever, writing each down (a killed getter loses at most the one item it
+/// holds between the two).
+fn getter((q, got): (QueueProxy<u64>, ListProxy<u64>)) {
+    while let Ok(x) = q.get() {
+        if got.push(x).is_err() {
+            return;
+        }
+    }
+}
+
+/// Getters blocked in `get` on a manager queue, SIGKILLed at random moments while items
+/// trickle in: no item is given twice, each kill costs at most the one item its getter
+/// held, and items put once every getter is dead all stay in the queue (an answer to a
+/// dead client is never taken for delivered).
+#[test]
+fn getters_killed_at_random_moments_lose_at_most_the_item_they_held() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let q = m.queue::<u64>().unwrap();
+    let got = m.list(Vec::<u64>::new()).unwrap();
+    let start = || {
+        let mut p = Process::new(getter, (q.clone(), got.clone()));
+        p.start().unwrap();
+        p
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut below = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut getters: Vec<Process> = (0..3).map(|_| start()).collect();
+    let (mut next, mut kills) = (0u64, 0u64);
+    for _ in 0..12 {
+        for _ in 0..below(8) {
+            q.put(next).unwrap();
+            next += 1;
+        }
+        std::thread::sleep(Duration::from_micros(below(2000)));
+        let victim = getters.remove(below(getters.len() as u64) as usize);
+        victim.kill().unwrap();
+        victim.join().unwrap();
+        kills += 1;
+        getters.push(start());
+    }
+    for p in getters {
+        p.kill().unwrap();
+        p.join().unwrap();
+        kills += 1;
+    }
+    let last = next;
+    for _ in 0..20 {
+        q.put(next).unwrap();
+        next += 1;
+    }
+    let mut left = Vec::new();
+    while !q.empty().unwrap() {
+        left.push(q.get_timeout(Duration::from_secs(10)).unwrap());
+    }
+    let taken = got.to_vec().unwrap();
+    let mut all: Vec<u64> = taken.iter().chain(&left).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        taken.len() + left.len(),
+        "an item was given twice"
+    );
+    assert!(all.iter().all(|x| *x < next));
+    assert!(
+        (last..next).all(|x| left.contains(&x)),
+        "items put after every getter died were taken: {left:?}"
+    );
+    let lost = next - all.len() as u64;
+    eprintln!(
+        "{next} items: {} taken, {} left, {lost} lost in {kills} kills",
+        taken.len(),
+        left.len()
+    );
+    assert!(lost <= kills, "{lost} items lost in {kills} kills");
+}
