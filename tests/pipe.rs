@@ -910,3 +910,64 @@ fn file_descriptors_travel_as_handles_and_inside_messages() {
     drop((a, b));
     assert_eq!(fd_count(), fds);
 }
+
+/// Takes messages for ever from a shared end; says it is ready first.
+fn take_forever((conn, ready): (Connection<()>, multiproc::Event)) {
+    ready.set();
+    while conn.recv_bytes().is_ok() {}
+}
+
+/// Message `i` of the random-kill test: its number, then a size that travels each of a
+/// pipe's ways (a ring record, the large-message area, a sealed memory file).
+fn numbered(i: u64) -> Vec<u8> {
+    let len = [16, 100 << 10, 3 << 20][(i % 3) as usize];
+    let mut m = vec![i as u8; len];
+    m[..8].copy_from_slice(&i.to_le_bytes());
+    m
+}
+
+/// Receivers sharing one end, SIGKILLed at random moments while messages of every size
+/// stream in: whatever is left afterwards comes out whole, `poll` says ready only when a
+/// message can be received at once, and a message sent after the last kill arrives.
+#[test]
+fn receivers_killed_at_random_moments_leave_the_pipe_working() {
+    multiproc::init();
+    let (rx, tx) = pipe_simplex::<()>().unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut below = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut next = 0u64;
+    for _ in 0..8 {
+        let a = start_sharing(take_forever, rx.clone());
+        let b = start_sharing(take_forever, rx.clone());
+        // Enough that the receivers are busy when the kills land; a full pipe would wait.
+        for _ in 0..below(12) + 1 {
+            tx.send_bytes(&numbered(next)).unwrap();
+            next += 1;
+        }
+        std::thread::sleep(Duration::from_micros(below(3000)));
+        a.kill().unwrap();
+        std::thread::sleep(Duration::from_micros(below(1000)));
+        b.kill().unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
+        // What the dead left: each message whole; poll never promises one that is not there.
+        while rx.poll(Some(Duration::ZERO)).unwrap() {
+            let m = recv_within(&rx, PATIENCE).unwrap();
+            let i = u64::from_le_bytes(m[..8].try_into().unwrap());
+            assert!(m == numbered(i), "message {i} is not whole");
+        }
+        tx.send_bytes(b"after the kills").unwrap();
+        assert!(rx.poll(Some(PATIENCE)).unwrap());
+        assert_eq!(recv_within(&rx, PATIENCE).unwrap(), b"after the kills");
+    }
+}
