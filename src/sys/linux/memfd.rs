@@ -413,8 +413,8 @@ pub(crate) fn sealed_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
     f.seal()
 }
 
-/// A memory file being filled with one message, then sealed read-only ([`seal`]
-/// (MessageFile::seal)) to travel by descriptor: [`sealed_copy`] in one go, or the codec
+/// A memory file being filled with one message, then sealed read-only
+/// ([`seal`](MessageFile::seal)) to travel by descriptor: [`sealed_copy`] in one go, or the codec
 /// writing a large value straight into it, piece by piece, with no copy of the whole value
 /// in between.
 ///
