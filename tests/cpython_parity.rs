@@ -1459,3 +1459,258 @@ fn pool_map_async_one_callback() {
         == 11));
     assert_eq!(calls.load(Ordering::SeqCst), 11);
 }
+
+// --- batch 3: _TestPoll, _TestListenerClient, _TestPicklingConnections -------------------------
+
+/// `_TestPoll.test_dont_merge`: messages keep their boundaries; `poll` stays true until
+/// each is read.
+#[test]
+fn poll_dont_merge() {
+    multiproc::init();
+    fn send_three(b: multiproc::Connection<()>) {
+        b.send_bytes(b"a").unwrap();
+        b.send_bytes(b"b").unwrap();
+        b.send_bytes(b"cd").unwrap();
+    }
+    let (a, b) = multiproc::pipe::<()>().unwrap();
+    assert!(!a.poll(Some(Duration::ZERO)).unwrap());
+    assert!(after_short(|| !a.poll(Some(SHORT)).unwrap()));
+    let h = multiproc::spawn(send_three, b).unwrap();
+    assert_eq!(a.recv_bytes().unwrap(), b"a");
+    assert!(a.poll(Some(Duration::from_secs(30))).unwrap());
+    assert!(a.poll(Some(Duration::from_secs(30))).unwrap());
+    assert_eq!(a.recv_bytes().unwrap(), b"b");
+    assert!(a.poll(Some(Duration::from_secs(30))).unwrap());
+    assert!(a.poll(Some(Duration::ZERO)).unwrap());
+    assert_eq!(a.recv_bytes().unwrap(), b"cd");
+    h.join().unwrap();
+}
+
+/// `_TestPoll.test_strings`: a sequence with empty messages among others arrives intact.
+#[test]
+fn poll_strings() {
+    multiproc::init();
+    fn send_all((b, strings): (multiproc::Connection<()>, Vec<Vec<u8>>)) {
+        for s in strings {
+            b.send_bytes(&s).unwrap();
+        }
+    }
+    let strings: Vec<Vec<u8>> = [&b"hello"[..], b"", b"a", b"b", b"", b"bye", b"", b"lop"]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+    let (a, b) = multiproc::pipe::<()>().unwrap();
+    let h = multiproc::spawn(send_all, (b, strings.clone())).unwrap();
+    for s in &strings {
+        assert!(a.poll(Some(Duration::from_secs(30))).unwrap());
+        assert_eq!(&a.recv_bytes().unwrap(), s);
+    }
+    h.join().unwrap();
+    assert!(matches!(a.recv_bytes(), Err(Error::Eof)));
+}
+
+/// `_TestPoll.test_boundaries`: a child polling a shared reading end does not take part
+/// of a message; the parent then reads a whole one.
+#[test]
+fn poll_boundaries() {
+    multiproc::init();
+    fn poll_it((r, polling): (multiproc::Connection<()>, Event)) -> bool {
+        polling.set();
+        r.poll(Some(Duration::from_secs(30))).unwrap()
+    }
+    let (r, w) = multiproc::pipe_simplex::<()>().unwrap();
+    let polling = Event::new().unwrap();
+    let h = multiproc::spawn(poll_it, (r.clone(), polling.clone())).unwrap();
+    polling.wait();
+    for m in [&b"first"[..], b"second"] {
+        w.send_bytes(m).unwrap();
+    }
+    w.close();
+    assert!(h.join().unwrap());
+    assert_eq!(r.recv_bytes().unwrap(), b"first");
+    assert_eq!(r.recv_bytes().unwrap(), b"second");
+    assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
+}
+
+/// `_TestListenerClient.test_listener_client` and `test_issue16955`: a child connects to
+/// a listener (TCP and Unix) and sends; a client's `poll` sees data the server sent.
+#[test]
+fn listener_client() {
+    multiproc::init();
+    use multiproc::connection::{Client, Listener};
+    fn say_hello(address: String) {
+        let c = Client::connect::<String>(address.as_str(), None).unwrap();
+        c.send(&"hello".to_string()).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("mp-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unix = dir.join("sock").to_string_lossy().into_owned();
+    for addr in ["127.0.0.1:0", unix.as_str()] {
+        let l = Listener::bind(addr, None).unwrap();
+        let h = multiproc::spawn(say_hello, l.address().to_string()).unwrap();
+        let conn = l.accept::<String>().unwrap();
+        assert_eq!(conn.recv().unwrap(), "hello");
+        h.join().unwrap();
+
+        let c = Client::connect::<()>(l.address().clone(), None).unwrap();
+        let a = l.accept::<()>().unwrap();
+        a.send_bytes(b"hello").unwrap();
+        assert!(c.poll(Some(Duration::from_secs(30))).unwrap());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `_TestListener.test_empty_authkey` (bpo-43952): an empty authkey is a valid key.
+#[test]
+fn listener_empty_authkey() {
+    use multiproc::connection::{Client, Listener};
+    let l = Listener::bind("127.0.0.1:0", Some(b"")).unwrap();
+    let addr = l.address().clone();
+    let t = std::thread::spawn(move || {
+        let c = Client::connect::<i32>(addr, Some(b"")).unwrap();
+        c.send(&1729).unwrap();
+    });
+    let d = l.accept::<i32>().unwrap();
+    assert_eq!(d.recv().unwrap(), 1729);
+    t.join().unwrap();
+}
+
+/// `_TestListener.test_multiple_bind`: binding an address already bound fails.
+#[test]
+fn listener_multiple_bind() {
+    use multiproc::connection::Listener;
+    let l = Listener::bind("127.0.0.1:0", None).unwrap();
+    assert!(Listener::bind(l.address().clone(), None).is_err());
+}
+
+/// `_TestPicklingConnections.test_access`: the ends of a pipe are sent to a child through
+/// another connection, and both directions work there.
+#[test]
+fn connections_sent_to_a_child() {
+    multiproc::init();
+    type Ends = multiproc::Connection<String>;
+    fn child_access(conn: multiproc::Connection<Ends>) {
+        let w = conn.recv().unwrap();
+        w.send(&"all is well".to_string()).unwrap();
+        drop(w);
+        let r = conn.recv().unwrap();
+        let msg = r.recv().unwrap();
+        // The channel carries connections only: the reply goes through a third one.
+        let reply = conn.recv().unwrap();
+        reply.send(&msg.repeat(2)).unwrap();
+    }
+    let (conn, child_conn) = multiproc::pipe::<Ends>().unwrap();
+    let h = multiproc::spawn(child_access, child_conn).unwrap();
+
+    let (r, w) = multiproc::pipe_simplex::<String>().unwrap();
+    conn.send(&w).unwrap();
+    drop(w);
+    assert_eq!(r.recv().unwrap(), "all is well");
+    drop(r);
+
+    let (r, w) = multiproc::pipe_simplex::<String>().unwrap();
+    conn.send(&r).unwrap();
+    drop(r);
+    w.send(&"foobar".to_string()).unwrap();
+    drop(w);
+    let (rx, tx) = multiproc::pipe_simplex::<String>().unwrap();
+    conn.send(&tx).unwrap();
+    drop(tx);
+    assert_eq!(rx.recv().unwrap(), "foobarfoobar");
+    h.join().unwrap();
+}
+
+// --- _TestContainers (managers) ---------------------------------------------------------------
+
+/// `_TestContainers.test_list`, `test_dict` and `test_namespace`: a list proxy extends,
+/// indexes (negative too) and pops; a dict proxy lists its keys, values and items; a
+/// namespace sets, reads and deletes attributes; a child's writes through the proxies are
+/// seen by the parent.
+#[test]
+fn manager_containers() {
+    multiproc::init();
+    let m = multiproc::Manager::start().unwrap();
+    let a = m.list(0..10).unwrap();
+    assert_eq!(a.to_vec().unwrap(), (0..10).collect::<Vec<i32>>());
+    let b = m.list(Vec::<i32>::new()).unwrap();
+    assert_eq!(b.to_vec().unwrap(), Vec::<i32>::new());
+    b.extend(0..5).unwrap();
+    assert_eq!(b.to_vec().unwrap(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(b.get(2).unwrap(), 2);
+    assert_eq!(b.get(-1).unwrap(), 4);
+    assert!(b.get(5).is_err());
+    assert_eq!(b.pop().unwrap(), 4);
+    assert_eq!(b.len().unwrap(), 4);
+
+    let d = m.dict::<i32, String>().unwrap();
+    for i in 65..70 {
+        d.insert(i, char::from(i as u8).to_string()).unwrap();
+    }
+    let mut keys = d.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, (65..70).collect::<Vec<_>>());
+    let mut values = d.values().unwrap();
+    values.sort();
+    assert_eq!(values, ["A", "B", "C", "D", "E"]);
+    let mut items = d.items().unwrap();
+    items.sort();
+    assert_eq!(items[0], (65, "A".to_string()));
+    assert_eq!(items.len(), 5);
+
+    let n = m.namespace().unwrap();
+    n.set("name", "Bob").unwrap();
+    n.set("job", "Builder").unwrap();
+    assert_eq!(n.get::<String>("name").unwrap(), "Bob");
+    assert_eq!(n.get::<String>("job").unwrap(), "Builder");
+    n.remove("job").unwrap();
+    assert!(n.get::<String>("job").is_err());
+
+    fn child_writes(
+        (l, d, n): (
+            multiproc::manager::ListProxy<i32>,
+            multiproc::manager::DictProxy<i32, String>,
+            multiproc::manager::NamespaceProxy,
+        ),
+    ) {
+        l.push(99).unwrap();
+        d.insert(1, "one".into()).unwrap();
+        n.set("job", "Plumber").unwrap();
+    }
+    multiproc::spawn(child_writes, (b.clone(), d.clone(), n.clone()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(b.get(-1).unwrap(), 99);
+    assert_eq!(d.get(&1).unwrap().as_deref(), Some("one"));
+    assert_eq!(n.get::<String>("job").unwrap(), "Plumber");
+}
+
+/// `threading.Condition`'s rule that CPython's `multiprocessing.Condition` keeps (asserted by
+/// `lock_tests.ConditionTests.test_unacquired_wait` / `test_unacquired_notify`): waiting or
+/// notifying without holding the lock raises `RuntimeError`.
+#[test]
+fn condition_unacquired_wait_and_notify() {
+    let c = Condition::new().unwrap();
+    assert!(c.wait_timeout(SHORT).is_err());
+    assert!(c.notify(1).is_err());
+    assert!(c.notify_all().is_err());
+    assert!(c.release().is_err());
+}
+
+/// `_TestLock.test_rlock`'s last assertion from another process: a child cannot release an
+/// RLock the parent holds.
+#[test]
+fn rlock_release_from_other_process() {
+    multiproc::init();
+    fn release_it(r: RLock) -> bool {
+        r.release().is_ok()
+    }
+    let r = RLock::new().unwrap();
+    r.acquire().unwrap();
+    assert!(!multiproc::spawn(release_it, r.clone())
+        .unwrap()
+        .join()
+        .unwrap());
+    assert!(r.is_owned());
+    r.release().unwrap();
+}
