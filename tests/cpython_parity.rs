@@ -1714,3 +1714,164 @@ fn rlock_release_from_other_process() {
     assert!(r.is_owned());
     r.release().unwrap();
 }
+
+// --- batch 4: _TestWait, _TestValue typecodes, _TestInitializers ------------------------------
+
+/// `_TestWait.test_wait` / `test_wait_integer`: waiting on connections and process sentinels
+/// together collects every message and every exit.
+#[test]
+fn wait_connections_and_sentinels() {
+    multiproc::init();
+    fn send_three((w, i): (multiproc::Connection<u32>, u32)) {
+        for k in 0..3 {
+            w.send(&(i * 10 + k)).unwrap();
+        }
+    }
+    let mut readers = Vec::new();
+    let mut procs = Vec::new();
+    for i in 0..4 {
+        let (r, w) = multiproc::pipe_simplex::<u32>().unwrap();
+        let mut p = Process::new(send_three, (w, i)).with_daemon(true);
+        p.start().unwrap();
+        readers.push(Some(r));
+        procs.push(p);
+    }
+    let mut got = Vec::new();
+    let mut ended = vec![false; procs.len()];
+    loop {
+        let mut objs: Vec<&dyn multiproc::connection::Waitable> = Vec::new();
+        let mut which = Vec::new();
+        for (i, r) in readers.iter().enumerate() {
+            if let Some(r) = r {
+                objs.push(r);
+                which.push((true, i));
+            }
+        }
+        for (i, p) in procs.iter().enumerate() {
+            if !ended[i] {
+                objs.push(p);
+                which.push((false, i));
+            }
+        }
+        if objs.is_empty() {
+            break;
+        }
+        for k in wait(&objs, Some(Duration::from_secs(60))).unwrap() {
+            let (is_conn, i) = which[k];
+            if is_conn {
+                match readers[i].as_ref().unwrap().recv() {
+                    Ok(v) => got.push(v),
+                    Err(Error::Eof) => readers[i] = None,
+                    Err(e) => panic!("{e:?}"),
+                }
+            } else {
+                ended[i] = true;
+            }
+        }
+    }
+    got.sort();
+    let want: Vec<u32> = (0..4)
+        .flat_map(|i| (0..3).map(move |k| i * 10 + k))
+        .collect();
+    assert_eq!(got, want);
+    for p in &procs {
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+}
+
+/// `_TestWait.test_wait_timeout`: nothing ready gives an empty list after the timeout; a
+/// message makes its connection ready at once.
+#[test]
+fn wait_timeout() {
+    let (a, b) = multiproc::pipe::<()>().unwrap();
+    assert!(after_short(|| wait(&[&a], Some(SHORT)).unwrap().is_empty()));
+    b.send_bytes(b"x").unwrap();
+    assert_eq!(wait(&[&a], Some(SHORT)).unwrap(), vec![0]);
+    assert_eq!(wait(&[&b, &a], Some(Duration::ZERO)).unwrap(), vec![1]);
+}
+
+/// `_TestValue.test_value` with CPython's typecodes `i`, `d`, `h`, `q` (2**33) and `c`:
+/// each keeps its value and takes a child's write.
+#[test]
+fn value_typecodes() {
+    multiproc::init();
+    type Vals = (Value<i32>, Value<f64>, Value<i16>, Value<i64>, Value<u8>);
+    fn write_all((i, d, h, q, c): Vals) {
+        i.set(24234);
+        d.set(-4.25);
+        h.set(234);
+        q.set(1 << 34);
+        c.set(b'y');
+    }
+    let vals: Vals = (
+        Value::new(4343).unwrap(),
+        Value::new(3.625).unwrap(),
+        Value::new(-232).unwrap(),
+        Value::new(1 << 33).unwrap(),
+        Value::new(b'x').unwrap(),
+    );
+    assert_eq!(
+        (
+            vals.0.get(),
+            vals.1.get(),
+            vals.2.get(),
+            vals.3.get(),
+            vals.4.get()
+        ),
+        (4343, 3.625, -232, 1 << 33, b'x')
+    );
+    multiproc::spawn(write_all, vals.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        (
+            vals.0.get(),
+            vals.1.get(),
+            vals.2.get(),
+            vals.3.get(),
+            vals.4.get()
+        ),
+        (24234, -4.25, 234, 1 << 34, b'y')
+    );
+}
+
+/// `_TestValue.test_getobj_getlock`: a value made with a given lock uses that lock.
+#[test]
+fn value_with_given_lock() {
+    multiproc::init();
+    let lock = Lock::new().unwrap();
+    let v = Value::with_lock(5i32, lock.clone()).unwrap();
+    let a = Array::with_lock(&[1i32, 2], lock.clone()).unwrap();
+    {
+        let _g = v.lock().unwrap();
+        assert!(lock.is_locked());
+        assert!(a.get_lock().is_locked());
+    }
+    assert!(!lock.is_locked());
+    lock.acquire().unwrap();
+    assert!(v.get_lock().is_locked());
+    lock.release().unwrap();
+}
+
+/// `_TestInitializers.test_pool_initializer`: each worker runs the initializer with its
+/// arguments (here it writes to a manager namespace, as in CPython).
+#[test]
+fn pool_initializer() {
+    multiproc::init();
+    fn initializer(ns: multiproc::manager::NamespaceProxy) {
+        ns.set("test", 1).unwrap();
+    }
+    let m = multiproc::Manager::start().unwrap();
+    let ns = m.namespace().unwrap();
+    ns.set("test", 0).unwrap();
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(initializer, ns.clone())
+        .build()
+        .unwrap();
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(ns.get::<i32>("test").unwrap(), 1);
+}
