@@ -1811,30 +1811,13 @@ fn value_typecodes() {
         Value::new(1 << 33).unwrap(),
         Value::new(b'x').unwrap(),
     );
-    assert_eq!(
-        (
-            vals.0.get(),
-            vals.1.get(),
-            vals.2.get(),
-            vals.3.get(),
-            vals.4.get()
-        ),
-        (4343, 3.625, -232, 1 << 33, b'x')
-    );
+    let read = |(i, d, h, q, c): &Vals| (i.get(), d.get(), h.get(), q.get(), c.get());
+    assert_eq!(read(&vals), (4343, 3.625, -232, 1 << 33, b'x'));
     multiproc::spawn(write_all, vals.clone())
         .unwrap()
         .join()
         .unwrap();
-    assert_eq!(
-        (
-            vals.0.get(),
-            vals.1.get(),
-            vals.2.get(),
-            vals.3.get(),
-            vals.4.get()
-        ),
-        (24234, -4.25, 234, 1 << 34, b'y')
-    );
+    assert_eq!(read(&vals), (24234, -4.25, 234, 1 << 34, b'y'));
 }
 
 /// `_TestValue.test_getobj_getlock`: a value made with a given lock uses that lock.
