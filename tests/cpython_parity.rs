@@ -1858,3 +1858,25 @@ fn pool_initializer() {
     pool.join().unwrap();
     assert_eq!(ns.get::<i32>("test").unwrap(), 1);
 }
+
+// --- batch 5: edge values -----------------------------------------------------------------
+
+/// Edge values CPython's tests and documentation fix: `Queue(maxsize=0)` is unbounded,
+/// `Array('i', 0)` is empty, `threading.Barrier(0)` raises `ValueError`, and
+/// `imap(chunksize=0)` raises `ValueError`.
+#[test]
+fn edge_values() {
+    multiproc::init();
+    let q = Queue::<u8>::bounded(0).unwrap();
+    for i in 0..100 {
+        q.try_put(i).unwrap();
+    }
+    assert!(!q.full());
+    assert_eq!(q.qsize(), 100);
+    let a = Array::<i32>::new(0).unwrap();
+    assert_eq!((a.len(), a.to_vec()), (0, vec![]));
+    assert!(Barrier::new(0).is_err());
+    let pool = Pool::new(1).unwrap();
+    let first = pool.imap_chunked(sqr, 0..10, 0).next();
+    assert!(matches!(first, Some(Err(_))), "{first:?}");
+}
