@@ -1880,3 +1880,24 @@ fn edge_values() {
     let first = pool.imap_chunked(sqr, 0..10, 0).next();
     assert!(matches!(first, Some(Err(_))), "{first:?}");
 }
+
+/// `_TestPool.test_map_no_failfast` (bpo-23992): after `map` raised for a failing task whose
+/// error is large (1 MiB), `close` and `join` do not deadlock; and `get(timeout)` of a
+/// result already there returns it at once.
+#[test]
+fn pool_map_no_failfast() {
+    multiproc::init();
+    fn raise_large(_: i32) -> i32 {
+        panic!("{}", "x".repeat(1 << 20));
+    }
+    let pool = Pool::new(2).unwrap();
+    match pool.map(raise_large, [0, 1]) {
+        Err(Error::TaskPanicked { message, .. }) => assert!(message.len() >= 1 << 20),
+        other => panic!("{other:?}"),
+    }
+    let r = pool.apply_async(sqr, 4);
+    r.wait();
+    assert_eq!(r.get_timeout(Duration::ZERO).unwrap(), 16);
+    pool.close();
+    pool.join().unwrap();
+}
