@@ -1093,13 +1093,14 @@ fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
 
 /// A reply whose bytes travel each of a pipe's three ways, by `x`: a sealed memory file on
 /// the socket (3 MiB), the large-message area (100 KiB), or a ring record (16 bytes).
-fn sized_reply(x: u64) -> (u64, Vec<u8>) {
+/// With the worker's pid.
+fn sized_reply(x: u64) -> (u64, u32, Vec<u8>) {
     let len = match x % 4 {
         0 => 3 << 20,
         1 => 100 << 10,
         _ => 16,
     };
-    (x, vec![x as u8; len])
+    (x, std::process::id(), vec![x as u8; len])
 }
 
 /// The pids of this process's children (from every thread's `children` list).
@@ -1150,6 +1151,7 @@ fn random_worker_kills(tasks: u64, kills: usize) {
     assert_eq!(pool.map(square, 0..6u64).unwrap().len(), 6);
     let mut rng = Rng::new();
     let started = AtomicU32::new(0);
+    let up = std::sync::Mutex::new(HashSet::new());
     let mut killed = Vec::new();
     let mut died = 0;
     std::thread::scope(|s| {
@@ -1166,7 +1168,14 @@ fn random_worker_kills(tasks: u64, kills: usize) {
                     continue;
                 }
                 std::thread::sleep(Duration::from_micros(rng.below(3000)));
-                let children = children_of_me();
+                // Workers that are up (have answered): a worker killed while it starts is
+                // another case (the pool gives up after three in a row in one slot).
+                let up = up.lock().unwrap();
+                let children: Vec<u32> = children_of_me()
+                    .into_iter()
+                    .filter(|p| up.contains(p))
+                    .collect();
+                drop(up);
                 if children.is_empty() {
                     continue;
                 }
@@ -1182,14 +1191,23 @@ fn random_worker_kills(tasks: u64, kills: usize) {
             }
             killed
         });
+        // The killer stops when the replies are in, or when this thread panics.
+        struct Done<'a>(&'a AtomicU32);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(u32::MAX, Ordering::SeqCst);
+            }
+        }
+        let done = Done(&started);
         let pending: Vec<_> = (0..tasks)
             .map(|x| pool.apply_async(sized_reply, x))
             .collect();
         for (x, r) in pending.iter().enumerate() {
             match r.get_timeout(Duration::from_secs(60)) {
-                Ok((y, bytes)) => {
+                Ok((y, pid, bytes)) => {
+                    up.lock().unwrap().insert(pid);
                     assert_eq!(y, x as u64);
-                    assert_eq!(bytes, sized_reply(y).1, "task {x}'s reply");
+                    assert_eq!(bytes, sized_reply(y).2, "task {x}'s reply");
                 }
                 Err(Error::WorkerDied {
                     signal: Some(9), ..
@@ -1198,7 +1216,7 @@ fn random_worker_kills(tasks: u64, kills: usize) {
             }
             started.fetch_add(1, Ordering::SeqCst);
         }
-        started.store(u32::MAX, Ordering::SeqCst);
+        drop(done);
         killed = killer.join().unwrap();
     });
     eprintln!(
