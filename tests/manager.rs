@@ -1697,18 +1697,8 @@ fn getters_killed_at_random_moments_lose_at_most_the_item_they_held() {
         p.start().unwrap();
         p
     };
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
-    let mut below = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rng = common::Rng::new();
+    let mut below = |n: u64| rng.below(n);
     let mut getters: Vec<Process> = (0..3).map(|_| start()).collect();
     let (mut next, mut kills) = (0u64, 0u64);
     for _ in 0..12 {

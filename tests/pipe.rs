@@ -624,6 +624,29 @@ fn skip_whole_or_nothing(rx: &Connection<()>, whole: &[u8], round: u32) -> Vec<u
     recv_within(rx, PATIENCE).unwrap()
 }
 
+/// Starts `victim` in a process that shares the sending end `tx`, kills it (once it sleeps,
+/// if `asleep`), then sends "after" and `mine` from a thread of this process (should the
+/// sends block, the test's receiver fails instead of this thread hanging the test).
+fn kill_a_sender_then_send(
+    tx: &Connection<()>,
+    victim: fn((Connection<()>, multiproc::Event)),
+    asleep: bool,
+    mine: &[u8],
+) -> std::thread::JoinHandle<multiproc::Result<()>> {
+    let a = start_sharing(victim, tx.clone());
+    if asleep {
+        let pid = a.pid().unwrap();
+        assert!(eventually(PATIENCE, || matches!(stat(pid), Some(('S', _)))));
+    }
+    a.kill().unwrap();
+    a.join().unwrap();
+    let (tx, mine) = (tx.clone(), mine.to_vec());
+    std::thread::spawn(move || {
+        tx.send_bytes(b"after")?;
+        tx.send_bytes(&mine)
+    })
+}
+
 #[test]
 fn a_sender_killed_mid_message_leaves_the_pipe_working_for_the_others() {
     multiproc::init();
@@ -635,22 +658,7 @@ fn a_sender_killed_mid_message_leaves_the_pipe_working_for_the_others() {
         // Another process shares the sending end and sends 64 MiB while nobody reads. It is
         // killed as its send begins (rounds 0 and 1), or once it sleeps (round 2): on a
         // byte stream it would be stuck in the middle of the frame then.
-        let a = start_sharing(send_huge_then_wait, tx.clone());
-        if round == 2 {
-            let pid = a.pid().unwrap();
-            assert!(eventually(PATIENCE, || matches!(stat(pid), Some(('S', _)))));
-        }
-        a.kill().unwrap();
-        a.join().unwrap();
-        // The survivor's sends work, small and large (from a thread: should they block,
-        // the receiver below fails the test instead of this thread hanging it).
-        let survivor = {
-            let (tx, mine) = (tx.clone(), mine.clone());
-            std::thread::spawn(move || {
-                tx.send_bytes(b"after")?;
-                tx.send_bytes(&mine)
-            })
-        };
+        let survivor = kill_a_sender_then_send(&tx, send_huge_then_wait, round == 2, &mine);
         // The receiver gets the killed sender's message whole or not at all, then the
         // survivor's, in order: never a cut message, never a hang.
         let next = skip_whole_or_nothing(&rx, &killed, round);
@@ -685,20 +693,7 @@ fn a_sender_killed_in_the_large_message_area_leaves_the_pipe_working() {
         // Another process shares the sending end and fills the pipe with large messages;
         // it is killed while it sends (rounds 0 and 1: it may be copying into the area),
         // or once it sleeps waiting for room (rounds 2 and 3, holding the senders' lock).
-        let a = start_sharing(send_big_forever, tx.clone());
-        if round >= 2 {
-            let pid = a.pid().unwrap();
-            assert!(eventually(PATIENCE, || matches!(stat(pid), Some(('S', _)))));
-        }
-        a.kill().unwrap();
-        a.join().unwrap();
-        let survivor = {
-            let (tx, mine) = (tx.clone(), mine.clone());
-            std::thread::spawn(move || {
-                tx.send_bytes(b"after")?;
-                tx.send_bytes(&mine)
-            })
-        };
+        let survivor = kill_a_sender_then_send(&tx, send_big_forever, round >= 2, &mine);
         // Whole messages of the killed sender (any number), then the survivor's in order.
         let mut whole = 0;
         let next = loop {
@@ -933,18 +928,8 @@ fn numbered(i: u64) -> Vec<u8> {
 fn receivers_killed_at_random_moments_leave_the_pipe_working() {
     multiproc::init();
     let (rx, tx) = pipe_simplex::<()>().unwrap();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
-    let mut below = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rng = common::Rng::new();
+    let mut below = |n: u64| rng.below(n);
     let mut next = 0u64;
     for _ in 0..8 {
         let a = start_sharing(take_forever, rx.clone());

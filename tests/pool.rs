@@ -1,5 +1,7 @@
 //! Pool semantics and faults: every point of the pool's contract.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -1114,33 +1116,6 @@ fn children_of_me() -> Vec<u32> {
     out
 }
 
-/// A small xorshift generator: the kills' victims and moments (the seed is printed so that
-/// a failing run can be replayed with `KILL_SEED`).
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("KILL_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("KILL_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Runs `tasks` tasks on a pool of three while another thread SIGKILLs random workers at
 /// random moments, `kills` times: every task ends with its result or `WorkerDied`, within
 /// a minute (no hang), the pool goes on working, and no killed worker is left unreaped.
@@ -1149,7 +1124,7 @@ fn random_worker_kills(tasks: u64, kills: usize) {
     let pool = Pool::new(3).unwrap();
     // Every worker is up (a handshake: each answered) before the killing starts.
     assert_eq!(pool.map(square, 0..6u64).unwrap().len(), 6);
-    let mut rng = Rng::new();
+    let mut rng = common::Rng::new();
     let started = AtomicU32::new(0);
     let up = std::sync::Mutex::new(HashSet::new());
     let mut killed = Vec::new();

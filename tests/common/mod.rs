@@ -114,3 +114,31 @@ pub fn until_in_futex_wait(pid: u32, tid: u32) {
         "thread {tid} of {pid} never waited on a futex"
     );
 }
+
+/// A small xorshift generator for tests that kill at random moments: the victims and the
+/// moments (the seed is printed so that a failing run can be replayed with `KILL_SEED`).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        let seed = std::env::var("KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("KILL_SEED={seed}");
+        Rng(seed)
+    }
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
