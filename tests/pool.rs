@@ -22,6 +22,14 @@ fn nap(ms: u64) -> u64 {
     ms
 }
 
+/// Task 50 waits for `gate`; the others return at once.
+fn wait_for_gate((gate, x): (multiproc::Event, u64)) -> u64 {
+    if x == 50 {
+        gate.wait();
+    }
+    x
+}
+
 fn nap_pid(ms: u64) -> u32 {
     nap(ms);
     std::process::id()
@@ -446,13 +454,18 @@ fn imap_endless_input_is_lazy() {
     let ahead = read.load(Ordering::SeqCst) as usize - 1000;
     assert!(ahead <= 512, "read {ahead} items ahead");
     drop(it);
-    // Unordered yields everything once, in completion order.
+    // Unordered yields everything once, in completion order: the first task waits for an
+    // event that is set only after another task's result came out.
     let pool = Pool::new(2).unwrap();
-    let mut v: Vec<u64> = pool
-        .imap_unordered(nap, vec![50, 1, 30, 2])
-        .map(|r| r.unwrap())
+    let gate = multiproc::Event::new().unwrap();
+    let items: Vec<_> = [50u64, 1, 30, 2].map(|x| (gate.clone(), x)).into();
+    let mut it = pool.imap_unordered_chunked(wait_for_gate, items, 1);
+    let first = it.next().unwrap().unwrap();
+    assert_ne!(first, 50, "the gated task came out before the gate opened");
+    gate.set();
+    let mut v: Vec<u64> = std::iter::once(first)
+        .chain(it.map(|r| r.unwrap()))
         .collect();
-    assert_eq!(v[0], 1, "completion order: {v:?}");
     v.sort();
     assert_eq!(v, vec![1, 2, 30, 50]);
     assert_eq!(pool.imap(square, Vec::new()).count(), 0);
