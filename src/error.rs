@@ -147,6 +147,36 @@ pub enum Error {
     /// sending on the read end of a one-way pipe, forking a multi-threaded process).
     #[error("invalid operation: {0}")]
     InvalidOperation(String),
+    /// A [`Pool`](crate::Pool) can no longer run tasks (Python's
+    /// `concurrent.futures.process.BrokenProcessPool`): its initializer failed in a worker
+    /// (panicked, or its type does not match), or every worker slot failed to start a
+    /// worker three times in a row. Every pending and later task fails with this error;
+    /// [`source`](std::error::Error::source) is what went wrong last (the initializer's
+    /// [`TaskPanicked`](Error::TaskPanicked), a worker's [`WorkerDied`](Error::WorkerDied),
+    /// the start's own error).
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// let e = multiproc::Error::BrokenPool {
+    ///     reason: "the initializer failed".into(),
+    ///     cause: Box::new(multiproc::Error::TaskPanicked {
+    ///         message: "no config".into(),
+    ///         location: None,
+    ///         backtrace: None,
+    ///     }),
+    /// };
+    /// assert_eq!(e.to_string(), "the pool is broken: the initializer failed");
+    /// assert_eq!(e.source().unwrap().to_string(), "task panicked at <unknown>: no config");
+    /// ```
+    #[doc(alias = "BrokenProcessPool")]
+    #[error("the pool is broken: {reason}")]
+    BrokenPool {
+        /// Why the pool cannot go on.
+        reason: String,
+        /// The failure behind it.
+        #[source]
+        cause: Box<Error>,
+    },
     /// A whole rank of a [cluster pool](crate::pool::cluster) was lost (its node failed,
     /// or it stopped answering): the pool cannot go on, and its pending tasks fail with
     /// this error.

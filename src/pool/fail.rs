@@ -33,9 +33,22 @@ pub(crate) enum TaskFail {
         rank: u32,
         message: String,
     },
+    /// The pool cannot go on: `reason`, after `cause`.
+    Broken {
+        reason: String,
+        cause: Box<TaskFail>,
+    },
 }
 
 impl TaskFail {
+    /// The pool's initializer failed in a worker (`cause`): the pool cannot go on.
+    pub(crate) fn initializer_failed(cause: TaskFail) -> TaskFail {
+        TaskFail::Broken {
+            reason: "the initializer failed in a worker".into(),
+            cause: Box::new(cause),
+        }
+    }
+
     pub(crate) fn to_error(&self) -> Error {
         match self {
             TaskFail::Panicked {
@@ -65,6 +78,10 @@ impl TaskFail {
             TaskFail::RankLost { rank, message } => Error::RankLost {
                 rank: *rank,
                 message: message.clone(),
+            },
+            TaskFail::Broken { reason, cause } => Error::BrokenPool {
+                reason: reason.clone(),
+                cause: Box::new(cause.to_error()),
             },
         }
     }
@@ -98,6 +115,10 @@ impl TaskFail {
             Error::RankLost { rank, message } => TaskFail::RankLost {
                 rank: *rank,
                 message: message.clone(),
+            },
+            Error::BrokenPool { reason, cause } => TaskFail::Broken {
+                reason: reason.clone(),
+                cause: Box::new(TaskFail::from_error(cause)),
             },
             other => TaskFail::Io(other.to_string()),
         }

@@ -36,6 +36,14 @@
 //! - with [`PoolBuilder::task_timeout`], a task that runs longer gives [`Error::Timeout`];
 //!   its worker is killed and replaced;
 //! - a result that cannot be encoded gives [`Error::Codec`] for that task;
+//! - an initializer that fails (panics) in any worker, the first ones or a replacement,
+//!   breaks the pool: [`build`](PoolBuilder::build) and every pending and later task give
+//!   [`Error::BrokenPool`], whose cause is the initializer's panic. A worker that dies
+//!   otherwise while it starts (exits, crashes in the initializer, or cannot be started)
+//!   is tried again; after three such failures in a row a worker slot is given up, and
+//!   once every slot has, the pool is broken the same way. A worker SIGKILLed while it
+//!   starts does not count: it was killed from outside, and it is replaced as often as it
+//!   takes, as in CPython;
 //! - [`Pool::terminate`] (and dropping the pool) fails every pending task with
 //!   [`Error::Closed`] and returns promptly, however much work is queued.
 //!
@@ -178,7 +186,8 @@ impl PoolBuilder {
 
     /// A function each worker runs once when it starts, with `args` (Python's
     /// `initializer=`, `initargs=`). If it panics, [`build`](PoolBuilder::build) returns
-    /// the panic as [`Error::TaskPanicked`].
+    /// [`Error::BrokenPool`] with the panic ([`Error::TaskPanicked`]) as its cause; if it
+    /// panics later, in a worker that replaces a dead one, every task gets that error.
     ///
     /// ```
     /// multiproc::init();
@@ -186,7 +195,8 @@ impl PoolBuilder {
     /// let pool = multiproc::Pool::builder().processes(1).initializer(setup, 3).build().unwrap();
     /// # drop(pool);
     /// let bad = multiproc::Pool::builder().processes(1).initializer(setup, 30).build();
-    /// assert!(matches!(bad, Err(multiproc::Error::TaskPanicked { .. })));
+    /// let Err(multiproc::Error::BrokenPool { cause, .. }) = bad else { panic!() };
+    /// assert!(matches!(*cause, multiproc::Error::TaskPanicked { .. }));
     /// ```
     pub fn initializer<I, IR>(mut self, f: fn(I) -> IR, args: I) -> PoolBuilder
     where

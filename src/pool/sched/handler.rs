@@ -13,6 +13,10 @@ use crate::{Error, Result};
 
 use super::*;
 
+/// A worker slot is given up after this many failed starts in a row (a worker SIGKILLed
+/// while it starts does not count); once every slot has given up, the pool is broken.
+const START_ATTEMPTS: u32 = 3;
+
 pub(super) enum Event {
     Readable,
     Died,
@@ -105,19 +109,43 @@ pub(super) fn serve(
                     break 'outer;
                 }
                 Err(StartFail::Start(f)) => {
-                    start_failures += 1;
-                    if start_failures >= 3 {
+                    // A worker SIGKILLed while it started was killed from outside (the
+                    // OOM killer, a user): not the pool's fault, so it is replaced as often
+                    // as it takes, as CPython does. Any other failure (the process cannot
+                    // be started, or it exited or crashed in the initializer) counts.
+                    let killed = matches!(
+                        f,
+                        TaskFail::Died {
+                            signal: Some(libc::SIGKILL),
+                            ..
+                        }
+                    );
+                    if !killed {
+                        start_failures += 1;
+                    }
+                    if start_failures >= START_ATTEMPTS {
                         let last = {
                             let mut st = shared.lock();
                             st.live_handlers = st.live_handlers.saturating_sub(1);
                             st.live_handlers == 0
                         };
+                        crate::log::log_event!(
+                            Warning,
+                            "pool worker slot {slot} gave up: {START_ATTEMPTS} workers in a row failed to start ({})",
+                            f.to_error()
+                        );
                         if last {
-                            shared.set_broken(f);
+                            shared.set_broken(TaskFail::Broken {
+                                reason: format!(
+                                    "no worker can be started: each worker slot failed to start one {START_ATTEMPTS} times in a row"
+                                ),
+                                cause: Box::new(f),
+                            });
                         }
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(50 * u64::from(start_failures)));
+                    let pause = 50 * u64::from(start_failures.max(1));
+                    std::thread::sleep(Duration::from_millis(pause));
                 }
             }
             continue;

@@ -78,7 +78,7 @@ pub(crate) struct Worker {
 
 /// Why a worker could not be made ready.
 pub(crate) enum StartFail {
-    /// The initializer failed: the pool cannot work.
+    /// The initializer failed: the pool cannot work (a [`TaskFail::Broken`] that says so).
     Init(TaskFail),
     /// The process could not be started (maybe only for now).
     Start(TaskFail),
@@ -503,7 +503,7 @@ impl Shared {
                         Ok(None) => return Ok(w),
                         Ok(Some(fail)) => {
                             self.discard(slot, w, false);
-                            return Err(StartFail::Init(fail));
+                            return Err(StartFail::Init(TaskFail::initializer_failed(fail)));
                         }
                         Err(_) => return Err(self.died_starting(slot, w)),
                     }
