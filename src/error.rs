@@ -63,8 +63,17 @@ pub enum Error {
     /// A non-blocking put found no room.
     #[error("full")]
     Full,
-    /// The object was closed (a queue, pool or connection).
-    #[error("closed")]
+    /// The object was closed: a queue or connection handle after its `close`, a pool
+    /// after `close` or `terminate`, a manager after `shutdown` (Python raises
+    /// `ValueError: ... is closed`).
+    ///
+    /// ```
+    /// assert_eq!(
+    ///     multiproc::Error::Closed.to_string(),
+    ///     "closed: this queue, connection, pool or manager was closed"
+    /// );
+    /// ```
+    #[error("closed: this queue, connection, pool or manager was closed")]
     Closed,
     /// The queue was shut down ([`Queue::shutdown`](crate::Queue::shutdown), Python 3.13's
     /// `queue.ShutDown`): a put fails at once, a get once nothing is left to take.

@@ -222,16 +222,41 @@ fn queue_get_empty() {
     assert!(q.empty());
 }
 
-/// `_TestQueue.test_closed_queue_put_get_exceptions`: after `close`, `put` and `get` raise.
+/// `_TestQueue.test_closed_queue_put_get_exceptions`: after `close`, `put` and `get` raise
+/// (Python: `ValueError: Queue ... is closed`), in every form, with a message that says so.
+/// `qsize`, `empty` and `full` still answer, from the queue's shared memory (CPython 3.11
+/// answers too; later versions raise `OSError` from `empty` once the reader is closed: a
+/// documented difference).
 #[test]
 fn queue_closed_put_get() {
     multiproc::init();
-    let q = Queue::<i32>::new().unwrap();
+    let q = Queue::<i32>::bounded(1).unwrap();
     q.put(1).unwrap();
     q.close();
-    assert!(matches!(q.put(2), Err(Error::Closed)));
+    assert!(q.is_closed());
+    let e = q.put(2).unwrap_err();
+    assert!(matches!(e, Error::Closed));
+    assert!(e.to_string().contains("queue"), "{e}");
     assert!(matches!(q.try_put(2), Err(TryPutError::Closed(2))));
+    assert!(matches!(
+        q.put_timeout(2, SHORT),
+        Err(TryPutError::Closed(2))
+    ));
     assert!(matches!(q.get(), Err(Error::Closed)));
+    assert!(matches!(q.try_get(), Err(Error::Closed)));
+    assert!(matches!(q.get_timeout(SHORT), Err(Error::Closed)));
+    assert_eq!(q.qsize(), 1);
+    assert!(!q.empty());
+    assert!(q.full());
+    // Another handle (here a clone sent to a child) is not closed: the item is still there.
+    fn take(q: Queue<i32>) -> i32 {
+        q.get().unwrap()
+    }
+    let q2 = Queue::<i32>::new().unwrap();
+    q2.put(7).unwrap();
+    let h = multiproc::spawn(take, q2.clone()).unwrap();
+    q2.close();
+    assert_eq!(h.join().unwrap(), 7);
 }
 
 /// `_TestQueue.test_task_done`: workers take items and call `task_done`; `join` returns
@@ -1900,4 +1925,72 @@ fn pool_map_no_failfast() {
     assert_eq!(r.get_timeout(Duration::ZERO).unwrap(), 16);
     pool.close();
     pool.join().unwrap();
+}
+
+// --- batch 6: authentication, unencodable items, lock release ---------------------------------
+
+/// `_TestListenerClient` with a wrong authkey (`connection.answer_challenge` /
+/// `deliver_challenge` raising `AuthenticationError`): both ends fail with
+/// `AuthenticationFailed`, and the listener goes on serving clients that know the key.
+#[test]
+fn listener_client_wrong_authkey() {
+    use multiproc::connection::{Client, Listener};
+    let l = Listener::bind("127.0.0.1:0", Some(b"right key")).unwrap();
+    let addr = l.address().clone();
+    let t = std::thread::spawn(move || Client::connect::<i32>(addr, Some(b"wrong key")).err());
+    assert!(matches!(
+        l.accept::<i32>(),
+        Err(Error::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        t.join().unwrap(),
+        Some(Error::AuthenticationFailed)
+    ));
+    // A client without a key does not authenticate (as Python's `Client(authkey=None)`):
+    // it connects, and the listener, whose challenge gets no answer, refuses it.
+    let addr = l.address().clone();
+    let t = std::thread::spawn(move || Client::connect::<i32>(addr, None).is_ok());
+    assert!(l.accept::<i32>().is_err());
+    assert!(t.join().unwrap());
+    let addr = l.address().clone();
+    let t = std::thread::spawn(move || {
+        let c = Client::connect::<i32>(addr, Some(b"right key")).unwrap();
+        c.send(&5).unwrap();
+    });
+    assert_eq!(l.accept::<i32>().unwrap().recv().unwrap(), 5);
+    t.join().unwrap();
+}
+
+/// Refuses to be encoded when its number is odd.
+#[derive(Debug, serde::Deserialize)]
+struct EvenOnly(u32);
+
+impl serde::Serialize for EvenOnly {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 2 == 1 {
+            return Err(serde::ser::Error::custom("odd"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+/// `_TestQueue.test_queue_feeder_on_queue_feeder_error` and
+/// `test_queue_feeder_donot_stop_onexc`: an item that cannot be pickled is reported and the
+/// queue goes on working (here `put` itself returns the `Codec` error, there is no feeder
+/// thread), in order, for the items before and after it.
+#[test]
+fn queue_unencodable_item_is_reported_and_the_queue_goes_on() {
+    multiproc::init();
+    let q = Queue::<EvenOnly>::new().unwrap();
+    q.put(EvenOnly(2)).unwrap();
+    assert!(matches!(q.put(EvenOnly(3)), Err(Error::Codec(_))));
+    assert!(matches!(
+        q.try_put(EvenOnly(5)),
+        Err(TryPutError::Failed(EvenOnly(5), Error::Codec(_)))
+    ));
+    q.put(EvenOnly(4)).unwrap();
+    assert_eq!(q.qsize(), 2);
+    assert_eq!(q.get().unwrap().0, 2);
+    assert_eq!(q.get().unwrap().0, 4);
+    assert!(q.empty());
 }
