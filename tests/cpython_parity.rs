@@ -1994,3 +1994,46 @@ fn queue_unencodable_item_is_reported_and_the_queue_goes_on() {
     assert_eq!(q.get().unwrap().0, 4);
     assert!(q.empty());
 }
+
+/// `_TestProcess.test_many_processes`: many children at once, each ended by `terminate`
+/// (exit code `-SIGTERM`) or `kill` (`-SIGKILL`), none left running; and a child that
+/// aborts ends with `-SIGABRT`, one that exits with `-1` with 255, as in CPython.
+#[test]
+fn process_many_and_signal_exit_codes() {
+    multiproc::init();
+    let mut children = Vec::new();
+    for i in 0..6 {
+        let (started, stop) = events();
+        let mut p = Process::new(run_until, (started.clone(), stop)).with_daemon(true);
+        p.start().unwrap();
+        children.push((p, started, i % 2 == 0));
+    }
+    for (p, started, kill) in &children {
+        started.wait();
+        if *kill {
+            p.kill().unwrap();
+        } else {
+            p.terminate().unwrap();
+        }
+    }
+    for (p, _, kill) in &children {
+        assert!(p.join_timeout(Duration::from_secs(30)).unwrap());
+        assert_eq!(p.exitcode(), Some(if *kill { -9 } else { -15 }));
+        assert!(!p.is_alive());
+    }
+    fn abort_without_core(_: ()) {
+        // No core file left behind, whatever the machine's setting.
+        let mut l = rustix::process::getrlimit(rustix::process::Resource::Core);
+        l.current = Some(0);
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Core, l);
+        std::process::abort()
+    }
+    let mut p = Process::new(abort_without_core, ());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(-6));
+    let mut p = Process::new(|_: ()| std::process::exit(-1), ());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(255));
+}
