@@ -840,6 +840,7 @@ impl RawConn {
         let patient = deadline.is_none_or(|dl| dl > t0);
         let spin = st.spin_for;
         let mut i = 0u32;
+        let yielding = crate::ipc::wait::yield_between_looks();
         while patient && i < u32::MAX {
             if !lane.is_empty(d) {
                 // Found while looking: look a little less long next time.
@@ -847,13 +848,17 @@ impl RawConn {
                 return Ok(Ready::Ring);
             }
             i += 1;
-            if i.is_multiple_of(16) {
+            if yielding || i.is_multiple_of(16) {
                 let now = Instant::now();
                 if now - t0 > spin || deadline.is_some_and(|dl| now >= dl) {
                     break;
                 }
             }
-            std::hint::spin_loop();
+            if yielding {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         let r = self.lane_sleep(lane, d, deadline, also);
         if let Ok(Ready::Ring) = r {

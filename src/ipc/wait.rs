@@ -15,6 +15,16 @@ pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// How long a waiter looks again without sleeping before it sleeps.
 pub(crate) const SPIN: Duration = Duration::from_micros(20);
 
+/// Whether a waiter that looks again and again yields the processor between looks, instead
+/// of only pausing the core: in the processes of an MPI job (started by `mpirun`/`srun`,
+/// whose rank variables their workers inherit). There the ranks often outnumber the cores
+/// (`--oversubscribe`), and MPI keeps every rank busy looking for messages: a waiter that
+/// holds its core for its whole look keeps the very peer it waits for from running.
+pub(crate) fn yield_between_looks() -> bool {
+    static YIELD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *YIELD.get_or_init(crate::pool::cluster::launched)
+}
+
 /// The next sleep towards `deadline` (`None`: none), at most `slice` long; `None` if the
 /// deadline has passed.
 pub(crate) fn next_slice(deadline: Option<Instant>, slice: Duration) -> Option<Duration> {
