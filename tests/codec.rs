@@ -5,7 +5,8 @@
 
 mod common;
 
-use multiproc::{Connection, Error, JoinableQueue, Pool, Process, Queue, SimpleQueue};
+use common::*;
+use multiproc::{Connection, Error, Event, JoinableQueue, Pool, Process, Queue, SimpleQueue};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde::{Deserialize, Serialize};
@@ -277,6 +278,83 @@ fn every_type_round_trips_bit_exact_through_a_manager_proxy() {
         })
         .unwrap();
     m.shutdown().unwrap();
+}
+
+// --- large values (past the size where they travel in a sealed memory file) -------------------
+
+/// One value of every kind, each larger than a pipe's large-message area (2 MiB), so that
+/// it travels in a sealed memory file.
+fn large_items() -> Vec<Item> {
+    (0..14u8)
+        .map(|k| make(k, (3 << 20) + usize::from(k) * 4099, u64::from(k) + 7))
+        .collect()
+}
+
+#[test]
+fn large_values_of_every_type_through_a_pipe_and_a_pool_leave_nothing_behind() {
+    multiproc::init();
+    let shm_before = shm_files();
+    let (here, there) = multiproc::pipe::<Item>().unwrap();
+    let mut p = Process::new(echo_pipe, there);
+    p.start().unwrap();
+    let pool = Pool::new(1).unwrap();
+    let items = large_items();
+    // A first round opens what stays open (the pool's worker, lanes): descriptors are
+    // counted after it.
+    let round = || {
+        for item in &items {
+            here.send(item).unwrap();
+            assert!(same(item, &here.recv().unwrap()), "pipe: {}", kind(item));
+            let back = pool.apply(echo, item.clone()).unwrap();
+            assert!(same(item, &back), "pool apply: {}", kind(item));
+        }
+        let back = pool.map(echo, items.clone()).unwrap();
+        assert!(items.iter().zip(&back).all(|(a, b)| same(a, b)), "pool map");
+    };
+    round();
+    let fds = fd_count();
+    round();
+    assert_eq!(fd_count(), fds, "descriptors grow with large values");
+    here.send(&Item::Stop).unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    pool.close();
+    pool.join().unwrap();
+    let ours = new_multiproc_files(&shm_before);
+    assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
+}
+
+fn hold_a_large_value((c, holding, never): (Connection<Item>, Event, Event)) {
+    let item = c.recv().unwrap();
+    holding.set();
+    never.wait(); // killed here, holding `item`
+    drop(item);
+}
+
+#[test]
+fn a_receiver_killed_holding_a_large_value_leaves_nothing_behind() {
+    multiproc::init();
+    let shm_before = shm_files();
+    let once = || {
+        let (here, there) = multiproc::pipe::<Item>().unwrap();
+        let (holding, never) = (Event::new().unwrap(), Event::new().unwrap());
+        let mut c = Process::new(hold_a_large_value, (there, holding.clone(), never.clone()));
+        c.start().unwrap();
+        here.send(&make(12, 16 << 20, 3)).unwrap();
+        holding.wait();
+        c.kill().unwrap();
+        c.join().unwrap();
+        // The receiver is gone: sending again fails cleanly (no hang, no panic).
+        let e = here.send(&make(0, 16 << 20, 4)).unwrap_err();
+        assert!(matches!(e, Error::Io(_)), "{e:?}");
+    };
+    // The first time opens what stays open (this process's side of starting children).
+    once();
+    let fds = fd_count();
+    once();
+    assert_eq!(fd_count(), fds, "descriptors left open");
+    let ours = new_multiproc_files(&shm_before);
+    assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
 }
 
 fn kind(i: &Item) -> String {

@@ -188,23 +188,6 @@ fn check_pattern(v: &[u8]) -> bool {
     v.chunks(4096).all(|c| c == &seed[..c.len()])
 }
 
-/// The names in /dev/shm now.
-fn shm_files() -> Vec<std::ffi::OsString> {
-    let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Names in /dev/shm that mention multiproc and were not in `before`.
-fn new_multiproc_files(before: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
-    shm_files()
-        .into_iter()
-        .filter(|n| !before.contains(n) && n.to_string_lossy().contains("multiproc"))
-        .collect()
-}
-
 // --- semantics ----------------------------------------------------------------------------------
 
 #[test]

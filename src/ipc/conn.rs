@@ -73,6 +73,37 @@ fn parse_packet_header(h: &[u8]) -> Option<(u32, u64, u64)> {
     (magic == PKT_MAGIC && (PKT_INLINE..=PKT_BELL).contains(&kind)).then_some((kind, len, seq))
 }
 
+/// A message to send: its bytes, or a sealed memory file the codec wrote it to and its length.
+enum Body<'a> {
+    Bytes(&'a [u8]),
+    Sealed(BorrowedFd<'a>, usize),
+}
+
+/// The sealed memory file a large message travels in: the codec's, or a copy made to send.
+enum Spill<'a> {
+    Sealed(BorrowedFd<'a>),
+    Copied(OwnedFd),
+}
+
+impl Spill<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Spill::Sealed(fd) => *fd,
+            Spill::Copied(fd) => fd.as_fd(),
+        }
+    }
+}
+
+fn check_fd_count(fds: &[BorrowedFd<'_>]) -> Result<()> {
+    if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+        return Err(Error::invalid(format!(
+            "a message can carry at most {} handles",
+            sys::MAX_FDS_PER_MESSAGE
+        )));
+    }
+    Ok(())
+}
+
 fn unannounced() -> Error {
     Error::codec(
         "garbage on a pipe's socket (a packet that no message announced): it was discarded",
@@ -454,14 +485,32 @@ impl RawConn {
         Ok((RawConn::new(a), RawConn::new(b)))
     }
 
-    /// Sends `value` as one frame, with the descriptors of the handles inside it.
+    /// Sends `value` as one frame, with the descriptors of the handles inside it. Through
+    /// lanes, a value whose encoding is too large for their large-message area is encoded
+    /// straight into the sealed memory file that carries it (written once, from the value's
+    /// own memory), as a [`Queue`](crate::Queue)'s large items are.
     pub(crate) fn send_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
         let mut buf = std::mem::take(&mut ws.buf);
         buf.clear();
-        buf.extend_from_slice(&[0u8; HEADER]);
-        let r = codec::encode_with_fds(value, &mut buf)
-            .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &borrowed(&fds)));
+        let lane = self.lane.as_ref().and_then(|le| Some((&le.lane, le.tx?)));
+        let r = match lane {
+            Some((lane, d)) => {
+                codec::encode_spilling(value, &mut buf, lane.max_big()).and_then(|(fds, file)| {
+                    let fds = borrowed(&fds);
+                    let body = match &file {
+                        Some((seg, len)) => Body::Sealed(seg.as_fd(), *len),
+                        None => Body::Bytes(&buf),
+                    };
+                    self.lane_send(&mut ws, lane, d, body, &fds)
+                })
+            }
+            None => {
+                buf.extend_from_slice(&[0u8; HEADER]);
+                codec::encode_with_fds(value, &mut buf)
+                    .and_then(|fds| self.send_frame(&mut ws, &buf[HEADER..], &borrowed(&fds)))
+            }
+        };
         if buf.capacity() <= KEEP_SCRATCH {
             ws.buf = buf;
         }
@@ -476,17 +525,12 @@ impl RawConn {
 
     /// Sends one frame: through the lane if there is one, else on the socket.
     fn send_frame(&self, ws: &mut WriteState, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
-        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
-            return Err(Error::invalid(format!(
-                "a message can carry at most {} handles",
-                sys::MAX_FDS_PER_MESSAGE
-            )));
-        }
         if let Some(le) = &self.lane {
             if let Some(d) = le.tx {
-                return self.lane_send(ws, &le.lane, d, body, fds);
+                return self.lane_send(ws, &le.lane, d, Body::Bytes(body), fds);
             }
         }
+        check_fd_count(fds)?;
         let h = header(body.len(), fds.len());
         sys::send_all(self.fd.as_fd(), &[&h, body], fds).map_err(Error::Io)
     }
@@ -496,9 +540,10 @@ impl RawConn {
         ws: &mut WriteState,
         lane: &Lane,
         d: usize,
-        body: &[u8],
+        body: Body<'_>,
         fds: &[BorrowedFd<'_>],
     ) -> Result<()> {
+        check_fd_count(fds)?;
         let sock = self.fd.as_fd();
         let gone = || sys::peer_hung_up(sock);
         // The ring accepts messages whether or not anyone will read them: ask the kernel
@@ -515,23 +560,36 @@ impl RawConn {
         // A message too large for a record goes through the large-message area if it fits
         // there; a larger one, or one that must travel on the socket and does not fit a
         // packet, goes into a sealed memory file first, before the lock is taken (copying
-        // it holds up nobody).
+        // it holds up nobody). One the codec already wrote to a sealed file
+        // (`Body::Sealed`) goes in that file.
         let by_ring = fds.is_empty() && !lane.socket_only(d);
-        let spill_file = || -> Result<Option<OwnedFd>> {
+        let spill_limit = || -> Result<()> {
             if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
                 return Err(Error::invalid(format!(
                     "a large message can carry at most {} handles",
                     sys::MAX_FDS_PER_MESSAGE - 1
                 )));
             }
-            Ok(Some(sys::memfd::sealed_copy(body)?))
+            Ok(())
+        };
+        let (body, mut spill) = match body {
+            Body::Bytes(b) => (b, None),
+            Body::Sealed(file, len) => {
+                spill_limit()?;
+                (&[][..], Some((Spill::Sealed(file), len)))
+            }
+        };
+        let spill_file = || -> Result<Option<(Spill, usize)>> {
+            spill_limit()?;
+            Ok(Some((
+                Spill::Copied(sys::memfd::sealed_copy(body)?),
+                body.len(),
+            )))
         };
         let big = body.len() > lane.max_inline();
-        let mut spill = if big && (!by_ring || body.len() > lane.max_big()) {
-            spill_file()?
-        } else {
-            None
-        };
+        if spill.is_none() && big && (!by_ring || body.len() > lane.max_big()) {
+            spill = spill_file()?;
+        }
         let _g = lane
             .lock_producer(d, None)
             .ok_or_else(|| Error::invalid("pipe lock"))?;
@@ -558,11 +616,11 @@ impl RawConn {
         let seq = lane.next_seq(d);
         lane.publish(d, K_SOCKET, &[&seq.to_le_bytes()]);
         let r = match &spill {
-            Some(file) => {
+            Some((file, len)) => {
                 let mut all = Vec::with_capacity(fds.len() + 1);
                 all.push(file.as_fd());
                 all.extend_from_slice(fds);
-                let h = packet_header(PKT_SPILLED, body.len(), seq);
+                let h = packet_header(PKT_SPILLED, *len, seq);
                 sys::send_packet(sock, &[&h], &all)
             }
             None => {

@@ -142,3 +142,20 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// The names in /dev/shm now.
+pub fn shm_files() -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Names in /dev/shm that mention multiproc and were not in `before`.
+pub fn new_multiproc_files(before: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    shm_files()
+        .into_iter()
+        .filter(|n| !before.contains(n) && n.to_string_lossy().contains("multiproc"))
+        .collect()
+}
