@@ -2037,3 +2037,19 @@ fn process_many_and_signal_exit_codes() {
     p.join().unwrap();
     assert_eq!(p.exitcode(), Some(255));
 }
+
+/// A child interrupted by SIGINT (Ctrl-C sent to it) ends with exit code `-SIGINT`, like
+/// one killed by any other signal. CPython's child turns SIGINT into `KeyboardInterrupt`
+/// and usually ends with 1: a documented difference (Rust has no such exception).
+#[test]
+fn process_sigint_exit_code() {
+    multiproc::init();
+    let (started, stop) = events();
+    let mut p = Process::new(run_until, (started.clone(), stop)).with_daemon(true);
+    p.start().unwrap();
+    started.wait();
+    let pid = rustix::process::Pid::from_raw(p.pid().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    assert!(p.join_timeout(Duration::from_secs(30)).unwrap());
+    assert_eq!(p.exitcode(), Some(-2));
+}
