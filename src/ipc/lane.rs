@@ -39,9 +39,10 @@
 //! `INLINE` carries the message's bytes; `SOCKET` carries the sequence number of the packet
 //! on the socket that is this message; `BIG` the position and length of the message in the
 //! large-message area. Receivers take records in ring order and read the
-//! socket only when a record tells them to, so messages never overtake one another. A
-//! record is an 8-byte header (`len: u32`, `kind: u32` with a check marker in its upper
-//! half) and `len` bytes padded to 8.
+//! socket only when a record tells them to, so messages never overtake one another. Each
+//! direction's ring is a record ring of [`record`] (its format, and `tail`/`head` index
+//! words whose item count the lanes leave at zero); the large-message area is raw bytes
+//! with its own plain 64-bit positions (`btail`/`bhead`).
 //!
 //! # Protocol
 //! * Senders hold the direction's producer lock while they write a record, and for a
@@ -80,13 +81,13 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
-use crate::ipc::record::{self, Records};
+use crate::ipc::record::{self, Bytes, Front, Idx, Records};
 use crate::ipc::wait::{self, Guard, SLICE};
 use crate::sys::memfd::Mapping;
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x4c50_504d; // "MPPL"
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// Bytes of header before the rings.
 const HDR: usize = 4096;
 /// Bytes of record ring per direction.
@@ -142,7 +143,7 @@ const K_CHECK: u32 = 0x5a3c_0000;
 /// A record at the head of a ring.
 pub(crate) struct Record {
     pub(crate) kind: u32,
-    head: u64,
+    head: Idx,
     len: u64,
 }
 
@@ -201,15 +202,22 @@ impl Lane {
     fn w64(&self, d: usize, off: usize) -> &AtomicU64 {
         self.mem.u64_at(DIR0 + d * DIR_STRIDE + off)
     }
-    /// Direction `d`'s record ring.
+    /// Direction `d`'s record ring, with its index words `D_TAIL` and `D_HEAD` (which
+    /// count no items: the lanes only need positions).
     #[inline]
     fn records(d: usize) -> Records {
-        Records::new(HDR + d * CAP as usize, CAP, K_CHECK)
+        let dir = DIR0 + d * DIR_STRIDE;
+        Records::new(
+            Bytes::new(HDR + d * CAP as usize, CAP),
+            K_CHECK,
+            dir + D_TAIL,
+            dir + D_HEAD,
+        )
     }
     /// Direction `d`'s large-message area: raw bytes, no records.
     #[inline]
-    fn area(d: usize) -> Records {
-        Records::new(HDR + 2 * CAP as usize + d * BIG as usize, BIG, K_CHECK)
+    fn area(d: usize) -> Bytes {
+        Bytes::new(HDR + 2 * CAP as usize + d * BIG as usize, BIG)
     }
 
     // --- flags -------------------------------------------------------------------------------
@@ -296,9 +304,8 @@ impl Lane {
     }
 
     fn free(&self, d: usize) -> u64 {
-        let t = self.w64(d, D_TAIL).load(Relaxed);
-        let h = self.w64(d, D_HEAD).load(SeqCst);
-        (CAP).saturating_sub(t.wrapping_sub(h))
+        let r = Self::records(d);
+        r.free(r.tail(&self.mem, Relaxed), r.head(&self.mem, SeqCst))
     }
 
     /// Waits until `need` bytes are free in direction `d`. `gone()` says whether every
@@ -368,7 +375,7 @@ impl Lane {
             pos = lap;
         }
         tail.store(pos + need, SeqCst);
-        Self::area(d).write_bytes(&self.mem, pos, body);
+        Self::area(d).write(&self.mem, pos, body);
         let mut rec = [0u8; 16];
         rec[..8].copy_from_slice(&pos.to_le_bytes());
         rec[8..].copy_from_slice(&(body.len() as u64).to_le_bytes());
@@ -380,10 +387,7 @@ impl Lane {
     /// a receiver is asleep and must be woken with a doorbell (the flag is lowered: exactly
     /// one sender rings).
     pub(crate) fn publish(&self, d: usize, kind: u32, parts: &[&[u8]]) -> bool {
-        let tail = self.w64(d, D_TAIL);
-        let t = tail.load(Relaxed);
-        let end = Self::records(d).write(&self.mem, t, kind, parts);
-        tail.store(end, SeqCst);
+        Self::records(d).publish(&self.mem, kind, parts, 0, false);
         let sleep = self.w32(d, D_RX_SLEEP);
         sleep.load(SeqCst) != 0 && sleep.swap(0, SeqCst) != 0
     }
@@ -393,27 +397,22 @@ impl Lane {
     /// Whether direction `d` holds no record.
     #[inline]
     pub(crate) fn is_empty(&self, d: usize) -> bool {
-        self.w64(d, D_TAIL).load(SeqCst) == self.w64(d, D_HEAD).load(Relaxed)
+        Self::records(d).is_empty(&self.mem)
     }
 
     /// The record at the head of direction `d`, if any. Garbage in the ring (a record that
     /// fails its checks) empties the ring and is an [`Error::Codec`].
     pub(crate) fn peek(&self, d: usize) -> Result<Option<Record>> {
-        let head = self.w64(d, D_HEAD).load(Relaxed);
-        let tail = self.w64(d, D_TAIL).load(Acquire);
-        if tail == head {
-            return Ok(None);
-        }
-        let used = tail.wrapping_sub(head);
-        let (kind, len) = match Self::records(d).header(&self.mem, head) {
-            Some(h) => (h.kind & K_MASK, h.len),
-            None => (0, 0),
+        let r = Self::records(d);
+        let head = r.head(&self.mem, Relaxed);
+        let tail = r.tail(&self.mem, Acquire);
+        let (kind, len) = match r.front(&self.mem, head, tail) {
+            Front::Empty => return Ok(None),
+            Front::Record(h) => (h.kind & K_MASK, h.len),
+            Front::Garbage => (0, 0),
         };
-        let ok = used <= CAP
-            && (kind == K_INLINE || (kind == K_SOCKET && len == 8) || (kind == K_BIG && len == 16))
-            && record::size(len) <= used;
-        if !ok {
-            self.w64(d, D_HEAD).store(tail, SeqCst);
+        if !(kind == K_INLINE || (kind == K_SOCKET && len == 8) || (kind == K_BIG && len == 16)) {
+            r.skip_to(&self.mem, tail);
             self.wake_sender(d);
             return Err(Error::codec(
                 "garbage in a pipe's shared memory: its contents were discarded",
@@ -424,18 +423,18 @@ impl Lane {
 
     /// The packet number a `SOCKET` record carries.
     pub(crate) fn socket_seq(&self, d: usize, rec: &Record) -> u64 {
-        Self::records(d).body_u64(&self.mem, rec.head, 0)
+        Self::records(d).body_u64(&self.mem, rec.head.pos(), 0)
     }
 
     /// Appends the body of `rec` (an `INLINE` record) to `out`.
     pub(crate) fn read_body(&self, d: usize, rec: &Record, out: &mut Vec<u8>) {
-        Self::records(d).body_append(&self.mem, rec.head, 0, rec.len as usize, out);
+        Self::records(d).body_append(&self.mem, rec.head.pos(), 0, rec.len as usize, out);
     }
 
     /// Where the message of a `BIG` record lies: its position, length and (padded) end.
     fn big_span(&self, d: usize, rec: &Record) -> (u64, u64, u64) {
-        let pos = Self::records(d).body_u64(&self.mem, rec.head, 0);
-        let len = Self::records(d).body_u64(&self.mem, rec.head, 8);
+        let pos = Self::records(d).body_u64(&self.mem, rec.head.pos(), 0);
+        let len = Self::records(d).body_u64(&self.mem, rec.head.pos(), 8);
         (pos, len, pos.saturating_add(record::round8(len)))
     }
 
@@ -464,15 +463,14 @@ impl Lane {
         if pos < h || end > t {
             return Err(big_garbage());
         }
-        Self::area(d).read_bytes(&self.mem, pos, len as usize, out);
+        Self::area(d).read(&self.mem, pos, len as usize, out);
         head.store(end, SeqCst);
         Ok(true)
     }
 
     /// Removes `rec` from the head of direction `d`.
     pub(crate) fn advance(&self, d: usize, rec: &Record) {
-        self.w64(d, D_HEAD)
-            .store(rec.head + record::size(rec.len), SeqCst);
+        Self::records(d).advance(&self.mem, rec.head, record::size(rec.len), 0);
         self.wake_sender(d);
     }
 
@@ -490,16 +488,17 @@ impl Lane {
     /// Test hook: where the message of a `BIG` record starts in the area.
     #[cfg(test)]
     fn records_body_pos(&self, rec: &Record) -> u64 {
-        Self::records(0).body_u64(&self.mem, rec.head, 0)
+        Self::records(0).body_u64(&self.mem, rec.head.pos(), 0)
     }
 
     /// Test hook: publishes raw bytes as a record header and body.
     #[cfg(test)]
     pub(crate) fn inject_garbage(&self, d: usize, bytes: &[u8]) {
-        let tail = self.w64(d, D_TAIL);
-        let t = tail.load(Relaxed);
-        Self::records(d).write_bytes(&self.mem, t, bytes);
-        tail.store(t + record::round8(bytes.len() as u64), SeqCst);
+        let r = Self::records(d);
+        let t = r.tail(&self.mem, Relaxed);
+        r.bytes().write(&self.mem, t.pos(), bytes);
+        r.tail_word(&self.mem)
+            .store(t.after(record::round8(bytes.len() as u64), 0).raw(), SeqCst);
     }
 }
 

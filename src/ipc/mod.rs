@@ -11,8 +11,9 @@
 //!   words of a ring or lane.
 //! - [`segment`]: anonymous shared segments (a sealed `memfd`), the memory under locks,
 //!   events, values and semaphores, carried between processes as a descriptor.
-//! - [`record`]: the one record format (header, body, wrap-around) of the byte rings
-//!   below, read and written only through its `Records`.
+//! - [`record`]: the one record ring (record format, wrap-around, the `head`/`tail` index
+//!   words and what is done with them) under the queues' ring and the pipes' lanes, whose
+//!   memory and index words are reached only through its `Records`.
 //! - [`ring`]: the record ring under every queue.
 //! - [`conn`]: [`RawConn`], the framed transport (a stream socket with length-prefixed
 //!   frames and descriptors beside them) under pipes, the fork server, the child

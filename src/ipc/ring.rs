@@ -3,15 +3,15 @@
 //! wake-ups. No serde here: records are bytes.
 //!
 //! # Layout
-//! A 4 KiB header of atomics, then `cap` bytes of ring (`cap` a power of two). `tail` and
-//! `head` are 64-bit words packing an item count (upper 24 bits) and a byte position
-//! (lower 40 bits, taken modulo `cap` to index the ring). Packing both in one word means a
-//! record and its count are published (or consumed) by a single atomic store: a process
-//! killed at any instant leaves them consistent.
+//! A 4 KiB header of atomics, then `cap` bytes of ring (`cap` a power of two): a record
+//! ring of [`record`], whose `tail` and `head` words ([`Idx`]) pack an item count (for
+//! `qsize`, `maxsize` and the overflow's limit), the `DIVERTED` flag (below) and a byte
+//! position, so that a record and its count are published (or consumed) by a single
+//! atomic store: a process killed at any instant leaves them consistent.
 //!
 //! # Records
-//! An 8-byte header (`len: u32`, `kind: u32` with a check marker in its upper half), then
-//! `len` bytes, padded to 8. Kinds: `MSG` (a whole message), or `FIRST`, `MORE`…, `LAST`
+//! As every record of [`record`] (an 8-byte header with a check marker, `len` bytes,
+//! padded to 8). Kinds: `MSG` (a whole message), or `FIRST`, `MORE`…, `LAST`
 //! for a message streamed in chunks because it is larger than half the ring. A record with
 //! `HAS_FDS` starts with the 8-byte tag of the datagram that carries its descriptors on the
 //! side socket; a `FIRST` record then carries the message's total length (8 bytes).
@@ -51,7 +51,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 
-use crate::ipc::record::{self, Records};
+use crate::ipc::record::{self, Bytes, Front, Idx, Records, COUNT_MASK};
 use crate::ipc::wait::{self, Got, Guard, Waited, SLICE};
 use crate::sys;
 use crate::sys::futex;
@@ -106,13 +106,6 @@ const SLOT: usize = 64;
 /// A slot being written off by a joiner.
 const SLOT_BUSY: u64 = u64::MAX;
 
-const POS_BITS: u32 = 40;
-/// Positions wrap at 2^39; bit 39 of `tail` / `head` is the `DIVERTED` bit.
-const POS_MASK: u64 = (1 << (POS_BITS - 1)) - 1;
-const DIVERTED: u64 = 1 << (POS_BITS - 1);
-/// Item counts wrap at 2^24.
-pub(crate) const COUNT_MASK: u64 = (1 << 24) - 1;
-
 /// Smallest and largest ring sizes. The largest keeps the number of records in the ring
 /// (at least 8 bytes each) below the 24-bit item count.
 pub(crate) const MIN_CAP: usize = 4096;
@@ -161,19 +154,6 @@ const F_FDS: u32 = 0x100;
 /// The queues' check marker in a record's kind word (see [`record`]).
 const K_CHECK: u32 = 0xa5c3_0000;
 
-#[inline]
-fn pack(count: u64, pos: u64) -> u64 {
-    ((count & COUNT_MASK) << POS_BITS) | (pos & POS_MASK)
-}
-#[inline]
-fn pos(w: u64) -> u64 {
-    w & POS_MASK
-}
-#[inline]
-fn count(w: u64) -> u64 {
-    w >> POS_BITS
-}
-
 /// What the receiving side hands back.
 pub(crate) struct Received {
     /// Descriptors that travelled with the message (for handles inside it).
@@ -200,7 +180,8 @@ struct Overflow {
 pub(crate) struct Ring {
     mem: Mapping,
     cap: u64,
-    records: Records,
+    /// The ring's bytes (its [`Records`] with the index words: [`records`](Self::records)).
+    bytes: Bytes,
     maxsize: u64,
     stream_large: bool,
     /// The overflow ring of a queue without an item limit.
@@ -303,12 +284,13 @@ impl Ring {
         }
         let maxsize = mem.u64_at(O_MAXSIZE).load(Relaxed);
         let stream_large = flags & FLAG_STREAM_LARGE != 0;
+        let bytes = Bytes::new(HDR, cap);
         let head_seen = AtomicU64::new(mem.u64_at(O_HEAD).load(Acquire));
         let tail_seen = AtomicU64::new(mem.u64_at(O_TAIL).load(Acquire));
         Ok(Ring {
             mem,
             cap,
-            records: Records::new(HDR, cap, K_CHECK),
+            bytes,
             maxsize,
             stream_large,
             overflow: overflow.map(|fd| Overflow {
@@ -352,6 +334,13 @@ impl Ring {
         self.maxsize as usize
     }
 
+    /// The record ring, its index words at the constant offsets `O_TAIL` and `O_HEAD`
+    /// (known when inlined, which keeps their bounds check to one comparison).
+    #[inline]
+    fn records(&self) -> Records {
+        Records::new(self.bytes, K_CHECK, O_TAIL, O_HEAD)
+    }
+
     #[inline]
     fn w32(&self, off: usize) -> &AtomicU32 {
         self.mem.u32_at(off)
@@ -364,21 +353,18 @@ impl Ring {
     /// Items in the ring (complete messages put and not yet taken), its overflow included.
     pub(crate) fn len(&self) -> usize {
         let own = |r: &Ring| {
-            let t = r.w64(O_TAIL).load(Acquire);
-            let h = r.w64(O_HEAD).load(Acquire);
-            (count(t).wrapping_sub(count(h)) & COUNT_MASK) as usize
+            let t = r.records().tail(&r.mem, Acquire);
+            let h = r.records().head(&r.mem, Acquire);
+            t.items_since(h) as usize
         };
         own(self) + self.overflow().ok().flatten().map_or(0, own)
     }
 
     /// The sum of a counter word's item counts over this ring and its overflow.
     fn total_count(&self, off: usize) -> u64 {
-        let c = count(self.w64(off).load(SeqCst));
-        let o = self
-            .overflow()
-            .ok()
-            .flatten()
-            .map_or(0, |o| count(o.w64(off).load(SeqCst)));
+        let count = |r: &Ring| Idx::from_raw(r.w64(off).load(SeqCst)).count();
+        let c = count(self);
+        let o = self.overflow().ok().flatten().map_or(0, count);
         c.wrapping_add(o) & COUNT_MASK
     }
 
@@ -424,13 +410,14 @@ impl Ring {
     /// Throws away what is in the ring and its overflow (the consumer lock is held).
     fn drop_everything(&self) {
         if let Ok(Some(o)) = self.overflow() {
-            o.drop_all(self, o.w64(O_HEAD).load(SeqCst));
+            o.drop_all(self, o.records().head(&o.mem, SeqCst));
         }
-        self.drop_all(self, self.w64(O_HEAD).load(SeqCst));
+        self.drop_all(self, self.records().head(&self.mem, SeqCst));
     }
 
     // --- locks ---------------------------------------------------------------------------
 
+    #[inline(always)]
     fn lock(
         &self,
         word_off: usize,
@@ -469,15 +456,15 @@ impl Ring {
     /// overflow's word `word` stands where it recorded) but not yet cleared the
     /// `DIVERTED` bit of the main ring's `word`, clear it.
     fn finish_return(&self, word: usize, mark_ovf: usize, mark_main: usize) {
-        let w = self.w64(word).load(SeqCst);
-        if w & DIVERTED == 0 {
+        let w = Idx::from_raw(self.w64(word).load(SeqCst));
+        if !w.flagged() {
             return;
         }
         if let Ok(Some(o)) = self.overflow() {
             if o.w64(word).load(SeqCst) == self.w64(mark_ovf).load(SeqCst)
-                && w == self.w64(mark_main).load(SeqCst)
+                && w.raw() == self.w64(mark_main).load(SeqCst)
             {
-                self.w64(word).store(w & !DIVERTED, SeqCst);
+                self.w64(word).store(w.with_flag(false).raw(), SeqCst);
             }
         }
     }
@@ -516,20 +503,18 @@ impl Ring {
     // --- byte access with wrap-around ---------------------------------------------------
 
     fn read_append(&self, pos: u64, n: usize, out: &mut Vec<u8>) {
-        self.records.read_bytes(&self.mem, pos, n, out);
+        self.records().bytes().read(&self.mem, pos, n, out);
     }
 
     fn read_u64(&self, pos: u64) -> u64 {
-        self.records.read_u64(&self.mem, pos)
+        self.records().bytes().read_u64(&self.mem, pos)
     }
 
     // --- producing ------------------------------------------------------------------------
 
     /// Waits until `need` bytes are free in the ring (the producer lock is held).
     fn wait_free(&self, need: u64, deadline: Option<Instant>) -> Result<()> {
-        let tail = self.w64(O_TAIL);
-        let head = self.w64(O_HEAD);
-        let t = tail.load(Relaxed);
+        let t = self.records().tail(&self.mem, Relaxed);
         // The overflow keeps a margin free behind its consumers (see `PUNCH_MARGIN`) and
         // holds a bounded number of items.
         let (need, items) = if self.is_overflow {
@@ -539,19 +524,18 @@ impl Ring {
         };
         // A copy of `head` older than another process's last put looks more than `cap`
         // behind the tail: it says "no room", and the real head is read.
-        let free_after = |h: u64| {
-            if count(t).wrapping_sub(count(h)) & COUNT_MASK >= items {
+        let free_after = |h: Idx| {
+            if t.items_since(h) >= items {
                 return 0;
             }
-            self.cap
-                .saturating_sub(pos(t).wrapping_sub(pos(h)) & POS_MASK)
+            self.records().free(t, h)
         };
-        if free_after(self.head_seen.load(Relaxed)) >= need {
+        if free_after(Idx::from_raw(self.head_seen.load(Relaxed))) >= need {
             return Ok(());
         }
         let free = || {
-            let h = head.load(SeqCst);
-            self.head_seen.store(h, Relaxed);
+            let h = self.records().head(&self.mem, SeqCst);
+            self.head_seen.store(h.raw(), Relaxed);
             free_after(h)
         };
         while free() < need {
@@ -568,22 +552,20 @@ impl Ring {
 
     /// Writes one record (header, optional prefix words, body) at the tail and publishes it.
     fn publish(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64) {
-        self.publish_flagged(kind, prefix, body, items, 0)
+        self.publish_flagged(kind, prefix, body, items, false)
     }
 
-    /// [`publish`](Self::publish), setting the tail's `DIVERTED` bit to `flag`.
-    fn publish_flagged(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64, flag: u64) {
+    /// [`publish`](Self::publish), raising the tail's `DIVERTED` flag (`diverted`) or
+    /// lowering it.
+    fn publish_flagged(&self, kind: u32, prefix: &[u64], body: &[u8], items: u64, diverted: bool) {
         debug_assert!(prefix.len() <= 2);
-        let tail = self.w64(O_TAIL);
-        let t = tail.load(Relaxed);
         let mut words = [0u8; 16];
         for (w, b) in prefix.iter().zip(words.chunks_exact_mut(8)) {
             b.copy_from_slice(&w.to_le_bytes());
         }
-        let end = self
-            .records
-            .write(&self.mem, pos(t), kind, &[&words[..prefix.len() * 8], body]);
-        tail.store(pack(count(t) + items, end) | flag, SeqCst);
+        let parts: &[&[u8]] = &[&words[..prefix.len() * 8], body];
+        self.records()
+            .publish(&self.mem, kind, parts, items, diverted);
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 
@@ -649,12 +631,10 @@ impl Ring {
             return Err(Error::ShutDown);
         }
         if self.maxsize > 0 {
-            let tail = self.w64(O_TAIL);
-            let head = self.w64(O_HEAD);
             let full = || {
-                let t = tail.load(Relaxed);
-                let h = head.load(SeqCst);
-                (count(t).wrapping_sub(count(h)) & COUNT_MASK) >= self.maxsize
+                let t = self.records().tail(&self.mem, Relaxed);
+                let h = self.records().head(&self.mem, SeqCst);
+                t.items_since(h) >= self.maxsize
             };
             let blocked = || full() && !self.is_shut_down();
             while full() {
@@ -676,17 +656,17 @@ impl Ring {
 
     /// Whether `need` bytes are free in the ring now (the producer lock is held).
     fn has_room(&self, need: u64) -> bool {
-        let t = self.w64(O_TAIL).load(Relaxed);
-        let free_after = |h: u64| {
-            self.cap
-                .saturating_sub(pos(t).wrapping_sub(pos(h)) & POS_MASK)
-        };
-        if free_after(self.head_seen.load(Relaxed)) >= need {
+        let t = self.records().tail(&self.mem, Relaxed);
+        if self
+            .records()
+            .free(t, Idx::from_raw(self.head_seen.load(Relaxed)))
+            >= need
+        {
             return true;
         }
-        let h = self.w64(O_HEAD).load(SeqCst);
-        self.head_seen.store(h, Relaxed);
-        free_after(h) >= need
+        let h = self.records().head(&self.mem, SeqCst);
+        self.head_seen.store(h.raw(), Relaxed);
+        self.records().free(t, h) >= need
     }
 
     /// Before a producer diverts to the overflow, whose pages are fresh (a page fault and
@@ -710,14 +690,13 @@ impl Ring {
     /// `whole` record bytes goes to (`spill`: only its 24-byte reference), moving producers
     /// to the overflow when this ring is full and back when it is half free.
     fn route(&self, whole: u64, spill: bool, deadline: Option<Instant>) -> Result<&Ring> {
-        let tail = self.w64(O_TAIL);
-        let t = tail.load(Relaxed);
+        let t = self.records().tail(&self.mem, Relaxed);
         let (need, fits) = if spill {
             (8 + 16, true)
         } else {
             (whole, whole <= self.cap / 2)
         };
-        if t & DIVERTED == 0 {
+        if !t.flagged() {
             // Room for a `DIVERT` record (8 bytes) is always kept.
             if fits && self.has_room(need + 8) {
                 return Ok(self);
@@ -729,7 +708,7 @@ impl Ring {
                 return Ok(self);
             }
             self.wait_free(8, deadline)?;
-            self.publish_flagged(K_DIVERT, &[], &[], 0, DIVERTED);
+            self.publish_flagged(K_DIVERT, &[], &[], 0, true);
             return Ok(o);
         }
         let Some(o) = self.overflow()? else {
@@ -739,12 +718,13 @@ impl Ring {
             // Back to this ring: record where both rings will stand (for a successor if we
             // die in between), publish `RETURN` in the overflow, clear the bit.
             o.wait_free(8, deadline)?;
-            let ot = o.w64(O_TAIL).load(Relaxed);
-            self.w64(O_PMARK_OVF)
-                .store(pack(count(ot), pos(ot) + 8), SeqCst);
-            self.w64(O_PMARK_MAIN).store(t, SeqCst);
+            let ot = o.records().tail(&o.mem, Relaxed);
+            self.w64(O_PMARK_OVF).store(ot.after(8, 0).raw(), SeqCst);
+            self.w64(O_PMARK_MAIN).store(t.raw(), SeqCst);
             o.publish(K_RETURN, &[], &[], 0);
-            tail.store(t & !DIVERTED, SeqCst);
+            self.records()
+                .tail_word(&self.mem)
+                .store(t.with_flag(false).raw(), SeqCst);
             return Ok(self);
         }
         Ok(o)
@@ -818,12 +798,11 @@ impl Ring {
     // --- consuming ------------------------------------------------------------------------
 
     /// Advances the head past a record of `rec` bytes, counting `items` taken.
-    fn advance(&self, h: u64, rec: u64, items: u64) {
+    fn advance(&self, h: Idx, rec: u64, items: u64) {
         if self.is_overflow {
             self.give_back(h, rec);
         }
-        self.w64(O_HEAD)
-            .store(pack(count(h) + items, pos(h) + rec), SeqCst);
+        self.records().advance(&self.mem, h, rec, items);
         self.wake(O_SPACESEQ, O_PSLEEP);
     }
 
@@ -831,11 +810,11 @@ impl Ring {
     /// `rec` bytes): gives back the pages wholly below `h`, in batches of `PUNCH_BATCH`
     /// bytes, or all of them when the ring is about to be empty. Producers never write
     /// there: they keep `PUNCH_MARGIN` bytes free behind the head.
-    fn give_back(&self, h: u64, rec: u64) {
+    fn give_back(&self, h: Idx, rec: u64) {
         let punched = self.w64(O_PUNCHED);
         let last = punched.load(Relaxed);
-        let target = pos(h) & !4095;
-        let behind = target.wrapping_sub(last) & POS_MASK;
+        let target = h.pos() & !4095;
+        let behind = record::span(last, target);
         if behind == 0 {
             return;
         }
@@ -844,12 +823,15 @@ impl Ring {
             punched.store(target, Relaxed);
             return;
         }
-        let empty_after = pos(self.w64(O_TAIL).load(SeqCst)) == (pos(h) + rec) & POS_MASK;
+        let empty_after = self.records().tail(&self.mem, SeqCst).pos() == h.after(rec, 0).pos();
         if behind < PUNCH_BATCH && !empty_after {
             return;
         }
         // A failure only means the memory is kept until the queue is dropped.
-        let _ = self.records.punch(&self.mem, last, behind as usize);
+        let _ = self
+            .records()
+            .bytes()
+            .punch(&self.mem, last, behind as usize);
         punched.store(target, Relaxed);
     }
 
@@ -867,7 +849,7 @@ impl Ring {
 
     /// Throws away everything in the ring after garbage was found at the head (`ctl`: the
     /// queue's main ring).
-    fn discard_all(&self, ctl: &Ring, h: u64) -> Error {
+    fn discard_all(&self, ctl: &Ring, h: Idx) -> Error {
         self.drop_all(ctl, h);
         Error::codec("garbage in the queue's shared memory: its contents were discarded")
     }
@@ -877,20 +859,19 @@ impl Ring {
     /// are closed by the next `get`'s look at the side socket, or with the queue. Consumers
     /// then follow the producers: into the overflow if they are there (a `DIVERT` record
     /// may have been thrown away), out of it if they left.
-    fn drop_all(&self, ctl: &Ring, h: u64) {
-        let producers_diverted = ctl.w64(O_TAIL).load(SeqCst) & DIVERTED;
-        let t = self.w64(O_TAIL).load(Acquire);
-        let n = count(t).wrapping_sub(count(h)) & COUNT_MASK;
-        let flag = if self.is_overflow {
-            0
-        } else {
-            producers_diverted
-        };
-        self.w64(O_HEAD)
-            .store(pack(count(t), pos(t)) | flag, SeqCst);
-        if self.is_overflow && producers_diverted == 0 {
-            let ch = ctl.w64(O_HEAD).load(SeqCst);
-            ctl.w64(O_HEAD).store(ch & !DIVERTED, SeqCst);
+    fn drop_all(&self, ctl: &Ring, h: Idx) {
+        let producers_diverted = ctl.records().tail(&ctl.mem, SeqCst).flagged();
+        let t = self.records().tail(&self.mem, Acquire);
+        let n = t.items_since(h);
+        self.records().skip_to(
+            &self.mem,
+            t.with_flag(!self.is_overflow && producers_diverted),
+        );
+        if self.is_overflow && !producers_diverted {
+            let ch = ctl.records().head(&ctl.mem, SeqCst);
+            ctl.records()
+                .head_word(&ctl.mem)
+                .store(ch.with_flag(false).raw(), SeqCst);
         }
         self.wake(O_SPACESEQ, O_PSLEEP);
         ctl.mark_done(n);
@@ -948,7 +929,7 @@ impl Ring {
             return Err(Error::ShutDown);
         }
         loop {
-            let from = if self.w64(O_HEAD).load(Relaxed) & DIVERTED != 0 {
+            let from = if self.records().head(&self.mem, Relaxed).flagged() {
                 self.overflow()?.unwrap_or(self)
             } else {
                 self
@@ -970,69 +951,67 @@ impl Ring {
         deadline: Option<Instant>,
     ) -> Result<Step> {
         out.clear();
-        let tail = self.w64(O_TAIL);
-        let head = self.w64(O_HEAD);
+        let tail_is = |h: Idx| self.records().tail(&self.mem, SeqCst).pos() == h.pos();
         // A streamed message being assembled: (total length, its descriptors).
         let mut stream: Option<(u64, Vec<OwnedFd>)> = None;
         loop {
-            let h = head.load(Relaxed);
-            let mut t = self.tail_seen.load(Relaxed);
-            let ahead = pos(t).wrapping_sub(pos(h)) & POS_MASK;
+            let h = self.records().head(&self.mem, Relaxed);
+            let mut t = Idx::from_raw(self.tail_seen.load(Relaxed));
+            let ahead = t.bytes_since(h);
             // Nothing more known to be ready (or a copy older than another process's last
             // get, which looks more than `cap` ahead): read the real tail.
             if ahead == 0 || ahead > self.cap {
-                t = tail.load(Acquire);
-                self.tail_seen.store(t, Relaxed);
+                t = self.records().tail(&self.mem, Acquire);
+                self.tail_seen.store(t.raw(), Relaxed);
             }
-            if pos(t) == pos(h) {
-                let shut = self.shut();
-                if shut == SHUT_NOW || (shut == SHUT && stream.is_none()) {
-                    return Err(Error::ShutDown);
-                }
-                if stream.is_some() {
-                    // Mid-stream: only a producer's death or surrender ends the wait.
-                    if self.producer_idle() && pos(tail.load(SeqCst)) == pos(h) {
-                        stream = None;
-                        out.clear();
-                        continue;
+            let header = match self.records().front(&self.mem, h, t) {
+                Front::Record(r) => r,
+                Front::Garbage => return Err(self.discard_all(ctl, h)),
+                Front::Empty => {
+                    let shut = self.shut();
+                    if shut == SHUT_NOW || (shut == SHUT && stream.is_none()) {
+                        return Err(Error::ShutDown);
                     }
-                    let _ = self.wait_while(
+                    if stream.is_some() {
+                        // Mid-stream: only a producer's death or surrender ends the wait.
+                        if self.producer_idle() && tail_is(h) {
+                            stream = None;
+                            out.clear();
+                            continue;
+                        }
+                        let _ = self.wait_while(
+                            O_DATASEQ,
+                            O_CSLEEP,
+                            || tail_is(h) && self.shut() != SHUT_NOW,
+                            Some(Instant::now() + SLICE),
+                        );
+                    } else if let Waited::TimedOut = self.wait_while(
                         O_DATASEQ,
                         O_CSLEEP,
-                        || pos(tail.load(SeqCst)) == pos(h) && self.shut() != SHUT_NOW,
-                        Some(Instant::now() + SLICE),
-                    );
-                } else if let Waited::TimedOut = self.wait_while(
-                    O_DATASEQ,
-                    O_CSLEEP,
-                    || pos(tail.load(SeqCst)) == pos(h) && !self.is_shut_down(),
-                    deadline,
-                ) {
-                    if pos(tail.load(SeqCst)) == pos(h) {
-                        return Err(Error::Empty);
+                        || tail_is(h) && !self.is_shut_down(),
+                        deadline,
+                    ) {
+                        if tail_is(h) {
+                            return Err(Error::Empty);
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
-            let used = pos(t).wrapping_sub(pos(h)) & POS_MASK;
-            let header = self.records.header(&self.mem, pos(h));
-            let (len, kind_word) = header.map_or((0, 0), |r| (r.len, r.kind));
+            };
+            let (len, kind_word) = (header.len, header.kind);
             let kind = kind_word & K_MASK;
-            let rec = record::size(len);
+            let rec = header.size();
             let has_fds = kind_word & F_FDS != 0;
-            if used > self.cap
-                || header.is_none()
-                || !(K_MSG..=K_RETURN).contains(&kind)
+            if !(K_MSG..=K_RETURN).contains(&kind)
                 || (kind == K_DIVERT && (self.is_overflow || self.overflow.is_none()))
                 || (kind == K_RETURN && !self.is_overflow)
                 || (kind >= K_DIVERT && (len != 0 || has_fds))
-                || rec > used
                 || (has_fds && !(kind == K_MSG || kind == K_FIRST || kind == K_SPILL))
                 || (kind == K_SPILL && (!has_fds || len != 16))
             {
                 return Err(self.discard_all(ctl, h));
             }
-            let mut body = pos(h) + 8;
+            let mut body = h.pos() + record::HEADER;
             let mut body_len = len;
             match kind {
                 K_SPILL => {
@@ -1072,19 +1051,22 @@ impl Ring {
                 K_DIVERT => {
                     // The next items are in the overflow: move there in the store that
                     // consumes this record.
-                    head.store(pack(count(h), pos(h) + 8) | DIVERTED, SeqCst);
+                    self.records()
+                        .head_word(&self.mem)
+                        .store(h.after(8, 0).with_flag(true).raw(), SeqCst);
                     self.wake(O_SPACESEQ, O_PSLEEP);
                     return Ok(Step::Switch);
                 }
                 K_RETURN => {
                     // Back to the main ring: record where both rings will stand (for a
                     // successor if we die in between), consume, clear the bit.
-                    let ch = ctl.w64(O_HEAD).load(SeqCst);
-                    ctl.w64(O_CMARK_OVF)
-                        .store(pack(count(h), pos(h) + 8), SeqCst);
-                    ctl.w64(O_CMARK_MAIN).store(ch, SeqCst);
+                    let ch = ctl.records().head(&ctl.mem, SeqCst);
+                    ctl.w64(O_CMARK_OVF).store(h.after(8, 0).raw(), SeqCst);
+                    ctl.w64(O_CMARK_MAIN).store(ch.raw(), SeqCst);
                     self.advance(h, 8, 0);
-                    ctl.w64(O_HEAD).store(ch & !DIVERTED, SeqCst);
+                    ctl.records()
+                        .head_word(&ctl.mem)
+                        .store(ch.with_flag(false).raw(), SeqCst);
                     return Ok(Step::Switch);
                 }
                 K_MSG | K_FIRST => {
@@ -1348,13 +1330,11 @@ impl Ring {
     #[cfg(test)]
     pub(crate) fn inject_garbage(&self, bytes: &[u8]) {
         let _g = self.lock_producer(None);
-        let tail = self.w64(O_TAIL);
-        let t = tail.load(Relaxed);
-        self.records.write_bytes(&self.mem, pos(t), bytes);
-        tail.store(
-            pack(count(t) + 1, pos(t) + record::round8(bytes.len() as u64)),
-            SeqCst,
-        );
+        let t = self.records().tail(&self.mem, Relaxed);
+        self.records().bytes().write(&self.mem, t.pos(), bytes);
+        self.records()
+            .tail_word(&self.mem)
+            .store(t.after(record::round8(bytes.len() as u64), 1).raw(), SeqCst);
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 }
