@@ -115,3 +115,33 @@ pub(crate) fn next_identity() -> Vec<u32> {
     id.push(COUNTER.fetch_add(1, Ordering::SeqCst) + 1);
     id
 }
+
+/// Launcher variables that carry the rank (Open MPI's `mpirun`, PMIx — Slurm's `srun` and
+/// Open MPI 5 —, and PMI/Hydra).
+const MPI_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
+/// Launcher variables that carry the number of ranks.
+const MPI_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"];
+
+fn env_number(names: &[&str]) -> Option<usize> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok()?.trim().parse().ok())
+}
+
+/// The rank an MPI launcher gave this process (or the agent that started it: workers inherit
+/// the variables), if any.
+pub(crate) fn mpi_env_rank() -> Option<usize> {
+    env_number(&MPI_RANK_VARS)
+}
+
+/// The number of ranks an MPI launcher announced, if any.
+pub(crate) fn mpi_env_size() -> Option<usize> {
+    env_number(&MPI_SIZE_VARS)
+}
+
+/// Whether this process belongs to an MPI job (started by an MPI launcher, or a worker of
+/// such a process) and the `mpi` feature is on: the cluster pool joins the job, and the
+/// lower layers' waiters yield the processor between looks (ranks outnumber cores there).
+pub(crate) fn mpi_launched() -> bool {
+    cfg!(feature = "mpi") && mpi_env_rank().is_some()
+}

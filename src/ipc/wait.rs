@@ -22,7 +22,7 @@ pub(crate) const SPIN: Duration = Duration::from_micros(20);
 /// holds its core for its whole look keeps the very peer it waits for from running.
 pub(crate) fn yield_between_looks() -> bool {
     static YIELD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *YIELD.get_or_init(crate::pool::cluster::launched)
+    *YIELD.get_or_init(crate::identity::mpi_launched)
 }
 
 /// The next sleep towards `deadline` (`None`: none), at most `slice` long; `None` if the

@@ -115,23 +115,11 @@ pub(crate) use net::on_init;
 #[cfg(feature = "mpi")]
 pub(crate) use remote::{build, remote_init, Remote, RemoteInitFn};
 
-/// Launcher variables that carry the rank (Open MPI's `mpirun`, PMIx — Slurm's `srun` and
-/// Open MPI 5 —, and PMI/Hydra).
-const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
-/// Launcher variables that carry the number of ranks.
-const SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"];
-
-fn env_number(names: &[&str]) -> Option<usize> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok()?.trim().parse().ok())
-}
-
 /// Whether this process was started by an MPI launcher (and the `mpi` feature is on): its
 /// `init()` then joins the MPI job.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn launched() -> bool {
-    cfg!(feature = "mpi") && env_number(&RANK_VARS).is_some()
+    crate::identity::mpi_launched()
 }
 
 /// This process's rank in the MPI job: `0` on the rank that runs `main`, and in a plain
@@ -148,7 +136,7 @@ pub fn rank() -> usize {
     if !launched() {
         return 0;
     }
-    env_number(&RANK_VARS).unwrap_or(0)
+    crate::identity::mpi_env_rank().unwrap_or(0)
 }
 
 /// The number of ranks in the MPI job (`1` in a plain run).
@@ -165,5 +153,5 @@ pub fn size() -> usize {
     if !launched() {
         return 1;
     }
-    env_number(&SIZE_VARS).unwrap_or(1).max(1)
+    crate::identity::mpi_env_size().unwrap_or(1).max(1)
 }
