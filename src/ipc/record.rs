@@ -75,7 +75,7 @@ pub(crate) struct Idx(u64);
 
 impl Idx {
     /// The word at `pos` after `count` items, flag lowered.
-    #[inline]
+    #[cfg(test)]
     pub(crate) const fn new(count: u64, pos: u64) -> Idx {
         Idx(((count & COUNT_MASK) << COUNT_SHIFT) | (pos & POS_MASK))
     }
@@ -109,10 +109,16 @@ impl Idx {
     pub(crate) const fn with_flag(self, on: bool) -> Idx {
         Idx(if on { self.0 | FLAG } else { self.0 & !FLAG })
     }
-    /// The word past `bytes` more bytes and `items` more items, flag lowered.
+    /// The word past `bytes` more bytes (less than 2^39) and `items` more items, flag
+    /// lowered. (With the flag bit clear, a position that wraps carries into it and no
+    /// further, and the count wraps with the word: one mask after the additions.)
     #[inline]
     pub(crate) const fn after(self, bytes: u64, items: u64) -> Idx {
-        Idx::new(self.count() + items, self.pos() + bytes)
+        debug_assert!(bytes <= POS_MASK);
+        Idx(((self.0 & !FLAG)
+            .wrapping_add(bytes)
+            .wrapping_add(items << COUNT_SHIFT))
+            & !FLAG)
     }
     /// Bytes from `head` to this word (a tail): what is published and not taken. More
     /// than the ring's capacity only for a stale copy of `head` (or garbage).
@@ -323,12 +329,13 @@ impl Records {
         let tail = self.tail_word(mem);
         let t = Idx(tail.load(Relaxed));
         let end = self.write(mem, t.pos(), kind, parts);
-        let new = Idx(Idx::new(t.count() + items, end).0 | (u64::from(flag) << POS_BITS));
+        let new = Idx(t.after(end - t.pos(), items).0 | (u64::from(flag) << POS_BITS));
         tail.store(new.0, SeqCst);
         new
     }
 
     /// Writes a record at `pos` and returns the position after it (not published).
+    #[inline]
     fn write(&self, mem: &Mapping, pos: u64, kind: u32, parts: &[&[u8]]) -> u64 {
         debug_assert_eq!(kind & CHECK_MASK, 0);
         let len: usize = parts.iter().map(|p| p.len()).sum();
