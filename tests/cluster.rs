@@ -254,9 +254,14 @@ fn initializer_data_reaches_every_rank_once() {
         .processes(1)
         .initializer(refuse, 30)
         .build();
+    // As for a local pool (issue 10): the pool is broken, and the initializer's panic is
+    // the cause, on whichever rank it failed.
     match bad {
-        Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("too high")),
-        other => panic!("expected the initializer's panic, got {other:?}"),
+        Err(Error::BrokenPool { cause, .. }) => match *cause {
+            Error::TaskPanicked { message, .. } => assert!(message.contains("too high")),
+            other => panic!("expected the initializer's panic as the cause, got {other:?}"),
+        },
+        other => panic!("expected a broken pool, got {other:?}"),
     }
 }
 

@@ -318,6 +318,8 @@ struct Sent {
     job: Job,
     answered: Vec<bool>,
     left: usize,
+    /// The message it was sent in (one `M_BATCH` of the handler may carry several jobs).
+    batch: u64,
     /// When it was sent.
     at: Instant,
 }
@@ -351,6 +353,12 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
     let mut tasks = 0usize;
     let mut short = false;
     let mut since = Instant::now();
+    // The pool's queue was found empty since the last job was taken: the next job starts
+    // a new stream of work, whose tasks may be of another length.
+    let mut drained = true;
+    let mut next_batch = 0u64;
+    // The messages (`M_BATCH`) sent whose jobs are not all answered yet: jobs left each.
+    let mut open: HashMap<u64, usize> = HashMap::new();
     let mut lost: Option<String> = None;
     let mut broken: Option<TaskFail> = None;
     let workers = workers.max(1);
@@ -360,10 +368,12 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
         //    first runs), and more if the jobs are small (each MPI message costs a round
         //    trip).
         loop {
-            let room = sent.len() < workers
+            // Messages out, not jobs: a take may cut one chunk of a map into several jobs,
+            // which still go to the rank (and wait there) as one.
+            let out = open.len();
+            let room = out < workers
                 || (short
-                    && (sent.len() < 2 * workers
-                        || (sent.len() < 2 * workers + 8 && tasks < 512 * workers)));
+                    && (out < 2 * workers || (out < 2 * workers + 8 && tasks < 512 * workers)));
             if !room {
                 break;
             }
@@ -373,14 +383,33 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
             let spin = idle && pause(link.active.elapsed()).is_none();
             match shared.take(usize::MAX, idle && !spin) {
                 Take::Exit if idle => break 'outer,
-                Take::Nothing if spin => std::thread::yield_now(),
-                Take::Exit | Take::Nothing => break,
+                Take::Nothing if spin => {
+                    drained = true;
+                    std::thread::yield_now()
+                }
+                Take::Exit | Take::Nothing => {
+                    drained = true;
+                    break;
+                }
                 Take::Jobs(jobs) => {
                     if idle {
                         since = Instant::now();
-                        short = false;
+                        // A new stream of work (the queue was found empty, or nothing
+                        // came for a while) is judged afresh. Otherwise the rank only ran
+                        // out because its last answers came before more was sent (the
+                        // queue still held some): the same tasks go on, and stay short.
+                        if drained || !spin {
+                            short = false;
+                        }
                     }
-                    tasks += send_jobs(&shared, world, pool, rank, jobs, &mut sent);
+                    drained = false;
+                    next_batch += 1;
+                    let (n, njobs) =
+                        send_jobs(&shared, world, (pool, rank, next_batch), jobs, &mut sent);
+                    tasks += n;
+                    if njobs > 0 {
+                        open.insert(next_batch, njobs);
+                    }
                     link.active = Instant::now();
                 }
             }
@@ -390,25 +419,27 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
         }
         // 2. Wait for the rank's answer.
         match link.next() {
-            Heard::Msg(m) if m.kind == A_RESULTS => match on_results(&mut sent, m.body()) {
-                Ok((n, per_task)) => {
-                    tasks = tasks.saturating_sub(n);
-                    if n > 0 {
-                        // Two bounds on a task's time: the time since the last answer
-                        // per task answered now (too long when rank 0 was busy, e.g.
-                        // encoding the next job), and the time since a job was sent
-                        // per task of it answered (too long when it waited behind
-                        // another).
-                        let gap = since.elapsed() / (n as u32);
-                        short = per_task.map_or(gap, |t| t.min(gap)) < SHORT_TASK;
-                        since = Instant::now();
+            Heard::Msg(m) if m.kind == A_RESULTS => {
+                match on_results(&mut sent, &mut open, m.body()) {
+                    Ok((n, per_task)) => {
+                        tasks = tasks.saturating_sub(n);
+                        if n > 0 {
+                            // Two bounds on a task's time: the time since the last answer
+                            // per task answered now (too long when rank 0 was busy, e.g.
+                            // encoding the next job), and the time since a job was sent
+                            // per task of it answered (too long when it waited behind
+                            // another).
+                            let gap = since.elapsed() / (n as u32);
+                            short = per_task.map_or(gap, |t| t.min(gap)) < SHORT_TASK;
+                            since = Instant::now();
+                        }
+                    }
+                    Err(e) => {
+                        broken = Some(TaskFail::from_error(&e));
+                        break;
                     }
                 }
-                Err(e) => {
-                    broken = Some(TaskFail::from_error(&e));
-                    break;
-                }
-            },
+            }
             Heard::Msg(m) if m.kind == A_FAILED => {
                 broken = Some(decode_fail(m.body()));
                 break;
@@ -449,15 +480,15 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
     shared.handler_exited();
 }
 
-/// Sends `jobs` to `rank` in one message; returns the number of tasks sent.
+/// Sends `jobs` to `rank` in one message, batch `batch`; returns the number of tasks and
+/// of jobs sent.
 fn send_jobs(
     shared: &Shared,
     world: &World,
-    pool: u64,
-    rank: usize,
+    (pool, rank, batch): (u64, usize, u64),
     jobs: Vec<Job>,
     sent: &mut HashMap<u64, Sent>,
-) -> usize {
+) -> (usize, usize) {
     let mut buf = header(M_BATCH, pool);
     buf.extend_from_slice(&0u32.to_le_bytes());
     let mut njobs = 0u32;
@@ -485,6 +516,7 @@ fn send_jobs(
                 job,
                 answered: vec![false; n],
                 left: n,
+                batch,
                 at: Instant::now(),
             },
         );
@@ -493,12 +525,16 @@ fn send_jobs(
         buf[9..13].copy_from_slice(&njobs.to_le_bytes());
         world.send(rank, buf);
     }
-    ntasks
+    (ntasks, njobs as usize)
 }
 
 /// Hands a rank's results to their jobs' sinks; returns the number of tasks answered, and
 /// the shortest time per task answered of a job since it was sent.
-fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<(usize, Option<Duration>)> {
+fn on_results(
+    sent: &mut HashMap<u64, Sent>,
+    open: &mut HashMap<u64, usize>,
+    body: &[u8],
+) -> Result<(usize, Option<Duration>)> {
     let mut per_task: Option<Duration> = None;
     let mut rd = Reader::new(body);
     let mut total = 0;
@@ -523,7 +559,14 @@ fn on_results(sent: &mut HashMap<u64, Sent>, body: &[u8]) -> Result<(usize, Opti
         let t = s.at.elapsed() / done;
         per_task = Some(per_task.map_or(t, |p| p.min(t)));
         if s.left == 0 {
-            sent.remove(&seg.id);
+            if let Some(done) = sent.remove(&seg.id) {
+                if let Some(left) = open.get_mut(&done.batch) {
+                    *left -= 1;
+                    if *left == 0 {
+                        open.remove(&done.batch);
+                    }
+                }
+            }
         }
     }
     Ok((total, per_task))
