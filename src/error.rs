@@ -159,7 +159,9 @@ pub enum Error {
     /// A [`Pool`](crate::Pool) can no longer run tasks (Python's
     /// `concurrent.futures.process.BrokenProcessPool`): its initializer failed in a worker
     /// (panicked, or its type does not match), or every worker slot failed to start a
-    /// worker three times in a row. Every pending and later task fails with this error;
+    /// worker three times in a row (twenty, when each was SIGKILLed while it started: see
+    /// the [pool's faults](crate::pool#faults)). Every pending and later task fails with
+    /// this error;
     /// [`source`](std::error::Error::source) is what went wrong last (the initializer's
     /// [`TaskPanicked`](Error::TaskPanicked), a worker's [`WorkerDied`](Error::WorkerDied),
     /// the start's own error).

@@ -475,6 +475,47 @@ fn workers_sigkilled_while_starting_are_replaced_again() {
     assert_eq!(pool.apply(square, 6).unwrap(), 36);
 }
 
+/// Kills itself with SIGKILL while starting, in every worker after the first.
+fn init_always_killed_after_one(starts: multiproc::Value<u32>) {
+    if count_start(&starts) > 1 {
+        kill_self(rustix::process::Signal::KILL);
+    }
+}
+
+/// Twenty workers in a row SIGKILLed while they start are no accident: the pool gives up
+/// and says so (`BrokenPool`, the last kill as its cause) instead of waiting for ever.
+#[test]
+fn twenty_workers_in_a_row_sigkilled_while_starting_break_the_pool() {
+    multiproc::init();
+    let starts = multiproc::Value::new(0u32).unwrap();
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(init_always_killed_after_one, starts.clone())
+        .build()
+        .unwrap();
+    assert!(matches!(
+        pool.apply(|_: ()| kill_self(rustix::process::Signal::KILL), ()),
+        Err(Error::WorkerDied { .. })
+    ));
+    match pool.apply(square, 2) {
+        Err(Error::BrokenPool { reason, cause }) => {
+            assert!(reason.contains("20 times in a row"), "{reason}");
+            assert!(
+                matches!(
+                    *cause,
+                    Error::WorkerDied {
+                        signal: Some(9),
+                        ..
+                    }
+                ),
+                "{cause:?}"
+            );
+        }
+        other => panic!("expected BrokenPool, got {other:?}"),
+    }
+    assert_eq!(starts.get(), 21);
+}
+
 /// The pool's 3rd and later workers exit with code 3 while starting.
 fn init_exits_after_two(starts: multiproc::Value<u32>) {
     if count_start(&starts) > 2 {

@@ -42,8 +42,8 @@
 //!   otherwise while it starts (exits, crashes in the initializer, or cannot be started)
 //!   is tried again; after three such failures in a row a worker slot is given up, and
 //!   once every slot has, the pool is broken the same way. A worker SIGKILLed while it
-//!   starts does not count: it was killed from outside, and it is replaced as often as it
-//!   takes, as in CPython;
+//!   starts counts apart: it was killed from outside, and it is replaced, as in CPython,
+//!   up to twenty times in a row (twenty in a row is no accident: the slot gives up);
 //! - [`Pool::terminate`] (and dropping the pool) fails every pending task with
 //!   [`Error::Closed`] and returns promptly, however much work is queued.
 //!

@@ -14,8 +14,12 @@ use crate::{Error, Result};
 use super::*;
 
 /// A worker slot is given up after this many failed starts in a row (a worker SIGKILLed
-/// while it starts does not count); once every slot has given up, the pool is broken.
+/// while it starts counts apart); once every slot has given up, the pool is broken.
 const START_ATTEMPTS: u32 = 3;
+/// ... or after this many workers in a row SIGKILLed while they start: killed from outside
+/// now and then, a worker is simply replaced, but every one of twenty in a row is no
+/// accident (the OOM killer in the initializer, say), and waiting on would hang the tasks.
+const KILLED_ATTEMPTS: u32 = 20;
 
 pub(super) enum Event {
     Readable,
@@ -78,6 +82,7 @@ pub(super) fn serve(
     let timeout = shared.cfg.task_timeout;
     let depth = if timeout.is_some() { 1 } else { 2 };
     let mut start_failures = 0u32;
+    let mut start_kills = 0u32;
     // Jobs are sent ahead to a busy worker only when its tasks are known to be short: for
     // long tasks that would unbalance the load (one worker holding two, another idle).
     let mut short_tasks = false;
@@ -101,6 +106,7 @@ pub(super) fn serve(
                         w.pid
                     );
                     start_failures = 0;
+                    start_kills = 0;
                     *worker = Some(w);
                 }
                 Err(StartFail::Terminating) => break 'outer,
@@ -110,9 +116,10 @@ pub(super) fn serve(
                 }
                 Err(StartFail::Start(f)) => {
                     // A worker SIGKILLed while it started was killed from outside (the
-                    // OOM killer, a user): not the pool's fault, so it is replaced as often
-                    // as it takes, as CPython does. Any other failure (the process cannot
-                    // be started, or it exited or crashed in the initializer) counts.
+                    // OOM killer, a user): not the pool's fault, so it is replaced, as
+                    // CPython does, up to KILLED_ATTEMPTS times in a row. Any other failure
+                    // (the process cannot be started, or it exited or crashed in the
+                    // initializer) counts against START_ATTEMPTS.
                     let killed = matches!(
                         f,
                         TaskFail::Died {
@@ -120,10 +127,18 @@ pub(super) fn serve(
                             ..
                         }
                     );
-                    if !killed {
+                    if killed {
+                        start_kills += 1;
+                    } else {
                         start_failures += 1;
                     }
-                    if start_failures >= START_ATTEMPTS {
+                    let tries = if killed { start_kills } else { start_failures };
+                    let limit = if killed {
+                        KILLED_ATTEMPTS
+                    } else {
+                        START_ATTEMPTS
+                    };
+                    if tries >= limit {
                         let last = {
                             let mut st = shared.lock();
                             st.live_handlers = st.live_handlers.saturating_sub(1);
@@ -131,13 +146,13 @@ pub(super) fn serve(
                         };
                         crate::log::log_event!(
                             Warning,
-                            "pool worker slot {slot} gave up: {START_ATTEMPTS} workers in a row failed to start ({})",
+                            "pool worker slot {slot} gave up: {limit} workers in a row failed to start ({})",
                             f.to_error()
                         );
                         if last {
                             shared.set_broken(TaskFail::Broken {
                                 reason: format!(
-                                    "no worker can be started: each worker slot failed to start one {START_ATTEMPTS} times in a row"
+                                    "no worker can be started: each worker slot failed to start one {limit} times in a row"
                                 ),
                                 cause: Box::new(f),
                             });
