@@ -30,6 +30,22 @@ fn wait_for_gate((gate, x): (multiproc::Event, u64)) -> u64 {
     x
 }
 
+/// Waits at `b` for the other party (the pool's other worker), then says its pid.
+fn meet_pid(b: multiproc::Barrier) -> u32 {
+    b.wait_timeout(Duration::from_secs(60)).unwrap();
+    std::process::id()
+}
+
+/// The pids of a two-worker pool's workers: two tasks that must run at the same time (a
+/// handshake, not naps that a loaded machine may serialise onto one worker).
+fn both_worker_pids(pool: &Pool) -> HashSet<u32> {
+    let b = multiproc::Barrier::new(2).unwrap();
+    pool.map_chunked(meet_pid, vec![b.clone(), b], 1)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 fn nap_pid(ms: u64) -> u32 {
     nap(ms);
     std::process::id()
@@ -102,12 +118,7 @@ fn map_keeps_order_and_chunks() {
     ];
     assert_eq!(pool.starmap(printer, tuples).unwrap(), vec![130, 170]);
     // Work is spread over the workers.
-    let pids: HashSet<u32> = pool
-        .map_chunked(nap_pid, vec![20; 8], 1)
-        .unwrap()
-        .into_iter()
-        .collect();
-    assert_eq!(pids.len(), 2);
+    assert_eq!(both_worker_pids(&pool).len(), 2);
 }
 
 #[test]
@@ -275,12 +286,7 @@ fn killed_worker_fails_only_its_tasks() {
     assert_eq!(failed, vec![7]);
     // Still usable, with a full set of workers.
     assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
-    let pids: HashSet<u32> = pool
-        .map_chunked(nap_pid, vec![30; 6], 1)
-        .unwrap()
-        .into_iter()
-        .collect();
-    assert_eq!(pids.len(), 2);
+    assert_eq!(both_worker_pids(&pool).len(), 2);
     assert!(t.elapsed() < Duration::from_secs(20));
 }
 
@@ -690,19 +696,11 @@ fn many_apply_async_no_fd_or_thread_growth() {
     eprintln!("100,000 apply_async: {:?}", t.elapsed());
 }
 
-/// The pids of a pool's workers (two here): four short tasks, one per message.
-fn worker_pids(pool: &Pool) -> HashSet<u32> {
-    pool.map_chunked(nap_pid, vec![20; 4], 1)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
 #[test]
 fn terminate_with_pending_work_is_prompt_and_leaves_nothing() {
     multiproc::init();
     let pool = Pool::new(2).unwrap();
-    let pids = worker_pids(&pool);
+    let pids = both_worker_pids(&pool);
     let pending: Vec<_> = (0..10_000).map(|_| pool.apply_async(nap, 50)).collect();
     let t = Instant::now();
     pool.terminate().unwrap();
@@ -721,7 +719,7 @@ fn terminate_with_pending_work_is_prompt_and_leaves_nothing() {
 fn drop_terminates_and_reaps() {
     multiproc::init();
     let pool = Pool::new(2).unwrap();
-    let pids = worker_pids(&pool);
+    let pids = both_worker_pids(&pool);
     let r = pool.apply_async(nap, 60_000);
     let t = Instant::now();
     drop(pool);
