@@ -807,7 +807,7 @@ impl<'de> Dec<'de> {
 
     #[inline]
     fn str(&mut self) -> R<&'de str> {
-        std::str::from_utf8(self.bytes()?).map_err(|e| CodecError(format!("bad UTF-8: {e}")))
+        plain::utf8(self.bytes()?).map_err(|e| CodecError(format!("bad UTF-8: {e}")))
     }
 
     #[inline]
@@ -974,13 +974,11 @@ impl<'de> Deserializer<'de> for &mut Dec<'de> {
         let b = self.bytes()?;
         if b.len() >= plain::HUGE_RUN {
             // A large string is copied into memory made for it (see `owned_run`).
-            let s = String::from_utf8(owned_run(b)?)
-                .map_err(|e| CodecError(format!("bad UTF-8: {}", e.utf8_error())))?;
+            let s = plain::string_from_utf8(owned_run(b)?)
+                .map_err(|e| CodecError(format!("bad UTF-8: {e}")))?;
             return v.visit_string(s);
         }
-        v.visit_borrowed_str(
-            std::str::from_utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))?,
-        )
+        v.visit_borrowed_str(plain::utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))?)
     }
     #[inline]
     fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> R<V::Value> {

