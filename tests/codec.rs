@@ -5,10 +5,10 @@
 
 mod common;
 
+use common::echo::{self, echo, echo_pipe, kind, runner, Echoed};
 use common::*;
 use multiproc::{Connection, Error, Event, JoinableQueue, Pool, Process, Queue, SimpleQueue};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -35,6 +35,12 @@ enum Item {
     /// Inside a tuple, next to a boxed slice.
     Tuple((u32, Vec<i16>, Box<[u64]>)),
     Stop,
+}
+
+impl Echoed for Item {
+    fn same(&self, other: &Self) -> bool {
+        same(self, other)
+    }
 }
 
 /// Bit-exact equality (floats by their bits, so NaN payloads count).
@@ -141,24 +147,7 @@ fn items() -> impl Strategy<Value = Item> {
     (any::<u8>(), size, any::<u64>()).prop_map(|(k, n, s)| make(k, n, s))
 }
 
-fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
-}
-
 // --- echo children ---------------------------------------------------------------------------
-
-fn echo_queue((inq, outq): (Queue<Item>, Queue<Item>)) {
-    loop {
-        match inq.get().unwrap() {
-            Item::Stop => return,
-            v => outq.put(v).unwrap(),
-        }
-    }
-}
 
 fn echo_joinable_to_simple((inq, outq): (JoinableQueue<Item>, SimpleQueue<Item>)) {
     loop {
@@ -171,38 +160,11 @@ fn echo_joinable_to_simple((inq, outq): (JoinableQueue<Item>, SimpleQueue<Item>)
     }
 }
 
-fn echo_pipe(c: Connection<Item>) {
-    loop {
-        match c.recv().unwrap() {
-            Item::Stop => return,
-            v => c.send(&v).unwrap(),
-        }
-    }
-}
-
-fn echo(v: Item) -> Item {
-    v
-}
-
 // --- property tests ----------------------------------------------------------------------------
 
 #[test]
 fn every_type_round_trips_bit_exact_through_a_queue() {
-    multiproc::init();
-    let (a, b) = (Queue::new().unwrap(), Queue::new().unwrap());
-    let mut p = Process::new(echo_queue, (a.clone(), b.clone()));
-    p.start().unwrap();
-    runner(40)
-        .run(&items(), |item| {
-            a.put(item.clone()).unwrap();
-            let back = b.get().unwrap();
-            prop_assert!(same(&item, &back), "{:?}", kind(&item));
-            Ok(())
-        })
-        .unwrap();
-    a.put(Item::Stop).unwrap();
-    p.join().unwrap();
-    assert_eq!(p.exitcode(), Some(0));
+    echo::through_a_queue(items(), 40);
 }
 
 #[test]
@@ -215,7 +177,7 @@ fn every_type_round_trips_bit_exact_through_joinable_and_simple_queues() {
         .run(&items(), |item| {
             a.put(item.clone()).unwrap();
             let back = b.get().unwrap();
-            prop_assert!(same(&item, &back), "{:?}", kind(&item));
+            prop_assert!(same(&item, &back), "{}", kind(&item));
             Ok(())
         })
         .unwrap();
@@ -227,37 +189,17 @@ fn every_type_round_trips_bit_exact_through_joinable_and_simple_queues() {
 
 #[test]
 fn every_type_round_trips_bit_exact_through_a_pipe() {
-    multiproc::init();
-    let (here, there) = multiproc::pipe::<Item>().unwrap();
-    let mut p = Process::new(echo_pipe, there);
-    p.start().unwrap();
-    runner(30)
-        .run(&items(), |item| {
-            here.send(&item).unwrap();
-            let back = here.recv().unwrap();
-            prop_assert!(same(&item, &back), "{:?}", kind(&item));
-            Ok(())
-        })
-        .unwrap();
-    here.send(&Item::Stop).unwrap();
-    p.join().unwrap();
-    assert_eq!(p.exitcode(), Some(0));
+    echo::through_a_pipe(items(), 30);
 }
 
 #[test]
 fn every_type_round_trips_bit_exact_as_pool_arguments_and_results() {
     multiproc::init();
     let pool = Pool::new(1).unwrap();
-    runner(20)
-        .run(&items(), |item| {
-            let back = pool.apply(echo, item.clone()).unwrap();
-            prop_assert!(same(&item, &back), "{:?}", kind(&item));
-            Ok(())
-        })
-        .unwrap();
+    echo::through_a_pool(&pool, items(), 20);
     // Many small ones in one map (several per task).
     let small: Vec<Item> = (0..200).map(|i| make(i as u8, i * 3, i as u64)).collect();
-    let back = pool.map(echo, small.clone()).unwrap();
+    let back = pool.map(echo::<Item>, small.clone()).unwrap();
     assert!(small.iter().zip(&back).all(|(a, b)| same(a, b)));
     pool.close();
     pool.join().unwrap();
@@ -273,7 +215,7 @@ fn every_type_round_trips_bit_exact_through_a_manager_proxy() {
             // Into the manager's process and back.
             l.push(item.clone()).unwrap();
             let back = l.pop().unwrap();
-            prop_assert!(same(&item, &back), "{:?}", kind(&item));
+            prop_assert!(same(&item, &back), "{}", kind(&item));
             Ok(())
         })
         .unwrap();
@@ -294,8 +236,8 @@ fn large_items() -> Vec<Item> {
 fn large_values_of_every_type_through_a_pipe_and_a_pool_leave_nothing_behind() {
     multiproc::init();
     let shm_before = shm_files();
-    let (here, there) = multiproc::pipe::<Item>().unwrap();
-    let mut p = Process::new(echo_pipe, there);
+    let (here, there) = multiproc::pipe::<Option<Item>>().unwrap();
+    let mut p = Process::new(echo_pipe::<Item>, there);
     p.start().unwrap();
     let pool = Pool::new(1).unwrap();
     let items = large_items();
@@ -303,19 +245,20 @@ fn large_values_of_every_type_through_a_pipe_and_a_pool_leave_nothing_behind() {
     // counted after it.
     let round = || {
         for item in &items {
-            here.send(item).unwrap();
-            assert!(same(item, &here.recv().unwrap()), "pipe: {}", kind(item));
-            let back = pool.apply(echo, item.clone()).unwrap();
+            here.send(&Some(item.clone())).unwrap();
+            let back = here.recv().unwrap();
+            assert!(back.is_some_and(|b| same(item, &b)), "pipe: {}", kind(item));
+            let back = pool.apply(echo::<Item>, item.clone()).unwrap();
             assert!(same(item, &back), "pool apply: {}", kind(item));
         }
-        let back = pool.map(echo, items.clone()).unwrap();
+        let back = pool.map(echo::<Item>, items.clone()).unwrap();
         assert!(items.iter().zip(&back).all(|(a, b)| same(a, b)), "pool map");
     };
     round();
     let fds = fd_count();
     round();
     assert_eq!(fd_count(), fds, "descriptors grow with large values");
-    here.send(&Item::Stop).unwrap();
+    here.send(&None).unwrap();
     p.join().unwrap();
     assert_eq!(p.exitcode(), Some(0));
     pool.close();
@@ -355,10 +298,6 @@ fn a_receiver_killed_holding_a_large_value_leaves_nothing_behind() {
     assert_eq!(fd_count(), fds, "descriptors left open");
     let ours = new_multiproc_files(&shm_before);
     assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
-}
-
-fn kind(i: &Item) -> String {
-    format!("{i:?}").chars().take(40).collect()
 }
 
 // --- the format's limits -----------------------------------------------------------------------

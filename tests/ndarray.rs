@@ -4,11 +4,14 @@
 //! ndarray views, written by child processes and read by the parent.
 #![cfg(feature = "ndarray")]
 
+mod common;
+
+use common::echo::{self, Echoed};
+
 use multiproc::ndarray::{s, Array, Array1, Array2, ArrayD, Axis, IxDyn, ShapeBuilder};
 use multiproc::shared_memory::SharedMemory;
-use multiproc::{Connection, Error, Pool, Process, Queue, RawArray};
+use multiproc::{Error, Pool, RawArray};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -25,7 +28,12 @@ enum Item {
         pixels: Array2<u16>,
         label: String,
     },
-    Stop,
+}
+
+impl Echoed for Item {
+    fn same(&self, other: &Self) -> bool {
+        same(self, other)
+    }
 }
 
 /// Bit-exact equality (floats by their bits, so NaN payloads count), shapes included.
@@ -53,7 +61,6 @@ fn same(a: &Item, b: &Item) -> bool {
                 label: l2,
             },
         ) => id == i2 && pixels == p2 && label == l2,
-        (Stop, Stop) => true,
         _ => false,
     }
 }
@@ -142,89 +149,21 @@ fn items() -> impl Strategy<Value = Item> {
     (any::<u8>(), size, any::<u64>(), any::<u8>()).prop_map(|(k, n, s, l)| make(k, n, s, l))
 }
 
-fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
-}
-
-fn kind(i: &Item) -> String {
-    format!("{i:?}").chars().take(60).collect()
-}
-
-fn echo_queue((inq, outq): (Queue<Item>, Queue<Item>)) {
-    loop {
-        match inq.get().unwrap() {
-            Item::Stop => return,
-            v => outq.put(v).unwrap(),
-        }
-    }
-}
-
-fn echo_pipe(c: Connection<Item>) {
-    loop {
-        match c.recv().unwrap() {
-            Item::Stop => return,
-            v => c.send(&v).unwrap(),
-        }
-    }
-}
-
-fn echo(v: Item) -> Item {
-    v
-}
-
 #[test]
 fn arrays_of_random_shapes_round_trip_bit_exact_through_a_queue() {
-    multiproc::init();
-    let (a, b) = (Queue::new().unwrap(), Queue::new().unwrap());
-    let mut p = Process::new(echo_queue, (a.clone(), b.clone()));
-    p.start().unwrap();
-    runner(40)
-        .run(&items(), |item| {
-            a.put(item.clone()).unwrap();
-            let back = b.get().unwrap();
-            prop_assert!(same(&item, &back), "{}", kind(&item));
-            Ok(())
-        })
-        .unwrap();
-    a.put(Item::Stop).unwrap();
-    p.join().unwrap();
-    assert_eq!(p.exitcode(), Some(0));
+    echo::through_a_queue(items(), 40);
 }
 
 #[test]
 fn arrays_of_random_shapes_round_trip_bit_exact_through_a_pipe() {
-    multiproc::init();
-    let (here, there) = multiproc::pipe::<Item>().unwrap();
-    let mut p = Process::new(echo_pipe, there);
-    p.start().unwrap();
-    runner(30)
-        .run(&items(), |item| {
-            here.send(&item).unwrap();
-            let back = here.recv().unwrap();
-            prop_assert!(same(&item, &back), "{}", kind(&item));
-            Ok(())
-        })
-        .unwrap();
-    here.send(&Item::Stop).unwrap();
-    p.join().unwrap();
-    assert_eq!(p.exitcode(), Some(0));
+    echo::through_a_pipe(items(), 30);
 }
 
 #[test]
 fn arrays_round_trip_as_pool_arguments_and_results() {
     multiproc::init();
     let pool = Pool::new(1).unwrap();
-    runner(15)
-        .run(&items(), |item| {
-            let back = pool.apply(echo, item.clone()).unwrap();
-            prop_assert!(same(&item, &back), "{}", kind(&item));
-            Ok(())
-        })
-        .unwrap();
+    echo::through_a_pool(&pool, items(), 15);
     pool.close();
     pool.join().unwrap();
 }

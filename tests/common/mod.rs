@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: leak checks on processes and descriptors.
 #![allow(dead_code)]
 
+pub mod echo;
+
 use std::time::{Duration, Instant};
 
 /// Pids of zombie processes whose parent is this process.
