@@ -92,7 +92,12 @@
 //! another for MPI's sake. MPI cannot wake a sleeping thread, so a thread that waits for a
 //! message yields the processor between looks for a millisecond after the last one
 //! (a quick series of `apply` calls stays quick), then sleeps longer and longer, up to a
-//! millisecond. MPI is finalised when rank 0's `main` returns (or `std::process::exit` is
+//! millisecond. The same holds for the pipes between an agent and its local workers: in
+//! every process of an MPI job (the workers too), a thread that looks again and again for
+//! its next message yields the processor between looks instead of holding its core, since
+//! ranks often outnumber cores (`mpirun --oversubscribe`) and a waiter that holds its core
+//! keeps the very process it waits for from running. Nothing needs setting in Open MPI
+//! for this. MPI is finalised when rank 0's `main` returns (or `std::process::exit` is
 //! called), after telling every agent to stop its workers.
 //!
 //! [`PoolBuilder::cluster`]: crate::PoolBuilder::cluster
