@@ -137,3 +137,37 @@ fn join_handles_and_closed_queues_are_ready() {
     q.close();
     assert_eq!(wait(&[&q], None).unwrap(), vec![0]);
 }
+
+/// Ready from its second look on: an object that becomes ready while `wait` looks at the
+/// others (a message sent just before its sender exited, the exit seen after).
+struct ReadyAfterFirstLook(std::cell::Cell<u32>);
+
+impl multiproc::connection::Waitable for ReadyAfterFirstLook {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    fn is_ready(&self) -> multiproc::Result<bool> {
+        self.0.set(self.0.get() + 1);
+        Ok(self.0.get() > 1)
+    }
+}
+
+struct AlwaysReady;
+
+impl multiproc::connection::Waitable for AlwaysReady {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    fn is_ready(&self) -> multiproc::Result<bool> {
+        Ok(true)
+    }
+}
+
+#[test]
+fn an_object_ready_before_the_one_found_ready_is_reported_with_it() {
+    // The soak beside a second copy of the suite once saw `wait` report a child's exit
+    // without the message it had sent just before: the pipe was looked at first, too early.
+    let early = ReadyAfterFirstLook(std::cell::Cell::new(0));
+    let objects: [&dyn Waitable; 2] = [&early, &AlwaysReady];
+    assert_eq!(wait(&objects, None).unwrap(), vec![0, 1]);
+}

@@ -112,7 +112,17 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             }
         }
         if !ready.is_empty() {
-            return Ok(ready);
+            // One more look at the others. The look above is one object after another, so
+            // an object that became ready before one found ready (a message sent just before
+            // its sender exited) may have been looked at too early; a kernel's `select` sees
+            // both, and so must we.
+            let mut all = Vec::with_capacity(objects.len());
+            for (i, o) in objects.iter().enumerate() {
+                if ready.contains(&i) || o.is_ready()? {
+                    all.push(i);
+                }
+            }
+            return Ok(all);
         }
         let fds: Vec<BorrowedFd<'_>> = objects.iter().filter_map(|o| o.wait_fd()).collect();
         let kernel_only = fds.len() == objects.len();
