@@ -2053,3 +2053,33 @@ fn process_sigint_exit_code() {
     assert!(p.join_timeout(Duration::from_secs(30)).unwrap());
     assert_eq!(p.exitcode(), Some(-2));
 }
+
+// --- batch 7: descriptors in children, broken output, abstract sockets, manager restart -------
+
+/// `_TestListener.test_abstract_socket`: Python's `"\0name"` is an address in Linux's
+/// abstract namespace (here `"@name"` too); a client connects and talks. Once the listener
+/// is gone the name is free: connecting fails. `TestInvalidFamily`: a Windows pipe name is
+/// no address here (Python: `ValueError`), and binding it creates nothing.
+#[test]
+fn listener_abstract_socket_and_invalid_family() {
+    use multiproc::connection::{Address, Client, Listener};
+    let name = format!("multiproc-parity-{}", std::process::id());
+    let python_form = format!("\0{name}");
+    let l = Listener::bind(python_form.as_str(), None).unwrap();
+    assert_eq!(l.address(), &Address::Abstract(name.clone().into_bytes()));
+    let c = Client::connect::<i32>(python_form.as_str(), None).unwrap();
+    let d = l.accept::<i32>().unwrap();
+    c.send(&1729).unwrap();
+    assert_eq!(d.recv().unwrap(), 1729);
+    // The same socket under its other spelling.
+    let c = Client::connect::<i32>(format!("@{name}"), None).unwrap();
+    let d = l.accept::<i32>().unwrap();
+    d.send(&7).unwrap();
+    assert_eq!(c.recv().unwrap(), 7);
+    drop(l);
+    assert!(Client::connect::<i32>(python_form.as_str(), None).is_err());
+
+    let pipe_name = r"\\.\test";
+    assert!(Listener::bind(pipe_name, None).is_err());
+    assert!(!std::path::Path::new(pipe_name).exists());
+}

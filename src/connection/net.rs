@@ -20,8 +20,8 @@ use crate::{sys, Error, Result};
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A socket address: TCP (`"127.0.0.1:50000"`), a Unix socket file (`"/tmp/sock"`, any
-/// string starting with `/` or `.`), or a Linux abstract Unix socket (`"@name"`: no file,
-/// nothing to clean up).
+/// string starting with `/` or `.`), or a Linux abstract Unix socket (`"@name"`, or
+/// `"\0name"` as Python writes it: no file, nothing to clean up).
 ///
 /// ```
 /// use multiproc::connection::Address;
@@ -30,6 +30,7 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// assert_eq!(a.to_string(), "127.0.0.1:5000");
 /// assert!(matches!("/tmp/x.sock".parse::<Address>().unwrap(), Address::Unix(_)));
 /// assert_eq!("@mp-demo".parse::<Address>().unwrap(), Address::Abstract(b"mp-demo".to_vec()));
+/// assert_eq!("\0mp-demo".parse::<Address>().unwrap(), Address::Abstract(b"mp-demo".to_vec()));
 /// assert!("no port here".parse::<Address>().is_err());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,7 +52,7 @@ impl Address {
     /// assert!(matches!(a, multiproc::connection::Address::Tcp(_)));
     /// ```
     pub fn parse(s: &str) -> Result<Address> {
-        if let Some(name) = s.strip_prefix('@') {
+        if let Some(name) = s.strip_prefix('@').or_else(|| s.strip_prefix('\0')) {
             return Ok(Address::Abstract(name.as_bytes().to_vec()));
         }
         if s.starts_with('/') || s.starts_with('.') {
