@@ -2056,6 +2056,77 @@ fn process_sigint_exit_code() {
 
 // --- batch 7: descriptors in children, broken output, abstract sockets, manager restart -------
 
+/// `_TestProcess.test_child_fd_inflation`: the number of descriptors a child has open does
+/// not grow with the number of children already running (fork server and spawn; CPython
+/// skips `fork`, whose children inherit everything by design).
+#[test]
+fn child_fd_count_does_not_grow_with_running_children() {
+    multiproc::init();
+    fn report((q, stop): (Queue<usize>, Event)) {
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        q.put(open).unwrap();
+        stop.wait();
+    }
+    for method in [
+        multiproc::StartMethod::ForkServer,
+        multiproc::StartMethod::Spawn,
+    ] {
+        let q = Queue::new().unwrap();
+        let stop = Event::new().unwrap();
+        let kids: Vec<Process> = (0..5)
+            .map(|_| {
+                let mut p = Process::new(report, (q.clone(), stop.clone()))
+                    .with_start_method(method)
+                    .with_daemon(true);
+                p.start().unwrap();
+                p
+            })
+            .collect();
+        // Each child reports while the ones started before it still run.
+        let counts: Vec<usize> = (0..5).map(|_| q.get().unwrap()).collect();
+        stop.set();
+        for p in &kids {
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+        }
+        assert!(
+            counts.iter().all(|&c| c == counts[0]),
+            "{method:?}: descriptors open in each child: {counts:?}"
+        );
+    }
+}
+
+/// `TestCloseFds.test_closefd`: a descriptor the parent has open (not even close-on-exec,
+/// and numbered high, past anything a fresh process has) is not open in a child started by
+/// the fork server or by spawn; a forked child inherits it, as in CPython.
+#[test]
+fn children_do_not_inherit_unrelated_descriptors() {
+    multiproc::init();
+    use std::os::fd::AsRawFd;
+    fn has_fd(fd: i32) -> bool {
+        std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists()
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let high = rustix::io::fcntl_dupfd_cloexec(&sock, 50).unwrap();
+    rustix::io::fcntl_setfd(&high, rustix::io::FdFlags::empty()).unwrap();
+    let fd = high.as_raw_fd();
+    assert!(has_fd(fd));
+    common::allow_fork();
+    for (method, inherited) in [
+        (multiproc::StartMethod::Fork, true),
+        (multiproc::StartMethod::ForkServer, false),
+        (multiproc::StartMethod::Spawn, false),
+    ] {
+        let got = multiproc::Builder::new()
+            .start_method(method)
+            .spawn(has_fd, fd)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, inherited, "{method:?}");
+    }
+}
+
 /// `_TestListener.test_abstract_socket`: Python's `"\0name"` is an address in Linux's
 /// abstract namespace (here `"@name"` too); a client connects and talks. Once the listener
 /// is gone the name is free: connecting fails. `TestInvalidFamily`: a Windows pipe name is

@@ -179,6 +179,7 @@ pub(crate) fn exec_self(role: &str, stdin: OwnedFd) -> Result<u32> {
     cmd.args(harness_args())
         .env(ROLE_VAR, format!("{role}:{}", sys::getpid()))
         .stdin(std::process::Stdio::from(stdin));
+    sys::exec_without_other_fds(&mut cmd);
     if ENTRY_TEST.get().is_some() {
         // The harness prints before init() takes over; the child installs the real stdout
         // it is sent once it gets there.

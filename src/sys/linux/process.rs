@@ -155,6 +155,35 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Makes the process `cmd` executes start without any descriptor from 3 up that it would
+/// otherwise inherit (one this process, or a library in it, opened without close-on-exec),
+/// as Python's spawn and fork server start theirs (`close_fds=True`): what a new process
+/// needs comes through its standard input. On kernels before 5.11 (no `close_range`) such
+/// descriptors are inherited as before.
+pub(crate) fn exec_without_other_fds(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let mark_the_rest = || {
+        // SAFETY: close_range takes plain integers. CLOSE_RANGE_CLOEXEC only sets the flag,
+        // so descriptors std still uses before exec (its close-on-exec pipe that reports an
+        // exec failure) stay open until then; 0-2 are left alone.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child just before exec: one system call
+    // (async-signal-safe), no allocation, no lock; std has already moved the child's
+    // standard streams onto 0-2 by then.
+    unsafe {
+        cmd.pre_exec(mark_the_rest);
+    }
+}
+
 /// Points standard input at /dev/null (Python does this in every child).
 pub(crate) fn stdin_to_devnull() -> io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;
