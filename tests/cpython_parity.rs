@@ -2127,6 +2127,38 @@ fn children_do_not_inherit_unrelated_descriptors() {
     }
 }
 
+/// `_TestProcess.test_error_on_stdio_flush_2`: a child whose standard output is broken when
+/// it ends (a pipe whose reader is gone, with output still buffered) ends normally, with
+/// exit code 0, under every start method.
+#[test]
+fn broken_stdout_at_exit_leaves_the_exit_code_alone() {
+    multiproc::init();
+    use multiproc::process::Stdio;
+    fn print_unflushed((printed, go): (Event, Event)) {
+        print!("no newline, so this stays in the buffer until the child ends");
+        printed.set();
+        go.wait();
+    }
+    common::allow_fork();
+    for method in [
+        multiproc::StartMethod::Fork,
+        multiproc::StartMethod::ForkServer,
+        multiproc::StartMethod::Spawn,
+    ] {
+        let (printed, go) = events();
+        let mut p = multiproc::Builder::new()
+            .start_method(method)
+            .stdout(Stdio::piped())
+            .process(print_unflushed, (printed.clone(), go.clone()));
+        p.start().unwrap();
+        printed.wait();
+        drop(p.take_stdout().unwrap());
+        go.set();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0), "{method:?}");
+    }
+}
+
 /// `_TestListener.test_abstract_socket`: Python's `"\0name"` is an address in Linux's
 /// abstract namespace (here `"@name"` too); a client connects and talks. Once the listener
 /// is gone the name is free: connecting fails. `TestInvalidFamily`: a Windows pipe name is
