@@ -2186,3 +2186,39 @@ fn listener_abstract_socket_and_invalid_family() {
     assert!(Listener::bind(pipe_name, None).is_err());
     assert!(!std::path::Path::new(pipe_name).exists());
 }
+
+/// `_TestManagerRestart.test_rapid_restart`: a manager served on a TCP address, used by a
+/// child through that address, is shut down, and a new one is served on the same address at
+/// once (the old connections' TIME_WAIT does not block the bind).
+#[test]
+fn manager_rapid_restart_on_the_same_address() {
+    multiproc::init();
+    use multiproc::manager::QueueProxy;
+    use multiproc::Manager;
+    fn putter((address, key): (String, Vec<u8>)) {
+        let m = Manager::connect(address.as_str(), &key).unwrap();
+        let q = m.lookup::<QueueProxy<String>>("queue").unwrap();
+        q.put("hello world".into()).unwrap();
+    }
+    let key = b"rapid restart";
+    let m = Manager::serve("127.0.0.1:0", key).unwrap();
+    let q = m.queue::<String>().unwrap();
+    m.publish("queue", &q).unwrap();
+    let address = m.address().clone();
+    multiproc::spawn(putter, (address.to_string(), key.to_vec()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(q.get().unwrap(), "hello world");
+    m.shutdown().unwrap();
+    assert!(
+        q.get_timeout(SHORT).is_err(),
+        "the old server still answers"
+    );
+
+    let m = Manager::serve(&address, key).unwrap();
+    assert_eq!(m.address(), &address);
+    let l = m.list(vec![1, 2]).unwrap();
+    assert_eq!(l.len().unwrap(), 2);
+    m.shutdown().unwrap();
+}
