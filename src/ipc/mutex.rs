@@ -5,8 +5,8 @@
 //!
 //! - a `u32` **lock word** in the kernel's priority-inheritance futex format: 0 when free,
 //!   else the holder's kernel *thread* id, plus the kernel's "waiters" and "owner died" bits;
-//! - a `u32` **parking word**: how many acquirers are parked (low half) and a release
-//!   sequence (high half);
+//! - a `u32` **parking word**: how many acquirers are parked (low 15 bits), whether one was
+//!   woken and has not run yet, and a release sequence (high half);
 //! - a `u64` **owner record**: the holder's process identity (pid and start time) while it
 //!   holds the lock, 0 once it has left its critical section, or [`RELEASED`].
 //!
@@ -21,15 +21,18 @@
 //! 2. it yields its CPU, for up to [`YIELD_SPIN`] (with more runnable threads than cores,
 //!    the holder is often waiting for one; where nothing else waits to run this is a spin,
 //!    bounded by that time);
-//! 3. it **parks**: sleeps on the parking word, and every release that sees a parked
-//!    acquirer wakes one. The lock stays free for whoever comes first, as with a plain
+//! 3. it **parks**: sleeps on the parking word, and a release that sees a parked
+//!    acquirer wakes one, unless one woken earlier has not run yet ([`WOKEN`]). The lock stays free for whoever comes first, as with a plain
 //!    futex mutex, so a busy lock keeps its throughput. A parked acquirer asks the kernel
 //!    about the holder (`FUTEX_TRYLOCK_PI`) after every [`PARK_SLICE`] without a wake-up,
 //!    so a holder's death is seen within that slice;
 //! 4. after [`PARK`] in all, it queues in the kernel (`FUTEX_LOCK_PI`). From then on every
 //!    release hands the lock to a queued thread, which is slow when it happens often (the
 //!    new owner must be scheduled first), but is reached only by locks held for long.
-//!    Anyone who sees threads queued in the kernel queues too.
+//!    An acquirer that sees threads queued in the kernel does not join them before its own
+//!    [`PARK`] has passed: it parks (every release wakes it too). Were it to queue at once,
+//!    the kernel's queue would never empty under steady contention, and every release would
+//!    stay a hand-over to a sleeping thread long after the long hold that started it.
 //!
 //! ## A holder that dies
 //!
@@ -89,9 +92,14 @@ const YIELD_SPIN: Duration = Duration::from_millis(2);
 const PARK: Duration = Duration::from_millis(20);
 /// Longest single sleep while parked: how soon a parked acquirer sees its holder's death.
 const PARK_SLICE: Duration = Duration::from_millis(1);
-/// The parking word: the number of parked acquirers in its low half, a release sequence in
-/// its high half.
-const PARK_COUNT: u32 = 0xffff;
+/// The parking word: the number of parked acquirers in its low 15 bits, [`WOKEN`] above
+/// them, a release sequence in its high half.
+const PARK_COUNT: u32 = 0x7fff;
+/// Set in the parking word by a release that woke a parked acquirer, cleared by that
+/// acquirer once it runs: while it is set, releases wake nobody else (the woken one will
+/// look at the lock anyway), so a busy lock with parked acquirers costs one wake-up per
+/// scheduling of a parked one, not one system call per release.
+const WOKEN: u32 = 0x8000;
 const PARK_SEQ: u32 = 1 << 16;
 /// Bytes a mutex takes in shared memory: the lock word, the parking word, the owner record.
 pub(crate) const MUTEX_SIZE: usize = 16;
@@ -249,7 +257,15 @@ impl<'a> RobustMutex<'a> {
     fn park_until(&self, tid: u32, until: Instant, deadline: Option<Instant>) -> Option<Acquired> {
         self.park.fetch_add(1, SeqCst);
         let got = self.parked(tid, until, deadline);
-        self.park.fetch_sub(1, SeqCst);
+        let p = self.park.fetch_sub(1, SeqCst);
+        if p & WOKEN != 0 {
+            // A wake-up may have been meant for us (we leave without having cleared it):
+            // clear it, and pass it on, so that the others do not wait for their slice.
+            self.park.fetch_and(!WOKEN, SeqCst);
+            if p & PARK_COUNT > 1 {
+                self.wake_parked();
+            }
+        }
         got
     }
 
@@ -278,17 +294,27 @@ impl<'a> RobustMutex<'a> {
                 }
                 continue;
             }
-            if v & PI_WAITERS != 0 || v & PI_TID == tid {
-                // Others queue in the kernel already (a release hands over to them), or
-                // it is ours (a deadlock to wait out): the PI queue it is.
+            if v & PI_TID == tid {
+                // Ours (a deadlock to wait out): the PI queue it is.
                 return None;
             }
+            // Others may queue in the kernel (`PI_WAITERS`): every release then hands the
+            // lock to one of them, and a release also wakes us. We do not join them: a
+            // newcomer that queued too would keep the kernel's queue full, and every
+            // release would stay a hand-over to a sleeping thread (a convoy that outlives
+            // the contention that started it).
+
             let slice = deadline
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(PARK_SLICE)
                 .min(PARK_SLICE)
                 .min(until.saturating_duration_since(now));
-            if futex::wait(self.park, seen, Some(slice)) == futex::Wake::TimedOut {
+            let woke = futex::wait(self.park, seen, Some(slice));
+            // Whatever woke us, we look at the lock next: later releases may wake another.
+            if self.park.load(Relaxed) & WOKEN != 0 {
+                self.park.fetch_and(!WOKEN, SeqCst);
+            }
+            if woke == futex::Wake::TimedOut {
                 // A holder killed cannot wake us: ask the kernel about it.
                 match futex::trylock_pi(self.word) {
                     Pi::Locked => return Some(self.taken_from_kernel()),
@@ -395,15 +421,22 @@ impl<'a> RobustMutex<'a> {
     /// After a release: wakes one parked acquirer, if any (see [`park_until`](Self::park_until)).
     #[inline]
     fn wake_parked(&self) {
-        if self.park.load(SeqCst) & PARK_COUNT != 0 {
+        let p = self.park.load(SeqCst);
+        if p & PARK_COUNT != 0 && p & WOKEN == 0 {
             self.wake_parked_slow();
         }
     }
 
     #[cold]
     fn wake_parked_slow(&self) {
-        self.park.fetch_add(PARK_SEQ, SeqCst);
-        futex::wake(self.park, 1);
+        // Raise `WOKEN` and move the sequence in one step; if another release raised it
+        // meanwhile, its wake-up serves us too.
+        let moved = self.park.fetch_update(SeqCst, SeqCst, |p| {
+            (p & WOKEN == 0 && p & PARK_COUNT != 0).then(|| (p | WOKEN).wrapping_add(PARK_SEQ))
+        });
+        if moved.is_ok() {
+            futex::wake(self.park, 1);
+        }
     }
 
     #[cold]
@@ -601,6 +634,28 @@ mod tests {
             }
         });
         assert_eq!(n.load(SeqCst), 80_000);
+    }
+
+    #[test]
+    fn releases_wake_a_parked_acquirer_once_until_it_runs() {
+        let (w, k, o) = words();
+        let m = RobustMutex::new(&w, &k, &o);
+        // One acquirer counted as parked that does not run (yet): a hundred releases.
+        k.store(1, SeqCst);
+        for _ in 0..100 {
+            assert_eq!(m.lock(None), Acquired::Clean);
+            assert!(m.unlock());
+        }
+        assert_eq!(
+            k.load(SeqCst),
+            PARK_SEQ | WOKEN | 1,
+            "one wake-up, then none while the woken one has not run"
+        );
+        // Once it has run (cleared the flag), the next release wakes again.
+        k.fetch_and(!WOKEN, SeqCst);
+        assert_eq!(m.lock(None), Acquired::Clean);
+        assert!(m.unlock());
+        assert_eq!(k.load(SeqCst), 2 * PARK_SEQ | WOKEN | 1);
     }
 
     #[test]
