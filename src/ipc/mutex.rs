@@ -655,7 +655,7 @@ mod tests {
         k.fetch_and(!WOKEN, SeqCst);
         assert_eq!(m.lock(None), Acquired::Clean);
         assert!(m.unlock());
-        assert_eq!(k.load(SeqCst), 2 * PARK_SEQ | WOKEN | 1);
+        assert_eq!(k.load(SeqCst), (2 * PARK_SEQ) | WOKEN | 1);
     }
 
     #[test]
