@@ -2222,3 +2222,204 @@ fn manager_rapid_restart_on_the_same_address() {
     assert_eq!(l.len().unwrap(), 2);
     m.shutdown().unwrap();
 }
+
+// --- batch 8: signals that interrupt blocking calls ---------------------------------------------
+
+/// SIGUSR1s delivered to the main thread (the one that runs a child's target).
+static SIGUSR1_ON_MAIN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    // getpid, gettid and an atomic add: async-signal-safe.
+    if rustix::thread::gettid() == rustix::process::getpid() {
+        SIGUSR1_ON_MAIN.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Installs a SIGUSR1 handler that does nothing, without `SA_RESTART` (as Python's
+/// `signal.signal` installs one): each SIGUSR1 makes a blocking call fail with `EINTR`.
+fn install_interrupting_sigusr1_handler() {
+    // SAFETY: a zeroed sigaction is a valid one; the handler does nothing, which is
+    // async-signal-safe; the call only replaces SIGUSR1's disposition in this child.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr1 as *const () as usize;
+        sa.sa_flags = 0;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Whether a SIGUSR1 sent to `pid` is still waiting to be delivered.
+fn sigusr1_pending(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let bit = 1u64 << (libc::SIGUSR1 - 1);
+    status
+        .lines()
+        .filter(|l| l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
+        .any(|l| u64::from_str_radix(l[7..].trim(), 16).is_ok_and(|m| m & bit != 0))
+}
+
+type Interrupted = (
+    Value<u32>,
+    multiproc::Connection<u32>,
+    Queue<u32>,
+    Lock,
+    (Event, Event, Event),
+    Semaphore,
+    Barrier,
+    String,
+);
+
+/// Blocks in one call after another, each announced in `stage` just before it, and says
+/// what each returned.
+fn block_through_signals(
+    (stage, conn, q, lock, (event, timed_event, grandchild_go), sem, barrier, address): Interrupted,
+) -> Vec<String> {
+    install_interrupting_sigusr1_handler();
+    let listener = multiproc::connection::Listener::bind(address.as_str(), None).unwrap();
+    let long = Duration::from_secs(60);
+    let mut out = Vec::new();
+    stage.set(1);
+    out.push(format!("{:?}", conn.recv()));
+    stage.set(2);
+    out.push(format!("{:?}", conn.poll(Some(long))));
+    out.push(format!("{:?}", conn.recv()));
+    stage.set(3);
+    out.push(format!("{:?}", q.get()));
+    stage.set(4);
+    out.push(format!("{:?}", q.get_timeout(long)));
+    stage.set(5);
+    out.push(format!("{:?}", lock.acquire()));
+    out.push(format!("{:?}", lock.release()));
+    stage.set(6);
+    event.wait();
+    out.push("event".into());
+    stage.set(7);
+    out.push(format!("{:?}", timed_event.wait_timeout(long)));
+    stage.set(8);
+    sem.acquire();
+    out.push("semaphore".into());
+    stage.set(9);
+    out.push(format!("{:?}", barrier.wait_timeout(long).map(|_| ())));
+    stage.set(10);
+    out.push(format!(
+        "{:?}",
+        listener.accept::<u32>().and_then(|c| c.recv())
+    ));
+    let mut grandchild = Process::new(|go: Event| go.wait(), grandchild_go);
+    grandchild.start().unwrap();
+    stage.set(11);
+    out.push(format!("{:?}", grandchild.join()));
+    out.push(format!("{:?}", grandchild.exitcode()));
+    stage.set(12);
+    out.push(format!(
+        "{} interruptions",
+        SIGUSR1_ON_MAIN.load(Ordering::SeqCst)
+    ));
+    out
+}
+
+/// `TestIgnoreEINTR.test_ignore` / `test_ignore_listener` and `_TestPollEintr`: a process
+/// with a signal handler that interrupts system calls (no `SA_RESTART`, as Python's) gets
+/// signals while it blocks in `recv`, `poll`, `get` (plain and timed), `acquire`, an event's
+/// `wait` (plain and timed), a semaphore, a barrier, `accept` and `join`; each call goes on
+/// waiting and then returns what it was given, never `EINTR`.
+#[test]
+fn blocking_calls_go_on_after_interrupting_signals() {
+    multiproc::init();
+    let stage = Value::new(0u32).unwrap();
+    let (ours, theirs) = multiproc::pipe::<u32>().unwrap();
+    let q = Queue::new().unwrap();
+    let lock = Lock::new().unwrap();
+    let events = (
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+    );
+    let sem = Semaphore::new(0).unwrap();
+    let barrier = Barrier::new(2).unwrap();
+    let address = format!("@multiproc-parity-eintr-{}", std::process::id());
+    lock.acquire().unwrap();
+    let mut h = multiproc::spawn(
+        block_through_signals,
+        (
+            stage.clone(),
+            theirs,
+            q.clone(),
+            lock.clone(),
+            events.clone(),
+            sem.clone(),
+            barrier.clone(),
+            address.clone(),
+        ),
+    )
+    .unwrap();
+    let pid = h.pid();
+    let kill = |sig| {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), sig)
+    };
+    // Interrupts the child three times while it blocks in the call of `k`.
+    let interrupt = |k: u32| {
+        assert!(
+            common::eventually(Duration::from_secs(30), || stage.get() == k),
+            "the child never reached stage {k} (at {})",
+            stage.get()
+        );
+        common::until_asleep(pid);
+        for _ in 0..3 {
+            kill(rustix::process::Signal::USR1).unwrap();
+            assert!(common::eventually(Duration::from_secs(30), || {
+                !sigusr1_pending(pid)
+            }));
+            common::until_asleep(pid);
+        }
+        // Still in stage k: the interrupted call went back to waiting.
+        assert_eq!(stage.get(), k, "the call of stage {k} returned early");
+    };
+    interrupt(1);
+    ours.send(&1).unwrap();
+    interrupt(2);
+    ours.send(&2).unwrap();
+    interrupt(3);
+    q.put(3).unwrap();
+    interrupt(4);
+    q.put(4).unwrap();
+    interrupt(5);
+    lock.release().unwrap();
+    interrupt(6);
+    events.0.set();
+    interrupt(7);
+    events.1.set();
+    interrupt(8);
+    sem.release().unwrap();
+    interrupt(9);
+    barrier.wait_timeout(Duration::from_secs(60)).unwrap();
+    interrupt(10);
+    let c = multiproc::connection::Client::connect::<u32>(address.as_str(), None).unwrap();
+    c.send(&10).unwrap();
+    interrupt(11);
+    events.2.set();
+    let out = h.join_timeout(Duration::from_secs(60)).unwrap().unwrap();
+    assert_eq!(
+        out,
+        [
+            "Ok(1)",
+            "Ok(true)",
+            "Ok(2)",
+            "Ok(3)",
+            "Ok(4)",
+            "Ok(())",
+            "Ok(())",
+            "event",
+            "true",
+            "semaphore",
+            "Ok(())",
+            "Ok(10)",
+            "Ok(())",
+            "Some(0)",
+            "33 interruptions",
+        ]
+    );
+    assert_eq!(stage.get(), 12);
+    drop(c);
+}
