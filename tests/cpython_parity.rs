@@ -2423,3 +2423,73 @@ fn blocking_calls_go_on_after_interrupting_signals() {
     assert_eq!(stage.get(), 12);
     drop(c);
 }
+
+// --- batch 9: an input that fails part-way --------------------------------------------------
+
+/// Python's `exception_throwing_generator(total, when)`: yields `0..total` but panics when it
+/// reaches `when` (`when == -1`: before the first item).
+fn panics_at(total: i64, when: i64) -> impl Iterator<Item = i64> {
+    (-1..total).filter(move |&i| {
+        if i == when {
+            panic!("Somebody said when");
+        }
+        i >= 0
+    })
+}
+
+/// `_TestPool.test_imap_handle_iterable_exception` and
+/// `test_imap_unordered_handle_iterable_exception`: when the input iterator fails (here
+/// panics) part-way, `imap` yields the results of the items before it, then the failure as
+/// an error, then ends; a failure at the very start is the first item's error; the pool goes
+/// on working after each, as after `map` over such an input. (CPython drops the items of
+/// the failing chunk that came before the failure; here each item taken before it is run,
+/// whatever the chunk size.)
+#[test]
+fn pool_imap_input_that_panics() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let is_input_panic = |r: &multiproc::Result<i64>| {
+        matches!(r, Err(Error::TaskPanicked { message, .. })
+            if message.contains("input iterator panicked") && message.contains("Somebody said when"))
+    };
+    for _ in 0..2 {
+        let out: Vec<_> = pool.imap_chunked(sqr, panics_at(1, -1), 1).collect();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(is_input_panic(&out[0]), "{out:?}");
+    }
+    for (total, when, chunk) in [(10, 3, 1), (20, 7, 2), (20, 7, 4)] {
+        let mut it = pool.imap_chunked(sqr, panics_at(total, when), chunk);
+        for i in 0..when {
+            assert_eq!(it.next().unwrap().unwrap(), i * i, "chunk {chunk}");
+        }
+        let failed = it.next().unwrap();
+        assert!(is_input_panic(&failed), "{failed:?}");
+        assert!(it.next().is_none());
+    }
+    for chunk in [1, 2] {
+        let out: Vec<_> = pool
+            .imap_unordered_chunked(sqr, panics_at(20, 7), chunk)
+            .collect();
+        assert_eq!(out.len(), 8, "{out:?}");
+        assert_eq!(
+            out.iter().filter(|r| is_input_panic(r)).count(),
+            1,
+            "{out:?}"
+        );
+        let mut got: Vec<i64> = out.into_iter().filter_map(Result::ok).collect();
+        got.sort();
+        assert_eq!(got, (0..7).map(sqr).collect::<Vec<_>>());
+    }
+    // `map` reads its input in the caller, so there the panic is the caller's own, as
+    // Python's `map` raises the generator's exception; the pool is unharmed.
+    for when in [-1, 3] {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.map_chunked(sqr, panics_at(10, when), 1)
+        }));
+        assert!(
+            caught.is_err(),
+            "map over a failing input returned {caught:?}"
+        );
+    }
+    assert_eq!(pool.map(sqr, 0..4).unwrap(), vec![0, 1, 4, 9]);
+}
