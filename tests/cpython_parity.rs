@@ -2493,3 +2493,57 @@ fn pool_imap_input_that_panics() {
     }
     assert_eq!(pool.map(sqr, 0..4).unwrap(), vec![0, 1, 4, 9]);
 }
+
+/// `IMapIterator.next(timeout)` (Python raises `multiprocessing.TimeoutError` and the
+/// iterator stays usable): `next_timeout` gives `Error::Timeout` while the next result is
+/// not there, without skipping it; an ordered `imap` waits for the blocked first task even
+/// when a later one is done, `imap_unordered` gives the done one first.
+#[test]
+fn pool_imap_next_timeout() {
+    multiproc::init();
+    fn first_waits((go, done, i): (Event, Event, i64)) -> i64 {
+        if i == 0 {
+            go.wait();
+        } else {
+            done.set();
+        }
+        i
+    }
+    let pool = Pool::new(2).unwrap();
+    for ordered in [true, false] {
+        let (go, done) = events();
+        let items: Vec<_> = (0..2).map(|i| (go.clone(), done.clone(), i)).collect();
+        let mut it = if ordered {
+            pool.imap(first_waits, items)
+        } else {
+            pool.imap_unordered(first_waits, items)
+        };
+        if ordered {
+            // Starts the tasks; the second finishes, the first waits.
+            assert!(matches!(
+                it.next_timeout(Duration::ZERO),
+                Some(Err(Error::Timeout))
+            ));
+            done.wait();
+            assert!(after_short(|| matches!(
+                it.next_timeout(SHORT),
+                Some(Err(Error::Timeout))
+            )));
+        } else {
+            assert_eq!(
+                it.next_timeout(Duration::from_secs(60)).unwrap().unwrap(),
+                1
+            );
+            assert!(matches!(
+                it.next_timeout(Duration::ZERO),
+                Some(Err(Error::Timeout))
+            ));
+        }
+        go.set();
+        let rest: Vec<i64> = std::iter::from_fn(|| it.next_timeout(Duration::from_secs(60)))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rest, if ordered { vec![0, 1] } else { vec![0] });
+        assert!(it.next_timeout(Duration::ZERO).is_none());
+    }
+}

@@ -69,7 +69,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -1161,10 +1161,33 @@ impl<A: Serialize, R, I: Iterator<Item = A>> IMap<A, R, I> {
     }
 }
 
-impl<A: Serialize, R, I: Iterator<Item = A>> Iterator for IMap<A, R, I> {
-    type Item = Result<R>;
+impl<A: Serialize, R, I: Iterator<Item = A>> IMap<A, R, I> {
+    /// The next result, waiting at most `timeout` for it (Python's `next(timeout)`):
+    /// `Some(Err(Error::Timeout))` when it has not come by then, and the iterator stays
+    /// where it is, so that a later call returns that result; `None` at the end.
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// use std::time::Duration;
+    /// fn when_told(go: multiproc::Event) -> u32 {
+    ///     go.wait();
+    ///     7
+    /// }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let go = multiproc::Event::new().unwrap();
+    /// let mut it = pool.imap(when_told, [go.clone()]);
+    /// let early = it.next_timeout(Duration::from_millis(10));
+    /// assert!(matches!(early, Some(Err(multiproc::Error::Timeout))));
+    /// go.set();
+    /// assert_eq!(it.next_timeout(Duration::from_secs(60)).unwrap().unwrap(), 7);
+    /// assert!(it.next_timeout(Duration::ZERO).is_none());
+    /// ```
+    #[doc(alias = "next")]
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        self.next_until(Instant::now().checked_add(timeout))
+    }
 
-    fn next(&mut self) -> Option<Result<R>> {
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R>> {
         if let Some(e) = self.refused.take() {
             return Some(Err(e));
         }
@@ -1172,9 +1195,19 @@ impl<A: Serialize, R, I: Iterator<Item = A>> Iterator for IMap<A, R, I> {
         if self.yielded == self.submitted {
             return None;
         }
-        let r = self.sink.next(self.yielded);
+        let Some(r) = self.sink.next(self.yielded, deadline) else {
+            return Some(Err(Error::Timeout));
+        };
         self.yielded += 1;
         Some(r)
+    }
+}
+
+impl<A: Serialize, R, I: Iterator<Item = A>> Iterator for IMap<A, R, I> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        self.next_until(None)
     }
 }
 

@@ -139,19 +139,9 @@ impl<T> Cell<T> {
     fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, Slot<T>>, bool) {
         let mut s = self.lock();
         while !s.settled() {
-            match deadline {
-                None => s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return (s, false);
-                    }
-                    s = self
-                        .cv
-                        .wait_timeout(s, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+            match wait_on(&self.cv, s, deadline) {
+                Ok(g) => s = g,
+                Err(g) => return (g, false),
             }
         }
         (s, true)
@@ -708,6 +698,25 @@ impl<R: DeserializeOwned + Send> Sink for VecSink<R> {
     }
 }
 
+/// Waits on `cv` once (a wake-up may be spurious: the caller looks again), until
+/// `deadline` if there is one; `Err` with the guard once the deadline has passed.
+fn wait_on<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+) -> std::result::Result<MutexGuard<'a, T>, MutexGuard<'a, T>> {
+    let Some(d) = deadline else {
+        return Ok(cv.wait(guard).unwrap_or_else(|p| p.into_inner()));
+    };
+    match d.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(cv
+            .wait_timeout(guard, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0),
+        _ => Err(guard),
+    }
+}
+
 struct IterState<R> {
     /// Ordered: results by task index; unordered: keyed by arrival.
     ready: BTreeMap<usize, Outcome<R>>,
@@ -746,8 +755,9 @@ impl<R> IterSink<R> {
         self.cv.notify_all();
     }
 
-    /// Waits for the result of task `index` (ordered) or the next arrival (unordered).
-    pub(crate) fn next(&self, index: usize) -> Result<R> {
+    /// Waits for the result of task `index` (ordered) or the next arrival (unordered),
+    /// until `deadline` if there is one: `None` once it has passed without the result.
+    pub(crate) fn next(&self, index: usize, deadline: Option<Instant>) -> Option<Result<R>> {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let got = if self.ordered {
@@ -756,9 +766,9 @@ impl<R> IterSink<R> {
                 st.arrivals.pop_front()
             };
             if let Some(o) = got {
-                return o.map_err(|f| f.to_error());
+                return Some(o.map_err(|f| f.to_error()));
             }
-            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = wait_on(&self.cv, st, deadline).ok()?;
         }
     }
 }
