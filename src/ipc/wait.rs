@@ -130,11 +130,32 @@ pub(crate) fn wait_while(
     Waited::Again
 }
 
-/// Wakes a waiter of [`wait_while`] on `seq`, if its `sleeping` flag is up.
+/// Wakes a waiter of [`wait_while`] on `seq`, if its `sleeping` flag is up. The flag is
+/// lowered here, by the one waker that found it up: until the woken waiter runs (and
+/// raises it again if it must sleep again), later calls make no system call.
 #[inline]
 pub(crate) fn wake(seq: &AtomicU32, sleeping: &AtomicU32) {
-    if sleeping.load(SeqCst) != 0 {
+    if sleeping.load(SeqCst) != 0 && sleeping.swap(0, SeqCst) != 0 {
         seq.fetch_add(1, SeqCst);
         futex::wake(seq, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_wake_per_sleep_then_none_until_the_waiter_sleeps_again() {
+        let (seq, sleeping) = (AtomicU32::new(0), AtomicU32::new(1));
+        wake(&seq, &sleeping);
+        wake(&seq, &sleeping);
+        wake(&seq, &sleeping);
+        assert_eq!(seq.load(SeqCst), 1, "one wake-up for one sleep");
+        assert_eq!(sleeping.load(SeqCst), 0, "the waker lowered the flag");
+        // Asleep again (the flag raised again): the next call wakes it.
+        sleeping.store(1, SeqCst);
+        wake(&seq, &sleeping);
+        assert_eq!(seq.load(SeqCst), 2);
     }
 }
