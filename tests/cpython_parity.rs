@@ -2547,3 +2547,21 @@ fn pool_imap_next_timeout() {
         assert!(it.next_timeout(Duration::ZERO).is_none());
     }
 }
+
+/// `TestSimpleQueue.test_close` and `test_empty_exceptions`: closing twice is harmless;
+/// once closed, `put` and `get` fail with `Closed` while `empty` still answers (CPython's
+/// raises `OSError`: a documented difference), for a used queue and an unused one alike.
+#[test]
+fn simple_queue_close_twice() {
+    for used in [false, true] {
+        let q = SimpleQueue::<i32>::new().unwrap();
+        if used {
+            q.put(1).unwrap();
+        }
+        q.close();
+        q.close();
+        assert_eq!(q.empty(), !used);
+        assert!(matches!(q.put(2), Err(Error::Closed)));
+        assert!(matches!(q.get(), Err(Error::Closed)));
+    }
+}
