@@ -514,7 +514,7 @@ impl<T> AsFd for Connection<T> {
     }
 }
 
-/// Ready when a message or the end of file waits (see [`wait`]).
+/// Ready when a message or the end of file waits (see [`wait()`]).
 ///
 /// ```
 /// multiproc::init();

@@ -1,4 +1,4 @@
-//! Waiting on several objects at once: [`wait`], Python's `multiprocessing.connection.wait`.
+//! Waiting on several objects at once: [`wait()`], Python's `multiprocessing.connection.wait`.
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::ipc::wait;
 use crate::{sys, Error, Result};
 
-/// Something [`wait`] can wait on: a [`Connection`](crate::Connection) (a message or the
+/// Something [`wait()`] can wait on: a [`Connection`](crate::Connection) (a message or the
 /// end of file waits), a queue (an item waits), a process's
 /// [`sentinel`](crate::Process::sentinel) or the process itself (it has ended), or any
 /// descriptor as a [`BorrowedFd`] (it is readable).
@@ -34,7 +34,7 @@ use crate::{sys, Error, Result};
 /// ```
 pub trait Waitable {
     /// A descriptor that becomes readable when this object may have become ready, or `None`
-    /// if it has none ([`wait`] then looks at it again every few milliseconds).
+    /// if it has none ([`wait()`] then looks at it again every few milliseconds).
     fn wait_fd(&self) -> Option<BorrowedFd<'_>>;
 
     /// Whether the object is ready now: the next receive, get or join would not block.

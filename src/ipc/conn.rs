@@ -325,9 +325,9 @@ pub(crate) enum Payload<'a> {
     Owned(Vec<u8>),
 }
 
-/// An untyped framed channel over a stream socket: the machinery under [`Connection`], the
+/// An untyped framed channel over a stream socket: the machinery under [`Connection`](crate::connection::Connection), the
 /// fork server and the child bootstrap. A pipe's ends instead hold a packet socket and
-/// share [lanes](lane) in shared memory that carry small messages without a system call.
+/// share [lanes](crate::ipc::lane) in shared memory that carry small messages without a system call.
 pub(crate) struct RawConn {
     // Declared before `lane`: the socket is closed before the lane records the close, so
     // that a sender who looks after seeing the record finds the socket closed.
@@ -1122,7 +1122,7 @@ impl RawConn {
     /// The descriptor to hand out for `poll(2)`: the socket, or for an end that receives
     /// through a lane, a stand-in that is readable when the socket is or when messages that
     /// were in the ring at the first hand-out wait (later messages all come through the
-    /// socket: see [`lane`]).
+    /// socket: see [`lane`](crate::ipc::lane)).
     pub(crate) fn pollable_fd(&self) -> BorrowedFd<'_> {
         let Some(le) = &self.lane else {
             return self.fd.as_fd();

@@ -202,7 +202,7 @@ semaphore_serde!(Semaphore);
 
 /// A semaphore that refuses to be released above its initial value, like Python's
 /// `multiprocessing.BoundedSemaphore`: the extra release is an
-/// [`Error::InvalidOperation`](crate::Error::InvalidOperation).
+/// [`Error::InvalidOperation`].
 ///
 /// ```
 /// let s = multiproc::BoundedSemaphore::new(1).unwrap();

@@ -386,7 +386,7 @@ pub(super) fn split_rest(mut s: InFlight) -> Option<Job> {
 /// had not sent yet) loses its unanswered tasks, which fail with `f`, or, while the pool's
 /// `retries` allow, are queued again. The jobs behind it never began: they go back on the
 /// queue for other workers. Which jobs began is what the worker counted in its
-/// [`Progress`] before starting each: no job ever runs twice unless retries were asked for.
+/// [`Progress`](crate::pool::wire::Progress) before starting each: no job ever runs twice unless retries were asked for.
 pub(super) fn fail_inflight(
     shared: &Shared,
     w: &Worker,

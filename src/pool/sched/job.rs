@@ -112,7 +112,7 @@ pub(crate) struct Job {
     pub(super) fds: Vec<OwnedFd>,
     pub(super) sink: Arc<dyn Sink>,
     /// How many times it was run again after its worker died while running it (see
-    /// [`Config::retries`]).
+    /// [`Config::retries`](super::shared::Config::retries)).
     pub(super) attempts: u32,
     /// Arguments not encoded yet (a map's chunk): the handler thread that takes the job
     /// encodes them, so that encoding runs in parallel, off the caller's thread.
