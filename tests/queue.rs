@@ -381,6 +381,54 @@ fn two_million_puts_without_a_consumer_then_a_consumer_gets_them_all_in_order() 
     assert!(q.empty());
 }
 
+/// Takes `n` byte vectors and returns their lengths, each, or 0 for one that is not the
+/// pattern.
+fn get_patterns((q, n): (SimpleQueue<Vec<u8>>, usize)) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let v = q.get().unwrap();
+            if check_pattern(&v) {
+                v.len()
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn put_ref_leaves_the_item_with_the_caller_and_sends_it_whole() {
+    multiproc::init();
+    let before = shm_files();
+    // A small item (in the ring) and one larger than the ring (a sealed segment), each
+    // put twice by reference through every kind of queue, and taken in another process.
+    let small = pattern(1000);
+    let big = pattern(5 << 20);
+    let q = SimpleQueue::<Vec<u8>>::new().unwrap();
+    let h = multiproc::spawn(get_patterns, (q.clone(), 4)).unwrap();
+    for item in [&small, &big, &small, &big] {
+        q.put_ref(item).unwrap();
+    }
+    assert_eq!(h.join().unwrap(), [1000, 5 << 20, 1000, 5 << 20]);
+    // The caller still holds both, unchanged.
+    assert!(check_pattern(&small) && small.len() == 1000);
+    assert!(check_pattern(&big) && big.len() == 5 << 20);
+
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    q.put_ref(&big).unwrap();
+    q.put_ref(&small).unwrap();
+    assert_eq!(q.get().unwrap(), big);
+    assert_eq!(q.get().unwrap(), small);
+
+    let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+    q.put_ref(&big).unwrap();
+    assert_eq!(q.unfinished_tasks(), 1);
+    assert_eq!(q.get().unwrap(), big);
+    q.task_done().unwrap();
+    q.join().unwrap();
+    assert!(new_multiproc_files(&before).is_empty());
+}
+
 #[test]
 fn simple_and_joinable_queues_are_unbounded_too() {
     multiproc::init();

@@ -297,9 +297,11 @@ pub mod nd {
         (q, shape, count): (Queue<Array2<f64>>, (usize, usize), usize),
     ) -> multiproc::Result<()> {
         let item = Array2::from_elem(shape, 1.5);
-        q.put(item.clone())?; // ready: the clock starts when the parent takes this
+        // By reference, as Python's `q.put(arr)`: the array stays the producer's, and no
+        // clone is made per put.
+        q.put_ref(&item)?; // ready: the clock starts when the parent takes this
         for _ in 0..count {
-            q.put(item.clone())?;
+            q.put_ref(&item)?;
         }
         Ok(())
     }

@@ -569,6 +569,23 @@ impl<T: Serialize> Queue<T> {
         self.put_inner(&value, None)
     }
 
+    /// Puts a copy of `*value` in the queue, leaving `value` with the caller, as Python's
+    /// `q.put(obj)` leaves `obj` to its owner; otherwise as [`put`](Queue::put). The item
+    /// is encoded straight from `value`'s memory: no clone is made first, which matters
+    /// for a large array or vector put again and again.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<Vec<f64>>::new().unwrap();
+    /// let data = vec![1.5; 1000];
+    /// q.put_ref(&data).unwrap();
+    /// q.put_ref(&data).unwrap(); // `data` is still ours
+    /// assert_eq!(q.get().unwrap(), data);
+    /// assert_eq!(q.get().unwrap(), data);
+    /// ```
+    pub fn put_ref(&self, value: &T) -> Result<()> {
+        self.put_inner(value, None)
+    }
+
     /// Like [`put`](Queue::put), but gives up after `timeout` with
     /// [`TryPutError::Full`], which hands `value` back. `?` turns the error into
     /// [`Error::Full`] (dropping the value).
@@ -898,6 +915,18 @@ impl<T: Serialize> SimpleQueue<T> {
     /// ```
     pub fn put(&self, value: T) -> Result<()> {
         self.q.put(value)
+    }
+
+    /// Puts a copy of `*value`, leaving `value` with the caller (see [`Queue::put_ref`]).
+    ///
+    /// ```
+    /// let q = multiproc::SimpleQueue::<String>::new().unwrap();
+    /// let s = "kept".to_string();
+    /// q.put_ref(&s).unwrap();
+    /// assert_eq!(q.get().unwrap(), s);
+    /// ```
+    pub fn put_ref(&self, value: &T) -> Result<()> {
+        self.q.put_ref(value)
     }
 
     /// Puts `value` without blocking the async runtime (the `tokio` feature); see
