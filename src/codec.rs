@@ -239,7 +239,7 @@ impl<'a> Enc<'a> {
     /// Appends a run of bytes (a string, a byte string, the memory of plain numbers).
     #[inline]
     fn run(&mut self, b: &[u8]) -> R<()> {
-        if b.len() > self.limit.saturating_sub(self.out.len()) {
+        if b.len() > self.limit.saturating_sub(self.out.len()) || b.len() >= plain::HUGE_RUN {
             return self.large_run(b);
         }
         self.out.extend_from_slice(b);
@@ -282,13 +282,20 @@ impl<'a> Enc<'a> {
         Ok(())
     }
 
-    /// A run that would take `out` past `limit`.
+    /// A run that would take `out` past `limit`, or a large one (which, if it stays in
+    /// memory, goes into room advised to use huge pages).
     #[cold]
     fn large_run(&mut self, b: &[u8]) -> R<()> {
-        self.spill()?;
+        if b.len() > self.limit.saturating_sub(self.out.len()) {
+            self.spill()?;
+        }
         match self.file.as_deref_mut() {
             Some(f) if b.len() >= SPILL_BATCH => f.write(b),
             _ => {
+                if self.out.spare_capacity_mut().len() < b.len() {
+                    self.out.reserve(b.len());
+                    crate::sys::memfd::advise_huge_pages(self.out.spare_capacity_mut());
+                }
                 self.out.extend_from_slice(b);
                 Ok(())
             }

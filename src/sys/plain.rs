@@ -38,7 +38,7 @@ pub(crate) fn slice_iter_bytes<P: Plain, I>(it: &I) -> Option<(usize, &[u8])> {
 /// Runs of at least this many bytes are copied into memory advised to use huge pages
 /// ([`advise_huge_pages`](super::memfd::advise_huge_pages)): a fresh large vector fills
 /// several times faster with a fault per 2 MiB than with one per 4 KiB.
-pub(crate) const HUGE_RUN: usize = 4 << 20;
+pub(crate) const HUGE_RUN: usize = super::memfd::HUGE_PAGES_FROM;
 
 /// A vector of `bytes.len() / size_of::<P>()` numbers copied from `bytes` (in memory order),
 /// with one `memcpy` and no zero-filling first. `None` if the length is not a multiple of
@@ -51,9 +51,7 @@ pub(crate) fn vec_from_bytes<P: Plain>(bytes: &[u8]) -> Option<Vec<P>> {
     let n = bytes.len() / size;
     let mut v: Vec<P> = Vec::new();
     v.try_reserve_exact(n).ok()?;
-    if bytes.len() >= HUGE_RUN {
-        super::memfd::advise_huge_pages(v.spare_capacity_mut());
-    }
+    super::memfd::advise_huge_pages(v.spare_capacity_mut());
     // SAFETY: `try_reserve_exact` made room for `n` elements, that is `bytes.len()` bytes, in
     // the vector's own allocation, which cannot overlap `bytes`; any bytes are a valid `P`
     // (`Pod`), so after the copy the first `n` elements are initialised.
