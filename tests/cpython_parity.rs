@@ -2565,3 +2565,60 @@ fn simple_queue_close_twice() {
         assert!(matches!(q.get(), Err(Error::Closed)));
     }
 }
+
+/// `_TestLock.test_repr_lock`, `test_repr_rlock` and `_TestEvent.test_repr`: a lock's debug
+/// form says who holds it (Python names the owner; here its thread id, which is the pid
+/// for a child's main thread, and 0 when free), an RLock's also how many times, an event's
+/// whether it is set.
+#[test]
+fn debug_forms_tell_the_state() {
+    multiproc::init();
+    let me = rustix::thread::gettid().as_raw_nonzero().get();
+    let lock = Lock::new().unwrap();
+    assert_eq!(format!("{lock:?}"), "Lock { holder_tid: 0 }");
+    lock.acquire().unwrap();
+    assert_eq!(format!("{lock:?}"), format!("Lock {{ holder_tid: {me} }}"));
+    lock.release().unwrap();
+
+    let r = RLock::new().unwrap();
+    assert_eq!(format!("{r:?}"), "RLock { holder_tid: 0, count: 0 }");
+    for _ in 0..3 {
+        r.acquire().unwrap();
+    }
+    assert_eq!(
+        format!("{r:?}"),
+        format!("RLock {{ holder_tid: {me}, count: 3 }}")
+    );
+    for _ in 0..3 {
+        r.release().unwrap();
+    }
+    assert_eq!(format!("{r:?}"), "RLock { holder_tid: 0, count: 0 }");
+
+    // Held by another process.
+    fn hold((lock, r, held, stop): (Lock, RLock, Event, Event)) {
+        lock.acquire().unwrap();
+        r.acquire().unwrap();
+        held.set();
+        stop.wait();
+        r.release().unwrap();
+        lock.release().unwrap();
+    }
+    let (held, stop) = events();
+    let h = multiproc::spawn(hold, (lock.clone(), r.clone(), held.clone(), stop.clone())).unwrap();
+    held.wait();
+    let pid = h.pid();
+    assert_eq!(format!("{lock:?}"), format!("Lock {{ holder_tid: {pid} }}"));
+    assert_eq!(
+        format!("{r:?}"),
+        format!("RLock {{ holder_tid: {pid}, count: 1 }}")
+    );
+    stop.set();
+    h.join().unwrap();
+
+    let e = Event::new().unwrap();
+    assert_eq!(format!("{e:?}"), "Event { is_set: false }");
+    e.set();
+    assert_eq!(format!("{e:?}"), "Event { is_set: true }");
+    e.clear();
+    assert_eq!(format!("{e:?}"), "Event { is_set: false }");
+}
