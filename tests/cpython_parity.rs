@@ -2622,3 +2622,142 @@ fn debug_forms_tell_the_state() {
     e.clear();
     assert_eq!(format!("{e:?}"), "Event { is_set: false }");
 }
+
+// --- batch 10: hostile peers during authentication ---------------------------------------------
+
+/// A frame as multiproc's sockets carry it: magic "MPC1", no descriptors, the length.
+fn raw_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&0x3143_504du32.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A frame header claiming a terabyte, with nothing after it.
+fn terabyte_header() -> Vec<u8> {
+    let mut f = raw_frame(b"");
+    f[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    f
+}
+
+/// What a hostile peer does: sends these byte strings (after the first, each once the other
+/// side has answered with a frame header at least), then hangs up or stays silent.
+type Script = (Vec<Vec<u8>>, bool);
+
+/// What a connection attempt against a hostile peer must give.
+type Expect = fn(&multiproc::Result<multiproc::Connection<i32>>) -> bool;
+
+fn play(s: &mut std::net::TcpStream, (msgs, stay): &Script) -> bool {
+    use std::io::{Read, Write};
+    for (i, msg) in msgs.iter().enumerate() {
+        if i > 0 {
+            let mut answer = [0u8; 16];
+            s.read_exact(&mut answer).unwrap();
+        }
+        let _ = s.write_all(msg);
+    }
+    *stay
+}
+
+/// The error for a peer that stayed silent: a timeout that says what did not happen.
+fn is_handshake_timeout(r: &multiproc::Result<multiproc::Connection<i32>>) -> bool {
+    matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut
+        && e.to_string().contains("authentication handshake"))
+}
+
+/// `OtherTest.test_deliver_challenge_auth_failure`: peers that do not answer a listener's
+/// challenge properly each make `accept` fail with a clear error: a well-framed bogus
+/// answer (`AuthenticationFailed`), bytes that are no frame or a header claiming a
+/// terabyte (`Codec`), hanging up (`AuthenticationFailed` or `Eof`), saying nothing for 5 s
+/// (an `Io` error of kind `TimedOut`, where Python's `accept` would wait for ever). The
+/// listener then serves a client that knows the key.
+#[test]
+fn listener_refuses_bogus_answers_to_its_challenge() {
+    use multiproc::connection::{Address, Client, Listener};
+    let l = Listener::bind("127.0.0.1:0", Some(b"abc")).unwrap();
+    let Address::Tcp(sa) = l.address().clone() else {
+        panic!("{}", l.address())
+    };
+    let peers: [(Script, Expect); 5] = [
+        ((vec![raw_frame(b"something bogus")], false), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
+        }),
+        (
+            (vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], false),
+            |r| matches!(r, Err(Error::Codec(_))),
+        ),
+        ((vec![terabyte_header()], true), |r| {
+            matches!(r, Err(Error::Codec(_)))
+        }),
+        ((vec![], false), |r| {
+            matches!(r, Err(Error::AuthenticationFailed | Error::Eof))
+        }),
+        ((vec![], true), is_handshake_timeout),
+    ];
+    for (script, expected) in peers {
+        let t = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(sa).unwrap();
+            play(&mut s, &script).then_some(s)
+        });
+        let r = l.accept::<i32>();
+        assert!(expected(&r), "{:?}", r.err());
+        drop(t.join().unwrap());
+    }
+    let t = std::thread::spawn(move || {
+        let c = Client::connect::<i32>(sa, Some(b"abc")).unwrap();
+        c.send(&1729).unwrap();
+    });
+    assert_eq!(l.accept::<i32>().unwrap().recv().unwrap(), 1729);
+    t.join().unwrap();
+}
+
+/// `OtherTest.test_answer_challenge_auth_failure`: a server that challenges properly but
+/// then says something bogus instead of welcome, or sends junk instead of a challenge, makes
+/// `Client::connect` fail with `AuthenticationFailed`; bytes that are no frame or a header
+/// claiming a terabyte give `Codec`; hanging up gives `AuthenticationFailed`; saying nothing
+/// for 5 s gives an `Io` error of kind `TimedOut` (Python's `Client` would wait for ever).
+#[test]
+fn client_refuses_a_bogus_server() {
+    use multiproc::connection::Client;
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = fake.local_addr().unwrap();
+    let mut challenge = b"#CHALLENGE#{sha256}".to_vec();
+    challenge.extend_from_slice(&[7u8; 40]);
+    let servers: [(Script, Expect); 6] = [
+        (
+            (
+                vec![raw_frame(&challenge), raw_frame(b"something bogus")],
+                false,
+            ),
+            |r| matches!(r, Err(Error::AuthenticationFailed)),
+        ),
+        ((vec![raw_frame(b"something bogus")], false), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
+        }),
+        (
+            (vec![b"\xff\xfe junk, no frame \x00".to_vec()], true),
+            |r| matches!(r, Err(Error::Codec(_))),
+        ),
+        ((vec![terabyte_header()], true), |r| {
+            matches!(r, Err(Error::Codec(_)))
+        }),
+        ((vec![], false), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
+        }),
+        ((vec![], true), is_handshake_timeout),
+    ];
+    for (script, expected) in servers {
+        let server = {
+            let fake = fake.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let (mut s, _) = fake.accept().unwrap();
+                play(&mut s, &script).then_some(s)
+            })
+        };
+        let r = Client::connect::<i32>(addr, Some(b"abc"));
+        assert!(expected(&r), "{:?}", r.err());
+        drop(server.join().unwrap());
+    }
+}

@@ -243,10 +243,32 @@ pub(crate) fn accept_raw(l: &Listener) -> Result<RawConn> {
 pub(crate) fn authenticate_server(raw: &RawConn, key: &[u8]) -> Result<()> {
     raw.set_max_frame(auth::HANDSHAKE_MAX_FRAME);
     sys::set_io_timeout(raw, Some(HANDSHAKE_TIMEOUT))?;
-    auth::server_handshake(raw, key)?;
+    auth::server_handshake(raw, key).map_err(handshake_timed_out)?;
     sys::set_io_timeout(raw, None)?;
     raw.set_max_frame(crate::ipc::conn::MAX_FRAME);
     Ok(())
+}
+
+/// A read or write of the handshake that ran out of time (the socket's timeout gives
+/// `EAGAIN`, "resource temporarily unavailable") becomes an error that says so.
+fn handshake_timed_out(e: Error) -> Error {
+    match e {
+        Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the peer did not complete the authentication handshake within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+        e => e,
+    }
 }
 
 /// Connects and runs the client's side of the handshake (with a time limit).
@@ -256,7 +278,7 @@ pub(crate) fn connect_raw(address: &Address, authkey: Option<&[u8]>) -> Result<R
     if let Some(key) = authkey {
         raw.set_max_frame(auth::HANDSHAKE_MAX_FRAME);
         sys::set_io_timeout(&raw, Some(HANDSHAKE_TIMEOUT))?;
-        auth::client_handshake(&raw, key)?;
+        auth::client_handshake(&raw, key).map_err(handshake_timed_out)?;
         sys::set_io_timeout(&raw, None)?;
         raw.set_max_frame(crate::ipc::conn::MAX_FRAME);
     }
