@@ -2761,3 +2761,59 @@ fn client_refuses_a_bogus_server() {
         drop(server.join().unwrap());
     }
 }
+
+// --- batch 11: descriptors with large numbers ---------------------------------------------------
+
+/// `_TestConnection.test_large_fd_transfer` (a descriptor numbered past 256, bpo-11657), and
+/// past `select`'s limit of 1024: with a thousand other descriptors open, a pipe (whose own
+/// descriptors are then numbered past 1024) polls, waits and carries messages, an event and
+/// a queue made then work across processes, and a file descriptor numbered past 1500
+/// travels to a child by `send_handle`, which writes through it.
+#[test]
+fn descriptors_numbered_past_1024() {
+    multiproc::init();
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    use std::os::fd::AsRawFd;
+    const WANT: u64 = 2048;
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|c| c < WANT) {
+        limit.current = Some(limit.maximum.map_or(WANT, |m| m.min(WANT)));
+        setrlimit(Resource::Nofile, limit).unwrap();
+    }
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let filler: Vec<std::os::fd::OwnedFd> = (0..1100)
+        .map(|_| rustix::io::fcntl_dupfd_cloexec(&null, 0).unwrap())
+        .collect();
+    let path = std::env::temp_dir().join(format!("multiproc-parity-fd-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let high = rustix::io::fcntl_dupfd_cloexec(&file, 1500).unwrap();
+    drop(file);
+    assert!(high.as_raw_fd() >= 1500);
+
+    fn write_through((conn, q, e): (multiproc::Connection<u8>, Queue<u8>, Event)) {
+        use std::io::Write;
+        let fd = conn.recv_handle().unwrap();
+        std::fs::File::from(fd).write_all(b"bar").unwrap();
+        conn.send(&1).unwrap();
+        e.wait();
+        q.put(2).unwrap();
+    }
+    let (ours, theirs) = multiproc::pipe::<u8>().unwrap();
+    assert!(ours.as_raw_fd() > 1024, "{}", ours.as_raw_fd());
+    let (q, e) = (Queue::new().unwrap(), Event::new().unwrap());
+    let h = multiproc::spawn(write_through, (theirs, q.clone(), e.clone())).unwrap();
+    ours.send_handle(&high).unwrap();
+    drop(high);
+    assert!(ours.poll(Some(Duration::from_secs(60))).unwrap());
+    assert_eq!(
+        wait(&[&ours], Some(Duration::from_secs(60))).unwrap(),
+        vec![0]
+    );
+    assert_eq!(ours.recv().unwrap(), 1);
+    e.set();
+    assert_eq!(q.get_timeout(Duration::from_secs(60)).unwrap(), 2);
+    h.join().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"bar");
+    std::fs::remove_file(&path).unwrap();
+    drop(filler);
+}
