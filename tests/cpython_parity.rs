@@ -2817,3 +2817,25 @@ fn descriptors_numbered_past_1024() {
     std::fs::remove_file(&path).unwrap();
     drop(filler);
 }
+
+/// `_TestProcess.test_daemon_argument` and `BaseProcess.start`'s rule that "daemonic
+/// processes are not allowed to have children": here a daemon may start a child, which is
+/// not a daemon unless asked (Python defaults the flag to the creator's), runs and is
+/// joined normally. A documented difference: a child here ends with its parent however the
+/// parent ends, so a terminated daemon leaves no orphan behind.
+#[test]
+fn a_daemon_may_start_children() {
+    multiproc::init();
+    fn start_one(_: ()) -> (bool, Option<i32>) {
+        let mut p = Process::new(|_: ()| (), ());
+        let daemon = p.daemon();
+        p.start().unwrap();
+        p.join().unwrap();
+        (daemon, p.exitcode())
+    }
+    let h = multiproc::Builder::new()
+        .daemon(true)
+        .spawn(start_one, ())
+        .unwrap();
+    assert_eq!(h.join().unwrap(), (false, Some(0)));
+}
