@@ -29,6 +29,8 @@ pub(crate) enum TaskFail {
     Closed,
     Invalid(String),
     Io(String),
+    /// `multiproc::init()` was not called, so no worker could start.
+    NotInitialized,
     RankLost {
         rank: u32,
         message: String,
@@ -75,6 +77,7 @@ impl TaskFail {
             TaskFail::Closed => Error::Closed,
             TaskFail::Invalid(m) => Error::InvalidOperation(m.clone()),
             TaskFail::Io(m) => Error::Io(io::Error::other(m.clone())),
+            TaskFail::NotInitialized => Error::NotInitialized,
             TaskFail::RankLost { rank, message } => Error::RankLost {
                 rank: *rank,
                 message: message.clone(),
@@ -94,6 +97,7 @@ impl TaskFail {
             Error::Timeout => TaskFail::Timeout,
             Error::BuildMismatch(m) => TaskFail::BuildMismatch(m.clone()),
             Error::InvalidOperation(m) => TaskFail::Invalid(m.clone()),
+            Error::NotInitialized => TaskFail::NotInitialized,
             Error::TaskPanicked {
                 message,
                 location,
