@@ -200,6 +200,53 @@ fn terminate_with_ten_thousand_tasks_queued_leaves_nothing() {
     assert_eq!(shm_files().difference(&shm_before).count(), 0);
 }
 
+/// Writes its worker's pid to the file `path` names (a sign that it runs), then runs until
+/// its worker is killed.
+fn hold(path: String) -> u32 {
+    let tmp = format!("{path}.tmp");
+    let _ = std::fs::write(&tmp, std::process::id().to_string());
+    let _ = std::fs::rename(&tmp, &path);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A lone task is run on another rank by its agent's MPI thread itself: meanwhile another
+/// thread of the agent serves the rank, so that a terminate reaches it and kills the task.
+#[test]
+fn terminate_reaches_a_rank_running_a_lone_task() {
+    multiproc::init();
+    let path = std::env::temp_dir().join(format!("multiproc-hold-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let pool = remote_pool(1);
+    let task = pool.apply_async(hold, path.to_string_lossy().into_owned());
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(!task.ready(), "the task ended: {:?}", task.get());
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = std::fs::remove_file(&path);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pool = std::sync::Arc::new(pool);
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(p.terminate());
+    });
+    // Its task never ends by itself: terminate returns only if the stop reached the rank.
+    let done = rx.recv_timeout(Duration::from_secs(120));
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "terminate did not return: {done:?}"
+    );
+    assert!(matches!(task.get(), Err(Error::Closed)));
+    assert!(!common::running(pid), "worker {pid} survived terminate");
+}
+
 #[test]
 fn close_and_join_reap_every_rank() {
     multiproc::init();

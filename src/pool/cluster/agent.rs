@@ -1,13 +1,14 @@
 //! A node agent: what every rank but 0 runs instead of `main`. It builds a local pool for
 //! each cluster pool of rank 0, feeds it the jobs rank 0 sends, and sends the results back.
-//! Runs on the rank's MPI thread, which receives what rank 0 sends; the local pools'
-//! threads send each result to rank 0 themselves, as it comes (under the MPI lock).
+//! Runs on the rank's MPI thread, which receives what rank 0 sends and runs a lone task
+//! (an `apply`) on an idle local worker itself; the local pools' threads send each result
+//! to rank 0 themselves, as it comes (under the MPI lock).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -159,83 +160,15 @@ impl Sink for RemoteSink {
     }
 }
 
-/// Runs a lone task straight on an idle local worker from a thread of its own
-/// (`Shared::run_direct`), as a local `apply` does: no wake-up of the pool's handler thread
-/// on the way. One task at a time: while one runs, the others go through the pool's queue.
-struct Direct {
-    tx: mpsc::Sender<(Arc<Pool>, Job)>,
-    busy: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Direct {
-    fn start() -> Option<Direct> {
-        let (tx, rx) = mpsc::channel::<(Arc<Pool>, Job)>();
-        let busy = Arc::new(AtomicBool::new(false));
-        let done = busy.clone();
-        let thread = std::thread::Builder::new()
-            .name("multiproc-agent-direct".into())
-            .spawn(move || {
-                let mut last = Instant::now();
-                loop {
-                    // Just after a task, the next one is looked for without sleeping.
-                    let next = match pause(last.elapsed()) {
-                        None => match rx.try_recv() {
-                            Ok(x) => x,
-                            Err(mpsc::TryRecvError::Empty) => {
-                                std::thread::yield_now();
-                                continue;
-                            }
-                            Err(mpsc::TryRecvError::Disconnected) => return,
-                        },
-                        Some(_) => match rx.recv() {
-                            Ok(x) => x,
-                            Err(_) => return,
-                        },
-                    };
-                    let (pool, job) = next;
-                    if let Some(job) = pool.shared.run_direct(job) {
-                        pool.shared.submit(vec![job], true);
-                    }
-                    drop(pool);
-                    done.store(false, Ordering::Release);
-                    last = Instant::now();
-                }
-            })
-            .ok()?;
-        Some(Direct { tx, busy, thread })
-    }
-
-    /// Hands `job` to the thread if it is free; gives it back otherwise.
-    fn offer(&self, pool: &Arc<Pool>, job: Job) -> Option<Job> {
-        if self.busy.load(Ordering::Acquire) {
-            return Some(job);
-        }
-        self.busy.store(true, Ordering::Relaxed);
-        match self.tx.send((pool.clone(), job)) {
-            Ok(()) => None,
-            Err(mpsc::SendError((_, job))) => {
-                self.busy.store(false, Ordering::Relaxed);
-                Some(job)
-            }
-        }
-    }
-
-    fn stop(self) {
-        drop(self.tx);
-        let _ = self.thread.join();
-    }
-}
-
-/// Decodes a batch from rank 0 and queues its jobs on `pool` (a lone task goes to
-/// `direct`, if it is free).
+/// Decodes a batch from rank 0 and queues its jobs on `pool`; a lone task is given back
+/// instead when `direct` (for the caller to run on an idle local worker itself).
 fn submit_batch(
     pool: &Arc<Pool>,
     id: u64,
     tag: i32,
     body: &[u8],
-    direct: Option<&Direct>,
-) -> Result<()> {
+    direct: bool,
+) -> Result<Option<Job>> {
     let mut rd = Reader::new(body);
     let n = rd.u32()?;
     let mut jobs = Vec::with_capacity(n as usize);
@@ -249,14 +182,11 @@ fn submit_batch(
         })?;
         jobs.push(job);
     }
-    if let (Some(d), true) = (direct, jobs.len() == 1 && jobs[0].len() == 1) {
-        match jobs.pop().and_then(|j| d.offer(pool, j)) {
-            None => return Ok(()),
-            Some(j) => jobs.push(j),
-        }
+    if direct && jobs.len() == 1 && jobs[0].len() == 1 {
+        return Ok(jobs.pop());
     }
     pool.shared.submit(jobs, true);
-    Ok(())
+    Ok(None)
 }
 
 /// A pool of rank 0 as this agent serves it.
@@ -267,164 +197,299 @@ struct Served {
     pool: Option<Arc<Pool>>,
 }
 
-/// The agent's loop; returns when rank 0 says the job is over (every local worker reaped).
-pub(super) fn run(local_ranks: usize) {
-    let (tx, rx) = mpsc::channel::<Event>();
-    let mut pools: HashMap<u64, Served> = HashMap::new();
-    let mut stoppers: Vec<std::thread::JoinHandle<()>> = Vec::new();
-    let mut last_beat = Instant::now();
-    mpi().send(0, TAG, header(A_ALIVE, 0));
-    let mut last_active = Instant::now();
-    let mut shutdown = false;
-    let mut inbox = Vec::new();
-    let mut held: Option<Event> = None;
-    let direct = Direct::start();
-    while !shutdown {
+/// What the agent knows and does, one look ([`Agent::step`]) at a time: normally on the
+/// MPI thread; while that thread runs a lone task, on the cover thread.
+struct Agent {
+    local_ranks: usize,
+    pools: HashMap<u64, Served>,
+    stoppers: Vec<std::thread::JoinHandle<()>>,
+    /// The helper threads' line to the agent.
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+    /// An event that came while waiting.
+    held: Option<Event>,
+    inbox: Vec<Vec<u8>>,
+    last_beat: Instant,
+    last_active: Instant,
+    /// Rank 0 said the job is over.
+    shutdown: bool,
+}
+
+/// A lone task from rank 0, to run on an idle local worker.
+type Lone = (Arc<Pool>, Job);
+
+impl Agent {
+    /// Looks once at what rank 0 sent and what the helper threads did, and says the agent
+    /// is alive when it is time. Returns a lone task for the caller to run itself, when
+    /// `direct` (otherwise lone tasks queue like any).
+    fn step(&mut self, mut direct: bool) -> Option<Lone> {
+        let mut lone = None;
         let mut active = false;
         // 1. What rank 0 sent.
         {
             let mut m = mpi();
             while let Some((_, bytes)) = m.recv(Some(0), TAG) {
-                inbox.push(bytes);
+                self.inbox.push(bytes);
             }
         }
-        for bytes in inbox.drain(..) {
+        let inbox = std::mem::take(&mut self.inbox);
+        for bytes in inbox {
             active = true;
             let Some(msg) = Msg::parse(bytes) else {
                 continue;
             };
-            let id = msg.pool;
-            let body = msg.body();
-            match msg.kind {
-                M_START => {
-                    let Some(tag) = body
-                        .get(..4)
-                        .map(|t| i32::from_le_bytes(t.try_into().unwrap_or_default()))
-                    else {
-                        continue;
-                    };
-                    pools.insert(id, Served { tag, pool: None });
-                    let to_me = tx.clone();
-                    let spec = body[4..].to_vec();
-                    let r = std::thread::Builder::new()
-                        .name("multiproc-agent-start".into())
-                        .spawn(move || {
-                            let r = build_local(&spec, local_ranks)
-                                .map_err(|e| TaskFail::from_error(&e));
-                            let _ = to_me.send(Event::Built(id, r));
-                        });
-                    if let Err(e) = r {
-                        let _ = tx.send(Event::Built(id, Err(TaskFail::from_error(&e.into()))));
-                    }
+            if let Some(l) = self.on_message(&msg, direct) {
+                direct = false;
+                lone = Some(l);
+            }
+            if self.shutdown {
+                return lone;
+            }
+        }
+        // 2. What the helper threads did.
+        while let Some(ev) = self.held.take().or_else(|| self.rx.try_recv().ok()) {
+            active = true;
+            self.on_event(ev);
+        }
+        if self.last_beat.elapsed() >= HEARTBEAT {
+            self.last_beat = Instant::now();
+            mpi().send(0, TAG, header(A_ALIVE, 0));
+        }
+        if active {
+            self.last_active = Instant::now();
+        }
+        lone
+    }
+
+    /// How long to wait before the next look (`None`: just yield the processor): MPI
+    /// cannot wake the thread that waits.
+    fn pause(&self) -> Option<Duration> {
+        pause(self.last_active.elapsed())
+            .map(|d| d.min(HEARTBEAT.saturating_sub(self.last_beat.elapsed())))
+    }
+
+    fn on_message(&mut self, msg: &Msg, direct: bool) -> Option<Lone> {
+        let id = msg.pool;
+        let body = msg.body();
+        match msg.kind {
+            M_START => {
+                let tag = body
+                    .get(..4)
+                    .map(|t| i32::from_le_bytes(t.try_into().unwrap_or_default()))?;
+                self.pools.insert(id, Served { tag, pool: None });
+                let to_me = self.tx.clone();
+                let spec = body[4..].to_vec();
+                let local_ranks = self.local_ranks;
+                let r = std::thread::Builder::new()
+                    .name("multiproc-agent-start".into())
+                    .spawn(move || {
+                        let r =
+                            build_local(&spec, local_ranks).map_err(|e| TaskFail::from_error(&e));
+                        let _ = to_me.send(Event::Built(id, r));
+                    });
+                if let Err(e) = r {
+                    let _ = self
+                        .tx
+                        .send(Event::Built(id, Err(TaskFail::from_error(&e.into()))));
                 }
-                M_BATCH => {
-                    let Some(s) = pools.get(&id) else { continue };
-                    let r = match &s.pool {
-                        Some(p) => {
-                            let r = submit_batch(p, id, s.tag, body, direct.as_ref());
-                            r
-                        }
-                        None => Err(Error::Closed),
-                    };
-                    if let Err(e) = r {
+            }
+            M_BATCH => {
+                let s = self.pools.get(&id)?;
+                let r = match &s.pool {
+                    Some(p) => submit_batch(p, id, s.tag, body, direct)
+                        .map(|lone| lone.map(|j| (p.clone(), j))),
+                    None => Err(Error::Closed),
+                };
+                match r {
+                    Ok(lone) => return lone,
+                    Err(e) => {
                         let mut m = header(A_FAILED, id);
                         let _ = codec::encode_into(&TaskFail::from_error(&e), &mut m);
                         mpi().send(0, s.tag, m);
                     }
                 }
-                M_STOP => match pools.get_mut(&id).and_then(|s| s.pool.take()) {
-                    Some(p) => {
-                        let kill = body.first() == Some(&1);
-                        let to_me = tx.clone();
-                        let r = std::thread::Builder::new()
-                            .name("multiproc-agent-stop".into())
-                            .spawn(move || {
-                                if kill {
-                                    let _ = p.terminate();
-                                } else {
-                                    p.close();
-                                    let _ = p.join();
-                                }
-                                drop(p);
-                                let _ = to_me.send(Event::Stopped(id));
-                            });
-                        match r {
-                            Ok(h) => stoppers.push(h),
-                            Err(_) => {
-                                let _ = tx.send(Event::Stopped(id));
-                            }
-                        }
-                    }
-                    None => {
-                        if let Some(s) = pools.remove(&id) {
-                            mpi().send(0, s.tag, header(A_STOPPED, id));
-                        }
-                    }
-                },
-                M_SHUTDOWN => shutdown = true,
-                _ => {}
             }
-        }
-        if shutdown {
-            break;
-        }
-        // 2. What the helper threads did.
-        while let Some(ev) = held.take().or_else(|| rx.try_recv().ok()) {
-            active = true;
-            match ev {
-                Event::Built(id, r) => {
-                    let Some(s) = pools.get_mut(&id) else {
-                        continue;
-                    };
-                    let tag = s.tag;
-                    let m = match r {
-                        Ok(p) => {
-                            let mut m = header(A_READY, id);
-                            m.extend_from_slice(&(p.processes() as u32).to_le_bytes());
-                            s.pool = Some(Arc::new(p));
-                            m
+            M_STOP => match self.pools.get_mut(&id).and_then(|s| s.pool.take()) {
+                Some(p) => {
+                    let kill = body.first() == Some(&1);
+                    let to_me = self.tx.clone();
+                    let r = std::thread::Builder::new()
+                        .name("multiproc-agent-stop".into())
+                        .spawn(move || {
+                            if kill {
+                                let _ = p.terminate();
+                            } else {
+                                p.close();
+                                let _ = p.join();
+                            }
+                            drop(p);
+                            let _ = to_me.send(Event::Stopped(id));
+                        });
+                    match r {
+                        Ok(h) => self.stoppers.push(h),
+                        Err(_) => {
+                            let _ = self.tx.send(Event::Stopped(id));
                         }
-                        Err(f) => {
-                            // Rank 0 gives the pool up: nothing more comes for it.
-                            pools.remove(&id);
-                            let mut m = header(A_FAILED, id);
-                            let _ = codec::encode_into(&f, &mut m);
-                            m
-                        }
-                    };
-                    mpi().send(0, tag, m);
+                    }
                 }
-                Event::Stopped(id) => {
-                    // Every result of the pool went before (its threads sent them).
-                    if let Some(s) = pools.remove(&id) {
+                None => {
+                    if let Some(s) = self.pools.remove(&id) {
                         mpi().send(0, s.tag, header(A_STOPPED, id));
                     }
                 }
+            },
+            M_SHUTDOWN => self.shutdown = true,
+            _ => {}
+        }
+        None
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Built(id, r) => {
+                let Some(s) = self.pools.get_mut(&id) else {
+                    return;
+                };
+                let tag = s.tag;
+                let m = match r {
+                    Ok(p) => {
+                        let mut m = header(A_READY, id);
+                        m.extend_from_slice(&(p.processes() as u32).to_le_bytes());
+                        s.pool = Some(Arc::new(p));
+                        m
+                    }
+                    Err(f) => {
+                        // Rank 0 gives the pool up: nothing more comes for it.
+                        self.pools.remove(&id);
+                        let mut m = header(A_FAILED, id);
+                        let _ = codec::encode_into(&f, &mut m);
+                        m
+                    }
+                };
+                mpi().send(0, tag, m);
+            }
+            Event::Stopped(id) => {
+                // Every result of the pool went before (its threads sent them).
+                if let Some(s) = self.pools.remove(&id) {
+                    mpi().send(0, s.tag, header(A_STOPPED, id));
+                }
             }
         }
-        if last_beat.elapsed() >= HEARTBEAT {
-            last_beat = Instant::now();
-            mpi().send(0, TAG, header(A_ALIVE, 0));
+    }
+}
+
+/// The agent's state, shared by the MPI thread and the cover thread.
+struct AgentLock {
+    agent: Mutex<Agent>,
+    /// The MPI thread is running a lone task.
+    busy: AtomicBool,
+    /// The agent is ending: the cover thread returns.
+    done: AtomicBool,
+}
+
+impl AgentLock {
+    fn lock(&self) -> MutexGuard<'_, Agent> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How often the cover thread looks whether the MPI thread is running a lone task.
+const COVER_LOOK: Duration = Duration::from_millis(1);
+
+/// The cover thread: while the MPI thread runs a lone task (seen at two looks in a row),
+/// it serves the agent in its place: what rank 0 sends meanwhile (more tasks, a stop)
+/// and the heartbeats.
+fn cover(sh: &AgentLock) {
+    let mut seen = false;
+    while !sh.done.load(Ordering::Acquire) {
+        std::thread::sleep(COVER_LOOK);
+        if !sh.busy.load(Ordering::Acquire) {
+            seen = false;
+            continue;
         }
-        if active {
-            last_active = Instant::now();
+        if !std::mem::replace(&mut seen, true) {
+            continue;
         }
-        // 3. Wait a little: MPI cannot wake this thread.
-        match pause(last_active.elapsed()) {
+        while sh.busy.load(Ordering::Acquire) && !sh.done.load(Ordering::Acquire) {
+            let wait = {
+                let mut a = sh.lock();
+                if a.shutdown {
+                    break;
+                }
+                a.step(false);
+                a.pause()
+            };
+            match wait {
+                None => std::thread::yield_now(),
+                Some(d) => std::thread::sleep(d),
+            }
+        }
+    }
+}
+
+/// The agent's loop; returns when rank 0 says the job is over (every local worker reaped).
+/// A lone task (an `apply`) runs on an idle local worker straight from this thread
+/// (`Shared::run_direct`), as a local `apply` does: no hand-off to another thread on the
+/// way; the cover thread serves the agent while it runs.
+pub(super) fn run(local_ranks: usize) {
+    let (tx, rx) = mpsc::channel::<Event>();
+    let now = Instant::now();
+    let sh = Arc::new(AgentLock {
+        agent: Mutex::new(Agent {
+            local_ranks,
+            pools: HashMap::new(),
+            stoppers: Vec::new(),
+            tx,
+            rx,
+            held: None,
+            inbox: Vec::new(),
+            last_beat: now,
+            last_active: now,
+            shutdown: false,
+        }),
+        busy: AtomicBool::new(false),
+        done: AtomicBool::new(false),
+    });
+    mpi().send(0, TAG, header(A_ALIVE, 0));
+    let sh2 = sh.clone();
+    let cover = std::thread::Builder::new()
+        .name("multiproc-agent-cover".into())
+        .spawn(move || cover(&sh2))
+        .ok();
+    let mut a = sh.lock();
+    loop {
+        let lone = a.step(cover.is_some());
+        if a.shutdown {
+            break;
+        }
+        if let Some((pool, job)) = lone {
+            drop(a);
+            sh.busy.store(true, Ordering::Release);
+            if let Some(job) = pool.shared.run_direct(job) {
+                pool.shared.submit(vec![job], true);
+            }
+            drop(pool);
+            sh.busy.store(false, Ordering::Release);
+            a = sh.lock();
+            // The next task may follow at once: look again without sleeping.
+            a.last_active = Instant::now();
+            continue;
+        }
+        match a.pause() {
             None => std::thread::yield_now(),
-            Some(d) => {
-                let d = d.min(HEARTBEAT.saturating_sub(last_beat.elapsed()));
-                held = rx.recv_timeout(d).ok();
-            }
+            Some(d) => a.held = a.rx.recv_timeout(d).ok(),
         }
     }
     // The job is over: stop every local worker.
-    for p in pools.values().filter_map(|s| s.pool.as_ref()) {
+    sh.done.store(true, Ordering::Release);
+    for p in a.pools.values().filter_map(|s| s.pool.as_ref()) {
         let _ = p.terminate();
     }
-    drop(pools);
-    if let Some(d) = direct {
-        d.stop();
+    a.pools.clear();
+    let stoppers = std::mem::take(&mut a.stoppers);
+    drop(a);
+    if let Some(c) = cover {
+        let _ = c.join();
     }
     for h in stoppers {
         let _ = h.join();

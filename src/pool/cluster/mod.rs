@@ -89,7 +89,10 @@
 //! the pool may then call MPI, one at a time under one lock: on rank 0 the handler thread
 //! of each rank sends that rank its tasks and receives its results itself, and on an agent
 //! the local pool's threads send each result as it comes — no thread hands a message to
-//! another for MPI's sake. MPI cannot wake a sleeping thread, so a thread that waits for a
+//! another for MPI's sake. A lone task (`apply`) takes the shortest way: the caller's
+//! thread sends it to an idle rank and receives its result itself, and the agent's MPI
+//! thread, which receives it, runs it on an idle local worker itself (a second thread of
+//! the agent serves the rank meanwhile if the task runs long). MPI cannot wake a sleeping thread, so a thread that waits for a
 //! message yields the processor between looks for a millisecond after the last one
 //! (a quick series of `apply` calls stays quick), then sleeps longer and longer, up to a
 //! millisecond. The same holds for the pipes between an agent and its local workers: in

@@ -4,8 +4,9 @@
 //! MPI runs with `MPI_THREAD_SERIALIZED`: any thread may call MPI, one at a time, holding
 //! [`mpi()`]. So the threads that wait for a message call MPI themselves, with no hand-off
 //! to a thread of its own on the way: on rank 0 each handler thread (one per pool and
-//! rank, `remote.rs`) sends its batches and receives its results; on an agent the pools'
-//! threads send their results.
+//! rank, `remote.rs`) sends its batches and receives its results, or a caller of `apply`
+//! that borrowed an idle handler's line does; on an agent the pools' threads send their
+//! results.
 //!
 //! Every message starts with `[kind u8][pool u64]`. Rank 0 → agent, tag [`TAG`]:
 //! `M_START` + `[tag i32]` + the encoded `PoolSpec`; `M_BATCH` + `[njobs u32]` and jobs in

@@ -1,7 +1,10 @@
 //! Rank 0's side of a cluster pool: building it across the ranks, and one handler thread
 //! per other rank that serves that rank from the pool's queue, like a local handler serves
 //! its worker process. Each handler sends its batches and receives its rank's answers
-//! (the messages with its pool's tag) itself, under the MPI lock.
+//! (the messages with its pool's tag) itself, under the MPI lock. While a handler is idle
+//! it parks its line to the rank, like a local handler its worker: a caller of `apply`
+//! then sends its task and receives the answer from its own thread
+//! (`Shared::run_direct`), with no hand-off to the handler and back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +21,7 @@ use super::net::{
     M_BATCH, M_START, M_STOP, TAG,
 };
 use crate::pool::fail::TaskFail;
-use crate::pool::sched::{Job, Shared, Take};
+use crate::pool::sched::{Job, Lend, Shared, Take};
 use crate::pool::wire::{Reader, ReplySeg};
 use crate::{codec, cpu_count, Error, Pool, PoolBuilder, Result};
 
@@ -87,6 +90,8 @@ struct Link {
     rx: Receiver<Incoming>,
     /// When the last message came (how long to keep looking without sleeping).
     active: Instant,
+    /// Word heard by a caller that borrowed the line (a rank lost), for its handler.
+    pending: Option<Incoming>,
 }
 
 /// What a handler hears on its [`Link`].
@@ -103,11 +108,15 @@ impl Link {
             tag,
             rx,
             active: Instant::now(),
+            pending: None,
         }
     }
 
     /// What arrived, if anything (not waiting).
     fn poll(&mut self) -> Option<Heard> {
+        if let Some(i) = self.pending.take() {
+            return Some(Heard::Event(i));
+        }
         match self.rx.try_recv() {
             Ok(i) => return Some(Heard::Event(i)),
             Err(TryRecvError::Disconnected) => {
@@ -146,6 +155,99 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+/// A caller borrows an idle handler's line to run one task on its rank (`apply`).
+impl Lend for Link {
+    fn room(&self, _tasks: usize, _max: Option<usize>) -> bool {
+        // The rank's own pool keeps its workers' task limits.
+        true
+    }
+
+    fn run(&mut self, shared: &Shared, job: Job) -> bool {
+        let Some(world) = world() else {
+            job.fail_all(&TaskFail::Invalid("MPI is down".into()));
+            return true;
+        };
+        let (mut sent, mut open) = (HashMap::new(), HashMap::new());
+        send_jobs(
+            shared,
+            world,
+            (self.pool, self.rank, 0),
+            vec![job],
+            &mut sent,
+        );
+        self.active = Instant::now();
+        while !sent.is_empty() {
+            if let Step::End(end) = hear(self.next(), &mut sent, &mut open) {
+                if let End::Lost(m) = &end {
+                    // Its handler ends too, when it takes the line back.
+                    self.pending = Some(Incoming::Lost(m.clone()));
+                }
+                end_jobs(shared, self.rank, &sent, end);
+                break;
+            }
+        }
+        // The line is never lost: a rank lost is its handler's to report.
+        true
+    }
+
+    fn lost(self: Box<Self>, _shared: &Shared, _slot: usize) {}
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+/// What a message or event from a rank means for the jobs sent to it.
+enum Step {
+    /// Tasks answered: how many, and the shortest time per task of a job since it was sent.
+    Answered(usize, Option<Duration>),
+    /// The rank serves the pool no more.
+    End(End),
+}
+
+/// Why a rank serves a pool no more.
+enum End {
+    /// The pool cannot work there (its initializer failed, or the rank's answer was
+    /// unreadable).
+    Broken(TaskFail),
+    /// The pool is being terminated.
+    Terminate,
+    /// The rank is lost.
+    Lost(String),
+}
+
+fn hear(h: Heard, sent: &mut HashMap<u64, Sent>, open: &mut HashMap<u64, usize>) -> Step {
+    match h {
+        Heard::Msg(m) if m.kind == A_RESULTS => match on_results(sent, open, m.body()) {
+            Ok((n, per_task)) => Step::Answered(n, per_task),
+            Err(e) => Step::End(End::Broken(TaskFail::from_error(&e))),
+        },
+        Heard::Msg(m) if m.kind == A_FAILED => Step::End(End::Broken(decode_fail(m.body()))),
+        Heard::Msg(_) => Step::Answered(0, None),
+        Heard::Event(Incoming::Terminate) => Step::End(End::Terminate),
+        Heard::Event(Incoming::Lost(m)) => Step::End(End::Lost(m)),
+    }
+}
+
+/// Gives every task sent to `rank` and not answered yet its outcome, as `end` says (a
+/// rank lost or a pool broken there breaks the pool: later calls fail too).
+fn end_jobs(shared: &Shared, rank: usize, sent: &HashMap<u64, Sent>, end: End) {
+    let f = match end {
+        End::Lost(message) => TaskFail::RankLost {
+            rank: rank as u32,
+            message,
+        },
+        End::Broken(f) => f,
+        End::Terminate => TaskFail::Closed,
+    };
+    if !matches!(f, TaskFail::Closed) {
+        shared.set_broken(f.clone());
+    }
+    for s in sent.values() {
+        s.fail_rest(&f);
     }
 }
 
@@ -239,14 +341,16 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
     let shared = pool.shared.clone();
     let mut handles = Vec::new();
     let mut total = root_n;
-    for (link, k) in links.into_iter().zip(counts) {
+    for (i, (link, k)) in links.into_iter().zip(counts).enumerate() {
         let k = k.unwrap_or(1);
         total += k;
         let s = shared.clone();
         let rank = link.rank;
+        // The pool's slots: rank 0's workers', then one per other rank.
+        let slot = root_n + i;
         match std::thread::Builder::new()
             .name(format!("multiproc-rank-{rank}"))
-            .spawn(move || handler(s, world, link, k))
+            .spawn(move || handler(s, world, link, slot, k))
         {
             Ok(h) => handles.push(h),
             Err(_) => {
@@ -346,8 +450,14 @@ impl Sent {
 const SHORT_TASK: Duration = Duration::from_millis(1);
 
 /// Serves the link's rank (with `workers` workers) from the pool's queue until the pool
-/// ends.
-fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: usize) {
+/// ends; `slot` is the rank's in the pool, where the idle handler parks its line.
+fn handler(
+    shared: Arc<Shared>,
+    world: &'static World,
+    mut link: Link,
+    slot: usize,
+    workers: usize,
+) {
     let (pool, rank) = (link.pool, link.rank);
     let mut sent: HashMap<u64, Sent> = HashMap::new();
     let mut tasks = 0usize;
@@ -359,8 +469,7 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
     let mut next_batch = 0u64;
     // The messages (`M_BATCH`) sent whose jobs are not all answered yet: jobs left each.
     let mut open: HashMap<u64, usize> = HashMap::new();
-    let mut lost: Option<String> = None;
-    let mut broken: Option<TaskFail> = None;
+    let mut end: Option<End> = None;
     let workers = workers.max(1);
     'outer: loop {
         // 1. Keep the rank's workers busy: a job per worker; when tasks are short, one
@@ -378,15 +487,29 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
                 break;
             }
             let idle = sent.is_empty();
-            // Just after some work, look for more without sleeping (a quick series of
-            // `apply` calls then makes no thread wake-up here).
-            let spin = idle && pause(link.active.elapsed()).is_none();
-            match shared.take(usize::MAX, idle && !spin) {
-                Take::Exit if idle => break 'outer,
-                Take::Nothing if spin => {
+            let take = match shared.take(usize::MAX, false) {
+                Take::Nothing if idle => {
+                    // Nothing to do: wait for work with the line parked, for a caller of
+                    // `apply` to borrow meanwhile.
                     drained = true;
-                    std::thread::yield_now()
+                    let mut parked = Some(link);
+                    let take = shared.take_parking(usize::MAX, slot, &mut parked);
+                    let Some(back) = parked else {
+                        // Cannot be: a line is given back after each loan.
+                        shared.handler_exited();
+                        return;
+                    };
+                    link = back;
+                    if link.pending.is_some() {
+                        // A rank lost, heard by a caller that borrowed the line.
+                        break 'outer;
+                    }
+                    take
                 }
+                t => t,
+            };
+            match take {
+                Take::Exit if idle => break 'outer,
                 Take::Exit | Take::Nothing => {
                     drained = true;
                     break;
@@ -394,11 +517,11 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
                 Take::Jobs(jobs) => {
                     if idle {
                         since = Instant::now();
-                        // A new stream of work (the queue was found empty, or nothing
-                        // came for a while) is judged afresh. Otherwise the rank only ran
-                        // out because its last answers came before more was sent (the
-                        // queue still held some): the same tasks go on, and stay short.
-                        if drained || !spin {
+                        // A new stream of work (the queue was found empty) is judged
+                        // afresh. Otherwise the rank only ran out because its last answers
+                        // came before more was sent (the queue still held some): the same
+                        // tasks go on, and stay short.
+                        if drained {
                             short = false;
                         }
                     }
@@ -418,64 +541,45 @@ fn handler(shared: Arc<Shared>, world: &'static World, mut link: Link, workers: 
             continue;
         }
         // 2. Wait for the rank's answer.
-        match link.next() {
-            Heard::Msg(m) if m.kind == A_RESULTS => {
-                match on_results(&mut sent, &mut open, m.body()) {
-                    Ok((n, per_task)) => {
-                        tasks = tasks.saturating_sub(n);
-                        if n > 0 {
-                            // Two bounds on a task's time: the time since the last answer
-                            // per task answered now (too long when rank 0 was busy, e.g.
-                            // encoding the next job), and the time since a job was sent
-                            // per task of it answered (too long when it waited behind
-                            // another).
-                            let gap = since.elapsed() / (n as u32);
-                            short = per_task.map_or(gap, |t| t.min(gap)) < SHORT_TASK;
-                            since = Instant::now();
-                        }
-                    }
-                    Err(e) => {
-                        broken = Some(TaskFail::from_error(&e));
-                        break;
-                    }
+        match hear(link.next(), &mut sent, &mut open) {
+            Step::Answered(n, per_task) => {
+                tasks = tasks.saturating_sub(n);
+                if n > 0 {
+                    // Two bounds on a task's time: the time since the last answer per
+                    // task answered now (too long when rank 0 was busy, e.g. encoding the
+                    // next job), and the time since a job was sent per task of it answered
+                    // (too long when it waited behind another).
+                    let gap = since.elapsed() / (n as u32);
+                    short = per_task.map_or(gap, |t| t.min(gap)) < SHORT_TASK;
+                    since = Instant::now();
                 }
             }
-            Heard::Msg(m) if m.kind == A_FAILED => {
-                broken = Some(decode_fail(m.body()));
-                break;
-            }
-            Heard::Msg(_) => {}
-            Heard::Event(Incoming::Terminate) => break,
-            Heard::Event(Incoming::Lost(m)) => {
-                lost = Some(m);
+            Step::End(e) => {
+                end = Some(e);
                 break;
             }
         }
     }
     // Leaving: what is still out there gets its outcome.
-    if let Some(message) = lost {
-        let f = TaskFail::RankLost {
-            rank: rank as u32,
-            message,
-        };
-        shared.set_broken(f.clone());
-        for s in sent.values() {
-            s.fail_rest(&f);
-        }
-    } else {
-        let terminating = shared.lock().terminating;
-        let f = match broken {
-            Some(f) => {
-                shared.set_broken(f.clone());
-                f
+    if let Some(Incoming::Lost(m)) = link.pending.take() {
+        end = Some(End::Lost(m));
+    }
+    match end {
+        Some(e @ End::Lost(_)) => end_jobs(&shared, rank, &sent, e),
+        end => {
+            let terminating = shared.lock().terminating;
+            match end {
+                Some(e @ End::Broken(_)) => end_jobs(&shared, rank, &sent, e),
+                _ if terminating => end_jobs(&shared, rank, &sent, End::Terminate),
+                _ => {
+                    let f = TaskFail::Invalid("pool handler stopped".into());
+                    for s in sent.values() {
+                        s.fail_rest(&f);
+                    }
+                }
             }
-            None if terminating => TaskFail::Closed,
-            None => TaskFail::Invalid("pool handler stopped".into()),
-        };
-        for s in sent.values() {
-            s.fail_rest(&f);
+            stop_rank(world, &mut link, terminating || !sent.is_empty());
         }
-        stop_rank(world, &mut link, terminating || !sent.is_empty());
     }
     shared.handler_exited();
 }

@@ -51,8 +51,41 @@ pub(crate) struct State {
 /// Where an idle handler's worker is.
 pub(super) enum Parking {
     Empty,
-    Parked(Box<Worker>),
+    Parked(Box<dyn Lend>),
     Lent,
+}
+
+/// What an idle handler parks, for a caller to run one task on from its own thread (see
+/// [`Shared::run_direct`]): a local worker process, or a cluster pool's line to another
+/// rank, whose agent runs the task there.
+pub(crate) trait Lend: Send + 'static {
+    /// Whether it may take `tasks` more tasks, with `max` tasks per worker.
+    fn room(&self, tasks: usize, max: Option<usize>) -> bool;
+    /// Runs `job` and waits until each of its tasks has its outcome. False: it is lost
+    /// (the job's outcomes are given all the same).
+    fn run(&mut self, shared: &Shared, job: Job) -> bool;
+    /// It was lost while lent: ends it, in slot `slot`.
+    fn lost(self: Box<Self>, shared: &Shared, slot: usize);
+    /// For its handler to take it back as the type it parked.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl Lend for Worker {
+    fn room(&self, tasks: usize, max: Option<usize>) -> bool {
+        max.is_none_or(|m| self.tasks + tasks <= m)
+    }
+
+    fn run(&mut self, shared: &Shared, job: Job) -> bool {
+        shared.run_on(self, job)
+    }
+
+    fn lost(self: Box<Self>, shared: &Shared, slot: usize) {
+        shared.discard(slot, *self, true);
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
 }
 
 pub(crate) struct Shared {
@@ -260,18 +293,19 @@ impl Shared {
 
     /// Takes jobs for one worker.
     pub(crate) fn take(&self, budget: usize, blocking: bool) -> Take {
-        self.take_locked(self.lock(), budget, blocking, None).1
+        self.take_locked::<Worker>(self.lock(), budget, blocking, None)
+            .1
     }
 
     /// Takes jobs for an idle worker, waiting for them; meanwhile the worker is parked in
     /// the shared state, where a caller of [`run_direct`](Self::run_direct) may borrow it.
     /// On return the worker is back in `worker` (or `None`: it died while lent). If it was
     /// lent, whatever was taken is put back ([`Take::Nothing`]): its task budget changed.
-    pub(super) fn take_parking(
+    pub(crate) fn take_parking<W: Lend>(
         &self,
         budget: usize,
         slot: usize,
-        worker: &mut Option<Worker>,
+        worker: &mut Option<W>,
     ) -> Take {
         let mut parked = false;
         let (mut st, take) =
@@ -286,7 +320,7 @@ impl Shared {
                     st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 Parking::Parked(w) => {
-                    *worker = Some(*w);
+                    *worker = w.into_any().downcast::<W>().ok().map(|w| *w);
                     break;
                 }
                 Parking::Empty => break,
@@ -303,12 +337,12 @@ impl Shared {
         }
     }
 
-    pub(super) fn take_locked<'a>(
+    pub(super) fn take_locked<'a, W: Lend>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         budget: usize,
         blocking: bool,
-        mut park: Option<(usize, &mut Option<Worker>, &mut bool)>,
+        mut park: Option<(usize, &mut Option<W>, &mut bool)>,
     ) -> (MutexGuard<'a, State>, Take) {
         loop {
             if st.terminating || st.broken.is_some() {
@@ -360,9 +394,10 @@ impl Shared {
         }
     }
 
-    /// Runs `job` (encoded, one task) on an idle handler's worker from the calling thread,
-    /// without the hand-offs to and from a handler thread: a lone `apply` then costs one
-    /// round trip to the worker. Faults are handled as the handler would (a dead worker is
+    /// Runs `job` (encoded, one task) on an idle handler's worker (see [`Lend`]: in a
+    /// cluster pool, maybe another rank) from the calling thread, without the hand-offs to
+    /// and from a handler thread: a lone `apply` then costs one round trip to the worker
+    /// (or the rank). Faults are handled as the handler would (a dead worker is
     /// reaped and its handler starts another). Gives the job back if no worker is idle, or
     /// if work is queued (it would overtake it): submit it instead.
     pub(crate) fn run_direct(&self, job: Job) -> Option<Job> {
@@ -372,9 +407,10 @@ impl Shared {
                 return Some(job);
             }
             let max = self.cfg.max_tasks;
-            let free = st.parked.iter().position(
-                |p| matches!(p, Parking::Parked(w) if max.is_none_or(|m| w.tasks + job.len() <= m)),
-            );
+            let free = st
+                .parked
+                .iter()
+                .position(|p| matches!(p, Parking::Parked(w) if w.room(job.len(), max)));
             let Some(slot) = free else {
                 return Some(job);
             };
@@ -384,11 +420,11 @@ impl Shared {
             st.was_lent[slot] = true;
             (slot, w)
         };
-        let alive = self.run_on(&mut w, job);
+        let alive = w.run(self, job);
         let back = if alive {
             Parking::Parked(w)
         } else {
-            self.discard(slot, *w, true);
+            w.lost(self, slot);
             Parking::Empty
         };
         self.lock().parked[slot] = back;
@@ -397,7 +433,7 @@ impl Shared {
     }
 
     /// Sends `job` to `w` and waits for all its replies. False: the worker is lost.
-    pub(super) fn run_on(&self, w: &mut Box<Worker>, job: Job) -> bool {
+    pub(super) fn run_on(&self, w: &mut Worker, job: Job) -> bool {
         let id = self.fresh_id();
         let mut buf = vec![MSG_BATCH];
         buf.extend_from_slice(&1u32.to_le_bytes());
