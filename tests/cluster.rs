@@ -358,9 +358,26 @@ fn a_frozen_rank_ends_the_pool_naming_it() {
         .collect();
     let ranks: BTreeSet<usize> = agents.iter().map(|a| a.0).collect();
     assert_eq!(ranks, worker_ranks());
+    // Woken again however the test ends (MPI's finalisation waits for every rank).
+    struct Thaw<'a>(&'a BTreeSet<(usize, u32)>);
+    impl Drop for Thaw<'_> {
+        fn drop(&mut self) {
+            for &(_, pid) in self.0 {
+                signal(pid, rustix::process::Signal::CONT);
+            }
+        }
+    }
+    let thaw = Thaw(&agents);
     for &(_, pid) in &agents {
         signal(pid, rustix::process::Signal::STOP);
     }
+    // The signal takes effect asynchronously: a quick task could still be answered.
+    assert!(
+        common::eventually(Duration::from_secs(30), || agents
+            .iter()
+            .all(|&(_, pid)| common::stopped(pid))),
+        "the agents did not stop"
+    );
     match pool.apply(square, 3) {
         Err(Error::RankLost { rank, message }) => {
             assert!(ranks.contains(&(rank as usize)), "rank {rank}");
@@ -370,8 +387,6 @@ fn a_frozen_rank_ends_the_pool_naming_it() {
     }
     // The pool is over; later calls say why.
     assert!(matches!(pool.apply(square, 4), Err(Error::RankLost { .. })));
-    for &(_, pid) in &agents {
-        signal(pid, rustix::process::Signal::CONT);
-    }
+    drop(thaw);
     drop(pool);
 }

@@ -84,6 +84,19 @@ pub fn until_asleep(pid: u32) {
     );
 }
 
+/// Whether every thread of process `pid` is stopped ('T': SIGSTOP has taken effect).
+pub fn stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        matches!(
+            stat_at(&format!("{}/stat", t.path().display())),
+            Some(('T', _))
+        )
+    })
+}
+
 /// Whether thread `tid` of process `pid` is asleep ('S'): blocked in a system call.
 pub fn thread_asleep(pid: u32, tid: u32) -> bool {
     matches!(
