@@ -2839,3 +2839,50 @@ fn a_daemon_may_start_children() {
         .unwrap();
     assert_eq!(h.join().unwrap(), (false, Some(0)));
 }
+
+/// `TestSyncManagerTypes.test_queue`: a manager's bounded queue of two, filled by the
+/// parent, is seen full, not empty, with two items by a child that then empties it; the
+/// parent then sees it empty and not full.
+#[test]
+fn manager_queue_full_and_empty_across_processes() {
+    multiproc::init();
+    use multiproc::manager::QueueProxy;
+    fn drain(q: QueueProxy<u32>) -> Vec<String> {
+        vec![
+            format!("{:?}", q.qsize()),
+            format!("{:?}", q.full()),
+            format!("{:?}", q.empty()),
+            format!("{:?}", q.get()),
+            format!("{:?}", q.empty()),
+            format!("{:?}", q.get()),
+            format!("{:?}", q.empty()),
+        ]
+    }
+    let m = multiproc::Manager::start().unwrap();
+    let q = m.bounded_queue::<u32>(2).unwrap();
+    assert!(q.empty().unwrap() && !q.full().unwrap());
+    q.put(5).unwrap();
+    assert!(!q.full().unwrap());
+    q.put(6).unwrap();
+    let seen = multiproc::spawn(drain, q.clone()).unwrap().join().unwrap();
+    assert_eq!(
+        seen,
+        [
+            "Ok(2)",
+            "Ok(true)",
+            "Ok(false)",
+            "Ok(5)",
+            "Ok(false)",
+            "Ok(6)",
+            "Ok(true)"
+        ]
+    );
+    assert!(q.empty().unwrap());
+    assert!(!q.full().unwrap());
+    // An unbounded queue is never full.
+    let u = m.queue::<u32>().unwrap();
+    for i in 0..100 {
+        u.put(i).unwrap();
+    }
+    assert!(!u.full().unwrap());
+}

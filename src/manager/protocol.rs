@@ -128,6 +128,10 @@ pub(crate) enum Op {
 
     /// An encoded request to a kind of [`objects`](super::objects).
     Object(ByteBuf),
+
+    /// Whether a bounded queue holds as many items as it may (last, so that the numbers of
+    /// the variants before it stay as they were).
+    QueueFull,
 }
 
 /// A request from a client.

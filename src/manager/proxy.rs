@@ -1155,6 +1155,25 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     pub fn empty(&self) -> Result<bool> {
         Ok(self.qsize()? == 0)
     }
+
+    /// Whether a bounded queue holds as many items as it may now (never for an unbounded
+    /// one).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.bounded_queue::<u8>(1).unwrap();
+    /// assert!(!q.full().unwrap());
+    /// q.put(1).unwrap();
+    /// assert!(q.full().unwrap());
+    /// assert!(!m.queue::<u8>().unwrap().full().unwrap());
+    /// ```
+    pub fn full(&self) -> Result<bool> {
+        match self.obj.call(Op::QueueFull)? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
 }
 
 /// A single value in a manager (Python's `manager.Value(typecode, v)`), of any

@@ -1112,6 +1112,12 @@ fn call(obj: &Obj, conn: &dyn Wire, op: Op) -> Response {
                 Ok(Reply::Bool(ok))
             }
             Op::QueueUnfinished => Ok(Reply::Len(lock(m).unfinished)),
+            Op::QueueFull => {
+                let g = lock(m);
+                Ok(Reply::Bool(
+                    g.maxsize.is_some_and(|max| g.items.len() as u64 >= max),
+                ))
+            }
             op => Err(wrong_kind(obj, &op)),
         },
         (Obj::Value(v), op) => {
