@@ -1294,6 +1294,82 @@ impl FdSession {
     }
 }
 
+impl FdSession {
+    /// Like [`append`](FdSession::append), but once `out` (what it held before, then
+    /// `value`'s encoding) grows past `spill_at` bytes, everything goes to a memory file
+    /// instead and the rest of `value` is encoded straight into it (as in
+    /// [`encode_spilling`]): then `out` is left empty and the file, not yet sealed (its
+    /// caller may still patch bytes in it), comes back with its length. On failure `out`
+    /// and the list of descriptors are left as they were.
+    pub(crate) fn append_spilling<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        out: &mut Vec<u8>,
+        spill_at: usize,
+    ) -> Result<(usize, Option<(MessageFile, usize)>)> {
+        let len = out.len();
+        let mut enc = Enc {
+            out: &mut *out,
+            limit: spill_at,
+            file: None,
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put(value, &mut enc)))
+            .unwrap_or_else(|p| {
+                Err(CodecError(format!(
+                    "its Serialize impl panicked: {}",
+                    crate::error::panic_message(&*p)
+                )))
+            });
+        let file = enc.file.take();
+        let r = match (r, file) {
+            (Ok(()), None) => Ok(None),
+            (Ok(()), Some(mut f)) => match f.write(out) {
+                Ok(()) => {
+                    out.clear();
+                    Ok(Some((f.file, f.written)))
+                }
+                Err(e) => Err((Some(f), e)),
+            },
+            (Err(e), f) => Err((f, e)),
+        };
+        let r = match r {
+            Ok(file) => Ok(file),
+            Err((f, e)) => {
+                // Put back what `out` held before: if it went to the file, it is the
+                // file's first `len` bytes.
+                let restored = match &f {
+                    Some(f) if f.written > 0 => {
+                        out.resize(len, 0);
+                        f.file.read_at(0, out)
+                    }
+                    _ => Ok(()),
+                };
+                out.truncate(len);
+                Err(match (restored, f.and_then(|f| f.err)) {
+                    (Err(io), _) | (Ok(()), Some(io)) => Error::from(io),
+                    (Ok(()), None) => Error::codec_from("cannot encode value", e),
+                })
+            }
+        };
+        let known = self.known;
+        let now = OUT_FDS.with(|c| {
+            let mut c = c.borrow_mut();
+            match c.as_mut() {
+                Some(v) if r.is_err() => {
+                    v.truncate(known);
+                    known
+                }
+                Some(v) => v.len(),
+                None => known,
+            }
+        });
+        r.map(|file| {
+            self.known = now;
+            (now - known, file)
+        })
+    }
+}
+
 impl Drop for FdSession {
     fn drop(&mut self) {
         let prev = self.prev.take();

@@ -1286,6 +1286,70 @@ fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
     assert_eq!(fd_count(), before, "descriptors grow with large tasks");
 }
 
+/// A result of 5 MiB (`x % 3 == 1`) or 10 bytes of `x`, whose encoding fails after all its
+/// bytes when `x % 7 == 6`.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct BigOrSmall(u32, serde_bytes::ByteBuf);
+
+impl serde::Serialize for BigOrSmall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTupleStruct;
+        let mut t = s.serialize_tuple_struct("BigOrSmall", 2)?;
+        t.serialize_field(&self.0)?;
+        t.serialize_field(&self.1)?;
+        if self.0 % 7 == 6 {
+            return Err(serde::ser::Error::custom("refused after its bytes"));
+        }
+        t.end()
+    }
+}
+
+fn big_or_small(x: u32) -> BigOrSmall {
+    let len = if x % 3 == 1 { 5 << 20 } else { 10 };
+    BigOrSmall(x, serde_bytes::ByteBuf::from(vec![x as u8; len]))
+}
+
+fn big_with_event(e: multiproc::Event) -> (Vec<u8>, multiproc::Event) {
+    (vec![7; 5 << 20], e)
+}
+
+#[test]
+fn large_results_encoded_into_their_file_keep_their_frame_whole() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let shm_before = common::shm_files();
+    let check = |pool: &Pool| {
+        // Jobs of 10 tasks: small results before and after a large one in one frame, and
+        // results that fail after 5 MiB were written (what came before them survives).
+        let got: Vec<_> = pool.imap_chunked(big_or_small, 0..30u32, 10).collect();
+        for (x, r) in (0u32..).zip(got) {
+            if x % 7 == 6 {
+                match r {
+                    Err(Error::Codec(m)) => assert!(m.message().contains("refused"), "{m}"),
+                    other => panic!("{x}: {other:?}"),
+                }
+            } else {
+                let len = if x % 3 == 1 { 5 << 20 } else { 10 };
+                let want = BigOrSmall(x, serde_bytes::ByteBuf::from(vec![x as u8; len]));
+                assert!(r.unwrap() == want, "result {x} changed");
+            }
+        }
+        // A large result holding a handle: the handle travels with the file.
+        let e = multiproc::Event::new().unwrap();
+        let (v, back) = pool.apply(big_with_event, e.clone()).unwrap();
+        assert!(v.len() == 5 << 20 && v.iter().all(|&b| b == 7));
+        back.set();
+        assert!(e.is_set());
+    };
+    check(&pool);
+    let fds = fd_count();
+    for _ in 0..5 {
+        check(&pool);
+    }
+    assert_eq!(fd_count(), fds, "descriptors grow with large results");
+    assert!(common::new_multiproc_files(&shm_before).is_empty());
+}
+
 /// A reply whose bytes travel each of a pipe's three ways, by `x`: a sealed memory file on
 /// the socket (3 MiB), the large-message area (100 KiB), or a ring record (16 bytes).
 /// With the worker's pid.

@@ -519,6 +519,30 @@ impl RawConn {
         r
     }
 
+    /// The size past which a frame sent through this end's lanes travels as a sealed
+    /// memory file ([`send_sealed`](Self::send_sealed)); `None` without lanes to send on.
+    pub(crate) fn spill_threshold(&self) -> Option<usize> {
+        let le = self.lane.as_ref()?;
+        le.tx?;
+        Some(le.lane.max_big())
+    }
+
+    /// Sends the `len` bytes of `file`, a sealed memory file, as one frame (an end with
+    /// lanes to send on only: see [`spill_threshold`](Self::spill_threshold)), with the
+    /// descriptors `fds`.
+    pub(crate) fn send_sealed(
+        &self,
+        file: BorrowedFd<'_>,
+        len: usize,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<()> {
+        let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        match self.lane.as_ref().and_then(|le| Some((&le.lane, le.tx?))) {
+            Some((lane, d)) => self.lane_send(&mut ws, lane, d, Body::Sealed(file, len), fds),
+            None => Err(Error::invalid("a sealed frame needs lanes to travel")),
+        }
+    }
+
     /// Sends `bytes` as one frame.
     pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,32 @@ impl JobRun {
         Ok(())
     }
 
+    /// Sends the frame the codec wrote to `file` (`len` bytes, `out` now empty): closes
+    /// the open segment there, seals the file and sends it, with the descriptors of the
+    /// `nfds` handles in the last result.
+    fn send_file(
+        &mut self,
+        session: &mut codec::FdSession,
+        nfds: usize,
+        file: crate::sys::memfd::MessageFile,
+        len: usize,
+    ) -> Result<()> {
+        if let Some(at) = self.seg.take() {
+            let mut counts = [0u8; 8];
+            counts[..4].copy_from_slice(&(self.seg_count as u32).to_le_bytes());
+            counts[4..].copy_from_slice(&((len - at - SEG_HEADER) as u32).to_le_bytes());
+            file.write_at((at + 12) as u64, &counts)?;
+        }
+        let fd = file.seal()?;
+        let fds = if nfds > 0 {
+            session.take_fds()
+        } else {
+            Vec::new()
+        };
+        self.conn
+            .send_sealed(fd.as_fd(), len, &crate::ipc::conn::borrowed(&fds))
+    }
+
     /// Sends what waits if this job sends each reply at once, or too much waits.
     fn maybe_send(&mut self) -> Result<()> {
         if self.flush_each || self.out.len() >= SEND_EARLY {
@@ -150,8 +176,18 @@ impl JobRun {
             self.seg = Some(self.header(self.next, 0, SEG_OK));
             self.seg_count = 0;
         }
-        match session.append(r, &mut self.out) {
-            Ok(nfds) => {
+        // A result that takes the frame past what the lanes carry inline is encoded
+        // straight into the sealed memory file the frame travels in (no copy of it in
+        // between), and the frame is sent at once.
+        let spill_at = self.conn.spill_threshold().unwrap_or(usize::MAX);
+        match session.append_spilling(r, &mut self.out, spill_at) {
+            Ok((nfds, Some((file, len)))) => {
+                self.seg_count += 1;
+                self.next += 1;
+                self.send_file(session, nfds, file, len)?;
+                Ok(Ok(()))
+            }
+            Ok((nfds, None)) => {
                 self.seg_count += 1;
                 self.next += 1;
                 if nfds > 0 {

@@ -349,14 +349,8 @@ impl Mapping {
     /// Reads bytes `off..off + out.len()` of the file into `out`: an `UnexpectedEof`
     /// error if the file no longer holds them all.
     pub(crate) fn pread_exact(&self, off: usize, out: &mut [u8]) -> io::Result<()> {
-        let mut done = 0;
-        while done < out.len() {
-            match rustix::io::pread(&self.fd, &mut out[done..], (off + done) as u64) {
-                Ok(0) => return Err(truncated(off + out.len(), self.file_len()?)),
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if !read_exact_at(self.fd.as_fd(), off as u64, out)? {
+            return Err(truncated(off + out.len(), self.file_len()?));
         }
         Ok(())
     }
@@ -398,6 +392,20 @@ impl Drop for Mapping {
         // mapping outlives `self` (they all borrow it).
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) };
     }
+}
+
+/// Fills `out` from byte `off` of `fd`: `Ok(false)` if the file ends first.
+fn read_exact_at(fd: BorrowedFd<'_>, off: u64, out: &mut [u8]) -> io::Result<bool> {
+    let mut done = 0;
+    while done < out.len() {
+        match rustix::io::pread(fd, &mut out[done..], off + done as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// A new memory file holding a copy of `bytes` (not empty), sealed read-only: how a large
@@ -445,6 +453,14 @@ impl MessageFile {
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        Ok(())
+    }
+
+    /// Reads `out.len()` bytes from byte `off` of the file.
+    pub(crate) fn read_at(&self, off: u64, out: &mut [u8]) -> io::Result<()> {
+        if !read_exact_at(self.fd.as_fd(), off, out)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(())
     }
