@@ -1275,11 +1275,19 @@ impl FdSession {
                     crate::error::panic_message(&*p)
                 )))
             });
+        r.map(|()| self.settle(true)).inspect_err(|_| {
+            self.settle(false);
+        })
+    }
+
+    /// After a value was encoded (`ok`) or not: how many descriptors it added to the list
+    /// (a failed value's are taken off it).
+    fn settle(&mut self, ok: bool) -> usize {
         let known = self.known;
         let now = OUT_FDS.with(|c| {
             let mut c = c.borrow_mut();
             match c.as_mut() {
-                Some(v) if r.is_err() => {
+                Some(v) if !ok => {
                     v.truncate(known);
                     known
                 }
@@ -1287,10 +1295,8 @@ impl FdSession {
                 None => known,
             }
         });
-        r.map(|()| {
-            self.known = now;
-            now - known
-        })
+        self.known = now;
+        now - known
     }
 }
 
@@ -1351,22 +1357,8 @@ impl FdSession {
                 })
             }
         };
-        let known = self.known;
-        let now = OUT_FDS.with(|c| {
-            let mut c = c.borrow_mut();
-            match c.as_mut() {
-                Some(v) if r.is_err() => {
-                    v.truncate(known);
-                    known
-                }
-                Some(v) => v.len(),
-                None => known,
-            }
-        });
-        r.map(|file| {
-            self.known = now;
-            (now - known, file)
-        })
+        let added = self.settle(r.is_ok());
+        r.map(|file| (added, file))
     }
 }
 
