@@ -1275,9 +1275,8 @@ impl FdSession {
                     crate::error::panic_message(&*p)
                 )))
             });
-        r.map(|()| self.settle(true)).inspect_err(|_| {
-            self.settle(false);
-        })
+        let added = self.settle(r.is_ok());
+        r.map(|()| added)
     }
 
     /// After a value was encoded (`ok`) or not: how many descriptors it added to the list
