@@ -59,6 +59,13 @@
 //! }
 //! ```
 //!
+//! The first large message of each kind costs several times the next (MPI's first large
+//! transfer between two ranks, the first large frame through a worker's pipe, each
+//! process's allocator growing its heap): building a cluster pool pays that once, with a
+//! `map` of one large task per worker (2 MiB of bytes there and back; 16 MiB in all at
+//! most), so that the user's first `map` runs as fast as the next. A pool with a task
+//! limit per worker ([`PoolBuilder::maxtasksperchild`]) skips it.
+//!
 //! Handles (queues, locks, connections: file descriptors) cannot leave their machine: a
 //! task whose arguments hold one fails with [`Error::InvalidOperation`] when it is sent to
 //! another rank, as do initializer arguments holding one.
@@ -106,6 +113,7 @@
 //! [`PoolBuilder::cluster`]: crate::PoolBuilder::cluster
 //! [`PoolBuilder::root_processes`]: crate::PoolBuilder::root_processes
 //! [`PoolBuilder::initializer`]: crate::PoolBuilder::initializer
+//! [`PoolBuilder::maxtasksperchild`]: crate::PoolBuilder::maxtasksperchild
 //! [`Pool::processes`]: crate::Pool::processes
 //! [`Error::TaskPanicked`]: crate::Error::TaskPanicked
 //! [`Error::WorkerDied`]: crate::Error::WorkerDied

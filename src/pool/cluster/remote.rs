@@ -271,6 +271,7 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
         b.processes
     };
     let root_n = b.root_processes.unwrap_or(per_rank);
+    let max_tasks = b.max_tasks;
     let init = match &b.remote_init {
         Some(f) => Some(f()?),
         None => None,
@@ -366,7 +367,32 @@ pub(crate) fn build(b: PoolBuilder) -> Result<Pool> {
         .extend(handles);
     pool.processes = total;
     pool.remote = Some(remote);
+    if max_tasks.is_none() {
+        // (With a task limit per worker, the warm-up's tasks would count towards it.)
+        warm_up(&pool, total);
+    }
     Ok(pool)
+}
+
+/// Bytes per worker of a new cluster pool's warm-up (as large as a chunk of a `map` of a
+/// million tiny tasks on a few workers)...
+const WARM_BYTES: usize = 2 << 20;
+/// ... and at most this many in all.
+const WARM_TOTAL: usize = 16 << 20;
+
+fn warm(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    bytes
+}
+
+/// Sends a large task to each worker of a new cluster pool, and its large result back.
+/// The first large message of each kind costs several times the next (MPI's first large
+/// transfer each way between two ranks, the first large frame through each worker's lane,
+/// each process's allocator growing its heap for buffers that size): the pool's build pays
+/// that, once, instead of the user's first `map`.
+fn warm_up(pool: &Pool, workers: usize) {
+    let per = WARM_BYTES.min(WARM_TOTAL / workers.max(1));
+    let tasks = (0..workers).map(|_| serde_bytes::ByteBuf::from(vec![1u8; per]));
+    let _ = pool.map_chunked(warm, tasks, 1);
 }
 
 /// Waits for a rank's answer to `M_START`: its number of workers, or why it failed.
