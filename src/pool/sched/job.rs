@@ -59,6 +59,18 @@ impl Ends {
         }
     }
 
+    /// The first task from `i` on whose bytes end at or past `at` (the last task if none
+    /// does; `i < len`).
+    pub(super) fn first_reaching(&self, i: usize, at: usize) -> usize {
+        let last = self.len() - 1;
+        let k = match self {
+            Ends::Stride { size: 0, .. } => last,
+            Ends::Stride { size, .. } => at.div_ceil(*size as usize).saturating_sub(1),
+            Ends::List(v) => i + v[i..].partition_point(|&e| (e as usize) < at),
+        };
+        k.clamp(i, last)
+    }
+
     /// One more task, ending at `end`.
     #[inline]
     pub(super) fn push(&mut self, end: u32) {
@@ -206,6 +218,9 @@ impl Job {
         if failed.is_empty() && !self.is_full() {
             return vec![self];
         }
+        if failed.is_empty() && self.fds.is_empty() {
+            return self.cut_at_size();
+        }
         // Cut into pieces at the failed tasks and at the limits.
         let (code, first, attempts, sink) =
             (self.code, self.first, self.attempts, self.sink.clone());
@@ -240,6 +255,31 @@ impl Job {
         if !cur.is_empty() {
             pieces.push(cur);
         }
+        pieces
+    }
+
+    /// An encoded job without failures or handles, cut into pieces at the size limit as
+    /// [`materialize`](Self::materialize) cuts task by task (each piece takes tasks until
+    /// its bytes reach [`MAX_JOB_BYTES`]), but by whole runs of tasks: each piece's bytes
+    /// are copied once, not task by task.
+    fn cut_at_size(mut self) -> Vec<Job> {
+        let n = self.len();
+        let mut starts = Vec::new();
+        let (mut i, mut from) = (0, 0);
+        while i < n {
+            starts.push(i);
+            let last = self.ends.first_reaching(i, from + MAX_JOB_BYTES);
+            i = last + 1;
+            from = self.ends.end(last);
+        }
+        // Split from the back, so that each split copies only its own piece.
+        let mut pieces: Vec<Job> = starts[1..]
+            .iter()
+            .rev()
+            .filter_map(|&k| self.split_off(k))
+            .collect();
+        pieces.push(self);
+        pieces.reverse();
         pieces
     }
 

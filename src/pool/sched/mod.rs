@@ -54,4 +54,77 @@ mod tests {
         z.push(3);
         assert_eq!(z, Ends::List(vec![0, 0, 3]));
     }
+
+    struct NoSink;
+    impl Sink for NoSink {
+        fn deliver(&self, _: usize, _: usize, _: &[u8], _: Vec<std::os::fd::OwnedFd>) {}
+        fn fail(&self, _: usize, _: usize, _: &crate::pool::fail::TaskFail) {}
+    }
+
+    fn ident<T>(v: T) -> T {
+        v
+    }
+
+    /// The pieces a lazy job of `items` is cut into, and the same tasks moved one by one
+    /// into pieces at the same limit (the cut that a job with a failed task takes).
+    fn cut_both_ways<A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>(
+        items: Vec<A>,
+    ) -> (Vec<Job>, Vec<Job>) {
+        let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(NoSink);
+        let code = crate::pool::worker::TaskCode::of(ident::<A>);
+        let n = items.len();
+        let fast = Job::lazy(code, 10, items, sink.clone());
+        let fast = fast.materialize();
+        // Task by task, from one job holding all the encoded tasks.
+        let mut whole = Job::new(code, 10, sink.clone());
+        for p in &fast {
+            for t in 0..p.len() {
+                whole
+                    .args
+                    .extend_from_slice(&p.args[p.ends.start(t)..p.ends.end(t)]);
+                whole.ends.push(whole.args.len() as u32);
+            }
+        }
+        assert_eq!(whole.len(), n);
+        let mut slow = Vec::new();
+        let mut cur = Job::new(code, 10, sink.clone());
+        for t in 0..n {
+            if cur.is_full() {
+                let next = Job::new(code, 10 + t, sink.clone());
+                slow.push(std::mem::replace(&mut cur, next));
+            }
+            whole.move_task(t, &mut cur);
+        }
+        slow.push(cur);
+        (fast, slow)
+    }
+
+    fn same_pieces(fast: &[Job], slow: &[Job]) {
+        assert_eq!(fast.len(), slow.len(), "as many pieces");
+        for (f, s) in fast.iter().zip(slow) {
+            assert_eq!((f.first, f.len()), (s.first, s.len()));
+            assert_eq!(f.args, s.args);
+            for t in 0..f.len() {
+                assert_eq!(f.ends.end(t), s.ends.end(t));
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_chunk_is_cut_by_runs_exactly_where_task_by_task_would_cut_it() {
+        // Plain values (stride ends): 300,000 u64 are 2.3 MiB, three pieces.
+        let (fast, slow) = cut_both_ways((0..300_000u64).collect());
+        assert_eq!(fast.len(), 3);
+        same_pieces(&fast, &slow);
+        for p in &fast[..fast.len() - 1] {
+            assert!(p.args.len() >= MAX_JOB_BYTES && p.args.len() < MAX_JOB_BYTES + 8);
+        }
+        // Values of different sizes (a list of ends), one larger than the limit by itself.
+        let mut items: Vec<String> = (0..40_000).map(|i| "x".repeat(i % 97)).collect();
+        items[5] = "y".repeat(MAX_JOB_BYTES + 3);
+        let (fast, slow) = cut_both_ways(items);
+        assert!(fast.len() >= 3);
+        same_pieces(&fast, &slow);
+        assert_eq!(fast[0].len(), 6, "the large value ends the first piece");
+    }
 }
