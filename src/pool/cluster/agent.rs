@@ -398,10 +398,18 @@ const COVER_LOOK: Duration = Duration::from_millis(1);
 
 /// The cover thread: while the MPI thread runs a lone task (seen at two looks in a row),
 /// it serves the agent in its place: what rank 0 sends meanwhile (more tasks, a stop)
-/// and the heartbeats.
+/// and the heartbeats. While no lone task runs it sleeps until the MPI thread starts one
+/// (and unparks it): an idle agent has no thread waking every [`COVER_LOOK`].
 fn cover(sh: &AgentLock) {
     let mut seen = false;
     while !sh.done.load(Ordering::Acquire) {
+        if !sh.busy.load(Ordering::Acquire) {
+            seen = false;
+            // Unparked when a lone task starts and when the agent ends; the timeout only
+            // bounds a wake-up lost to a spurious one.
+            std::thread::park_timeout(Duration::from_secs(1));
+            continue;
+        }
         std::thread::sleep(COVER_LOOK);
         if !sh.busy.load(Ordering::Acquire) {
             seen = false;
@@ -456,6 +464,7 @@ pub(super) fn run(local_ranks: usize) {
         .name("multiproc-agent-cover".into())
         .spawn(move || cover(&sh2))
         .ok();
+    let cover_thread = cover.as_ref().map(|c| c.thread().clone());
     let mut a = sh.lock();
     loop {
         let lone = a.step(cover.is_some());
@@ -465,6 +474,9 @@ pub(super) fn run(local_ranks: usize) {
         if let Some((pool, job)) = lone {
             drop(a);
             sh.busy.store(true, Ordering::Release);
+            if let Some(t) = &cover_thread {
+                t.unpark();
+            }
             if let Some(job) = pool.shared.run_direct(job) {
                 pool.shared.submit(vec![job], true);
             }
@@ -482,6 +494,9 @@ pub(super) fn run(local_ranks: usize) {
     }
     // The job is over: stop every local worker.
     sh.done.store(true, Ordering::Release);
+    if let Some(t) = &cover_thread {
+        t.unpark();
+    }
     for p in a.pools.values().filter_map(|s| s.pool.as_ref()) {
         let _ = p.terminate();
     }
