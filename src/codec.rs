@@ -139,6 +139,15 @@ pub(crate) fn handle_error<E: serde::de::Error>(e: Error) -> E {
     E::custom(msg)
 }
 
+/// What is said of a value whose `Serialize` impl panicked (with the panic's payload `p`):
+/// it fails that value only, like an impl that errs.
+fn serialize_panicked(p: &(dyn std::any::Any + Send)) -> String {
+    format!(
+        "its Serialize impl panicked: {}",
+        crate::error::panic_message(p)
+    )
+}
+
 /// The cause recorded by [`handle_error`] during the last decoding (cleared).
 fn take_cause() -> Option<Error> {
     CAUSE.with(|c| c.borrow_mut().take())
@@ -1271,8 +1280,8 @@ impl FdSession {
             .unwrap_or_else(|p| {
                 out.truncate(len);
                 Err(Error::codec(format!(
-                    "cannot encode value: its Serialize impl panicked: {}",
-                    crate::error::panic_message(&*p)
+                    "cannot encode value: {}",
+                    serialize_panicked(&*p)
                 )))
             });
         let added = self.settle(r.is_ok());
@@ -1319,12 +1328,7 @@ impl FdSession {
             file: None,
         };
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put(value, &mut enc)))
-            .unwrap_or_else(|p| {
-                Err(CodecError(format!(
-                    "its Serialize impl panicked: {}",
-                    crate::error::panic_message(&*p)
-                )))
-            });
+            .unwrap_or_else(|p| Err(CodecError(serialize_panicked(&*p))));
         let file = enc.file.take();
         let r = match (r, file) {
             (Ok(()), None) => Ok(None),
