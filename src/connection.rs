@@ -287,6 +287,32 @@ impl<T> Connection<T> {
         self.raw.recv_bytes()
     }
 
+    /// Receives one message of at most `maxlength` bytes (Python's
+    /// `recv_bytes(maxlength)`). A longer message is refused before any of its bytes are
+    /// copied or memory is set aside for it, with an [`Error::Io`] of kind
+    /// [`InvalidData`](std::io::ErrorKind::InvalidData) (Python: `OSError: bad message
+    /// length`), and this end then receives nothing more: every later receive on it (or
+    /// on its clones in this process) is an [`Error::Closed`], as Python closes the
+    /// connection there. Use it to read from a peer you do not trust with your memory.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let (a, b) = multiproc::pipe::<()>().unwrap();
+    /// a.send_bytes(b"short").unwrap();
+    /// assert_eq!(b.recv_bytes_max(5).unwrap(), b"short");
+    /// a.send_bytes(b"far too long").unwrap();
+    /// match b.recv_bytes_max(5) {
+    ///     Err(multiproc::Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(matches!(b.recv_bytes(), Err(multiproc::Error::Closed)));
+    /// ```
+    #[doc(alias = "recv_bytes")]
+    pub fn recv_bytes_max(&self, maxlength: usize) -> Result<Vec<u8>> {
+        self.check_readable()?;
+        self.raw.recv_bytes_bounded(Some(maxlength))
+    }
+
     /// Receives one message into `buf` and returns its length (Python's
     /// `recv_bytes_into`; to fill from an offset, pass `&mut buf[offset..]`). A message
     /// longer than `buf` is received all the same and handed back whole in

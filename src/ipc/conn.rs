@@ -155,6 +155,11 @@ pub(crate) struct ReadState {
     fds: VecDeque<OwnedFd>,
     /// Set after a framing error: the stream cannot be resynchronised.
     broken: bool,
+    /// The longest message the receive in progress takes (`recv_bytes_max`), if bounded.
+    msg_max: Option<u64>,
+    /// Set once a message longer than a receive's bound was refused: as in Python, which
+    /// closes the connection there, this end receives nothing more.
+    refused: bool,
     /// Frames claiming more bytes than this are refused (and break the stream).
     limit: u64,
     /// Whether a read looks a few times without blocking before it sleeps.
@@ -182,6 +187,8 @@ impl ReadState {
             end: 0,
             fds: VecDeque::new(),
             broken: false,
+            msg_max: None,
+            refused: false,
             limit: limit.min(MAX_FRAME),
             spin: true,
             scratch: Vec::new(),
@@ -191,6 +198,30 @@ impl ReadState {
 
     fn buffered(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Refuses a message of `len` bytes, before any of its bytes are copied, if it is
+    /// longer than the bound of the receive in progress; this end then receives nothing
+    /// more (Python closes the connection there).
+    fn check_len(&mut self, len: u64) -> Result<()> {
+        match self.msg_max {
+            Some(max) if len > max => {
+                self.refused = true;
+                Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "bad message length: the message has {len} bytes, more than the \
+                         maximum of {max}; this connection receives nothing more"
+                    ),
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The error of a receive on an end that refused a message as too long.
+    fn refused_error() -> Error {
+        Error::Closed
     }
 
     /// Reads more bytes into the buffer. Returns false at end of stream.
@@ -254,6 +285,7 @@ impl ReadState {
                 self.fds.len()
             )));
         }
+        self.check_len(len as u64)?;
         let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
         self.start += HEADER;
         if len <= self.buf.len() {
@@ -673,16 +705,31 @@ impl RawConn {
     /// Receives one frame: small payloads are lent from the read buffer, large ones handed
     /// over in the vector they were received into.
     fn recv_frame<R>(&self, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>) -> Result<R> {
+        self.recv_frame_max(None, f)
+    }
+
+    /// [`recv_frame`](Self::recv_frame) of a message of at most `max` bytes (`None`: any):
+    /// a longer one is refused before its bytes are copied, and this end receives nothing
+    /// more.
+    fn recv_frame_max<R>(
+        &self,
+        max: Option<u64>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(le) = &self.lane {
-            if let Some(d) = le.rx {
-                // Without a deadline, `lane_recv` waits until it has an outcome.
-                return self
-                    .lane_recv(&mut st, le, d, None, f)?
-                    .ok_or(Error::Timeout);
-            }
+        if st.refused {
+            return Err(ReadState::refused_error());
         }
-        st.read_frame(self.fd.as_fd(), f)
+        st.msg_max = max;
+        let r = match self.lane.as_ref().and_then(|le| Some((le, le.rx?))) {
+            // Without a deadline, `lane_recv` waits until it has an outcome.
+            Some((le, d)) => self
+                .lane_recv(&mut st, le, d, None, f)
+                .and_then(|r| r.ok_or(Error::Timeout)),
+            None => st.read_frame(self.fd.as_fd(), f),
+        };
+        st.msg_max = None;
+        r
     }
 
     /// Receives one frame and decodes it as `T`, only if that needs no waiting: `None` if
@@ -697,6 +744,9 @@ impl RawConn {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
         };
+        if st.refused {
+            return Err(ReadState::refused_error());
+        }
         fn decode<T: DeserializeOwned>(p: Payload<'_>, fds: Vec<OwnedFd>) -> Result<T> {
             match p {
                 Payload::Borrowed(b) => codec::decode_with_fds(b, fds),
@@ -740,6 +790,7 @@ impl RawConn {
         loop {
             match lane.peek(d)? {
                 Some(rec) if rec.kind == K_INLINE => {
+                    st.check_len(lane.message_len(d, &rec))?;
                     let mut scratch = std::mem::take(&mut st.scratch);
                     scratch.clear();
                     lane.read_body(d, &rec, &mut scratch);
@@ -750,6 +801,7 @@ impl RawConn {
                     return r.map(Some);
                 }
                 Some(rec) if rec.kind == K_BIG => {
+                    st.check_len(lane.message_len(d, &rec))?;
                     let mut scratch = std::mem::take(&mut st.scratch);
                     scratch.clear();
                     let got = lane.read_big(d, &rec, &mut scratch);
@@ -890,6 +942,7 @@ impl RawConn {
                 "message claims {len} bytes, more than the {limit}-byte limit"
             )));
         }
+        st.check_len(len)?;
         match kind {
             PKT_INLINE if n == PKT_HDR + len as usize => {
                 f(Payload::Borrowed(&st.buf[PKT_HDR..n]), fds)
@@ -1037,7 +1090,7 @@ impl RawConn {
     fn wait_ready(&self, timeout: Option<Duration>, also: Option<BorrowedFd<'_>>) -> Result<Wake> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
-        if st.buffered() > 0 || st.broken || !st.fds.is_empty() {
+        if st.buffered() > 0 || st.broken || st.refused || !st.fds.is_empty() {
             return Ok(Wake::Message);
         }
         if let Some((le, d)) = self.lane.as_ref().and_then(|le| Some((le, le.rx?))) {
@@ -1084,7 +1137,15 @@ impl RawConn {
 
     /// Receives one frame's bytes; descriptors sent with it are closed.
     pub(crate) fn recv_bytes(&self) -> Result<Vec<u8>> {
-        self.recv_frame(|p, _fds| match p {
+        self.recv_bytes_bounded(None)
+    }
+
+    /// [`recv_bytes`](Self::recv_bytes) of a message of at most `max` bytes (`None`: any).
+    /// A longer one is refused before its bytes are copied or allocated, with an
+    /// [`Error::Io`] of kind `InvalidData`, and this end receives nothing more: each
+    /// later receive is an [`Error::Closed`] (Python closes the connection there).
+    pub(crate) fn recv_bytes_bounded(&self, max: Option<usize>) -> Result<Vec<u8>> {
+        self.recv_frame_max(max.map(|m| m as u64), |p, _fds| match p {
             Payload::Borrowed(b) => Ok(b.to_vec()),
             Payload::Owned(v) => Ok(v),
         })

@@ -426,6 +426,16 @@ impl Lane {
         Self::records(d).body_u64(&self.mem, rec.head.pos(), 0)
     }
 
+    /// The length of the message an `INLINE` or `BIG` record carries (a `SOCKET`
+    /// record's is in the header of its packet), read before any of its bytes.
+    pub(crate) fn message_len(&self, d: usize, rec: &Record) -> u64 {
+        if rec.kind == K_BIG {
+            self.big_span(d, rec).1
+        } else {
+            rec.len
+        }
+    }
+
     /// Appends the body of `rec` (an `INLINE` record) to `out`.
     pub(crate) fn read_body(&self, d: usize, rec: &Record, out: &mut Vec<u8>) {
         Self::records(d).body_append(&self.mem, rec.head.pos(), 0, rec.len as usize, out);
