@@ -120,8 +120,10 @@ pub enum Error {
         /// How many items it held.
         items: u64,
     },
-    /// The peer did not prove it knows the authkey, or refused ours.
-    #[error("authentication failed: wrong authkey")]
+    /// The peer did not prove it knows the authkey, or refused ours, or sent something
+    /// other than the handshake's messages (garbage, another protocol, a message far too
+    /// long), like Python's `AuthenticationError`.
+    #[error("authentication failed: wrong authkey, or the peer does not speak the handshake")]
     AuthenticationFailed,
     /// `start` was called on a process that was already started.
     #[error("process already started")]

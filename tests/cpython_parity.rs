@@ -740,6 +740,69 @@ fn connection_semantics() {
     assert!(matches!(b.recv_bytes(), Err(Error::Eof)));
 }
 
+/// `Connection.recv_bytes(maxlength)` (`multiprocessing/connection.py`): a message longer
+/// than `maxlength` raises `OSError("bad message length")` and closes the connection; one
+/// of exactly `maxlength` bytes is received. Checked on each way a pipe carries a message
+/// (in its ring, in its large-message area, as a memory file beside the socket).
+#[test]
+fn connection_recv_bytes_maxlength() {
+    fn bad_length(r: multiproc::Result<Vec<u8>>) {
+        match r {
+            Err(Error::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+                assert!(e.to_string().contains("bad message length"), "{e}");
+            }
+            other => panic!("expected a bad message length, got {other:?}"),
+        }
+    }
+    for len in [100usize, 256 << 10, 8 << 20] {
+        let (a, b) = multiproc::pipe::<()>().unwrap();
+        let msg = vec![5u8; len];
+        a.send_bytes(&msg).unwrap();
+        assert!(b.recv_bytes_max(len).unwrap() == msg, "{len} bytes");
+        a.send_bytes(b"").unwrap();
+        assert_eq!(b.recv_bytes_max(0).unwrap(), b"");
+        a.send_bytes(&msg).unwrap();
+        a.send_bytes(b"next").unwrap();
+        bad_length(b.recv_bytes_max(len - 1));
+        // The connection is closed for receiving, like Python's.
+        assert!(matches!(b.recv_bytes(), Err(Error::Closed)), "{len} bytes");
+        assert!(matches!(b.clone().recv_bytes_max(len), Err(Error::Closed)));
+        assert!(matches!(
+            b.recv_bytes_into(&mut [0u8; 8]),
+            Err(Error::Closed)
+        ));
+    }
+    let (a, b) = multiproc::pipe::<String>().unwrap();
+    a.send(&"typed".to_string()).unwrap();
+    bad_length(b.recv_bytes_max(3));
+    assert!(matches!(b.recv(), Err(Error::Closed)));
+}
+
+/// `recv_bytes(maxlength)` on a socket connection refuses a frame by its header, before
+/// reading (or setting memory aside for) its bytes: a peer that announces 32 GiB and
+/// sends nothing more is refused at once instead of waited for.
+#[test]
+fn connection_recv_bytes_maxlength_refuses_by_header() {
+    use multiproc::connection::{Address, Listener};
+    use std::io::Write;
+    let l = Listener::bind("127.0.0.1:0", None).unwrap();
+    let Address::Tcp(addr) = l.address().clone() else {
+        unreachable!()
+    };
+    let mut peer = std::net::TcpStream::connect(addr).unwrap();
+    let conn = l.accept::<()>().unwrap();
+    let mut frame = b"MPC1".to_vec();
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.extend_from_slice(&(32u64 << 30).to_le_bytes());
+    peer.write_all(&frame).unwrap();
+    match conn.recv_bytes_max(1 << 20) {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}"),
+        other => panic!("expected a bad message length, got {other:?}"),
+    }
+    assert!(matches!(conn.recv_bytes(), Err(Error::Closed)));
+}
+
 /// `_TestConnection.test_duplex_false`: the reading end cannot send, the writing end cannot
 /// receive.
 #[test]
@@ -2635,6 +2698,25 @@ fn raw_frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A frame that announces a descriptor and carries none.
+fn frame_claiming_a_handle() -> Vec<u8> {
+    let mut f = raw_frame(b"x");
+    f[4..8].copy_from_slice(&1u32.to_le_bytes());
+    f
+}
+
+/// A frame header announcing 100 bytes, followed by 10 of them (and then the peer hangs up).
+fn truncated_frame() -> Vec<u8> {
+    let mut f = raw_frame(&[1u8; 10]);
+    f[8..16].copy_from_slice(&100u64.to_le_bytes());
+    f
+}
+
+/// Python's `EOFError` / `OSError("got end of file during message")`.
+fn is_truncated(r: &multiproc::Result<multiproc::Connection<i32>>) -> bool {
+    matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
 /// A frame header claiming a terabyte, with nothing after it.
 fn terabyte_header() -> Vec<u8> {
     let mut f = raw_frame(b"");
@@ -2668,11 +2750,13 @@ fn is_handshake_timeout(r: &multiproc::Result<multiproc::Connection<i32>>) -> bo
 }
 
 /// `OtherTest.test_deliver_challenge_auth_failure`: peers that do not answer a listener's
-/// challenge properly each make `accept` fail with a clear error: a well-framed bogus
-/// answer (`AuthenticationFailed`), bytes that are no frame or a header claiming a
-/// terabyte (`Codec`), hanging up (`AuthenticationFailed` or `Eof`), saying nothing for 5 s
-/// (an `Io` error of kind `TimedOut`, where Python's `accept` would wait for ever). The
-/// listener then serves a client that knows the key.
+/// challenge properly each make `accept` fail with a clear error: a well-framed bogus or
+/// short answer, bytes that are no frame, a header claiming a terabyte or a descriptor
+/// that never comes (`AuthenticationFailed`, Python's `AuthenticationError`; Python gives
+/// `OSError("bad message length")` for the terabyte), hanging up (`Eof`, Python's
+/// `EOFError`), hanging up in the middle of a frame (`Io` of kind `UnexpectedEof`, Python's
+/// `OSError`), saying nothing for 5 s (an `Io` error of kind `TimedOut`, where Python's
+/// `accept` would wait for ever). The listener then serves a client that knows the key.
 #[test]
 fn listener_refuses_bogus_answers_to_its_challenge() {
     use multiproc::connection::{Address, Client, Listener};
@@ -2680,20 +2764,25 @@ fn listener_refuses_bogus_answers_to_its_challenge() {
     let Address::Tcp(sa) = l.address().clone() else {
         panic!("{}", l.address())
     };
-    let peers: [(Script, Expect); 5] = [
+    let peers: [(Script, Expect); 8] = [
         ((vec![raw_frame(b"something bogus")], false), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
+        }),
+        ((vec![raw_frame(b"{sha256}")], false), |r| {
             matches!(r, Err(Error::AuthenticationFailed))
         }),
         (
             (vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], false),
-            |r| matches!(r, Err(Error::Codec(_))),
+            |r| matches!(r, Err(Error::AuthenticationFailed)),
         ),
         ((vec![terabyte_header()], true), |r| {
-            matches!(r, Err(Error::Codec(_)))
+            matches!(r, Err(Error::AuthenticationFailed))
         }),
-        ((vec![], false), |r| {
-            matches!(r, Err(Error::AuthenticationFailed | Error::Eof))
+        ((vec![frame_claiming_a_handle()], true), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
         }),
+        ((vec![], false), |r| matches!(r, Err(Error::Eof))),
+        ((vec![truncated_frame()], false), is_truncated),
         ((vec![], true), is_handshake_timeout),
     ];
     for (script, expected) in peers {
@@ -2714,10 +2803,14 @@ fn listener_refuses_bogus_answers_to_its_challenge() {
 }
 
 /// `OtherTest.test_answer_challenge_auth_failure`: a server that challenges properly but
-/// then says something bogus instead of welcome, or sends junk instead of a challenge, makes
-/// `Client::connect` fail with `AuthenticationFailed`; bytes that are no frame or a header
-/// claiming a terabyte give `Codec`; hanging up gives `AuthenticationFailed`; saying nothing
-/// for 5 s gives an `Io` error of kind `TimedOut` (Python's `Client` would wait for ever).
+/// then says something bogus instead of welcome, or sends junk or a short challenge
+/// instead of a challenge, bytes that are no frame, a header claiming a terabyte or a
+/// descriptor that never comes, makes `Client::connect` fail with `AuthenticationFailed`
+/// (Python: `AuthenticationError`, and `OSError("bad message length")` for the terabyte);
+/// hanging up gives `AuthenticationFailed` too (the server refused us; Python: `EOFError`),
+/// hanging up in the middle of a frame an `Io` error of kind `UnexpectedEof`; saying
+/// nothing for 5 s gives an `Io` error of kind `TimedOut` (Python's `Client` would wait
+/// for ever).
 #[test]
 fn client_refuses_a_bogus_server() {
     use multiproc::connection::Client;
@@ -2725,7 +2818,7 @@ fn client_refuses_a_bogus_server() {
     let addr = fake.local_addr().unwrap();
     let mut challenge = b"#CHALLENGE#{sha256}".to_vec();
     challenge.extend_from_slice(&[7u8; 40]);
-    let servers: [(Script, Expect); 6] = [
+    let servers: [(Script, Expect); 9] = [
         (
             (
                 vec![raw_frame(&challenge), raw_frame(b"something bogus")],
@@ -2736,13 +2829,20 @@ fn client_refuses_a_bogus_server() {
         ((vec![raw_frame(b"something bogus")], false), |r| {
             matches!(r, Err(Error::AuthenticationFailed))
         }),
+        ((vec![raw_frame(b"#CHALLENGE#{sha256}short")], false), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
+        }),
         (
             (vec![b"\xff\xfe junk, no frame \x00".to_vec()], true),
-            |r| matches!(r, Err(Error::Codec(_))),
+            |r| matches!(r, Err(Error::AuthenticationFailed)),
         ),
         ((vec![terabyte_header()], true), |r| {
-            matches!(r, Err(Error::Codec(_)))
+            matches!(r, Err(Error::AuthenticationFailed))
         }),
+        ((vec![frame_claiming_a_handle()], true), |r| {
+            matches!(r, Err(Error::AuthenticationFailed))
+        }),
+        ((vec![truncated_frame()], false), is_truncated),
         ((vec![], false), |r| {
             matches!(r, Err(Error::AuthenticationFailed))
         }),

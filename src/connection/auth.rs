@@ -31,6 +31,18 @@ fn mac(authkey: &[u8], message: &[u8]) -> Hmac<Sha256> {
     m
 }
 
+/// Receives one message of the handshake. Bytes that are not a frame of ours (garbage,
+/// another protocol, a frame longer than the handshake's limit, handles announced) mean
+/// that the peer does not speak the protocol: an [`Error::AuthenticationFailed`], as
+/// Python raises `AuthenticationError` for a peer whose messages are not the expected
+/// ones. End of stream and time-outs stay what they are.
+fn recv_message(conn: &RawConn) -> Result<Vec<u8>> {
+    conn.recv_bytes().map_err(|e| match e {
+        Error::Codec(_) => Error::AuthenticationFailed,
+        e => e,
+    })
+}
+
 /// Sends a challenge and checks the answer. Tells the peer the outcome.
 pub(crate) fn deliver_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
     let mut nonce = [0u8; NONCE_LEN];
@@ -42,7 +54,7 @@ pub(crate) fn deliver_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
     let mut frame = CHALLENGE.to_vec();
     frame.extend_from_slice(&message);
     conn.send_bytes(&frame, &[])?;
-    let response = conn.recv_bytes()?;
+    let response = recv_message(conn)?;
     let ok = match response.strip_prefix(ALGO) {
         Some(digest) => mac(authkey, &message).verify_slice(digest).is_ok(),
         None => false,
@@ -75,7 +87,7 @@ fn refused(frame: &[u8]) -> Error {
 }
 
 pub(crate) fn answer_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
-    let frame = match conn.recv_bytes() {
+    let frame = match recv_message(conn) {
         Ok(f) => f,
         // The peer hung up instead of challenging us: it refused us.
         Err(Error::Eof) => return Err(Error::AuthenticationFailed),
@@ -91,7 +103,7 @@ pub(crate) fn answer_challenge(conn: &RawConn, authkey: &[u8]) -> Result<()> {
     let mut reply = ALGO.to_vec();
     reply.extend_from_slice(&digest);
     conn.send_bytes(&reply, &[])?;
-    match conn.recv_bytes() {
+    match recv_message(conn) {
         Ok(v) if v == WELCOME => Ok(()),
         Ok(v) => Err(refused(&v)),
         Err(Error::Eof) => Err(Error::AuthenticationFailed),

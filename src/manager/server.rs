@@ -404,7 +404,10 @@ fn serve_connection(conn: Arc<RawConn>, state: &State, settle: impl FnOnce() -> 
     let kept = settle();
     if let Err(e) = authenticated {
         if matches!(e, Error::AuthenticationFailed) {
-            crate::log::log_event!(Warning, "manager refused a connection: wrong authkey");
+            crate::log::log_event!(
+                Warning,
+                "manager refused a connection: wrong authkey or not a multiproc client"
+            );
         } else {
             crate::log::log_event!(
                 Debug,
