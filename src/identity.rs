@@ -1,30 +1,34 @@
-//! Who this process is: its name, its identity (the numbers of "Process-1:2"), and its
-//! parent, as [`current_process`] and [`parent_process`] report them (re-exported by
-//! `process`). Kept below `log` (which names the process in each line) and `start` (whose
+//! Who this process is: its name, its identity (the numbers of "Process-1:2"), its
+//! daemon flag, its parent and the process tree's authkey, as [`current_process`] and
+//! [`parent_process`] report them (re-exported by `process`). Kept below `log` (which names the process in each line) and `start` (whose
 //! child bootstrap sets it), so that neither needs the `process` module.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::sys;
 
-/// A process's name and pid, as returned by [`current_process`], [`parent_process`] and
-/// [`active_children`](crate::active_children).
+/// A process's name, pid and daemon flag, as returned by [`current_process`],
+/// [`parent_process`] and [`active_children`](crate::active_children) (Python's
+/// `multiprocessing.Process` objects that these return, as far as they describe a
+/// process: [`authkey`](ProcessInfo::authkey) too).
 ///
 /// ```
 /// let me = multiproc::current_process();
 /// assert_eq!(me.name(), "MainProcess");
 /// assert_eq!(me.pid(), std::process::id());
+/// assert!(!me.daemon());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     name: String,
     pid: u32,
+    daemon: bool,
 }
 
 impl ProcessInfo {
-    pub(crate) fn new(name: String, pid: u32) -> ProcessInfo {
-        ProcessInfo { name, pid }
+    pub(crate) fn new(name: String, pid: u32, daemon: bool) -> ProcessInfo {
+        ProcessInfo { name, pid, daemon }
     }
 
     /// The process's name ("MainProcess" for the program's first process, "Process-N" by
@@ -45,6 +49,50 @@ impl ProcessInfo {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// The process id under Python's other name for it (`Process.ident`): the same as
+    /// [`pid`](ProcessInfo::pid).
+    ///
+    /// ```
+    /// assert_eq!(multiproc::current_process().ident(), std::process::id());
+    /// ```
+    pub fn ident(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process is a daemon (Python's `Process.daemon`): terminated when its
+    /// parent exits. The main process is not; a child is one if it was started with
+    /// [`with_daemon(true)`](crate::Process::with_daemon).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// assert!(!multiproc::current_process().daemon());
+    /// fn am_i(_: ()) -> bool { multiproc::current_process().daemon() }
+    /// let h = multiproc::Builder::new().daemon(true).spawn(am_i, ()).unwrap();
+    /// assert!(h.join().unwrap());
+    /// ```
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// The authentication key of the process tree (Python's `Process.authkey`): 32 random
+    /// bytes chosen in the main process, inherited by every process this crate starts, so
+    /// every process of the program (this one included) has the same. A
+    /// [`Manager`](crate::Manager) started without a key uses it, as Python's does, so a
+    /// child can connect to its parent's manager knowing only the address. Unlike
+    /// Python's, it cannot be changed: give a [`Listener`](crate::connection::Listener),
+    /// a [`Client`](crate::connection::Client) or a manager another key explicitly.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let key = multiproc::current_process().authkey();
+    /// assert_eq!(key.len(), 32);
+    /// fn theirs(_: ()) -> Vec<u8> { multiproc::current_process().authkey() }
+    /// assert_eq!(multiproc::spawn(theirs, ()).unwrap().join().unwrap(), key);
+    /// ```
+    pub fn authkey(&self) -> Vec<u8> {
+        tree_authkey().to_vec()
+    }
 }
 
 struct Current {
@@ -55,15 +103,56 @@ struct Current {
 
 static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The process tree's authkey: chosen at first use in the main process, set from the
+/// parent's by the child bootstrap (before anything else can read it).
+static AUTHKEY: Mutex<Option<Arc<[u8]>>> = Mutex::new(None);
 
-/// Records who we are, in a child (called by the child bootstrap): our `name` and
-/// `identity` (the numbers of "Process-1:2"), and the process that started us.
-pub(crate) fn set_current(name: String, identity: Vec<u32>, parent: ProcessInfo) {
+/// The process tree's authkey (see [`ProcessInfo::authkey`]).
+pub(crate) fn tree_authkey() -> Arc<[u8]> {
+    let mut g = AUTHKEY.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(|| Arc::from(random_key())).clone()
+}
+
+/// 32 random bytes from the operating system; should it have none to give, from std's
+/// per-process random hash keys, the pid and the time.
+fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    if getrandom::fill(&mut k).is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        static ONCE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let state = ONCE.get_or_init(Default::default);
+        for (i, chunk) in k.chunks_mut(8).enumerate() {
+            let mut h = state.build_hasher();
+            h.write_usize(i);
+            h.write_u32(sys::getpid());
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    k
+}
+
+/// Records who we are, in a child (called by the child bootstrap): our `name`,
+/// `identity` (the numbers of "Process-1:2") and daemon flag, the process that started
+/// us, and the process tree's authkey.
+pub(crate) fn set_current(
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+    parent: ProcessInfo,
+    authkey: &[u8],
+) {
+    *AUTHKEY.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(authkey));
     let mut g = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     *g = Some(Current {
         info: ProcessInfo {
             name,
             pid: sys::getpid(),
+            daemon,
         },
         identity,
         parent: Some(parent),
@@ -87,6 +176,7 @@ pub fn current_process() -> ProcessInfo {
         None => ProcessInfo {
             name: "MainProcess".into(),
             pid: sys::getpid(),
+            daemon: false,
         },
     }
 }

@@ -130,7 +130,7 @@ impl ChildState {
     }
 
     fn info(&self) -> ProcessInfo {
-        ProcessInfo::new(self.name.clone(), self.pid)
+        ProcessInfo::new(self.name.clone(), self.pid, self.daemon)
     }
 
     fn died_error(&self, status: Option<sys::ExitStatus>) -> Error {

@@ -42,6 +42,107 @@ fn after_short(f: impl FnOnce() -> bool) -> bool {
 
 // --- _TestProcess -----------------------------------------------------------------------------
 
+/// What a process sees of itself and its parent: name, pid, ident, daemon, authkey, and
+/// its parent's name, pid and daemon flag.
+type SelfView = (String, u32, u32, bool, Vec<u8>, Option<(String, u32, bool)>);
+
+fn self_view() -> SelfView {
+    let me = multiproc::current_process();
+    let parent = multiproc::parent_process().map(|p| (p.name().to_string(), p.pid(), p.daemon()));
+    (
+        me.name().to_string(),
+        me.pid(),
+        me.ident(),
+        me.daemon(),
+        me.authkey(),
+        parent,
+    )
+}
+
+/// `_TestProcess.test_process`'s view of `current_process()`: in the main process `daemon`
+/// is false, `ident` is the pid and `authkey` is non-empty bytes; a daemon child sees its
+/// given name, `daemon` true, its own pid as `ident`, the parent's `authkey`; a child of
+/// that daemon (not a daemon itself) sees the same key and its parent as a daemon; the
+/// parent's `active_children` shows the child's daemon flag. Under the fork server and
+/// spawn alike. A manager started without a key uses this one, as in Python, so a child
+/// connects to its parent's manager knowing only its address.
+#[test]
+fn current_process_attributes() {
+    multiproc::init();
+    let me = multiproc::current_process();
+    assert!(!me.daemon());
+    assert_eq!(me.ident(), std::process::id());
+    assert_eq!(me.authkey().len(), 32);
+    assert_eq!(me.authkey(), multiproc::current_process().authkey());
+
+    fn daemon_child(_: ()) -> (SelfView, SelfView) {
+        let grandchild = multiproc::Builder::new()
+            .name("grandchild")
+            .spawn(|_: ()| self_view(), ())
+            .unwrap()
+            .join()
+            .unwrap();
+        (self_view(), grandchild)
+    }
+    fn wait_stop((started, stop): (Event, Event)) {
+        run_until((started, stop));
+    }
+    for method in [
+        multiproc::StartMethod::ForkServer,
+        multiproc::StartMethod::Spawn,
+    ] {
+        let h = multiproc::Builder::new()
+            .name("gate")
+            .daemon(true)
+            .start_method(method)
+            .spawn(daemon_child, ())
+            .unwrap();
+        let child_pid = h.pid();
+        let (child, grandchild) = h.join().unwrap();
+        let parent = Some(("MainProcess".to_string(), std::process::id(), false));
+        assert_eq!(
+            child,
+            (
+                "gate".into(),
+                child_pid,
+                child_pid,
+                true,
+                me.authkey(),
+                parent
+            ),
+            "{method:?}"
+        );
+        let (name, pid, ident, daemon, key, parent) = grandchild;
+        assert_eq!((name.as_str(), ident, daemon), ("grandchild", pid, false));
+        assert_eq!(key, me.authkey());
+        assert_eq!(parent, Some(("gate".to_string(), child_pid, true)));
+
+        let (started, stop) = events();
+        let mut p = Process::new(wait_stop, (started.clone(), stop.clone()))
+            .with_daemon(true)
+            .with_start_method(method);
+        p.start().unwrap();
+        started.wait();
+        let seen = multiproc::active_children();
+        let info = seen.iter().find(|c| Some(c.pid()) == p.pid()).unwrap();
+        assert!(info.daemon() && info.ident() == info.pid());
+        stop.set();
+        p.join().unwrap();
+    }
+
+    fn connect(address: multiproc::connection::Address) -> i32 {
+        let key = multiproc::current_process().authkey();
+        let m = multiproc::Manager::connect(&address, &key).unwrap();
+        m.value(7i32).unwrap().get().unwrap()
+    }
+    let manager = multiproc::Manager::start().unwrap();
+    assert_eq!(manager.authkey(), me.authkey());
+    let got = multiproc::spawn(connect, manager.address().clone())
+        .unwrap()
+        .join();
+    assert_eq!(got.unwrap(), 7);
+}
+
 /// `_TestProcess.test_process`: exitcode/is_alive/pid before, during and after the run,
 /// `active_children`, the child's name and parent.
 #[test]

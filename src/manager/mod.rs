@@ -200,8 +200,8 @@ impl ManagerBuilder {
         self
     }
 
-    /// The shared secret every client must prove it knows. Default: 32 random bytes
-    /// (see [`Manager::authkey`]).
+    /// The shared secret every client must prove it knows. Default: the process tree's
+    /// [authkey](crate::ProcessInfo::authkey), as in Python (see [`Manager::authkey`]).
     ///
     /// ```
     /// multiproc::init();
@@ -339,14 +339,10 @@ impl ManagerBuilder {
                 )
             }
         };
+        // Python's default: the process's authkey (inherited by its children).
         let authkey = match self.authkey {
             Some(k) => k,
-            None => {
-                let mut k = vec![0u8; 32];
-                getrandom::fill(&mut k)
-                    .map_err(|e| Error::Io(std::io::Error::other(format!("no randomness: {e}"))))?;
-                k
-            }
+            None => crate::identity::tree_authkey().to_vec(),
         };
         let (ours, theirs) = crate::pipe::<Control>()?;
         let args = ServerArgs {
@@ -407,8 +403,8 @@ impl ManagerBuilder {
 }
 
 impl Manager {
-    /// Starts a manager server process on a private Unix socket with a random authkey
-    /// (Python's `multiprocessing.Manager()`).
+    /// Starts a manager server process on a private Unix socket with the process tree's
+    /// [authkey](crate::ProcessInfo::authkey) (Python's `multiprocessing.Manager()`).
     ///
     /// ```
     /// multiproc::init();
@@ -490,11 +486,13 @@ impl Manager {
         &self.ep.address
     }
 
-    /// The server's authkey.
+    /// The server's authkey: the one given to the builder, or by default the process
+    /// tree's [authkey](crate::ProcessInfo::authkey), as in Python.
     ///
     /// ```
     /// multiproc::init();
-    /// assert_eq!(multiproc::Manager::start().unwrap().authkey().len(), 32);
+    /// let m = multiproc::Manager::start().unwrap();
+    /// assert_eq!(m.authkey(), multiproc::current_process().authkey());
     /// ```
     pub fn authkey(&self) -> &[u8] {
         &self.ep.authkey

@@ -32,6 +32,9 @@ pub(crate) struct Boot {
     pub(crate) daemon: bool,
     pub(crate) parent_pid: u32,
     pub(crate) parent_name: String,
+    pub(crate) parent_daemon: bool,
+    /// The process tree's authkey (Python's `Process.authkey`), inherited.
+    pub(crate) authkey: Vec<u8>,
     pub(crate) args: Vec<u8>,
     /// fds\[0] is a socket for the result.
     pub(crate) has_result: bool,

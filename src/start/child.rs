@@ -87,7 +87,13 @@ pub(crate) fn run_child(boot: Boot, mut fds: Vec<OwnedFd>) -> ! {
     crate::identity::set_current(
         boot.name.clone(),
         boot.identity.clone(),
-        ProcessInfo::new(boot.parent_name.clone(), boot.parent_pid),
+        boot.daemon,
+        ProcessInfo::new(
+            boot.parent_name.clone(),
+            boot.parent_pid,
+            boot.parent_daemon,
+        ),
+        &boot.authkey,
     );
     boot.settings.apply();
     let result = if boot.has_result && !fds.is_empty() {

@@ -60,6 +60,8 @@ impl LaunchSpec {
             daemon: self.daemon,
             parent_pid: me.pid(),
             parent_name: me.name().to_string(),
+            parent_daemon: me.daemon(),
+            authkey: crate::identity::tree_authkey().to_vec(),
             args: std::mem::take(&mut self.args),
             has_result: self.result.is_some(),
             has_stdout,
