@@ -118,12 +118,19 @@ impl Barrier {
         self.seg().u32(PARTIES).load(Ordering::Relaxed) as usize
     }
 
-    /// The number of parties waiting now.
+    /// The number of parties waiting now: 0 while the barrier is broken (as in Python,
+    /// whose waiters leave a broken barrier and never count as waiting there).
     ///
     /// ```
-    /// assert_eq!(multiproc::Barrier::new(3).unwrap().n_waiting(), 0);
+    /// let b = multiproc::Barrier::new(3).unwrap();
+    /// assert_eq!(b.n_waiting(), 0);
+    /// let _ = b.wait_timeout(std::time::Duration::ZERO); // times out: breaks it
+    /// assert_eq!(b.n_waiting(), 0);
     /// ```
     pub fn n_waiting(&self) -> usize {
+        if self.broken() {
+            return 0;
+        }
         self.seg().u32(COUNT).load(Ordering::Relaxed) as usize
     }
 

@@ -222,7 +222,9 @@ impl BarrierProxy {
     /// assert_eq!(m.barrier(3).unwrap().n_waiting().unwrap(), 0);
     /// ```
     pub fn n_waiting(&self) -> Result<usize> {
-        Ok(self.info()?.1 as usize)
+        // As Python's (and `Barrier::n_waiting`): nobody waits at a broken barrier.
+        let (_, count, broken) = self.info()?;
+        Ok(if broken { 0 } else { count as usize })
     }
 
     /// Whether it is broken.
