@@ -613,6 +613,24 @@ impl Process {
         self.started()?.signal(libc::SIGTERM)
     }
 
+    /// Sends SIGINT, as Ctrl-C does (Python 3.14's `interrupt()`). Nothing happens if it
+    /// has already ended. A child without a handler of its own for SIGINT ends with exit
+    /// code `-2` (Python's child raises `KeyboardInterrupt` and ends with `1` instead,
+    /// unless it set SIGINT back to its default, as `test_interrupt_no_handler` does).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn nap(s: u64) { std::thread::sleep(std::time::Duration::from_secs(s)) }
+    /// let mut p = multiproc::Process::new(nap, 60);
+    /// p.start().unwrap();
+    /// p.interrupt().unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(p.exitcode(), Some(-2));
+    /// ```
+    pub fn interrupt(&self) -> Result<()> {
+        self.started()?.signal(libc::SIGINT)
+    }
+
     /// Sends SIGKILL (Python's `kill()`).
     ///
     /// ```

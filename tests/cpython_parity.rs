@@ -194,12 +194,15 @@ fn process_default_name() {
     assert!(n.parse::<u32>().is_ok(), "{}", p.name());
 }
 
-/// `_TestProcess.test_terminate` and `test_kill`: `join(timeout)` reports a running child
-/// (Python returns `None` and `exitcode` stays `None`), then the exit code is `-signal`.
+/// `_TestProcess.test_terminate`, `test_kill` and `test_interrupt_no_handler`
+/// (`_kill_process`): `join(timeout)` reports a running child (Python returns `None` and
+/// `exitcode` stays `None`), then the exit code is `-signal` (SIGINT too: the child has no
+/// handler for it), the child is no longer alive nor among `active_children`, and joining
+/// again, terminating, killing or interrupting it then changes nothing.
 #[test]
 fn process_terminate_and_kill() {
     multiproc::init();
-    for (sig, kill) in [(15, false), (9, true)] {
+    for sig in [15, 9, 2] {
         let (started, stop) = events();
         let mut p = Process::new(run_until, (started.clone(), stop)).with_daemon(true);
         p.start().unwrap();
@@ -208,19 +211,26 @@ fn process_terminate_and_kill() {
         assert!(after_short(|| !p.join_timeout(SHORT).unwrap()));
         assert_eq!(p.exitcode(), None);
         assert!(p.is_alive());
-        if kill {
-            p.kill().unwrap();
-        } else {
-            p.terminate().unwrap();
+        match sig {
+            15 => p.terminate().unwrap(),
+            9 => p.kill().unwrap(),
+            _ => p.interrupt().unwrap(),
         }
         assert!(p.join_timeout(Duration::from_secs(30)).unwrap());
         assert_eq!(p.exitcode(), Some(-sig));
         assert!(!p.is_alive());
+        let pid = p.pid().unwrap();
+        assert!(!multiproc::active_children().iter().any(|c| c.pid() == pid));
         // Python: terminating a finished process does nothing.
+        p.join().unwrap();
         p.terminate().unwrap();
         p.kill().unwrap();
+        p.interrupt().unwrap();
         assert_eq!(p.exitcode(), Some(-sig));
     }
+    // Before start: nothing to signal (Python: an `AttributeError` on its missing popen).
+    let p = Process::new(run_until, events());
+    assert!(matches!(p.interrupt(), Err(Error::NotStarted)));
 }
 
 /// `_TestProcess.test_sys_exit` / `test_exitcode`: the code given to `sys.exit(n)` is the
@@ -565,12 +575,15 @@ fn condition_notify_n_and_all() {
 }
 
 /// `_TestCondition.test_timeout` and `test_wait_result`: `wait(timeout)` returns False when
-/// nobody notifies, True when a child does.
+/// nobody notifies (`wait(0)` at once), True when a child does.
 #[test]
 fn condition_wait_result() {
     multiproc::init();
     let c = Condition::new().unwrap();
     c.acquire().unwrap();
+    assert!(!c.wait_timeout(Duration::ZERO).unwrap());
+    // The lock is held again after a wait that timed out.
+    assert!(matches!(c.lock(), multiproc::CondLock::RLock(r) if r.is_owned()));
     assert!(after_short(|| !c.wait_timeout(SHORT).unwrap()));
     fn notifier(c: Condition) {
         c.acquire().unwrap();
@@ -716,13 +729,69 @@ fn barrier_reset_wakes_waiter_and_timeout_breaks() {
     assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
 }
 
-/// `_TestBarrier.test_single_thread`: a one-party barrier never blocks.
+/// `_TestBarrier.test_single_thread`: a one-party barrier never blocks, even with a zero
+/// timeout. `threading.Barrier.wait(0)` with a party missing: the wait times out at once,
+/// which breaks the barrier (`BrokenBarrierError` there and for every later wait) until
+/// `reset`.
 #[test]
-fn barrier_single_party() {
+fn barrier_single_party_and_zero_timeout() {
     let b = Barrier::new(1).unwrap();
     for _ in 0..3 {
         assert_eq!(b.wait().unwrap(), 0);
+        assert_eq!(b.wait_timeout(Duration::ZERO).unwrap(), 0);
     }
+    let b = Barrier::new(2).unwrap();
+    assert!(matches!(
+        b.wait_timeout(Duration::ZERO),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(b.broken());
+    assert_eq!(b.n_waiting(), 0);
+    assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+    b.reset();
+    assert!(!b.broken());
+    assert!(matches!(
+        b.wait_timeout(Duration::ZERO),
+        Err(Error::BrokenBarrier)
+    ));
+}
+
+/// `threading.Barrier.n_waiting`: the parties waiting while the barrier fills, and 0 as
+/// soon as it is broken (its waiters are on their way out), for a barrier in shared memory
+/// and one kept by a manager.
+#[test]
+fn barrier_n_waiting_is_zero_once_broken() {
+    multiproc::init();
+    let b = Barrier::new(3).unwrap();
+    let waiter = {
+        let b = b.clone();
+        std::thread::spawn(move || b.wait())
+    };
+    while b.n_waiting() < 1 {
+        std::thread::yield_now();
+    }
+    b.abort();
+    assert_eq!(b.n_waiting(), 0);
+    assert!(matches!(waiter.join().unwrap(), Err(Error::BrokenBarrier)));
+    assert_eq!(b.n_waiting(), 0);
+
+    let m = multiproc::Manager::start().unwrap();
+    let b = m.barrier(3).unwrap();
+    let waiter = {
+        let b = b.clone();
+        std::thread::spawn(move || b.wait())
+    };
+    while b.n_waiting().unwrap() < 1 {
+        std::thread::yield_now();
+    }
+    b.abort().unwrap();
+    assert_eq!(b.n_waiting().unwrap(), 0);
+    assert!(matches!(waiter.join().unwrap(), Err(Error::BrokenBarrier)));
+    assert!(matches!(
+        b.wait_timeout(Duration::ZERO),
+        Err(Error::BrokenBarrier)
+    ));
+    assert_eq!(b.n_waiting().unwrap(), 0);
 }
 
 // --- _TestValue / _TestArray ------------------------------------------------------------------
@@ -902,6 +971,23 @@ fn connection_recv_bytes_maxlength_refuses_by_header() {
         other => panic!("expected a bad message length, got {other:?}"),
     }
     assert!(matches!(conn.recv_bytes(), Err(Error::Closed)));
+}
+
+/// `recv_bytes_into` with a zero-size buffer (Python: `recv_bytes_into(bytearray())`): an
+/// empty message fits and gives 0; any other is `BufferTooShort` carrying it, and the
+/// connection goes on.
+#[test]
+fn connection_recv_bytes_into_zero_size_buffer() {
+    let (a, b) = multiproc::pipe::<()>().unwrap();
+    a.send_bytes(b"").unwrap();
+    assert_eq!(b.recv_bytes_into(&mut []).unwrap(), 0);
+    a.send_bytes(b"x").unwrap();
+    match b.recv_bytes_into(&mut []) {
+        Err(Error::BufferTooShort { message }) => assert_eq!(message, b"x"),
+        other => panic!("expected BufferTooShort, got {other:?}"),
+    }
+    a.send_bytes(b"next").unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"next");
 }
 
 /// `_TestConnection.test_duplex_false`: the reading end cannot send, the writing end cannot
@@ -3086,4 +3172,49 @@ fn manager_queue_full_and_empty_across_processes() {
         u.put(i).unwrap();
     }
     assert!(!u.full().unwrap());
+}
+
+// --- _TestSharedMemory ----------------------------------------------------------------------------
+
+/// `_TestSharedMemory.test_shared_memory_basics`: a block attached by name has the
+/// creator's size and contents; a second `unlink` (`shm_unlink` twice) and attaching a name
+/// that is gone are `FileNotFoundError` (an `Io` error of kind `NotFound`); creating a name
+/// in use is `FileExistsError` (`AlreadyExists`); a size of 0 and a name with an embedded
+/// NUL are `ValueError` (`InvalidOperation`).
+#[test]
+fn shared_memory_basics() {
+    use multiproc::shared_memory::SharedMemory;
+    use std::io::ErrorKind;
+    multiproc::init();
+    let io_kind = |r: multiproc::Result<SharedMemory>| match r {
+        Err(Error::Io(e)) => Some(e.kind()),
+        _ => None,
+    };
+    let name = format!("mp_parity_dblunlink_{}", std::process::id());
+    let uno = SharedMemory::create(Some(&name), 5000).unwrap();
+    assert!(uno.len() >= 5000);
+    uno.write_at(0, &[42]).unwrap();
+    let duo = SharedMemory::attach(&name).unwrap();
+    assert_eq!(duo.len(), uno.len());
+    let mut b = [0u8];
+    duo.read_at(0, &mut b).unwrap();
+    assert_eq!(b, [42]);
+    assert_eq!(
+        io_kind(SharedMemory::create(Some(&name), 5000)),
+        Some(ErrorKind::AlreadyExists)
+    );
+    duo.unlink().unwrap();
+    assert!(matches!(uno.unlink(), Err(Error::Io(e)) if e.kind() == ErrorKind::NotFound));
+    assert_eq!(
+        io_kind(SharedMemory::attach(&name)),
+        Some(ErrorKind::NotFound)
+    );
+    assert!(matches!(
+        SharedMemory::create(None, 0),
+        Err(Error::InvalidOperation(_))
+    ));
+    assert!(matches!(
+        SharedMemory::create(Some("mp_parity\0nul"), 10),
+        Err(Error::InvalidOperation(_))
+    ));
 }

@@ -364,6 +364,7 @@ impl Lock {
     /// let lock = multiproc::Lock::new().unwrap();
     /// assert!(!lock.is_locked());
     /// ```
+    #[doc(alias = "locked")]
     pub fn is_locked(&self) -> bool {
         self.raw().holder_tid() != 0
     }
@@ -638,6 +639,7 @@ impl RLock {
     /// r.release().unwrap();
     /// assert!(!r.is_locked());
     /// ```
+    #[doc(alias = "locked")]
     pub fn is_locked(&self) -> bool {
         self.raw().holder_tid() != 0
     }
