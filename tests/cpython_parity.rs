@@ -3218,3 +3218,76 @@ fn shared_memory_basics() {
         Err(Error::InvalidOperation(_))
     ));
 }
+
+/// `_TestSharedMemory.test_shared_memory_ShareableList_basics` and
+/// `..._pickling_dead_object`: an index out of range (get or set) is refused (Python:
+/// `IndexError`; here `InvalidOperation`); a value too large for its slot is refused
+/// ("exceeds available storage") and leaves that item and its neighbour as they were; an
+/// empty list has length 0, counts 0 and finds nothing; attaching to a list whose block is
+/// gone is `FileNotFoundError` (`NotFound`).
+#[test]
+fn shareable_list_basics() {
+    use multiproc::shared_memory::ShareableList;
+    multiproc::init();
+    let l = ShareableList::create(None, &["howdy".to_string(), "HoWdY".to_string()]).unwrap();
+    assert!(matches!(l.get(7), Err(Error::InvalidOperation(_))));
+    assert!(matches!(
+        l.set(7, &"x".to_string()),
+        Err(Error::InvalidOperation(_))
+    ));
+    assert!(matches!(
+        l.set(
+            0,
+            &"far too many bytes for the room this slot was given".repeat(2)
+        ),
+        Err(Error::InvalidOperation(_))
+    ));
+    assert_eq!(l.to_vec().unwrap(), ["howdy", "HoWdY"]);
+    l.set(0, &"encodés".to_string()).unwrap();
+    assert_eq!(l.to_vec().unwrap(), ["encodés", "HoWdY"]);
+    l.unlink().unwrap();
+
+    let empty = ShareableList::<String>::create(None, &[]).unwrap();
+    assert_eq!(empty.len(), 0);
+    assert_eq!(empty.count(&"any".to_string()).unwrap(), 0);
+    assert_eq!(empty.index(&String::new()).unwrap(), None);
+    let name = empty.name().to_string();
+    assert_eq!(ShareableList::<String>::attach(&name).unwrap().len(), 0);
+    empty.unlink().unwrap();
+    assert!(matches!(
+        ShareableList::<String>::attach(&name),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
+    ));
+}
+
+// --- TestStartMethod ----------------------------------------------------------------------------
+
+/// `TestStartMethod.test_context` (`check_context`): a process made by a context starts with
+/// the context's method, which is then the child's own default (Python's
+/// `BaseProcess._bootstrap` forces it), whatever this process's default; a process made
+/// without one inherits this process's default.
+#[test]
+fn start_method_of_a_context_is_the_childs_default() {
+    use multiproc::StartMethod;
+    multiproc::init();
+    common::allow_fork();
+    fn child_method(_: ()) -> StartMethod {
+        multiproc::get_start_method()
+    }
+    for default in [StartMethod::ForkServer, StartMethod::Spawn] {
+        multiproc::set_start_method(default).unwrap();
+        for method in [
+            StartMethod::Fork,
+            StartMethod::Spawn,
+            StartMethod::ForkServer,
+        ] {
+            let ctx = multiproc::get_context(method);
+            assert_eq!(ctx.get_start_method(), method);
+            let got = ctx.spawn(child_method, ()).unwrap().join().unwrap();
+            assert_eq!(got, method, "default {default:?}");
+        }
+        let got = multiproc::spawn(child_method, ()).unwrap().join().unwrap();
+        assert_eq!(got, default);
+    }
+    multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+}
