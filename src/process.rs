@@ -355,12 +355,17 @@ impl Process {
     }
 
     /// Starts this process with `method` instead of the default
-    /// ([`Builder::start_method`]).
+    /// ([`Builder::start_method`]); in the child, `method` is then the default (its
+    /// [`get_start_method`](crate::get_start_method)), as in a child of Python's
+    /// `get_context(method).Process`.
     ///
     /// ```
     /// multiproc::init();
-    /// let mut p = multiproc::Process::new(|_: ()| (), ())
-    ///     .with_start_method(multiproc::StartMethod::Spawn);
+    /// use multiproc::StartMethod;
+    /// fn its_default(_: ()) {
+    ///     std::process::exit((multiproc::get_start_method() != StartMethod::Spawn) as i32)
+    /// }
+    /// let mut p = multiproc::Process::new(its_default, ()).with_start_method(StartMethod::Spawn);
     /// p.start().unwrap();
     /// p.join().unwrap();
     /// assert_eq!(p.exitcode(), Some(0));
@@ -871,11 +876,20 @@ impl Builder {
         self
     }
 
-    /// The start method for this child.
+    /// The start method for this child, which is then the child's default (its
+    /// [`get_start_method`](crate::get_start_method)), as in a child of Python's
+    /// `get_context(method).Process`. Without it, the child starts with this process's
+    /// default and inherits it.
     ///
     /// ```
-    /// let b = multiproc::Builder::new().start_method(multiproc::StartMethod::Spawn);
-    /// # let _ = b;
+    /// multiproc::init();
+    /// use multiproc::StartMethod;
+    /// fn its_default(_: ()) -> StartMethod { multiproc::get_start_method() }
+    /// let h = multiproc::Builder::new()
+    ///     .start_method(StartMethod::Spawn)
+    ///     .spawn(its_default, ())
+    ///     .unwrap();
+    /// assert_eq!(h.join().unwrap(), StartMethod::Spawn);
     /// ```
     pub fn start_method(mut self, method: StartMethod) -> Builder {
         self.method = Some(method);

@@ -621,13 +621,18 @@ fn children_inherit_the_start_method() {
             .unwrap();
         assert_eq!(got, vec![method, method], "started with {method:?}");
     }
-    // A child started by another method than the default still inherits the default.
+    // A child started by a method chosen for it has that method as its default, and its
+    // own children inherit it (Python's `BaseProcess._bootstrap` forces a context's method
+    // in the child: `TestStartMethod.test_context`).
     multiproc::set_start_method(StartMethod::Spawn).unwrap();
     let h = Builder::new()
         .start_method(StartMethod::ForkServer)
-        .spawn(methods_down_the_line, 0)
+        .spawn(methods_down_the_line, 1)
         .unwrap();
-    assert_eq!(h.join().unwrap(), vec![StartMethod::Spawn]);
+    assert_eq!(
+        h.join().unwrap(),
+        vec![StartMethod::ForkServer, StartMethod::ForkServer]
+    );
     multiproc::set_start_method(StartMethod::ForkServer).unwrap();
 }
 

@@ -60,9 +60,10 @@ pub(crate) struct Boot {
     pub(crate) cwd: Option<PathBuf>,
 }
 
-/// The process-wide settings a child inherits from its parent, whatever its start method
-/// (as Python's children inherit the start method): the default start method, and whether
-/// `Fork` may fork a process with threads.
+/// The process-wide settings a child inherits from its parent, whatever its start method:
+/// the default start method (the one the child was started with, when one was chosen for
+/// it, as Python's children of a context), and whether `Fork` may fork a process with
+/// threads.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(crate) struct Settings {
     pub(super) method: StartMethod,

@@ -67,7 +67,14 @@ impl LaunchSpec {
             has_stdout,
             has_started: false,
             shm_tracker: Some(tracker::tracker_address()),
-            settings: Settings::current(),
+            // A child started with a method chosen for it (by a context or a builder) has
+            // that method as its default, as Python's `BaseProcess._bootstrap` forces a
+            // context's `_start_method` in the child; otherwise `method` is the parent's
+            // default, which the child inherits.
+            settings: Settings {
+                method: self.method,
+                ..Settings::current()
+            },
             stdio: [0, 1, 2].map(|i| self.stdio[i].is_some()),
             env: std::mem::take(&mut self.env),
             env_clear: self.env_clear,
