@@ -51,7 +51,7 @@
 //! ```
 
 use std::any::TypeId;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
@@ -136,6 +136,7 @@ pub(crate) fn handle_error<E: serde::de::Error>(e: Error) -> E {
             *c = Some(e);
         }
     });
+    CAUSE_SET.set(true);
     E::custom(msg)
 }
 
@@ -148,8 +149,14 @@ fn serialize_panicked(p: &(dyn std::any::Any + Send)) -> String {
     )
 }
 
-/// The cause recorded by [`handle_error`] during the last decoding (cleared).
+/// The cause recorded by [`handle_error`] during the last decoding (cleared). Called after
+/// every value decoded, so the common case (no handle failed) reads one flag only.
+#[inline]
 fn take_cause() -> Option<Error> {
+    if !CAUSE_SET.get() {
+        return None;
+    }
+    CAUSE_SET.set(false);
     CAUSE.with(|c| c.borrow_mut().take())
 }
 
@@ -1159,8 +1166,16 @@ thread_local! {
     /// Why a handle could not be rebuilt during the decoding under way: the decoding
     /// returns this typed error instead of the codec's generic message.
     static CAUSE: RefCell<Option<Error>> = const { RefCell::new(None) };
+    /// Whether [`CAUSE`] may hold an error. A flag with no destructor costs one load to
+    /// read, where [`CAUSE`] (which has one) costs a check of its state and a borrow: the
+    /// flag spares every value decoded the latter.
+    static CAUSE_SET: Cell<bool> = const { Cell::new(false) };
     /// Descriptors collected while encoding for a channel. `None` outside such an encoding.
     static OUT_FDS: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// How many descriptors [`serialize_fd`] ever added to an [`OUT_FDS`] list in this
+    /// thread (wrapping): a session tells at a glance (one load, as for [`CAUSE_SET`])
+    /// that a value added none, without looking at the list.
+    static FDS_ADDED: Cell<usize> = const { Cell::new(0) };
     /// Descriptors received with the bytes being decoded. `None` outside such a decoding.
     static IN_FDS: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
@@ -1244,6 +1259,8 @@ pub(crate) struct FdSession {
     prev: Option<Vec<OwnedFd>>,
     /// Descriptors in the list after the last value encoded.
     known: usize,
+    /// [`FDS_ADDED`] when the list was last looked at.
+    added: usize,
 }
 
 impl FdSession {
@@ -1251,6 +1268,7 @@ impl FdSession {
         FdSession {
             prev: OUT_FDS.with(|c| c.borrow_mut().replace(Vec::new())),
             known: 0,
+            added: FDS_ADDED.get(),
         }
     }
 
@@ -1290,7 +1308,14 @@ impl FdSession {
 
     /// After a value was encoded (`ok`) or not: how many descriptors it added to the list
     /// (a failed value's are taken off it).
+    #[inline]
     fn settle(&mut self, ok: bool) -> usize {
+        let added = FDS_ADDED.get();
+        if added == self.added {
+            // No descriptor was added anywhere in this thread: the list is as it was.
+            return 0;
+        }
+        self.added = added;
         let known = self.known;
         let now = OUT_FDS.with(|c| {
             let mut c = c.borrow_mut();
@@ -1467,6 +1492,7 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
         c.borrow_mut().as_mut().map(|v| {
             let dup = fd.try_clone_to_owned()?;
             v.push(dup);
+            FDS_ADDED.set(FDS_ADDED.get().wrapping_add(1));
             Ok::<usize, std::io::Error>(v.len() - 1)
         })
     });
@@ -1793,9 +1819,70 @@ mod tests {
         assert_eq!(s.append(&H(f.as_fd()), &mut out).unwrap(), 1);
         // The third value's handle is number 0 again.
         assert_eq!(&out[len..], &0u32.to_le_bytes());
+        // Values without handles, after one with a handle and after a failed one, add none
+        // (the list keeps the third value's descriptor until it is taken).
+        assert_eq!(s.append(&7u32, &mut out).unwrap(), 0);
+        assert!(s.append(&(H(f.as_fd()), Bad), &mut out).is_err());
+        assert_eq!(s.append(&"x", &mut out).unwrap(), 0);
+        // A value that encodes a handle for a channel of its own (a nested session) adds
+        // none to this session's list.
+        struct Nested<'a>(BorrowedFd<'a>);
+        impl Serialize for Nested<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut inner = Vec::new();
+                let fds = encode_with_fds(&H(self.0), &mut inner)
+                    .map_err(|e| serde::ser::Error::custom(e.to_string()))?;
+                assert_eq!(fds.len(), 1);
+                s.serialize_bytes(&inner)
+            }
+        }
+        assert_eq!(s.append(&Nested(f.as_fd()), &mut out).unwrap(), 0);
+        assert_eq!(s.take_fds().len(), 1, "the third value's descriptor only");
+        assert_eq!(s.append(&(1u8, H(f.as_fd())), &mut out).unwrap(), 1);
+        assert_eq!(s.take_fds().len(), 1);
         drop(s);
         // Outside a session, handles cannot be encoded.
         assert!(encode(&H(f.as_fd())).is_err());
+    }
+
+    /// A handle that cannot be rebuilt fails its decoding with its own error; the next
+    /// decoding, failing for another reason, gets the codec's error (the cause does not
+    /// linger), as does a decoding after a value that recovered from its handle's failure.
+    #[test]
+    fn a_handles_own_error_belongs_to_its_decoding_only() {
+        struct Gone;
+        impl<'de> Deserialize<'de> for Gone {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                u8::deserialize(d)?;
+                Err(handle_error(Error::Io(std::io::Error::other(
+                    "segment gone",
+                ))))
+            }
+        }
+        struct Recovers;
+        impl<'de> Deserialize<'de> for Recovers {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                u8::deserialize(d)?;
+                let _: D::Error = handle_error(Error::Io(std::io::Error::other("ignored")));
+                Ok(Recovers)
+            }
+        }
+        for _ in 0..2 {
+            match decode::<Gone>(&[1]) {
+                Err(Error::Io(e)) => assert_eq!(e.to_string(), "segment gone"),
+                other => panic!("{:?}", other.err()),
+            }
+            assert!(matches!(decode::<u64>(&[1]), Err(Error::Codec(_))));
+            assert!(decode::<Recovers>(&[1]).is_ok());
+            assert!(matches!(decode::<u64>(&[1]), Err(Error::Codec(_))));
+        }
+        let mut got = Vec::new();
+        decode_tasks::<u8>(&[1, 2], Vec::new(), 3, |i, r| got.push((i, r.is_ok())));
+        assert_eq!(got, vec![(0, true), (1, true), (2, false)]);
+        let mut got = Vec::new();
+        decode_tasks::<Gone>(&[1, 2], Vec::new(), 2, |_, r| got.push(r.err()));
+        assert!(matches!(&got[0], Some(Error::Io(_))));
+        assert!(matches!(&got[1], Some(Error::Codec(_))));
     }
 
     /// The ndarray fast path writes exactly what ndarray's own `Serialize` writes through
