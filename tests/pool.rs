@@ -121,6 +121,87 @@ fn map_keeps_order_and_chunks() {
     assert_eq!(both_worker_pids(&pool).len(), 2);
 }
 
+fn neg_i8(x: i8) -> i8 {
+    x.wrapping_neg()
+}
+fn swap_u16(x: u16) -> u16 {
+    x.swap_bytes()
+}
+fn flip_i32(x: i32) -> i32 {
+    !x
+}
+fn half_f32(x: f32) -> f32 {
+    x / 2.0
+}
+fn sqrt_f64(x: f64) -> f64 {
+    x.sqrt()
+}
+fn wide(x: u8) -> (u8, i64) {
+    (x, -(x as i64) << 40)
+}
+fn low_byte((x, _): (u8, i64)) -> u8 {
+    x
+}
+fn shown(x: u32) -> String {
+    x.to_string()
+}
+fn parsed(s: String) -> u32 {
+    s.parse().unwrap()
+}
+fn panic_on_nan(x: f64) -> f64 {
+    assert!(!x.is_nan(), "NaN at {x}");
+    -x
+}
+
+/// Plain numbers (their memory is their encoding: copied in and out without a serde call
+/// per task) come back exactly, of every width and sign, with plain and other types on
+/// either side of the function, in long chunks and short; a task that panics among them
+/// fails alone.
+#[test]
+fn plain_numbers_of_every_width_travel_exactly() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    let bytes: Vec<i8> = (i8::MIN..=i8::MAX).collect();
+    let want: Vec<i8> = bytes.iter().map(|&x| x.wrapping_neg()).collect();
+    assert_eq!(pool.map(neg_i8, bytes.clone()).unwrap(), want);
+    assert_eq!(pool.map_chunked(neg_i8, bytes, 1).unwrap(), want);
+    let words: Vec<u16> = (0..50_000u16).map(|x| x.wrapping_mul(40_503)).collect();
+    let want: Vec<u16> = words.iter().map(|x| x.swap_bytes()).collect();
+    assert_eq!(pool.map(swap_u16, words).unwrap(), want);
+    let ints: Vec<i32> = (-100_000..100_000).map(|x| x * 10_007).collect();
+    let want: Vec<i32> = ints.iter().map(|x| !x).collect();
+    assert_eq!(pool.map(flip_i32, ints.clone()).unwrap(), want);
+    assert_eq!(pool.map_chunked(flip_i32, ints, 777).unwrap(), want);
+    let floats: Vec<f32> = vec![1.5, -0.0, f32::MAX, f32::MIN_POSITIVE, 3.0e-40];
+    let got = pool.map(half_f32, floats.clone()).unwrap();
+    let want: Vec<f32> = floats.iter().map(|x| x / 2.0).collect();
+    assert_eq!(
+        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    let doubles: Vec<f64> = (0..300_000).map(|x| x as f64 * 0.25).collect();
+    let want: Vec<f64> = doubles.iter().map(|x| x.sqrt()).collect();
+    assert_eq!(pool.map(sqrt_f64, doubles).unwrap(), want);
+    // A plain argument with another result, and the way back; a plain value to a string.
+    let pairs = pool.map(wide, 0..=255u8).unwrap();
+    assert_eq!(pairs[200], (200, -200 << 40));
+    assert_eq!(
+        pool.map(low_byte, pairs).unwrap(),
+        (0..=255u8).collect::<Vec<_>>()
+    );
+    let strings = pool.map(shown, vec![7u32, u32::MAX]).unwrap();
+    assert_eq!(strings, vec!["7".to_string(), u32::MAX.to_string()]);
+    assert_eq!(pool.map(parsed, strings).unwrap(), vec![7, u32::MAX]);
+    // A panic in the middle of a plain chunk fails that task only.
+    let res: Vec<_> = pool
+        .imap_chunked(panic_on_nan, vec![1.0, f64::NAN, 2.0, 3.0], 4)
+        .collect();
+    assert_eq!(res[0].as_ref().unwrap(), &-1.0);
+    assert!(matches!(&res[1], Err(Error::TaskPanicked { message, .. }) if message == "NaN at NaN"));
+    assert_eq!(res[2].as_ref().unwrap(), &-2.0);
+    assert_eq!(res[3].as_ref().unwrap(), &-3.0);
+}
+
 #[test]
 fn map_async_chunked_runs_each_chunk_in_one_worker() {
     multiproc::init();

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::fail::TaskFail;
 use super::sched::Sink;
+use crate::sys::plain::PlainType;
 use crate::{codec, Error, Result};
 
 type Outcome<T> = std::result::Result<T, TaskFail>;
@@ -672,6 +673,17 @@ impl<R> VecSink<R> {
 
 impl<R: DeserializeOwned + Send> Sink for VecSink<R> {
     fn deliver(&self, first: usize, count: usize, payload: &[u8], fds: Vec<OwnedFd>) {
+        // Plain numbers: their memory is their encoding, one copy for the run.
+        if let Some(p) = PlainType::<R>::of() {
+            if fds.is_empty() && payload.len() == count.saturating_mul(p.size()) {
+                if let Some(values) = p.vec(payload) {
+                    if !values.is_empty() {
+                        self.store(first, Run::Values(values));
+                    }
+                    return;
+                }
+            }
+        }
         // Decoded outside the lock, straight into a vector of values.
         let mut values = Vec::with_capacity(count);
         let mut failed = None;

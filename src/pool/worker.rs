@@ -22,6 +22,7 @@ use super::wire::*;
 use crate::ipc::RawConn;
 use std::rc::Rc;
 
+use crate::sys::plain::PlainType;
 use crate::sys::{AnyFnRef, FnRef};
 use crate::{codec, start, Error, Result};
 
@@ -156,6 +157,7 @@ impl JobRun {
     }
 
     /// Sends what waits if this job sends each reply at once, or too much waits.
+    #[inline]
     fn maybe_send(&mut self) -> Result<()> {
         if self.flush_each || self.out.len() >= SEND_EARLY {
             self.send_now(&[])?;
@@ -205,6 +207,25 @@ impl JobRun {
         }
     }
 
+    /// Task `self.next`'s result, a plain number whose memory (`bytes`) is its encoding:
+    /// copied into the open segment (opening one if needed). `false` (nothing done) if it
+    /// would take the frame past `spill_at`, where [`push_ok`](Self::push_ok) takes over.
+    #[inline]
+    fn push_plain(&mut self, bytes: &[u8], spill_at: usize) -> Result<bool> {
+        if self.out.len() + bytes.len() + SEG_HEADER + 1 > spill_at {
+            return Ok(false);
+        }
+        if self.seg.is_none() {
+            self.seg = Some(self.header(self.next, 0, SEG_OK));
+            self.seg_count = 0;
+        }
+        self.out.extend_from_slice(bytes);
+        self.seg_count += 1;
+        self.next += 1;
+        self.maybe_send()?;
+        Ok(true)
+    }
+
     /// The next `count` tasks failed with `fail`.
     fn push_fail(&mut self, fail: TaskFail, count: usize) -> Result<()> {
         self.close_segment();
@@ -222,13 +243,15 @@ impl JobRun {
     }
 
     /// The arguments of the next task (from `*start`, the end of the previous one),
-    /// decoded. Tasks are taken in order: handles inside take the next descriptors.
+    /// decoded; copied from their bytes where they are a plain number (`plain`, for a job
+    /// without handles). Tasks are taken in order: handles inside take the next
+    /// descriptors.
     #[inline]
     fn decode_task<A: DeserializeOwned>(
         &mut self,
         frame: &[u8],
         dec: &mut codec::TaskDecoder,
-        i: usize,
+        (i, plain): (usize, Option<PlainType<A>>),
         start: &mut usize,
     ) -> Result<A> {
         let end = match &self.ends {
@@ -238,6 +261,9 @@ impl JobRun {
         let args = &frame[self.args.clone()];
         let bytes = args.get(*start..end).unwrap_or(&[]);
         *start = end;
+        if let Some(a) = plain.and_then(|p| p.read(bytes)) {
+            return Ok(a);
+        }
         match &self.fd_counts {
             None => dec.decode(bytes, Vec::new()),
             Some(c) => {
@@ -281,11 +307,16 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(
             n,
         );
     };
+    // Plain numbers (their memory is their encoding) are copied in and out, with no serde
+    // call per task.
+    let plain_args = PlainType::<A>::of().filter(|_| run.fd_counts.is_none());
+    let plain_results = PlainType::<R>::of();
+    let spill_at = run.conn.spill_threshold().unwrap_or(usize::MAX);
     let mut session = codec::FdSession::begin();
     let mut dec = codec::TaskDecoder::begin();
     let mut start = 0;
     for i in 0..run.count {
-        let a: A = match run.decode_task(frame, &mut dec, i, &mut start) {
+        let a: A = match run.decode_task(frame, &mut dec, (i, plain_args), &mut start) {
             Ok(a) => a,
             Err(e) => {
                 let fail = match e {
@@ -302,6 +333,11 @@ pub(crate) fn run_job<A: DeserializeOwned, R: Serialize>(
         };
         match std::panic::catch_unwind(AssertUnwindSafe(move || f(a))) {
             Ok(r) => {
+                if let Some(p) = plain_results {
+                    if run.push_plain(p.bytes(std::slice::from_ref(&r)), spill_at)? {
+                        continue;
+                    }
+                }
                 if let Err(fail) = run.push_ok(&mut session, &r)? {
                     run.push_fail(fail, 1)?;
                 }

@@ -44,22 +44,103 @@ pub(crate) const HUGE_RUN: usize = super::memfd::HUGE_PAGES_FROM;
 /// with one `memcpy` and no zero-filling first. `None` if the length is not a multiple of
 /// the element size or the allocation is refused.
 pub(crate) fn vec_from_bytes<P: Plain>(bytes: &[u8]) -> Option<Vec<P>> {
-    let size = std::mem::size_of::<P>();
-    if !bytes.len().is_multiple_of(size) {
+    // SAFETY: `P` is `Plain` (`Pod`): any bytes of its size are a valid `P`.
+    unsafe { copy_into_vec(bytes) }
+}
+
+/// [`vec_from_bytes`] for a `T` known to be plain by other means.
+///
+/// # Safety
+/// Any `size_of::<T>()` bytes must be a valid `T` (a plain number type).
+unsafe fn copy_into_vec<T>(bytes: &[u8]) -> Option<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    if size == 0 || !bytes.len().is_multiple_of(size) {
         return None;
     }
     let n = bytes.len() / size;
-    let mut v: Vec<P> = Vec::new();
+    let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(n).ok()?;
     super::memfd::advise_huge_pages(v.spare_capacity_mut());
     // SAFETY: `try_reserve_exact` made room for `n` elements, that is `bytes.len()` bytes, in
-    // the vector's own allocation, which cannot overlap `bytes`; any bytes are a valid `P`
-    // (`Pod`), so after the copy the first `n` elements are initialised.
+    // the vector's own allocation, which cannot overlap `bytes`; any bytes are a valid `T`
+    // (the caller's promise), so after the copy the first `n` elements are initialised.
     unsafe {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
         v.set_len(n);
     }
     Some(v)
+}
+
+/// Proof that `T`, a type met as a generic parameter (a pool task's argument or result),
+/// is one of the plain number types (checked by type id, once), on a little-endian host:
+/// there a value's memory is its encoding in the codec, so values are read and written by
+/// copying their memory, with no serde call per value. Made by [`PlainType::of`].
+pub(crate) struct PlainType<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> Clone for PlainType<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for PlainType<T> {}
+
+impl<T> PlainType<T> {
+    /// `Some` if `T` is a plain number type and the host little-endian.
+    #[inline]
+    pub(crate) fn of() -> Option<PlainType<T>> {
+        fn is<P: Plain, T>() -> bool {
+            typeid::of::<T>() == typeid::of::<P>()
+        }
+        let plain = cfg!(target_endian = "little")
+            && (is::<u8, T>()
+                || is::<u16, T>()
+                || is::<u32, T>()
+                || is::<u64, T>()
+                || is::<i8, T>()
+                || is::<i16, T>()
+                || is::<i32, T>()
+                || is::<i64, T>()
+                || is::<f32, T>()
+                || is::<f64, T>());
+        plain.then_some(PlainType(std::marker::PhantomData))
+    }
+
+    /// The size of one value (and of its encoding).
+    #[inline]
+    pub(crate) fn size(self) -> usize {
+        std::mem::size_of::<T>()
+    }
+
+    /// The value whose memory is `bytes`; `None` unless `bytes` has exactly its size.
+    #[inline]
+    pub(crate) fn read(self, bytes: &[u8]) -> Option<T> {
+        if bytes.len() != std::mem::size_of::<T>() {
+            return None;
+        }
+        // SAFETY: `T` is a plain number type (`of` checked its type id), so any bytes of
+        // its size, which `bytes` has, are a valid `T`; `read_unaligned` needs no alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    }
+
+    /// The memory of the values of `s`, in order.
+    #[inline]
+    pub(crate) fn bytes(self, s: &[T]) -> &[u8] {
+        // SAFETY: `T` is a plain number type (`of` checked its type id): no padding, every
+        // byte of `s` is initialised; the byte slice covers exactly `s`'s memory and borrows
+        // `s` for its lifetime.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+    }
+
+    /// A vector of the values whose memory is `bytes` (one `memcpy`, as
+    /// [`vec_from_bytes`]); `None` if `bytes` is not a whole number of values or the
+    /// allocation is refused.
+    #[inline]
+    pub(crate) fn vec(self, bytes: &[u8]) -> Option<Vec<T>> {
+        // SAFETY: `T` is a plain number type (`of` checked its type id): any bytes of its
+        // size are a valid `T`.
+        unsafe { copy_into_vec(bytes) }
+    }
 }
 
 /// `v` as a `B`, if `B` is `Vec<P>` (the `Value` of serde's own visitor for `Vec<P>`, known
@@ -130,6 +211,41 @@ mod tests {
         let same: Vec<f64> = vec_as::<f64, Vec<f64>>(back).unwrap();
         assert_eq!(same, v);
         assert!(vec_as::<f64, Vec<f32>>(same).is_err());
+    }
+
+    #[test]
+    fn plain_types_are_known_by_type_and_copied_as_their_memory() {
+        assert!(PlainType::<[u32; 2]>::of().is_none());
+        assert!(PlainType::<usize>::of().is_none());
+        assert!(PlainType::<bool>::of().is_none());
+        assert!(PlainType::<(u64,)>::of().is_none());
+        assert!(PlainType::<String>::of().is_none());
+        fn round_trip<T: Copy + PartialEq + std::fmt::Debug>(vals: &[T]) {
+            let p = PlainType::<T>::of().expect("a plain type");
+            assert_eq!(p.size(), std::mem::size_of::<T>());
+            let b = p.bytes(vals);
+            assert_eq!(b.len(), vals.len() * p.size());
+            assert_eq!(p.vec(b).unwrap(), vals);
+            for (i, v) in vals.iter().enumerate() {
+                assert_eq!(p.read(&b[i * p.size()..(i + 1) * p.size()]), Some(*v));
+            }
+            // A wrong length is refused, not read.
+            assert_eq!(p.read(&b[..p.size() - 1]), None);
+            assert_eq!(p.read(&[b, &[0]].concat()[..p.size() + 1]), None);
+            if p.size() > 1 {
+                assert!(p.vec(&b[1..]).is_none());
+            }
+        }
+        round_trip(&[1u8, 255]);
+        round_trip(&[1u16, 65535]);
+        round_trip(&[7u32, u32::MAX]);
+        round_trip(&[3u64, u64::MAX]);
+        round_trip(&[-1i8, 5]);
+        round_trip(&[-1i16, 5]);
+        round_trip(&[-1i32, i32::MIN]);
+        round_trip(&[-1i64, i64::MIN]);
+        round_trip(&[1.5f32, -0.0]);
+        round_trip(&[1.5f64, f64::MAX]);
     }
 
     #[test]

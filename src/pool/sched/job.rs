@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::pool::fail::TaskFail;
 use crate::pool::wire::{Reader, FLAG_HAS_FDS, FLAG_STRIDE, SEG_FAIL, SEG_OK};
 use crate::pool::worker::TaskCode;
+use crate::sys::plain::PlainType;
 use crate::sys::AnyFnRef;
 use crate::{codec, Error, Result};
 
@@ -140,6 +141,12 @@ pub(crate) trait RawArgs: Send {
 
 impl<A: Serialize + Send> RawArgs for Vec<A> {
     fn encode(self: Box<Self>, job: &mut Job) -> Vec<(usize, Error)> {
+        if let Some(p) = PlainType::<A>::of() {
+            // Plain numbers: their memory is their encoding, one copy for the chunk.
+            if job.push_plain(p.bytes(&self), p.size()) {
+                return Vec::new();
+            }
+        }
         let mut failed = Vec::new();
         let mut session = codec::FdSession::begin();
         // Plain values encode to about their size in memory.
@@ -303,6 +310,27 @@ impl Job {
     /// Whether the job should be sent before more tasks are added.
     pub(crate) fn is_full(&self) -> bool {
         self.fds.len() >= MAX_JOB_FDS || self.args.len() >= MAX_JOB_BYTES
+    }
+
+    /// Adds the tasks whose encoded arguments, `size` bytes each, lie end to end in
+    /// `bytes` (plain numbers, which hold no handle and cannot fail to encode), to a job
+    /// that has none yet. `false` (nothing added) where the tasks must go one by one: the
+    /// job has tasks, its function is foreign, or the bytes pass what a job can carry.
+    pub(super) fn push_plain(&mut self, bytes: &[u8], size: usize) -> bool {
+        if self.ends.len() > 0
+            || self.code.target.is_foreign()
+            || size == 0
+            || bytes.len() > u32::MAX as usize
+            || !bytes.len().is_multiple_of(size)
+        {
+            return false;
+        }
+        self.args.extend_from_slice(bytes);
+        self.ends = Ends::Stride {
+            size: size as u32,
+            count: bytes.len() / size,
+        };
+        true
     }
 
     /// Encodes one more task's argument. On error nothing is added.

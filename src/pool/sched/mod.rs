@@ -110,6 +110,47 @@ mod tests {
         }
     }
 
+    /// A chunk of plain numbers is copied as one block: the bytes must be the codec's
+    /// encoding of each value, end to end, with stride ends, cut where the task-by-task
+    /// cut would cut it.
+    fn plain_chunk_as_the_codec_encodes_it<A>(items: Vec<A>)
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned + Send + Clone + 'static,
+    {
+        let mut want = Vec::new();
+        for a in &items {
+            crate::codec::encode_into(a, &mut want).unwrap();
+        }
+        let size = want.len() / items.len();
+        let (fast, slow) = cut_both_ways(items);
+        same_pieces(&fast, &slow);
+        let got: Vec<u8> = fast.iter().flat_map(|p| p.args.iter().copied()).collect();
+        assert_eq!(got, want);
+        for p in &fast {
+            assert_eq!(
+                p.ends,
+                Ends::Stride {
+                    size: size as u32,
+                    count: p.len()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_chunk_of_plain_numbers_is_the_codecs_encoding_of_each() {
+        plain_chunk_as_the_codec_encodes_it((0..300_000u64).map(|x| x * 0x0101_0101).collect());
+        plain_chunk_as_the_codec_encodes_it((0..1000i32).map(|x| -x).collect());
+        plain_chunk_as_the_codec_encodes_it(vec![1.5f64, -0.0, f64::MAX, f64::NAN]);
+        plain_chunk_as_the_codec_encodes_it(vec![2.5f32, -1.0]);
+        plain_chunk_as_the_codec_encodes_it(vec![1u8, 2, 255]);
+        plain_chunk_as_the_codec_encodes_it(vec![-1i8, 7]);
+        plain_chunk_as_the_codec_encodes_it(vec![1u16, 65535]);
+        plain_chunk_as_the_codec_encodes_it(vec![-1i16, 300]);
+        plain_chunk_as_the_codec_encodes_it(vec![1u32, u32::MAX]);
+        plain_chunk_as_the_codec_encodes_it(vec![i64::MIN, 3]);
+    }
+
     #[test]
     fn a_large_chunk_is_cut_by_runs_exactly_where_task_by_task_would_cut_it() {
         // Plain values (stride ends): 300,000 u64 are 2.3 MiB, three pieces.
