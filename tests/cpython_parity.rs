@@ -3174,6 +3174,89 @@ fn manager_queue_full_and_empty_across_processes() {
     assert!(!u.full().unwrap());
 }
 
+/// The manager objects a `TestSyncManagerTypes` worker uses.
+type SyncTypes = (
+    multiproc::manager::EventProxy,
+    multiproc::manager::LockProxy,
+    multiproc::manager::RLockProxy,
+    multiproc::manager::SemaphoreProxy,
+    multiproc::manager::BoundedSemaphoreProxy,
+    multiproc::manager::ConditionProxy,
+    multiproc::manager::BarrierProxy,
+    multiproc::manager::ValueProxy<i32>,
+    multiproc::manager::ArrayProxy<i32>,
+    multiproc::manager::NamespaceProxy,
+);
+
+/// The workers of `TestSyncManagerTypes` in one child (asserting panics: exit code 1).
+fn sync_types_worker((e, l, r, s, bs, c, b, v, a, ns): SyncTypes) {
+    assert!(e.is_set().unwrap());
+    e.wait().unwrap();
+    e.clear().unwrap();
+    assert!(!e.wait_timeout(Duration::from_millis(1)).unwrap());
+    l.acquire().unwrap();
+    assert!(l.locked().unwrap());
+    r.acquire().unwrap();
+    r.release().unwrap();
+    s.acquire().unwrap();
+    bs.acquire().unwrap();
+    c.acquire().unwrap();
+    c.release().unwrap();
+    assert_eq!(b.parties().unwrap(), 5);
+    b.reset().unwrap();
+    assert_eq!(v.get().unwrap(), 1);
+    v.set(2).unwrap();
+    assert_eq!(a.get(0).unwrap(), 0);
+    assert_eq!(a.get(1).unwrap(), 1);
+    assert_eq!(a.len().unwrap(), 2);
+    assert_eq!(a.to_vec().unwrap(), [0, 1]);
+    assert_eq!(ns.get::<i32>("x").unwrap(), 0);
+    assert_eq!(ns.get::<i32>("y").unwrap(), 1);
+}
+
+/// `TestSyncManagerTypes` (`test_event`, `test_lock`, `test_rlock`, `test_semaphore`,
+/// `test_bounded_semaphore`, `test_condition`, `test_barrier`, `test_value`, `test_array`,
+/// `test_namespace`): a daemon child works on each kind of manager object and exits with
+/// 0; the parent then sees the event cleared and the value changed, releases the lock the
+/// child left held (a second release raises) and the semaphores the child took (a bounded
+/// one refuses a release beyond its initial value).
+#[test]
+fn manager_sync_types_across_a_child() {
+    multiproc::init();
+    let m = multiproc::Manager::start().unwrap();
+    let objs: SyncTypes = (
+        m.event().unwrap(),
+        m.lock().unwrap(),
+        m.rlock().unwrap(),
+        m.semaphore(1).unwrap(),
+        m.bounded_semaphore(1).unwrap(),
+        m.condition().unwrap(),
+        m.barrier(5).unwrap(),
+        m.value(1i32).unwrap(),
+        m.array(vec![0i32, 1]).unwrap(),
+        m.namespace().unwrap(),
+    );
+    objs.0.set().unwrap();
+    objs.9.set("x", 0i32).unwrap();
+    objs.9.set("y", 1i32).unwrap();
+    let mut p = Process::new(sync_types_worker, objs.clone()).with_daemon(true);
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    let (e, l, _, s, bs, _, b, v, _, _) = objs;
+    assert!(!e.is_set().unwrap());
+    assert!(!e.wait_timeout(Duration::from_millis(1)).unwrap());
+    l.release().unwrap();
+    assert!(l.release().is_err(), "already released");
+    assert_eq!(s.get_value().unwrap(), 0);
+    s.release().unwrap();
+    assert_eq!(s.get_value().unwrap(), 1);
+    bs.release().unwrap();
+    assert!(bs.release().is_err());
+    assert!(!b.broken().unwrap());
+    assert_eq!(v.get().unwrap(), 2);
+}
+
 // --- _TestSharedMemory ----------------------------------------------------------------------------
 
 /// `_TestSharedMemory.test_shared_memory_basics`: a block attached by name has the
