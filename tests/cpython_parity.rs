@@ -3374,3 +3374,48 @@ fn start_method_of_a_context_is_the_childs_default() {
     }
     multiproc::set_start_method(StartMethod::ForkServer).unwrap();
 }
+
+// --- timeouts too large to represent ------------------------------------------------------------
+
+/// Python computes deadlines in floats, so a huge timeout (`poll(1e9)`, `get(timeout=1e9)`)
+/// only means "wait that long", in practice for ever. Here a `Duration` too large to add to
+/// the clock (`Duration::MAX`) means the same on every call that takes one, never a panic:
+/// each call below has something ready and returns at once.
+#[test]
+fn timeouts_too_large_to_represent_wait_for_ever() {
+    multiproc::init();
+    const FOREVER: Duration = Duration::MAX;
+    let (a, b) = multiproc::pipe::<u8>().unwrap();
+    a.send(&1).unwrap();
+    assert!(b.poll(Some(FOREVER)).unwrap());
+    assert_eq!(wait(&[&b], Some(FOREVER)).unwrap(), vec![0]);
+    assert_eq!(b.recv().unwrap(), 1);
+
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(sqr, 3);
+    assert!(r.wait_timeout(FOREVER));
+    assert_eq!(r.get_timeout(FOREVER).unwrap(), 9);
+    let mut it = pool.imap(sqr, vec![4]);
+    assert_eq!(it.next_timeout(FOREVER).unwrap().unwrap(), 16);
+
+    let mut h = multiproc::spawn(sqr, 5).unwrap();
+    assert_eq!(h.join_timeout(FOREVER).unwrap(), Some(25));
+    let mut p = Process::new(sqr, 6);
+    p.start().unwrap();
+    assert!(p.join_timeout(FOREVER).unwrap());
+
+    let q = Queue::new().unwrap();
+    q.put(7u8).unwrap();
+    assert_eq!(q.get_timeout(FOREVER).unwrap(), 7);
+    let e = Event::new().unwrap();
+    e.set();
+    assert!(e.wait_timeout(FOREVER));
+    assert!(Lock::new().unwrap().acquire_timeout(FOREVER).unwrap());
+    assert_eq!(Barrier::new(1).unwrap().wait_timeout(FOREVER).unwrap(), 0);
+
+    let m = multiproc::Manager::start().unwrap();
+    let mq = m.queue::<u8>().unwrap();
+    mq.put(8).unwrap();
+    assert_eq!(mq.get_timeout(FOREVER).unwrap(), 8);
+    assert!(m.lock().unwrap().acquire_timeout(FOREVER).unwrap());
+}

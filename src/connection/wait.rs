@@ -102,7 +102,7 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             "wait over no objects and without a timeout would never return",
         ));
     }
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(crate::sys::deadline);
     let mut pause = Duration::from_micros(50);
     loop {
         let mut ready = Vec::new();

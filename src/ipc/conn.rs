@@ -1088,7 +1088,7 @@ impl RawConn {
     /// Waits until a message (or the end of the stream, or garbage) can be read, or `also`
     /// is readable, or `timeout` passes.
     fn wait_ready(&self, timeout: Option<Duration>, also: Option<BorrowedFd<'_>>) -> Result<Wake> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(sys::deadline);
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
         if st.buffered() > 0 || st.broken || st.refused || !st.fds.is_empty() {
             return Ok(Wake::Message);

@@ -922,7 +922,7 @@ pub(crate) fn wait_on<'a, T>(
         Wait::No => return (g, false),
         Wait::Forever => None,
         // A deadline too far to represent is no deadline.
-        Wait::For(d) => Instant::now().checked_add(d),
+        Wait::For(d) => crate::sys::deadline(d),
     };
     loop {
         let slice = match deadline {

@@ -1184,7 +1184,7 @@ impl<A: Serialize, R, I: Iterator<Item = A>> IMap<A, R, I> {
     /// ```
     #[doc(alias = "next")]
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
-        self.next_until(Instant::now().checked_add(timeout))
+        self.next_until(crate::sys::deadline(timeout))
     }
 
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R>> {

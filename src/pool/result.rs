@@ -270,7 +270,7 @@ impl<R> AsyncResult<R> {
     /// assert!(!r.wait_timeout(Duration::from_millis(10)));
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.cell.wait_until(Some(Instant::now() + timeout)).1
+        self.cell.wait_until(crate::sys::deadline(timeout)).1
     }
 
     /// Whether the task(s) succeeded (Python's `successful()`); an
@@ -385,7 +385,7 @@ impl<R: Clone> AsyncResult<R> {
     /// assert!(matches!(r.get_timeout(Duration::from_millis(10)), Err(multiproc::Error::Timeout)));
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
-        let (s, ok) = self.cell.wait_until(Some(Instant::now() + timeout));
+        let (s, ok) = self.cell.wait_until(crate::sys::deadline(timeout));
         if !ok {
             return Err(Error::Timeout);
         }

@@ -279,7 +279,7 @@ impl<T> fmt::Debug for Queue<T> {
 
 fn deadline_after(d: Duration) -> Option<Instant> {
     // A timeout too large to represent waits for ever.
-    Some(Instant::now().checked_add(d).unwrap_or_else(far_future))
+    Some(crate::sys::deadline(d).unwrap_or_else(far_future))
 }
 
 fn far_future() -> Instant {

@@ -62,7 +62,4 @@ impl<'a> RawMutex<'a> {
     }
 }
 
-/// The deadline `timeout` from now (`None` if it is too far to represent).
-pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
-}
+pub(crate) use crate::sys::deadline;

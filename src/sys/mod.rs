@@ -17,5 +17,12 @@ pub(crate) mod mpi;
 #[cfg(feature = "ndarray")]
 pub(crate) mod ndarray;
 
+/// The deadline `timeout` from now; `None` if it is too far to represent, which every
+/// caller takes as "no deadline" (a timeout of `Duration::MAX` waits for ever rather than
+/// overflowing).
+pub(crate) fn deadline(timeout: std::time::Duration) -> Option<std::time::Instant> {
+    std::time::Instant::now().checked_add(timeout)
+}
+
 #[cfg(not(target_os = "linux"))]
 compile_error!("multiproc supports Linux only for now (see README's platform table)");

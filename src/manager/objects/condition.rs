@@ -266,7 +266,7 @@ impl ConditionProxy {
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<bool> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = timeout.and_then(crate::sys::deadline);
         loop {
             if predicate() {
                 return Ok(true);

@@ -366,7 +366,7 @@ pub(crate) fn readable_of(
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<usize>> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(crate::sys::deadline);
     loop {
         let mut pfds: Vec<PollFd<'_>> = fds
             .iter()
