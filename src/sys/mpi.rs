@@ -77,6 +77,13 @@ impl PendingSend {
     }
 }
 
+impl PendingSend {
+    /// The buffer of a completed send, for reuse (`None` while MPI may still read it).
+    pub(crate) fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        self.done.then(|| std::mem::take(&mut self.buf))
+    }
+}
+
 impl Drop for PendingSend {
     fn drop(&mut self) {
         if !self.done {

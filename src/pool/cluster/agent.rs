@@ -180,7 +180,8 @@ fn submit_batch(
                 id: job_id,
             }) as Arc<dyn Sink>
         })?;
-        jobs.push(job);
+        // Rank 0 sends a map's chunk whole: cut it as the local pool cuts its own.
+        jobs.extend(job.cut_large());
     }
     if direct && jobs.len() == 1 && jobs[0].len() == 1 {
         return Ok(jobs.pop());

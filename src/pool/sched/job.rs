@@ -216,13 +216,20 @@ impl Job {
 
     /// Encodes a lazy job's arguments: the pieces to send (contiguous runs of tasks, each
     /// within the size and handle limits); tasks whose argument cannot be encoded fail.
-    pub(crate) fn materialize(mut self) -> Vec<Job> {
+    pub(crate) fn materialize(self) -> Vec<Job> {
+        self.materialize_cut(true)
+    }
+
+    /// [`materialize`](Self::materialize), but a job past the size limit with no failed
+    /// task and no handle stays whole (`cut_large` false: for another rank, which cuts it
+    /// itself, see [`cut_large`](Self::cut_large)).
+    pub(crate) fn materialize_cut(mut self, cut_large: bool) -> Vec<Job> {
         let Some(raw) = self.raw.take() else {
             return vec![self];
         };
         let total = std::mem::take(&mut self.raw_count);
         let failed = raw.encode(&mut self);
-        if failed.is_empty() && !self.is_full() {
+        if failed.is_empty() && (!self.is_full() || (!cut_large && self.fds.is_empty())) {
             return vec![self];
         }
         if failed.is_empty() && self.fds.is_empty() {
@@ -263,6 +270,34 @@ impl Job {
             pieces.push(cur);
         }
         pieces
+    }
+
+    /// A job without handles, cut into pieces at the size limit as
+    /// [`materialize`](Self::materialize) cuts (whole if it is within it).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn cut_large(self) -> Vec<Job> {
+        if self.raw.is_none() && self.fds.is_empty() && self.is_full() {
+            self.cut_at_size()
+        } else {
+            vec![self]
+        }
+    }
+
+    /// A lazy job not encoded yet will encode its arguments into the buffer `buf` gives
+    /// (emptied first), whose memory is then reused.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn encode_into_buffer(&mut self, buf: impl FnOnce() -> Vec<u8>) {
+        if self.raw.is_some() && self.args.capacity() == 0 {
+            self.args = buf();
+            self.args.clear();
+        }
+    }
+
+    /// The encoded arguments, taken out of a job that has been sent away (it keeps its
+    /// tasks' count and its sink, for their outcomes), for their memory to be reused.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn take_args(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.args)
     }
 
     /// An encoded job without failures or handles, cut into pieces at the size limit as
@@ -505,6 +540,17 @@ impl Job {
             other => return Err(Error::codec(format!("unknown pool reply kind {other}"))),
         }
         Ok(())
+    }
+
+    /// How many bytes [`encode_into`](Self::encode_into) appends.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn wire_len(&self) -> usize {
+        let ends = match &self.ends {
+            Ends::Stride { .. } => 4,
+            Ends::List(v) => 4 * v.len(),
+        };
+        let counts = self.fd_counts.as_ref().map_or(0, |c| 4 * c.len());
+        8 + 32 + 4 + 1 + 4 + ends + counts + self.args.len()
     }
 
     /// Appends the job to a `BATCH` frame; its descriptors ([`fds`](Self::fds)) travel with

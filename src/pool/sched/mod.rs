@@ -151,6 +151,54 @@ mod tests {
         plain_chunk_as_the_codec_encodes_it(vec![i64::MIN, 3]);
     }
 
+    /// A chunk kept whole for another rank (`materialize_cut(false)`), encoded into a
+    /// buffer it is given, is cut there (`cut_large`) into the very pieces the local pool
+    /// cuts; `wire_len` is what `encode_into` writes, for stride ends and a list.
+    #[test]
+    fn a_chunk_sent_whole_is_cut_by_its_receiver_as_the_local_pool_cuts_it() {
+        let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(NoSink);
+        let code = crate::pool::worker::TaskCode::of(ident::<u64>);
+        let items: Vec<u64> = (0..300_000).collect();
+        let local = Job::lazy(code, 10, items.clone(), sink.clone()).materialize();
+        let mut whole = Job::lazy(code, 10, items, sink.clone());
+        let buf = Vec::with_capacity(4 << 20);
+        let at = buf.as_ptr();
+        whole.encode_into_buffer(|| buf);
+        let mut whole = whole.materialize_cut(false);
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].args.as_ptr(), at, "encoded into the buffer given");
+        assert_eq!(whole[0].len(), 300_000);
+        let mut wire = Vec::new();
+        whole[0].encode_into(1, 0, &mut wire);
+        assert_eq!(wire.len(), whole[0].wire_len());
+        let cut = whole.pop().unwrap().cut_large();
+        assert_eq!(cut.len(), 3);
+        same_pieces(&cut, &local);
+        // A job within the limit stays as it is; a job already encoded takes no buffer.
+        let mut small = Job::lazy(code, 0, vec![1u64, 2], sink.clone()).materialize();
+        assert_eq!(small.len(), 1);
+        small[0].encode_into_buffer(|| panic!("an encoded job takes no buffer"));
+        let small = small.pop().unwrap().cut_large();
+        assert_eq!(small.len(), 1);
+        // A list of ends.
+        let strings: Vec<String> = (0..50).map(|i| "s".repeat(i)).collect();
+        let job = Job::lazy(
+            crate::pool::worker::TaskCode::of(ident::<String>),
+            0,
+            strings,
+            sink,
+        )
+        .materialize();
+        assert!(matches!(job[0].ends, Ends::List(_)));
+        let mut wire = Vec::new();
+        job[0].encode_into(2, 0, &mut wire);
+        assert_eq!(wire.len(), job[0].wire_len());
+        // After it is sent, its bytes can go; its tasks stay counted.
+        let mut job = job.into_iter().next().unwrap();
+        assert!(!job.take_args().is_empty());
+        assert_eq!(job.len(), 50);
+    }
+
     #[test]
     fn a_large_chunk_is_cut_by_runs_exactly_where_task_by_task_would_cut_it() {
         // Plain values (stride ends): 300,000 u64 are 2.3 MiB, three pieces.
