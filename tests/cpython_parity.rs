@@ -3419,3 +3419,39 @@ fn timeouts_too_large_to_represent_wait_for_ever() {
     assert_eq!(mq.get_timeout(FOREVER).unwrap(), 8);
     assert!(m.lock().unwrap().acquire_timeout(FOREVER).unwrap());
 }
+
+/// Pool workers as `Pool._repopulate_pool_static` makes them: daemons named after their
+/// process identity with "Process" replaced ("PoolWorker-N"), so that the workers of two
+/// pools of one process never share a name, and a process made later counts on from them.
+#[test]
+fn pool_workers_are_named_daemons_unique_in_the_process() {
+    multiproc::init();
+    fn me(_: u8) -> (String, bool, u32) {
+        let c = multiproc::current_process();
+        (c.name().to_string(), c.daemon(), c.pid())
+    }
+    let pools = [Pool::new(2).unwrap(), Pool::new(2).unwrap()];
+    let mut names = std::collections::HashMap::new();
+    for pool in &pools {
+        // Enough tasks that each worker is very likely to run some; every one seen counts.
+        for (name, daemon, pid) in pool.map_chunked(me, vec![0u8; 64], 1).unwrap() {
+            assert!(daemon, "{name}");
+            let number: u32 = name.strip_prefix("PoolWorker-").unwrap().parse().unwrap();
+            assert!(names.insert(pid, number).is_none_or(|n| n == number));
+        }
+    }
+    let numbers: std::collections::HashSet<u32> = names.values().copied().collect();
+    assert_eq!(
+        numbers.len(),
+        names.len(),
+        "two workers share a name: {names:?}"
+    );
+    let later = Process::new(me, 0);
+    let n: u32 = later
+        .name()
+        .strip_prefix("Process-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(numbers.iter().all(|&w| w < n), "{n} after {numbers:?}");
+}

@@ -383,8 +383,12 @@ impl PoolBuilder {
     fn build_local(self, n: usize, remote_slots: usize) -> Result<Pool> {
         let make = self.make;
         let method = self.method;
-        let factory: Factory = Arc::new(move |sock, name| {
-            let mut p = make(sock).with_name(name).with_daemon(true);
+        let factory: Factory = Arc::new(move |sock| {
+            let p = make(sock);
+            // Python's name for a pool worker: its process name with "Process" replaced
+            // ("PoolWorker-3", or "PoolWorker-1:2" in a child), unique in this process.
+            let name = p.name().replacen("Process", "PoolWorker", 1);
+            let mut p = p.with_name(name).with_daemon(true);
             if let Some(m) = method {
                 p = p.with_start_method(m);
             }

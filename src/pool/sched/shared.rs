@@ -2,7 +2,7 @@
 //! settings, and how a worker is started and made ready.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use super::handler::*;
 use super::*;
 
 /// Starts a worker process running the worker loop on the given socket.
-pub(crate) type Factory = Arc<dyn Fn(SockHandle, String) -> Result<Process> + Send + Sync>;
+pub(crate) type Factory = Arc<dyn Fn(SockHandle) -> Result<Process> + Send + Sync>;
 
 pub(crate) struct Config {
     pub(crate) workers: usize,
@@ -93,7 +93,6 @@ pub(crate) struct Shared {
     pub(super) cv: Condvar,
     pub(crate) cfg: Config,
     pub(super) next_id: AtomicU64,
-    pub(super) worker_seq: AtomicUsize,
 }
 
 /// A worker process as its handler sees it.
@@ -145,7 +144,6 @@ impl Shared {
             cv: Condvar::new(),
             cfg,
             next_id: AtomicU64::new(1),
-            worker_seq: AtomicUsize::new(1),
         })
     }
 
@@ -491,13 +489,12 @@ impl Shared {
         let (ours, theirs) =
             RawConn::lane_pair().map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
         let progress = Progress::new().map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
-        let n = self.worker_seq.fetch_add(1, Ordering::SeqCst);
         let sock = SockHandle {
             conn: theirs,
             progress: progress.clone(),
         };
-        let process = (self.cfg.factory)(sock, format!("PoolWorker-{n}"))
-            .map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
+        let process =
+            (self.cfg.factory)(sock).map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;
         let Some(child) = process.child_state() else {
             return Err(StartFail::Start(TaskFail::Invalid(
                 "pool worker was not started".into(),
