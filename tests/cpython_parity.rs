@@ -3455,3 +3455,34 @@ fn pool_workers_are_named_daemons_unique_in_the_process() {
         .unwrap();
     assert!(numbers.iter().all(|&w| w < n), "{n} after {numbers:?}");
 }
+
+/// `_TestPool.test_map_unplicklable`'s counterpart for a process (Python's `start` raises
+/// the pickling error under spawn and forkserver): arguments that cannot be encoded make
+/// `start` fail with `Codec`, no child is left behind, and the process stays unstarted
+/// (`join` is `NotStarted`, a second `start` fails the same way); a result that cannot be
+/// encoded is a `Codec` error from `join` (Python's pool: `MaybeEncodingError`).
+#[test]
+fn process_with_unencodable_arguments_or_result() {
+    multiproc::init();
+    fn take(_: EvenOnly) {}
+    fn give(n: u32) -> EvenOnly {
+        EvenOnly(n)
+    }
+    let before = multiproc::active_children().len();
+    let mut p = Process::new(take, EvenOnly(1));
+    assert!(matches!(p.start(), Err(Error::Codec(_))));
+    assert!(!p.is_alive());
+    assert_eq!((p.pid(), p.exitcode()), (None, None));
+    assert!(matches!(p.join(), Err(Error::NotStarted)));
+    assert!(matches!(p.start(), Err(Error::Codec(_))));
+    assert!(matches!(
+        multiproc::spawn(take, EvenOnly(3)),
+        Err(Error::Codec(_))
+    ));
+    assert_eq!(multiproc::active_children().len(), before);
+    assert!(matches!(
+        multiproc::spawn(give, 5).unwrap().join(),
+        Err(Error::Codec(_))
+    ));
+    assert_eq!(multiproc::spawn(give, 4).unwrap().join().unwrap().0, 4);
+}
