@@ -3422,7 +3422,8 @@ fn timeouts_too_large_to_represent_wait_for_ever() {
 
 /// Pool workers as `Pool._repopulate_pool_static` makes them: daemons named after their
 /// process identity with "Process" replaced ("PoolWorker-N"), so that the workers of two
-/// pools of one process never share a name, and a process made later counts on from them.
+/// pools of one process never share a name, and a process made later counts on from them;
+/// a manager's server likewise ("SyncManager-N").
 #[test]
 fn pool_workers_are_named_daemons_unique_in_the_process() {
     multiproc::init();
@@ -3454,6 +3455,20 @@ fn pool_workers_are_named_daemons_unique_in_the_process() {
         .parse()
         .unwrap();
     assert!(numbers.iter().all(|&w| w < n), "{n} after {numbers:?}");
+    // A manager's server process is named the same way ("SyncManager-N", BaseManager.start).
+    let m = multiproc::Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let server = multiproc::active_children()
+        .into_iter()
+        .find(|c| c.pid() == pid)
+        .unwrap();
+    let k: u32 = server
+        .name()
+        .strip_prefix("SyncManager-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(k > n, "{k} after {n}");
 }
 
 /// `_TestPool.test_map_unplicklable`'s counterpart for a process (Python's `start` raises

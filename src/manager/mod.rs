@@ -352,9 +352,10 @@ impl ManagerBuilder {
             registry: self.registry,
             max_message: self.max_message,
         };
-        let mut process = (self.launch)(args)
-            .with_name("SyncManager")
-            .with_daemon(true);
+        let process = (self.launch)(args);
+        // Python's name for it: "SyncManager-" and the process's identity.
+        let name = process.name().replacen("Process", "SyncManager", 1);
+        let mut process = process.with_name(name).with_daemon(true);
         if let Some(m) = self.start_method {
             process = process.with_start_method(m);
         }
