@@ -1097,6 +1097,30 @@ fn apply_from_many_threads_at_once() {
     }
 }
 
+/// The only worker is lent to an `apply` (run from the caller's thread) when a map comes:
+/// its handler waits for the worker to come back, is woken when it does, and runs the map.
+#[test]
+fn work_that_comes_while_the_only_worker_is_lent_runs_when_it_is_back() {
+    multiproc::init();
+    let pool = Pool::new(1).unwrap();
+    for round in 0..3u64 {
+        // The handler is idle (its worker parked) once the pool has answered.
+        assert_eq!(pool.apply(square, round).unwrap(), round * round);
+        let started = multiproc::Event::new().unwrap();
+        let go = multiproc::Event::new().unwrap();
+        std::thread::scope(|s| {
+            let lent = s.spawn(|| pool.apply(hold, (started.clone(), go.clone())));
+            assert!(started.wait_timeout(Duration::from_secs(60)));
+            let m = pool.map_async(square, 0..100);
+            assert!(!m.ready(), "the only worker is busy with the apply");
+            go.set();
+            lent.join().unwrap().unwrap();
+            let got = m.get_timeout(Duration::from_secs(60)).unwrap();
+            assert_eq!(got, (0..100).map(|x| x * x).collect::<Vec<u64>>());
+        });
+    }
+}
+
 #[test]
 fn terminate_during_an_apply_is_prompt() {
     multiproc::init();
