@@ -3501,3 +3501,60 @@ fn process_with_unencodable_arguments_or_result() {
     ));
     assert_eq!(multiproc::spawn(give, 4).unwrap().join().unwrap().0, 4);
 }
+
+/// Zero-size items (Python's `q.put(None)`, `conn.send(None)`; here `()`, whose encoding
+/// is no bytes at all): each still counts as one item in a queue (`qsize`, `full`, a
+/// child takes exactly as many as were put), as one message on a pipe (`poll` true until
+/// it is taken, then false), in a manager's queue and list and through a pool.
+#[test]
+fn zero_size_items_count_as_items() {
+    multiproc::init();
+    let q = Queue::<()>::new().unwrap();
+    for _ in 0..3 {
+        q.put(()).unwrap();
+    }
+    assert_eq!((q.qsize(), q.empty()), (3, false));
+    fn take_all(q: Queue<()>) -> usize {
+        let mut n = 0;
+        while q.try_get().is_ok() {
+            n += 1;
+        }
+        n
+    }
+    assert_eq!(
+        multiproc::spawn(take_all, q.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        3
+    );
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    let b = Queue::<()>::bounded(2).unwrap();
+    b.put(()).unwrap();
+    b.put(()).unwrap();
+    assert!(b.full());
+    assert!(b.try_put(()).is_err());
+    let s = SimpleQueue::<()>::new().unwrap();
+    s.put(()).unwrap();
+    assert!(!s.empty());
+    s.get().unwrap();
+    assert!(s.empty());
+
+    let (a, c) = multiproc::pipe::<()>().unwrap();
+    a.send(&()).unwrap();
+    a.send(&()).unwrap();
+    assert!(c.poll(Some(Duration::ZERO)).unwrap());
+    c.recv().unwrap();
+    assert_eq!(c.recv_bytes_max(0).unwrap(), b"");
+    assert!(!c.poll(Some(Duration::ZERO)).unwrap());
+
+    let m = multiproc::Manager::start().unwrap();
+    let mq = m.queue::<()>().unwrap();
+    mq.put(()).unwrap();
+    assert_eq!(mq.qsize().unwrap(), 1);
+    mq.get().unwrap();
+    let l = m.list(vec![(), ()]).unwrap();
+    assert_eq!(l.len().unwrap(), 2);
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.map(|_: ()| (), vec![(); 5]).unwrap().len(), 5);
+}
