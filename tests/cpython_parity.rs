@@ -3558,3 +3558,33 @@ fn zero_size_items_count_as_items() {
     let pool = Pool::new(1).unwrap();
     assert_eq!(pool.map(|_: ()| (), vec![(); 5]).unwrap().len(), 5);
 }
+
+/// `TestInvalidFamily.test_invalid_family`: a Windows pipe name is no address on Linux
+/// (`ValueError`; here `InvalidOperation`) for a listener or a client; a client of an
+/// address nobody listens on gets `ConnectionRefusedError` (an `Io` error of that kind),
+/// for TCP and for an abstract Unix socket alike.
+#[test]
+fn listener_and_client_bad_addresses() {
+    use multiproc::connection::{Client, Listener};
+    use std::io::ErrorKind;
+    assert!(matches!(
+        Listener::bind(r"\\.\test", None),
+        Err(Error::InvalidOperation(_))
+    ));
+    assert!(matches!(
+        Client::connect::<u8>(r"\\.\test", None),
+        Err(Error::InvalidOperation(_))
+    ));
+    // A port just freed: nobody listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let nobody = format!("@mp-parity-nobody-{}", std::process::id());
+    for address in [format!("127.0.0.1:{port}"), nobody] {
+        match Client::connect::<u8>(address.as_str(), None) {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{address}"),
+            other => panic!("{address}: {other:?}"),
+        }
+    }
+}
