@@ -268,11 +268,12 @@ impl<'a> Enc<'a> {
         self.file.as_ref().map_or(0, |f| f.written) + self.out.len()
     }
 
-    /// `out` has grown past `limit`: moves it to the file (made now, the first time).
+    /// `out` has grown past `limit`: moves it to the file (made now, the first time, for
+    /// an encoding of at least `hint` bytes).
     #[cold]
-    fn spill(&mut self) -> R<()> {
+    fn spill(&mut self, hint: usize) -> R<()> {
         if self.file.is_none() {
-            match MessageFile::new() {
+            match MessageFile::for_message(hint) {
                 Ok(file) => {
                     self.file = Some(Box::new(Spill {
                         file,
@@ -303,7 +304,7 @@ impl<'a> Enc<'a> {
     #[cold]
     fn large_run(&mut self, b: &[u8]) -> R<()> {
         if b.len() > self.limit.saturating_sub(self.out.len()) {
-            self.spill()?;
+            self.spill(self.pos() + b.len())?;
         }
         match self.file.as_deref_mut() {
             Some(f) if b.len() >= SPILL_BATCH => f.write(b),
@@ -390,7 +391,7 @@ fn put<T: Serialize + ?Sized>(v: &T, enc: &mut Enc<'_>) -> R<()> {
     let r = v.serialize(&mut *enc);
     r?;
     if enc.out.len() > enc.limit {
-        enc.spill()?;
+        enc.spill(enc.pos())?;
     }
     Ok(())
 }
@@ -1231,7 +1232,10 @@ pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
         (Ok(()), Some(mut f)) => match f.write(enc.out) {
             Ok(()) => {
                 let len = f.written;
-                f.file.seal().map(|fd| Some((fd, len))).map_err(Error::from)
+                f.file
+                    .finish()
+                    .map(|fd| Some((fd, len)))
+                    .map_err(Error::from)
             }
             Err(e) => Err(f
                 .err
@@ -1688,7 +1692,7 @@ mod tests {
 
     #[test]
     fn large_values_are_encoded_into_a_sealed_file() {
-        use crate::sys::memfd::SealedBytes;
+        use crate::sys::memfd::MessageBytes;
         use std::os::fd::AsFd;
         let f = std::fs::File::open("/dev/null").unwrap();
         let big: Vec<u8> = (0..3 << 20).map(|i| (i * 7) as u8).collect();
@@ -1715,7 +1719,7 @@ mod tests {
             let (fd, len) = file.expect("spilled");
             assert!(out.is_empty());
             assert_eq!(len, plain.len());
-            let seg = SealedBytes::from_fd(fd, len).unwrap();
+            let seg = MessageBytes::receive(fd, len).unwrap();
             assert!(
                 seg.as_slice() == &plain[..],
                 "the same bytes (spill at {spill_at})"

@@ -257,7 +257,13 @@ fn large_values_of_every_type_through_a_pipe_and_a_pool_leave_nothing_behind() {
     round();
     let fds = fd_count();
     round();
-    assert_eq!(fd_count(), fds, "descriptors grow with large values");
+    // Up to the spare message files this process keeps (bounded), not one per value.
+    assert!(
+        fd_count() <= fds + common::SPARE_MESSAGE_FILES,
+        "descriptors grow with large values: {} then {}",
+        fds,
+        fd_count()
+    );
     here.send(&None).unwrap();
     p.join().unwrap();
     assert_eq!(p.exitcode(), Some(0));
@@ -291,10 +297,16 @@ fn a_receiver_killed_holding_a_large_value_leaves_nothing_behind() {
         let e = here.send(&make(0, 16 << 20, 4)).unwrap_err();
         assert!(matches!(e, Error::Io(_)), "{e:?}");
     };
-    // The first time opens what stays open (this process's side of starting children).
-    once();
+    // The first rounds open what stays open: this process's side of starting children,
+    // and its spare message files (the one lent to each killed receiver stays lent until
+    // the sender's bounded cache of at most 4 files drops it, oldest first).
+    for _ in 0..5 {
+        once();
+    }
     let fds = fd_count();
-    once();
+    for _ in 0..3 {
+        once();
+    }
     assert_eq!(fd_count(), fds, "descriptors left open");
     let ours = new_multiproc_files(&shm_before);
     assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");

@@ -823,7 +823,12 @@ fn large_messages_round_trip_bit_exact_without_descriptor_growth() {
     for _ in 0..20 {
         round(&a);
     }
-    assert_eq!(fd_count(), before, "descriptors grow with large messages");
+    // Up to the spare message files this process keeps (bounded), not one per message.
+    assert!(
+        fd_count() <= before + common::SPARE_MESSAGE_FILES,
+        "descriptors grow with large messages: {before} then {}",
+        fd_count()
+    );
     drop(a);
     h.join().unwrap();
 }

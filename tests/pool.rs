@@ -1388,7 +1388,12 @@ fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
         let r = pool.apply_async(reversed, items[4].clone());
         assert!(r.get().unwrap() == want[4]);
     }
-    assert_eq!(fd_count(), before, "descriptors grow with large tasks");
+    // Up to the spare message files this process keeps (bounded), not one per task.
+    assert!(
+        fd_count() <= before + common::SPARE_MESSAGE_FILES,
+        "descriptors grow with large tasks: {before} then {}",
+        fd_count()
+    );
 }
 
 /// A result of 5 MiB (`x % 3 == 1`) or 10 bytes of `x`, whose encoding fails after all its
@@ -1451,7 +1456,12 @@ fn large_results_encoded_into_their_file_keep_their_frame_whole() {
     for _ in 0..5 {
         check(&pool);
     }
-    assert_eq!(fd_count(), fds, "descriptors grow with large results");
+    // Up to the spare message files this process keeps (bounded), not one per result.
+    assert!(
+        fd_count() <= fds + common::SPARE_MESSAGE_FILES,
+        "descriptors grow with large results: {fds} then {}",
+        fd_count()
+    );
     assert!(common::new_multiproc_files(&shm_before).is_empty());
 }
 

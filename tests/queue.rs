@@ -989,6 +989,89 @@ fn nothing_left_in_dev_shm_and_no_fd_growth() {
     assert_eq!(shm(), shm_before, "files appeared in /dev/shm");
 }
 
+// --- large items in reusable message files ----------------------------------------------------
+
+/// Items of [`echo_items`]: `None` ends.
+type Items = Queue<Option<Vec<u8>>>;
+
+/// Puts back each item it gets, until `None`.
+fn echo_items((inq, outq): (Items, Items)) {
+    while let Some(v) = inq.get().unwrap() {
+        outq.put(Some(v)).unwrap();
+    }
+}
+
+/// Bytes of `len` that depend on `seed` (so that one item's bytes cannot pass for another's).
+fn seeded(len: usize, seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9).wrapping_add(seed) as u8 ^ (i >> 12) as u8)
+        .collect()
+}
+
+#[test]
+fn items_of_random_sizes_across_the_spill_threshold_round_trip_bit_exact() {
+    multiproc::init();
+    // A 64 KiB ring: items past about 32 KiB travel by descriptor, in message files the
+    // sender reuses once the receiver gives them back (both ways here).
+    let (inq, outq) = (
+        Items::with_capacity(0, 64 << 10).unwrap(),
+        Items::with_capacity(0, 64 << 10).unwrap(),
+    );
+    let mut p = Process::new(echo_items, (inq.clone(), outq.clone()));
+    p.start().unwrap();
+    let mut rng = Rng::new();
+    for k in 0..300u64 {
+        let len = match rng.below(20) {
+            0 => rng.below(4 << 20),
+            1..=4 => rng.below(64),
+            _ => (24 << 10) + rng.below(144 << 10),
+        } as usize;
+        let v = seeded(len, k);
+        inq.put(Some(v.clone())).unwrap();
+        let back = outq.get().unwrap().unwrap();
+        assert!(back == v, "item {k} of {len} bytes changed");
+    }
+    inq.put(None).unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}
+
+/// Takes `n` items, each a pattern: how many were whole.
+fn take_patterns((q, n): (Queue<ByteBuf>, usize)) -> usize {
+    (0..n).filter(|_| check_pattern(&q.get().unwrap())).count()
+}
+
+#[test]
+fn message_files_never_given_back_are_dropped_and_descriptors_stay_bounded() {
+    multiproc::init();
+    let shm_before = shm_files();
+    // Items nobody will take: their files stay lent for ever (as to a consumer killed
+    // holding them), until this process, their sender, drops them to make room.
+    let dead = Queue::<ByteBuf>::with_capacity(0, 64 << 10).unwrap();
+    for _ in 0..6 {
+        dead.put(ByteBuf::from(pattern(100 << 10))).unwrap();
+    }
+    drop(dead);
+    let q = Queue::<ByteBuf>::with_capacity(0, 64 << 10).unwrap();
+    let n = 1_000;
+    let h = multiproc::spawn(take_patterns, (q.clone(), n)).unwrap();
+    let mut before = 0;
+    for i in 0..n {
+        q.put(ByteBuf::from(pattern((100 << 10) + i))).unwrap();
+        if i == 20 {
+            before = fd_count();
+        }
+    }
+    assert_eq!(h.join().unwrap(), n, "every item whole");
+    assert!(
+        fd_count() <= before + SPARE_MESSAGE_FILES,
+        "descriptors grow with large items: {before} then {}",
+        fd_count()
+    );
+    let ours = new_multiproc_files(&shm_before);
+    assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
+}
+
 // --- shutdown (Python 3.13) -------------------------------------------------------------------
 
 /// Says it is about to wait, then gets until the queue gives an error; returns what it got

@@ -640,7 +640,7 @@ impl RawConn {
         let spill_file = || -> Result<Option<(Spill, usize)>> {
             spill_limit()?;
             Ok(Some((
-                Spill::Copied(sys::memfd::sealed_copy(body)?),
+                Spill::Copied(sys::memfd::message_copy(body)?),
                 body.len(),
             )))
         };
@@ -950,7 +950,7 @@ impl RawConn {
             PKT_SPILLED if n == PKT_HDR && !fds.is_empty() && len > 0 => {
                 let mut fds = fds;
                 let file = fds.remove(0);
-                let bytes = sys::memfd::SealedBytes::from_fd(file, len as usize).map_err(|e| {
+                let bytes = sys::memfd::MessageBytes::receive(file, len as usize).map_err(|e| {
                     Error::codec(format!("a large message's memory file is not valid: {e}"))
                 })?;
                 f(Payload::Borrowed(bytes.as_slice()), fds)

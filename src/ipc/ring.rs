@@ -55,7 +55,7 @@ use crate::ipc::record::{self, Bytes, Front, Idx, Records, COUNT_MASK};
 use crate::ipc::wait::{self, Got, Guard, Waited, SLICE};
 use crate::sys;
 use crate::sys::futex;
-use crate::sys::memfd::{self, Mapping, SealedBytes};
+use crate::sys::memfd::{self, Mapping, MessageBytes};
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x5551_504d; // "MPQU"
@@ -160,7 +160,7 @@ pub(crate) struct Received {
     pub(crate) fds: Vec<OwnedFd>,
     /// For an item that was spilled to a segment of its own: its bytes, read in place
     /// (the output vector is then left empty).
-    pub(crate) spilled: Option<SealedBytes>,
+    pub(crate) spilled: Option<MessageBytes>,
 }
 
 /// What one look at a ring's records gave a consumer.
@@ -584,7 +584,7 @@ impl Ring {
         // travels on the side socket: `put` then needs no consumer to make progress. (If
         // no segment can be made, or the queue was made to stream, it is streamed.)
         let body = match (whole > self.cap / 2 && !self.stream_large && !self.is_shut_down())
-            .then(|| memfd::sealed_copy(msg).ok())
+            .then(|| memfd::message_copy(msg).ok())
             .flatten()
         {
             Some(seg) => Body::Sealed(seg, msg.len() as u64),
@@ -1031,7 +1031,9 @@ impl Ring {
                              consumer died while receiving it); the item was dropped",
                         ));
                     };
-                    let seg = fds.pop().map(|fd| SealedBytes::from_fd(fd, total as usize));
+                    let seg = fds
+                        .pop()
+                        .map(|fd| MessageBytes::receive(fd, total as usize));
                     let r = match seg {
                         Some(Ok(seg)) => Ok(Received {
                             fds,

@@ -137,7 +137,7 @@ impl JobRun {
         &mut self,
         session: &mut codec::FdSession,
         nfds: usize,
-        file: crate::sys::memfd::MessageFile,
+        mut file: crate::sys::memfd::MessageFile,
         len: usize,
     ) -> Result<()> {
         if let Some(at) = self.seg.take() {
@@ -146,7 +146,7 @@ impl JobRun {
             counts[4..].copy_from_slice(&((len - at - SEG_HEADER) as u32).to_le_bytes());
             file.write_at((at + 12) as u64, &counts)?;
         }
-        let fd = file.seal()?;
+        let fd = file.finish()?;
         let fds = if nfds > 0 {
             session.take_fds()
         } else {

@@ -98,7 +98,7 @@ impl SharedBytes {
     /// assert!(SharedBytes::from_slice(&[]).unwrap().is_empty());
     /// ```
     pub fn from_slice(bytes: &[u8]) -> Result<SharedBytes> {
-        let file = MessageFile::new()?;
+        let mut file = MessageFile::new()?;
         file.write_at(0, bytes)?;
         SharedBytes::sealed(file, bytes.len())
     }

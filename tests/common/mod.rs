@@ -57,6 +57,12 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// How many descriptors more than before a process that sent large messages may hold: it
+/// keeps up to this many of their memory files for reuse (how many depends on how many were
+/// lent out at once), so a check for growth allows them.
+#[allow(dead_code)]
+pub const SPARE_MESSAGE_FILES: usize = 4;
+
 /// Number of open descriptors of this process.
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())

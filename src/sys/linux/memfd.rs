@@ -35,8 +35,10 @@
 //! made ([`anonymous`](Mapping::anonymous)), so that no process can cut it short under
 //! another's mapping (a load past the end of the file raises `SIGBUS`). One received from
 //! another process must carry both seals ([`from_memfd`](Mapping::from_memfd)), or it is
-//! refused. A message frozen for travel ([`sealed_copy`]) is sealed against writing as well,
-//! and a [`SealedBytes`] must carry that seal too. Named POSIX blocks
+//! refused. A message frozen for travel ([`MessageFile::seal`]) is sealed against writing as
+//! well, and a [`SealedBytes`] must carry that seal too. A large message may instead travel
+//! in a file its sender reuses ([`lent`]): the receiver checks the size seals and copies the
+//! message out under the rule above, as from a ring. Named POSIX blocks
 //! (`SharedMemory`) cannot be sealed: they are reached through `pread`/`pwrite` on their
 //! descriptor instead ([`pread_exact`](Mapping::pread_exact)), which report truncation as an
 //! error.
@@ -51,6 +53,8 @@ use std::sync::atomic::{
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
+
+mod lent;
 
 mod sealed {
     pub trait Sealed {}
@@ -123,6 +127,17 @@ impl Mapping {
     /// Maps, whole, a memfd received from another process, which must be sealed against
     /// shrinking and growing and hold at least `min_len` bytes (and at least one).
     pub(crate) fn from_memfd(fd: OwnedFd, min_len: usize) -> io::Result<Mapping> {
+        Mapping::from_memfd_with(fd, min_len, false)
+    }
+
+    /// Like [`from_memfd`](Self::from_memfd), but maps only the first `len` bytes, with
+    /// their page tables filled at once (for bytes about to be read whole).
+    pub(crate) fn from_memfd_prefix(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        Mapping::from_memfd_with(fd, len, true)
+    }
+
+    /// `prefix`: map `min_len` bytes, populated; otherwise the whole file, lazily.
+    fn from_memfd_with(fd: OwnedFd, min_len: usize, prefix: bool) -> io::Result<Mapping> {
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
         let seals = rustix::fs::fcntl_get_seals(&fd)
             .map_err(|_| bad("not a shared segment (no seals)".into()))?;
@@ -131,7 +146,9 @@ impl Mapping {
         }
         let size = rustix::fs::fstat(&fd)?.st_size;
         match usize::try_from(size) {
-            Ok(n) if n >= min_len && n > 0 => Mapping::map(fd, n),
+            Ok(n) if n >= min_len && n > 0 => {
+                Mapping::map_with(fd, if prefix { min_len } else { n }, prefix)
+            }
             _ => Err(bad(format!(
                 "shared segment has {size} bytes, at least {} expected",
                 min_len.max(1)
@@ -171,6 +188,10 @@ impl Mapping {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        Mapping::map_with(fd, len, false)
+    }
+
+    fn map_with(fd: OwnedFd, len: usize, populate: bool) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -184,7 +205,11 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
+                if populate {
+                    MapFlags::SHARED | MapFlags::POPULATE
+                } else {
+                    MapFlags::SHARED
+                },
                 &fd,
                 0,
             )?
@@ -408,58 +433,111 @@ fn read_exact_at(fd: BorrowedFd<'_>, off: u64, out: &mut [u8]) -> io::Result<boo
     Ok(true)
 }
 
-/// A new memory file holding a copy of `bytes` (not empty), sealed read-only: how a large
-/// message travels by descriptor (a queue's spilled item, a pipe's large message), to be
-/// mapped by the receiver as [`SealedBytes`]. It has no name: nothing is left behind when
-/// the last descriptor is closed, whoever holds it is killed.
-pub(crate) fn sealed_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
+/// The memory file that carries the message `bytes` (not empty) by descriptor (a queue's
+/// spilled item, a pipe's large message): a reusable file lent to the receiver if the
+/// message is small enough ([`MAX_LENT`](lent::MAX_LENT)), a new sealed one otherwise (see
+/// [`MessageFile::for_message`]); the receiver reads it with [`MessageBytes::receive`].
+pub(crate) fn message_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
     if bytes.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
     }
-    let f = MessageFile::new()?;
+    let mut f = MessageFile::for_message(bytes.len())?;
     f.write_at(0, bytes)?;
-    f.seal()
+    f.finish()
 }
 
-/// A memory file being filled with one message, then sealed read-only
-/// ([`seal`](MessageFile::seal)) to travel by descriptor: [`sealed_copy`] in one go, or the codec
-/// writing a large value straight into it, piece by piece, with no copy of the whole value
-/// in between.
+/// Writes all of `bytes` at byte `off` of the file `fd` (growing it as needed).
+fn pwrite_all(fd: BorrowedFd<'_>, off: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(fd, &bytes[done..], off + done as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A memory file being filled with one message, to travel by descriptor: a new file,
+/// sealed read-only when complete ([`seal`](MessageFile::seal)), or a reusable one, lent
+/// to the receiver ([`finish`](MessageFile::finish); see [`lent`]). [`message_copy`] fills
+/// one in one go; the codec writes a large value straight into one,
+/// piece by piece, with no copy of the whole value in between.
 ///
-/// It is written through the file, not through a mapping: each page is filled as it is
-/// allocated (not zeroed first), no page tables are built and torn down, and no writable
-/// mapping stands in the way of `F_SEAL_WRITE`.
+/// A new file is written through the file, not through a mapping: each page is filled as
+/// it is allocated (not zeroed first), no page tables are built and torn down, and no
+/// writable mapping stands in the way of `F_SEAL_WRITE`.
 pub(crate) struct MessageFile {
-    fd: OwnedFd,
+    kind: FileKind,
+}
+
+enum FileKind {
+    New(OwnedFd),
+    Lent(lent::LentFile),
 }
 
 impl MessageFile {
-    /// A new, empty memory file (no name: nothing to clean up).
+    /// A new, empty memory file (no name: nothing to clean up), to be sealed.
     pub(crate) fn new() -> io::Result<MessageFile> {
         let fd = rustix::fs::memfd_create(
             "multiproc-message",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
-        Ok(MessageFile { fd })
+        Ok(MessageFile {
+            kind: FileKind::New(fd),
+        })
+    }
+
+    /// A file for a message of about `hint` bytes (at least; more may be written): a
+    /// reusable file if one can be had for that size ([`MAX_LENT`](lent::MAX_LENT) at most), a new one
+    /// otherwise. A message that outgrows a reusable file moves to a new one.
+    pub(crate) fn for_message(hint: usize) -> io::Result<MessageFile> {
+        match lent::LentFile::take(hint) {
+            Some(f) => Ok(MessageFile {
+                kind: FileKind::Lent(f),
+            }),
+            None => MessageFile::new(),
+        }
     }
 
     /// Writes `bytes` at byte `off` of the file (growing it as needed).
-    pub(crate) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
-        let mut done = 0;
-        while done < bytes.len() {
-            match rustix::io::pwrite(&self.fd, &bytes[done..], off + done as u64) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+    pub(crate) fn write_at(&mut self, off: u64, bytes: &[u8]) -> io::Result<()> {
+        if let FileKind::Lent(f) = &mut self.kind {
+            match usize::try_from(off) {
+                Ok(at) if f.write(at, bytes)? => return Ok(()),
+                _ => self.unlend()?,
             }
         }
+        match &self.kind {
+            FileKind::New(fd) => pwrite_all(fd.as_fd(), off, bytes),
+            FileKind::Lent(_) => unreachable!("moved to a new file"),
+        }
+    }
+
+    /// Moves the message written so far from a reusable file (kept for another message)
+    /// to a new one.
+    fn unlend(&mut self) -> io::Result<()> {
+        let new = MessageFile::new()?;
+        let FileKind::New(fd) = &new.kind else {
+            unreachable!("a new file")
+        };
+        if let FileKind::Lent(f) = &self.kind {
+            f.copy_to(fd.as_fd())?;
+        }
+        // The reusable file goes back among the spare ones (dropped).
+        self.kind = new.kind;
         Ok(())
     }
 
     /// Reads `out.len()` bytes from byte `off` of the file.
     pub(crate) fn read_at(&self, off: u64, out: &mut [u8]) -> io::Result<()> {
-        if !read_exact_at(self.fd.as_fd(), off, out)? {
+        let ok = match &self.kind {
+            FileKind::New(fd) => read_exact_at(fd.as_fd(), off, out)?,
+            FileKind::Lent(f) => usize::try_from(off).is_ok_and(|off| f.read(off, out)),
+        };
+        if !ok {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(())
@@ -472,13 +550,20 @@ impl MessageFile {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> io::Result<R> {
-        rustix::fs::ftruncate(&self.fd, len as u64)?;
+        if let FileKind::Lent(_) = self.kind {
+            // Not for a reusable file (dropped: it goes back among the spare ones).
+            self.kind = MessageFile::new()?.kind;
+        }
+        let FileKind::New(fd) = &self.kind else {
+            unreachable!("a new file")
+        };
+        rustix::fs::ftruncate(fd, len as u64)?;
         if len == 0 {
             return Ok(fill(&mut []));
         }
         // The crate's one mapping type, over a second descriptor of the file: unmapped (and
         // closed) when `map` goes, at the end of this call, before any seal.
-        let map = Mapping::map(self.fd.try_clone()?, len)?;
+        let map = Mapping::map(fd.try_clone()?, len)?;
         // SAFETY: `len` bytes, mapped readable and writable just above, zero-filled by the
         // kernel (initialised), and reached by nothing else while `fill` holds them: the
         // file is new, its descriptors have not left this object (which `&mut self` borrows
@@ -490,10 +575,65 @@ impl MessageFile {
     }
 
     /// Seals the file read-only at its current size: the descriptor to send, which the
-    /// receiver maps as [`SealedBytes`].
-    pub(crate) fn seal(self) -> io::Result<OwnedFd> {
-        rustix::fs::fcntl_add_seals(&self.fd, SEALS | SealFlags::WRITE)?;
-        Ok(self.fd)
+    /// receiver maps as [`SealedBytes`]. (A reusable file's message moves to a new file
+    /// first.)
+    pub(crate) fn seal(mut self) -> io::Result<OwnedFd> {
+        if let FileKind::Lent(_) = self.kind {
+            self.unlend()?;
+        }
+        match self.kind {
+            FileKind::New(fd) => {
+                rustix::fs::fcntl_add_seals(&fd, SEALS | SealFlags::WRITE)?;
+                Ok(fd)
+            }
+            FileKind::Lent(_) => unreachable!("moved to a new file"),
+        }
+    }
+
+    /// The message is complete: the descriptor to send, which the receiver reads with
+    /// [`MessageBytes::receive`]. A new file is sealed read-only; a reusable one is lent.
+    pub(crate) fn finish(self) -> io::Result<OwnedFd> {
+        match self.kind {
+            FileKind::New(_) => self.seal(),
+            FileKind::Lent(f) => f.lend(),
+        }
+    }
+}
+
+/// A large message received by descriptor, from [`MessageFile::finish`]: a sealed file,
+/// read in place, or a lent one, copied out and given back to its sender when this is
+/// dropped.
+pub(crate) struct MessageBytes(Received);
+
+enum Received {
+    Sealed(SealedBytes),
+    Lent(lent::Borrowed),
+}
+
+impl MessageBytes {
+    /// Maps the file `fd`, announced as a message of `len` bytes: one sealed read-only
+    /// ([`SealedBytes::from_fd`]'s checks) or a lent file (see [`lent`]); any other is
+    /// refused with an error.
+    pub(crate) fn receive(fd: OwnedFd, len: usize) -> io::Result<MessageBytes> {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a sealed segment".to_string(),
+            )
+        })?;
+        if seals.contains(SealFlags::WRITE) {
+            SealedBytes::from_fd(fd, len).map(|s| MessageBytes(Received::Sealed(s)))
+        } else {
+            lent::Borrowed::receive(fd, len).map(|b| MessageBytes(Received::Lent(b)))
+        }
+    }
+
+    /// The message's bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            Received::Sealed(s) => s.as_slice(),
+            Received::Lent(b) => b.as_slice(),
+        }
     }
 }
 
@@ -687,7 +827,9 @@ mod tests {
     fn sealed_read_only_segments() {
         let mut bytes = vec![0u8; 10_000];
         bytes[5..8].copy_from_slice(b"abc");
-        let fd = sealed_copy(&bytes).unwrap();
+        let mut f = MessageFile::new().unwrap();
+        f.write_at(0, &bytes).unwrap();
+        let fd = f.seal().unwrap();
         let dup = super::super::socket::dup_fd(&fd).unwrap();
         let r = SealedBytes::from_fd(fd, 10_000).unwrap();
         assert_eq!(r.as_slice(), &bytes[..]);
@@ -700,7 +842,7 @@ mod tests {
         let w = Mapping::anonymous(4096).unwrap();
         let wfd = super::super::socket::dup_fd(w.fd()).unwrap();
         assert!(SealedBytes::from_fd(wfd, 4096).is_err());
-        assert!(sealed_copy(&[]).is_err());
+        assert!(message_copy(&[]).is_err());
     }
 
     #[test]
