@@ -46,9 +46,6 @@ pub(crate) struct State {
     pub(super) parked: Vec<Parking>,
     /// Per slot: whether the parked worker was lent since it was parked.
     pub(super) was_lent: Vec<bool>,
-    /// Per slot: the handler waits for its lent worker to come back (the borrower wakes
-    /// the handlers only then: a handler parked for work has nothing to do with it).
-    pub(super) awaiting: Vec<bool>,
 }
 
 /// Where an idle handler's worker is.
@@ -143,7 +140,6 @@ impl Shared {
                 waiting: 0,
                 parked: (0..n).map(|_| Parking::Empty).collect(),
                 was_lent: vec![false; n],
-                awaiting: vec![false; n],
             }),
             cv: Condvar::new(),
             cfg,
@@ -319,9 +315,7 @@ impl Shared {
             match std::mem::replace(&mut st.parked[slot], Parking::Empty) {
                 Parking::Lent => {
                     st.parked[slot] = Parking::Lent;
-                    st.awaiting[slot] = true;
                     st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
-                    st.awaiting[slot] = false;
                 }
                 Parking::Parked(w) => {
                     *worker = w.into_any().downcast::<W>().ok().map(|w| *w);
@@ -431,15 +425,11 @@ impl Shared {
             w.lost(self, slot);
             Parking::Empty
         };
-        let mut st = self.lock();
-        st.parked[slot] = back;
-        // Only a handler waiting for its worker is woken: one parked for work is not (a
-        // wake-up per `apply` for nothing, which on a busy machine delays the next one).
-        let awaited = st.awaiting[slot];
-        drop(st);
-        if awaited {
-            self.cv.notify_all();
-        }
+        self.lock().parked[slot] = back;
+        // Every parked handler is woken, not only one that waits for this worker: waking
+        // none of the others (tried) made a cluster `apply` under load slower, 37-62 µs
+        // against 25-35 (cause not found).
+        self.cv.notify_all();
         None
     }
 
