@@ -950,9 +950,12 @@ impl RawConn {
             PKT_SPILLED if n == PKT_HDR && !fds.is_empty() && len > 0 => {
                 let mut fds = fds;
                 let file = fds.remove(0);
-                let bytes = sys::memfd::MessageBytes::receive(file, len as usize).map_err(|e| {
-                    Error::codec(format!("a large message's memory file is not valid: {e}"))
-                })?;
+                let mut bytes =
+                    sys::memfd::MessageBytes::receive(file, len as usize).map_err(|e| {
+                        Error::codec(format!("a large message's memory file is not valid: {e}"))
+                    })?;
+                // The packet was taken whole: a lent file goes back to its sender now.
+                bytes.give_back();
                 f(Payload::Borrowed(bytes.as_slice()), fds)
             }
             _ => Err(unannounced()),

@@ -1034,7 +1034,7 @@ impl Ring {
                     let seg = fds
                         .pop()
                         .map(|fd| MessageBytes::receive(fd, total as usize));
-                    let r = match seg {
+                    let mut r = match seg {
                         Some(Ok(seg)) => Ok(Received {
                             fds,
                             spilled: Some(seg),
@@ -1048,6 +1048,14 @@ impl Ring {
                         ctl.mark_done(1);
                     }
                     self.pop_fds(tag, side_rx)?;
+                    // The record is consumed: no other consumer can read it again, so a
+                    // lent file goes back to its sender now, before the item is decoded.
+                    if let Ok(Received {
+                        spilled: Some(seg), ..
+                    }) = &mut r
+                    {
+                        seg.give_back();
+                    }
                     return r.map(Step::Item);
                 }
                 K_DIVERT => {

@@ -628,6 +628,15 @@ impl MessageBytes {
         }
     }
 
+    /// Gives a lent file back to its sender now (its bytes stay readable here): once no
+    /// other receiver can take the same message (a queue's record consumed, a packet
+    /// taken). Otherwise it is given back when this is dropped.
+    pub(crate) fn give_back(&mut self) {
+        if let Received::Lent(b) = &mut self.0 {
+            b.give_back();
+        }
+    }
+
     /// The message's bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         match &self.0 {

@@ -24,11 +24,11 @@
 //!   announced length, the magic, [`LENT`] (`Acquire`) and the same length in the header;
 //!   otherwise it refuses the file with an error. It copies the payload out, under the
 //!   crate's rule for memory others write (plain copies, validated afterwards: the codec
-//!   decodes the private copy, never the shared bytes), and, once its caller is done with
-//!   the message ([`Drop`]), stores [`RETURNED`] with `Release` and closes the file.
-//!   Giving it back only then (after a queue's record is consumed) means that a consumer
-//!   killed in between, whose record another consumer reads again, leaves the file lent
-//!   and its bytes as they were.
+//!   decodes the private copy, never the shared bytes), and, once no other receiver can
+//!   take the same message ([`Borrowed::give_back`]: a queue's record consumed, a pipe's
+//!   packet taken), stores [`RETURNED`] with `Release` and closes the file. Giving it back
+//!   only then means that a consumer killed in between, whose record another consumer
+//!   reads again, leaves the file lent and its bytes as they were.
 //!
 //! The sender keeps at most [`SPARE_FILES`] files of at most [`SPARE_BYTES`] in all, each
 //! at most [`MAX_LENT`] bytes (larger messages travel in sealed files as before). A file
@@ -267,10 +267,12 @@ fn keep(map: Mapping) {
     }
 }
 
-/// A lent message received: its bytes copied out, the file given back on drop.
+/// A lent message received: its bytes copied out, the file given back by
+/// [`give_back`](Borrowed::give_back) or on drop.
 pub(super) struct Borrowed {
     copy: Vec<u8>,
-    map: Mapping,
+    /// `None` once given back.
+    map: Option<Mapping>,
 }
 
 impl Borrowed {
@@ -304,7 +306,19 @@ impl Borrowed {
             super::advise_huge_pages(copy.spare_capacity_mut());
         }
         map.read_append(HEADER, len, &mut copy);
-        Ok(Borrowed { copy, map })
+        Ok(Borrowed {
+            copy,
+            map: Some(map),
+        })
+    }
+
+    /// Stores [`RETURNED`] and closes the file (once).
+    pub(super) fn give_back(&mut self) {
+        if let Some(map) = self.map.take() {
+            // Our reads of the payload happen before the sender's next writes (its
+            // `Acquire`).
+            state(&map).store(RETURNED, Ordering::Release);
+        }
     }
 
     /// The message's bytes (the private copy).
@@ -315,8 +329,7 @@ impl Borrowed {
 
 impl Drop for Borrowed {
     fn drop(&mut self) {
-        // Our reads of the payload happen before the sender's next writes (its `Acquire`).
-        state(&self.map).store(RETURNED, Ordering::Release);
+        self.give_back();
         let copy = std::mem::take(&mut self.copy);
         let mut spare = RX_SPARE.lock().unwrap_or_else(|p| p.into_inner());
         if copy.capacity() > spare.capacity() && copy.capacity() <= MAX_LENT {
@@ -370,6 +383,16 @@ mod tests {
             assert!(rc.as_slice() == &c[..], "seed {seed}");
         }
         assert!(reuse_count() >= before + 5, "{} {before}", reuse_count());
+        // Given back before it is dropped: the next message reuses the file while the
+        // copy received stays readable.
+        let d = pattern(len, 11);
+        let mut rd = MessageBytes::receive(message_copy(&d).unwrap(), len).unwrap();
+        rd.give_back();
+        let before = reuse_count();
+        let e = pattern(len, 12);
+        let re = MessageBytes::receive(message_copy(&e).unwrap(), len).unwrap();
+        assert!(reuse_count() > before, "filled again once given back");
+        assert!(rd.as_slice() == &d[..] && re.as_slice() == &e[..]);
         // A message larger than what is lent travels in a sealed file.
         let big = MessageFile::for_message(MAX_LENT + 1).unwrap();
         assert!(matches!(big.kind, super::super::FileKind::New(_)));
