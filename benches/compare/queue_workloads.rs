@@ -20,6 +20,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The next item of a large-item round, from producer `p`: never a silent hang. A producer
+/// that failed (its `put` gave an error: it panics, exit code 1) or one that ended without
+/// having put the item (which would be a lost item) stops the benchmark with a message.
+fn take<T>(q: &Queue<T>, p: &Process) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    loop {
+        let ended = p.exitcode();
+        match q.get_timeout(Duration::from_secs(1)) {
+            Ok(v) => return v,
+            Err(multiproc::Error::Empty) => match ended {
+                None => {}
+                Some(0) => panic!("the producer ended without error but an item is missing"),
+                Some(c) => panic!("the producer failed (exit code {c}; its message is above)"),
+            },
+            Err(e) => panic!("get: {e}"),
+        }
+    }
+}
+
 fn small_producer((q, count): (Queue<[u8; 8]>, usize)) -> multiproc::Result<()> {
     q.put(*b"ready!!!")?; // the clock starts when the parent takes this
     for i in 0..count {
@@ -188,23 +209,22 @@ impl Sized1MiB for String {
     }
 }
 
-fn typed_producer<T: Sized1MiB>((q, count): (Queue<T>, usize)) -> multiproc::Result<()> {
+fn typed_producer<T: Sized1MiB>((q, count): (Queue<T>, usize)) {
     let item = T::make();
-    q.put(item.clone())?; // ready: the clock starts when the parent takes this
+    q.put(item.clone()).expect("put"); // ready: the clock starts when the parent takes this
     for _ in 0..count {
-        q.put(item.clone())?;
+        q.put(item.clone()).expect("put");
     }
-    Ok(())
 }
 
 fn typed_round<T: Sized1MiB>() -> f64 {
     let q = Queue::<T>::new().expect("queue");
     let mut p = Process::new(typed_producer::<T>, (q.clone(), QUEUE_BIG_COUNT));
     p.start().expect("start");
-    q.get().expect("ready");
+    take(&q, &p); // ready
     let t0 = Instant::now();
     for _ in 0..QUEUE_BIG_COUNT {
-        let v = q.get().expect("get");
+        let v = take(&q, &p);
         assert_eq!(v.data_len(), QUEUE_BIG_MSG, "an item changed size");
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -220,15 +240,15 @@ pub fn queue_1mib_typed<T: Sized1MiB>() -> f64 {
 
 const HUGE_ITEM: usize = 1 << 30;
 
-fn huge_producer((q, ready): (Queue<Vec<u8>>, Event)) -> multiproc::Result<()> {
+fn huge_producer((q, ready): (Queue<Vec<u8>>, Event)) {
     let item = vec![b'x'; HUGE_ITEM];
     ready.set(); // the clock starts here: the item exists, `put` has not begun
-    q.put(item)
+    q.put(item).expect("put");
 }
 
 /// One round of a 1 GiB item from `producer` (in a child) to the parent: seconds from the
 /// child's `put` to the parent holding the item.
-fn huge_round<T>(producer: fn((Queue<T>, Event)) -> multiproc::Result<()>) -> f64
+fn huge_round<T>(producer: fn((Queue<T>, Event))) -> f64
 where
     T: serde::Serialize + serde::de::DeserializeOwned + std::ops::Deref<Target = [u8]> + 'static,
 {
@@ -238,7 +258,7 @@ where
     p.start().expect("start");
     ready.wait();
     let t0 = Instant::now();
-    let v = q.get().expect("get");
+    let v = take(&q, &p);
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(v.len(), HUGE_ITEM, "the item changed size");
     assert_eq!((v[0], v[HUGE_ITEM - 1]), (b'x', b'x'));
@@ -258,10 +278,10 @@ pub fn queue_1gib_item() -> f64 {
     HUGE_ITEM as f64 / secs / 1e9
 }
 
-fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) -> multiproc::Result<()> {
-    let item = SharedBytes::build(HUGE_ITEM, |b| b.fill(b'x'))?;
+fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) {
+    let item = SharedBytes::build(HUGE_ITEM, |b| b.fill(b'x')).expect("shared bytes");
     ready.set(); // the clock starts here: the bytes exist, `put` has not begun
-    q.put(item)
+    q.put(item).expect("put");
 }
 
 /// One 1 GiB [`SharedBytes`] from a child to the parent, handed over by descriptor: the
@@ -293,27 +313,24 @@ pub mod nd {
     const BIG: (usize, usize) = (1024, 8192);
     const BIG_COUNT: usize = 16;
 
-    fn producer(
-        (q, shape, count): (Queue<Array2<f64>>, (usize, usize), usize),
-    ) -> multiproc::Result<()> {
+    fn producer((q, shape, count): (Queue<Array2<f64>>, (usize, usize), usize)) {
         let item = Array2::from_elem(shape, 1.5);
         // By reference, as Python's `q.put(arr)`: the array stays the producer's, and no
         // clone is made per put.
-        q.put_ref(&item)?; // ready: the clock starts when the parent takes this
+        q.put_ref(&item).expect("put"); // ready: the clock starts when the parent takes this
         for _ in 0..count {
-            q.put_ref(&item)?;
+            q.put_ref(&item).expect("put");
         }
-        Ok(())
     }
 
     fn round(shape: (usize, usize), count: usize) -> f64 {
         let q = Queue::<Array2<f64>>::new().expect("queue");
         let mut p = Process::new(producer, (q.clone(), shape, count));
         p.start().expect("start");
-        q.get().expect("ready");
+        super::take(&q, &p); // ready
         let t0 = Instant::now();
         for _ in 0..count {
-            let a = q.get().expect("get");
+            let a = super::take(&q, &p);
             assert_eq!(a.dim(), shape, "an array changed shape");
         }
         let secs = t0.elapsed().as_secs_f64();
