@@ -15,11 +15,14 @@
 //! memory per direction: messages up to 32 KiB without handles go through the ring with no
 //! system call (millions a second), those with handles through the socket as one packet
 //! each, in one order; larger messages up to 2 MiB through a second area of the same shared
-//! memory (its pages are used only by such messages); a larger message goes in a sealed
-//! memory file without a name (nothing is ever left in /dev/shm) whose descriptor travels in
-//! a packet, and the receiver reads it in place: `send` encodes the value straight into the
-//! file (its strings and runs of numbers written from the value's own memory),
-//! `send_bytes` copies the bytes into it once. The socket also wakes a receiver that sleeps and reports the
+//! memory (its pages are used only by such messages); a larger message goes in a memory
+//! file without a name (nothing is ever left in /dev/shm) whose descriptor travels in a
+//! packet: `send` encodes the value straight into the file (its strings and runs of
+//! numbers written from the value's own memory), `send_bytes` copies the bytes into it
+//! once. Up to 128 MiB the file is one the sender keeps and lends (the receiver copies the
+//! message out and gives it back, so the next one is written into existing pages; see
+//! [`Queue`](crate::Queue) for the memory this keeps); a larger one is sealed read-only
+//! and read in place. The socket also wakes a receiver that sleeps and reports the
 //! end of file when every copy of the peer is closed — or its process killed. Each end holds two
 //! descriptors (its socket and the lanes' memory file), and making a pipe costs a few more
 //! system calls than a socket pair alone (about 35 µs on a small VM where CPython's `Pipe()`

@@ -41,12 +41,18 @@
 //!   what does not fit waits in an overflow area of shared memory that grows as needed
 //!   and is given back to the system as consumers read it (up to 64 GiB or 8 million
 //!   items beyond the ring; past that, `put` waits). Items keep their order. An item larger than
-//!   half the ring (up to 64 GiB) goes to a shared-memory segment of its own, sealed
-//!   read-only, whose descriptor travels next to the ring; its `put` never waits for a
-//!   consumer. `put` encodes such an item straight into its segment (its large runs —
-//!   strings, byte strings, vectors of numbers — written from the item's own memory, with
-//!   no intermediate buffer), and `get` decodes it in place, copying each large run once
-//!   into memory advised to use huge pages. To skip even those two copies, send the bytes
+//!   half the ring (up to 64 GiB) goes to a shared-memory segment of its own, whose
+//!   descriptor travels next to the ring; its `put` never waits for a consumer. `put`
+//!   encodes such an item straight into its segment (its large runs — strings, byte
+//!   strings, vectors of numbers — written from the item's own memory, with no
+//!   intermediate buffer). Up to 128 MiB the segment is one the producing process keeps
+//!   and lends: the consumer copies the item out and gives the segment back, and the next
+//!   large item is written into pages that already exist (several times faster than new
+//!   ones). For that, a process keeps at most 4 such segments (260 MiB in all) and one
+//!   copy buffer of up to 128 MiB for the items it receives, for as long as it lives.
+//!   A larger item goes to a segment made for it and sealed read-only, which `get` decodes
+//!   in place. Either way `get` copies each large run once more into the decoded value,
+//!   in memory advised to use huge pages. To skip those copies, send the bytes
 //!   as a [`SharedBytes`](crate::shared_memory::SharedBytes), which travels by handle and
 //!   is read where it lies. ([`Queue::streaming`] streams large items through the ring in
 //!   chunks instead, using no extra memory.)
