@@ -23,6 +23,18 @@ fn run_until((started, stop): (Event, Event)) {
     stop.wait();
 }
 
+/// [`run_until`] with SIGINT's default action, as `test_interrupt_no_handler`'s child sets
+/// it: a program started with SIGINT ignored (a background job of a non-interactive shell)
+/// passes that on to its children, in Python as here.
+fn run_until_sigint_default(ev: (Event, Event)) {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler code; it only
+    // changes SIGINT's disposition in this child.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+    run_until(ev);
+}
+
 fn events() -> (Event, Event) {
     (Event::new().unwrap(), Event::new().unwrap())
 }
@@ -204,7 +216,8 @@ fn process_terminate_and_kill() {
     multiproc::init();
     for sig in [15, 9, 2] {
         let (started, stop) = events();
-        let mut p = Process::new(run_until, (started.clone(), stop)).with_daemon(true);
+        let mut p =
+            Process::new(run_until_sigint_default, (started.clone(), stop)).with_daemon(true);
         p.start().unwrap();
         started.wait();
         assert!(!p.join_timeout(Duration::ZERO).unwrap());
