@@ -2308,7 +2308,7 @@ fn process_many_and_signal_exit_codes() {
 fn process_sigint_exit_code() {
     multiproc::init();
     let (started, stop) = events();
-    let mut p = Process::new(run_until, (started.clone(), stop)).with_daemon(true);
+    let mut p = Process::new(run_until_sigint_default, (started.clone(), stop)).with_daemon(true);
     p.start().unwrap();
     started.wait();
     let pid = rustix::process::Pid::from_raw(p.pid().unwrap() as i32).unwrap();
