@@ -10,6 +10,8 @@
 mod linux;
 pub(crate) mod plain;
 #[cfg(target_os = "linux")]
+pub(crate) mod spare;
+#[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
 #[cfg(feature = "mpi")]

@@ -27,6 +27,7 @@ use mpi::environment::Threading;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
+use crate::sys::spare::SpareBuffers;
 use crate::{sys, Error, Result};
 
 /// The tag of rank 0's messages to the agents, and of the heartbeats. A pool's messages
@@ -92,13 +93,13 @@ pub(super) struct Mpi {
     /// MPI is up (and not finalised yet): calls may be made.
     up: bool,
     /// Large buffers free for the next messages (see [`Mpi::buffer`]).
-    spare: Vec<Vec<u8>>,
+    spare: SpareBuffers,
 }
 
 static MPI: Mutex<Mpi> = Mutex::new(Mpi {
     pending: Vec::new(),
     up: false,
-    spare: Vec::new(),
+    spare: SpareBuffers::new(SPARE_BUFFERS, SPARE_MIN, SPARE_MAX),
 });
 
 /// At most this many spare buffers are kept...
@@ -167,36 +168,13 @@ impl Mpi {
     /// An empty buffer for a message of about `size` bytes: a spare one (its memory is
     /// already the process's, so filling it costs no page faults), or a new one.
     pub(super) fn buffer(&mut self, size: usize) -> Vec<u8> {
-        if size < SPARE_MIN {
-            return Vec::with_capacity(size);
-        }
-        let fit = self
-            .spare
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= size)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        match fit {
-            Some(i) => self.spare.swap_remove(i),
-            None => Vec::with_capacity(size),
-        }
+        self.spare.take(size)
     }
 
     /// Keeps a large buffer no longer needed for a later [`buffer`](Self::buffer) (or
     /// drops it: a small or huge one, or when enough are kept).
-    pub(super) fn recycle(&mut self, mut b: Vec<u8>) {
-        if !(SPARE_MIN..=SPARE_MAX).contains(&b.capacity()) {
-            return;
-        }
-        b.clear();
-        if self.spare.len() < SPARE_BUFFERS {
-            self.spare.push(b);
-        } else if let Some(small) = self.spare.iter_mut().min_by_key(|s| s.capacity()) {
-            if small.capacity() < b.capacity() {
-                *small = b;
-            }
-        }
+    pub(super) fn recycle(&mut self, b: Vec<u8>) {
+        self.spare.give(b);
     }
 }
 
@@ -453,51 +431,4 @@ fn root_loop(size: usize, cmds: Receiver<Cmd>) {
         }
     }
     flush(Duration::from_secs(10));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn mpi_down() -> Mpi {
-        Mpi {
-            pending: Vec::new(),
-            up: false,
-            spare: Vec::new(),
-        }
-    }
-
-    /// Large buffers given back are handed out again (the best fit), emptied; small and
-    /// huge ones are not kept, nor more than a few.
-    #[test]
-    fn spare_buffers_are_reused_within_their_limits() {
-        let mut m = mpi_down();
-        let small = m.buffer(100);
-        assert!(small.capacity() >= 100);
-        m.recycle(small);
-        m.recycle(Vec::with_capacity(SPARE_MAX + 1));
-        assert!(m.spare.is_empty(), "small and huge buffers are not kept");
-        let mut a = Vec::with_capacity(SPARE_MIN);
-        a.extend_from_slice(&[1, 2, 3]);
-        let b: Vec<u8> = Vec::with_capacity(1 << 20);
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        m.recycle(a);
-        m.recycle(b);
-        let got = m.buffer(SPARE_MIN + 1);
-        assert_eq!(got.as_ptr(), pb, "the one large enough");
-        assert!(got.is_empty());
-        let got2 = m.buffer(SPARE_MIN);
-        assert_eq!(got2.as_ptr(), pa);
-        assert!(got2.is_empty(), "emptied");
-        assert!(
-            m.buffer(SPARE_MIN).capacity() >= SPARE_MIN,
-            "a new one when none is left"
-        );
-        // At most SPARE_BUFFERS are kept: the largest.
-        for i in 0..SPARE_BUFFERS + 2 {
-            m.recycle(Vec::with_capacity(SPARE_MIN * (i + 1)));
-        }
-        assert_eq!(m.spare.len(), SPARE_BUFFERS);
-        assert!(m.spare.iter().all(|b| b.capacity() >= SPARE_MIN * 3));
-    }
 }

@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::Mapping;
+use crate::sys::spare::SpareBuffers;
 
 /// Bytes before the payload.
 pub(super) const HEADER: usize = 4096;
@@ -90,7 +91,11 @@ static SPARES: Mutex<Spares> = Mutex::new(Spares {
 static REUSED: AtomicU64 = AtomicU64::new(0);
 
 /// The receiving side's copy buffer, kept between messages (warm pages).
-static RX_SPARE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static RX_SPARE: Mutex<SpareBuffers> = Mutex::new(SpareBuffers::new(1, 1, MAX_LENT));
+
+fn rx_spare() -> std::sync::MutexGuard<'static, SpareBuffers> {
+    RX_SPARE.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn spares() -> std::sync::MutexGuard<'static, Spares> {
     let mut s = SPARES.lock().unwrap_or_else(|p| p.into_inner());
@@ -299,12 +304,7 @@ impl Borrowed {
                 "the lent message file holds {said} bytes, {len} announced"
             )));
         }
-        let mut copy = std::mem::take(&mut *RX_SPARE.lock().unwrap_or_else(|p| p.into_inner()));
-        copy.clear();
-        if copy.capacity() < len {
-            copy = Vec::with_capacity(len);
-            super::advise_huge_pages(copy.spare_capacity_mut());
-        }
+        let mut copy = rx_spare().take(len);
         map.read_append(HEADER, len, &mut copy);
         Ok(Borrowed {
             copy,
@@ -330,11 +330,7 @@ impl Borrowed {
 impl Drop for Borrowed {
     fn drop(&mut self) {
         self.give_back();
-        let copy = std::mem::take(&mut self.copy);
-        let mut spare = RX_SPARE.lock().unwrap_or_else(|p| p.into_inner());
-        if copy.capacity() > spare.capacity() && copy.capacity() <= MAX_LENT {
-            *spare = copy;
-        }
+        rx_spare().give(std::mem::take(&mut self.copy));
     }
 }
 
