@@ -82,7 +82,7 @@ impl Context {
     pub fn process<A, R>(&self, target: fn(A) -> R, args: A) -> Process
     where
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: 'static,
+        R: std::process::Termination + 'static,
     {
         let p = Process::new(target, args);
         match self.method {

@@ -227,7 +227,9 @@ impl<A: Serialize + Send> ErasedArgs for A {
 /// [`join`](Process::join).
 ///
 /// The target is a plain `fn(A) -> R` (or a closure that captures nothing); its return value
-/// is discarded — use [`spawn`] to get it back. Several arguments travel as a tuple.
+/// decides the exit code as a Rust `main`'s does (`()` and `Ok(())` give 0, an `Err` gives 1,
+/// see [`Process::new`]) — use [`spawn`] to get a value back. Several arguments travel as a
+/// tuple.
 /// Handles in `args` (connections, queues, locks, …) arrive working in the child.
 ///
 /// [`Process::new`] takes the defaults; [`Builder`] sets every option (name, daemon flag,
@@ -301,16 +303,36 @@ impl Process {
     /// created by this process), not a daemon, started with the default start method: the
     /// same as `Builder::new().process(target, args)`.
     ///
+    /// The target's return value decides the [exit code](Process::exitcode) the way a Rust
+    /// `main`'s does ([`std::process::Termination`]): `()` and `Ok(())` give 0; an `Err(e)`
+    /// is printed to the child's standard error as `Error: {e:?}` and gives 1 (Python's
+    /// exit code when the target raises); an [`ExitCode`](std::process::ExitCode) gives its
+    /// number. A panic gives 1 too. To get a value back, use [`spawn`] instead.
+    ///
     /// ```
     /// multiproc::init();
-    /// let p = multiproc::Process::new(|x: i32| x + 1, 1);
+    /// let p = multiproc::Process::new(|x: i32| assert!(x > 0), 1);
     /// assert!(p.name().starts_with("Process-"));
     /// assert_eq!(p.pid(), None);
+    ///
+    /// fn parse(s: String) -> Result<(), std::num::ParseIntError> {
+    ///     s.parse::<i32>().map(drop)
+    /// }
+    /// let mut good = multiproc::Process::new(parse, "42".to_string());
+    /// let mut bad = multiproc::Builder::new()
+    ///     .stderr(multiproc::process::Stdio::null()) // where "Error: ParseIntError { .. }" goes
+    ///     .process(parse, "forty-two".to_string());
+    /// good.start().unwrap();
+    /// bad.start().unwrap();
+    /// good.join().unwrap();
+    /// bad.join().unwrap();
+    /// assert_eq!(good.exitcode(), Some(0));
+    /// assert_eq!(bad.exitcode(), Some(1));
     /// ```
     pub fn new<A, R>(target: fn(A) -> R, args: A) -> Process
     where
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: 'static,
+        R: std::process::Termination + 'static,
     {
         Builder::new().process(target, args)
     }
@@ -588,7 +610,9 @@ impl Process {
     }
 
     /// The exit code: `None` while running (or before start); `0` on success; `1` if the
-    /// target panicked; the code given to `std::process::exit`; `-N` if killed by signal N.
+    /// target panicked or returned an `Err`; the number of the
+    /// [`ExitCode`](std::process::ExitCode) it returned or of `std::process::exit`; `-N` if
+    /// killed by signal N.
     ///
     /// ```
     /// multiproc::init();
@@ -1050,7 +1074,7 @@ impl Builder {
     }
 
     /// A [`Process`] with these options that will run `target(args)` once
-    /// [`start`](Process::start)ed (its return value is discarded, as with
+    /// [`start`](Process::start)ed (its return value decides the exit code, as with
     /// [`Process::new`]).
     ///
     /// ```
@@ -1066,7 +1090,7 @@ impl Builder {
     pub fn process<A, R>(self, target: fn(A) -> R, args: A) -> Process
     where
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: 'static,
+        R: std::process::Termination + 'static,
     {
         Process::with_code(self, Code::process(target), args)
     }

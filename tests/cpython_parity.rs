@@ -3413,7 +3413,12 @@ fn timeouts_too_large_to_represent_wait_for_ever() {
 
     let mut h = multiproc::spawn(sqr, 5).unwrap();
     assert_eq!(h.join_timeout(FOREVER).unwrap(), Some(25));
-    let mut p = Process::new(sqr, 6);
+    let mut p = Process::new(
+        |x: i64| {
+            sqr(x);
+        },
+        6,
+    );
     p.start().unwrap();
     assert!(p.join_timeout(FOREVER).unwrap());
 
@@ -3460,7 +3465,12 @@ fn pool_workers_are_named_daemons_unique_in_the_process() {
         names.len(),
         "two workers share a name: {names:?}"
     );
-    let later = Process::new(me, 0);
+    let later = Process::new(
+        |x: u8| {
+            me(x);
+        },
+        0,
+    );
     let n: u32 = later
         .name()
         .strip_prefix("Process-")

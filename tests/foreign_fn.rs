@@ -76,7 +76,10 @@ fn functions_outside_the_executable_are_refused_before_any_child_starts() {
         "the plugin was built and loaded"
     );
     for f in fs {
-        let mut p = Process::new(f, 5);
+        // A `Process` target returns a `Termination` type; the address is what matters.
+        // SAFETY: only the address is used (see `foreign`).
+        let target = unsafe { std::mem::transmute::<fn(i32) -> i32, fn(i32)>(f) };
+        let mut p = Process::new(target, 5);
         refused(p.start());
         assert!(p.pid().is_none(), "no child was started");
         refused(multiproc::spawn(f, 5).map(|_| ()));

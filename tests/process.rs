@@ -15,6 +15,14 @@ fn exit_with(code: i32) {
     std::process::exit(code);
 }
 
+fn ok_or_err(fail: bool) -> Result<(), String> {
+    if fail {
+        Err("no luck".to_string())
+    } else {
+        Ok(())
+    }
+}
+
 fn panics(msg: String) -> u32 {
     panic!("{msg}");
 }
@@ -108,12 +116,48 @@ macro_rules! method_tests {
                 p
             }
 
+            /// The target's return value decides the exit code as a Rust `main`'s does
+            /// (Python: 1 when the target raises); an `Err` is reported on standard error.
+            #[test]
+            fn a_targets_return_value_is_its_exit_code() {
+                multiproc::init();
+                use multiproc::process::Stdio;
+                use std::io::Read;
+                assert_eq!(run(Process::new(ok_or_err, false)).exitcode(), Some(0));
+                let mut p = Builder::new()
+                    .start_method(m())
+                    .stderr(Stdio::piped())
+                    .process(ok_or_err, true);
+                p.start().unwrap();
+                let mut err = String::new();
+                p.take_stderr().unwrap().read_to_string(&mut err).unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(1));
+                assert!(err.ends_with("Error: \"no luck\"\n"), "{err:?}");
+                for code in [0u8, 3, 255] {
+                    assert_eq!(
+                        run(Process::new(std::process::ExitCode::from, code)).exitcode(),
+                        Some(i32::from(code))
+                    );
+                }
+                assert_eq!(
+                    run(Process::new(|_: ()| std::process::ExitCode::FAILURE, ())).exitcode(),
+                    Some(1)
+                );
+            }
+
             #[test]
             fn exitcode_table() {
                 multiproc::init();
                 assert_eq!(run(Process::new(sleep_ms, 0)).exitcode(), Some(0));
                 assert_eq!(
-                    run(Process::new(panics, "boom".to_string())).exitcode(),
+                    run(Process::new(
+                        |m: String| {
+                            panics(m);
+                        },
+                        "boom".to_string()
+                    ))
+                    .exitcode(),
                     Some(1)
                 );
                 assert_eq!(run(Process::new(exit_with, 7)).exitcode(), Some(7));
@@ -183,7 +227,12 @@ macro_rules! method_tests {
                     .start_method(m())
                     .stdin(Stdio::null())
                     .stdout(file)
-                    .process(env_cwd_and_echo, ());
+                    .process(
+                        |_: ()| {
+                            env_cwd_and_echo(());
+                        },
+                        (),
+                    );
                 p.start().unwrap();
                 p.join().unwrap();
                 assert_eq!(p.exitcode(), Some(0));

@@ -249,7 +249,13 @@ fn child_gets_what_parent_puts_under_every_start_method() {
         let q = Queue::<u64>::new().unwrap();
         let back = Queue::<u64>::new().unwrap();
         let mut p = Process::new(put_range, (back.clone(), 100, 3)).with_start_method(m);
-        let mut c = Process::new(get_n, (q.clone(), 2)).with_start_method(m);
+        let mut c = Process::new(
+            |a| {
+                get_n(a);
+            },
+            (q.clone(), 2),
+        )
+        .with_start_method(m);
         p.start().unwrap();
         c.start().unwrap();
         q.put(1).unwrap();

@@ -113,9 +113,12 @@ pub(crate) struct Code {
 }
 
 impl Code {
-    /// Code that runs `target(args)` and ignores its return value (a [`Process`](crate::Process)).
-    pub(crate) fn process<A: DeserializeOwned, R>(target: fn(A) -> R) -> Code {
-        Code::with_entry(run_discarding::<A, R> as Entry, target)
+    /// Code that runs `target(args)` and exits with the code its return value reports, as a
+    /// Rust `main` does (a [`Process`](crate::Process)).
+    pub(crate) fn process<A: DeserializeOwned, R: std::process::Termination>(
+        target: fn(A) -> R,
+    ) -> Code {
+        Code::with_entry(run_reporting::<A, R> as Entry, target)
     }
 
     /// Code that runs `target(args)` and sends the result back (a [`JoinHandle`](crate::JoinHandle)).

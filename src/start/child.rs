@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
+use std::process::Termination;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -187,7 +188,10 @@ pub(super) fn bad_target(sig_ok: bool) -> i32 {
     255
 }
 
-pub(super) fn run_discarding<A: DeserializeOwned, R>(
+/// Runs a [`Process`](crate::Process)'s target; its return value decides the exit code, as
+/// a Rust `main`'s does ([`Termination::report`]: an `Err` is printed to standard error as
+/// `Error: {e:?}` and gives 1); a panic gives 1.
+pub(super) fn run_reporting<A: DeserializeOwned, R: Termination>(
     target: AnyFnRef,
     args: &[u8],
     fds: Vec<OwnedFd>,
@@ -203,10 +207,8 @@ pub(super) fn run_discarding<A: DeserializeOwned, R>(
             return 255;
         }
     };
-    match std::panic::catch_unwind(AssertUnwindSafe(move || {
-        drop(f(a));
-    })) {
-        Ok(()) => 0,
+    match std::panic::catch_unwind(AssertUnwindSafe(move || f(a).report())) {
+        Ok(code) => sys::exit_code_number(code),
         Err(_) => 1,
     }
 }

@@ -28,6 +28,19 @@ impl ExitStatus {
     }
 }
 
+/// The number a process exits with for `code` (what a Rust `main` returning it exits with).
+/// On Unix an [`ExitCode`](std::process::ExitCode) can only be made from a `u8`, and stable
+/// Rust offers no way to read it back but comparing, so this compares it with each of them.
+pub(crate) fn exit_code_number(code: std::process::ExitCode) -> i32 {
+    use std::process::ExitCode;
+    if code == ExitCode::SUCCESS {
+        return 0;
+    }
+    (1..=u8::MAX)
+        .find(|&n| ExitCode::from(n) == code)
+        .map_or(1, i32::from)
+}
+
 /// This process's id.
 pub(crate) fn getpid() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
