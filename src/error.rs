@@ -154,6 +154,33 @@ pub enum Error {
         /// The server's description.
         message: String,
     },
+    /// An index out of range (Python's `IndexError`): the one error every fallible indexed
+    /// access gives, in this process or in a manager — [`ShareableList`](crate::shared_memory::ShareableList)'s
+    /// `get`/`set`, a manager's [`ListProxy`](crate::manager::ListProxy) and
+    /// [`ArrayProxy`](crate::manager::ArrayProxy). `index` is the one asked for (negative
+    /// ones count from the end, as in Python), `len` the length it was checked against.
+    /// Local arrays ([`Array`](crate::Array), [`RawArray`](crate::RawArray)) index like
+    /// slices instead: `get` gives an `Option`, `at` and `set` panic.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let l = multiproc::shared_memory::ShareableList::create(None, &[1u8, 2]).unwrap();
+    /// assert!(matches!(l.get(2), Err(multiproc::Error::IndexOutOfRange { index: 2, len: 2 })));
+    /// l.unlink().unwrap();
+    /// let m = multiproc::Manager::start().unwrap();
+    /// let p = m.list(vec![1u8, 2]).unwrap();
+    /// let e = p.get(-3).unwrap_err();
+    /// assert_eq!(e.to_string(), "index -3 out of range (length 2)");
+    /// assert!(matches!(e, multiproc::Error::IndexOutOfRange { index: -3, len: 2 }));
+    /// ```
+    #[doc(alias = "IndexError")]
+    #[error("index {index} out of range (length {len})")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: i64,
+        /// The length of the sequence.
+        len: usize,
+    },
     /// The operation is not allowed in this state (e.g. releasing an unheld lock,
     /// sending on the read end of a one-way pipe, forking a multi-threaded process).
     #[error("invalid operation: {0}")]
@@ -217,7 +244,8 @@ pub enum Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum RemoteErrorKind {
-    /// A list index out of range, or `pop` from an empty list.
+    /// `pop` from an empty list. (An index out of range is
+    /// [`Error::IndexOutOfRange`], wherever it happens.)
     IndexError,
     /// A missing dictionary key or namespace attribute.
     KeyError,
@@ -262,6 +290,34 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Error {
         Error::InvalidOperation(msg.into())
+    }
+
+    /// An [`Error::IndexOutOfRange`] for a position that came as a `usize`.
+    pub(crate) fn index_out_of_range(index: usize, len: usize) -> Error {
+        Error::IndexOutOfRange {
+            index: i64::try_from(index).unwrap_or(i64::MAX),
+            len,
+        }
+    }
+
+    /// The error a manager's server reported: `kind` and `message` as they travel. An
+    /// index out of range travels as an `IndexError` whose message is
+    /// [`IndexOutOfRange`](Error::IndexOutOfRange)'s text, and becomes that error again.
+    pub(crate) fn from_remote(kind: RemoteErrorKind, message: String) -> Error {
+        let parsed = || {
+            let rest = message.strip_prefix("index ")?;
+            let (index, rest) = rest.split_once(" out of range (length ")?;
+            let len = rest.strip_suffix(')')?;
+            Some(Error::IndexOutOfRange {
+                index: index.parse().ok()?,
+                len: len.parse().ok()?,
+            })
+        };
+        match kind {
+            RemoteErrorKind::IndexError => parsed(),
+            _ => None,
+        }
+        .unwrap_or(Error::Remote { kind, message })
     }
 
     /// An [`Error::Codec`] with `message` and no underlying error.

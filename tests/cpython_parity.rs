@@ -3317,7 +3317,7 @@ fn shared_memory_basics() {
 
 /// `_TestSharedMemory.test_shared_memory_ShareableList_basics` and
 /// `..._pickling_dead_object`: an index out of range (get or set) is refused (Python:
-/// `IndexError`; here `InvalidOperation`); a value too large for its slot is refused
+/// `IndexError`; here `IndexOutOfRange`, as for a manager's list); a value too large for its slot is refused
 /// ("exceeds available storage") and leaves that item and its neighbour as they were; an
 /// empty list has length 0, counts 0 and finds nothing; attaching to a list whose block is
 /// gone is `FileNotFoundError` (`NotFound`).
@@ -3326,10 +3326,13 @@ fn shareable_list_basics() {
     use multiproc::shared_memory::ShareableList;
     multiproc::init();
     let l = ShareableList::create(None, &["howdy".to_string(), "HoWdY".to_string()]).unwrap();
-    assert!(matches!(l.get(7), Err(Error::InvalidOperation(_))));
+    assert!(matches!(
+        l.get(7),
+        Err(Error::IndexOutOfRange { index: 7, len: 2 })
+    ));
     assert!(matches!(
         l.set(7, &"x".to_string()),
-        Err(Error::InvalidOperation(_))
+        Err(Error::IndexOutOfRange { index: 7, len: 2 })
     ));
     assert!(matches!(
         l.set(

@@ -29,7 +29,10 @@ fn list_child(l: ListProxy<i32>) -> (Vec<i32>, i32, i32, usize, i32, bool) {
     let popped = l.pop().unwrap();
     let removed = l.remove(0).unwrap();
     let len = l.len().unwrap();
-    let idx_err = is_remote(&l.get(99).unwrap_err(), RemoteErrorKind::IndexError);
+    let idx_err = matches!(
+        l.get(99).unwrap_err(),
+        Error::IndexOutOfRange { index: 99, len: 4 }
+    );
     let snapshot: Vec<i32> = l.iter().unwrap().collect();
     (snapshot, got, popped, len, removed, idx_err)
 }
@@ -404,17 +407,17 @@ fn server_errors_are_typed_and_server_keeps_serving() {
     multiproc::init();
     let m = Manager::start().unwrap();
     let l = m.list(vec![1u8]).unwrap();
-    assert!(is_remote(
-        &l.get(5).unwrap_err(),
-        RemoteErrorKind::IndexError
+    assert!(matches!(
+        l.get(5),
+        Err(Error::IndexOutOfRange { index: 5, len: 1 })
     ));
-    assert!(is_remote(
-        &l.set(5, 0).unwrap_err(),
-        RemoteErrorKind::IndexError
+    assert!(matches!(
+        l.set(5, 0),
+        Err(Error::IndexOutOfRange { index: 5, len: 1 })
     ));
-    assert!(is_remote(
-        &l.remove(5).unwrap_err(),
-        RemoteErrorKind::IndexError
+    assert!(matches!(
+        l.remove(5),
+        Err(Error::IndexOutOfRange { index: 5, len: 1 })
     ));
     let d = m.dict::<u8, u8>().unwrap();
     assert!(is_remote(
@@ -1301,13 +1304,13 @@ fn manager_joinable_queue_and_array_across_processes() {
         .unwrap();
     assert_eq!(a.to_vec().unwrap(), vec![-1, 2, 3, -4]);
     assert_eq!(a.get_range(1..3).unwrap(), vec![2, 3]);
-    assert!(is_remote(
-        &a.set_range(3, vec![0, 0]).unwrap_err(),
-        RemoteErrorKind::IndexError
+    assert!(matches!(
+        a.set_range(3, vec![0, 0]),
+        Err(Error::IndexOutOfRange { index: 4, len: 4 })
     ));
-    assert!(is_remote(
-        &a.get(-5).unwrap_err(),
-        RemoteErrorKind::IndexError
+    assert!(matches!(
+        a.get(-5),
+        Err(Error::IndexOutOfRange { index: -5, len: 4 })
     ));
     assert_eq!(a.len().unwrap(), 4);
 }
@@ -1347,9 +1350,9 @@ fn manager_list_has_pythons_methods_across_processes() {
     assert!(l.index_in(&1, 2..).is_err());
     // Negative indices, as in Python.
     assert_eq!(l.get(-5).unwrap(), 1);
-    assert!(is_remote(
-        &l.get(-6).unwrap_err(),
-        RemoteErrorKind::IndexError
+    assert!(matches!(
+        l.get(-6),
+        Err(Error::IndexOutOfRange { index: -6, len: 5 })
     ));
     l.set(-1, 70).unwrap();
     assert_eq!(l.remove(-1).unwrap(), 70);

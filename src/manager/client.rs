@@ -130,7 +130,7 @@ impl Endpoint {
         conn.set_spin(false);
         let check = |r: Response| match r {
             Ok(_) => Ok(()),
-            Err((kind, message)) => Err(Error::Remote { kind, message }),
+            Err((kind, message)) => Err(Error::from_remote(kind, message)),
         };
         conn.send_value(&Request::Hello(session))?;
         check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
@@ -164,7 +164,7 @@ impl Endpoint {
         let conn = self.checkout()?;
         let resp = conn.round_trip(req)?;
         self.checkin(conn);
-        resp.map_err(|(kind, message)| Error::Remote { kind, message })
+        resp.map_err(|(kind, message)| Error::from_remote(kind, message))
     }
 
     /// The server was shut down: drops the idle connections, and later calls fail with

@@ -9,8 +9,8 @@
 //! requests travel: a request and its reply usually cost no system call. Each proxy
 //! method is one request/reply round trip over a pooled connection, applied atomically in
 //! the server (one thread per client connection, one mutex per object); errors raised
-//! there (index out of range, missing key) come back as [`Error::Remote`] and the server
-//! keeps serving. Proxies are `Clone` and serializable: put one in a [`Process`]'s
+//! there (a missing key, say) come back as [`Error::Remote`] (an index out of range as
+//! [`Error::IndexOutOfRange`], as everywhere) and the server keeps serving. Proxies are `Clone` and serializable: put one in a [`Process`]'s
 //! arguments, a pool task or a pipe message, and it reconnects in the receiving process
 //! on first use.
 //!

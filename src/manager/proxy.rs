@@ -161,7 +161,7 @@ fn bounds(range: impl std::ops::RangeBounds<usize>) -> (u64, u64) {
 /// fn add_four(l: multiproc::manager::ListProxy<i32>) { l.push(4).unwrap(); }
 /// multiproc::spawn(add_four, l.clone()).unwrap().join().unwrap();
 /// assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3, 4]);
-/// assert!(matches!(l.get(10), Err(multiproc::Error::Remote { kind: multiproc::RemoteErrorKind::IndexError, .. })));
+/// assert!(matches!(l.get(10), Err(multiproc::Error::IndexOutOfRange { index: 10, len: 4 })));
 /// ```
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
@@ -187,7 +187,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     }
 
     /// The value at `index` (negative: from the end, see [`ListIndex`]); out of range →
-    /// [`Error::Remote`] with [`RemoteErrorKind::IndexError`].
+    /// [`Error::IndexOutOfRange`].
     ///
     /// ```
     /// # multiproc::init();
@@ -202,7 +202,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         value(self.obj.call(Op::ListGet(index.wire()))?)
     }
 
-    /// Replaces the value at `index` (`l[i] = v`; negative: from the end).
+    /// Replaces the value at `index` (`l[i] = v`; negative: from the end); out of range →
+    /// [`Error::IndexOutOfRange`].
     ///
     /// ```
     /// # multiproc::init();
@@ -253,7 +254,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     }
 
     /// Removes and returns the value at `index`, shifting the rest down (like
-    /// `Vec::remove`, Python's `l.pop(i)`).
+    /// `Vec::remove`, Python's `l.pop(i)`); out of range → [`Error::IndexOutOfRange`].
     ///
     /// ```
     /// # multiproc::init();
@@ -580,10 +581,7 @@ impl<T: Serialize + DeserializeOwned> Iterator for ListIter<T> {
                 self.next += 1;
                 Some(Ok(v))
             }
-            Err(Error::Remote {
-                kind: RemoteErrorKind::IndexError,
-                ..
-            }) => {
+            Err(Error::IndexOutOfRange { .. }) => {
                 self.done = true;
                 None
             }

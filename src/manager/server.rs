@@ -878,9 +878,10 @@ fn index(i: i64, len: usize) -> Result<usize, RemoteErr> {
     };
     match at {
         Some(a) if a >= 0 && (a as u64) < len as u64 => Ok(a as usize),
+        // Turned back into the error by the client (`Error::from_remote`).
         _ => Err(err(
             RemoteErrorKind::IndexError,
-            format!("list index {i} out of range (length {len})"),
+            Error::IndexOutOfRange { index: i, len }.to_string(),
         )),
     }
 }

@@ -247,12 +247,10 @@ impl<T> ShareableList<T> {
     }
 
     fn slot(&self, i: usize) -> Result<(u64, u64)> {
-        self.slots.get(i).copied().ok_or_else(|| {
-            Error::invalid(format!(
-                "index {i} out of range for a ShareableList of {} items",
-                self.slots.len()
-            ))
-        })
+        self.slots
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::index_out_of_range(i, self.slots.len()))
     }
 
     fn put_bytes(&self, i: usize, bytes: &[u8]) -> Result<()> {
@@ -320,8 +318,9 @@ impl<T: Serialize> ShareableList<T> {
         layout.write(shm)
     }
 
-    /// Stores `value` as item `i`. An index out of range, or a value too large for the
-    /// item's slot → [`Error::InvalidOperation`].
+    /// Stores `value` as item `i`. An index out of range → [`Error::IndexOutOfRange`]
+    /// (Python's `IndexError`); a value too large for the item's slot →
+    /// [`Error::InvalidOperation`].
     ///
     /// ```
     /// multiproc::init();
@@ -337,7 +336,8 @@ impl<T: Serialize> ShareableList<T> {
 }
 
 impl<T: DeserializeOwned> ShareableList<T> {
-    /// Item `i`. An index out of range → [`Error::InvalidOperation`].
+    /// Item `i`. An index out of range → [`Error::IndexOutOfRange`] (Python's
+    /// `IndexError`).
     ///
     /// ```
     /// multiproc::init();

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::manager::{ListIndex, ListProxy, Manager};
-use crate::{Error, RemoteErrorKind, Result};
+use crate::{Error, Result};
 
 /// A fixed-length array kept by a manager (Python's `manager.Array(typecode, seq)`): read
 /// and write values by position (negative: from the end) or by range, from any process.
@@ -63,8 +63,8 @@ impl<T> crate::manager::Proxy for ArrayProxy<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
-    /// The value at `index` (negative: from the end); out of range → [`Error::Remote`]
-    /// with [`RemoteErrorKind::IndexError`].
+    /// The value at `index` (negative: from the end); out of range →
+    /// [`Error::IndexOutOfRange`].
     ///
     /// ```
     /// # multiproc::init();
@@ -140,8 +140,8 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     }
 
     /// Writes `values` from position `start` on, atomically (`a[start:start + n] =
-    /// values`). They must fit: past the end → [`Error::Remote`] with
-    /// [`RemoteErrorKind::IndexError`], and nothing is written.
+    /// values`). They must fit: past the end → [`Error::IndexOutOfRange`] (for the first
+    /// position past the end), and nothing is written.
     ///
     /// ```
     /// # multiproc::init();
@@ -156,10 +156,8 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
         let len = self.len()?;
         let end = start.saturating_add(values.len());
         if end > len {
-            return Err(Error::Remote {
-                kind: RemoteErrorKind::IndexError,
-                message: format!("array range {start}..{end} out of range (length {len})"),
-            });
+            // The first position past the end that would be written.
+            return Err(Error::index_out_of_range(start.max(len), len));
         }
         self.list.set_range(start..end, values)
     }
