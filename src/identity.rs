@@ -79,9 +79,12 @@ impl ProcessInfo {
     /// bytes chosen in the main process, inherited by every process this crate starts, so
     /// every process of the program (this one included) has the same. A
     /// [`Manager`](crate::Manager) started without a key uses it, as Python's does, so a
-    /// child can connect to its parent's manager knowing only the address. Unlike
-    /// Python's, it cannot be changed: give a [`Listener`](crate::connection::Listener),
-    /// a [`Client`](crate::connection::Client) or a manager another key explicitly.
+    /// child can connect to its parent's manager knowing only the address. A child started
+    /// with [`Builder::authkey`](crate::Builder::authkey) has that key instead (Python's
+    /// `p.authkey = key` before `start()`), and passes it on to its own children. Unlike
+    /// Python's, a running process's key cannot be changed: give a
+    /// [`Listener`](crate::connection::Listener), a [`Client`](crate::connection::Client)
+    /// or a manager another key explicitly.
     ///
     /// ```
     /// multiproc::init();

@@ -376,6 +376,33 @@ impl Process {
         self
     }
 
+    /// Sets the child's authkey (Python's `p.authkey = key` before `start()`;
+    /// [`Builder::authkey`]).
+    ///
+    /// ```
+    /// let p = multiproc::Process::new(|_: ()| (), ()).with_authkey(b"k");
+    /// assert_eq!(p.authkey(), b"k");
+    /// ```
+    pub fn with_authkey(mut self, authkey: &[u8]) -> Process {
+        self.opts.authkey = Some(HiddenKey(authkey.to_vec()));
+        self
+    }
+
+    /// The child's authkey (Python's `Process.authkey`): the one set with
+    /// [`with_authkey`](Process::with_authkey) or [`Builder::authkey`], else this process's.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let p = multiproc::Process::new(|_: ()| (), ());
+    /// assert_eq!(p.authkey(), multiproc::current_process().authkey());
+    /// ```
+    pub fn authkey(&self) -> Vec<u8> {
+        match &self.opts.authkey {
+            Some(k) => k.0.clone(),
+            None => crate::identity::tree_authkey().to_vec(),
+        }
+    }
+
     /// Starts this process with `method` instead of the default
     /// ([`Builder::start_method`]); in the child, `method` is then the default (its
     /// [`get_start_method`](crate::get_start_method)), as in a child of Python's
@@ -472,6 +499,7 @@ impl Process {
             cwd: self.opts.cwd.clone(),
             stdio,
             parent_ends: pipes.into_fds(),
+            authkey: self.opts.authkey.as_ref().map(|k| k.0.clone()),
         })?;
         self.args = None;
         self.pipes = Pipes::from_fds(std::mem::take(&mut launched.parent_ends));
@@ -874,6 +902,17 @@ pub struct Builder {
     env_clear: bool,
     cwd: Option<PathBuf>,
     stdio: [Option<Stdio>; 3],
+    authkey: Option<HiddenKey>,
+}
+
+/// An authkey, kept out of `Debug` output.
+#[derive(Clone)]
+struct HiddenKey(Vec<u8>);
+
+impl fmt::Debug for HiddenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
 }
 
 impl Builder {
@@ -906,6 +945,23 @@ impl Builder {
     /// ```
     pub fn daemon(mut self, daemon: bool) -> Builder {
         self.daemon = daemon;
+        self
+    }
+
+    /// The child's authkey (Python's `p.authkey = key` before `start()`): its
+    /// [`current_process().authkey()`](crate::ProcessInfo::authkey), which its own children
+    /// inherit and a [`Manager`](crate::Manager) started there uses by default. Default:
+    /// this process's authkey.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn key(_: ()) -> Vec<u8> { multiproc::current_process().authkey() }
+    /// let h = multiproc::Builder::new().authkey(b"secret").spawn(key, ()).unwrap();
+    /// assert_eq!(h.join().unwrap(), b"secret");
+    /// assert_ne!(multiproc::current_process().authkey(), b"secret"); // ours is unchanged
+    /// ```
+    pub fn authkey(mut self, authkey: &[u8]) -> Builder {
+        self.authkey = Some(HiddenKey(authkey.to_vec()));
         self
     }
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use multiproc::{Builder, Connection, Error, Process, StartMethod};
+use multiproc::{Builder, Connection, Error, Manager, Process, StartMethod};
 
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
@@ -13,6 +13,21 @@ fn sleep_ms(ms: u64) {
 
 fn exit_with(code: i32) {
     std::process::exit(code);
+}
+
+/// Checks, in a child given `key`, that it is its authkey, its Manager's by default, and
+/// its own child's.
+fn check_authkey(key: Vec<u8>) -> Result<(), String> {
+    let mine = multiproc::current_process().authkey();
+    let m = Manager::start().map_err(|e| e.to_string())?;
+    let child = multiproc::spawn(|_: ()| multiproc::current_process().authkey(), ())
+        .and_then(|h| h.join())
+        .map_err(|e| e.to_string())?;
+    if mine == key && m.authkey() == key && child == key {
+        Ok(())
+    } else {
+        Err(format!("{mine:?} {:?} {child:?}", m.authkey()))
+    }
 }
 
 fn ok_or_err(fail: bool) -> Result<(), String> {
@@ -114,6 +129,33 @@ macro_rules! method_tests {
                 p.start().unwrap();
                 p.join().unwrap();
                 p
+            }
+
+            /// A key set before start (Python's `p.authkey = key`) is the child's authkey,
+            /// which a Manager started there uses by default and its children inherit;
+            /// ours is unchanged.
+            #[test]
+            fn builder_authkey_is_the_childs() {
+                multiproc::init();
+                let ours = multiproc::current_process().authkey();
+                let mut p = Process::new(check_authkey, b"child key".to_vec())
+                    .with_authkey(b"child key")
+                    .with_start_method(m());
+                assert_eq!(p.authkey(), b"child key");
+                p.start().unwrap();
+                p.join().unwrap();
+                assert_eq!(p.exitcode(), Some(0));
+                let h = Builder::new()
+                    .start_method(m())
+                    .authkey(b"other")
+                    .spawn(|_: ()| multiproc::current_process().authkey(), ())
+                    .unwrap();
+                assert_eq!(h.join().unwrap(), b"other");
+                assert_eq!(multiproc::current_process().authkey(), ours);
+                let h = Builder::new()
+                    .start_method(m())
+                    .spawn(|_: ()| multiproc::current_process().authkey(), ());
+                assert_eq!(h.unwrap().join().unwrap(), ours);
             }
 
             /// The target's return value decides the exit code as a Rust `main`'s does

@@ -45,6 +45,8 @@ pub(crate) struct LaunchSpec {
     /// back in [`Launched`]: a forked child closes its copies of them (a child holding the
     /// write end of its own standard input would never see its end).
     pub(crate) parent_ends: [Option<OwnedFd>; 3],
+    /// The child's authkey, when not this process's.
+    pub(crate) authkey: Option<Vec<u8>>,
 }
 
 impl LaunchSpec {
@@ -61,7 +63,10 @@ impl LaunchSpec {
             parent_pid: me.pid(),
             parent_name: me.name().to_string(),
             parent_daemon: me.daemon(),
-            authkey: crate::identity::tree_authkey().to_vec(),
+            authkey: self
+                .authkey
+                .take()
+                .unwrap_or_else(|| crate::identity::tree_authkey().to_vec()),
             args: std::mem::take(&mut self.args),
             has_result: self.result.is_some(),
             has_stdout,
