@@ -523,6 +523,66 @@ fn wrong_authkey_fails_on_both_sides() {
     assert_eq!(ok.value(1u8).unwrap().get().unwrap(), 1);
 }
 
+/// Sends `frame` a byte every 100 ms until it is all sent, the peer hangs up, or 30 s
+/// passed: a peer that keeps a handshake going far past its time limit (5 s) if each byte
+/// could start the limit anew.
+fn dribble(mut s: TcpStream, frame: &[u8]) {
+    let t = std::time::Instant::now();
+    for b in frame {
+        if s.write_all(std::slice::from_ref(b)).is_err() || t.elapsed() > Duration::from_secs(30) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the attack's pace
+    }
+}
+
+fn is_timed_out<T>(r: &multiproc::Result<T>) -> bool {
+    matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// A peer that sends its handshake a byte at a time, slowly, is cut at the handshake's one
+/// deadline, on either side: `Listener::accept` returns a time-out (then serves the next
+/// peer), and so does `Client::connect` to a server that dribbles its challenge.
+#[test]
+fn a_dribbling_peer_is_cut_at_the_handshakes_deadline_on_both_sides() {
+    multiproc::init();
+    // An answer frame of 116 bytes: 11.6 s at the attack's pace.
+    let mut frame = frame_header(100);
+    frame.resize(16 + 100, b'x');
+
+    // A server that dribbles the challenge to a client.
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let evil_addr = evil.local_addr().unwrap();
+    let f = frame.clone();
+    let server = std::thread::spawn(move || {
+        let (s, _) = evil.accept().unwrap();
+        dribble(s, &f);
+    });
+    let client = std::thread::spawn(move || Client::connect::<u8>(evil_addr, Some(b"k")));
+
+    // A client that dribbles its answer to a listener.
+    let listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+    let Address::Tcp(sa) = listener.address().clone() else {
+        panic!("not a TCP address")
+    };
+    let peer = std::thread::spawn(move || dribble(TcpStream::connect(sa).unwrap(), &frame));
+    let r = listener.accept::<u8>();
+    assert!(is_timed_out(&r), "{:?}", r.map(|_| ()));
+    let r = client.join().unwrap();
+    assert!(is_timed_out(&r), "{:?}", r.map(|_| ()));
+    // Both attackers see their connection closed and stop.
+    peer.join().unwrap();
+    server.join().unwrap();
+
+    // The listener serves the next peer.
+    let t = std::thread::spawn(move || {
+        let c = Client::connect::<u8>(sa, Some(b"k")).unwrap();
+        c.send(&9).unwrap();
+    });
+    assert_eq!(listener.accept::<u8>().unwrap().recv().unwrap(), 9);
+    t.join().unwrap();
+}
+
 #[test]
 fn unix_socket_listener_and_client() {
     multiproc::init();

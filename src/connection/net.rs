@@ -15,8 +15,8 @@ use crate::ipc::RawConn;
 use crate::{sys, Error, Result};
 
 /// How long a peer gets to complete the authentication handshake: one deadline for the
-/// whole of it on a server (a peer that dribbles a byte now and then does not extend it),
-/// and for each read or write on a client.
+/// whole of it, on either side (a peer that dribbles a byte now and then does not extend
+/// it).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A socket address: TCP (`"127.0.0.1:50000"`), a Unix socket file (`"/tmp/sock"`, any
@@ -241,9 +241,19 @@ pub(crate) fn accept_raw(l: &Listener) -> Result<RawConn> {
 /// Runs the listener's side of the handshake with a time limit and the small frame limit,
 /// then lifts both.
 pub(crate) fn authenticate_server(raw: &RawConn, key: &[u8]) -> Result<()> {
+    handshake(raw, key, auth::server_handshake)
+}
+
+/// Runs one side of the handshake under its limits: frames of at most
+/// [`auth::HANDSHAKE_MAX_FRAME`] bytes and [`HANDSHAKE_TIMEOUT`] for the whole exchange
+/// (a deadline for the reads, however slowly the peer sends; a time-out for each write);
+/// lifts them once it succeeded.
+fn handshake(raw: &RawConn, key: &[u8], side: fn(&RawConn, &[u8]) -> Result<()>) -> Result<()> {
     raw.set_max_frame(auth::HANDSHAKE_MAX_FRAME);
     sys::set_io_timeout(raw, Some(HANDSHAKE_TIMEOUT))?;
-    auth::server_handshake(raw, key).map_err(handshake_timed_out)?;
+    raw.set_read_deadline(Some(std::time::Instant::now() + HANDSHAKE_TIMEOUT));
+    side(raw, key).map_err(handshake_timed_out)?;
+    raw.set_read_deadline(None);
     sys::set_io_timeout(raw, None)?;
     raw.set_max_frame(crate::ipc::conn::MAX_FRAME);
     Ok(())
@@ -276,11 +286,7 @@ pub(crate) fn connect_raw(address: &Address, authkey: Option<&[u8]>) -> Result<R
     let fd = sys::connect_to(&address.sock())?;
     let raw = RawConn::new(fd);
     if let Some(key) = authkey {
-        raw.set_max_frame(auth::HANDSHAKE_MAX_FRAME);
-        sys::set_io_timeout(&raw, Some(HANDSHAKE_TIMEOUT))?;
-        auth::client_handshake(&raw, key).map_err(handshake_timed_out)?;
-        sys::set_io_timeout(&raw, None)?;
-        raw.set_max_frame(crate::ipc::conn::MAX_FRAME);
+        handshake(&raw, key, auth::client_handshake)?;
     }
     Ok(raw)
 }

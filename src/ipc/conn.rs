@@ -169,6 +169,10 @@ pub(crate) struct ReadState {
     /// How long a lane receiver looks at its ring before it sleeps (adapted to how soon
     /// messages came after earlier sleeps).
     spin_for: Duration,
+    /// When set, a read that finds no byte by then fails with `TimedOut`, however the
+    /// bytes before it trickled in: one limit for a whole exchange (a handshake), which a
+    /// socket's per-call time-out cannot give (each byte would start it anew).
+    deadline: Option<Instant>,
 }
 
 impl ReadState {
@@ -193,7 +197,24 @@ impl ReadState {
             spin: true,
             scratch: Vec::new(),
             spin_for: MIN_SPIN,
+            deadline: None,
         }
+    }
+
+    /// Waits until `fd` has bytes (or its end) to read, or fails once the deadline, if
+    /// any, has passed.
+    fn before_read(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        let Some(dl) = self.deadline else {
+            return Ok(());
+        };
+        let left = dl.saturating_duration_since(Instant::now());
+        if left.is_zero() || !sys::wait_readable(fd, Some(left))? {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection's deadline passed before its message came whole",
+            )));
+        }
+        Ok(())
     }
 
     fn buffered(&self) -> usize {
@@ -231,6 +252,7 @@ impl ReadState {
             self.end -= self.start;
             self.start = 0;
         }
+        self.before_read(fd)?;
         let end = self.end;
         let n = match sys::recv_some(fd, &mut self.buf[end..], &mut self.fds, self.spin) {
             Ok(n) => n,
@@ -328,6 +350,10 @@ impl ReadState {
                 sys::memfd::advise_huge_pages(payload.spare_capacity_mut());
             }
             let want = len - payload.len();
+            if let Err(e) = self.before_read(fd) {
+                self.broken = true;
+                return Err(e);
+            }
             match self.read_spare(fd, &mut payload, want) {
                 Ok(0) => {
                     self.broken = true;
@@ -502,6 +528,14 @@ impl RawConn {
     pub(crate) fn set_max_frame(&self, limit: u64) {
         let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
         st.limit = limit.min(MAX_FRAME);
+    }
+
+    /// Sets (or lifts, with `None`) a deadline for every read of this end: once it has
+    /// passed, a receive that lacks bytes fails with a `TimedOut` [`Error::Io`] however
+    /// slowly the peer kept sending. Network handshakes use it.
+    pub(crate) fn set_read_deadline(&self, deadline: Option<Instant>) {
+        let mut st = self.rd.lock().unwrap_or_else(|p| p.into_inner());
+        st.deadline = deadline;
     }
 
     /// Turns off the brief non-blocking look before a blocking read: for request/reply
