@@ -661,3 +661,34 @@ fn shared_bytes_only_encode_for_a_multiproc_channel() {
     let b = SharedBytes::from_slice(b"abc").unwrap();
     assert!(matches!(multiproc::codec::encode(&b), Err(Error::Codec(_))));
 }
+
+/// `_TestSharedMemory.test_shared_memory_ShareableList_basics`: `sl[-2]`, `sl[-1] = 77`;
+/// an index out of range, from either end, is `IndexError` (here `IndexOutOfRange`, the
+/// same error as a manager's list gives) and changes nothing.
+#[test]
+fn shareable_list_negative_indices_count_from_the_end() {
+    use multiproc::shared_memory::ShareableList;
+    multiproc::init();
+    let l = ShareableList::create(None, &[10i64, 20, 30]).unwrap();
+    assert_eq!(l.get(-1).unwrap(), 30);
+    assert_eq!(l.get(-3).unwrap(), 10);
+    l.set(-1, &77).unwrap();
+    assert_eq!(l.get(2).unwrap(), 77);
+    assert!(matches!(
+        l.get(-4),
+        Err(Error::IndexOutOfRange { index: -4, len: 3 })
+    ));
+    assert!(matches!(
+        l.set(3usize, &0),
+        Err(Error::IndexOutOfRange { index: 3, len: 3 })
+    ));
+    assert!(matches!(
+        l.set(i64::MIN, &0),
+        Err(Error::IndexOutOfRange {
+            index: i64::MIN,
+            len: 3
+        })
+    ));
+    assert_eq!(l.to_vec().unwrap(), vec![10, 20, 77]);
+    l.unlink().unwrap();
+}

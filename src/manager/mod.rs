@@ -57,6 +57,7 @@ mod client;
 mod objects;
 mod protocol;
 mod proxy;
+pub(crate) use proxy::resolve_index;
 mod server;
 
 use std::fmt;

@@ -101,8 +101,9 @@ macro_rules! proxy_common {
     };
 }
 
-/// A list position for [`ListProxy`]: any integer; a negative one counts from the end, as
-/// in Python (`-1` is the last value). Sealed.
+/// A list position for [`ListProxy`], [`ArrayProxy`](crate::manager::ArrayProxy) and
+/// [`ShareableList`](crate::shared_memory::ShareableList): any integer; a negative one
+/// counts from the end, as in Python (`-1` is the last value). Sealed.
 ///
 /// ```
 /// multiproc::init();
@@ -132,6 +133,20 @@ macro_rules! list_index {
     )*};
 }
 list_index!(usize, isize, i32, i64, u32, u64);
+
+/// The position in a sequence of `len` items that `index` names, as Python reads it
+/// (negative: from the end); out of range → [`Error::IndexOutOfRange`].
+pub(crate) fn resolve_index(index: i64, len: usize) -> Result<usize> {
+    let at = if index < 0 {
+        (len as i64).checked_add(index)
+    } else {
+        Some(index)
+    };
+    match at {
+        Some(a) if a >= 0 && (a as u64) < len as u64 => Ok(a as usize),
+        _ => Err(Error::IndexOutOfRange { index, len }),
+    }
+}
 
 /// The bounds of `range` as a slice of a list (`u64::MAX`: to the end).
 fn bounds(range: impl std::ops::RangeBounds<usize>) -> (u64, u64) {

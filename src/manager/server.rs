@@ -871,19 +871,8 @@ fn create(state: &State, c: Create, who: u64) -> Response {
 
 /// A list position as Python reads it: negative counts from the end.
 fn index(i: i64, len: usize) -> Result<usize, RemoteErr> {
-    let at = if i < 0 {
-        (len as i64).checked_add(i)
-    } else {
-        Some(i)
-    };
-    match at {
-        Some(a) if a >= 0 && (a as u64) < len as u64 => Ok(a as usize),
-        // Turned back into the error by the client (`Error::from_remote`).
-        _ => Err(err(
-            RemoteErrorKind::IndexError,
-            Error::IndexOutOfRange { index: i, len }.to_string(),
-        )),
-    }
+    // Its text is turned back into the error by the client (`Error::from_remote`).
+    super::proxy::resolve_index(i, len).map_err(|e| err(RemoteErrorKind::IndexError, e.to_string()))
 }
 
 /// A slice `start..end` clamped to a list of `len` values, as Python's slices are.

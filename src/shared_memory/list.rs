@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SharedMemory;
+use crate::manager::{resolve_index, ListIndex};
 use crate::{codec, Error, Result};
 
 const MAGIC: &[u8; 8] = b"mpSLIST1";
@@ -246,6 +247,11 @@ impl<T> ShareableList<T> {
         self.shm.unlink()
     }
 
+    /// The position `i` names (negative: from the end).
+    fn position(&self, i: impl ListIndex) -> Result<usize> {
+        resolve_index(i.wire(), self.slots.len())
+    }
+
     fn slot(&self, i: usize) -> Result<(u64, u64)> {
         self.slots
             .get(i)
@@ -318,36 +324,39 @@ impl<T: Serialize> ShareableList<T> {
         layout.write(shm)
     }
 
-    /// Stores `value` as item `i`. An index out of range → [`Error::IndexOutOfRange`]
-    /// (Python's `IndexError`); a value too large for the item's slot →
-    /// [`Error::InvalidOperation`].
+    /// Stores `value` as item `i` (negative: from the end, as in Python; see
+    /// [`ListIndex`]). An index out of range → [`Error::IndexOutOfRange`] (Python's
+    /// `IndexError`); a value too large for the item's slot → [`Error::InvalidOperation`].
     ///
     /// ```
     /// multiproc::init();
     /// let l = multiproc::shared_memory::ShareableList::create(None, &[1i64, 2]).unwrap();
     /// l.set(1, &i64::MIN).unwrap();
     /// assert_eq!(l.get(1).unwrap(), i64::MIN);
+    /// l.set(-2, &7).unwrap();
+    /// assert_eq!(l.get(0).unwrap(), 7);
     /// assert!(l.set(2, &0).is_err());
     /// l.unlink().unwrap();
     /// ```
-    pub fn set(&self, i: usize, value: &T) -> Result<()> {
-        self.put_bytes(i, &codec::encode(value)?)
+    pub fn set(&self, i: impl ListIndex, value: &T) -> Result<()> {
+        self.put_bytes(self.position(i)?, &codec::encode(value)?)
     }
 }
 
 impl<T: DeserializeOwned> ShareableList<T> {
-    /// Item `i`. An index out of range → [`Error::IndexOutOfRange`] (Python's
-    /// `IndexError`).
+    /// Item `i` (negative: from the end, as in Python; see [`ListIndex`]). An index out of
+    /// range → [`Error::IndexOutOfRange`] (Python's `IndexError`).
     ///
     /// ```
     /// multiproc::init();
     /// let l = multiproc::shared_memory::ShareableList::create(None, &[(1u8, true)]).unwrap();
     /// assert_eq!(l.get(0).unwrap(), (1, true));
+    /// assert_eq!(l.get(-1).unwrap(), (1, true));
     /// assert!(l.get(1).is_err());
     /// l.unlink().unwrap();
     /// ```
-    pub fn get(&self, i: usize) -> Result<T> {
-        codec::decode(&self.get_bytes(i)?)
+    pub fn get(&self, i: impl ListIndex) -> Result<T> {
+        codec::decode(&self.get_bytes(self.position(i)?)?)
     }
 
     /// Every item, in order.
