@@ -1396,6 +1396,79 @@ fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
     );
 }
 
+/// `n` bytes of a pattern of its own for each `k`, repeating every 65,537 bytes (a prime:
+/// a byte moved by any multiple of a page does not compare equal).
+fn pattern(n: usize, k: usize) -> Vec<u8> {
+    let unit: Vec<u8> = (0..65_537usize)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 8) ^ k) as u8)
+        .collect();
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        v.extend_from_slice(&unit[..unit.len().min(n - v.len())]);
+    }
+    v
+}
+
+/// In the worker: the length of `v`, and whether it is exactly `pattern(len, k)`.
+fn is_pattern((v, k): (Vec<u8>, usize)) -> (usize, bool) {
+    (v.len(), v == pattern(v.len(), k))
+}
+
+/// [`is_pattern`] for floats made from the pattern's bytes.
+fn is_float_pattern((v, k): (Vec<f64>, usize)) -> (usize, bool) {
+    (v.len(), v == float_pattern(v.len(), k))
+}
+
+fn float_pattern(n: usize, k: usize) -> Vec<f64> {
+    pattern(n, k)
+        .iter()
+        .map(|&b| f64::from(b) * 0.5 - 7.25)
+        .collect()
+}
+
+#[test]
+fn large_arguments_around_the_file_thresholds_arrive_bit_exact() {
+    multiproc::init();
+    let pool = Pool::new(2).unwrap();
+    const MIB: usize = 1 << 20;
+    const PAGE: usize = 4096;
+    // A batch frame holding one task's `(Vec<u8>, usize)` of `n` bytes is `n + 74` bytes
+    // long: frames just below, at and above the 2 MiB past which a frame travels in a
+    // memory file, and around the 128 MiB past which that file is sealed, not lent.
+    let sizes = [
+        2 * MIB - 75,
+        2 * MIB - 74,
+        2 * MIB - 73,
+        2 * MIB + PAGE,
+        128 * MIB - 74 - PAGE,
+        128 * MIB - 74,
+        128 * MIB + PAGE,
+    ];
+    for (k, &n) in sizes.iter().enumerate() {
+        let items = vec![(pattern(n, k), k), (pattern(100, k + 1), k + 1)];
+        let want = vec![(n, true), (100, true)];
+        // One task per job (each frame holds one large argument), then both in one job.
+        assert_eq!(
+            pool.map_chunked(is_pattern, items.clone(), 1).unwrap(),
+            want,
+            "{n}"
+        );
+        assert_eq!(pool.map_chunked(is_pattern, items, 2).unwrap(), want, "{n}");
+    }
+    // Several large arguments in one frame, with small ones between them, and floats.
+    let items: Vec<_> = (0..6)
+        .map(|k| (pattern([3 * MIB, 10][k % 2], k), k))
+        .collect();
+    let want: Vec<_> = items.iter().map(|(v, _)| (v.len(), true)).collect();
+    assert_eq!(pool.map_chunked(is_pattern, items, 3).unwrap(), want);
+    let floats = vec![
+        (float_pattern(MIB / 8, 1), 1),
+        (float_pattern(16 * MIB + 1, 2), 2),
+    ];
+    let r = pool.map(is_float_pattern, floats).unwrap();
+    assert_eq!(r, vec![(MIB / 8, true), (16 * MIB + 1, true)]);
+}
+
 /// A result of 5 MiB (`x % 3 == 1`) or 10 bytes of `x`, whose encoding fails after all its
 /// bytes when `x % 7 == 6`.
 #[derive(Debug, PartialEq, serde::Deserialize)]

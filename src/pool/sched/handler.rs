@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::ipc::Wake;
 use crate::pool::fail::TaskFail;
-use crate::pool::wire::{Reader, ReplySeg, FLAG_FLUSH_EACH, MSG_BATCH, REP_RESULTS};
+use crate::pool::wire::{Reader, ReplySeg, FLAG_FLUSH_EACH, REP_RESULTS};
 use crate::{Error, Result};
 
 use super::*;
@@ -216,9 +216,6 @@ pub(super) fn serve(
                 if jobs.is_empty() {
                     continue;
                 }
-                buf.clear();
-                buf.push(MSG_BATCH);
-                buf.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
                 let flags = if timeout.is_some() {
                     FLAG_FLUSH_EACH
                 } else {
@@ -228,7 +225,6 @@ pub(super) fn serve(
                 let mut sent = Vec::with_capacity(jobs.len());
                 for job in jobs {
                     let id = shared.fresh_id();
-                    job.encode_into(id, flags, &mut buf);
                     w.tasks += job.len();
                     let seq = w.jobs;
                     w.jobs += 1;
@@ -240,8 +236,8 @@ pub(super) fn serve(
                     });
                 }
                 let r = {
-                    let fds: Vec<_> = sent.iter().flat_map(|s| s.job.fds()).collect();
-                    w.conn.send_bytes(&buf, &fds)
+                    let batch: Vec<_> = sent.iter().map(|s| (&s.job, s.id)).collect();
+                    send_batch(&w.conn, &batch, flags, &mut buf)
                 };
                 if buf.capacity() > (4 << 20) {
                     buf = Vec::new();

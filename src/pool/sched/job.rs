@@ -543,7 +543,6 @@ impl Job {
     }
 
     /// How many bytes [`encode_into`](Self::encode_into) appends.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn wire_len(&self) -> usize {
         let ends = match &self.ends {
             Ends::Stride { .. } => 4,
@@ -556,6 +555,13 @@ impl Job {
     /// Appends the job to a `BATCH` frame; its descriptors ([`fds`](Self::fds)) travel with
     /// the frame, in job order.
     pub(crate) fn encode_into(&self, id: u64, flags: u8, out: &mut Vec<u8>) {
+        self.encode_header_into(id, flags, out);
+        out.extend_from_slice(&self.args);
+    }
+
+    /// Appends what [`encode_into`](Self::encode_into) appends before the arguments
+    /// ([`args`](Self::args)), which follow it in the frame.
+    pub(crate) fn encode_header_into(&self, id: u64, flags: u8, out: &mut Vec<u8>) {
         let mut flags = flags;
         if self.fd_counts.is_some() {
             flags |= FLAG_HAS_FDS;
@@ -587,11 +593,56 @@ impl Job {
                 out.extend_from_slice(&n.to_le_bytes());
             }
         }
-        out.extend_from_slice(&self.args);
+    }
+
+    /// The encoded arguments of the job's tasks, as they end its part of a frame.
+    pub(crate) fn args(&self) -> &[u8] {
+        &self.args
     }
 
     /// The descriptors of the handles in the job's arguments, in task order.
     pub(crate) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         self.fds.iter().map(|f| f.as_fd())
     }
+}
+
+/// Sends `jobs` (each with its id) to a worker as one `BATCH` frame, with their
+/// descriptors. A frame larger than what the lanes carry (past
+/// [`RawConn::spill_threshold`], a large argument's) travels as a memory file written
+/// straight from each job's arguments: one copy, not one into `buf` and another into the
+/// file. `buf` is scratch space.
+pub(super) fn send_batch(
+    conn: &crate::ipc::RawConn,
+    jobs: &[(&Job, u64)],
+    flags: u8,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    use crate::pool::wire::MSG_BATCH;
+    buf.clear();
+    buf.push(MSG_BATCH);
+    buf.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
+    let fds: Vec<_> = jobs.iter().flat_map(|(j, _)| j.fds()).collect();
+    let len = buf.len() + jobs.iter().map(|(j, _)| j.wire_len()).sum::<usize>();
+    if conn.spill_threshold().is_none_or(|t| len <= t) {
+        for (j, id) in jobs {
+            j.encode_into(*id, flags, buf);
+        }
+        return conn.send_bytes(buf, &fds);
+    }
+    // The headers go into `buf`, one after another; the frame is each job's header
+    // followed by its arguments.
+    let mut ends = Vec::with_capacity(jobs.len());
+    for (j, id) in jobs {
+        j.encode_header_into(*id, flags, buf);
+        ends.push(buf.len());
+    }
+    let mut parts = Vec::with_capacity(2 * jobs.len());
+    let mut start = 0;
+    for ((j, _), end) in jobs.iter().zip(ends) {
+        parts.push(&buf[start..end]);
+        parts.push(j.args());
+        start = end;
+    }
+    let file = crate::sys::memfd::message_copy_parts(&parts)?;
+    conn.send_sealed(file.as_fd(), len, &fds)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::ipc::RawConn;
 use crate::pool::fail::TaskFail;
 use crate::pool::wire::{
-    Progress, Reader, SockHandle, FLAG_FLUSH_EACH, MSG_BATCH, MSG_STOP, REP_INIT_FAILED, REP_READY,
+    Progress, Reader, SockHandle, FLAG_FLUSH_EACH, MSG_STOP, REP_INIT_FAILED, REP_READY,
 };
 use crate::process::ChildState;
 use crate::{codec, sys, Error, Process, Result};
@@ -436,21 +436,15 @@ impl Shared {
     /// Sends `job` to `w` and waits for all its replies. False: the worker is lost.
     pub(super) fn run_on(&self, w: &mut Worker, job: Job) -> bool {
         let id = self.fresh_id();
-        let mut buf = vec![MSG_BATCH];
-        buf.extend_from_slice(&1u32.to_le_bytes());
         let flags = if self.cfg.task_timeout.is_some() {
             FLAG_FLUSH_EACH
         } else {
             0
         };
-        job.encode_into(id, flags, &mut buf);
         w.tasks += job.len();
         let seq = w.jobs;
         w.jobs += 1;
-        let sent = {
-            let fds: Vec<_> = job.fds().collect();
-            w.conn.send_bytes(&buf, &fds)
-        };
+        let sent = send_batch(&w.conn, &[(&job, id)], flags, &mut Vec::new());
         match sent {
             Ok(()) => {}
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {

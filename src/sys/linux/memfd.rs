@@ -438,13 +438,43 @@ fn read_exact_at(fd: BorrowedFd<'_>, off: u64, out: &mut [u8]) -> io::Result<boo
 /// message is small enough ([`MAX_LENT`](lent::MAX_LENT)), a new sealed one otherwise (see
 /// [`MessageFile::for_message`]); the receiver reads it with [`MessageBytes::receive`].
 pub(crate) fn message_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
-    if bytes.is_empty() {
+    message_copy_parts(&[bytes])
+}
+
+/// [`message_copy`] of the message made of `parts` one after another (not empty in all),
+/// each copied once, from its own memory into the file, with no copy of the whole message
+/// in between (a pool's batch: frame headers between large runs of arguments). Parts
+/// smaller than [`GATHER`] are gathered into one write.
+pub(crate) fn message_copy_parts(parts: &[&[u8]]) -> io::Result<OwnedFd> {
+    let total = parts.iter().map(|p| p.len()).sum::<usize>();
+    if total == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
     }
-    let mut f = MessageFile::for_message(bytes.len())?;
-    f.write_at(0, bytes)?;
+    let mut f = MessageFile::for_message(total)?;
+    let mut small = Vec::new();
+    let mut off = 0u64;
+    for p in parts {
+        if p.len() >= GATHER {
+            if !small.is_empty() {
+                f.write_at(off, &small)?;
+                off += small.len() as u64;
+                small.clear();
+            }
+            f.write_at(off, p)?;
+            off += p.len() as u64;
+        } else {
+            small.extend_from_slice(p);
+        }
+    }
+    if !small.is_empty() {
+        f.write_at(off, &small)?;
+    }
     f.finish()
 }
+
+/// Parts of a message smaller than this are gathered before they are written
+/// ([`message_copy_parts`]): one system call each would cost more than the copy.
+const GATHER: usize = 64 << 10;
 
 /// Writes all of `bytes` at byte `off` of the file `fd` (growing it as needed).
 fn pwrite_all(fd: BorrowedFd<'_>, off: u64, bytes: &[u8]) -> io::Result<()> {
@@ -852,6 +882,34 @@ mod tests {
         let wfd = super::super::socket::dup_fd(w.fd()).unwrap();
         assert!(SealedBytes::from_fd(wfd, 4096).is_err());
         assert!(message_copy(&[]).is_err());
+    }
+
+    #[test]
+    fn a_message_copied_from_parts_arrives_whole_lent_or_sealed() {
+        const PAGE: usize = 4096;
+        // A pattern that repeats every 65,537 bytes (a prime: no shift by whole pages
+        // compares equal).
+        let unit: Vec<u8> = (0..65_537usize)
+            .map(|i| (i.wrapping_mul(131) ^ (i >> 8)) as u8)
+            .collect();
+        // Around the largest lent message: lent below and at it, sealed above.
+        for total in [lent::MAX_LENT - PAGE, lent::MAX_LENT, lent::MAX_LENT + PAGE] {
+            let mut whole = Vec::with_capacity(total);
+            while whole.len() < total {
+                whole.extend_from_slice(&unit[..unit.len().min(total - whole.len())]);
+            }
+            // Small parts gathered between large ones, an empty one, a large one last.
+            let cuts = [0, 3, 3, 70_000, 70_010, 70_011, total / 2, total - 5, total];
+            let parts: Vec<&[u8]> = cuts.windows(2).map(|c| &whole[c[0]..c[1]]).collect();
+            let fd = message_copy_parts(&parts).unwrap();
+            let sealed = rustix::fs::fcntl_get_seals(&fd)
+                .unwrap()
+                .contains(SealFlags::WRITE);
+            assert_eq!(sealed, total > lent::MAX_LENT, "{total}");
+            let got = MessageBytes::receive(fd, total).unwrap();
+            assert!(got.as_slice() == &whole[..], "{total} bytes differ");
+        }
+        assert!(message_copy_parts(&[&[], &[]]).is_err(), "empty");
     }
 
     #[test]
