@@ -76,7 +76,8 @@ fn functions_outside_the_executable_are_refused_before_any_child_starts() {
         "the plugin was built and loaded"
     );
     for f in fs {
-        // A `Process` target returns a `Termination` type; the address is what matters.
+        // A `Process` target (and an initializer) returns a `Termination` type; the address
+        // is what matters.
         // SAFETY: only the address is used (see `foreign`).
         let target = unsafe { std::mem::transmute::<fn(i32) -> i32, fn(i32)>(f) };
         let mut p = Process::new(target, 5);
@@ -93,10 +94,10 @@ fn functions_outside_the_executable_are_refused_before_any_child_starts() {
         assert_eq!(pool.map(double, vec![1, 2, 3]).unwrap(), vec![2, 4, 6]);
         drop(pool);
 
-        refused(Pool::builder().processes(1).initializer(f, 1).build());
+        refused(Pool::builder().processes(1).initializer(target, 1).build());
         refused(
             multiproc::Manager::builder()
-                .initializer(f, 1)
+                .initializer(target, 1)
                 .start()
                 .map(|_| ()),
         );

@@ -1551,6 +1551,28 @@ fn manager_initializer_runs_in_the_server_before_it_serves() {
     assert!(common::zombies_of_me().is_empty());
 }
 
+/// A server initializer that returns `Err` stops the start, as a panic does (it used to be
+/// dropped, and the server served unprepared); `Ok(())` lets it serve.
+#[test]
+fn manager_initializer_returning_err_fails_the_start() {
+    multiproc::init();
+    fn check(level: u8) -> Result<(), String> {
+        if level < 10 {
+            Ok(())
+        } else {
+            Err(format!("level {level} is too loud"))
+        }
+    }
+    let m = Manager::builder().initializer(check, 1).start().unwrap();
+    assert_eq!(m.value(5u8).unwrap().get().unwrap(), 5);
+    drop(m);
+    match Manager::builder().initializer(check, 11).start() {
+        Err(Error::InvalidOperation(m)) => assert!(m.contains("returned a failure"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(common::zombies_of_me().is_empty());
+}
+
 fn lock_and_exit((l, held): (LockProxy, EventProxy)) {
     l.acquire().unwrap();
     held.set().unwrap();

@@ -1032,6 +1032,39 @@ fn initializer_that_exits_breaks_the_pool_cleanly() {
     }
 }
 
+/// An initializer's return value counts as a Rust `main`'s: `Ok(())` lets the pool run, an
+/// `Err` breaks it as a panic would (it used to be dropped, and the pool ran with workers
+/// that were never set up).
+#[test]
+fn initializer_returning_err_breaks_the_pool() {
+    multiproc::init();
+    fn connect(url: String) -> Result<(), String> {
+        if url.is_empty() {
+            Err("no url".into())
+        } else {
+            Ok(())
+        }
+    }
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(connect, "db://".to_string())
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    drop(pool);
+    match Pool::builder()
+        .processes(1)
+        .initializer(connect, String::new())
+        .build()
+    {
+        Err(Error::BrokenPool { cause, .. }) => match *cause {
+            Error::InvalidOperation(m) => assert!(m.contains("returned a failure"), "{m}"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Refuses to be encoded when its number is a multiple of 3.
 #[derive(Clone, Debug, serde::Deserialize)]
 struct Picky(u32);

@@ -10,9 +10,9 @@
 //! method is one request/reply round trip over a pooled connection, applied atomically in
 //! the server (one thread per client connection, one mutex per object); errors raised
 //! there (a missing key, say) come back as [`Error::Remote`] (an index out of range as
-//! [`Error::IndexOutOfRange`], as everywhere) and the server keeps serving. Proxies are `Clone` and serializable: put one in a [`Process`]'s
-//! arguments, a pool task or a pipe message, and it reconnects in the receiving process
-//! on first use.
+//! [`Error::IndexOutOfRange`], as everywhere) and the server keeps serving. Proxies are
+//! `Clone` and serializable: put one in a [`Process`]'s arguments, a pool task or a pipe
+//! message, and it reconnects in the receiving process on first use.
 //!
 //! ```
 //! multiproc::init();
@@ -250,8 +250,10 @@ impl ManagerBuilder {
     }
 
     /// A function the server process runs once, with `args`, before it serves anyone
-    /// (Python's `manager.start(initializer, initargs)`). If it panics,
-    /// [`start`](ManagerBuilder::start) returns the panic as [`Error::TaskPanicked`].
+    /// (Python's `manager.start(initializer, initargs)`). Its return value counts as a Rust
+    /// `main`'s does (see [`Process::new`]): if it returns an `Err` (printed on the
+    /// server's standard error), [`start`](ManagerBuilder::start) returns
+    /// [`Error::InvalidOperation`]; if it panics, the panic as [`Error::TaskPanicked`].
     ///
     /// ```
     /// multiproc::init();
@@ -260,12 +262,19 @@ impl ManagerBuilder {
     /// # drop(m);
     /// let bad = multiproc::Manager::builder().initializer(quiet, 11).start();
     /// assert!(matches!(bad, Err(multiproc::Error::TaskPanicked { .. })));
+    ///
+    /// fn check(level: u8) -> Result<(), String> {
+    ///     if level < 10 { Ok(()) } else { Err(format!("level {level} is too loud")) }
+    /// }
+    /// assert!(multiproc::Manager::builder().initializer(check, 1).start().is_ok());
+    /// let bad = multiproc::Manager::builder().initializer(check, 11).start();
+    /// assert!(matches!(bad, Err(multiproc::Error::InvalidOperation(_))));
     /// ```
     #[doc(alias = "start")]
     pub fn initializer<I, IR>(mut self, f: fn(I) -> IR, args: I) -> Self
     where
         I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        IR: 'static,
+        IR: std::process::Termination + 'static,
     {
         let spec = crate::pool::InitSpec {
             target: FnRef::of(f).erase(),
@@ -375,6 +384,10 @@ impl ManagerBuilder {
             Ok(Control::Failed(msg)) => {
                 stop(&process);
                 return Err(Error::Io(std::io::Error::other(msg)));
+            }
+            Ok(Control::InitFailed(why)) => {
+                stop(&process);
+                return Err(Error::InvalidOperation(why));
             }
             Ok(Control::InitPanicked(message, location)) => {
                 stop(&process);

@@ -56,6 +56,8 @@ pub(crate) enum Control {
     Shutdown,
     /// Server → owner: the initializer panicked (message, location).
     InitPanicked(String, Option<String>),
+    /// Server → owner: the initializer returned a failure (why).
+    InitFailed(String),
 }
 
 /// The server process's arguments.
@@ -76,15 +78,19 @@ pub(crate) struct ServerStart<I> {
 }
 
 /// Runs the initializer in the server; the reason it failed, if it did.
-fn run_initializer<I, IR>(init: crate::pool::InitSpec<I>) -> Option<Control> {
+fn run_initializer<I, IR: std::process::Termination>(
+    init: crate::pool::InitSpec<I>,
+) -> Option<Control> {
     let Some(f) = init.target.typed::<fn(I) -> IR>().get() else {
         return Some(Control::Failed(
             "the initializer's type does not match in the manager's server".into(),
         ));
     };
-    let a = init.args;
-    match std::panic::catch_unwind(AssertUnwindSafe(move || drop(f(a)))) {
-        Ok(()) => None,
+    match crate::start::call_reporting(f, init.args) {
+        Ok(0) => None,
+        Ok(code) => Some(Control::InitFailed(crate::start::initializer_reported(
+            code,
+        ))),
         Err(p) => Some(match crate::start::take_last_panic() {
             Some((message, location, _)) => Control::InitPanicked(message, location),
             None => Control::InitPanicked(crate::error::panic_message(&*p), None),
@@ -227,7 +233,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The server process's entry point.
-pub(crate) fn server_main<I, IR>(start: ServerStart<I>) {
+pub(crate) fn server_main<I, IR: std::process::Termination>(start: ServerStart<I>) {
     let ServerStart { args, init } = start;
     if let Some(init) = init {
         if let Some(failed) = run_initializer::<I, IR>(init) {

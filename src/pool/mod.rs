@@ -185,9 +185,12 @@ impl PoolBuilder {
     }
 
     /// A function each worker runs once when it starts, with `args` (Python's
-    /// `initializer=`, `initargs=`). If it panics, [`build`](PoolBuilder::build) returns
-    /// [`Error::BrokenPool`] with the panic ([`Error::TaskPanicked`]) as its cause; if it
-    /// panics later, in a worker that replaces a dead one, every task gets that error.
+    /// `initializer=`, `initargs=`). Its return value counts as a Rust `main`'s does (see
+    /// [`Process::new`](crate::Process::new)): if it returns an `Err` (printed on the
+    /// worker's standard error) or panics, [`build`](PoolBuilder::build) returns
+    /// [`Error::BrokenPool`] with the failure as its cause ([`Error::InvalidOperation`],
+    /// or the panic's [`Error::TaskPanicked`]); if it fails later, in a worker that
+    /// replaces a dead one, every task gets that error.
     ///
     /// ```
     /// multiproc::init();
@@ -197,11 +200,18 @@ impl PoolBuilder {
     /// let bad = multiproc::Pool::builder().processes(1).initializer(setup, 30).build();
     /// let Err(multiproc::Error::BrokenPool { cause, .. }) = bad else { panic!() };
     /// assert!(matches!(*cause, multiproc::Error::TaskPanicked { .. }));
+    ///
+    /// fn connect(url: String) -> Result<(), String> {
+    ///     if url.is_empty() { Err("no url".into()) } else { Ok(()) }
+    /// }
+    /// let bad = multiproc::Pool::builder().processes(1).initializer(connect, String::new()).build();
+    /// let Err(multiproc::Error::BrokenPool { cause, .. }) = bad else { panic!() };
+    /// assert!(matches!(*cause, multiproc::Error::InvalidOperation(_)));
     /// ```
     pub fn initializer<I, IR>(mut self, f: fn(I) -> IR, args: I) -> PoolBuilder
     where
         I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        IR: 'static,
+        IR: std::process::Termination + 'static,
     {
         #[cfg(feature = "mpi")]
         {

@@ -437,7 +437,7 @@ fn run_batch(
 }
 
 /// The worker process's body.
-pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
+pub(crate) fn worker_main<I: DeserializeOwned, IR: std::process::Termination>(args: WorkerArgs<I>) {
     start::set_quiet_panics(true);
     let SockHandle { conn, progress } = args.sock;
     let conn = Rc::new(conn);
@@ -446,13 +446,11 @@ pub(crate) fn worker_main<I: DeserializeOwned, IR>(args: WorkerArgs<I>) {
             None => Some(TaskFail::BuildMismatch(
                 "the initializer's type does not match in the worker".into(),
             )),
-            Some(f) => {
-                let a = init.args;
-                match std::panic::catch_unwind(AssertUnwindSafe(move || drop(f(a)))) {
-                    Ok(()) => None,
-                    Err(_) => Some(panicked()),
-                }
-            }
+            Some(f) => match start::call_reporting(f, init.args) {
+                Ok(0) => None,
+                Ok(code) => Some(TaskFail::Invalid(start::initializer_reported(code))),
+                Err(_) => Some(panicked()),
+            },
         };
         if let Some(fail) = fail {
             let mut b = vec![REP_INIT_FAILED];

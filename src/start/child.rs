@@ -188,6 +188,24 @@ pub(super) fn bad_target(sig_ok: bool) -> i32 {
     255
 }
 
+/// Calls `f(a)` and lets its result report as a Rust `main`'s does
+/// ([`Termination::report`]: an `Err` is printed to standard error as `Error: {e:?}`):
+/// the exit code it reports (0 for success), or the panic. For process targets and the
+/// initializers of pools and managers.
+pub(crate) fn call_reporting<A, R: Termination>(f: fn(A) -> R, a: A) -> std::thread::Result<i32> {
+    std::panic::catch_unwind(AssertUnwindSafe(move || {
+        sys::exit_code_number(f(a).report())
+    }))
+}
+
+/// Why an initializer failed that returned a failure (`code`, from [`call_reporting`]).
+pub(crate) fn initializer_reported(code: i32) -> String {
+    format!(
+        "the initializer returned a failure (exit code {code}); it printed the error on \
+         standard error"
+    )
+}
+
 /// Runs a [`Process`](crate::Process)'s target; its return value decides the exit code, as
 /// a Rust `main`'s does ([`Termination::report`]: an `Err` is printed to standard error as
 /// `Error: {e:?}` and gives 1); a panic gives 1.
@@ -207,10 +225,7 @@ pub(super) fn run_reporting<A: DeserializeOwned, R: Termination>(
             return 255;
         }
     };
-    match std::panic::catch_unwind(AssertUnwindSafe(move || f(a).report())) {
-        Ok(code) => sys::exit_code_number(code),
-        Err(_) => 1,
-    }
+    call_reporting(f, a).unwrap_or(1)
 }
 
 pub(super) fn run_returning<A: DeserializeOwned, R: Serialize>(

@@ -55,7 +55,7 @@ type ApplyInit = fn(PoolBuilder, AnyFnRef, &[u8]) -> Result<PoolBuilder>;
 fn apply_init<I, IR>(b: PoolBuilder, target: AnyFnRef, args: &[u8]) -> Result<PoolBuilder>
 where
     I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-    IR: 'static,
+    IR: std::process::Termination + 'static,
 {
     let f = target.typed::<fn(I) -> IR>().get().ok_or_else(|| {
         Error::BuildMismatch("the pool's initializer does not match on this rank".into())
@@ -69,7 +69,7 @@ impl RemoteInit {
     pub(crate) fn new<I, IR>(f: fn(I) -> IR, args: &I) -> Result<RemoteInit>
     where
         I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        IR: 'static,
+        IR: std::process::Termination + 'static,
     {
         let mut bytes = Vec::new();
         if !codec::encode_with_fds(args, &mut bytes)?.is_empty() {

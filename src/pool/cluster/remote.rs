@@ -32,7 +32,7 @@ pub(crate) type RemoteInitFn = Arc<dyn Fn() -> Result<RemoteInit> + Send + Sync>
 pub(crate) fn remote_init<I, IR>(f: fn(I) -> IR, args: I) -> RemoteInitFn
 where
     I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-    IR: 'static,
+    IR: std::process::Termination + 'static,
 {
     Arc::new(move || RemoteInit::new(f, &args))
 }
