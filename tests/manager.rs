@@ -1573,6 +1573,44 @@ fn manager_initializer_returning_err_fails_the_start() {
     assert!(common::zombies_of_me().is_empty());
 }
 
+/// `TestSyncManagerTypes.test_set` / `test_set_init` (Python 3.14's `manager.set()`): made
+/// from values (duplicates dropped), changed from a child, every method checked there.
+fn set_child(s: multiproc::manager::SetProxy<String>) -> Result<(), String> {
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+    let e = |e: Error| e.to_string();
+    check(s.len().map_err(e)? == 3, "len")?;
+    check(s.contains(&"a".into()).map_err(e)?, "contains a")?;
+    check(!s.contains(&"d".into()).map_err(e)?, "not contains d")?;
+    check(s.add("d".into()).map_err(e)?, "add d is new")?;
+    check(!s.add("d".into()).map_err(e)?, "add d again")?;
+    check(s.remove(&"a".into()).map_err(e)?, "remove a")?;
+    check(!s.remove(&"a".into()).map_err(e)?, "remove a again")?;
+    s.update(["e", "b"].map(String::from)).map_err(e)?;
+    let all = s.to_set().map_err(e)?;
+    let want: std::collections::HashSet<String> = ["b", "c", "d", "e"].map(String::from).into();
+    check(all == want, "to_set")?;
+    let popped = s.pop().map_err(e)?.ok_or("pop of a full set")?;
+    check(!s.contains(&popped).map_err(e)?, "popped is gone")?;
+    Ok(())
+}
+
+#[test]
+fn manager_set_across_processes() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let s = m.set(["a", "b", "c", "a"].map(String::from)).unwrap();
+    assert_eq!(s.len().unwrap(), 3);
+    assert_eq!(s.to_vec().unwrap(), ["a", "b", "c"]);
+    let mut p = Process::new(set_child, s.clone());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert_eq!(s.len().unwrap(), 3);
+    s.clear().unwrap();
+    assert!(s.is_empty().unwrap());
+    assert_eq!(s.pop().unwrap(), None);
+}
+
 fn lock_and_exit((l, held): (LockProxy, EventProxy)) {
     l.acquire().unwrap();
     held.set().unwrap();

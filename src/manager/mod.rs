@@ -80,6 +80,7 @@ pub use objects::condition::ConditionProxy;
 pub use objects::joinable_queue::JoinableQueueProxy;
 pub use objects::rlock::RLockProxy;
 pub use objects::semaphore::{BoundedSemaphoreProxy, SemaphoreProxy};
+pub use objects::set::SetProxy;
 pub(crate) use proxy::ErasedShared;
 pub use proxy::{
     DictIter, DictProxy, EventProxy, ListIndex, ListIter, ListProxy, LockProxy, LockProxyGuard,

@@ -2,64 +2,33 @@
 //! server keeps it as a list; this proxy offers only what keeps its length.
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::view_proxy;
 use crate::manager::{ListIndex, ListProxy, Manager};
 use crate::{Error, Result};
 
-/// A fixed-length array kept by a manager (Python's `manager.Array(typecode, seq)`): read
-/// and write values by position (negative: from the end) or by range, from any process.
-///
-/// ```
-/// multiproc::init();
-/// use multiproc::manager::ArrayProxy;
-/// fn square_all(a: ArrayProxy<i64>) {
-///     for i in 0..a.len().unwrap() {
-///         let v = a.get(i).unwrap();
-///         a.set(i, v * v).unwrap();
-///     }
-/// }
-/// let m = multiproc::Manager::start().unwrap();
-/// let a = m.array(vec![1i64, 2, 3]).unwrap();
-/// multiproc::spawn(square_all, a.clone()).unwrap().join().unwrap();
-/// assert_eq!(a.to_vec().unwrap(), vec![1, 4, 9]);
-/// ```
-#[doc(alias = "Array")]
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct ArrayProxy<T> {
-    list: ListProxy<T>,
-}
-
-impl<T> Clone for ArrayProxy<T> {
-    fn clone(&self) -> Self {
-        ArrayProxy {
-            list: self.list.clone(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for ArrayProxy<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ArrayProxy({:?})", self.list.obj())
-    }
-}
-
-impl<T> crate::manager::sealed::Sealed for ArrayProxy<T> {}
-
-#[allow(private_interfaces)]
-impl<T> crate::manager::Proxy for ArrayProxy<T> {
-    fn obj_ref(&self) -> &crate::manager::client::ObjRef {
-        self.list.obj()
-    }
-    fn from_obj_ref(obj: crate::manager::client::ObjRef) -> Self {
-        ArrayProxy {
-            list: ListProxy::from_obj(obj),
-        }
-    }
-    fn accepts(kind: &crate::manager::protocol::Kind) -> bool {
-        matches!(kind, crate::manager::protocol::Kind::List)
-    }
+view_proxy! {
+    /// A fixed-length array kept by a manager (Python's `manager.Array(typecode, seq)`): read
+    /// and write values by position (negative: from the end) or by range, from any process.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::manager::ArrayProxy;
+    /// fn square_all(a: ArrayProxy<i64>) {
+    ///     for i in 0..a.len().unwrap() {
+    ///         let v = a.get(i).unwrap();
+    ///         a.set(i, v * v).unwrap();
+    ///     }
+    /// }
+    /// let m = multiproc::Manager::start().unwrap();
+    /// let a = m.array(vec![1i64, 2, 3]).unwrap();
+    /// multiproc::spawn(square_all, a.clone()).unwrap().join().unwrap();
+    /// assert_eq!(a.to_vec().unwrap(), vec![1, 4, 9]);
+    /// ```
+    #[doc(alias = "Array")]
+    ArrayProxy<T> { list: ListProxy<T> },
+    List
 }
 
 impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {

@@ -6,75 +6,44 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::view_proxy;
 use crate::manager::protocol::{Create, Op, Reply, Wait};
 use crate::manager::{Manager, QueueProxy};
 use crate::{Error, RemoteErrorKind, Result};
 
-/// A queue kept by a manager, with [`task_done`](JoinableQueueProxy::task_done) and
-/// [`join`](JoinableQueueProxy::join) (Python's `manager.JoinableQueue()`). It has every
-/// method of [`QueueProxy`] (through `Deref`).
-///
-/// ```
-/// multiproc::init();
-/// use multiproc::manager::JoinableQueueProxy;
-/// fn worker(q: JoinableQueueProxy<u32>) {
-///     for _ in 0..3 {
-///         q.get().unwrap();
-///         q.task_done().unwrap();
-///     }
-/// }
-/// let m = multiproc::Manager::start().unwrap();
-/// let q = m.joinable_queue::<u32>().unwrap();
-/// for i in 0..3 { q.put(i).unwrap(); }
-/// let p = multiproc::spawn(worker, q.clone()).unwrap();
-/// q.join().unwrap(); // returns once the worker has marked all three done
-/// assert_eq!(q.unfinished_tasks().unwrap(), 0);
-/// p.join().unwrap();
-/// ```
-#[doc(alias = "JoinableQueue")]
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct JoinableQueueProxy<T> {
-    queue: QueueProxy<T>,
-}
-
-impl<T> Clone for JoinableQueueProxy<T> {
-    fn clone(&self) -> Self {
-        JoinableQueueProxy {
-            queue: self.queue.clone(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for JoinableQueueProxy<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JoinableQueueProxy({:?})", self.queue.obj())
-    }
+view_proxy! {
+    /// A queue kept by a manager, with [`task_done`](JoinableQueueProxy::task_done) and
+    /// [`join`](JoinableQueueProxy::join) (Python's `manager.JoinableQueue()`). It has every
+    /// method of [`QueueProxy`] (through `Deref`).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::manager::JoinableQueueProxy;
+    /// fn worker(q: JoinableQueueProxy<u32>) {
+    ///     for _ in 0..3 {
+    ///         q.get().unwrap();
+    ///         q.task_done().unwrap();
+    ///     }
+    /// }
+    /// let m = multiproc::Manager::start().unwrap();
+    /// let q = m.joinable_queue::<u32>().unwrap();
+    /// for i in 0..3 { q.put(i).unwrap(); }
+    /// let p = multiproc::spawn(worker, q.clone()).unwrap();
+    /// q.join().unwrap(); // returns once the worker has marked all three done
+    /// assert_eq!(q.unfinished_tasks().unwrap(), 0);
+    /// p.join().unwrap();
+    /// ```
+    #[doc(alias = "JoinableQueue")]
+    JoinableQueueProxy<T> { queue: QueueProxy<T> },
+    Queue
 }
 
 impl<T> Deref for JoinableQueueProxy<T> {
     type Target = QueueProxy<T>;
     fn deref(&self) -> &QueueProxy<T> {
         &self.queue
-    }
-}
-
-impl<T> crate::manager::sealed::Sealed for JoinableQueueProxy<T> {}
-
-#[allow(private_interfaces)]
-impl<T> crate::manager::Proxy for JoinableQueueProxy<T> {
-    fn obj_ref(&self) -> &crate::manager::client::ObjRef {
-        self.queue.obj()
-    }
-    fn from_obj_ref(obj: crate::manager::client::ObjRef) -> Self {
-        JoinableQueueProxy {
-            queue: QueueProxy::from_obj(obj),
-        }
-    }
-    fn accepts(kind: &crate::manager::protocol::Kind) -> bool {
-        matches!(kind, crate::manager::protocol::Kind::Queue)
     }
 }
 

@@ -14,6 +14,7 @@ pub(crate) mod condition;
 pub(crate) mod joinable_queue;
 pub(crate) mod rlock;
 pub(crate) mod semaphore;
+pub(crate) mod set;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -141,3 +142,50 @@ macro_rules! object_proxy {
     };
 }
 pub(crate) use object_proxy;
+
+/// Defines a typed proxy that offers another view of an object of a built-in kind (an
+/// array is a list, a set a dictionary, a joinable queue a queue): the struct holding the
+/// inner proxy, `Clone`, `Debug`, serialization and the [`Proxy`](super::Proxy) impl that
+/// `lookup` checks.
+macro_rules! view_proxy {
+    ($(#[$doc:meta])* $name:ident<$t:ident> { $field:ident: $inner:ty }, $kind:ident) => {
+        $(#[$doc])*
+        #[derive(serde::Serialize, serde::Deserialize)]
+        #[serde(bound = "")]
+        pub struct $name<$t> {
+            $field: $inner,
+        }
+
+        impl<$t> Clone for $name<$t> {
+            fn clone(&self) -> Self {
+                $name {
+                    $field: self.$field.clone(),
+                }
+            }
+        }
+
+        impl<$t> std::fmt::Debug for $name<$t> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({:?})"), self.$field.obj())
+            }
+        }
+
+        impl<$t> $crate::manager::sealed::Sealed for $name<$t> {}
+
+        #[allow(private_interfaces)]
+        impl<$t> $crate::manager::Proxy for $name<$t> {
+            fn obj_ref(&self) -> &$crate::manager::client::ObjRef {
+                self.$field.obj()
+            }
+            fn from_obj_ref(obj: $crate::manager::client::ObjRef) -> Self {
+                $name {
+                    $field: <$inner>::from_obj(obj),
+                }
+            }
+            fn accepts(kind: &$crate::manager::protocol::Kind) -> bool {
+                matches!(kind, $crate::manager::protocol::Kind::$kind)
+            }
+        }
+    };
+}
+pub(crate) use view_proxy;
