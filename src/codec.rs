@@ -311,7 +311,7 @@ impl<'a> Enc<'a> {
             _ => {
                 if self.out.spare_capacity_mut().len() < b.len() {
                     self.out.reserve(b.len());
-                    crate::sys::memfd::advise_huge_pages(self.out.spare_capacity_mut());
+                    crate::sys::memfd::prepare_fill(&mut self.out.spare_capacity_mut()[..b.len()]);
                 }
                 self.out.extend_from_slice(b);
                 Ok(())
@@ -885,9 +885,9 @@ impl<'de> Dec<'de> {
     }
 }
 
-/// A large run of bytes copied into a vector of its own, whose fresh memory is advised
-/// to use huge pages (the copy then runs at memory speed rather than at the speed of a page
-/// fault per 4 KiB).
+/// A large run of bytes copied into a vector of its own, whose fresh memory is prepared
+/// for the copy (huge pages, or all pages made at once: `memfd::prepare_fill`; the copy
+/// then runs at memory speed rather than at the speed of a page fault per 4 KiB).
 fn owned_run(b: &[u8]) -> R<Vec<u8>> {
     plain::vec_from_bytes::<u8>(b)
         .ok_or_else(|| CodecError(format!("cannot allocate {} bytes", b.len())))

@@ -350,7 +350,7 @@ impl SharedMemory {
     pub fn to_vec(&self) -> Result<Vec<u8>> {
         // Zeroed pages from the kernel, not yet touched: advised before `pread` fills them.
         let mut v = vec![0u8; self.len()];
-        crate::sys::memfd::advise_huge_pages(&mut v);
+        crate::sys::memfd::prepare_fill(&mut v);
         self.inner.map.pread_exact(0, &mut v)?;
         Ok(v)
     }

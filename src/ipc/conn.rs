@@ -335,7 +335,7 @@ impl ReadState {
         // Large frame: take what is buffered, then read straight into the payload vector,
         // growing it as bytes arrive.
         let mut payload: Vec<u8> = Vec::with_capacity(len.min(FIRST_CHUNK));
-        sys::memfd::advise_huge_pages(payload.spare_capacity_mut());
+        sys::memfd::prepare_fill(payload.spare_capacity_mut());
         let take = self.buffered().min(len);
         payload.extend_from_slice(&self.buf[self.start..self.start + take]);
         self.start += take;
@@ -347,7 +347,7 @@ impl ReadState {
             if payload.len() == payload.capacity() {
                 let grow = payload.capacity().min(len - payload.len());
                 payload.reserve_exact(grow);
-                sys::memfd::advise_huge_pages(payload.spare_capacity_mut());
+                sys::memfd::prepare_fill(payload.spare_capacity_mut());
             }
             let want = len - payload.len();
             if let Err(e) = self.before_read(fd) {

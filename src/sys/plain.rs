@@ -35,9 +35,10 @@ pub(crate) fn slice_iter_bytes<P: Plain, I>(it: &I) -> Option<(usize, &[u8])> {
     Some((s.len(), bytemuck::cast_slice(s)))
 }
 
-/// Runs of at least this many bytes are copied into memory advised to use huge pages
-/// ([`advise_huge_pages`](super::memfd::advise_huge_pages)): a fresh large vector fills
-/// several times faster with a fault per 2 MiB than with one per 4 KiB.
+/// Runs of at least this many bytes are copied into memory prepared for the copy
+/// ([`prepare_fill`](super::memfd::prepare_fill): huge pages, or for the largest all its
+/// pages made at once): a fresh large vector fills several times faster with a fault per
+/// 2 MiB than with one per 4 KiB.
 pub(crate) const HUGE_RUN: usize = super::memfd::HUGE_PAGES_FROM;
 
 /// A vector of `bytes.len() / size_of::<P>()` numbers copied from `bytes` (in memory order),
@@ -60,7 +61,7 @@ unsafe fn copy_into_vec<T>(bytes: &[u8]) -> Option<Vec<T>> {
     let n = bytes.len() / size;
     let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(n).ok()?;
-    super::memfd::advise_huge_pages(v.spare_capacity_mut());
+    super::memfd::prepare_fill(v.spare_capacity_mut());
     // SAFETY: `try_reserve_exact` made room for `n` elements, that is `bytes.len()` bytes, in
     // the vector's own allocation, which cannot overlap `bytes`; any bytes are a valid `T`
     // (the caller's promise), so after the copy the first `n` elements are initialised.

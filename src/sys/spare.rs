@@ -40,7 +40,7 @@ impl SpareBuffers {
             Some(i) => self.bufs.swap_remove(i),
             None => {
                 let mut v = Vec::with_capacity(size);
-                super::memfd::advise_huge_pages(v.spare_capacity_mut());
+                super::memfd::prepare_fill(v.spare_capacity_mut());
                 v
             }
         }
