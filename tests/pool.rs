@@ -1429,22 +1429,9 @@ fn large_arguments_and_results_travel_whole_without_descriptor_growth() {
     );
 }
 
-/// `n` bytes of a pattern of its own for each `k`, repeating every 65,537 bytes (a prime:
-/// a byte moved by any multiple of a page does not compare equal).
-fn pattern(n: usize, k: usize) -> Vec<u8> {
-    let unit: Vec<u8> = (0..65_537usize)
-        .map(|i| (i.wrapping_mul(31) ^ (i >> 8) ^ k) as u8)
-        .collect();
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        v.extend_from_slice(&unit[..unit.len().min(n - v.len())]);
-    }
-    v
-}
-
-/// In the worker: the length of `v`, and whether it is exactly `pattern(len, k)`.
+/// In the worker: the length of `v`, and whether it is exactly `prime_pattern(len, k)`.
 fn is_pattern((v, k): (Vec<u8>, usize)) -> (usize, bool) {
-    (v.len(), v == pattern(v.len(), k))
+    (v.len(), v == common::prime_pattern(v.len(), k))
 }
 
 /// [`is_pattern`] for floats made from the pattern's bytes.
@@ -1453,7 +1440,7 @@ fn is_float_pattern((v, k): (Vec<f64>, usize)) -> (usize, bool) {
 }
 
 fn float_pattern(n: usize, k: usize) -> Vec<f64> {
-    pattern(n, k)
+    common::prime_pattern(n, k)
         .iter()
         .map(|&b| f64::from(b) * 0.5 - 7.25)
         .collect()
@@ -1478,7 +1465,10 @@ fn large_arguments_around_the_file_thresholds_arrive_bit_exact() {
         128 * MIB + PAGE,
     ];
     for (k, &n) in sizes.iter().enumerate() {
-        let items = vec![(pattern(n, k), k), (pattern(100, k + 1), k + 1)];
+        let items = vec![
+            (common::prime_pattern(n, k), k),
+            (common::prime_pattern(100, k + 1), k + 1),
+        ];
         let want = vec![(n, true), (100, true)];
         // One task per job (each frame holds one large argument), then both in one job.
         assert_eq!(
@@ -1490,7 +1480,7 @@ fn large_arguments_around_the_file_thresholds_arrive_bit_exact() {
     }
     // Several large arguments in one frame, with small ones between them, and floats.
     let items: Vec<_> = (0..6)
-        .map(|k| (pattern([3 * MIB, 10][k % 2], k), k))
+        .map(|k| (common::prime_pattern([3 * MIB, 10][k % 2], k), k))
         .collect();
     let want: Vec<_> = items.iter().map(|(v, _)| (v.len(), true)).collect();
     assert_eq!(pool.map_chunked(is_pattern, items, 3).unwrap(), want);

@@ -722,19 +722,6 @@ fn one_gib_item() {
     assert!(q.empty());
 }
 
-/// `len` bytes repeating every 65,537 (a prime: a page out of place does not compare
-/// equal), different for each `k`.
-fn prime_pattern(len: usize, k: usize) -> Vec<u8> {
-    let unit: Vec<u8> = (0..65_537usize)
-        .map(|i| (i.wrapping_mul(29) ^ (i >> 9) ^ k) as u8)
-        .collect();
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        v.extend_from_slice(&unit[..unit.len().min(len - v.len())]);
-    }
-    v
-}
-
 /// Byte lengths around the sizes where a decoded vector's memory is prepared differently
 /// (huge pages from 4 MiB, made whole from 128 MiB) and where an item leaves the lent
 /// files for a sealed one (128 MiB).
@@ -749,7 +736,7 @@ const DECODE_EDGES: [usize; 6] = [
 
 fn put_vectors((b, f, s): (Queue<Vec<u8>>, Queue<Vec<f64>>, Queue<String>)) {
     for (k, &n) in DECODE_EDGES.iter().enumerate() {
-        b.put(prime_pattern(n, k)).unwrap();
+        b.put(common::prime_pattern(n, k)).unwrap();
     }
     f.put(float_pattern()).unwrap();
     s.put(text_pattern()).unwrap();
@@ -757,7 +744,7 @@ fn put_vectors((b, f, s): (Queue<Vec<u8>>, Queue<Vec<f64>>, Queue<String>)) {
 
 /// 128 MiB and 8 bytes of floats.
 fn float_pattern() -> Vec<f64> {
-    let bytes = prime_pattern(16 << 20, 1);
+    let bytes = common::prime_pattern(16 << 20, 1);
     bytes
         .iter()
         .map(|&x| f64::from(x) - 0.5)
@@ -767,7 +754,7 @@ fn float_pattern() -> Vec<f64> {
 
 /// 128 MiB and a page of text.
 fn text_pattern() -> String {
-    let mut bytes = prime_pattern((128 << 20) + 4096, 3);
+    let mut bytes = common::prime_pattern((128 << 20) + 4096, 3);
     for x in bytes.chunks_mut(65_537).next().into_iter().flatten() {
         *x = *x % 64 + 48;
     }
@@ -791,7 +778,7 @@ fn vectors_around_the_decoding_thresholds_arrive_bit_exact() {
     p.start().unwrap();
     for (k, &n) in DECODE_EDGES.iter().enumerate() {
         let v = b.get().unwrap();
-        assert!(v == prime_pattern(n, k), "{n} bytes differ");
+        assert!(v == common::prime_pattern(n, k), "{n} bytes differ");
     }
     assert!(f.get().unwrap() == float_pattern(), "floats differ");
     assert!(s.get().unwrap() == text_pattern(), "text differs");

@@ -180,3 +180,16 @@ pub fn new_multiproc_files(before: &[std::ffi::OsString]) -> Vec<std::ffi::OsStr
         .filter(|n| !before.contains(n) && n.to_string_lossy().contains("multiproc"))
         .collect()
 }
+
+/// `len` bytes repeating every 65,537 (a prime: bytes moved by whole pages do not compare
+/// equal), different for each `k`: for bit-exact checks of large messages.
+pub fn prime_pattern(len: usize, k: usize) -> Vec<u8> {
+    let unit: Vec<u8> = (0..65_537usize)
+        .map(|i| (i.wrapping_mul(29) ^ (i >> 9) ^ k) as u8)
+        .collect();
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        v.extend_from_slice(&unit[..unit.len().min(len - v.len())]);
+    }
+    v
+}
