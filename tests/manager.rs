@@ -1611,6 +1611,32 @@ fn manager_set_across_processes() {
     assert_eq!(s.pop().unwrap(), None);
 }
 
+/// `TestSyncManagerTypes.test_rlock` (Python 3.14's `RLock.locked()`): a manager's RLock
+/// held by one process shows as locked in another, free once released as often as taken.
+#[test]
+fn manager_rlock_locked_is_seen_from_another_process() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let l = m.rlock().unwrap();
+    let seen = |l: &multiproc::manager::RLockProxy| {
+        multiproc::spawn(
+            |l: multiproc::manager::RLockProxy| l.locked().unwrap(),
+            l.clone(),
+        )
+        .unwrap()
+        .join()
+        .unwrap()
+    };
+    assert!(!seen(&l));
+    l.acquire().unwrap();
+    l.acquire().unwrap();
+    assert!(seen(&l));
+    l.release().unwrap();
+    assert!(seen(&l));
+    l.release().unwrap();
+    assert!(!seen(&l));
+}
+
 fn lock_and_exit((l, held): (LockProxy, EventProxy)) {
     l.acquire().unwrap();
     held.set().unwrap();

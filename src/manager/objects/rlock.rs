@@ -295,6 +295,23 @@ impl RLockProxy {
     pub fn count(&self) -> Result<u32> {
         call(&self.obj, &Req::Count)
     }
+
+    /// Whether any thread of any process holds it (Python 3.14's `RLock.locked()`; as
+    /// [`LockProxy::locked`](crate::manager::LockProxy::locked)).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let l = m.rlock().unwrap();
+    /// assert!(!l.locked().unwrap());
+    /// l.acquire().unwrap();
+    /// assert!(l.locked().unwrap());
+    /// # l.release().unwrap();
+    /// ```
+    #[doc(alias = "is_locked")]
+    pub fn locked(&self) -> Result<bool> {
+        Ok(self.count()? > 0)
+    }
 }
 
 impl Manager {
