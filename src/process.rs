@@ -43,11 +43,15 @@ fn default_name(identity: &[u32]) -> String {
     format!("Process-{}", parts.join(":"))
 }
 
-/// The number of CPUs this process may use (respecting affinity masks and cgroup quotas).
+/// The number of CPUs this process may use (respecting affinity masks and cgroup quotas):
+/// Python's `process_cpu_count()` (3.13). Python's `cpu_count()` counts every CPU of the
+/// machine, which is what a pool should not start more workers than when the process may
+/// only use some of them.
 ///
 /// ```
 /// assert!(multiproc::cpu_count() >= 1);
 /// ```
+#[doc(alias = "process_cpu_count")]
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
