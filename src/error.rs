@@ -145,8 +145,9 @@ pub enum Error {
     #[error("build identity mismatch between parent and child: {0}")]
     BuildMismatch(String),
     /// An operation on a [`Manager`](crate::Manager)'s shared object failed inside the
-    /// manager's server (Python's exception raised in the manager process): an index out
-    /// of range, a missing key, an object of another kind. The server keeps serving.
+    /// manager's server (Python's exception raised in the manager process): a missing key,
+    /// an object of another kind, an empty list popped. The server keeps serving. (An index
+    /// out of range is [`Error::IndexOutOfRange`], wherever it is checked.)
     #[error("{kind} in the manager: {message}")]
     Remote {
         /// What went wrong, like the Python exception's class.
@@ -187,13 +188,15 @@ pub enum Error {
     InvalidOperation(String),
     /// A [`Pool`](crate::Pool) can no longer run tasks (Python's
     /// `concurrent.futures.process.BrokenProcessPool`): its initializer failed in a worker
-    /// (panicked, or its type does not match), or every worker slot failed to start a
+    /// (panicked, returned an `Err`, or its type does not match), or every worker slot
+    /// failed to start a
     /// worker three times in a row (twenty, when each was SIGKILLed while it started: see
     /// the [pool's faults](crate::pool#faults)). Every pending and later task fails with
     /// this error;
     /// [`source`](std::error::Error::source) is what went wrong last (the initializer's
-    /// [`TaskPanicked`](Error::TaskPanicked), a worker's [`WorkerDied`](Error::WorkerDied),
-    /// the start's own error).
+    /// [`TaskPanicked`](Error::TaskPanicked) or, for an `Err` it returned,
+    /// [`InvalidOperation`](Error::InvalidOperation); a worker's
+    /// [`WorkerDied`](Error::WorkerDied); the start's own error).
     ///
     /// ```
     /// use std::error::Error as _;

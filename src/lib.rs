@@ -1,7 +1,22 @@
 //! # multiproc
 //!
-//! Python's `multiprocessing` for Rust: processes, pipes, and (as they land) queues, locks,
-//! shared values, pools and managers, with the same model and names, in Rust's idioms.
+//! Python's `multiprocessing` for Rust: processes, pipes, queues, locks and the other
+//! synchronization primitives, shared values and arrays, named shared memory, pools and
+//! managers, with the same model and names, in Rust's idioms. Linux only for now.
+//!
+//! | Python | multiproc |
+//! |---|---|
+//! | `Process`, `current_process`, `active_children`, start methods | [`Process`], [`spawn`] (with the return value), [`current_process`], [`active_children`], [`StartMethod`] ([`start`] module: what runs again in a child) |
+//! | `Pipe()`, `connection.Listener`/`Client`, `connection.wait` | [`pipe`], [`pipe_simplex`], [`Connection`], the [`connection`] module |
+//! | `Queue`, `SimpleQueue`, `JoinableQueue` | [`Queue`], [`SimpleQueue`], [`JoinableQueue`] ([`queue`] module) |
+//! | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` | the same names ([`sync`] module); a lock whose holder died gives [`Error::OwnerDied`] |
+//! | `Value`, `Array`, `RawValue`, `RawArray` | the same names ([`value`] module) |
+//! | `shared_memory.SharedMemory`, `ShareableList`, `SharedMemoryManager` | the [`shared_memory`] module |
+//! | `Pool` | [`Pool`], [`PoolBuilder`], [`AsyncResult`] ([`pool`] module) |
+//! | `Manager()`, `BaseManager` | [`Manager`] and its proxies ([`manager`] module) |
+//! | `get_context` | [`get_context`], [`Context`] |
+//! | `log_to_stderr` | [`log_to_stderr`], or `MULTIPROC_LOG=debug` ([`log`] module) |
+//! | exceptions | variants of one [`Error`] enum |
 //!
 //! ```
 //! fn main() {
@@ -50,7 +65,22 @@
 //!
 //! Functions run in other processes are plain `fn` items or closures that capture nothing,
 //! taken as `fn(A) -> R`; arguments travel explicitly in `A` (a tuple for several). Values
-//! that cross a process boundary implement serde's `Serialize` and `DeserializeOwned`.
+//! that cross a process boundary implement serde's `Serialize` and `DeserializeOwned`
+//! (encoded by the crate's own format: see [`codec`] for what it cannot carry). Handles —
+//! queues, connections, locks, shared values, proxies — are such values too: pass them in
+//! `A` and they arrive working in the child.
+//!
+//! What `R` is depends on who gets it: a [`Process`]'s target returns what a Rust `main`
+//! may return (`()`, `Result<(), E>`, an [`ExitCode`](std::process::ExitCode)), which
+//! decides its exit code; [`spawn`], the pool and the manager send a serde `R` back to the
+//! caller.
+//!
+//! ## Errors
+//!
+//! Every fallible call returns [`Result`]`<T>`, whose error is the one [`Error`] enum.
+//! Nothing panics or hangs because of what another process did or sent: a child's panic
+//! is [`Error::TaskPanicked`], a killed worker [`Error::WorkerDied`], a closed peer
+//! [`Error::Eof`], bytes that do not decode [`Error::Codec`].
 
 #![warn(missing_docs)]
 // On docs.rs, feature-gated items say which feature they need.

@@ -213,6 +213,15 @@ impl Listener {
     /// connection. A peer with the wrong key → [`Error::AuthenticationFailed`] (the listener
     /// stays usable).
     ///
+    /// # Errors
+    ///
+    /// Each error is about the one peer accepted; the listener stays usable after it.
+    /// [`Error::AuthenticationFailed`]: a wrong key, or bytes that are not the handshake.
+    /// [`Error::Eof`]: the peer hung up between handshake messages. [`Error::Io`] of kind
+    /// `TimedOut`: the peer had not finished the handshake 5 s after it connected (one
+    /// deadline for the whole exchange, however slowly it sends); of kind `UnexpectedEof`:
+    /// it hung up inside a message; any other kind: `accept(2)` itself failed.
+    ///
     /// ```
     /// multiproc::init();
     /// use multiproc::connection::{Client, Listener};
@@ -322,6 +331,15 @@ pub struct Client;
 impl Client {
     /// Connects to `address`; with an `authkey`, both sides prove they know it (wrong key
     /// → [`Error::AuthenticationFailed`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when nothing listens there (`ConnectionRefused`, or `NotFound` for a
+    /// Unix socket file) or the address does not resolve. [`Error::AuthenticationFailed`]:
+    /// a wrong key, a server that hung up on us during the handshake, or bytes that are
+    /// not the handshake. [`Error::Io`] of kind `TimedOut`: the server had not finished
+    /// the handshake 5 s after the connection was made (one deadline for the whole
+    /// exchange).
     ///
     /// ```
     /// assert!(multiproc::connection::Client::connect::<u8>("127.0.0.1:1", None).is_err());

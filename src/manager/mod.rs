@@ -1,5 +1,6 @@
-//! Managers: a server process that holds shared objects (lists, dicts, namespaces,
-//! queues, values, locks, events and your own registered types), used from any process
+//! Managers: a server process that holds shared objects (lists, dicts, sets, namespaces,
+//! queues and joinable queues, values, arrays, locks, re-entrant locks, semaphores,
+//! conditions, events, barriers, and your own registered types), used from any process
 //! through proxies — Python's `multiprocessing.Manager()` and `BaseManager`.
 //!
 //! [`Manager::start`] starts the server as a child process listening on a Unix socket
