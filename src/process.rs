@@ -45,8 +45,8 @@ fn default_name(identity: &[u32]) -> String {
 
 /// The number of CPUs this process may use (respecting affinity masks and cgroup quotas):
 /// Python's `process_cpu_count()` (3.13). Python's `cpu_count()` counts every CPU of the
-/// machine, which is what a pool should not start more workers than when the process may
-/// only use some of them.
+/// machine; a pool sized by that would start more workers than the process may run at once
+/// when a mask or a quota limits it. It is what [`Pool::new(0)`](crate::Pool::new) starts.
 ///
 /// ```
 /// assert!(multiproc::cpu_count() >= 1);
@@ -456,6 +456,18 @@ impl Process {
     /// Starts the process. A second call gives [`Error::AlreadyStarted`]. After a successful
     /// start the parent's copy of the arguments is dropped (so a connection end moved into
     /// them is closed in the parent, as in Python).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::AlreadyStarted`]: it was started before.
+    /// - [`Error::NotInitialized`]: [`init()`](crate::init) was not called first in `main`
+    ///   (or in the `#[test]`).
+    /// - [`Error::Codec`]: the arguments could not be encoded.
+    /// - [`Error::InvalidOperation`]: [`StartMethod::Fork`] while this process has other
+    ///   threads (see [`allow_fork_with_threads`](crate::allow_fork_with_threads)), or a
+    ///   target that is not in the program's executable (from a dynamic library).
+    /// - [`Error::Io`]: the system refused (no more processes, a
+    ///   [`current_dir`](Builder::current_dir) that is not a directory, …).
     ///
     /// ```
     /// multiproc::init();
@@ -1181,6 +1193,12 @@ impl Builder {
 
 /// Runs `f(args)` in a new process and returns a handle to its result, in the style of
 /// `std::thread::spawn`.
+///
+/// # Errors
+///
+/// Those of [`Process::start`]. What goes wrong in the child comes from
+/// [`JoinHandle::join`]: its panic as [`Error::TaskPanicked`], its death as
+/// [`Error::WorkerDied`].
 ///
 /// ```
 /// multiproc::init();

@@ -333,6 +333,11 @@ impl<T: Number> Value<T> {
 
     /// The current value (read under the lock, unless this thread holds it already).
     ///
+    /// It cannot fail: a lock whose holder died is taken over without an
+    /// [`Error::OwnerDied`] (the number is written by one atomic store, so the dead holder
+    /// cannot have left it half-written); the same holds for
+    /// [`set`](Value::set). [`lock`](Value::lock) reports such a death.
+    ///
     /// ```
     /// assert_eq!(multiproc::Value::new(7u8).unwrap().get(), 7);
     /// ```

@@ -36,9 +36,11 @@
 //! - with [`PoolBuilder::task_timeout`], a task that runs longer gives [`Error::Timeout`];
 //!   its worker is killed and replaced;
 //! - a result that cannot be encoded gives [`Error::Codec`] for that task;
-//! - an initializer that fails (panics) in any worker, the first ones or a replacement,
-//!   breaks the pool: [`build`](PoolBuilder::build) and every pending and later task give
-//!   [`Error::BrokenPool`], whose cause is the initializer's panic. A worker that dies
+//! - an initializer that fails (panics, or returns an `Err`: it counts as a Rust `main`'s
+//!   return value does) in any worker, the first ones or a replacement, breaks the pool:
+//!   [`build`](PoolBuilder::build) and every pending and later task give
+//!   [`Error::BrokenPool`], whose cause is the initializer's panic
+//!   ([`Error::TaskPanicked`]) or its `Err` ([`Error::InvalidOperation`]). A worker that dies
 //!   otherwise while it starts (exits, crashes in the initializer, or cannot be started)
 //!   is tried again; after three such failures in a row a worker slot is given up, and
 //!   once every slot has, the pool is broken the same way. A worker SIGKILLed while it
@@ -367,6 +369,18 @@ impl PoolBuilder {
     /// given earlier (`maxtasksperchild(0)`, a zero `task_timeout`) →
     /// [`Error::InvalidOperation`], and nothing is started.
     ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidOperation`]: an invalid setting, as above.
+    /// - [`Error::BrokenPool`]: the initializer panicked or returned an `Err` in a worker
+    ///   (its cause).
+    /// - A worker could not be started: that start's error, as from
+    ///   [`Process::start`](crate::Process::start) ([`Error::NotInitialized`] when
+    ///   [`init()`](crate::init) was not called first, an [`Error::Io`] from the system, …),
+    ///   or [`Error::WorkerDied`] for one that died before it was ready.
+    ///
+    /// Either way the workers already started are stopped.
+    ///
     /// ```
     /// multiproc::init();
     /// let pool = multiproc::Pool::builder().processes(2).build().unwrap();
@@ -524,6 +538,10 @@ fn check_chunksize(chunksize: usize) -> Result<()> {
 impl Pool {
     /// A pool of `n` worker processes; `0` means [`cpu_count()`] (Python's
     /// `Pool(processes=n)`).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`PoolBuilder::build`].
     ///
     /// ```
     /// multiproc::init();
