@@ -13,8 +13,10 @@
 //! event with target `multiproc`; once the program installs a global `tracing` subscriber,
 //! events go only there (filter them as usual) and nothing is printed by this module.
 //!
-//! The one other thing `multiproc` writes to standard error is a child's panic report
-//! (`Process NAME:` and the panic message), as Python prints a child's traceback.
+//! The other things `multiproc` writes to standard error are a child's panic report
+//! (`Process NAME:` and the panic message), as Python prints a child's traceback, and the
+//! `Err` a [`Process`](crate::Process)'s target (or a pool's or manager's initializer)
+//! returned, as `Error: {e:?}`, as a Rust `main` prints it.
 //!
 //! ```
 //! multiproc::init();

@@ -52,7 +52,8 @@
 //!   copy buffer of up to 128 MiB for the items it receives, for as long as it lives.
 //!   A larger item goes to a segment made for it and sealed read-only, which `get` decodes
 //!   in place. Either way `get` copies each large run once more into the decoded value,
-//!   in memory advised to use huge pages (from 128 MiB on, made whole before the copy).
+//!   whose fresh memory is prepared for that copy (advised to use huge pages from 4 MiB;
+//!   from 128 MiB on, all its pages made at once before the copy).
 //!   To skip those copies, send the bytes as a
 //!   [`SharedBytes`](crate::shared_memory::SharedBytes), which travels by handle and is
 //!   read where it lies. ([`Queue::streaming`] streams large items through the ring in

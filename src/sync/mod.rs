@@ -8,8 +8,9 @@
 //! *same* primitive in the other process. Blocking waits sleep on futexes in the segment.
 //!
 //! Beyond Python: when a process dies holding a [`Lock`] or [`RLock`], the next process to
-//! acquire it gets it, with [`Error::OwnerDied`] to say so, within
-//! about a tenth of a second, instead of deadlocking for ever; a [`Barrier`] one of whose
+//! acquire it gets it, with [`Error::OwnerDied`] to say so, at once (a waiter already
+//! blocked on it finds out within a millisecond), instead of deadlocking for ever; a
+//! [`Barrier`] one of whose
 //! parties died is broken rather than hung; a [`Semaphore`] waiter that is killed leaves
 //! the count intact.
 //!
