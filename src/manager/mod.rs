@@ -423,6 +423,13 @@ impl Manager {
     /// Starts a manager server process on a private Unix socket with the process tree's
     /// [authkey](crate::ProcessInfo::authkey) (Python's `multiprocessing.Manager()`).
     ///
+    /// # Errors
+    ///
+    /// Those of starting a process ([`Process::start`]: [`Error::NotInitialized`] when
+    /// [`init()`](crate::init) was not called first, an [`Error::Io`] from the system, …),
+    /// [`Error::Eof`] if the server process died before it was ready, [`Error::Timeout`]
+    /// if it was not ready within 30 s.
+    ///
     /// ```
     /// multiproc::init();
     /// let manager = multiproc::Manager::start().unwrap();
@@ -447,6 +454,11 @@ impl Manager {
     /// Starts a server process listening on TCP `address` with `authkey` (Python's
     /// `BaseManager(address, authkey).start()`); other programs reach it with
     /// [`Manager::connect`].
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Manager::start`], and an [`Error::Io`] whose message says why when the
+    /// server cannot bind `address` (a port in use, a host that is not this machine's, …).
     ///
     /// ```
     /// multiproc::init();
@@ -473,6 +485,12 @@ impl Manager {
     /// Connects to a running manager server (Python's `BaseManager.connect()`),
     /// authenticating at once: a wrong key → [`Error::AuthenticationFailed`]. Dropping the
     /// returned handle does not stop the server.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Client::connect`](crate::connection::Client::connect): an [`Error::Io`]
+    /// when no server listens there (`ConnectionRefused`) or it did not finish the
+    /// handshake within 5 s (`TimedOut`), [`Error::AuthenticationFailed`] for a wrong key.
     ///
     /// ```
     /// multiproc::init();

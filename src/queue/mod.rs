@@ -568,6 +568,13 @@ impl<T: Serialize> Queue<T> {
     /// Puts `value` in the queue, waiting while a bounded queue is full (or the ring has
     /// no room). Returns once the item is in shared memory.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`close`](Queue::close) on this handle (or a clone of it in
+    /// this process); [`Error::ShutDown`] after [`shutdown`](Queue::shutdown);
+    /// [`Error::Codec`] when `value` cannot be encoded (nothing is put); [`Error::Io`] when
+    /// the system refuses the memory a large item needs.
+    ///
     /// ```
     /// let q = multiproc::Queue::<(String, u32)>::new().unwrap();
     /// q.put(("bob".into(), 12)).unwrap();
@@ -653,6 +660,13 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     /// Takes the next item, waiting for one as long as needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`close`](Queue::close) on this handle; [`Error::ShutDown`]
+    /// once the queue is shut down and nothing is left; [`Error::Codec`] when the item's
+    /// bytes do not decode as a `T` (another program's queue, or garbage in the shared
+    /// memory): never a panic.
     ///
     /// ```
     /// let q = multiproc::Queue::<Vec<u32>>::new().unwrap();

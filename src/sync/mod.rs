@@ -290,6 +290,7 @@ impl Lock {
     }
 
     /// Waits at most `timeout` for the lock: `true` if acquired.
+    /// [`Error::OwnerDied`] as from [`acquire`](Lock::acquire): the lock is then held.
     ///
     /// ```
     /// use std::time::Duration;
@@ -302,7 +303,8 @@ impl Lock {
         owner_died_or(self.raw().lock(raw::deadline(timeout)))
     }
 
-    /// Acquires the lock if it is free: `true` if acquired.
+    /// Acquires the lock if it is free: `true` if acquired. [`Error::OwnerDied`] as from
+    /// [`acquire`](Lock::acquire) (the lock is then held).
     ///
     /// ```
     /// let lock = multiproc::Lock::new().unwrap();
@@ -314,7 +316,8 @@ impl Lock {
         owner_died_or(self.raw().try_lock())
     }
 
-    /// Releases the lock (from any thread or process). Error if it is not locked.
+    /// Releases the lock (from any thread or process). [`Error::InvalidOperation`] if it
+    /// is not locked (Python's `ValueError`).
     ///
     /// A release by a thread other than the holder is immediate when nobody waits; when
     /// others are already queued in the kernel behind the holder, the next of them takes
