@@ -1,5 +1,5 @@
-//! A guided tour of multiproc: every idea of the seed course material that the crate
-//! covers so far, one short section each, in the order the course introduces them.
+//! A guided tour of multiproc: every idea of the seed course material, one short section
+//! each, in the order the course introduces them.
 //!
 //! ```text
 //! cargo run --release --example tour            # the whole tour
@@ -9,7 +9,7 @@
 //!
 //! Each section is one function `fn() -> multiproc::Result<()>` listed in [`SECTIONS`];
 //! a new part of the crate adds its section with one function and one line in that table,
-//! at its place in the course's order (queues: the marked spot after "Other primitives").
+//! at its place in the course's order.
 //!
 //! Lines printed by child processes are marked with `  [child]` or show the child's pid, so
 //! the parent's and the children's output can be told apart. The order of the children's
@@ -196,6 +196,10 @@ fn join_and_alive() -> multiproc::Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // 4. Exit codes (Python's Process.exitcode)
+//
+// A target's return value counts as a Rust main's does: `()` and `Ok(())` give 0, an
+// `Err(e)` prints `Error: {e:?}` on the child's stderr and gives 1 (as a raise does in
+// Python), a `std::process::ExitCode` gives its number.
 
 fn finish_ok(_: ()) {}
 
@@ -439,7 +443,7 @@ fn pipes() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 9. spawn: return values and panics (std::thread's style)
+// 10. spawn: return values and panics (std::thread's style)
 
 fn add_many((seed, count): (u64, u64)) -> u64 {
     // A small deterministic stand-in for addManyNumbers' random sum.
@@ -487,7 +491,7 @@ fn spawn_values_and_panics() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 10. Locks (course: hole diggers, bank balance)
+// 11. Locks (course: hole diggers, bank balance)
 
 fn dig((worker_name, hole_id, lock): (String, usize, Lock)) -> multiproc::Result<()> {
     let _held = lock.lock()?; // released when `_held` drops
@@ -578,7 +582,7 @@ fn locks() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 11. Shared values (notebook: squareList with Value and Array; RawValue without a lock)
+// 12. Shared values (notebook: squareList with Value and Array; RawValue without a lock)
 
 fn square_list_shared((mylist, result, square_sum): (Vec<i32>, Array<i32>, Value<i32>)) {
     for (idx, num) in mylist.iter().enumerate() {
@@ -653,7 +657,7 @@ fn shared_values() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 12. Other primitives: Semaphore, Event, Condition, Barrier
+// 13. Other primitives: Semaphore, Event, Condition, Barrier
 
 fn limited(
     (id, sem, inside, peak): (u32, Semaphore, Value<u32>, Value<u32>),
@@ -760,7 +764,7 @@ fn other_primitives() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 13. Pools (course: Pool.apply/map/apply_async/map_async, starmap printer)
+// 14. Pools (course: Pool.apply/map/apply_async/map_async, starmap printer)
 
 fn square(x: i64) -> i64 {
     x * x
@@ -855,7 +859,7 @@ fn pools() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 14. Why more processes stop helping (a CPU-bound job on pools of 1, 2, ... workers)
+// 15. Why more processes stop helping (a CPU-bound job on pools of 1, 2, ... workers)
 
 fn count_primes((start, len): (u64, u64)) -> u64 {
     (start..start + len)
@@ -911,7 +915,7 @@ fn pool_speedup() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Queues (CSinParallel: sendName, addManyPar; slides: rand_string)
+// 9. Queues (CSinParallel: sendName, addManyPar; slides: rand_string)
 
 fn greet(q: multiproc::Queue<String>) {
     println!("  [child] Waiting for name...");
@@ -986,7 +990,7 @@ fn queues() -> multiproc::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Managers (notebook: "Method 2: Server Process", records shared through manager.list)
+// 16. Managers (notebook: "Method 2: Server Process", records shared through manager.list)
 
 type Record = (String, u32);
 
