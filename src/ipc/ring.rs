@@ -373,9 +373,12 @@ impl Ring {
         self.maxsize > 0 && self.len() as u64 >= self.maxsize
     }
 
-    /// How far the ring is shut down: 0, [`SHUT`] or [`SHUT_NOW`].
+    /// How far the ring is shut down: 0, [`SHUT`] or [`SHUT_NOW`]. The word is set with
+    /// `fetch_max`, so any larger value (garbage another process wrote) counts as
+    /// [`SHUT_NOW`]: every reader then agrees the queue is shut down, and none waits for a
+    /// level that never comes.
     fn shut(&self) -> u32 {
-        self.w32(O_SHUTDOWN).load(SeqCst)
+        self.w32(O_SHUTDOWN).load(SeqCst).min(SHUT_NOW)
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called, by any process.
@@ -1334,6 +1337,13 @@ impl Ring {
             .ok()
             .flatten()
             .map_or(0, |o| o.mem.resident_bytes())
+    }
+
+    /// Test hook: stores `v` in the shutdown word, as a hostile or broken process that
+    /// maps the queue could.
+    #[cfg(test)]
+    pub(crate) fn scribble_shutdown_word(&self, v: u32) {
+        self.w32(O_SHUTDOWN).store(v, SeqCst);
     }
 
     /// Test hook: writes raw bytes at the tail and publishes them as if they were records.

@@ -1227,6 +1227,30 @@ mod tests {
         assert!(q.empty());
     }
 
+    /// Any value in the shared shutdown word means "shut down": garbage there (another
+    /// process can write it) made `get` spin for ever between "not shut down" (the value
+    /// is neither level) and "shut down" (it is not zero).
+    #[test]
+    fn garbage_in_the_shutdown_word_is_a_shut_down_queue() {
+        for bounded in [false, true] {
+            let q = if bounded {
+                Queue::<u32>::bounded(10).unwrap()
+            } else {
+                Queue::<u32>::new().unwrap()
+            };
+            q.put(1).unwrap();
+            q.shared.ring.scribble_shutdown_word(390_696);
+            assert!(q.is_shutdown());
+            assert!(matches!(q.try_get(), Err(Error::ShutDown)));
+            assert!(matches!(
+                q.get_timeout(Duration::from_millis(1)),
+                Err(Error::ShutDown)
+            ));
+            assert!(matches!(q.get(), Err(Error::ShutDown)));
+            assert!(q.put(2).is_err());
+        }
+    }
+
     #[test]
     fn overflow_keeps_order_and_gives_memory_back() {
         // A 4 KiB ring and no consumer: 3 MB of items go to the overflow, `put` never waits.
