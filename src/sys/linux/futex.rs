@@ -287,10 +287,15 @@ pub(crate) fn process_gone(pid: u32, ident: Option<u64>) -> bool {
             }
         }
         None => {
-            // No /proc entry: gone, unless /proc is not mounted; ask kill(pid, 0) then.
-            match rustix::process::Pid::from_raw(pid as i32) {
+            // No /proc entry: gone, unless /proc is not mounted; ask kill(pid, 0) then. A
+            // number past `i32::MAX` (garbage in a word another process can write) names no
+            // process at all.
+            match i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
                 Some(p) => matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)),
-                None => false,
+                None => true,
             }
         }
     }
@@ -304,6 +309,15 @@ pub(crate) fn ident_gone(ident: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An identity word whose pid part does not fit a pid (garbage another process wrote)
+    /// names a process that is gone, and asking does not panic.
+    #[test]
+    fn a_pid_past_i32_max_is_gone() {
+        assert!(process_gone(u32::MAX, None));
+        assert!(process_gone(1 << 31, None));
+        assert!(ident_gone(u64::MAX));
+    }
 
     #[test]
     fn own_identity_is_alive() {

@@ -111,7 +111,10 @@ pub(crate) fn fork_as_sibling() -> io::Result<Option<u32>> {
 
 /// Opens a pidfd for our own (unreaped) child: it cannot be a recycled pid.
 pub(crate) fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
-    let pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("{pid} is not a pid")))?;
     Ok(pidfd_open(pid, PidfdFlags::empty())?)
 }
 
