@@ -224,11 +224,14 @@ pub(super) type Job = Box<dyn FnOnce() + Send>;
 /// A child's "parent" in the kernel is the *thread* that created it, and the
 /// parent-death signal (which makes children die with their parent) fires when that thread
 /// exits. So children must not be created by short-lived threads.
-pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+pub(crate) fn on_lasting_thread<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R> + Send + 'static,
+) -> Result<R> {
     if sys::is_main_thread() {
         return f();
     }
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let gone = || Error::Io(std::io::Error::other("multiproc's spawner thread is gone"));
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -238,23 +241,53 @@ pub(crate) fn on_lasting_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send 
                     job();
                 }
             })
-            .expect("cannot start multiproc's spawner thread");
-        Mutex::new(tx)
+            .ok()
+            .map(|_| Mutex::new(tx))
     });
+    let Some(tx) = tx else {
+        return Err(Error::Io(std::io::Error::other(
+            "cannot start multiproc's spawner thread",
+        )));
+    };
     let (rtx, rrx) = mpsc::sync_channel(1);
     let job: Job = Box::new(move || {
-        let _ = rtx.send(f());
+        // A panic stays in this job: the spawner thread lives on for the next one, and the
+        // caller gets an error instead of the result.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+            Err(Error::Io(std::io::Error::other(
+                "starting a process on multiproc's spawner thread panicked",
+            )))
+        });
+        let _ = rtx.send(r);
     });
     tx.lock()
         .unwrap_or_else(|p| p.into_inner())
         .send(job)
-        .expect("multiproc's spawner thread is gone");
-    rrx.recv()
-        .expect("multiproc's spawner thread dropped a job")
+        .map_err(|_| gone())?;
+    rrx.recv().map_err(|_| gone())?
 }
 
 /// The pid of this process's fork server, if it has one (a test hook: tests kill it).
 #[doc(hidden)]
 pub fn fork_server_pid() -> Option<u32> {
     forkserver::server_pid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_on_the_spawner_thread_is_an_error_and_the_thread_lives_on() {
+        // Not the main thread: the work goes to the spawner thread.
+        let r = std::thread::spawn(|| {
+            let failed = on_lasting_thread(|| -> Result<u32> { panic!("boom") });
+            let next = on_lasting_thread(|| Ok(sys::is_main_thread()));
+            (failed, next)
+        })
+        .join()
+        .expect("the calling thread itself does not panic");
+        assert!(matches!(r.0, Err(Error::Io(_))), "{:?}", r.0);
+        assert!(!r.1.expect("the spawner thread still runs jobs"));
+    }
 }
