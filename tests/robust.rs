@@ -302,3 +302,210 @@ fn a_child_forked_behind_the_crates_back_does_not_think_it_holds_the_parents_loc
     );
     r.release().unwrap();
 }
+
+// --- garbage in shared memory ------------------------------------------------------------
+
+/// The crate's memory files open in this process: (descriptor number, inode) → size. (The
+/// inode tells a new file from an old one whose number was just closed and reused.)
+fn memory_files() -> std::collections::BTreeMap<(String, u64), u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut m = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if link.to_string_lossy().starts_with("/memfd:multiproc") {
+            if let Ok(md) = std::fs::metadata(e.path()) {
+                let fd = e.file_name().to_string_lossy().into_owned();
+                m.insert((fd, md.ino()), md.len());
+            }
+        }
+    }
+    m
+}
+
+/// What a hostile or broken process that maps an object's memory can write into a word: a
+/// random one, all ones, flag bits alone, zero, a number past any pid. (Not the thread id
+/// of a live thread: a lock word naming one is a lock that thread holds, which a blocking
+/// call rightly waits for.)
+fn garbage_word(rng: &mut common::Rng) -> u64 {
+    match rng.below(6) {
+        0 => rng.below(u64::MAX),
+        1 => u64::MAX,
+        2 => 1 << 31,
+        3 => 1 << 30,
+        4 => 0,
+        _ => (1 << 23) + rng.below(1 << 20),
+    }
+}
+
+/// `rounds` times: makes an object with `make` (which returns what exercises it, with
+/// short time-outs only), exercises it once, writes 1 to 3 garbage words into the memory
+/// files it created (at random in their first 64 KiB, often in the control words at their
+/// start), and exercises it again on another thread. Every call must return: no panic, and
+/// no hang (the bound below is far beyond what the calls take; it only turns a hang into a
+/// failure).
+fn garbage_never_panics_or_hangs(
+    what: &str,
+    rounds: u64,
+    make: &dyn Fn() -> Box<dyn Fn() + Send + Sync>,
+) {
+    use std::os::unix::fs::FileExt;
+    let mut rng = common::Rng::new();
+    for round in 0..rounds {
+        let before = memory_files();
+        let exercise: std::sync::Arc<dyn Fn() + Send + Sync> = make().into();
+        let files: Vec<(String, u64)> = memory_files()
+            .into_iter()
+            .filter(|(k, _)| !before.contains_key(k))
+            .map(|((fd, _), len)| (fd, len))
+            .collect();
+        assert!(!files.is_empty(), "{what} made no memory file");
+        exercise();
+        let (fd, len) = files[rng.below(files.len() as u64) as usize].clone();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{fd}"))
+            .unwrap();
+        let mut writes = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let span = if rng.below(2) == 0 { 1100 } else { 1 << 16 };
+            let word = garbage_word(&mut rng);
+            let (off, bytes) = if rng.below(2) == 0 {
+                let off = rng.below(len.min(span) - 3) & !3;
+                (off, (word as u32).to_le_bytes().to_vec())
+            } else {
+                let off = rng.below(len.min(span) - 7) & !7;
+                (off, word.to_le_bytes().to_vec())
+            };
+            file.write_all_at(&bytes, off).unwrap();
+            writes.push((off, word));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ex = exercise.clone();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ex()));
+            let _ = tx.send(r.is_ok());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(true) => {}
+            Ok(false) => panic!("{what}, round {round}: panicked after writes {writes:?}"),
+            Err(_) => panic!("{what}, round {round}: hangs after writes {writes:?}"),
+        }
+    }
+}
+
+#[test]
+fn garbage_in_a_queues_memory_gives_errors_never_a_panic_or_a_hang() {
+    multiproc::init();
+    let ms = Duration::from_millis(2);
+    for bounded in [0, 50] {
+        garbage_never_panics_or_hangs("a queue", 500, &|| {
+            let q = Queue::<Vec<u64>>::with_capacity(bounded, 64 << 10).unwrap();
+            Box::new(move || {
+                let _ = (q.qsize(), q.empty(), q.full());
+                for i in 0..4u64 {
+                    let _ = q.put_timeout(vec![i; 40 * i as usize], ms);
+                }
+                for _ in 0..3 {
+                    let _ = q.try_get();
+                }
+                let _ = q.get_timeout(ms);
+                let _ = q.try_put(vec![7; 3000]);
+                let _ = q.get_timeout(ms);
+            })
+        });
+    }
+    garbage_never_panics_or_hangs("a joinable queue", 500, &|| {
+        let q = multiproc::JoinableQueue::<u64>::new().unwrap();
+        Box::new(move || {
+            for i in 0..3 {
+                let _ = q.put_timeout(i, ms);
+            }
+            let _ = q.try_get();
+            let _ = q.task_done();
+            let _ = q.join_timeout(ms);
+            let _ = (q.unfinished_tasks(), q.get_timeout(ms), q.get_timeout(ms));
+            let _ = (q.task_done(), q.task_done(), q.join_timeout(ms));
+        })
+    });
+}
+
+#[test]
+fn garbage_in_a_pipes_or_a_locks_memory_gives_errors_never_a_panic_or_a_hang() {
+    multiproc::init();
+    let ms = Duration::from_millis(2);
+    garbage_never_panics_or_hangs("a pipe", 100, &|| {
+        let (a, b) = multiproc::pipe::<Vec<u8>>().unwrap();
+        let b = std::sync::Arc::new(b);
+        Box::new(move || {
+            // A reader takes the three messages (or learns that they are garbage) while
+            // they are sent: a message larger than the room left waits for it.
+            let rb = b.clone();
+            let reader = std::thread::spawn(move || {
+                let mut taken = 0;
+                while taken < 3 {
+                    match rb.poll(Some(Duration::from_millis(200))) {
+                        Ok(true) => {
+                            let _ = rb.recv();
+                            taken += 1;
+                        }
+                        Ok(false) | Err(_) => return,
+                    }
+                }
+            });
+            for len in [100, 100_000, 3_000_000] {
+                let _ = a.send(&vec![1; len]);
+            }
+            reader.join().unwrap();
+        })
+    });
+    garbage_never_panics_or_hangs("a lock", 100, &|| {
+        let l = Lock::new().unwrap();
+        Box::new(move || {
+            let _ = (l.try_acquire(), l.release(), l.acquire_timeout(ms));
+            let _ = (l.release(), l.is_locked());
+        })
+    });
+    garbage_never_panics_or_hangs("an rlock", 100, &|| {
+        let l = RLock::new().unwrap();
+        Box::new(move || {
+            let _ = (
+                l.try_acquire(),
+                l.acquire_timeout(ms),
+                l.release(),
+                l.release(),
+            );
+        })
+    });
+    garbage_never_panics_or_hangs("a semaphore", 100, &|| {
+        let s = multiproc::BoundedSemaphore::new(2).unwrap();
+        Box::new(move || {
+            let _ = (
+                s.try_acquire(),
+                s.acquire_timeout(ms),
+                s.release(),
+                s.release(),
+            );
+            let _ = s.get_value();
+        })
+    });
+    garbage_never_panics_or_hangs("an event", 100, &|| {
+        let e = Event::new().unwrap();
+        Box::new(move || {
+            let _ = (e.is_set(), e.wait_timeout(ms));
+            e.set();
+            let _ = e.wait_timeout(ms);
+            e.clear();
+        })
+    });
+    garbage_never_panics_or_hangs("a value", 100, &|| {
+        let v = Value::<u64>::new(5).unwrap();
+        Box::new(move || {
+            let _ = v.get_lock().acquire_timeout(ms);
+            let _ = v.get_lock().release();
+            let _ = v.get_lock().try_acquire();
+            let _ = v.get_lock().release();
+        })
+    });
+}
