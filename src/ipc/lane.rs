@@ -365,7 +365,9 @@ impl Lane {
         // large message at a time (requests and replies) keeps reusing the same warm pages
         // instead of walking onto fresh ones for a whole lap. (Only when `bhead == btail`:
         // no receiver is reading or about to free anything in the area then.)
-        let lap = pos.next_multiple_of(BIG);
+        // Positions only grow (by at most 4 MiB a message: 2^64 bytes is never reached); one
+        // that would overflow is garbage another process wrote.
+        let lap = pos.checked_next_multiple_of(BIG).ok_or_else(big_garbage)?;
         if lap != pos
             && self
                 .w64(d, D_BHEAD)
@@ -374,7 +376,7 @@ impl Lane {
         {
             pos = lap;
         }
-        tail.store(pos + need, SeqCst);
+        tail.store(pos.checked_add(need).ok_or_else(big_garbage)?, SeqCst);
         Self::area(d).write(&self.mem, pos, body);
         let mut rec = [0u8; 16];
         rec[..8].copy_from_slice(&pos.to_le_bytes());
@@ -554,6 +556,19 @@ mod tests {
         }
         // The other direction was never touched.
         assert!(lane.peek(1).unwrap().is_none());
+    }
+
+    /// Positions of the large-message area near the end of the `u64` range (garbage another
+    /// process wrote: real ones never get there) make a send an error, not an overflow.
+    #[test]
+    fn garbage_positions_of_the_large_message_area_are_an_error() {
+        for v in [u64::MAX, u64::MAX - 8, u64::MAX - BIG + 2] {
+            let lane = Lane::create().unwrap();
+            lane.w64(0, D_BTAIL).store(v, SeqCst);
+            lane.w64(0, D_BHEAD).store(v, SeqCst);
+            let r = lane.send_big(0, &[7u8; 100], || false);
+            assert!(matches!(r, Err(Error::Codec(_))), "{v}: {r:?}");
+        }
     }
 
     #[test]
