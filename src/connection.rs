@@ -52,7 +52,7 @@ mod net;
 mod wait;
 
 pub(crate) use auth::send_busy;
-pub(crate) use net::{accept_raw, authenticate_server, connect_raw, HANDSHAKE_TIMEOUT};
+pub(crate) use net::{accept_raw, authenticate_server, connect_raw};
 pub use net::{Address, Client, Listener, ToAddress};
 pub use wait::{wait, Waitable};
 

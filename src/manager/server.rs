@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 use super::protocol::{Create, Kind, Op, Reply, Request, Response, Wait};
 use super::ErasedShared;
 use crate::connection::{
-    accept_raw, authenticate_server, send_busy, Address, Connection, Listener, HANDSHAKE_TIMEOUT,
+    accept_raw, authenticate_server, send_busy, Address, Connection, Listener,
 };
 use crate::ipc::RawConn;
 use crate::sys::FnRef;
@@ -305,11 +305,13 @@ pub(crate) fn server_main<I, IR: std::process::Termination>(start: ServerStart<I
     }
 }
 
-/// Connections still authenticating, oldest first, each with its deadline.
+/// Connections still authenticating, oldest first. Each one's handshake has its own
+/// deadline (the connection's, 5 s for the whole exchange, which a peer
+/// dribbling bytes cannot stretch); this list only bounds how many wait at once.
 #[derive(Default)]
 struct Pending {
     next: u64,
-    conns: std::collections::VecDeque<(u64, Instant, Arc<RawConn>)>,
+    conns: std::collections::VecDeque<(u64, Arc<RawConn>)>,
 }
 
 impl Pending {
@@ -320,34 +322,21 @@ impl Pending {
         sys::shutdown_both(conn);
     }
 
-    /// Cuts the connections past their deadline; returns how long until the next one.
-    fn sweep(&mut self, now: Instant) -> Option<Duration> {
-        while let Some((_, deadline, c)) = self.conns.front() {
-            if *deadline > now {
-                return Some(*deadline - now);
-            }
-            Pending::cut(c);
-            self.conns.pop_front();
-        }
-        None
-    }
-
     /// Adds a connection (cutting the oldest if the budget is full); returns its id.
-    fn admit(&mut self, conn: Arc<RawConn>, now: Instant) -> u64 {
+    fn admit(&mut self, conn: Arc<RawConn>) -> u64 {
         if self.conns.len() >= MAX_PENDING {
-            if let Some((_, _, oldest)) = self.conns.pop_front() {
+            if let Some((_, oldest)) = self.conns.pop_front() {
                 Pending::cut(&oldest);
             }
         }
         self.next += 1;
-        self.conns
-            .push_back((self.next, now + HANDSHAKE_TIMEOUT, conn));
+        self.conns.push_back((self.next, conn));
         self.next
     }
 
     /// Takes connection `id` out once it has authenticated; false if it was cut meanwhile.
     fn settle(&mut self, id: u64) -> bool {
-        match self.conns.iter().position(|(i, _, _)| *i == id) {
+        match self.conns.iter().position(|(i, _)| *i == id) {
             Some(k) => {
                 self.conns.remove(k);
                 true
@@ -360,10 +349,7 @@ impl Pending {
 fn accept_loop(listener: Listener, state: Arc<State>) {
     let pending = Arc::new(Mutex::new(Pending::default()));
     loop {
-        // One deadline for each whole handshake, kept here: peers that dribble bytes
-        // cannot stretch it.
-        let wait = lock(&pending).sweep(Instant::now());
-        match sys::wait_readable(listener.as_fd(), Some(wait.unwrap_or(HANDSHAKE_TIMEOUT))) {
+        match sys::wait_readable(listener.as_fd(), None) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(_) => {
@@ -385,7 +371,7 @@ fn accept_loop(listener: Listener, state: Arc<State>) {
             continue; // dropping closes it
         }
         let conn = Arc::new(conn);
-        let id = lock(&pending).admit(conn.clone(), Instant::now());
+        let id = lock(&pending).admit(conn.clone());
         let st = state.clone();
         let pend = pending.clone();
         let spawned = std::thread::Builder::new()
