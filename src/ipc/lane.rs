@@ -268,7 +268,9 @@ impl Lane {
     /// The sequence number of the next packet on direction `d`'s socket, taken (producer
     /// lock held). Numbers start at 1.
     pub(crate) fn next_seq(&self, d: usize) -> u64 {
-        let n = self.w64(d, D_SEQ).load(Relaxed) + 1;
+        // Wrapping: the word is shared, and garbage another process wrote must not panic
+        // here (real numbers never reach 2^64).
+        let n = self.w64(d, D_SEQ).load(Relaxed).wrapping_add(1);
         self.w64(d, D_SEQ).store(n, SeqCst);
         n
     }
@@ -569,6 +571,16 @@ mod tests {
             let r = lane.send_big(0, &[7u8; 100], || false);
             assert!(matches!(r, Err(Error::Codec(_))), "{v}: {r:?}");
         }
+    }
+
+    /// A packet number at the end of the `u64` range (garbage another process wrote) wraps
+    /// instead of overflowing.
+    #[test]
+    fn a_garbage_packet_number_wraps() {
+        let lane = Lane::create().unwrap();
+        lane.w64(0, D_SEQ).store(u64::MAX, SeqCst);
+        assert_eq!(lane.next_seq(0), 0);
+        assert_eq!(lane.next_seq(0), 1);
     }
 
     #[test]
