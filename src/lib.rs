@@ -121,7 +121,9 @@ pub use process::{
     Process, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use start::{allow_fork_with_threads, get_start_method, set_start_method, StartMethod};
+pub use start::{
+    allow_fork_with_threads, get_all_start_methods, get_start_method, set_start_method, StartMethod,
+};
 pub use sync::{
     Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore,

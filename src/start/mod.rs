@@ -116,6 +116,24 @@ pub fn get_start_method() -> StartMethod {
     method_from(METHOD.load(Ordering::SeqCst))
 }
 
+/// Every start method this platform offers, the default first (Python's
+/// `get_all_start_methods`). On Linux all three are available; [`StartMethod::Fork`] is
+/// refused while the process has other threads (see [`allow_fork_with_threads`]).
+///
+/// ```
+/// use multiproc::StartMethod;
+/// let all = multiproc::get_all_start_methods();
+/// assert_eq!(all[0], StartMethod::ForkServer);
+/// assert!(all.contains(&StartMethod::Spawn) && all.contains(&StartMethod::Fork));
+/// ```
+pub fn get_all_start_methods() -> Vec<StartMethod> {
+    vec![
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ]
+}
+
 /// Lets [`StartMethod::Fork`] fork even when this process has other threads.
 ///
 /// # Safety
