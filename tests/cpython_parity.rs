@@ -640,25 +640,27 @@ fn condition_wait_for() {
 
 // --- _TestBarrier -----------------------------------------------------------------------------
 
-/// `_TestBarrier.test_barrier` and `test_wait_return`: every party gets a distinct index,
-/// exactly one gets 0, over several cycles; `parties`, `n_waiting`, `broken`.
+/// `_TestBarrier.test_barrier`, `test_barrier_10` and `test_wait_return`: every party
+/// gets a distinct index, exactly one gets 0, over ten consecutive cycles; `parties`,
+/// `n_waiting`, `broken`.
 #[test]
 fn barrier_indices() {
     multiproc::init();
+    const CYCLES: usize = 10;
     let b = Barrier::new(4).unwrap();
     assert_eq!(b.parties(), 4);
     assert_eq!(b.n_waiting(), 0);
     assert!(!b.broken());
     fn party(b: Barrier) -> Vec<usize> {
-        (0..3).map(|_| b.wait().unwrap()).collect()
+        (0..CYCLES).map(|_| b.wait().unwrap()).collect()
     }
     let kids: Vec<_> = (0..3)
         .map(|_| multiproc::spawn(party, b.clone()).unwrap())
         .collect();
-    let mine: Vec<usize> = (0..3).map(|_| b.wait().unwrap()).collect();
+    let mine: Vec<usize> = (0..CYCLES).map(|_| b.wait().unwrap()).collect();
     let mut all = vec![mine];
     all.extend(kids.into_iter().map(|k| k.join().unwrap()));
-    for cycle in 0..3 {
+    for cycle in 0..CYCLES {
         let mut idx: Vec<usize> = all.iter().map(|v| v[cycle]).collect();
         idx.sort();
         assert_eq!(idx, vec![0, 1, 2, 3]);
@@ -1125,11 +1127,16 @@ fn pool_imap() {
 
 /// `_TestPool.test_traceback` / `test_imap_handle_iterable_exception`'s task side: a
 /// failing task makes `map` fail and `imap` yield that item's error in its place, the other
-/// items still coming.
+/// items still coming. `test_wrapped_exception`: `apply` of a failing task raises the
+/// task's own error (a `TaskPanicked` with its message), not a wrapper.
 #[test]
 fn pool_task_errors() {
     multiproc::init();
     let pool = Pool::new(2).unwrap();
+    match pool.apply(raise_on_5, 5) {
+        Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("key error 5")),
+        other => panic!("{other:?}"),
+    }
     match pool.map(raise_on_5, 0..10) {
         Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("key error 5")),
         other => panic!("{other:?}"),
@@ -3613,4 +3620,555 @@ fn listener_and_client_bad_addresses() {
             other => panic!("{address}: {other:?}"),
         }
     }
+}
+
+// --- batch 5: gaps found by listing every test of CPython 3.11's suite ---------------------------
+
+/// A child that says it runs, then waits to be told to stop, and exits 0.
+fn run_until_then_ok(ev: (Event, Event)) {
+    run_until(ev);
+}
+
+/// `_TestProcess.test_forkserver_sigint` and `test_forkserver_sigkill` (bpo-31308): when
+/// the fork server is sent SIGINT or SIGKILL, a process it already started runs on and
+/// ends with 0, and a process started afterwards runs (the server is started again).
+#[test]
+fn fork_server_signalled_does_not_stop_processes() {
+    multiproc::init();
+    for sig in [libc::SIGINT, libc::SIGKILL] {
+        let (started, stop) = events();
+        let mut p = Process::new(run_until_then_ok, (started.clone(), stop.clone()))
+            .with_start_method(multiproc::StartMethod::ForkServer);
+        p.start().unwrap();
+        started.wait();
+        let server = multiproc::start::fork_server_pid().expect("a fork server runs");
+        let pid = rustix::process::Pid::from_raw(server as i32).unwrap();
+        let signal = rustix::process::Signal::from_named_raw(sig).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        if sig == libc::SIGKILL {
+            // Dead (a zombie until the next start reaps it) before the next start.
+            assert!(common::eventually(Duration::from_secs(10), || {
+                !matches!(common::stat(server), Some((s, _)) if s != 'Z')
+            }));
+        }
+        let (started2, stop2) = events();
+        stop2.set();
+        let mut p2 = Process::new(run_until_then_ok, (started2.clone(), stop2))
+            .with_start_method(multiproc::StartMethod::ForkServer);
+        p2.start().unwrap();
+        p2.join().unwrap();
+        assert!(started2.is_set());
+        assert_eq!(p2.exitcode(), Some(0), "signal {sig}");
+        stop.set();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0), "signal {sig}");
+    }
+}
+
+/// `_TestLock.test_lock_context`: `with lock:` is a guard; the lock is free again when
+/// the block ends, also when it ends by an exception (here a panic that unwinds).
+#[test]
+fn lock_guard_is_a_with_block() {
+    multiproc::init();
+    let lock = Lock::new().unwrap();
+    {
+        let _held = lock.lock().unwrap();
+        assert!(!lock.try_acquire().unwrap());
+    }
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _held = lock.lock().unwrap();
+        panic!("raised inside the block");
+    }));
+    assert!(unwound.is_err());
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+    let r = RLock::new().unwrap();
+    {
+        let _a = r.lock().unwrap();
+        let _b = r.lock().unwrap();
+    }
+    assert!(!r.is_locked());
+}
+
+/// `_TestArray.test_getobj_getlock_obj`: an array made with a given lock uses that lock
+/// (`lock3 == lock`), one made without gets a lock of its own; `lock=False` is a
+/// [`RawArray`], which has no lock at all (no `get_lock` method to call).
+#[test]
+fn array_uses_the_lock_it_is_given() {
+    multiproc::init();
+    let items: Vec<i32> = (0..10).collect();
+    let own = Array::from_slice(&items).unwrap();
+    let lock = Lock::new().unwrap();
+    let shared = Array::with_lock(&items, lock.clone()).unwrap();
+    let guard = lock.lock().unwrap();
+    assert!(!shared.get_lock().try_acquire().unwrap());
+    assert!(own.get_lock().try_acquire().unwrap());
+    own.get_lock().release().unwrap();
+    drop(guard);
+    {
+        let _g = shared.lock().unwrap();
+        assert!(!lock.try_acquire().unwrap());
+    }
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+    let raw = RawArray::from_slice(&items).unwrap();
+    assert_eq!(raw.to_vec(), shared.to_vec());
+}
+
+/// `_TestPool.test_make_pool`: `Pool(3)` has three workers. (`Pool(0)` is the CPU count
+/// here, `ValueError` in Python: see differences.md.) And
+/// `_TestPoolWorkerLifetime.test_pool_maxtasksperchild_invalid`: `maxtasksperchild=0` is
+/// refused (`ValueError`; here `InvalidOperation`).
+#[test]
+fn pool_sizes_and_invalid_maxtasksperchild() {
+    multiproc::init();
+    let pool = Pool::new(3).unwrap();
+    assert_eq!(pool.processes(), 3);
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(Pool::new(0).unwrap().processes(), multiproc::cpu_count());
+    assert!(matches!(
+        Pool::builder().processes(1).maxtasksperchild(0).build(),
+        Err(Error::InvalidOperation(_))
+    ));
+}
+
+/// `_TestConnection.test_missing_fd_transfer`: `recv_handle` on a message that came
+/// without a descriptor fails (`RuntimeError` in Python, `Error::Codec` here) instead of
+/// making one up, and the connection goes on working.
+#[test]
+fn recv_handle_of_a_message_without_a_descriptor_fails() {
+    multiproc::init();
+    fn send_data_without_fd(conn: multiproc::Connection<u64>) {
+        conn.send_bytes(b"\x00\x00\x00\x00").unwrap();
+        conn.send(&7).unwrap();
+    }
+    let (conn, child_conn) = multiproc::pipe::<u64>().unwrap();
+    let h = multiproc::spawn(send_data_without_fd, child_conn).unwrap();
+    assert!(matches!(conn.recv_handle(), Err(Error::Codec(_))));
+    assert!(matches!(conn.recv_handle(), Err(Error::Codec(_))));
+    h.join().unwrap();
+    let (a, b) = multiproc::pipe::<u64>().unwrap();
+    a.send(&9).unwrap();
+    assert!(matches!(b.recv_handle(), Err(Error::Codec(_))));
+    a.send(&10).unwrap();
+    assert_eq!(b.recv().unwrap(), 10);
+}
+
+/// `_TestListenerClient.test_issue14725`: a client that connected, sent and hung up before
+/// the listener accepted it is still accepted, and what it sent is received.
+#[test]
+fn listener_accepts_a_client_that_already_left() {
+    multiproc::init();
+    use multiproc::connection::{Client, Listener};
+    fn say_hello_and_go(address: String) {
+        let c = Client::connect::<String>(address.as_str(), None).unwrap();
+        c.send(&"hello".to_string()).unwrap();
+    }
+    let l = Listener::bind("127.0.0.1:0", None).unwrap();
+    // The child has connected, sent and exited before `accept`.
+    multiproc::spawn(say_hello_and_go, l.address().to_string())
+        .unwrap()
+        .join()
+        .unwrap();
+    let conn = l.accept::<String>().unwrap();
+    assert_eq!(conn.recv().unwrap(), "hello");
+    assert!(matches!(conn.recv(), Err(Error::Eof)));
+}
+
+/// What `_TestPicklingConnections.test_pickling`'s listener child sends back: a
+/// connection it accepted, or a plain socket it accepted.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Accepted {
+    Address(String),
+    Conn(multiproc::Connection<String>),
+    Socket(multiproc::connection::Fd),
+}
+
+/// `test_pickling`'s listener: for each family, binds, says where, accepts one client and
+/// sends the accepted connection to the parent; then the same with a plain TCP socket.
+fn pickling_listener((conn, dir): (multiproc::Connection<Accepted>, String)) {
+    use multiproc::connection::Listener;
+    let unix = format!("{dir}/pickling.sock");
+    for address in ["127.0.0.1:0", unix.as_str()] {
+        let l = Listener::bind(address, None).unwrap();
+        conn.send(&Accepted::Address(l.address().to_string()))
+            .unwrap();
+        let new_conn = l.accept::<String>().unwrap();
+        conn.send(&Accepted::Conn(new_conn)).unwrap();
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    conn.send(&Accepted::Address(l.local_addr().unwrap().to_string()))
+        .unwrap();
+    let (s, _) = l.accept().unwrap();
+    conn.send(&Accepted::Socket(multiproc::connection::Fd::new(s.into())))
+        .unwrap();
+}
+
+/// `test_pickling`'s remote: connects to each address it is given and sends the message
+/// in capitals; the last one over a plain socket.
+fn pickling_remote(conn: multiproc::Connection<Option<(String, String)>>) {
+    use std::io::Write;
+    while let Some((address, msg)) = conn.recv().unwrap() {
+        let c = multiproc::connection::Client::connect::<String>(address.as_str(), None).unwrap();
+        c.send(&msg.to_uppercase()).unwrap();
+    }
+    let (address, msg) = conn.recv().unwrap().unwrap();
+    let mut s = std::net::TcpStream::connect(address.as_str()).unwrap();
+    s.write_all(msg.to_uppercase().as_bytes()).unwrap();
+}
+
+/// `_TestPicklingConnections.test_pickling`: connections a child accepted from a listener
+/// (TCP and Unix) are sent to the parent through a pipe and read there; so is a plain
+/// accepted socket.
+#[test]
+fn accepted_connections_travel_through_pipes() {
+    multiproc::init();
+    use std::io::Read;
+    let dir = std::env::temp_dir().join(format!("mp-pickling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (lconn, lconn0) = multiproc::pipe::<Accepted>().unwrap();
+    let lp = multiproc::spawn(
+        pickling_listener,
+        (lconn0, dir.to_string_lossy().into_owned()),
+    )
+    .unwrap();
+    let (rconn, rconn0) = multiproc::pipe::<Option<(String, String)>>().unwrap();
+    let rp = multiproc::spawn(pickling_remote, rconn0).unwrap();
+    let address = |a| match a {
+        Accepted::Address(a) => a,
+        _ => panic!("expected an address"),
+    };
+    for fam in ["AF_INET", "AF_UNIX"] {
+        let msg = format!("This connection uses family {fam}");
+        rconn
+            .send(&Some((address(lconn.recv().unwrap()), msg.clone())))
+            .unwrap();
+        let Accepted::Conn(new_conn) = lconn.recv().unwrap() else {
+            panic!("expected a connection")
+        };
+        assert_eq!(new_conn.recv().unwrap(), msg.to_uppercase());
+    }
+    rconn.send(&None).unwrap();
+    let msg = "This connection uses a normal socket".to_string();
+    rconn
+        .send(&Some((address(lconn.recv().unwrap()), msg.clone())))
+        .unwrap();
+    let Accepted::Socket(s) = lconn.recv().unwrap() else {
+        panic!("expected a socket")
+    };
+    let mut got = String::new();
+    std::fs::File::from(s.into_inner())
+        .read_to_string(&mut got)
+        .unwrap();
+    assert_eq!(got, msg.to_uppercase());
+    lp.join().unwrap();
+    rp.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A child that receives a shared memory block and writes `b"howdy"` at its start, or
+/// says why it could not receive it (the kind of an `Io` error).
+fn receive_block_and_write(
+    conn: multiproc::Connection<multiproc::shared_memory::SharedMemory>,
+) -> Result<(), String> {
+    let shm = conn.recv().map_err(|e| match e {
+        Error::Io(e) => format!("{:?}", e.kind()),
+        e => format!("{e:?}"),
+    })?;
+    shm.write_at(0, b"howdy").unwrap();
+    Ok(())
+}
+
+/// A child that receives a shareable list and sets its item 1 to 99, or says why it could
+/// not receive it.
+fn receive_list_and_set(
+    conn: multiproc::Connection<multiproc::shared_memory::ShareableList<u32>>,
+) -> Result<(), String> {
+    let sl = conn.recv().map_err(|e| match e {
+        Error::Io(e) => format!("{:?}", e.kind()),
+        e => format!("{e:?}"),
+    })?;
+    sl.set(1, &99).unwrap();
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_pickle_unpickle`,
+/// `test_shared_memory_across_processes` and `test_shared_memory_ShareableList_pickling`:
+/// a block and a shareable list sent to another process are the same memory there (its
+/// writes are seen here); `..._pickle_unpickle_dead_object` and
+/// `..._ShareableList_pickling_dead_object`: once unlinked, receiving one fails with
+/// `FileNotFoundError` (an `Io` error of kind `NotFound`), in the receiver only.
+/// `TestResourceTracker.test_too_long_name_resource`: a name too long for the tracker is
+/// `ValueError` (`InvalidOperation`) at creation.
+#[test]
+fn shared_memory_sent_to_another_process() {
+    use multiproc::shared_memory::{ShareableList, SharedMemory};
+    multiproc::init();
+    let shm = SharedMemory::create(None, 64).unwrap();
+    let (a, b) = multiproc::pipe().unwrap();
+    let h = multiproc::spawn(receive_block_and_write, b).unwrap();
+    a.send(&shm).unwrap();
+    h.join().unwrap().unwrap();
+    assert_eq!(&shm.to_vec().unwrap()[..5], b"howdy");
+    shm.unlink().unwrap();
+    let (a, b) = multiproc::pipe().unwrap();
+    let h = multiproc::spawn(receive_block_and_write, b).unwrap();
+    a.send(&shm).unwrap();
+    assert_eq!(h.join().unwrap(), Err("NotFound".to_string()));
+
+    let sl = ShareableList::create(None, &[1u32, 2, 3]).unwrap();
+    let (a, b) = multiproc::pipe().unwrap();
+    let h = multiproc::spawn(receive_list_and_set, b).unwrap();
+    a.send(&sl).unwrap();
+    h.join().unwrap().unwrap();
+    assert_eq!(sl.to_vec().unwrap(), vec![1, 99, 3]);
+    sl.unlink().unwrap();
+    let (a, b) = multiproc::pipe().unwrap();
+    let h = multiproc::spawn(receive_list_and_set, b).unwrap();
+    a.send(&sl).unwrap();
+    assert_eq!(h.join().unwrap(), Err("NotFound".to_string()));
+
+    let too_long = "a".repeat(512 - "shared_memory".len());
+    assert!(matches!(
+        SharedMemory::create(Some(&too_long), 8),
+        Err(Error::InvalidOperation(_))
+    ));
+}
+
+/// `TestResourceTracker.test_resource_tracker_sigint` and `..._sigterm`: the tracker
+/// ignores SIGINT and SIGTERM (a Ctrl-C aimed at the program must not stop the process
+/// that cleans up after it), so after either it is the same process and still tracks:
+/// a block created afterwards by a child that then exits without unlinking is removed.
+/// (`..._sigkill`, a tracker replaced after SIGKILL, is `killed_tracker_is_replaced_and_
+/// keeps_every_name` in tests/shared_memory.rs.)
+#[test]
+fn tracker_ignores_sigint_and_sigterm() {
+    use multiproc::shared_memory::SharedMemory;
+    multiproc::init();
+    fn create_and_leave(name: String) {
+        std::mem::forget(SharedMemory::create(Some(&name), 16).unwrap());
+    }
+    let first = SharedMemory::create(None, 8).unwrap();
+    let tracker = multiproc::shared_memory::tracker_pid().expect("a tracker runs");
+    let status = std::fs::read_to_string(format!("/proc/{tracker}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        assert_ne!(ignored & (1 << (sig - 1)), 0, "signal {sig} not ignored");
+        let pid = rustix::process::Pid::from_raw(tracker as i32).unwrap();
+        let signal = rustix::process::Signal::from_named_raw(sig).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+    let name = format!("mp_parity_tracker_sig_{}", std::process::id());
+    multiproc::spawn(create_and_leave, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(multiproc::shared_memory::tracker_pid(), Some(tracker));
+    assert!(common::eventually(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/dev/shm/{name}")).exists()
+    }));
+    first.unlink().unwrap();
+}
+
+/// `TestWait._child_test_wait_socket`: connects to `address` and sends the lines `0\n` to
+/// `9\n`, one write each.
+fn send_lines_on_a_socket(address: String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(address.as_str()).unwrap();
+    for i in 0..10 {
+        s.write_all(format!("{i}\n").as_bytes()).unwrap();
+    }
+}
+
+/// `TestWait.test_wait_socket` (and `test_wait_socket_slow`, whose sender pauses between
+/// writes): `wait` over plain sockets (their descriptors) reports each one that has data
+/// or has been closed, until every child's lines have arrived whole and every socket has
+/// ended.
+#[test]
+fn wait_on_plain_sockets() {
+    multiproc::init();
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = l.local_addr().unwrap().to_string();
+    let kids: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(send_lines_on_a_socket, address.clone()).unwrap())
+        .collect();
+    let mut readers: Vec<(std::net::TcpStream, Vec<u8>)> = (0..4)
+        .map(|_| (l.accept().unwrap().0, Vec::new()))
+        .collect();
+    drop(l);
+    let mut done = Vec::new();
+    while !readers.is_empty() {
+        let fds: Vec<_> = readers.iter().map(|(r, _)| r.as_fd()).collect();
+        let objs: Vec<&dyn multiproc::connection::Waitable> = fds
+            .iter()
+            .map(|f| f as &dyn multiproc::connection::Waitable)
+            .collect();
+        let ready = wait(&objs, None).unwrap();
+        assert!(!ready.is_empty());
+        drop(objs);
+        drop(fds);
+        for i in ready.into_iter().rev() {
+            let mut buf = [0u8; 32];
+            let n = readers[i].0.read(&mut buf).unwrap();
+            if n == 0 {
+                done.push(readers.remove(i).1);
+            } else {
+                readers[i].1.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let expected: String = (0..10).map(|i| format!("{i}\n")).collect();
+    assert_eq!(done.len(), 4);
+    for got in done {
+        assert_eq!(String::from_utf8(got).unwrap(), expected);
+    }
+    for k in kids {
+        k.join().unwrap();
+    }
+}
+
+/// `TestStartMethod.test_nested_startmethod` (gh-108520): a child passes the queue it was
+/// given on to a child of its own; both put into it. And `test_get_all`: every start
+/// method is listed, the default first; `test_set_get` (each method set is the one got)
+/// is `default_method_is_forkserver_and_settable` in tests/process.rs.
+#[test]
+fn nested_start_and_all_start_methods() {
+    multiproc::init();
+    fn put_one(q: Queue<u32>) {
+        q.put(1).unwrap();
+    }
+    fn put_two_and_nest_once(q: Queue<u32>) {
+        q.put(2).unwrap();
+        let mut p = Process::new(put_one, q);
+        p.start().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    let q = Queue::new().unwrap();
+    let mut p = Process::new(put_two_and_nest_once, q.clone());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    let mut got = Vec::new();
+    while !q.empty() {
+        got.push(q.get().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, vec![1, 2]);
+
+    use multiproc::StartMethod;
+    let all = multiproc::get_all_start_methods();
+    assert_eq!(all[0], multiproc::get_start_method());
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|m| format!("{m:?}"));
+    assert_eq!(
+        sorted,
+        vec![
+            StartMethod::Fork,
+            StartMethod::ForkServer,
+            StartMethod::Spawn
+        ]
+    );
+}
+
+/// `_TestSubclassingProcess.test_stderr_flush` (issue #13812): a child whose standard
+/// error is a file and whose target fails (here panics) has the whole report in that
+/// file when it has ended: the message, and the file and line it came from.
+#[test]
+fn child_error_report_is_flushed_to_its_stderr_file() {
+    multiproc::init();
+    fn divide_by_zero(_: ()) {
+        let zero = std::hint::black_box(0u32);
+        let _ = std::hint::black_box(1 / zero); // MARKER
+    }
+    let path = std::env::temp_dir().join(format!("mp-stderr-flush-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut p = multiproc::Builder::new()
+        .stderr(file)
+        .process(divide_by_zero, ());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(1));
+    let err = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains("attempt to divide by zero"), "{err}");
+    assert!(err.contains("cpython_parity.rs"), "{err}");
+}
+
+/// `TestStdinBadfiledescriptor.test_queue_in_process` and `test_pool_in_process`: a child
+/// and a pool worker have `/dev/null` as standard input (Python closes `sys.stdin` in the
+/// child and opens `os.devnull`): reading it ends at once, and the child goes on to use a
+/// queue and the pool works.
+#[test]
+fn children_read_an_empty_stdin() {
+    multiproc::init();
+    fn stdin_then_put(q: Queue<usize>) {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).unwrap();
+        q.put(s.len()).unwrap();
+        q.put(7).unwrap();
+    }
+    fn stdin_len(_: ()) -> usize {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).unwrap();
+        s.len()
+    }
+    let q = Queue::new().unwrap();
+    let mut p = Process::new(stdin_then_put, q.clone());
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!((q.get().unwrap(), q.get().unwrap()), (0, 7));
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(stdin_len, ()).unwrap(), 0);
+    assert_eq!(pool.map(sqr, [2, 3]).unwrap(), vec![4, 9]);
+}
+
+/// `_TestContainers.test_list_iter`: iterating a list proxy (the live form, which reads
+/// one value per step as Python does) gives every value, an exhausted iterator stays
+/// exhausted, and a value written after the iteration began is seen. (`iter()` is a
+/// snapshot: see differences.md.)
+#[test]
+fn manager_list_iteration() {
+    multiproc::init();
+    let m = multiproc::Manager::start().unwrap();
+    let a = m.list((0..10).collect::<Vec<i32>>()).unwrap();
+    let mut it = a.iter_live();
+    let all: Vec<i32> = it.by_ref().map(Result::unwrap).collect();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+    assert!(it.next().is_none());
+    let mut it = a.iter_live();
+    let snapshot = a.iter().unwrap();
+    a.set(0, 100).unwrap();
+    assert_eq!(it.next().unwrap().unwrap(), 100);
+    assert_eq!(snapshot.collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+}
+
+/// `_TestContainers.test_dict_iter`: iterating a dict proxy gives its keys in insertion
+/// order, and an exhausted iterator stays exhausted. Python's iterator then raises
+/// `RuntimeError` once the dict is cleared; this one ends instead (differences.md).
+#[test]
+fn manager_dict_iteration() {
+    multiproc::init();
+    let m = multiproc::Manager::start().unwrap();
+    let d = m.dict::<u32, char>().unwrap();
+    let indices: Vec<u32> = (65..70).collect();
+    for &i in &indices {
+        d.insert(i, char::from_u32(i).unwrap()).unwrap();
+    }
+    let mut it = d.iter_live();
+    let keys: Vec<u32> = it.by_ref().map(|e| e.unwrap().0).collect();
+    assert_eq!(keys, indices);
+    assert!(it.next().is_none());
+    let mut it = d.iter_live();
+    d.clear().unwrap();
+    assert!(it.next().is_none());
 }
