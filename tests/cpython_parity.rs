@@ -71,8 +71,9 @@ fn self_view() -> SelfView {
     )
 }
 
-/// `_TestProcess.test_process`'s view of `current_process()`: in the main process `daemon`
-/// is false, `ident` is the pid and `authkey` is non-empty bytes; a daemon child sees its
+/// `_TestProcess.test_process`'s and `test_current`'s view of `current_process()`: in the
+/// main process the name is `MainProcess`, `daemon` is false, `ident` is the pid and
+/// `authkey` is non-empty bytes; a daemon child sees its
 /// given name, `daemon` true, its own pid as `ident`, the parent's `authkey`; a child of
 /// that daemon (not a daemon itself) sees the same key and its parent as a daemon; the
 /// parent's `active_children` shows the child's daemon flag. Under the fork server and
@@ -82,6 +83,7 @@ fn self_view() -> SelfView {
 fn current_process_attributes() {
     multiproc::init();
     let me = multiproc::current_process();
+    assert_eq!(me.name(), "MainProcess");
     assert!(!me.daemon());
     assert_eq!(me.ident(), std::process::id());
     assert_eq!(me.authkey().len(), 32);
@@ -3283,7 +3285,7 @@ fn manager_sync_types_across_a_child() {
 /// creator's size and contents; a second `unlink` (`shm_unlink` twice) and attaching a name
 /// that is gone are `FileNotFoundError` (an `Io` error of kind `NotFound`); creating a name
 /// in use is `FileExistsError` (`AlreadyExists`); a size of 0 and a name with an embedded
-/// NUL are `ValueError` (`InvalidOperation`).
+/// NUL are `ValueError` (`InvalidOperation`), as in `test_invalid_shared_memory_cration`.
 #[test]
 fn shared_memory_basics() {
     use multiproc::shared_memory::SharedMemory;
@@ -4171,4 +4173,174 @@ fn manager_dict_iteration() {
     let mut it = d.iter_live();
     d.clear().unwrap();
     assert!(it.next().is_none());
+}
+
+/// Timeouts at both ends, on every call that takes one (Python: `timeout=0` only looks;
+/// a huge float waits for ever; see differences.md for negative ones). `Duration::ZERO`
+/// answers at once, "not yet" where the object is not ready and the result where it is;
+/// `Duration::MAX` on a ready object returns at once (nothing overflows).
+#[test]
+fn zero_and_huge_timeouts_on_every_object() {
+    multiproc::init();
+    let (zero, huge) = (Duration::ZERO, Duration::MAX);
+    let lock = Lock::new().unwrap();
+    assert!(lock.acquire_timeout(zero).unwrap());
+    assert!(!lock.acquire_timeout(zero).unwrap());
+    lock.release().unwrap();
+    assert!(lock.acquire_timeout(huge).unwrap());
+    lock.release().unwrap();
+    let r = RLock::new().unwrap();
+    assert!(r.acquire_timeout(zero).unwrap());
+    assert!(r.acquire_timeout(huge).unwrap());
+    r.release().unwrap();
+    r.release().unwrap();
+    let s = Semaphore::new(1).unwrap();
+    assert!(s.acquire_timeout(zero));
+    assert!(!s.acquire_timeout(zero));
+    s.release().unwrap();
+    assert!(s.acquire_timeout(huge));
+    let bs = BoundedSemaphore::new(1).unwrap();
+    assert!(bs.acquire_timeout(huge));
+    assert!(!bs.acquire_timeout(zero));
+    let e = Event::new().unwrap();
+    assert!(!e.wait_timeout(zero));
+    e.set();
+    assert!(e.wait_timeout(zero) && e.wait_timeout(huge));
+    let c = Condition::new().unwrap();
+    c.acquire().unwrap();
+    assert!(!c.wait_timeout(zero).unwrap());
+    assert!(!c.wait_for(|| false, Some(zero)).unwrap());
+    assert!(c.wait_for(|| true, Some(zero)).unwrap());
+    assert!(c.wait_for(|| true, Some(huge)).unwrap());
+    c.release().unwrap();
+    let b = Barrier::new(1).unwrap();
+    assert_eq!(b.wait_timeout(huge).unwrap(), 0);
+
+    let q = Queue::bounded(1).unwrap();
+    assert!(matches!(q.get_timeout(zero), Err(Error::Empty)));
+    q.put_timeout(1u32, zero).unwrap();
+    assert!(matches!(q.put_timeout(2, zero), Err(TryPutError::Full(2))));
+    assert_eq!(q.get_timeout(zero).unwrap(), 1);
+    q.put_timeout(3, huge).unwrap();
+    assert_eq!(q.get_timeout(huge).unwrap(), 3);
+    let jq = JoinableQueue::new().unwrap();
+    assert!(matches!(jq.get_timeout(zero), Err(Error::Empty)));
+    jq.put(4u32).unwrap();
+    assert_eq!(jq.get_timeout(huge).unwrap(), 4);
+    jq.task_done().unwrap();
+
+    let (a, bconn) = multiproc::pipe::<u8>().unwrap();
+    assert!(!bconn.poll(Some(zero)).unwrap());
+    a.send(&5).unwrap();
+    assert!(bconn.poll(Some(zero)).unwrap() && bconn.poll(Some(huge)).unwrap());
+    assert!(wait(&[&bconn], Some(zero)).unwrap() == vec![0]);
+    assert!(wait(&[&bconn], Some(huge)).unwrap() == vec![0]);
+
+    let (started, stop) = events();
+    let mut p = Process::new(run_until, (started.clone(), stop.clone()));
+    p.start().unwrap();
+    started.wait();
+    assert!(!p.join_timeout(zero).unwrap());
+    stop.set();
+    assert!(p.join_timeout(huge).unwrap());
+    assert!(p.join_timeout(zero).unwrap());
+
+    let pool = Pool::new(1).unwrap();
+    let gate = Event::new().unwrap();
+    fn wait_gate(gate: Event) -> u8 {
+        gate.wait();
+        6
+    }
+    let pending = pool.apply_async(wait_gate, gate.clone());
+    assert!(matches!(pending.get_timeout(zero), Err(Error::Timeout)));
+    let mut it = pool.imap(sqr, [3]);
+    assert!(matches!(it.next_timeout(zero), Some(Err(Error::Timeout))));
+    gate.set();
+    assert_eq!(pending.get_timeout(huge).unwrap(), 6);
+    assert_eq!(pending.get_timeout(zero).unwrap(), 6);
+    assert_eq!(it.next_timeout(huge).unwrap().unwrap(), 9);
+    assert!(it.next_timeout(huge).is_none());
+
+    // The same through a manager's proxies (`TestSyncManagerTypes`' objects).
+    let m = multiproc::Manager::start().unwrap();
+    let q = m.queue::<u32>().unwrap();
+    assert!(matches!(q.get_timeout(zero), Err(Error::Empty)));
+    q.put_timeout(1, huge).unwrap();
+    assert_eq!(q.get_timeout(huge).unwrap(), 1);
+    let l = m.lock().unwrap();
+    assert!(l.acquire_timeout(huge).unwrap());
+    assert!(!l.acquire_timeout(zero).unwrap());
+    let e = m.event().unwrap();
+    assert!(!e.wait_timeout(zero).unwrap());
+    e.set().unwrap();
+    assert!(e.wait_timeout(huge).unwrap());
+    let c = m.condition().unwrap();
+    assert!(c.acquire_timeout(huge).unwrap());
+    assert!(!c.wait_timeout(zero).unwrap());
+    assert!(!c.wait_for(|| false, Some(zero)).unwrap());
+    assert!(c.wait_for(|| true, Some(huge)).unwrap());
+    c.release().unwrap();
+    assert_eq!(m.barrier(1).unwrap().wait_timeout(huge).unwrap(), 0);
+    assert!(matches!(
+        m.barrier(2).unwrap().wait_timeout(zero),
+        Err(Error::BrokenBarrier)
+    ));
+    let s = m.semaphore(1).unwrap();
+    assert!(s.acquire_timeout(huge).unwrap());
+    assert!(!s.acquire_timeout(zero).unwrap());
+    assert!(m.rlock().unwrap().acquire_timeout(huge).unwrap());
+    let jq = m.joinable_queue::<u32>().unwrap();
+    assert!(jq.join_timeout(zero).unwrap() && jq.join_timeout(huge).unwrap());
+    jq.put(1).unwrap();
+    assert!(!jq.join_timeout(zero).unwrap());
+}
+
+/// `_TestLogging.test_level` (and `test_enable_logging`): the level set in the parent
+/// ([`log_to_stderr`](multiproc::log_to_stderr), Python's `logger.setLevel`) is the one a
+/// child started afterwards has, and a new level reaches the next child, under the fork
+/// server and spawn alike.
+#[test]
+fn log_level_reaches_children() {
+    use multiproc::log::Level;
+    multiproc::init();
+    fn child_level(_: ()) -> Option<String> {
+        multiproc::log::level().map(|l| l.to_string())
+    }
+    for method in [
+        multiproc::StartMethod::ForkServer,
+        multiproc::StartMethod::Spawn,
+    ] {
+        for level in [Level::Warning, Level::Error] {
+            multiproc::log_to_stderr(level);
+            assert_eq!(multiproc::log::level(), Some(level));
+            let got = multiproc::Builder::new()
+                .start_method(method)
+                .spawn(child_level, ())
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(got, Some(level.to_string()), "{method:?}");
+        }
+    }
+}
+
+/// `_TestConnection.test_sendbytes`: Python's `send_bytes(msg, offset, size)` is a
+/// sub-slice here; every part arrives as sent, an empty part as an empty message. (The
+/// `ValueError`s for an offset or size outside the buffer have no counterpart: a slice
+/// outside the buffer cannot be made.)
+#[test]
+fn send_bytes_parts_of_a_buffer() {
+    multiproc::init();
+    let msg = b"abcdefghijklmnopqrstuvwxyz";
+    let (a, b) = multiproc::pipe::<()>().unwrap();
+    for part in [
+        &msg[..],
+        &msg[5..],
+        &msg[7..7 + 8],
+        &msg[26..],
+        &msg[26..26],
+    ] {
+        a.send_bytes(part).unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), part);
+    }
 }
