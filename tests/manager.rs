@@ -1898,3 +1898,64 @@ fn getters_killed_at_random_moments_lose_at_most_the_item_they_held() {
     );
     assert!(lost <= kills, "{lost} items lost in {kills} kills");
 }
+
+/// Whether `e` is the error that says the manager server is gone.
+fn is_manager_gone(e: &Error) -> bool {
+    matches!(e, Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionAborted
+        && io.to_string().contains("manager server") && io.to_string().contains("gone"))
+}
+
+/// Says it is about to block, then waits on the queue: the error it ends with, in words.
+fn get_until_the_server_dies((q, about_to_block): (QueueProxy<u8>, multiproc::Event)) -> String {
+    q.qsize().unwrap(); // connected and holding the queue
+    about_to_block.set();
+    match q.get() {
+        Ok(v) => format!("got {v}"),
+        Err(e) if is_manager_gone(&e) => "gone".to_string(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// Connects afresh (a new process) to a server that was killed meanwhile.
+fn first_use_after_the_server_died(l: ListProxy<u8>) -> String {
+    match l.len() {
+        Ok(n) => format!("len {n}"),
+        Err(e) if is_manager_gone(&e) => "gone".to_string(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// A killed manager server is reported as gone (an `Io` error of kind `ConnectionAborted`
+/// that says so) by every kind of call: a blocked `get` in another process, a call over a
+/// pooled connection, and a first call that must connect (never a bare `Eof`, a broken
+/// pipe, or a refused authentication as if the key were wrong).
+#[test]
+fn a_killed_server_is_reported_as_gone_by_every_call() {
+    multiproc::init();
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let l = m.list(vec![1u8]).unwrap();
+    let q = m.queue::<u8>().unwrap();
+    let about_to_block = multiproc::Event::new().unwrap();
+    let getter = multiproc::spawn(get_until_the_server_dies, (q, about_to_block.clone())).unwrap();
+    about_to_block.wait();
+    assert_eq!(l.len().unwrap(), 1); // a pooled connection, idle meanwhile
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // Dead (its sockets closed) once it is a zombie or reaped.
+    assert!(common::eventually(Duration::from_secs(10), || {
+        !common::running(pid)
+    }));
+    assert_eq!(getter.join().unwrap(), "gone");
+    let e = l.push(2).unwrap_err();
+    assert!(is_manager_gone(&e), "{e:?}");
+    let e = l.len().unwrap_err();
+    assert!(is_manager_gone(&e), "{e:?}");
+    let fresh = multiproc::spawn(first_use_after_the_server_died, l.clone()).unwrap();
+    assert_eq!(fresh.join().unwrap(), "gone");
+    drop(m);
+    assert!(common::zombies_of_me().is_empty());
+}

@@ -18,6 +18,8 @@ use crate::{codec, Error, Result};
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 16;
+/// How long [`Endpoint::server_listens`] waits for a server's first word.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Pool {
     /// The fork generation the connections belong to (see `sys::fork_generation`).
@@ -161,10 +163,67 @@ impl Endpoint {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let conn = self.checkout()?;
-        let resp = conn.round_trip(req)?;
+        let conn = self.checkout().map_err(|e| self.explain(e))?;
+        let resp = conn.round_trip(req).map_err(|e| self.explain(e))?;
         self.checkin(conn);
         resp.map_err(|(kind, message)| Error::from_remote(kind, message))
+    }
+
+    /// Whether a server still listens at the address. Not when a connection to it is
+    /// refused, or (a server that is dying: its connections break a moment before its
+    /// listening socket closes) accepted and then closed without a word, where a live
+    /// server says something at once (its challenge, or that it is busy). When unsure (no
+    /// word within [`PROBE_WAIT`]), it listens.
+    fn server_listens(&self) -> bool {
+        use std::os::fd::AsFd;
+        match crate::sys::connect_to(&self.address.sock()) {
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ),
+            Ok(fd) => match crate::sys::wait_readable(fd.as_fd(), Some(PROBE_WAIT)) {
+                // A first byte: a challenge (or a busy server's word). None: reset.
+                Ok(true) => std::io::Read::read(&mut std::fs::File::from(fd), &mut [0u8; 1])
+                    .is_ok_and(|n| n > 0),
+                _ => true,
+            },
+        }
+    }
+
+    /// A call whose connection broke, or could not be made: when nothing listens at the
+    /// server's address any more, the error says that the manager is gone (an `Io` error
+    /// of kind `ConnectionAborted`) instead of a bare end of file, broken pipe or refused
+    /// connection, or (a server that died during the handshake) a refused authentication.
+    /// A server that still listens (it closed only this connection, or refused our key)
+    /// leaves the error as it is.
+    fn explain(&self, e: Error) -> Error {
+        use std::io::ErrorKind::*;
+        let broke = match &e {
+            Error::Eof | Error::AuthenticationFailed => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                BrokenPipe
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | UnexpectedEof
+                    | ConnectionRefused
+                    | NotFound
+            ),
+            _ => false,
+        };
+        if !broke {
+            return e;
+        }
+        if self.server_listens() {
+            return e;
+        }
+        Error::Io(std::io::Error::new(
+            ConnectionAborted,
+            format!(
+                "the manager server at {} is gone: it was shut down or died ({e})",
+                self.address
+            ),
+        ))
     }
 
     /// The server was shut down: drops the idle connections, and later calls fail with

@@ -49,7 +49,10 @@
 //! as the container does, whoever reads it. (Unlike Python, taking the value out of the
 //! container again does not end that hold: it ends with the container.) When a process
 //! dies, its holds go with it. The server stops when its [`Manager`] is dropped or shut down, or when the
-//! process that started it dies.
+//! process that started it dies. Once it is gone (killed, say), every call in every
+//! process fails with an [`Error::Io`] of kind `ConnectionAborted` that says the manager
+//! server is gone — a `get` blocked in it too — except in the process that shut it down,
+//! where calls give [`Error::Closed`].
 //!
 //! A serialized proxy contains the server's address and authkey, as in Python: send it
 //! only to processes you trust with the key.
