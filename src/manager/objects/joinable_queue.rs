@@ -150,4 +150,27 @@ impl Manager {
             queue: QueueProxy::from_obj(self.make(Create::Queue(None))?),
         })
     }
+
+    /// A new joinable queue holding at most `maxsize` items (Python's
+    /// `manager.JoinableQueue(maxsize)`); 0 means unbounded.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let m = multiproc::Manager::start().unwrap();
+    /// let q = m.bounded_joinable_queue::<u8>(1).unwrap();
+    /// q.put(1).unwrap();
+    /// assert!(q.full().unwrap());
+    /// assert!(q.try_put(2).is_err());
+    /// assert_eq!(q.get().unwrap(), 1);
+    /// q.task_done().unwrap();
+    /// q.join().unwrap();
+    /// ```
+    pub fn bounded_joinable_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        maxsize: usize,
+    ) -> Result<JoinableQueueProxy<T>> {
+        Ok(JoinableQueueProxy {
+            queue: QueueProxy::from_obj(self.make(Create::Queue(Some(maxsize as u64)))?),
+        })
+    }
 }
