@@ -4344,3 +4344,71 @@ fn send_bytes_parts_of_a_buffer() {
         assert_eq!(b.recv_bytes().unwrap(), part);
     }
 }
+
+/// `TestSyncManagerTypes._test_queue` on a joinable queue, and `_test_list` and
+/// `_test_dict`, in one daemon child (a failed assertion panics: exit code 1).
+fn sync_containers_worker(
+    (q, l, d): (
+        multiproc::manager::JoinableQueueProxy<u32>,
+        multiproc::manager::ListProxy<u32>,
+        multiproc::manager::DictProxy<String, u32>,
+    ),
+) {
+    assert_eq!(q.qsize().unwrap(), 2);
+    assert!(q.full().unwrap());
+    assert!(!q.empty().unwrap());
+    assert_eq!(q.get().unwrap(), 5);
+    assert!(!q.empty().unwrap());
+    assert_eq!(q.get().unwrap(), 6);
+    assert!(q.empty().unwrap());
+    q.task_done().unwrap();
+    q.task_done().unwrap();
+
+    assert_eq!(l.get(0).unwrap(), 5);
+    assert_eq!(l.count(&5).unwrap(), 1);
+    assert_eq!(l.index(&5).unwrap(), 0);
+    l.sort().unwrap();
+    l.reverse().unwrap();
+    assert_eq!(l.iter_live().count(), 1);
+    assert_eq!(l.len().unwrap(), 1);
+    assert_eq!(l.remove(0).unwrap(), 5);
+
+    let key = "foo".to_string();
+    assert_eq!(d.len().unwrap(), 1);
+    assert_eq!(d.get(&key).unwrap(), Some(5));
+    assert_eq!(d.items().unwrap(), vec![(key.clone(), 5)]);
+    assert_eq!(d.keys().unwrap(), vec![key.clone()]);
+    assert_eq!(d.values().unwrap(), vec![5]);
+    assert_eq!(
+        d.to_map().unwrap(),
+        [(key.clone(), 5)].into_iter().collect()
+    );
+    assert_eq!(d.popitem().unwrap(), Some((key, 5)));
+}
+
+/// `TestSyncManagerTypes.test_joinable_queue`, `test_list` and `test_dict`: a manager's
+/// joinable queue of two (`manager.JoinableQueue(2)`), a list and a dict, worked on by a
+/// daemon child that exits with 0; the parent then sees the queue's tasks done and the
+/// list and the dict emptied. (`test_pool`: a manager has no `Pool`; see differences.md.)
+#[test]
+fn manager_joinable_queue_list_and_dict_in_a_child() {
+    multiproc::init();
+    let m = multiproc::Manager::start().unwrap();
+    let q = m.bounded_joinable_queue::<u32>(2).unwrap();
+    q.put(5).unwrap();
+    q.put(6).unwrap();
+    let l = m.list(vec![5u32]).unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    d.insert("foo".to_string(), 5).unwrap();
+    let mut p =
+        Process::new(sync_containers_worker, (q.clone(), l.clone(), d.clone())).with_daemon(true);
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(q.join_timeout(Duration::ZERO).unwrap());
+    assert!(q.empty().unwrap());
+    assert!(l.is_empty().unwrap());
+    assert_eq!(l.len().unwrap(), 0);
+    assert!(d.is_empty().unwrap());
+    assert_eq!(d.len().unwrap(), 0);
+}
