@@ -692,3 +692,51 @@ fn shareable_list_negative_indices_count_from_the_end() {
     assert_eq!(l.to_vec().unwrap(), vec![10, 20, 77]);
     l.unlink().unwrap();
 }
+
+/// The abstract socket name of this process's tracker (it chose it: the name holds our pid),
+/// from the kernel's table of Unix sockets.
+fn our_tracker_socket() -> String {
+    let prefix = format!("@multiproc-shm-tracker-{}-", std::process::id());
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let name = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .find(|n| n.starts_with(&prefix))
+        .expect("the tracker's socket");
+    name[1..].to_string()
+}
+
+/// A peer that is not a client of ours (same user) connects to the tracker, sends part of
+/// a message and stops: the tracker drops it after a short while instead of waiting for
+/// the rest for ever, and keeps serving the tree (a `create` and an `unlink` complete,
+/// names are still unlinked).
+#[test]
+fn a_peer_that_stops_inside_a_message_does_not_stop_the_tracker() {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    multiproc::init();
+    let a = SharedMemory::create(Some(&unique("stall_a")), 4096).unwrap();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(our_tracker_socket()).unwrap();
+    let mut hostile = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    let mut greeting = [0u8; 17]; // one frame: a 16-byte header and the byte 0
+    hostile.read_exact(&mut greeting).unwrap();
+    // Half of a frame header, then nothing more.
+    hostile.write_all(&0x3143_504du32.to_le_bytes()).unwrap();
+    hostile.write_all(&[0u8; 4]).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b_name = unique("stall_b");
+    std::thread::spawn(move || {
+        let r = SharedMemory::create(Some(&b_name), 4096).and_then(|b| b.unlink());
+        let _ = tx.send(r);
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the tracker stopped serving: create/unlink hung");
+    r.unwrap();
+    // The tracker hung up on the peer.
+    hostile
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(hostile.read(&mut [0u8; 1]).unwrap(), 0);
+    a.unlink().unwrap();
+}

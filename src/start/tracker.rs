@@ -235,6 +235,23 @@ pub fn tracker_pid() -> Option<u32> {
     tracker().pid
 }
 
+/// How long the tracker waits for the rest of a message it began to read, or for room to
+/// write an acknowledgement. A client of ours writes each message whole (one system call)
+/// and reads each acknowledgement at once, so only a peer that is not one (it sent part of
+/// a message and stopped, or it reads nothing) ever waits that long: it is dropped, instead
+/// of stopping the tracker, and so every `SharedMemory::create` of the tree, for ever.
+const CLIENT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The largest message the tracker takes: a name (at most 255 bytes) and its framing.
+const CLIENT_MAX_FRAME: u64 = 4096;
+
+/// A client connection as the tracker holds it: with its limits (see [`CLIENT_IO_TIMEOUT`]).
+fn tracker_client(conn: RawConn) -> Option<RawConn> {
+    sys::set_io_timeout(&conn, Some(CLIENT_IO_TIMEOUT)).ok()?;
+    conn.set_max_frame(CLIENT_MAX_FRAME);
+    Some(conn)
+}
+
 /// The tracker process: serves the connections of every process of the tree, and unlinks
 /// the names a connection registered when that connection closes. Exits once no
 /// connection is left.
@@ -253,6 +270,9 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
     if first.send_value(&Ok::<(), String>(())).is_err() {
         sys::exit_immediately(0);
     }
+    let Some(first) = tracker_client(first) else {
+        sys::exit_immediately(0)
+    };
     let mut clients: Vec<(RawConn, HashSet<String>)> = vec![(first, HashSet::new())];
     loop {
         if clients.is_empty() {
@@ -274,6 +294,8 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
         for &i in ready.iter().rev().filter(|&&i| i > 0) {
             let (conn, names) = &mut clients[i - 1];
             let open = loop {
+                // Readable: a whole message is there or on its way (see CLIENT_IO_TIMEOUT).
+                conn.set_read_deadline(Some(std::time::Instant::now() + CLIENT_IO_TIMEOUT));
                 match conn.recv_value::<TrackerMsg>() {
                     Ok(TrackerMsg::Register(n)) => {
                         names.insert(n);
@@ -301,9 +323,10 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
         if ready.first() == Some(&0) {
             if let Ok(fd) = sys::accept_one(&listener) {
                 if matches!(sys::peer_pid_if_same_user(&fd), Ok(Some(_))) {
-                    let conn = RawConn::new(fd);
-                    if conn.send_value(&0u8).is_ok() {
-                        clients.push((conn, HashSet::new()));
+                    if let Some(conn) = tracker_client(RawConn::new(fd)) {
+                        if conn.send_value(&0u8).is_ok() {
+                            clients.push((conn, HashSet::new()));
+                        }
                     }
                 }
             }
