@@ -4412,3 +4412,29 @@ fn manager_joinable_queue_list_and_dict_in_a_child() {
     assert!(d.is_empty().unwrap());
     assert_eq!(d.len().unwrap(), 0);
 }
+
+/// `_TestCondition`'s conditions use Python's default lock, an `RLock`, and `wait` follows
+/// `threading.Condition`'s contract for it (`_release_save` / `_acquire_restore`): a
+/// waiter that holds the lock twice releases it completely while it waits, so another
+/// process can take it and notify, and holds it twice again afterwards (two releases
+/// succeed, a third raises).
+#[test]
+fn condition_wait_releases_a_recursive_rlock_completely() {
+    multiproc::init();
+    fn take_and_notify(c: Condition) {
+        c.acquire().unwrap(); // only possible while the waiter waits
+        c.notify(1).unwrap();
+        c.release().unwrap();
+    }
+    let c = Condition::new().unwrap();
+    assert!(matches!(c.lock(), multiproc::CondLock::RLock(_)));
+    c.acquire().unwrap();
+    c.acquire().unwrap();
+    let h = multiproc::spawn(take_and_notify, c.clone()).unwrap();
+    // Notified by the child; a waiter that kept one level would time out instead.
+    assert!(c.wait_timeout(Duration::from_secs(60)).unwrap());
+    h.join().unwrap();
+    c.release().unwrap();
+    c.release().unwrap();
+    assert!(matches!(c.release(), Err(Error::InvalidOperation(_))));
+}
