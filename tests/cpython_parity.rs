@@ -415,7 +415,7 @@ fn joinable_queue_task_done() {
     assert!(matches!(q.task_done(), Err(Error::InvalidOperation(_))));
 }
 
-/// `_TestSimpleQueue.test_empty` (and `test_close`): `empty` follows puts and gets across
+/// `TestSimpleQueue.test_empty` (and `test_close`): `empty` follows puts and gets across
 /// processes; a closed handle refuses.
 #[test]
 fn simple_queue_empty() {
@@ -2014,7 +2014,7 @@ fn rlock_release_from_other_process() {
 
 // --- batch 4: _TestWait, _TestValue typecodes, _TestInitializers ------------------------------
 
-/// `_TestWait.test_wait` / `test_wait_integer`: waiting on connections and process sentinels
+/// `TestWait.test_wait` / `test_wait_integer`: waiting on connections and process sentinels
 /// together collects every message and every exit.
 #[test]
 fn wait_connections_and_sentinels() {
@@ -2077,7 +2077,7 @@ fn wait_connections_and_sentinels() {
     }
 }
 
-/// `_TestWait.test_wait_timeout`: nothing ready gives an empty list after the timeout; a
+/// `TestWait.test_wait_timeout`: nothing ready gives an empty list after the timeout; a
 /// message makes its connection ready at once.
 #[test]
 fn wait_timeout() {
@@ -2135,7 +2135,7 @@ fn value_with_given_lock() {
     lock.release().unwrap();
 }
 
-/// `_TestInitializers.test_pool_initializer`: each worker runs the initializer with its
+/// `TestInitializers.test_pool_initializer`: each worker runs the initializer with its
 /// arguments (here it writes to a manager namespace, as in CPython).
 #[test]
 fn pool_initializer() {
@@ -2709,13 +2709,13 @@ fn panics_at(total: i64, when: i64) -> impl Iterator<Item = i64> {
     })
 }
 
-/// `_TestPool.test_imap_handle_iterable_exception` and
-/// `test_imap_unordered_handle_iterable_exception`: when the input iterator fails (here
-/// panics) part-way, `imap` yields the results of the items before it, then the failure as
-/// an error, then ends; a failure at the very start is the first item's error; the pool goes
-/// on working after each, as after `map` over such an input. (CPython drops the items of
-/// the failing chunk that came before the failure; here each item taken before it is run,
-/// whatever the chunk size.)
+/// `_TestPool.test_imap_handle_iterable_exception`,
+/// `test_imap_unordered_handle_iterable_exception` and `test_map_handle_iterable_exception`
+/// (at the end): when the input iterator fails (here panics) part-way, `imap` yields the
+/// results of the items before it, then the failure as an error, then ends; a failure at
+/// the very start is the first item's error; the pool goes on working after each, as after
+/// `map` over such an input. (CPython drops the items of the failing chunk that came before
+/// the failure; here each item taken before it is run, whatever the chunk size.)
 #[test]
 fn pool_imap_input_that_panics() {
     multiproc::init();
