@@ -4438,3 +4438,50 @@ fn condition_wait_releases_a_recursive_rlock_completely() {
     c.release().unwrap();
     assert!(matches!(c.release(), Err(Error::InvalidOperation(_))));
 }
+
+/// A pool initializer that records its worker's pid and fails in the third worker to
+/// start (`TestPoolNotLeakOnFailure`'s `FailingForkProcess`, which fails its third start).
+fn record_pid_fail_third((starts, pids): (Value<u32>, Array<u32>)) {
+    let n = {
+        let mut g = starts.lock().unwrap();
+        *g += 1;
+        *g
+    };
+    if (n as usize) <= pids.len() {
+        pids.set(n as usize - 1, std::process::id());
+    }
+    if n == 3 {
+        panic!("Manually induced OSError");
+    }
+}
+
+/// `TestPoolNotLeakOnFailure.test_release_unused_processes` (issue #19675): when a pool
+/// of five cannot be made because one of its workers fails to start, creating it raises
+/// (here `BrokenPool`, with the failure as its cause), and none of the workers that did
+/// start is left running, or unreaped.
+#[test]
+fn a_pool_that_fails_to_start_leaves_no_worker_behind() {
+    multiproc::init();
+    let starts = Value::new(0u32).unwrap();
+    let pids = Array::<u32>::new(16).unwrap();
+    let built = Pool::builder()
+        .processes(5)
+        .initializer(record_pid_fail_third, (starts.clone(), pids.clone()))
+        .build();
+    match built {
+        Err(Error::BrokenPool { cause, .. }) => assert!(
+            matches!(&*cause, Error::TaskPanicked { message, .. } if message.contains("Manually induced")),
+            "{cause:?}"
+        ),
+        other => panic!("expected BrokenPool, got {:?}", other.map(|_| ())),
+    }
+    let started: Vec<u32> = pids.to_vec().into_iter().filter(|&p| p != 0).collect();
+    assert!(started.len() >= 3, "{started:?}");
+    for pid in started {
+        assert!(
+            common::eventually(Duration::from_secs(30), || common::stat(pid).is_none()),
+            "worker {pid} is still there: {:?}",
+            common::stat(pid)
+        );
+    }
+}
