@@ -2431,6 +2431,36 @@ fn broken_stdout_at_exit_leaves_the_exit_code_alone() {
     }
 }
 
+/// `_TestProcess.test_error_on_stdio_flush_1`: a child started with a standard output or
+/// error that refuses every write (Python sets `sys.stdout` / `sys.stderr` to `None` or
+/// to a closed stream; here the descriptor is open for reading only) still runs its
+/// target and ends with exit code 0, also with output left to flush at its end.
+#[test]
+fn unwritable_stdio_leaves_the_exit_code_alone() {
+    multiproc::init();
+    use multiproc::process::Stdio;
+    fn set_then_leave_output(evt: Event) {
+        evt.set();
+        print!("unflushed");
+        eprint!("unflushed");
+    }
+    for stream in ["stdout", "stderr"] {
+        let read_only = Stdio::from(std::fs::File::open("/dev/null").unwrap());
+        let b = multiproc::Builder::new();
+        let b = if stream == "stdout" {
+            b.stdout(read_only)
+        } else {
+            b.stderr(read_only)
+        };
+        let evt = Event::new().unwrap();
+        let mut p = b.process(set_then_leave_output, evt.clone());
+        p.start().unwrap();
+        p.join().unwrap();
+        assert!(evt.is_set(), "{stream}");
+        assert_eq!(p.exitcode(), Some(0), "{stream}");
+    }
+}
+
 /// `_TestListener.test_abstract_socket`: Python's `"\0name"` is an address in Linux's
 /// abstract namespace (here `"@name"` too); a client connects and talks. Once the listener
 /// is gone the name is free: connecting fails. `TestInvalidFamily`: a Windows pipe name is
