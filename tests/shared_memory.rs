@@ -740,3 +740,28 @@ fn a_peer_that_stops_inside_a_message_does_not_stop_the_tracker() {
     assert_eq!(hostile.read(&mut [0u8; 1]).unwrap(), 0);
     a.unlink().unwrap();
 }
+
+/// Creates a block, kills the tracker that holds its name, and ends normally without
+/// unlinking it or making any other registration.
+fn create_kill_the_tracker_and_end(name: String) {
+    let _shm = SharedMemory::create(Some(&name), 4096).unwrap();
+    kill_and_wait(shared_memory::tracker_pid().unwrap());
+}
+
+/// The tracker is killed on its own while a process holds a block it registered, and that
+/// process then ends normally without unlinking it: the name is still unlinked (at exit,
+/// the process hands its names to a replacement tracker) instead of being left in
+/// /dev/shm for want of a later registration that would have noticed the dead tracker.
+#[test]
+fn names_held_by_a_killed_tracker_are_unlinked_when_their_creator_ends() {
+    multiproc::init();
+    let name = unique("orphaned_by_tracker");
+    multiproc::spawn(create_kill_the_tracker_and_end, name.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        gone_within(&name, Duration::from_secs(10)),
+        "{name} left in /dev/shm"
+    );
+}

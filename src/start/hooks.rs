@@ -55,6 +55,7 @@ pub(super) fn after_fork_in_child() {
 /// server is stopped.
 pub(super) fn at_exit() {
     each(|h| h.at_exit);
+    tracker::hand_over_at_exit();
     forkserver::shutdown();
 }
 

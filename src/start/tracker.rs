@@ -27,7 +27,10 @@ use crate::{sys, Error, Result};
 //
 // A tracker killed on its own is replaced at the next registration by whichever process
 // notices first (the name is free again once the dead socket is closed); every process
-// registers its live names again with the replacement when it reconnects.
+// registers its live names again with the replacement when it reconnects, at its next
+// registration or, at the latest, when it exits normally (`hand_over_at_exit`). A gap
+// remains: a process killed (not exiting) after its tracker died, with no registration in
+// between, leaves its names, as nothing watches the tracker meanwhile.
 
 #[derive(Serialize, Deserialize)]
 enum TrackerMsg {
@@ -333,6 +336,26 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
         }
     }
     sys::exit_immediately(0)
+}
+
+/// At a normal exit (the main process's, or a child's when its work is done): if the
+/// tracker that holds this process's names died meanwhile (killed on its own), hands them
+/// to its replacement (started if needed), which unlinks them once this process is gone,
+/// as the dead one would have. Without this, names registered with a dead tracker would
+/// be left in /dev/shm by a process that made no other registration before it ended.
+pub(crate) fn hand_over_at_exit() {
+    // Never wait at exit for a thread that still holds the tracker: best effort.
+    let Ok(mut t) = TRACKER.try_lock() else {
+        return;
+    };
+    if t.names.is_empty() {
+        return;
+    }
+    if t.conn.as_ref().is_some_and(|c| !sys::peer_closed(c)) {
+        return;
+    }
+    t.conn = None;
+    let _ = t.connect();
 }
 
 /// In a forked child: keep the tree's tracker, but not the parent's connection or names.
