@@ -1524,8 +1524,13 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
         };
         match list.get_mut(idx).and_then(Option::take) {
             Some(fd) => Ok(fd),
+            None if list.is_empty() => Err(serde::de::Error::custom(
+                "the message carries no file descriptor where a handle was expected",
+            )),
             None => Err(serde::de::Error::custom(format!(
-                "handle refers to file descriptor #{idx}, which was not received"
+                "a handle refers to file descriptor #{idx} of the message, which carried {} \
+                 (or that one was taken already)",
+                list.len()
             ))),
         }
     })

@@ -3784,7 +3784,23 @@ fn recv_handle_of_a_message_without_a_descriptor_fails() {
     h.join().unwrap();
     let (a, b) = multiproc::pipe::<u64>().unwrap();
     a.send(&9).unwrap();
-    assert!(matches!(b.recv_handle(), Err(Error::Codec(_))));
+    match b.recv_handle() {
+        Err(e @ Error::Codec(_)) => {
+            let mut chain = Vec::new();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain.push(c.to_string());
+                cause = c.source();
+            }
+            assert!(
+                chain
+                    .iter()
+                    .any(|c| c.contains("carries no file descriptor")),
+                "the error says what is missing: {e} ({chain:?})"
+            );
+        }
+        other => panic!("expected a Codec error, got {other:?}"),
+    }
     a.send(&10).unwrap();
     assert_eq!(b.recv().unwrap(), 10);
 }
