@@ -18,7 +18,8 @@ use crate::{codec, Error, Result};
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 16;
-/// How long [`Endpoint::server_listens`] waits for a server's first word.
+/// How long [`Endpoint::server_listens`] waits for a connection, then for the server's
+/// first word.
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Pool {
@@ -173,10 +174,10 @@ impl Endpoint {
     /// refused, or (a server that is dying: its connections break a moment before its
     /// listening socket closes) accepted and then closed without a word, where a live
     /// server says something at once (its challenge, or that it is busy). When unsure (no
-    /// word within [`PROBE_WAIT`]), it listens.
+    /// connection or no word within [`PROBE_WAIT`] each), it listens.
     fn server_listens(&self) -> bool {
         use std::os::fd::AsFd;
-        match crate::sys::connect_to(&self.address.sock()) {
+        match crate::sys::connect_within(&self.address.sock(), PROBE_WAIT) {
             Err(e) => !matches!(
                 e.kind(),
                 std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound

@@ -82,8 +82,23 @@ pub(crate) fn accept_one(listener: impl AsFd) -> io::Result<OwnedFd> {
 /// Connects a new stream socket (close-on-exec) to `addr`. TCP sockets get `TCP_NODELAY`:
 /// requests and replies are small and latency matters.
 pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
+    connect_with(addr, None)
+}
+
+/// [`connect_to`] that gives up with a `TimedOut` error after `limit` (a TCP peer whose
+/// host does not answer would otherwise hold the caller for minutes).
+pub(crate) fn connect_within(addr: &SockAddr, limit: Duration) -> io::Result<OwnedFd> {
+    connect_with(addr, Some(limit))
+}
+
+fn connect_with(addr: &SockAddr, limit: Option<Duration>) -> io::Result<OwnedFd> {
     let fd =
         rustix::net::socket_with(family(addr), SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    if limit.is_some() {
+        // A blocking connect waits at most the send time-out (Linux), then says
+        // EINPROGRESS.
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, limit)?;
+    }
     let r = match addr {
         SockAddr::Tcp(sa) => rustix::net::connect(&fd, sa),
         _ => {
@@ -91,16 +106,23 @@ pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
             rustix::net::connect(&fd, &ua)
         }
     };
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
     match r {
         Ok(()) => {}
+        Err(rustix::io::Errno::INPROGRESS) if limit.is_some() => return Err(timed_out()),
         Err(rustix::io::Errno::INTR) => {
             // The connection continues in the background; wait until it is writable.
             let mut pfd = [rustix::event::PollFd::new(
                 &fd,
                 rustix::event::PollFlags::OUT,
             )];
+            let timeout = limit
+                .map(rustix::event::Timespec::try_from)
+                .transpose()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             loop {
-                match rustix::event::poll(&mut pfd, None) {
+                match rustix::event::poll(&mut pfd, timeout.as_ref()) {
+                    Ok(0) => return Err(timed_out()),
                     Ok(_) => break,
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => return Err(e.into()),
@@ -111,6 +133,9 @@ pub(crate) fn connect_to(addr: &SockAddr) -> io::Result<OwnedFd> {
             }
         }
         Err(e) => return Err(e.into()),
+    }
+    if limit.is_some() {
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, None)?;
     }
     set_nodelay(&fd, addr);
     Ok(fd)
@@ -168,5 +193,33 @@ pub(crate) fn ignore_sigint() {
     // always sound.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener whose accept queue is full drops new connections' SYNs, so a connect to
+    /// it waits: `connect_within` gives up with `TimedOut`; a connect to a free listener
+    /// is made as by `connect_to`.
+    #[test]
+    fn connect_within_gives_up_on_a_listener_that_never_answers() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (listener, addr) = listen_on(&SockAddr::Tcp(any), 0).unwrap();
+        // Backlog 0: one connection fills the queue (nobody accepts); the rest wait.
+        let mut held = Vec::new();
+        let e = loop {
+            match connect_within(&addr, Duration::from_millis(200)) {
+                Ok(fd) => held.push(fd),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 64, "the queue never filled");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        drop(listener);
+        let (_free, addr) = listen_on(&SockAddr::Tcp(any), 8).unwrap();
+        let fd = connect_within(&addr, Duration::from_secs(30)).unwrap();
+        assert!(!peer_closed(&fd));
     }
 }
