@@ -59,45 +59,53 @@ use crate::sys::memfd::{self, Mapping, MessageBytes};
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x5551_504d; // "MPQU"
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Bytes of header before the ring.
 const HDR: usize = 4096;
 
-// Header offsets. Producer-side and consumer-side words sit on separate cache lines.
+// Header offsets. `tail` and `head` each have a 128-byte pair of cache lines to themselves
+// (the pair a core's adjacent-line prefetcher fetches together). A consumer that has caught
+// up with the producers reads `tail` after every item, which moves its line to the
+// consumer's core; with the producers' lock and owner words on that line, a put's lock and
+// unlock (two atomic read-modify-writes, two stores of the owner record) had to take the
+// line back too, not just its store of `tail` (BENCHMARKS.md, "Why `queue_8b_1p1c` is
+// bimodal"). Each side's lock words sit far from both.
 const O_MAGIC: usize = 0;
 const O_VERSION: usize = 4;
 const O_CAP: usize = 8;
 const O_MAXSIZE: usize = 16;
 const O_FLAGS: usize = 24;
 const O_TAIL: usize = 128;
-/// The producers' mutex: lock word, parking word (+4), owner record (`O_POWNER`).
-const O_PLOCK: usize = 136;
-const O_PSLEEP: usize = 768;
-const O_POWNER: usize = 144;
-const O_FDTAG: usize = 152;
-/// Where the rings stand after a producer's return from the overflow (overflow tail, then
-/// main tail): see the module docs.
-const O_PMARK_OVF: usize = 160;
-const O_PMARK_MAIN: usize = 168;
 const O_HEAD: usize = 256;
-/// The consumers' mutex: lock word, parking word (+4), owner record (`O_COWNER`).
-const O_CLOCK: usize = 264;
-const O_CSLEEP: usize = 896;
-/// Raised by an async waiter (see [`crate::ipc::bell`]); on the line of `O_CSLEEP`, which
-/// producers read already.
-const O_ARMED: usize = 900;
-const O_COWNER: usize = 272;
-/// As `O_PMARK_*`, for a consumer's return (overflow head, then main head).
-const O_CMARK_OVF: usize = 280;
-const O_CMARK_MAIN: usize = 288;
-/// Overflow only: the position below which its pages were given back.
-const O_PUNCHED: usize = 296;
 const O_DATASEQ: usize = 384;
 const O_SPACESEQ: usize = 512;
 const O_DONE: usize = 640;
 const O_JOINSEQ: usize = 648;
 const O_JOINWAIT: usize = 652;
 const O_SHUTDOWN: usize = 656;
+const O_PSLEEP: usize = 768;
+const O_CSLEEP: usize = 896;
+/// Raised by an async waiter (see [`crate::ipc::bell`]); on the line of `O_CSLEEP`, which
+/// producers read already.
+const O_ARMED: usize = 900;
+/// The producers' words, after the consumers' slots. Their mutex: lock word, parking word
+/// (+4), owner record (`O_POWNER`).
+const O_PLOCK: usize = 3072;
+const O_POWNER: usize = 3080;
+const O_FDTAG: usize = 3088;
+/// Where the rings stand after a producer's return from the overflow (overflow tail, then
+/// main tail): see the module docs.
+const O_PMARK_OVF: usize = 3096;
+const O_PMARK_MAIN: usize = 3104;
+/// The consumers' words, 256 bytes further. Their mutex: lock word, parking word (+4),
+/// owner record (`O_COWNER`).
+const O_CLOCK: usize = 3328;
+const O_COWNER: usize = 3336;
+/// As `O_PMARK_*`, for a consumer's return (overflow head, then main head).
+const O_CMARK_OVF: usize = 3344;
+const O_CMARK_MAIN: usize = 3352;
+/// Overflow only: the position below which its pages were given back.
+const O_PUNCHED: usize = 3360;
 /// A joinable queue's consumers: `SLOTS` slots of 64 bytes, each `[ident u64][held u64]`:
 /// a process's identity and the items it took and has not marked done.
 const O_CONSUMERS: usize = 1024;
@@ -105,6 +113,8 @@ const SLOTS: usize = 32;
 const SLOT: usize = 64;
 /// A slot being written off by a joiner.
 const SLOT_BUSY: u64 = u64::MAX;
+// The consumers' slots end where the producers' words begin, and everything fits the header.
+const _: () = assert!(O_CONSUMERS + SLOTS * SLOT <= O_PLOCK && O_PUNCHED + 8 <= HDR);
 
 /// Smallest and largest ring sizes. The largest keeps the number of records in the ring
 /// (at least 8 bytes each) below the 24-bit item count.
