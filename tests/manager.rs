@@ -1925,14 +1925,18 @@ fn first_use_after_the_server_died(l: ListProxy<u8>) -> String {
     }
 }
 
-/// A killed manager server is reported as gone (an `Io` error of kind `ConnectionAborted`
-/// that says so) by every kind of call: a blocked `get` in another process, a call over a
-/// pooled connection, and a first call that must connect (never a bare `Eof`, a broken
-/// pipe, or a refused authentication as if the key were wrong).
+/// A killed manager server, local or on TCP, is reported as gone (an `Io` error of kind
+/// `ConnectionAborted` that says so) by every kind of call: a blocked `get` in another
+/// process, a call over a pooled connection, and a first call that must connect (never a
+/// bare `Eof`, a broken pipe, or a refused authentication as if the key were wrong).
 #[test]
 fn a_killed_server_is_reported_as_gone_by_every_call() {
     multiproc::init();
-    let m = Manager::start().unwrap();
+    killed_server_is_gone(Manager::start().unwrap());
+    killed_server_is_gone(Manager::serve("127.0.0.1:0", b"k").unwrap());
+}
+
+fn killed_server_is_gone(m: Manager) {
     let pid = m.server_pid().unwrap();
     let l = m.list(vec![1u8]).unwrap();
     let q = m.queue::<u8>().unwrap();

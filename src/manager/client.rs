@@ -172,21 +172,32 @@ impl Endpoint {
 
     /// Whether a server still listens at the address. Not when a connection to it is
     /// refused, or (a server that is dying: its connections break a moment before its
-    /// listening socket closes) accepted and then closed without a word, where a live
-    /// server says something at once (its challenge, or that it is busy). When unsure (no
-    /// connection or no word within [`PROBE_WAIT`] each), it listens.
+    /// listening socket closes) reset, or accepted and then closed without a word, where a
+    /// live server says something at once (its challenge, or that it is busy). A probe
+    /// that learns neither (no connection or no word within [`PROBE_WAIT`]: a connection
+    /// made while the listener closed can be left hanging) is made once more; still unsure,
+    /// it listens.
     fn server_listens(&self) -> bool {
+        (0..2).find_map(|_| self.probe_listener()).unwrap_or(true)
+    }
+
+    /// One probe of [`server_listens`](Self::server_listens): `None` when unsure.
+    fn probe_listener(&self) -> Option<bool> {
+        use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, NotFound, TimedOut};
         use std::os::fd::AsFd;
         match crate::sys::connect_within(&self.address.sock(), PROBE_WAIT) {
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-            ),
+            Err(e) if matches!(e.kind(), ConnectionRefused | ConnectionReset | NotFound) => {
+                Some(false)
+            }
+            Err(e) if e.kind() == TimedOut => None,
+            Err(_) => Some(true),
             Ok(fd) => match crate::sys::wait_readable(fd.as_fd(), Some(PROBE_WAIT)) {
                 // A first byte: a challenge (or a busy server's word). None: reset.
-                Ok(true) => std::io::Read::read(&mut std::fs::File::from(fd), &mut [0u8; 1])
-                    .is_ok_and(|n| n > 0),
-                _ => true,
+                Ok(true) => Some(
+                    std::io::Read::read(&mut std::fs::File::from(fd), &mut [0u8; 1])
+                        .is_ok_and(|n| n > 0),
+                ),
+                _ => None,
             },
         }
     }
