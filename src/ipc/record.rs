@@ -326,11 +326,26 @@ impl Records {
         items: u64,
         flag: bool,
     ) -> Idx {
-        let tail = self.tail_word(mem);
-        let t = Idx(tail.load(Relaxed));
+        let t = Idx(self.tail_word(mem).load(Relaxed));
+        self.publish_at(mem, t, kind, parts, items, flag)
+    }
+
+    /// [`publish`](Self::publish) for writers that keep their own copy of `tail` (`t`),
+    /// so as not to load the shared word, whose cache line a reader waiting for data keeps
+    /// taking (see [`crate::ipc::ring`]'s layout).
+    #[inline]
+    pub(crate) fn publish_at(
+        &self,
+        mem: &Mapping,
+        t: Idx,
+        kind: u32,
+        parts: &[&[u8]],
+        items: u64,
+        flag: bool,
+    ) -> Idx {
         let end = self.write(mem, t.pos(), kind, parts);
         let new = Idx(t.after(end - t.pos(), items).0 | (u64::from(flag) << POS_BITS));
-        tail.store(new.0, SeqCst);
+        self.tail_word(mem).store(new.0, SeqCst);
         new
     }
 

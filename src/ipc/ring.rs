@@ -38,7 +38,9 @@
 //!   (A streamed message is consumed chunk by chunk; a consumer killed in the middle of one
 //!   loses that one message, whose remaining chunks the next consumer skips.)
 //! * One producer and one consumer never wait for each other's lock: they meet only at
-//!   `head` and `tail`.
+//!   `head` and `tail`. Producers keep a copy of `tail` on their own cache line and never
+//!   load the shared word (see [`Ring::ptail`]); a producer that takes the lock over from
+//!   a dead holder copies `tail` again.
 //! * The lock holder that must wait (for data, for space) sleeps on a futex after raising a
 //!   "sleeping" flag; the other side wakes it only if that flag is up, so the busy path
 //!   makes no system call. Sleeps are cut into slices so that a peer that died before
@@ -59,7 +61,7 @@ use crate::sys::memfd::{self, Mapping, MessageBytes};
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x5551_504d; // "MPQU"
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// Bytes of header before the ring.
 const HDR: usize = 4096;
 
@@ -97,6 +99,8 @@ const O_FDTAG: usize = 3088;
 /// main tail): see the module docs.
 const O_PMARK_OVF: usize = 3096;
 const O_PMARK_MAIN: usize = 3104;
+/// The producers' copy of `tail` (see [`Ring::ptail`]).
+const O_PTAIL: usize = 3112;
 /// The consumers' words, 256 bytes further. Their mutex: lock word, parking word (+4),
 /// owner record (`O_COWNER`).
 const O_CLOCK: usize = 3328;
@@ -452,8 +456,34 @@ impl Ring {
             // overflow half done.
             self.w32(O_PSLEEP).store(0, Relaxed);
             self.finish_return(O_TAIL, O_PMARK_OVF, O_PMARK_MAIN);
+            // Its copies of the tails may be behind what it published.
+            for r in [Some(self), self.overflow().ok().flatten()]
+                .into_iter()
+                .flatten()
+            {
+                let t = r.records().tail(&r.mem, SeqCst);
+                r.w64(O_PTAIL).store(t.raw(), Relaxed);
+            }
         }
         Some(g)
+    }
+
+    /// `tail` as the producers know it (their lock held): their own copy, on their own
+    /// cache line. Loading the shared word would fetch its line back from a consumer that
+    /// has caught up and reads it after every item; the copy leaves a put one store there.
+    /// Every store of `tail` goes to both ([`set_tail`](Self::set_tail),
+    /// [`publish_flagged`](Self::publish_flagged)), and a producer that takes the lock
+    /// over from a dead holder copies `tail` again.
+    #[inline]
+    fn ptail(&self) -> Idx {
+        Idx::from_raw(self.w64(O_PTAIL).load(Relaxed))
+    }
+
+    /// Publishes `t` as the tail (the producer lock held), in the shared word and the
+    /// producers' copy.
+    fn set_tail(&self, t: Idx) {
+        self.records().tail_word(&self.mem).store(t.raw(), SeqCst);
+        self.w64(O_PTAIL).store(t.raw(), Relaxed);
     }
 
     fn lock_consumer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
@@ -527,7 +557,7 @@ impl Ring {
 
     /// Waits until `need` bytes are free in the ring (the producer lock is held).
     fn wait_free(&self, need: u64, deadline: Option<Instant>) -> Result<()> {
-        let t = self.records().tail(&self.mem, Relaxed);
+        let t = self.ptail();
         // The overflow keeps a margin free behind its consumers (see `PUNCH_MARGIN`) and
         // holds a bounded number of items.
         let (need, items) = if self.is_overflow {
@@ -577,8 +607,10 @@ impl Ring {
             b.copy_from_slice(&w.to_le_bytes());
         }
         let parts: &[&[u8]] = &[&words[..prefix.len() * 8], body];
-        self.records()
-            .publish(&self.mem, kind, parts, items, diverted);
+        let t = self
+            .records()
+            .publish_at(&self.mem, self.ptail(), kind, parts, items, diverted);
+        self.w64(O_PTAIL).store(t.raw(), Relaxed);
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 
@@ -645,7 +677,7 @@ impl Ring {
         }
         if self.maxsize > 0 {
             let full = || {
-                let t = self.records().tail(&self.mem, Relaxed);
+                let t = self.ptail();
                 let h = self.records().head(&self.mem, SeqCst);
                 t.items_since(h) >= self.maxsize
             };
@@ -669,7 +701,7 @@ impl Ring {
 
     /// Whether `need` bytes are free in the ring now (the producer lock is held).
     fn has_room(&self, need: u64) -> bool {
-        let t = self.records().tail(&self.mem, Relaxed);
+        let t = self.ptail();
         if self
             .records()
             .free(t, Idx::from_raw(self.head_seen.load(Relaxed)))
@@ -703,7 +735,7 @@ impl Ring {
     /// `whole` record bytes goes to (`spill`: only its 24-byte reference), moving producers
     /// to the overflow when this ring is full and back when it is half free.
     fn route(&self, whole: u64, spill: bool, deadline: Option<Instant>) -> Result<&Ring> {
-        let t = self.records().tail(&self.mem, Relaxed);
+        let t = self.ptail();
         let (need, fits) = if spill {
             (8 + 16, true)
         } else {
@@ -731,13 +763,11 @@ impl Ring {
             // Back to this ring: record where both rings will stand (for a successor if we
             // die in between), publish `RETURN` in the overflow, clear the bit.
             o.wait_free(8, deadline)?;
-            let ot = o.records().tail(&o.mem, Relaxed);
+            let ot = o.ptail();
             self.w64(O_PMARK_OVF).store(ot.after(8, 0).raw(), SeqCst);
             self.w64(O_PMARK_MAIN).store(t.raw(), SeqCst);
             o.publish(K_RETURN, &[], &[], 0);
-            self.records()
-                .tail_word(&self.mem)
-                .store(t.with_flag(false).raw(), SeqCst);
+            self.set_tail(t.with_flag(false));
             return Ok(self);
         }
         Ok(o)
@@ -1356,15 +1386,24 @@ impl Ring {
         self.w32(O_SHUTDOWN).store(v, SeqCst);
     }
 
+    /// Test hook: what a producer killed between its two stores of the tail leaves: `msg`
+    /// published as a whole message in the shared `tail`, the producers' copy not moved,
+    /// and the producer lock still held (by the calling thread, which is to exit).
+    #[cfg(test)]
+    pub(crate) fn publish_and_die_holding_the_lock(&self, msg: &[u8]) {
+        let g = self.lock_producer(None).expect("the producer lock");
+        self.records().publish(&self.mem, K_MSG, &[msg], 1, false);
+        self.wake(O_DATASEQ, O_CSLEEP);
+        std::mem::forget(g);
+    }
+
     /// Test hook: writes raw bytes at the tail and publishes them as if they were records.
     #[cfg(test)]
     pub(crate) fn inject_garbage(&self, bytes: &[u8]) {
         let _g = self.lock_producer(None);
-        let t = self.records().tail(&self.mem, Relaxed);
+        let t = self.ptail();
         self.records().bytes().write(&self.mem, t.pos(), bytes);
-        self.records()
-            .tail_word(&self.mem)
-            .store(t.after(record::round8(bytes.len() as u64), 1).raw(), SeqCst);
+        self.set_tail(t.after(record::round8(bytes.len() as u64), 1));
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 }

@@ -1227,6 +1227,27 @@ mod tests {
         assert!(q.empty());
     }
 
+    /// Producers keep their own copy of the ring's tail; one that dies after publishing an
+    /// item but before moving its copy must not make the next producer write over that
+    /// item (or move the tail back): the next holder of the lock copies the tail again.
+    #[test]
+    fn a_producer_dead_between_its_two_tail_stores_loses_nothing() {
+        let q = Queue::<u32>::new().unwrap();
+        q.put(1).unwrap();
+        let two = codec::encode(&2u32).unwrap();
+        let q2 = q.clone();
+        std::thread::spawn(move || q2.shared.ring.publish_and_die_holding_the_lock(&two))
+            .join()
+            .unwrap();
+        q.put(3).unwrap();
+        q.put(4).unwrap();
+        let got: Vec<u32> = (0..4)
+            .map(|_| q.get_timeout(Duration::from_secs(10)).expect("an item"))
+            .collect();
+        assert_eq!(got, [1, 2, 3, 4]);
+        assert!(q.empty());
+    }
+
     /// Any value in the shared shutdown word means "shut down": garbage there (another
     /// process can write it) made `get` spin for ever between "not shut down" (the value
     /// is neither level) and "shut down" (it is not zero).
