@@ -87,7 +87,7 @@ use crate::sys::memfd::Mapping;
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x4c50_504d; // "MPPL"
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// Bytes of header before the rings.
 const HDR: usize = 4096;
 /// Bytes of record ring per direction.
@@ -105,29 +105,34 @@ const O_VERSION: usize = 4;
 const O_CAP: usize = 8;
 const O_BIG: usize = 16;
 
-// Per-direction block, at `DIR0 + d * DIR_STRIDE`. Words written by senders, by receivers,
-// and each side's sleeping flag sit on separate cache lines.
+// Per-direction block, at `DIR0 + d * DIR_STRIDE`. `tail` and `head` each have a 128-byte
+// pair of cache lines to themselves, as in the queues' ring (see `ring.rs`'s layout): a
+// receiver that has caught up reads `tail` after every message, and the senders' lock and
+// owner words on that line made each send wait for the line to come back several times.
+// Words written by senders, by receivers, and each side's sleeping flag sit on separate
+// lines.
 const DIR0: usize = 512;
 const DIR_STRIDE: usize = 1024;
 const D_TAIL: usize = 0;
-/// The senders' mutex: lock word, parking word (+4), owner record (`D_POWNER`).
-const D_PLOCK: usize = 8;
-const D_POWNER: usize = 16;
-const D_FLAGS: usize = 24;
-const D_RX_CLOSES: usize = 28;
-const D_SEQ: usize = 32;
-const D_SENT: usize = 40;
-/// End of the large-message area's reserved bytes (senders').
-const D_BTAIL: usize = 48;
 const D_HEAD: usize = 128;
-/// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
-const D_CLOCK: usize = 136;
-const D_COWNER: usize = 144;
-/// Start of the large-message area's bytes still in use (receivers').
-const D_BHEAD: usize = 152;
 const D_RX_SLEEP: usize = 256;
 const D_TX_SLEEP: usize = 384;
 const D_SPACE_SEQ: usize = 388;
+/// The senders' mutex: lock word, parking word (+4), owner record (`D_POWNER`).
+const D_PLOCK: usize = 512;
+const D_POWNER: usize = 520;
+const D_SEQ: usize = 528;
+const D_SENT: usize = 536;
+/// End of the large-message area's reserved bytes (senders').
+const D_BTAIL: usize = 544;
+/// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
+const D_CLOCK: usize = 640;
+const D_COWNER: usize = 648;
+/// Start of the large-message area's bytes still in use (receivers').
+const D_BHEAD: usize = 656;
+const D_FLAGS: usize = 768;
+const D_RX_CLOSES: usize = 772;
+const _: () = assert!(D_RX_CLOSES + 4 <= DIR_STRIDE && DIR0 + 2 * DIR_STRIDE <= HDR);
 
 /// Direction flag: every message goes through the socket (see the module docs).
 const FLAG_SOCKET_ONLY: u32 = 1;
