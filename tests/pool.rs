@@ -1302,12 +1302,17 @@ fn invalid_settings_are_refused_not_changed() {
 
 /// Counts its run in `runs[i]`; task 0 kills its worker on its first run.
 fn counted((i, runs): (usize, multiproc::Array<u32>)) -> usize {
+    counted_dying_at((i, 0, runs))
+}
+
+/// Counts its run in `runs[i]`; task `die_at` kills its worker on its first run.
+fn counted_dying_at((i, die_at, runs): (usize, usize, multiproc::Array<u32>)) -> usize {
     let n = {
         let mut g = runs.lock().unwrap();
         g[i] += 1;
         g[i]
     };
-    if i == 0 && n == 1 {
+    if i == die_at && n == 1 {
         kill_self(rustix::process::Signal::KILL);
     }
     i
@@ -1364,6 +1369,43 @@ fn worker_killed_with_several_jobs_in_flight_fails_only_the_running_one() {
         assert_eq!(*r.as_ref().unwrap(), i);
     }
     assert_eq!(runs, vec![1; 40], "every job ran exactly once");
+}
+
+/// `apply_async` jobs sent to one worker together; job 20 kills it, after the jobs before
+/// it finished quickly. Only job 20 fails: the replies of the finished ones were handed over
+/// before it started (a worker used to hold them up to 100 µs to send them together, and
+/// they died with it as `WorkerDied`, found by `soak_repeated_faults`).
+#[test]
+fn worker_killed_after_finishing_jobs_of_its_batch_loses_none_of_their_results() {
+    multiproc::init();
+    const DIE_AT: usize = 3;
+    let pool = Pool::new(1).unwrap();
+    // Three rounds: how the jobs fall into batches depends on when the handler looks.
+    for round in 0..3 {
+        let (started, go) = (
+            multiproc::Event::new().unwrap(),
+            multiproc::Event::new().unwrap(),
+        );
+        let held = pool.apply_async(hold, (started.clone(), go.clone()));
+        assert!(started.wait_timeout(Duration::from_secs(30)));
+        // Queued while the worker is busy, so that they go out to it in batches.
+        let runs = multiproc::Array::<u32>::new(40).unwrap();
+        let rs: Vec<_> = (0..40)
+            .map(|i| pool.apply_async(counted_dying_at, (i, DIE_AT, runs.clone())))
+            .collect();
+        go.set();
+        held.get().unwrap();
+        for (i, r) in rs.iter().enumerate() {
+            match r.get() {
+                Err(Error::WorkerDied {
+                    signal: Some(9), ..
+                }) if i == DIE_AT => {}
+                Ok(v) if i != DIE_AT => assert_eq!(v, i),
+                other => panic!("round {round}, job {i}: {other:?}"),
+            }
+        }
+        assert_eq!(runs.to_vec(), vec![1; 40], "every job ran exactly once");
+    }
 }
 
 #[test]

@@ -310,7 +310,8 @@ impl Lane {
         record::size(len as u64)
     }
 
-    fn free(&self, d: usize) -> u64 {
+    /// Bytes free in direction `d`'s ring now.
+    pub(crate) fn free(&self, d: usize) -> u64 {
         let r = Self::records(d);
         r.free(r.tail(&self.mem, Relaxed), r.head(&self.mem, SeqCst))
     }
@@ -396,7 +397,19 @@ impl Lane {
     /// a receiver is asleep and must be woken with a doorbell (the flag is lowered: exactly
     /// one sender rings).
     pub(crate) fn publish(&self, d: usize, kind: u32, parts: &[&[u8]]) -> bool {
+        self.publish_quiet(d, kind, parts);
+        self.take_sleeper(d)
+    }
+
+    /// [`publish`](Self::publish) without looking for a sleeping receiver: the caller owes
+    /// it a [`take_sleeper`](Self::take_sleeper) (and a doorbell if that says so) later.
+    pub(crate) fn publish_quiet(&self, d: usize, kind: u32, parts: &[&[u8]]) {
         Self::records(d).publish(&self.mem, kind, parts, 0, false);
+    }
+
+    /// Whether a receiver of direction `d` is asleep and must be woken with a doorbell
+    /// (the flag is lowered: exactly one sender rings).
+    pub(crate) fn take_sleeper(&self, d: usize) -> bool {
         let sleep = self.w32(d, D_RX_SLEEP);
         sleep.load(SeqCst) != 0 && sleep.swap(0, SeqCst) != 0
     }

@@ -82,7 +82,7 @@ pub(crate) struct JobRun {
     next: usize,
 }
 
-/// Finished replies wait at most about this long for the rest of their batch.
+/// Replies sent without waking the handler wake it at most about this long after.
 const HOLD_REPLIES: Duration = Duration::from_micros(100);
 /// Results are sent early once this many bytes are waiting.
 const SEND_EARLY: usize = 1 << 20;
@@ -366,15 +366,22 @@ fn run_batch(
     let njobs = rd.u32()?;
     let mut fds: VecDeque<OwnedFd> = fds.into();
     out.clear();
-    let mut last_send = Instant::now();
+    let mut last_wake = Instant::now();
+    // Whether the handler may sleep on replies sent without waking it.
+    let mut owed = false;
     for _ in 0..njobs {
-        // Replies wait to travel together, but not for long: finished work is reported
-        // before the next job starts once a little time has passed (if this worker dies
-        // later, what it finished is known).
-        if out.len() > 1 && last_send.elapsed() >= HOLD_REPLIES {
-            conn.send_bytes(out, &[])?;
+        // What this worker finished is in the handler's hands before the next job starts
+        // (if that job kills the worker, the results it finished are not lost with it),
+        // but the handler is woken only once a little time has passed: replies in a
+        // hurry still wake it once for several.
+        if out.len() > 1 {
+            owed |= conn.send_bytes_quiet(out)?;
             out.clear();
-            last_send = Instant::now();
+        }
+        if owed && last_wake.elapsed() >= HOLD_REPLIES {
+            conn.wake_receiver()?;
+            owed = false;
+            last_wake = Instant::now();
         }
         let id = rd.u64()?;
         let entry = AnyFnRef::from_wire(rd.i64()?, rd.u64()?).typed::<JobEntry>();
@@ -425,9 +432,11 @@ fn run_batch(
         *out = std::mem::take(&mut run.out);
         r?;
     }
-    // The replies of the whole batch travel together.
+    // The last replies of the batch wake the handler (and with it those sent quietly).
     if out.len() > 1 {
         conn.send_bytes(out, &[])?;
+    } else if owed {
+        conn.wake_receiver()?;
     }
     out.clear();
     if !rd.rest().is_empty() {
