@@ -30,9 +30,9 @@
 //!   task, or the chunk of a map — and a new worker takes its place. One rule for every
 //!   kind of job: that job runs at most once (it is not run again, unless
 //!   [`PoolBuilder::retries`] asks for it), and the jobs that were waiting behind it on the
-//!   dead worker never began, so other workers run them. (A job the worker had finished
-//!   but not yet reported fails too: its results died with it, and running it again would
-//!   run it twice.) Every other task completes;
+//!   dead worker never began, so other workers run them. The jobs it finished before are
+//!   not lost: a worker hands each job's results over before it starts the next. Every
+//!   other task completes;
 //! - with [`PoolBuilder::task_timeout`], a task that runs longer gives [`Error::Timeout`];
 //!   its worker is killed and replaced;
 //! - a result that cannot be encoded gives [`Error::Codec`] for that task;
