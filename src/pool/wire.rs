@@ -54,8 +54,9 @@ pub(crate) enum WireEnds {
 }
 
 /// What a worker counts in shared memory: the jobs it has begun, in the order they were
-/// sent. Its handler reads it when the worker dies, to tell the job that was running (and
-/// those finished but not yet reported) from the jobs that never began.
+/// sent. Its handler reads it when the worker dies, to tell the job that was running from
+/// the jobs that never began (a worker hands over each job's results before it begins the
+/// next).
 #[derive(Clone)]
 pub(crate) struct Progress(Arc<Segment>);
 
