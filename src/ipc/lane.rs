@@ -87,7 +87,7 @@ use crate::sys::memfd::Mapping;
 use crate::{Error, Result};
 
 const MAGIC: u32 = 0x4c50_504d; // "MPPL"
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 /// Bytes of header before the rings.
 const HDR: usize = 4096;
 /// Bytes of record ring per direction.
@@ -125,6 +125,8 @@ const D_SEQ: usize = 528;
 const D_SENT: usize = 536;
 /// End of the large-message area's reserved bytes (senders').
 const D_BTAIL: usize = 544;
+/// The senders' copy of `tail` (see [`Lane::ptail`]).
+const D_PTAIL: usize = 552;
 /// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
 const D_CLOCK: usize = 640;
 const D_COWNER: usize = 648;
@@ -155,6 +157,11 @@ pub(crate) struct Record {
 /// The lanes of one pipe, mapped in this process.
 pub(crate) struct Lane {
     mem: Mapping,
+    /// This process's last look at each direction's `head` (used under its producer lock):
+    /// `head` only moves forward, so a stale copy only underestimates the free space, and
+    /// the shared word (on a line the receivers write after every message) is read only
+    /// when the copy says there is no room.
+    head_seen: [AtomicU64; 2],
 }
 
 impl Lane {
@@ -165,7 +172,12 @@ impl Lane {
         mem.u64_at(O_BIG).store(BIG, Relaxed);
         mem.u32_at(O_VERSION).store(VERSION, Relaxed);
         mem.u32_at(O_MAGIC).store(MAGIC, Release);
-        Ok(Lane { mem })
+        Ok(Lane::with(mem))
+    }
+
+    fn with(mem: Mapping) -> Lane {
+        let head_seen = [0, 1].map(|d| AtomicU64::new(Self::records(d).head(&mem, Acquire).raw()));
+        Lane { mem, head_seen }
     }
 
     /// Maps the lanes of a pipe whose end arrived from another process.
@@ -180,7 +192,7 @@ impl Lane {
         {
             return Err(bad());
         }
-        Ok(Lane { mem })
+        Ok(Lane::with(mem))
     }
 
     /// The memory file, to send with an end of the pipe.
@@ -266,6 +278,9 @@ impl Lane {
         if got == wait::Got::OwnerDied {
             let last = self.w64(d, D_SEQ).load(SeqCst);
             self.w64(d, D_SENT).store(last, SeqCst);
+            // Its copy of the tail may be behind what it published.
+            let t = Self::records(d).tail(&self.mem, SeqCst);
+            self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
         }
         Some(g)
     }
@@ -310,17 +325,36 @@ impl Lane {
         record::size(len as u64)
     }
 
-    /// Bytes free in direction `d`'s ring now.
+    /// `tail` as the senders know it (their lock held): their own copy, on their own
+    /// cache line, as in the queues' ring (see `Ring::ptail`): a receiver that has caught
+    /// up reads the shared word after every message, and a load of it would have to fetch
+    /// the line back. Every store of `tail` goes to both ([`publish`](Self::publish)), and
+    /// a sender that takes the lock over from a dead holder copies `tail` again.
+    #[inline]
+    fn ptail(&self, d: usize) -> Idx {
+        Idx::from_raw(self.w64(d, D_PTAIL).load(Relaxed))
+    }
+
+    /// Bytes free in direction `d`'s ring now (the producer lock held).
     pub(crate) fn free(&self, d: usize) -> u64 {
         let r = Self::records(d);
-        r.free(r.tail(&self.mem, Relaxed), r.head(&self.mem, SeqCst))
+        let h = r.head(&self.mem, SeqCst);
+        self.head_seen[d].store(h.raw(), Relaxed);
+        r.free(self.ptail(d), h)
+    }
+
+    /// Whether `need` bytes are free in direction `d`, looking at the shared `head` only
+    /// when this process's last look says no.
+    fn has_room(&self, d: usize, need: u64) -> bool {
+        let seen = Idx::from_raw(self.head_seen[d].load(Relaxed));
+        Self::records(d).free(self.ptail(d), seen) >= need || self.free(d) >= need
     }
 
     /// Waits until `need` bytes are free in direction `d`. `gone()` says whether every
     /// receiver has closed; it is asked whenever the wait lasts, and makes the wait fail
     /// with `BrokenPipe`.
     pub(crate) fn wait_free(&self, d: usize, need: u64, gone: impl Fn() -> bool) -> Result<()> {
-        self.wait_space(d, || self.free(d) >= need, gone)
+        self.wait_space(d, || self.has_room(d, need), gone)
     }
 
     /// Waits until `room()` (receivers free space in direction `d` and wake its senders).
@@ -404,7 +438,8 @@ impl Lane {
     /// [`publish`](Self::publish) without looking for a sleeping receiver: the caller owes
     /// it a [`take_sleeper`](Self::take_sleeper) (and a doorbell if that says so) later.
     pub(crate) fn publish_quiet(&self, d: usize, kind: u32, parts: &[&[u8]]) {
-        Self::records(d).publish(&self.mem, kind, parts, 0, false);
+        let t = Self::records(d).publish_at(&self.mem, self.ptail(d), kind, parts, 0, false);
+        self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
     }
 
     /// Whether a receiver of direction `d` is asleep and must be woken with a doorbell
@@ -527,10 +562,11 @@ impl Lane {
     #[cfg(test)]
     pub(crate) fn inject_garbage(&self, d: usize, bytes: &[u8]) {
         let r = Self::records(d);
-        let t = r.tail(&self.mem, Relaxed);
+        let t = self.ptail(d);
         r.bytes().write(&self.mem, t.pos(), bytes);
-        r.tail_word(&self.mem)
-            .store(t.after(record::round8(bytes.len() as u64), 0).raw(), SeqCst);
+        let t = t.after(record::round8(bytes.len() as u64), 0);
+        r.tail_word(&self.mem).store(t.raw(), SeqCst);
+        self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
     }
 }
 
@@ -589,6 +625,34 @@ mod tests {
             let r = lane.send_big(0, &[7u8; 100], || false);
             assert!(matches!(r, Err(Error::Codec(_))), "{v}: {r:?}");
         }
+    }
+
+    /// Senders keep their own copy of the tail; one that dies after publishing a record but
+    /// before moving its copy must not make the next sender write over that record (or
+    /// move the tail back): the next holder of the lock copies the tail again.
+    #[test]
+    fn a_sender_dead_between_its_two_tail_stores_loses_nothing() {
+        let lane = std::sync::Arc::new(Lane::create().unwrap());
+        lane.publish(0, K_INLINE, &[b"one"]);
+        let l2 = lane.clone();
+        std::thread::spawn(move || {
+            let g = l2.lock_producer(0, None).unwrap();
+            Lane::records(0).publish(&l2.mem, K_INLINE, &[b"two"], 0, false);
+            std::mem::forget(g);
+        })
+        .join()
+        .unwrap();
+        let g = lane.lock_producer(0, None).unwrap();
+        lane.publish(0, K_INLINE, &[b"three"]);
+        drop(g);
+        let mut got = Vec::new();
+        while let Some(rec) = lane.peek(0).unwrap() {
+            let mut out = Vec::new();
+            lane.read_body(0, &rec, &mut out);
+            lane.advance(0, &rec);
+            got.push(out);
+        }
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
     }
 
     /// A packet number at the end of the `u64` range (garbage another process wrote) wraps

@@ -317,7 +317,9 @@ impl Records {
     /// at the tail (room must have been waited for) and publishes it: the tail moves past
     /// it counting `items` more items, with its flag raised (`flag`) or lowered, in one
     /// store. Returns the new tail.
-    #[inline(always)]
+    /// (Tests only: the rings and lanes keep their own copy of `tail` and use
+    /// [`publish_at`](Self::publish_at).)
+    #[cfg(test)]
     pub(crate) fn publish(
         &self,
         mem: &Mapping,
@@ -332,7 +334,7 @@ impl Records {
 
     /// [`publish`](Self::publish) for writers that keep their own copy of `tail` (`t`),
     /// so as not to load the shared word, whose cache line a reader waiting for data keeps
-    /// taking (see [`crate::ipc::ring`]'s layout).
+    /// taking (see the layout in `ring.rs`).
     #[inline]
     pub(crate) fn publish_at(
         &self,
