@@ -329,18 +329,24 @@ impl Lane {
     /// cache line, as in the queues' ring (see `Ring::ptail`): a receiver that has caught
     /// up reads the shared word after every message, and a load of it would have to fetch
     /// the line back. Every store of `tail` goes to both ([`publish`](Self::publish)), and
-    /// a sender that takes the lock over from a dead holder copies `tail` again.
+    /// a sender that takes the lock over from a dead holder, or finds no room by the copy
+    /// ([`free`](Self::free)), copies `tail` again.
     #[inline]
     fn ptail(&self, d: usize) -> Idx {
         Idx::from_raw(self.w64(d, D_PTAIL).load(Relaxed))
     }
 
-    /// Bytes free in direction `d`'s ring now (the producer lock held).
+    /// Bytes free in direction `d`'s ring now, from the shared `head` and `tail` (the
+    /// producer lock held); both copies are refreshed: garbage in the senders' copy of
+    /// `tail` (another process can write anywhere in the segment) must not make a sender
+    /// wait for room that never comes. Without garbage the copy and the word are equal.
     pub(crate) fn free(&self, d: usize) -> u64 {
         let r = Self::records(d);
+        let t = r.tail(&self.mem, SeqCst);
+        self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
         let h = r.head(&self.mem, SeqCst);
         self.head_seen[d].store(h.raw(), Relaxed);
-        r.free(self.ptail(d), h)
+        r.free(t, h)
     }
 
     /// Whether `need` bytes are free in direction `d`, looking at the shared `head` only
@@ -653,6 +659,25 @@ mod tests {
             got.push(out);
         }
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    }
+
+    /// Garbage in the senders' copy of the tail that says "no room" must not make a send
+    /// wait for ever: the sender copies the shared tail again when it finds no room.
+    #[test]
+    fn garbage_in_the_senders_copy_of_the_tail_is_corrected() {
+        let lane = Lane::create().unwrap();
+        lane.publish(0, K_INLINE, &[b"one"]);
+        lane.w64(0, D_PTAIL).store(u64::MAX, SeqCst);
+        lane.wait_free(0, Lane::record_size(3), || true).unwrap();
+        lane.publish(0, K_INLINE, &[b"two"]);
+        let mut got = Vec::new();
+        while let Some(rec) = lane.peek(0).unwrap() {
+            let mut out = Vec::new();
+            lane.read_body(0, &rec, &mut out);
+            lane.advance(0, &rec);
+            got.push(out);
+        }
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
     }
 
     /// A packet number at the end of the `u64` range (garbage another process wrote) wraps

@@ -473,10 +473,21 @@ impl Ring {
     /// has caught up and reads it after every item; the copy leaves a put one store there.
     /// Every store of `tail` goes to both ([`set_tail`](Self::set_tail),
     /// [`publish_flagged`](Self::publish_flagged)), and a producer that takes the lock
-    /// over from a dead holder copies `tail` again.
+    /// over from a dead holder, or finds no room by the copy
+    /// ([`reload_tail`](Self::reload_tail)), copies `tail` again.
     #[inline]
     fn ptail(&self) -> Idx {
         Idx::from_raw(self.w64(O_PTAIL).load(Relaxed))
+    }
+
+    /// The shared `tail`, copied again into the producers' copy (the lock held). Done on
+    /// the paths that read the consumers' `head` because the copy says there is no room:
+    /// garbage in the copy (another process can write anywhere in the segment) must not
+    /// make a producer wait for room that never comes. Without garbage the two are equal.
+    fn reload_tail(&self) -> Idx {
+        let t = self.records().tail(&self.mem, SeqCst);
+        self.w64(O_PTAIL).store(t.raw(), Relaxed);
+        t
     }
 
     /// Publishes `t` as the tail (the producer lock held), in the shared word and the
@@ -557,7 +568,6 @@ impl Ring {
 
     /// Waits until `need` bytes are free in the ring (the producer lock is held).
     fn wait_free(&self, need: u64, deadline: Option<Instant>) -> Result<()> {
-        let t = self.ptail();
         // The overflow keeps a margin free behind its consumers (see `PUNCH_MARGIN`) and
         // holds a bounded number of items.
         let (need, items) = if self.is_overflow {
@@ -567,19 +577,21 @@ impl Ring {
         };
         // A copy of `head` older than another process's last put looks more than `cap`
         // behind the tail: it says "no room", and the real head is read.
-        let free_after = |h: Idx| {
+        let free_after = |t: Idx, h: Idx| {
             if t.items_since(h) >= items {
                 return 0;
             }
             self.records().free(t, h)
         };
-        if free_after(Idx::from_raw(self.head_seen.load(Relaxed))) >= need {
+        let seen = Idx::from_raw(self.head_seen.load(Relaxed));
+        if free_after(self.ptail(), seen) >= need {
             return Ok(());
         }
         let free = || {
+            let t = self.reload_tail();
             let h = self.records().head(&self.mem, SeqCst);
             self.head_seen.store(h.raw(), Relaxed);
-            free_after(h)
+            free_after(t, h)
         };
         while free() < need {
             if self.is_shut_down() {
@@ -677,9 +689,9 @@ impl Ring {
         }
         if self.maxsize > 0 {
             let full = || {
-                let t = self.ptail();
                 let h = self.records().head(&self.mem, SeqCst);
-                t.items_since(h) >= self.maxsize
+                self.ptail().items_since(h) >= self.maxsize
+                    && self.reload_tail().items_since(h) >= self.maxsize
             };
             let blocked = || full() && !self.is_shut_down();
             while full() {
@@ -709,6 +721,7 @@ impl Ring {
         {
             return true;
         }
+        let t = self.reload_tail();
         let h = self.records().head(&self.mem, SeqCst);
         self.head_seen.store(h.raw(), Relaxed);
         self.records().free(t, h) >= need
@@ -735,7 +748,12 @@ impl Ring {
     /// `whole` record bytes goes to (`spill`: only its 24-byte reference), moving producers
     /// to the overflow when this ring is full and back when it is half free.
     fn route(&self, whole: u64, spill: bool, deadline: Option<Instant>) -> Result<&Ring> {
-        let t = self.ptail();
+        let mut t = self.ptail();
+        if t.flagged() {
+            // Diverted (rare): confirmed by the shared word, which a return from the
+            // overflow below publishes again; garbage in the copy must not be published.
+            t = self.reload_tail();
+        }
         let (need, fits) = if spill {
             (8 + 16, true)
         } else {
@@ -1395,6 +1413,13 @@ impl Ring {
         self.records().publish(&self.mem, K_MSG, &[msg], 1, false);
         self.wake(O_DATASEQ, O_CSLEEP);
         std::mem::forget(g);
+    }
+
+    /// Test hook: stores `v` in the producers' copy of the tail, as a hostile or broken
+    /// process that maps the queue could.
+    #[cfg(test)]
+    pub(crate) fn scribble_producers_tail(&self, v: u64) {
+        self.w64(O_PTAIL).store(v, SeqCst);
     }
 
     /// Test hook: writes raw bytes at the tail and publishes them as if they were records.

@@ -1248,6 +1248,24 @@ mod tests {
         assert!(q.empty());
     }
 
+    /// Garbage in the producers' copy of the tail that says "no room" must not make `put`
+    /// wait for ever: the producer copies the shared tail again when it finds no room.
+    #[test]
+    fn garbage_in_the_producers_copy_of_the_tail_is_corrected() {
+        for bounded in [false, true] {
+            let q = if bounded {
+                Queue::<u32>::bounded(10).unwrap()
+            } else {
+                Queue::<u32>::new().unwrap()
+            };
+            q.put(1).unwrap();
+            q.shared.ring.scribble_producers_tail(u64::MAX);
+            q.put_timeout(2, Duration::from_secs(10)).unwrap();
+            assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 1);
+            assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 2);
+        }
+    }
+
     /// Any value in the shared shutdown word means "shut down": garbage there (another
     /// process can write it) made `get` spin for ever between "not shut down" (the value
     /// is neither level) and "shut down" (it is not zero).
