@@ -633,6 +633,18 @@ mod tests {
         }
     }
 
+    /// The bodies of every record in direction `d`, taken.
+    fn take_all(lane: &Lane, d: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        while let Some(rec) = lane.peek(d).unwrap() {
+            let mut out = Vec::new();
+            lane.read_body(d, &rec, &mut out);
+            lane.advance(d, &rec);
+            got.push(out);
+        }
+        got
+    }
+
     /// Senders keep their own copy of the tail; one that dies after publishing a record but
     /// before moving its copy must not make the next sender write over that record (or
     /// move the tail back): the next holder of the lock copies the tail again.
@@ -651,13 +663,7 @@ mod tests {
         let g = lane.lock_producer(0, None).unwrap();
         lane.publish(0, K_INLINE, &[b"three"]);
         drop(g);
-        let mut got = Vec::new();
-        while let Some(rec) = lane.peek(0).unwrap() {
-            let mut out = Vec::new();
-            lane.read_body(0, &rec, &mut out);
-            lane.advance(0, &rec);
-            got.push(out);
-        }
+        let got = take_all(&lane, 0);
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
     }
 
@@ -670,13 +676,7 @@ mod tests {
         lane.w64(0, D_PTAIL).store(u64::MAX, SeqCst);
         lane.wait_free(0, Lane::record_size(3), || true).unwrap();
         lane.publish(0, K_INLINE, &[b"two"]);
-        let mut got = Vec::new();
-        while let Some(rec) = lane.peek(0).unwrap() {
-            let mut out = Vec::new();
-            lane.read_body(0, &rec, &mut out);
-            lane.advance(0, &rec);
-            got.push(out);
-        }
+        let got = take_all(&lane, 0);
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
     }
 

@@ -1248,16 +1248,16 @@ mod tests {
         assert!(q.empty());
     }
 
+    /// A queue without an item limit (it has an overflow ring) and one with a limit of 10.
+    fn unbounded_and_bounded() -> [Queue<u32>; 2] {
+        [Queue::new().unwrap(), Queue::bounded(10).unwrap()]
+    }
+
     /// Garbage in the producers' copy of the tail that says "no room" must not make `put`
     /// wait for ever: the producer copies the shared tail again when it finds no room.
     #[test]
     fn garbage_in_the_producers_copy_of_the_tail_is_corrected() {
-        for bounded in [false, true] {
-            let q = if bounded {
-                Queue::<u32>::bounded(10).unwrap()
-            } else {
-                Queue::<u32>::new().unwrap()
-            };
+        for q in unbounded_and_bounded() {
             q.put(1).unwrap();
             q.shared.ring.scribble_producers_tail(u64::MAX);
             q.put_timeout(2, Duration::from_secs(10)).unwrap();
@@ -1271,12 +1271,7 @@ mod tests {
     /// is neither level) and "shut down" (it is not zero).
     #[test]
     fn garbage_in_the_shutdown_word_is_a_shut_down_queue() {
-        for bounded in [false, true] {
-            let q = if bounded {
-                Queue::<u32>::bounded(10).unwrap()
-            } else {
-                Queue::<u32>::new().unwrap()
-            };
+        for q in unbounded_and_bounded() {
             q.put(1).unwrap();
             q.shared.ring.scribble_shutdown_word(390_696);
             assert!(q.is_shutdown());
