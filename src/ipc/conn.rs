@@ -570,8 +570,7 @@ impl RawConn {
                         Some((seg, len)) => Body::Sealed(seg.as_fd(), *len),
                         None => Body::Bytes(&buf),
                     };
-                    self.lane_send(&mut ws, lane, d, body, &fds, false)
-                        .map(|_| ())
+                    self.lane_send(&mut ws, lane, d, body, &fds)
                 })
             }
             None => {
@@ -605,9 +604,7 @@ impl RawConn {
     ) -> Result<()> {
         let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
         match self.lane.as_ref().and_then(|le| Some((&le.lane, le.tx?))) {
-            Some((lane, d)) => self
-                .lane_send(&mut ws, lane, d, Body::Sealed(file, len), fds, false)
-                .map(|_| ()),
+            Some((lane, d)) => self.lane_send(&mut ws, lane, d, Body::Sealed(file, len), fds),
             None => Err(Error::invalid("a sealed frame needs lanes to travel")),
         }
     }
@@ -622,9 +619,7 @@ impl RawConn {
     fn send_frame(&self, ws: &mut WriteState, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         if let Some(le) = &self.lane {
             if let Some(d) = le.tx {
-                return self
-                    .lane_send(ws, &le.lane, d, Body::Bytes(body), fds, false)
-                    .map(|_| ());
+                return self.lane_send(ws, &le.lane, d, Body::Bytes(body), fds);
             }
         }
         check_fd_count(fds)?;
@@ -632,9 +627,6 @@ impl RawConn {
         sys::send_all(self.fd.as_fd(), &[&h, body], fds).map_err(Error::Io)
     }
 
-    /// Sends one frame through direction `d` of the lanes. With `quiet`, a frame that
-    /// travels in the ring does not wake a sleeping receiver: `Ok(true)` then says that a
-    /// wake-up is owed ([`wake_receiver`](Self::wake_receiver)).
     fn lane_send(
         &self,
         ws: &mut WriteState,
@@ -642,8 +634,7 @@ impl RawConn {
         d: usize,
         body: Body<'_>,
         fds: &[BorrowedFd<'_>],
-        quiet: bool,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         check_fd_count(fds)?;
         let sock = self.fd.as_fd();
         let gone = || sys::peer_hung_up(sock);
@@ -698,23 +689,14 @@ impl RawConn {
             let ring = if big {
                 lane.send_big(d, body, gone)?
             } else {
-                let need = Lane::record_size(body.len());
-                if quiet && lane.free(d) < need && lane.take_sleeper(d) {
-                    // A receiver asleep (owed a wake-up by earlier quiet sends) would
-                    // never make the room this send waits for.
-                    ring_bell(sock)?;
-                }
-                lane.wait_free(d, need, gone)?;
-                if quiet {
-                    lane.publish_quiet(d, K_INLINE, &[body]);
-                    return Ok(true);
-                }
+                lane.wait_free(d, Lane::record_size(body.len()), gone)?;
                 lane.publish(d, K_INLINE, &[body])
             };
             if ring {
-                ring_bell(sock)?;
+                let bell = packet_header(PKT_BELL, 0, 0);
+                sys::send_packet(sock, &[&bell], &[]).map_err(Error::Io)?;
             }
-            return Ok(false);
+            return Ok(());
         }
         if spill.is_none() && big {
             // The direction turned socket-only since the look above.
@@ -740,38 +722,7 @@ impl RawConn {
         };
         // Queued, or failed: either way no receiver must wait for it any more.
         lane.set_sent(d, seq);
-        r.map_err(Error::Io).map(|()| false)
-    }
-
-    /// Sends `bytes` as one frame, as [`send_bytes`](Self::send_bytes) does, except that
-    /// when it travels in the lanes' ring a sleeping receiver is not woken: `Ok(true)` says
-    /// that a wake-up is owed, to be given later with [`wake_receiver`](Self::wake_receiver)
-    /// (or by any later send). Either way the frame is in shared memory (or on the socket)
-    /// when this returns: if this process dies now, the receiver still reads it before its
-    /// end of file. A pool worker reports each finished job so, and wakes its handler once
-    /// for several.
-    pub(crate) fn send_bytes_quiet(&self, bytes: &[u8]) -> Result<bool> {
-        let mut ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(le) = &self.lane {
-            if let Some(d) = le.tx {
-                return self.lane_send(&mut ws, &le.lane, d, Body::Bytes(bytes), &[], true);
-            }
-        }
-        self.send_frame(&mut ws, bytes, &[]).map(|()| false)
-    }
-
-    /// Wakes the receiver if it sleeps: the wake-up that
-    /// [`send_bytes_quiet`](Self::send_bytes_quiet) owed.
-    pub(crate) fn wake_receiver(&self) -> Result<()> {
-        let _ws = self.wr.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(le) = &self.lane {
-            if let Some(d) = le.tx {
-                if le.lane.take_sleeper(d) {
-                    ring_bell(self.fd.as_fd())?;
-                }
-            }
-        }
-        Ok(())
+        r.map_err(Error::Io)
     }
 
     /// Receives one frame and hands its payload and descriptors to `f`.
@@ -1415,12 +1366,6 @@ impl<'de> Deserialize<'de> for RawConn {
 }
 
 /// Borrows owned descriptors for one send.
-/// Sends a doorbell packet on `sock`: it wakes a receiver asleep on the socket.
-fn ring_bell(sock: BorrowedFd<'_>) -> Result<()> {
-    let bell = packet_header(PKT_BELL, 0, 0);
-    sys::send_packet(sock, &[&bell], &[]).map_err(Error::Io)
-}
-
 pub(crate) fn borrowed(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
     fds.iter().map(|f| f.as_fd()).collect()
 }

@@ -340,7 +340,7 @@ impl Lane {
     /// producer lock held); both copies are refreshed: garbage in the senders' copy of
     /// `tail` (another process can write anywhere in the segment) must not make a sender
     /// wait for room that never comes. Without garbage the copy and the word are equal.
-    pub(crate) fn free(&self, d: usize) -> u64 {
+    fn free(&self, d: usize) -> u64 {
         let r = Self::records(d);
         let t = r.tail(&self.mem, SeqCst);
         self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
@@ -437,20 +437,8 @@ impl Lane {
     /// a receiver is asleep and must be woken with a doorbell (the flag is lowered: exactly
     /// one sender rings).
     pub(crate) fn publish(&self, d: usize, kind: u32, parts: &[&[u8]]) -> bool {
-        self.publish_quiet(d, kind, parts);
-        self.take_sleeper(d)
-    }
-
-    /// [`publish`](Self::publish) without looking for a sleeping receiver: the caller owes
-    /// it a [`take_sleeper`](Self::take_sleeper) (and a doorbell if that says so) later.
-    pub(crate) fn publish_quiet(&self, d: usize, kind: u32, parts: &[&[u8]]) {
         let t = Self::records(d).publish_at(&self.mem, self.ptail(d), kind, parts, 0, false);
         self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
-    }
-
-    /// Whether a receiver of direction `d` is asleep and must be woken with a doorbell
-    /// (the flag is lowered: exactly one sender rings).
-    pub(crate) fn take_sleeper(&self, d: usize) -> bool {
         let sleep = self.w32(d, D_RX_SLEEP);
         sleep.load(SeqCst) != 0 && sleep.swap(0, SeqCst) != 0
     }

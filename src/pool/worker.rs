@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -82,8 +81,6 @@ pub(crate) struct JobRun {
     next: usize,
 }
 
-/// Replies sent without waking the handler wake it at most about this long after.
-const HOLD_REPLIES: Duration = Duration::from_micros(100);
 /// Results are sent early once this many bytes are waiting.
 const SEND_EARLY: usize = 1 << 20;
 
@@ -366,22 +363,14 @@ fn run_batch(
     let njobs = rd.u32()?;
     let mut fds: VecDeque<OwnedFd> = fds.into();
     out.clear();
-    let mut last_wake = Instant::now();
-    // Whether the handler may sleep on replies sent without waking it.
-    let mut owed = false;
     for _ in 0..njobs {
-        // What this worker finished is in the handler's hands before the next job starts
-        // (if that job kills the worker, the results it finished are not lost with it),
-        // but the handler is woken only once a little time has passed: replies in a
-        // hurry still wake it once for several.
+        // What this worker finished is in the handler's hands before the next job starts:
+        // if that job kills the worker, the results it finished are not lost with it, and
+        // if it runs long, they do not wait for it. (Sending wakes the handler only if it
+        // sleeps: one busy with replies in a hurry reads them as they come.)
         if out.len() > 1 {
-            owed |= conn.send_bytes_quiet(out)?;
+            conn.send_bytes(out, &[])?;
             out.clear();
-        }
-        if owed && last_wake.elapsed() >= HOLD_REPLIES {
-            conn.wake_receiver()?;
-            owed = false;
-            last_wake = Instant::now();
         }
         let id = rd.u64()?;
         let entry = AnyFnRef::from_wire(rd.i64()?, rd.u64()?).typed::<JobEntry>();
@@ -432,11 +421,8 @@ fn run_batch(
         *out = std::mem::take(&mut run.out);
         r?;
     }
-    // The last replies of the batch wake the handler (and with it those sent quietly).
     if out.len() > 1 {
         conn.send_bytes(out, &[])?;
-    } else if owed {
-        conn.wake_receiver()?;
     }
     out.clear();
     if !rd.rest().is_empty() {
