@@ -1300,11 +1300,6 @@ fn invalid_settings_are_refused_not_changed() {
     assert_eq!(pool.map_chunked(square, 0..4, 1).unwrap(), vec![0, 1, 4, 9]);
 }
 
-/// Counts its run in `runs[i]`; task 0 kills its worker on its first run.
-fn counted((i, runs): (usize, multiproc::Array<u32>)) -> usize {
-    counted_dying_at((i, 0, runs))
-}
-
 /// Counts its run in `runs[i]`; task `die_at` kills its worker on its first run.
 fn counted_dying_at((i, die_at, runs): (usize, usize, multiproc::Array<u32>)) -> usize {
     let n = {
@@ -1324,10 +1319,13 @@ fn hold((started, go): (multiproc::Event, multiproc::Event)) {
     assert!(go.wait_timeout(Duration::from_secs(60)));
 }
 
-/// Issue 11.7: `apply_async` jobs sent to one worker together; the first kills it. It
-/// alone fails with `WorkerDied` (and ran once), unless retries were asked for; the jobs
+/// Issue 11.7: 40 `apply_async` jobs sent to one worker together; job `die_at` kills it.
+/// It alone fails with `WorkerDied` (and ran once), unless retries were asked for; the jobs
 /// behind it run once each, on the replacement.
-fn killed_with_jobs_in_flight(retries: Option<u32>) -> (Vec<multiproc::Result<usize>>, Vec<u32>) {
+fn killed_with_jobs_in_flight(
+    retries: Option<u32>,
+    die_at: usize,
+) -> (Vec<multiproc::Result<usize>>, Vec<u32>) {
     let mut b = Pool::builder().processes(1);
     if let Some(n) = retries {
         b = b.retries(n);
@@ -1342,7 +1340,7 @@ fn killed_with_jobs_in_flight(retries: Option<u32>) -> (Vec<multiproc::Result<us
     // Queued while the worker is busy, so that they go out to it in batches.
     let runs = multiproc::Array::<u32>::new(40).unwrap();
     let rs: Vec<_> = (0..40)
-        .map(|i| pool.apply_async(counted, (i, runs.clone())))
+        .map(|i| pool.apply_async(counted_dying_at, (i, die_at, runs.clone())))
         .collect();
     go.set();
     held.get().unwrap();
@@ -1353,7 +1351,7 @@ fn killed_with_jobs_in_flight(retries: Option<u32>) -> (Vec<multiproc::Result<us
 #[test]
 fn worker_killed_with_several_jobs_in_flight_fails_only_the_running_one() {
     multiproc::init();
-    let (out, runs) = killed_with_jobs_in_flight(None);
+    let (out, runs) = killed_with_jobs_in_flight(None, 0);
     assert!(
         matches!(
             out[0],
@@ -1371,32 +1369,19 @@ fn worker_killed_with_several_jobs_in_flight_fails_only_the_running_one() {
     assert_eq!(runs, vec![1; 40], "every job ran exactly once");
 }
 
-/// `apply_async` jobs sent to one worker together; job 20 kills it, after the jobs before
-/// it finished quickly. Only job 20 fails: the replies of the finished ones were handed over
+/// `apply_async` jobs sent to one worker together; job 3 kills it, after the jobs before
+/// it finished quickly. Only job 3 fails: the replies of the finished ones were handed over
 /// before it started (a worker used to hold them up to 100 µs to send them together, and
 /// they died with it as `WorkerDied`, found by `soak_repeated_faults`).
 #[test]
 fn worker_killed_after_finishing_jobs_of_its_batch_loses_none_of_their_results() {
     multiproc::init();
     const DIE_AT: usize = 3;
-    let pool = Pool::new(1).unwrap();
     // Three rounds: how the jobs fall into batches depends on when the handler looks.
     for round in 0..3 {
-        let (started, go) = (
-            multiproc::Event::new().unwrap(),
-            multiproc::Event::new().unwrap(),
-        );
-        let held = pool.apply_async(hold, (started.clone(), go.clone()));
-        assert!(started.wait_timeout(Duration::from_secs(30)));
-        // Queued while the worker is busy, so that they go out to it in batches.
-        let runs = multiproc::Array::<u32>::new(40).unwrap();
-        let rs: Vec<_> = (0..40)
-            .map(|i| pool.apply_async(counted_dying_at, (i, DIE_AT, runs.clone())))
-            .collect();
-        go.set();
-        held.get().unwrap();
-        for (i, r) in rs.iter().enumerate() {
-            match r.get() {
+        let (out, runs) = killed_with_jobs_in_flight(None, DIE_AT);
+        for (i, r) in out.into_iter().enumerate() {
+            match r {
                 Err(Error::WorkerDied {
                     signal: Some(9), ..
                 }) if i == DIE_AT => {}
@@ -1404,14 +1389,14 @@ fn worker_killed_after_finishing_jobs_of_its_batch_loses_none_of_their_results()
                 other => panic!("round {round}, job {i}: {other:?}"),
             }
         }
-        assert_eq!(runs.to_vec(), vec![1; 40], "every job ran exactly once");
+        assert_eq!(runs, vec![1; 40], "every job ran exactly once");
     }
 }
 
 #[test]
 fn retries_run_the_job_of_a_dead_worker_again() {
     multiproc::init();
-    let (out, runs) = killed_with_jobs_in_flight(Some(2));
+    let (out, runs) = killed_with_jobs_in_flight(Some(2), 0);
     for (i, r) in out.iter().enumerate() {
         assert_eq!(*r.as_ref().unwrap(), i);
     }
