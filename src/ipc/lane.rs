@@ -125,7 +125,7 @@ const D_SEQ: usize = 528;
 const D_SENT: usize = 536;
 /// End of the large-message area's reserved bytes (senders').
 const D_BTAIL: usize = 544;
-/// The senders' copy of `tail` (see [`Lane::ptail`]).
+/// The senders' copy of `tail` (see [`Records::tail_copy`]).
 const D_PTAIL: usize = 552;
 /// The receivers' mutex: lock word, parking word (+4), owner record (`D_COWNER`).
 const D_CLOCK: usize = 640;
@@ -229,6 +229,7 @@ impl Lane {
             K_CHECK,
             dir + D_TAIL,
             dir + D_HEAD,
+            dir + D_PTAIL,
         )
     }
     /// Direction `d`'s large-message area: raw bytes, no records.
@@ -279,8 +280,7 @@ impl Lane {
             let last = self.w64(d, D_SEQ).load(SeqCst);
             self.w64(d, D_SENT).store(last, SeqCst);
             // Its copy of the tail may be behind what it published.
-            let t = Self::records(d).tail(&self.mem, SeqCst);
-            self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
+            Self::records(d).recopy_tail(&self.mem);
         }
         Some(g)
     }
@@ -325,15 +325,10 @@ impl Lane {
         record::size(len as u64)
     }
 
-    /// `tail` as the senders know it (their lock held): their own copy, on their own
-    /// cache line, as in the queues' ring (see `Ring::ptail`): a receiver that has caught
-    /// up reads the shared word after every message, and a load of it would have to fetch
-    /// the line back. Every store of `tail` goes to both ([`publish`](Self::publish)), and
-    /// a sender that takes the lock over from a dead holder, or finds no room by the copy
-    /// ([`free`](Self::free)), copies `tail` again.
+    /// `tail` as the senders know it (see [`Records::tail_copy`]).
     #[inline]
     fn ptail(&self, d: usize) -> Idx {
-        Idx::from_raw(self.w64(d, D_PTAIL).load(Relaxed))
+        Self::records(d).tail_copy(&self.mem)
     }
 
     /// Bytes free in direction `d`'s ring now, from the shared `head` and `tail` (the
@@ -342,8 +337,7 @@ impl Lane {
     /// wait for room that never comes. Without garbage the copy and the word are equal.
     fn free(&self, d: usize) -> u64 {
         let r = Self::records(d);
-        let t = r.tail(&self.mem, SeqCst);
-        self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
+        let t = r.recopy_tail(&self.mem);
         let h = r.head(&self.mem, SeqCst);
         self.head_seen[d].store(h.raw(), Relaxed);
         r.free(t, h)
@@ -437,8 +431,7 @@ impl Lane {
     /// a receiver is asleep and must be woken with a doorbell (the flag is lowered: exactly
     /// one sender rings).
     pub(crate) fn publish(&self, d: usize, kind: u32, parts: &[&[u8]]) -> bool {
-        let t = Self::records(d).publish_at(&self.mem, self.ptail(d), kind, parts, 0, false);
-        self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
+        Self::records(d).publish(&self.mem, kind, parts, 0, false);
         let sleep = self.w32(d, D_RX_SLEEP);
         sleep.load(SeqCst) != 0 && sleep.swap(0, SeqCst) != 0
     }
@@ -558,9 +551,7 @@ impl Lane {
         let r = Self::records(d);
         let t = self.ptail(d);
         r.bytes().write(&self.mem, t.pos(), bytes);
-        let t = t.after(record::round8(bytes.len() as u64), 0);
-        r.tail_word(&self.mem).store(t.raw(), SeqCst);
-        self.w64(d, D_PTAIL).store(t.raw(), Relaxed);
+        r.set_tail(&self.mem, t.after(record::round8(bytes.len() as u64), 0));
     }
 }
 
@@ -643,7 +634,7 @@ mod tests {
         let l2 = lane.clone();
         std::thread::spawn(move || {
             let g = l2.lock_producer(0, None).unwrap();
-            Lane::records(0).publish(&l2.mem, K_INLINE, &[b"two"], 0, false);
+            Lane::records(0).publish_shared_only(&l2.mem, K_INLINE, &[b"two"], 0);
             std::mem::forget(g);
         })
         .join()

@@ -246,16 +246,26 @@ pub(crate) struct Records {
     check: u32,
     tail: usize,
     head: usize,
+    /// The producers' own copy of `tail`, on a cache line of theirs (see
+    /// [`tail_copy`](Self::tail_copy)).
+    ptail: usize,
 }
 
 impl Records {
-    pub(crate) const fn new(bytes: Bytes, check: u32, tail: usize, head: usize) -> Records {
+    pub(crate) const fn new(
+        bytes: Bytes,
+        check: u32,
+        tail: usize,
+        head: usize,
+        ptail: usize,
+    ) -> Records {
         assert!(check & !CHECK_MASK == 0);
         Records {
             bytes,
             check,
             tail,
             head,
+            ptail,
         }
     }
 
@@ -313,13 +323,39 @@ impl Records {
 
     // --- producing (the producers' lock held) ---
 
+    /// `tail` as the producers know it (their lock held): their own copy, on a cache line
+    /// of theirs. A consumer that has caught up reads the shared word after every record,
+    /// which moves its line to the consumer's core; loading it would fetch the line back,
+    /// where the copy leaves a publish one store there. Every store of `tail` goes to both
+    /// ([`publish`](Self::publish), [`set_tail`](Self::set_tail)); a producer that takes
+    /// the lock over from a dead holder (who may have died between the two stores), or
+    /// that finds no room by the copy (garbage another process wrote in it must not make
+    /// it wait for ever), copies the shared word again ([`recopy_tail`](Self::recopy_tail)).
+    #[inline]
+    pub(crate) fn tail_copy(&self, mem: &Mapping) -> Idx {
+        Idx(mem.u64_at(self.ptail).load(Relaxed))
+    }
+
+    /// Copies the shared `tail` into the producers' copy again, and returns it.
+    pub(crate) fn recopy_tail(&self, mem: &Mapping) -> Idx {
+        let t = self.tail(mem, SeqCst);
+        mem.u64_at(self.ptail).store(t.0, Relaxed);
+        t
+    }
+
+    /// Publishes `t` as the tail (the producers' lock held): the shared word, then the
+    /// producers' copy.
+    #[inline]
+    pub(crate) fn set_tail(&self, mem: &Mapping, t: Idx) {
+        self.tail_word(mem).store(t.0, SeqCst);
+        mem.u64_at(self.ptail).store(t.0, Relaxed);
+    }
+
     /// Writes a record of `kind` (lower 16 bits) whose body is the concatenation of `parts`
     /// at the tail (room must have been waited for) and publishes it: the tail moves past
     /// it counting `items` more items, with its flag raised (`flag`) or lowered, in one
     /// store. Returns the new tail.
-    /// (Tests only: the rings and lanes keep their own copy of `tail` and use
-    /// [`publish_at`](Self::publish_at).)
-    #[cfg(test)]
+    #[inline]
     pub(crate) fn publish(
         &self,
         mem: &Mapping,
@@ -328,27 +364,27 @@ impl Records {
         items: u64,
         flag: bool,
     ) -> Idx {
-        let t = Idx(self.tail_word(mem).load(Relaxed));
-        self.publish_at(mem, t, kind, parts, items, flag)
+        let t = self.tail_copy(mem);
+        let end = self.write(mem, t.pos(), kind, parts);
+        let new = Idx(t.after(end - t.pos(), items).0 | (u64::from(flag) << POS_BITS));
+        self.set_tail(mem, new);
+        new
     }
 
-    /// [`publish`](Self::publish) for writers that keep their own copy of `tail` (`t`),
-    /// so as not to load the shared word, whose cache line a reader waiting for data keeps
-    /// taking (see the layout in `ring.rs`).
-    #[inline]
-    pub(crate) fn publish_at(
+    /// Test hook: what a producer killed between its two stores of `tail` leaves: a record
+    /// published in the shared word (at the shared tail), the producers' copy not moved.
+    #[cfg(test)]
+    pub(crate) fn publish_shared_only(
         &self,
         mem: &Mapping,
-        t: Idx,
         kind: u32,
         parts: &[&[u8]],
         items: u64,
-        flag: bool,
-    ) -> Idx {
+    ) {
+        let t = self.tail(mem, Relaxed);
         let end = self.write(mem, t.pos(), kind, parts);
-        let new = Idx(t.after(end - t.pos(), items).0 | (u64::from(flag) << POS_BITS));
-        self.tail_word(mem).store(new.0, SeqCst);
-        new
+        self.tail_word(mem)
+            .store(t.after(end - t.pos(), items).0, SeqCst);
     }
 
     /// Writes a record at `pos` and returns the position after it (not published).
@@ -431,14 +467,14 @@ mod tests {
 
     fn ring(mem_len: usize, base: usize, cap: u64, check: u32) -> (Mapping, Records) {
         let mem = Mapping::anonymous(mem_len).unwrap();
-        (mem, Records::new(Bytes::new(base, cap), check, 0, 8))
+        (mem, Records::new(Bytes::new(base, cap), check, 0, 8, 16))
     }
 
     #[test]
     fn records_wrap_around_and_keep_their_kind_length_and_count() {
         let (mem, r) = ring(4096 + 256, 4096, 256, 0x5a3c_0000);
         // The next record crosses the end.
-        r.tail_word(&mem).store(Idx::new(0, 200).raw(), SeqCst);
+        r.set_tail(&mem, Idx::new(0, 200));
         r.skip_to(&mem, Idx::new(0, 200));
         for (i, len) in [0usize, 1, 7, 8, 9, 100, 240].into_iter().enumerate() {
             let body: Vec<u8> = (0..len).map(|i| i as u8 ^ len as u8).collect();
@@ -462,7 +498,7 @@ mod tests {
     #[test]
     fn a_header_with_another_rings_marker_is_garbage() {
         let (mem, lane) = ring(8192, 4096, 4096, 0x5a3c_0000);
-        let queue = Records::new(Bytes::new(4096, 4096), 0xa5c3_0000, 0, 8);
+        let queue = Records::new(Bytes::new(4096, 4096), 0xa5c3_0000, 0, 8, 16);
         let h = lane.head(&mem, Relaxed);
         let t = lane.publish(&mem, 1, &[b"x"], 0, false);
         assert!(matches!(lane.front(&mem, h, t), Front::Record(_)));

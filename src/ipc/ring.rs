@@ -39,7 +39,7 @@
 //!   loses that one message, whose remaining chunks the next consumer skips.)
 //! * One producer and one consumer never wait for each other's lock: they meet only at
 //!   `head` and `tail`. Producers keep a copy of `tail` on their own cache line and never
-//!   load the shared word (see [`Ring::ptail`]); a producer that takes the lock over from
+//!   load the shared word (see [`Records::tail_copy`]); a producer that takes the lock over from
 //!   a dead holder copies `tail` again.
 //! * The lock holder that must wait (for data, for space) sleeps on a futex after raising a
 //!   "sleeping" flag; the other side wakes it only if that flag is up, so the busy path
@@ -99,7 +99,7 @@ const O_FDTAG: usize = 3088;
 /// main tail): see the module docs.
 const O_PMARK_OVF: usize = 3096;
 const O_PMARK_MAIN: usize = 3104;
-/// The producers' copy of `tail` (see [`Ring::ptail`]).
+/// The producers' copy of `tail` (see [`Records::tail_copy`]).
 const O_PTAIL: usize = 3112;
 /// The consumers' words, 256 bytes further. Their mutex: lock word, parking word (+4),
 /// owner record (`O_COWNER`).
@@ -352,7 +352,7 @@ impl Ring {
     /// (known when inlined, which keeps their bounds check to one comparison).
     #[inline]
     fn records(&self) -> Records {
-        Records::new(self.bytes, K_CHECK, O_TAIL, O_HEAD)
+        Records::new(self.bytes, K_CHECK, O_TAIL, O_HEAD, O_PTAIL)
     }
 
     #[inline]
@@ -461,40 +461,28 @@ impl Ring {
                 .into_iter()
                 .flatten()
             {
-                let t = r.records().tail(&r.mem, SeqCst);
-                r.w64(O_PTAIL).store(t.raw(), Relaxed);
+                r.records().recopy_tail(&r.mem);
             }
         }
         Some(g)
     }
 
-    /// `tail` as the producers know it (their lock held): their own copy, on their own
-    /// cache line. Loading the shared word would fetch its line back from a consumer that
-    /// has caught up and reads it after every item; the copy leaves a put one store there.
-    /// Every store of `tail` goes to both ([`set_tail`](Self::set_tail),
-    /// [`publish_flagged`](Self::publish_flagged)), and a producer that takes the lock
-    /// over from a dead holder, or finds no room by the copy
-    /// ([`reload_tail`](Self::reload_tail)), copies `tail` again.
+    /// `tail` as the producers know it (see [`Records::tail_copy`]).
     #[inline]
     fn ptail(&self) -> Idx {
-        Idx::from_raw(self.w64(O_PTAIL).load(Relaxed))
+        self.records().tail_copy(&self.mem)
     }
 
     /// The shared `tail`, copied again into the producers' copy (the lock held). Done on
-    /// the paths that read the consumers' `head` because the copy says there is no room:
-    /// garbage in the copy (another process can write anywhere in the segment) must not
-    /// make a producer wait for room that never comes. Without garbage the two are equal.
+    /// the paths that read the consumers' `head` because the copy says there is no room.
     fn reload_tail(&self) -> Idx {
-        let t = self.records().tail(&self.mem, SeqCst);
-        self.w64(O_PTAIL).store(t.raw(), Relaxed);
-        t
+        self.records().recopy_tail(&self.mem)
     }
 
     /// Publishes `t` as the tail (the producer lock held), in the shared word and the
     /// producers' copy.
     fn set_tail(&self, t: Idx) {
-        self.records().tail_word(&self.mem).store(t.raw(), SeqCst);
-        self.w64(O_PTAIL).store(t.raw(), Relaxed);
+        self.records().set_tail(&self.mem, t);
     }
 
     fn lock_consumer(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
@@ -619,10 +607,8 @@ impl Ring {
             b.copy_from_slice(&w.to_le_bytes());
         }
         let parts: &[&[u8]] = &[&words[..prefix.len() * 8], body];
-        let t = self
-            .records()
-            .publish_at(&self.mem, self.ptail(), kind, parts, items, diverted);
-        self.w64(O_PTAIL).store(t.raw(), Relaxed);
+        self.records()
+            .publish(&self.mem, kind, parts, items, diverted);
         self.wake(O_DATASEQ, O_CSLEEP);
     }
 
@@ -1410,7 +1396,8 @@ impl Ring {
     #[cfg(test)]
     pub(crate) fn publish_and_die_holding_the_lock(&self, msg: &[u8]) {
         let g = self.lock_producer(None).expect("the producer lock");
-        self.records().publish(&self.mem, K_MSG, &[msg], 1, false);
+        self.records()
+            .publish_shared_only(&self.mem, K_MSG, &[msg], 1);
         self.wake(O_DATASEQ, O_CSLEEP);
         std::mem::forget(g);
     }
