@@ -3661,9 +3661,21 @@ fn run_until_then_ok(ev: (Event, Event)) {
     run_until(ev);
 }
 
+/// The signals process `pid` ignores (the `SigIgn` mask of /proc/PID/status).
+fn sig_ignored(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap()
+}
+
 /// `_TestProcess.test_forkserver_sigint` and `test_forkserver_sigkill` (bpo-31308): when
 /// the fork server is sent SIGINT or SIGKILL, a process it already started runs on and
-/// ends with 0, and a process started afterwards runs (the server is started again).
+/// ends with 0, and a process started afterwards runs. SIGINT is ignored by the server,
+/// as by CPython's (the same server starts the next process); after SIGKILL it is
+/// started again.
 #[test]
 fn fork_server_signalled_does_not_stop_processes() {
     multiproc::init();
@@ -3684,10 +3696,19 @@ fn fork_server_signalled_does_not_stop_processes() {
             }));
         }
         let (started2, stop2) = events();
-        stop2.set();
-        let mut p2 = Process::new(run_until_then_ok, (started2.clone(), stop2))
+        let mut p2 = Process::new(run_until_then_ok, (started2.clone(), stop2.clone()))
             .with_start_method(multiproc::StartMethod::ForkServer);
         p2.start().unwrap();
+        if sig == libc::SIGINT {
+            // Ignored, as by CPython's fork server: the same server started p2, and p2
+            // itself does not ignore SIGINT (a Ctrl-C still reaches the user's processes).
+            assert_eq!(multiproc::start::fork_server_pid(), Some(server));
+            assert!(started2.wait_timeout(Duration::from_secs(30)));
+            let p2_pid = p2.pid().unwrap();
+            assert_eq!(sig_ignored(server) & (1 << (libc::SIGINT - 1)), 1 << 1);
+            assert_eq!(sig_ignored(p2_pid) & (1 << (libc::SIGINT - 1)), 0);
+        }
+        stop2.set();
         p2.join().unwrap();
         assert!(started2.is_set());
         assert_eq!(p2.exitcode(), Some(0), "signal {sig}");
@@ -4001,12 +4022,7 @@ fn tracker_ignores_sigint_and_sigterm() {
     }
     let first = SharedMemory::create(None, 8).unwrap();
     let tracker = multiproc::shared_memory::tracker_pid().expect("a tracker runs");
-    let status = std::fs::read_to_string(format!("/proc/{tracker}/status")).unwrap();
-    let ignored = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
-        .unwrap();
+    let ignored = sig_ignored(tracker);
     for sig in [libc::SIGINT, libc::SIGTERM] {
         assert_ne!(ignored & (1 << (sig - 1)), 0, "signal {sig} not ignored");
         let pid = rustix::process::Pid::from_raw(tracker as i32).unwrap();

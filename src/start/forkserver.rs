@@ -107,7 +107,12 @@ fn reap_server(old: Client) {
 }
 
 /// The server's loop. Never returns: exits when the parent closes its end.
+///
+/// It ignores SIGINT, as CPython's fork server does: a Ctrl-C in a terminal goes to the
+/// whole foreground process group, and what to do about it is the program's decision, not
+/// its helper's. Its children get SIGINT's disposition back before anything else.
 pub(super) fn serve(conn: RawConn) -> ! {
+    sys::ignore_sigint();
     // Computed once here, inherited by every child.
     let _ = sys::build_id();
     loop {
@@ -119,6 +124,7 @@ pub(super) fn serve(conn: RawConn) -> ! {
         let started = if boot.has_started { fds.pop() } else { None };
         match sys::fork_as_sibling() {
             Ok(None) => {
+                sys::restore_sigint();
                 drop(conn);
                 // First thing: tell the parent we exist (see `launch`).
                 if let Some(s) = started {

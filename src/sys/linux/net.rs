@@ -185,17 +185,6 @@ pub(crate) fn peer_closed(fd: impl AsFd) -> bool {
     }
 }
 
-/// Ignores `SIGINT` in this process (a manager's server, like Python's: Ctrl-C in the
-/// terminal goes to the whole process group, and the server must outlive its owner's
-/// handling of it; the owner stops the server).
-pub(crate) fn ignore_sigint() {
-    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; it is
-    // always sound.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

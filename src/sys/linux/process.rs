@@ -165,6 +165,35 @@ pub(crate) fn die_with_parent(expected_parent: u32) {
     }
 }
 
+/// SIGINT's disposition before [`ignore_sigint`], for [`restore_sigint`].
+static SIGINT_WAS_IGNORED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Ignores `SIGINT` in this process: a helper's protection from a Ctrl-C in the terminal,
+/// which goes to the whole foreground process group (a manager's server and the fork
+/// server, as in CPython: the program decides what a Ctrl-C does, and stops its helpers
+/// itself).
+pub(crate) fn ignore_sigint() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; it is
+    // always sound.
+    let prev = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    SIGINT_WAS_IGNORED.store(prev == libc::SIG_IGN, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Gives SIGINT back the disposition it had before [`ignore_sigint`] (in a child of the
+/// fork server, before it runs anything of the user's).
+pub(crate) fn restore_sigint() {
+    let back = if SIGINT_WAS_IGNORED.load(std::sync::atomic::Ordering::SeqCst) {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: SIG_DFL or SIG_IGN: no handler code of ours is installed.
+    unsafe {
+        libc::signal(libc::SIGINT, back);
+    }
+}
+
 /// Ends the process at once: no destructors, no atexit handlers, no buffered output flushed.
 pub(crate) fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it never returns.
