@@ -357,7 +357,8 @@ impl Process {
         }
     }
 
-    /// Sets the name (Python's `name=`; [`Builder::name`]).
+    /// Sets the name (Python's `name=`; [`Builder::name`]). As in Python, it may also be
+    /// changed once the process has started: the child keeps the name it started with.
     ///
     /// ```
     /// let p = multiproc::Process::new(|_: ()| (), ()).with_name("digger-1");
@@ -371,13 +372,50 @@ impl Process {
     /// Makes it a daemon: terminated when its parent exits (Python's `daemon=True`;
     /// [`Builder::daemon`]).
     ///
+    /// # Panics
+    ///
+    /// If the process has already started, as Python's `p.daemon = True` then fails its
+    /// assertion (`process has already started`): the child was started with the flag it
+    /// had, and a changed flag would misreport it. [`set_daemon`](Process::set_daemon)
+    /// gives [`Error::AlreadyStarted`] instead.
+    ///
     /// ```
     /// let p = multiproc::Process::new(|_: ()| (), ()).with_daemon(true);
     /// assert!(p.daemon());
     /// ```
     pub fn with_daemon(mut self, daemon: bool) -> Process {
-        self.opts.daemon = daemon;
+        if let Err(e) = self.set_daemon(daemon) {
+            panic!(
+                "cannot change the daemon flag of process {}: {e}",
+                self.name
+            );
+        }
         self
+    }
+
+    /// Sets the daemon flag (Python's `p.daemon = flag`), before the process starts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyStarted`] once it has started (Python: `AssertionError: process has
+    /// already started`); the flag is left as it was.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let mut p = multiproc::Process::new(|_: ()| (), ());
+    /// p.set_daemon(true).unwrap();
+    /// p.start().unwrap();
+    /// assert!(matches!(p.set_daemon(false), Err(multiproc::Error::AlreadyStarted)));
+    /// assert!(p.daemon());
+    /// p.join().unwrap();
+    /// ```
+    #[doc(alias = "daemon")]
+    pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
+        if self.child.is_some() || self.args.is_none() {
+            return Err(Error::AlreadyStarted);
+        }
+        self.opts.daemon = daemon;
+        Ok(())
     }
 
     /// Sets the child's authkey (Python's `p.authkey = key` before `start()`;

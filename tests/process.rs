@@ -857,3 +857,26 @@ fn a_child_forked_by_a_pool_worker_reports_its_panic() {
     pool.close();
     pool.join().unwrap();
 }
+
+/// Python's `p.daemon = True` after `start()` fails (`AssertionError: process has already
+/// started`): `set_daemon` gives `Error::AlreadyStarted` and `with_daemon` panics, and the
+/// flag stays the one the child started with. The name may still change, as in Python.
+#[test]
+fn daemon_flag_is_refused_after_start_but_the_name_is_not() {
+    multiproc::init();
+    let mut p = Process::new(sleep_ms, 0);
+    p.set_daemon(true).unwrap();
+    p.start().unwrap();
+    assert!(matches!(p.set_daemon(false), Err(Error::AlreadyStarted)));
+    assert!(p.daemon());
+    p.join().unwrap();
+    assert!(matches!(p.set_daemon(false), Err(Error::AlreadyStarted)));
+    let p = p.with_name("renamed");
+    assert_eq!(p.name(), "renamed");
+    assert!(p.daemon());
+    let panic =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || p.with_daemon(false)));
+    let message = panic.expect_err("with_daemon after start panics");
+    let message = message.downcast_ref::<String>().unwrap();
+    assert!(message.contains("process already started"), "{message}");
+}
