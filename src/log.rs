@@ -16,7 +16,8 @@
 //! The other things `multiproc` writes to standard error are a child's panic report
 //! (`Process NAME:` and the panic message), as Python prints a child's traceback, and the
 //! `Err` a [`Process`](crate::Process)'s target (or a pool's or manager's initializer)
-//! returned, as `Error: {e:?}`, as a Rust `main` prints it.
+//! returned, as `Error: {e:?}`, as a Rust `main` prints it, after the same `Process NAME:`
+//! line.
 //!
 //! ```
 //! multiproc::init();

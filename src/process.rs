@@ -309,8 +309,9 @@ impl Process {
     ///
     /// The target's return value decides the [exit code](Process::exitcode) the way a Rust
     /// `main`'s does ([`std::process::Termination`]): `()` and `Ok(())` give 0; an `Err(e)`
-    /// is printed to the child's standard error as `Error: {e:?}` and gives 1 (Python's
-    /// exit code when the target raises); an [`ExitCode`](std::process::ExitCode) gives its
+    /// is printed to the child's standard error as `Error: {e:?}`, after a line
+    /// `Process NAME:` (Python's header for an exception in a process), and gives 1
+    /// (Python's exit code when the target raises); an [`ExitCode`](std::process::ExitCode) gives its
     /// number. A panic gives 1 too. To get a value back, use [`spawn`] instead.
     ///
     /// ```

@@ -175,7 +175,42 @@ macro_rules! method_tests {
                 p.take_stderr().unwrap().read_to_string(&mut err).unwrap();
                 p.join().unwrap();
                 assert_eq!(p.exitcode(), Some(1));
-                assert!(err.ends_with("Error: \"no luck\"\n"), "{err:?}");
+                // Python's report of an exception in a target: "Process NAME:", then it.
+                assert_eq!(
+                    err,
+                    format!("Process {}:\nError: \"no luck\"\n", p.name()),
+                    "{err:?}"
+                );
+                // A panic has the same header; a target that only returns an exit code
+                // prints nothing (Python's `sys.exit(3)`).
+                let stderr_of = |mut p: Process| {
+                    p.start().unwrap();
+                    let mut err = String::new();
+                    p.take_stderr().unwrap().read_to_string(&mut err).unwrap();
+                    p.join().unwrap();
+                    (p.name().to_string(), err)
+                };
+                let (name, err) = stderr_of(
+                    Builder::new()
+                        .start_method(m())
+                        .stderr(Stdio::piped())
+                        .name("panicky")
+                        .process(
+                            |m: String| {
+                                panics(m);
+                            },
+                            "boom".to_string(),
+                        ),
+                );
+                assert!(err.starts_with(&format!("Process {name}:\n")), "{err:?}");
+                assert!(err.contains("boom"), "{err:?}");
+                let (_, err) = stderr_of(
+                    Builder::new()
+                        .start_method(m())
+                        .stderr(Stdio::piped())
+                        .process(std::process::ExitCode::from, 3u8),
+                );
+                assert_eq!(err, "");
                 for code in [0u8, 3, 255] {
                     assert_eq!(
                         run(Process::new(std::process::ExitCode::from, code)).exitcode(),

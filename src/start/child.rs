@@ -192,10 +192,23 @@ pub(super) fn bad_target(sig_ok: bool) -> i32 {
 /// ([`Termination::report`]: an `Err` is printed to standard error as `Error: {e:?}`):
 /// the exit code it reports (0 for success), or the panic. For process targets and the
 /// initializers of pools and managers.
+///
+/// What the report prints (a failure: `()`, `Ok` and exit codes print nothing) comes
+/// after Python's header line for an exception in a process, `Process NAME:`, as a
+/// panic's report does (see [`install_child_panic_hook`]).
 pub(crate) fn call_reporting<A, R: Termination>(f: fn(A) -> R, a: A) -> std::thread::Result<i32> {
-    std::panic::catch_unwind(AssertUnwindSafe(move || {
-        sys::exit_code_number(f(a).report())
-    }))
+    let r = std::panic::catch_unwind(AssertUnwindSafe(move || f(a)))?;
+    let (code, printed) =
+        sys::capturing_stderr(|| std::panic::catch_unwind(AssertUnwindSafe(move || r.report())));
+    if !printed.is_empty() {
+        let mut report =
+            format!("Process {}:\n", crate::identity::current_process().name()).into_bytes();
+        report.extend_from_slice(&printed);
+        // Written directly, as the panic hook writes its report (Python prints a
+        // target's traceback to standard error).
+        let _ = std::io::stderr().lock().write_all(&report);
+    }
+    code.map(sys::exit_code_number)
 }
 
 /// Why an initializer failed that returned a failure (`code`, from [`call_reporting`]).
@@ -208,7 +221,7 @@ pub(crate) fn initializer_reported(code: i32) -> String {
 
 /// Runs a [`Process`](crate::Process)'s target; its return value decides the exit code, as
 /// a Rust `main`'s does ([`Termination::report`]: an `Err` is printed to standard error as
-/// `Error: {e:?}` and gives 1); a panic gives 1.
+/// `Error: {e:?}`, after `Process NAME:`, and gives 1); a panic gives 1.
 pub(super) fn run_reporting<A: DeserializeOwned, R: Termination>(
     target: AnyFnRef,
     args: &[u8],

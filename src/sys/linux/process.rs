@@ -266,6 +266,31 @@ pub(crate) fn set_stdio(which: usize, fd: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with standard error (fd 2) sent to an anonymous file instead, puts it back,
+/// and returns `f`'s result with what was written meanwhile. Used around a target's
+/// [`Termination::report`](std::process::Termination::report), which prints a failure
+/// straight to standard error: the child puts Python's `Process NAME:` line before it.
+/// If the file cannot be made, `f` writes to standard error as usual (nothing captured).
+pub(crate) fn capturing_stderr<R>(f: impl FnOnce() -> R) -> (R, Vec<u8>) {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    use std::io::{Read, Seek};
+    let Ok(file) = memfd_create("multiproc-report", MemfdFlags::CLOEXEC) else {
+        return (f(), Vec::new());
+    };
+    let Ok(saved) = dup_stdio(2) else {
+        return (f(), Vec::new());
+    };
+    if rustix::stdio::dup2_stderr(&file).is_err() {
+        return (f(), Vec::new());
+    }
+    let r = f();
+    let _ = rustix::stdio::dup2_stderr(&saved);
+    let mut file = std::fs::File::from(file);
+    let mut out = Vec::new();
+    let _ = file.rewind().and_then(|()| file.read_to_end(&mut out));
+    (r, out)
+}
+
 /// A duplicate of this process's standard output.
 pub(crate) fn dup_stdout() -> io::Result<OwnedFd> {
     super::socket::dup_fd(rustix::stdio::stdout())
