@@ -19,7 +19,7 @@ use multiproc::{Connection, Event, Pool, Queue};
 
 /// Waits for the go-ahead, puts five squares, then says it is done.
 fn producer((q, go, done): (Queue<u64>, Event, Event)) {
-    go.wait();
+    go.wait().unwrap();
     for i in 1..=5 {
         q.put(i * i).unwrap();
     }

@@ -555,7 +555,7 @@ fn locks() -> multiproc::Result<()> {
     let lock = Lock::new()?;
     let held = Event::new()?;
     let h = multiproc::spawn(hold_and_hang, (lock.clone(), held.clone()))?;
-    if !held.wait_timeout(Duration::from_secs(10)) {
+    if !held.wait_timeout(Duration::from_secs(10))? {
         return Err(Error::Timeout);
     }
     h.kill()?;
@@ -662,7 +662,7 @@ fn shared_values() -> multiproc::Result<()> {
 fn limited(
     (id, sem, inside, peak): (u32, Semaphore, Value<u32>, Value<u32>),
 ) -> multiproc::Result<()> {
-    sem.acquire();
+    sem.acquire()?;
     {
         let mut n = inside.lock()?;
         *n += 1;
@@ -684,7 +684,7 @@ fn from_child<T>(r: ChildResult<T>) -> multiproc::Result<T> {
 
 fn wait_for_event(ev: Event) -> ChildResult<f64> {
     let t = Instant::now();
-    ev.wait();
+    ev.wait().map_err(|e| e.to_string())?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -500,6 +500,16 @@ fn array_data_len<T: Number>(len: usize) -> usize {
     A_DATA + len * T::WIDTH
 }
 
+/// The bounds check of [`Array`] and [`RawArray`]'s `get` and `set`: the panic of slice
+/// indexing, with its message.
+#[inline]
+#[track_caller]
+fn check_index(i: usize, len: usize) {
+    if i >= len {
+        panic!("index out of bounds: the len is {len} but the index is {i}");
+    }
+}
+
 fn check_len<T: Number>(len: usize) -> Result<()> {
     if len
         .checked_mul(T::WIDTH)
@@ -562,7 +572,7 @@ impl<T: Number> Array<T> {
     ///
     /// ```
     /// let a = multiproc::Array::from_slice(&[true, false]).unwrap();
-    /// assert_eq!(a.get(0), Some(true));
+    /// assert!(a.get(0));
     /// ```
     pub fn from_slice(items: &[T]) -> Result<Array<T>> {
         let a = Array::new(items.len())?;
@@ -619,14 +629,6 @@ impl<T: Number> Array<T> {
         r
     }
 
-    fn check(&self, i: usize) {
-        assert!(
-            i < self.len,
-            "index {i} out of range for a shared array of length {}",
-            self.len
-        );
-    }
-
     /// The number of elements.
     ///
     /// ```
@@ -645,42 +647,53 @@ impl<T: Number> Array<T> {
         self.len == 0
     }
 
-    /// Element `i`, read under the lock; `None` if `i >= len()`, like
-    /// [`slice::get`]. (An element cannot be lent out as `&T` while other processes may
-    /// write it, so there is no `Index`; [`at`](Array::at) is the panicking form, and
-    /// indexing works on the guard of [`lock`](Array::lock).)
+    /// Element `i`, read under the lock (Python's `a[i]`). An element cannot be lent out
+    /// as `&T` while other processes may write it, so there is no `Index`: this returns
+    /// a copy, and indexing works on the guard of [`lock`](Array::lock).
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`, like slice indexing (the length is fixed at creation, so this is
+    /// a bug of the caller, never the doing of another process).
+    /// [`try_get`](Array::try_get) is the form that returns `None` instead.
     ///
     /// ```
     /// let a = multiproc::Array::from_slice(&[4u16, 5]).unwrap();
-    /// assert_eq!(a.get(1), Some(5));
-    /// assert_eq!(a.get(2), None);
-    /// ```
-    pub fn get(&self, i: usize) -> Option<T> {
-        (i < self.len).then(|| self.locked(|| load(&self.seg, A_DATA + i * T::WIDTH)))
-    }
-
-    /// Element `i`, read under the lock. Panics if `i >= len()`, like slice indexing
-    /// (Python's `a[i]`).
-    ///
-    /// ```
-    /// let a = multiproc::Array::from_slice(&[4u16, 5]).unwrap();
-    /// assert_eq!(a.at(1), 5);
+    /// assert_eq!(a.get(1), 5);
     /// ```
     #[doc(alias = "__getitem__")]
-    pub fn at(&self, i: usize) -> T {
-        self.check(i);
+    #[track_caller]
+    pub fn get(&self, i: usize) -> T {
+        check_index(i, self.len);
         self.locked(|| load(&self.seg, A_DATA + i * T::WIDTH))
     }
 
-    /// Stores `v` at `i`. Panics if `i >= len()`, like slice indexing.
+    /// Element `i`, read under the lock; `None` if `i >= len()`, like [`slice::get`]
+    /// (the form of [`get`](Array::get) that does not panic).
+    ///
+    /// ```
+    /// let a = multiproc::Array::from_slice(&[4u16, 5]).unwrap();
+    /// assert_eq!(a.try_get(1), Some(5));
+    /// assert_eq!(a.try_get(2), None);
+    /// ```
+    pub fn try_get(&self, i: usize) -> Option<T> {
+        (i < self.len).then(|| self.locked(|| load(&self.seg, A_DATA + i * T::WIDTH)))
+    }
+
+    /// Stores `v` at `i`, under the lock (Python's `a[i] = v`).
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`, like slice indexing.
     ///
     /// ```
     /// let a = multiproc::Array::<i8>::new(2).unwrap();
     /// a.set(1, -1);
     /// assert_eq!(a.to_vec(), vec![0, -1]);
     /// ```
+    #[track_caller]
     pub fn set(&self, i: usize, v: T) {
-        self.check(i);
+        check_index(i, self.len);
         self.locked(|| store(&self.seg, A_DATA + i * T::WIDTH, v))
     }
 
@@ -912,7 +925,7 @@ fn raw_array_data_len<T: Number>(len: usize) -> usize {
 ///
 /// ```
 /// let a = multiproc::RawArray::from_slice(&[1.0f64, 2.0]).unwrap();
-/// a.set(1, a.at(0) + a.at(1));
+/// a.set(1, a.get(0) + a.get(1));
 /// assert_eq!(a.to_vec(), vec![1.0, 3.0]);
 /// ```
 pub struct RawArray<T: Number> {
@@ -952,7 +965,7 @@ impl<T: Number> RawArray<T> {
     /// An array holding a copy of `items`.
     ///
     /// ```
-    /// assert_eq!(multiproc::RawArray::from_slice(&[7u32]).unwrap().get(0), Some(7));
+    /// assert_eq!(multiproc::RawArray::from_slice(&[7u32]).unwrap().get(0), 7);
     /// ```
     pub fn from_slice(items: &[T]) -> Result<RawArray<T>> {
         let a = RawArray::new(items.len())?;
@@ -980,48 +993,53 @@ impl<T: Number> RawArray<T> {
         self.len == 0
     }
 
-    /// Element `i`, or `None` if `i >= len()`, like [`slice::get`].
+    /// Element `i` (Python's `a[i]`), a copy: there is no `Index`, since an element cannot
+    /// be lent out as `&T` while other processes may write it.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`, like slice indexing. [`try_get`](RawArray::try_get) is the form
+    /// that returns `None` instead.
     ///
     /// ```
-    /// let a = multiproc::RawArray::<u8>::new(4).unwrap();
-    /// assert_eq!(a.get(3), Some(0));
-    /// assert_eq!(a.get(4), None);
-    /// ```
-    #[inline]
-    pub fn get(&self, i: usize) -> Option<T> {
-        (i < self.len).then(|| load(&self.seg, RA_DATA + i * T::WIDTH))
-    }
-
-    /// Element `i`. Panics if `i >= len()`, like slice indexing (Python's `a[i]`).
-    ///
-    /// ```
-    /// assert_eq!(multiproc::RawArray::<u8>::new(4).unwrap().at(3), 0);
+    /// assert_eq!(multiproc::RawArray::<u8>::new(4).unwrap().get(3), 0);
     /// ```
     #[inline]
     #[doc(alias = "__getitem__")]
-    pub fn at(&self, i: usize) -> T {
-        assert!(
-            i < self.len,
-            "index {i} out of range for length {}",
-            self.len
-        );
+    #[track_caller]
+    pub fn get(&self, i: usize) -> T {
+        check_index(i, self.len);
         load(&self.seg, RA_DATA + i * T::WIDTH)
     }
 
-    /// Stores `v` at `i`. Panics if `i >= len()`, like slice indexing.
+    /// Element `i`, or `None` if `i >= len()`, like [`slice::get`] (the form of
+    /// [`get`](RawArray::get) that does not panic).
+    ///
+    /// ```
+    /// let a = multiproc::RawArray::<u8>::new(4).unwrap();
+    /// assert_eq!(a.try_get(3), Some(0));
+    /// assert_eq!(a.try_get(4), None);
+    /// ```
+    #[inline]
+    pub fn try_get(&self, i: usize) -> Option<T> {
+        (i < self.len).then(|| load(&self.seg, RA_DATA + i * T::WIDTH))
+    }
+
+    /// Stores `v` at `i` (Python's `a[i] = v`).
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`, like slice indexing.
     ///
     /// ```
     /// let a = multiproc::RawArray::<i16>::new(1).unwrap();
     /// a.set(0, -300);
-    /// assert_eq!(a.at(0), -300);
+    /// assert_eq!(a.get(0), -300);
     /// ```
     #[inline]
+    #[track_caller]
     pub fn set(&self, i: usize, v: T) {
-        assert!(
-            i < self.len,
-            "index {i} out of range for length {}",
-            self.len
-        );
+        check_index(i, self.len);
         store(&self.seg, RA_DATA + i * T::WIDTH, v)
     }
 
@@ -1131,7 +1149,7 @@ mod tests {
         assert!(matches!(retype::<_, Array<u32>>(&a), Err(Error::Codec(_))));
         let r = RawArray::from_slice(&[1.5f32]).unwrap();
         let s: RawArray<f32> = retype(&r).unwrap();
-        assert_eq!(s.get(0), Some(1.5));
+        assert_eq!(s.get(0), 1.5);
         // A Value's lock travels as a Lock.
         let l: Lock = retype(v.get_lock()).unwrap();
         l.acquire().unwrap();

@@ -33,7 +33,7 @@ fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
 /// The producer child: once `go` is set, 100 items on the queue, a message on the pipe
 /// and the answer to the parent's question, then sets `done`.
 fn produce((q, conn, go, done): (Queue<u64>, Connection<String>, Event, Event)) {
-    if !go.wait_timeout(PATIENCE) {
+    if !go.wait_timeout(PATIENCE).unwrap() {
         q.put(BLOCKED).unwrap();
         return;
     }
@@ -48,7 +48,7 @@ fn produce((q, conn, go, done): (Queue<u64>, Connection<String>, Event, Event)) 
 
 /// A pool task that returns once `go` is set.
 fn wait_then_answer(go: Event) -> u64 {
-    if go.wait_timeout(PATIENCE) {
+    if go.wait_timeout(PATIENCE).unwrap() {
         7
     } else {
         BLOCKED
@@ -104,7 +104,7 @@ fn a_current_thread_runtime_awaits_a_queue_a_pipe_an_event_and_a_pool_result() {
 }
 
 fn consume_n((q, go, n): (Queue<u32>, Event, u32)) -> Vec<u32> {
-    if !go.wait_timeout(PATIENCE) {
+    if !go.wait_timeout(PATIENCE).unwrap() {
         return Vec::new();
     }
     (0..n).map(|_| q.get().unwrap()).collect()

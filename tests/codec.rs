@@ -276,7 +276,7 @@ fn large_values_of_every_type_through_a_pipe_and_a_pool_leave_nothing_behind() {
 fn hold_a_large_value((c, holding, never): (Connection<Item>, Event, Event)) {
     let item = c.recv().unwrap();
     holding.set();
-    never.wait(); // killed here, holding `item`
+    never.wait().unwrap(); // killed here, holding `item`
     drop(item);
 }
 
@@ -290,7 +290,7 @@ fn a_receiver_killed_holding_a_large_value_leaves_nothing_behind() {
         let mut c = Process::new(hold_a_large_value, (there, holding.clone(), never.clone()));
         c.start().unwrap();
         here.send(&make(12, 16 << 20, 3)).unwrap();
-        holding.wait();
+        holding.wait().unwrap();
         c.kill().unwrap();
         c.join().unwrap();
         // The receiver is gone: sending again fails cleanly (no hang, no panic).

@@ -178,10 +178,14 @@ fn namespace_value_queue_lock_event_across_processes() {
     let bq = m.bounded_queue::<u8>(2).unwrap();
     bq.put(1).unwrap();
     bq.try_put(2).unwrap();
-    assert!(matches!(bq.try_put(3), Err(TryPutError::Full(3))));
+    assert!(matches!(bq.try_put(3), Err(Error::Full)));
+    assert!(matches!(
+        bq.try_put_giving_back(3),
+        Err(TryPutError::Full(3))
+    ));
     assert!(matches!(
         bq.put_timeout(3, Duration::from_millis(20)),
-        Err(TryPutError::Full(3))
+        Err(Error::Full)
     ));
     assert_eq!(bq.qsize().unwrap(), 2);
 }
@@ -717,7 +721,7 @@ fn client_killed_mid_request_does_not_hurt_the_server() {
     let about_to_block = multiproc::Event::new().unwrap();
     let mut p = Process::new(blocked_getter, (q.clone(), about_to_block.clone()));
     p.start().unwrap();
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     common::until_asleep(p.pid().unwrap()); // waiting for the server's answer
     p.kill().unwrap();
     p.join().unwrap();
@@ -733,7 +737,7 @@ fn client_killed_mid_request_does_not_hurt_the_server() {
     p.start().unwrap();
     // Asleep once it began a push: 64 MiB fill the socket long before the server has read
     // them (or, at the latest, it waits for the answer).
-    sending.wait();
+    sending.wait().unwrap();
     common::until_asleep(p.pid().unwrap());
     p.kill().unwrap();
     p.join().unwrap();
@@ -915,7 +919,7 @@ fn wait_for_count(m: &Manager, n: usize) -> usize {
 }
 
 fn late_user((l, dropped): (ListProxy<u32>, multiproc::Event)) -> usize {
-    dropped.wait(); // the sender no longer holds it
+    dropped.wait().unwrap(); // the sender no longer holds it
     l.push(1).unwrap();
     l.len().unwrap()
 }
@@ -1136,8 +1140,8 @@ fn proxies_fail_as_the_local_types_do() {
     assert_eq!(kind(pq.try_get()), kind(q.try_get()));
     q.put(1).unwrap();
     pq.put(1).unwrap();
-    let full = |r: Result<(), TryPutError<u8>>| match r {
-        Err(TryPutError::Full(2)) => "Full".to_string(),
+    let full = |r: Result<(), Error>| match r {
+        Err(Error::Full) => "Full".to_string(),
         other => format!("{other:?}"),
     };
     assert_eq!(full(pq.put_timeout(2, t)), full(q.put_timeout(2, t)));
@@ -1152,7 +1156,7 @@ fn proxies_fail_as_the_local_types_do() {
     );
     // Events: a timed wait that runs out is `false`.
     let (e, pe) = (multiproc::Event::new().unwrap(), m.event().unwrap());
-    assert_eq!(pe.wait_timeout(t).unwrap(), e.wait_timeout(t));
+    assert_eq!(pe.wait_timeout(t).unwrap(), e.wait_timeout(t).unwrap());
 }
 
 // --- the kinds of src/manager/objects/, across processes ---------------------------------
@@ -1267,14 +1271,14 @@ fn manager_condition_wakes_waiters_in_other_processes() {
     for v in [10, 20] {
         c.acquire().unwrap();
         items.push(v).unwrap();
-        c.notify(1).unwrap();
+        c.notify().unwrap();
         c.release().unwrap();
     }
     let mut got: Vec<u32> = consumers.into_iter().map(|p| p.join().unwrap()).collect();
     got.sort();
     assert_eq!(got, vec![10, 20]);
     // Misuse is an error, as with the local Condition.
-    assert!(matches!(c.notify(1), Err(Error::InvalidOperation(_))));
+    assert!(matches!(c.notify(), Err(Error::InvalidOperation(_))));
     assert!(matches!(c.wait(), Err(Error::InvalidOperation(_))));
     // A timed wait gives the lock back either way; it is recursive.
     c.acquire().unwrap();
@@ -1942,7 +1946,7 @@ fn killed_server_is_gone(m: Manager) {
     let q = m.queue::<u8>().unwrap();
     let about_to_block = multiproc::Event::new().unwrap();
     let getter = multiproc::spawn(get_until_the_server_dies, (q, about_to_block.clone())).unwrap();
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     assert_eq!(l.len().unwrap(), 1); // a pooled connection, idle meanwhile
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),

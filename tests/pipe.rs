@@ -281,7 +281,7 @@ macro_rules! method_tests {
                 let p = start(big_sender, (tx, 64, sending.clone()));
                 // Killed as its send begins: the message arrives whole or not at all,
                 // then the end of file.
-                assert!(sending.wait_timeout(Duration::from_secs(30)));
+                assert!(sending.wait_timeout(Duration::from_secs(30)).unwrap());
                 p.kill().unwrap();
                 p.join().unwrap();
                 assert!(
@@ -515,7 +515,7 @@ fn writer_to_a_killed_reader_gets_broken_pipe() {
     let mut writer = Process::new(fill_forever, (tx, filling.clone()));
     writer.start().unwrap();
     // Once the writer has filled the pipe and sleeps waiting for the reader, kill the reader.
-    filling.wait();
+    filling.wait().unwrap();
     until_asleep(writer.pid().unwrap());
     assert!(writer.is_alive());
     reader.kill().unwrap();
@@ -609,7 +609,7 @@ fn start_sharing(f: fn((Connection<()>, multiproc::Event)), conn: Connection<()>
     let event = multiproc::Event::new().unwrap();
     let mut p = Process::new(f, (conn, event.clone()));
     p.start().unwrap();
-    assert!(event.wait_timeout(PATIENCE));
+    assert!(event.wait_timeout(PATIENCE).unwrap());
     p
 }
 

@@ -25,7 +25,7 @@ fn nap(ms: u64) -> u64 {
 /// Task 50 waits for `gate`; the others return at once.
 fn wait_for_gate((gate, x): (multiproc::Event, u64)) -> u64 {
     if x == 50 {
-        gate.wait();
+        gate.wait().unwrap();
     }
     x
 }
@@ -1143,7 +1143,7 @@ fn work_that_comes_while_the_only_worker_is_lent_runs_when_it_is_back() {
         let go = multiproc::Event::new().unwrap();
         std::thread::scope(|s| {
             let lent = s.spawn(|| pool.apply(hold, (started.clone(), go.clone())));
-            assert!(started.wait_timeout(Duration::from_secs(60)));
+            assert!(started.wait_timeout(Duration::from_secs(60)).unwrap());
             let m = pool.map_async(square, 0..100);
             assert!(!m.ready(), "the only worker is busy with the apply");
             go.set();
@@ -1167,7 +1167,7 @@ fn terminate_during_an_apply_is_prompt() {
     let started = multiproc::Event::new().unwrap();
     let s = started.clone();
     let running = std::thread::spawn(move || p.apply(start_then_nap, (s, 20_000)));
-    started.wait(); // the task runs in the worker
+    started.wait().unwrap(); // the task runs in the worker
     let t = Instant::now();
     pool.terminate().unwrap();
     assert!(matches!(running.join().unwrap(), Err(Error::Closed)));
@@ -1316,7 +1316,7 @@ fn counted_dying_at((i, die_at, runs): (usize, usize, multiproc::Array<u32>)) ->
 /// Holds the pool's only worker until `go` is set (after saying it started).
 fn hold((started, go): (multiproc::Event, multiproc::Event)) {
     started.set();
-    assert!(go.wait_timeout(Duration::from_secs(60)));
+    assert!(go.wait_timeout(Duration::from_secs(60)).unwrap());
 }
 
 /// Issue 11.7: 40 `apply_async` jobs sent to one worker together; job `die_at` kills it.
@@ -1336,7 +1336,7 @@ fn killed_with_jobs_in_flight(
         multiproc::Event::new().unwrap(),
     );
     let held = pool.apply_async(hold, (started.clone(), go.clone()));
-    assert!(started.wait_timeout(Duration::from_secs(30)));
+    assert!(started.wait_timeout(Duration::from_secs(30)).unwrap());
     // Queued while the worker is busy, so that they go out to it in batches.
     let runs = multiproc::Array::<u32>::new(40).unwrap();
     let rs: Vec<_> = (0..40)

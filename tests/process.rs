@@ -67,7 +67,7 @@ fn env_cwd_and_echo(_: ()) -> (Option<String>, bool, std::path::PathBuf) {
 }
 
 fn wait_then_answer(go: multiproc::Event) -> u32 {
-    go.wait();
+    go.wait().unwrap();
     42
 }
 

@@ -226,7 +226,7 @@ fn parent_feeds_a_blocked_child() {
     let q = Queue::<String>::new().unwrap();
     let about_to_block = multiproc::Event::new().unwrap();
     let h = multiproc::spawn(get_one_string, (q.clone(), about_to_block.clone())).unwrap();
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     until_in_futex_wait(h.pid(), h.pid()); // the child sleeps in get
     assert!(!h.is_finished());
     let t = Instant::now();
@@ -285,11 +285,11 @@ fn timeouts_and_nonblocking_calls() {
     assert!(matches!(q.try_get(), Err(Error::Empty)));
     q.try_put(1).unwrap();
     assert!(q.full());
-    assert!(matches!(q.try_put(2), Err(TryPutError::Full(2))));
+    assert!(matches!(q.try_put(2), Err(Error::Full)));
     let t = Instant::now();
     assert!(matches!(
         q.put_timeout(2, Duration::from_millis(200)),
-        Err(TryPutError::Full(2))
+        Err(Error::Full)
     ));
     assert!(t.elapsed() >= Duration::from_millis(100));
     assert_eq!(q.try_get().unwrap(), 1);
@@ -304,7 +304,7 @@ fn try_put_on_a_full_queue_gives_the_value_back() {
     let q = Queue::<(String, Queue<u8>)>::bounded(1).unwrap();
     let inner = Queue::<u8>::new().unwrap();
     q.try_put(("first".to_string(), inner.clone())).unwrap();
-    let back = match q.try_put(("second".to_string(), inner.clone())) {
+    let back = match q.try_put_giving_back(("second".to_string(), inner.clone())) {
         Err(TryPutError::Full(v)) => v,
         other => panic!("expected Full with the value, got {other:?}"),
     };
@@ -317,11 +317,13 @@ fn try_put_on_a_full_queue_gives_the_value_back() {
     assert!(q.try_get().is_err());
     // A closed handle gives the value back too; `?` turns the error into Error::Closed.
     q.close();
-    let e = q.try_put(("third".to_string(), inner)).unwrap_err();
+    let e = q
+        .try_put_giving_back(("third".to_string(), inner))
+        .unwrap_err();
     assert!(e.is_closed());
     assert_eq!(e.into_inner().0, "third");
     let as_error: Error = q
-        .try_put(("fourth".to_string(), Queue::new().unwrap()))
+        .try_put_giving_back(("fourth".to_string(), Queue::new().unwrap()))
         .unwrap_err()
         .into();
     assert!(matches!(as_error, Error::Closed));
@@ -334,7 +336,7 @@ fn get_timeout_wakes_when_an_item_arrives() {
     let go = multiproc::Event::new().unwrap();
     let mut p = Process::new(
         |(q, go): (Queue<u64>, multiproc::Event)| {
-            go.wait();
+            go.wait().unwrap();
             q.put(7).unwrap();
         },
         (q.clone(), go.clone()),
@@ -850,7 +852,7 @@ fn items_past_the_spill_threshold_with_handles_inside() {
 fn hold_a_large_item((q, holding, never): (Queue<Parcel>, multiproc::Event, multiproc::Event)) {
     let item = q.get().unwrap();
     holding.set();
-    never.wait(); // killed here, holding `item`
+    never.wait().unwrap(); // killed here, holding `item`
     drop(item);
 }
 
@@ -871,7 +873,7 @@ fn consumer_killed_while_holding_a_large_item_leaves_nothing_in_dev_shm() {
     let (_mine, theirs) = multiproc::pipe().unwrap();
     q.put((pattern(16 << 20), theirs, vec!["x".into()]))
         .unwrap();
-    holding.wait();
+    holding.wait().unwrap();
     c.kill().unwrap();
     c.join().unwrap();
     assert!(q.empty());
@@ -1182,9 +1184,9 @@ fn shutdown_wakes_every_waiting_get_and_put_in_every_process() {
     let q2 = q.clone();
     let local = std::thread::spawn(move || q2.get());
     for (_, ready) in &getters {
-        ready.wait();
+        ready.wait().unwrap();
     }
-    put_ready.wait();
+    put_ready.wait().unwrap();
     assert!(!q.is_shutdown());
     q.shutdown();
     full.shutdown();
@@ -1218,7 +1220,7 @@ fn after_shutdown_consumers_drain_what_is_left() {
     q.shutdown();
     assert!(matches!(q.put(9), Err(Error::ShutDown)));
     assert!(matches!(
-        q.try_put(9),
+        q.try_put_giving_back(9),
         Err(TryPutError::Failed(9, Error::ShutDown))
     ));
     assert!(multiproc::spawn(is_shut, q.clone())
@@ -1274,7 +1276,7 @@ fn join_reports_a_consumer_that_died_holding_items() {
     let holding = multiproc::Event::new().unwrap();
     let mut p = Process::new(take_two_finish_one, (q.clone(), holding.clone()));
     p.start().unwrap();
-    assert!(holding.wait_timeout(Duration::from_secs(30)));
+    assert!(holding.wait_timeout(Duration::from_secs(30)).unwrap());
     assert_eq!(q.unfinished_tasks(), 2);
     // Alive, it still holds its item: join waits.
     assert!(!q.join_timeout(Duration::from_millis(50)).unwrap());

@@ -33,7 +33,7 @@ fn try_acquire_right_after_the_holder_is_killed_gives_owner_died() {
     let lock = Lock::new().unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_lock_and_hang, (lock.clone(), held.clone())).unwrap();
-    held.wait();
+    held.wait().unwrap();
     assert!(!lock.try_acquire().unwrap(), "a live holder: busy");
     h.kill().unwrap();
     assert!(matches!(h.join(), Err(Error::WorkerDied { .. })));
@@ -47,7 +47,7 @@ fn try_acquire_right_after_the_holder_is_killed_gives_owner_died() {
     // A zero timeout is a non-blocking attempt too.
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_lock_and_hang, (lock.clone(), held.clone())).unwrap();
-    held.wait();
+    held.wait().unwrap();
     h.kill().unwrap();
     let _ = h.join();
     assert!(matches!(
@@ -63,7 +63,7 @@ fn an_rlock_held_twice_by_a_killed_process_is_taken_over() {
     let lock = RLock::new().unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_rlock_and_hang, (lock.clone(), held.clone())).unwrap();
-    held.wait();
+    held.wait().unwrap();
     assert!(!lock.try_acquire().unwrap());
     h.kill().unwrap();
     let _ = h.join();
@@ -98,10 +98,10 @@ fn a_blocked_waiter_is_handed_the_lock_when_its_holder_is_killed() {
     let lock = Lock::new().unwrap();
     let held = Event::new().unwrap();
     let holder = multiproc::spawn(hold_lock_and_hang, (lock.clone(), held.clone())).unwrap();
-    held.wait();
+    held.wait().unwrap();
     let about_to_block = Event::new().unwrap();
     let waiter = multiproc::spawn(block_on, (lock.clone(), about_to_block.clone())).unwrap();
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     common::until_asleep(waiter.pid());
     holder.kill().unwrap();
     let _ = holder.join();
@@ -125,7 +125,7 @@ fn a_consumer_killed_while_blocked_in_get_does_not_wedge_try_get() {
     let q = Queue::<u64>::new().unwrap();
     let about_to_block = Event::new().unwrap();
     let h = multiproc::spawn(consume_forever, (q.clone(), about_to_block.clone())).unwrap();
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     common::until_asleep(h.pid());
     h.kill().unwrap();
     let _ = h.join();

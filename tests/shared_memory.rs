@@ -104,7 +104,7 @@ fn block_of_killed_creator_is_unlinked() {
     let name = unique("killed");
     let ready = Event::new().unwrap();
     let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(10)));
+    assert!(ready.wait_timeout(Duration::from_secs(10)).unwrap());
     assert!(exists(&name));
     h.kill().unwrap();
     let _ = h.join();
@@ -167,7 +167,7 @@ fn unlinked_block_is_not_unlinked_again() {
         // A tracked block left behind: gone once the tracker has dealt with our exit.
         SharedMemory::create(Some(&control), 10).unwrap();
         unlinked.set();
-        recreated.wait();
+        recreated.wait().unwrap();
     }
     let (unlinked, recreated) = (Event::new().unwrap(), Event::new().unwrap());
     let args = (
@@ -178,7 +178,7 @@ fn unlinked_block_is_not_unlinked_again() {
     );
     let h = multiproc::spawn(create_unlink, args).unwrap();
     // Re-created while the first creator still lives: its exit comes after.
-    unlinked.wait();
+    unlinked.wait().unwrap();
     let again = SharedMemory::create_untracked(Some(&name), 10).unwrap();
     recreated.set();
     h.join().unwrap();
@@ -263,14 +263,14 @@ fn process_group_sigkill_leaves_nothing_in_dev_shm() {
         let mut p = Process::new(create_and_hang, (b, member_ready.clone()))
             .with_start_method(StartMethod::Spawn);
         p.start().unwrap();
-        assert!(member_ready.wait_timeout(Duration::from_secs(20)));
+        assert!(member_ready.wait_timeout(Duration::from_secs(20)).unwrap());
         hang_after(ready)
     }
     let (a, b) = (unique("group_a"), unique("group_b"));
     let ready = Event::new().unwrap();
     let mut h = Process::new(leader, (a.clone(), b.clone(), ready.clone()));
     h.start().unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
     assert!(exists(&a) && exists(&b));
     let pgid = h.pid().unwrap();
     rustix::process::kill_process_group(Pid::from_raw(pgid as i32).unwrap(), Signal::KILL).unwrap();
@@ -306,7 +306,7 @@ fn killed_tracker_is_replaced_and_keeps_every_name() {
         (a.clone(), b.clone(), ready.clone()),
     )
     .unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
     assert!(exists(&a) && exists(&b));
     h.kill().unwrap();
     let _ = h.join();
@@ -397,7 +397,7 @@ fn a_killed_attacher_does_not_take_the_block_away() {
         (name.clone(), mine.clone(), ready.clone()),
     )
     .unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(10)));
+    assert!(ready.wait_timeout(Duration::from_secs(10)).unwrap());
     h.kill().unwrap();
     let _ = h.join();
     // The tracker dealt with the dead child's names (its own block is gone); the block it

@@ -27,12 +27,12 @@ fn lock_semantics_across_processes() {
     fn hold((lock, held, done): (Lock, Event, Event)) -> Result<(), String> {
         lock.acquire().map_err(|e| e.to_string())?;
         held.set();
-        done.wait();
+        done.wait().unwrap();
         lock.release().map_err(|e| e.to_string())
     }
     let (held, done) = (Event::new().unwrap(), Event::new().unwrap());
     let h = multiproc::spawn(hold, (lock.clone(), held.clone(), done.clone())).unwrap();
-    held.wait();
+    held.wait().unwrap();
     assert!(lock.is_locked());
     assert!(!lock.try_acquire().unwrap());
     let t = Instant::now();
@@ -114,7 +114,7 @@ fn lock_holder_killed_gives_owner_died() {
     let lock = Lock::new().unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_and_hang, (lock.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)));
+    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
     h.kill().unwrap();
     let t = Instant::now();
     assert!(matches!(lock.acquire(), Err(Error::OwnerDied)));
@@ -138,7 +138,7 @@ fn lock_holder_killed_gives_owner_died() {
 fn kill_holding(lock: &Lock) {
     let held = Event::new().unwrap();
     let h = multiproc::spawn(hold_and_hang, (lock.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)));
+    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
     h.kill().unwrap();
     assert!(matches!(h.join(), Err(Error::WorkerDied { .. })));
 }
@@ -190,7 +190,7 @@ fn owner_died_guard_of_a_value_and_an_rlock() {
     let v = Value::new(1i64).unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(value_hold_and_hang, (v.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)));
+    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
     h.kill().unwrap();
     let _ = h.join();
     let mut err = v.lock().unwrap_err();
@@ -269,7 +269,7 @@ fn rlock_holder_killed_gives_owner_died() {
     let r = RLock::new().unwrap();
     let held = Event::new().unwrap();
     let h = multiproc::spawn(rlock_hold_and_hang, (r.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(Duration::from_secs(10)));
+    assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
     h.kill().unwrap();
     let t = Instant::now();
     assert!(matches!(r.acquire(), Err(Error::OwnerDied)));
@@ -290,14 +290,14 @@ fn rlock_holder_killed_gives_owner_died() {
 /// Sets `about_to_block`, then takes `n` units (each within a generous timeout).
 fn sem_take((s, n, about_to_block): (Semaphore, u32, Event)) -> bool {
     about_to_block.set();
-    (0..n).all(|_| s.acquire_timeout(Duration::from_secs(60)))
+    (0..n).all(|_| s.acquire_timeout(Duration::from_secs(60)).unwrap())
 }
 
 /// Starts a child that takes `n` units of `s` and returns once it sleeps in `acquire`.
 fn blocked_taker(s: &Semaphore, n: u32) -> multiproc::JoinHandle<bool> {
     let about_to_block = Event::new().unwrap();
     let h = multiproc::spawn(sem_take, (s.clone(), n, about_to_block.clone())).unwrap();
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     common::until_in_futex_wait(h.pid(), h.pid());
     h
 }
@@ -312,11 +312,11 @@ fn semaphore_across_processes() {
     s.release().unwrap();
     assert!(h.join().unwrap());
     assert_eq!(s.get_value(), 0);
-    assert!(!s.try_acquire());
-    assert!(!s.acquire_timeout(Duration::from_millis(20)));
+    assert!(!s.try_acquire().unwrap());
+    assert!(!s.acquire_timeout(Duration::from_millis(20)).unwrap());
 
     let b = BoundedSemaphore::new(2).unwrap();
-    b.acquire();
+    b.acquire().unwrap();
     b.release().unwrap();
     assert!(matches!(b.release(), Err(Error::InvalidOperation(_))));
     assert_eq!(b.get_value(), 2);
@@ -328,7 +328,7 @@ fn semaphore_across_processes() {
 
 fn sem_wait((s, about_to_block): (Semaphore, Event)) {
     about_to_block.set();
-    s.acquire();
+    s.acquire().unwrap();
     sleep_forever()
 }
 
@@ -339,13 +339,13 @@ fn semaphore_survives_killed_waiter() {
     let about_to_block = Event::new().unwrap();
     let h = multiproc::spawn(sem_wait, (s.clone(), about_to_block.clone())).unwrap();
     // Killed while it sleeps in acquire.
-    about_to_block.wait();
+    about_to_block.wait().unwrap();
     common::until_in_futex_wait(h.pid(), h.pid());
     h.kill().unwrap();
     let _ = h.join();
     s.release().unwrap();
     assert_eq!(s.get_value(), 1);
-    assert!(s.try_acquire());
+    assert!(s.try_acquire().unwrap());
     assert_eq!(s.get_value(), 0);
     // Waking still works after the dead sleeper.
     let h = blocked_taker(&s, 1);
@@ -361,17 +361,17 @@ fn event_across_processes() {
     multiproc::init();
     let e = Event::new().unwrap();
     assert!(!e.is_set());
-    assert!(!e.wait_timeout(Duration::from_millis(20)));
+    assert!(!e.wait_timeout(Duration::from_millis(20)).unwrap());
     fn waiter((e, about_to_block): (Event, Event)) -> bool {
         about_to_block.set();
-        e.wait_timeout(Duration::from_secs(60))
+        e.wait_timeout(Duration::from_secs(60)).unwrap()
     }
     // Set once all three sleep in wait: the one set wakes them all.
     let hs: Vec<_> = (0..3)
         .map(|_| {
             let about_to_block = Event::new().unwrap();
             let h = multiproc::spawn(waiter, (e.clone(), about_to_block.clone())).unwrap();
-            about_to_block.wait();
+            about_to_block.wait().unwrap();
             h
         })
         .collect();
@@ -382,7 +382,7 @@ fn event_across_processes() {
     for h in hs {
         assert!(h.join().unwrap());
     }
-    assert!(e.wait_timeout(Duration::ZERO));
+    assert!(e.wait_timeout(Duration::ZERO).unwrap());
     e.clear();
     assert!(!e.is_set());
     fn setter(e: Event) {
@@ -408,7 +408,7 @@ fn condition_notify_one_then_all() {
     multiproc::init();
     let c = Condition::new().unwrap();
     assert!(matches!(c.wait(), Err(Error::InvalidOperation(_))));
-    assert!(matches!(c.notify(1), Err(Error::InvalidOperation(_))));
+    assert!(matches!(c.notify(), Err(Error::InvalidOperation(_))));
     c.acquire().unwrap();
     assert!(!c.wait_timeout(Duration::from_millis(20)).unwrap());
     c.release().unwrap();
@@ -427,7 +427,7 @@ fn condition_notify_one_then_all() {
         c.release().unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
-    c.notify(1).unwrap();
+    c.notify().unwrap();
     c.release().unwrap();
     // One waiter wakes and exits; the other sleeps on (a second wake would count in `woken`
     // before its process could go back to sleep or end).
@@ -560,7 +560,7 @@ fn barrier_with_a_killed_party_breaks() {
     // One party waits; another holds the barrier but is killed before arriving.
     let waiter = multiproc::spawn(party, b.clone()).unwrap();
     let doomed = multiproc::spawn(barrier_bystander, (b.clone(), started.clone())).unwrap();
-    assert!(started.wait_timeout(Duration::from_secs(10)));
+    assert!(started.wait_timeout(Duration::from_secs(10)).unwrap());
     doomed.kill().unwrap();
     let t = Instant::now();
     assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
@@ -760,7 +760,7 @@ fn soak_contention_with_killed_holders() {
             })
             .collect();
         // Once the doomed one hangs holding the lock, kill it.
-        hung.wait();
+        hung.wait().unwrap();
         doomed.kill().unwrap();
         let _ = doomed.join();
         for h in others {
@@ -789,7 +789,7 @@ fn touch_all(
         e.is_set(),
         b.parties(),
     );
-    let _ = (c.notify(1), v.get(), a.len());
+    let _ = (c.notify(), v.get(), a.len());
     0
 }
 
@@ -931,7 +931,7 @@ fn transfer_many((a, b, log, n): (Value<i64>, Value<i64>, Array<i64>, usize)) ->
         let _g = a.get_lock().lock().unwrap();
         a.set(a.get() - 1);
         b.set(b.get() + 1);
-        log.set(0, log.at(0) + 1);
+        log.set(0, log.get(0) + 1);
     }
     same
 }
@@ -950,7 +950,7 @@ fn values_and_arrays_sharing_one_lock_change_together_across_processes() {
     for _ in 0..200 {
         let _g = lock.lock().unwrap();
         assert_eq!(a.get() + b.get(), 1000);
-        assert_eq!(log.at(0), b.get());
+        assert_eq!(log.get(0), b.get());
     }
     for h in children {
         assert!(h.join().unwrap());

@@ -9,7 +9,7 @@ use multiproc::connection::{wait, Waitable};
 use multiproc::{pipe, pipe_simplex, Connection, Error, Event, Process, Queue};
 
 fn queue_then_pipe((go, conn, q): (Event, Connection<u32>, Queue<u32>)) {
-    go.wait();
+    go.wait().unwrap();
     q.put(7).unwrap();
     let x = conn.recv().unwrap();
     conn.send(&(x + 7)).unwrap();

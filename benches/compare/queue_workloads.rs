@@ -100,7 +100,7 @@ pub fn queue_1mib_1p1c() -> f64 {
 }
 
 fn mpmc_producer((q, go, n): (Queue<[u8; 8]>, Event, usize)) -> multiproc::Result<()> {
-    go.wait();
+    go.wait().unwrap();
     for i in 0..n {
         q.put((i as u64).to_le_bytes())?;
     }
@@ -108,7 +108,7 @@ fn mpmc_producer((q, go, n): (Queue<[u8; 8]>, Event, usize)) -> multiproc::Resul
 }
 
 fn mpmc_consumer((q, go, n): (Queue<[u8; 8]>, Event, usize)) -> multiproc::Result<()> {
-    go.wait();
+    go.wait().unwrap();
     for _ in 0..n {
         q.get()?;
     }
@@ -256,7 +256,7 @@ where
     let ready = Event::new().expect("event");
     let mut p = Process::new(producer, (q.clone(), ready.clone()));
     p.start().expect("start");
-    ready.wait();
+    ready.wait().unwrap();
     let t0 = Instant::now();
     let v = take(&q, &p);
     let secs = t0.elapsed().as_secs_f64();

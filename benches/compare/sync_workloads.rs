@@ -74,7 +74,7 @@ pub fn value_increment() -> f64 {
 
 fn ponger((ping, pong, n): (Event, Event, u32)) -> multiproc::Result<()> {
     for _ in 0..n {
-        ping.wait();
+        ping.wait().unwrap();
         ping.clear();
         pong.set();
     }
@@ -91,7 +91,7 @@ pub fn event_wake_latency() -> f64 {
     let t = Instant::now();
     for _ in 0..PINGPONG_ROUNDS {
         ping.set();
-        pong.wait();
+        pong.wait().unwrap();
         pong.clear();
     }
     let el = t.elapsed();

@@ -1060,7 +1060,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.put_ref(&item, Wait::Forever)
     }
 
-    /// Adds an item, waiting at most `timeout` for room ([`Error::Full`] after that).
+    /// Adds an item, waiting at most `timeout` for room: [`Error::Full`] after that (the
+    /// item is dropped), as [`Queue::put_timeout`](crate::Queue::put_timeout).
     ///
     /// ```
     /// # multiproc::init();
@@ -1068,24 +1069,61 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// let q = m.bounded_queue::<u8>(1).unwrap();
     /// q.put(1).unwrap();
     /// let t = std::time::Duration::from_millis(10);
-    /// assert!(matches!(q.put_timeout(2, t), Err(multiproc::queue::TryPutError::Full(2))));
+    /// assert!(matches!(q.put_timeout(2, t), Err(multiproc::Error::Full)));
     /// ```
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), TryPutError<T>> {
-        self.put_giving_back(item, wait_for(timeout))
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<()> {
+        self.put_ref(&item, wait_for(timeout))
     }
 
-    /// Adds an item if there is room now (Python's `put_nowait`); else
-    /// [`TryPutError::Full`] with the item back, as [`Queue::try_put`](crate::Queue::try_put).
+    /// Adds an item if there is room now (Python's `put_nowait`); else [`Error::Full`]
+    /// (the item is dropped), as [`Queue::try_put`](crate::Queue::try_put).
     ///
     /// ```
     /// # multiproc::init();
     /// # let m = multiproc::Manager::start().unwrap();
     /// let q = m.bounded_queue::<u8>(1).unwrap();
     /// q.try_put(1).unwrap();
-    /// assert!(matches!(q.try_put(2), Err(multiproc::queue::TryPutError::Full(2))));
+    /// assert!(matches!(q.try_put(2), Err(multiproc::Error::Full)));
     /// ```
     #[doc(alias = "put_nowait")]
-    pub fn try_put(&self, item: T) -> Result<(), TryPutError<T>> {
+    pub fn try_put(&self, item: T) -> Result<()> {
+        self.put_ref(&item, Wait::No)
+    }
+
+    /// [`put_timeout`](QueueProxy::put_timeout) that hands the item back when it was not
+    /// put ([`TryPutError::Full`] after the timeout), as
+    /// [`Queue::put_timeout_giving_back`](crate::Queue::put_timeout_giving_back).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.bounded_queue::<u8>(1).unwrap();
+    /// q.put(1).unwrap();
+    /// let t = std::time::Duration::from_millis(10);
+    /// let r = q.put_timeout_giving_back(2, t);
+    /// assert!(matches!(r, Err(multiproc::queue::TryPutError::Full(2))));
+    /// ```
+    pub fn put_timeout_giving_back(
+        &self,
+        item: T,
+        timeout: Duration,
+    ) -> Result<(), TryPutError<T>> {
+        self.put_giving_back(item, wait_for(timeout))
+    }
+
+    /// [`try_put`](QueueProxy::try_put) that hands the item back on a full queue
+    /// ([`TryPutError::Full`]), as
+    /// [`Queue::try_put_giving_back`](crate::Queue::try_put_giving_back).
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let q = m.bounded_queue::<u8>(1).unwrap();
+    /// q.try_put(1).unwrap();
+    /// let r = q.try_put_giving_back(2);
+    /// assert!(matches!(r, Err(multiproc::queue::TryPutError::Full(2))));
+    /// ```
+    pub fn try_put_giving_back(&self, item: T) -> Result<(), TryPutError<T>> {
         self.put_giving_back(item, Wait::No)
     }
 

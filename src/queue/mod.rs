@@ -122,8 +122,10 @@ fn with_buf<R>(
     })
 }
 
-/// Why a [`Queue::try_put`] or [`Queue::put_timeout`] did not put its value, with the value
-/// handed back (crossbeam's `TrySendError` in `multiproc`'s terms). Nothing was put.
+/// Why a [`Queue::try_put_giving_back`] or [`Queue::put_timeout_giving_back`] did not put
+/// its value, with the value handed back (crossbeam's `TrySendError` in `multiproc`'s
+/// terms). Nothing was put. ([`Queue::try_put`] and [`Queue::put_timeout`], the contract's
+/// forms, return the plain [`Error`] and drop the value.)
 ///
 /// `?` in a function returning [`multiproc::Result`](crate::Result) converts it to
 /// [`Error::Full`], [`Error::Closed`] or the underlying error, dropping the value.
@@ -132,13 +134,13 @@ fn with_buf<R>(
 /// use multiproc::queue::TryPutError;
 /// let q = multiproc::Queue::<Vec<u8>>::bounded(1).unwrap();
 /// q.put(vec![1]).unwrap();
-/// let e = q.try_put(vec![2, 3]).unwrap_err();
+/// let e = q.try_put_giving_back(vec![2, 3]).unwrap_err();
 /// assert!(e.is_full());
 /// assert_eq!(e.to_string(), "full");
 /// assert_eq!(e.into_inner(), vec![2, 3]);
 ///
 /// fn put_now(q: &multiproc::Queue<u8>) -> multiproc::Result<()> {
-///     q.try_put(1)?; // the error becomes multiproc::Error::Full
+///     q.try_put_giving_back(1)?; // the error becomes multiproc::Error::Full
 ///     Ok(())
 /// }
 /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
@@ -170,7 +172,7 @@ impl<T> TryPutError<T> {
     /// ```
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
     /// q.put(1).unwrap();
-    /// assert_eq!(q.try_put(7).unwrap_err().into_inner(), 7);
+    /// assert_eq!(q.try_put_giving_back(7).unwrap_err().into_inner(), 7);
     /// ```
     pub fn into_inner(self) -> T {
         match self {
@@ -183,7 +185,7 @@ impl<T> TryPutError<T> {
     /// ```
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
     /// q.put(1).unwrap();
-    /// assert!(q.try_put(2).unwrap_err().is_full());
+    /// assert!(q.try_put_giving_back(2).unwrap_err().is_full());
     /// ```
     pub fn is_full(&self) -> bool {
         matches!(self, TryPutError::Full(_))
@@ -194,7 +196,7 @@ impl<T> TryPutError<T> {
     /// ```
     /// let q = multiproc::Queue::<u8>::new().unwrap();
     /// q.close();
-    /// assert!(q.try_put(2).unwrap_err().is_closed());
+    /// assert!(q.try_put_giving_back(2).unwrap_err().is_closed());
     /// ```
     pub fn is_closed(&self) -> bool {
         matches!(self, TryPutError::Closed(_))
@@ -313,7 +315,7 @@ impl<T> Queue<T> {
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
     /// q.put(1).unwrap();
     /// assert!(q.full());
-    /// assert!(q.try_put(2).unwrap_err().is_full());
+    /// assert!(matches!(q.try_put(2), Err(multiproc::Error::Full)));
     /// ```
     pub fn bounded(maxsize: usize) -> Result<Self> {
         Self::with_capacity(maxsize, crate::ipc::ring::DEFAULT_CAP)
@@ -601,36 +603,78 @@ impl<T: Serialize> Queue<T> {
         self.put_inner(value, None)
     }
 
-    /// Like [`put`](Queue::put), but gives up after `timeout` with
-    /// [`TryPutError::Full`], which hands `value` back. `?` turns the error into
-    /// [`Error::Full`] (dropping the value).
+    /// Like [`put`](Queue::put), but gives up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] if a bounded queue stayed full (or the ring had no room) for the
+    /// whole timeout, like Python's `queue.Full`; the value is dropped
+    /// ([`put_timeout_giving_back`](Queue::put_timeout_giving_back) hands it back). Otherwise
+    /// as [`put`](Queue::put).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// q.put_timeout(1, Duration::from_millis(10)).unwrap();
+    /// let r = q.put_timeout(2, Duration::from_millis(10));
+    /// assert!(matches!(r, Err(multiproc::Error::Full)));
+    /// ```
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<()> {
+        self.put_inner(&value, deadline_after(timeout))
+    }
+
+    /// Puts `value` only if that needs no waiting (Python's `put_nowait`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] on a full queue, like Python's `queue.Full`; the value is dropped
+    /// ([`try_put_giving_back`](Queue::try_put_giving_back) hands it back). Otherwise as
+    /// [`put`](Queue::put).
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<String>::bounded(1).unwrap();
+    /// q.try_put("first".to_string()).unwrap();
+    /// assert!(matches!(q.try_put("second".to_string()), Err(multiproc::Error::Full)));
+    /// ```
+    #[doc(alias = "put_nowait")]
+    pub fn try_put(&self, value: T) -> Result<()> {
+        self.put_inner(&value, Some(Instant::now()))
+    }
+
+    /// [`put_timeout`](Queue::put_timeout) that hands `value` back when it was not put:
+    /// [`TryPutError::Full`] after the timeout. `?` turns the error into [`Error::Full`]
+    /// (dropping the value).
     ///
     /// ```
     /// use std::time::Duration;
     /// use multiproc::queue::TryPutError;
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
-    /// q.put_timeout(1, Duration::from_millis(10)).unwrap();
-    /// assert!(matches!(q.put_timeout(2, Duration::from_millis(10)), Err(TryPutError::Full(2))));
+    /// q.put(1).unwrap();
+    /// let r = q.put_timeout_giving_back(2, Duration::from_millis(10));
+    /// assert!(matches!(r, Err(TryPutError::Full(2))));
     /// ```
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), TryPutError<T>> {
+    pub fn put_timeout_giving_back(
+        &self,
+        value: T,
+        timeout: Duration,
+    ) -> Result<(), TryPutError<T>> {
         self.put_giving_back(value, deadline_after(timeout))
     }
 
-    /// Puts `value` only if that needs no waiting (Python's `put_nowait`); on a full queue
-    /// gives [`TryPutError::Full`] with `value` back, like crossbeam's
-    /// `TrySendError::Full`. `?` turns the error into [`Error::Full`].
+    /// [`try_put`](Queue::try_put) that hands `value` back when it was not put: on a full
+    /// queue [`TryPutError::Full`] with `value`, like crossbeam's `TrySendError::Full`.
+    /// `?` turns the error into [`Error::Full`].
     ///
     /// ```
     /// use multiproc::queue::TryPutError;
     /// let q = multiproc::Queue::<String>::bounded(1).unwrap();
     /// q.try_put("first".to_string()).unwrap();
-    /// match q.try_put("second".to_string()) {
+    /// match q.try_put_giving_back("second".to_string()) {
     ///     Err(TryPutError::Full(back)) => assert_eq!(back, "second"),
     ///     other => panic!("{other:?}"),
     /// }
     /// ```
-    #[doc(alias = "put_nowait")]
-    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
+    pub fn try_put_giving_back(&self, value: T) -> Result<(), TryPutError<T>> {
         self.put_giving_back(value, Some(Instant::now()))
     }
 
@@ -753,8 +797,8 @@ impl<T: Serialize> Queue<T> {
     /// # Cancel safety
     /// The item goes in whole or not at all, inside one poll. A future dropped before it
     /// completed has put nothing, and `value`, which it owns, is dropped with it (as with
-    /// tokio's `Sender::send`): to keep the value, wait with [`try_put`](Queue::try_put),
-    /// which hands it back.
+    /// tokio's `Sender::send`): to keep the value, wait with
+    /// [`try_put_giving_back`](Queue::try_put_giving_back), which hands it back.
     ///
     /// On a [`streaming`](Queue::streaming) queue, an item larger than half the ring needs
     /// its consumer at the same time: put it with the blocking [`put`](Queue::put) (from
@@ -775,16 +819,13 @@ impl<T: Serialize> Queue<T> {
     /// ```
     pub async fn put_async(&self, value: T) -> Result<()> {
         let armed = self.shared.ring.armed();
-        let mut value = Some(value);
         self.shared
             .bell
-            .wait(armed, || match self.try_put(value.take()?) {
-                Ok(()) => Some(Ok(())),
-                Err(TryPutError::Full(back)) => {
-                    value = Some(back);
-                    None
+            .wait(armed, || {
+                match self.put_inner(&value, Some(Instant::now())) {
+                    Err(Error::Full) => None,
+                    r => Some(r),
                 }
-                Err(e) => Some(Err(e.into())),
             })
             .await
     }
@@ -1433,7 +1474,7 @@ mod tests {
         // No consumer: the first chunk goes in, then the producer times out.
         assert!(matches!(
             q.put_timeout(vec![1; 20_000], Duration::from_millis(20)),
-            Err(TryPutError::Full(_))
+            Err(Error::Full)
         ));
         // The abandoned chunks fill the ring until a consumer skips them.
         let q2 = q.clone();

@@ -99,7 +99,7 @@ impl Condition {
     ///
     /// ```
     /// let c = multiproc::Condition::new().unwrap();
-    /// assert!(c.notify(1).is_err()); // lock not held
+    /// assert!(c.notify().is_err()); // lock not held
     /// ```
     pub fn new() -> Result<Condition> {
         Condition::with_lock(RLock::new()?)
@@ -259,15 +259,53 @@ impl Condition {
         Ok(result)
     }
 
-    /// Wakes up to `n` of the processes or threads waiting. The lock must be held.
+    /// Wakes one of the processes or threads waiting, if any (Python's `notify()`). The
+    /// lock must be held.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOperation`] if the lock is not held.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// use multiproc::{Condition, RawValue};
+    ///
+    /// fn ready((c, v): (Condition, RawValue<i32>)) -> multiproc::Result<()> {
+    ///     c.acquire()?;
+    ///     v.set(1);
+    ///     c.notify()?;
+    ///     c.release()
+    /// }
+    /// let c = Condition::new().unwrap();
+    /// let v = RawValue::new(0).unwrap();
+    /// c.acquire().unwrap();
+    /// let mut p = multiproc::Process::new(ready, (c.clone(), v.clone()));
+    /// p.start().unwrap();
+    /// while v.get() == 0 {
+    ///     c.wait().unwrap();
+    /// }
+    /// c.release().unwrap();
+    /// p.join().unwrap();
+    /// ```
+    pub fn notify(&self) -> Result<()> {
+        self.notify_n(1)
+    }
+
+    /// Wakes up to `n` of the processes or threads waiting (Python's `notify(n)`). The
+    /// lock must be held.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOperation`] if the lock is not held.
     ///
     /// ```
     /// let c = multiproc::Condition::new().unwrap();
     /// c.acquire().unwrap();
-    /// c.notify(1).unwrap(); // nobody waits: nothing happens
+    /// c.notify_n(2).unwrap(); // nobody waits: nothing happens
     /// c.release().unwrap();
+    /// assert!(c.notify_n(2).is_err()); // lock not held
     /// ```
-    pub fn notify(&self, n: usize) -> Result<()> {
+    pub fn notify_n(&self, n: usize) -> Result<()> {
         if !self.lock.owned() {
             return Err(Error::invalid("Condition::notify without holding its lock"));
         }
@@ -295,7 +333,7 @@ impl Condition {
     /// c.release().unwrap();
     /// ```
     pub fn notify_all(&self) -> Result<()> {
-        self.notify(usize::MAX)
+        self.notify_n(usize::MAX)
     }
 }
 

@@ -24,14 +24,17 @@ const SIZE: usize = 12;
 ///
 /// ```
 /// multiproc::init();
-/// fn waiter(e: multiproc::Event) -> bool {
-///     e.wait();
-///     e.is_set()
+/// fn waiter(e: multiproc::Event) -> multiproc::Result<()> {
+///     e.wait()?; // returns once the parent has set it
+///     assert!(e.is_set());
+///     Ok(())
 /// }
 /// let e = multiproc::Event::new().unwrap();
-/// let h = multiproc::spawn(waiter, e.clone()).unwrap();
+/// let mut p = multiproc::Process::new(waiter, e.clone());
+/// p.start().unwrap();
 /// e.set();
-/// assert!(h.join().unwrap());
+/// p.join().unwrap();
+/// assert_eq!(p.exitcode(), Some(0));
 /// ```
 #[derive(Clone)]
 pub struct Event {
@@ -73,7 +76,7 @@ impl Event {
     /// ```
     /// let e = multiproc::Event::new().unwrap();
     /// e.set();
-    /// assert!(e.wait_timeout(std::time::Duration::ZERO));
+    /// assert!(e.wait_timeout(std::time::Duration::ZERO).unwrap());
     /// ```
     pub fn set(&self) {
         self.flag().store(1, Ordering::SeqCst);
@@ -112,23 +115,44 @@ impl Event {
 
     /// Waits until the flag is set.
     ///
+    /// # Errors
+    ///
+    /// None today: the wait is a futex on the event's shared memory, which reports no
+    /// error, and a process that dies can neither hold nor break an event. It returns a
+    /// [`Result`] because the API contract writes `wait()?`, like
+    /// [`Condition::wait`](crate::Condition::wait) and [`Barrier::wait`](crate::Barrier::wait)
+    /// (which can fail), so that code waiting on any of them reads the same and a future
+    /// cause of failure would not change the signature.
+    ///
     /// ```
+    /// multiproc::init();
+    /// fn setter(e: multiproc::Event) {
+    ///     e.set();
+    /// }
     /// let e = multiproc::Event::new().unwrap();
-    /// e.set();
-    /// e.wait();
+    /// let mut p = multiproc::Process::new(setter, e.clone());
+    /// p.start().unwrap();
+    /// e.wait().unwrap(); // returns once the child has set it
+    /// assert!(e.is_set());
+    /// p.join().unwrap();
     /// ```
-    pub fn wait(&self) {
+    pub fn wait(&self) -> Result<()> {
         self.wait_until(None);
+        Ok(())
     }
 
     /// Waits at most `timeout` for the flag: its value at the end (`false`: timed out).
     ///
+    /// # Errors
+    ///
+    /// None today, as for [`wait`](Event::wait); a timeout is `Ok(false)`, not an error.
+    ///
     /// ```
     /// let e = multiproc::Event::new().unwrap();
-    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)));
+    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)).unwrap());
     /// ```
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(raw::deadline(timeout))
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        Ok(self.wait_until(raw::deadline(timeout)))
     }
 
     /// Waits until the flag is set without blocking the async runtime (the `tokio`

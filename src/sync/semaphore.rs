@@ -126,11 +126,17 @@ macro_rules! semaphore_serde {
 /// `multiprocessing.Semaphore`: `acquire` takes one unit (waiting while there is none),
 /// `release` gives one back.
 ///
+/// `acquire`, `acquire_timeout` and `try_acquire` return a [`Result`] like
+/// [`Lock`](crate::Lock)'s (the API contract writes the same calls for both), although
+/// none of them fails today: a semaphore has no owner, so a process that dies holding
+/// units only leaves them taken (as in Python), and the wait is a futex on shared memory,
+/// which reports no error.
+///
 /// ```
 /// let s = multiproc::Semaphore::new(2).unwrap();
-/// s.acquire();
-/// assert!(s.try_acquire());
-/// assert!(!s.try_acquire());
+/// s.acquire().unwrap();
+/// assert!(s.try_acquire().unwrap());
+/// assert!(!s.try_acquire().unwrap());
 /// s.release().unwrap();
 /// assert_eq!(s.get_value(), 1);
 /// ```
@@ -151,30 +157,31 @@ impl Semaphore {
     ///
     /// ```
     /// let s = multiproc::Semaphore::new(1).unwrap();
-    /// s.acquire();
+    /// s.acquire().unwrap();
     /// ```
-    pub fn acquire(&self) {
+    pub fn acquire(&self) -> Result<()> {
         self.0.acquire(None);
+        Ok(())
     }
 
     /// Takes a unit, waiting at most `timeout`: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::Semaphore::new(0).unwrap();
-    /// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5)));
+    /// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap());
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.0.acquire(raw::deadline(timeout))
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        Ok(self.0.acquire(raw::deadline(timeout)))
     }
 
     /// Takes a unit if one is there: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::Semaphore::new(0).unwrap();
-    /// assert!(!s.try_acquire());
+    /// assert!(!s.try_acquire().unwrap());
     /// ```
-    pub fn try_acquire(&self) -> bool {
-        self.0.try_take()
+    pub fn try_acquire(&self) -> Result<bool> {
+        Ok(self.0.try_take())
     }
 
     /// Gives a unit back, waking a waiter.
@@ -202,11 +209,12 @@ semaphore_serde!(Semaphore);
 
 /// A semaphore that refuses to be released above its initial value, like Python's
 /// `multiprocessing.BoundedSemaphore`: the extra release is an
-/// [`Error::InvalidOperation`].
+/// [`Error::InvalidOperation`]. Its `acquire` calls return a [`Result`] that never fails
+/// today, as [`Semaphore`]'s do.
 ///
 /// ```
 /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-/// s.acquire();
+/// s.acquire().unwrap();
 /// s.release().unwrap();
 /// assert!(s.release().is_err());
 /// ```
@@ -227,30 +235,31 @@ impl BoundedSemaphore {
     ///
     /// ```
     /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-    /// s.acquire();
+    /// s.acquire().unwrap();
     /// ```
-    pub fn acquire(&self) {
+    pub fn acquire(&self) -> Result<()> {
         self.0.acquire(None);
+        Ok(())
     }
 
     /// Takes a unit, waiting at most `timeout`: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-    /// assert!(s.acquire_timeout(std::time::Duration::from_millis(5)));
+    /// assert!(s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap());
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.0.acquire(raw::deadline(timeout))
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        Ok(self.0.acquire(raw::deadline(timeout)))
     }
 
     /// Takes a unit if one is there: `true` if taken.
     ///
     /// ```
     /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
-    /// assert!(s.try_acquire());
+    /// assert!(s.try_acquire().unwrap());
     /// ```
-    pub fn try_acquire(&self) -> bool {
-        self.0.try_take()
+    pub fn try_acquire(&self) -> Result<bool> {
+        Ok(self.0.try_take())
     }
 
     /// Gives a unit back; an error if that would exceed the initial value.

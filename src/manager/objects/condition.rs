@@ -284,6 +284,23 @@ impl ConditionProxy {
         }
     }
 
+    /// Wakes one waiter, if any (Python's `notify()`), as
+    /// [`Condition::notify`](crate::Condition::notify) does. Without the lock →
+    /// [`Error::InvalidOperation`].
+    ///
+    /// ```
+    /// # multiproc::init();
+    /// # let m = multiproc::Manager::start().unwrap();
+    /// let c = m.condition().unwrap();
+    /// c.acquire().unwrap();
+    /// c.notify().unwrap(); // nobody waits: nothing happens
+    /// c.release().unwrap();
+    /// assert!(c.notify().is_err()); // lock not held
+    /// ```
+    pub fn notify(&self) -> Result<()> {
+        self.notify_n(1)
+    }
+
     /// Wakes up to `n` waiters (Python's `notify(n)`). Without the lock →
     /// [`Error::InvalidOperation`].
     ///
@@ -292,10 +309,10 @@ impl ConditionProxy {
     /// # let m = multiproc::Manager::start().unwrap();
     /// let c = m.condition().unwrap();
     /// c.acquire().unwrap();
-    /// c.notify(1).unwrap(); // nobody waits: nothing happens
+    /// c.notify_n(2).unwrap(); // nobody waits: nothing happens
     /// c.release().unwrap();
     /// ```
-    pub fn notify(&self, n: usize) -> Result<()> {
+    pub fn notify_n(&self, n: usize) -> Result<()> {
         call(&self.obj, &Req::Notify(thread_token(), n as u64)).map_err(misuse)
     }
 
