@@ -3697,7 +3697,7 @@ fn fork_server_signalled_does_not_stop_processes() {
             // Ignored, as by CPython's fork server: the same server started p2, and p2
             // itself does not ignore SIGINT (a Ctrl-C still reaches the user's processes).
             assert_eq!(multiproc::start::fork_server_pid(), Some(server));
-            assert!(started2.wait_timeout(Duration::from_secs(30)));
+            assert!(started2.wait_timeout(Duration::from_secs(30)).unwrap());
             let p2_pid = p2.pid().unwrap();
             assert_eq!(sig_ignored(server) & (1 << (libc::SIGINT - 1)), 1 << 1);
             assert_eq!(sig_ignored(p2_pid) & (1 << (libc::SIGINT - 1)), 0);
