@@ -161,7 +161,7 @@ pub enum Error {
     /// [`ArrayProxy`](crate::manager::ArrayProxy). `index` is the one asked for (negative
     /// ones count from the end, as in Python), `len` the length it was checked against.
     /// Local arrays ([`Array`](crate::Array), [`RawArray`](crate::RawArray)) index like
-    /// slices instead: `get` gives an `Option`, `at` and `set` panic.
+    /// slices instead: `get` and `set` panic, `try_get` gives an `Option`.
     ///
     /// ```
     /// multiproc::init();

@@ -714,6 +714,65 @@ fn values_and_arrays() -> Result<()> {
     Ok(())
 }
 
+/// Each of the contract's number types (Python's typecodes) round-trips through the four
+/// shared kinds in this process and in a child.
+fn bump_all<T: multiproc::Number + serde::Serialize + serde::de::DeserializeOwned>(
+    (v, r, a, ra, x): (Value<T>, RawValue<T>, Array<T>, RawArray<T>, T),
+) {
+    v.set(x);
+    r.set(x);
+    a.set(1, x);
+    ra.set(1, x);
+}
+
+fn all_kinds_hold<
+    T: multiproc::Number
+        + PartialEq
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+>(
+    zero: T,
+    x: T,
+) -> Result<()> {
+    let v = Value::new(zero)?;
+    let r = RawValue::new(zero)?;
+    let a = Array::<T>::new(2)?;
+    let ra = RawArray::from_slice(&[zero, zero])?;
+    assert_eq!(
+        (v.get(), r.get(), a.get(0), ra.get(0)),
+        (zero, zero, zero, zero)
+    );
+    let mut p = Process::new(
+        bump_all::<T>,
+        (v.clone(), r.clone(), a.clone(), ra.clone(), x),
+    );
+    p.start()?;
+    p.join()?;
+    assert_eq!(p.exitcode(), Some(0));
+    assert_eq!((v.get(), r.get()), (x, x));
+    assert_eq!(a.to_vec(), vec![zero, x]);
+    assert_eq!(ra.to_vec(), vec![zero, x]);
+    Ok(())
+}
+
+#[test]
+fn every_number_type_of_the_contract() -> Result<()> {
+    multiproc::init();
+    all_kinds_hold(0i8, -8)?;
+    all_kinds_hold(0i16, -16_000)?;
+    all_kinds_hold(0i32, -32)?;
+    all_kinds_hold(0i64, i64::MIN)?;
+    all_kinds_hold(0u8, b'a')?; // char-as-u8
+    all_kinds_hold(0u16, u16::MAX)?;
+    all_kinds_hold(0u32, u32::MAX)?;
+    all_kinds_hold(0u64, u64::MAX)?;
+    all_kinds_hold(0f32, -1.5)?;
+    all_kinds_hold(0f64, std::f64::consts::PI)?;
+    all_kinds_hold(false, true)?;
+    Ok(())
+}
+
 fn read_block(name: String) -> std::result::Result<Vec<u8>, String> {
     let shm = SharedMemory::attach(&name).map_err(|e| e.to_string())?;
     let mut buf = [0u8; 5];
