@@ -915,3 +915,32 @@ fn daemon_flag_is_refused_after_start_but_the_name_is_not() {
     let message = message.downcast_ref::<String>().unwrap();
     assert!(message.contains("process already started"), "{message}");
 }
+
+/// Issue 12.2: the fork server killed on its own is reaped at once, without waiting for
+/// the next start to notice (no zombie is left meanwhile); the processes it started are
+/// not reaped by that (their exit codes reach their `join`), and the next start works.
+#[test]
+fn a_killed_fork_server_is_reaped_without_another_call() {
+    multiproc::init();
+    let mut before =
+        Process::new(std::process::ExitCode::from, 7u8).with_start_method(StartMethod::ForkServer);
+    before.start().unwrap();
+    let server = multiproc::start::fork_server_pid().expect("a fork server runs");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || stat(server).is_none()),
+        "the killed fork server is left: {:?}",
+        stat(server)
+    );
+    before.join().unwrap();
+    assert_eq!(before.exitcode(), Some(7));
+    let mut p = Process::new(sleep_ms, 0).with_start_method(StartMethod::ForkServer);
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert_ne!(multiproc::start::fork_server_pid(), Some(server));
+}

@@ -35,6 +35,8 @@ fn start_server() -> Result<Client> {
     let (ours, theirs) = sys::stream_pair()?;
     let pid = on_lasting_thread(move || exec_self("forkserver", theirs))?;
     let pidfd = sys::open_pidfd(pid)?;
+    // Killed on its own, it is reaped at once rather than left a zombie until next use.
+    sys::reap_when_ended(&pidfd);
     SERVER_PID.store(pid, Ordering::SeqCst);
     crate::log::log_event!(Info, "started the fork server (pid {pid})");
     Ok(Client {
@@ -101,6 +103,7 @@ pub(super) fn launch(mut spec: LaunchSpec) -> Result<u32> {
 
 /// Kills (if need be) and reaps a server that stopped answering.
 fn reap_server(old: Client) {
+    sys::stop_reaping(&old.pidfd);
     let _ = sys::signal_pidfd(&old.pidfd, libc::SIGKILL);
     let _ = sys::wait_exited(&old.pidfd, None);
     let _ = sys::try_reap(&old.pidfd);
@@ -165,6 +168,7 @@ pub(super) fn shutdown() {
         Err(_) => None,
     };
     if let Some(Client { conn, pidfd }) = client {
+        sys::stop_reaping(&pidfd);
         drop(conn); // end of file: the server exits
         if !matches!(
             sys::wait_exited(&pidfd, Some(Duration::from_secs(2))),

@@ -45,6 +45,7 @@ fn each(pick: fn(&Hooks) -> &'static [fn()]) {
 
 /// Resets what a forked child must not share with its parent.
 pub(super) fn after_fork_in_child() {
+    crate::sys::forget_helpers_after_fork();
     tracker::forget_after_fork();
     forkserver::forget_after_fork();
     child::forget_after_fork();

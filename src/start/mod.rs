@@ -20,6 +20,19 @@
 //!   child), unless the caller takes responsibility through
 //!   [`allow_fork_with_threads`].
 //!
+//! # Helper processes, and SIGCHLD
+//!
+//! The fork server, and a [shared-memory tracker](crate::shared_memory) this process
+//! started, are its children. So that one killed on its own does not stay a zombie until
+//! the next use notices, multiproc installs a SIGCHLD handler the first time it starts
+//! one. The handler reaps those helpers only, each through its pidfd: it never waits for
+//! "any child", so the exit statuses of your other children (started by multiproc, by
+//! `std::process`, by tokio) stay theirs to collect. A handler installed before it runs
+//! after it; if SIGCHLD is ignored (the kernel reaps every child), none is installed. As
+//! with any signal handler, a system call that SIGCHLD interrupts and that is not
+//! restarted (`poll`, `nanosleep`) returns `EINTR`, which std's and multiproc's own waits
+//! retry.
+//!
 //! # What runs again in a child
 //!
 //! A Spawn child, and the fork server, are new executions of your binary: everything in

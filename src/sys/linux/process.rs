@@ -142,6 +142,154 @@ pub(crate) fn try_reap(pidfd: impl AsFd) -> io::Result<Option<ExitStatus>> {
     }
 }
 
+// --- helpers reaped as soon as they end --------------------------------------------------
+//
+// The fork server and the shared-memory trackers this process started are its children. One
+// killed on its own would stay a zombie until the next use noticed it; instead a SIGCHLD
+// handler reaps each of them as soon as it ends. It waits for exactly those processes,
+// through their pidfds (`waitid(P_PIDFD, …)`), never for "any child": the statuses of the
+// program's other children (its processes, those of std or tokio) are left to their
+// owners. A handler the program or a library had installed before runs after ours; SIGCHLD
+// set to SIG_IGN (children reaped by the kernel) is left alone. A thread waiting for them
+// instead would make `StartMethod::Fork` refuse to fork (the process would no longer be
+// single-threaded).
+
+/// The pidfds of the helpers to reap (-1: a free slot).
+static HELPERS: [std::sync::atomic::AtomicI32; 8] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; 8];
+/// Handlers running now: a pidfd taken out of [`HELPERS`] is closed only once none is (one
+/// may have read it just before), so that the handler never waits on a reused number.
+static IN_HANDLER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The SIGCHLD disposition before ours (`sa_sigaction`, and whether it takes a `siginfo`).
+static PREV_HANDLER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PREV_SIGINFO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// 0: not installed yet; 1: installed; 2: not installed (SIGCHLD ignored, or refused).
+static HANDLER_STATE: std::sync::Mutex<u8> = std::sync::Mutex::new(0);
+
+extern "C" fn on_sigchld(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // SAFETY: __errno_location returns this thread's errno; saved and put back so that the
+    // interrupted code does not see ours.
+    let errno = unsafe { *libc::__errno_location() };
+    IN_HANDLER.fetch_add(1, SeqCst);
+    for slot in &HELPERS {
+        let fd = slot.load(SeqCst);
+        if fd >= 0 {
+            // SAFETY: waitid is async-signal-safe; `fd` is a pidfd that stays open while
+            // this handler runs (see IN_HANDLER); WNOHANG never blocks; the status is
+            // written to a local.
+            unsafe {
+                let mut si: libc::siginfo_t = std::mem::zeroed();
+                libc::waitid(
+                    libc::P_PIDFD,
+                    fd as libc::id_t,
+                    &mut si,
+                    libc::WEXITED | libc::WNOHANG,
+                );
+            }
+        }
+    }
+    IN_HANDLER.fetch_sub(1, SeqCst);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+    let prev = PREV_HANDLER.load(SeqCst);
+    if prev != libc::SIG_DFL && prev != libc::SIG_IGN {
+        // SAFETY: `prev` is the handler installed before ours, called as the kernel would
+        // have called it (with the siginfo form if it asked for SA_SIGINFO).
+        unsafe {
+            if PREV_SIGINFO.load(SeqCst) {
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    std::mem::transmute(prev);
+                f(sig, info, ctx);
+            } else {
+                let f: extern "C" fn(libc::c_int) = std::mem::transmute(prev);
+                f(sig);
+            }
+        }
+    }
+}
+
+/// Installs the SIGCHLD handler once. False if it is not there (SIGCHLD ignored, or the
+/// system refused).
+fn install_sigchld_handler() -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut state = HANDLER_STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if *state == 0 {
+        // SAFETY: sigaction with a zeroed struct filled in: our handler is an extern "C"
+        // fn that only makes async-signal-safe calls and atomic operations; the previous
+        // disposition is read into a local first and recorded before ours can run.
+        *state = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction == libc::SIG_IGN
+            {
+                2
+            } else {
+                PREV_HANDLER.store(old.sa_sigaction, SeqCst);
+                PREV_SIGINFO.store(old.sa_flags & libc::SA_SIGINFO != 0, SeqCst);
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = on_sigchld as *const () as usize;
+                new.sa_flags =
+                    libc::SA_SIGINFO | libc::SA_RESTART | (old.sa_flags & libc::SA_NOCLDSTOP);
+                libc::sigemptyset(&mut new.sa_mask);
+                if libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut()) == 0 {
+                    1
+                } else {
+                    2
+                }
+            }
+        };
+    }
+    *state == 1
+}
+
+/// Has the helper child behind `pidfd` (the fork server, a tracker) reaped as soon as it
+/// ends, by the SIGCHLD handler, until [`stop_reaping`]. Returns whether it will be (no
+/// free slot, or SIGCHLD ignored: then it is reaped as before, by its owner's next use).
+pub(crate) fn reap_when_ended(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering::SeqCst;
+    if !install_sigchld_handler() {
+        return false;
+    }
+    let fd = pidfd.as_raw_fd();
+    let placed = HELPERS
+        .iter()
+        .any(|slot| slot.compare_exchange(-1, fd, SeqCst, SeqCst).is_ok());
+    // It may have ended before it was placed (no SIGCHLD will come for it): look once.
+    if placed {
+        let _ = try_reap(pidfd);
+    }
+    placed
+}
+
+/// Takes `pidfd` out of the helpers the SIGCHLD handler reaps; call it before closing
+/// `pidfd` (which may then be reused). Waits for a handler that is running to finish.
+pub(crate) fn stop_reaping(pidfd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering::SeqCst;
+    let fd = pidfd.as_raw_fd();
+    let mut found = false;
+    for slot in &HELPERS {
+        found |= slot.compare_exchange(fd, -1, SeqCst, SeqCst).is_ok();
+    }
+    if found {
+        // A handler on another thread may have read `fd` just before: it is short and
+        // never blocks. (One on this thread has finished before we get here.)
+        while IN_HANDLER.load(SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// In a forked child: the parent's helpers are not its children (the slots hold the
+/// parent's descriptors, whose copies the child's owners close).
+pub(crate) fn forget_helpers_after_fork() {
+    for slot in &HELPERS {
+        slot.store(-1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Waits until the child behind `pidfd` has ended (without reaping it), up to `timeout`.
 pub(crate) fn wait_exited(pidfd: impl AsFd, timeout: Option<Duration>) -> io::Result<bool> {
     super::socket::wait_readable(pidfd.as_fd(), timeout)
