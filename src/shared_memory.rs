@@ -26,11 +26,19 @@
 //! - **The tracker alone is killed**: the next process that registers a name notices
 //!   (its send fails), starts a replacement on the same socket name, and registers every
 //!   name it holds again; each other process does the same at its next registration. No
-//!   call fails because of it. Names are re-registered lazily, at that next call: a
-//!   process that creates no block after the tracker died and is then killed leaves its
-//!   blocks behind.
-//! - **Everything at once**, the tracker included (a cgroup kill, `kill -9 -1`): no
-//!   process is left to unlink anything, and no design that keeps the names in a running
+//!   call fails because of it. Nor are the names of a process that makes no registration
+//!   after the tracker died lost, even if it is then killed: the tracker keeps who holds
+//!   which names in an anonymous state file that every process it serves holds open, and
+//!   the first process that reaches the replacement hands it the dead tracker's file. The
+//!   replacement unlinks at once the names of processes that are gone, and watches the
+//!   others (through pidfds) until they reconnect or end. That happens at the next
+//!   registration or unlink of any process that had used the dead tracker, or when one
+//!   ends normally, whichever comes first; meanwhile the names of a process killed after
+//!   the tracker wait in /dev/shm. (The state is rewritten whole at each registration:
+//!   some tens of thousands of names at most, 16 MiB, are kept this way.)
+//! - **Everything at once**, the tracker included (a cgroup kill, `kill -9 -1`), or
+//!   the tracker and then every process that had used it: no process is left to unlink
+//!   anything, and no design that keeps the names in a running
 //!   process can help. A container's /dev/shm goes with the container; elsewhere the
 //!   names stay until someone unlinks them (they start with `mp_` when multiproc chose
 //!   them). We chose not to keep a file of names for a later run to clean: that run

@@ -718,8 +718,12 @@ fn a_peer_that_stops_inside_a_message_does_not_stop_the_tracker() {
     let a = SharedMemory::create(Some(&unique("stall_a")), 4096).unwrap();
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(our_tracker_socket()).unwrap();
     let mut hostile = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
-    let mut greeting = [0u8; 17]; // one frame: a 16-byte header and the byte 0
-    hostile.read_exact(&mut greeting).unwrap();
+    // One frame: a 16-byte header (its length in bytes 8..16), and the handle of the
+    // tracker's state file (the descriptor itself is dropped by a plain read).
+    let mut header = [0u8; 16];
+    hostile.read_exact(&mut header).unwrap();
+    let len = u64::from_le_bytes(header[8..].try_into().unwrap());
+    hostile.read_exact(&mut vec![0u8; len as usize]).unwrap();
     // Half of a frame header, then nothing more.
     hostile.write_all(&0x3143_504du32.to_le_bytes()).unwrap();
     hostile.write_all(&[0u8; 4]).unwrap();
@@ -764,4 +768,102 @@ fn names_held_by_a_killed_tracker_are_unlinked_when_their_creator_ends() {
         gone_within(&name, Duration::from_secs(10)),
         "{name} left in /dev/shm"
     );
+}
+
+/// Issue 12.1: the tracker is killed, and then a process holding a block it registered is
+/// killed too, with no registration in between (so nothing had noticed the dead tracker).
+/// The name stays until the next use of the tracker by a process that had used the dead
+/// one: the replacement takes over the dead tracker's state and unlinks the names of
+/// owners that are gone before it answers, so the name is gone as soon as that use
+/// returns.
+#[test]
+fn names_of_a_process_killed_after_its_tracker_are_unlinked_at_the_next_use() {
+    multiproc::init();
+    let mine = SharedMemory::create(None, 10).unwrap();
+    let name = unique("killed_after_tracker");
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    let tracker = shared_memory::tracker_pid().unwrap();
+    kill_and_wait(tracker);
+    h.kill().unwrap();
+    assert!(h.join().is_err());
+    assert!(exists(&name), "nothing watched it meanwhile");
+    let next = SharedMemory::create(None, 10).unwrap();
+    assert_ne!(shared_memory::tracker_pid(), Some(tracker));
+    assert!(!exists(&name), "{name} left in /dev/shm");
+    next.unlink().unwrap();
+    mine.unlink().unwrap();
+}
+
+/// Uses the tracker (so it holds the tracker's state), says which one, and ends normally
+/// once `go` is set, without any other registration.
+fn use_the_tracker_then_end((tracker, go): (Connection<u32>, Event)) {
+    SharedMemory::create(None, 10).unwrap().unlink().unwrap();
+    tracker
+        .send(&shared_memory::tracker_pid().unwrap())
+        .unwrap();
+    assert!(go.wait_timeout(Duration::from_secs(60)));
+}
+
+/// Issue 12.1: as above, but no process uses the tracker again: one that had used the
+/// dead tracker hands its state to a replacement when it ends normally, so the name of
+/// the killed process is gone once it has ended, although it held no name itself.
+#[test]
+fn names_of_a_process_killed_after_its_tracker_are_unlinked_when_a_user_ends() {
+    multiproc::init();
+    let name = unique("killed_after_tracker_exit");
+    let (tracker, theirs) = multiproc::pipe::<u32>().unwrap();
+    let (go, created) = (Event::new().unwrap(), Event::new().unwrap());
+    let user = multiproc::spawn(use_the_tracker_then_end, (theirs, go.clone())).unwrap();
+    let tracker = tracker.recv().unwrap();
+    let h = multiproc::spawn(create_and_hang, (name.clone(), created.clone())).unwrap();
+    assert!(created.wait_timeout(Duration::from_secs(30)));
+    kill_and_wait(tracker);
+    h.kill().unwrap();
+    assert!(h.join().is_err());
+    assert!(exists(&name), "nothing watched it meanwhile");
+    go.set();
+    user.join().unwrap();
+    assert!(!exists(&name), "{name} left in /dev/shm");
+}
+
+/// Issue 12.1: the tracker is killed while a process holding a block lives on; the
+/// replacement (started by another process's use) takes its name over and watches it, so
+/// when that process is killed later, the name is unlinked: gone by the end of the next
+/// use of the tracker after its death (the tracker handles ended owners before messages).
+#[test]
+fn names_taken_over_from_a_killed_tracker_are_unlinked_when_their_owner_is_killed() {
+    multiproc::init();
+    let mine = SharedMemory::create(None, 10).unwrap();
+    let name = unique("adopted_then_killed");
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    let tracker = shared_memory::tracker_pid().unwrap();
+    kill_and_wait(tracker);
+    let next = SharedMemory::create(None, 10).unwrap();
+    assert_ne!(shared_memory::tracker_pid(), Some(tracker));
+    assert!(exists(&name), "its owner lives: the name stays");
+    h.kill().unwrap();
+    assert!(h.join().is_err());
+    next.unlink().unwrap();
+    assert!(!exists(&name), "{name} left in /dev/shm");
+    mine.unlink().unwrap();
+}
+
+/// Issue 12.2: a tracker this process started, killed on its own, is reaped at once
+/// rather than left a zombie until the next `create` notices.
+#[test]
+fn a_killed_tracker_is_reaped_without_another_call() {
+    multiproc::init();
+    let a = SharedMemory::create(None, 100).unwrap();
+    let t = shared_memory::tracker_pid().unwrap();
+    rustix::process::kill_process(Pid::from_raw(t as i32).unwrap(), Signal::KILL).unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(30), || common::stat(t).is_none()),
+        "the killed tracker is left: {:?}",
+        common::stat(t)
+    );
+    a.unlink().unwrap();
 }

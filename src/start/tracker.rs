@@ -4,15 +4,18 @@
 use std::collections::HashSet;
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ensure_initialized, exec_self, on_lasting_thread};
+use crate::codec::{FdOwned, FdRef};
 use crate::ipc::RawConn;
+use crate::sys::futex::{ident_of, ident_pid, process_gone};
 use crate::sys::memfd::{self};
-use crate::{sys, Error, Result};
+use crate::sys::state_file;
+use crate::{codec, sys, Error, Result};
 
 // --- the tracker --------------------------------------------------------------------------
 //
@@ -28,15 +31,38 @@ use crate::{sys, Error, Result};
 // A tracker killed on its own is replaced at the next registration by whichever process
 // notices first (the name is free again once the dead socket is closed); every process
 // registers its live names again with the replacement when it reconnects, at its next
-// registration or, at the latest, when it exits normally (`hand_over_at_exit`). A gap
-// remains: a process killed (not exiting) after its tracker died, with no registration in
-// between, leaves its names, as nothing watches the tracker meanwhile.
+// registration or, at the latest, when it exits normally (`hand_over_at_exit`).
+//
+// The names of a process killed after its tracker died, with no registration in between,
+// are not lost either: the tracker keeps which process (pid and start time) holds which
+// names in a state file (`sys::state_file`, an anonymous file) that it hands to each
+// client as it greets it, and that every client keeps open. The first client that
+// reaches a replacement hands it the dead tracker's file (`Adopt`); the replacement
+// unlinks at once the names of owners that are gone, and watches the others through
+// pidfds until they reconnect (their connection is then the authority again) or die. So
+// the names are recovered at the next use of the tracker by any process that had used
+// the dead one, or at its normal exit. What remains: a tree in which every process that
+// held the file is killed too (the tracker with everything, `kill -9 -1`).
 
-#[derive(Serialize, Deserialize)]
+/// What a client says to the tracker (sent as [`ClientMsg`]: the same wire form).
+#[derive(Deserialize)]
 enum TrackerMsg {
     Register(String),
     Unregister(String),
+    /// The state file of a tracker that died: take its names over.
+    Adopt(FdOwned),
 }
+
+/// [`TrackerMsg`] as a client sends it.
+#[derive(Serialize)]
+enum ClientMsg<'a> {
+    Register(String),
+    Unregister(String),
+    Adopt(FdRef<'a>),
+}
+
+/// The state file's contents: each owner's identity (`sys::futex::ident_of`) and names.
+type State = Vec<(u64, Vec<String>)>;
 
 /// This process's side of the tracker.
 struct TrackerClient {
@@ -51,6 +77,9 @@ struct TrackerClient {
     pid: Option<u32>,
     /// Trackers this process started (its children): reaped once they end.
     started: Vec<std::os::fd::OwnedFd>,
+    /// The state file of the tracker we are (or were last) connected to: handed to a
+    /// replacement if that tracker dies.
+    table: Option<std::os::fd::OwnedFd>,
 }
 
 static TRACKER: LazyLock<Mutex<TrackerClient>> = LazyLock::new(|| {
@@ -60,6 +89,7 @@ static TRACKER: LazyLock<Mutex<TrackerClient>> = LazyLock::new(|| {
         names: HashSet::new(),
         pid: None,
         started: Vec::new(),
+        table: None,
     })
 });
 
@@ -88,12 +118,17 @@ impl TrackerClient {
         } else {
             self.names.remove(name)
         };
-        self.started
-            .retain(|pidfd| matches!(sys::try_reap(pidfd), Ok(None)));
+        self.started.retain(|pidfd| {
+            let running = matches!(sys::try_reap(pidfd), Ok(None));
+            if !running {
+                sys::stop_reaping(pidfd);
+            }
+            running
+        });
         let msg = if register {
-            TrackerMsg::Register(name.to_string())
+            ClientMsg::Register(name.to_string())
         } else {
-            TrackerMsg::Unregister(name.to_string())
+            ClientMsg::Unregister(name.to_string())
         };
         let mut last_err = None;
         for _attempt in 0..3 {
@@ -109,7 +144,10 @@ impl TrackerClient {
                         last_err = Some(e);
                     }
                 },
-                None if self.names.is_empty() => return Ok(changed),
+                // Nothing to say to a tracker: unless we hold a dead one's state, whose
+                // names (ours among them, perhaps one just unregistered) must be taken
+                // over rather than left to be unlinked later by the wrong owner.
+                None if self.names.is_empty() && self.table.is_none() => return Ok(changed),
                 None => match self.connect() {
                     Ok(()) => return Ok(changed),
                     Err(e) => last_err = Some(e),
@@ -130,10 +168,11 @@ impl TrackerClient {
                 Ok(fd) => {
                     let pid = sys::peer_pid_if_same_user(&fd)?;
                     let conn = RawConn::new(fd);
-                    // The tracker greets each client it accepted: a connection that was
-                    // still in the backlog of a tracker that is exiting gets no greeting.
-                    match (pid, conn.recv_value::<u8>()) {
-                        (Some(pid), Ok(_)) => (conn, pid),
+                    // The tracker greets each client it accepted (with its state file): a
+                    // connection that was still in the backlog of a tracker that is
+                    // exiting gets no greeting.
+                    match (pid, conn.recv_value::<FdOwned>()) {
+                        (Some(pid), Ok(table)) => (conn, pid, table.0),
                         (None, _) => {
                             return Err(Error::Io(io::Error::new(
                                 io::ErrorKind::PermissionDenied,
@@ -161,20 +200,30 @@ impl TrackerClient {
                 }
                 Err(e) => return Err(Error::Io(e)),
             };
-            let (conn, pid) = conn;
-            let mut sent = Ok(());
+            let (conn, pid, table) = conn;
+            let ask = |msg: &ClientMsg<'_>| {
+                conn.send_value(msg)
+                    .and_then(|()| conn.recv_value::<u8>().map(drop))
+            };
+            // A dead tracker's state first: the replacement takes its names over (ours
+            // are then those we register next, not the old ones).
+            let mut sent = match &self.table {
+                Some(old) if !state_file::same_file(old, &table) && !state_file::is_empty(old) => {
+                    ask(&ClientMsg::Adopt(FdRef(old.as_fd())))
+                }
+                _ => Ok(()),
+            };
             for n in &self.names {
-                sent = conn
-                    .send_value(&TrackerMsg::Register(n.clone()))
-                    .and_then(|()| conn.recv_value::<u8>().map(drop));
                 if sent.is_err() {
                     break;
                 }
+                sent = ask(&ClientMsg::Register(n.clone()));
             }
             match sent {
                 Ok(()) => {
                     self.conn = Some(conn);
                     self.pid = Some(pid);
+                    self.table = Some(table);
                     return Ok(());
                 }
                 Err(e) => last_err = Some(e),
@@ -186,9 +235,9 @@ impl TrackerClient {
         ))))
     }
 
-    /// Starts a tracker listening on `addr`. `None`: the name is taken (another process
-    /// started one first).
-    fn start(&mut self, addr: &str) -> Result<Option<(RawConn, u32)>> {
+    /// Starts a tracker listening on `addr`: its connection, pid and state file. `None`:
+    /// the name is taken (another process started one first).
+    fn start(&mut self, addr: &str) -> Result<Option<(RawConn, u32, std::os::fd::OwnedFd)>> {
         ensure_initialized()?;
         let (ours, theirs) = sys::stream_pair()?;
         let pid = on_lasting_thread(move || exec_self("shm-tracker", theirs))?;
@@ -197,10 +246,18 @@ impl TrackerClient {
         let reply = conn
             .send_value(addr)
             .and_then(|()| conn.recv_value::<std::result::Result<(), String>>());
+        // Killed on its own, it is reaped at once rather than left a zombie until next use.
+        sys::reap_when_ended(&pidfd);
         self.started.push(pidfd);
         match reply {
-            // It is ready: it has left our process group and listens on `addr`.
-            Ok(Ok(())) => Ok(Some((conn, pid))),
+            // It is ready: it has left our process group and listens on `addr`; it
+            // greets us as every client.
+            Ok(Ok(())) => match conn.recv_value::<FdOwned>() {
+                Ok(table) => Ok(Some((conn, pid, table.0))),
+                Err(e) => Err(Error::Io(io::Error::other(format!(
+                    "the shared memory tracker did not start: {e}"
+                )))),
+            },
             Ok(Err(_in_use)) => Ok(None),
             Err(e) => Err(Error::Io(io::Error::other(format!(
                 "the shared memory tracker did not start: {e}"
@@ -229,7 +286,10 @@ pub(crate) fn adopt_tracker(addr: Option<String>) {
     t.conn = None;
     t.names.clear();
     t.pid = None;
-    t.started.clear();
+    for pidfd in t.started.drain(..) {
+        sys::stop_reaping(&pidfd);
+    }
+    t.table = None;
 }
 
 /// The pid of the tracker this process is connected to, if it is connected (test hook).
@@ -255,12 +315,106 @@ fn tracker_client(conn: RawConn) -> Option<RawConn> {
     Some(conn)
 }
 
+/// A client connection as the tracker holds it: its identity and the names it holds.
+struct Client {
+    conn: RawConn,
+    ident: u64,
+    names: HashSet<String>,
+}
+
+/// The names of a process that registered them with a tracker that died, taken over from
+/// that tracker's state file and watched through a pidfd until the process reconnects or
+/// ends.
+struct Adopted {
+    pidfd: OwnedFd,
+    ident: u64,
+    names: HashSet<String>,
+}
+
+/// What the tracker holds, and its state file.
+struct Tracker {
+    clients: Vec<Client>,
+    adopted: Vec<Adopted>,
+    table: OwnedFd,
+    seq: u64,
+}
+
+impl Tracker {
+    /// Writes who holds which names to the state file (before a change is acknowledged).
+    fn save(&mut self) {
+        let state: Vec<(u64, Vec<&String>)> = self
+            .clients
+            .iter()
+            .map(|c| (c.ident, &c.names))
+            .chain(self.adopted.iter().map(|a| (a.ident, &a.names)))
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(i, n)| (i, n.iter().collect()))
+            .collect();
+        if let Ok(bytes) = codec::encode(&state) {
+            self.seq += 1;
+            let _ = state_file::write(&self.table, self.seq, &bytes);
+        }
+    }
+
+    /// A client of identity `ident` connected: its connection is the authority on its names
+    /// again (it registers every one it holds), instead of what was adopted for it.
+    fn accept(&mut self, conn: RawConn, ident: u64) {
+        self.adopted.retain(|a| a.ident != ident);
+        self.clients.push(Client {
+            conn,
+            ident,
+            names: HashSet::new(),
+        });
+    }
+
+    /// Takes over the names in a dead tracker's state file `old`: those of owners that are
+    /// gone are unlinked at once, the others watched until their owner reconnects or ends.
+    /// The file is emptied, so that no other client hands it over again (its names may
+    /// belong to someone else by then).
+    fn adopt(&mut self, old: OwnedFd) {
+        if state_file::same_file(&old, &self.table) {
+            return;
+        }
+        let state = state_file::read(&old).and_then(|b| codec::decode::<State>(&b).ok());
+        let _ = state_file::clear(&old);
+        for (ident, names) in state.unwrap_or_default() {
+            if self.clients.iter().any(|c| c.ident == ident) {
+                continue; // connected again: it registers what it still holds
+            }
+            if let Some(a) = self.adopted.iter_mut().find(|a| a.ident == ident) {
+                a.names.extend(names);
+                continue;
+            }
+            let pid = ident_pid(ident);
+            match sys::open_pidfd(pid) {
+                // Opened, then checked: the pidfd is of the process that registered them.
+                Ok(pidfd) if !process_gone(pid, Some(ident)) => self.adopted.push(Adopted {
+                    pidfd,
+                    ident,
+                    names: names.into_iter().collect(),
+                }),
+                _ => {
+                    for n in names {
+                        let _ = memfd::unlink_named(&n);
+                    }
+                }
+            }
+        }
+        self.save();
+    }
+}
+
 /// The tracker process: serves the connections of every process of the tree, and unlinks
-/// the names a connection registered when that connection closes. Exits once no
-/// connection is left.
+/// the names a connection registered when that connection closes (and those it adopted
+/// from a dead tracker when their owner ends). Exits once no connection and no adopted
+/// owner is left.
 pub(crate) fn tracker_main(first: RawConn) -> ! {
     memfd::become_tracker();
     let Ok(addr) = first.recv_value::<String>() else {
+        sys::exit_immediately(0)
+    };
+    let Ok(table) = state_file::create() else {
+        let _ = first.send_value(&Err::<(), String>("no state file".into()));
         sys::exit_immediately(0)
     };
     let listener = match sys::listen_on(&sys::SockAddr::Abstract(addr.into_bytes()), 128) {
@@ -270,45 +424,77 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
             sys::exit_immediately(0)
         }
     };
-    if first.send_value(&Ok::<(), String>(())).is_err() {
+    let greet = |conn: &RawConn| conn.send_value(&FdRef(table.as_fd())).is_ok();
+    if first.send_value(&Ok::<(), String>(())).is_err() || !greet(&first) {
         sys::exit_immediately(0);
     }
+    let Some(first_ident) = sys::peer_pid_if_same_user(&first)
+        .ok()
+        .flatten()
+        .map(ident_of)
+    else {
+        sys::exit_immediately(0)
+    };
     let Some(first) = tracker_client(first) else {
         sys::exit_immediately(0)
     };
-    let mut clients: Vec<(RawConn, HashSet<String>)> = vec![(first, HashSet::new())];
+    let Ok(table_copy) = table.try_clone() else {
+        sys::exit_immediately(0)
+    };
+    let mut t = Tracker {
+        clients: Vec::new(),
+        adopted: Vec::new(),
+        table: table_copy,
+        seq: 0,
+    };
+    t.accept(first, first_ident);
     loop {
-        if clients.is_empty() {
+        if t.clients.is_empty() && t.adopted.is_empty() {
             // Take a client that connected meanwhile rather than leave it unserved.
             match sys::wait_readable(listener.as_fd(), Some(std::time::Duration::ZERO)) {
                 Ok(true) => {}
                 _ => break,
             }
         }
+        let clients = t.clients.len();
         let ready = {
             let mut fds = vec![listener.as_fd()];
-            fds.extend(clients.iter().map(|(c, _)| c.as_fd()));
+            fds.extend(t.clients.iter().map(|c| c.conn.as_fd()));
+            fds.extend(t.adopted.iter().map(|a| a.pidfd.as_fd()));
             match sys::readable_of(&fds, None) {
                 Ok(r) => r,
                 Err(_) => break,
             }
         };
-        // Clients first, from the back, so that removing one keeps the other indices.
-        for &i in ready.iter().rev().filter(|&&i| i > 0) {
-            let (conn, names) = &mut clients[i - 1];
+        // Adopted owners that ended first, then clients, each from the back, so that
+        // removing one keeps the other indices.
+        let mut ended = false;
+        for &i in ready.iter().rev().filter(|&&i| i > clients) {
+            let gone = t.adopted.swap_remove(i - 1 - clients);
+            for n in gone.names {
+                let _ = memfd::unlink_named(&n);
+            }
+            ended = true;
+        }
+        for &i in ready.iter().rev().filter(|&&i| i > 0 && i <= clients) {
             let open = loop {
+                let conn = &t.clients[i - 1].conn;
                 // Readable: a whole message is there or on its way (see CLIENT_IO_TIMEOUT).
                 conn.set_read_deadline(Some(std::time::Instant::now() + CLIENT_IO_TIMEOUT));
                 match conn.recv_value::<TrackerMsg>() {
                     Ok(TrackerMsg::Register(n)) => {
-                        names.insert(n);
+                        t.clients[i - 1].names.insert(n);
                     }
                     Ok(TrackerMsg::Unregister(n)) => {
-                        names.remove(&n);
+                        t.clients[i - 1].names.remove(&n);
                     }
+                    Ok(TrackerMsg::Adopt(old)) => t.adopt(old.0),
                     Err(_) => break false,
                 }
-                // Recorded: say so (the client waits for it before it counts on us).
+                // Recorded, in the state file too: say so (the client waits for it
+                // before it counts on us).
+                t.save();
+                let conn = &t.clients[i - 1].conn;
                 if conn.send_value(&0u8).is_err() {
                     break false;
                 }
@@ -317,18 +503,22 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
                 }
             };
             if !open {
-                let (_, names) = clients.swap_remove(i - 1);
-                for n in names {
+                let gone = t.clients.swap_remove(i - 1);
+                for n in gone.names {
                     let _ = memfd::unlink_named(&n);
                 }
+                ended = true;
             }
+        }
+        if ended {
+            t.save();
         }
         if ready.first() == Some(&0) {
             if let Ok(fd) = sys::accept_one(&listener) {
-                if matches!(sys::peer_pid_if_same_user(&fd), Ok(Some(_))) {
+                if let Ok(Some(pid)) = sys::peer_pid_if_same_user(&fd) {
                     if let Some(conn) = tracker_client(RawConn::new(fd)) {
-                        if conn.send_value(&0u8).is_ok() {
-                            clients.push((conn, HashSet::new()));
+                        if greet(&conn) {
+                            t.accept(conn, ident_of(pid));
                         }
                     }
                 }
@@ -341,14 +531,17 @@ pub(crate) fn tracker_main(first: RawConn) -> ! {
 /// At a normal exit (the main process's, or a child's when its work is done): if the
 /// tracker that holds this process's names died meanwhile (killed on its own), hands them
 /// to its replacement (started if needed), which unlinks them once this process is gone,
-/// as the dead one would have. Without this, names registered with a dead tracker would
+/// as the dead one would have; with them, the dead tracker's state, so that the names of
+/// other processes killed meanwhile are unlinked too. Without this, names registered with a dead tracker would
 /// be left in /dev/shm by a process that made no other registration before it ended.
 pub(crate) fn hand_over_at_exit() {
     // Never wait at exit for a thread that still holds the tracker: best effort.
     let Ok(mut t) = TRACKER.try_lock() else {
         return;
     };
-    if t.names.is_empty() {
+    // Our names, or a dead tracker's state that nobody handed over yet.
+    let holds_state = t.table.as_ref().is_some_and(|f| !state_file::is_empty(f));
+    if t.names.is_empty() && !holds_state {
         return;
     }
     if t.conn.as_ref().is_some_and(|c| !sys::peer_closed(c)) {
@@ -364,6 +557,9 @@ pub(crate) fn forget_after_fork() {
         t.conn = None;
         t.names.clear();
         t.pid = None;
-        t.started.clear();
+        for pidfd in t.started.drain(..) {
+            sys::stop_reaping(&pidfd);
+        }
+        t.table = None;
     }
 }

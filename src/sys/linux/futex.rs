@@ -186,6 +186,12 @@ pub(crate) fn make_ident(pid: u32, start: u64) -> u64 {
     (pid as u64) | ((start as u32 as u64) << 32)
 }
 
+/// The identity word of process `pid` (its start time 0 if it cannot be read: then only
+/// the pid counts, see [`process_gone`]).
+pub(crate) fn ident_of(pid: u32) -> u64 {
+    make_ident(pid, proc_start_time(pid).unwrap_or(0))
+}
+
 /// The pid part of an identity word.
 pub(crate) fn ident_pid(ident: u64) -> u32 {
     ident as u32

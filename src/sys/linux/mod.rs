@@ -8,6 +8,7 @@ pub(crate) mod memfd;
 pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod socket;
+pub(crate) mod state_file;
 
 pub(crate) use code::*;
 pub(crate) use net::*;
