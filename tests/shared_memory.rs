@@ -770,6 +770,21 @@ fn names_held_by_a_killed_tracker_are_unlinked_when_their_creator_ends() {
     );
 }
 
+/// This process uses the tracker (it holds `mine`), a child creates the block `name` and
+/// hangs (`h`), then the tracker (`tracker`) is killed.
+fn a_creator_whose_tracker_was_killed(
+    tag: &str,
+) -> (SharedMemory, String, multiproc::JoinHandle<()>, u32) {
+    let mine = SharedMemory::create(None, 10).unwrap();
+    let name = unique(tag);
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    let tracker = shared_memory::tracker_pid().unwrap();
+    kill_and_wait(tracker);
+    (mine, name, h, tracker)
+}
+
 /// Issue 12.1: the tracker is killed, and then a process holding a block it registered is
 /// killed too, with no registration in between (so nothing had noticed the dead tracker).
 /// The name stays until the next use of the tracker by a process that had used the dead
@@ -779,13 +794,7 @@ fn names_held_by_a_killed_tracker_are_unlinked_when_their_creator_ends() {
 #[test]
 fn names_of_a_process_killed_after_its_tracker_are_unlinked_at_the_next_use() {
     multiproc::init();
-    let mine = SharedMemory::create(None, 10).unwrap();
-    let name = unique("killed_after_tracker");
-    let ready = Event::new().unwrap();
-    let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)));
-    let tracker = shared_memory::tracker_pid().unwrap();
-    kill_and_wait(tracker);
+    let (mine, name, h, tracker) = a_creator_whose_tracker_was_killed("killed_after_tracker");
     h.kill().unwrap();
     assert!(h.join().is_err());
     assert!(exists(&name), "nothing watched it meanwhile");
@@ -835,13 +844,7 @@ fn names_of_a_process_killed_after_its_tracker_are_unlinked_when_a_user_ends() {
 #[test]
 fn names_taken_over_from_a_killed_tracker_are_unlinked_when_their_owner_is_killed() {
     multiproc::init();
-    let mine = SharedMemory::create(None, 10).unwrap();
-    let name = unique("adopted_then_killed");
-    let ready = Event::new().unwrap();
-    let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)));
-    let tracker = shared_memory::tracker_pid().unwrap();
-    kill_and_wait(tracker);
+    let (mine, name, h, tracker) = a_creator_whose_tracker_was_killed("adopted_then_killed");
     let next = SharedMemory::create(None, 10).unwrap();
     assert_ne!(shared_memory::tracker_pid(), Some(tracker));
     assert!(exists(&name), "its owner lives: the name stays");
