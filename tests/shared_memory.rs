@@ -779,7 +779,7 @@ fn a_creator_whose_tracker_was_killed(
     let name = unique(tag);
     let ready = Event::new().unwrap();
     let h = multiproc::spawn(create_and_hang, (name.clone(), ready.clone())).unwrap();
-    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
     let tracker = shared_memory::tracker_pid().unwrap();
     kill_and_wait(tracker);
     (mine, name, h, tracker)
@@ -812,7 +812,7 @@ fn use_the_tracker_then_end((tracker, go): (Connection<u32>, Event)) {
     tracker
         .send(&shared_memory::tracker_pid().unwrap())
         .unwrap();
-    assert!(go.wait_timeout(Duration::from_secs(60)));
+    assert!(go.wait_timeout(Duration::from_secs(60)).unwrap());
 }
 
 /// Issue 12.1: as above, but no process uses the tracker again: one that had used the
@@ -827,7 +827,7 @@ fn names_of_a_process_killed_after_its_tracker_are_unlinked_when_a_user_ends() {
     let user = multiproc::spawn(use_the_tracker_then_end, (theirs, go.clone())).unwrap();
     let tracker = tracker.recv().unwrap();
     let h = multiproc::spawn(create_and_hang, (name.clone(), created.clone())).unwrap();
-    assert!(created.wait_timeout(Duration::from_secs(30)));
+    assert!(created.wait_timeout(Duration::from_secs(30)).unwrap());
     kill_and_wait(tracker);
     h.kill().unwrap();
     assert!(h.join().is_err());
