@@ -360,20 +360,37 @@ impl<T: Number> Value<T> {
     /// Takes the lock and returns a guard through which the value is read and written;
     /// the new value is stored when the guard drops, then the lock is released.
     ///
-    /// A previous holder that died gives an [`OwnerDiedError`]
-    /// holding the guard (the number itself cannot be half written, but a computation
-    /// that spans several values may be); `?` turns it into
-    /// [`Error::OwnerDied`] and releases the lock. Taking it while
-    /// this thread holds [`get_lock`](Value::get_lock) deadlocks.
-    /// While the guard lives, [`get`](Value::get) in this thread reads the stored value,
-    /// not the guard's pending one.
+    /// Taking it while this thread holds [`get_lock`](Value::get_lock) deadlocks. While
+    /// the guard lives, [`get`](Value::get) in this thread reads the stored value, not the
+    /// guard's pending one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OwnerDied`] if the previous holder died holding the lock (the number itself
+    /// cannot be half written, but a computation that spans several values may be); the
+    /// lock is then released again. [`lock_recoverable`](Value::lock_recoverable) hands
+    /// over the guard instead.
     ///
     /// ```
     /// let v = multiproc::Value::new(1u32).unwrap();
     /// *v.lock().unwrap() += 41;
     /// assert_eq!(v.get(), 42);
     /// ```
-    pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
+    pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
+        Ok(self.lock_recoverable()?)
+    }
+
+    /// As [`lock`](Value::lock), but a previous holder that died gives an
+    /// [`OwnerDiedError`] holding the guard (the lock held), as
+    /// [`Lock::lock_recoverable`] does; `?` turns it into [`Error::OwnerDied`] and
+    /// releases the lock.
+    ///
+    /// ```
+    /// let v = multiproc::Value::new(1u32).unwrap();
+    /// *v.lock_recoverable().unwrap_or_else(|died| died.into_inner()) += 1;
+    /// assert_eq!(v.get(), 2);
+    /// ```
+    pub fn lock_recoverable(&self) -> LockResult<ValueGuard<'_, T>> {
         let died = self.lock.raw().lock(None) == Acquired::OwnerDied;
         let guard = ValueGuard {
             val: load(&self.seg, V_DATA),
@@ -707,9 +724,13 @@ impl<T: Number> Array<T> {
     }
 
     /// Takes the lock; the guard derefs to the elements (a copy, stored back on drop if
-    /// changed). A previous holder that died (perhaps while storing its changes back)
-    /// gives an [`OwnerDiedError`] holding the guard, as
-    /// [`Lock::lock`] does.
+    /// changed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OwnerDied`] if the previous holder died holding the lock (perhaps while
+    /// storing its changes back); the lock is then released again.
+    /// [`lock_recoverable`](Array::lock_recoverable) hands over the guard instead.
     ///
     /// ```
     /// let a = multiproc::Array::<i32>::new(3).unwrap();
@@ -720,7 +741,20 @@ impl<T: Number> Array<T> {
     /// }
     /// assert_eq!(a.to_vec(), vec![2, 1, 1]);
     /// ```
-    pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
+    pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
+        Ok(self.lock_recoverable()?)
+    }
+
+    /// As [`lock`](Array::lock), but a previous holder that died gives an
+    /// [`OwnerDiedError`] holding the guard (the lock held), as
+    /// [`Lock::lock_recoverable`] does.
+    ///
+    /// ```
+    /// let a = multiproc::Array::<i32>::new(2).unwrap();
+    /// a.lock_recoverable().unwrap_or_else(|died| died.into_inner())[1] = 7;
+    /// assert_eq!(a.to_vec(), vec![0, 7]);
+    /// ```
+    pub fn lock_recoverable(&self) -> LockResult<ArrayGuard<'_, T>> {
         let died = self.lock.raw().lock(None) == Acquired::OwnerDied;
         let guard = ArrayGuard {
             items: read_all(&self.seg, A_DATA, self.len),

@@ -415,7 +415,9 @@ fn locks() -> Result<()> {
     lock.acquire()?;
     lock.release()?;
     {
-        let _g = lock.lock()?;
+        // Every fallible call returns multiproc::Result, the guard calls included.
+        let g: Result<multiproc::LockGuard<'_>> = lock.lock();
+        let _g = g?;
         let got: bool = lock.try_acquire()?;
         assert!(!got);
     }
@@ -446,6 +448,13 @@ fn locks() -> Result<()> {
     p.start()?;
     p.join()?;
     assert_eq!(kind_of(&orphaned.acquire()), "OwnerDied");
+    orphaned.release()?;
+    // lock() says so too, as a multiproc::Result (and leaves the lock free).
+    let mut p = Process::new(exit_holding, orphaned.clone());
+    p.start()?;
+    p.join()?;
+    assert_eq!(kind_of(&orphaned.lock()), "OwnerDied");
+    let _g = orphaned.lock()?;
 
     // RLock: the same calls, re-entrant for its owner, refused to another process.
     let r = RLock::new()?;
@@ -656,6 +665,8 @@ fn values_and_arrays() -> Result<()> {
         assert_eq!(p.exitcode(), Some(0));
     }
     assert_eq!(balance.get(), 100);
+    let guard: Result<multiproc::ValueGuard<'_, i32>> = balance.lock();
+    assert_eq!(*guard?, 100);
     let lock: &Lock = balance.get_lock();
     {
         let _g = balance.lock()?;

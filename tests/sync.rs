@@ -148,9 +148,9 @@ fn owner_died_guard_holds_the_lock_until_dropped() {
     multiproc::init();
     let lock = Lock::new().unwrap();
     kill_holding(&lock);
-    // `lock()` agrees with `acquire()`: the caller holds the lock, through the guard
-    // carried by the error.
-    let err = lock.lock().unwrap_err();
+    // `lock_recoverable()` agrees with `acquire()`: the caller holds the lock, through the
+    // guard carried by the error.
+    let err = lock.lock_recoverable().unwrap_err();
     assert!(lock.is_locked());
     assert!(!lock.try_acquire().unwrap());
     let guard = err.into_inner();
@@ -160,20 +160,26 @@ fn owner_died_guard_holds_the_lock_until_dropped() {
 
     // Dropping the error itself releases too.
     kill_holding(&lock);
-    let err = lock.lock().unwrap_err();
+    let err = lock.lock_recoverable().unwrap_err();
     assert!(lock.is_locked());
     drop(err);
     assert!(!lock.is_locked());
 
     // `?` turns it into Error::OwnerDied and never leaves the lock held.
     fn take(lock: &Lock) -> multiproc::Result<()> {
-        let _g = lock.lock()?;
+        let _g = lock.lock_recoverable()?;
         Ok(())
     }
     kill_holding(&lock);
     assert!(matches!(take(&lock), Err(Error::OwnerDied)));
     assert!(!lock.is_locked());
     take(&lock).unwrap();
+
+    // The plain `lock()` is a multiproc::Result: OwnerDied, with the lock released again,
+    // and the next call takes it cleanly.
+    kill_holding(&lock);
+    assert!(matches!(lock.lock(), Err(Error::OwnerDied)));
+    assert!(!lock.is_locked());
     let _g = lock.lock().unwrap();
 }
 
@@ -193,7 +199,7 @@ fn owner_died_guard_of_a_value_and_an_rlock() {
     assert!(held.wait_timeout(Duration::from_secs(10)).unwrap());
     h.kill().unwrap();
     let _ = h.join();
-    let mut err = v.lock().unwrap_err();
+    let mut err = v.lock_recoverable().unwrap_err();
     assert_eq!(**err.get_ref(), 1);
     **err.get_mut() = 2; // repaired through the guard, stored when it drops
     assert!(v.get_lock().is_locked());
@@ -206,7 +212,7 @@ fn owner_died_guard_of_a_value_and_an_rlock() {
         r.try_acquire().unwrap()
     }
     assert!(multiproc::spawn(take, r.clone()).unwrap().join().unwrap());
-    let g = r.lock().unwrap_err().into_inner();
+    let g = r.lock_recoverable().unwrap_err().into_inner();
     assert!(!multiproc::spawn(take, r.clone()).unwrap().join().unwrap());
     drop(g);
     assert!(multiproc::spawn(take, r.clone()).unwrap().join().unwrap());

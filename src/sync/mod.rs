@@ -76,14 +76,16 @@ fn lock_kind_ok(k: u32) -> bool {
         .any(|x| x.0 == k)
 }
 
-/// What the guard-returning lock calls ([`Lock::lock`], [`RLock::lock`],
-/// [`Value::lock`](crate::Value::lock), [`Array::lock`](crate::Array::lock)) return: the
-/// guard, or the guard inside an [`OwnerDiedError`] when the previous holder died holding
-/// the lock (std's `LockResult` and `PoisonError`).
+/// What the recovering guard calls ([`Lock::lock_recoverable`],
+/// [`RLock::lock_recoverable`], [`Value::lock_recoverable`](crate::Value::lock_recoverable),
+/// [`Array::lock_recoverable`](crate::Array::lock_recoverable)) return: the guard, or the
+/// guard inside an [`OwnerDiedError`] when the previous holder died holding the lock
+/// (std's `LockResult` and `PoisonError`). Their plain forms (`lock`) return a
+/// [`Result`] as every fallible call does, with [`Error::OwnerDied`] in that case.
 ///
 /// ```
 /// let lock = multiproc::Lock::new().unwrap();
-/// let r: multiproc::sync::LockResult<multiproc::LockGuard<'_>> = lock.lock();
+/// let r: multiproc::sync::LockResult<multiproc::LockGuard<'_>> = lock.lock_recoverable();
 /// assert!(r.is_ok());
 /// ```
 pub type LockResult<G> = std::result::Result<G, OwnerDiedError<G>>;
@@ -109,7 +111,7 @@ pub type LockResult<G> = std::result::Result<G, OwnerDiedError<G>>;
 /// let mut p = multiproc::Process::new(die_holding, lock.clone());
 /// p.start().unwrap();
 /// p.join().unwrap();
-/// let guard = match lock.lock() {
+/// let guard = match lock.lock_recoverable() {
 ///     Err(died) => died.into_inner(), // we hold the lock now
 ///     Ok(_) => panic!("the holder died: lock() must say so"),
 /// };
@@ -135,7 +137,7 @@ impl<G> OwnerDiedError<G> {
     /// # let mut p = multiproc::Process::new(die_holding, lock.clone());
     /// # p.start().unwrap();
     /// # p.join().unwrap();
-    /// let g = lock.lock().unwrap_or_else(|died| died.into_inner());
+    /// let g = lock.lock_recoverable().unwrap_or_else(|died| died.into_inner());
     /// assert!(lock.is_locked());
     /// drop(g);
     /// ```
@@ -153,7 +155,7 @@ impl<G> OwnerDiedError<G> {
     /// # p.start().unwrap();
     /// # p.join().unwrap();
     /// // ... a process died holding v's lock ...
-    /// let e = v.lock().unwrap_err();
+    /// let e = v.lock_recoverable().unwrap_err();
     /// assert_eq!(**e.get_ref(), 5);
     /// ```
     pub fn get_ref(&self) -> &G {
@@ -169,7 +171,7 @@ impl<G> OwnerDiedError<G> {
     /// # let mut p = multiproc::Process::new(die_holding, v.clone());
     /// # p.start().unwrap();
     /// # p.join().unwrap();
-    /// let mut e = v.lock().unwrap_err();
+    /// let mut e = v.lock_recoverable().unwrap_err();
     /// **e.get_mut() = 0; // repair the value
     /// drop(e);
     /// assert_eq!(v.get(), 0);
@@ -222,9 +224,10 @@ fn owner_died_or(r: Acquired) -> Result<bool> {
 /// caller — non-blocking ones such as [`try_acquire`](Lock::try_acquire) and zero timeouts
 /// included — takes it over on its first attempt. Either way it is told so:
 /// [`acquire`](Lock::acquire) and friends return
-/// [`Error::OwnerDied`] *with the lock held* (release it when done), and
-/// [`lock`](Lock::lock) returns an [`OwnerDiedError`] holding the guard (dropping it, or
-/// `?`, releases the lock).
+/// [`Error::OwnerDied`] *with the lock held* (release it when done),
+/// [`lock`](Lock::lock) returns [`Error::OwnerDied`] with the lock released again, and
+/// [`lock_recoverable`](Lock::lock_recoverable) returns an [`OwnerDiedError`] holding the
+/// guard (dropping it, or `?`, releases the lock).
 ///
 /// Uncontended, acquire + release is two atomic instructions (no system call).
 ///
@@ -338,11 +341,12 @@ impl Lock {
 
     /// Acquires the lock and returns a guard that releases it when dropped.
     ///
-    /// If the previous holder died holding it, returns an [`OwnerDiedError`] that holds the
-    /// guard (like std's `PoisonError`): the lock is held, as after [`acquire`](Lock::acquire)'s
-    /// [`Error::OwnerDied`]; take the guard with
-    /// [`into_inner`](OwnerDiedError::into_inner), or let `?` turn it into
-    /// [`Error::OwnerDied`], which releases the lock.
+    /// # Errors
+    ///
+    /// [`Error::OwnerDied`] if the previous holder died holding it. The lock is then
+    /// released again (the next caller takes it cleanly); the data it protects may be
+    /// inconsistent. To take the lock over with its guard instead, use
+    /// [`lock_recoverable`](Lock::lock_recoverable).
     ///
     /// ```
     /// let lock = multiproc::Lock::new().unwrap();
@@ -352,7 +356,25 @@ impl Lock {
     /// assert!(!lock.is_locked());
     /// ```
     #[inline]
-    pub fn lock(&self) -> LockResult<LockGuard<'_>> {
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        Ok(self.lock_recoverable()?)
+    }
+
+    /// Acquires the lock and returns a guard, as [`lock`](Lock::lock) does; if the previous
+    /// holder died holding it, an [`OwnerDiedError`] that holds the guard (like std's
+    /// `PoisonError`): the lock is held, as after [`acquire`](Lock::acquire)'s
+    /// [`Error::OwnerDied`]; take the guard with
+    /// [`into_inner`](OwnerDiedError::into_inner), or let `?` turn it into
+    /// [`Error::OwnerDied`], which releases the lock.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// let g = lock.lock_recoverable().unwrap_or_else(|died| died.into_inner());
+    /// assert!(lock.is_locked());
+    /// drop(g);
+    /// ```
+    #[inline]
+    pub fn lock_recoverable(&self) -> LockResult<LockGuard<'_>> {
         let died = self.raw().lock(None) == Acquired::OwnerDied;
         let guard = LockGuard { lock: self };
         if died {
@@ -573,8 +595,13 @@ impl RLock {
         Ok(())
     }
 
-    /// Acquires it and returns a guard that releases one level when dropped. As
-    /// [`Lock::lock`], a dead previous holder gives an [`OwnerDiedError`] holding the guard.
+    /// Acquires it and returns a guard that releases one level when dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::lock`]: [`Error::OwnerDied`] if the previous holder died holding it,
+    /// with the lock released again ([`lock_recoverable`](RLock::lock_recoverable) keeps
+    /// it, with its guard).
     ///
     /// ```
     /// let r = multiproc::RLock::new().unwrap();
@@ -582,7 +609,20 @@ impl RLock {
     /// let b = r.lock().unwrap();
     /// drop((b, a));
     /// ```
-    pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
+    pub fn lock(&self) -> Result<RLockGuard<'_>> {
+        Ok(self.lock_recoverable()?)
+    }
+
+    /// As [`lock`](RLock::lock), but a dead previous holder gives an [`OwnerDiedError`]
+    /// holding the guard, as [`Lock::lock_recoverable`] does.
+    ///
+    /// ```
+    /// let r = multiproc::RLock::new().unwrap();
+    /// let g = r.lock_recoverable().unwrap_or_else(|died| died.into_inner());
+    /// assert!(r.is_owned());
+    /// drop(g);
+    /// ```
+    pub fn lock_recoverable(&self) -> LockResult<RLockGuard<'_>> {
         match self.acquire() {
             Err(Error::OwnerDied) => Err(OwnerDiedError::new(RLockGuard { lock: self })),
             // `acquire` fails only when the holder died.
