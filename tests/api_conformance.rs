@@ -261,6 +261,11 @@ fn pipe_duplex_simplex_bytes_and_fd() -> Result<()> {
     assert!(fds[0].revents().contains(rustix::event::PollFlags::IN));
     let nine: u64 = y.recv()?;
     assert_eq!(nine, 9);
+    // Bytes that are not a T: Error::Codec, and the connection goes on.
+    x.send_bytes(&[0xff])?;
+    assert_eq!(kind_of(&y.recv()), "Codec");
+    x.send(&10)?;
+    assert_eq!(y.recv()?, 10);
     x.close();
     assert_eq!(kind_of(&y.recv()), "Eof");
 
@@ -366,7 +371,7 @@ fn queues() -> Result<()> {
     let third: String = b.get()?;
     assert_eq!(third, "c");
     b.close();
-    assert!(b.put("d".to_string()).is_err());
+    assert_eq!(kind_of(&b.put("d".to_string())), "Closed");
 
     let sq = SimpleQueue::<i32>::new()?;
     assert!(sq.empty());
@@ -834,6 +839,10 @@ fn add((a, b): (u64, u64)) -> u64 {
     a + b
 }
 
+fn wait_for_go_ok(go: Event) {
+    go.wait().expect("waits");
+}
+
 static OFFSET: AtomicU64 = AtomicU64::new(0);
 
 fn set_offset(o: u64) {
@@ -879,6 +888,14 @@ fn pool() -> Result<()> {
     assert!(ready);
     let ok: bool = r.successful()?;
     assert!(ok);
+
+    // Not ready within the timeout: Error::Timeout, and the result still comes.
+    let go = Event::new()?;
+    let later: AsyncResult<()> = pool.apply_async(wait_for_go_ok, go.clone());
+    assert_eq!(kind_of(&later.get_timeout(SHORT)), "Timeout");
+    assert!(!later.ready());
+    go.set();
+    later.get()?;
 
     let m: AsyncResult<Vec<u64>> = pool.map_async(square, vec![1, 2, 3]);
     assert_eq!(m.get()?, vec![1, 4, 9]);
