@@ -599,6 +599,8 @@ WORKLOADS = {
     "queue_1mib_struct": ("GB/s", lambda: queue_1mib_typed("struct")),
     "queue_1mib_string": ("GB/s", lambda: queue_1mib_typed("string")),
     "queue_1gib_item": ("GB/s", queue_1gib_item),
+    # Python has no allocator that hands a `bytes` over: the same workload as above.
+    "queue_1gib_item_handed_over": ("GB/s", queue_1gib_item),
     "queue_1gib_shared_bytes": ("GB/s", queue_1gib_shared_bytes),
     "queue_ndarray_1mib": ("GB/s", lambda: queue_numpy(ND_SMALL, ND_SMALL_COUNT)),
     "queue_ndarray_64mib": ("GB/s", lambda: queue_numpy(ND_BIG, ND_BIG_COUNT)),

@@ -34,6 +34,13 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Connection, Process, StartMethod};
 
+/// multiproc's allocator, off (no allocation goes to a memory file) except in the producer
+/// of `queue_1gib_item_handed_over`, which turns it on: every other row measures the system
+/// allocator, as before, and the peers are not affected. The parent is the receiver of that
+/// row: with the allocator installed it adopts the handed-over file whatever its threshold.
+#[global_allocator]
+pub static HEAP: multiproc::ShmAllocator = multiproc::ShmAllocator::from_size(usize::MAX);
+
 #[path = "compare/peer_workloads.rs"]
 mod peer_workloads;
 #[path = "compare/pool_workloads.rs"]
@@ -136,6 +143,12 @@ const WORKLOADS: &[Workload] = &[
         unit: "GB/s",
         higher_is_better: true,
         run: queue_workloads::queue_1gib_item,
+    },
+    Workload {
+        name: "queue_1gib_item_handed_over",
+        unit: "GB/s",
+        higher_is_better: true,
+        run: queue_workloads::queue_1gib_item_handed_over,
     },
     Workload {
         name: "queue_1gib_shared_bytes",

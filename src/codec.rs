@@ -54,12 +54,14 @@ use std::any::TypeId;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, SerializeSeq as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::sys::heap;
 use crate::sys::memfd::MessageFile;
 use crate::sys::plain::{self, Plain};
 use crate::{Error, Result};
@@ -205,6 +207,39 @@ const MAX_EMPTY_ELEMENTS: usize = 1 << 20;
 /// How deep values may nest when decoding.
 const MAX_DEPTH: u32 = 256;
 
+/// The bit of a length word that says its run was handed over as a memory file (see
+/// [`Enc::counted_run`]). No real length has it: no run of 2^63 bytes or elements exists.
+const HANDED_OVER: u64 = 1 << 63;
+
+/// Whether this process's channels may hand large runs over as memory files (see
+/// [`Enc::counted_run`]); off in the workers of a cluster agent, whose results travel to
+/// another MPI rank, where no descriptor can follow.
+static HAND_OVER: AtomicBool = AtomicBool::new(true);
+
+/// How many descriptors a message may already carry for a run to be handed over.
+const MAX_HANDED_OVER: usize = 64;
+
+/// Stops this process from handing large runs over as memory files (see [`HAND_OVER`]).
+pub(crate) fn never_hand_over() {
+    HAND_OVER.store(false, Ordering::Relaxed);
+}
+
+/// Hands `b` over (`sys::heap::hand_over`) and records its descriptor with the message's
+/// others: its index, or `None` (copy the bytes) if it is not such a run or no descriptor
+/// list is being gathered.
+#[cold]
+fn hand_over_run(b: &[u8]) -> Option<u32> {
+    // A message carries at most `MAX_HANDED_OVER` memory files (the kernel passes at most
+    // 253 descriptors per message, handles included): past that, runs are copied.
+    let sent = OUT_FDS.with(|c| c.borrow().as_ref().map(Vec::len))?;
+    if sent >= MAX_HANDED_OVER {
+        return None;
+    }
+    let fd = heap::hand_over(b)?;
+    // Without a list the file is dropped: the bytes, still readable, are then copied.
+    push_out_fd(fd).and_then(|i| u32::try_from(i).ok())
+}
+
 /// The encoder: appends to a vector, or, for a value that grows past a size given up front
 /// (see [`encode_spilling`]), to a memory file: then `out` only gathers small writes
 /// between large runs, which go from the value's own memory to the file in one `pwrite`.
@@ -216,6 +251,10 @@ struct Enc<'a> {
     limit: usize,
     /// The file, once the value went past its first limit.
     file: Option<Box<Spill>>,
+    /// Whether a large run that is a [`ShmAllocator`](crate::ShmAllocator) allocation may
+    /// travel as its memory file (see [`Enc::counted_run`]): only for channels that carry
+    /// memory files between processes of one machine.
+    hand_over: bool,
 }
 
 /// Where a large value being encoded goes (see [`Enc`]).
@@ -238,6 +277,7 @@ impl<'a> Enc<'a> {
             out,
             limit: usize::MAX,
             file: None,
+            hand_over: false,
         }
     }
 
@@ -248,7 +288,25 @@ impl<'a> Enc<'a> {
 
     #[inline]
     fn bytes(&mut self, b: &[u8]) -> R<()> {
-        self.len(b.len());
+        self.counted_run(b.len(), b)
+    }
+
+    /// A length (`n` elements) and the run of bytes that holds them. A large run that is
+    /// the start of a [`ShmAllocator`](crate::ShmAllocator) allocation never sent before
+    /// travels as that allocation's memory file instead (`sys::heap::hand_over`): then the
+    /// length word carries [`HANDED_OVER`] and the file's index among the message's
+    /// descriptors follows, in place of the bytes.
+    #[inline]
+    fn counted_run(&mut self, n: usize, b: &[u8]) -> R<()> {
+        if self.hand_over && b.len() >= heap::MIN_SIZE {
+            if let Some(idx) = hand_over_run(b) {
+                self.out
+                    .extend_from_slice(&(n as u64 | HANDED_OVER).to_le_bytes());
+                self.out.extend_from_slice(&idx.to_le_bytes());
+                return Ok(());
+            }
+        }
+        self.len(n);
         self.run(b)
     }
 
@@ -310,7 +368,7 @@ impl<'a> Enc<'a> {
             Some(f) if b.len() >= SPILL_BATCH => f.write(b),
             _ => {
                 if self.out.spare_capacity_mut().len() < b.len() {
-                    self.out.reserve(b.len());
+                    heap::private_scope(|| self.out.reserve(b.len()));
                     crate::sys::memfd::prepare_fill(&mut self.out.spare_capacity_mut()[..b.len()]);
                 }
                 self.out.extend_from_slice(b);
@@ -628,8 +686,7 @@ impl<'a, 'b> Serializer for &'b mut Enc<'a> {
     {
         let iter = iter.into_iter();
         if let Some((n, bytes)) = plain_run(&iter) {
-            self.len(n);
-            return self.run(bytes);
+            return self.counted_run(n, bytes);
         }
         let (lo, hi) = iter.size_hint();
         let mut seq = self.serialize_seq((hi == Some(lo)).then_some(lo))?;
@@ -805,8 +862,61 @@ impl<'de> Dec<'de> {
     /// A length (of a string, sequence, map).
     #[inline]
     fn len(&mut self) -> R<usize> {
+        match self.run_len()? {
+            Run::Inline(n) => Ok(n),
+            Run::HandedOver(..) => Err(CodecError(
+                "a large vector or string was handed over in shared memory (see \
+                 ShmAllocator) where the receiving type reads its bytes in place or \
+                 element by element; receive it as a Vec of numbers, a String or a byte \
+                 buffer"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A length word: of a run that follows inline, or of one handed over as a memory
+    /// file (with the file's index among the message's descriptors).
+    #[inline]
+    fn run_len(&mut self) -> R<Run> {
         let n = u64::from_le_bytes(self.array()?);
-        usize::try_from(n).map_err(|_| CodecError(format!("length {n} is too large")))
+        if n & HANDED_OVER != 0 {
+            return self.handed_over(n & !HANDED_OVER);
+        }
+        usize::try_from(n)
+            .map(Run::Inline)
+            .map_err(|_| CodecError(format!("length {n} is too large")))
+    }
+
+    #[cold]
+    fn handed_over(&mut self, n: u64) -> R<Run> {
+        let idx = self.u32()?;
+        let n = usize::try_from(n).map_err(|_| CodecError(format!("length {n} is too large")))?;
+        Ok(Run::HandedOver(n, idx))
+    }
+
+    /// The vector of `n` numbers handed over as the message's descriptor `idx`.
+    #[cold]
+    fn received_vec<P: Plain>(&mut self, n: usize, idx: u32) -> R<Vec<P>> {
+        let fd = take_in_fd(idx as usize).map_err(CodecError)?;
+        heap::received_vec::<P>(fd, n).map_err(|e| CodecError(e.to_string()))
+    }
+
+    /// A string's or byte string's bytes, owned: for a handed-over run, or a large one
+    /// (copied into memory made for it, see `owned_run`); `None` for a small inline one,
+    /// which the caller borrows from the input.
+    #[inline]
+    fn owned_bytes(&mut self) -> R<std::result::Result<Vec<u8>, &'de [u8]>> {
+        match self.run_len()? {
+            Run::HandedOver(n, idx) => self.received_vec::<u8>(n, idx).map(Ok),
+            Run::Inline(n) => {
+                let b = self.take(n)?;
+                if b.len() >= plain::HUGE_RUN {
+                    owned_run(b).map(Ok)
+                } else {
+                    Ok(Err(b))
+                }
+            }
+        }
     }
 
     /// The length of a sequence or map: a count of elements that each take at least one
@@ -821,17 +931,6 @@ impl<'de> Dec<'de> {
             )));
         }
         Ok(n)
-    }
-
-    #[inline]
-    fn bytes(&mut self) -> R<&'de [u8]> {
-        let n = self.len()?;
-        self.take(n)
-    }
-
-    #[inline]
-    fn str(&mut self) -> R<&'de str> {
-        plain::utf8(self.bytes()?).map_err(|e| CodecError(format!("bad UTF-8: {e}")))
     }
 
     #[inline]
@@ -872,7 +971,14 @@ impl<'de> Dec<'de> {
     }
 
     fn read_plain_vec<P: Plain, V: Visitor<'de>>(&mut self) -> R<V::Value> {
-        let n = self.len()?;
+        let n = match self.run_len()? {
+            Run::Inline(n) => n,
+            Run::HandedOver(n, idx) => {
+                let v = self.received_vec::<P>(n, idx)?;
+                return plain::vec_as::<P, V::Value>(v)
+                    .map_err(|_| CodecError("internal: the visitor of Vec is not a Vec".into()));
+            }
+        };
         let size = std::mem::size_of::<P>();
         let nbytes = n
             .checked_mul(size)
@@ -885,12 +991,24 @@ impl<'de> Dec<'de> {
     }
 }
 
+/// A length word read by [`Dec::run_len`].
+enum Run {
+    Inline(usize),
+    /// `n` elements in the message's descriptor `idx`, a memory file.
+    HandedOver(usize, u32),
+}
+
 /// A large run of bytes copied into a vector of its own, whose fresh memory is prepared
 /// for the copy (huge pages, or all pages made at once: `memfd::prepare_fill`; the copy
 /// then runs at memory speed rather than at the speed of a page fault per 4 KiB).
 fn owned_run(b: &[u8]) -> R<Vec<u8>> {
     plain::vec_from_bytes::<u8>(b)
         .ok_or_else(|| CodecError(format!("cannot allocate {} bytes", b.len())))
+}
+
+/// The string whose UTF-8 bytes are `b` (checked).
+fn owned_string(b: Vec<u8>) -> R<String> {
+    plain::string_from_utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))
 }
 
 /// The type ids of serde's visitors for `Vec<u8>`, `Vec<u16>`, … `Vec<f64>` (in the order
@@ -991,30 +1109,39 @@ impl<'de> Deserializer<'de> for &mut Dec<'de> {
     }
     #[inline]
     fn deserialize_str<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
-        v.visit_borrowed_str(self.str()?)
+        match self.run_len()? {
+            Run::Inline(n) => {
+                let b = self.take(n)?;
+                v.visit_borrowed_str(
+                    plain::utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))?,
+                )
+            }
+            Run::HandedOver(n, idx) => v.visit_string(owned_string(self.received_vec(n, idx)?)?),
+        }
     }
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
-        let b = self.bytes()?;
-        if b.len() >= plain::HUGE_RUN {
-            // A large string is copied into memory made for it (see `owned_run`).
-            let s = plain::string_from_utf8(owned_run(b)?)
-                .map_err(|e| CodecError(format!("bad UTF-8: {e}")))?;
-            return v.visit_string(s);
+        match self.owned_bytes()? {
+            // A large string is owned: copied into memory made for it, or handed over.
+            Ok(b) => v.visit_string(owned_string(b)?),
+            Err(b) => v.visit_borrowed_str(
+                plain::utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))?,
+            ),
         }
-        v.visit_borrowed_str(plain::utf8(b).map_err(|e| CodecError(format!("bad UTF-8: {e}")))?)
     }
     #[inline]
     fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
-        v.visit_borrowed_bytes(self.bytes()?)
+        match self.run_len()? {
+            Run::Inline(n) => v.visit_borrowed_bytes(self.take(n)?),
+            Run::HandedOver(n, idx) => v.visit_byte_buf(self.received_vec(n, idx)?),
+        }
     }
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
-        let b = self.bytes()?;
-        if b.len() >= plain::HUGE_RUN {
-            return v.visit_byte_buf(owned_run(b)?);
+        match self.owned_bytes()? {
+            Ok(b) => v.visit_byte_buf(b),
+            Err(b) => v.visit_borrowed_bytes(b),
         }
-        v.visit_borrowed_bytes(b)
     }
     #[inline]
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
@@ -1223,6 +1350,7 @@ pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
         out: &mut *out,
         limit: spill_at,
         file: None,
+        hand_over: HAND_OVER.load(Ordering::Relaxed),
     };
     let r = put(value, &mut enc);
     let fds = OUT_FDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
@@ -1355,6 +1483,7 @@ impl FdSession {
             out: &mut *out,
             limit: spill_at,
             file: None,
+            hand_over: HAND_OVER.load(Ordering::Relaxed),
         };
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put(value, &mut enc)))
             .unwrap_or_else(|p| Err(CodecError(serialize_panicked(&*p))));
@@ -1492,19 +1621,16 @@ pub(crate) fn decode_with_fds<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedF
 /// Handle types call this from their `Serialize` impl; it records a duplicate of `fd` to be
 /// sent out of band (so the value may go away before the send) and writes its index.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
-    let idx = OUT_FDS.with(|c| {
-        c.borrow_mut().as_mut().map(|v| {
-            let dup = fd.try_clone_to_owned()?;
-            v.push(dup);
-            FDS_ADDED.set(FDS_ADDED.get().wrapping_add(1));
-            Ok::<usize, std::io::Error>(v.len() - 1)
-        })
-    });
-    match idx {
-        Some(Ok(i)) => (i as u32).serialize(s),
-        Some(Err(e)) => Err(serde::ser::Error::custom(format!(
-            "cannot duplicate a handle's descriptor to send it: {e}"
-        ))),
+    let dup = match fd.try_clone_to_owned() {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(serde::ser::Error::custom(format!(
+                "cannot duplicate a handle's descriptor to send it: {e}"
+            )))
+        }
+    };
+    match push_out_fd(dup) {
+        Some(i) => (i as u32).serialize(s),
         None => Err(serde::ser::Error::custom(
             "a multiproc handle can only be encoded to be sent through a multiproc \
              Process argument, Pipe, Queue or pool task",
@@ -1512,26 +1638,41 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
     }
 }
 
+/// Adds `fd` to the descriptors sent with the message being encoded: its index, or `None`
+/// (and `fd` closed) outside such an encoding.
+fn push_out_fd(fd: OwnedFd) -> Option<usize> {
+    OUT_FDS.with(|c| {
+        c.borrow_mut().as_mut().map(|v| {
+            v.push(fd);
+            FDS_ADDED.set(FDS_ADDED.get().wrapping_add(1));
+            v.len() - 1
+        })
+    })
+}
+
 /// Deserializes a handle's descriptor sent by [`serialize_fd`].
 pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let idx = u32::deserialize(d)? as usize;
+    take_in_fd(idx).map_err(serde::de::Error::custom)
+}
+
+/// Takes descriptor `idx` of the message being decoded.
+fn take_in_fd(idx: usize) -> std::result::Result<OwnedFd, String> {
     IN_FDS.with(|c| {
         let mut c = c.borrow_mut();
         let Some(list) = c.as_mut() else {
-            return Err(serde::de::Error::custom(
-                "a multiproc handle can only be decoded from a multiproc channel",
-            ));
+            return Err("a multiproc handle can only be decoded from a multiproc channel".into());
         };
         match list.get_mut(idx).and_then(Option::take) {
             Some(fd) => Ok(fd),
-            None if list.is_empty() => Err(serde::de::Error::custom(
-                "the message carries no file descriptor where a handle was expected",
-            )),
-            None => Err(serde::de::Error::custom(format!(
+            None if list.is_empty() => {
+                Err("the message carries no file descriptor where a handle was expected".into())
+            }
+            None => Err(format!(
                 "a handle refers to file descriptor #{idx} of the message, which carried {} \
                  (or that one was taken already)",
                 list.len()
-            ))),
+            )),
         }
     })
 }
@@ -1558,6 +1699,85 @@ impl<'de> Deserialize<'de> for FdOwned {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A length word marked [`HANDED_OVER`] for `n` elements in descriptor `idx`.
+    fn handed(n: u64, idx: u32) -> Vec<u8> {
+        let mut b = (n | HANDED_OVER).to_le_bytes().to_vec();
+        b.extend_from_slice(&idx.to_le_bytes());
+        b
+    }
+
+    /// A memory file holding `bytes`, sealed read-only as a handed-over allocation is.
+    fn sealed(bytes: &[u8]) -> OwnedFd {
+        let mut f = MessageFile::new().unwrap();
+        f.write_at(0, bytes).unwrap();
+        f.seal().unwrap()
+    }
+
+    fn failure<T: DeserializeOwned + std::fmt::Debug>(b: &[u8], fds: Vec<OwnedFd>) -> String {
+        let e = decode_with_fds::<T>(b, fds).unwrap_err();
+        assert!(matches!(e, Error::Codec(_)), "{e:?}");
+        format!("{e:?}")
+    }
+
+    #[test]
+    fn a_handed_over_run_is_copied_where_the_allocator_is_not_installed() {
+        // This test binary's global allocator is the system's: the file's bytes are copied.
+        let data: Vec<f64> = (0..100_000).map(|i| f64::from(i) * 0.5).collect();
+        let fd = sealed(bytemuck::cast_slice(&data));
+        let v: Vec<f64> = decode_with_fds(&handed(100_000, 0), vec![fd]).unwrap();
+        assert_eq!(v, data);
+        // A string, a byte buffer, and a run inside a struct, after other fields.
+        let text = "é€🦀a".repeat(70_000);
+        let s: String =
+            decode_with_fds(&handed(text.len() as u64, 0), vec![sealed(text.as_bytes())]).unwrap();
+        assert_eq!(s, text);
+        let b: serde_bytes::ByteBuf =
+            decode_with_fds(&handed(300_000, 0), vec![sealed(&[7u8; 300_000])]).unwrap();
+        assert!(b.len() == 300_000 && b.iter().all(|&x| x == 7));
+        let mut msg = 42u32.to_le_bytes().to_vec();
+        msg.extend(handed(3, 1));
+        let (id, v): (u32, Vec<u16>) =
+            decode_with_fds(&msg, vec![sealed(b"--"), sealed(&[1, 0, 2, 0, 3, 0])]).unwrap();
+        assert_eq!((id, v), (42, vec![1, 2, 3]));
+        // Fewer elements than the file holds: the rest of the file is not read.
+        let v: Vec<u8> = decode_with_fds(&handed(2, 0), vec![sealed(b"abcdef")]).unwrap();
+        assert_eq!(v, b"ab");
+    }
+
+    #[test]
+    fn bad_handed_over_runs_give_codec_errors() {
+        // No descriptor with the message, or outside a channel.
+        assert!(failure::<Vec<u8>>(&handed(10, 0), vec![]).contains("carries no file descriptor"));
+        let e = format!("{:?}", decode::<Vec<u8>>(&handed(10, 0)).unwrap_err());
+        assert!(
+            e.contains("can only be decoded from a multiproc channel"),
+            "{e}"
+        );
+        // An index past the descriptors sent.
+        assert!(failure::<Vec<u8>>(&handed(1, 3), vec![sealed(b"x")]).contains("#3"));
+        // A file others may still write, or resize.
+        let writable = crate::sys::memfd::Mapping::anonymous(4096).unwrap();
+        let fd = writable.fd().try_clone_to_owned().unwrap();
+        assert!(failure::<Vec<u8>>(&handed(10, 0), vec![fd]).contains("not sealed read-only"));
+        let plain = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        assert!(failure::<Vec<u8>>(&handed(0, 0), vec![plain]).contains("not sealed"));
+        // Not a memory file at all.
+        let (sock, _peer) = crate::sys::stream_pair().unwrap();
+        assert!(failure::<Vec<u8>>(&handed(1, 0), vec![sock]).contains("not a memory file"));
+        // Fewer bytes than the elements claimed, and a count that overflows.
+        assert!(failure::<Vec<u64>>(&handed(100, 0), vec![sealed(&[0; 8])]).contains("expected"));
+        assert!(
+            failure::<Vec<u64>>(&handed(1 << 62, 0), vec![sealed(&[0; 8])]).contains("too large")
+        );
+        // A string that is not UTF-8.
+        assert!(failure::<String>(&handed(4, 0), vec![sealed(&[0xff; 4])]).contains("UTF-8"));
+        // A marker cut short, and one where the type reads its elements one by one or
+        // borrows its bytes.
+        assert!(failure::<Vec<u8>>(&handed(1, 0)[..8], vec![]).contains("end of input"));
+        let e = failure::<std::collections::VecDeque<u8>>(&handed(1, 0), vec![sealed(b"x")]);
+        assert!(e.contains("handed over in shared memory"), "{e}");
+    }
 
     #[test]
     fn roundtrip_and_errors() {

@@ -128,6 +128,7 @@ pub use sync::{
     Barrier, BoundedSemaphore, CondLock, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore,
 };
+pub use sys::heap::ShmAllocator;
 pub use value::{Array, ArrayGuard, Number, RawArray, RawValue, Value, ValueGuard};
 
 /// Must be the first statement of `main` (and of every `#[test]` that starts processes).

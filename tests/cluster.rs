@@ -10,6 +10,11 @@ use std::time::Duration;
 use multiproc::pool::cluster;
 use multiproc::{Error, Pool};
 
+/// Allocations of 256 KiB or more in memory files: a local pool's worker hands such a
+/// result over as its file; a worker on another rank must carry its bytes over MPI.
+#[global_allocator]
+static HEAP: multiproc::ShmAllocator = multiproc::ShmAllocator::from_size(256 << 10);
+
 fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
@@ -115,6 +120,31 @@ fn results_equal_the_local_pool() {
     sorted.sort_unstable();
     assert_eq!(unordered, sorted);
     assert_eq!(pool.map_async(square, 0..10).get().unwrap(), &expect[..10]);
+}
+
+/// A result of 1 MiB, with the rank that made it.
+fn big(x: u64) -> (usize, Vec<u8>) {
+    (cluster::rank(), vec![x as u8; 1 << 20])
+}
+
+#[test]
+fn large_results_come_back_from_every_rank() {
+    multiproc::init();
+    let pool = remote_pool(1);
+    let got = pool.map(big, 0..40u64).unwrap();
+    for (x, (_, v)) in got.iter().enumerate() {
+        assert!(
+            v.len() == 1 << 20 && v.iter().all(|&b| b == x as u8),
+            "result {x}"
+        );
+    }
+    let ranks: BTreeSet<usize> = got.iter().map(|r| r.0).collect();
+    assert!(
+        ranks.is_subset(&worker_ranks()) && !ranks.is_empty(),
+        "{ranks:?}"
+    );
+    pool.close();
+    pool.join().unwrap();
 }
 
 #[test]

@@ -278,6 +278,25 @@ pub fn queue_1gib_item() -> f64 {
     HUGE_ITEM as f64 / secs / 1e9
 }
 
+fn handed_over_producer(args: (Queue<Vec<u8>>, Event)) {
+    // As a user who installed `ShmAllocator` (default threshold) would: the 1 GiB vector is
+    // made in a memory file, and `put` hands the file over.
+    crate::HEAP.set_threshold(multiproc::ShmAllocator::new().threshold());
+    huge_producer(args);
+}
+
+/// One 1 GiB `Vec<u8>` from a child to the parent with `multiproc::ShmAllocator` installed: the same
+/// workload as [`queue_1gib_item`], from the child's `put` to the parent's decoded vector,
+/// whose buffer is now the child's memory file, handed over (median of rounds).
+pub fn queue_1gib_item_handed_over() -> f64 {
+    let secs = median(
+        (0..QUEUE_ROUNDS)
+            .map(|_| huge_round(handed_over_producer))
+            .collect(),
+    );
+    HUGE_ITEM as f64 / secs / 1e9
+}
+
 fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) {
     let item = SharedBytes::build(HUGE_ITEM, |b| b.fill(b'x')).expect("shared bytes");
     ready.set(); // the clock starts here: the bytes exist, `put` has not begun

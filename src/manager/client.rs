@@ -38,8 +38,7 @@ pub(crate) struct Conn(RawConn);
 impl Conn {
     fn round_trip(&self, req: &Request) -> Result<Response> {
         self.0.send_value(req)?;
-        self.0
-            .recv_with(|bytes, _fds| codec::decode::<Response>(bytes))
+        self.0.recv_value::<Response>()
     }
 }
 
@@ -136,7 +135,7 @@ impl Endpoint {
             Err((kind, message)) => Err(Error::from_remote(kind, message)),
         };
         conn.send_value(&Request::Hello(session))?;
-        check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
+        check(conn.recv_value::<Response>()?)?;
         if matches!(self.address, Address::Tcp(_)) {
             return Ok(Conn(conn));
         }
@@ -148,7 +147,7 @@ impl Endpoint {
         let req = codec::encode(&Request::UseLane)?;
         conn.send_bytes(&req, &fds)?;
         drop(theirs);
-        check(conn.recv_with(|bytes, _fds| codec::decode::<Response>(bytes))?)?;
+        check(conn.recv_value::<Response>()?)?;
         Ok(Conn(ours))
     }
 

@@ -127,6 +127,9 @@ pub struct PoolBuilder {
     /// How another rank rebuilds the initializer.
     #[cfg(feature = "mpi")]
     remote_init: Option<cluster::RemoteInitFn>,
+    /// Whether workers may hand large results over as memory files (see
+    /// `sys::heap`); not when the results go on to another MPI rank.
+    hand_over: bool,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -153,6 +156,7 @@ impl Default for PoolBuilder {
             task_timeout: None,
             method: None,
             retries: 0,
+            hand_over: true,
             invalid: None,
             cluster: false,
             root_processes: None,
@@ -402,6 +406,14 @@ impl PoolBuilder {
         self.build_local(n, 0)
     }
 
+    /// The workers' results go on to another MPI rank (a cluster agent's pool): they must
+    /// carry their bytes, never a memory file handed over (`sys::heap`).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn results_leave_node(mut self) -> Self {
+        self.hand_over = false;
+        self
+    }
+
     /// Starts `n` local workers, each with its handler thread, in a pool whose queue is
     /// also served by `remote_slots` handlers that the caller adds (a cluster pool's ranks).
     fn build_local(self, n: usize, remote_slots: usize) -> Result<Pool> {
@@ -425,6 +437,7 @@ impl PoolBuilder {
             max_tasks: self.max_tasks,
             factory,
             retries: self.retries,
+            hand_over: self.hand_over,
         });
         let pool = Pool {
             shared: shared.clone(),

@@ -81,6 +81,8 @@ impl Progress {
 pub(crate) struct SockHandle {
     pub(crate) conn: RawConn,
     pub(crate) progress: Progress,
+    /// Whether the worker may hand large results over as memory files (`sys::heap`).
+    pub(crate) hand_over: bool,
 }
 
 impl Serialize for SockHandle {
@@ -93,6 +95,7 @@ impl Serialize for SockHandle {
             codec::FdRef(self.conn.as_fd()),
             codec::FdRef(lane),
             SegRef(&self.progress.0),
+            self.hand_over,
         )
             .serialize(s)
     }
@@ -106,12 +109,13 @@ impl<'de> Deserialize<'de> for SockHandle {
                 Segment::deserialize_handle(d, kinds::POOL_PROGRESS).map(ProgressSeg)
             }
         }
-        let (sock, lane, progress) =
-            <(codec::FdOwned, codec::FdOwned, ProgressSeg)>::deserialize(d)?;
+        let (sock, lane, progress, hand_over) =
+            <(codec::FdOwned, codec::FdOwned, ProgressSeg, bool)>::deserialize(d)?;
         let conn = RawConn::from_lane_fds(sock.0, lane.0).map_err(crate::codec::handle_error)?;
         Ok(SockHandle {
             conn,
             progress: Progress(progress.0),
+            hand_over,
         })
     }
 }

@@ -434,7 +434,14 @@ fn run_batch(
 /// The worker process's body.
 pub(crate) fn worker_main<I: DeserializeOwned, IR: std::process::Termination>(args: WorkerArgs<I>) {
     start::set_quiet_panics(true);
-    let SockHandle { conn, progress } = args.sock;
+    let SockHandle {
+        conn,
+        progress,
+        hand_over,
+    } = args.sock;
+    if !hand_over {
+        codec::never_hand_over();
+    }
     let conn = Rc::new(conn);
     if let Some(init) = args.init {
         let fail = match init.target.typed::<fn(I) -> IR>().get() {

@@ -39,7 +39,7 @@ impl SpareBuffers {
         match fit {
             Some(i) => self.bufs.swap_remove(i),
             None => {
-                let mut v = Vec::with_capacity(size);
+                let mut v = super::heap::private_scope(|| Vec::with_capacity(size));
                 super::memfd::prepare_fill(v.spare_capacity_mut());
                 v
             }

@@ -95,7 +95,7 @@ fn build_local(spec: &[u8], local_ranks: usize) -> Result<Pool> {
         0 => (cpu_count() / local_ranks.max(1)).max(1),
         n => n as usize,
     };
-    let mut b = PoolBuilder::new().processes(n);
+    let mut b = PoolBuilder::new().processes(n).results_leave_node();
     if let Some(m) = spec.max_tasks {
         b = b.maxtasksperchild(m as usize);
     }

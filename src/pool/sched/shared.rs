@@ -28,6 +28,8 @@ pub(crate) struct Config {
     /// How many times a job whose worker died while running it is run again before it
     /// fails with `WorkerDied` (0: never; at most once is the default).
     pub(crate) retries: u32,
+    /// Whether workers may hand large results over as memory files (`sys::heap`).
+    pub(crate) hand_over: bool,
 }
 
 pub(crate) struct State {
@@ -489,6 +491,7 @@ impl Shared {
         let sock = SockHandle {
             conn: theirs,
             progress: progress.clone(),
+            hand_over: self.cfg.hand_over,
         };
         let process =
             (self.cfg.factory)(sock).map_err(|e| StartFail::Start(TaskFail::from_error(&e)))?;

@@ -4,6 +4,7 @@
 pub(crate) mod aio;
 pub(crate) mod code;
 pub(crate) mod futex;
+pub(crate) mod heap;
 pub(crate) mod memfd;
 pub(crate) mod net;
 pub(crate) mod process;

@@ -81,6 +81,9 @@ pub(crate) fn fork_process() -> io::Result<Option<u32>> {
 /// Returns `None` in the child, the child's pid in the server.
 pub(crate) fn fork_as_sibling() -> io::Result<Option<u32>> {
     let flags = (libc::CLONE_PARENT as libc::c_ulong) | (libc::SIGCHLD as libc::c_ulong);
+    // The atfork handlers will not run: the child must not share the heap's large
+    // allocations with the server.
+    super::heap::before_raw_fork();
     // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like fork(): the
     // child gets a copy-on-write copy of the address space and continues on a copy of the
     // current stack. The fork server is single-threaded while serving (any other thread,
