@@ -582,7 +582,8 @@ fn is_global() -> bool {
             let layout = Layout::from_size_align(1, PROBE_ALIGN).expect("a valid layout");
             // SAFETY: a non-zero-sized layout; the block is freed with the same layout.
             unsafe {
-                let p = std::alloc::alloc(layout);
+                // `black_box`: the compiler may not remove the pair as unused.
+                let p = std::hint::black_box(std::alloc::alloc(layout));
                 if !p.is_null() {
                     std::alloc::dealloc(p, layout);
                 }
