@@ -248,7 +248,7 @@ fn huge_producer((q, ready): (Queue<Vec<u8>>, Event)) {
 
 /// One round of a 1 GiB item from `producer` (in a child) to the parent: seconds from the
 /// child's `put` to the parent holding the item.
-fn huge_round<T>(producer: fn((Queue<T>, Event))) -> f64
+fn huge_round<T>(producer: fn((Queue<T>, Event)), check: fn(&[u8])) -> f64
 where
     T: serde::Serialize + serde::de::DeserializeOwned + std::ops::Deref<Target = [u8]> + 'static,
 {
@@ -262,6 +262,7 @@ where
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(v.len(), HUGE_ITEM, "the item changed size");
     assert_eq!((v[0], v[HUGE_ITEM - 1]), (b'x', b'x'));
+    check(&v);
     drop(v);
     p.join().expect("join");
     secs
@@ -272,7 +273,7 @@ where
 pub fn queue_1gib_item() -> f64 {
     let secs = median(
         (0..QUEUE_ROUNDS)
-            .map(|_| huge_round(huge_producer))
+            .map(|_| huge_round(huge_producer, |_| ()))
             .collect(),
     );
     HUGE_ITEM as f64 / secs / 1e9
@@ -285,13 +286,27 @@ fn handed_over_producer(args: (Queue<Vec<u8>>, Event)) {
     huge_producer(args);
 }
 
+/// Checks that `b` is the producer's memory file, handed over (not a copy).
+fn in_heap_file(b: &[u8]) {
+    let a = b.as_ptr() as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let found = maps.lines().any(|l| {
+        let range = l.split(' ').next().unwrap_or("");
+        let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
+        let lo = usize::from_str_radix(lo, 16).unwrap_or(0);
+        let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
+        lo <= a && a < hi && l.contains("memfd:multiproc-heap")
+    });
+    assert!(found, "the 1 GiB item was copied, not handed over");
+}
+
 /// One 1 GiB `Vec<u8>` from a child to the parent with `multiproc::ShmAllocator` installed: the same
 /// workload as [`queue_1gib_item`], from the child's `put` to the parent's decoded vector,
 /// whose buffer is now the child's memory file, handed over (median of rounds).
 pub fn queue_1gib_item_handed_over() -> f64 {
     let secs = median(
         (0..QUEUE_ROUNDS)
-            .map(|_| huge_round(handed_over_producer))
+            .map(|_| huge_round(handed_over_producer, in_heap_file))
             .collect(),
     );
     HUGE_ITEM as f64 / secs / 1e9
@@ -309,7 +324,7 @@ fn shared_producer((q, ready): (Queue<SharedBytes>, Event)) {
 pub fn queue_1gib_shared_bytes() -> f64 {
     let secs = median(
         (0..QUEUE_ROUNDS)
-            .map(|_| huge_round(shared_producer))
+            .map(|_| huge_round(shared_producer, |_| ()))
             .collect(),
     );
     HUGE_ITEM as f64 / secs / 1e9
