@@ -283,7 +283,7 @@ fn hold((q, holding, never): (Queue<Vec<u8>>, Event, Event)) {
     let v = q.get().unwrap();
     assert!(in_heap_file(v.as_ptr()));
     holding.set();
-    never.wait(); // killed here, holding the handed-over vector
+    never.wait().unwrap(); // killed here, holding the handed-over vector
     drop(v);
 }
 
@@ -318,7 +318,7 @@ fn handed_over_items_leave_nothing_behind_also_when_their_holder_is_killed() {
     let mut p = Process::new(hold, (q.clone(), holding.clone(), never.clone()));
     p.start().unwrap();
     q.put(vec![5u8; 1 << 20]).unwrap();
-    holding.wait();
+    holding.wait().unwrap();
     p.kill().unwrap();
     p.join().unwrap();
     assert_eq!(heap_fds(), 0);
