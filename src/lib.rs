@@ -70,6 +70,10 @@
 //! queues, connections, locks, shared values, proxies — are such values too: pass them in
 //! `A` and they arrive working in the child.
 //!
+//! Large data need not be copied: with [`ShmAllocator`] as the program's global
+//! allocator, a large `Vec`, `String` or ndarray array sent through a queue, a pipe or as a
+//! pool result travels as the shared-memory file it already lives in, whatever its size.
+//!
 //! What `R` is depends on who gets it: a [`Process`]'s target returns what a Rust `main`
 //! may return (`()`, `Result<(), E>`, an [`ExitCode`](std::process::ExitCode)), which
 //! decides its exit code; [`spawn`], the pool and the manager send a serde `R` back to the
