@@ -7,6 +7,7 @@
 mod common;
 
 use common::echo::{self, echo, kind};
+use common::heap_files::{heap_fds, in_heap_file};
 use common::items::*;
 use common::*;
 use multiproc::{Connection, Event, JoinableQueue, Pool, Process, Queue, SimpleQueue, StartMethod};
@@ -14,33 +15,6 @@ use multiproc::{Connection, Event, JoinableQueue, Pool, Process, Queue, SimpleQu
 /// Allocations of 256 KiB or more live in memory files: the tests move items of 1 MiB.
 #[global_allocator]
 static HEAP: multiproc::ShmAllocator = multiproc::ShmAllocator::from_size(256 << 10);
-
-/// Whether `p` lies in a mapping of one of the allocator's memory files (/proc/self/maps).
-fn in_heap_file(p: *const u8) -> bool {
-    let a = p as usize;
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .any(|l| {
-            let (range, rest) = l.split_once(' ').unwrap();
-            let (lo, hi) = range.split_once('-').unwrap();
-            let lo = usize::from_str_radix(lo, 16).unwrap();
-            let hi = usize::from_str_radix(hi, 16).unwrap();
-            lo <= a && a < hi && rest.contains("memfd:multiproc-heap")
-        })
-}
-
-/// How many descriptors of this process name one of the allocator's memory files.
-fn heap_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|t| t.to_string_lossy().contains("memfd:multiproc-heap"))
-        })
-        .count()
-}
 
 /// The large buffers of an item (at least 256 KiB each, so in memory files when made).
 fn buffers(i: &Item) -> Vec<*const u8> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod heap_files;
 pub mod items;
 
 use std::time::{Duration, Instant};

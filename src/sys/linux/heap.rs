@@ -409,10 +409,39 @@ fn drop_fd(s: &mut Slot) {
     s.fd = -1;
 }
 
+/// Whether the system would commit `len` more bytes of private memory now: asked by
+/// mapping them (private and writable, so the kernel's overcommit policy judges it, as it
+/// does the system allocator's blocks) and unmapping them at once. A memory file's pages
+/// are not counted against that policy, so without this ask an allocation far past the
+/// machine's memory (`Vec::try_reserve(1 << 40)`) would succeed here where the system
+/// allocator refuses it, and the program would be killed on writing it instead.
+fn memory_for(len: usize) -> bool {
+    // SAFETY: a fresh private anonymous mapping (no MAP_FIXED) aliases nothing; it is
+    // unmapped just below, untouched.
+    match unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )
+    } {
+        Ok(p) => {
+            // SAFETY: the mapping made just above, never handed out.
+            let _ = unsafe { rustix::mm::munmap(p, len) };
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// A new shared mapping of a fresh file, of at least `size` bytes, recorded in the table.
 fn map_new(size: usize) -> Option<*mut u8> {
     register_fork_hooks();
     let len = size.checked_next_multiple_of(PAGE)?;
+    if !memory_for(len) {
+        return None;
+    }
     let fd = rustix::fs::memfd_create(
         c"multiproc-heap",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -493,6 +522,9 @@ fn resize_in_place(ptr: *mut u8, new_size: usize) -> Resize {
     let Some(fd) = slot_fd(&s) else {
         return Resize::Move;
     };
+    if !memory_for(new_len - s.len) {
+        return Resize::Move;
+    }
     if rustix::fs::ftruncate(fd, new_len as u64).is_err() {
         return Resize::Move;
     }

@@ -1,0 +1,310 @@
+//! Attacks on `ShmAllocator` as the global allocator: impossible sizes, a full table,
+//! thresholds changed under live allocations, large alignments, received vectors used as
+//! any other, the same vector sent by two threads at once, and forks while other threads
+//! allocate, grow and free large vectors. Each must keep every byte and leave no
+//! descriptor behind.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use common::heap_files::{heap_fds, in_heap_file};
+use common::*;
+use multiproc::{Event, Process, StartMethod};
+
+#[global_allocator]
+static HEAP: multiproc::ShmAllocator = multiproc::ShmAllocator::from_size(256 << 10);
+
+/// Whether the system allocator gives a block of `size` bytes.
+fn system_gives(size: usize) -> bool {
+    let layout = Layout::from_size_align(size, 1).unwrap();
+    // SAFETY: a non-zero size; the block, if any, is freed with its layout.
+    unsafe {
+        let p = System.alloc(layout);
+        if p.is_null() {
+            false
+        } else {
+            System.dealloc(p, layout);
+            true
+        }
+    }
+}
+
+#[test]
+fn impossible_sizes_fail_as_with_the_system_allocator() {
+    let fds = fd_count();
+    assert!(Vec::<u8>::new().try_reserve(1 << 60).is_err());
+    assert!(Vec::<u8>::new().try_reserve(usize::MAX / 2).is_err());
+    // Sizes the address space has room for but the memory has not: the system allocator
+    // refuses them (heuristic overcommit), and so must this one, rather than hand out a
+    // block the first writes kill the program for.
+    for shift in [40, 44, 46] {
+        let want = system_gives(1 << shift);
+        let mut v = Vec::<u8>::new();
+        assert_eq!(
+            v.try_reserve(1 << shift).is_ok(),
+            want,
+            "try_reserve of 2^{shift} bytes"
+        );
+    }
+    assert_eq!(fd_count(), fds, "a failed allocation left a descriptor");
+}
+
+#[test]
+fn past_512_large_allocations_the_system_allocator_serves_and_all_free_cleanly() {
+    let fds = fd_count();
+    let mut vs: Vec<Vec<u8>> = (0..600)
+        .map(|i| {
+            let mut v = vec![0u8; 256 << 10];
+            v[0] = i as u8;
+            v[(256 << 10) - 1] = (i * 7) as u8;
+            v
+        })
+        .collect();
+    let in_files = vs.iter().filter(|v| in_heap_file(v.as_ptr())).count();
+    assert_eq!(in_files, 512, "the table holds 512 allocations");
+    assert_eq!(heap_fds(), 512);
+    // Grow every one: those in files grow in place, the others move (maybe into freed slots).
+    for (i, v) in vs.iter_mut().enumerate() {
+        v.resize(300 << 10, i as u8);
+    }
+    for (i, v) in vs.iter().enumerate() {
+        assert_eq!(v[0], i as u8);
+        assert_eq!(v[(256 << 10) - 1], (i * 7) as u8);
+        assert!(v[256 << 10..].iter().all(|&b| b == i as u8));
+    }
+    drop(vs);
+    assert_eq!(heap_fds(), 0);
+    assert_eq!(fd_count(), fds);
+    // The table is usable again.
+    let v = vec![3u8; 1 << 20];
+    assert!(in_heap_file(v.as_ptr()));
+}
+
+#[test]
+fn threshold_changes_move_live_allocations_between_the_two_kinds() {
+    HEAP.set_threshold(usize::MAX);
+    let mut sys: Vec<u32> = (0..200_000u32).collect(); // 800 KB, system allocator
+    assert!(!in_heap_file(sys.as_ptr().cast()));
+    HEAP.set_threshold(256 << 10);
+    let mut file: Vec<u32> = (0..200_000u32).collect(); // in a file
+    assert!(in_heap_file(file.as_ptr().cast()));
+    sys.extend(200_000..400_000u32); // grows across into a file
+    assert!(in_heap_file(sys.as_ptr().cast()));
+    HEAP.set_threshold(usize::MAX);
+    file.extend(200_000..400_000u32); // a file allocation still grows (in place or moved)
+    let mut fresh: Vec<u32> = Vec::with_capacity(300_000); // system allocator again
+    assert!(!in_heap_file(fresh.as_ptr().cast()));
+    fresh.extend(0..300_000u32);
+    HEAP.set_threshold(256 << 10);
+    for v in [&sys, &file] {
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32));
+    }
+    assert!(fresh.iter().enumerate().all(|(i, &x)| x == i as u32));
+    for v in [&mut sys, &mut file, &mut fresh] {
+        v.truncate(70_000); // 280 KB: still large
+        v.shrink_to_fit();
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32));
+        v.truncate(10);
+        v.shrink_to_fit(); // out to the system allocator
+        assert!(!in_heap_file(v.as_ptr().cast()));
+        assert_eq!(v[..], (0..10).collect::<Vec<u32>>()[..]);
+    }
+    drop((sys, file, fresh));
+    assert_eq!(heap_fds(), 0);
+}
+
+#[repr(C, align(8192))]
+#[derive(Clone, Copy)]
+struct Page2([u8; 8192]);
+
+#[test]
+fn alignments_above_a_page_go_to_the_system_allocator() {
+    let mut v = vec![Page2([5; 8192]); 64]; // 512 KiB
+    assert_eq!(v.as_ptr() as usize % 8192, 0);
+    assert!(!in_heap_file(v.as_ptr().cast()));
+    v.extend(std::iter::repeat_n(Page2([6; 8192]), 64));
+    assert_eq!(v.as_ptr() as usize % 8192, 0);
+    assert!(v[..64].iter().all(|p| p.0.iter().all(|&b| b == 5)));
+    assert!(v[64..].iter().all(|p| p.0.iter().all(|&b| b == 6)));
+    v.truncate(40);
+    v.shrink_to_fit();
+    assert_eq!(v.as_ptr() as usize % 8192, 0);
+    assert!(v.iter().all(|p| p.0.iter().all(|&b| b == 5)));
+    drop(v);
+    assert_eq!(heap_fds(), 0);
+}
+
+#[test]
+fn received_vectors_behave_as_any_other() {
+    multiproc::init();
+    let fds = fd_count();
+    let (a, b) = multiproc::pipe::<Vec<u8>>().unwrap();
+    let mut sent: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8).collect();
+    a.send(&sent).unwrap();
+    sent.iter_mut().for_each(|x| *x = 0); // after the hand-over: not seen by the receiver
+    let mut got = b.recv().unwrap();
+    assert!(in_heap_file(got.as_ptr()), "adopted, not copied");
+    let want = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    assert_eq!(got, want(1 << 20));
+    // Pushed to (moves out of the read-only file's private mapping), cloned, sent on.
+    got.push(250);
+    assert_eq!(got.len(), (1 << 20) + 1);
+    assert_eq!(got[..1 << 20], want(1 << 20)[..]);
+    let c = got.clone();
+    assert_eq!(c, got);
+    a.send(&got).unwrap();
+    let again = b.recv().unwrap();
+    assert_eq!(again, got);
+    // Truncated and shrunk in place, and out of the file.
+    a.send(&want(1 << 20)).unwrap();
+    let mut got = b.recv().unwrap();
+    got.truncate(300 << 10);
+    got.shrink_to_fit();
+    assert_eq!(got, want(300 << 10));
+    got.truncate(100);
+    got.shrink_to_fit();
+    assert_eq!(got, want(100));
+    // A boxed slice, and a string.
+    a.send(&want(1 << 20)).unwrap();
+    let boxed = b.recv().unwrap().into_boxed_slice();
+    assert_eq!(boxed[..], want(1 << 20)[..]);
+    let text: String = "abcdefgh".repeat(1 << 17);
+    let (sa, sb) = multiproc::pipe::<String>().unwrap();
+    sa.send(&text).unwrap();
+    let bytes = sb.recv().unwrap().into_bytes();
+    assert!(in_heap_file(bytes.as_ptr()));
+    let mut s = String::from_utf8(bytes).unwrap();
+    assert_eq!(s, text);
+    s.push_str("ij");
+    assert_eq!(&s[s.len() - 10..], "abcdefghij");
+    drop((boxed, s, c, again, got, sent, a, b, sa, sb));
+    assert_eq!(heap_fds(), 0);
+    assert_eq!(fd_count(), fds);
+}
+
+#[test]
+fn two_threads_sending_one_vector_at_once_both_deliver_its_bytes() {
+    multiproc::init();
+    let fds = fd_count();
+    let (a1, b1) = multiproc::pipe::<Vec<u64>>().unwrap();
+    let (a2, b2) = multiproc::pipe::<Vec<u64>>().unwrap();
+    let start = Arc::new(Barrier::new(2));
+    for round in 0..20u64 {
+        let v: Arc<Vec<u64>> = Arc::new((0..(1u64 << 17)).map(|i| i * 3 + round).collect());
+        std::thread::scope(|s| {
+            for a in [&a1, &a2] {
+                let (v, start) = (Arc::clone(&v), Arc::clone(&start));
+                s.spawn(move || {
+                    start.wait();
+                    a.send(&*v).unwrap();
+                });
+            }
+            for b in [&b1, &b2] {
+                let got = b.recv().unwrap();
+                assert!(
+                    got.iter()
+                        .enumerate()
+                        .all(|(i, &x)| x == i as u64 * 3 + round),
+                    "round {round}"
+                );
+            }
+        });
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == i as u64 * 3 + round));
+    }
+    drop((a1, b1, a2, b2));
+    assert_eq!(heap_fds(), 0);
+    assert_eq!(fd_count(), fds);
+}
+
+/// The pattern of vector `seed`, byte `i`.
+fn pat(seed: usize, i: usize) -> u8 {
+    (seed.wrapping_mul(31) ^ i.wrapping_mul(7) ^ (i >> 12)) as u8
+}
+
+/// The forked child: its copy of the parent's vector (at `addr`, `len` bytes) has the
+/// parent's pattern `seed`; it overwrites it, then checks it allocates and frees large
+/// vectors itself.
+fn check_copy((addr, len, seed, done): (usize, usize, usize, Event)) {
+    // SAFETY: the parent's vector is mapped in this forked child (a copy of the parent's
+    // address space), and its owner does not write it until the child is joined.
+    let v = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+    assert!(v.iter().enumerate().all(|(i, &b)| b == pat(seed, i)));
+    v.fill(0xee);
+    let mut own = vec![1u8; 1 << 20];
+    own.resize(3 << 20, 2);
+    assert!(own[..1 << 20].iter().all(|&b| b == 1) && own[1 << 20..].iter().all(|&b| b == 2));
+    drop(own);
+    done.set();
+}
+
+#[test]
+fn forks_while_other_threads_allocate_grow_and_free_keep_every_copy_apart() {
+    multiproc::init();
+    allow_fork();
+    let stop = AtomicBool::new(false);
+    let rounds = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..3usize {
+            let (stop, rounds) = (&stop, &rounds);
+            s.spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) || n < 4 {
+                    let seed = t * 1_000_000 + n;
+                    let mut v: Vec<u8> = Vec::new();
+                    let mut len = 200 << 10;
+                    while len < 3 << 20 {
+                        let from = v.len();
+                        v.extend((from..len).map(|i| pat(seed, i)));
+                        assert!(
+                            v.iter().enumerate().all(|(i, &b)| b == pat(seed, i)),
+                            "thread {t} vector {n} at {len} bytes"
+                        );
+                        len = len * 3 / 2;
+                    }
+                    v.truncate(300 << 10);
+                    v.shrink_to_fit();
+                    assert!(v.iter().enumerate().all(|(i, &b)| b == pat(seed, i)));
+                    n += 1;
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        for f in 0..12usize {
+            let seed = 7_000 + f;
+            let v: Vec<u8> = (0..(1usize << 20)).map(|i| pat(seed, i)).collect();
+            let done = Event::new().unwrap();
+            let mut p = Process::new(
+                check_copy,
+                (v.as_ptr() as usize, v.len(), seed, done.clone()),
+            )
+            .with_start_method(StartMethod::Fork);
+            p.start().unwrap();
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0), "fork {f}");
+            assert!(done.is_set());
+            assert!(
+                v.iter().enumerate().all(|(i, &b)| b == pat(seed, i)),
+                "fork {f}: the child's writes reached the parent"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(rounds.load(Ordering::Relaxed) >= 12);
+    assert_eq!(heap_fds(), 0);
+}
+
+#[test]
+fn growing_a_file_allocation_past_the_memory_fails_as_with_the_system_allocator() {
+    let mut v = vec![4u8; 1 << 20];
+    assert!(in_heap_file(v.as_ptr()));
+    let want = system_gives(1 << 40);
+    assert_eq!(v.try_reserve_exact(1 << 40).is_ok(), want);
+    assert!(v.iter().all(|&b| b == 4));
+    assert!(in_heap_file(v.as_ptr()));
+}
