@@ -308,3 +308,25 @@ fn growing_a_file_allocation_past_the_memory_fails_as_with_the_system_allocator(
     assert!(v.iter().all(|&b| b == 4));
     assert!(in_heap_file(v.as_ptr()));
 }
+
+#[test]
+fn large_allocations_leave_most_descriptors_to_the_program() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(128);
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let vs: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; 256 << 10]).collect();
+    assert!(in_heap_file(vs[0].as_ptr()), "the first ones are in files");
+    assert!(heap_fds() <= 64, "{} of 128 descriptors held", heap_fds());
+    // The program can still open files and pipes.
+    let files: Vec<std::fs::File> = (0..40)
+        .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+        .collect();
+    let pipes: Vec<_> = (0..10).map(|_| rustix::pipe::pipe().unwrap()).collect();
+    assert!(vs
+        .iter()
+        .enumerate()
+        .all(|(i, v)| v.iter().all(|&b| b == i as u8)));
+    drop((files, pipes, vs));
+    assert_eq!(heap_fds(), 0);
+}

@@ -64,8 +64,8 @@ pub(crate) const MIN_SIZE: usize = 256 << 10;
 const DEFAULT_FROM: usize = 16 << 20;
 
 /// How many allocations the table holds at once; each holds a descriptor while it is
-/// shared. Past this, large allocations go to the system allocator (and are copied when
-/// sent, as without this allocator).
+/// shared. Past this (or past half the process's descriptor limit), large allocations go
+/// to the system allocator (and are copied when sent, as without this allocator).
 const SLOTS: usize = 512;
 
 /// A global allocator that puts every allocation of at least a threshold (16 MiB by
@@ -103,8 +103,9 @@ const SLOTS: usize = 512;
 ///   value, through the channels that carry memory files between processes on one machine:
 ///   queues, connections, pool results. Pool task arguments, manager proxies, TCP
 ///   connections and other MPI ranks get the bytes copied as before.
-/// - **The cost.** Each large allocation is a file and a descriptor (at most 512 at once;
-///   past that the system allocator serves), and its fresh pages are made 4 KiB at a time
+/// - **The cost.** Each large allocation is a file and a descriptor (at most 512 at once,
+///   and only while half the process's descriptor limit is free; past that the system
+///   allocator serves), and its fresh pages are made 4 KiB at a time
 ///   (shared memory gets no transparent huge pages unless the system enables them for
 ///   `shmem`), so filling a fresh large vector can be slower than with the system
 ///   allocator. Choose the threshold with [`from_size`](ShmAllocator::from_size).
@@ -435,6 +436,18 @@ fn memory_for(len: usize) -> bool {
     }
 }
 
+/// Whether `fd`, just opened, leaves the program at least half its descriptors: the
+/// kernel gives the lowest free number, so a number past half the limit means half are
+/// in use. Past that, large allocations go to the system allocator, so that the table's
+/// descriptors never make the program's own `open`s fail (a limit of 256 or 1024 is
+/// common, and the table could hold 512).
+fn few_descriptors_open(fd: RawFd) -> bool {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(limit) => u64::try_from(fd).is_ok_and(|n| n < limit / 2),
+        None => true,
+    }
+}
+
 /// A new shared mapping of a fresh file, of at least `size` bytes, recorded in the table.
 fn map_new(size: usize) -> Option<*mut u8> {
     register_fork_hooks();
@@ -447,6 +460,9 @@ fn map_new(size: usize) -> Option<*mut u8> {
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )
     .ok()?;
+    if !few_descriptors_open(fd.as_raw_fd()) {
+        return None;
+    }
     rustix::fs::ftruncate(&fd, len as u64).ok()?;
     let ino = rustix::fs::fstat(&fd).ok()?.st_ino;
     // SAFETY: a fresh mapping (no MAP_FIXED) of a file that is `len` bytes long; it aliases
