@@ -330,3 +330,59 @@ fn large_allocations_leave_most_descriptors_to_the_program() {
     drop((files, pipes, vs));
     assert_eq!(heap_fds(), 0);
 }
+
+/// The grandchild: takes the allocator's table lock (a new large allocation).
+fn allocate_large(_: ()) {
+    HEAP.set_threshold(256 << 10);
+    let v = vec![1u8; 1 << 20];
+    assert!(in_heap_file(v.as_ptr()));
+}
+
+/// A process that only receives large vectors (it never makes one itself): one thread
+/// reallocates one of them in place without end (each time taking the allocator's table
+/// lock) while the main thread forks children that allocate: no child may inherit the
+/// table locked.
+fn receive_and_fork(c: multiproc::Connection<Vec<Vec<u8>>>) {
+    HEAP.set_threshold(usize::MAX);
+    allow_fork();
+    let mut held = c.recv().unwrap();
+    held.extend(c.recv().unwrap());
+    assert!(held.iter().all(|v| in_heap_file(v.as_ptr())), "adopted");
+    let mut last = held.pop().unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                last.reserve_exact(1); // within the mapping's last page: in place
+                last.shrink_to_fit();
+            }
+        });
+        for f in 0..30 {
+            let mut p = Process::new(allocate_large, ()).with_start_method(StartMethod::Fork);
+            p.start().unwrap();
+            if !p.join_timeout(std::time::Duration::from_secs(20)).unwrap() {
+                p.kill().unwrap();
+                p.join().unwrap();
+                stop.store(true, Ordering::Relaxed);
+                panic!("fork {f}: the child hangs on the allocator's lock");
+            }
+            assert_eq!(p.exitcode(), Some(0), "fork {f}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(in_heap_file(last.as_ptr()), "reallocated in place");
+    assert!(last.iter().chain(held.iter().flatten()).all(|&b| b == 3));
+}
+
+#[test]
+fn a_process_that_only_receives_large_vectors_forks_safely() {
+    multiproc::init();
+    let (here, there) = multiproc::pipe::<Vec<Vec<u8>>>().unwrap();
+    let mut p = Process::new(receive_and_fork, there);
+    p.start().unwrap();
+    for _ in 0..2 {
+        here.send(&vec![vec![3u8; (260 << 10) + 100]; 60]).unwrap();
+    }
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}

@@ -688,6 +688,9 @@ pub(crate) fn received_vec<P: Plain>(fd: OwnedFd, n: usize) -> io::Result<Vec<P>
 /// Maps the sealed file `fd` (`size` bytes) privately and records it as an allocation of
 /// this process's [`ShmAllocator`]: the vector of its first `n` numbers.
 fn adopt<P: Plain>(fd: BorrowedFd<'_>, size: usize, n: usize) -> Option<Vec<P>> {
+    // The table's lock must be held across forks from now on, also in a process that
+    // never made a large allocation of its own.
+    register_fork_hooks();
     let len = size.checked_next_multiple_of(PAGE)?;
     // SAFETY: a fresh private mapping (no MAP_FIXED) aliases nothing; the file is sealed
     // against shrinking, so every page of it stays backed.
