@@ -386,3 +386,141 @@ fn a_process_that_only_receives_large_vectors_forks_safely() {
     p.join().unwrap();
     assert_eq!(p.exitcode(), Some(0));
 }
+
+/// A message whose sender claims a vector handed over as a memory file it chose (the
+/// length word marked as handed over, then the descriptor's index), read as a `Vec<u64>`.
+enum Crafted {
+    Claim { n: u64, file: std::os::fd::OwnedFd },
+    Got(Vec<u64>),
+}
+
+impl serde::Serialize for Crafted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Crafted::Claim { n, file } = self else {
+            unreachable!("only claims are sent")
+        };
+        let fd = multiproc::connection::Fd::new(file.try_clone().unwrap());
+        (n | 1 << 63, fd).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Crafted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<u64>::deserialize(d).map(Crafted::Got)
+    }
+}
+
+/// A memory file of `size` bytes (sparse: zeros), with the given seals.
+fn memfd(size: u64, seals: rustix::fs::SealFlags) -> std::os::fd::OwnedFd {
+    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags};
+    let fd = memfd_create("crafted", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    ftruncate(&fd, size).unwrap();
+    fcntl_add_seals(&fd, seals).unwrap();
+    fd
+}
+
+#[test]
+fn a_hostile_peers_handed_over_files_give_clear_errors_or_their_bytes() {
+    use rustix::fs::SealFlags;
+    multiproc::init();
+    let fds = fd_count();
+    let frozen = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
+    let (a, b) = multiproc::pipe::<Crafted>().unwrap();
+    let refused = |file, n: u64, why: &str| {
+        a.send(&Crafted::Claim { n, file }).unwrap();
+        let e = b.recv().err().expect("a crafted claim was accepted");
+        assert!(matches!(e, multiproc::Error::Codec(_)), "{e:?}");
+        let mut chain = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            chain += &format!(": {c}");
+            cause = c.source();
+        }
+        assert!(chain.contains(why), "{why}: {chain}");
+    };
+    // Not sealed, sealed but still growable, too short, a count that overflows, not a
+    // memory file at all.
+    refused(memfd(1 << 20, SealFlags::empty()), 1 << 17, "not sealed");
+    refused(
+        memfd(1 << 20, SealFlags::WRITE | SealFlags::SHRINK),
+        1 << 17,
+        "not sealed",
+    );
+    refused(memfd(1 << 20, frozen), (1 << 17) + 1, "expected");
+    refused(memfd(1 << 20, frozen), 1 << 61, "too large");
+    let (sock, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    refused(sock.into(), 1 << 17, "not a memory file");
+    // A valid claim on a file far larger than the vector (sparse, 16 GiB and 1 TiB): the
+    // receiver gets the vector's zeros, whether it maps the file or copies from it.
+    for size in [16u64 << 30, 1 << 40] {
+        a.send(&Crafted::Claim {
+            n: 1 << 17,
+            file: memfd(size, frozen),
+        })
+        .unwrap();
+        let Crafted::Got(mut v) = b.recv().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(v.len(), 1 << 17);
+        assert!(v.iter().all(|&x| x == 0));
+        v.push(1);
+        v.truncate(10);
+        v.shrink_to_fit();
+        assert_eq!(v, vec![0; 10]);
+    }
+    // The connection still works.
+    a.send(&Crafted::Claim {
+        n: 1 << 17,
+        file: memfd(1 << 20, frozen),
+    })
+    .unwrap();
+    assert!(matches!(b.recv().unwrap(), Crafted::Got(v) if v.len() == 1 << 17));
+    drop((a, b, peer));
+    assert_eq!(fd_count(), fds);
+    assert_eq!(heap_fds(), 0);
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_arrays_are_handed_over_and_stay_usable() {
+    use multiproc::ndarray::{s, Array2};
+    multiproc::init();
+    let (a, b) = multiproc::pipe::<Array2<f64>>().unwrap();
+    let mut m = Array2::<f64>::from_shape_fn((512, 300), |(i, j)| (i * 1000 + j) as f64);
+    a.send(&m).unwrap();
+    m.fill(-1.0); // after the hand-over: not seen by the receiver
+    let mut got = b.recv().unwrap();
+    assert!(in_heap_file(got.as_ptr().cast()), "adopted");
+    assert!(got
+        .indexed_iter()
+        .all(|((i, j), &x)| x == (i * 1000 + j) as f64));
+    got.slice_mut(s![.., 0]).fill(7.0);
+    let t = got.t().to_owned(); // column-major copy: sent by copying
+    a.send(&t.t().to_owned()).unwrap();
+    let back = b.recv().unwrap();
+    assert_eq!(back, got);
+    assert!(m.iter().all(|&x| x == -1.0));
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn tokio_gets_and_puts_hand_large_vectors_over() {
+    multiproc::init();
+    let q = multiproc::Queue::<Vec<u32>>::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for k in 0..5u32 {
+            q.put_async((0..(1u32 << 18)).map(|i| i ^ k).collect())
+                .await
+                .unwrap();
+        }
+        for k in 0..5u32 {
+            let v = q.get_async().await.unwrap();
+            assert!(in_heap_file(v.as_ptr().cast()), "adopted");
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 ^ k));
+        }
+    });
+}
