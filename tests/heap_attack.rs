@@ -524,3 +524,39 @@ fn tokio_gets_and_puts_hand_large_vectors_over() {
         }
     });
 }
+
+/// The length of the mapping that holds `p` (/proc/self/maps).
+fn mapping_len(p: *const u8) -> usize {
+    let a = p as usize;
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (lo, hi) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
+            let lo = usize::from_str_radix(lo, 16).unwrap();
+            let hi = usize::from_str_radix(hi, 16).unwrap();
+            (lo <= a && a < hi).then_some(hi - lo)
+        })
+        .unwrap()
+}
+
+#[test]
+fn shrinking_a_large_allocation_gives_its_memory_back() {
+    multiproc::init();
+    // Made here (shared), and received (private).
+    let mut made = vec![6u8; 64 << 20];
+    let (a, b) = multiproc::pipe::<Vec<u8>>().unwrap();
+    a.send(&vec![8u8; 64 << 20]).unwrap();
+    let mut got = b.recv().unwrap();
+    for (v, x) in [(&mut made, 6u8), (&mut got, 8)] {
+        assert!(in_heap_file(v.as_ptr()));
+        assert_eq!(mapping_len(v.as_ptr()), 64 << 20);
+        v.truncate(1 << 20);
+        v.shrink_to_fit();
+        assert!(in_heap_file(v.as_ptr()));
+        assert_eq!(mapping_len(v.as_ptr()), 1 << 20, "the rest is still mapped");
+        assert!(v.iter().all(|&b| b == x));
+        v.resize(3 << 20, x); // and grows again
+        assert!(v.iter().all(|&b| b == x));
+    }
+}

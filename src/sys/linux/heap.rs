@@ -532,7 +532,23 @@ fn resize_in_place(ptr: *mut u8, new_size: usize) -> Resize {
     };
     let s = t.slots()[i];
     if new_len <= s.len {
-        // Shrinking, or growing within the last page: the mapping stays as it is.
+        // Growing within the last page: the mapping stays as it is. Shrinking: the pages
+        // past the new end are unmapped (and cut from the file while it is ours), so that
+        // `shrink_to_fit` gives the memory back.
+        if new_len < s.len {
+            // SAFETY: `ptr..ptr+s.len` is this slot's mapping, the block being
+            // reallocated; without MAYMOVE a shrinking mremap stays at `ptr` and unmaps
+            // only the pages past `new_len`, which the block no longer covers.
+            if unsafe { rustix::mm::mremap(ptr.cast(), s.len, new_len, MremapFlags::empty()) }
+                .is_ok()
+            {
+                if let Some(fd) = slot_fd(&s) {
+                    // No mapping of the file reaches past `new_len` now.
+                    let _ = rustix::fs::ftruncate(fd, new_len as u64);
+                }
+                t.slots()[i].len = new_len;
+            }
+        }
         return Resize::Done(ptr);
     }
     let Some(fd) = slot_fd(&s) else {
