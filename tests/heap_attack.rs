@@ -560,3 +560,42 @@ fn shrinking_a_large_allocation_gives_its_memory_back() {
         assert!(v.iter().all(|&b| b == x));
     }
 }
+
+fn put_large_forever(q: multiproc::Queue<Vec<u8>>) {
+    for i in 0u64.. {
+        q.put(vec![i as u8; 300 << 10]).unwrap();
+    }
+}
+
+#[test]
+fn producers_killed_while_handing_vectors_over_never_wedge_nor_leak() {
+    multiproc::init();
+    let shm_before = shm_files();
+    let q = multiproc::Queue::<Vec<u8>>::bounded(3).unwrap();
+    let fds = fd_count();
+    for round in 0..4 {
+        let mut p = Process::new(put_large_forever, q.clone());
+        p.start().unwrap();
+        // Take some while it runs (it blocks on the full queue, or is mid-put), then kill
+        // it wherever it is.
+        for _ in 0..(5 + round * 3) {
+            let v = q.get_timeout(std::time::Duration::from_secs(30)).unwrap();
+            assert!(in_heap_file(v.as_ptr()), "adopted");
+            assert!(v.len() == 300 << 10 && v.iter().all(|&b| b == v[0]));
+        }
+        p.kill().unwrap();
+        p.join().unwrap();
+        // Every item left is whole; the queue still works.
+        while let Ok(v) = q.try_get() {
+            assert!(v.len() == 300 << 10 && v.iter().all(|&b| b == v[0]));
+        }
+        q.put(vec![0xab; 1 << 20]).unwrap();
+        let v = q.get_timeout(std::time::Duration::from_secs(30)).unwrap();
+        assert!(v.iter().all(|&b| b == 0xab), "round {round}");
+    }
+    assert!(fd_count() <= fds + SPARE_MESSAGE_FILES, "descriptors grow");
+    assert_eq!(heap_fds(), 0);
+    let ours = new_multiproc_files(&shm_before);
+    assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
+    assert!(zombies_of_me().is_empty());
+}
