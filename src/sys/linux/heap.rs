@@ -8,9 +8,11 @@
 //!
 //! - **Made** (at least the allocator's threshold, page-aligned or less): an anonymous
 //!   memory file (`memfd`) of the rounded size, mapped shared and writable, recorded in a
-//!   table with its descriptor. Smaller ones, and any the table cannot take, go to the
-//!   system allocator.
+//!   table with its descriptor. Smaller ones, and any the table cannot take (full, half
+//!   the descriptor limit in use, or more memory than the kernel's overcommit policy
+//!   grants a private block of that size), go to the system allocator.
 //! - **Grown** (`realloc`): the file grows and the mapping moves with `mremap` (no copy).
+//!   **Shrunk**: the pages past the new end are unmapped (and cut from the file).
 //! - **Sent** ([`hand_over`]): when the codec meets a run of bytes that is the start of
 //!   such an allocation (a vector's buffer), the sender's own mapping is replaced, at the
 //!   same address, by a private copy-on-write mapping of the same file (the bytes it shows
