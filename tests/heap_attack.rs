@@ -599,3 +599,46 @@ fn producers_killed_while_handing_vectors_over_never_wedge_nor_leak() {
     assert!(ours.is_empty(), "left in /dev/shm: {ours:?}");
     assert!(zombies_of_me().is_empty());
 }
+
+/// The forked child: no mapping of the allocator's files may be shared with its parent.
+fn no_shared_heap_mapping(done: Event) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let shared: Vec<&str> = maps
+        .lines()
+        .filter(|l| {
+            l.contains("memfd:multiproc-heap") && l.split(' ').nth(1).unwrap().ends_with('s')
+        })
+        .collect();
+    assert!(shared.is_empty(), "shared with the parent: {shared:?}");
+    done.set();
+}
+
+#[test]
+fn a_fork_during_new_large_allocations_shares_none_of_them() {
+    multiproc::init();
+    allow_fork();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let v = vec![1u8; 1 << 20];
+                    assert_eq!(v[v.len() - 1], 1);
+                }
+            });
+        }
+        for f in 0..30 {
+            let done = Event::new().unwrap();
+            let mut p = Process::new(no_shared_heap_mapping, done.clone())
+                .with_start_method(StartMethod::Fork);
+            p.start().unwrap();
+            p.join().unwrap();
+            if p.exitcode() != Some(0) {
+                stop.store(true, Ordering::Relaxed);
+                panic!("fork {f}: the child shares a new allocation's mapping");
+            }
+            assert!(done.is_set());
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
