@@ -600,7 +600,8 @@ fn producers_killed_while_handing_vectors_over_never_wedge_nor_leak() {
     assert!(zombies_of_me().is_empty());
 }
 
-/// The forked child: no mapping of the allocator's files may be shared with its parent.
+/// The forked child: no mapping of the allocator's files may be shared with its parent,
+/// and none of their descriptors open (each would keep a file's memory alive).
 fn no_shared_heap_mapping(done: Event) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let shared: Vec<&str> = maps
@@ -610,6 +611,7 @@ fn no_shared_heap_mapping(done: Event) {
         })
         .collect();
     assert!(shared.is_empty(), "shared with the parent: {shared:?}");
+    assert_eq!(heap_fds(), 0, "the parent's memory files are open here");
     done.set();
 }
 
@@ -635,7 +637,7 @@ fn a_fork_during_new_large_allocations_shares_none_of_them() {
             p.join().unwrap();
             if p.exitcode() != Some(0) {
                 stop.store(true, Ordering::Relaxed);
-                panic!("fork {f}: the child shares a new allocation's mapping");
+                panic!("fork {f}: the child shares a new allocation's mapping or file");
             }
             assert!(done.is_set());
         }

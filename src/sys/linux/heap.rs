@@ -457,6 +457,12 @@ fn map_new(size: usize) -> Option<*mut u8> {
     if !memory_for(len) {
         return None;
     }
+    // The table stays locked from before the file exists until it is recorded: a fork in
+    // between (the fork handlers wait for the lock) would give the child the descriptor
+    // and the mapping shared, unrecorded, so neither closed nor made private.
+    let mut t = lock();
+    // Full: the system allocator serves.
+    t.find(0)?;
     let fd = rustix::fs::memfd_create(
         c"multiproc-heap",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -467,13 +473,8 @@ fn map_new(size: usize) -> Option<*mut u8> {
     }
     rustix::fs::ftruncate(&fd, len as u64).ok()?;
     let ino = rustix::fs::fstat(&fd).ok()?.st_ino;
-    // The table stays locked from before the shared mapping exists until it is recorded:
-    // a fork in between (the fork handlers wait for the lock) would give the child the
-    // mapping shared, unrecorded, so not made private.
-    let mut t = lock();
-    t.find(0)?; // full: the system allocator serves
-                // SAFETY: a fresh mapping (no MAP_FIXED) of a file that is `len` bytes long; it aliases
-                // nothing, and nothing shrinks the file while it is in the table (only we hold it).
+    // SAFETY: a fresh mapping (no MAP_FIXED) of a file that is `len` bytes long; it aliases
+    // nothing, and nothing shrinks the file while it is in the table (only we hold it).
     let p = unsafe {
         rustix::mm::mmap(
             std::ptr::null_mut(),
@@ -513,11 +514,12 @@ fn unmap_if_ours(ptr: *mut u8) -> bool {
     let mut s = t.remove(i);
     // SAFETY: the mapping is the block being freed (the caller's contract: nothing uses it
     // any more), and it is out of the table, so nothing else unmaps it. Unmapped with the
-    // table still locked: a fork (its handlers wait for the lock) must not find a shared
-    // mapping that is no longer in the table, which the child would keep shared.
+    // table still locked, and its descriptor closed: a fork (its handlers wait for the
+    // lock) must not find a shared mapping or descriptor that is no longer in the table,
+    // which the child would keep.
     let _ = unsafe { rustix::mm::munmap(s.addr as *mut c_void, s.len) };
-    drop(t);
     drop_fd(&mut s);
+    drop(t);
     true
 }
 
