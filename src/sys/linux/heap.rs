@@ -297,9 +297,10 @@ struct Slot {
     addr: usize,
     /// The mapping's length (whole pages).
     len: usize,
-    /// While the mapping is shared and writable: the file's descriptor, and its inode (to
-    /// notice a descriptor closed behind our back and reused). -1 once private.
+    /// While the mapping is shared and writable: the file's descriptor, and its device and
+    /// inode (to notice a descriptor closed behind our back and reused). -1 once private.
     fd: RawFd,
+    dev: u64,
     ino: u64,
 }
 
@@ -307,6 +308,7 @@ const FREE: Slot = Slot {
     addr: 0,
     len: 0,
     fd: -1,
+    dev: 0,
     ino: 0,
 };
 
@@ -393,11 +395,11 @@ fn slot_fd(s: &Slot) -> Option<BorrowedFd<'_>> {
         return None;
     }
     // SAFETY: the table owns this descriptor while the slot is shared; if other code closed
-    // it behind our back, the inode check below notices (the number may name another file
+    // it behind our back, the device and inode check below notices (the number may name another file
     // now, which we then leave alone).
     let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
     match rustix::fs::fstat(fd) {
-        Ok(st) if st.st_ino == s.ino => Some(fd),
+        Ok(st) if st.st_ino == s.ino && st.st_dev == s.dev => Some(fd),
         _ => None,
     }
 }
@@ -405,7 +407,7 @@ fn slot_fd(s: &Slot) -> Option<BorrowedFd<'_>> {
 /// Closes the slot's descriptor (if still shared and still its own) and marks it private.
 fn drop_fd(s: &mut Slot) {
     if slot_fd(s).is_some() {
-        // SAFETY: the descriptor is the table's own (checked by inode just now) and
+        // SAFETY: the descriptor is the table's own (checked by device and inode just now) and
         // nothing else holds it: it is closed once, here.
         drop(unsafe { OwnedFd::from_raw_fd(s.fd) });
     }
@@ -472,7 +474,7 @@ fn map_new(size: usize) -> Option<*mut u8> {
         return None;
     }
     rustix::fs::ftruncate(&fd, len as u64).ok()?;
-    let ino = rustix::fs::fstat(&fd).ok()?.st_ino;
+    let st = rustix::fs::fstat(&fd).ok()?;
     // SAFETY: a fresh mapping (no MAP_FIXED) of a file that is `len` bytes long; it aliases
     // nothing, and nothing shrinks the file while it is in the table (only we hold it).
     let p = unsafe {
@@ -490,7 +492,8 @@ fn map_new(size: usize) -> Option<*mut u8> {
         addr: p as usize,
         len,
         fd: fd.as_raw_fd(),
-        ino,
+        dev: st.st_dev,
+        ino: st.st_ino,
     };
     if t.insert(slot) {
         let _ = fd.into_raw_fd(); // the table's now
@@ -736,6 +739,7 @@ fn adopt<P: Plain>(fd: BorrowedFd<'_>, size: usize, n: usize) -> Option<Vec<P>> 
         addr: p as usize,
         len,
         fd: -1,
+        dev: 0,
         ino: 0,
     };
     if !lock().insert(slot) {
