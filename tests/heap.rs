@@ -324,3 +324,34 @@ fn a_message_hands_over_at_most_64_files_and_copies_the_rest() {
     let handed = v.iter().filter(|x| in_heap_file(x.as_ptr())).count();
     assert_eq!(handed, 64, "descriptors per message are bounded");
 }
+
+const GIB: usize = 1 << 30;
+
+fn put_a_gib(q: Queue<Vec<u8>>) {
+    let mut v = vec![0u8; GIB];
+    for (i, b) in v.iter_mut().enumerate().step_by(4096) {
+        *b = (i / 4096) as u8;
+    }
+    v[GIB - 1] = 0xAB;
+    q.put(v).unwrap();
+}
+
+#[test]
+fn a_one_gib_vector_is_handed_over_whole() {
+    multiproc::init();
+    let q = Queue::new().unwrap();
+    let mut p = Process::new(put_a_gib, q.clone());
+    p.start().unwrap();
+    let v = q.get().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert_eq!(v.len(), GIB);
+    assert!(in_heap_file(v.as_ptr()), "the 1 GiB vector was copied");
+    // One byte per page carries its page number; the last byte its own mark.
+    for (page, i) in (0..GIB).step_by(4096).enumerate() {
+        assert_eq!(v[i], page as u8, "page {page}");
+    }
+    assert_eq!(v[GIB - 1], 0xAB);
+    drop(v);
+    assert_eq!(heap_fds(), 0);
+}
