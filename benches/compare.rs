@@ -41,6 +41,10 @@ use multiproc::{Connection, Process, StartMethod};
 #[global_allocator]
 pub static HEAP: multiproc::ShmAllocator = multiproc::ShmAllocator::from_size(usize::MAX);
 
+/// Where the allocator's memory files are (shared with the tests that install it).
+#[path = "../tests/common/heap_files.rs"]
+#[allow(dead_code)]
+mod heap_files;
 #[path = "compare/peer_workloads.rs"]
 mod peer_workloads;
 #[path = "compare/pool_workloads.rs"]

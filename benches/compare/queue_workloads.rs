@@ -287,17 +287,11 @@ fn handed_over_producer(args: (Queue<Vec<u8>>, Event)) {
 }
 
 /// Checks that `b` is the producer's memory file, handed over (not a copy).
-fn in_heap_file(b: &[u8]) {
-    let a = b.as_ptr() as usize;
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-    let found = maps.lines().any(|l| {
-        let range = l.split(' ').next().unwrap_or("");
-        let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
-        let lo = usize::from_str_radix(lo, 16).unwrap_or(0);
-        let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
-        lo <= a && a < hi && l.contains("memfd:multiproc-heap")
-    });
-    assert!(found, "the 1 GiB item was copied, not handed over");
+fn handed_over(b: &[u8]) {
+    assert!(
+        crate::heap_files::in_heap_file(b.as_ptr()),
+        "the 1 GiB item was copied, not handed over"
+    );
 }
 
 /// One 1 GiB `Vec<u8>` from a child to the parent with `multiproc::ShmAllocator` installed: the same
@@ -306,7 +300,7 @@ fn in_heap_file(b: &[u8]) {
 pub fn queue_1gib_item_handed_over() -> f64 {
     let secs = median(
         (0..QUEUE_ROUNDS)
-            .map(|_| huge_round(handed_over_producer, in_heap_file))
+            .map(|_| huge_round(handed_over_producer, handed_over))
             .collect(),
     );
     HUGE_ITEM as f64 / secs / 1e9
