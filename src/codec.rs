@@ -901,9 +901,9 @@ impl<'de> Dec<'de> {
         heap::received_vec::<P>(fd, n).map_err(|e| CodecError(e.to_string()))
     }
 
-    /// A string's or byte string's bytes, owned: for a handed-over run, or a large one
-    /// (copied into memory made for it, see `owned_run`); `None` for a small inline one,
-    /// which the caller borrows from the input.
+    /// A string's or byte string's bytes: `Ok` owned, for a handed-over run or a large one
+    /// (copied into memory made for it, see `owned_run`); `Err` with the bytes of a small
+    /// inline one, which the caller borrows from the input.
     #[inline]
     fn owned_bytes(&mut self) -> R<std::result::Result<Vec<u8>, &'de [u8]>> {
         match self.run_len()? {
