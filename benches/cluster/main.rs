@@ -58,14 +58,23 @@ fn main() {
     }
     let reps = arg("APPLY_N", 5000);
     for _ in 0..3 {
+        let mut each = Vec::with_capacity(reps as usize);
         let t = Instant::now();
         for i in 0..reps {
+            let t1 = Instant::now();
             pool.apply(square, i).unwrap();
+            each.push(t1.elapsed().as_secs_f64() * 1e6);
         }
         println!(
             "apply_round_trip_us {:.1} us",
             t.elapsed().as_secs_f64() * 1e6 / reps as f64
         );
+        // The spread of the same calls: the median, and the 99th percentile (the calls
+        // whose waiting thread was not run at once).
+        each.sort_by(f64::total_cmp);
+        let at = |q: f64| each[((each.len() - 1) as f64 * q) as usize];
+        println!("apply_round_trip_p50_us {:.1} us", at(0.5));
+        println!("apply_round_trip_p99_us {:.1} us", at(0.99));
     }
 
     // 3. CPU-bound: 64 tasks of `burn` (chunk size 1), on the cluster pool, then a local

@@ -39,10 +39,16 @@ def main():
             ex.submit(square, i).result()
         reps = int(os.environ.get("APPLY_N", "5000"))
         for _ in range(3):
+            each = []
             t = time.perf_counter()
             for i in range(reps):
+                t1 = time.perf_counter()
                 ex.submit(square, i).result()
+                each.append((time.perf_counter() - t1) * 1e6)
             print(f"apply_round_trip_us {(time.perf_counter() - t) * 1e6 / reps:.1f} us")
+            each.sort()
+            print(f"apply_round_trip_p50_us {each[(len(each) - 1) // 2]:.1f} us")
+            print(f"apply_round_trip_p99_us {each[int((len(each) - 1) * 0.99)]:.1f} us")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ def main():
         ("tiny map, tasks/s, vs mpi4py's default chunksize=1", "tiny_map_tasks_per_s",
          "tiny_map_chunksize1_tasks_per_s", "{:,.0f}", True),
         ("apply round trip to a worker rank, µs", "apply_round_trip_us", "apply_round_trip_us", "{:,.1f}", False),
+        ("apply round trip, median of the calls, µs", "apply_round_trip_p50_us", "apply_round_trip_p50_us",
+         "{:,.1f}", False),
+        ("apply round trip, 99th percentile, µs", "apply_round_trip_p99_us", "apply_round_trip_p99_us",
+         "{:,.1f}", False),
     ]
     cpu = []
     for n in ranks:
