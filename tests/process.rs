@@ -944,3 +944,53 @@ fn a_killed_fork_server_is_reaped_without_another_call() {
     assert_eq!(p.exitcode(), Some(0));
     assert_ne!(multiproc::start::fork_server_pid(), Some(server));
 }
+
+/// Runs `f` (a `with_*` call on a started process) and returns its panic message.
+fn panic_message(f: impl FnOnce() -> Process) -> String {
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let payload = panic.expect_err("a with_* setting after start panics");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every setting the child starts with is refused once it has started, like the daemon
+/// flag (`with_*` panics naming the setting, `set_authkey` gives `Error::AlreadyStarted`),
+/// and the process keeps reporting what the child started with. Before start both work.
+#[test]
+fn authkey_and_start_method_are_refused_after_start_like_the_daemon_flag() {
+    multiproc::init();
+    let start = |key: &[u8]| {
+        let mut p = Process::new(sleep_ms, 0)
+            .with_authkey(key)
+            .with_start_method(StartMethod::Spawn);
+        p.set_authkey(b"second").unwrap();
+        assert_eq!(p.authkey(), b"second");
+        p.start().unwrap();
+        p
+    };
+    let mut p = start(b"first");
+    assert!(matches!(
+        p.set_authkey(b"third"),
+        Err(Error::AlreadyStarted)
+    ));
+    assert_eq!(p.authkey(), b"second");
+    p.join().unwrap();
+    assert!(matches!(
+        p.set_authkey(b"third"),
+        Err(Error::AlreadyStarted)
+    ));
+    let m = panic_message(move || p.with_authkey(b"third"));
+    assert!(
+        m.contains("authkey") && m.contains("process already started"),
+        "{m}"
+    );
+    let p = start(b"first");
+    p.join().unwrap();
+    let m = panic_message(move || p.with_start_method(StartMethod::Fork));
+    assert!(
+        m.contains("start method") && m.contains("process already started"),
+        "{m}"
+    );
+}
