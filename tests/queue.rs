@@ -526,6 +526,33 @@ fn after_close_put_and_get_fail_and_the_state_queries_follow_the_queue() {
     assert!(matches!(r, Err(Error::Closed)), "{r:?}");
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 
+    // A put blocked on a full queue, likewise.
+    let full = Queue::<u8>::bounded(1).unwrap();
+    full.put(1).unwrap();
+    let putter_q = full.clone();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let putter = std::thread::spawn(move || {
+        tid_tx.send(my_tid()).unwrap();
+        let t = Instant::now();
+        (
+            putter_q.put_timeout(2, Duration::from_secs(60)),
+            t.elapsed(),
+        )
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || thread_asleep(
+            std::process::id(),
+            tid
+        )),
+        "the putter never blocked"
+    );
+    full.close();
+    let (r, waited) = putter.join().unwrap();
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    assert_eq!(full.qsize(), 1);
+
     q.put("a".into()).unwrap();
     q.put("b".into()).unwrap();
     q.close();

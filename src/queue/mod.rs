@@ -488,6 +488,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.ring.close_here();
         self.shared.bell.ring();
     }
 
