@@ -64,6 +64,17 @@ pub(crate) struct ChildState {
     daemon: bool,
     status: Mutex<Option<sys::ExitStatus>>,
     detached: AtomicBool,
+    /// Reaped by the SIGCHLD handler as soon as it ends ([`Process::reap_when_ended`]):
+    /// taken out of the handler's set before the pidfd closes.
+    reaped_early: AtomicBool,
+}
+
+impl Drop for ChildState {
+    fn drop(&mut self) {
+        if self.reaped_early.load(Ordering::SeqCst) {
+            sys::stop_reaping(&self.pidfd);
+        }
+    }
 }
 
 impl ChildState {
@@ -75,6 +86,7 @@ impl ChildState {
             daemon,
             status: Mutex::new(None),
             detached: AtomicBool::new(false),
+            reaped_early: AtomicBool::new(false),
         })
     }
 
@@ -355,6 +367,18 @@ impl Process {
             identity,
             child: None,
             pipes: Pipes::default(),
+        }
+    }
+
+    /// Has the started child reaped by the crate's SIGCHLD handler as soon as it ends (a
+    /// helper process: the manager's server), so that no zombie is left until the owner's
+    /// next look; its exit status still reaches [`join`](Process::join) and
+    /// [`exitcode`](Process::exitcode). Does nothing if the handler cannot take it.
+    pub(crate) fn reap_when_ended(&self) {
+        if let Some(c) = &self.child {
+            if !c.reaped_early.load(Ordering::SeqCst) && sys::reap_when_ended(&c.pidfd) {
+                c.reaped_early.store(true, Ordering::SeqCst);
+            }
         }
     }
 

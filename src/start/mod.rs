@@ -22,11 +22,13 @@
 //!
 //! # Helper processes, and SIGCHLD
 //!
-//! The fork server, and a [shared-memory tracker](crate::shared_memory) this process
-//! started, are its children. So that one killed on its own does not stay a zombie until
-//! the next use notices, multiproc installs a SIGCHLD handler the first time it starts
-//! one. The handler reaps those helpers only, each through its pidfd: it never waits for
-//! "any child", so the exit statuses of your other children (started by multiproc, by
+//! The fork server, a [shared-memory tracker](crate::shared_memory) and a
+//! [manager](crate::Manager)'s server this process started are its children. So that one
+//! killed on its own does not stay a zombie until the next use notices, multiproc installs
+//! a SIGCHLD handler the first time it starts one. The handler reaps those helpers only,
+//! each through its pidfd, and keeps the exit status for their owner (a manager's
+//! `shutdown` still learns how its server ended): it never waits for "any child", so the
+//! exit statuses of your other children (started by multiproc, by
 //! `std::process`, by tokio) stay theirs to collect. A handler installed before it runs
 //! after it; if SIGCHLD is ignored (the kernel reaps every child), none is installed. As
 //! with any signal handler, a system call that SIGCHLD interrupts and that is not
