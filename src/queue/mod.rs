@@ -985,12 +985,16 @@ impl<T> SimpleQueue<T> {
         self.q.is_empty()
     }
 
-    /// Closes this process's handle: later `put`/`get` through it give [`Error::Closed`].
+    /// Closes this process's handle: later `put`/`get` through it give [`Error::Closed`]
+    /// (one waiting in another thread wakes with it), while [`empty`](SimpleQueue::empty)
+    /// goes on answering for the queue as a whole (see [`Queue::close`]).
     ///
     /// ```
     /// let q = multiproc::SimpleQueue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
     /// q.close();
     /// assert!(matches!(q.put(1), Err(multiproc::Error::Closed)));
+    /// assert!(!q.empty());
     /// ```
     pub fn close(&self) {
         self.q.close()
