@@ -64,6 +64,17 @@ pub(crate) struct ChildState {
     daemon: bool,
     status: Mutex<Option<sys::ExitStatus>>,
     detached: AtomicBool,
+    /// Reaped by the SIGCHLD handler as soon as it ends ([`Process::reap_when_ended`]):
+    /// taken out of the handler's set before the pidfd closes.
+    reaped_early: AtomicBool,
+}
+
+impl Drop for ChildState {
+    fn drop(&mut self) {
+        if self.reaped_early.load(Ordering::SeqCst) {
+            sys::stop_reaping(&self.pidfd);
+        }
+    }
 }
 
 impl ChildState {
@@ -75,6 +86,7 @@ impl ChildState {
             daemon,
             status: Mutex::new(None),
             detached: AtomicBool::new(false),
+            reaped_early: AtomicBool::new(false),
         })
     }
 
@@ -358,6 +370,18 @@ impl Process {
         }
     }
 
+    /// Has the started child reaped by the crate's SIGCHLD handler as soon as it ends (a
+    /// helper process: the manager's server), so that no zombie is left until the owner's
+    /// next look; its exit status still reaches [`join`](Process::join) and
+    /// [`exitcode`](Process::exitcode). Does nothing if the handler cannot take it.
+    pub(crate) fn reap_when_ended(&self) {
+        if let Some(c) = &self.child {
+            if !c.reaped_early.load(Ordering::SeqCst) && sys::reap_when_ended(&c.pidfd) {
+                c.reaped_early.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// Sets the name (Python's `name=`; [`Builder::name`]). As in Python, it may also be
     /// changed once the process has started: the child keeps the name it started with.
     ///
@@ -384,6 +408,7 @@ impl Process {
     /// let p = multiproc::Process::new(|_: ()| (), ()).with_daemon(true);
     /// assert!(p.daemon());
     /// ```
+    #[track_caller]
     pub fn with_daemon(mut self, daemon: bool) -> Process {
         if let Err(e) = self.set_daemon(daemon) {
             panic!(
@@ -392,6 +417,25 @@ impl Process {
             );
         }
         self
+    }
+
+    /// Whether [`start`](Process::start) has been called successfully: the settings the
+    /// child starts with (daemon flag, authkey, start method) are fixed from then on.
+    fn has_started(&self) -> bool {
+        self.child.is_some() || self.args.is_none()
+    }
+
+    /// Panics with a message that says which setting came too late (see the `# Panics`
+    /// sections of the `with_*` methods).
+    #[track_caller]
+    fn refuse_after_start(&self, what: &str) {
+        if self.has_started() {
+            panic!(
+                "cannot change the {what} of process {}: {}",
+                self.name,
+                Error::AlreadyStarted
+            );
+        }
     }
 
     /// Sets the daemon flag (Python's `p.daemon = flag`), before the process starts.
@@ -412,7 +456,7 @@ impl Process {
     /// ```
     #[doc(alias = "daemon")]
     pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
-        if self.child.is_some() || self.args.is_none() {
+        if self.has_started() {
             return Err(Error::AlreadyStarted);
         }
         self.opts.daemon = daemon;
@@ -422,13 +466,50 @@ impl Process {
     /// Sets the child's authkey (Python's `p.authkey = key` before `start()`;
     /// [`Builder::authkey`]).
     ///
+    /// # Panics
+    ///
+    /// If the process has already started, like [`with_daemon`](Process::with_daemon):
+    /// the child runs with the key it started with, and [`authkey`](Process::authkey)
+    /// would then name a key that the child does not have. (Python lets `p.authkey` be
+    /// assigned after `start()`, but that changes only the parent's record, never the
+    /// running child's key.) [`set_authkey`](Process::set_authkey) gives
+    /// [`Error::AlreadyStarted`] instead.
+    ///
     /// ```
     /// let p = multiproc::Process::new(|_: ()| (), ()).with_authkey(b"k");
     /// assert_eq!(p.authkey(), b"k");
     /// ```
+    #[track_caller]
     pub fn with_authkey(mut self, authkey: &[u8]) -> Process {
+        self.refuse_after_start("authkey");
         self.opts.authkey = Some(HiddenKey(authkey.to_vec()));
         self
+    }
+
+    /// Sets the child's authkey (Python's `p.authkey = key`), before the process starts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyStarted`] once it has started: the child keeps the key it started
+    /// with, and so does [`authkey`](Process::authkey).
+    ///
+    /// ```
+    /// multiproc::init();
+    /// fn key(_: ()) { assert_eq!(multiproc::current_process().authkey(), b"first") }
+    /// let mut p = multiproc::Process::new(key, ());
+    /// p.set_authkey(b"first").unwrap();
+    /// p.start().unwrap();
+    /// assert!(matches!(p.set_authkey(b"second"), Err(multiproc::Error::AlreadyStarted)));
+    /// assert_eq!(p.authkey(), b"first");
+    /// p.join().unwrap();
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// ```
+    pub fn set_authkey(&mut self, authkey: &[u8]) -> Result<()> {
+        if self.has_started() {
+            return Err(Error::AlreadyStarted);
+        }
+        self.opts.authkey = Some(HiddenKey(authkey.to_vec()));
+        Ok(())
     }
 
     /// The child's authkey (Python's `Process.authkey`): the one set with
@@ -462,14 +543,25 @@ impl Process {
     /// p.join().unwrap();
     /// assert_eq!(p.exitcode(), Some(0));
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the process has already started, like [`with_daemon`](Process::with_daemon):
+    /// it was started with the method it had. (Python has no such setting: a `Process`
+    /// takes its start method from the context that made it.)
+    #[track_caller]
     pub fn with_start_method(mut self, method: StartMethod) -> Process {
+        self.refuse_after_start("start method");
         self.opts.method = Some(method);
         self
     }
 
     #[doc(hidden)]
-    /// Test hook: make the child believe it is another build.
+    /// Test hook: make the child believe it is another build. Panics after start, like
+    /// the other settings the child starts with.
+    #[track_caller]
     pub fn with_build_id_override(mut self, id: u64) -> Process {
+        self.refuse_after_start("build id");
         self.opts.build_id_override = Some(id);
         self
     }

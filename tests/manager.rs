@@ -1967,3 +1967,67 @@ fn killed_server_is_gone(m: Manager) {
     drop(m);
     assert!(common::zombies_of_me().is_empty());
 }
+
+/// Issue (loose end 2): a manager's server killed on its own is reaped at once (no zombie
+/// is left while the owner does nothing), whether it was idle or serving a call that
+/// blocked another thread of the owner: that call returns with the typed "manager server
+/// is gone" error within a bounded time, and so does every call afterwards (no hang). The
+/// owner's shutdown afterwards succeeds, and nothing is left.
+#[test]
+fn a_killed_server_is_reaped_at_once_and_calls_fail_promptly() {
+    multiproc::init();
+    for blocked_call in [false, true] {
+        let m = Manager::start().unwrap();
+        let pid = m.server_pid().unwrap();
+        let l = m.list(vec![1u8]).unwrap();
+        let waiter = blocked_call.then(|| {
+            let q = m.queue::<u8>().unwrap();
+            q.qsize().unwrap(); // connected and holding the queue
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let t = std::thread::spawn(move || {
+                tid_tx.send(common::my_tid()).unwrap();
+                let t0 = std::time::Instant::now();
+                (q.get(), t0.elapsed())
+            });
+            let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert!(
+                common::eventually(Duration::from_secs(30), || common::thread_asleep(
+                    std::process::id(),
+                    tid
+                )),
+                "the get never blocked"
+            );
+            t
+        });
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        // Reaped without any call of ours: no process with its pid is left, not even a
+        // zombie.
+        assert!(
+            common::eventually(Duration::from_secs(30), || common::stat(pid).is_none()),
+            "the killed server is left: {:?}",
+            common::stat(pid)
+        );
+        assert!(common::zombies_of_me().is_empty());
+        if let Some(t) = waiter {
+            let (r, waited) = t.join().unwrap();
+            let e = r.unwrap_err();
+            assert!(is_manager_gone(&e), "{e:?}");
+            assert!(waited < Duration::from_secs(30), "{waited:?}");
+        }
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            let e = l.len().unwrap_err();
+            assert!(is_manager_gone(&e), "{e:?}");
+            let e = m.list(vec![2u8]).unwrap_err();
+            assert!(is_manager_gone(&e), "{e:?}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        m.shutdown().unwrap();
+        drop(m);
+        assert!(common::zombies_of_me().is_empty());
+    }
+}

@@ -944,3 +944,208 @@ fn a_killed_fork_server_is_reaped_without_another_call() {
     assert_eq!(p.exitcode(), Some(0));
     assert_ne!(multiproc::start::fork_server_pid(), Some(server));
 }
+
+/// Runs `f` (a `with_*` call on a started process) and returns its panic message.
+fn panic_message(f: impl FnOnce() -> Process) -> String {
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let payload = panic.expect_err("a with_* setting after start panics");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every setting the child starts with is refused once it has started, like the daemon
+/// flag (`with_*` panics naming the setting, `set_authkey` gives `Error::AlreadyStarted`),
+/// and the process keeps reporting what the child started with. Before start both work.
+#[test]
+fn authkey_and_start_method_are_refused_after_start_like_the_daemon_flag() {
+    multiproc::init();
+    let start = |key: &[u8]| {
+        let mut p = Process::new(sleep_ms, 0)
+            .with_authkey(key)
+            .with_start_method(StartMethod::Spawn);
+        p.set_authkey(b"second").unwrap();
+        assert_eq!(p.authkey(), b"second");
+        p.start().unwrap();
+        p
+    };
+    let mut p = start(b"first");
+    assert!(matches!(
+        p.set_authkey(b"third"),
+        Err(Error::AlreadyStarted)
+    ));
+    assert_eq!(p.authkey(), b"second");
+    p.join().unwrap();
+    assert!(matches!(
+        p.set_authkey(b"third"),
+        Err(Error::AlreadyStarted)
+    ));
+    let m = panic_message(move || p.with_authkey(b"third"));
+    assert!(
+        m.contains("authkey") && m.contains("process already started"),
+        "{m}"
+    );
+    let p = start(b"first");
+    p.join().unwrap();
+    let m = panic_message(move || p.with_start_method(StartMethod::Fork));
+    assert!(
+        m.contains("start method") && m.contains("process already started"),
+        "{m}"
+    );
+}
+
+// --- SIGCHLD while blocked ------------------------------------------------------------------
+
+/// Starts and joins short-lived children (through the fork server, so each is a child of
+/// the thread that started the server: the kernel sends their SIGCHLD to that thread
+/// first) until `stop`, counting those that ended.
+fn churn_children(
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering::SeqCst;
+    while !stop.load(SeqCst) {
+        let mut p = Process::new(sleep_ms, 0).with_start_method(StartMethod::ForkServer);
+        p.start().map_err(|e| format!("start: {e}"))?;
+        p.join().map_err(|e| format!("join: {e}"))?;
+        ended.fetch_add(1, SeqCst);
+    }
+    Ok(())
+}
+
+/// In a child, on its main thread (which started the fork server, so the SIGCHLD of every
+/// child another thread starts comes here, and the crate's handler is installed): each
+/// blocking call with a timeout, while children end one after another. Returns, per call,
+/// what went wrong (empty: nothing), after checking that it returned what a timeout gives,
+/// no sooner than its timeout and not much later, and that children ended meanwhile.
+fn blocked_calls_while_children_end(_: ()) -> Vec<String> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let mut wrong = Vec::new();
+    // The fork server, started from this thread.
+    let mut first = Process::new(sleep_ms, 0).with_start_method(StartMethod::ForkServer);
+    first.start().unwrap();
+    first.join().unwrap();
+    let q = multiproc::Queue::<u8>::new().unwrap();
+    let (a, b) = multiproc::pipe::<u32>().unwrap();
+    let lock = multiproc::Lock::new().unwrap();
+    let event = multiproc::Event::new().unwrap();
+    let pool = multiproc::Pool::new(1).unwrap();
+    let slow = pool.apply_async(sleep_ms, 60_000);
+    let mut sleeper = Process::new(sleep_ms, 60_000).with_start_method(StartMethod::ForkServer);
+    sleeper.start().unwrap();
+    // The lock is held by another thread for the whole test.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            lock.acquire().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            lock.release().unwrap();
+        })
+    };
+    held_rx.recv().unwrap();
+    let ended = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let churner = {
+        let (ended, stop) = (ended.clone(), stop.clone());
+        std::thread::spawn(move || churn_children(ended, stop))
+    };
+    let timeout = Duration::from_millis(400);
+    let mut run = |what: &str, call: &mut dyn FnMut() -> Result<bool, String>| {
+        let before = ended.load(SeqCst);
+        let t = Instant::now();
+        let r = call();
+        let took = t.elapsed();
+        let during = ended.load(SeqCst) - before;
+        match r {
+            Ok(true) => {}
+            Ok(false) => wrong.push(format!("{what}: did not time out")),
+            Err(e) => wrong.push(format!("{what}: {e}")),
+        }
+        if took < timeout || took > timeout + Duration::from_secs(5) {
+            wrong.push(format!(
+                "{what}: took {took:?} for a timeout of {timeout:?}"
+            ));
+        }
+        if during == 0 {
+            wrong.push(format!("{what}: only {during} children ended meanwhile"));
+        }
+    };
+    run("Queue::get_timeout", &mut || match q.get_timeout(timeout) {
+        Err(Error::Empty) => Ok(true),
+        other => Err(format!("{other:?}")),
+    });
+    run("Connection::poll", &mut || {
+        b.poll(Some(timeout))
+            .map(|ready| !ready)
+            .map_err(|e| e.to_string())
+    });
+    run("Lock::acquire_timeout", &mut || {
+        lock.acquire_timeout(timeout)
+            .map(|got| !got)
+            .map_err(|e| e.to_string())
+    });
+    run("Event::wait_timeout", &mut || {
+        event
+            .wait_timeout(timeout)
+            .map(|set| !set)
+            .map_err(|e| e.to_string())
+    });
+    run(
+        "AsyncResult::get_timeout",
+        &mut || match slow.get_timeout(timeout) {
+            Err(Error::Timeout) => Ok(true),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    run("Process::join_timeout", &mut || {
+        sleeper
+            .join_timeout(timeout)
+            .map(|done| !done)
+            .map_err(|e| e.to_string())
+    });
+    // A blocking recv without a timeout gets its message, sent once more children ended.
+    let sender = {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            let from = ended.load(SeqCst);
+            while ended.load(SeqCst) < from + 5 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            a.send(&7).unwrap();
+        })
+    };
+    match b.recv() {
+        Ok(7) => {}
+        other => wrong.push(format!("Connection::recv: {other:?}")),
+    }
+    sender.join().unwrap();
+    stop.store(true, SeqCst);
+    if let Err(e) = churner.join().unwrap() {
+        wrong.push(format!("churner: {e}"));
+    }
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    sleeper.kill().unwrap();
+    sleeper.join().unwrap();
+    pool.terminate().unwrap();
+    wrong
+}
+
+/// Loose end 1: the crate's SIGCHLD handler (installed with the fork server) interrupts the
+/// system calls of a thread that waits, each time a child ends; none of the crate's waits
+/// with a timeout turns that into an error, ends early, or starts its timeout again (each
+/// returns within its timeout and a margin while children end every few milliseconds), and a
+/// wait without a timeout goes on until its message comes.
+#[test]
+fn blocking_calls_ride_out_sigchld_from_children_that_end() {
+    multiproc::init();
+    let h = multiproc::spawn(blocked_calls_while_children_end, ()).unwrap();
+    let wrong = h.join().unwrap();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(zombies_of_me().is_empty());
+}

@@ -487,6 +487,106 @@ fn close_is_local_to_the_handle() {
     assert_eq!(p.exitcode(), Some(0));
 }
 
+/// In a child with its own (open) handle: takes one item and puts two.
+fn take_one_put_two(q: Queue<String>) -> String {
+    let got = q.get_timeout(Duration::from_secs(30)).unwrap();
+    q.put("c".into()).unwrap();
+    q.put("d".into()).unwrap();
+    got
+}
+
+/// After `close()` (Python 3.11: `put`/`get` raise `ValueError`, `qsize()`/`full()` answer,
+/// `empty()` raises only because the reader pipe was closed): every put and get form gives
+/// `Error::Closed` at once, a get blocked in another thread wakes with it, and
+/// `empty`/`qsize`/`full` keep answering for the queue as a whole, following what another
+/// process's open handle does to it.
+#[test]
+fn after_close_put_and_get_fail_and_the_state_queries_follow_the_queue() {
+    multiproc::init();
+    let q = Queue::<String>::bounded(3).unwrap();
+    // A get blocked in another thread of this process when the handle is closed.
+    let empty = Queue::<String>::new().unwrap();
+    let blocked = empty.clone();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        tid_tx.send(my_tid()).unwrap();
+        let t = Instant::now();
+        (blocked.get_timeout(Duration::from_secs(60)), t.elapsed())
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || thread_asleep(
+            std::process::id(),
+            tid
+        )),
+        "the getter never blocked"
+    );
+    empty.close();
+    let (r, waited) = waiter.join().unwrap();
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+
+    // A put blocked on a full queue, likewise.
+    let full = Queue::<u8>::bounded(1).unwrap();
+    full.put(1).unwrap();
+    let putter_q = full.clone();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let putter = std::thread::spawn(move || {
+        tid_tx.send(my_tid()).unwrap();
+        let t = Instant::now();
+        (
+            putter_q.put_timeout(2, Duration::from_secs(60)),
+            t.elapsed(),
+        )
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || thread_asleep(
+            std::process::id(),
+            tid
+        )),
+        "the putter never blocked"
+    );
+    full.close();
+    let (r, waited) = putter.join().unwrap();
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    assert_eq!(full.qsize(), 1);
+
+    q.put("a".into()).unwrap();
+    q.put("b".into()).unwrap();
+    q.close();
+    q.close(); // twice: harmless
+    let t = Instant::now();
+    assert!(matches!(q.put("x".into()), Err(Error::Closed)));
+    assert!(matches!(q.try_put("x".into()), Err(Error::Closed)));
+    assert!(matches!(
+        q.put_timeout("x".into(), Duration::from_secs(30)),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(q.get(), Err(Error::Closed)));
+    assert!(matches!(q.try_get(), Err(Error::Closed)));
+    assert!(matches!(
+        q.get_timeout(Duration::from_secs(30)),
+        Err(Error::Closed)
+    ));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(
+        (q.qsize(), q.len(), q.empty(), q.full()),
+        (2, 2, false, false)
+    );
+    // Another process's handle is open: what it does shows through the closed one.
+    let h = multiproc::spawn(take_one_put_two, q.clone()).unwrap();
+    assert_eq!(h.join().unwrap(), "a");
+    assert_eq!((q.qsize(), q.empty(), q.full()), (3, false, true));
+    assert!(q.is_closed());
+    // And through a SimpleQueue's closed handle too.
+    let sq = SimpleQueue::<u8>::new().unwrap();
+    sq.close();
+    assert!(sq.empty());
+    assert!(matches!(sq.get(), Err(Error::Closed)));
+}
+
 /// The size: 8 producers × 8 consumers × 100,000 items (about 3 s in a debug build).
 #[test]
 fn many_producers_many_consumers_exactly_once() {

@@ -1006,3 +1006,110 @@ fn rlock_says_whether_it_is_held_and_by_whom() {
         (false, false)
     );
 }
+
+// --- Barrier: its internal lock held by a process that does not let go ---------------------
+
+/// Set in the child that must hang inside the barrier's action (so, holding the barrier's
+/// internal lock); unset elsewhere, where the action does nothing.
+static HANG_IN_ACTION: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+
+fn hang_in_action() {
+    if let Some(in_action) = HANG_IN_ACTION.get() {
+        in_action.set();
+        sleep_forever()
+    }
+}
+
+/// Arrives at the barrier last: its action runs here, under the barrier's lock, and hangs.
+fn arrive_and_hang_in_the_action((b, in_action): (Barrier, Event)) {
+    let _ = HANG_IN_ACTION.set(in_action);
+    let _ = b.wait();
+}
+
+/// Starts `b.wait_timeout(timeout)` on another thread; its result and how long it took
+/// arrive on the receiver.
+fn start_wait_timeout(
+    b: &Barrier,
+    timeout: Duration,
+) -> std::sync::mpsc::Receiver<(Result<usize, Error>, Duration)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = b.clone();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = b.wait_timeout(timeout);
+        let _ = tx.send((r, t.elapsed()));
+    });
+    rx
+}
+
+/// The outcome of a [`start_wait_timeout`], or a failure if it has not returned long
+/// after its timeout.
+fn outcome(
+    rx: std::sync::mpsc::Receiver<(Result<usize, Error>, Duration)>,
+    timeout: Duration,
+) -> (Result<usize, Error>, Duration) {
+    rx.recv_timeout(timeout + Duration::from_secs(30))
+        .expect("wait_timeout did not return long after its timeout")
+}
+
+/// Runs `b.wait_timeout(timeout)` on another thread: its result and how long it took.
+fn bounded_wait_timeout(b: &Barrier, timeout: Duration) -> (Result<usize, Error>, Duration) {
+    outcome(start_wait_timeout(b, timeout), timeout)
+}
+
+/// Loose end 4: `Barrier::wait_timeout` honours its timeout even when another process
+/// holds the barrier's internal lock and does not let go (here: hangs in the action, then
+/// is stopped with SIGSTOP): a waiter already counted and a newcomer both get
+/// `BrokenBarrier` about their timeout after their call (not sooner, not much later),
+/// and the barrier is broken. Once the holder is killed, the next wait sees the barrier
+/// broken at once, and `reset` works.
+#[test]
+fn barrier_wait_timeout_is_honoured_while_a_stopped_process_holds_its_lock() {
+    multiproc::init();
+    let b = Barrier::builder(2).action(hang_in_action).build().unwrap();
+    // The first party waits (in this process) with a timeout.
+    let first = start_wait_timeout(&b, Duration::from_secs(2));
+    assert!(common::eventually(Duration::from_secs(30), || b
+        .n_waiting()
+        == 1));
+    // The last party arrives in a child, whose action takes the lock and hangs.
+    let in_action = Event::new().unwrap();
+    let holder = multiproc::spawn(
+        arrive_and_hang_in_the_action,
+        (b.clone(), in_action.clone()),
+    )
+    .unwrap();
+    assert!(in_action.wait_timeout(Duration::from_secs(30)).unwrap());
+    let (r, waited) = outcome(first, Duration::from_secs(2));
+    assert!(matches!(r, Err(Error::BrokenBarrier)), "{r:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // Stopped: it cannot let go of the lock, yet a newcomer's timeout holds.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(holder.pid() as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    assert!(common::eventually(Duration::from_secs(30), || {
+        common::stopped(holder.pid())
+    }));
+    let timeout = Duration::from_millis(300);
+    let (r, waited) = bounded_wait_timeout(&b, timeout);
+    assert!(matches!(r, Err(Error::BrokenBarrier)), "{r:?}");
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(b.broken());
+    // Killed while holding the lock: noticed within the next wait, long before its timeout.
+    holder.kill().unwrap();
+    let _ = holder.join();
+    let (r, waited) = bounded_wait_timeout(&b, Duration::from_secs(60));
+    assert!(matches!(r, Err(Error::BrokenBarrier)), "{r:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    b.reset();
+    assert!(!b.broken());
+    assert_eq!(b.n_waiting(), 0);
+}

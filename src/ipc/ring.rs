@@ -208,6 +208,10 @@ pub(crate) struct Ring {
     /// (a cache line the other side writes) only when its copy says it must wait.
     head_seen: AtomicU64,
     tail_seen: AtomicU64,
+    /// This process's handle was closed ([`close_here`](Self::close_here)): its waiting
+    /// gets and puts end with [`Error::Closed`]. Not in shared memory: other processes'
+    /// handles stay open.
+    closed_here: std::sync::atomic::AtomicBool,
 }
 
 /// The bytes a message of `len` bytes takes in the ring (header, descriptor tag, body).
@@ -314,6 +318,7 @@ impl Ring {
             is_overflow,
             head_seen,
             tail_seen,
+            closed_here: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -398,6 +403,23 @@ impl Ring {
     /// Whether [`shutdown`](Self::shutdown) was called, by any process.
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut() != 0
+    }
+
+    /// Closes this process's handle (`Queue::close`): a get or put of this process that
+    /// waits (for an item, for room) wakes and gives [`Error::Closed`], and so does one
+    /// that takes the lock after it. Other processes see a spurious wake-up at most.
+    pub(crate) fn close_here(&self) {
+        self.closed_here.store(true, SeqCst);
+        for seq in [O_DATASEQ, O_SPACESEQ] {
+            let w = self.w32(seq);
+            w.fetch_add(1, SeqCst);
+            futex::wake_all(w);
+        }
+    }
+
+    /// Whether [`close_here`](Self::close_here) was called.
+    fn is_closed_here(&self) -> bool {
+        self.closed_here.load(Relaxed)
     }
 
     /// Shuts the ring down for every process: puts fail from now on; gets take what is left
@@ -585,7 +607,10 @@ impl Ring {
             if self.is_shut_down() {
                 return Err(Error::ShutDown);
             }
-            let blocked = || free() < need && !self.is_shut_down();
+            if self.is_closed_here() {
+                return Err(Error::Closed);
+            }
+            let blocked = || free() < need && !self.is_shut_down() && !self.is_closed_here();
             if let Waited::TimedOut = self.wait_while(O_SPACESEQ, O_PSLEEP, blocked, deadline) {
                 return Err(Error::Full);
             }
@@ -673,16 +698,22 @@ impl Ring {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
+        if self.is_closed_here() {
+            return Err(Error::Closed);
+        }
         if self.maxsize > 0 {
             let full = || {
                 let h = self.records().head(&self.mem, SeqCst);
                 self.ptail().items_since(h) >= self.maxsize
                     && self.reload_tail().items_since(h) >= self.maxsize
             };
-            let blocked = || full() && !self.is_shut_down();
+            let blocked = || full() && !self.is_shut_down() && !self.is_closed_here();
             while full() {
                 if self.is_shut_down() {
                     return Err(Error::ShutDown);
+                }
+                if self.is_closed_here() {
+                    return Err(Error::Closed);
                 }
                 if let Waited::TimedOut = self.wait_while(O_SPACESEQ, O_PSLEEP, blocked, deadline) {
                     return Err(Error::Full);
@@ -975,6 +1006,9 @@ impl Ring {
             self.drop_everything();
             return Err(Error::ShutDown);
         }
+        if self.is_closed_here() {
+            return Err(Error::Closed);
+        }
         loop {
             let from = if self.records().head(&self.mem, Relaxed).flagged() {
                 self.overflow()?.unwrap_or(self)
@@ -1032,10 +1066,12 @@ impl Ring {
                             || tail_is(h) && self.shut() != SHUT_NOW,
                             Some(Instant::now() + SLICE),
                         );
+                    } else if ctl.is_closed_here() {
+                        return Err(Error::Closed);
                     } else if let Waited::TimedOut = self.wait_while(
                         O_DATASEQ,
                         O_CSLEEP,
-                        || tail_is(h) && !self.is_shut_down(),
+                        || tail_is(h) && !self.is_shut_down() && !ctl.is_closed_here(),
                         deadline,
                     ) {
                         if tail_is(h) {

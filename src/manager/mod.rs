@@ -375,6 +375,8 @@ impl ManagerBuilder {
             process = process.with_start_method(m);
         }
         process.start()?;
+        // Its death (killed on its own) is reaped at once, not at the next look.
+        process.reap_when_ended();
         let stop = |process: &Process| {
             let _ = process.kill();
             let _ = process.join();

@@ -380,10 +380,16 @@ impl<T> Queue<T> {
 
     /// Number of items in the queue now.
     ///
+    /// It still answers after [`close`](Queue::close), for the queue as a whole (as
+    /// Python's `qsize()` does): closing stops this handle's `put` and `get`, not other
+    /// processes', and the items stay.
+    ///
     /// ```
     /// let q = multiproc::Queue::<u8>::new().unwrap();
     /// q.put(1).unwrap();
     /// q.put(2).unwrap();
+    /// assert_eq!(q.qsize(), 2);
+    /// q.close();
     /// assert_eq!(q.qsize(), 2);
     /// ```
     pub fn qsize(&self) -> usize {
@@ -404,9 +410,20 @@ impl<T> Queue<T> {
 
     /// Whether the queue is empty now.
     ///
+    /// After [`close`](Queue::close) it still tells whether the queue holds items (other
+    /// processes may still put and get): closing is about this handle's `put` and `get`,
+    /// which give [`Error::Closed`]; [`is_closed`](Queue::is_closed) tells whether it was
+    /// closed. (Python 3.11's `empty()` raises `OSError: handle is closed` then, only
+    /// because `close()` closed its reader pipe, while its `qsize()` and `full()` go on
+    /// answering; here the three agree, and none can fail.)
+    ///
     /// ```
     /// let q = multiproc::Queue::<u8>::new().unwrap();
     /// assert!(q.empty());
+    /// q.put(1).unwrap();
+    /// q.close();
+    /// assert!(!q.empty()); // the item is still there, for other processes to take
+    /// assert!(matches!(q.get(), Err(multiproc::Error::Closed)));
     /// ```
     pub fn empty(&self) -> bool {
         self.is_empty()
@@ -438,11 +455,14 @@ impl<T> Queue<T> {
     }
 
     /// Whether a bounded queue holds `maxsize` items now (always false without a limit).
+    /// It still answers after [`close`](Queue::close), as [`empty`](Queue::empty) does.
     ///
     /// ```
     /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
     /// assert!(!q.full());
     /// q.put(0).unwrap();
+    /// assert!(q.full());
+    /// q.close();
     /// assert!(q.full());
     /// ```
     pub fn full(&self) -> bool {
@@ -453,6 +473,13 @@ impl<T> Queue<T> {
     /// `get` through it fail with [`Error::Closed`]. Other processes are not affected and
     /// items already in the queue stay there, as with Python's `Queue.close()`.
     ///
+    /// Every form of `put` and `get` (blocking, with a timeout, `try_`, async) then fails
+    /// with [`Error::Closed`] at once, as Python 3.11's raise `ValueError: Queue … is
+    /// closed`; one waiting in another thread of this process wakes with it. The state
+    /// queries go on answering for the queue as a whole: [`empty`](Queue::empty),
+    /// [`qsize`](Queue::qsize), [`full`](Queue::full) (see `empty` for how this differs
+    /// from Python's `empty()`). Closing twice is harmless.
+    ///
     /// ```
     /// let q = multiproc::Queue::<u8>::new().unwrap();
     /// q.close();
@@ -461,6 +488,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.ring.close_here();
         self.shared.bell.ring();
     }
 
@@ -957,12 +985,16 @@ impl<T> SimpleQueue<T> {
         self.q.is_empty()
     }
 
-    /// Closes this process's handle: later `put`/`get` through it give [`Error::Closed`].
+    /// Closes this process's handle: later `put`/`get` through it give [`Error::Closed`]
+    /// (one waiting in another thread wakes with it), while [`empty`](SimpleQueue::empty)
+    /// goes on answering for the queue as a whole (see [`Queue::close`]).
     ///
     /// ```
     /// let q = multiproc::SimpleQueue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
     /// q.close();
     /// assert!(matches!(q.put(1), Err(multiproc::Error::Closed)));
+    /// assert!(!q.empty());
     /// ```
     pub fn close(&self) {
         self.q.close()

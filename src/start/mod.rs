@@ -22,16 +22,65 @@
 //!
 //! # Helper processes, and SIGCHLD
 //!
-//! The fork server, and a [shared-memory tracker](crate::shared_memory) this process
-//! started, are its children. So that one killed on its own does not stay a zombie until
-//! the next use notices, multiproc installs a SIGCHLD handler the first time it starts
-//! one. The handler reaps those helpers only, each through its pidfd: it never waits for
-//! "any child", so the exit statuses of your other children (started by multiproc, by
+//! The fork server, a [shared-memory tracker](crate::shared_memory) and a
+//! [manager](crate::Manager)'s server this process started are its children. So that one
+//! killed on its own does not stay a zombie until the next use notices, multiproc installs
+//! a SIGCHLD handler the first time it starts one. The handler reaps those helpers only,
+//! each through its pidfd, and keeps the exit status for their owner (a manager's
+//! `shutdown` still learns how its server ended): it never waits for "any child", so the
+//! exit statuses of your other children (started by multiproc, by
 //! `std::process`, by tokio) stay theirs to collect. A handler installed before it runs
-//! after it; if SIGCHLD is ignored (the kernel reaps every child), none is installed. As
-//! with any signal handler, a system call that SIGCHLD interrupts and that is not
-//! restarted (`poll`, `nanosleep`) returns `EINTR`, which std's and multiproc's own waits
-//! retry.
+//! after it; if SIGCHLD is ignored (the kernel reaps every child), none is installed.
+//!
+//! ## `EINTR` in your own system calls
+//!
+//! Once the handler is installed, every child that ends (any child of the process, not only
+//! the helpers) runs it, on one of the process's threads: by preference the thread that
+//! started that child, or the one that started the fork server for the children it
+//! forks. The handler is installed with `SA_RESTART`, so reads, writes and most other calls
+//! that it interrupts go on by themselves; but Linux never restarts some calls after a
+//! handler ran, whatever the flags: `poll`, `ppoll`, `select`, `epoll_wait`, `nanosleep` and
+//! `clock_nanosleep`, futex waits with a timeout, and calls on a socket that has a
+//! time-out (`SO_RCVTIMEO`, `SO_SNDTIMEO`: reads, writes, `accept`, `connect`). Those
+//! return `EINTR`
+//! ([`ErrorKind::Interrupted`](std::io::ErrorKind::Interrupted)) when a child ends while
+//! they wait. This happens with any SIGCHLD handler (Python installs none, so a Python
+//! program does not see it there).
+//!
+//! multiproc's own waits handle it: each retries with the time that is *left* of its
+//! timeout (never the whole timeout again, never an early return or an error), so
+//! `Queue::get_timeout`, `Connection::poll`, `Lock::acquire_timeout`, `Event::wait_timeout`,
+//! `AsyncResult::get_timeout`, `Process::join_timeout` and the others keep their timeouts
+//! however many children end. So do std's (`thread::sleep`, `Condvar::wait_timeout`,
+//! `read_exact`, `write_all`) and tokio's. A call of *yours* (through `libc`, `rustix`,
+//! `nix` or a C library) must do the same: retry on `EINTR`, with the remaining time
+//! computed from a deadline taken before the first try. For example:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! // Waits up to `timeout` for `fd` to be readable, riding out signals.
+//! fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool> {
+//!     use rustix::event::{poll, PollFd, PollFlags, Timespec};
+//!     let deadline = Instant::now() + timeout;
+//!     loop {
+//!         let left = deadline.saturating_duration_since(Instant::now());
+//!         let ts = Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+//!         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+//!         match poll(&mut fds, Some(&ts)) {
+//!             Ok(n) => return Ok(n > 0),
+//!             Err(rustix::io::Errno::INTR) => continue, // a child ended: wait for the rest
+//!             Err(e) => return Err(e.into()),
+//!         }
+//!     }
+//! }
+//! let (r, _w) = std::io::pipe().unwrap();
+//! use std::os::fd::AsFd;
+//! assert!(!wait_readable(r.as_fd(), Duration::from_millis(10)).unwrap());
+//! ```
+//!
+//! A program that would rather not see `EINTR` in some thread can block SIGCHLD there
+//! (`pthread_sigmask`); the kernel then runs the handler on another thread. Blocking it in
+//! *every* thread delays the reaping of killed helpers until their next use.
 //!
 //! # What runs again in a child
 //!

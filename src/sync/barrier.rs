@@ -163,6 +163,12 @@ impl Barrier {
     /// As [`wait`](Barrier::wait), for at most `timeout`; running out of time breaks the
     /// barrier for everyone.
     ///
+    /// The timeout holds even when another process holds the barrier's internal lock and
+    /// does not let go (it was stopped with SIGSTOP, or its action never returns): the
+    /// wait ends with [`Error::BrokenBarrier`] about `timeout` after the call, and the
+    /// barrier is broken. A holder killed inside it breaks the barrier at once. (Python's
+    /// `wait(timeout)` would block on its lock for as long as the holder keeps it.)
+    ///
     /// ```
     /// let b = multiproc::Barrier::new(2).unwrap();
     /// let r = b.wait_timeout(std::time::Duration::from_millis(5));
@@ -180,7 +186,12 @@ impl Barrier {
         let i = &*self.inner;
         let s = i.seg();
         let m = i.mutex();
-        i.lock();
+        if !i.lock_until(deadline) {
+            // The internal lock is held past the deadline (its holder is stopped, or
+            // hostile): the timeout still ends the wait, and breaks the barrier.
+            i.break_unlocked();
+            return Err(Error::BrokenBarrier);
+        }
         if s.u32(BROKEN).load(Ordering::Relaxed) != 0 {
             m.unlock();
             return Err(Error::BrokenBarrier);
@@ -222,7 +233,10 @@ impl Barrier {
                     .min(CHECK_INTERVAL),
             };
             let r = futex::wait(s.u32(SEQ), seq, Some(slice));
-            i.lock();
+            if !i.lock_until(deadline) {
+                i.break_unlocked();
+                return Err(Error::BrokenBarrier);
+            }
             if s.u32(EPOCH).load(Ordering::Relaxed) != epoch {
                 m.unlock();
                 return Err(Error::BrokenBarrier);
@@ -322,9 +336,31 @@ impl Inner {
     /// Takes the internal mutex; if a process died inside it, the state may be half
     /// updated: the barrier is broken.
     fn lock(&self) {
-        if self.mutex().lock(None) == Acquired::OwnerDied {
-            self.break_locked();
+        self.lock_until(None);
+    }
+
+    /// [`lock`](Self::lock) that gives up at `deadline` (`None`: never): false if the
+    /// mutex was not taken, because a live process holds it past the deadline (stopped,
+    /// or not letting go). A holder that died is noticed within the wait, as in `lock`.
+    fn lock_until(&self, deadline: Option<Instant>) -> bool {
+        match self.mutex().lock(deadline) {
+            Acquired::Clean => true,
+            Acquired::OwnerDied => {
+                self.break_locked();
+                true
+            }
+            Acquired::No => false,
         }
+    }
+
+    /// Breaks the barrier without its mutex, for a waiter whose deadline passed while
+    /// another process held the mutex and would not let go. The words are atomic, so the
+    /// worst a holder that goes on later can see is the barrier broken under it (a round
+    /// it completes still lets its waiters go: they look at the round first).
+    fn break_unlocked(&self) {
+        self.seg.u32(BROKEN).store(1, Ordering::SeqCst);
+        self.seg.u32(SEQ).fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(self.seg.u32(SEQ));
     }
 
     fn with_lock<R>(&self, f: impl FnOnce(&Inner) -> R) -> R {

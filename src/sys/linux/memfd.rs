@@ -326,13 +326,18 @@ impl Mapping {
         if n == 0 {
             return Ok(());
         }
-        rustix::fs::fallocate(
-            &self.fd,
-            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-            off as u64,
-            n as u64,
-        )?;
-        Ok(())
+        loop {
+            match rustix::fs::fallocate(
+                &self.fd,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                off as u64,
+                n as u64,
+            ) {
+                // Interrupted by a signal (SIGCHLD): do it again; it changes nothing twice.
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// Bytes of memory the segment's file holds now (pages written and not given back).

@@ -111,16 +111,24 @@ fn connect_with(addr: &SockAddr, limit: Option<Duration>) -> io::Result<OwnedFd>
         Ok(()) => {}
         Err(rustix::io::Errno::INPROGRESS) if limit.is_some() => return Err(timed_out()),
         Err(rustix::io::Errno::INTR) => {
-            // The connection continues in the background; wait until it is writable.
-            let mut pfd = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::OUT,
-            )];
-            let timeout = limit
-                .map(rustix::event::Timespec::try_from)
-                .transpose()
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // A signal (SIGCHLD, say) interrupted it; the connection continues in the
+            // background: wait until it is writable, within what is left of the limit
+            // (every retry after another signal with what is left then, not the whole
+            // limit again).
+            let deadline = limit.and_then(crate::sys::deadline);
             loop {
+                let mut pfd = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::OUT,
+                )];
+                let timeout = deadline
+                    .map(|d| {
+                        rustix::event::Timespec::try_from(
+                            d.saturating_duration_since(std::time::Instant::now()),
+                        )
+                    })
+                    .transpose()
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
                 match rustix::event::poll(&mut pfd, timeout.as_ref()) {
                     Ok(0) => return Err(timed_out()),
                     Ok(_) => break,

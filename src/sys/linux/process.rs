@@ -1,7 +1,7 @@
 //! Creating, watching, signalling and reaping child processes.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -140,6 +140,11 @@ pub(crate) fn try_reap(pidfd: impl AsFd) -> io::Result<Option<ExitStatus>> {
             }
             Ok(None) => return Ok(None),
             Err(Errno::INTR) => continue,
+            // Reaped already by the SIGCHLD handler, which kept its status.
+            Err(Errno::CHILD) => match reaped_by_handler(pidfd.as_fd()) {
+                Some(st) => return Ok(Some(st)),
+                None => return Err(Errno::CHILD.into()),
+            },
             Err(e) => return Err(e.into()),
         }
     }
@@ -147,7 +152,8 @@ pub(crate) fn try_reap(pidfd: impl AsFd) -> io::Result<Option<ExitStatus>> {
 
 // --- helpers reaped as soon as they end --------------------------------------------------
 //
-// The fork server and the shared-memory trackers this process started are its children. One
+// The fork server, the shared-memory trackers and the manager servers this process started
+// are its children. One
 // killed on its own would stay a zombie until the next use noticed it; instead a SIGCHLD
 // handler reaps each of them as soon as it ends. It waits for exactly those processes,
 // through their pidfds (`waitid(P_PIDFD, …)`), never for "any child": the statuses of the
@@ -158,8 +164,50 @@ pub(crate) fn try_reap(pidfd: impl AsFd) -> io::Result<Option<ExitStatus>> {
 // single-threaded).
 
 /// The pidfds of the helpers to reap (-1: a free slot).
-static HELPERS: [std::sync::atomic::AtomicI32; 8] =
-    [const { std::sync::atomic::AtomicI32::new(-1) }; 8];
+static HELPERS: [std::sync::atomic::AtomicI32; HELPER_SLOTS] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; HELPER_SLOTS];
+/// How many helpers can be reaped at once (a fork server, a few trackers, a few manager
+/// servers); more are reaped as before, by their owner's next look.
+const HELPER_SLOTS: usize = 16;
+/// The exit status the handler reaped for the helper in the same slot of [`HELPERS`]
+/// (0: none yet; else [`encode_status`]), for [`try_reap`] to return: the helper's owner
+/// (a `Process`, the manager's server) still learns how it ended. Cleared when the slot is
+/// freed.
+static EXITED: [std::sync::atomic::AtomicI64; HELPER_SLOTS] =
+    [const { std::sync::atomic::AtomicI64::new(0) }; HELPER_SLOTS];
+
+/// A status as [`EXITED`] keeps it: kind in the high half (1 code, 2 signal), the number in
+/// the low half.
+fn encode_status(st: ExitStatus) -> i64 {
+    match st {
+        ExitStatus::Code(c) => (1 << 32) | i64::from(c as u32),
+        ExitStatus::Signal(s) => (2 << 32) | i64::from(s as u32),
+    }
+}
+
+fn decode_status(v: i64) -> Option<ExitStatus> {
+    let n = (v & 0xffff_ffff) as u32 as i32;
+    match v >> 32 {
+        1 => Some(ExitStatus::Code(n)),
+        2 => Some(ExitStatus::Signal(n)),
+        _ => None,
+    }
+}
+
+/// The status the SIGCHLD handler kept for the helper behind `pidfd`, if it reaped it.
+fn reaped_by_handler(pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering::SeqCst;
+    let fd = pidfd.as_raw_fd();
+    let i = HELPERS.iter().position(|slot| slot.load(SeqCst) == fd)?;
+    // A handler on another thread may have reaped it and not yet written the status down
+    // (a few instructions: it never blocks).
+    while IN_HANDLER.load(SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+    decode_status(EXITED[i].load(SeqCst))
+}
+
 /// Handlers running now: a pidfd taken out of [`HELPERS`] is closed only once none is (one
 /// may have read it just before), so that the handler never waits on a reused number.
 static IN_HANDLER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -175,20 +223,32 @@ extern "C" fn on_sigchld(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     // interrupted code does not see ours.
     let errno = unsafe { *libc::__errno_location() };
     IN_HANDLER.fetch_add(1, SeqCst);
-    for slot in &HELPERS {
+    for (slot, exited) in HELPERS.iter().zip(&EXITED) {
         let fd = slot.load(SeqCst);
         if fd >= 0 {
             // SAFETY: waitid is async-signal-safe; `fd` is a pidfd that stays open while
             // this handler runs (see IN_HANDLER); WNOHANG never blocks; the status is
-            // written to a local.
-            unsafe {
+            // written to a local, whose fields are read only once waitid filled them in
+            // (si_pid != 0: a child was reaped).
+            let st = unsafe {
                 let mut si: libc::siginfo_t = std::mem::zeroed();
-                libc::waitid(
+                let r = libc::waitid(
                     libc::P_PIDFD,
                     fd as libc::id_t,
                     &mut si,
                     libc::WEXITED | libc::WNOHANG,
                 );
+                if r == 0 && si.si_pid() != 0 {
+                    match si.si_code {
+                        libc::CLD_EXITED => Some(ExitStatus::Code(si.si_status())),
+                        _ => Some(ExitStatus::Signal(si.si_status())),
+                    }
+                } else {
+                    None
+                }
+            };
+            if let Some(st) = st {
+                exited.store(encode_status(st), SeqCst);
             }
         }
     }
@@ -256,14 +316,18 @@ pub(crate) fn reap_when_ended(pidfd: &OwnedFd) -> bool {
         return false;
     }
     let fd = pidfd.as_raw_fd();
-    let placed = HELPERS
+    let Some(i) = HELPERS
         .iter()
-        .any(|slot| slot.compare_exchange(-1, fd, SeqCst, SeqCst).is_ok());
-    // It may have ended before it was placed (no SIGCHLD will come for it): look once.
-    if placed {
-        let _ = try_reap(pidfd);
+        .position(|slot| slot.compare_exchange(-1, fd, SeqCst, SeqCst).is_ok())
+    else {
+        return false;
+    };
+    // It may have ended before it was placed (no SIGCHLD will come for it): look once,
+    // and keep its status as the handler would have.
+    if let Ok(Some(st)) = try_reap(pidfd) {
+        EXITED[i].store(encode_status(st), SeqCst);
     }
-    placed
+    true
 }
 
 /// Takes `pidfd` out of the helpers the SIGCHLD handler reaps; call it before closing
@@ -272,15 +336,21 @@ pub(crate) fn stop_reaping(pidfd: &OwnedFd) {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering::SeqCst;
     let fd = pidfd.as_raw_fd();
-    let mut found = false;
-    for slot in &HELPERS {
-        found |= slot.compare_exchange(fd, -1, SeqCst, SeqCst).is_ok();
+    let mut found = Vec::new();
+    for (i, slot) in HELPERS.iter().enumerate() {
+        if slot.compare_exchange(fd, -1, SeqCst, SeqCst).is_ok() {
+            found.push(i);
+        }
     }
-    if found {
+    if !found.is_empty() {
         // A handler on another thread may have read `fd` just before: it is short and
         // never blocks. (One on this thread has finished before we get here.)
         while IN_HANDLER.load(SeqCst) != 0 {
             std::hint::spin_loop();
+        }
+        // The slot is free: no status of its next helper yet.
+        for i in found {
+            EXITED[i].store(0, SeqCst);
         }
     }
 }
@@ -288,8 +358,9 @@ pub(crate) fn stop_reaping(pidfd: &OwnedFd) {
 /// In a forked child: the parent's helpers are not its children (the slots hold the
 /// parent's descriptors, whose copies the child's owners close).
 pub(crate) fn forget_helpers_after_fork() {
-    for slot in &HELPERS {
+    for (slot, exited) in HELPERS.iter().zip(&EXITED) {
         slot.store(-1, std::sync::atomic::Ordering::SeqCst);
+        exited.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
