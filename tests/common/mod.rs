@@ -175,12 +175,25 @@ pub fn shm_files() -> Vec<std::ffi::OsString> {
     v
 }
 
-/// Names in /dev/shm that mention multiproc and were not in `before`.
+/// Names in /dev/shm that mention multiproc and were not in `before`, and are still there
+/// after up to 10 s: /dev/shm is the machine's, and a test of another process (nextest runs
+/// several at once, and a second run of the suite may be going on) may have such a name for
+/// a moment; a file this test left stays.
 pub fn new_multiproc_files(before: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
-    shm_files()
-        .into_iter()
-        .filter(|n| !before.contains(n) && n.to_string_lossy().contains("multiproc"))
-        .collect()
+    let new = || -> Vec<std::ffi::OsString> {
+        shm_files()
+            .into_iter()
+            .filter(|n| !before.contains(n) && n.to_string_lossy().contains("multiproc"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = new();
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `len` bytes repeating every 65,537 (a prime: bytes moved by whole pages do not compare
