@@ -147,7 +147,7 @@ mod with_tracing {
     struct ThreadBuffered;
 
     thread_local! {
-        static BUF: std::cell::RefCell<String> = std::cell::RefCell::new(String::new());
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
 
     impl tracing::Subscriber for ThreadBuffered {
