@@ -834,7 +834,7 @@ fn pools() -> multiproc::Result<()> {
         .collect::<multiproc::Result<_>>()?;
     println!("imap(square, 1..).take(5):      {first:?}");
 
-    println!("A task that panics (its message follows on stderr):");
+    println!("A task that panics (a worker prints nothing: the panic is the task's result):");
     match pool.apply(panic_on_three, 3) {
         Err(Error::TaskPanicked { message, .. }) => {
             println!("  -> Error::TaskPanicked {{ message: {message:?} }}")

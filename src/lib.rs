@@ -70,6 +70,17 @@
 //! queues, connections, locks, shared values, proxies — are such values too: pass them in
 //! `A` and they arrive working in the child.
 //!
+//! A closure that captures a variable of the caller does not compile: the child, another
+//! process, cannot see the caller's variables. Pass the value in the arguments instead:
+//!
+//! ```
+//! multiproc::init();
+//! let factor = 3u64;
+//! let pool = multiproc::Pool::new(2).unwrap();
+//! let v = pool.map(|(x, f): (u64, u64)| x * f, (0..4).map(|x| (x, factor))).unwrap();
+//! assert_eq!(v, vec![0, 3, 6, 9]);
+//! ```
+//!
 //! Large data need not be copied: with [`ShmAllocator`] as the program's global
 //! allocator, a large `Vec`, `String` or ndarray array sent through a queue, a pipe or as a
 //! pool result travels as the shared-memory file it already lives in, whatever its size.
@@ -85,6 +96,27 @@
 //! Nothing panics or hangs because of what another process did or sent: a child's panic
 //! is [`Error::TaskPanicked`], a killed worker [`Error::WorkerDied`], a closed peer
 //! [`Error::Eof`], bytes that do not decode [`Error::Codec`].
+//!
+//! ## The first errors a new user meets
+//!
+//! - **`NotInitialized`** (``called `Result::unwrap()` on an `Err` value: NotInitialized``,
+//!   or `Error: NotInitialized` from a `main` that returns a [`Result`]): a process, pool
+//!   or manager was started before [`init()`](init). Make `multiproc::init();` the first
+//!   line of `main`, and of each `#[test]` that starts processes.
+//! - **`expected fn pointer, found closure`** with *"closures can only be coerced to `fn`
+//!   types if they do not capture any variables"* and *"`x` captured here"*: the closure
+//!   given to [`spawn`], [`Process::new`] or a [`Pool`] method uses a variable of the
+//!   caller. Pass that value in the arguments (above):
+//!
+//!   ```compile_fail,E0308
+//!   multiproc::init();
+//!   let factor = 3u64;
+//!   let pool = multiproc::Pool::new(2).unwrap();
+//!   let v = pool.map(|x: u64| x * factor, 0..4); // `factor` captured here: refused
+//!   ```
+//! - **``The default runtime flavor is `multi_thread`, but the `rt-multi-thread` feature is
+//!   disabled``** (tokio): see [`docs::asynchronous`] for where `#[tokio::main]` goes and
+//!   which tokio features it needs.
 
 #![warn(missing_docs)]
 // On docs.rs, feature-gated items say which feature they need.

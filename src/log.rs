@@ -30,7 +30,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// How much to report, from the least to the most.
 ///
@@ -152,10 +152,23 @@ pub(crate) fn reload_env() {
     THRESHOLD.store(from_env(), Ordering::Relaxed);
 }
 
+/// Set once the process has begun to exit through `exit()` (the `atexit` handler): from
+/// then on events are not given to `tracing`.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// The process is exiting (`main` returned, or `exit` was called): the thread-local storage
+/// of the exiting thread is already destroyed, and a subscriber that uses its own (as
+/// `tracing_subscriber::fmt` does) would panic, which at that point aborts the program. The
+/// events of the exit (the fork server stopped, children joined) go to standard error
+/// instead, under `MULTIPROC_LOG`'s threshold as without the `tracing` feature.
+pub(crate) fn exiting() {
+    EXITING.store(true, Ordering::Relaxed);
+}
+
 /// Reports one event (use the [`log_event!`] macro).
 pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
     #[cfg(feature = "tracing")]
-    {
+    if !EXITING.load(Ordering::Relaxed) {
         match level {
             Level::Error => tracing::error!(target: "multiproc", "{}", args),
             Level::Warning => tracing::warn!(target: "multiproc", "{}", args),

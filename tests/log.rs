@@ -140,4 +140,86 @@ mod with_tracing {
             .iter()
             .any(|(l, _, m)| *l == Level::DEBUG && m.starts_with("started process PoolWorker-")));
     }
+
+    /// A subscriber that formats each event in a buffer of its thread, as
+    /// `tracing_subscriber::fmt` does: once the thread's thread-locals are destroyed,
+    /// `BUF.with` panics.
+    struct ThreadBuffered;
+
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+
+    impl tracing::Subscriber for ThreadBuffered {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            BUF.with(|b| {
+                let mut b = b.borrow_mut();
+                b.clear();
+                b.push_str(event.metadata().target());
+            });
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Set in the re-run of the test below, whose role it names.
+    const EXIT_ROLE: &str = "MULTIPROC_TEST_EXIT_WITH_BUFFERED_SUBSCRIBER";
+
+    /// A program with a subscriber like `tracing_subscriber::fmt` and a fork server exits
+    /// with 0: the events of its exit (the fork server stopped, from `exit`'s handlers, after
+    /// the exiting thread's thread-locals were destroyed) are not given to the subscriber,
+    /// whose panic there would abort the program. The test runs itself again as that program
+    /// (a test's own thread calls `exit`, as `main` returning does).
+    #[test]
+    fn exit_with_a_thread_buffered_subscriber_is_clean() {
+        if std::env::var_os(EXIT_ROLE).is_some() {
+            multiproc::init();
+            tracing::subscriber::set_global_default(ThreadBuffered).unwrap();
+            // Starts the fork server: events from this thread, whose buffer now exists.
+            let h = multiproc::spawn(|x: u8| x + 1, 1).unwrap();
+            assert_eq!(h.join().unwrap(), 2);
+            std::process::exit(0);
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "with_tracing::exit_with_a_thread_buffered_subscriber_is_clean",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EXIT_ROLE, "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err);
+            err
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the program did not exit within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let err = reader.join().unwrap();
+        assert_eq!(status.code(), Some(0), "{status:?}; stderr:\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -61,6 +61,8 @@ pub(super) fn at_exit() {
 }
 
 pub(super) extern "C" fn at_exit_c() {
+    // The exiting thread's thread-locals are gone: no more `tracing` events (see there).
+    crate::log::exiting();
     at_exit();
 }
 
