@@ -11,7 +11,7 @@
 //! assert_eq!(e.to_string(), "operation timed out");
 //! ```
 
-use std::io;
+use std::{fmt, io};
 
 /// `Result<T, multiproc::Error>`.
 ///
@@ -31,7 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// let died = Error::WorkerDied { pid: 42, exitcode: None, signal: Some(9) };
 /// assert_eq!(died.to_string(), "process 42 died (killed by signal 9)");
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system call failed. Transparent: its message and its
@@ -235,6 +235,107 @@ pub enum Error {
         /// What was seen.
         message: String,
     },
+}
+
+/// As a derived `Debug` would write it, except that a variant without fields also gives its
+/// message: a `main` that returns [`Result`] prints its error with `Debug`, and so does
+/// `unwrap()`, where `Error: NotInitialized` alone told a new user nothing.
+///
+/// ```
+/// let e = multiproc::Error::NotInitialized;
+/// assert!(format!("{e:?}").starts_with("NotInitialized: multiproc::init() must be the first call"));
+/// let d = multiproc::Error::WorkerDied { pid: 7, exitcode: None, signal: Some(9) };
+/// assert_eq!(format!("{d:?}"), "WorkerDied { pid: 7, exitcode: None, signal: Some(9) }");
+/// ```
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self {
+            Error::Eof => "Eof",
+            Error::Timeout => "Timeout",
+            Error::Empty => "Empty",
+            Error::Full => "Full",
+            Error::Closed => "Closed",
+            Error::ShutDown => "ShutDown",
+            Error::AuthenticationFailed => "AuthenticationFailed",
+            Error::AlreadyStarted => "AlreadyStarted",
+            Error::NotStarted => "NotStarted",
+            Error::OwnerDied => "OwnerDied",
+            Error::BrokenBarrier => "BrokenBarrier",
+            Error::NotInitialized => "NotInitialized",
+            Error::Io(e) => return f.debug_tuple("Io").field(e).finish(),
+            Error::Codec(e) => return f.debug_tuple("Codec").field(e).finish(),
+            Error::BuildMismatch(m) => return f.debug_tuple("BuildMismatch").field(m).finish(),
+            Error::InvalidOperation(m) => {
+                return f.debug_tuple("InvalidOperation").field(m).finish()
+            }
+            Error::BufferTooShort { message } => {
+                return f
+                    .debug_struct("BufferTooShort")
+                    .field("message", message)
+                    .finish()
+            }
+            Error::TaskPanicked {
+                message,
+                location,
+                backtrace,
+            } => {
+                return f
+                    .debug_struct("TaskPanicked")
+                    .field("message", message)
+                    .field("location", location)
+                    .field("backtrace", backtrace)
+                    .finish()
+            }
+            Error::WorkerDied {
+                pid,
+                exitcode,
+                signal,
+            } => {
+                return f
+                    .debug_struct("WorkerDied")
+                    .field("pid", pid)
+                    .field("exitcode", exitcode)
+                    .field("signal", signal)
+                    .finish()
+            }
+            Error::ConsumerDied { pid, items } => {
+                return f
+                    .debug_struct("ConsumerDied")
+                    .field("pid", pid)
+                    .field("items", items)
+                    .finish()
+            }
+            Error::Remote { kind, message } => {
+                return f
+                    .debug_struct("Remote")
+                    .field("kind", kind)
+                    .field("message", message)
+                    .finish()
+            }
+            Error::IndexOutOfRange { index, len } => {
+                return f
+                    .debug_struct("IndexOutOfRange")
+                    .field("index", index)
+                    .field("len", len)
+                    .finish()
+            }
+            Error::BrokenPool { reason, cause } => {
+                return f
+                    .debug_struct("BrokenPool")
+                    .field("reason", reason)
+                    .field("cause", cause)
+                    .finish()
+            }
+            Error::RankLost { rank, message } => {
+                return f
+                    .debug_struct("RankLost")
+                    .field("rank", rank)
+                    .field("message", message)
+                    .finish()
+            }
+        };
+        write!(f, "{unit}: {self}")
+    }
 }
 
 /// The kind of an [`Error::Remote`], named after the Python exception a manager raises.
