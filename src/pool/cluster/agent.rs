@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -386,6 +386,11 @@ struct AgentLock {
     busy: AtomicBool,
     /// The agent is ending: the cover thread returns.
     done: AtomicBool,
+    /// How many lone tasks the MPI thread has started: the cover thread sees from it
+    /// whether lone tasks come often.
+    lone_started: AtomicU64,
+    /// The cover thread is parked until unparked (no lone task for a while).
+    cover_parked: AtomicBool,
 }
 
 impl AgentLock {
@@ -397,18 +402,39 @@ impl AgentLock {
 /// How often the cover thread looks whether the MPI thread is running a lone task.
 const COVER_LOOK: Duration = Duration::from_millis(1);
 
+/// After this long without a lone task the cover thread stops looking by itself and
+/// sleeps until the MPI thread starts one.
+const COVER_ACTIVE: Duration = Duration::from_millis(100);
+
 /// The cover thread: while the MPI thread runs a lone task (seen at two looks in a row),
 /// it serves the agent in its place: what rank 0 sends meanwhile (more tasks, a stop)
-/// and the heartbeats. While no lone task runs it sleeps until the MPI thread starts one
-/// (and unparks it): an idle agent has no thread waking every [`COVER_LOOK`].
+/// and the heartbeats. While lone tasks keep coming it looks every [`COVER_LOOK`] by
+/// itself, so that the MPI thread starts each with no wake-up of another thread (a
+/// system call and two context switches per `apply`); after [`COVER_ACTIVE`] without one
+/// it sleeps until the MPI thread starts one and unparks it: an idle agent has no thread
+/// waking every [`COVER_LOOK`].
 fn cover(sh: &AgentLock) {
     let mut seen = false;
+    let (mut started, mut changed) = (0u64, Instant::now());
     while !sh.done.load(Ordering::Acquire) {
         if !sh.busy.load(Ordering::Acquire) {
             seen = false;
-            // Unparked when a lone task starts and when the agent ends; the timeout only
-            // bounds a wake-up lost to a spurious one.
-            std::thread::park_timeout(Duration::from_secs(1));
+            let n = sh.lone_started.load(Ordering::Relaxed);
+            if n != started {
+                (started, changed) = (n, Instant::now());
+            }
+            if changed.elapsed() < COVER_ACTIVE {
+                std::thread::park_timeout(COVER_LOOK);
+            } else {
+                // Unparked when a lone task starts (the MPI thread sees this flag after
+                // raising `busy`, or this thread sees `busy`: both are SeqCst) and when the
+                // agent ends; the timeout only bounds a wake-up lost to a spurious one.
+                sh.cover_parked.store(true, Ordering::SeqCst);
+                if !sh.busy.load(Ordering::SeqCst) && !sh.done.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                }
+                sh.cover_parked.store(false, Ordering::SeqCst);
+            }
             continue;
         }
         std::thread::sleep(COVER_LOOK);
@@ -458,6 +484,8 @@ pub(super) fn run(local_ranks: usize) {
         }),
         busy: AtomicBool::new(false),
         done: AtomicBool::new(false),
+        lone_started: AtomicU64::new(0),
+        cover_parked: AtomicBool::new(false),
     });
     mpi().send(0, TAG, header(A_ALIVE, 0));
     let sh2 = sh.clone();
@@ -474,8 +502,12 @@ pub(super) fn run(local_ranks: usize) {
         }
         if let Some((pool, job)) = lone {
             drop(a);
-            sh.busy.store(true, Ordering::Release);
-            if let Some(t) = &cover_thread {
+            sh.lone_started.fetch_add(1, Ordering::Relaxed);
+            sh.busy.store(true, Ordering::SeqCst);
+            if let Some(t) = cover_thread
+                .as_ref()
+                .filter(|_| sh.cover_parked.load(Ordering::SeqCst))
+            {
                 t.unpark();
             }
             if let Some(job) = pool.shared.run_direct(job) {

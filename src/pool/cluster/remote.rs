@@ -178,6 +178,7 @@ impl Lend for Link {
             vec![job],
             &mut sent,
         );
+        shared.lent_job_sent();
         self.active = Instant::now();
         while !sent.is_empty() {
             if let Step::End(end) = hear(self.next(), &mut sent, &mut open) {
