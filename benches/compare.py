@@ -283,8 +283,8 @@ def pool_map_tiny():
     return best / MAP_TASKS * 1e6
 
 
-def pool_apply_roundtrip():
-    with mp.Pool(1) as pool:
+def pool_apply_roundtrip(workers=1):
+    with mp.Pool(workers) as pool:
         pool.apply(square, (1,))
         t = time.perf_counter()
         n = 0
@@ -615,6 +615,7 @@ WORKLOADS = {
     "manager_list_append_tcp": ("us/op", manager_list_append_tcp),
     "pool_map_tiny": ("us/task", pool_map_tiny),
     "pool_apply_roundtrip": ("us", pool_apply_roundtrip),
+    "pool_apply_roundtrip_8w": ("us", lambda: pool_apply_roundtrip(8)),
     "pool_apply_async_20k": ("us/task", pool_apply_async_20k),
     "pool_speedup": ("x", pool_speedup),
 }

@@ -227,6 +227,12 @@ const WORKLOADS: &[Workload] = &[
         run: pool_workloads::apply_roundtrip,
     },
     Workload {
+        name: "pool_apply_roundtrip_8w",
+        unit: "us",
+        higher_is_better: false,
+        run: pool_workloads::apply_roundtrip_8w,
+    },
+    Workload {
         name: "pool_apply_async_20k",
         unit: "us/task",
         higher_is_better: false,

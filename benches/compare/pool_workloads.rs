@@ -39,7 +39,16 @@ pub fn map_tiny() -> f64 {
 
 /// `apply(square, n)` one after another on a pool of 1 worker, for 1 s: µs per call.
 pub fn apply_roundtrip() -> f64 {
-    let pool = Pool::new(1).expect("pool");
+    apply_roundtrip_on(1)
+}
+
+/// The same on a pool of 8 workers (one of them answers each call; the others idle).
+pub fn apply_roundtrip_8w() -> f64 {
+    apply_roundtrip_on(8)
+}
+
+fn apply_roundtrip_on(workers: usize) -> f64 {
+    let pool = Pool::new(workers).expect("pool");
     pool.apply(square, 1).expect("warm-up");
     let t = Instant::now();
     let mut n = 0u64;
