@@ -43,14 +43,23 @@ fn random_moment(rng: &mut Rng, max_us: u64) {
 /// server, the resource tracker and a spare message file or two are there to stay).
 struct Baseline {
     fds: usize,
-    shm: Vec<OsString>,
+}
+
+/// The files of this test process in /dev/shm: the blocks of the tracker rounds are named
+/// after it (the crate keeps its queues, pipes and locks in anonymous files, never there;
+/// and other tests, running at the same time, have files of their own).
+fn our_shm_files() -> Vec<OsString> {
+    let ours = format!("multiproc_chaos_{}_", std::process::id());
+    common::shm_files()
+        .into_iter()
+        .filter(|f| f.to_string_lossy().starts_with(&ours))
+        .collect()
 }
 
 impl Baseline {
     fn now() -> Baseline {
         Baseline {
             fds: common::fd_count(),
-            shm: common::shm_files(),
         }
     }
 
@@ -64,9 +73,9 @@ impl Baseline {
             common::zombies_of_me()
         );
         assert!(
-            common::eventually(limit, || common::new_multiproc_files(&self.shm).is_empty()),
+            common::eventually(limit, || our_shm_files().is_empty()),
             "{what}: files left in /dev/shm: {:?}",
-            common::new_multiproc_files(&self.shm)
+            our_shm_files()
         );
         assert!(
             common::eventually(limit, || common::fd_count()
@@ -266,13 +275,50 @@ fn pool_round(
     // timeout.
     assert!(t.elapsed() < DEADLINE, "{what}: a call hung");
     // Still usable (unless its workers kept dying while starting, which breaks it).
-    match pool.map_async(square, 0..20u64).get_timeout(DEADLINE) {
-        Ok(v) => assert_eq!(v, (0..20u64).map(square).collect::<Vec<_>>(), "{what}"),
-        Err(Error::BrokenPool { .. }) if in_init => {}
+    let usable = match pool.map_async(square, 0..20u64).get_timeout(DEADLINE) {
+        Ok(v) => {
+            assert_eq!(v, (0..20u64).map(square).collect::<Vec<_>>(), "{what}");
+            true
+        }
+        Err(Error::BrokenPool { .. }) if in_init => false,
         Err(e) => panic!("{what}: after the round: {e:?}"),
-    }
-    drop(pool);
+    };
     while about.try_get().is_ok() {}
+    // Closed and joined while a worker is killed at a random moment of its last tasks:
+    // `join` ends, and so does every task (its reply, or its worker's death).
+    let killed = killed
+        + usize::from(usable && rng.below(2) == 0 && close_and_join_with_a_kill(rng, &pool, &what));
+    drop(pool);
+    killed
+}
+
+/// Gives `pool` four last tasks, closes it and joins it while a worker that says "about to
+/// reply" is killed a random moment later. Returns whether one was killed.
+fn close_and_join_with_a_kill(rng: &mut Rng, pool: &Pool, what: &str) -> bool {
+    let about = Queue::<u32>::new().unwrap();
+    let pending: Vec<_> = (0..4u64)
+        .map(|x| pool.apply_async(big_reply, (x, about.clone(), false)))
+        .collect();
+    pool.close();
+    let (tx, rx) = mpsc::channel();
+    let killed = std::thread::scope(|s| {
+        s.spawn(|| tx.send(pool.join()).unwrap());
+        let killed = match about.get_timeout(DEADLINE) {
+            Ok(pid) => {
+                random_moment(rng, 3000);
+                kill(pid)
+            }
+            Err(e) => panic!("{what}: no task began after close: {e:?}"),
+        };
+        let joined = rx
+            .recv_timeout(DEADLINE)
+            .expect("join hung after a worker was killed");
+        joined.unwrap_or_else(|e| panic!("{what}: join: {e:?}"));
+        killed
+    });
+    for (x, r) in pending.iter().enumerate() {
+        check_outcome(x as u64, &r.get_timeout(DEADLINE), false, what);
+    }
     killed
 }
 
@@ -839,10 +885,11 @@ fn soak_manager_server_killed_mid_call_and_while_starting() {
 /// loop, counting rounds in `progress[me]`; waits on the condition and the event in between.
 #[allow(clippy::type_complexity)]
 fn sync_user(
-    (me, sem, value, cond, event, progress): (
+    (me, sem, value, array, cond, event, progress): (
         usize,
         multiproc::Semaphore,
         multiproc::Value<u64>,
+        multiproc::Array<u32>,
         multiproc::Condition,
         Event,
         RawArray<u32>,
@@ -857,12 +904,14 @@ fn sync_user(
             std::hint::black_box(i);
             sem.release().unwrap();
         }
-        match value.lock() {
-            Ok(mut g) => *g += 1,
-            Err(Error::OwnerDied) => {
-                *value.lock_recoverable().unwrap_or_else(|p| p.into_inner()) += 1
-            }
-            Err(e) => panic!("{e:?}"),
+        *value
+            .lock_recoverable()
+            .unwrap_or_else(|died| died.into_inner()) += 1;
+        {
+            let mut a = array
+                .lock_recoverable()
+                .unwrap_or_else(|died| died.into_inner());
+            a[i as usize % 64] += 1;
         }
         match cond.acquire() {
             Ok(()) | Err(Error::OwnerDied) => {}
@@ -881,6 +930,7 @@ fn sync_user(
 fn sync_round(rng: &mut Rng) {
     let sem = multiproc::Semaphore::new(1).unwrap();
     let value = multiproc::Value::new(0u64).unwrap();
+    let array = multiproc::Array::<u32>::new(64).unwrap();
     let cond = multiproc::Condition::new().unwrap();
     let event = Event::new().unwrap();
     let progress = RawArray::<u32>::new(3).unwrap();
@@ -890,6 +940,7 @@ fn sync_round(rng: &mut Rng) {
                 me,
                 sem.clone(),
                 value.clone(),
+                array.clone(),
                 cond.clone(),
                 event.clone(),
                 progress.clone(),
@@ -930,8 +981,13 @@ fn sync_round(rng: &mut Rng) {
             sem.release().unwrap();
         }
     }
-    // The value's lock is usable (taken over if the victim held it).
+    // The value's and the array's locks are usable (taken over if the victim held one).
     match value.lock() {
+        Ok(g) => drop(g),
+        Err(Error::OwnerDied) => {}
+        Err(e) => panic!("{e:?}"),
+    }
+    match array.lock() {
         Ok(g) => drop(g),
         Err(Error::OwnerDied) => {}
         Err(e) => panic!("{e:?}"),
@@ -1030,6 +1086,23 @@ fn create_segments((prefix, n, progress): (String, u32, RawArray<u32>)) {
     std::thread::sleep(DEADLINE * 2);
 }
 
+/// Creates segments named `prefix_i` (and unlinks every third) until killed, counting
+/// creates in `progress[0]` (bounded).
+fn create_until_killed((prefix, progress): (String, RawArray<u32>)) {
+    use multiproc::shared_memory::SharedMemory;
+    let mut held = Vec::new();
+    for i in 0..5000u32 {
+        let s = SharedMemory::create(Some(&format!("{prefix}_{i}")), 4096).unwrap();
+        if i % 3 == 0 {
+            s.unlink().unwrap();
+        } else {
+            held.push(s);
+        }
+        progress.set(0, i + 1);
+    }
+    std::thread::sleep(DEADLINE * 2);
+}
+
 fn tracker_round(rng: &mut Rng, round: usize) {
     use multiproc::shared_memory::{tracker_pid, SharedMemory};
     let prefix = format!("multiproc_chaos_{}_{round}", std::process::id());
@@ -1068,18 +1141,30 @@ fn tracker_round(rng: &mut Rng, round: usize) {
     );
     child.kill().unwrap();
     assert!(join_within(child).is_err());
-    // What the killed child held is removed by the tracker (the replacement if the first
-    // was killed before it learnt of them).
-    let ours = || -> Vec<OsString> {
-        common::shm_files()
-            .into_iter()
-            .filter(|f| f.to_string_lossy().starts_with(&prefix))
-            .collect()
-    };
+    // A process killed at a random moment of its creates and unlinks (between registering
+    // a name and making the file, between making it and sizing it, ...).
+    let progress = RawArray::<u32>::new(1).unwrap();
+    let child = multiproc::spawn(
+        create_until_killed,
+        (format!("{prefix}_k"), progress.clone()),
+    )
+    .unwrap();
+    let at = 1 + rng.below(40) as u32;
+    assert!(common::eventually(DEADLINE, || progress.get(0) >= at));
+    random_moment(rng, 2000);
+    child.kill().unwrap();
+    assert!(join_within(child).is_err());
+    // What the killed children held is removed by the tracker: the replacement, if the
+    // first was killed before it learnt of them; or, if they registered nothing after the
+    // kill, at the next use of a tracker by a process that used the dead one (this one),
+    // which hands the dead one's state over (see src/start/tracker.rs).
+    SharedMemory::create(Some(&format!("{prefix}_next")), 4096)
+        .and_then(|s| s.unlink())
+        .unwrap();
     assert!(
-        common::eventually(Duration::from_secs(20), || ours().is_empty()),
+        common::eventually(Duration::from_secs(20), || our_shm_files().is_empty()),
         "left in /dev/shm after the tracker was killed: {:?}",
-        ours()
+        our_shm_files()
     );
 }
 
