@@ -1168,6 +1168,43 @@ fn tracker_round(rng: &mut Rng, round: usize) {
     );
 }
 
+/// Creates the block `name`, kills the tracker that holds it (and waits until it is
+/// gone), starts a child, then says `ready` and waits to be killed.
+fn create_then_kill_the_tracker_then_start_a_child((name, ready): (String, Event)) {
+    use multiproc::shared_memory::{tracker_pid, SharedMemory};
+    let _block = SharedMemory::create(Some(&name), 4096).unwrap();
+    let tracker = tracker_pid().unwrap();
+    assert!(kill(tracker));
+    assert!(common::eventually(DEADLINE, || !common::running(tracker)));
+    multiproc::spawn(square, 3).unwrap().join().unwrap();
+    ready.set();
+    std::thread::sleep(DEADLINE * 2);
+}
+
+/// Found by the tracker rounds: a process whose tracker was killed, and that registers
+/// nothing afterwards, hands its names to a replacement tracker when it next starts a
+/// child, so that they are unlinked when it is killed in turn. (Before, they were held
+/// only in the dead tracker's state, which nobody alive held: left in /dev/shm for good.)
+#[test]
+fn names_of_a_process_killed_after_its_tracker_are_unlinked_if_it_started_a_child_since() {
+    multiproc::init();
+    let name = format!("multiproc_chaos_{}_handover", std::process::id());
+    let ready = Event::new().unwrap();
+    let h = multiproc::spawn(
+        create_then_kill_the_tracker_then_start_a_child,
+        (name.clone(), ready.clone()),
+    )
+    .unwrap();
+    assert!(ready.wait_timeout(DEADLINE).unwrap());
+    h.kill().unwrap();
+    assert!(join_within(h).is_err());
+    let gone = common::eventually(Duration::from_secs(10), || our_shm_files().is_empty());
+    if !gone {
+        let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+    }
+    assert!(gone, "{name} left in /dev/shm");
+}
+
 fn tracker_rounds(rounds: usize) {
     multiproc::init();
     let mut rng = Rng::new();

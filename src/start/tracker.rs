@@ -539,16 +539,38 @@ pub(crate) fn hand_over_at_exit() {
     let Ok(mut t) = TRACKER.try_lock() else {
         return;
     };
-    // Our names, or a dead tracker's state that nobody handed over yet.
-    let holds_state = t.table.as_ref().is_some_and(|f| !state_file::is_empty(f));
-    if t.names.is_empty() && !holds_state {
-        return;
+    t.hand_over_if_dead();
+}
+
+/// Before this process starts a child: if the tracker that holds its names died meanwhile,
+/// hands them (and the dead tracker's state) to a replacement now, as
+/// [`hand_over_at_exit`] does. A process that registers nothing after its tracker was
+/// killed, and is then killed itself, would otherwise leave its names in /dev/shm: they
+/// would be only in the dead tracker's state, which no live process holds (its children
+/// do not get it). Starting a child is a moment every such process passes through, and
+/// this costs nothing to a process that holds no names (one `poll` to one that does).
+pub(crate) fn hand_over_if_dead() {
+    tracker().hand_over_if_dead();
+}
+
+impl TrackerClient {
+    /// Connects to a replacement (handing over our names and the dead tracker's state) if
+    /// we hold names or a dead tracker's state and our tracker is gone.
+    fn hand_over_if_dead(&mut self) {
+        // Our names, or a dead tracker's state that nobody handed over yet.
+        let holds_state = self
+            .table
+            .as_ref()
+            .is_some_and(|f| !state_file::is_empty(f));
+        if self.names.is_empty() && !holds_state {
+            return;
+        }
+        if self.conn.as_ref().is_some_and(|c| !sys::peer_closed(c)) {
+            return;
+        }
+        self.conn = None;
+        let _ = self.connect();
     }
-    if t.conn.as_ref().is_some_and(|c| !sys::peer_closed(c)) {
-        return;
-    }
-    t.conn = None;
-    let _ = t.connect();
 }
 
 /// In a forked child: keep the tree's tracker, but not the parent's connection or names.
