@@ -31,7 +31,8 @@ use crate::{codec, sys, Error, Result};
 // A tracker killed on its own is replaced at the next registration by whichever process
 // notices first (the name is free again once the dead socket is closed); every process
 // registers its live names again with the replacement when it reconnects, at its next
-// registration or, at the latest, when it exits normally (`hand_over_at_exit`).
+// registration, when it next starts a child (`hand_over_if_dead`), or at the latest when
+// it exits normally (`hand_over_at_exit`).
 //
 // The names of a process killed after its tracker died, with no registration in between,
 // are not lost either: the tracker keeps which process (pid and start time) holds which
@@ -40,8 +41,8 @@ use crate::{codec, sys, Error, Result};
 // reaches a replacement hands it the dead tracker's file (`Adopt`); the replacement
 // unlinks at once the names of owners that are gone, and watches the others through
 // pidfds until they reconnect (their connection is then the authority again) or die. So
-// the names are recovered at the next use of the tracker by any process that had used
-// the dead one, or at its normal exit. What remains: a tree in which every process that
+// the names are recovered at the next use of the tracker (or start of a child) by any
+// process that had used the dead one, or at its normal exit. What remains: a tree in which every process that
 // held the file is killed too (the tracker with everything, `kill -9 -1`).
 
 /// What a client says to the tracker (sent as [`ClientMsg`]: the same wire form).
