@@ -1130,7 +1130,11 @@ fn tracker_round(rng: &mut Rng, round: usize) {
     assert!(common::eventually(DEADLINE, || progress.get(0) >= at));
     random_moment(rng, 2000);
     let tracker = tracker_pid().expect("a tracker runs");
-    kill(tracker);
+    if kill(tracker) {
+        // Dead (its sockets closed) before what follows: a start of a child hands the
+        // names over only from a tracker known to be dead.
+        assert!(common::eventually(DEADLINE, || reaped(tracker)));
+    }
     let r = done_rx
         .recv_timeout(DEADLINE)
         .expect("create or unlink hung");
@@ -1156,16 +1160,22 @@ fn tracker_round(rng: &mut Rng, round: usize) {
     assert!(join_within(child).is_err());
     // What the killed children held is removed by the tracker: the replacement, if the
     // first was killed before it learnt of them; or, if they registered nothing after the
-    // kill, at the next use of a tracker by a process that used the dead one (this one),
-    // which hands the dead one's state over (see src/start/tracker.rs).
-    SharedMemory::create(Some(&format!("{prefix}_next")), 4096)
-        .and_then(|s| s.unlink())
-        .unwrap();
+    // kill, the one that this process (which used the dead one) handed the dead one's
+    // state to when it started the second child (see src/start/tracker.rs).
     assert!(
         common::eventually(Duration::from_secs(20), || our_shm_files().is_empty()),
-        "left in /dev/shm after the tracker was killed: {:?}",
-        our_shm_files()
+        "left in /dev/shm after the tracker was killed: {:?}; killed {tracker}, now {:?}, trackers {:?}",
+        our_shm_files(),
+        tracker_pid(),
+        trackers(),
     );
+}
+
+/// Whether process `pid` is gone and reaped: not even a zombie. (A zombie may still have
+/// threads tearing down, holding its descriptors: the thread-group leader shows 'Z' as soon
+/// as it has exited itself.)
+fn reaped(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Creates the block `name`, kills the tracker that holds it (and waits until it is
@@ -1175,7 +1185,7 @@ fn create_then_kill_the_tracker_then_start_a_child((name, ready): (String, Event
     let _block = SharedMemory::create(Some(&name), 4096).unwrap();
     let tracker = tracker_pid().unwrap();
     assert!(kill(tracker));
-    assert!(common::eventually(DEADLINE, || !common::running(tracker)));
+    assert!(common::eventually(DEADLINE, || reaped(tracker)));
     multiproc::spawn(square, 3).unwrap().join().unwrap();
     ready.set();
     std::thread::sleep(DEADLINE * 2);
@@ -1203,6 +1213,24 @@ fn names_of_a_process_killed_after_its_tracker_are_unlinked_if_it_started_a_chil
         let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
     }
     assert!(gone, "{name} left in /dev/shm");
+}
+
+/// The tracker processes running (pid, parent pid).
+fn trackers() -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"MULTIPROC_ROLE=shm-tracker"))
+        {
+            out.push((pid, common::stat(pid).map_or(0, |s| s.1)));
+        }
+    }
+    out
 }
 
 fn tracker_rounds(rounds: usize) {
