@@ -103,6 +103,9 @@ pub(crate) fn launch(mut spec: LaunchSpec) -> Result<Launched> {
     if spec.code.target.is_foreign() {
         return Err(foreign_fn_error());
     }
+    // Our shared-memory names are safe with a live tracker before the child is (a best
+    // effort: a start does not fail for it).
+    tracker::hand_over_if_dead();
     let mut parent_ends = std::mem::take(&mut spec.parent_ends);
     let pid = match spec.method {
         StartMethod::Fork => {

@@ -31,7 +31,8 @@ use crate::{codec, sys, Error, Result};
 // A tracker killed on its own is replaced at the next registration by whichever process
 // notices first (the name is free again once the dead socket is closed); every process
 // registers its live names again with the replacement when it reconnects, at its next
-// registration or, at the latest, when it exits normally (`hand_over_at_exit`).
+// registration, when it next starts a child (`hand_over_if_dead`), or at the latest when
+// it exits normally (`hand_over_at_exit`).
 //
 // The names of a process killed after its tracker died, with no registration in between,
 // are not lost either: the tracker keeps which process (pid and start time) holds which
@@ -40,8 +41,8 @@ use crate::{codec, sys, Error, Result};
 // reaches a replacement hands it the dead tracker's file (`Adopt`); the replacement
 // unlinks at once the names of owners that are gone, and watches the others through
 // pidfds until they reconnect (their connection is then the authority again) or die. So
-// the names are recovered at the next use of the tracker by any process that had used
-// the dead one, or at its normal exit. What remains: a tree in which every process that
+// the names are recovered at the next use of the tracker (or start of a child) by any
+// process that had used the dead one, or at its normal exit. What remains: a tree in which every process that
 // held the file is killed too (the tracker with everything, `kill -9 -1`).
 
 /// What a client says to the tracker (sent as [`ClientMsg`]: the same wire form).
@@ -539,16 +540,38 @@ pub(crate) fn hand_over_at_exit() {
     let Ok(mut t) = TRACKER.try_lock() else {
         return;
     };
-    // Our names, or a dead tracker's state that nobody handed over yet.
-    let holds_state = t.table.as_ref().is_some_and(|f| !state_file::is_empty(f));
-    if t.names.is_empty() && !holds_state {
-        return;
+    t.hand_over_if_dead();
+}
+
+/// Before this process starts a child: if the tracker that holds its names died meanwhile,
+/// hands them (and the dead tracker's state) to a replacement now, as
+/// [`hand_over_at_exit`] does. A process that registers nothing after its tracker was
+/// killed, and is then killed itself, would otherwise leave its names in /dev/shm: they
+/// would be only in the dead tracker's state, which no live process holds (its children
+/// do not get it). Starting a child is a moment every such process passes through, and
+/// this costs nothing to a process that holds no names (one `poll` to one that does).
+pub(crate) fn hand_over_if_dead() {
+    tracker().hand_over_if_dead();
+}
+
+impl TrackerClient {
+    /// Connects to a replacement (handing over our names and the dead tracker's state) if
+    /// we hold names or a dead tracker's state and our tracker is gone.
+    fn hand_over_if_dead(&mut self) {
+        // Our names, or a dead tracker's state that nobody handed over yet.
+        let holds_state = self
+            .table
+            .as_ref()
+            .is_some_and(|f| !state_file::is_empty(f));
+        if self.names.is_empty() && !holds_state {
+            return;
+        }
+        if self.conn.as_ref().is_some_and(|c| !sys::peer_closed(c)) {
+            return;
+        }
+        self.conn = None;
+        let _ = self.connect();
     }
-    if t.conn.as_ref().is_some_and(|c| !sys::peer_closed(c)) {
-        return;
-    }
-    t.conn = None;
-    let _ = t.connect();
 }
 
 /// In a forked child: keep the tree's tracker, but not the parent's connection or names.
