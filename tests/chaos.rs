@@ -797,7 +797,7 @@ fn manager_round(rng: &mut Rng) {
 /// a manager or a typed error, and a manager it gave either works or says its server is
 /// gone.
 fn manager_start_round(rng: &mut Rng) {
-    let before: HashSet<u32> = children_of_me().into_iter().collect();
+    let before: HashSet<u32> = common::children_of_me().into_iter().collect();
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -809,7 +809,10 @@ fn manager_start_round(rng: &mut Rng) {
         });
         let t = Instant::now();
         let server = loop {
-            if let Some(p) = children_of_me().into_iter().find(|p| !before.contains(p)) {
+            if let Some(p) = common::children_of_me()
+                .into_iter()
+                .find(|p| !before.contains(p))
+            {
                 break Some(p);
             }
             if t.elapsed() > DEADLINE {
@@ -837,17 +840,6 @@ fn manager_start_round(rng: &mut Rng) {
             "{e:?}"
         ),
     }
-}
-
-/// The pids of this process's children (from every thread's `children` list).
-fn children_of_me() -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
 }
 
 fn manager_rounds(rounds: usize) {

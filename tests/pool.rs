@@ -1600,17 +1600,6 @@ fn sized_reply(x: u64) -> (u64, u32, Vec<u8>) {
     (x, std::process::id(), vec![x as u8; len])
 }
 
-/// The pids of this process's children (from every thread's `children` list).
-fn children_of_me() -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
 /// Runs `tasks` tasks on a pool of three while another thread SIGKILLs random workers at
 /// random moments, `kills` times: every task ends with its result or `WorkerDied`, within
 /// a minute (no hang), the pool goes on working, and no killed worker is left unreaped.
@@ -1641,7 +1630,7 @@ fn random_worker_kills(tasks: u64, kills: usize) {
                 // Workers that are up (have answered): a worker killed while it starts is
                 // another case (the pool gives up after three in a row in one slot).
                 let up = up.lock().unwrap();
-                let children: Vec<u32> = children_of_me()
+                let children: Vec<u32> = common::children_of_me()
                     .into_iter()
                     .filter(|p| up.contains(p))
                     .collect();

@@ -208,3 +208,14 @@ pub fn prime_pattern(len: usize, k: usize) -> Vec<u8> {
     }
     v
 }
+
+/// The pids of this process's children (from every thread's `children` list).
+pub fn children_of_me() -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
