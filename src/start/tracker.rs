@@ -42,8 +42,9 @@ use crate::{codec, sys, Error, Result};
 // unlinks at once the names of owners that are gone, and watches the others through
 // pidfds until they reconnect (their connection is then the authority again) or die. So
 // the names are recovered at the next use of the tracker (or start of a child) by any
-// process that had used the dead one, or at its normal exit. What remains: a tree in which every process that
-// held the file is killed too (the tracker with everything, `kill -9 -1`).
+// process that had used the dead one, or at its normal exit. What remains: a tree in
+// which every process that held the file is killed too (the tracker with everything,
+// `kill -9 -1`).
 
 /// What a client says to the tracker (sent as [`ClientMsg`]: the same wire form).
 #[derive(Deserialize)]
@@ -551,7 +552,14 @@ pub(crate) fn hand_over_at_exit() {
 /// do not get it). Starting a child is a moment every such process passes through, and
 /// this costs nothing to a process that holds no names (one `poll` to one that does).
 pub(crate) fn hand_over_if_dead() {
-    tracker().hand_over_if_dead();
+    // Not waiting for the lock: a thread that holds it is talking to the tracker (and
+    // notices a dead one itself), and a start must not wait behind a tracker that hangs.
+    let mut t = match TRACKER.try_lock() {
+        Ok(t) => t,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    t.hand_over_if_dead();
 }
 
 impl TrackerClient {
