@@ -163,7 +163,7 @@ pub(crate) fn try_reap(pidfd: impl AsFd) -> io::Result<Option<ExitStatus>> {
 // instead would make `StartMethod::Fork` refuse to fork (the process would no longer be
 // single-threaded).
 
-/// The pidfds of the helpers to reap (-1: a free slot).
+/// The pidfds of the helpers to reap (-1: a free slot; -2: one being freed).
 static HELPERS: [std::sync::atomic::AtomicI32; HELPER_SLOTS] =
     [const { std::sync::atomic::AtomicI32::new(-1) }; HELPER_SLOTS];
 /// How many helpers can be reaped at once (a fork server, a few trackers, a few manager
@@ -336,9 +336,12 @@ pub(crate) fn stop_reaping(pidfd: &OwnedFd) {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering::SeqCst;
     let fd = pidfd.as_raw_fd();
+    // The slot is marked closing (-2: the handler skips it, and no helper can take it)
+    // until its status is cleared, so that a status cleared here is never the next
+    // helper's.
     let mut found = Vec::new();
     for (i, slot) in HELPERS.iter().enumerate() {
-        if slot.compare_exchange(fd, -1, SeqCst, SeqCst).is_ok() {
+        if slot.compare_exchange(fd, -2, SeqCst, SeqCst).is_ok() {
             found.push(i);
         }
     }
@@ -348,9 +351,9 @@ pub(crate) fn stop_reaping(pidfd: &OwnedFd) {
         while IN_HANDLER.load(SeqCst) != 0 {
             std::hint::spin_loop();
         }
-        // The slot is free: no status of its next helper yet.
         for i in found {
             EXITED[i].store(0, SeqCst);
+            HELPERS[i].store(-1, SeqCst);
         }
     }
 }
