@@ -1,12 +1,15 @@
-//! The one piece of MPI that rsmpi's safe API does not cover: a non-blocking send that owns
+//! The pieces of MPI that rsmpi's safe API does not cover: a non-blocking send that owns
 //! its buffer for as long as MPI may read it (rsmpi ties a request to a borrowed buffer and
-//! panics when one is dropped unfinished). Everything else about MPI goes through rsmpi.
+//! panics when one is dropped unfinished), and the receive of a probed message into a
+//! buffer whose memory is reused (rsmpi's `matched_receive_vec` makes a new one for each).
+//! Everything else about MPI goes through rsmpi.
 //!
 //! MPI runs with `MPI_THREAD_SERIALIZED`: these are called by one thread at a time, under
 //! the cluster pool's MPI lock (`pool::cluster::net::mpi`).
 
 use mpi::ffi;
-use mpi::raw::AsRaw;
+use mpi::point_to_point::Message;
+use mpi::raw::{AsRaw, AsRawMut};
 use mpi::topology::SimpleCommunicator;
 
 use crate::{Error, Result};
@@ -92,4 +95,34 @@ impl Drop for PendingSend {
             std::mem::forget(std::mem::take(&mut self.buf));
         }
     }
+}
+
+/// Receives the probed `message`, of `len` bytes, into `buf`: emptied first, its memory
+/// reused (a spare buffer's pages are already the process's).
+pub(crate) fn receive_into(mut message: Message, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+    let count = i32::try_from(len).map_err(|_| Error::codec("an MPI message exceeds 2 GiB"))?;
+    buf.clear();
+    buf.reserve(len);
+    // SAFETY: `buf` has room for `len` bytes, and the probed message is exactly `count`
+    // bytes (its status said so), which MPI_Mrecv writes at the start of `buf`; it sets the
+    // message handle to MPI_MESSAGE_NULL, as rsmpi's `Message` expects when dropped.
+    let rc = unsafe {
+        ffi::MPI_Mrecv(
+            buf.as_mut_ptr() as *mut std::ffi::c_void,
+            count,
+            ffi::RSMPI_UINT8_T,
+            message.as_raw_mut(),
+            ffi::RSMPI_STATUS_IGNORE,
+        )
+    };
+    if rc != 0 {
+        // The handle may still name the message: rsmpi's drop would panic on it.
+        std::mem::forget(message);
+        return Err(Error::Io(std::io::Error::other(format!(
+            "MPI_Mrecv failed (code {rc})"
+        ))));
+    }
+    // SAFETY: MPI_Mrecv succeeded and wrote the `len` bytes of the message.
+    unsafe { buf.set_len(len) };
+    Ok(())
 }

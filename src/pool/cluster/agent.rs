@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::net::{
     flush, header, mpi, pause, Msg, A_ALIVE, A_FAILED, A_READY, A_RESULTS, A_STOPPED, HEARTBEAT,
-    M_BATCH, M_SHUTDOWN, M_START, M_STOP, TAG,
+    M_BATCH, M_SHUTDOWN, M_START, M_STOP, SPARE_MIN, TAG,
 };
 use crate::pool::fail::TaskFail;
 use crate::pool::sched::{Job, Sink};
@@ -135,8 +135,17 @@ struct RemoteSink {
 impl RemoteSink {
     /// Sends one segment of results (in the worker's reply format) to rank 0.
     fn send(&self, first: usize, count: usize, kind: u8, payload: &[u8]) {
-        let mut m = header(A_RESULTS, self.pool);
-        m.reserve(21 + payload.len());
+        let size = 9 + 21 + payload.len();
+        let mut m = if size >= SPARE_MIN {
+            // A spare buffer (its pages already this process's), given back once sent.
+            let mut m = mpi().buffer(size);
+            m.extend_from_slice(&header(A_RESULTS, self.pool));
+            m
+        } else {
+            let mut m = header(A_RESULTS, self.pool);
+            m.reserve(21 + payload.len());
+            m
+        };
         push_segment(&mut m, self.id, first, count, kind, payload);
         mpi().send(0, self.tag, m);
     }
@@ -243,6 +252,7 @@ impl Agent {
                 direct = false;
                 lone = Some(l);
             }
+            msg.done();
             if self.shutdown {
                 return lone;
             }

@@ -76,6 +76,11 @@ impl Msg {
     pub(super) fn body(&self) -> &[u8] {
         &self.bytes[9..]
     }
+
+    /// Done with: a large message's buffer goes back to the spare ones.
+    pub(super) fn done(self) {
+        recycle_large(self.bytes);
+    }
 }
 
 /// What a rank-0 handler thread of one pool hears from rank 0's MPI thread.
@@ -142,8 +147,17 @@ impl Mpi {
                 .immediate_matched_probe_with_tag(tag)?,
             None => world.any_process().immediate_matched_probe_with_tag(tag)?,
         };
-        let (bytes, status) = probed.matched_receive_vec::<u8>();
-        Some((status.source_rank() as usize, bytes))
+        let (message, status) = probed;
+        let len = status.count(u8::equivalent_datatype()).max(0) as usize;
+        // A large message lands in a spare buffer (given back by `recycle` once read).
+        let mut bytes = self.spare.take(len);
+        match sys::mpi::receive_into(message, len, &mut bytes) {
+            Ok(()) => Some((status.source_rank() as usize, bytes)),
+            Err(e) => {
+                crate::log::log_event!(Error, "MPI receive: {e}");
+                None
+            }
+        }
     }
 
     /// Lets finished sends go (their buffers are kept for reuse); whether any is still on
@@ -175,6 +189,14 @@ impl Mpi {
     /// drops it: a small or huge one, or when enough are kept).
     pub(super) fn recycle(&mut self, b: Vec<u8>) {
         self.spare.give(b);
+    }
+}
+
+/// Gives a buffer back to the spare ones if it is large enough to be kept (a small one is
+/// just dropped, without taking the MPI lock).
+pub(super) fn recycle_large(b: Vec<u8>) {
+    if b.capacity() >= SPARE_MIN {
+        mpi().recycle(b);
     }
 }
 

@@ -222,10 +222,14 @@ enum End {
 
 fn hear(h: Heard, sent: &mut HashMap<u64, Sent>, open: &mut HashMap<u64, usize>) -> Step {
     match h {
-        Heard::Msg(m) if m.kind == A_RESULTS => match on_results(sent, open, m.body()) {
-            Ok((n, per_task)) => Step::Answered(n, per_task),
-            Err(e) => Step::End(End::Broken(TaskFail::from_error(&e))),
-        },
+        Heard::Msg(m) if m.kind == A_RESULTS => {
+            let r = on_results(sent, open, m.body());
+            m.done();
+            match r {
+                Ok((n, per_task)) => Step::Answered(n, per_task),
+                Err(e) => Step::End(End::Broken(TaskFail::from_error(&e))),
+            }
+        }
         Heard::Msg(m) if m.kind == A_FAILED => Step::End(End::Broken(decode_fail(m.body()))),
         Heard::Msg(_) => Step::Answered(0, None),
         Heard::Event(Incoming::Terminate) => Step::End(End::Terminate),
