@@ -519,15 +519,21 @@ fn join_within<R: serde::de::DeserializeOwned>(
     }
 }
 
-fn queue_rounds(rounds: usize) {
+/// A warm-up round (what it leaves open is the baseline), then `n` rounds, each followed
+/// by the baseline check (no descriptor, file or zombie more).
+fn rounds(what: &str, n: usize, mut round: impl FnMut(&mut Rng, usize)) {
     multiproc::init();
     let mut rng = Rng::new();
-    queue_round(&mut rng);
+    round(&mut rng, 0);
     let base = Baseline::now();
-    for r in 0..rounds {
-        queue_round(&mut rng);
-        base.check(&format!("queue round {r}"));
+    for r in 1..=n {
+        round(&mut rng, r);
+        base.check(&format!("{what} round {r}"));
     }
+}
+
+fn queue_rounds(rounds: usize) {
+    self::rounds("queue", rounds, |rng, _| queue_round(rng));
 }
 
 #[test]
@@ -686,15 +692,12 @@ fn pipe_receiver_round(rng: &mut Rng) {
 }
 
 fn pipe_rounds(rounds: usize) {
-    multiproc::init();
-    let mut rng = Rng::new();
-    pipe_round(&mut rng);
-    let base = Baseline::now();
-    for r in 0..rounds {
-        pipe_round(&mut rng);
-        pipe_receiver_round(&mut rng);
-        base.check(&format!("pipe round {r}"));
-    }
+    self::rounds("pipe", rounds, |rng, r| {
+        pipe_round(rng);
+        if r > 0 {
+            pipe_receiver_round(rng);
+        }
+    });
 }
 
 #[test]
@@ -1036,15 +1039,12 @@ fn barrier_round(rng: &mut Rng) {
 }
 
 fn sync_rounds(rounds: usize) {
-    multiproc::init();
-    let mut rng = Rng::new();
-    sync_round(&mut rng);
-    let base = Baseline::now();
-    for r in 0..rounds {
-        sync_round(&mut rng);
-        barrier_round(&mut rng);
-        base.check(&format!("sync round {r}"));
-    }
+    self::rounds("sync", rounds, |rng, r| {
+        sync_round(rng);
+        if r > 0 {
+            barrier_round(rng);
+        }
+    });
 }
 
 #[test]
@@ -1226,14 +1226,7 @@ fn trackers() -> Vec<(u32, u32)> {
 }
 
 fn tracker_rounds(rounds: usize) {
-    multiproc::init();
-    let mut rng = Rng::new();
-    tracker_round(&mut rng, 0);
-    let base = Baseline::now();
-    for r in 1..=rounds {
-        tracker_round(&mut rng, r);
-        base.check(&format!("tracker round {r}"));
-    }
+    self::rounds("tracker", rounds, tracker_round);
 }
 
 #[test]
@@ -1348,14 +1341,7 @@ fn auth_round(rng: &mut Rng, round: usize) {
 }
 
 fn auth_rounds(rounds: usize) {
-    multiproc::init();
-    let mut rng = Rng::new();
-    auth_round(&mut rng, 0);
-    let base = Baseline::now();
-    for r in 1..=rounds {
-        auth_round(&mut rng, r);
-        base.check(&format!("authentication round {r}"));
-    }
+    self::rounds("authentication", rounds, auth_round);
 }
 
 #[test]
