@@ -410,12 +410,8 @@ impl Process {
     /// ```
     #[track_caller]
     pub fn with_daemon(mut self, daemon: bool) -> Process {
-        if let Err(e) = self.set_daemon(daemon) {
-            panic!(
-                "cannot change the daemon flag of process {}: {e}",
-                self.name
-            );
-        }
+        self.refuse_after_start("daemon flag");
+        self.opts.daemon = daemon;
         self
     }
 

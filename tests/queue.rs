@@ -495,6 +495,31 @@ fn take_one_put_two(q: Queue<String>) -> String {
     got
 }
 
+/// Runs `op` on another thread, waits until that thread sleeps in it, then `close()`s:
+/// what `op` returned, and how long it took.
+fn blocked_then_closed<T: Send + 'static>(
+    who: &str,
+    op: impl FnOnce() -> multiproc::Result<T> + Send + 'static,
+    close: impl FnOnce(),
+) -> (multiproc::Result<T>, Duration) {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        tid_tx.send(my_tid()).unwrap();
+        let t = Instant::now();
+        (op(), t.elapsed())
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || thread_asleep(
+            std::process::id(),
+            tid
+        )),
+        "the {who} never blocked"
+    );
+    close();
+    t.join().unwrap()
+}
+
 /// After `close()` (Python 3.11: `put`/`get` raise `ValueError`, `qsize()`/`full()` answer,
 /// `empty()` raises only because the reader pipe was closed): every put and get form gives
 /// `Error::Closed` at once, a get blocked in another thread wakes with it, and
@@ -507,22 +532,11 @@ fn after_close_put_and_get_fail_and_the_state_queries_follow_the_queue() {
     // A get blocked in another thread of this process when the handle is closed.
     let empty = Queue::<String>::new().unwrap();
     let blocked = empty.clone();
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        tid_tx.send(my_tid()).unwrap();
-        let t = Instant::now();
-        (blocked.get_timeout(Duration::from_secs(60)), t.elapsed())
-    });
-    let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || thread_asleep(
-            std::process::id(),
-            tid
-        )),
-        "the getter never blocked"
+    let (r, waited) = blocked_then_closed(
+        "getter",
+        move || blocked.get_timeout(Duration::from_secs(60)),
+        || empty.close(),
     );
-    empty.close();
-    let (r, waited) = waiter.join().unwrap();
     assert!(matches!(r, Err(Error::Closed)), "{r:?}");
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 
@@ -530,25 +544,11 @@ fn after_close_put_and_get_fail_and_the_state_queries_follow_the_queue() {
     let full = Queue::<u8>::bounded(1).unwrap();
     full.put(1).unwrap();
     let putter_q = full.clone();
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    let putter = std::thread::spawn(move || {
-        tid_tx.send(my_tid()).unwrap();
-        let t = Instant::now();
-        (
-            putter_q.put_timeout(2, Duration::from_secs(60)),
-            t.elapsed(),
-        )
-    });
-    let tid = tid_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || thread_asleep(
-            std::process::id(),
-            tid
-        )),
-        "the putter never blocked"
+    let (r, waited) = blocked_then_closed(
+        "putter",
+        move || putter_q.put_timeout(2, Duration::from_secs(60)),
+        || full.close(),
     );
-    full.close();
-    let (r, waited) = putter.join().unwrap();
     assert!(matches!(r, Err(Error::Closed)), "{r:?}");
     assert!(waited < Duration::from_secs(30), "{waited:?}");
     assert_eq!(full.qsize(), 1);
